@@ -1,0 +1,251 @@
+//! `mesh-agent run`: one agent for one node.
+//!
+//! Start-up order matters: cgroups first (the programs need the agent's and
+//! the services' cgroup ids), then the listeners (the inbound ones go into
+//! the sockmap), then the programs, attached last so no connection is
+//! redirected before someone is listening.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tokio::{net::TcpListener, signal::unix::SignalKind};
+use tracing::{info, warn};
+
+use crate::{
+    cgroup::{self, Cgroup2, CgroupError},
+    config::{Config, ConfigError},
+    ebpf::{EbpfError, Kernel, LoadParams, MapContents},
+    proxy::{self, Context},
+};
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("node {node:?} is not declared in {path}")]
+    UnknownNode { node: String, path: PathBuf },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error("failed to listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("failed to read the netns cookie: {0}")]
+    NetnsCookie(std::io::Error),
+    #[error("failed to install signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Options of `mesh-agent run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub node: String,
+    pub outbound_port: u16,
+}
+
+/// Runs the agent until SIGINT or SIGTERM, then detaches and cleans up.
+pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
+    let config = Config::load(&opts.config)?;
+    if config.node(&opts.node).is_none() {
+        return Err(AgentError::UnknownNode {
+            node: opts.node,
+            path: opts.config,
+        });
+    }
+    let mut sigterm =
+        tokio::signal::unix::signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let mut sigint =
+        tokio::signal::unix::signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+
+    let cg = Cgroup2::find_or_mount()?;
+    let cgroups = Cgroups::enter(&cg, &config, &opts.node)?;
+    let result = serve(&cg, &cgroups, config, &opts, async {
+        tokio::select! {
+            _ = sigterm.recv() => info!("SIGTERM: stopping"),
+            _ = sigint.recv() => info!("SIGINT: stopping"),
+        }
+    })
+    .await;
+    cgroups.leave(&cg);
+    result
+}
+
+async fn serve(
+    cg: &Cgroup2,
+    cgroups: &Cgroups,
+    config: Config,
+    opts: &RunOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let loopback6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let loopback4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let out4 = listen(SocketAddr::new(loopback4, opts.outbound_port)).await?;
+    let out6 = listen_optional(SocketAddr::new(loopback6, opts.outbound_port)).await?;
+    let in4 = listen(SocketAddr::new(loopback4, 0)).await?;
+    let in6 = listen_optional(SocketAddr::new(loopback6, 0)).await?;
+
+    let contents = map_contents(&config, &opts.node, cgroups);
+    let params = LoadParams {
+        netns_cookie: netns_cookie(&in4)?,
+        agent_cgroup: cgroups.agent_id,
+        outbound_port: opts.outbound_port,
+    };
+    let kernel = Kernel::start(&params, &contents, &in4, in6.as_ref(), cg.root())?;
+    let ctx = Arc::new(Context {
+        config,
+        node: opts.node.clone(),
+        kernel,
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(proxy::outbound::serve(out4, ctx.clone()));
+    tasks.spawn(proxy::inbound::serve(in4, ctx.clone()));
+    if let Some(l) = out6 {
+        tasks.spawn(proxy::outbound::serve(l, ctx.clone()));
+    }
+    if let Some(l) = in6 {
+        tasks.spawn(proxy::inbound::serve(l, ctx.clone()));
+    }
+    info!(
+        node = %opts.node,
+        outbound_port = opts.outbound_port,
+        services = contents.services.len(),
+        local = contents.cgroups.len(),
+        "agent ready"
+    );
+    stop.await;
+    tasks.shutdown().await;
+    // Connection tasks may still hold the context; the programs are detached
+    // when the last reference goes, at the latest when the process exits.
+    if let Ok(ctx) = Arc::try_unwrap(ctx) {
+        ctx.kernel.stop();
+    }
+    Ok(())
+}
+
+/// The cgroups this agent uses: its own, and one per local service.
+struct Cgroups {
+    /// The agent's own cgroup (`/mesh/<node>/_agent`) and its id.
+    agent: PathBuf,
+    agent_id: u64,
+    /// Where the agent came from; it moves back there on exit.
+    origin: Option<PathBuf>,
+    /// Per local service: (name, cgroup path, id, created by us).
+    services: Vec<(String, PathBuf, u64, bool)>,
+}
+
+impl Cgroups {
+    fn enter(cg: &Cgroup2, config: &Config, node: &str) -> Result<Self, CgroupError> {
+        let origin = cgroup::current();
+        let agent = Path::new("/mesh").join(node).join("_agent");
+        let agent_id = cg.create(&agent)?;
+        cg.join(&agent, std::process::id())?;
+        let mut services = Vec::new();
+        for s in config.services_on(node) {
+            let (path, ours) = match &s.cgroup {
+                Some(p) => (p.clone(), false),
+                None => (Path::new("/mesh").join(node).join(&s.name), true),
+            };
+            let id = cg.create(&path)?;
+            services.push((s.name.clone(), path, id, ours));
+        }
+        Ok(Self {
+            agent,
+            agent_id,
+            origin,
+            services,
+        })
+    }
+
+    /// Moves the agent back to where it came from and removes the cgroups it
+    /// created, where empty.
+    fn leave(&self, cg: &Cgroup2) {
+        let back = self.origin.clone().unwrap_or_else(|| PathBuf::from("/"));
+        if let Err(e) = cg.join(&back, std::process::id()) {
+            warn!(error = %e, "could not leave the agent cgroup");
+        }
+        cg.remove_empty(&self.agent, Path::new("/"));
+        for (_, path, _, ours) in &self.services {
+            if *ours {
+                cg.remove_empty(path, Path::new("/"));
+            }
+        }
+    }
+}
+
+/// Everything the kernel maps hold for `node`.
+fn map_contents(config: &Config, node: &str, cgroups: &Cgroups) -> MapContents {
+    let mut c = MapContents::default();
+    for (i, s) in config.services.iter().enumerate() {
+        let Ok(id) = u32::try_from(i + 1) else { break };
+        // Public services are reached directly, not through the mesh.
+        if s.public {
+            continue;
+        }
+        let Some(host) = config.node(&s.node) else {
+            continue;
+        };
+        c.services.push((SocketAddr::new(s.vip, s.port), id));
+        c.services.push((SocketAddr::new(host.address, s.port), id));
+        if s.node == node {
+            c.loopback_ports.push((s.port, id));
+            c.inbound.push((SocketAddr::new(host.address, s.port), id));
+        }
+    }
+    for (name, _, cg_id, _) in &cgroups.services {
+        if let Some(i) = config.services.iter().position(|s| &s.name == name) {
+            if let Ok(id) = u32::try_from(i + 1) {
+                c.cgroups.push((*cg_id, id));
+            }
+        }
+    }
+    c
+}
+
+async fn listen(addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Listen { addr, source })
+}
+
+/// Like `listen`, but a missing IPv6 loopback is not an error.
+async fn listen_optional(addr: SocketAddr) -> Result<Option<TcpListener>, AgentError> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            warn!(%addr, "IPv6 loopback unavailable; IPv6 is not meshed on this node");
+            Ok(None)
+        }
+        Err(source) => Err(AgentError::Listen { addr, source }),
+    }
+}
+
+/// The cookie of the network namespace `socket` lives in.
+fn netns_cookie(socket: &TcpListener) -> Result<u64, AgentError> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of the sizes given, and
+    // the fd is an open socket for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(AgentError::NetnsCookie(std::io::Error::last_os_error()));
+    }
+    Ok(cookie)
+}

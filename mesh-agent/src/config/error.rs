@@ -1,0 +1,106 @@
+//! [`ConfigError`], [`Problem`] and the byte offset to line/column mapping.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Every problem found, sorted by position; never empty.
+    #[error("{}", join_lines(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// The problems of an [`ConfigError::Invalid`]; empty for I/O errors.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Io { .. } => &[],
+            ConfigError::Invalid(problems) => problems,
+        }
+    }
+}
+
+/// One thing wrong with a config file, at a 1-based line and column
+/// (columns count characters, not bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+fn join_lines(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The text being parsed and its path: turns byte spans into [`Problem`]s.
+#[derive(Clone, Copy)]
+pub(super) struct Source<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// 1-based (line, column) of the byte `offset`.
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = self.text.floor_char_boundary(offset);
+        let before = &self.text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    /// 1-based line of the byte `offset`.
+    pub fn line(&self, offset: usize) -> usize {
+        self.position(offset).0
+    }
+
+    pub fn problem(&self, span: Range<usize>, message: impl Into<String>) -> Problem {
+        let (line, column) = self.position(span.start);
+        Problem {
+            path: self.path.to_owned(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax or shape error. Its message may span several lines
+    /// ("invalid string\nexpected ..."); they are joined with ": ".
+    pub fn toml_problem(&self, error: &toml::de::Error) -> Problem {
+        let message = error
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ");
+        self.problem(error.span().unwrap_or(0..0), message)
+    }
+}

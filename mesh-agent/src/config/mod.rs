@@ -1,0 +1,139 @@
+//! The mesh configuration: one TOML file, parsed once into typed structs.
+//!
+//! Every agent reads the same file (format: DESIGN.md, "Configuration").
+//! [`Config::parse`] checks everything it can and reports every problem with
+//! the file, line and column (see [`ConfigError`]), so nothing downstream
+//! re-checks strings.
+
+mod error;
+mod raw;
+mod validate;
+mod values;
+mod vip;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{ConfigError, Problem};
+pub use vip::default_vip;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A parsed and validated mesh configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was loaded from, as given to [`Config::load`] or [`Config::parse`].
+    pub path: PathBuf,
+    pub mesh: Mesh,
+    /// In file order.
+    pub nodes: Vec<Node>,
+    /// In file order.
+    pub services: Vec<Service>,
+    /// In file order.
+    pub intentions: Vec<Intention>,
+}
+
+/// Mesh-wide settings, the `[mesh]` table (optional, as are all its fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mesh {
+    /// Default `"mesh.local"`.
+    pub trust_domain: String,
+    /// What happens when no intention matches. Default [`Action::Deny`].
+    pub default_policy: Action,
+    /// Directory of the root CA. Default `"ca"`; a relative path is resolved
+    /// against the config file's directory.
+    pub ca_dir: PathBuf,
+    /// Lifetime of leaf certificates. Default 24h, at least 1s.
+    pub leaf_ttl: Duration,
+}
+
+/// A `[[node]]`: a host running an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// The address other nodes reach it at.
+    pub address: IpAddr,
+}
+
+/// A `[[service]]`: an app listening on `127.0.0.1:port` on its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    /// Name of the [`Node`] it runs on; always a declared node.
+    pub node: String,
+    /// In `1..=65535`.
+    pub port: u16,
+    /// The address clients dial: explicit, or [`default_vip`] of the name.
+    pub vip: IpAddr,
+    /// Internet-facing: not steered inbound, binds itself. Default false.
+    pub public: bool,
+    /// The cgroup path as written (absolute, no `..`); `None` means the default.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// What an intention (or the default policy) does with a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// The source or destination of an intention.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Match {
+    /// `"*"`: every service.
+    Any,
+    /// One declared service.
+    Name(String),
+}
+
+/// An `[[intention]]`: allow or deny connections from one service to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intention {
+    pub source: Match,
+    pub destination: Match,
+    pub action: Action,
+    /// 1-based line of the `[[intention]]` entry, for logs.
+    pub line: usize,
+}
+
+impl Config {
+    /// Reads the file at `path` and parses it with [`Config::parse`].
+    ///
+    /// Fails with [`ConfigError::Io`] if the file cannot be read (or is not
+    /// UTF-8) and with [`ConfigError::Invalid`] if it is not a valid config.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` names the file in problems and
+    /// is the base for a relative `ca_dir`.
+    ///
+    /// Fails with [`ConfigError::Invalid`] listing every problem found. A
+    /// TOML syntax error or a wrong shape (unknown key, missing field, wrong
+    /// type) stops parsing, so it is reported alone.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        validate::parse(text, path)
+    }
+
+    /// The node called `name`, if declared.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The service called `name`, if declared.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The services running on the node called `node`, in file order.
+    pub fn services_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Service> + 'a {
+        self.services.iter().filter(move |s| s.node == node)
+    }
+}

@@ -1,0 +1,56 @@
+//! The file as serde sees it: strings and spans, checked in `validate`.
+//!
+//! Values that need a semantic check are `Spanned` so problems can point at
+//! them. Ports are a `toml::Value` so that a string or negative port is a
+//! positioned problem reported with the others, not a lone serde error.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub mesh: Option<RawMesh>,
+    #[serde(default)]
+    pub node: Vec<Spanned<RawNode>>,
+    #[serde(default)]
+    pub service: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    pub intention: Vec<Spanned<RawIntention>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMesh {
+    pub trust_domain: Option<Spanned<String>>,
+    pub default_policy: Option<Spanned<String>>,
+    pub ca_dir: Option<Spanned<String>>,
+    pub leaf_ttl: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNode {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub name: Spanned<String>,
+    pub node: Spanned<String>,
+    pub port: Spanned<toml::Value>,
+    pub vip: Option<Spanned<String>>,
+    #[serde(default)]
+    pub public: bool,
+    pub cgroup: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIntention {
+    pub source: Spanned<String>,
+    pub destination: Spanned<String>,
+    pub action: Spanned<String>,
+}

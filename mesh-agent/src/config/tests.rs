@@ -1,0 +1,807 @@
+#![expect(
+    clippy::unwrap_used,
+    reason = "a failing test should panic with the value"
+)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+const PATH: &str = "/etc/mesh/mesh.toml";
+
+/// Two nodes on lines 1-7; text appended to it starts on line 8.
+const NODES: &str = r#"[[node]]
+name = "a"
+address = "10.0.0.1"
+
+[[node]]
+name = "b"
+address = "10.0.0.2"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new(PATH))
+}
+
+fn parse_ok(text: &str) -> Config {
+    match parse(text) {
+        Ok(config) => config,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text) {
+        Ok(config) => panic!("expected problems, parsed {config:#?}"),
+        Err(e) => e.problems().to_vec(),
+    }
+}
+
+/// The single problem of `text`, checked to be at `line`:`column` and to
+/// contain every one of `needles`.
+#[track_caller]
+fn one_problem(text: &str, line: usize, column: usize, needles: &[&str]) -> Problem {
+    let problems = problems(text);
+    assert_eq!(problems.len(), 1, "{text}\n{problems:#?}");
+    let problem = problems.into_iter().next().unwrap();
+    assert_at(&problem, line, column, needles);
+    problem
+}
+
+#[track_caller]
+fn assert_at(problem: &Problem, line: usize, column: usize, needles: &[&str]) {
+    assert_eq!(
+        (problem.line, problem.column),
+        (line, column),
+        "wrong position for {problem}"
+    );
+    assert_eq!(problem.path, Path::new(PATH));
+    for needle in needles {
+        assert!(
+            problem.message.contains(needle),
+            "{problem:?} lacks {needle:?}"
+        );
+    }
+    assert!(!problem.message.contains('\n'), "{problem:?}");
+    let first = problem.message.chars().next().unwrap();
+    assert!(!first.is_uppercase(), "{problem:?}");
+}
+
+/// NODES plus one service `s` on node `a`: its entry is on line 9, `name`
+/// on 10, `node` on 11, `port` on 12 and `extra` starts on line 13.
+fn with_service(extra: &str) -> String {
+    format!("{NODES}\n[[service]]\nname = \"s\"\nnode = \"a\"\nport = 80\n{extra}")
+}
+
+#[test]
+fn full_config_parses_every_field() {
+    let text = r#"# the whole mesh
+[mesh]
+trust_domain = "prod.example"
+default_policy = "allow"
+ca_dir = "pki/root"
+leaf_ttl = "1h30m"
+
+[[node]]
+name = "data-api"
+address = "10.77.0.2"
+
+[[node]]
+name = "edge-1"
+address = "fd00:77::3"
+
+[[service]]
+name = "data-api"
+node = "data-api"
+port = 5001
+vip = "240.0.0.2"
+cgroup = "/system.slice/data-api.service"
+
+[[service]]
+name = "frontend"
+node = "edge-1"
+port = 8080
+public = true
+
+[[service]]
+name = "metrics"
+node = "edge-1"
+port = 9090
+vip = "fd00:240::9"
+public = false
+
+[[intention]]
+source = "frontend"
+destination = "data-api"
+action = "allow"
+
+[[intention]]
+source = "*"
+destination = "data-api"
+action = "deny"
+"#;
+    let config = parse_ok(text);
+    let expected = Config {
+        path: PathBuf::from(PATH),
+        mesh: Mesh {
+            trust_domain: "prod.example".to_owned(),
+            default_policy: Action::Allow,
+            ca_dir: PathBuf::from("/etc/mesh/pki/root"),
+            leaf_ttl: Duration::from_secs(5400),
+        },
+        nodes: vec![
+            Node {
+                name: "data-api".to_owned(),
+                address: IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)),
+            },
+            Node {
+                name: "edge-1".to_owned(),
+                address: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 3)),
+            },
+        ],
+        services: vec![
+            Service {
+                name: "data-api".to_owned(),
+                node: "data-api".to_owned(),
+                port: 5001,
+                vip: IpAddr::V4(Ipv4Addr::new(240, 0, 0, 2)),
+                public: false,
+                cgroup: Some(PathBuf::from("/system.slice/data-api.service")),
+            },
+            Service {
+                name: "frontend".to_owned(),
+                node: "edge-1".to_owned(),
+                port: 8080,
+                vip: IpAddr::V4(default_vip("frontend")),
+                public: true,
+                cgroup: None,
+            },
+            Service {
+                name: "metrics".to_owned(),
+                node: "edge-1".to_owned(),
+                port: 9090,
+                vip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x240, 0, 0, 0, 0, 0, 9)),
+                public: false,
+                cgroup: None,
+            },
+        ],
+        intentions: vec![
+            Intention {
+                source: Match::Name("frontend".to_owned()),
+                destination: Match::Name("data-api".to_owned()),
+                action: Action::Allow,
+                line: 36,
+            },
+            Intention {
+                source: Match::Any,
+                destination: Match::Name("data-api".to_owned()),
+                action: Action::Deny,
+                line: 41,
+            },
+        ],
+    };
+    assert_eq!(config, expected);
+
+    assert_eq!(config.node("edge-1"), Some(&expected.nodes[1]));
+    assert_eq!(config.node("nope"), None);
+    assert_eq!(config.service("metrics"), Some(&expected.services[2]));
+    assert_eq!(config.service("*"), None);
+    let on_edge: Vec<&str> = config
+        .services_on("edge-1")
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(on_edge, ["frontend", "metrics"]);
+    assert_eq!(config.services_on("nope").count(), 0);
+}
+
+#[test]
+fn defaults() {
+    let config = parse_ok(&with_service(""));
+    assert_eq!(
+        config.mesh,
+        Mesh {
+            trust_domain: "mesh.local".to_owned(),
+            default_policy: Action::Deny,
+            ca_dir: PathBuf::from("/etc/mesh/ca"),
+            leaf_ttl: Duration::from_secs(24 * 3600),
+        }
+    );
+    let service = &config.services[0];
+    assert_eq!(service.vip, IpAddr::V4(default_vip("s")));
+    assert!(!service.public);
+    assert_eq!(service.cgroup, None);
+
+    // An empty [mesh] and an empty file are fine too.
+    assert_eq!(parse_ok("[mesh]\n").mesh, config.mesh);
+    let empty = parse_ok("");
+    assert!(empty.nodes.is_empty() && empty.services.is_empty() && empty.intentions.is_empty());
+}
+
+#[test]
+fn ipv6_addresses_and_vips() {
+    let text = r#"[[node]]
+name = "v6"
+address = "2001:db8::1"
+
+[[service]]
+name = "s"
+node = "v6"
+port = 443
+vip = "fd00::10"
+"#;
+    let config = parse_ok(text);
+    assert_eq!(
+        config.nodes[0].address,
+        "2001:db8::1".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        config.services[0].vip,
+        "fd00::10".parse::<IpAddr>().unwrap()
+    );
+
+    for bad in ["::1", "::", "ff02::1", "::ffff:127.0.0.1"] {
+        let text = text.replace("fd00::10", bad);
+        one_problem(&text, 9, 7, &["vip", bad]);
+    }
+}
+
+#[test]
+fn ca_dir_is_resolved_against_the_file_directory() {
+    let ca = |text: &str, path: &str| Config::parse(text, Path::new(path)).unwrap().mesh.ca_dir;
+    let relative = "[mesh]\nca_dir = \"pki/root\"\n";
+    assert_eq!(
+        ca(relative, "/etc/mesh/mesh.toml"),
+        Path::new("/etc/mesh/pki/root")
+    );
+    assert_eq!(ca(relative, "conf/mesh.toml"), Path::new("conf/pki/root"));
+    assert_eq!(ca(relative, "mesh.toml"), Path::new("pki/root"));
+    assert_eq!(ca("", "mesh.toml"), Path::new("ca"));
+    let absolute = "[mesh]\nca_dir = \"/var/lib/mesh/ca\"\n";
+    assert_eq!(
+        ca(absolute, "/etc/mesh/mesh.toml"),
+        Path::new("/var/lib/mesh/ca")
+    );
+    one_problem("[mesh]\nca_dir = \"\"\n", 2, 10, &["ca_dir", "empty"]);
+}
+
+#[test]
+fn load_reads_the_file_and_reports_io_errors() {
+    let dir = std::env::temp_dir().join(format!("mesh-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("mesh.toml");
+    std::fs::write(&path, with_service("")).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.path, path);
+    assert_eq!(config.mesh.ca_dir, dir.join("ca"));
+    assert_eq!(config.services.len(), 1);
+
+    std::fs::write(&path, "[mesh]\nleaf_ttl = \"soon\"\n").unwrap();
+    let err = Config::load(&path).unwrap_err();
+    assert_eq!(err.problems()[0].path, path);
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:2:12: ", path.display()))
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let err = Config::load(&path).unwrap_err();
+    assert!(matches!(err, ConfigError::Io { .. }));
+    assert!(err.problems().is_empty());
+    assert!(
+        err.to_string()
+            .starts_with(&format!("failed to read {}: ", path.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn toml_syntax_errors_have_a_position() {
+    one_problem(
+        "[mesh]\ntrust_domain = \"x\n",
+        2,
+        18,
+        &["invalid basic string"],
+    );
+    // A multi-line toml message becomes one line.
+    one_problem("[[node]]\nname = a\n", 2, 8, &["invalid string: expected"]);
+    one_problem("[[node]]\nname 'a'\n", 2, 6, &["expected"]);
+    one_problem("[mesh]\n[mesh]\n", 2, 1, &["duplicate key `mesh`"]);
+    one_problem(
+        "[[node]]\nname = \"a\"\nname = \"b\"\n",
+        3,
+        1,
+        &["duplicate key `name`"],
+    );
+    // Columns count characters, not bytes.
+    one_problem("# é\n[mesh] = é\n", 2, 8, &[]);
+}
+
+#[test]
+fn unknown_keys_point_at_the_key() {
+    one_problem(
+        "[mesh]\nleaf_ttl = \"1h\"\ncolour = \"blue\"\n",
+        3,
+        1,
+        &["unknown field `colour`"],
+    );
+    one_problem("[meshh]\n", 1, 2, &["unknown field `meshh`"]);
+    one_problem(
+        &format!("{NODES}zone = \"x\"\n"),
+        8,
+        1,
+        &["unknown field `zone`"],
+    );
+    one_problem(
+        &with_service("  replicas = 3\n"),
+        13,
+        3,
+        &["unknown field `replicas`"],
+    );
+    one_problem(
+        "[[intention]]\nsource = \"*\"\ndestination = \"*\"\naction = \"allow\"\nlog = true\n",
+        5,
+        1,
+        &["unknown field `log`"],
+    );
+}
+
+#[test]
+fn missing_fields_point_at_the_table() {
+    one_problem(
+        &format!("{NODES}\n[[node]]\nname = \"c\"\n"),
+        9,
+        1,
+        &["missing field `address`"],
+    );
+    one_problem(
+        "[[node]]\naddress = \"10.0.0.1\"\n",
+        1,
+        1,
+        &["missing field `name`"],
+    );
+    for (field, line) in [
+        ("name", "name = \"s\""),
+        ("node", "node = \"a\""),
+        ("port", "port = 80"),
+    ] {
+        let text = with_service("").replace(line, "");
+        one_problem(&text, 9, 1, &[&format!("missing field `{field}`")]);
+    }
+    for field in ["source", "destination", "action"] {
+        let text = format!(
+            "{}\n[[intention]]\nsource = \"*\"\ndestination = \"*\"\naction = \"deny\"\n",
+            with_service("")
+        )
+        .replace(&format!("\n{field} = "), "\n# ");
+        one_problem(&text, 14, 1, &[&format!("missing field `{field}`")]);
+    }
+}
+
+#[test]
+fn bad_names() {
+    let long = "a".repeat(64);
+    let cases: &[(&str, &[&str])] = &[
+        ("", &["must not be empty"]),
+        ("Data", &["\"Data\"", "lowercase"]),
+        ("data_api", &["\"data_api\"", "lowercase"]),
+        ("data.api", &["\"data.api\""]),
+        ("-data", &["start or end with '-'"]),
+        ("data-", &["start or end with '-'"]),
+        (&long, &["64 characters", "at most 63"]),
+    ];
+    for (name, needles) in cases {
+        let nodes = NODES.replace("name = \"b\"", &format!("name = {name:?}"));
+        let mut node_needles = vec!["node name"];
+        node_needles.extend_from_slice(needles);
+        one_problem(&nodes, 6, 8, &node_needles);
+
+        let service = with_service("").replace("name = \"s\"", &format!("name = {name:?}"));
+        let mut service_needles = vec!["service name"];
+        service_needles.extend_from_slice(needles);
+        one_problem(&service, 10, 8, &service_needles);
+    }
+    let star = with_service("").replace("name = \"s\"", "name = \"*\"");
+    one_problem(&star, 10, 8, &["service name must not be \"*\""]);
+    // 63 characters is fine; digits and inner dashes too.
+    let ok = NODES.replace("name = \"b\"", &format!("name = \"{}\"", "b".repeat(63)));
+    parse_ok(&ok);
+    parse_ok(&NODES.replace("name = \"b\"", "name = \"9-b-2\""));
+}
+
+#[test]
+fn duplicate_names_point_at_the_second() {
+    let nodes = NODES.replace("name = \"b\"", "name = \"a\"");
+    one_problem(&nodes, 6, 8, &["duplicate node name \"a\"", "line 2"]);
+
+    let text = with_service("\n[[service]]\nname = \"s\"\nnode = \"b\"\nport = 81\n");
+    one_problem(&text, 15, 8, &["duplicate service name \"s\"", "line 10"]);
+}
+
+#[test]
+fn service_on_unknown_node() {
+    let text = with_service("").replace("node = \"a\"", "node = \"c\"");
+    one_problem(&text, 11, 8, &["unknown node \"c\""]);
+    // A node whose own name is invalid is still "declared": one problem only.
+    let text = with_service("").replace("\"a\"", "\"A\"");
+    one_problem(&text, 2, 8, &["invalid node name \"A\""]);
+}
+
+#[test]
+fn same_port_on_one_node() {
+    let text = with_service("\n[[service]]\nname = \"t\"\nnode = \"a\"\nport = 80\n");
+    one_problem(
+        &text,
+        17,
+        8,
+        &["port 80 on node \"a\"", "service \"s\" (line 12)"],
+    );
+    // The same port on another node is fine.
+    parse_ok(&with_service(
+        "\n[[service]]\nname = \"t\"\nnode = \"b\"\nport = 80\n",
+    ));
+}
+
+#[test]
+fn bad_ports() {
+    for (port, needles) in [
+        ("0", &["port 0", "1..=65535"][..]),
+        ("65536", &["port 65536", "1..=65535"]),
+        ("-1", &["port -1", "1..=65535"]),
+        ("\"80\"", &["integer", "found a string"]),
+        ("80.5", &["integer", "found a float"]),
+    ] {
+        let text = with_service("").replace("port = 80", &format!("port = {port}"));
+        one_problem(&text, 12, 8, needles);
+    }
+    let max = parse_ok(&with_service("").replace("port = 80", "port = 65535"));
+    assert_eq!(max.services[0].port, 65535);
+}
+
+#[test]
+fn bad_node_addresses() {
+    for (address, needles) in [
+        (
+            "10.0.0",
+            &["invalid node address \"10.0.0\"", "IPv4 or IPv6"][..],
+        ),
+        ("node-a.example", &["invalid node address", "IPv4 or IPv6"]),
+        ("10.0.0.1:80", &["invalid node address"]),
+        ("", &["invalid node address"]),
+        ("127.0.0.1", &["loopback"]),
+        ("0.0.0.0", &["unspecified"]),
+        ("224.0.0.1", &["multicast"]),
+        ("255.255.255.255", &["broadcast"]),
+        ("::1", &["loopback"]),
+        ("::", &["unspecified"]),
+    ] {
+        let text = NODES.replace("10.0.0.2", address);
+        one_problem(&text, 7, 11, needles);
+    }
+}
+
+#[test]
+fn duplicate_node_addresses() {
+    let text = NODES.replace("10.0.0.2", "10.0.0.1");
+    one_problem(
+        &text,
+        7,
+        11,
+        &["same address 10.0.0.1", "node \"a\" (line 3)"],
+    );
+    // Also when one is written as an IPv4-mapped IPv6 address.
+    let text = NODES.replace("10.0.0.2", "::ffff:10.0.0.1");
+    one_problem(&text, 7, 11, &["node \"a\" (line 3)"]);
+}
+
+#[test]
+fn vip_collisions() {
+    let second = |vip: &str| {
+        with_service(&format!(
+            "vip = \"240.0.0.9\"\n\n[[service]]\nname = \"t\"\nnode = \"b\"\nport = 81\n{vip}"
+        ))
+    };
+    // Two explicit VIPs.
+    one_problem(
+        &second("vip = \"240.0.0.9\"\n"),
+        19,
+        7,
+        &["vip 240.0.0.9", "service \"s\" (line 13)", "distinct vip"],
+    );
+    // An explicit VIP on a node's address.
+    one_problem(
+        &with_service("vip = \"10.0.0.2\"\n"),
+        13,
+        7,
+        &["vip 10.0.0.2", "address of node \"b\" (line 7)"],
+    );
+    // A default VIP on a node's address points at the service entry.
+    let taken = default_vip("s").to_string();
+    let text = with_service("").replace("10.0.0.2", &taken);
+    one_problem(
+        &text,
+        9,
+        1,
+        &[
+            &format!("default vip {taken}"),
+            "node \"b\"",
+            "set `vip` explicitly",
+        ],
+    );
+    // An explicit VIP equal to an earlier service's default VIP.
+    let text = format!(
+        "{}\n[[service]]\nname = \"t\"\nnode = \"b\"\nport = 81\nvip = \"{taken}\"\n",
+        with_service("")
+    );
+    one_problem(
+        &text,
+        18,
+        7,
+        &[
+            "default vip of service \"s\" (line 9)",
+            "set `vip` explicitly",
+        ],
+    );
+    // A default VIP equal to an earlier explicit VIP.
+    let text = format!(
+        "{NODES}\n[[service]]\nname = \"t\"\nnode = \"b\"\nport = 81\nvip = \"{taken}\"\n{}",
+        with_service("").trim_start_matches(NODES)
+    );
+    one_problem(
+        &text,
+        15,
+        1,
+        &[
+            &format!("default vip {taken} of service \"s\""),
+            "set `vip` explicitly",
+        ],
+    );
+}
+
+#[test]
+fn bad_vips() {
+    for (vip, needles) in [
+        ("127.0.0.2", &["vip 127.0.0.2", "loopback"][..]),
+        ("0.0.0.0", &["unspecified"]),
+        ("239.1.2.3", &["multicast"]),
+        ("240.0.0", &["invalid vip \"240.0.0\"", "IPv4 or IPv6"]),
+    ] {
+        one_problem(&with_service(&format!("vip = \"{vip}\"\n")), 13, 7, needles);
+    }
+}
+
+#[test]
+fn bad_cgroups() {
+    let ok = parse_ok(&with_service("cgroup = \"/mesh/a/s\"\n"));
+    assert_eq!(
+        ok.services[0].cgroup.as_deref(),
+        Some(Path::new("/mesh/a/s"))
+    );
+    one_problem(
+        &with_service("cgroup = \"system.slice/s.service\"\n"),
+        13,
+        10,
+        &["not absolute"],
+    );
+    one_problem(
+        &with_service("cgroup = \"/mesh/../s\"\n"),
+        13,
+        10,
+        &["\"..\""],
+    );
+    one_problem(&with_service("cgroup = \"\"\n"), 13, 10, &["not absolute"]);
+}
+
+#[test]
+fn mesh_values() {
+    let mesh = |body: &str| format!("# mesh settings\n[mesh]\n{body}\n");
+    one_problem(
+        &mesh("default_policy = \"permit\""),
+        3,
+        18,
+        &["invalid default_policy \"permit\"", "\"allow\" or \"deny\""],
+    );
+    one_problem(
+        &mesh("default_policy = \"Deny\""),
+        3,
+        18,
+        &["default_policy"],
+    );
+    for domain in [
+        "",
+        "Mesh.Local",
+        "mesh..local",
+        ".mesh",
+        "mesh.",
+        "-mesh.local",
+        "mesh_1",
+    ] {
+        one_problem(
+            &mesh(&format!("trust_domain = {domain:?}")),
+            3,
+            16,
+            &["trust_domain", "lowercase dns name"],
+        );
+    }
+    for domain in ["local", "cluster-1.example.com", "a1.b2"] {
+        let config = parse_ok(&mesh(&format!("trust_domain = {domain:?}")));
+        assert_eq!(config.mesh.trust_domain, domain);
+    }
+}
+
+#[test]
+fn leaf_ttl() {
+    let ttl = |text: &str| parse(&format!("[mesh]\nleaf_ttl = {text:?}\n"));
+    for (text, secs) in [
+        ("30s", 30),
+        ("5m", 300),
+        ("24h", 86400),
+        ("1h30m", 5400),
+        ("90s", 90),
+        ("1h0m5s", 3605),
+        ("1s", 1),
+    ] {
+        assert_eq!(
+            ttl(text).unwrap().mesh.leaf_ttl,
+            Duration::from_secs(secs),
+            "{text}"
+        );
+    }
+    for text in [
+        "",
+        "24",
+        "h",
+        "1x",
+        "1d",
+        "30m1h",
+        "1h1h",
+        "-5m",
+        "1.5h",
+        " 5m",
+        "99999999999999999999h",
+    ] {
+        let err = ttl(text).unwrap_err();
+        assert_eq!(err.problems().len(), 1, "{text}");
+        assert_at(
+            &err.problems()[0],
+            2,
+            12,
+            &["invalid leaf_ttl", "\"1h30m\""],
+        );
+    }
+    let err = ttl("0s").unwrap_err();
+    assert_at(&err.problems()[0], 2, 12, &["too short", "at least 1s"]);
+}
+
+#[test]
+fn intentions() {
+    let base = format!(
+        "{}\n[[service]]\nname = \"t\"\nnode = \"b\"\nport = 81\n",
+        with_service("")
+    ); // lines 1-17
+    let intention = |source: &str, destination: &str, action: &str| {
+        format!(
+            "\n[[intention]]\nsource = {source:?}\ndestination = {destination:?}\naction = {action:?}\n"
+        )
+    };
+    let config = parse_ok(&format!(
+        "{base}{}{}{}",
+        intention("s", "t", "allow"),
+        intention("*", "t", "deny"),
+        intention("*", "*", "allow"),
+    ));
+    let lines: Vec<usize> = config.intentions.iter().map(|i| i.line).collect();
+    assert_eq!(lines, [19, 24, 29]);
+    assert_eq!(config.intentions[2].source, Match::Any);
+    assert_eq!(config.intentions[2].destination, Match::Any);
+
+    one_problem(
+        &format!("{base}{}", intention("x", "t", "allow")),
+        20,
+        10,
+        &["unknown service \"x\" in intention source", "\"*\""],
+    );
+    one_problem(
+        &format!("{base}{}", intention("s", "a", "allow")),
+        21,
+        15,
+        &["unknown service \"a\" in intention destination"],
+    );
+    one_problem(
+        &format!("{base}{}", intention("s", "t", "permit")),
+        22,
+        10,
+        &["invalid action \"permit\"", "\"allow\" or \"deny\""],
+    );
+    one_problem(
+        &format!(
+            "{base}{}{}",
+            intention("s", "t", "allow"),
+            intention("s", "t", "deny")
+        ),
+        24,
+        1,
+        &["duplicate intention from \"s\" to \"t\"", "line 19"],
+    );
+}
+
+#[test]
+fn all_problems_are_reported_together_in_file_order() {
+    let text = r#"[mesh]
+default_policy = "maybe"
+leaf_ttl = "forever"
+
+[[node]]
+name = "Node-A"
+address = "127.0.0.1"
+
+[[service]]
+name = "api"
+node = "node-b"
+port = 0
+
+[[intention]]
+source = "web"
+destination = "api"
+action = "allow"
+"#;
+    let err = parse(text).unwrap_err();
+    let problems = err.problems();
+    let positions: Vec<(usize, usize)> = problems.iter().map(|p| (p.line, p.column)).collect();
+    assert_eq!(
+        positions,
+        [
+            (2, 18),
+            (3, 12),
+            (6, 8),
+            (7, 11),
+            (11, 8),
+            (12, 8),
+            (15, 10)
+        ],
+        "{err}"
+    );
+    assert_at(&problems[4], 11, 8, &["unknown node \"node-b\""]);
+    assert_at(&problems[6], 15, 10, &["unknown service \"web\""]);
+
+    let display = err.to_string();
+    let lines: Vec<&str> = display.lines().collect();
+    assert_eq!(lines.len(), problems.len());
+    assert_eq!(
+        lines[0],
+        "/etc/mesh/mesh.toml:2:18: invalid default_policy \"maybe\": expected \"allow\" or \"deny\""
+    );
+    for (line, problem) in lines.iter().zip(problems) {
+        assert_eq!(*line, problem.to_string());
+    }
+}
+
+#[test]
+fn default_vip_is_stable_and_in_class_e() {
+    assert_eq!(default_vip("data-api"), Ipv4Addr::new(247, 239, 158, 197));
+    assert_eq!(default_vip("frontend"), Ipv4Addr::new(253, 1, 250, 114));
+    for i in 0..10_000 {
+        let vip = default_vip(&format!("svc-{i}")).octets();
+        assert_eq!(vip[0] & 0xf0, 240, "{vip:?}");
+        assert!(vip[3] != 0 && vip[3] != 255, "{vip:?}");
+    }
+    // It depends only on the name, not on the other services.
+    let alone = parse_ok(&with_service(""));
+    let crowded = parse_ok(&format!(
+        "{NODES}\n[[service]]\nname = \"t\"\nnode = \"b\"\nport = 81\n{}",
+        with_service("").trim_start_matches(NODES)
+    ));
+    assert_eq!(
+        alone.service("s").unwrap().vip,
+        crowded.service("s").unwrap().vip
+    );
+}
+
+#[test]
+fn fnv1a_64_test_vectors() {
+    // From the FNV reference test suite.
+    assert_eq!(super::vip::fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(super::vip::fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    assert_eq!(super::vip::fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+}

@@ -1,0 +1,422 @@
+//! From [`RawConfig`] to [`Config`]: every semantic check, collecting all
+//! problems instead of stopping at the first.
+//!
+//! Cross-references (a service's node, an intention's services) are checked
+//! against every declared name, valid or not, so one bad name does not also
+//! produce "unknown node" problems elsewhere.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::Source;
+use super::raw::{RawConfig, RawIntention, RawMesh, RawNode, RawService};
+use super::{
+    Action, Config, ConfigError, Intention, Match, Mesh, Node, Problem, Service, default_vip,
+    values,
+};
+
+const DEFAULT_TRUST_DOMAIN: &str = "mesh.local";
+const DEFAULT_CA_DIR: &str = "ca";
+const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let source = Source { path, text };
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| ConfigError::Invalid(vec![source.toml_problem(&e)]))?;
+
+    let mut checker = Checker {
+        source,
+        problems: Vec::new(),
+    };
+    let mesh = checker.mesh(raw.mesh.unwrap_or_default());
+    let nodes = checker.nodes(&raw.node);
+    let services = checker.services(&raw.service, &raw.node);
+    let intentions = checker.intentions(&raw.intention, &raw.service);
+
+    let mut problems = checker.problems;
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| (p.line, p.column));
+        return Err(ConfigError::Invalid(problems));
+    }
+    Ok(Config {
+        path: path.to_owned(),
+        mesh,
+        nodes,
+        services,
+        intentions,
+    })
+}
+
+struct Checker<'a> {
+    source: Source<'a>,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.problems.push(self.source.problem(span, message));
+    }
+
+    fn line<T>(&self, item: &Spanned<T>) -> usize {
+        self.source.line(item.span().start)
+    }
+
+    /// Runs `check` on a spanned value; reports its error at the value.
+    fn check<T, U>(
+        &mut self,
+        value: &Spanned<T>,
+        check: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Option<U> {
+        match check(value.get_ref()) {
+            Ok(checked) => Some(checked),
+            Err(message) => {
+                self.report(value.span(), message);
+                None
+            }
+        }
+    }
+
+    /// The `[mesh]` table, with defaults for what is missing. Fields that
+    /// have problems get their default (the config is rejected anyway).
+    fn mesh(&mut self, raw: RawMesh) -> Mesh {
+        let trust_domain = match &raw.trust_domain {
+            Some(domain) => {
+                self.check(domain, |d| values::trust_domain(d));
+                domain.get_ref().clone()
+            }
+            None => DEFAULT_TRUST_DOMAIN.to_owned(),
+        };
+        let default_policy = raw
+            .default_policy
+            .and_then(|p| self.check(&p, |p| values::action("default_policy", p)))
+            .unwrap_or(Action::Deny);
+        let ca_dir = match &raw.ca_dir {
+            Some(dir) if dir.get_ref().is_empty() => {
+                self.report(
+                    dir.span(),
+                    "ca_dir must not be empty: expected a directory path",
+                );
+                DEFAULT_CA_DIR
+            }
+            Some(dir) => dir.get_ref().as_str(),
+            None => DEFAULT_CA_DIR,
+        };
+        // `join` keeps an absolute `ca_dir` as is.
+        let ca_dir = self
+            .source
+            .path
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(ca_dir);
+        let leaf_ttl = raw
+            .leaf_ttl
+            .and_then(|t| self.check(&t, |t| values::leaf_ttl(t)))
+            .unwrap_or(DEFAULT_LEAF_TTL);
+        Mesh {
+            trust_domain,
+            default_policy,
+            ca_dir,
+            leaf_ttl,
+        }
+    }
+
+    /// The `[[node]]` entries that are valid; problems for the others.
+    fn nodes(&mut self, raw: &[Spanned<RawNode>]) -> Vec<Node> {
+        let mut nodes = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut addresses: HashMap<IpAddr, (&str, usize)> = HashMap::new();
+        for entry in raw {
+            let node = entry.get_ref();
+            let name = node.name.get_ref().as_str();
+            let name_ok = self
+                .check(&node.name, |n| values::name("node", n))
+                .is_some();
+            let name_unique = self.unique(&mut names, name, &node.name, || {
+                format!("duplicate node name {name:?}")
+            });
+            let address = self.check(&node.address, |a| values::address("node address", a));
+            if let Some(address) = address {
+                let line = self.line(&node.address);
+                if let Some(&(first, first_line)) = addresses.get(&address.to_canonical()) {
+                    self.report(
+                        node.address.span(),
+                        format!(
+                            "node {name:?} has the same address {address} as node {first:?} \
+                             (line {first_line}): expected a distinct address per node"
+                        ),
+                    );
+                } else {
+                    addresses.insert(address.to_canonical(), (name, line));
+                }
+            }
+            if let (true, true, Some(address)) = (name_ok, name_unique, address) {
+                nodes.push(Node {
+                    name: name.to_owned(),
+                    address,
+                });
+            }
+        }
+        nodes
+    }
+
+    /// The `[[service]]` entries that are valid; problems for the others.
+    fn services(
+        &mut self,
+        raw: &[Spanned<RawService>],
+        raw_nodes: &[Spanned<RawNode>],
+    ) -> Vec<Service> {
+        let node_names: HashSet<&str> = raw_nodes
+            .iter()
+            .map(|n| n.get_ref().name.get_ref().as_str())
+            .collect();
+        // Node addresses that are valid, to keep VIPs off them.
+        let node_addresses: HashMap<IpAddr, (&str, usize)> = raw_nodes
+            .iter()
+            .filter_map(|n| {
+                let n = n.get_ref();
+                let address: IpAddr = n.address.get_ref().parse().ok()?;
+                Some((
+                    address.to_canonical(),
+                    (n.name.get_ref().as_str(), self.line(&n.address)),
+                ))
+            })
+            .collect();
+
+        let mut services = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut ports: HashMap<(&str, u16), (&str, usize)> = HashMap::new();
+        let mut vips: HashMap<IpAddr, Vip<'_>> = HashMap::new();
+        for entry in raw {
+            let service = entry.get_ref();
+            let name = service.name.get_ref().as_str();
+            let node = service.node.get_ref().as_str();
+            let name_ok = self
+                .check(&service.name, |n| values::name("service", n))
+                .is_some();
+            let name_unique = self.unique(&mut names, name, &service.name, || {
+                format!("duplicate service name {name:?}")
+            });
+
+            let node_ok = node_names.contains(node);
+            if !node_ok {
+                self.report(
+                    service.node.span(),
+                    format!(
+                        "service {name:?} is on unknown node {node:?}: \
+                         expected the name of a [[node]]"
+                    ),
+                );
+            }
+
+            let port = self.check(&service.port, values::port);
+            if let Some(port) = port {
+                let line = self.line(&service.port);
+                if let Some(&(first, first_line)) = ports.get(&(node, port)) {
+                    self.report(
+                        service.port.span(),
+                        format!(
+                            "port {port} on node {node:?} is already used by service {first:?} \
+                             (line {first_line}): expected a distinct port per node"
+                        ),
+                    );
+                } else {
+                    ports.insert((node, port), (name, line));
+                }
+            }
+
+            let vip = match &service.vip {
+                Some(vip) => self
+                    .check(vip, |v| values::address("vip", v))
+                    .map(|address| Vip {
+                        service: name,
+                        address,
+                        explicit: true,
+                        span: vip.span(),
+                        line: self.line(vip),
+                    }),
+                // A duplicate name has the same default VIP: no second problem.
+                None if !name_unique => None,
+                None => Some(Vip {
+                    service: name,
+                    address: IpAddr::V4(default_vip(name)),
+                    explicit: false,
+                    span: entry.span(),
+                    line: self.line(entry),
+                }),
+            };
+            let vip_ok = vip
+                .as_ref()
+                .is_some_and(|vip| self.vip_unique(vip.clone(), &node_addresses, &mut vips));
+
+            let cgroup = match &service.cgroup {
+                Some(cgroup) => self.check(cgroup, |c| values::cgroup(c)).map(Some),
+                None => Some(None),
+            };
+
+            if let (true, true, true, true, Some(port), Some(vip), Some(cgroup)) =
+                (name_ok, name_unique, node_ok, vip_ok, port, vip, cgroup)
+            {
+                services.push(Service {
+                    name: name.to_owned(),
+                    node: node.to_owned(),
+                    port,
+                    vip: vip.address,
+                    public: service.public,
+                    cgroup,
+                });
+            }
+        }
+        services
+    }
+
+    /// Records `vip` unless it is a node's address or another service's VIP;
+    /// reports the collision otherwise. A default VIP collision asks for an
+    /// explicit `vip`.
+    fn vip_unique<'a>(
+        &mut self,
+        vip: Vip<'a>,
+        node_addresses: &HashMap<IpAddr, (&str, usize)>,
+        vips: &mut HashMap<IpAddr, Vip<'a>>,
+    ) -> bool {
+        let key = vip.address.to_canonical();
+        let (service, address) = (vip.service, vip.address);
+        let message = if let Some(&(node, line)) = node_addresses.get(&key) {
+            if vip.explicit {
+                format!(
+                    "vip {address} of service {service:?} is the address of node {node:?} \
+                     (line {line}): expected an address no node uses"
+                )
+            } else {
+                format!(
+                    "default vip {address} of service {service:?} is the address of node \
+                     {node:?} (line {line}): set `vip` explicitly"
+                )
+            }
+        } else if let Some(first) = vips.get(&key) {
+            let (other, line) = (first.service, first.line);
+            match (vip.explicit, first.explicit) {
+                (true, true) => format!(
+                    "vip {address} of service {service:?} is already used by service {other:?} \
+                     (line {line}): expected a distinct vip per service"
+                ),
+                (true, false) => format!(
+                    "vip {address} of service {service:?} is the default vip of service \
+                     {other:?} (line {line}): set `vip` explicitly on one of them"
+                ),
+                (false, _) => format!(
+                    "default vip {address} of service {service:?} is already used by service \
+                     {other:?} (line {line}): set `vip` explicitly"
+                ),
+            }
+        } else {
+            vips.insert(key, vip);
+            return true;
+        };
+        self.report(vip.span, message);
+        false
+    }
+
+    /// The `[[intention]]` entries that are valid; problems for the others.
+    fn intentions(
+        &mut self,
+        raw: &[Spanned<RawIntention>],
+        raw_services: &[Spanned<RawService>],
+    ) -> Vec<Intention> {
+        let service_names: HashSet<&str> = raw_services
+            .iter()
+            .map(|s| s.get_ref().name.get_ref().as_str())
+            .collect();
+        let mut intentions = Vec::new();
+        let mut pairs: HashMap<(&str, &str), usize> = HashMap::new();
+        for entry in raw {
+            let intention = entry.get_ref();
+            let line = self.line(entry);
+            let source = self.check(&intention.source, |s| {
+                service_match("source", s, &service_names)
+            });
+            let destination = self.check(&intention.destination, |d| {
+                service_match("destination", d, &service_names)
+            });
+            let action = self.check(&intention.action, |a| values::action("action", a));
+
+            let pair = (
+                intention.source.get_ref().as_str(),
+                intention.destination.get_ref().as_str(),
+            );
+            if let Some(first_line) = pairs.get(&pair) {
+                self.report(
+                    entry.span(),
+                    format!(
+                        "duplicate intention from {:?} to {:?}: already declared on line \
+                         {first_line}; expected one intention per source and destination",
+                        pair.0, pair.1
+                    ),
+                );
+                continue;
+            }
+            pairs.insert(pair, line);
+
+            if let (Some(source), Some(destination), Some(action)) = (source, destination, action) {
+                intentions.push(Intention {
+                    source,
+                    destination,
+                    action,
+                    line,
+                });
+            }
+        }
+        intentions
+    }
+
+    /// Records `name` as seen at `at`, or reports a duplicate there,
+    /// mentioning the first's line. Returns whether it was the first.
+    fn unique<'n>(
+        &mut self,
+        seen: &mut HashMap<&'n str, usize>,
+        name: &'n str,
+        at: &Spanned<String>,
+        what: impl FnOnce() -> String,
+    ) -> bool {
+        if let Some(first_line) = seen.get(name) {
+            let message = format!(
+                "{}: already declared on line {first_line}; expected unique names",
+                what()
+            );
+            self.report(at.span(), message);
+            return false;
+        }
+        seen.insert(name, self.line(at));
+        true
+    }
+}
+
+/// A service's VIP and where it comes from, for collision messages.
+#[derive(Clone)]
+struct Vip<'a> {
+    service: &'a str,
+    address: IpAddr,
+    /// Written as `vip = ...`; otherwise [`default_vip`].
+    explicit: bool,
+    /// The `vip` value if explicit, else the `[[service]]` entry.
+    span: Range<usize>,
+    line: usize,
+}
+
+/// An intention's source or destination: "*" or a declared service's name.
+fn service_match(what: &str, text: &str, services: &HashSet<&str>) -> Result<Match, String> {
+    if text == "*" {
+        Ok(Match::Any)
+    } else if services.contains(text) {
+        Ok(Match::Name(text.to_owned()))
+    } else {
+        Err(format!(
+            "unknown service {text:?} in intention {what}: \
+             expected \"*\" or the name of a [[service]]"
+        ))
+    }
+}

@@ -1,0 +1,274 @@
+//! Loading, attaching and feeding the kernel programs of `mesh-ebpf`.
+//!
+//! Programs are attached with bpf links owned by this process and nothing is
+//! pinned: when the agent exits, even by SIGKILL, the kernel detaches them.
+
+use std::{fs::File, net::SocketAddr, os::fd::AsRawFd, path::Path, sync::Mutex};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError, SockMap},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SockOps},
+};
+use mesh_common::{ConnKey, LISTENER_V4, LISTENER_V6, OrigDst, ServiceId, SockAddr, names};
+use tokio::io::unix::AsyncFd;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("failed to load the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {0} missing from the object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("failed to open {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The object file built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh"));
+
+/// What the programs need to know at load time.
+pub struct LoadParams {
+    pub netns_cookie: u64,
+    pub agent_cgroup: u64,
+    pub outbound_port: u16,
+}
+
+/// What the agent puts into the maps for its node.
+#[derive(Debug, Default)]
+pub struct MapContents {
+    /// Mesh destinations: VIP:port and node-address:port of every meshed service.
+    pub services: Vec<(SocketAddr, ServiceId)>,
+    /// cgroup id -> local service.
+    pub cgroups: Vec<(u64, ServiceId)>,
+    /// Loopback port -> local service (the loopback guard).
+    pub loopback_ports: Vec<(u16, ServiceId)>,
+    /// node-address:port -> local service steered to the inbound listener.
+    pub inbound: Vec<(SocketAddr, ServiceId)>,
+}
+
+/// The loaded programs and the maps the agent writes at run time.
+pub struct Kernel {
+    ebpf: Ebpf,
+    conns: Mutex<HashMap<MapData, ConnKey, OrigDst>>,
+}
+
+impl Kernel {
+    /// Loads the object with `params`, fills the maps from `contents`, puts
+    /// the inbound listeners into `LISTENERS`, then attaches connect4/6 and
+    /// sock_ops to the cgroup2 root and sk_lookup to this netns.
+    pub fn start(
+        params: &LoadParams,
+        contents: &MapContents,
+        inbound_v4: &impl AsRawFd,
+        inbound_v6: Option<&impl AsRawFd>,
+        cgroup_root: &Path,
+    ) -> Result<Self, EbpfError> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::NETNS_COOKIE, &params.netns_cookie, true)
+            .override_global(names::AGENT_CGROUP, &params.agent_cgroup, true)
+            .override_global(names::OUTBOUND_PORT, &params.outbound_port, true)
+            .load(OBJECT)?;
+        start_logger(&mut ebpf);
+
+        fill(&mut ebpf, contents)?;
+        let mut listeners: SockMap<_> = map(&mut ebpf, names::LISTENERS)?;
+        listeners
+            .set(LISTENER_V4, inbound_v4, 0)
+            .map_err(|source| EbpfError::Map {
+                name: names::LISTENERS,
+                source,
+            })?;
+        if let Some(v6) = inbound_v6 {
+            listeners
+                .set(LISTENER_V6, v6, 0)
+                .map_err(|source| EbpfError::Map {
+                    name: names::LISTENERS,
+                    source,
+                })?;
+        }
+
+        let cgroup = open(cgroup_root)?;
+        let netns = open(Path::new("/proc/self/ns/net"))?;
+        for name in ["mesh_connect4", "mesh_connect6"] {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            prog.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| EbpfError::Program { name, source })?;
+        }
+        let name = "mesh_sock_ops";
+        let prog: &mut SockOps = program(&mut ebpf, name)?;
+        prog.load()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        prog.attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|source| EbpfError::Program { name, source })?;
+        let name = "mesh_sk_lookup";
+        let prog: &mut SkLookup = program(&mut ebpf, name)?;
+        prog.load()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        prog.attach(&netns)
+            .map_err(|source| EbpfError::Program { name, source })?;
+
+        let conns = Mutex::new(take_map(&mut ebpf, names::CONNS)?);
+        Ok(Self { ebpf, conns })
+    }
+
+    /// Takes (looks up and deletes) the record sock_ops left for a connection
+    /// accepted on the outbound listener.
+    pub fn take_orig(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
+        let key = ConnKey {
+            peer: sock_addr(peer),
+            local: sock_addr(local),
+        };
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let orig = conns.get(&key, 0).ok()?;
+        let _ = conns.remove(&key);
+        Some(orig)
+    }
+
+    /// Detaches every program (by dropping the links) and closes the maps.
+    pub fn stop(self) {
+        drop(self.conns);
+        drop(self.ebpf);
+    }
+}
+
+/// `addr` as the kernel programs see it (IPv4 mapped into IPv6).
+pub fn sock_addr(addr: SocketAddr) -> SockAddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    let o = ip.octets();
+    let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    SockAddr {
+        addr: [word(0), word(4), word(8), word(12)],
+        port: addr.port(),
+        _pad: 0,
+    }
+}
+
+fn fill(ebpf: &mut Ebpf, c: &MapContents) -> Result<(), EbpfError> {
+    let err = |name| move |source| EbpfError::Map { name, source };
+    let mut services: HashMap<_, SockAddr, ServiceId> = map(ebpf, names::SERVICES)?;
+    for (addr, id) in &c.services {
+        services
+            .insert(sock_addr(*addr), id, 0)
+            .map_err(err(names::SERVICES))?;
+    }
+    let mut cgroups: HashMap<_, u64, ServiceId> = map(ebpf, names::CGROUPS)?;
+    for (cg, id) in &c.cgroups {
+        cgroups.insert(cg, id, 0).map_err(err(names::CGROUPS))?;
+    }
+    let mut ports: HashMap<_, u32, ServiceId> = map(ebpf, names::LOOPBACK_PORTS)?;
+    for (port, id) in &c.loopback_ports {
+        ports
+            .insert(u32::from(*port), id, 0)
+            .map_err(err(names::LOOPBACK_PORTS))?;
+    }
+    let mut inbound: HashMap<_, SockAddr, ServiceId> = map(ebpf, names::INBOUND)?;
+    for (addr, id) in &c.inbound {
+        inbound
+            .insert(sock_addr(*addr), id, 0)
+            .map_err(err(names::INBOUND))?;
+    }
+    Ok(())
+}
+
+fn map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+{
+    let m = ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
+    T::try_from(m).map_err(|source| EbpfError::Map { name, source })
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let m = ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))?;
+    T::try_from(m).map_err(|source| EbpfError::Map { name, source })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?;
+    p.try_into()
+        .map_err(|source| EbpfError::Program { name, source })
+}
+
+fn open(path: &Path) -> Result<File, EbpfError> {
+    File::open(path).map_err(|source| EbpfError::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Forwards the programs' aya-log records to `log`, which tracing-subscriber
+/// turns into tracing events. The logger must live as long as the programs.
+fn start_logger(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF logs unavailable");
+            return;
+        }
+    };
+    // SAFETY: the AsyncFd owns the logger, which owns the ring buffer's fd,
+    // so the fd stays open for as long as it is registered.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF logs unavailable");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sock_addr_maps_ipv4_like_the_kernel() {
+        let a = sock_addr("10.77.0.2:5001".parse().unwrap());
+        assert_eq!(
+            a,
+            SockAddr::from_v4(u32::from_ne_bytes([10, 77, 0, 2]), 5001)
+        );
+        let b = sock_addr("[::1]:80".parse().unwrap());
+        assert!(b.is_loopback() && !b.is_v4());
+    }
+}

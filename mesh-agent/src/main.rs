@@ -1,0 +1,121 @@
+//! `mesh-agent`: the node agent of the mesh and its command line.
+//! See ARCHITECTURE.md for how the pieces fit together.
+
+mod agent;
+mod cgroup;
+mod config;
+mod ebpf;
+mod exec;
+mod proxy;
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mesh-agent",
+    version,
+    about = "Node agent of a transparent mTLS service mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent for one node of the mesh (needs root).
+    Run {
+        /// The mesh's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Which node of the config this agent is.
+        #[arg(long)]
+        node: String,
+        /// Port of the outbound listener on 127.0.0.1 and ::1.
+        #[arg(long, default_value_t = 15001)]
+        outbound_port: u16,
+    },
+    /// Check a config file; print every problem and exit non-zero if any.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run CMD as service S of node N (in the service's cgroup).
+    Exec {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        service: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            node,
+            outbound_port,
+        } => run(agent::RunOptions {
+            config,
+            node,
+            outbound_port,
+        }),
+        Command::Validate { config } => validate(&config),
+        Command::Exec {
+            config,
+            node,
+            service,
+            command,
+        } => exec::exec(&config, &node, &service, &command)
+            .map(|never| match never {})
+            .map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(opts: agent::RunOptions) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(agent::run(opts))?;
+    Ok(())
+}
+
+fn validate(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = config::Config::load(path)?;
+    println!(
+        "{}: ok ({} nodes, {} services, {} intentions)",
+        path.display(),
+        config.nodes.len(),
+        config.services.len(),
+        config.intentions.len()
+    );
+    Ok(())
+}
+
+/// Logs go to stderr; `RUST_LOG` filters (default `info`). eBPF-side logs
+/// arrive through the `log` bridge under the target `mesh`.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

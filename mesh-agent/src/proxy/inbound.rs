@@ -1,0 +1,42 @@
+//! The inbound listener: connections for `<node address>:<service port>`
+//! steered here by sk_lookup. `local_addr()` of an accepted socket is the
+//! address the peer dialed.
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use super::{ProxyError, Shared, dial, hop, local_addr, splice};
+
+/// Accepts steered connections until the task is dropped.
+pub async fn serve(listener: TcpListener, ctx: Shared) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "inbound accept failed");
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, &ctx).await {
+                warn!(%peer, error = %e, "inbound connection refused");
+            }
+        });
+    }
+}
+
+async fn handle(stream: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
+    let dialed = stream.local_addr()?;
+    stream.set_nodelay(true)?;
+    let dst = ctx
+        .config
+        .services_on(&ctx.node)
+        .find(|s| s.port == dialed.port() && !s.public)
+        .ok_or(ProxyError::NoLocalService(dialed.port()))?;
+    let (mut remote, peer) = hop::accept(stream, &dst.name).await?;
+    let mut svc = dial(local_addr(dst.port)).await?;
+    let (received, sent) = splice(&mut remote, &mut svc).await?;
+    info!(src = %peer.service, dst = %dst.name, sent, received, "inbound connection done");
+    Ok(())
+}

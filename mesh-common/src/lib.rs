@@ -1,0 +1,149 @@
+//! `#[repr(C)]` types shared by the eBPF programs (`mesh-ebpf`) and the agent
+//! (`mesh-agent`): map keys, map values and the names of maps and globals.
+//!
+//! Every type has explicit padding so both sides agree on every byte.
+#![no_std]
+
+/// Maps and globals, by the names the agent looks them up with.
+pub mod names {
+    /// `SockAddr` (VIP:port or node address:port) -> `ServiceId` of every mesh destination.
+    pub const SERVICES: &str = "SERVICES";
+    /// cgroup id (u64) -> `ServiceId` of the local service running in that cgroup.
+    pub const CGROUPS: &str = "CGROUPS";
+    /// port (u32) -> `ServiceId` of the local service listening on loopback on that port.
+    pub const LOOPBACK_PORTS: &str = "LOOPBACK_PORTS";
+    /// `SockAddr` (node address:port) -> `ServiceId` steered to the inbound listener.
+    pub const INBOUND: &str = "INBOUND";
+    /// socket cookie (u64) -> `OrigDst`, written by connect4/6, consumed by sock_ops.
+    pub const SOCKETS: &str = "SOCKETS";
+    /// `ConnKey` -> `OrigDst`, written by sock_ops, consumed by the agent after accept().
+    pub const CONNS: &str = "CONNS";
+    /// SockMap holding the inbound listeners: index `LISTENER_V4` and `LISTENER_V6`.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// Global (u64): netns cookie of the node this program set acts for.
+    pub const NETNS_COOKIE: &str = "NETNS_COOKIE";
+    /// Global (u64): cgroup id of the agent; its sockets are never touched.
+    pub const AGENT_CGROUP: &str = "AGENT_CGROUP";
+    /// Global (u16): port of the agent's outbound listener on 127.0.0.1 and ::1.
+    pub const OUTBOUND_PORT: &str = "OUTBOUND_PORT";
+}
+
+/// Index of the IPv4 inbound listener in `LISTENERS`.
+pub const LISTENER_V4: u32 = 0;
+/// Index of the IPv6 inbound listener in `LISTENERS`.
+pub const LISTENER_V6: u32 = 1;
+
+/// Maximum entries of the service-sized maps.
+pub const MAX_SERVICES: u32 = 4096;
+/// Maximum entries of the per-connection maps (LRU: the oldest entries go first).
+pub const MAX_PENDING_CONNS: u32 = 65536;
+
+/// A service's index in the agent's current config, plus one (0 is never used).
+pub type ServiceId = u32;
+
+/// An IPv4 or IPv6 socket address. IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`)
+/// so one map serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockAddr {
+    /// The address as four words in network byte order, laid out like
+    /// `bpf_sock_addr.user_ip6` (byte `i` of the address is byte `i` in memory).
+    pub addr: [u32; 4],
+    /// The port in host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+impl SockAddr {
+    /// The second word of an IPv4-mapped address in memory order (`00 00 ff ff`).
+    pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+    /// `ip4` in network byte order as read from a kernel context.
+    #[inline(always)]
+    pub const fn from_v4(ip4_be: u32, port: u16) -> Self {
+        Self {
+            addr: [0, 0, Self::V4_MAPPED_WORD, ip4_be],
+            port,
+            _pad: 0,
+        }
+    }
+
+    /// Whether the address is IPv4-mapped.
+    #[inline(always)]
+    pub const fn is_v4(&self) -> bool {
+        self.addr[0] == 0 && self.addr[1] == 0 && self.addr[2] == Self::V4_MAPPED_WORD
+    }
+
+    /// Whether the address is loopback: `127.0.0.0/8` (mapped) or `::1`.
+    #[inline(always)]
+    pub const fn is_loopback(&self) -> bool {
+        if self.is_v4() {
+            self.addr[3].to_ne_bytes()[0] == 127
+        } else {
+            self.addr[0] == 0
+                && self.addr[1] == 0
+                && self.addr[2] == 0
+                && self.addr[3] == u32::from_ne_bytes([0, 0, 0, 1])
+        }
+    }
+}
+
+/// Key of `CONNS`: a connection to the outbound listener as the agent sees it
+/// after `accept()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// The app's end (the agent's `peer_addr()`).
+    pub peer: SockAddr,
+    /// The listener's end (the agent's `local_addr()`).
+    pub local: SockAddr,
+}
+
+/// What connect4/6 learned about a redirected connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OrigDst {
+    /// The address the app dialed.
+    pub dst: SockAddr,
+    /// The calling service.
+    pub src_service: ServiceId,
+    /// The service behind `dst`.
+    pub dst_service: ServiceId,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding and no pointers;
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::SockAddr {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OrigDst {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<SockAddr>(), 20);
+        assert_eq!(core::mem::size_of::<ConnKey>(), 40);
+        assert_eq!(core::mem::size_of::<OrigDst>(), 28);
+    }
+
+    #[test]
+    fn loopback_and_mapped() {
+        let lo = SockAddr::from_v4(u32::from_ne_bytes([127, 0, 0, 1]), 80);
+        assert!(lo.is_v4() && lo.is_loopback());
+        let other = SockAddr::from_v4(u32::from_ne_bytes([10, 77, 0, 2]), 80);
+        assert!(other.is_v4() && !other.is_loopback());
+        let v6lo = SockAddr {
+            addr: [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])],
+            port: 80,
+            _pad: 0,
+        };
+        assert!(!v6lo.is_v4() && v6lo.is_loopback());
+    }
+}

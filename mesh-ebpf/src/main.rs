@@ -1,0 +1,326 @@
+//! The mesh's kernel programs. One agent loads one copy of this object per
+//! node; the copy acts only for sockets in that node's network namespace.
+//!
+//! | program     | hook                         | decides                                        |
+//! |-------------|------------------------------|------------------------------------------------|
+//! | `mesh_connect4`  | cgroup/connect4              | redirect to the agent, loopback guard          |
+//! | `connect6`  | cgroup/connect6              | the same for AF_INET6 sockets                  |
+//! | `sock_ops`  | sock_ops (active established)| hand the original destination to the agent     |
+//! | `sk_lookup` | sk_lookup (node's netns)     | steer node-address:port to the inbound listener|
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
+    maps::{HashMap, LruHashMap, SockMap},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
+};
+use aya_log_ebpf::{debug, warn};
+use mesh_common::{
+    ConnKey, LISTENER_V4, LISTENER_V6, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst, ServiceId,
+    SockAddr,
+};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const IPPROTO_TCP: u32 = 6;
+/// cgroup/connect*: let the connect go on (possibly rewritten).
+const CONNECT_ALLOW: i32 = 1;
+/// cgroup/connect*: refuse; the caller sees EPERM.
+const CONNECT_DENY: i32 = 0;
+
+// Globals set by the agent at load time (`EbpfLoader::set_global`).
+#[unsafe(no_mangle)]
+static NETNS_COOKIE: u64 = 0;
+#[unsafe(no_mangle)]
+static AGENT_CGROUP: u64 = 0;
+#[unsafe(no_mangle)]
+static OUTBOUND_PORT: u16 = 15001;
+
+#[map]
+static SERVICES: HashMap<SockAddr, ServiceId> = HashMap::with_max_entries(2 * MAX_SERVICES, 0);
+#[map]
+static CGROUPS: HashMap<u64, ServiceId> = HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static LOOPBACK_PORTS: HashMap<u32, ServiceId> = HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static INBOUND: HashMap<SockAddr, ServiceId> = HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
+#[map]
+static CONNS: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
+#[map]
+static LISTENERS: SockMap = SockMap::with_max_entries(2, 0);
+
+/// cgroup/connect4, attached to the cgroup2 root; kernel 5.7+ (netns cookie).
+///
+/// For TCP sockets of this node's netns: refuses (EPERM) a connect to a local
+/// service's loopback port unless the caller is that service or the agent;
+/// redirects a caller with a mesh identity (`CGROUPS`) dialing a mesh
+/// destination (`SERVICES`) to the agent's outbound listener on 127.0.0.1 and
+/// records the original destination in `SOCKETS` by socket cookie.
+#[cgroup_sock_addr(connect4)]
+pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid `bpf_sock_addr`; fields are read as
+    // the verifier allows (4-byte loads).
+    let (protocol, ip4, port) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (sa.protocol, sa.user_ip4, sa.user_port)
+    };
+    if protocol != IPPROTO_TCP || !this_node(&ctx) {
+        return CONNECT_ALLOW;
+    }
+    let dst = SockAddr::from_v4(ip4, u16::from_be(port as u16));
+    match decide(&ctx, &dst) {
+        Verdict::Untouched => CONNECT_ALLOW,
+        Verdict::Deny => CONNECT_DENY,
+        Verdict::Redirect => {
+            // SAFETY: writable context fields of cgroup/connect4.
+            unsafe {
+                let sa = &mut *ctx.sock_addr;
+                sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+                sa.user_port = u32::from(outbound_port().to_be());
+            }
+            CONNECT_ALLOW
+        }
+    }
+}
+
+/// cgroup/connect6, attached to the cgroup2 root; kernel 5.7+.
+///
+/// The same decisions as `connect4` for AF_INET6 sockets. A redirected
+/// IPv4-mapped destination goes to `::ffff:127.0.0.1`, any other to `::1`.
+#[cgroup_sock_addr(connect6)]
+pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as in `connect4`; `user_ip6` is read one word at a time.
+    let (protocol, ip6, port) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (sa.protocol, ctx_ip6(&raw const sa.user_ip6), sa.user_port)
+    };
+    if protocol != IPPROTO_TCP || !this_node(&ctx) {
+        return CONNECT_ALLOW;
+    }
+    let dst = SockAddr {
+        addr: ip6,
+        port: u16::from_be(port as u16),
+        _pad: 0,
+    };
+    match decide(&ctx, &dst) {
+        Verdict::Untouched => CONNECT_ALLOW,
+        Verdict::Deny => CONNECT_DENY,
+        Verdict::Redirect => {
+            let to = if dst.is_v4() {
+                SockAddr::from_v4(u32::from_ne_bytes([127, 0, 0, 1]), 0).addr
+            } else {
+                [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]
+            };
+            // SAFETY: writable context fields of cgroup/connect6, one word at a time.
+            unsafe {
+                let sa = &mut *ctx.sock_addr;
+                sa.user_ip6[0] = to[0];
+                sa.user_ip6[1] = to[1];
+                sa.user_ip6[2] = to[2];
+                sa.user_ip6[3] = to[3];
+                sa.user_port = u32::from(outbound_port().to_be());
+            }
+            CONNECT_ALLOW
+        }
+    }
+}
+
+/// sock_ops, attached to the cgroup2 root; kernel 5.15+ (netns cookie in sock_ops).
+///
+/// On an active connection becoming established, moves the `SOCKETS` record
+/// of a redirected socket to `CONNS`, keyed by the 4-tuple the agent sees
+/// after `accept()`. The callback runs before the final ACK is sent, so the
+/// record is there before the agent can accept the connection.
+#[sock_ops]
+pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || !this_node(&ctx) {
+        return 0;
+    }
+    // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once; nothing else writes this key.
+    let Some(orig) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
+        return 0;
+    };
+    let _ = SOCKETS.remove(&cookie);
+    // local_port is in host byte order; remote_port holds the network-order
+    // port in its upper 16 bits on little-endian machines.
+    let local_port = ctx.local_port() as u16;
+    let remote_port = u32::from_be(ctx.remote_port()) as u16;
+    let key = match ctx.family() {
+        AF_INET => ConnKey {
+            peer: SockAddr::from_v4(ctx.local_ip4(), local_port),
+            local: SockAddr::from_v4(ctx.remote_ip4(), remote_port),
+        },
+        // SAFETY: `ctx.ops` is the valid context the kernel passed.
+        AF_INET6 => ConnKey {
+            peer: SockAddr {
+                addr: unsafe { ctx_ip6(&raw const (*ctx.ops).local_ip6) },
+                port: local_port,
+                _pad: 0,
+            },
+            local: SockAddr {
+                // SAFETY: as above.
+                addr: unsafe { ctx_ip6(&raw const (*ctx.ops).remote_ip6) },
+                port: remote_port,
+                _pad: 0,
+            },
+        },
+        _ => return 0,
+    };
+    if CONNS.insert(&key, &orig, 0).is_err() {
+        warn!(
+            &ctx,
+            "mesh: CONNS full, redirected connection loses its origin"
+        );
+    }
+    0
+}
+
+/// sk_lookup, attached to the node's network namespace; kernel 5.9+.
+///
+/// Steers a new TCP connection for `<node address>:<port>` of a local
+/// non-public service (`INBOUND`) to the agent's inbound listener (`LISTENERS`).
+/// Everything else goes on to the regular socket lookup.
+#[sk_lookup]
+pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
+    // SAFETY: the kernel passes a valid `bpf_sk_lookup`.
+    let (family, protocol, ip4, ip6, port) = unsafe {
+        let l = &*ctx.lookup;
+        (
+            l.family,
+            l.protocol,
+            l.local_ip4,
+            ctx_ip6(&raw const l.local_ip6),
+            l.local_port,
+        )
+    };
+    if protocol != IPPROTO_TCP {
+        return sk_action::SK_PASS;
+    }
+    let (dst, index) = match family {
+        AF_INET => (SockAddr::from_v4(ip4, port as u16), LISTENER_V4),
+        AF_INET6 => (
+            SockAddr {
+                addr: ip6,
+                port: port as u16,
+                _pad: 0,
+            },
+            LISTENER_V6,
+        ),
+        _ => return sk_action::SK_PASS,
+    };
+    // SAFETY: read-only presence check.
+    if unsafe { INBOUND.get(&dst) }.is_none() {
+        return sk_action::SK_PASS;
+    }
+    if let Err(e) = LISTENERS.redirect_sk_lookup(&ctx, index, 0) {
+        warn!(
+            &ctx,
+            "mesh: inbound listener missing for port {} ({})", port, e
+        );
+        // Fail closed: never fall through to a service that binds 0.0.0.0.
+        return sk_action::SK_DROP;
+    }
+    sk_action::SK_PASS
+}
+
+enum Verdict {
+    Untouched,
+    Deny,
+    Redirect,
+}
+
+/// The shared decision of connect4/6 for a TCP connect to `dst`.
+#[inline(always)]
+fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
+    // SAFETY: helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: reading a load-time constant.
+    if cgroup == unsafe { core::ptr::read_volatile(&AGENT_CGROUP) } {
+        return Verdict::Untouched;
+    }
+    // SAFETY: values are copied out at once.
+    let src = unsafe { CGROUPS.get(&cgroup) }.copied();
+    if dst.is_loopback() {
+        // SAFETY: as above.
+        if let Some(owner) = unsafe { LOOPBACK_PORTS.get(&u32::from(dst.port)) }.copied() {
+            if src != Some(owner) {
+                debug!(
+                    ctx,
+                    "mesh: loopback guard refused port {} to cgroup {}", dst.port, cgroup
+                );
+                return Verdict::Deny;
+            }
+        }
+        return Verdict::Untouched;
+    }
+    let Some(src_service) = src else {
+        return Verdict::Untouched;
+    };
+    // SAFETY: as above.
+    let Some(dst_service) = (unsafe { SERVICES.get(dst) }).copied() else {
+        return Verdict::Untouched;
+    };
+    // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let orig = OrigDst {
+        dst: *dst,
+        src_service,
+        dst_service,
+    };
+    if SOCKETS.insert(&cookie, &orig, 0).is_err() {
+        // Without a record the agent could not route it: refuse rather than leak.
+        return Verdict::Deny;
+    }
+    Verdict::Redirect
+}
+
+/// Whether the socket behind `ctx` lives in this node's network namespace.
+#[inline(always)]
+fn this_node<C: aya_ebpf::EbpfContext>(ctx: &C) -> bool {
+    // SAFETY: bpf_get_netns_cookie accepts sock_addr and sock_ops contexts;
+    // the global is a load-time constant.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) == core::ptr::read_volatile(&NETNS_COOKIE) }
+}
+
+/// Reads an IPv6 address from a context one 4-byte word at a time: the
+/// verifier rejects the memcpy the compiler would otherwise emit.
+///
+/// # Safety
+/// `p` must point into the program's context.
+#[inline(always)]
+unsafe fn ctx_ip6(p: *const [u32; 4]) -> [u32; 4] {
+    let p = p.cast::<u32>();
+    // SAFETY: the caller guarantees `p` points at four readable words.
+    unsafe {
+        [
+            core::ptr::read_volatile(p),
+            core::ptr::read_volatile(p.add(1)),
+            core::ptr::read_volatile(p.add(2)),
+            core::ptr::read_volatile(p.add(3)),
+        ]
+    }
+}
+
+#[inline(always)]
+fn outbound_port() -> u16 {
+    // SAFETY: reading a load-time constant.
+    unsafe { core::ptr::read_volatile(&OUTBOUND_PORT) }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
