@@ -52,21 +52,26 @@ pub struct RunOptions {
     pub outbound_port: u16,
 }
 
-/// Runs the agent until SIGINT or SIGTERM, then detaches and cleans up.
-pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
+/// Loads the config and finds the cgroup2 hierarchy. Runs before the async
+/// runtime starts: mounting cgroup2 may need a single-threaded process.
+pub fn prepare(opts: &RunOptions) -> Result<(Config, Cgroup2), AgentError> {
     let config = Config::load(&opts.config)?;
     if config.node(&opts.node).is_none() {
         return Err(AgentError::UnknownNode {
-            node: opts.node,
-            path: opts.config,
+            node: opts.node.clone(),
+            path: opts.config.clone(),
         });
     }
+    Ok((config, Cgroup2::find_or_mount()?))
+}
+
+/// Runs the agent until SIGINT or SIGTERM, then detaches and cleans up.
+pub async fn run(opts: RunOptions, config: Config, cg: Cgroup2) -> Result<(), AgentError> {
     let mut sigterm =
         tokio::signal::unix::signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint =
         tokio::signal::unix::signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
 
-    let cg = Cgroup2::find_or_mount()?;
     let cgroups = Cgroups::enter(&cg, &config, &opts.node)?;
     let result = serve(&cg, &cgroups, config, &opts, async {
         tokio::select! {

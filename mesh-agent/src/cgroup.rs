@@ -2,8 +2,10 @@
 //! moving processes into them.
 //!
 //! `ip netns exec` gives its command a fresh `/sys`, so inside a node's netns
-//! the cgroup2 mount is usually missing; we then mount cgroup2 on a private
-//! temporary directory and remove it again when done. A cgroup's id (what
+//! the cgroup2 mount is usually missing. We then move this process into a
+//! mount namespace of its own and mount cgroup2 on `/sys/fs/cgroup` there:
+//! nothing is created on the host's file systems, and the mount goes away
+//! with the process, even on SIGKILL. A cgroup's id (what
 //! `bpf_get_current_cgroup_id()` returns) is its directory's inode number.
 
 use std::{
@@ -12,13 +14,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use nix::mount::{MntFlags, MsFlags};
+use nix::{mount::MsFlags, sched::CloneFlags};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("failed to read /proc/self/mountinfo: {0}")]
     MountInfo(#[source] io::Error),
+    #[error("failed to make a private mount namespace for cgroup2: {0}")]
+    Unshare(nix::Error),
     #[error("failed to mount cgroup2 on {path}: {source}")]
     Mount { path: PathBuf, source: nix::Error },
     #[error("failed to create cgroup {path}: {source}")]
@@ -39,26 +43,28 @@ pub enum CgroupError {
 #[derive(Debug)]
 pub struct Cgroup2 {
     root: PathBuf,
-    /// Set when we mounted it ourselves: unmounted and removed on drop.
-    own_mount: bool,
 }
 
 impl Cgroup2 {
-    /// Finds the cgroup2 mount in `/proc/self/mountinfo`, or mounts cgroup2
-    /// on a new private directory when there is none.
+    /// Finds the cgroup2 mount in `/proc/self/mountinfo`; when there is none,
+    /// mounts cgroup2 in a private mount namespace (see the module docs).
+    /// Must run before the process starts threads (`unshare` requires it).
     pub fn find_or_mount() -> Result<Self, CgroupError> {
         let info = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
         if let Some(root) = find_cgroup2(&info) {
-            return Ok(Self {
-                root,
-                own_mount: false,
-            });
+            return Ok(Self { root });
         }
-        let root = std::env::temp_dir().join(format!("mesh-cgroup2-{}", std::process::id()));
-        fs::create_dir_all(&root).map_err(|source| CgroupError::Create {
-            path: root.clone(),
-            source,
-        })?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(CgroupError::Unshare)?;
+        // Keep our mounts from propagating back to the parent namespace.
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(CgroupError::Unshare)?;
+        let root = PathBuf::from("/sys/fs/cgroup");
         nix::mount::mount(
             Some("cgroup2"),
             &root,
@@ -66,17 +72,11 @@ impl Cgroup2 {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             None::<&str>,
         )
-        .map_err(|source| {
-            let _ = fs::remove_dir(&root);
-            CgroupError::Mount {
-                path: root.clone(),
-                source,
-            }
+        .map_err(|source| CgroupError::Mount {
+            path: root.clone(),
+            source,
         })?;
-        Ok(Self {
-            root,
-            own_mount: true,
-        })
+        Ok(Self { root })
     }
 
     /// The mount point.
@@ -138,15 +138,6 @@ impl Cgroup2 {
     }
 }
 
-impl Drop for Cgroup2 {
-    fn drop(&mut self) {
-        if self.own_mount {
-            let _ = nix::mount::umount2(&self.root, MntFlags::MNT_DETACH);
-            let _ = fs::remove_dir(&self.root);
-        }
-    }
-}
-
 /// The cgroup2 path of this process (`/proc/self/cgroup`, the `0::` line).
 pub fn current() -> Option<PathBuf> {
     let text = fs::read_to_string("/proc/self/cgroup").ok()?;
@@ -204,7 +195,6 @@ mod tests {
     fn rejects_escaping_paths() {
         let cg = Cgroup2 {
             root: PathBuf::from("/cg"),
-            own_mount: false,
         };
         assert_eq!(
             cg.dir(Path::new("/mesh/a/web")).ok(),

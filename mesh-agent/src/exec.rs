@@ -64,12 +64,9 @@ pub fn exec(
         .cgroup
         .clone()
         .unwrap_or_else(|| Path::new("/mesh").join(node).join(service));
-    {
-        // Dropped (and unmounted, if we mounted it) before exec.
-        let cg = Cgroup2::find_or_mount()?;
-        cg.create(&path)?;
-        cg.join(&path, std::process::id())?;
-    }
+    let cg = Cgroup2::find_or_mount()?;
+    cg.create(&path)?;
+    cg.join(&path, std::process::id())?;
     let source = std::process::Command::new(program).args(args).exec();
     Err(ExecError::Exec {
         command: program.clone(),

@@ -89,23 +89,34 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: agent::RunOptions) -> anyhow::Result<()> {
+    let (config, cgroup2) = agent::prepare(&opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(agent::run(opts))?;
+    rt.block_on(agent::run(opts, config, cgroup2))?;
     Ok(())
 }
 
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = config::Config::load(path)?;
-    println!(
-        "{}: ok ({} nodes, {} services, {} intentions)",
-        path.display(),
-        config.nodes.len(),
-        config.services.len(),
-        config.intentions.len()
-    );
-    Ok(())
+    match config::Config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} nodes, {} services, {} intentions)",
+                path.display(),
+                config.nodes.len(),
+                config.services.len(),
+                config.intentions.len()
+            );
+            Ok(())
+        }
+        Err(e) if !e.problems().is_empty() => {
+            for p in e.problems() {
+                eprintln!("{p}");
+            }
+            anyhow::bail!("{} problem(s) in {}", e.problems().len(), path.display())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Logs go to stderr; `RUST_LOG` filters (default `info`). eBPF-side logs

@@ -1,1 +1,496 @@
+//! Test harness: builds a mesh of nodes out of network namespaces on this
+//! machine, runs real agents and real apps in them, and tears everything
+//! down on drop, also when a test panics.
+//!
+//! Topology of one [`Mesh`]: a "switch" namespace holding a bridge, and one
+//! namespace per node with a veth to the bridge, addressed from
+//! `10.77.<k>.0/24` and `fd77:0:0:<k>::/64`. Nothing is added to the host's
+//! own network namespace. Everything here needs root.
+#![forbid(unsafe_code)]
 
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Panics unless running as root: the netns tests must never skip silently.
+pub fn require_root() {
+    let uid = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "these tests need root (network namespaces, eBPF); run `sudo -E cargo xtask test`"
+    );
+}
+
+/// The agent binary under test: `$MESH_AGENT_BIN`, else the workspace's
+/// debug build. Panics if it does not exist.
+pub fn agent_bin() -> PathBuf {
+    let path = std::env::var_os("MESH_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/mesh-agent"));
+    assert!(
+        path.exists(),
+        "{} not found; build it with `cargo xtask build` or run `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A test app shipped in `tests/apps/`.
+pub fn app(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("apps")
+        .join(name)
+}
+
+/// Names of the mesh's eBPF programs loaded in the kernel right now
+/// (from `bpftool -j prog show`).
+pub fn loaded_mesh_programs() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool prog show failed");
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    progs
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.get("name").and_then(|n| n.as_str()))
+                .filter(|n| n.starts_with("mesh_"))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `f` returns true, up to `timeout`; returns whether it did.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `timeout`.
+pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to spawn {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("wait for child")
+}
+
+/// The cgroup2 mount point of this (host) mount namespace.
+pub fn cgroup2_root() -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+                .flatten()
+        })
+        .expect("a cgroup2 mount on the host")
+}
+
+static MESH_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A node of a [`Mesh`].
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node's name in the mesh config (and in cgroup paths).
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+impl Node {
+    /// The node's address of the given family.
+    pub fn addr(&self, v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(self.v6)
+        } else {
+            IpAddr::V4(self.v4)
+        }
+    }
+}
+
+/// A mesh of nodes (network namespaces) plus the processes running in them.
+pub struct Mesh {
+    /// Scratch directory: config file and logs. Removed on drop.
+    pub dir: PathBuf,
+    pub nodes: Vec<Node>,
+    switch: String,
+    agents: Mutex<Vec<(String, Child)>>,
+    apps: Mutex<Vec<Child>>,
+}
+
+impl Mesh {
+    /// Creates one namespace per node name, connected by a bridge.
+    /// Node names get no prefix: keep them unique across meshes that run at
+    /// the same time (they name cgroups, which the whole machine shares).
+    pub fn new(node_names: &[&str]) -> Self {
+        require_root();
+        let n = MESH_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("mt{}x{n}", std::process::id());
+        let k = (std::process::id() + n) % 200 + 1;
+        let dir = std::env::temp_dir().join(format!("mesh-test-{id}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create test dir");
+        let switch = format!("{id}-sw");
+        let mut mesh = Self {
+            dir,
+            nodes: Vec::new(),
+            switch: switch.clone(),
+            agents: Mutex::new(Vec::new()),
+            apps: Mutex::new(Vec::new()),
+        };
+        ip(&["netns", "add", &switch]);
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        for (i, name) in node_names.iter().enumerate() {
+            let i = u8::try_from(i + 1).expect("fewer than 255 nodes");
+            let netns = format!("{id}-{name}");
+            ip(&["netns", "add", &netns]);
+            let port = format!("p{i}");
+            ip(&[
+                "link", "add", "eth0", "netns", &netns, "type", "veth", "peer", "name", &port,
+                "netns", &switch,
+            ]);
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
+            let v4 = Ipv4Addr::new(10, 77, u8::try_from(k).unwrap_or(1), i);
+            let v6: Ipv6Addr = format!("fd77::{k:x}:{i}").parse().expect("v6 address");
+            ip(&[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&[
+                "-n",
+                &netns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            ip(&["-n", &netns, "link", "set", "lo", "up"]);
+            ip(&["-n", &netns, "link", "set", "eth0", "up"]);
+            mesh.nodes.push(Node {
+                name: (*name).to_owned(),
+                netns,
+                v4,
+                v6,
+            });
+        }
+        mesh
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Path of the mesh's config file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("mesh.toml")
+    }
+
+    /// Writes the config file.
+    pub fn write_config(&self, toml: &str) {
+        fs::write(self.config(), toml).expect("write config");
+    }
+
+    /// The `[[node]]` tables of every node, with IPv4 or IPv6 addresses.
+    pub fn node_tables(&self, v6: bool) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "[[node]]\nname = \"{}\"\naddress = \"{}\"\n\n",
+                    n.name,
+                    n.addr(v6)
+                )
+            })
+            .collect()
+    }
+
+    /// A command run inside `node`'s namespace.
+    pub fn cmd(&self, node: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.node(node).netns])
+            .arg(program);
+        c
+    }
+
+    /// A command run inside `node`'s namespace as mesh service `service`
+    /// (through `mesh-agent exec`).
+    pub fn cmd_as(
+        &self,
+        node: &str,
+        service: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Command {
+        let mut c = self.cmd(node, agent_bin());
+        c.arg("exec")
+            .arg("--config")
+            .arg(self.config())
+            .args(["--node", node, "--service", service, "--"])
+            .arg(program);
+        c
+    }
+
+    /// Starts the agent of `node` and waits until it says it is ready.
+    pub fn start_agent(&self, node: &str) {
+        let log = self.agent_log(node);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("agent log");
+        let before = fs::read_to_string(&log)
+            .map(|s| s.matches("agent ready").count())
+            .unwrap_or(0);
+        let mut child = self
+            .cmd(node, agent_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(self.config())
+            .args(["--node", node])
+            .env("RUST_LOG", "info,mesh_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn agent");
+        let ready = wait_until(Duration::from_secs(30), || {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            text.matches("agent ready").count() > before
+                || child.try_wait().ok().flatten().is_some()
+        });
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            ready && text.matches("agent ready").count() > before,
+            "agent {node} did not become ready:\n{text}"
+        );
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((node.to_owned(), child));
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") to the agent of `node` and waits
+    /// for it to exit; returns its exit status.
+    pub fn stop_agent(&self, node: &str, signal: &str) -> std::process::ExitStatus {
+        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        let i = agents
+            .iter()
+            .position(|(n, _)| n == node)
+            .unwrap_or_else(|| panic!("no running agent for {node}"));
+        let (_, mut child) = agents.remove(i);
+        // `ip netns exec` execs the agent, so the child's pid is the agent's.
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {node} did not exit after SIG{signal}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The agent log of `node`.
+    pub fn agent_log(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("agent-{node}.log"))
+    }
+
+    /// Starts a long-running app; it is killed when the mesh is dropped.
+    pub fn spawn_app(&self, mut cmd: Command, name: &str) {
+        let log = fs::File::create(self.dir.join(format!("app-{name}.log"))).expect("app log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn app");
+        self.apps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
+    }
+
+    /// Starts the transfer server (`apps/transfer_server.py`) as `service`
+    /// on `node`, listening on 127.0.0.1:`port`; it answers `nbytes`.
+    /// Returns the file where it logs each accepted connection.
+    pub fn start_transfer_server(
+        &self,
+        node: &str,
+        service: &str,
+        port: u16,
+        nbytes: usize,
+    ) -> PathBuf {
+        let log = self.dir.join(format!("accepts-{service}.log"));
+        let _ = fs::write(&log, "");
+        let mut cmd = self.cmd_as(node, service, "python3");
+        cmd.arg(app("transfer_server.py"))
+            .arg(port.to_string())
+            .arg(nbytes.to_string())
+            .arg(&log);
+        self.spawn_app(cmd, service);
+        self.wait_listening(node, port);
+        log
+    }
+
+    /// Waits until something listens on TCP `port` in `node`'s namespace.
+    pub fn wait_listening(&self, node: &str, port: u16) {
+        let ok = wait_until(Duration::from_secs(15), || {
+            let out = self
+                .cmd(node, "ss")
+                .args(["-Hltn", &format!("sport = :{port}")])
+                .output()
+                .expect("ss");
+            !out.stdout.is_empty()
+        });
+        assert!(ok, "nothing listens on port {port} in node {node}");
+    }
+
+    /// Runs the transfer client (`apps/transfer_client.py`) on `node`, as
+    /// `service` if given, against `host`:`port`. Returns its stdout.
+    pub fn transfer(
+        &self,
+        node: &str,
+        service: Option<&str>,
+        host: IpAddr,
+        port: u16,
+        nbytes: usize,
+    ) -> String {
+        let mut cmd = match service {
+            Some(s) => self.cmd_as(node, s, "python3"),
+            None => self.cmd(node, "python3"),
+        };
+        cmd.arg(app("transfer_client.py"))
+            .arg(host.to_string())
+            .arg(port.to_string())
+            .arg(nbytes.to_string());
+        let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn kill_all(&self) {
+        for mut child in self
+            .apps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let agents: Vec<_> = self
+            .agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in agents {
+            self.stop_agent(&node, "TERM");
+        }
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.kill_all();
+        if thread::panicking() {
+            // Show what the agents said; it is what one needs to debug.
+            for node in &self.nodes {
+                if let Ok(text) = fs::read_to_string(self.agent_log(&node.name)) {
+                    eprintln!("---- agent log of {} ----\n{text}", node.name);
+                }
+            }
+        }
+        for node in &self.nodes {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &node.netns])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.switch])
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

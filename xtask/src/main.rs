@@ -1,1 +1,73 @@
-fn main() {}
+//! Developer tasks of the mesh workspace, run as `cargo xtask <task>`.
+#![forbid(unsafe_code)]
+
+mod build;
+mod cmd;
+mod demo;
+mod run;
+mod setup;
+mod test;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks of the mesh workspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing needs (Debian packages, nightly,
+    /// rust-src, bpf-linker); skip what is present.
+    Setup,
+    /// Build mesh-agent, with its eBPF object.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Check formatting and lints, then run the whole test suite (needs root).
+    Test {
+        /// Appended to the test binaries' arguments, e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Build the release agent and run it with ARGS, or run the demo if none.
+    Run {
+        /// Arguments of `mesh-agent run`, e.g. `--config F --node N`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    // Print the error chain on one line, without the backtrace anyhow's Debug
+    // adds under RUST_BACKTRACE: the command line in the message says enough.
+    match task(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn task(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Setup => setup::ensure(),
+        Task::Build { release } => {
+            setup::ensure()?;
+            build::agent(release).map(drop)
+        }
+        Task::Test { args } => test::run(&args),
+        Task::Run { args } => run::run(&args),
+    }
+}

@@ -1,0 +1,252 @@
+//! End-to-end tests of the transparent data path, with real agents, real
+//! kernel programs and real apps in network namespaces. Need root.
+use std::{fs, net::IpAddr, time::Duration};
+
+use mesh_tests::{Mesh, wait_until};
+
+/// 10 MB each way, as the issue asks.
+const BIG: usize = 10 * 1024 * 1024;
+const API_PORT: u16 = 5001;
+
+fn two_node_config(mesh: &Mesh, v6: bool, vip: &str) -> String {
+    let nodes: Vec<_> = mesh.nodes.iter().map(|n| n.name.clone()).collect();
+    format!(
+        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
+         [[service]]\nname = \"web\"\nnode = \"{}\"\nport = 8080\n\n\
+         [[service]]\nname = \"api\"\nnode = \"{}\"\nport = {API_PORT}\nvip = \"{vip}\"\n",
+        mesh.node_tables(v6),
+        nodes[0],
+        nodes[nodes.len() - 1],
+    )
+}
+
+fn assert_ok(out: &str, what: &str) {
+    assert!(out.starts_with("OK "), "{what}: {out}");
+}
+
+fn cross_node(v6: bool, vip: &str, a: &str, b: &str) {
+    let mesh = Mesh::new(&[a, b]);
+    mesh.write_config(&two_node_config(&mesh, v6, vip));
+    mesh.start_agent(a);
+    mesh.start_agent(b);
+    let accepts = mesh.start_transfer_server(b, "api", API_PORT, BIG);
+
+    let vip: IpAddr = vip.parse().expect("vip");
+    let out = mesh.transfer(a, Some("web"), vip, API_PORT, BIG);
+    assert_ok(&out, "web -> api by VIP");
+    let catalog = mesh.node(b).addr(v6);
+    let out = mesh.transfer(a, Some("web"), catalog, API_PORT, BIG);
+    assert_ok(&out, "web -> api by catalog address");
+
+    // Both arrived through agent b, which dials the service on loopback.
+    let log = fs::read_to_string(&accepts).expect("accept log");
+    assert_eq!(log.lines().collect::<Vec<_>>(), ["accept 127.0.0.1"; 2]);
+    let agent_b = fs::read_to_string(mesh.agent_log(b)).expect("agent log");
+    assert_eq!(
+        agent_b
+            .matches("inbound connection done src=web dst=api")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn cross_node_ipv4_by_vip_and_catalog_address() {
+    cross_node(false, "240.0.0.2", "x4a", "x4b");
+}
+
+#[test]
+fn cross_node_ipv6_by_vip_and_catalog_address() {
+    cross_node(true, "fd77:ffff::2", "x6a", "x6b");
+}
+
+#[test]
+fn same_node_by_vip_and_catalog_address() {
+    let mesh = Mesh::new(&["solo"]);
+    mesh.write_config(&two_node_config(&mesh, false, "240.0.0.3"));
+    mesh.start_agent("solo");
+    mesh.start_transfer_server("solo", "api", API_PORT, BIG);
+    let out = mesh.transfer(
+        "solo",
+        Some("web"),
+        "240.0.0.3".parse().expect("ip"),
+        API_PORT,
+        BIG,
+    );
+    assert_ok(&out, "same node by VIP");
+    let out = mesh.transfer(
+        "solo",
+        Some("web"),
+        mesh.node("solo").addr(false),
+        API_PORT,
+        BIG,
+    );
+    assert_ok(&out, "same node by catalog address");
+    let log = fs::read_to_string(mesh.agent_log("solo")).expect("agent log");
+    assert_eq!(log.matches("outbound, same node").count(), 2, "{log}");
+    assert!(
+        !log.contains("inbound connection done"),
+        "same-node traffic took the hop: {log}"
+    );
+    // Another service on the same node may not use api's loopback port.
+    let out = mesh.transfer(
+        "solo",
+        Some("web"),
+        "127.0.0.1".parse().expect("ip"),
+        API_PORT,
+        1000,
+    );
+    assert!(
+        out.starts_with("ERRNO 1 "),
+        "loopback guard against another service: {out}"
+    );
+}
+
+#[test]
+fn outsiders_do_not_reach_the_service() {
+    let mesh = Mesh::new(&["oa", "ob"]);
+    mesh.write_config(&two_node_config(&mesh, false, "240.0.0.4"));
+    mesh.start_agent("oa");
+    mesh.start_agent("ob");
+    let accepts = mesh.start_transfer_server("ob", "api", API_PORT, 1000);
+    let b4 = mesh.node("ob").addr(false);
+
+    // On node A, a process with no mesh identity dialing B:port lands on
+    // agent B's inbound listener, which refuses it.
+    let out = mesh.transfer("oa", None, b4, API_PORT, 1000);
+    assert!(
+        !out.starts_with("OK"),
+        "outsider reached the service: {out}"
+    );
+    // On node B, a process outside `api` dialing its loopback port: EPERM.
+    let out = mesh.transfer("ob", None, "127.0.0.1".parse().expect("ip"), API_PORT, 1000);
+    assert!(out.starts_with("ERRNO 1 "), "loopback guard: {out}");
+    // Dialing the outbound listener directly gets nothing.
+    let out = mesh.transfer("oa", None, "127.0.0.1".parse().expect("ip"), 15001, 1000);
+    assert!(
+        !out.starts_with("OK"),
+        "outbound listener served a direct dial: {out}"
+    );
+
+    assert_eq!(
+        fs::read_to_string(&accepts).expect("log"),
+        "",
+        "the service saw a connection"
+    );
+
+    // The service itself may use its loopback port, and the mesh still works.
+    let out = mesh.transfer(
+        "ob",
+        Some("api"),
+        "127.0.0.1".parse().expect("ip"),
+        API_PORT,
+        1000,
+    );
+    assert_ok(&out, "api -> its own loopback port");
+    let out = mesh.transfer("oa", Some("web"), b4, API_PORT, 1000);
+    assert_ok(&out, "web -> api");
+    // Agent A forwarded to B:port, itself a mesh destination, without being
+    // redirected to itself: exactly one outbound record, no orphan accept.
+    let log_a = fs::read_to_string(mesh.agent_log("oa")).expect("log");
+    assert_eq!(
+        log_a.matches("outbound connection done").count(),
+        1,
+        "{log_a}"
+    );
+    assert_eq!(log_a.matches("no mesh record").count(), 1, "{log_a}");
+}
+
+#[test]
+fn two_meshes_run_side_by_side() {
+    // The same addresses and VIP in both meshes, different answers: each
+    // node's programs must act only in their own namespace.
+    let one = Mesh::new(&["s1a", "s1b"]);
+    let two = Mesh::new(&["s2a", "s2b"]);
+    for m in [&one, &two] {
+        m.write_config(&two_node_config(m, false, "240.0.0.5"));
+    }
+    for (m, a, b) in [(&one, "s1a", "s1b"), (&two, "s2a", "s2b")] {
+        m.start_agent(a);
+        m.start_agent(b);
+    }
+    one.start_transfer_server("s1b", "api", API_PORT, 1111);
+    two.start_transfer_server("s2b", "api", API_PORT, 2222);
+    let vip: IpAddr = "240.0.0.5".parse().expect("ip");
+    for round in 0..3 {
+        let o1 = one.transfer("s1a", Some("web"), vip, API_PORT, 1111);
+        let o2 = two.transfer("s2a", Some("web"), vip, API_PORT, 2222);
+        assert_ok(&o1, &format!("mesh one, round {round}"));
+        assert_ok(&o2, &format!("mesh two, round {round}"));
+    }
+}
+
+#[test]
+fn stop_and_restart_leave_nothing_behind() {
+    let baseline = mesh_tests::loaded_mesh_programs();
+    let mesh = Mesh::new(&["la", "lb"]);
+    mesh.write_config(&two_node_config(&mesh, false, "240.0.0.6"));
+    let cg = mesh_tests::cgroup2_root().join("mesh");
+    let no_programs = || {
+        wait_until(Duration::from_secs(5), || {
+            mesh_tests::loaded_mesh_programs() == baseline
+        })
+    };
+
+    mesh.start_agent("la");
+    mesh.start_agent("lb");
+    assert_eq!(mesh_tests::loaded_mesh_programs().len(), baseline.len() + 8);
+    mesh.start_transfer_server("lb", "api", API_PORT, 1000);
+    assert_ok(
+        &mesh.transfer(
+            "la",
+            Some("web"),
+            "240.0.0.6".parse().expect("ip"),
+            API_PORT,
+            1000,
+        ),
+        "before",
+    );
+
+    // SIGTERM: programs detached, agent cgroup gone, exit status 0.
+    let status = mesh.stop_agent("la", "TERM");
+    assert!(status.success(), "agent exit status {status}");
+    assert!(!cg.join("la").exists(), "cgroups of node la left behind");
+
+    // SIGKILL: the kernel drops the links with the process.
+    mesh.start_agent("la");
+    mesh.stop_agent("la", "KILL");
+    mesh.stop_agent("lb", "KILL");
+    assert!(
+        no_programs(),
+        "programs left after SIGKILL: {:?}",
+        mesh_tests::loaded_mesh_programs()
+    );
+
+    // Restart after SIGKILL works, and a clean stop then leaves nothing.
+    mesh.start_agent("la");
+    mesh.start_agent("lb");
+    assert_ok(
+        &mesh.transfer(
+            "la",
+            Some("web"),
+            "240.0.0.6".parse().expect("ip"),
+            API_PORT,
+            1000,
+        ),
+        "after restart",
+    );
+    drop(mesh);
+    assert!(
+        no_programs(),
+        "programs left: {:?}",
+        mesh_tests::loaded_mesh_programs()
+    );
+    for node in ["la", "lb"] {
+        assert!(
+            !cg.join(node).exists(),
+            "cgroups of node {node} left behind"
+        );
+    }
+    let pins = fs::read_dir("/sys/fs/bpf").map(|d| d.count()).unwrap_or(0);
+    assert_eq!(pins, 0, "pinned objects in /sys/fs/bpf");
+}

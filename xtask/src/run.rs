@@ -1,0 +1,17 @@
+//! `cargo xtask run`: builds the release agent and runs it with the given
+//! arguments, or runs the demo when there are none.
+
+use std::{ffi::OsString, process::Command};
+
+use crate::{build, cmd, demo, setup};
+
+/// With `args`, replaces this process with `mesh-agent run ARGS` (so Ctrl-C
+/// reaches the agent) and returns only on failure; without, runs the demo.
+pub fn run(args: &[OsString]) -> anyhow::Result<()> {
+    setup::ensure()?;
+    let agent = build::agent(true)?;
+    if args.is_empty() {
+        return demo::run(&agent);
+    }
+    Err(cmd::exec(Command::new(&agent).arg("run").args(args)))
+}

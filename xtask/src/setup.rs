@@ -1,0 +1,157 @@
+//! `cargo xtask setup`: installs what building and testing the mesh needs on
+//! Debian 12 (packages, the nightly toolchain with rust-src, bpf-linker 0.13),
+//! skipping what is already present.
+
+use std::{fs, process::Command};
+
+use anyhow::{Context as _, ensure};
+
+use crate::cmd;
+
+/// Debian packages: LLVM 22 and friends to build bpf-linker, and the tools the
+/// netns tests and the demo use.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "bpftool",
+    "tcpdump",
+    "socat",
+    "curl",
+    "python3",
+    "procps",
+];
+
+/// Variables the outer `cargo xtask` may pass down that would make
+/// `cargo install bpf-linker` build into the wrong place or with the wrong
+/// compiler or flags.
+const CARGO_INSTALL_ENV_REMOVE: &[&str] = &[
+    "CARGO_TARGET_DIR",
+    "RUSTC",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "RUSTUP_TOOLCHAIN",
+];
+
+/// Installs whatever is missing, printing one line per item. Fails if an
+/// install fails, or if Debian packages are missing and we are not root.
+pub fn ensure() -> anyhow::Result<()> {
+    packages()?;
+    nightly()?;
+    rust_src()?;
+    bpf_linker()
+}
+
+/// Whether this process runs with effective uid 0 (from `/proc/self/status`).
+pub fn is_root() -> anyhow::Result<bool> {
+    let status =
+        fs::read_to_string("/proc/self/status").context("failed to read /proc/self/status")?;
+    // The line is `Uid:\t<real>\t<effective>\t<saved>\t<fs>`.
+    let euid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .context("no Uid line in /proc/self/status")?;
+    Ok(euid == "0")
+}
+
+fn packages() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for &package in PACKAGES {
+        let status = cmd::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]));
+        if status.as_deref() == Some("install ok installed") {
+            present(package);
+        } else {
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    ensure!(
+        is_root()?,
+        "setup: Debian packages {} are missing and installing them needs root \
+         (try: sudo -E cargo xtask setup)",
+        missing.join(", ")
+    );
+    for package in &missing {
+        installing(package, "apt-get");
+    }
+    cmd::run(apt_get().arg("update"))?;
+    cmd::run(
+        apt_get()
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn nightly() -> anyhow::Result<()> {
+    const ITEM: &str = "nightly toolchain";
+    let toolchains = cmd::probe(cmd::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if toolchains.lines().any(|line| line.starts_with("nightly-")) {
+        present(ITEM);
+        return Ok(());
+    }
+    installing(ITEM, "rustup");
+    cmd::run(cmd::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    const ITEM: &str = "rust-src for nightly";
+    let components = cmd::probe(cmd::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if components.lines().any(|line| line.starts_with("rust-src")) {
+        present(ITEM);
+        return Ok(());
+    }
+    installing(ITEM, "rustup");
+    cmd::run(cmd::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    const ITEM: &str = "bpf-linker 0.13";
+    let version = cmd::probe(cmd::new("bpf-linker").arg("--version"));
+    let version = version.as_deref().map(str::trim);
+    if version.is_some_and(|v| v.starts_with("bpf-linker 0.13.")) {
+        present(ITEM);
+        return Ok(());
+    }
+    let found = version.map(|v| format!("found {v}; ")).unwrap_or_default();
+    installing(
+        ITEM,
+        &format!("{found}cargo install against LLVM 22, this takes several minutes"),
+    );
+    let mut install = cmd::new("cargo");
+    install
+        .args(["install", "bpf-linker", "--version", "^0.13"])
+        .args(["--no-default-features", "--features", "llvm-22", "--locked"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+    for var in CARGO_INSTALL_ENV_REMOVE {
+        install.env_remove(var);
+    }
+    cmd::run(&mut install)
+}
+
+fn apt_get() -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+fn present(item: &str) {
+    eprintln!("setup: {item}: present");
+}
+
+fn installing(item: &str, how: &str) {
+    eprintln!("setup: {item}: installing ({how}) ...");
+}

@@ -1,0 +1,48 @@
+//! `cargo xtask test`: formatting, lints and the whole test suite, including
+//! the network-namespace and eBPF tests, so it must run as root.
+
+use std::ffi::OsString;
+
+use anyhow::ensure;
+
+use crate::{build, cmd, setup};
+
+/// Checks fmt and clippy, builds the debug agent and runs every test serially
+/// (they share cgroups and namespaces), passing `extra` to the test binaries.
+/// Fails at once if not root, and on the first failing step.
+pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
+    ensure!(
+        setup::is_root()?,
+        "cargo xtask test needs root: the network-namespace and eBPF tests cannot run \
+         otherwise (try: sudo -E cargo xtask test)"
+    );
+    setup::ensure()?;
+    cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))?;
+    // Lint the agent as it really builds, with its eBPF object.
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env_remove("AYA_BUILD_SKIP"),
+    )?;
+    let agent = build::agent(false)?;
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "--test-threads=1",
+            ])
+            .args(extra)
+            .env("MESH_AGENT_BIN", agent)
+            .env_remove("AYA_BUILD_SKIP"),
+    )
+}
