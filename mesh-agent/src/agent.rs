@@ -207,10 +207,10 @@ fn map_contents(config: &Config, node: &str, cgroups: &Cgroups) -> MapContents {
         }
     }
     for (name, _, cg_id, _) in &cgroups.services {
-        if let Some(i) = config.services.iter().position(|s| &s.name == name) {
-            if let Ok(id) = u32::try_from(i + 1) {
-                c.cgroups.push((*cg_id, id));
-            }
+        if let Some(i) = config.services.iter().position(|s| &s.name == name)
+            && let Ok(id) = u32::try_from(i + 1)
+        {
+            c.cgroups.push((*cg_id, id));
         }
     }
     c

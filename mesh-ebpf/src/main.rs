@@ -145,10 +145,10 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
     // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once; nothing else writes this key.
-    let Some(orig) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
+    let Some(orig) = (unsafe { SOCKETS.get(cookie) }).copied() else {
         return 0;
     };
-    let _ = SOCKETS.remove(&cookie);
+    let _ = SOCKETS.remove(cookie);
     // local_port is in host byte order; remote_port holds the network-order
     // port in its upper 16 bits on little-endian machines.
     let local_port = ctx.local_port() as u16;
@@ -174,7 +174,7 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
         },
         _ => return 0,
     };
-    if CONNS.insert(&key, &orig, 0).is_err() {
+    if CONNS.insert(key, orig, 0).is_err() {
         warn!(
             &ctx,
             "mesh: CONNS full, redirected connection loses its origin"
@@ -217,7 +217,7 @@ pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
         _ => return sk_action::SK_PASS,
     };
     // SAFETY: read-only presence check.
-    if unsafe { INBOUND.get(&dst) }.is_none() {
+    if unsafe { INBOUND.get(dst) }.is_none() {
         return sk_action::SK_PASS;
     }
     if let Err(e) = LISTENERS.redirect_sk_lookup(&ctx, index, 0) {
@@ -247,17 +247,17 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
         return Verdict::Untouched;
     }
     // SAFETY: values are copied out at once.
-    let src = unsafe { CGROUPS.get(&cgroup) }.copied();
+    let src = unsafe { CGROUPS.get(cgroup) }.copied();
     if dst.is_loopback() {
         // SAFETY: as above.
-        if let Some(owner) = unsafe { LOOPBACK_PORTS.get(&u32::from(dst.port)) }.copied() {
-            if src != Some(owner) {
-                debug!(
-                    ctx,
-                    "mesh: loopback guard refused port {} to cgroup {}", dst.port, cgroup
-                );
-                return Verdict::Deny;
-            }
+        if let Some(owner) = unsafe { LOOPBACK_PORTS.get(u32::from(dst.port)) }.copied()
+            && src != Some(owner)
+        {
+            debug!(
+                ctx,
+                "mesh: loopback guard refused port {} to cgroup {}", dst.port, cgroup
+            );
+            return Verdict::Deny;
         }
         return Verdict::Untouched;
     }
@@ -275,7 +275,7 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
         src_service,
         dst_service,
     };
-    if SOCKETS.insert(&cookie, &orig, 0).is_err() {
+    if SOCKETS.insert(cookie, orig, 0).is_err() {
         // Without a record the agent could not route it: refuse rather than leak.
         return Verdict::Deny;
     }
@@ -315,7 +315,9 @@ fn outbound_port() -> u16 {
     unsafe { core::ptr::read_volatile(&OUTBOUND_PORT) }
 }
 
-#[cfg(not(test))]
+// Only for the BPF target: host builds (clippy --workspace) get std's, which a
+// dependency links there.
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

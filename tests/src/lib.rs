@@ -10,6 +10,7 @@
 
 use std::{
     fs,
+    io::{self, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -161,6 +162,8 @@ impl Node {
 pub struct Mesh {
     /// Scratch directory: config file and logs. Removed on drop.
     pub dir: PathBuf,
+    /// The `mesh-agent` binary the nodes run.
+    pub agent: PathBuf,
     pub nodes: Vec<Node>,
     switch: String,
     agents: Mutex<Vec<(String, Child)>>,
@@ -172,6 +175,11 @@ impl Mesh {
     /// Node names get no prefix: keep them unique across meshes that run at
     /// the same time (they name cgroups, which the whole machine shares).
     pub fn new(node_names: &[&str]) -> Self {
+        Self::with_agent(node_names, agent_bin())
+    }
+
+    /// Like [`Mesh::new`], running the given `mesh-agent` binary.
+    pub fn with_agent(node_names: &[&str], agent: PathBuf) -> Self {
         require_root();
         let n = MESH_COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("mt{}x{n}", std::process::id());
@@ -182,6 +190,7 @@ impl Mesh {
         let switch = format!("{id}-sw");
         let mut mesh = Self {
             dir,
+            agent,
             nodes: Vec::new(),
             switch: switch.clone(),
             agents: Mutex::new(Vec::new()),
@@ -282,7 +291,7 @@ impl Mesh {
         service: &str,
         program: impl AsRef<std::ffi::OsStr>,
     ) -> Command {
-        let mut c = self.cmd(node, agent_bin());
+        let mut c = self.cmd(node, &self.agent);
         c.arg("exec")
             .arg("--config")
             .arg(self.config())
@@ -303,7 +312,7 @@ impl Mesh {
             .map(|s| s.matches("agent ready").count())
             .unwrap_or(0);
         let mut child = self
-            .cmd(node, agent_bin())
+            .cmd(node, &self.agent)
             .arg("run")
             .arg("--config")
             .arg(self.config())
@@ -339,12 +348,13 @@ impl Mesh {
             .position(|(n, _)| n == node)
             .unwrap_or_else(|| panic!("no running agent for {node}"));
         let (_, mut child) = agents.remove(i);
+        if let Ok(Some(status)) = child.try_wait() {
+            return status; // already gone, e.g. after a Ctrl-C in the terminal
+        }
         // `ip netns exec` execs the agent, so the child's pid is the agent's.
-        let status = Command::new("kill")
+        let _ = Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} failed");
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -469,7 +479,8 @@ impl Drop for Mesh {
             // Show what the agents said; it is what one needs to debug.
             for node in &self.nodes {
                 if let Ok(text) = fs::read_to_string(self.agent_log(&node.name)) {
-                    eprintln!("---- agent log of {} ----\n{text}", node.name);
+                    // Not eprintln!: a second panic here would abort the cleanup.
+                    let _ = writeln!(io::stderr(), "---- agent log of {} ----\n{text}", node.name);
                 }
             }
         }

@@ -1,0 +1,119 @@
+//! A bad config file gives `file:line:column: what is wrong` and a non-zero
+//! exit, from `validate`, `run` and `exec` alike; never a panic.
+use std::{
+    fs,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use mesh_tests::agent_bin;
+
+/// (file text, expected `line:column: message` fragments)
+const CASES: &[(&str, &[&str])] = &[
+    ("[mesh\n", &[":1:6: invalid table header"]),
+    (
+        "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\ncolour = \"red\"\n",
+        &[":4:1: unknown field `colour`"],
+    ),
+    (
+        "[[node]]\nname = \"a\"\n",
+        &[":1:1:", "missing field `address`"],
+    ),
+    (
+        "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[node]]\nname = \"a\"\naddress = \"10.0.0.300\"\n",
+        &[":5:8:", "duplicate node", ":6:11:", "address"],
+    ),
+    (
+        "[[node]]\nname = \"a\"\naddress = \"fd00::1\"\n[[service]]\nname = \"api\"\nnode = \"b\"\nport = 0\n",
+        &[":6:8:", "unknown node", ":7:8:", "port"],
+    ),
+    (
+        "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\
+         [[service]]\nname = \"x\"\nnode = \"a\"\nport = 1\nvip = \"240.1.1.1\"\n\
+         [[service]]\nname = \"y\"\nnode = \"a\"\nport = 1\nvip = \"240.1.1.1\"\n",
+        &[
+            ":12:8: port 1 on node \"a\" is already used",
+            ":13:7:",
+            "vip",
+        ],
+    ),
+];
+
+/// A fresh directory holding `text` as mesh.toml.
+fn write_config(text: &str) -> (PathBuf, PathBuf) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("mesh-config-test-{}-{n}", std::process::id()));
+    fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("mesh.toml");
+    fs::write(&path, text).expect("write");
+    (dir, path)
+}
+
+fn check(args: &[&str], text: &str, expected: &[&str]) {
+    let (dir, path) = write_config(text);
+    let out = Command::new(agent_bin())
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .args(if args[0] == "validate" {
+            &[][..]
+        } else {
+            &["--node", "a"][..]
+        })
+        .args(if args[0] == "exec" {
+            &["--service", "x", "--", "true"][..]
+        } else {
+            &[][..]
+        })
+        .output()
+        .expect("run mesh-agent");
+    let _ = fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?} on {text:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let prefix = format!("{}:", path.display());
+    assert!(stderr.contains(&prefix), "no file name in: {stderr}");
+    for fragment in expected {
+        assert!(
+            stderr.contains(fragment),
+            "{args:?}: missing {fragment:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn validate_names_file_line_column_and_problem() {
+    for (text, expected) in CASES {
+        check(&["validate"], text, expected);
+    }
+}
+
+#[test]
+fn run_and_exec_refuse_a_bad_config_the_same_way() {
+    for (text, expected) in CASES {
+        check(&["run"], text, expected);
+        check(&["exec"], text, expected);
+    }
+}
+
+#[test]
+fn a_good_config_validates() {
+    let text = "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[service]]\nname = \"x\"\nnode = \"a\"\nport = 1\n";
+    let (dir, path) = write_config(text);
+    let out = Command::new(agent_bin())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let _ = fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok (1 nodes, 1 services, 0 intentions)")
+    );
+}
