@@ -1,12 +1,14 @@
 //! The mesh's kernel programs. One agent loads one copy of this object per
 //! node; the copy acts only for sockets in that node's network namespace.
 //!
-//! | program     | hook                         | decides                                        |
-//! |-------------|------------------------------|------------------------------------------------|
-//! | `mesh_connect4`  | cgroup/connect4              | redirect to the agent, loopback guard          |
-//! | `connect6`  | cgroup/connect6              | the same for AF_INET6 sockets                  |
-//! | `sock_ops`  | sock_ops (active established)| hand the original destination to the agent     |
-//! | `sk_lookup` | sk_lookup (node's netns)     | steer node-address:port to the inbound listener|
+//! | program          | hook                          | decides                                         |
+//! |------------------|-------------------------------|-------------------------------------------------|
+//! | `mesh_connect4`  | cgroup/connect4               | redirect to the agent, loopback guard           |
+//! | `mesh_connect6`  | cgroup/connect6               | the same for AF_INET6 sockets                   |
+//! | `mesh_sock_ops`  | sock_ops (active established) | hand the original destination to the agent      |
+//! | `mesh_sk_lookup` | sk_lookup (node's netns)      | steer node-address:port to the inbound listener |
+//!
+//! Program names carry the `mesh_` prefix so `bpftool prog` shows whose they are.
 #![no_std]
 #![no_main]
 
@@ -18,7 +20,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, SockMap},
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
-use aya_log_ebpf::{debug, warn};
+use aya_log_ebpf::{info, warn};
 use mesh_common::{
     ConnKey, LISTENER_V4, LISTENER_V6, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst, ServiceId,
     SockAddr,
@@ -158,9 +160,9 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
             peer: SockAddr::from_v4(ctx.local_ip4(), local_port),
             local: SockAddr::from_v4(ctx.remote_ip4(), remote_port),
         },
-        // SAFETY: `ctx.ops` is the valid context the kernel passed.
         AF_INET6 => ConnKey {
             peer: SockAddr {
+                // SAFETY: `ctx.ops` is the valid context the kernel passed.
                 addr: unsafe { ctx_ip6(&raw const (*ctx.ops).local_ip6) },
                 port: local_port,
                 _pad: 0,
@@ -253,7 +255,7 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
         if let Some(owner) = unsafe { LOOPBACK_PORTS.get(u32::from(dst.port)) }.copied()
             && src != Some(owner)
         {
-            debug!(
+            info!(
                 ctx,
                 "mesh: loopback guard refused port {} to cgroup {}", dst.port, cgroup
             );

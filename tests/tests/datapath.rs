@@ -1,12 +1,17 @@
 //! End-to-end tests of the transparent data path, with real agents, real
 //! kernel programs and real apps in network namespaces. Need root.
-use std::{fs, net::IpAddr, time::Duration};
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use mesh_tests::{Mesh, wait_until};
 
 /// 10 MB each way, as the issue asks.
 const BIG: usize = 10 * 1024 * 1024;
 const API_PORT: u16 = 5001;
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn two_node_config(mesh: &Mesh, v6: bool, vip: &str) -> String {
     let nodes: Vec<_> = mesh.nodes.iter().map(|n| n.name.clone()).collect();
@@ -89,13 +94,7 @@ fn same_node_by_vip_and_catalog_address() {
         "same-node traffic took the hop: {log}"
     );
     // Another service on the same node may not use api's loopback port.
-    let out = mesh.transfer(
-        "solo",
-        Some("web"),
-        "127.0.0.1".parse().expect("ip"),
-        API_PORT,
-        1000,
-    );
+    let out = mesh.transfer("solo", Some("web"), LOOPBACK, API_PORT, 1000);
     assert!(
         out.starts_with("ERRNO 1 "),
         "loopback guard against another service: {out}"
@@ -119,10 +118,18 @@ fn outsiders_do_not_reach_the_service() {
         "outsider reached the service: {out}"
     );
     // On node B, a process outside `api` dialing its loopback port: EPERM.
-    let out = mesh.transfer("ob", None, "127.0.0.1".parse().expect("ip"), API_PORT, 1000);
+    let out = mesh.transfer("ob", None, LOOPBACK, API_PORT, 1000);
     assert!(out.starts_with("ERRNO 1 "), "loopback guard: {out}");
+    // The kernel program's aya-log record reaches the agent's log.
+    let log_b = mesh.agent_log("ob");
+    assert!(
+        wait_until(Duration::from_secs(5), || fs::read_to_string(&log_b)
+            .unwrap_or_default()
+            .contains(&format!("loopback guard refused port {API_PORT}"))),
+        "no eBPF log line in agent ob's log"
+    );
     // Dialing the outbound listener directly gets nothing.
-    let out = mesh.transfer("oa", None, "127.0.0.1".parse().expect("ip"), 15001, 1000);
+    let out = mesh.transfer("oa", None, LOOPBACK, 15001, 1000);
     assert!(
         !out.starts_with("OK"),
         "outbound listener served a direct dial: {out}"
@@ -135,13 +142,7 @@ fn outsiders_do_not_reach_the_service() {
     );
 
     // The service itself may use its loopback port, and the mesh still works.
-    let out = mesh.transfer(
-        "ob",
-        Some("api"),
-        "127.0.0.1".parse().expect("ip"),
-        API_PORT,
-        1000,
-    );
+    let out = mesh.transfer("ob", Some("api"), LOOPBACK, API_PORT, 1000);
     assert_ok(&out, "api -> its own loopback port");
     let out = mesh.transfer("oa", Some("web"), b4, API_PORT, 1000);
     assert_ok(&out, "web -> api");

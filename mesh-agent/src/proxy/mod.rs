@@ -25,6 +25,8 @@ pub enum ProxyError {
     NoRecord { peer: SocketAddr },
     #[error("unknown service id {0} in a kernel record")]
     UnknownService(u32),
+    #[error("node {0:?} of a destination service is not in the config")]
+    UnknownNode(String),
     #[error("no local service behind port {0}")]
     NoLocalService(u16),
     #[error("failed to connect to {addr}: {source}")]

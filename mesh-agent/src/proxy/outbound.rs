@@ -46,7 +46,7 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
         let node = ctx
             .config
             .node(&dst.node)
-            .ok_or(ProxyError::UnknownService(orig.dst_service))?;
+            .ok_or_else(|| ProxyError::UnknownNode(dst.node.clone()))?;
         let addr = std::net::SocketAddr::new(node.address, dst.port);
         debug!(src = %src.name, dst = %dst.name, %addr, "outbound, to remote agent");
         let tcp = dial(addr).await?;
