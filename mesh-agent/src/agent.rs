@@ -1,13 +1,13 @@
 //! `mesh-agent run`: one agent for one node.
 //!
-//! Start-up order matters: cgroups first (the programs need the agent's and
-//! the services' cgroup ids), then the listeners (the inbound ones go into
-//! the sockmap), then the programs, attached last so no connection is
+//! Start-up order matters: the listeners first (binding the outbound port
+//! also keeps a second agent for the same node from touching the first one's
+//! cgroups), then cgroups (the programs need the agent's and the services'
+//! cgroup ids), then the programs, attached last so no connection is
 //! redirected before someone is listening.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -52,9 +52,25 @@ pub struct RunOptions {
     pub outbound_port: u16,
 }
 
-/// Loads the config and finds the cgroup2 hierarchy. Runs before the async
-/// runtime starts: mounting cgroup2 may need a single-threaded process.
-pub fn prepare(opts: &RunOptions) -> Result<(Config, Cgroup2), AgentError> {
+/// What `prepare` sets up before the async runtime starts.
+pub struct Prepared {
+    config: Config,
+    cgroup2: Cgroup2,
+    listeners: Listeners,
+}
+
+/// The agent's listening sockets (non-blocking, not yet registered with tokio).
+struct Listeners {
+    out4: std::net::TcpListener,
+    out6: Option<std::net::TcpListener>,
+    in4: std::net::TcpListener,
+    in6: Option<std::net::TcpListener>,
+}
+
+/// Loads the config, binds the listeners and finds the cgroup2 hierarchy.
+/// Runs before the async runtime starts: mounting cgroup2 may need a
+/// single-threaded process.
+pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
     let config = Config::load(&opts.config)?;
     if config.node(&opts.node).is_none() {
         return Err(AgentError::UnknownNode {
@@ -62,18 +78,35 @@ pub fn prepare(opts: &RunOptions) -> Result<(Config, Cgroup2), AgentError> {
             path: opts.config.clone(),
         });
     }
-    Ok((config, Cgroup2::find_or_mount()?))
+    let loopback4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let loopback6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let listeners = Listeners {
+        out4: listen(SocketAddr::new(loopback4, opts.outbound_port))?,
+        out6: listen_optional(SocketAddr::new(loopback6, opts.outbound_port))?,
+        in4: listen(SocketAddr::new(loopback4, 0))?,
+        in6: listen_optional(SocketAddr::new(loopback6, 0))?,
+    };
+    Ok(Prepared {
+        config,
+        cgroup2: Cgroup2::find_or_mount()?,
+        listeners,
+    })
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then detaches and cleans up.
-pub async fn run(opts: RunOptions, config: Config, cg: Cgroup2) -> Result<(), AgentError> {
+pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError> {
+    let Prepared {
+        config,
+        cgroup2: cg,
+        listeners,
+    } = prepared;
     let mut sigterm =
         tokio::signal::unix::signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint =
         tokio::signal::unix::signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
 
     let cgroups = Cgroups::enter(&cg, &config, &opts.node)?;
-    let result = serve(&cg, &cgroups, config, &opts, async {
+    let result = serve(&cg, &cgroups, config, listeners, &opts, async {
         tokio::select! {
             _ = sigterm.recv() => info!("SIGTERM: stopping"),
             _ = sigint.recv() => info!("SIGINT: stopping"),
@@ -88,15 +121,20 @@ async fn serve(
     cg: &Cgroup2,
     cgroups: &Cgroups,
     config: Config,
+    listeners: Listeners,
     opts: &RunOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let loopback6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    let loopback4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let out4 = listen(SocketAddr::new(loopback4, opts.outbound_port)).await?;
-    let out6 = listen_optional(SocketAddr::new(loopback6, opts.outbound_port)).await?;
-    let in4 = listen(SocketAddr::new(loopback4, 0)).await?;
-    let in6 = listen_optional(SocketAddr::new(loopback6, 0)).await?;
+    let tokio_listener = |l: std::net::TcpListener| {
+        let addr = l
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        TcpListener::from_std(l).map_err(|source| AgentError::Listen { addr, source })
+    };
+    let out4 = tokio_listener(listeners.out4)?;
+    let out6 = listeners.out6.map(tokio_listener).transpose()?;
+    let in4 = tokio_listener(listeners.in4)?;
+    let in6 = listeners.in6.map(tokio_listener).transpose()?;
 
     let contents = map_contents(&config, &opts.node, cgroups);
     let params = LoadParams {
@@ -120,6 +158,7 @@ async fn serve(
     if let Some(l) = in6 {
         tasks.spawn(proxy::inbound::serve(l, ctx.clone()));
     }
+    tasks.spawn(sweep(ctx.clone()));
     info!(
         node = %opts.node,
         outbound_port = opts.outbound_port,
@@ -202,8 +241,7 @@ fn map_contents(config: &Config, node: &str, cgroups: &Cgroups) -> MapContents {
         c.services.push((SocketAddr::new(s.vip, s.port), id));
         c.services.push((SocketAddr::new(host.address, s.port), id));
         if s.node == node {
-            c.loopback_ports.push((s.port, id));
-            c.inbound.push((SocketAddr::new(host.address, s.port), id));
+            c.local_ports.push((s.port, id));
         }
     }
     for (name, _, cg_id, _) in &cgroups.services {
@@ -216,26 +254,42 @@ fn map_contents(config: &Config, node: &str, cgroups: &Cgroups) -> MapContents {
     c
 }
 
-async fn listen(addr: SocketAddr) -> Result<TcpListener, AgentError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AgentError::Listen { addr, source })
+/// Drops stale `CONNS` records now and then (see `Kernel::sweep_stale`).
+async fn sweep(ctx: proxy::Shared) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        let n = ctx.kernel.sweep_stale();
+        if n > 0 {
+            tracing::debug!(records = n, "dropped stale connection records");
+        }
+    }
+}
+
+/// A non-blocking listening socket on `addr`.
+fn listen(addr: SocketAddr) -> Result<std::net::TcpListener, AgentError> {
+    let l = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| AgentError::Listen { addr, source })?;
+    Ok(l)
 }
 
 /// Like `listen`, but a missing IPv6 loopback is not an error.
-async fn listen_optional(addr: SocketAddr) -> Result<Option<TcpListener>, AgentError> {
-    match TcpListener::bind(addr).await {
+fn listen_optional(addr: SocketAddr) -> Result<Option<std::net::TcpListener>, AgentError> {
+    match listen(addr) {
         Ok(l) => Ok(Some(l)),
-        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+        Err(AgentError::Listen { source, .. })
+            if source.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
+        {
             warn!(%addr, "IPv6 loopback unavailable; IPv6 is not meshed on this node");
             Ok(None)
         }
-        Err(source) => Err(AgentError::Listen { addr, source }),
+        Err(e) => Err(e),
     }
 }
 
 /// The cookie of the network namespace `socket` lives in.
-fn netns_cookie(socket: &TcpListener) -> Result<u64, AgentError> {
+fn netns_cookie(socket: &impl std::os::fd::AsRawFd) -> Result<u64, AgentError> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: `cookie` and `len` are valid for writes of the sizes given, and

@@ -10,7 +10,9 @@ use aya::{
     maps::{HashMap, MapData, MapError, SockMap},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SockOps},
 };
-use mesh_common::{ConnKey, LISTENER_V4, LISTENER_V6, OrigDst, ServiceId, SockAddr, names};
+use mesh_common::{
+    ConnKey, LISTENER_V4, LISTENER_V6, MAX_RECORD_AGE_NS, OrigDst, ServiceId, SockAddr, names,
+};
 use tokio::io::unix::AsyncFd;
 
 /// Errors of this module.
@@ -56,10 +58,9 @@ pub struct MapContents {
     pub services: Vec<(SocketAddr, ServiceId)>,
     /// cgroup id -> local service.
     pub cgroups: Vec<(u64, ServiceId)>,
-    /// Loopback port -> local service (the loopback guard).
-    pub loopback_ports: Vec<(u16, ServiceId)>,
-    /// node-address:port -> local service steered to the inbound listener.
-    pub inbound: Vec<(SocketAddr, ServiceId)>,
+    /// Port -> local non-public service: the loopback guard, and what
+    /// sk_lookup steers to the inbound listener.
+    pub local_ports: Vec<(u16, ServiceId)>,
 }
 
 /// The loaded programs and the maps the agent writes at run time.
@@ -105,6 +106,14 @@ impl Kernel {
 
         let cgroup = open(cgroup_root)?;
         let netns = open(Path::new("/proc/self/ns/net"))?;
+        // sock_ops first: a connect redirected before it is attached would
+        // reach the agent without a record.
+        let name = "mesh_sock_ops";
+        let prog: &mut SockOps = program(&mut ebpf, name)?;
+        prog.load()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        prog.attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|source| EbpfError::Program { name, source })?;
         for name in ["mesh_connect4", "mesh_connect6"] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load()
@@ -112,12 +121,6 @@ impl Kernel {
             prog.attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|source| EbpfError::Program { name, source })?;
         }
-        let name = "mesh_sock_ops";
-        let prog: &mut SockOps = program(&mut ebpf, name)?;
-        prog.load()
-            .map_err(|source| EbpfError::Program { name, source })?;
-        prog.attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| EbpfError::Program { name, source })?;
         let name = "mesh_sk_lookup";
         let prog: &mut SkLookup = program(&mut ebpf, name)?;
         prog.load()
@@ -130,7 +133,9 @@ impl Kernel {
     }
 
     /// Takes (looks up and deletes) the record sock_ops left for a connection
-    /// accepted on the outbound listener.
+    /// accepted on the outbound listener. A record older than
+    /// `MAX_RECORD_AGE_NS` is dropped, not returned: its 4-tuple may since
+    /// have been reused by someone else.
     pub fn take_orig(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
         let key = ConnKey {
             peer: sock_addr(peer),
@@ -139,7 +144,24 @@ impl Kernel {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let orig = conns.get(&key, 0).ok()?;
         let _ = conns.remove(&key);
-        Some(orig)
+        fresh(&orig, monotonic_ns()).then_some(orig)
+    }
+
+    /// Removes `CONNS` records too old to be claimed (their connection died
+    /// before accept()). Returns how many.
+    pub fn sweep_stale(&self) -> usize {
+        let now = monotonic_ns();
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let stale: Vec<ConnKey> = conns
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, orig)| !fresh(orig, now))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &stale {
+            let _ = conns.remove(key);
+        }
+        stale.len()
     }
 
     /// Detaches every program (by dropping the links) and closes the maps.
@@ -147,6 +169,21 @@ impl Kernel {
         drop(self.conns);
         drop(self.ebpf);
     }
+}
+
+/// Whether a record filed at `orig.created_ns` may still be claimed at `now`.
+fn fresh(orig: &OrigDst, now: u64) -> bool {
+    now.saturating_sub(orig.created_ns) <= MAX_RECORD_AGE_NS
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(u64::MAX)
 }
 
 /// `addr` as the kernel programs see it (IPv4 mapped into IPv6).
@@ -176,17 +213,11 @@ fn fill(ebpf: &mut Ebpf, c: &MapContents) -> Result<(), EbpfError> {
     for (cg, id) in &c.cgroups {
         cgroups.insert(cg, id, 0).map_err(err(names::CGROUPS))?;
     }
-    let mut ports: HashMap<_, u32, ServiceId> = map(ebpf, names::LOOPBACK_PORTS)?;
-    for (port, id) in &c.loopback_ports {
+    let mut ports: HashMap<_, u32, ServiceId> = map(ebpf, names::LOCAL_PORTS)?;
+    for (port, id) in &c.local_ports {
         ports
             .insert(u32::from(*port), id, 0)
-            .map_err(err(names::LOOPBACK_PORTS))?;
-    }
-    let mut inbound: HashMap<_, SockAddr, ServiceId> = map(ebpf, names::INBOUND)?;
-    for (addr, id) in &c.inbound {
-        inbound
-            .insert(sock_addr(*addr), id, 0)
-            .map_err(err(names::INBOUND))?;
+            .map_err(err(names::LOCAL_PORTS))?;
     }
     Ok(())
 }
@@ -269,6 +300,22 @@ mod tests {
             SockAddr::from_v4(u32::from_ne_bytes([10, 77, 0, 2]), 5001)
         );
         let b = sock_addr("[::1]:80".parse().unwrap());
-        assert!(b.is_loopback() && !b.is_v4());
+        assert!(b.reaches_loopback() && !b.is_v4());
+    }
+
+    #[test]
+    fn old_records_are_not_fresh() {
+        let orig = |created_ns| OrigDst {
+            dst: sock_addr("10.0.0.1:1".parse().unwrap()),
+            src_service: 1,
+            dst_service: 2,
+            _pad: 0,
+            created_ns,
+        };
+        let now = 10 * MAX_RECORD_AGE_NS;
+        assert!(fresh(&orig(now - 1000), now));
+        assert!(!fresh(&orig(now - MAX_RECORD_AGE_NS - 1), now));
+        // The monotonic clock is the kernel's: a record made now is fresh.
+        assert!(fresh(&orig(monotonic_ns()), monotonic_ns()));
     }
 }

@@ -89,11 +89,11 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: agent::RunOptions) -> anyhow::Result<()> {
-    let (config, cgroup2) = agent::prepare(&opts)?;
+    let prepared = agent::prepare(&opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(agent::run(opts, config, cgroup2))?;
+    rt.block_on(agent::run(opts, prepared))?;
     Ok(())
 }
 

@@ -10,10 +10,9 @@ pub mod names {
     pub const SERVICES: &str = "SERVICES";
     /// cgroup id (u64) -> `ServiceId` of the local service running in that cgroup.
     pub const CGROUPS: &str = "CGROUPS";
-    /// port (u32) -> `ServiceId` of the local service listening on loopback on that port.
-    pub const LOOPBACK_PORTS: &str = "LOOPBACK_PORTS";
-    /// `SockAddr` (node address:port) -> `ServiceId` steered to the inbound listener.
-    pub const INBOUND: &str = "INBOUND";
+    /// port (u32) -> `ServiceId` of the local (non-public) service on that port:
+    /// the loopback guard's list, and what sk_lookup steers to the inbound listener.
+    pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
     /// socket cookie (u64) -> `OrigDst`, written by connect4/6, consumed by sock_ops.
     pub const SOCKETS: &str = "SOCKETS";
     /// `ConnKey` -> `OrigDst`, written by sock_ops, consumed by the agent after accept().
@@ -74,16 +73,19 @@ impl SockAddr {
         self.addr[0] == 0 && self.addr[1] == 0 && self.addr[2] == Self::V4_MAPPED_WORD
     }
 
-    /// Whether the address is loopback: `127.0.0.0/8` (mapped) or `::1`.
+    /// Whether a connect to this address lands on loopback: `127.0.0.0/8`,
+    /// `::1`, and the unspecified addresses `0.0.0.0` and `::`, which the
+    /// kernel turns into loopback after the connect hooks have run.
     #[inline(always)]
-    pub const fn is_loopback(&self) -> bool {
+    pub const fn reaches_loopback(&self) -> bool {
         if self.is_v4() {
-            self.addr[3].to_ne_bytes()[0] == 127
+            let first = self.addr[3].to_ne_bytes()[0];
+            first == 127 || self.addr[3] == 0
         } else {
             self.addr[0] == 0
                 && self.addr[1] == 0
                 && self.addr[2] == 0
-                && self.addr[3] == u32::from_ne_bytes([0, 0, 0, 1])
+                && (self.addr[3] == 0 || self.addr[3] == u32::from_ne_bytes([0, 0, 0, 1]))
         }
     }
 }
@@ -109,7 +111,16 @@ pub struct OrigDst {
     pub src_service: ServiceId,
     /// The service behind `dst`.
     pub dst_service: ServiceId,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when sock_ops filed the record
+    /// in `CONNS`; the agent refuses records older than `MAX_RECORD_AGE_NS`.
+    pub created_ns: u64,
 }
+
+/// How old a `CONNS` record may be when the agent claims it. A record is
+/// normally claimed within microseconds; an old one belongs to a connection
+/// that died before accept(), and its 4-tuple may have been reused since.
+pub const MAX_RECORD_AGE_NS: u64 = 2_000_000_000;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -130,20 +141,24 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<SockAddr>(), 20);
         assert_eq!(core::mem::size_of::<ConnKey>(), 40);
-        assert_eq!(core::mem::size_of::<OrigDst>(), 28);
+        assert_eq!(core::mem::size_of::<OrigDst>(), 40);
     }
 
     #[test]
     fn loopback_and_mapped() {
         let lo = SockAddr::from_v4(u32::from_ne_bytes([127, 0, 0, 1]), 80);
-        assert!(lo.is_v4() && lo.is_loopback());
+        assert!(lo.is_v4() && lo.reaches_loopback());
+        let any = SockAddr::from_v4(0, 80);
+        assert!(any.is_v4() && any.reaches_loopback());
         let other = SockAddr::from_v4(u32::from_ne_bytes([10, 77, 0, 2]), 80);
-        assert!(other.is_v4() && !other.is_loopback());
-        let v6lo = SockAddr {
-            addr: [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])],
+        assert!(other.is_v4() && !other.reaches_loopback());
+        let v6 = |last| SockAddr {
+            addr: [0, 0, 0, last],
             port: 80,
             _pad: 0,
         };
-        assert!(!v6lo.is_v4() && v6lo.is_loopback());
+        assert!(!v6(0).is_v4() && v6(0).reaches_loopback());
+        assert!(v6(u32::from_ne_bytes([0, 0, 0, 1])).reaches_loopback());
+        assert!(!v6(u32::from_ne_bytes([0, 0, 0, 2])).reaches_loopback());
     }
 }

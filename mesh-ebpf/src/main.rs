@@ -15,12 +15,14 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
+    },
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{HashMap, LruHashMap, SockMap},
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
-use aya_log_ebpf::{info, warn};
+use aya_log_ebpf::{debug, warn};
 use mesh_common::{
     ConnKey, LISTENER_V4, LISTENER_V6, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst, ServiceId,
     SockAddr,
@@ -47,9 +49,7 @@ static SERVICES: HashMap<SockAddr, ServiceId> = HashMap::with_max_entries(2 * MA
 #[map]
 static CGROUPS: HashMap<u64, ServiceId> = HashMap::with_max_entries(MAX_SERVICES, 0);
 #[map]
-static LOOPBACK_PORTS: HashMap<u32, ServiceId> = HashMap::with_max_entries(MAX_SERVICES, 0);
-#[map]
-static INBOUND: HashMap<SockAddr, ServiceId> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static LOCAL_PORTS: HashMap<u32, ServiceId> = HashMap::with_max_entries(MAX_SERVICES, 0);
 #[map]
 static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
 #[map]
@@ -151,6 +151,11 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
         return 0;
     };
     let _ = SOCKETS.remove(cookie);
+    let orig = OrigDst {
+        // SAFETY: helper without arguments.
+        created_ns: unsafe { bpf_ktime_get_ns() },
+        ..orig
+    };
     // local_port is in host byte order; remote_port holds the network-order
     // port in its upper 16 bits on little-endian machines.
     let local_port = ctx.local_port() as u16;
@@ -187,9 +192,11 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
 
 /// sk_lookup, attached to the node's network namespace; kernel 5.9+.
 ///
-/// Steers a new TCP connection for `<node address>:<port>` of a local
-/// non-public service (`INBOUND`) to the agent's inbound listener (`LISTENERS`).
-/// Everything else goes on to the regular socket lookup.
+/// Steers a new TCP connection for the port of a local non-public service
+/// (`LOCAL_PORTS`) on any non-loopback local address (the node address of
+/// either family, or any other) to the agent's inbound listener
+/// (`LISTENERS`). Loopback (the agent's own delivery to the service) and
+/// everything else go on to the regular socket lookup.
 #[sk_lookup]
 pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel passes a valid `bpf_sk_lookup`.
@@ -219,7 +226,7 @@ pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
         _ => return sk_action::SK_PASS,
     };
     // SAFETY: read-only presence check.
-    if unsafe { INBOUND.get(dst) }.is_none() {
+    if dst.reaches_loopback() || unsafe { LOCAL_PORTS.get(u32::from(dst.port)) }.is_none() {
         return sk_action::SK_PASS;
     }
     if let Err(e) = LISTENERS.redirect_sk_lookup(&ctx, index, 0) {
@@ -250,12 +257,13 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
     }
     // SAFETY: values are copied out at once.
     let src = unsafe { CGROUPS.get(cgroup) }.copied();
-    if dst.is_loopback() {
+    if dst.reaches_loopback() {
         // SAFETY: as above.
-        if let Some(owner) = unsafe { LOOPBACK_PORTS.get(u32::from(dst.port)) }.copied()
+        if let Some(owner) = unsafe { LOCAL_PORTS.get(u32::from(dst.port)) }.copied()
             && src != Some(owner)
         {
-            info!(
+            // debug: an unprivileged process could otherwise flood the log.
+            debug!(
                 ctx,
                 "mesh: loopback guard refused port {} to cgroup {}", dst.port, cgroup
             );
@@ -276,6 +284,8 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
         dst: *dst,
         src_service,
         dst_service,
+        _pad: 0,
+        created_ns: 0,
     };
     if SOCKETS.insert(cookie, orig, 0).is_err() {
         // Without a record the agent could not route it: refuse rather than leak.

@@ -1,7 +1,10 @@
 """Test service: for each connection, reads until EOF (the client's
 half-close), answers "<count> <sha256>\n" of what it read, then sends
 NBYTES of seeded data and closes. Appends one line per accepted connection
-to LOG, so a test can prove that nothing reached the service."""
+to LOG, so a test can prove that nothing reached the service. Listens on
+127.0.0.1 unless BIND is given ("::" means dual-stack, any address).
+
+usage: transfer_server.py PORT NBYTES LOG [BIND]"""
 import hashlib, random, socket, sys, threading
 
 port, nbytes, log = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -18,10 +21,12 @@ def serve(conn):
             count += len(chunk)
         conn.sendall(f"{count} {h.hexdigest()}\n".encode() + payload)
 
-srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", port))
-srv.listen(64)
+bind = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"
+if ":" in bind:
+    srv = socket.create_server((bind, port), family=socket.AF_INET6, backlog=64,
+                               reuse_port=False, dualstack_ipv6=(bind == "::"))
+else:
+    srv = socket.create_server((bind, port), backlog=64)
 while True:
     conn, peer = srv.accept()
     with open(log, "a") as f:

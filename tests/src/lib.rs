@@ -201,28 +201,37 @@ impl Mesh {
         ip(&["-n", &switch, "link", "set", "br0", "up"]);
         for (i, name) in node_names.iter().enumerate() {
             let i = u8::try_from(i + 1).expect("fewer than 255 nodes");
-            let netns = format!("{id}-{name}");
-            ip(&["netns", "add", &netns]);
+            let node = Node {
+                name: (*name).to_owned(),
+                netns: format!("{id}-{name}"),
+                v4: Ipv4Addr::new(10, 77, u8::try_from(k).unwrap_or(1), i),
+                v6: format!("fd77::{k:x}:{i}").parse().expect("v6 address"),
+            };
+            ip(&["netns", "add", &node.netns]);
+            // Owned by the mesh from here on, so Drop removes it even if a
+            // later step fails.
+            mesh.nodes.push(node.clone());
             let port = format!("p{i}");
             ip(&[
-                "link", "add", "eth0", "netns", &netns, "type", "veth", "peer", "name", &port,
-                "netns", &switch,
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &node.netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &switch,
             ]);
             ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
-            let v4 = Ipv4Addr::new(10, 77, u8::try_from(k).unwrap_or(1), i);
-            let v6: Ipv6Addr = format!("fd77::{k:x}:{i}").parse().expect("v6 address");
+            let (ns, v4, v6) = (&node.netns, node.v4, node.v6);
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
             ip(&[
                 "-n",
-                &netns,
-                "addr",
-                "add",
-                &format!("{v4}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&[
-                "-n",
-                &netns,
+                ns,
                 "-6",
                 "addr",
                 "add",
@@ -231,14 +240,8 @@ impl Mesh {
                 "eth0",
                 "nodad",
             ]);
-            ip(&["-n", &netns, "link", "set", "lo", "up"]);
-            ip(&["-n", &netns, "link", "set", "eth0", "up"]);
-            mesh.nodes.push(Node {
-                name: (*name).to_owned(),
-                netns,
-                v4,
-                v6,
-            });
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
         }
         mesh
     }
@@ -311,61 +314,54 @@ impl Mesh {
         let before = fs::read_to_string(&log)
             .map(|s| s.matches("agent ready").count())
             .unwrap_or(0);
-        let mut child = self
+        let child = self
             .cmd(node, &self.agent)
             .arg("run")
             .arg("--config")
             .arg(self.config())
             .args(["--node", node])
-            .env("RUST_LOG", "info,mesh_agent=debug")
+            .env("RUST_LOG", "info,mesh=debug,mesh_agent=debug")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log fd"))
             .stderr(file)
             .spawn()
             .expect("spawn agent");
+        // Tracked before waiting, so Drop stops it even if it never gets ready.
+        let pid = child.id();
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((node.to_owned(), child));
+        let exited = || !Path::new(&format!("/proc/{pid}")).exists();
         let ready = wait_until(Duration::from_secs(30), || {
             let text = fs::read_to_string(&log).unwrap_or_default();
-            text.matches("agent ready").count() > before
-                || child.try_wait().ok().flatten().is_some()
+            text.matches("agent ready").count() > before || exited()
         });
         let text = fs::read_to_string(&log).unwrap_or_default();
         assert!(
             ready && text.matches("agent ready").count() > before,
             "agent {node} did not become ready:\n{text}"
         );
-        self.agents
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((node.to_owned(), child));
     }
 
     /// Sends `signal` (e.g. "TERM", "KILL") to the agent of `node` and waits
-    /// for it to exit; returns its exit status.
+    /// for it to exit; returns its exit status. An agent still running 10 s
+    /// after the signal is killed, and the test fails.
     pub fn stop_agent(&self, node: &str, signal: &str) -> std::process::ExitStatus {
-        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        let i = agents
-            .iter()
-            .position(|(n, _)| n == node)
-            .unwrap_or_else(|| panic!("no running agent for {node}"));
-        let (_, mut child) = agents.remove(i);
-        if let Ok(Some(status)) = child.try_wait() {
-            return status; // already gone, e.g. after a Ctrl-C in the terminal
-        }
-        // `ip netns exec` execs the agent, so the child's pid is the agent's.
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent {node} did not exit after SIG{signal}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        let child = {
+            let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+            let i = agents
+                .iter()
+                .position(|(n, _)| n == node)
+                .unwrap_or_else(|| panic!("no running agent for {node}"));
+            agents.remove(i).1
+        };
+        let (status, in_time) = signal_and_wait(child, signal);
+        assert!(
+            in_time,
+            "agent {node} did not exit within 10 s of SIG{signal}"
+        );
+        status
     }
 
     /// The agent log of `node`.
@@ -398,13 +394,27 @@ impl Mesh {
         port: u16,
         nbytes: usize,
     ) -> PathBuf {
+        self.start_transfer_server_on(node, service, "127.0.0.1", port, nbytes)
+    }
+
+    /// Like `start_transfer_server`, listening on `bind` (e.g. "::" for any
+    /// address, as a careless service would).
+    pub fn start_transfer_server_on(
+        &self,
+        node: &str,
+        service: &str,
+        bind: &str,
+        port: u16,
+        nbytes: usize,
+    ) -> PathBuf {
         let log = self.dir.join(format!("accepts-{service}.log"));
         let _ = fs::write(&log, "");
         let mut cmd = self.cmd_as(node, service, "python3");
         cmd.arg(app("transfer_server.py"))
             .arg(port.to_string())
             .arg(nbytes.to_string())
-            .arg(&log);
+            .arg(&log)
+            .arg(bind);
         self.spawn_app(cmd, service);
         self.wait_listening(node, port);
         log
@@ -449,6 +459,7 @@ impl Mesh {
         )
     }
 
+    /// Kills the apps, then stops the agents; never panics (runs in Drop).
     fn kill_all(&self) {
         for mut child in self
             .apps
@@ -463,13 +474,36 @@ impl Mesh {
             .agents
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(n, _)| n.clone())
+            .drain(..)
             .collect();
-        for node in agents {
-            self.stop_agent(&node, "TERM");
+        for (_, child) in agents {
+            signal_and_wait(child, "TERM");
         }
     }
+}
+
+/// Sends `signal` to `child` (unless it already exited) and waits up to 10 s,
+/// then SIGKILLs it. Returns its status and whether it exited in time.
+fn signal_and_wait(mut child: Child, signal: &str) -> (std::process::ExitStatus, bool) {
+    if let Ok(Some(status)) = child.try_wait() {
+        return (status, true); // already gone, e.g. after a Ctrl-C in the terminal
+    }
+    // `ip netns exec` execs the agent, so the child's pid is the agent's.
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return (status, true);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let status = child
+        .wait()
+        .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(-1));
+    (status, false)
 }
 
 impl Drop for Mesh {

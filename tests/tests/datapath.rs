@@ -120,6 +120,14 @@ fn outsiders_do_not_reach_the_service() {
     // On node B, a process outside `api` dialing its loopback port: EPERM.
     let out = mesh.transfer("ob", None, LOOPBACK, API_PORT, 1000);
     assert!(out.starts_with("ERRNO 1 "), "loopback guard: {out}");
+    // The unspecified addresses, which the kernel turns into loopback, too.
+    for any in ["0.0.0.0", "::", "::1"] {
+        let out = mesh.transfer("ob", None, any.parse().expect("ip"), API_PORT, 1000);
+        assert!(
+            out.starts_with("ERRNO 1 "),
+            "loopback guard on {any}: {out}"
+        );
+    }
     // The kernel program's aya-log record reaches the agent's log.
     let log_b = mesh.agent_log("ob");
     assert!(
@@ -250,4 +258,33 @@ fn stop_and_restart_leave_nothing_behind() {
     }
     let pins = fs::read_dir("/sys/fs/bpf").map(|d| d.count()).unwrap_or(0);
     assert_eq!(pins, 0, "pinned objects in /sys/fs/bpf");
+}
+
+#[test]
+fn a_service_bound_to_any_address_is_still_protected() {
+    // api binds [::]:5001 (dual-stack) by mistake. Outsiders on node A reach
+    // neither B's IPv4 nor B's IPv6 address; the mesh still delivers.
+    let mesh = Mesh::new(&["ca", "cb"]);
+    mesh.write_config(&two_node_config(&mesh, false, "240.0.0.7"));
+    mesh.start_agent("ca");
+    mesh.start_agent("cb");
+    let accepts = mesh.start_transfer_server_on("cb", "api", "::", API_PORT, 1000);
+    let b = mesh.node("cb");
+    for addr in [b.addr(false), b.addr(true)] {
+        let out = mesh.transfer("ca", None, addr, API_PORT, 1000);
+        assert!(!out.starts_with("OK"), "outsider reached {addr}: {out}");
+    }
+    assert_eq!(
+        fs::read_to_string(&accepts).expect("log"),
+        "",
+        "the service saw a connection"
+    );
+    let out = mesh.transfer(
+        "ca",
+        Some("web"),
+        "240.0.0.7".parse().expect("ip"),
+        API_PORT,
+        1000,
+    );
+    assert_ok(&out, "web -> api by VIP");
 }

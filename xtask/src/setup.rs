@@ -91,8 +91,9 @@ fn packages() -> anyhow::Result<()> {
 
 fn nightly() -> anyhow::Result<()> {
     const ITEM: &str = "nightly toolchain";
-    let toolchains = cmd::probe(cmd::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
-    if toolchains.lines().any(|line| line.starts_with("nightly-")) {
+    // The plain `nightly` channel, as rust_src() and aya-build use it; a
+    // dated nightly alone does not count.
+    if cmd::probe(cmd::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_some() {
         present(ITEM);
         return Ok(());
     }

@@ -586,6 +586,30 @@ fn bad_cgroups() {
         &["\"..\""],
     );
     one_problem(&with_service("cgroup = \"\"\n"), 13, 10, &["not absolute"]);
+    one_problem(&with_service("cgroup = \"/\"\n"), 13, 10, &["root cgroup"]);
+    one_problem(
+        &with_service("cgroup = \"/mesh/a/_agent\"\n"),
+        13,
+        10,
+        &["agent's cgroup"],
+    );
+}
+
+#[test]
+fn two_services_cannot_share_a_cgroup() {
+    let text = with_service(
+        "cgroup = \"/system.slice/x.service\"\n\
+         [[service]]\nname = \"t\"\nnode = \"a\"\nport = 81\ncgroup = \"/system.slice/x.service\"\n",
+    );
+    one_problem(
+        &text,
+        18,
+        10,
+        &[
+            "already the cgroup of service \"s\" (line 13)",
+            "one cgroup per service",
+        ],
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -190,6 +190,7 @@ impl Checker<'_> {
         let mut services = Vec::new();
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut ports: HashMap<(&str, u16), (&str, usize)> = HashMap::new();
+        let mut cgroups: HashMap<PathBuf, (&str, usize)> = HashMap::new();
         let mut vips: HashMap<IpAddr, Vip<'_>> = HashMap::new();
         for entry in raw {
             let service = entry.get_ref();
@@ -254,8 +255,28 @@ impl Checker<'_> {
                 .is_some_and(|vip| self.vip_unique(vip.clone(), &node_addresses, &mut vips));
 
             let cgroup = match &service.cgroup {
-                Some(cgroup) => self.check(cgroup, |c| values::cgroup(c)).map(Some),
                 None => Some(None),
+                Some(cgroup) => match self.check(cgroup, |c| values::cgroup(c)) {
+                    None => None,
+                    // One cgroup is one identity: two services cannot share it.
+                    Some(path) => match cgroups.get(&path) {
+                        Some(&(first, first_line)) => {
+                            self.report(
+                                cgroup.span(),
+                                format!(
+                                    "cgroup {:?} is already the cgroup of service {first:?} \
+                                     (line {first_line}): expected one cgroup per service",
+                                    path.display()
+                                ),
+                            );
+                            None
+                        }
+                        None => {
+                            cgroups.insert(path.clone(), (name, self.line(cgroup)));
+                            Some(Some(path))
+                        }
+                    },
+                },
             };
 
             if let (true, true, true, true, Some(port), Some(vip), Some(cgroup)) =

@@ -181,5 +181,15 @@ pub(super) fn cgroup(text: &str) -> Result<PathBuf, String> {
             "cgroup {text:?} contains \"..\": expected a path without \"..\""
         ));
     }
+    if !path.components().any(|c| matches!(c, Component::Normal(_))) {
+        return Err(format!(
+            "cgroup {text:?} is the root cgroup: expected the service's own cgroup"
+        ));
+    }
+    if path.starts_with("/mesh") && path.components().any(|c| c.as_os_str() == "_agent") {
+        return Err(format!(
+            "cgroup {text:?} is an agent's cgroup: expected the service's own cgroup"
+        ));
+    }
     Ok(path.to_owned())
 }

@@ -13,7 +13,9 @@ pub async fn serve(listener: TcpListener, ctx: Shared) {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
+                // E.g. EMFILE: back off instead of spinning.
                 warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
