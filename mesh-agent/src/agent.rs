@@ -19,7 +19,9 @@ use crate::{
     cgroup::{self, Cgroup2, CgroupError},
     config::{Config, ConfigError},
     ebpf::{EbpfError, Kernel, LoadParams, MapContents},
+    identity::{Identities, IdentityError, NodeCa},
     proxy::{self, Context},
+    tls::{Tls, TlsError},
 };
 
 /// Errors of this module.
@@ -33,6 +35,10 @@ pub enum AgentError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("failed to listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -57,6 +63,7 @@ pub struct Prepared {
     config: Config,
     cgroup2: Cgroup2,
     listeners: Listeners,
+    identities: Arc<Identities>,
 }
 
 /// The agent's listening sockets (non-blocking, not yet registered with tokio).
@@ -86,10 +93,14 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
         in4: listen(SocketAddr::new(loopback4, 0))?,
         in6: listen_optional(SocketAddr::new(loopback6, 0))?,
     };
+    let ca = NodeCa::load_or_issue(&config, &opts.node)?;
+    let local = config.services_on(&opts.node).map(|s| s.name.clone());
+    let identities = Identities::new(&config.mesh.trust_domain, ca, config.mesh.leaf_ttl, local)?;
     Ok(Prepared {
-        config,
         cgroup2: Cgroup2::find_or_mount()?,
         listeners,
+        identities: Arc::new(identities),
+        config,
     })
 }
 
@@ -99,6 +110,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
         config,
         cgroup2: cg,
         listeners,
+        identities,
     } = prepared;
     let mut sigterm =
         tokio::signal::unix::signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
@@ -106,7 +118,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
         tokio::signal::unix::signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
 
     let cgroups = Cgroups::enter(&cg, &config, &opts.node)?;
-    let result = serve(&cg, &cgroups, config, listeners, &opts, async {
+    let result = serve(&cg, &cgroups, config, listeners, identities, &opts, async {
         tokio::select! {
             _ = sigterm.recv() => info!("SIGTERM: stopping"),
             _ = sigint.recv() => info!("SIGINT: stopping"),
@@ -122,9 +134,11 @@ async fn serve(
     cgroups: &Cgroups,
     config: Config,
     listeners: Listeners,
+    identities: Arc<Identities>,
     opts: &RunOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let tls = Tls::new(&config, identities.clone())?;
     let tokio_listener = |l: std::net::TcpListener| {
         let addr = l
             .local_addr()
@@ -147,6 +161,8 @@ async fn serve(
         config,
         node: opts.node.clone(),
         kernel,
+        identities: identities.clone(),
+        tls,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -159,6 +175,10 @@ async fn serve(
         tasks.spawn(proxy::inbound::serve(l, ctx.clone()));
     }
     tasks.spawn(sweep(ctx.clone()));
+    tasks.spawn(identities.clone().renew_forever());
+    for (service, leaf) in identities.all() {
+        info!(%service, spiffe_id = %leaf.spiffe_id, serial = %leaf.serial, "leaf issued");
+    }
     info!(
         node = %opts.node,
         outbound_port = opts.outbound_port,

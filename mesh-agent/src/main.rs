@@ -6,7 +6,9 @@ mod cgroup;
 mod config;
 mod ebpf;
 mod exec;
+mod identity;
 mod proxy;
+mod tls;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
@@ -42,6 +44,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Manage the mesh's built-in CA (files in `ca_dir`).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Run CMD as service S of node N (in the service's cgroup).
     Exec {
         #[arg(long)]
@@ -53,6 +60,23 @@ enum Command {
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create the root CA (root.crt, root.key); refuses to overwrite one.
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Issue node N's intermediate CA (nodes/N.crt, nodes/N.key) with the
+    /// root key; copy both files to node N's `ca_dir/nodes/`.
+    IssueNode {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        node: String,
     },
 }
 
@@ -70,6 +94,7 @@ fn main() -> ExitCode {
             outbound_port,
         }),
         Command::Validate { config } => validate(&config),
+        Command::Ca { command } => ca(command),
         Command::Exec {
             config,
             node,
@@ -117,6 +142,23 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn ca(command: CaCommand) -> anyhow::Result<()> {
+    let written = match command {
+        CaCommand::Init { config } => identity::ca::init(&config::Config::load(&config)?)?,
+        CaCommand::IssueNode { config, node } => {
+            let config = config::Config::load(&config)?;
+            if config.node(&node).is_none() {
+                anyhow::bail!("node {node:?} is not declared in {}", config.path.display());
+            }
+            identity::ca::issue_node(&config, &node)?
+        }
+    };
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Logs go to stderr; `RUST_LOG` filters (default `info`). eBPF-side logs

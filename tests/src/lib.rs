@@ -8,6 +8,9 @@
 //! own network namespace. Everything here needs root.
 #![forbid(unsafe_code)]
 
+pub mod pki;
+pub mod wire;
+
 use std::{
     fs,
     io::{self, Write as _},
@@ -259,9 +262,28 @@ impl Mesh {
         self.dir.join("mesh.toml")
     }
 
-    /// Writes the config file.
+    /// Writes the config file, and the first time creates the mesh's root
+    /// CA with `mesh-agent ca init` (in `ca/` beside the config, the default
+    /// `ca_dir`). Each agent issues its node CA from it at start.
     pub fn write_config(&self, toml: &str) {
         fs::write(self.config(), toml).expect("write config");
+        if !self.ca_dir().join("root.crt").exists() {
+            let out = Command::new(&self.agent)
+                .args(["ca", "init", "--config"])
+                .arg(self.config())
+                .output()
+                .expect("run mesh-agent ca init");
+            assert!(
+                out.status.success(),
+                "ca init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// The mesh's CA directory (the config's default `ca_dir`).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.join("ca")
     }
 
     /// The `[[node]]` tables of every node, with IPv4 or IPv6 addresses.

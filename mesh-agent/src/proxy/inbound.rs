@@ -3,9 +3,9 @@
 //! address the peer dialed.
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::{ProxyError, Shared, dial, hop, local_addr, splice};
+use super::{ProxyError, Shared, dial, local_addr, splice};
 
 /// Accepts steered connections until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Shared) {
@@ -36,9 +36,10 @@ async fn handle(stream: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
         .services_on(&ctx.node)
         .find(|s| s.port == dialed.port() && !s.public)
         .ok_or(ProxyError::NoLocalService(dialed.port()))?;
-    let (mut remote, peer) = hop::accept(stream, &dst.name).await?;
+    let (mut remote, peer) = ctx.tls.accept(stream, &dst.name).await?;
+    debug!(src = %peer, dst = %dst.name, alpn = "mesh/1", "mTLS accepted");
     let mut svc = dial(local_addr(dst.port)).await?;
     let (received, sent) = splice(&mut remote, &mut svc).await?;
-    info!(src = %peer.service, dst = %dst.name, sent, received, "inbound connection done");
+    info!(src = %peer, dst = %dst.name, sent, received, "inbound connection done");
     Ok(())
 }

@@ -1,8 +1,7 @@
 //! The agent's data path in userspace: the outbound listener (apps' redirected
-//! connections), the inbound listener (connections steered by sk_lookup), the
-//! hop between agents, and the byte copy between two sockets.
+//! connections), the inbound listener (connections steered by sk_lookup), and
+//! the byte copy between two sockets. The hop between agents is mTLS (`tls`).
 
-pub mod hop;
 pub mod inbound;
 pub mod outbound;
 
@@ -16,7 +15,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{config::Config, ebpf::Kernel};
+use crate::{config::Config, ebpf::Kernel, identity::Identities, tls::Tls};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -35,17 +34,19 @@ pub enum ProxyError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Hop(#[from] hop::HopError),
+    Tls(#[from] crate::tls::TlsError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// What every connection handler needs: the config this agent runs with and
-/// the kernel maps.
+/// What every connection handler needs: the config this agent runs with,
+/// the kernel maps, and the identities and TLS configs of local services.
 pub struct Context {
     pub config: Config,
     pub node: String,
     pub kernel: Kernel,
+    pub identities: std::sync::Arc<Identities>,
+    pub tls: Tls,
 }
 
 impl Context {

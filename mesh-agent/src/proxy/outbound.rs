@@ -7,7 +7,7 @@
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use super::{ProxyError, Shared, dial, hop, local_addr, splice};
+use super::{ProxyError, Shared, dial, local_addr, splice};
 
 /// Accepts redirected app connections until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Shared) {
@@ -52,7 +52,8 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
         let addr = std::net::SocketAddr::new(node.address, dst.port);
         debug!(src = %src.name, dst = %dst.name, %addr, "outbound, to remote agent");
         let tcp = dial(addr).await?;
-        let mut remote = hop::connect(tcp, &src.name, &dst.name).await?;
+        let mut remote = ctx.tls.connect(tcp, &src.name, &dst.name).await?;
+        debug!(src = %src.name, dst = %dst.name, %addr, alpn = "mesh/1", "mTLS established");
         splice(&mut app, &mut remote).await?
     };
     info!(src = %src.name, dst = %dst.name, sent, received, "outbound connection done");

@@ -1,0 +1,198 @@
+//! Service identities: the built-in CA (`ca`), SPIFFE IDs (`spiffe`), and
+//! the current leaf of every local service, renewed at half its lifetime.
+
+pub mod ca;
+pub mod spiffe;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use rustls::sign::CertifiedKey;
+
+pub use ca::NodeCa;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("refusing to overwrite {0}")]
+    Exists(PathBuf),
+    #[error("no root CA certificate at {0}: create one with `mesh-agent ca init --config F`")]
+    NoRoot(PathBuf),
+    #[error(
+        "no intermediate CA for node {node:?} at {path}, and no root key to issue one here: \
+         run `mesh-agent ca issue-node --node {node}` where the root key is, and copy the files"
+    )]
+    NoNodeCa { node: String, path: PathBuf },
+    #[error("bad node CA {path}: {why}")]
+    BadNodeCa { path: PathBuf, why: String },
+    #[error("failed to {what}: {source}")]
+    Rcgen {
+        what: &'static str,
+        source: rcgen::Error,
+    },
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the system random number generator failed")]
+    Random,
+    #[error("failed to load a leaf key into rustls: {0}")]
+    Key(rustls::Error),
+}
+
+/// The current certificate of a local service.
+pub struct Current {
+    pub key: Arc<CertifiedKey>,
+    pub spiffe_id: String,
+    pub serial: String,
+    pub not_after: SystemTime,
+}
+
+/// The leaves of this node's services, swapped in place on renewal: live
+/// connections keep the session they have; new handshakes get the new leaf.
+pub struct Identities {
+    trust_domain: String,
+    ca: NodeCa,
+    ttl: Duration,
+    leaves: RwLock<HashMap<String, Arc<Current>>>,
+}
+
+impl Identities {
+    /// Issues a leaf for each of `services`.
+    pub fn new(
+        trust_domain: &str,
+        ca: NodeCa,
+        ttl: Duration,
+        services: impl IntoIterator<Item = String>,
+    ) -> Result<Self, IdentityError> {
+        let this = Self {
+            trust_domain: trust_domain.to_owned(),
+            ca,
+            ttl,
+            leaves: RwLock::new(HashMap::new()),
+        };
+        for service in services {
+            this.renew(&service)?;
+        }
+        Ok(this)
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The node CA (and through it, the root).
+    pub fn ca(&self) -> &NodeCa {
+        &self.ca
+    }
+
+    /// The current leaf of `service`, if it is local.
+    pub fn current(&self, service: &str) -> Option<Arc<Current>> {
+        self.leaves
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+            .cloned()
+    }
+
+    /// Every local service's current leaf, sorted by service name.
+    pub fn all(&self) -> Vec<(String, Arc<Current>)> {
+        let mut all: Vec<_> = self
+            .leaves
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Issues a new leaf for `service` and makes it current.
+    pub fn renew(&self, service: &str) -> Result<Arc<Current>, IdentityError> {
+        let leaf = self.ca.issue_leaf(service, self.ttl)?;
+        let signer = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(leaf.key)
+            .map_err(IdentityError::Key)?;
+        let current = Arc::new(Current {
+            key: Arc::new(CertifiedKey::new(leaf.chain, signer)),
+            spiffe_id: spiffe::service_id(&self.trust_domain, service),
+            serial: leaf.serial,
+            not_after: leaf.not_after,
+        });
+        self.leaves
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service.to_owned(), current.clone());
+        Ok(current)
+    }
+
+    /// Renews every leaf at half its lifetime, forever. A failed renewal is
+    /// logged and retried after a second.
+    pub async fn renew_forever(self: Arc<Self>) {
+        let half = self.ttl / 2;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (service, _) in self.all() {
+            let this = self.clone();
+            tasks.spawn(async move {
+                let mut wait = half;
+                loop {
+                    tokio::time::sleep(wait).await;
+                    wait = match this.renew(&service) {
+                        Ok(current) => {
+                            tracing::info!(%service, serial = %current.serial, "renewed leaf");
+                            half
+                        }
+                        Err(e) => {
+                            tracing::warn!(%service, error = %e, "leaf renewal failed");
+                            Duration::from_secs(1)
+                        }
+                    };
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+impl std::fmt::Debug for Identities {
+    // Keys stay out of logs: only names and serials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let serials: Vec<_> = self
+            .all()
+            .into_iter()
+            .map(|(name, c)| (name, c.serial.clone()))
+            .collect();
+        f.debug_struct("Identities")
+            .field("trust_domain", &self.trust_domain)
+            .field("leaves", &serials)
+            .finish()
+    }
+}
+
+/// The URI SANs of a parsed certificate.
+pub fn uri_sans<'a>(cert: &'a x509_parser::certificate::X509Certificate<'_>) -> Vec<&'a str> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,79 @@
+//! SPIFFE IDs and TLS server names of the mesh.
+//!
+//! - service: `spiffe://<trust domain>/svc/<service>`, SNI `<service>.svc.<trust domain>`
+//! - node intermediate CA: `spiffe://<trust domain>/node/<node>`
+//! - root CA: `spiffe://<trust domain>`
+
+/// What a mesh SPIFFE ID names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Service,
+    Node,
+}
+
+/// The SPIFFE ID of a service.
+pub fn service_id(trust_domain: &str, service: &str) -> String {
+    format!("spiffe://{trust_domain}/svc/{service}")
+}
+
+/// The SPIFFE ID of a node's intermediate CA.
+pub fn node_id(trust_domain: &str, node: &str) -> String {
+    format!("spiffe://{trust_domain}/node/{node}")
+}
+
+/// The SPIFFE ID of the trust domain (the root CA's URI SAN).
+pub fn trust_domain_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}")
+}
+
+/// Parses a mesh SPIFFE ID of `trust_domain`; `None` for anything else,
+/// including IDs of other trust domains.
+pub fn parse<'a>(trust_domain: &str, uri: &'a str) -> Option<(Kind, &'a str)> {
+    let rest = uri.strip_prefix("spiffe://")?.strip_prefix(trust_domain)?;
+    let (kind, name) = if let Some(name) = rest.strip_prefix("/svc/") {
+        (Kind::Service, name)
+    } else {
+        (Kind::Node, rest.strip_prefix("/node/")?)
+    };
+    (!name.is_empty() && !name.contains('/')).then_some((kind, name))
+}
+
+/// The TLS server name (SNI) a source agent uses to reach `service`.
+pub fn sni(trust_domain: &str, service: &str) -> String {
+    format!("{service}.svc.{trust_domain}")
+}
+
+/// The service named by a mesh SNI of `trust_domain`.
+pub fn service_from_sni<'a>(trust_domain: &str, sni: &'a str) -> Option<&'a str> {
+    let service = sni.strip_suffix(trust_domain)?.strip_suffix(".svc.")?;
+    (!service.is_empty() && !service.contains('.')).then_some(service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_foreign_ids_are_rejected() {
+        let id = service_id("mesh.local", "api");
+        assert_eq!(id, "spiffe://mesh.local/svc/api");
+        assert_eq!(parse("mesh.local", &id), Some((Kind::Service, "api")));
+        let node = node_id("mesh.local", "b");
+        assert_eq!(parse("mesh.local", &node), Some((Kind::Node, "b")));
+        assert_eq!(parse("other.td", &id), None);
+        assert_eq!(parse("mesh.loc", &id), None, "prefix of the trust domain");
+        assert_eq!(parse("mesh.local", "spiffe://mesh.local/svc/a/b"), None);
+        assert_eq!(parse("mesh.local", "spiffe://mesh.local/svc/"), None);
+        assert_eq!(parse("mesh.local", "https://mesh.local/svc/api"), None);
+    }
+
+    #[test]
+    fn sni_round_trip() {
+        let name = sni("mesh.local", "data-api");
+        assert_eq!(name, "data-api.svc.mesh.local");
+        assert_eq!(service_from_sni("mesh.local", &name), Some("data-api"));
+        assert_eq!(service_from_sni("mesh.local", "x.y.svc.mesh.local"), None);
+        assert_eq!(service_from_sni("mesh.local", "api.svc.other"), None);
+        assert_eq!(service_from_sni("mesh.local", ".svc.mesh.local"), None);
+    }
+}

@@ -1,0 +1,219 @@
+//! mTLS between agents: TLS 1.3 only, ALPN `mesh/1`, SNI
+//! `<destination>.svc.<trust domain>`. The destination agent presents the
+//! destination service's leaf (picked by SNI); the source agent presents the
+//! source service's leaf. Both check the other with `verify::PeerRules`.
+//! Session resumption is off: every connection is fully verified.
+
+pub mod verify;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use rustls::{
+    ClientConfig, ServerConfig,
+    client::{ResolvesClientCert, Resumption},
+    server::{ClientHello, NoServerSessionStorage, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector, client, server};
+
+use crate::{
+    config::Config,
+    identity::{Identities, spiffe, uri_sans},
+};
+use verify::{ClientVerifier, PeerRules, ServerVerifier, VerifyError};
+
+/// The one application protocol spoken between agents.
+pub const ALPN: &[u8] = b"mesh/1";
+/// Bound on a whole handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("bad TLS setup: {0}")]
+    Setup(#[from] rustls::Error),
+    #[error(transparent)]
+    Rules(#[from] VerifyError),
+    #[error("no local service {0:?} to speak for")]
+    NoLocalService(String),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("TLS handshake timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("client asked for server name {got:?}; this port serves {expected:?}")]
+    WrongSni {
+        got: Option<String>,
+        expected: String,
+    },
+    #[error("peer did not negotiate ALPN mesh/1 (got {0:?})")]
+    Alpn(Option<String>),
+    #[error("peer presented no certificate")]
+    NoPeerCertificate,
+}
+
+/// The TLS side of an agent.
+pub struct Tls {
+    trust_domain: String,
+    server: Arc<ServerConfig>,
+    /// Per local service: the client config that presents its leaf.
+    clients: HashMap<String, Arc<ClientConfig>>,
+}
+
+impl Tls {
+    /// TLS configs for the local services of `node`, using `identities`.
+    pub fn new(config: &Config, identities: Arc<Identities>) -> Result<Self, TlsError> {
+        let td = identities.trust_domain().to_owned();
+        // Public services are never destinations, but they can call others,
+        // so their leaves are valid client identities.
+        let hosts = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.node.clone()))
+            .collect();
+        let rules = Arc::new(PeerRules::new(&td, identities.ca().root(), hosts)?);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(ClientVerifier(rules.clone())))
+            .with_cert_resolver(Arc::new(BySni {
+                identities: identities.clone(),
+            }));
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        server.session_storage = Arc::new(NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
+
+        let mut clients = HashMap::new();
+        for (service, _) in identities.all() {
+            let mut client = ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ServerVerifier(rules.clone())))
+                .with_client_cert_resolver(Arc::new(AsService {
+                    identities: identities.clone(),
+                    service: service.clone(),
+                }));
+            client.alpn_protocols = vec![ALPN.to_vec()];
+            client.resumption = Resumption::disabled();
+            clients.insert(service, Arc::new(client));
+        }
+        Ok(Self {
+            trust_domain: td,
+            server: Arc::new(server),
+            clients,
+        })
+    }
+
+    /// Source side: TLS as local service `src` to the agent serving `dst`.
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        src: &str,
+        dst: &str,
+    ) -> Result<client::TlsStream<TcpStream>, TlsError> {
+        let config = self
+            .clients
+            .get(src)
+            .ok_or_else(|| TlsError::NoLocalService(src.to_owned()))?;
+        let name = ServerName::try_from(spiffe::sni(&self.trust_domain, dst))
+            .map_err(|_| VerifyError::ServerName(dst.to_owned()))?;
+        let connect = TlsConnector::from(config.clone()).connect(name, tcp);
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
+            .await
+            .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))?
+            .map_err(TlsError::Handshake)?;
+        check_alpn(stream.get_ref().1.alpn_protocol())?;
+        Ok(stream)
+    }
+
+    /// Destination side: accepts TLS for local service `dst` and returns the
+    /// verified calling service.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+        dst: &str,
+    ) -> Result<(server::TlsStream<TcpStream>, String), TlsError> {
+        let handshake = async {
+            let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+                .await
+                .map_err(TlsError::Handshake)?;
+            let expected = spiffe::sni(&self.trust_domain, dst);
+            let hello = start.client_hello();
+            if hello.server_name() != Some(expected.as_str()) {
+                return Err(TlsError::WrongSni {
+                    got: hello.server_name().map(str::to_owned),
+                    expected,
+                });
+            }
+            start
+                .into_stream(self.server.clone())
+                .await
+                .map_err(TlsError::Handshake)
+        };
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))??;
+        let conn = stream.get_ref().1;
+        check_alpn(conn.alpn_protocol())?;
+        // Verified by ClientVerifier during the handshake; read the name back.
+        let leaf = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or(TlsError::NoPeerCertificate)?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| VerifyError::Parse(e.to_string()))?;
+        let peer = uri_sans(&parsed)
+            .first()
+            .and_then(|uri| spiffe::parse(&self.trust_domain, uri))
+            .map(|(_, name)| name.to_owned())
+            .ok_or(TlsError::NoPeerCertificate)?;
+        Ok((stream, peer))
+    }
+}
+
+fn check_alpn(alpn: Option<&[u8]>) -> Result<(), TlsError> {
+    if alpn == Some(ALPN) {
+        Ok(())
+    } else {
+        Err(TlsError::Alpn(
+            alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
+        ))
+    }
+}
+
+/// Server side: the leaf of the service named by SNI.
+#[derive(Debug)]
+struct BySni {
+    identities: Arc<Identities>,
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let service =
+            spiffe::service_from_sni(self.identities.trust_domain(), hello.server_name()?)?;
+        Some(self.identities.current(service)?.key.clone())
+    }
+}
+
+/// Client side: always the leaf of one local service.
+#[derive(Debug)]
+struct AsService {
+    identities: Arc<Identities>,
+    service: String,
+}
+
+impl ResolvesClientCert for AsService {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.identities.current(&self.service)?.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,277 @@
+//! Our certificate verifiers. rustls does not check URI SANs, so both sides
+//! run the same rules (`PeerRules::verify`):
+//!
+//! 1. the chain leads from the leaf through exactly one intermediate to the
+//!    mesh root, every certificate is within its validity period, and the
+//!    leaf may be used for this side of the handshake (webpki);
+//! 2. the leaf has exactly one URI SAN, `spiffe://<trust domain>/svc/<S>`,
+//!    and S is a meshed service of the config;
+//! 3. the intermediate has exactly one URI SAN,
+//!    `spiffe://<trust domain>/node/<N>`, and N is the node hosting S
+//!    (a node can only vouch for its own services);
+//! 4. where the caller expects a service (the client knows whom it dialed),
+//!    S is that service.
+
+use std::{collections::HashMap, sync::Arc};
+
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::WebPkiSupportedAlgorithms,
+    server::danger::{ClientCertVerified, ClientCertVerifier},
+};
+use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+
+use crate::identity::{spiffe, uri_sans};
+
+/// Why a peer certificate was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("certificate chain does not verify against the mesh root: {0}")]
+    Chain(webpki::Error),
+    #[error("chain has {0} intermediates; expected exactly one node CA")]
+    Intermediates(usize),
+    #[error("certificate is not X.509: {0}")]
+    Parse(String),
+    #[error("leaf URI SANs {0:?}: expected exactly one spiffe://<trust domain>/svc/<service>")]
+    NotService(Vec<String>),
+    #[error(
+        "intermediate URI SANs {0:?}: expected exactly one spiffe://<trust domain>/node/<node>"
+    )]
+    NotNode(Vec<String>),
+    #[error("{0:?} is not a meshed service of this mesh")]
+    UnknownService(String),
+    #[error(
+        "leaf for {service:?} is signed by node {signer:?}, but {service:?} runs on node {host:?}"
+    )]
+    WrongNode {
+        service: String,
+        signer: String,
+        host: String,
+    },
+    #[error("peer is {got:?}; expected {expected:?}")]
+    Unexpected { got: String, expected: String },
+    #[error("server name {0:?} is not <service>.svc.<trust domain>")]
+    ServerName(String),
+}
+
+impl From<VerifyError> for rustls::Error {
+    fn from(e: VerifyError) -> Self {
+        let cert_error = match e {
+            VerifyError::Chain(webpki::Error::CertExpired { .. }) => CertificateError::Expired,
+            VerifyError::Chain(webpki::Error::UnknownIssuer) => CertificateError::UnknownIssuer,
+            other => CertificateError::Other(OtherError(Arc::new(other))),
+        };
+        rustls::Error::InvalidCertificate(cert_error)
+    }
+}
+
+/// What a peer certificate must satisfy in this mesh.
+#[derive(Debug)]
+pub struct PeerRules {
+    trust_domain: String,
+    roots: Vec<TrustAnchor<'static>>,
+    /// Meshed service -> the node hosting it.
+    hosts: HashMap<String, String>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PeerRules {
+    /// Rules for `trust_domain`, trusting `root`, with `hosts` (service ->
+    /// node) from the config.
+    pub fn new(
+        trust_domain: &str,
+        root: &CertificateDer<'_>,
+        hosts: HashMap<String, String>,
+    ) -> Result<Self, VerifyError> {
+        let anchor = webpki::anchor_from_trusted_cert(root)
+            .map_err(VerifyError::Chain)?
+            .to_owned();
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            roots: vec![anchor],
+            hosts,
+            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        })
+    }
+
+    /// Checks a presented chain (see the module docs); returns the service
+    /// it identifies.
+    pub fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+        expected: Option<&str>,
+    ) -> Result<String, VerifyError> {
+        let leaf = webpki::EndEntityCert::try_from(end_entity).map_err(VerifyError::Chain)?;
+        let path = leaf
+            .verify_for_usage(
+                self.algorithms.all,
+                &self.roots,
+                intermediates,
+                now,
+                usage,
+                None,
+                None,
+            )
+            .map_err(VerifyError::Chain)?;
+        let used: Vec<_> = path.intermediate_certificates().collect();
+        let [node_ca] = used.as_slice() else {
+            return Err(VerifyError::Intermediates(used.len()));
+        };
+
+        let service = self.named(end_entity, spiffe::Kind::Service, VerifyError::NotService)?;
+        let signer = self.named(&node_ca.der(), spiffe::Kind::Node, VerifyError::NotNode)?;
+        let host = self
+            .hosts
+            .get(&service)
+            .ok_or_else(|| VerifyError::UnknownService(service.clone()))?;
+        if *host != signer {
+            return Err(VerifyError::WrongNode {
+                service,
+                signer,
+                host: host.clone(),
+            });
+        }
+        if let Some(expected) = expected {
+            if service != expected {
+                return Err(VerifyError::Unexpected {
+                    got: spiffe::service_id(&self.trust_domain, &service),
+                    expected: spiffe::service_id(&self.trust_domain, expected),
+                });
+            }
+        }
+        Ok(service)
+    }
+
+    /// The name in the single URI SAN of `cert`, which must be a mesh ID of
+    /// `kind` in our trust domain.
+    fn named(
+        &self,
+        cert: &CertificateDer<'_>,
+        kind: spiffe::Kind,
+        wrong: fn(Vec<String>) -> VerifyError,
+    ) -> Result<String, VerifyError> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+            .map_err(|e| VerifyError::Parse(e.to_string()))?;
+        let uris = uri_sans(&parsed);
+        match uris.as_slice() {
+            [uri] => match spiffe::parse(&self.trust_domain, uri) {
+                Some((k, name)) if k == kind => Ok(name.to_owned()),
+                _ => Err(wrong(vec![(*uri).to_owned()])),
+            },
+            _ => Err(wrong(uris.iter().map(|u| (*u).to_owned()).collect())),
+        }
+    }
+
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+}
+
+/// The source agent's check of the destination agent.
+#[derive(Debug)]
+pub struct ServerVerifier(pub Arc<PeerRules>);
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = server_name.to_str();
+        let expected = spiffe::service_from_sni(&self.0.trust_domain, &name)
+            .ok_or_else(|| VerifyError::ServerName(name.to_string()))?;
+        self.0.verify(
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            Some(expected),
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Never called: only TLS 1.3 is enabled.
+        Err(rustls::Error::General("TLS 1.2 is not supported".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algorithms.supported_schemes()
+    }
+}
+
+/// The destination agent's check of the source agent. Client certificates
+/// are mandatory.
+#[derive(Debug)]
+pub struct ClientVerifier(pub Arc<PeerRules>);
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0.verify(
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+        )?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Never called: only TLS 1.3 is enabled.
+        Err(rustls::Error::General("TLS 1.2 is not supported".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algorithms.supported_schemes()
+    }
+}
