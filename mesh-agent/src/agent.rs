@@ -39,6 +39,8 @@ pub enum AgentError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("failed to listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -56,6 +58,8 @@ pub struct RunOptions {
     pub config: PathBuf,
     pub node: String,
     pub outbound_port: u16,
+    /// The admin endpoint's address (loopback only).
+    pub admin: SocketAddr,
 }
 
 /// What `prepare` sets up before the async runtime starts.
@@ -72,6 +76,7 @@ struct Listeners {
     out6: Option<std::net::TcpListener>,
     in4: std::net::TcpListener,
     in6: Option<std::net::TcpListener>,
+    admin: std::net::TcpListener,
 }
 
 /// Loads the config, binds the listeners and finds the cgroup2 hierarchy.
@@ -92,6 +97,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
         out6: listen_optional(SocketAddr::new(loopback6, opts.outbound_port))?,
         in4: listen(SocketAddr::new(loopback4, 0))?,
         in6: listen_optional(SocketAddr::new(loopback6, 0))?,
+        admin: listen(crate::admin::check_addr(opts.admin)?)?,
     };
     let ca = NodeCa::load_or_issue(&config, &opts.node)?;
     let local = config.services_on(&opts.node).map(|s| s.name.clone());
@@ -149,6 +155,7 @@ async fn serve(
     let out6 = listeners.out6.map(tokio_listener).transpose()?;
     let in4 = tokio_listener(listeners.in4)?;
     let in6 = listeners.in6.map(tokio_listener).transpose()?;
+    let admin = tokio_listener(listeners.admin)?;
 
     let contents = map_contents(&config, &opts.node, cgroups);
     let params = LoadParams {
@@ -175,6 +182,7 @@ async fn serve(
         tasks.spawn(proxy::inbound::serve(l, ctx.clone()));
     }
     tasks.spawn(sweep(ctx.clone()));
+    tasks.spawn(crate::admin::serve(admin, ctx.clone()));
     tasks.spawn(identities.clone().renew_forever());
     for (service, leaf) in identities.all() {
         info!(%service, spiffe_id = %leaf.spiffe_id, serial = %leaf.serial, "leaf issued");
@@ -182,6 +190,7 @@ async fn serve(
     info!(
         node = %opts.node,
         outbound_port = opts.outbound_port,
+        admin = %opts.admin,
         services = contents.services.len(),
         local = contents.cgroups.len(),
         "agent ready"

@@ -1,6 +1,7 @@
 //! `mesh-agent`: the node agent of the mesh and its command line.
 //! See ARCHITECTURE.md for how the pieces fit together.
 
+mod admin;
 mod agent;
 mod cgroup;
 mod config;
@@ -38,6 +39,18 @@ enum Command {
         /// Port of the outbound listener on 127.0.0.1 and ::1.
         #[arg(long, default_value_t = 15001)]
         outbound_port: u16,
+        /// Address of the admin endpoint (loopback only).
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: std::net::SocketAddr,
+    },
+    /// Show what a running agent holds (from its admin endpoint).
+    Status {
+        /// The agent's admin address.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: std::net::SocketAddr,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a config file; print every problem and exit non-zero if any.
     Validate {
@@ -88,11 +101,14 @@ fn main() -> ExitCode {
             config,
             node,
             outbound_port,
+            admin,
         } => run(agent::RunOptions {
             config,
             node,
             outbound_port,
+            admin,
         }),
+        Command::Status { admin, json } => status(admin, json),
         Command::Validate { config } => validate(&config),
         Command::Ca { command } => ca(command),
         Command::Exec {
@@ -142,6 +158,19 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn status(addr: std::net::SocketAddr, json: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = rt.block_on(admin::fetch_status(addr))?;
+    if json {
+        println!("{status}");
+    } else {
+        print!("{}", admin::render_status(&status));
+    }
+    Ok(())
 }
 
 fn ca(command: CaCommand) -> anyhow::Result<()> {

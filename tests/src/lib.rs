@@ -124,6 +124,53 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     child.wait_with_output().expect("wait for child")
 }
 
+/// Runs `cmd` to completion (killed after `timeout`); stdout then stderr.
+pub fn run_to_string(cmd: &mut Command, timeout: Duration) -> String {
+    let out = output_with_timeout(cmd, timeout);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A running tcpdump (see [`Mesh::capture`]); killed if dropped unstopped.
+pub struct Capture {
+    child: Child,
+    file: PathBuf,
+    err: PathBuf,
+}
+
+impl Capture {
+    /// Stops tcpdump (SIGINT, so it flushes) and returns the pcap file.
+    pub fn stop(mut self) -> PathBuf {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let stopped = wait_until(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
+        assert!(stopped, "tcpdump did not stop: {}", self.log());
+        let log = self.log();
+        assert!(
+            log.contains("0 packets dropped by kernel"),
+            "tcpdump dropped packets: {log}"
+        );
+        self.file.clone()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.err).unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The cgroup2 mount point of this (host) mount namespace.
 pub fn cgroup2_root() -> PathBuf {
     let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
@@ -465,6 +512,19 @@ impl Mesh {
         port: u16,
         nbytes: usize,
     ) -> String {
+        self.transfer_over(node, service, host, port, nbytes, 0.0)
+    }
+
+    /// Like `transfer`, spreading the upload over `seconds`.
+    pub fn transfer_over(
+        &self,
+        node: &str,
+        service: Option<&str>,
+        host: IpAddr,
+        port: u16,
+        nbytes: usize,
+        seconds: f64,
+    ) -> String {
         let mut cmd = match service {
             Some(s) => self.cmd_as(node, s, "python3"),
             None => self.cmd(node, "python3"),
@@ -472,13 +532,83 @@ impl Mesh {
         cmd.arg(app("transfer_client.py"))
             .arg(host.to_string())
             .arg(port.to_string())
-            .arg(nbytes.to_string());
-        let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            .arg(nbytes.to_string())
+            .arg(seconds.to_string());
+        run_to_string(
+            &mut cmd,
+            Duration::from_secs(60) + Duration::from_secs_f64(seconds),
         )
+    }
+
+    /// Starts `apps/echo_server.py` as `service` on `node`, on
+    /// 127.0.0.1:`port`. Returns the file where it logs accepted connections.
+    pub fn start_echo_server(&self, node: &str, service: &str, port: u16) -> PathBuf {
+        let log = self.dir.join(format!("accepts-{service}.log"));
+        let _ = fs::write(&log, "");
+        let mut cmd = self.cmd_as(node, service, "python3");
+        cmd.arg(app("echo_server.py"))
+            .arg(port.to_string())
+            .arg(&log);
+        self.spawn_app(cmd, service);
+        self.wait_listening(node, port);
+        log
+    }
+
+    /// Runs `apps/echo_client.py` as `service` on `node`; returns the echo.
+    pub fn echo(&self, node: &str, service: &str, host: IpAddr, port: u16, text: &str) -> String {
+        let mut cmd = self.cmd_as(node, service, "python3");
+        cmd.arg(app("echo_client.py"))
+            .arg(host.to_string())
+            .arg(port.to_string())
+            .arg(text);
+        run_to_string(&mut cmd, Duration::from_secs(30))
+    }
+
+    /// `mesh-agent status --json` of `node`'s agent.
+    pub fn status(&self, node: &str) -> serde_json::Value {
+        let mut cmd = self.cmd(node, &self.agent);
+        cmd.args(["status", "--json"]);
+        let out = output_with_timeout(&mut cmd, Duration::from_secs(10));
+        assert!(
+            out.status.success(),
+            "status of {node} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// The current certificate serial of local `service` on `node`.
+    pub fn serial(&self, node: &str, service: &str) -> String {
+        let status = self.status(node);
+        status["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == service))
+            .and_then(|s| s["serial"].as_str())
+            .unwrap_or_else(|| panic!("no serial for {service} in {status}"))
+            .to_owned()
+    }
+
+    /// Starts tcpdump on `node`'s eth0 with `filter`; stop it with
+    /// [`Capture::stop`] to get the pcap file.
+    pub fn capture(&self, node: &str, filter: &str) -> Capture {
+        let file = self.dir.join(format!("capture-{node}.pcap"));
+        let err = self.dir.join(format!("capture-{node}.err"));
+        let mut cmd = self.cmd(node, "tcpdump");
+        cmd.args(["-i", "eth0", "-U", "--immediate-mode", "-w"])
+            .arg(&file)
+            .arg(filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err).expect("tcpdump log"));
+        let child = cmd.spawn().expect("spawn tcpdump");
+        let started = wait_until(Duration::from_secs(10), || {
+            fs::read_to_string(&err)
+                .unwrap_or_default()
+                .contains("listening on")
+        });
+        let capture = Capture { child, file, err };
+        assert!(started, "tcpdump did not start: {}", capture.log());
+        capture
     }
 
     /// Kills the apps, then stops the agents; never panics (runs in Drop).

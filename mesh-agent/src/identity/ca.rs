@@ -64,7 +64,7 @@ pub fn init(config: &Config) -> Result<Vec<PathBuf>, IdentityError> {
     }
     let td = &config.mesh.trust_domain;
     let key = new_key()?;
-    let mut params = params("mesh root CA", ROOT_VALIDITY)?;
+    let mut params = params(&format!("mesh root CA {td}"), ROOT_VALIDITY)?;
     params.subject_alt_names = vec![uri_san(&spiffe::trust_domain_id(td))?];
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];

@@ -39,7 +39,7 @@ pub enum TlsError {
     #[error("no local service {0:?} to speak for")]
     NoLocalService(String),
     #[error("TLS handshake failed: {0}")]
-    Handshake(std::io::Error),
+    Handshake(String),
     #[error("TLS handshake timed out after {0:?}")]
     Timeout(Duration),
     #[error("client asked for server name {got:?}; this port serves {expected:?}")]
@@ -123,7 +123,7 @@ impl Tls {
         let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))?
-            .map_err(TlsError::Handshake)?;
+            .map_err(handshake_error)?;
         check_alpn(stream.get_ref().1.alpn_protocol())?;
         Ok(stream)
     }
@@ -138,7 +138,7 @@ impl Tls {
         let handshake = async {
             let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
                 .await
-                .map_err(TlsError::Handshake)?;
+                .map_err(handshake_error)?;
             let expected = spiffe::sni(&self.trust_domain, dst);
             let hello = start.client_hello();
             if hello.server_name() != Some(expected.as_str()) {
@@ -150,7 +150,7 @@ impl Tls {
             start
                 .into_stream(self.server.clone())
                 .await
-                .map_err(TlsError::Handshake)
+                .map_err(handshake_error)
         };
         let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
@@ -171,6 +171,22 @@ impl Tls {
             .ok_or(TlsError::NoPeerCertificate)?;
         Ok((stream, peer))
     }
+}
+
+/// A handshake error in plain words: our verifier's reason when it refused
+/// the peer, else what rustls or the socket said.
+fn handshake_error(e: std::io::Error) -> TlsError {
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let ours = match rustls_error {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => other
+            .0
+            .downcast_ref::<VerifyError>()
+            .map(|v| format!("invalid peer certificate: {v}")),
+        _ => None,
+    };
+    TlsError::Handshake(ours.unwrap_or_else(|| e.to_string()))
 }
 
 fn check_alpn(alpn: Option<&[u8]>) -> Result<(), TlsError> {
@@ -217,3 +233,6 @@ impl ResolvesClientCert for AsService {
         true
     }
 }
+
+#[cfg(test)]
+mod tests;

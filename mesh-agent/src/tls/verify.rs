@@ -135,13 +135,13 @@ impl PeerRules {
                 host: host.clone(),
             });
         }
-        if let Some(expected) = expected {
-            if service != expected {
-                return Err(VerifyError::Unexpected {
-                    got: spiffe::service_id(&self.trust_domain, &service),
-                    expected: spiffe::service_id(&self.trust_domain, expected),
-                });
-            }
+        if let Some(expected) = expected
+            && service != expected
+        {
+            return Err(VerifyError::Unexpected {
+                got: spiffe::service_id(&self.trust_domain, &service),
+                expected: spiffe::service_id(&self.trust_domain, expected),
+            });
         }
         Ok(service)
     }

@@ -1,0 +1,252 @@
+//! The admin endpoint (loopback only, default 127.0.0.1:15000) and the
+//! `mesh-agent status` client that reads it.
+//!
+//! `GET /status`: JSON with the node and, per local service, its SPIFFE ID,
+//! certificate serial and expiry.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
+
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::proxy::Shared;
+
+/// The default admin address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:15000";
+/// Bound on one status request, connect to last byte.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin address {0} is not loopback: the admin endpoint only listens on loopback")]
+    NotLoopback(SocketAddr),
+    #[error(
+        "cannot reach the agent's admin endpoint at {addr}: {source} (is the agent running in this network namespace?)"
+    )]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin request to {addr} failed: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("admin request to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("admin endpoint at {addr} answered {status}")]
+    Status {
+        addr: SocketAddr,
+        status: StatusCode,
+    },
+    #[error("admin endpoint at {addr} sent bad JSON: {source}")]
+    Json {
+        addr: SocketAddr,
+        source: serde_json::Error,
+    },
+}
+
+/// Checks that `addr` is loopback.
+pub fn check_addr(addr: SocketAddr) -> Result<SocketAddr, AdminError> {
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(AdminError::NotLoopback(addr))
+    }
+}
+
+/// Serves the admin endpoint until the task is dropped.
+pub async fn serve(listener: TcpListener, ctx: Shared) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &ctx)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, ctx: &Shared) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/status" => (StatusCode::OK, status(ctx).to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            json!({"error": "not found"}).to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The `/status` document.
+fn status(ctx: &Shared) -> Value {
+    let now = SystemTime::now();
+    let services: Vec<Value> = ctx
+        .identities
+        .all()
+        .into_iter()
+        .map(|(name, leaf)| {
+            let expires_in = leaf.not_after.duration_since(now).unwrap_or_default();
+            json!({
+                "name": name,
+                "spiffe_id": leaf.spiffe_id,
+                "serial": leaf.serial,
+                "not_after": rfc3339(leaf.not_after),
+                "expires_in_secs": expires_in.as_secs(),
+            })
+        })
+        .collect();
+    json!({
+        "node": ctx.node,
+        "trust_domain": ctx.identities.trust_domain(),
+        "services": services,
+    })
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `mesh-agent status`: fetches `/status` from the agent at `addr`.
+pub async fn fetch_status(addr: SocketAddr) -> Result<Value, AdminError> {
+    tokio::time::timeout(CLIENT_TIMEOUT, get(addr, "/status"))
+        .await
+        .map_err(|_| AdminError::Timeout(addr))?
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Result<Value, AdminError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| AdminError::Connect { addr, source })?;
+    let http = |source| AdminError::Http { addr, source };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .unwrap_or_default();
+    let response = sender.send_request(req).await.map_err(http)?;
+    if response.status() != StatusCode::OK {
+        return Err(AdminError::Status {
+            addr,
+            status: response.status(),
+        });
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(http)?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|source| AdminError::Json { addr, source })
+}
+
+/// A readable table of a `/status` document.
+pub fn render_status(status: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    let mut out = format!(
+        "node {} (trust domain {})\n",
+        s(&status["node"]),
+        s(&status["trust_domain"])
+    );
+    let rows: Vec<[String; 4]> = status["services"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|svc| {
+            let secs = svc["expires_in_secs"].as_u64().unwrap_or(0);
+            [
+                s(&svc["name"]),
+                s(&svc["spiffe_id"]),
+                s(&svc["serial"]),
+                format!("{} (in {})", s(&svc["not_after"]), human(secs)),
+            ]
+        })
+        .collect();
+    let header = ["SERVICE", "SPIFFE ID", "SERIAL", "EXPIRES"].map(str::to_owned);
+    let widths: Vec<usize> = (0..4)
+        .map(|i| {
+            rows.iter()
+                .chain([&header])
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in [&header].into_iter().chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_table() {
+        let status = json!({
+            "node": "b", "trust_domain": "mesh.local",
+            "services": [{"name": "api", "spiffe_id": "spiffe://mesh.local/svc/api",
+                "serial": "1f", "not_after": "2026-11-23T00:00:00Z", "expires_in_secs": 3700}]
+        });
+        let text = render_status(&status);
+        assert!(
+            text.starts_with("node b (trust domain mesh.local)\nSERVICE"),
+            "{text}"
+        );
+        assert!(
+            text.contains("api      spiffe://mesh.local/svc/api  1f"),
+            "{text}"
+        );
+        assert!(text.contains("(in 1h1m)"), "{text}");
+    }
+
+    #[test]
+    fn only_loopback() {
+        assert!(check_addr("127.0.0.1:15000".parse().unwrap()).is_ok());
+        assert!(check_addr("[::1]:15000".parse().unwrap()).is_ok());
+        assert!(check_addr("0.0.0.0:15000".parse().unwrap()).is_err());
+    }
+}

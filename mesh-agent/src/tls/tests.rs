@@ -1,0 +1,313 @@
+//! The verifier rules, case by case, with a real CA made in a temp dir, and
+//! a real handshake between two nodes' configs over loopback.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use rcgen::{CertificateParams, IsCa, Issuer, KeyPair, SanType};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+use super::{
+    Tls, TlsError,
+    verify::{PeerRules, VerifyError},
+};
+use crate::{
+    config::Config,
+    identity::{Identities, NodeCa, ca},
+};
+
+const MESH: &str = r#"
+[mesh]
+trust_domain = "mesh.local"
+leaf_ttl = "1h"
+
+[[node]]
+name = "a"
+address = "10.0.0.1"
+
+[[node]]
+name = "b"
+address = "10.0.0.2"
+
+[[service]]
+name = "web"
+node = "a"
+port = 80
+
+[[service]]
+name = "api"
+node = "b"
+port = 81
+"#;
+
+/// A mesh config with its root CA, in a fresh temp dir (removed on drop).
+struct Mesh {
+    dir: PathBuf,
+    config: Config,
+}
+
+impl Mesh {
+    fn new(text: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("mesh-tls-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = Config::parse(text, &dir.join("mesh.toml")).unwrap();
+        ca::init(&config).unwrap();
+        Self { dir, config }
+    }
+
+    fn node(&self, node: &str) -> NodeCa {
+        NodeCa::load_or_issue(&self.config, node).unwrap()
+    }
+
+    fn rules(&self) -> PeerRules {
+        let hosts = self
+            .config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.node.clone()))
+            .collect();
+        PeerRules::new("mesh.local", self.node("a").root(), hosts).unwrap()
+    }
+
+    fn root_issuer(&self) -> Issuer<'static, KeyPair> {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        let key = KeyPair::from_pem(&read(&self.dir.join("ca/root.key"))).unwrap();
+        Issuer::from_ca_cert_pem(&read(&self.dir.join("ca/root.crt")), key).unwrap()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn now() -> UnixTime {
+    UnixTime::now()
+}
+
+fn client(rules: &PeerRules, chain: &[CertificateDer<'static>]) -> Result<String, VerifyError> {
+    rules.verify(
+        &chain[0],
+        &chain[1..],
+        now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+    )
+}
+
+#[test]
+fn a_good_leaf_is_accepted_for_its_own_name_only() {
+    let mesh = Mesh::new(MESH);
+    let rules = mesh.rules();
+    let leaf = mesh
+        .node("a")
+        .issue_leaf("web", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(client(&rules, &leaf.chain).unwrap(), "web");
+    let server = |expected| {
+        rules.verify(
+            &leaf.chain[0],
+            &leaf.chain[1..],
+            now(),
+            webpki::KeyUsage::server_auth(),
+            Some(expected),
+        )
+    };
+    assert_eq!(server("web").unwrap(), "web");
+    assert!(matches!(server("api"), Err(VerifyError::Unexpected { .. })));
+}
+
+#[test]
+fn an_expired_leaf_is_refused() {
+    let mesh = Mesh::new(MESH);
+    let rules = mesh.rules();
+    let leaf = mesh
+        .node("a")
+        .issue_leaf("web", Duration::from_secs(5))
+        .unwrap();
+    let later = UnixTime::since_unix_epoch(
+        (SystemTime::now() + Duration::from_secs(60))
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap(),
+    );
+    let r = rules.verify(
+        &leaf.chain[0],
+        &leaf.chain[1..],
+        later,
+        webpki::KeyUsage::client_auth(),
+        None,
+    );
+    assert!(
+        matches!(
+            r,
+            Err(VerifyError::Chain(webpki::Error::CertExpired { .. }))
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_leaf_from_another_trust_domain_is_refused() {
+    let mesh = Mesh::new(MESH);
+    let other = Mesh::new(&MESH.replace("mesh.local", "other.td"));
+    let leaf = other
+        .node("a")
+        .issue_leaf("web", Duration::from_secs(60))
+        .unwrap();
+    let r = client(&mesh.rules(), &leaf.chain);
+    assert!(matches!(r, Err(VerifyError::Chain(_))), "{r:?}");
+}
+
+#[test]
+fn a_leaf_signed_by_a_node_that_does_not_host_the_service_is_refused() {
+    let mesh = Mesh::new(MESH);
+    // Node b's CA signs a leaf for web, which runs on node a.
+    let leaf = mesh
+        .node("b")
+        .issue_leaf("web", Duration::from_secs(60))
+        .unwrap();
+    let r = client(&mesh.rules(), &leaf.chain);
+    assert!(
+        matches!(&r, Err(VerifyError::WrongNode { service, signer, host })
+            if service == "web" && signer == "b" && host == "a"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_leaf_for_an_unknown_service_is_refused() {
+    let mesh = Mesh::new(MESH);
+    let leaf = mesh
+        .node("a")
+        .issue_leaf("ghost", Duration::from_secs(60))
+        .unwrap();
+    let r = client(&mesh.rules(), &leaf.chain);
+    assert!(
+        matches!(&r, Err(VerifyError::UnknownService(s)) if s == "ghost"),
+        "{r:?}"
+    );
+}
+
+/// A leaf with the right URI SAN, made outside the node CA.
+fn leaf_params(uri: &str) -> CertificateParams {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    p.is_ca = IsCa::ExplicitNoCa;
+    p
+}
+
+#[test]
+fn a_self_signed_leaf_with_the_right_uri_is_refused() {
+    let mesh = Mesh::new(MESH);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = leaf_params("spiffe://mesh.local/svc/web")
+        .self_signed(&key)
+        .unwrap();
+    let r = client(&mesh.rules(), &[cert.der().clone()]);
+    assert!(matches!(r, Err(VerifyError::Chain(_))), "{r:?}");
+}
+
+#[test]
+fn a_leaf_signed_directly_by_the_root_is_refused() {
+    let mesh = Mesh::new(MESH);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = leaf_params("spiffe://mesh.local/svc/web")
+        .signed_by(&key, &mesh.root_issuer())
+        .unwrap();
+    let r = client(&mesh.rules(), &[cert.der().clone()]);
+    assert!(matches!(r, Err(VerifyError::Intermediates(0))), "{r:?}");
+}
+
+#[test]
+fn a_leaf_with_two_uri_sans_is_refused() {
+    let mesh = Mesh::new(MESH);
+    let node = mesh.node("a");
+    let good = node.issue_leaf("web", Duration::from_secs(60)).unwrap();
+    // Re-sign a two-URI leaf with node a's key through the test-only path:
+    // load the node CA files as an rcgen issuer.
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+    let key = KeyPair::from_pem(&read(mesh.dir.join("ca/nodes/a.key"))).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&read(mesh.dir.join("ca/nodes/a.crt")), key).unwrap();
+    let mut params = leaf_params("spiffe://mesh.local/svc/web");
+    params.subject_alt_names.push(SanType::URI(
+        "spiffe://mesh.local/svc/api".try_into().unwrap(),
+    ));
+    let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = params.signed_by(&leaf_key, &issuer).unwrap();
+    let r = client(&mesh.rules(), &[cert.der().clone(), good.chain[1].clone()]);
+    assert!(
+        matches!(&r, Err(VerifyError::NotService(uris)) if uris.len() == 2),
+        "{r:?}"
+    );
+}
+
+/// Both nodes' TLS sides, sharing one CA.
+fn tls_pair(mesh: &Mesh) -> (Tls, Tls) {
+    let tls = |node: &str| {
+        let local = mesh.config.services_on(node).map(|s| s.name.clone());
+        let ids = Identities::new(
+            "mesh.local",
+            mesh.node(node),
+            Duration::from_secs(60),
+            local,
+        )
+        .unwrap();
+        Tls::new(&mesh.config, Arc::new(ids)).unwrap()
+    };
+    (tls("a"), tls("b"))
+}
+
+#[tokio::test]
+async fn agents_handshake_with_each_others_identity() {
+    let mesh = Mesh::new(MESH);
+    let (a, b) = tls_pair(&mesh);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut s, peer) = b.accept(tcp, "api").await.unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(b"world").await.unwrap();
+        s.shutdown().await.unwrap();
+        (peer, buf)
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut s = a.connect(tcp, "web", "api").await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    let (peer, got) = server.await.unwrap();
+    assert_eq!(
+        (peer.as_str(), &got, answer.as_slice()),
+        ("web", b"hello", &b"world"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_hello_for_another_service_is_refused_before_any_certificate() {
+    let mesh = Mesh::new(MESH);
+    let (a, b) = tls_pair(&mesh);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        // This port serves `web`, but the client asks for `api`.
+        b.accept(tcp, "web").await.map(|(_, peer)| peer)
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert!(a.connect(tcp, "web", "api").await.is_err());
+    let r = server.await.unwrap();
+    assert!(matches!(r, Err(TlsError::WrongSni { .. })), "{r:?}");
+}
