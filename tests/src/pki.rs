@@ -1,5 +1,5 @@
 //! Test certificates: a small factory that writes PEM files in the mesh's
-//! PKI layout and certificate profiles (see `tests/pki-spec.tmp.md`), plus
+//! PKI layout and certificate profiles (see ARCHITECTURE.md, PKI), plus
 //! deliberately bad ones (expired, self-signed, foreign trust domain) for
 //! the e2e tests to present to an agent with `openssl s_client`.
 //!

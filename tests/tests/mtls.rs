@@ -314,3 +314,68 @@ fn status_shows_each_local_service_certificate() {
         "{err}"
     );
 }
+
+#[test]
+fn nodes_run_without_the_root_key() {
+    // As on real hosts: the operator issues each node's intermediate where
+    // the root key is, then the key leaves; nodes keep root.crt and their
+    // own nodes/<node>.{crt,key}.
+    let mesh = Mesh::new(&["ka", "kb"]);
+    mesh.write_config(&format!(
+        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
+         [[service]]\nname = \"web\"\nnode = \"ka\"\nport = 8080\n\n\
+         [[service]]\nname = \"api\"\nnode = \"kb\"\nport = {API_PORT}\nvip = \"{VIP}\"\n",
+        mesh.node_tables(false)
+    ));
+    let ca = |args: &[&str]| {
+        let mut cmd = Command::new(&mesh.agent);
+        cmd.arg("ca").args(args).arg("--config").arg(mesh.config());
+        let out = cmd.output().expect("mesh-agent ca");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca_dir = mesh.ca_dir();
+    fs::rename(ca_dir.join("root.key"), mesh.dir.join("root.key.offline")).expect("move key");
+
+    // Without the root key and without its intermediate, a node says what to do.
+    let mut cmd = mesh.cmd("ka", &mesh.agent);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(mesh.config())
+        .args(["--node", "ka"]);
+    let out = run_to_string(&mut cmd, Duration::from_secs(20));
+    assert!(
+        out.contains("no intermediate CA for node \"ka\"") && out.contains("ca issue-node"),
+        "{out}"
+    );
+    let (ok, err) = ca(&["issue-node", "--node", "ka"]);
+    assert!(
+        !ok && err.contains("root.key"),
+        "issue-node without the root key: {err}"
+    );
+
+    fs::rename(mesh.dir.join("root.key.offline"), ca_dir.join("root.key")).expect("key back");
+    for node in ["ka", "kb"] {
+        let (ok, err) = ca(&["issue-node", "--node", node]);
+        assert!(ok, "issue-node {node}: {err}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(ca_dir.join(format!("nodes/{node}.key")))
+                .expect("key")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "node key mode");
+    }
+    let (ok, err) = ca(&["issue-node", "--node", "ka"]);
+    assert!(!ok && err.contains("refusing to overwrite"), "{err}");
+    let (ok, err) = ca(&["init"]);
+    assert!(!ok && err.contains("refusing to overwrite"), "{err}");
+    fs::remove_file(ca_dir.join("root.key")).expect("root key gone");
+
+    mesh.start_agent("ka");
+    mesh.start_agent("kb");
+    mesh.start_transfer_server("kb", "api", API_PORT, 1000);
+    let out = mesh.transfer("ka", Some("web"), vip(), API_PORT, 1000);
+    assert!(out.starts_with("OK "), "mesh without the root key: {out}");
+}

@@ -81,6 +81,12 @@ The mesh is up. In another terminal (as root), try:
   # on data-api's node, only data-api itself may use its loopback port (EPERM):
   ip netns exec {ans} curl -sS -m 3 http://127.0.0.1:{API_PORT}/
 
+  # what crosses the wire between the nodes is TLS 1.3 only (run a call meanwhile):
+  ip netns exec {fe} tcpdump -i eth0 -A -c 20 port {API_PORT}
+
+  # each service's SPIFFE ID, certificate serial and expiry:
+  ip netns exec {ans} {bin} status
+
   # the programs and the agents' logs:
   bpftool cgroup tree; bpftool net
   tail -f {logs}/agent-*.log

@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "curl",
     "python3",
     "procps",
+    "openssl",
 ];
 
 /// Variables the outer `cargo xtask` may pass down that would make
