@@ -1,8 +1,9 @@
 //! The admin endpoint (loopback only, default 127.0.0.1:15000) and the
 //! `mesh-agent status` client that reads it.
 //!
-//! `GET /status`: JSON with the node and, per local service, its SPIFFE ID,
-//! certificate serial and expiry.
+//! `GET /status`: JSON with the node; per local service its SPIFFE ID,
+//! certificate serial and expiry; per (source, destination) pair seen, how
+//! many connections the intentions allowed, denied, and cut on a change.
 
 use std::{
     convert::Infallible,
@@ -118,10 +119,23 @@ fn status(ctx: &Shared) -> Value {
             })
         })
         .collect();
+    let pairs: Vec<Value> = ctx
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|((src, dst), s)| {
+            json!({
+                "source": src, "destination": dst,
+                "allowed": s.allowed, "denied": s.denied, "cut": s.cut,
+            })
+        })
+        .collect();
     json!({
         "node": ctx.node,
         "trust_domain": ctx.identities.trust_domain(),
         "services": services,
+        "connections": pairs,
     })
 }
 
@@ -208,6 +222,24 @@ pub fn render_status(status: &Value) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    let pairs = status["connections"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !pairs.is_empty() {
+        out.push_str("\nCONNECTIONS (source -> destination: allowed / denied / cut by a change)\n");
+        for p in pairs {
+            let n = |k: &str| p[k].as_u64().unwrap_or(0);
+            out.push_str(&format!(
+                "{} -> {}: {} / {} / {}\n",
+                s(&p["source"]),
+                s(&p["destination"]),
+                n("allowed"),
+                n("denied"),
+                n("cut")
+            ));
+        }
     }
     out
 }

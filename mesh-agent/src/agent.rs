@@ -7,9 +7,11 @@
 //! redirected before someone is listening.
 
 use std::{
+    collections::HashSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use tokio::{net::TcpListener, signal::unix::SignalKind};
@@ -20,6 +22,7 @@ use crate::{
     config::{Config, ConfigError},
     ebpf::{EbpfError, Kernel, LoadParams, MapContents},
     identity::{Identities, IdentityError, NodeCa},
+    policy::Policy,
     proxy::{self, Context},
     tls::{Tls, TlsError},
 };
@@ -157,7 +160,9 @@ async fn serve(
     let in6 = listeners.in6.map(tokio_listener).transpose()?;
     let admin = tokio_listener(listeners.admin)?;
 
-    let contents = map_contents(&config, &opts.node, cgroups);
+    let policy = Policy::new(&config);
+    let mut contents = map_contents(&config, &opts.node, cgroups);
+    contents.denied = denied_pairs(&config, &policy, &opts.node);
     let params = LoadParams {
         netns_cookie: netns_cookie(&in4)?,
         agent_cgroup: cgroups.agent_id,
@@ -170,6 +175,8 @@ async fn serve(
         kernel,
         identities: identities.clone(),
         tls,
+        policy: tokio::sync::watch::Sender::new(Arc::new(policy)),
+        stats: Default::default(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -182,6 +189,7 @@ async fn serve(
         tasks.spawn(proxy::inbound::serve(l, ctx.clone()));
     }
     tasks.spawn(sweep(ctx.clone()));
+    tasks.spawn(watch_config(ctx.clone()));
     tasks.spawn(crate::admin::serve(admin, ctx.clone()));
     tasks.spawn(identities.clone().renew_forever());
     for (service, leaf) in identities.all() {
@@ -283,9 +291,74 @@ fn map_contents(config: &Config, node: &str, cgroups: &Cgroups) -> MapContents {
     c
 }
 
+/// The (source id, destination id) pairs `policy` denies, for every local
+/// service calling every meshed service: what `DENIED` must hold.
+fn denied_pairs(config: &Config, policy: &Policy, node: &str) -> HashSet<(u32, u32)> {
+    let id = |i: usize| u32::try_from(i + 1).ok();
+    let mut pairs = HashSet::new();
+    for (si, src) in config.services.iter().enumerate() {
+        if src.node != node {
+            continue;
+        }
+        for (di, dst) in config.services.iter().enumerate() {
+            if dst.public || policy.decide(&src.name, &dst.name).allowed() {
+                continue;
+            }
+            if let (Some(s), Some(d)) = (id(si), id(di)) {
+                pairs.insert((s, d));
+            }
+        }
+    }
+    pairs
+}
+
+/// How often the config file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Watches the config file. A change to the intentions (or the default
+/// policy) applies at once: the kernel's `DENIED` map is rewritten and live
+/// connections re-check themselves. A broken file is logged and ignored; the
+/// last good config stays in force. Changes to nodes and services are
+/// reported but need a restart.
+async fn watch_config(ctx: proxy::Shared) {
+    let path = ctx.config.path.clone();
+    let mut last = std::fs::read(&path).unwrap_or_default();
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Ok(bytes) = tokio::fs::read(&path).await else {
+            continue;
+        };
+        if bytes == last {
+            continue;
+        }
+        last = bytes;
+        let text = String::from_utf8_lossy(&last);
+        let new = match Config::parse(&text, &path) {
+            Ok(new) => new,
+            Err(e) => {
+                warn!("config change rejected, keeping the last good config:\n{e}");
+                continue;
+            }
+        };
+        let policy = Policy::new(&new);
+        if **ctx.policy.borrow() != policy {
+            let pairs = denied_pairs(&ctx.config, &policy, &ctx.node);
+            if let Err(e) = ctx.kernel.set_denied(&pairs) {
+                warn!(error = %e, "could not update the kernel's denied pairs");
+            }
+            ctx.policy.send_replace(Arc::new(policy));
+            info!(denied_pairs = pairs.len(), "intentions reloaded");
+        }
+        if new.nodes != ctx.config.nodes || new.services != ctx.config.services {
+            warn!("nodes or services changed in the config; restart the agent to apply them");
+        }
+    }
+}
+
 /// Drops stale `CONNS` records now and then (see `Kernel::sweep_stale`).
 async fn sweep(ctx: proxy::Shared) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         every.tick().await;
         let n = ctx.kernel.sweep_stale();

@@ -3,7 +3,9 @@
 //! Programs are attached with bpf links owned by this process and nothing is
 //! pinned: when the agent exits, even by SIGKILL, the kernel detaches them.
 
-use std::{fs::File, net::SocketAddr, os::fd::AsRawFd, path::Path, sync::Mutex};
+use std::{
+    collections::HashSet, fs::File, net::SocketAddr, os::fd::AsRawFd, path::Path, sync::Mutex,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -11,7 +13,8 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SockOps},
 };
 use mesh_common::{
-    ConnKey, LISTENER_V4, LISTENER_V6, MAX_RECORD_AGE_NS, OrigDst, ServiceId, SockAddr, names,
+    ConnKey, LISTENER_V4, LISTENER_V6, MAX_RECORD_AGE_NS, OrigDst, PairKey, ServiceId, SockAddr,
+    names,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -61,12 +64,15 @@ pub struct MapContents {
     /// Port -> local non-public service: the loopback guard, and what
     /// sk_lookup steers to the inbound listener.
     pub local_ports: Vec<(u16, ServiceId)>,
+    /// (source, destination) pairs the intentions deny.
+    pub denied: HashSet<(ServiceId, ServiceId)>,
 }
 
 /// The loaded programs and the maps the agent writes at run time.
 pub struct Kernel {
     ebpf: Ebpf,
     conns: Mutex<HashMap<MapData, ConnKey, OrigDst>>,
+    denied: Mutex<HashMap<MapData, PairKey, u32>>,
 }
 
 impl Kernel {
@@ -129,7 +135,12 @@ impl Kernel {
             .map_err(|source| EbpfError::Program { name, source })?;
 
         let conns = Mutex::new(take_map(&mut ebpf, names::CONNS)?);
-        Ok(Self { ebpf, conns })
+        let denied = Mutex::new(take_map(&mut ebpf, names::DENIED)?);
+        Ok(Self {
+            ebpf,
+            conns,
+            denied,
+        })
     }
 
     /// Takes (looks up and deletes) the record sock_ops left for a connection
@@ -145,6 +156,29 @@ impl Kernel {
         let orig = conns.get(&key, 0).ok()?;
         let _ = conns.remove(&key);
         fresh(&orig, monotonic_ns()).then_some(orig)
+    }
+
+    /// Makes `DENIED` hold exactly `pairs` (source id, destination id). New
+    /// pairs go in before stale ones come out, so a pair that stays denied is
+    /// never briefly allowed.
+    pub fn set_denied(&self, pairs: &HashSet<(ServiceId, ServiceId)>) -> Result<(), EbpfError> {
+        let err = |source| EbpfError::Map {
+            name: names::DENIED,
+            source,
+        };
+        let mut map = self.denied.lock().unwrap_or_else(|e| e.into_inner());
+        for &(src, dst) in pairs {
+            map.insert(PairKey { src, dst }, 1, 0).map_err(err)?;
+        }
+        let stale: Vec<PairKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !pairs.contains(&(k.src, k.dst)))
+            .collect();
+        for key in &stale {
+            map.remove(key).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Removes `CONNS` records too old to be claimed (their connection died
@@ -167,6 +201,7 @@ impl Kernel {
     /// Detaches every program (by dropping the links) and closes the maps.
     pub fn stop(self) {
         drop(self.conns);
+        drop(self.denied);
         drop(self.ebpf);
     }
 }
@@ -218,6 +253,12 @@ fn fill(ebpf: &mut Ebpf, c: &MapContents) -> Result<(), EbpfError> {
         ports
             .insert(u32::from(*port), id, 0)
             .map_err(err(names::LOCAL_PORTS))?;
+    }
+    let mut denied: HashMap<_, PairKey, u32> = map(ebpf, names::DENIED)?;
+    for &(src, dst) in &c.denied {
+        denied
+            .insert(PairKey { src, dst }, 1, 0)
+            .map_err(err(names::DENIED))?;
     }
     Ok(())
 }

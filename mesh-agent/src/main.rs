@@ -8,6 +8,7 @@ mod config;
 mod ebpf;
 mod exec;
 mod identity;
+mod policy;
 mod proxy;
 mod tls;
 
@@ -62,6 +63,19 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Edit or list the intentions in the config file (comments are kept;
+    /// running agents apply the change within a second).
+    Intention {
+        #[command(subcommand)]
+        command: IntentionCommand,
+    },
+    /// The verdict for SOURCE -> DESTINATION and the rule that decides it.
+    Explain {
+        source: String,
+        destination: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run CMD as service S of node N (in the service's cgroup).
     Exec {
         #[arg(long)]
@@ -93,8 +107,45 @@ enum CaCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum IntentionCommand {
+    /// Allow or deny SOURCE -> DESTINATION (`*` for any); replaces the
+    /// action of an existing intention for the same pair.
+    #[command(group = clap::ArgGroup::new("action").required(true))]
+    Create {
+        /// Allow the pair (also `-allow`, as in Consul).
+        #[arg(long, group = "action")]
+        allow: bool,
+        /// Deny the pair (also `-deny`).
+        #[arg(long, group = "action")]
+        deny: bool,
+        source: String,
+        destination: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Remove the intention for SOURCE -> DESTINATION.
+    Delete {
+        source: String,
+        destination: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List the intentions and the default policy.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Consul spells the actions with one dash: `intention create -deny a b`.
+    let args = std::env::args_os().map(|a| match a.to_str() {
+        Some("-allow") => "--allow".into(),
+        Some("-deny") => "--deny".into(),
+        _ => a,
+    });
+    let cli = Cli::parse_from(args);
     init_tracing();
     let result = match cli.command {
         Command::Run {
@@ -111,6 +162,12 @@ fn main() -> ExitCode {
         Command::Status { admin, json } => status(admin, json),
         Command::Validate { config } => validate(&config),
         Command::Ca { command } => ca(command),
+        Command::Intention { command } => intention(command),
+        Command::Explain {
+            source,
+            destination,
+            config,
+        } => explain(&config, &source, &destination),
         Command::Exec {
             config,
             node,
@@ -170,6 +227,69 @@ fn status(addr: std::net::SocketAddr, json: bool) -> anyhow::Result<()> {
     } else {
         print!("{}", admin::render_status(&status));
     }
+    Ok(())
+}
+
+fn intention(command: IntentionCommand) -> anyhow::Result<()> {
+    use config::{Action, edit};
+    match command {
+        IntentionCommand::Create {
+            allow,
+            deny: _,
+            source,
+            destination,
+            config,
+        } => {
+            let action = if allow { Action::Allow } else { Action::Deny };
+            let done = edit::create(&config, &source, &destination, action)?;
+            let what = match done {
+                edit::Created::Added => "created".to_owned(),
+                edit::Created::Updated { from } => format!("changed from {from} to"),
+                edit::Created::Unchanged => "unchanged:".to_owned(),
+            };
+            println!(
+                "{what} {action} {source} -> {destination} in {}",
+                config.display()
+            );
+        }
+        IntentionCommand::Delete {
+            source,
+            destination,
+            config,
+        } => {
+            edit::delete(&config, &source, &destination)?;
+            println!(
+                "deleted {source} -> {destination} from {}",
+                config.display()
+            );
+        }
+        IntentionCommand::List { config } => {
+            let config = config::Config::load(&config)?;
+            for i in &config.intentions {
+                println!(
+                    "{} -> {}: {} (line {})",
+                    i.source, i.destination, i.action, i.line
+                );
+            }
+            println!("default: {}", config.mesh.default_policy);
+        }
+    }
+    Ok(())
+}
+
+fn explain(path: &std::path::Path, source: &str, destination: &str) -> anyhow::Result<()> {
+    let config = config::Config::load(path)?;
+    for name in [source, destination] {
+        if config.service(name).is_none() {
+            anyhow::bail!("{name:?} is not a service in {}", path.display());
+        }
+    }
+    let decision = policy::Policy::new(&config).decide(source, destination);
+    let rule = match decision.rule {
+        policy::Rule::DefaultPolicy => format!("default policy ({})", config.mesh.default_policy),
+        rule => rule.to_string(),
+    };
+    println!("{}: {source} -> {destination} by {rule}", decision.action);
     Ok(())
 }
 

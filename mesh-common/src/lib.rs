@@ -17,6 +17,9 @@ pub mod names {
     pub const SOCKETS: &str = "SOCKETS";
     /// `ConnKey` -> `OrigDst`, written by sock_ops, consumed by the agent after accept().
     pub const CONNS: &str = "CONNS";
+    /// `PairKey` (source, destination) -> 1 for every pair the intentions deny:
+    /// connect4/6 refuse those with EPERM before any packet leaves.
+    pub const DENIED: &str = "DENIED";
     /// SockMap holding the inbound listeners: index `LISTENER_V4` and `LISTENER_V6`.
     pub const LISTENERS: &str = "LISTENERS";
     /// Global (u64): netns cookie of the node this program set acts for.
@@ -90,6 +93,17 @@ impl SockAddr {
     }
 }
 
+/// Key of `DENIED`: a calling service and the service it dials.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PairKey {
+    pub src: ServiceId,
+    pub dst: ServiceId,
+}
+
+/// Maximum entries of `DENIED`.
+pub const MAX_DENIED_PAIRS: u32 = 65536;
+
 /// Key of `CONNS`: a connection to the outbound listener as the agent sees it
 /// after `accept()`.
 #[repr(C)]
@@ -131,6 +145,8 @@ mod pod {
     unsafe impl aya::Pod for super::ConnKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OrigDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PairKey {}
 }
 
 #[cfg(test)]
@@ -142,6 +158,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockAddr>(), 20);
         assert_eq!(core::mem::size_of::<ConnKey>(), 40);
         assert_eq!(core::mem::size_of::<OrigDst>(), 40);
+        assert_eq!(core::mem::size_of::<PairKey>(), 8);
     }
 
     #[test]

@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use mesh_common::{
-    ConnKey, LISTENER_V4, LISTENER_V6, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst, ServiceId,
-    SockAddr,
+    ConnKey, LISTENER_V4, LISTENER_V6, MAX_DENIED_PAIRS, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst,
+    PairKey, ServiceId, SockAddr,
 };
 
 const AF_INET: u32 = 2;
@@ -51,6 +51,8 @@ static CGROUPS: HashMap<u64, ServiceId> = HashMap::with_max_entries(MAX_SERVICES
 #[map]
 static LOCAL_PORTS: HashMap<u32, ServiceId> = HashMap::with_max_entries(MAX_SERVICES, 0);
 #[map]
+static DENIED: HashMap<PairKey, u32> = HashMap::with_max_entries(MAX_DENIED_PAIRS, 0);
+#[map]
 static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
 #[map]
 static CONNS: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
@@ -61,9 +63,11 @@ static LISTENERS: SockMap = SockMap::with_max_entries(2, 0);
 ///
 /// For TCP sockets of this node's netns: refuses (EPERM) a connect to a local
 /// service's loopback port unless the caller is that service or the agent;
-/// redirects a caller with a mesh identity (`CGROUPS`) dialing a mesh
-/// destination (`SERVICES`) to the agent's outbound listener on 127.0.0.1 and
-/// records the original destination in `SOCKETS` by socket cookie.
+/// refuses (EPERM) a caller with a mesh identity (`CGROUPS`) dialing a mesh
+/// destination (`SERVICES`) when the intentions deny the pair (`DENIED`);
+/// otherwise redirects such a caller to the agent's outbound listener on
+/// 127.0.0.1 and records the original destination in `SOCKETS` by socket
+/// cookie.
 #[cgroup_sock_addr(connect4)]
 pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid `bpf_sock_addr`; fields are read as
@@ -278,6 +282,18 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
     let Some(dst_service) = (unsafe { SERVICES.get(dst) }).copied() else {
         return Verdict::Untouched;
     };
+    let pair = PairKey {
+        src: src_service,
+        dst: dst_service,
+    };
+    // SAFETY: read-only presence check.
+    if unsafe { DENIED.get(pair) }.is_some() {
+        debug!(
+            ctx,
+            "mesh: intentions deny service {} -> {}", src_service, dst_service
+        );
+        return Verdict::Deny;
+    }
     // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let orig = OrigDst {

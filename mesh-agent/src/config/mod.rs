@@ -5,6 +5,7 @@
 //! the file, line and column (see [`ConfigError`]), so nothing downstream
 //! re-checks strings.
 
+pub mod edit;
 mod error;
 mod raw;
 mod validate;

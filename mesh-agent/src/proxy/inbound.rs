@@ -5,7 +5,7 @@
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use super::{ProxyError, Shared, dial, local_addr, splice};
+use super::{ProxyError, Shared, dial, local_addr};
 
 /// Accepts steered connections until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Shared) {
@@ -21,8 +21,12 @@ pub async fn serve(listener: TcpListener, ctx: Shared) {
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &ctx).await {
-                warn!(%peer, error = %e, "inbound connection refused");
+            match handle(stream, &ctx).await {
+                // Logged by `authorize`, once, with the deciding rule.
+                Err(ProxyError::Denied { .. }) => {}
+                Err(e) if e.is_refusal() => warn!(%peer, error = %e, "inbound connection refused"),
+                Err(e) => warn!(%peer, error = %e, "inbound connection failed"),
+                Ok(()) => {}
             }
         });
     }
@@ -36,10 +40,15 @@ async fn handle(stream: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
         .services_on(&ctx.node)
         .find(|s| s.port == dialed.port() && !s.public)
         .ok_or(ProxyError::NoLocalService(dialed.port()))?;
+    let from = stream.peer_addr()?;
     let (mut remote, peer) = ctx.tls.accept(stream, &dst.name).await?;
     debug!(src = %peer, dst = %dst.name, alpn = "mesh/1", "mTLS accepted");
+    // The destination agent is authoritative, on the verified identity.
+    ctx.authorize(&peer, &dst.name, from, dialed)?;
     let mut svc = dial(local_addr(dst.port)).await?;
-    let (received, sent) = splice(&mut remote, &mut svc).await?;
+    let (received, sent) = ctx
+        .splice_while_allowed(&mut remote, &mut svc, &peer, &dst.name)
+        .await?;
     info!(src = %peer, dst = %dst.name, sent, received, "inbound connection done");
     Ok(())
 }

@@ -6,16 +6,19 @@ pub mod inbound;
 pub mod outbound;
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
+    sync::watch,
 };
+use tracing::warn;
 
-use crate::{config::Config, ebpf::Kernel, identity::Identities, tls::Tls};
+use crate::{config::Config, ebpf::Kernel, identity::Identities, policy::Policy, tls::Tls};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,18 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("intentions deny {src} -> {dst} ({rule})")]
+    Denied {
+        src: String,
+        dst: String,
+        rule: crate::policy::Rule,
+    },
+    #[error("connection cut: intentions now deny {src} -> {dst} ({rule})")]
+    Cut {
+        src: String,
+        dst: String,
+        rule: crate::policy::Rule,
+    },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -45,8 +60,21 @@ pub struct Context {
     pub config: Config,
     pub node: String,
     pub kernel: Kernel,
-    pub identities: std::sync::Arc<Identities>,
+    pub identities: Arc<Identities>,
     pub tls: Tls,
+    /// The intentions in force; replaced when the config file changes.
+    pub policy: watch::Sender<Arc<Policy>>,
+    /// Verdicts per (source, destination), for `status`.
+    pub stats: Mutex<BTreeMap<(String, String), PairStats>>,
+}
+
+/// What happened to connections of one (source, destination) pair.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PairStats {
+    pub allowed: u64,
+    pub denied: u64,
+    /// Allowed when opened, closed later because the intentions changed.
+    pub cut: u64,
 }
 
 impl Context {
@@ -57,6 +85,96 @@ impl Context {
             .and_then(|i| i.checked_sub(1))
             .and_then(|i| self.config.services.get(i))
             .ok_or(ProxyError::UnknownService(id))
+    }
+}
+
+impl Context {
+    /// Checks `src -> dst` against the intentions in force and counts the
+    /// verdict. A refusal is logged here, once, with both addresses and the
+    /// deciding rule.
+    pub fn authorize(
+        &self,
+        src: &str,
+        dst: &str,
+        peer: SocketAddr,
+        dialed: SocketAddr,
+    ) -> Result<(), ProxyError> {
+        let decision = self.policy.borrow().decide(src, dst);
+        self.count(src, dst, |s| {
+            if decision.allowed() {
+                s.allowed += 1;
+            } else {
+                s.denied += 1;
+            }
+        });
+        if decision.allowed() {
+            return Ok(());
+        }
+        warn!(%src, %dst, %peer, %dialed, rule = %decision.rule, "denied by intentions");
+        Err(ProxyError::Denied {
+            src: src.to_owned(),
+            dst: dst.to_owned(),
+            rule: decision.rule,
+        })
+    }
+
+    /// Copies both ways (see `splice`) until done, or until the intentions
+    /// change to deny `src -> dst`: then both sockets are closed at once.
+    pub async fn splice_while_allowed<A, B>(
+        &self,
+        a: &mut A,
+        b: &mut B,
+        src: &str,
+        dst: &str,
+    ) -> Result<(u64, u64), ProxyError>
+    where
+        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let mut policy = self.policy.subscribe();
+        let copy = splice(a, b);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                done = &mut copy => return Ok(done?),
+                changed = policy.changed() => {
+                    if changed.is_err() {
+                        // The agent is stopping; finish the copy as it is.
+                        return Ok(copy.await?);
+                    }
+                    let decision = policy.borrow_and_update().decide(src, dst);
+                    if !decision.allowed() {
+                        self.count(src, dst, |s| s.cut += 1);
+                        return Err(ProxyError::Cut {
+                            src: src.to_owned(),
+                            dst: dst.to_owned(),
+                            rule: decision.rule,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&self, src: &str, dst: &str, f: impl FnOnce(&mut PairStats)) {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        f(stats.entry((src.to_owned(), dst.to_owned())).or_default());
+    }
+}
+
+impl ProxyError {
+    /// Whether the connection was refused (identity, intentions, routing)
+    /// rather than failing after it was accepted.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::NoRecord { .. }
+                | Self::UnknownService(_)
+                | Self::UnknownNode(_)
+                | Self::NoLocalService(_)
+                | Self::Tls(_)
+                | Self::Denied { .. }
+        )
     }
 }
 

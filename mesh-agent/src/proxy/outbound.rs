@@ -4,10 +4,12 @@
 //! left in `CONNS`. A connection without a record (someone dialing the
 //! listener directly) is closed.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use super::{ProxyError, Shared, dial, local_addr, splice};
+use super::{ProxyError, Shared, dial, local_addr};
 
 /// Accepts redirected app connections until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Shared) {
@@ -23,8 +25,10 @@ pub async fn serve(listener: TcpListener, ctx: Shared) {
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &ctx).await {
-                warn!(%peer, error = %e, "outbound connection closed");
+            match handle(stream, &ctx).await {
+                // Logged by `authorize`, once, with the deciding rule.
+                Err(ProxyError::Denied { .. }) | Ok(()) => {}
+                Err(e) => warn!(%peer, error = %e, "outbound connection closed"),
             }
         });
     }
@@ -40,22 +44,37 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
     app.set_nodelay(true)?;
     let src = ctx.service(orig.src_service)?;
     let dst = ctx.service(orig.dst_service)?;
+    let dialed = SocketAddr::new(ip_of(&orig.dst), orig.dst.port);
+    // Fail fast at the source too (the kernel normally refused already).
+    ctx.authorize(&src.name, &dst.name, peer, dialed)?;
     let (sent, received) = if dst.node == ctx.node {
+        // Same node: this agent is also the destination's; bytes stay here.
         debug!(src = %src.name, dst = %dst.name, "outbound, same node");
         let mut svc = dial(local_addr(dst.port)).await?;
-        splice(&mut app, &mut svc).await?
+        ctx.splice_while_allowed(&mut app, &mut svc, &src.name, &dst.name)
+            .await?
     } else {
         let node = ctx
             .config
             .node(&dst.node)
             .ok_or_else(|| ProxyError::UnknownNode(dst.node.clone()))?;
-        let addr = std::net::SocketAddr::new(node.address, dst.port);
+        let addr = SocketAddr::new(node.address, dst.port);
         debug!(src = %src.name, dst = %dst.name, %addr, "outbound, to remote agent");
         let tcp = dial(addr).await?;
         let mut remote = ctx.tls.connect(tcp, &src.name, &dst.name).await?;
         debug!(src = %src.name, dst = %dst.name, %addr, alpn = "mesh/1", "mTLS established");
-        splice(&mut app, &mut remote).await?
+        ctx.splice_while_allowed(&mut app, &mut remote, &src.name, &dst.name)
+            .await?
     };
     info!(src = %src.name, dst = %dst.name, sent, received, "outbound connection done");
     Ok(())
+}
+
+/// The IP address of a kernel `SockAddr` (IPv4-mapped back to IPv4).
+fn ip_of(addr: &mesh_common::SockAddr) -> IpAddr {
+    let mut octets = [0u8; 16];
+    for (i, word) in addr.addr.iter().enumerate() {
+        octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(octets).to_canonical()
 }

@@ -1,0 +1,246 @@
+//! Intentions: may service S call service D?
+//!
+//! Consul's semantics as fixed by DESIGN.md: an intention matches when its
+//! source and destination each equal the service or are `*`. Among the
+//! matches the most specific wins: exact/exact (3) beats exact/`*` and
+//! `*`/exact (2), which beat `*`/`*` (1). At equal precedence, deny wins. With
+//! no match, `default_policy` decides. (Consul itself ranks `*`/exact above
+//! exact/`*`; here they tie and deny breaks the tie.)
+
+use std::fmt;
+
+use crate::config::{Action, Config, Intention, Match};
+
+/// A verdict and what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    pub rule: Rule,
+}
+
+/// What decided a verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// An `[[intention]]` of the config.
+    Intention {
+        source: Match,
+        destination: Match,
+        line: usize,
+    },
+    /// No intention matched.
+    DefaultPolicy,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.action == Action::Allow
+    }
+}
+
+/// The intentions and default policy of a config, ready to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    intentions: Vec<Intention>,
+    default: Action,
+}
+
+impl Policy {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            intentions: config.intentions.clone(),
+            default: config.mesh.default_policy,
+        }
+    }
+
+    /// The verdict for `source` calling `destination`.
+    pub fn decide(&self, source: &str, destination: &str) -> Decision {
+        let best = self
+            .intentions
+            .iter()
+            .filter_map(|i| {
+                let s = specificity(&i.source, source)?;
+                let d = specificity(&i.destination, destination)?;
+                // Deny sorts after allow at equal precedence, so max() picks it.
+                Some(((s + d, i.action == Action::Deny), i))
+            })
+            .max_by_key(|(rank, _)| *rank);
+        match best {
+            Some((_, i)) => Decision {
+                action: i.action,
+                rule: Rule::Intention {
+                    source: i.source.clone(),
+                    destination: i.destination.clone(),
+                    line: i.line,
+                },
+            },
+            None => Decision {
+                action: self.default,
+                rule: Rule::DefaultPolicy,
+            },
+        }
+    }
+}
+
+/// 2 for an exact match, 1 for `*`, `None` for no match.
+fn specificity(m: &Match, name: &str) -> Option<u8> {
+    match m {
+        Match::Name(n) if n == name => Some(2),
+        Match::Name(_) => None,
+        Match::Any => Some(1),
+    }
+}
+
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Match::Any => f.write_str("*"),
+            Match::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        })
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rule::Intention {
+                source,
+                destination,
+                line,
+            } => write!(f, "intention {source} -> {destination} (line {line})"),
+            Rule::DefaultPolicy => f.write_str("default policy"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Action::{Allow, Deny};
+
+    fn m(s: &str) -> Match {
+        if s == "*" {
+            Match::Any
+        } else {
+            Match::Name(s.into())
+        }
+    }
+
+    fn policy(default: Action, rules: &[(&str, &str, Action)]) -> Policy {
+        Policy {
+            intentions: rules
+                .iter()
+                .enumerate()
+                .map(|(i, (s, d, a))| Intention {
+                    source: m(s),
+                    destination: m(d),
+                    action: *a,
+                    line: i + 1,
+                })
+                .collect(),
+            default,
+        }
+    }
+
+    #[test]
+    fn no_match_falls_to_the_default_policy() {
+        for default in [Allow, Deny] {
+            let p = policy(default, &[("x", "y", Allow)]);
+            let d = p.decide("web", "api");
+            assert_eq!((d.action, d.rule), (default, Rule::DefaultPolicy));
+        }
+    }
+
+    /// Every pair of (pattern, action) at two precedence levels: the more
+    /// specific one wins whatever the actions and the default.
+    #[test]
+    fn the_most_specific_match_wins() {
+        // (source, destination) patterns that match web -> api, by rank.
+        let levels: [&[(&str, &str)]; 3] = [
+            &[("*", "*")],
+            &[("web", "*"), ("*", "api")],
+            &[("web", "api")],
+        ];
+        for (lo, low) in levels.iter().enumerate() {
+            for high in &levels[lo + 1..] {
+                for &(ls, ld) in *low {
+                    for &(hs, hd) in *high {
+                        for (la, ha) in [(Allow, Deny), (Deny, Allow), (Allow, Allow), (Deny, Deny)]
+                        {
+                            for default in [Allow, Deny] {
+                                // Both orders in the file.
+                                for rules in [
+                                    vec![(ls, ld, la), (hs, hd, ha)],
+                                    vec![(hs, hd, ha), (ls, ld, la)],
+                                ] {
+                                    let d = policy(default, &rules).decide("web", "api");
+                                    assert_eq!(d.action, ha, "{rules:?} default {default:?}");
+                                    let Rule::Intention {
+                                        source,
+                                        destination,
+                                        ..
+                                    } = d.rule
+                                    else {
+                                        panic!("default decided {rules:?}");
+                                    };
+                                    assert_eq!((source, destination), (m(hs), m(hd)));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deny_wins_at_equal_precedence() {
+        for rules in [
+            [("web", "*", Allow), ("*", "api", Deny)],
+            [("web", "*", Deny), ("*", "api", Allow)],
+            [("*", "api", Allow), ("web", "*", Deny)],
+        ] {
+            let d = policy(Allow, &rules).decide("web", "api");
+            assert_eq!(d.action, Deny, "{rules:?}");
+        }
+    }
+
+    #[test]
+    fn non_matching_intentions_are_ignored() {
+        let p = policy(
+            Deny,
+            &[
+                ("web", "db", Allow),
+                ("cron", "*", Allow),
+                ("*", "api", Deny),
+            ],
+        );
+        assert_eq!(p.decide("web", "db").action, Allow);
+        assert_eq!(p.decide("web", "api").action, Deny);
+        assert_eq!(
+            p.decide("cron", "api").action,
+            Deny,
+            "*/api ties cron/* and denies"
+        );
+        assert_eq!(p.decide("cron", "db").action, Allow);
+        assert_eq!(p.decide("web", "cache").action, Deny, "default");
+    }
+
+    #[test]
+    fn rules_name_themselves() {
+        let p = policy(Deny, &[("web", "*", Allow)]);
+        assert_eq!(
+            p.decide("web", "api").rule.to_string(),
+            "intention web -> * (line 1)"
+        );
+        assert_eq!(p.decide("x", "api").rule.to_string(), "default policy");
+    }
+}

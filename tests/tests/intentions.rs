@@ -1,0 +1,383 @@
+//! Intentions, enforced by the kernel at the source and by the destination
+//! agent, changed live with `mesh-agent intention`. Need root.
+use std::{
+    fs,
+    net::IpAddr,
+    process::Command,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use mesh_tests::{Mesh, app, pki, run_to_string, wait_until};
+
+const API_PORT: u16 = 5001;
+const VIP: &str = "240.0.0.11";
+
+/// `web` on node a, `api` on node b, with `intentions` and `default`.
+fn mesh(a: &str, b: &str, default: &str, intentions: &str) -> Mesh {
+    let mesh = Mesh::new(&[a, b]);
+    mesh.write_config(&format!(
+        "# the mesh\n[mesh]\ndefault_policy = \"{default}\"\n\n{}\
+         [[service]]\nname = \"web\"\nnode = \"{a}\"\nport = 8080\n\n\
+         [[service]]\nname = \"api\"\nnode = \"{b}\"\nport = {API_PORT}\nvip = \"{VIP}\"\n{intentions}",
+        mesh.node_tables(false)
+    ));
+    mesh.start_agent(a);
+    mesh.start_agent(b);
+    mesh
+}
+
+fn vip() -> IpAddr {
+    VIP.parse().expect("vip")
+}
+
+/// Runs `mesh-agent <args> --config <mesh config>`; returns (success, output).
+fn cli(mesh: &Mesh, args: &[&str]) -> (bool, String) {
+    let out = Command::new(&mesh.agent)
+        .args(args)
+        .arg("--config")
+        .arg(mesh.config())
+        .output()
+        .expect("run mesh-agent");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+#[test]
+fn deny_and_delete_apply_live_within_a_second() {
+    let mesh = mesh(
+        "ia",
+        "ib",
+        "deny",
+        "\n# web may call api\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"allow\"\n",
+    );
+    mesh.start_echo_server("ib", "api", API_PORT);
+    assert_eq!(
+        mesh.echo("ia", "web", vip(), API_PORT, "hi"),
+        "hi",
+        "allowed pair"
+    );
+
+    // A long-lived connection, open before the change.
+    let log = mesh.dir.join("app-hold.log");
+    let mut hold = mesh.cmd_as("ia", "web", "python3");
+    hold.arg(app("hold_client.py"))
+        .arg(VIP)
+        .arg(API_PORT.to_string())
+        .arg("20");
+    mesh.spawn_app(hold, "hold");
+    assert!(
+        wait_until(Duration::from_secs(10), || fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("OPEN")),
+        "hold client did not connect: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let written = now_secs();
+    let started = Instant::now();
+    let (ok, out) = cli(&mesh, &["intention", "create", "-deny", "web", "api"]);
+    assert!(ok, "intention create: {out}");
+    // A new connect fails at the source with EPERM.
+    let eperm = wait_until(Duration::from_secs(3), || {
+        mesh.transfer("ia", Some("web"), vip(), API_PORT, 10)
+            .starts_with("ERRNO 1 ")
+    });
+    let to_eperm = started.elapsed();
+    assert!(eperm, "connect did not fail with EPERM after the deny");
+    assert!(
+        to_eperm <= Duration::from_secs(1),
+        "EPERM after {to_eperm:?}"
+    );
+    // The live connection is cut.
+    assert!(
+        wait_until(Duration::from_secs(3), || fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("CLOSED")),
+        "live connection was not cut"
+    );
+    let text = fs::read_to_string(&log).expect("log");
+    let closed: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CLOSED "))
+        .and_then(|t| t.trim().parse().ok())
+        .expect("CLOSED time");
+    let cut_after = closed - written;
+    assert!(
+        cut_after <= 1.0,
+        "live connection cut after {cut_after:.3} s"
+    );
+    // Both agents watch; whichever notices first closes its end.
+    let logs = ["ia", "ib"].map(|n| fs::read_to_string(mesh.agent_log(n)).expect("log"));
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("connection cut: intentions now deny web -> api")),
+        "{logs:?}"
+    );
+
+    // The file kept its comments; the rule is listed; explain agrees.
+    let config = fs::read_to_string(mesh.config()).expect("config");
+    assert!(config.contains("# web may call api") && config.contains("# the mesh"));
+    let (_, list) = cli(&mesh, &["intention", "list"]);
+    assert!(list.contains("web") && list.contains("deny"), "{list}");
+    let (_, explain) = cli(&mesh, &["explain", "web", "api"]);
+    assert!(
+        explain.starts_with("deny: web -> api by intention web -> api"),
+        "{explain}"
+    );
+
+    // Delete it: the mesh's default is deny, so still denied...
+    let (ok, out) = cli(&mesh, &["intention", "delete", "web", "api"]);
+    assert!(ok, "intention delete: {out}");
+    let (_, explain) = cli(&mesh, &["explain", "web", "api"]);
+    assert!(
+        explain.starts_with("deny: web -> api by default policy"),
+        "{explain}"
+    );
+    // ...and allowing it again works at once.
+    let (ok, out) = cli(&mesh, &["intention", "create", "-allow", "web", "api"]);
+    assert!(ok, "intention create: {out}");
+    assert!(
+        wait_until(Duration::from_secs(1), || mesh.echo(
+            "ia",
+            "web",
+            vip(),
+            API_PORT,
+            "back"
+        ) == "back"),
+        "allowed again, but the call fails"
+    );
+    // status counts per pair, on each side.
+    let pairs = ["ia", "ib"].map(|n| mesh.status(n)["connections"][0].clone());
+    for pair in &pairs {
+        assert_eq!(
+            (pair["source"].as_str(), pair["destination"].as_str()),
+            (Some("web"), Some("api"))
+        );
+        assert!(pair["allowed"].as_u64() >= Some(3), "{pairs:?}");
+    }
+    let cut: u64 = pairs.iter().filter_map(|p| p["cut"].as_u64()).sum();
+    assert!(cut >= 1, "{pairs:?}");
+    // The source refused the later connects in the kernel; its agent counted
+    // only what reached it.
+    assert!(pairs[0]["denied"].as_u64() == Some(0), "{pairs:?}");
+}
+
+#[test]
+fn default_policy_decides_without_intentions() {
+    for (default, expect_ok) in [("allow", true), ("deny", false)] {
+        let mesh = mesh(
+            &format!("d{default}a"),
+            &format!("d{default}b"),
+            default,
+            "",
+        );
+        mesh.start_transfer_server(&format!("d{default}b"), "api", API_PORT, 100);
+        let out = mesh.transfer(&format!("d{default}a"), Some("web"), vip(), API_PORT, 100);
+        if expect_ok {
+            assert!(out.starts_with("OK "), "default allow: {out}");
+        } else {
+            assert!(
+                out.starts_with("ERRNO 1 "),
+                "default deny at the source: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_destination_refuses_a_denied_caller_even_with_a_valid_leaf() {
+    // web -> api is denied. A hand-made TLS client holding a perfectly valid
+    // leaf for web (as if web's agent skipped its own checks) is still
+    // refused by api's agent, and api sees nothing.
+    let mesh = mesh(
+        "ma",
+        "mb",
+        "allow",
+        "\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"deny\"\n",
+    );
+    let accepts = mesh.start_transfer_server("mb", "api", API_PORT, 100);
+    let certs = mesh.dir.join("certs");
+    fs::create_dir_all(&certs).expect("dir");
+    let node_a = pki::Ca::load_node(&mesh.ca_dir(), "ma");
+    let leaf = pki::write_leaf(
+        &certs,
+        "web",
+        &node_a,
+        &pki::Leaf::valid_now("spiffe://mesh.local/svc/web"),
+    );
+    let b = mesh.node("mb").v4;
+    let mut cmd = mesh.cmd("ma", "sh");
+    cmd.arg("-c").arg(format!(
+        "(printf 'hello\\n'; sleep 1) | openssl s_client -connect {b}:{API_PORT} -tls1_3 \
+         -servername api.svc.mesh.local -alpn mesh/1 -cert {} -key {} -cert_chain {} 2>&1",
+        leaf.cert.display(),
+        leaf.key.display(),
+        leaf.chain.as_ref().expect("chain").display()
+    ));
+    let out = run_to_string(&mut cmd, Duration::from_secs(20));
+    let log = mesh.agent_log("mb");
+    assert!(
+        wait_until(Duration::from_secs(5), || fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("denied by intentions")),
+        "api's agent did not refuse: {out}"
+    );
+    let text = fs::read_to_string(&log).expect("log");
+    let line = text
+        .lines()
+        .find(|l| l.contains("denied by intentions"))
+        .expect("line");
+    for part in [
+        "src=web",
+        "dst=api",
+        &format!("dialed={b}:{API_PORT}"),
+        "rule=intention web -> api",
+    ] {
+        assert!(line.contains(part), "refusal log lacks {part:?}: {line}");
+    }
+    assert_eq!(
+        fs::read_to_string(&accepts).expect("log"),
+        "",
+        "api saw a connection"
+    );
+    assert_eq!(mesh.status("mb")["connections"][0]["denied"], 1);
+    let warnings = text.lines().filter(|l| l.contains(" WARN ")).count();
+    assert_eq!(warnings, 1, "the refusal is logged once:\n{text}");
+}
+
+#[test]
+fn explain_agrees_with_what_is_enforced_for_every_pair() {
+    // Three callers on node a, three services on node b, and intentions of
+    // every shape, including wildcards and ties.
+    let (a, b) = ("xa", "xb");
+    let mesh = Mesh::new(&[a, b]);
+    let mut text = format!(
+        "[mesh]\ndefault_policy = \"deny\"\n\n{}",
+        mesh.node_tables(false)
+    );
+    for (i, s) in ["s1", "s2", "s3"].iter().enumerate() {
+        text += &format!(
+            "[[service]]\nname = \"{s}\"\nnode = \"{a}\"\nport = {}\n\n",
+            7000 + i
+        );
+    }
+    for (i, d) in ["d1", "d2", "d3"].iter().enumerate() {
+        text += &format!(
+            "[[service]]\nname = \"{d}\"\nnode = \"{b}\"\nport = {}\nvip = \"240.0.1.{}\"\n\n",
+            6001 + i,
+            i + 1
+        );
+    }
+    for (s, d, action) in [
+        ("*", "d1", "allow"),
+        ("s1", "*", "allow"),
+        ("s2", "*", "deny"),
+        ("s2", "d2", "allow"),
+        ("s3", "d3", "deny"),
+        ("*", "d3", "allow"),
+        ("s3", "*", "allow"),
+        ("*", "d2", "deny"),
+    ] {
+        text += &format!(
+            "[[intention]]\nsource = \"{s}\"\ndestination = \"{d}\"\naction = \"{action}\"\n\n"
+        );
+    }
+    mesh.write_config(&text);
+    mesh.start_agent(a);
+    mesh.start_agent(b);
+    for (i, d) in ["d1", "d2", "d3"].iter().enumerate() {
+        mesh.start_transfer_server(b, d, 6001 + u16::try_from(i).expect("i"), 10);
+    }
+    let mut allowed = 0;
+    for s in ["s1", "s2", "s3"] {
+        for (i, d) in ["d1", "d2", "d3"].iter().enumerate() {
+            let (_, explain) = cli(&mesh, &["explain", s, d]);
+            let vip: IpAddr = format!("240.0.1.{}", i + 1).parse().expect("vip");
+            let port = 6001 + u16::try_from(i).expect("i");
+            let out = mesh.transfer(a, Some(s), vip, port, 10);
+            if explain.starts_with("allow:") {
+                allowed += 1;
+                assert!(
+                    out.starts_with("OK "),
+                    "{s} -> {d}: explain says {explain} but got {out}"
+                );
+            } else {
+                assert!(explain.starts_with("deny:"), "{explain}");
+                assert!(
+                    out.starts_with("ERRNO 1 "),
+                    "{s} -> {d}: explain says {explain} but got {out}"
+                );
+            }
+        }
+    }
+    assert!(
+        (2..=7).contains(&allowed),
+        "the generated config should mix verdicts: {allowed} allowed"
+    );
+}
+
+#[test]
+fn a_broken_edit_is_rejected_and_the_last_good_config_stays() {
+    let mesh = mesh(
+        "ba",
+        "bb",
+        "deny",
+        "\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"allow\"\n",
+    );
+    mesh.start_echo_server("bb", "api", API_PORT);
+    let good = fs::read_to_string(mesh.config()).expect("config");
+    // A hand edit that breaks the file: an unknown service.
+    let broken = good.replace("destination = \"api\"", "destination = \"apii\"");
+    fs::write(mesh.config(), &broken).expect("write");
+    let line = broken
+        .lines()
+        .position(|l| l.contains("apii"))
+        .expect("line")
+        + 1;
+    let log = mesh.agent_log("ba");
+    let expected = format!("mesh.toml:{line}:15:");
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            text.contains("config change rejected, keeping the last good config")
+                && text.contains(&expected)
+        }),
+        "no clear rejection in agent ba's log: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    // web -> api is still allowed by the last good config. (`exec` itself
+    // needs a valid file to find web's cgroup: give it the good copy.)
+    let good_copy = mesh.dir.join("good.toml");
+    fs::write(&good_copy, &good).expect("write");
+    let mut echo = mesh.cmd("ba", &mesh.agent);
+    echo.arg("exec")
+        .arg("--config")
+        .arg(&good_copy)
+        .args(["--node", "ba", "--service", "web", "--", "python3"])
+        .arg(app("echo_client.py"))
+        .args([VIP, &API_PORT.to_string(), "still"]);
+    assert_eq!(run_to_string(&mut echo, Duration::from_secs(20)), "still");
+    // A later good edit applies again.
+    fs::write(
+        mesh.config(),
+        good.replace("action = \"allow\"", "action = \"deny\""),
+    )
+    .expect("write");
+    assert!(
+        wait_until(Duration::from_secs(1), || mesh
+            .transfer("ba", Some("web"), vip(), API_PORT, 10)
+            .starts_with("ERRNO 1 ")),
+        "the next good edit was not applied"
+    );
+}
