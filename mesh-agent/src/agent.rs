@@ -63,6 +63,10 @@ pub struct RunOptions {
     pub outbound_port: u16,
     /// The admin endpoint's address (loopback only).
     pub admin: SocketAddr,
+    /// Where to answer DNS for `.mesh`; `None`: no DNS.
+    pub dns: Option<SocketAddr>,
+    /// Where names outside `.mesh` go; `None`: the node's previous resolver.
+    pub dns_upstream: Option<SocketAddr>,
 }
 
 /// What `prepare` sets up before the async runtime starts.
@@ -80,6 +84,7 @@ struct Listeners {
     in4: std::net::TcpListener,
     in6: Option<std::net::TcpListener>,
     admin: std::net::TcpListener,
+    dns: Option<std::net::UdpSocket>,
 }
 
 /// Loads the config, binds the listeners and finds the cgroup2 hierarchy.
@@ -101,6 +106,14 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
         in4: listen(SocketAddr::new(loopback4, 0))?,
         in6: listen_optional(SocketAddr::new(loopback6, 0))?,
         admin: listen(crate::admin::check_addr(opts.admin)?)?,
+        dns: match opts.dns {
+            None => None,
+            // A node may already run a resolver there: DNS is a convenience,
+            // not a reason to refuse to protect the node.
+            Some(addr) => crate::dns::bind(addr)
+                .inspect_err(|e| warn!(error = %e, "no .mesh DNS on this node"))
+                .ok(),
+        },
     };
     let ca = NodeCa::load_or_issue(&config, &opts.node)?;
     let local = config.services_on(&opts.node).map(|s| s.name.clone());
@@ -159,8 +172,19 @@ async fn serve(
     let in4 = tokio_listener(listeners.in4)?;
     let in6 = listeners.in6.map(tokio_listener).transpose()?;
     let admin = tokio_listener(listeners.admin)?;
+    let dns = listeners
+        .dns
+        .map(tokio::net::UdpSocket::from_std)
+        .transpose()
+        .map_err(|source| AgentError::Listen {
+            addr: opts
+                .dns
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 53))),
+            source,
+        })?;
 
     let policy = Policy::new(&config);
+    let zone = crate::dns::Zone::new(&config);
     let mut contents = map_contents(&config, &opts.node, cgroups);
     contents.denied = denied_pairs(&config, &policy, &opts.node);
     let params = LoadParams {
@@ -176,6 +200,7 @@ async fn serve(
         identities: identities.clone(),
         tls,
         policy: tokio::sync::watch::Sender::new(Arc::new(policy)),
+        zone: tokio::sync::watch::Sender::new(Arc::new(zone)),
         stats: Default::default(),
     });
 
@@ -191,6 +216,13 @@ async fn serve(
     tasks.spawn(sweep(ctx.clone()));
     tasks.spawn(watch_config(ctx.clone()));
     tasks.spawn(crate::admin::serve(admin, ctx.clone()));
+    if let (Some(socket), Some(addr)) = (dns, opts.dns) {
+        let upstream = opts
+            .dns_upstream
+            .or_else(|| crate::dns::previous_resolver(addr));
+        info!(%addr, upstream = ?upstream, "answering DNS for .mesh");
+        tasks.spawn(crate::dns::serve(socket, ctx.zone.subscribe(), upstream));
+    }
     tasks.spawn(identities.clone().renew_forever());
     for (service, leaf) in identities.all() {
         info!(%service, spiffe_id = %leaf.spiffe_id, serial = %leaf.serial, "leaf issued");

@@ -5,6 +5,7 @@ mod admin;
 mod agent;
 mod cgroup;
 mod config;
+mod dns;
 mod ebpf;
 mod exec;
 mod identity;
@@ -43,6 +44,14 @@ enum Command {
         /// Address of the admin endpoint (loopback only).
         #[arg(long, default_value = admin::DEFAULT_ADDR)]
         admin: std::net::SocketAddr,
+        /// Answer DNS for `<service>.mesh` here (UDP), or `off`.
+        #[arg(long, default_value = "127.0.0.1:53")]
+        dns: String,
+        /// Where to send names outside `.mesh` (default: the first
+        /// nameserver of /etc/resolv.conf, unless that is this agent; else
+        /// they are refused).
+        #[arg(long)]
+        dns_upstream: Option<std::net::SocketAddr>,
     },
     /// Show what a running agent holds (from its admin endpoint).
     Status {
@@ -153,11 +162,17 @@ fn main() -> ExitCode {
             node,
             outbound_port,
             admin,
-        } => run(agent::RunOptions {
-            config,
-            node,
-            outbound_port,
-            admin,
+            dns,
+            dns_upstream,
+        } => parse_dns(&dns).and_then(|dns| {
+            run(agent::RunOptions {
+                config,
+                node,
+                outbound_port,
+                admin,
+                dns,
+                dns_upstream,
+            })
         }),
         Command::Status { admin, json } => status(admin, json),
         Command::Validate { config } => validate(&config),
@@ -184,6 +199,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--dns`: an address, or `off`.
+fn parse_dns(text: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        anyhow::anyhow!("--dns {text:?}: expected an address like 127.0.0.1:53, or off")
+    })
 }
 
 fn run(opts: agent::RunOptions) -> anyhow::Result<()> {

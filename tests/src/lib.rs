@@ -261,6 +261,11 @@ impl Mesh {
             // Owned by the mesh from here on, so Drop removes it even if a
             // later step fails.
             mesh.nodes.push(node.clone());
+            // `ip netns exec` shows processes this file as /etc/resolv.conf:
+            // the node's agent answers DNS for `.mesh` on 127.0.0.1:53.
+            let etc = netns_etc(&node.netns);
+            fs::create_dir_all(&etc).expect("/etc/netns dir");
+            fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\n").expect("resolv.conf");
             let port = format!("p{i}");
             ip(&[
                 "link",
@@ -508,7 +513,7 @@ impl Mesh {
         &self,
         node: &str,
         service: Option<&str>,
-        host: IpAddr,
+        host: impl std::fmt::Display,
         port: u16,
         nbytes: usize,
     ) -> String {
@@ -520,7 +525,7 @@ impl Mesh {
         &self,
         node: &str,
         service: Option<&str>,
-        host: IpAddr,
+        host: impl std::fmt::Display,
         port: u16,
         nbytes: usize,
         seconds: f64,
@@ -680,6 +685,11 @@ impl Drop for Mesh {
             .status();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `/etc/netns/<netns>`: files `ip netns exec` bind-mounts over /etc.
+fn netns_etc(netns: &str) -> PathBuf {
+    Path::new("/etc/netns").join(netns)
 }
 
 fn ip(args: &[&str]) {

@@ -71,13 +71,7 @@ fn same_node_by_vip_and_catalog_address() {
     mesh.write_config(&two_node_config(&mesh, false, "240.0.0.3"));
     mesh.start_agent("solo");
     mesh.start_transfer_server("solo", "api", API_PORT, BIG);
-    let out = mesh.transfer(
-        "solo",
-        Some("web"),
-        "240.0.0.3".parse().expect("ip"),
-        API_PORT,
-        BIG,
-    );
+    let out = mesh.transfer("solo", Some("web"), "240.0.0.3", API_PORT, BIG);
     assert_ok(&out, "same node by VIP");
     let out = mesh.transfer(
         "solo",
@@ -122,7 +116,7 @@ fn outsiders_do_not_reach_the_service() {
     assert!(out.starts_with("ERRNO 1 "), "loopback guard: {out}");
     // The unspecified addresses, which the kernel turns into loopback, too.
     for any in ["0.0.0.0", "::", "::1"] {
-        let out = mesh.transfer("ob", None, any.parse().expect("ip"), API_PORT, 1000);
+        let out = mesh.transfer("ob", None, any, API_PORT, 1000);
         assert!(
             out.starts_with("ERRNO 1 "),
             "loopback guard on {any}: {out}"
@@ -206,13 +200,7 @@ fn stop_and_restart_leave_nothing_behind() {
     assert_eq!(mesh_tests::loaded_mesh_programs().len(), baseline.len() + 8);
     mesh.start_transfer_server("lb", "api", API_PORT, 1000);
     assert_ok(
-        &mesh.transfer(
-            "la",
-            Some("web"),
-            "240.0.0.6".parse().expect("ip"),
-            API_PORT,
-            1000,
-        ),
+        &mesh.transfer("la", Some("web"), "240.0.0.6", API_PORT, 1000),
         "before",
     );
 
@@ -235,13 +223,7 @@ fn stop_and_restart_leave_nothing_behind() {
     mesh.start_agent("la");
     mesh.start_agent("lb");
     assert_ok(
-        &mesh.transfer(
-            "la",
-            Some("web"),
-            "240.0.0.6".parse().expect("ip"),
-            API_PORT,
-            1000,
-        ),
+        &mesh.transfer("la", Some("web"), "240.0.0.6", API_PORT, 1000),
         "after restart",
     );
     drop(mesh);
@@ -279,12 +261,6 @@ fn a_service_bound_to_any_address_is_still_protected() {
         "",
         "the service saw a connection"
     );
-    let out = mesh.transfer(
-        "ca",
-        Some("web"),
-        "240.0.0.7".parse().expect("ip"),
-        API_PORT,
-        1000,
-    );
+    let out = mesh.transfer("ca", Some("web"), "240.0.0.7", API_PORT, 1000);
     assert_ok(&out, "web -> api by VIP");
 }

@@ -1,112 +1,149 @@
 //! Editing the intentions of a config file in place (`mesh-agent intention
-//! create|delete`): comments and layout are kept, the result is validated as
-//! a whole before it is written, and the write is atomic (temp file + rename)
-//! because running agents watch the file.
+//! create|delete`).
+//!
+//! Comments and layout are kept (`toml_edit`), the edited text is validated
+//! as a whole with [`Config::parse`] before anything is written, and the
+//! file is replaced atomically (temp file, fsync, rename) because running
+//! agents watch it and must never see half a file.
 
-use std::{
-    fs,
-    io::Write as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
-};
+use std::fs;
+use std::io::Write as _;
+use std::ops::Range;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
 
-use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
+use toml_edit::{ArrayOfTables, DocumentMut, ImDocument, Item, Table, Value, value};
 
-use super::{Action, Config, ConfigError};
+use super::error::Source;
+use super::{Action, Config, ConfigError, values};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
-    #[error("failed to read {path}: {source}")]
+    #[error("failed to read {}: {source}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not valid TOML: {message}")]
+    /// The file is not valid TOML; `message` starts with the line and column.
+    #[error("{} is not valid TOML: {message}", path.display())]
     Toml { path: PathBuf, message: String },
-    #[error("{path}: `intention` must be an array of tables ([[intention]])")]
-    Shape { path: PathBuf },
-    #[error("the edit was refused, the file is unchanged:\n{0}")]
+    /// The edited text would not be a valid config (every problem), or the
+    /// file cannot be edited as it is (e.g. `intention` is not written as
+    /// `[[intention]]` tables). The file is unchanged.
+    #[error("refused to edit, the file is unchanged:\n{0}")]
     Invalid(ConfigError),
-    #[error("no intention {src} -> {dst} in {path}")]
+    // Not `source`/`destination`: thiserror takes a field named `source` for
+    // the error's cause, which a `String` cannot be.
+    #[error("no intention from {src:?} to {dst:?} in {}", path.display())]
     NotFound {
         src: String,
         dst: String,
         path: PathBuf,
     },
-    #[error("failed to write {path}: {source}")]
+    #[error("failed to write {}: {source}", path.display())]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
 }
 
-/// What `create` did.
+/// What [`create`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
+    /// A new `[[intention]]` was appended.
     Added,
+    /// The intention for the pair existed with the other action.
     Updated { from: Action },
+    /// The intention already existed with this action; nothing was written.
     Unchanged,
 }
 
-/// Adds `source -> destination: action` at the end of the file, or changes
-/// the action of the existing intention for that pair in place.
+/// Sets the intention `source -> destination` to `action` in the config file
+/// at `path`: changes the action of an existing intention for the pair in
+/// place, or appends a new `[[intention]]` table at the end of the file.
+///
+/// Every comment and the layout of the rest of the file are kept. Fails
+/// with [`EditError::Invalid`] (file untouched) if the result would not be
+/// a valid config, e.g. for an unknown service name.
 pub fn create(
     path: &Path,
     source: &str,
     destination: &str,
     action: Action,
 ) -> Result<Created, EditError> {
-    let (text, mut doc) = read(path)?;
-    let intentions = intentions(&mut doc, path)?;
-    let created = match find(intentions, source, destination) {
+    let text = read(path)?;
+    let mut doc = parse(&text, path)?;
+    let intentions = intention_tables(&mut doc, &text, path)?;
+    let created = match position(intentions, source, destination) {
         Some(i) => {
-            let table = intentions.get_mut(i).ok_or_else(|| EditError::Shape {
-                path: path.to_owned(),
-            })?;
-            let from = match table.get("action").and_then(Item::as_str) {
-                Some("allow") => Action::Allow,
-                _ => Action::Deny,
-            };
+            let (from, value) = intentions
+                .get_mut(i)
+                .and_then(|table| table.get_mut("action"))
+                .and_then(Item::as_value_mut)
+                .and_then(|v| Some((values::action("action", v.as_str()?).ok()?, v)))
+                .ok_or_else(|| bad_action(&text, path, i))?;
             if from == action {
                 return Ok(Created::Unchanged);
             }
-            // Replace the value only, keeping its comments and spacing.
-            if let Some(v) = table.get_mut("action").and_then(Item::as_value_mut) {
-                let decor = v.decor().clone();
-                *v = action_str(action).into();
-                *v.decor_mut() = decor;
-            }
+            // Replace the value only, keeping the spacing and comment around it.
+            let decor = value.decor().clone();
+            *value = Value::from(action_str(action));
+            *value.decor_mut() = decor;
             Created::Updated { from }
         }
         None => {
             let mut table = Table::new();
-            table.decor_mut().set_prefix("\n");
             table.insert("source", value(source));
             table.insert("destination", value(destination));
             table.insert("action", value(action_str(action)));
-            intentions.push(table);
+            // After everything else, following the file's trailing comments
+            // (if any), separated by exactly one blank line.
+            table.set_position(last_position(doc.as_table()) + 1);
+            let trailing = doc.trailing().as_str().unwrap_or_default().trim_end();
+            let prefix = if trailing.is_empty() {
+                "\n".to_owned()
+            } else {
+                format!("{trailing}\n\n")
+            };
+            table.decor_mut().set_prefix(prefix);
+            doc.set_trailing("");
+            intention_tables(&mut doc, &text, path)?.push(table);
             Created::Added
         }
     };
-    write(path, &text, &doc.to_string())?;
+    write(path, &doc.to_string())?;
     Ok(created)
 }
 
-/// Removes the intention for `source -> destination`.
+/// Removes the intention `source -> destination` from the config file at
+/// `path`, with the comment lines directly above it.
+///
+/// Every other comment and the layout are kept. Fails with
+/// [`EditError::NotFound`] if there is no such intention and with
+/// [`EditError::Invalid`] (file untouched) if the result would not be a
+/// valid config.
 pub fn delete(path: &Path, source: &str, destination: &str) -> Result<(), EditError> {
-    let (text, mut doc) = read(path)?;
-    let intentions = intentions(&mut doc, path)?;
-    let i = find(intentions, source, destination).ok_or_else(|| EditError::NotFound {
-        src: source.to_owned(),
-        dst: destination.to_owned(),
-        path: path.to_owned(),
-    })?;
+    let text = read(path)?;
+    let mut doc = parse(&text, path)?;
+    let intentions = intention_tables(&mut doc, &text, path)?;
+    let (i, table) = position(intentions, source, destination)
+        .and_then(|i| Some((i, intentions.get(i)?)))
+        .ok_or_else(|| EditError::NotFound {
+            src: source.to_owned(),
+            dst: destination.to_owned(),
+            path: path.to_owned(),
+        })?;
+    let kept = kept_comments(table);
+    let at = table.position();
     intentions.remove(i);
     if intentions.is_empty() {
         doc.remove("intention");
     }
-    write(path, &text, &doc.to_string())
+    if let Some(kept) = kept {
+        prepend_to_next(&mut doc, at, &kept);
+    }
+    write(path, &doc.to_string())
 }
 
 fn action_str(action: Action) -> &'static str {
@@ -116,76 +153,232 @@ fn action_str(action: Action) -> &'static str {
     }
 }
 
-fn read(path: &Path) -> Result<(String, DocumentMut), EditError> {
-    let text = fs::read_to_string(path).map_err(|source| EditError::Read {
+fn read(path: &Path) -> Result<String, EditError> {
+    fs::read_to_string(path).map_err(|source| EditError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    let doc = text.parse::<DocumentMut>().map_err(|e| EditError::Toml {
-        path: path.to_owned(),
-        message: e.message().to_owned(),
-    })?;
-    Ok((text, doc))
+    })
 }
 
-/// The `[[intention]]` array, created empty if missing.
-fn intentions<'a>(
-    doc: &'a mut DocumentMut,
+fn parse(text: &str, path: &Path) -> Result<DocumentMut, EditError> {
+    text.parse::<DocumentMut>().map_err(|e| {
+        let (line, column) = Source { path, text }.position(e.span().map_or(0, |s| s.start));
+        let message = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ");
+        EditError::Toml {
+            path: path.to_owned(),
+            message: format!("line {line}, column {column}: {message}"),
+        }
+    })
+}
+
+/// The `[[intention]]` tables, an empty array if there are none yet.
+fn intention_tables<'d>(
+    doc: &'d mut DocumentMut,
+    text: &str,
     path: &Path,
-) -> Result<&'a mut ArrayOfTables, EditError> {
+) -> Result<&'d mut ArrayOfTables, EditError> {
     doc.entry("intention")
         .or_insert(Item::ArrayOfTables(ArrayOfTables::new()))
         .as_array_of_tables_mut()
-        .ok_or_else(|| EditError::Shape {
-            path: path.to_owned(),
+        .ok_or_else(|| {
+            invalid(
+                text,
+                path,
+                |root| root.get("intention")?.span(),
+                "`intention` must be written as [[intention]] tables to be edited",
+            )
         })
 }
 
-fn find(intentions: &ArrayOfTables, source: &str, destination: &str) -> Option<usize> {
+/// Index of the intention `source -> destination`.
+fn position(intentions: &ArrayOfTables, source: &str, destination: &str) -> Option<usize> {
     intentions.iter().position(|t| {
         t.get("source").and_then(Item::as_str) == Some(source)
             && t.get("destination").and_then(Item::as_str) == Some(destination)
     })
 }
 
-/// Validates `new` as a whole config, then replaces the file atomically,
-/// keeping its permission mode.
-fn write(path: &Path, old: &str, new: &str) -> Result<(), EditError> {
-    if new == old {
-        return Ok(());
+/// The problem with the action of intention `i`, which is not "allow" or "deny".
+fn bad_action(text: &str, path: &Path, i: usize) -> EditError {
+    let table = |root: &Table| root.get("intention")?.as_array_of_tables()?.get(i).cloned();
+    let message = match ImDocument::parse(text)
+        .ok()
+        .and_then(|d| table(d.as_table()))
+    {
+        Some(t) => match t.get("action") {
+            Some(item) => match item.as_str() {
+                Some(a) => values::action("action", a).err(),
+                None => Some("invalid action: expected the string \"allow\" or \"deny\"".into()),
+            },
+            None => Some("missing field `action`".into()),
+        },
+        None => None,
+    };
+    invalid(
+        text,
+        path,
+        |root| {
+            let t = table(root)?;
+            t.get("action").and_then(Item::span).or_else(|| t.span())
+        },
+        message.as_deref().unwrap_or("invalid intention"),
+    )
+}
+
+/// [`EditError::Invalid`] with one problem, at the span `locate` finds in
+/// the original text (the start of the file if none).
+fn invalid(
+    text: &str,
+    path: &Path,
+    locate: impl FnOnce(&Table) -> Option<Range<usize>>,
+    message: &str,
+) -> EditError {
+    // `DocumentMut` drops spans; parse again to get them, on this error path only.
+    let span = ImDocument::parse(text)
+        .ok()
+        .and_then(|doc| locate(doc.as_table()))
+        .unwrap_or(0..0);
+    let problem = Source { path, text }.problem(span, message);
+    EditError::Invalid(ConfigError::Invalid(vec![problem]))
+}
+
+/// The highest document position of `table` and the tables in it.
+fn last_position(table: &Table) -> usize {
+    let mut last = table.position().unwrap_or(0);
+    for (_, item) in table.iter() {
+        match item {
+            Item::Table(t) => last = last.max(last_position(t)),
+            Item::ArrayOfTables(a) => {
+                for t in a.iter() {
+                    last = last.max(last_position(t));
+                }
+            }
+            _ => {}
+        }
     }
+    last
+}
+
+/// The part of the comments above `table`'s header that does not belong to
+/// it: everything up to the last blank line, if it holds a comment. Comment
+/// lines directly above the header describe the table and go with it.
+fn kept_comments(table: &Table) -> Option<String> {
+    let prefix = table.decor().prefix()?.as_str()?;
+    let lines: Vec<&str> = prefix.split_inclusive('\n').collect();
+    let last_blank = lines.iter().rposition(|l| l.trim().is_empty())?;
+    let kept = lines.get(..last_blank)?.concat();
+    kept.contains('#').then_some(kept)
+}
+
+/// Puts `text` in front of the first table after document position `after`,
+/// or at the start of the file's trailing comments if there is none.
+fn prepend_to_next(doc: &mut DocumentMut, after: Option<usize>, text: &str) {
+    let next = after.and_then(|after| next_position(doc.as_table(), after));
+    match next.and_then(|at| table_at(doc.as_table_mut(), at)) {
+        Some(table) => {
+            let old = table.decor().prefix().and_then(|p| p.as_str());
+            let prefix = format!("{text}{}", old.unwrap_or("\n"));
+            table.decor_mut().set_prefix(prefix);
+        }
+        None => {
+            let trailing = format!("{text}{}", doc.trailing().as_str().unwrap_or_default());
+            doc.set_trailing(trailing);
+        }
+    }
+}
+
+/// The lowest document position after `after` in `table` and the tables in it.
+fn next_position(table: &Table, after: usize) -> Option<usize> {
+    // Implicit tables (`a` of `[a.b]`) have no header to carry comments.
+    let own = (!table.is_implicit())
+        .then(|| table.position())
+        .flatten()
+        .filter(|&p| p > after);
+    let nested = table.iter().filter_map(|(_, item)| match item {
+        Item::Table(t) => next_position(t, after),
+        Item::ArrayOfTables(a) => a.iter().filter_map(|t| next_position(t, after)).min(),
+        _ => None,
+    });
+    own.into_iter().chain(nested).min()
+}
+
+/// The table at document position `at` (`table` or one in it).
+fn table_at(table: &mut Table, at: usize) -> Option<&mut Table> {
+    if table.position() == Some(at) {
+        return Some(table);
+    }
+    for (_, item) in table.iter_mut() {
+        let found = match item {
+            Item::Table(t) => table_at(t, at),
+            Item::ArrayOfTables(a) => a.iter_mut().find_map(|t| table_at(t, at)),
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// Validates `new` as a whole config, then atomically replaces the file at
+/// `path` with it (the target, if `path` is a symlink), keeping its
+/// permission mode and, when allowed, its owner.
+fn write(path: &Path, new: &str) -> Result<(), EditError> {
     Config::parse(new, path).map_err(EditError::Invalid)?;
     let err = |source| EditError::Write {
         path: path.to_owned(),
         source,
     };
-    let mode = fs::metadata(path).map_err(err)?.permissions().mode() & 0o7777;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(new.as_bytes())?;
-        f.sync_all()?;
-        // create_new's mode is filtered by the umask; set it exactly.
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-        fs::rename(&tmp, path)
+    let target = fs::canonicalize(path).map_err(err)?;
+    let meta = fs::metadata(&target).map_err(err)?;
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        // canonicalize gives an absolute path; only "/" has no parent.
+        return Err(err(std::io::ErrorKind::InvalidInput.into()));
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mode = meta.permissions().mode() & 0o7777;
+    // create_new: never follow or clobber a file we did not create.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    let written = (|| {
+        // The mode given to open is filtered by the umask; set it exactly.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        let own = file.metadata()?;
+        if (meta.uid(), meta.gid()) != (own.uid(), own.gid()) {
+            // Keeping the owner needs privilege; without it the file is
+            // the editor's, with the same mode. Not worth failing the edit.
+            let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
+        }
+        file.write_all(new.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &target)
     })();
-    if result.is_err() {
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
+        return Err(err(e));
     }
-    result.map_err(err)
+    // Make the rename itself durable.
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Match;
 
     const BASE: &str = r#"# the mesh
 [mesh]
@@ -206,7 +399,13 @@ node = "a"
 port = 81
 "#;
 
-    /// A temp dir holding `text` as mesh.toml (removed on drop).
+    fn table(source: &str, destination: &str, action: &str) -> String {
+        format!(
+            "\n[[intention]]\nsource = \"{source}\"\ndestination = \"{destination}\"\naction = \"{action}\"\n"
+        )
+    }
+
+    /// A temp dir holding `text` as mesh.toml, removed on drop.
     struct File {
         dir: PathBuf,
         path: PathBuf,
@@ -214,19 +413,40 @@ port = 81
 
     impl File {
         fn new(text: &str) -> Self {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
             let dir = std::env::temp_dir().join(format!("mesh-edit-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             let path = dir.join("mesh.toml");
             fs::write(&path, text).unwrap();
             Self { dir, path }
         }
+
         fn text(&self) -> String {
             fs::read_to_string(&self.path).unwrap()
         }
+
         fn config(&self) -> Config {
             Config::load(&self.path).unwrap()
+        }
+
+        fn pairs(&self) -> Vec<(Match, Match, Action)> {
+            let c = self.config();
+            c.intentions
+                .into_iter()
+                .map(|i| (i.source, i.destination, i.action))
+                .collect()
+        }
+
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(&self.dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
         }
     }
 
@@ -236,77 +456,172 @@ port = 81
         }
     }
 
-    #[test]
-    fn create_appends_and_keeps_everything_else() {
-        let f = File::new(BASE);
-        assert_eq!(
-            create(&f.path, "web", "api", Action::Allow).unwrap(),
-            Created::Added
-        );
-        let text = f.text();
-        assert!(text.starts_with(BASE), "{text}");
-        assert_eq!(
-            &text[BASE.len()..],
-            "\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"allow\"\n"
-        );
-        let config = f.config();
-        assert_eq!(config.intentions.len(), 1);
-        assert_eq!(config.intentions[0].action, Action::Allow);
+    fn name(s: &str) -> Match {
+        Match::Name(s.to_owned())
     }
 
     #[test]
-    fn create_updates_an_existing_pair_in_place() {
-        let f = File::new(&format!(
-            "{BASE}\n# web may call api\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"allow\"  # for now\n"
-        ));
-        let before = f.text();
+    fn create_appends_and_keeps_every_other_byte() {
+        let f = File::new(BASE);
+        let created = create(&f.path, "web", "api", Action::Deny).unwrap();
+        assert_eq!(created, Created::Added);
+        let text = f.text();
+        assert_eq!(text, format!("{BASE}{}", table("web", "api", "deny")));
+        assert_eq!(f.pairs(), [(name("web"), name("api"), Action::Deny)]);
+
+        // A second one goes after the first, in the same shape.
+        create(&f.path, "api", "web", Action::Allow).unwrap();
+        assert_eq!(f.text(), format!("{text}{}", table("api", "web", "allow")));
+    }
+
+    #[test]
+    fn create_goes_to_the_end_of_the_file_whatever_the_layout() {
+        // Intentions first, a trailing comment, no final newline.
+        let text = format!(
+            "{}{BASE}\n# the end\n\n",
+            table("web", "api", "allow").trim_start()
+        );
+        let f = File::new(&text);
+        create(&f.path, "*", "*", Action::Deny).unwrap();
         assert_eq!(
-            create(&f.path, "web", "api", Action::Deny).unwrap(),
+            f.text(),
+            format!("{}\n{}", text.trim_end(), table("*", "*", "deny"))
+        );
+
+        let f = File::new(BASE.trim_end());
+        create(&f.path, "web", "api", Action::Allow).unwrap();
+        assert_eq!(f.text(), format!("{BASE}{}", table("web", "api", "allow")));
+    }
+
+    #[test]
+    fn create_for_an_existing_pair_changes_it_in_place() {
+        let text = format!(
+            "{BASE}\n# web may call api\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\n\
+             action = \"allow\"  # for now\n{}",
+            table("api", "web", "deny")
+        );
+        let f = File::new(&text);
+        let created = create(&f.path, "web", "api", Action::Deny).unwrap();
+        assert_eq!(
+            created,
             Created::Updated {
                 from: Action::Allow
             }
         );
         let after = f.text();
-        assert_eq!(after.lines().count(), before.lines().count());
-        assert!(
-            after.contains("# web may call api\n[[intention]]"),
-            "{after}"
-        );
-        assert!(after.contains("action = \"deny\"  # for now"), "{after}");
         assert_eq!(
-            create(&f.path, "web", "api", Action::Deny).unwrap(),
-            Created::Unchanged
+            after,
+            text.replace("\"allow\"  # for now", "\"deny\"  # for now")
         );
+        assert_eq!(after.lines().count(), text.lines().count());
+        assert!(after.contains("# web may call api\n[[intention]]\nsource = \"web\""));
+        assert_eq!(
+            f.pairs(),
+            [
+                (name("web"), name("api"), Action::Deny),
+                (name("api"), name("web"), Action::Deny)
+            ]
+        );
+
+        let created = create(&f.path, "web", "api", Action::Deny).unwrap();
+        assert_eq!(created, Created::Unchanged);
         assert_eq!(f.text(), after);
     }
 
     #[test]
-    fn delete_removes_exactly_one_intention() {
-        let f = File::new(BASE);
-        create(&f.path, "web", "api", Action::Allow).unwrap();
-        create(&f.path, "*", "api", Action::Deny).unwrap();
+    fn delete_removes_exactly_that_intention() {
+        let text = format!(
+            "{BASE}\n# intentions\n\n# web may call api\n[[intention]]\nsource = \"web\"\n\
+             destination = \"api\"\naction = \"allow\"  # for now\n\n# keep this\n[[intention]]\n\
+             source = \"*\"\ndestination = \"api\"\naction = \"deny\"\n# the end\n"
+        );
+        let f = File::new(&text);
         delete(&f.path, "web", "api").unwrap();
-        let config = f.config();
-        assert_eq!(config.intentions.len(), 1);
-        assert_eq!(config.intentions[0].source, super::super::Match::Any);
-        assert!(f.text().starts_with(BASE));
-        assert!(matches!(
-            delete(&f.path, "web", "api"),
-            Err(EditError::NotFound { .. })
-        ));
+        assert_eq!(
+            f.text(),
+            format!(
+                "{BASE}\n# intentions\n\n# keep this\n[[intention]]\nsource = \"*\"\n\
+                 destination = \"api\"\naction = \"deny\"\n# the end\n"
+            )
+        );
+        assert_eq!(f.pairs(), [(Match::Any, name("api"), Action::Deny)]);
+
+        let missing = delete(&f.path, "web", "api");
+        assert!(
+            matches!(&missing, Err(EditError::NotFound { src, dst, .. }) if src == "web" && dst == "api"),
+            "{missing:?}"
+        );
+
+        // The last one: the section comment stays, the file is still valid.
         delete(&f.path, "*", "api").unwrap();
+        assert_eq!(f.text(), format!("{BASE}\n# intentions\n# the end\n"));
         assert!(f.config().intentions.is_empty());
+    }
+
+    #[test]
+    fn create_then_delete_gives_back_the_original() {
+        let f = File::new(BASE);
+        create(&f.path, "web", "*", Action::Allow).unwrap();
+        create(&f.path, "*", "api", Action::Deny).unwrap();
+        assert_eq!(
+            f.pairs(),
+            [
+                (name("web"), Match::Any, Action::Allow),
+                (Match::Any, name("api"), Action::Deny)
+            ]
+        );
+        delete(&f.path, "web", "*").unwrap();
+        assert_eq!(f.text(), format!("{BASE}{}", table("*", "api", "deny")));
+        delete(&f.path, "*", "api").unwrap();
+        assert_eq!(f.text(), BASE);
     }
 
     #[test]
     fn an_edit_that_would_not_validate_leaves_the_file_alone() {
         let f = File::new(BASE);
-        let r = create(&f.path, "web", "ghost", Action::Allow);
-        let Err(EditError::Invalid(e)) = r else {
-            panic!("{r:?}");
+        let result = create(&f.path, "web", "ghost", Action::Allow);
+        let Err(EditError::Invalid(e)) = &result else {
+            panic!("{result:?}");
         };
-        assert!(e.to_string().contains("ghost"), "{e}");
+        assert_eq!(e.problems().len(), 1, "{e}");
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("\"ghost\""), "{message}");
+        assert!(message.contains("mesh.toml:21:"), "{message}");
         assert_eq!(f.text(), BASE);
+        assert_eq!(f.names(), ["mesh.toml"]);
+    }
+
+    #[test]
+    fn files_that_cannot_be_edited_are_left_alone() {
+        let f = File::new("[mesh\n");
+        let result = create(&f.path, "web", "api", Action::Allow);
+        let Err(EditError::Toml { message, .. }) = &result else {
+            panic!("{result:?}");
+        };
+        assert!(message.starts_with("line 1, column "), "{message}");
+
+        let text = format!("{BASE}[intention]\nsource = \"web\"\n");
+        let f = File::new(&text);
+        let result = delete(&f.path, "web", "api");
+        let Err(EditError::Invalid(e)) = &result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(e.problems()[0].line, 18, "{e}");
+        assert_eq!(f.text(), text);
+
+        let text = format!("{BASE}{}", table("web", "api", "alow"));
+        let f = File::new(&text);
+        let result = create(&f.path, "web", "api", Action::Allow);
+        let Err(EditError::Invalid(e)) = &result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(e.problems()[0].line, 22, "{e}");
+        assert!(e.to_string().contains("\"alow\""), "{e}");
+        assert_eq!(f.text(), text);
+
+        let missing = Path::new("/nonexistent/mesh.toml");
+        let result = create(missing, "web", "api", Action::Allow);
+        assert!(matches!(result, Err(EditError::Read { .. })), "{result:?}");
     }
 
     #[test]
@@ -314,12 +629,29 @@ port = 81
         let f = File::new(BASE);
         fs::set_permissions(&f.path, fs::Permissions::from_mode(0o640)).unwrap();
         create(&f.path, "web", "*", Action::Allow).unwrap();
-        let mode = fs::metadata(&f.path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o640);
-        let names: Vec<_> = fs::read_dir(&f.dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["mesh.toml"]);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&f.path), 0o640);
+        assert_eq!(f.names(), ["mesh.toml"]);
+
+        fs::set_permissions(&f.path, fs::Permissions::from_mode(0o604)).unwrap();
+        delete(&f.path, "web", "*").unwrap();
+        assert_eq!(mode(&f.path), 0o604);
+        assert_eq!(f.names(), ["mesh.toml"]);
+    }
+
+    #[test]
+    fn a_symlinked_config_stays_a_symlink() {
+        let f = File::new(BASE);
+        let link = f.dir.join("link.toml");
+        std::os::unix::fs::symlink("mesh.toml", &link).unwrap();
+        create(&link, "web", "api", Action::Allow).unwrap();
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(f.text(), format!("{BASE}{}", table("web", "api", "allow")));
+        assert_eq!(f.names(), ["link.toml", "mesh.toml"]);
     }
 }

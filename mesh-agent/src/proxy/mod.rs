@@ -64,6 +64,8 @@ pub struct Context {
     pub tls: Tls,
     /// The intentions in force; replaced when the config file changes.
     pub policy: watch::Sender<Arc<Policy>>,
+    /// The `.mesh` DNS names.
+    pub zone: watch::Sender<Arc<crate::dns::Zone>>,
     /// Verdicts per (source, destination), for `status`.
     pub stats: Mutex<BTreeMap<(String, String), PairStats>>,
 }

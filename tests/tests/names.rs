@@ -1,0 +1,47 @@
+//! Apps dial services by name: the agent answers `<service>.mesh` with the
+//! service's VIP on the node's 127.0.0.1:53. Needs root.
+use std::time::{Duration, Instant};
+
+use mesh_tests::{Mesh, run_to_string};
+
+#[test]
+fn apps_reach_services_by_name() {
+    let mesh = Mesh::new(&["na1", "nb1"]);
+    mesh.write_config(&format!(
+        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
+         [[service]]\nname = \"web\"\nnode = \"na1\"\nport = 8080\n\n\
+         [[service]]\nname = \"api\"\nnode = \"nb1\"\nport = 5001\nvip = \"240.0.0.21\"\n",
+        mesh.node_tables(false)
+    ));
+    mesh.start_agent("na1");
+    mesh.start_agent("nb1");
+    mesh.start_transfer_server("nb1", "api", 5001, 1000);
+
+    // The system resolver (glibc, through /etc/resolv.conf) finds the VIP.
+    let mut cmd = mesh.cmd("na1", "getent");
+    cmd.args(["ahostsv4", "api.mesh"]);
+    let out = run_to_string(&mut cmd, Duration::from_secs(10));
+    assert!(out.starts_with("240.0.0.21 "), "getent: {out}");
+    // A real client connects by name through the mesh.
+    let out = mesh.transfer("na1", Some("web"), "api.mesh", 5001, 1000);
+    assert!(out.starts_with("OK "), "web -> api.mesh: {out}");
+
+    // Unknown names in the zone do not exist; names outside it are refused
+    // at once (no upstream in the test namespaces), never a hang.
+    for name in ["nope.mesh", "example.com"] {
+        let started = Instant::now();
+        let mut cmd = mesh.cmd("na1", "getent");
+        cmd.args(["ahostsv4", name]);
+        let out = run_to_string(&mut cmd, Duration::from_secs(10));
+        assert!(out.is_empty(), "{name} resolved: {out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+    }
+    let mut cmd = mesh.cmd("na1", "python3");
+    cmd.args(["-c", "import socket\ntry:\n socket.getaddrinfo('example.com', 80)\nexcept socket.gaierror as e:\n print('gaierror', e.errno)"]);
+    let out = run_to_string(&mut cmd, Duration::from_secs(10));
+    assert!(out.starts_with("gaierror"), "{out}");
+}
