@@ -41,6 +41,8 @@ pub enum AdminError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("bad admin request: {0}")]
+    Request(String),
     #[error("admin request to {0} timed out")]
     Timeout(SocketAddr),
     #[error("admin endpoint at {addr} answered {status}")]
@@ -64,22 +66,38 @@ pub fn check_addr(addr: SocketAddr) -> Result<SocketAddr, AdminError> {
     }
 }
 
-/// Serves the admin endpoint until the task is dropped.
+/// At most this many admin connections at once: any local user can connect,
+/// and must not be able to eat the file descriptors the proxy needs.
+const MAX_CONNECTIONS: usize = 256;
+/// Bound on one admin connection, first byte to last; a client that says
+/// nothing is gone after this.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves the admin endpoint until the task is dropped. One request per
+/// connection, bounded in time and in number.
 pub async fn serve(listener: TcpListener, ctx: Shared) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // full: close it at once
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(respond(&req, &ctx)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(CONNECTION_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
     }
 }
@@ -131,9 +149,14 @@ fn status(ctx: &Shared) -> Value {
             })
         })
         .collect();
+    let ca_not_after = ctx.identities.ca().not_after();
     json!({
         "node": ctx.node,
         "trust_domain": ctx.identities.trust_domain(),
+        "node_ca": {
+            "not_after": rfc3339(ca_not_after),
+            "expires_in_secs": ca_not_after.duration_since(now).unwrap_or_default().as_secs(),
+        },
         "services": services,
         "connections": pairs,
     })
@@ -164,7 +187,7 @@ async fn get(addr: SocketAddr, path: &str) -> Result<Value, AdminError> {
     let req = Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
         .body(Empty::<Bytes>::new())
-        .unwrap_or_default();
+        .map_err(|e| AdminError::Request(e.to_string()))?;
     let response = sender.send_request(req).await.map_err(http)?;
     if response.status() != StatusCode::OK {
         return Err(AdminError::Status {

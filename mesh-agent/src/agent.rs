@@ -42,6 +42,10 @@ pub enum AgentError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(
+        "the CA files of node {node:?} do not work: {why} (does nodes/{node}.key belong to nodes/{node}.crt, and was it issued by this root.crt?)"
+    )]
+    NodeCa { node: String, why: String },
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
     #[error("failed to listen on {addr}: {source}")]
@@ -91,6 +95,7 @@ struct Listeners {
 /// Runs before the async runtime starts: mounting cgroup2 may need a
 /// single-threaded process.
 pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
+    raise_fd_limit();
     let config = Config::load(&opts.config)?;
     if config.node(&opts.node).is_none() {
         return Err(AgentError::UnknownNode {
@@ -116,6 +121,23 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
         },
     };
     let ca = NodeCa::load_or_issue(&config, &opts.node)?;
+    crate::tls::verify::self_check(&ca, &config.mesh.trust_domain, &opts.node).map_err(|why| {
+        AgentError::NodeCa {
+            node: opts.node.clone(),
+            why,
+        }
+    })?;
+    let left = ca
+        .not_after()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    if left < Duration::from_secs(30 * 24 * 3600) {
+        warn!(
+            node = %opts.node,
+            days_left = left.as_secs() / 86400,
+            "the node CA expires soon: issue a new one with `mesh-agent ca issue-node` (leaves cannot outlive it)"
+        );
+    }
     let local = config.services_on(&opts.node).map(|s| s.name.clone());
     let identities = Identities::new(&config.mesh.trust_domain, ca, config.mesh.leaf_ttl, local)?;
     Ok(Prepared {
@@ -419,6 +441,18 @@ fn listen_optional(addr: SocketAddr) -> Result<Option<std::net::TcpListener>, Ag
             Ok(None)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// A proxy holds two sockets per connection: raise the soft limit on open
+/// files to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        warn!(error = %e, soft, hard, "could not raise the open-files limit");
     }
 }
 

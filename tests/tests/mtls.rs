@@ -299,6 +299,19 @@ fn status_shows_each_local_service_certificate() {
         (23 * 3600..=24 * 3600).contains(&secs),
         "expires in {secs} s"
     );
+    // Idle connections from any local process do not lock the endpoint.
+    let mut idle = mesh.cmd("sb", "python3");
+    idle.args([
+        "-c",
+        "import socket, time\nss = []\nfor _ in range(200):\n    try: ss.append(socket.create_connection(('127.0.0.1', 15000), timeout=2))\n    except OSError: pass\ntime.sleep(30)",
+    ]);
+    mesh.spawn_app(idle, "idle");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        mesh.status("sb")["node"],
+        "sb",
+        "status with 200 idle admin connections"
+    );
     // The human table, from the same endpoint.
     let mut cmd = mesh.cmd("sb", &mesh.agent);
     cmd.arg("status");

@@ -660,6 +660,7 @@ fn leaf_ttl() {
         ("90s", 90),
         ("1h0m5s", 3605),
         ("1s", 1),
+        ("2160h", 2160 * 3600),
     ] {
         assert_eq!(
             ttl(text).unwrap().mesh.leaf_ttl,
@@ -689,6 +690,10 @@ fn leaf_ttl() {
             &["invalid leaf_ttl", "\"1h30m\""],
         );
     }
+    let err = ttl("2161h").unwrap_err();
+    assert_at(&err.problems()[0], 2, 12, &["too long", "at most 2160h"]);
+    let err = ttl("70000000h").unwrap_err();
+    assert_at(&err.problems()[0], 2, 12, &["too long"]);
     let err = ttl("0s").unwrap_err();
     assert_at(&err.problems()[0], 2, 12, &["too short", "at least 1s"]);
 }

@@ -84,6 +84,9 @@ pub(super) fn action(what: &str, text: &str) -> Result<Action, String> {
 /// A duration such as "30s", "5m", "24h", "1h30m" or "90s": one or more
 /// `<digits><unit>` with units h, m, s, each at most once, largest first.
 /// At least one second.
+/// The longest leaf lifetime accepted (90 days).
+const MAX_LEAF_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
 pub(super) fn leaf_ttl(text: &str) -> Result<Duration, String> {
     let ttl = parse_duration(text).ok_or_else(|| {
         format!(
@@ -93,6 +96,11 @@ pub(super) fn leaf_ttl(text: &str) -> Result<Duration, String> {
     if ttl < Duration::from_secs(1) {
         return Err(format!(
             "leaf_ttl {text:?} is too short: expected at least 1s"
+        ));
+    }
+    if ttl > MAX_LEAF_TTL {
+        return Err(format!(
+            "leaf_ttl {text:?} is too long: expected at most 2160h (90 days); leaves are meant to be short-lived"
         ));
     }
     Ok(ttl)

@@ -127,6 +127,8 @@ pub struct NodeCa {
     issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
     root: CertificateDer<'static>,
+    /// The intermediate's own expiry: no leaf outlives it.
+    not_after: OffsetDateTime,
 }
 
 /// A freshly issued leaf.
@@ -160,7 +162,8 @@ impl NodeCa {
         let td = config.mesh.trust_domain.clone();
         let cert_pem = read(&dir.node_cert(node))?;
         let cert = pem_cert(&cert_pem, &dir.node_cert(node))?;
-        check_node_cert(&cert, &td, node, &dir.node_cert(node))?;
+        let not_after = check_node_cert(&cert, &td, node, &dir.node_cert(node))?;
+        check_key_mode(&dir.node_key(node))?;
         let key = KeyPair::from_pem(&read(&dir.node_key(node))?).map_err(|source| {
             IdentityError::Rcgen {
                 what: "read the node key",
@@ -178,7 +181,13 @@ impl NodeCa {
             issuer,
             cert,
             root,
+            not_after,
         })
+    }
+
+    /// When the intermediate expires.
+    pub fn not_after(&self) -> SystemTime {
+        SystemTime::from(self.not_after)
     }
 
     /// The root certificate this node trusts.
@@ -191,6 +200,7 @@ impl NodeCa {
         let td = &self.trust_domain;
         let key = new_key()?;
         let mut params = params(service, ttl)?;
+        params.not_after = params.not_after.min(self.not_after);
         params.subject_alt_names = vec![
             uri_san(&spiffe::service_id(td, service))?,
             SanType::DnsName(spiffe::sni(td, service).try_into().map_err(|source| {
@@ -239,7 +249,9 @@ fn params(common_name: &str, validity: Duration) -> Result<CertificateParams, Id
         .push(DnType::CommonName, common_name);
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
-    params.not_after = now + validity;
+    params.not_after = now
+        .checked_add(time::Duration::try_from(validity).unwrap_or(time::Duration::MAX))
+        .ok_or(IdentityError::Validity(validity))?;
     params.serial_number = Some(random_serial()?);
     Ok(params)
 }
@@ -283,12 +295,13 @@ pub fn hex(bytes: &[u8]) -> String {
     }
 }
 
+/// Checks the node certificate's name and validity; returns its expiry.
 fn check_node_cert(
     cert: &CertificateDer<'_>,
     trust_domain: &str,
     node: &str,
     path: &Path,
-) -> Result<(), IdentityError> {
+) -> Result<OffsetDateTime, IdentityError> {
     let bad = |why: String| IdentityError::BadNodeCa {
         path: path.to_owned(),
         why,
@@ -308,6 +321,25 @@ fn check_node_cert(
             parsed.validity().not_before,
             parsed.validity().not_after
         )));
+    }
+    Ok(parsed.validity().not_after.to_datetime())
+}
+
+/// Refuses a key file that others may read (it must be 0600 or stricter).
+fn check_key_mode(path: &Path) -> Result<(), IdentityError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs::metadata(path)
+        .map_err(|source| IdentityError::Read {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(IdentityError::KeyMode {
+            path: path.to_owned(),
+            mode: mode & 0o777,
+        });
     }
     Ok(())
 }

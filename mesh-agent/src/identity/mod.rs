@@ -44,6 +44,10 @@ pub enum IdentityError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("key file {path} is readable by others (mode {mode:o}): run `chmod 600` on it")]
+    KeyMode { path: PathBuf, mode: u32 },
+    #[error("a validity of {0:?} is out of range")]
+    Validity(Duration),
     #[error("the system random number generator failed")]
     Random,
     #[error("failed to load a leaf key into rustls: {0}")]
@@ -139,27 +143,40 @@ impl Identities {
         Ok(current)
     }
 
-    /// Renews every leaf at half its lifetime, forever. A failed renewal is
-    /// logged and retried after a second.
+    /// Renews every leaf at half its lifetime (counted from the current
+    /// leaf's expiry, so time spent starting up counts), forever. A failed
+    /// renewal is logged and retried after a quarter of the lifetime, at
+    /// most a second.
     pub async fn renew_forever(self: Arc<Self>) {
         let half = self.ttl / 2;
+        let retry = (self.ttl / 4).min(Duration::from_secs(1));
         let mut tasks = tokio::task::JoinSet::new();
         for (service, _) in self.all() {
             let this = self.clone();
             tasks.spawn(async move {
-                let mut wait = half;
+                // No floor before the first renewal; after that, at least
+                // `retry` apart (a leaf clamped to its node CA's expiry
+                // would otherwise be due again at once).
+                let mut floor = Duration::ZERO;
                 loop {
-                    tokio::time::sleep(wait).await;
-                    wait = match this.renew(&service) {
+                    let wait = this.current(&service).map_or(Duration::ZERO, |c| {
+                        // Due at not_after - ttl/2.
+                        c.not_after
+                            .checked_sub(half)
+                            .and_then(|due| due.duration_since(SystemTime::now()).ok())
+                            .unwrap_or(Duration::ZERO)
+                    });
+                    tokio::time::sleep(wait.max(floor)).await;
+                    floor = retry;
+                    match this.renew(&service) {
                         Ok(current) => {
                             tracing::info!(%service, serial = %current.serial, "renewed leaf");
-                            half
                         }
                         Err(e) => {
                             tracing::warn!(%service, error = %e, "leaf renewal failed");
-                            Duration::from_secs(1)
+                            tokio::time::sleep(retry).await;
                         }
-                    };
+                    }
                 }
             });
         }

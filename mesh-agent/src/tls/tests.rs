@@ -311,3 +311,38 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
     let r = server.await.unwrap();
     assert!(matches!(r, Err(TlsError::WrongSni { .. })), "{r:?}");
 }
+
+#[test]
+fn the_self_check_catches_a_key_that_does_not_match_its_node_certificate() {
+    let mesh = Mesh::new(MESH);
+    let a = mesh.node("a");
+    assert_eq!(super::verify::self_check(&a, "mesh.local", "a"), Ok(()));
+    let _ = mesh.node("b");
+    // Node a's certificate with node b's key.
+    std::fs::copy(
+        mesh.dir.join("ca/nodes/b.key"),
+        mesh.dir.join("ca/nodes/a.key"),
+    )
+    .unwrap();
+    let wrong = mesh.node("a");
+    let r = super::verify::self_check(&wrong, "mesh.local", "a");
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[test]
+fn a_node_key_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mesh = Mesh::new(MESH);
+    let _ = mesh.node("a");
+    let key = mesh.dir.join("ca/nodes/a.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = NodeCa::load_or_issue(&mesh.config, "a");
+    assert!(
+        matches!(
+            &r,
+            Err(crate::identity::IdentityError::KeyMode { mode: 0o644, .. })
+        ),
+        "{:?}",
+        r.err()
+    );
+}

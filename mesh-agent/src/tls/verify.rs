@@ -176,6 +176,33 @@ impl PeerRules {
     }
 }
 
+/// Issues a throwaway leaf with `ca` and verifies it as a peer would. Run at
+/// start: it catches a node key that does not match its certificate and a
+/// node CA that does not chain to this mesh's root, which peers would
+/// otherwise reject with errors that seem to blame them.
+pub fn self_check(
+    ca: &crate::identity::NodeCa,
+    trust_domain: &str,
+    node: &str,
+) -> Result<(), String> {
+    const PROBE: &str = "self-check";
+    let leaf = ca
+        .issue_leaf(PROBE, std::time::Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    let hosts = [(PROBE.to_owned(), node.to_owned())].into();
+    let rules = PeerRules::new(trust_domain, ca.root(), hosts).map_err(|e| e.to_string())?;
+    rules
+        .verify(
+            &leaf.chain[0],
+            &leaf.chain[1..],
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            Some(PROBE),
+        )
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// The source agent's check of the destination agent.
 #[derive(Debug)]
 pub struct ServerVerifier(pub Arc<PeerRules>);
