@@ -1,6 +1,8 @@
 //! The admin endpoint (loopback only, default 127.0.0.1:15000) and the
 //! `mesh-agent status` client that reads it.
 //!
+//! `GET /metrics`: Prometheus text (see `metrics`). `GET /config`: the
+//! config in force, as JSON.
 //! `GET /status`: JSON with the node; per local service its SPIFFE ID,
 //! certificate serial and expiry; per (source, destination) pair seen, how
 //! many connections the intentions allowed, denied, and cut on a change.
@@ -103,10 +105,18 @@ pub async fn serve(listener: TcpListener, ctx: Shared) {
 }
 
 fn respond(req: &Request<hyper::body::Incoming>, ctx: &Shared) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
-        "/status" => (StatusCode::OK, status(ctx).to_string()),
+    const JSON: &str = "application/json";
+    let (status, kind, body) = match req.uri().path() {
+        "/status" => (StatusCode::OK, JSON, status(ctx).to_string()),
+        "/config" => (StatusCode::OK, JSON, config(ctx).to_string()),
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics(ctx),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
+            JSON,
             json!({"error": "not found"}).to_string(),
         ),
     };
@@ -114,9 +124,38 @@ fn respond(req: &Request<hyper::body::Incoming>, ctx: &Shared) -> Response<Full<
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        hyper::header::HeaderValue::from_static(kind),
     );
     response
+}
+
+/// `/metrics`: Prometheus text.
+fn metrics(ctx: &Shared) -> String {
+    let now = SystemTime::now();
+    let expiries = ctx.identities.all().into_iter().map(|(name, leaf)| {
+        let secs = match leaf.not_after.duration_since(now) {
+            Ok(left) => left.as_secs_f64(),
+            Err(past) => -past.duration().as_secs_f64(),
+        };
+        (name, secs)
+    });
+    ctx.metrics.render(expiries, ctx.kernel.map_entries())
+}
+
+/// `/config`: the config this agent runs with (intentions as in force).
+fn config(ctx: &Shared) -> Value {
+    let c = &ctx.config;
+    json!({
+        "path": c.path.display().to_string(),
+        "node": ctx.node,
+        "trust_domain": c.mesh.trust_domain,
+        "leaf_ttl_secs": c.mesh.leaf_ttl.as_secs(),
+        "nodes": c.nodes.iter().map(|n| json!({"name": n.name, "address": n.address.to_string()})).collect::<Vec<_>>(),
+        "services": c.services.iter().map(|s| json!({
+            "name": s.name, "node": s.node, "port": s.port, "vip": s.vip.to_string(), "public": s.public,
+        })).collect::<Vec<_>>(),
+        "intentions": ctx.policy.borrow().describe(),
+    })
 }
 
 /// The `/status` document.

@@ -224,6 +224,7 @@ async fn serve(
         policy: tokio::sync::watch::Sender::new(Arc::new(policy)),
         zone: tokio::sync::watch::Sender::new(Arc::new(zone)),
         stats: Default::default(),
+        metrics: Default::default(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();

@@ -181,6 +181,26 @@ impl Kernel {
         Ok(())
     }
 
+    /// Entries in the maps the agent holds, for metrics.
+    pub fn map_entries(&self) -> Vec<(&'static str, i64)> {
+        let conns = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .count();
+        let denied = self
+            .denied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .count();
+        [(names::CONNS, conns), (names::DENIED, denied)]
+            .into_iter()
+            .map(|(name, n)| (name, i64::try_from(n).unwrap_or(i64::MAX)))
+            .collect()
+    }
+
     /// Removes `CONNS` records too old to be claimed (their connection died
     /// before accept()). Returns how many.
     pub fn sweep_stale(&self) -> usize {

@@ -9,6 +9,7 @@ mod dns;
 mod ebpf;
 mod exec;
 mod identity;
+mod metrics;
 mod policy;
 mod proxy;
 mod tls;
@@ -47,6 +48,9 @@ enum Command {
         /// Answer DNS for `<service>.mesh` here (UDP), or `off`.
         #[arg(long, default_value = "127.0.0.1:53")]
         dns: String,
+        /// Log lines (the access log included) as `text` or `json`.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
         /// Where to send names outside `.mesh` (default: the first
         /// nameserver of /etc/resolv.conf, unless that is this agent; else
         /// they are refused).
@@ -155,7 +159,7 @@ fn main() -> ExitCode {
         _ => a,
     });
     let cli = Cli::parse_from(args);
-    init_tracing();
+    init_tracing(matches!(&cli.command, Command::Run { log_format, .. } if log_format == "json"));
     let result = match cli.command {
         Command::Run {
             config,
@@ -164,6 +168,7 @@ fn main() -> ExitCode {
             admin,
             dns,
             dns_upstream,
+            log_format: _,
         } => parse_dns(&dns).and_then(|dns| {
             run(agent::RunOptions {
                 config,
@@ -336,13 +341,19 @@ fn ca(command: CaCommand) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr; `RUST_LOG` filters (default `info`). eBPF-side logs
-/// arrive through the `log` bridge under the target `mesh`.
-fn init_tracing() {
+/// arrive through the `log` bridge under the target `mesh`; the access log
+/// (one line per connection) has the target `access`.
+fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }

@@ -81,6 +81,21 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The intentions and the default, as JSON for the admin endpoint.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "default_policy": self.default.to_string(),
+            "intentions": self.intentions.iter().map(|i| serde_json::json!({
+                "source": i.source.to_string(),
+                "destination": i.destination.to_string(),
+                "action": i.action.to_string(),
+                "line": i.line,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// 2 for an exact match, 1 for `*`, `None` for no match.
 fn specificity(m: &Match, name: &str) -> Option<u8> {
     match m {

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pki;
+pub mod playground;
 pub mod wire;
 
 use std::{
@@ -301,6 +302,48 @@ impl Mesh {
         mesh
     }
 
+    /// Gives this (host) namespace an address on the mesh's bridge,
+    /// `10.77.<k>.254`, so a browser or curl here reaches the nodes. The
+    /// interface goes away with the mesh. Returns the host's address.
+    pub fn expose_to_host(&self) -> Ipv4Addr {
+        let first = self.nodes.first().expect("a node").v4.octets();
+        let host = Ipv4Addr::new(first[0], first[1], first[2], 254);
+        let name = format!("{}h", self.switch.trim_end_matches("-sw"));
+        let name: String = name
+            .chars()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        ip(&[
+            "link",
+            "add",
+            &name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ph",
+            "netns",
+            &self.switch,
+        ]);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            "ph",
+            "master",
+            "br0",
+            "up",
+        ]);
+        ip(&["addr", "add", &format!("{host}/24"), "dev", &name]);
+        ip(&["link", "set", &name, "up"]);
+        host
+    }
+
     /// The node called `name`.
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
@@ -379,6 +422,11 @@ impl Mesh {
 
     /// Starts the agent of `node` and waits until it says it is ready.
     pub fn start_agent(&self, node: &str) {
+        self.start_agent_with(node, &[]);
+    }
+
+    /// Like `start_agent`, with extra `mesh-agent run` arguments.
+    pub fn start_agent_with(&self, node: &str, extra: &[&str]) {
         let log = self.agent_log(node);
         let file = fs::OpenOptions::new()
             .create(true)
@@ -394,6 +442,7 @@ impl Mesh {
             .arg("--config")
             .arg(self.config())
             .args(["--node", node])
+            .args(extra)
             .env("RUST_LOG", "info,mesh=debug,mesh_agent=debug")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log fd"))

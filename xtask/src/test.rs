@@ -32,6 +32,20 @@ pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
             .env_remove("AYA_BUILD_SKIP"),
     )?;
     let agent = build::agent(false)?;
+    // The demo's apps have their own tests (plain HTTP, no mesh).
+    cmd::run(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "unittest",
+                "discover",
+                "-s",
+                "tests/apps/playground",
+                "-t",
+                "tests/apps/playground",
+            ])
+            .current_dir(cmd::workspace_root()),
+    )?;
     cmd::run(
         cmd::cargo()
             .args([

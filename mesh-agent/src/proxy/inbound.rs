@@ -41,13 +41,16 @@ async fn handle(stream: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
         .find(|s| s.port == dialed.port() && !s.public)
         .ok_or(ProxyError::NoLocalService(dialed.port()))?;
     let from = stream.peer_addr()?;
-    let (mut remote, peer) = ctx.tls.accept(stream, &dst.name).await?;
+    let (mut remote, peer) = ctx.tls.accept(stream, &dst.name).await.inspect_err(|e| {
+        let reason = crate::metrics::failure_reason(&e.to_string());
+        ctx.metrics.handshake_failed("inbound", reason);
+    })?;
     debug!(src = %peer, dst = %dst.name, alpn = "mesh/1", "mTLS accepted");
     // The destination agent is authoritative, on the verified identity.
     ctx.authorize(&peer, &dst.name, from, dialed)?;
     let mut svc = dial(local_addr(dst.port)).await?;
     let (received, sent) = ctx
-        .splice_while_allowed(&mut remote, &mut svc, &peer, &dst.name)
+        .splice_while_allowed(&mut remote, &mut svc, &peer, &dst.name, "inbound")
         .await?;
     info!(src = %peer, dst = %dst.name, sent, received, "inbound connection done");
     Ok(())

@@ -68,6 +68,7 @@ pub struct Context {
     pub zone: watch::Sender<Arc<crate::dns::Zone>>,
     /// Verdicts per (source, destination), for `status`.
     pub stats: Mutex<BTreeMap<(String, String), PairStats>>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// What happened to connections of one (source, destination) pair.
@@ -113,6 +114,12 @@ impl Context {
             return Ok(());
         }
         warn!(%src, %dst, %peer, %dialed, rule = %decision.rule, "denied by intentions");
+        let rule = decision.rule.to_string();
+        self.metrics.denied(src, dst, &rule);
+        tracing::info!(
+            target: "access", %src, %dst, %peer, %dialed, to_destination = 0u64,
+            to_source = 0u64, duration_ms = 0u64, verdict = "denied", %rule, "connection"
+        );
         Err(ProxyError::Denied {
             src: src.to_owned(),
             dst: dst.to_owned(),
@@ -122,7 +129,43 @@ impl Context {
 
     /// Copies both ways (see `splice`) until done, or until the intentions
     /// change to deny `src -> dst`: then both sockets are closed at once.
+    /// `a` is the caller's side, `b` the destination's. Counts the
+    /// connection in the metrics and writes its access-log line.
     pub async fn splice_while_allowed<A, B>(
+        &self,
+        a: &mut A,
+        b: &mut B,
+        src: &str,
+        dst: &str,
+        side: &'static str,
+    ) -> Result<(u64, u64), ProxyError>
+    where
+        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let conn = crate::metrics::Conn {
+            source: src.to_owned(),
+            destination: dst.to_owned(),
+            side,
+        };
+        let started = std::time::Instant::now();
+        self.metrics.opened(&conn);
+        let result = self.splice_until_denied(a, b, src, dst).await;
+        let ((to_destination, to_source), verdict) = match &result {
+            Ok(bytes) => (*bytes, "allowed"),
+            Err(ProxyError::Cut { .. }) => ((0, 0), "cut"),
+            Err(_) => ((0, 0), "error"),
+        };
+        self.metrics.closed(&conn, to_destination, to_source);
+        tracing::info!(
+            target: "access", %src, %dst, side, to_destination, to_source,
+            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            verdict, "connection"
+        );
+        result
+    }
+
+    async fn splice_until_denied<A, B>(
         &self,
         a: &mut A,
         b: &mut B,

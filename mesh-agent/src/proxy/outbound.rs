@@ -51,7 +51,7 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
         // Same node: this agent is also the destination's; bytes stay here.
         debug!(src = %src.name, dst = %dst.name, "outbound, same node");
         let mut svc = dial(local_addr(dst.port)).await?;
-        ctx.splice_while_allowed(&mut app, &mut svc, &src.name, &dst.name)
+        ctx.splice_while_allowed(&mut app, &mut svc, &src.name, &dst.name, "outbound")
             .await?
     } else {
         let node = ctx
@@ -61,9 +61,16 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
         let addr = SocketAddr::new(node.address, dst.port);
         debug!(src = %src.name, dst = %dst.name, %addr, "outbound, to remote agent");
         let tcp = dial(addr).await?;
-        let mut remote = ctx.tls.connect(tcp, &src.name, &dst.name).await?;
+        let mut remote = ctx
+            .tls
+            .connect(tcp, &src.name, &dst.name)
+            .await
+            .inspect_err(|e| {
+                let reason = crate::metrics::failure_reason(&e.to_string());
+                ctx.metrics.handshake_failed("outbound", reason);
+            })?;
         debug!(src = %src.name, dst = %dst.name, %addr, alpn = "mesh/1", "mTLS established");
-        ctx.splice_while_allowed(&mut app, &mut remote, &src.name, &dst.name)
+        ctx.splice_while_allowed(&mut app, &mut remote, &src.name, &dst.name, "outbound")
             .await?
     };
     info!(src = %src.name, dst = %dst.name, sent, received, "outbound connection done");

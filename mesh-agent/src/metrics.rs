@@ -1,0 +1,237 @@
+//! Prometheus metrics (`GET /metrics` on the admin endpoint), in the text
+//! format, by `prometheus-client`.
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `mesh_connections_opened_total`, `_closed_total`, `mesh_connections_active` | source, destination, side |
+//! | `mesh_connection_bytes_total` | source, destination, side, direction (`to_destination`, `to_source`) |
+//! | `mesh_handshake_failures_total` | side, reason |
+//! | `mesh_denials_total` | source, destination, rule |
+//! | `mesh_certificate_expiry_seconds` | service |
+//! | `mesh_ebpf_map_entries` | map |
+//!
+//! `side` is `outbound` (this agent speaks for the caller) or `inbound`
+//! (for the destination); a call between two nodes counts on both agents.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Conn {
+    pub source: String,
+    pub destination: String,
+    pub side: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Bytes {
+    source: String,
+    destination: String,
+    side: &'static str,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Failure {
+    side: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Denial {
+    source: String,
+    destination: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Service {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Map {
+    map: &'static str,
+}
+
+/// The agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    opened: Family<Conn, Counter>,
+    closed: Family<Conn, Counter>,
+    active: Family<Conn, Gauge>,
+    bytes: Family<Bytes, Counter>,
+    failures: Family<Failure, Counter>,
+    denials: Family<Denial, Counter>,
+    expiry: Family<Service, Gauge<f64, AtomicU64>>,
+    maps: Family<Map, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let this = Self {
+            opened: Family::default(),
+            closed: Family::default(),
+            active: Family::default(),
+            bytes: Family::default(),
+            failures: Family::default(),
+            denials: Family::default(),
+            expiry: Family::default(),
+            maps: Family::default(),
+            registry: Registry::default(),
+        };
+        let reg = &mut registry;
+        reg.register(
+            "mesh_connections_opened",
+            "Connections opened",
+            this.opened.clone(),
+        );
+        reg.register(
+            "mesh_connections_closed",
+            "Connections closed",
+            this.closed.clone(),
+        );
+        reg.register(
+            "mesh_connections_active",
+            "Connections open now",
+            this.active.clone(),
+        );
+        reg.register("mesh_connection_bytes", "Bytes proxied", this.bytes.clone());
+        reg.register(
+            "mesh_handshake_failures",
+            "TLS handshakes that failed, by reason",
+            this.failures.clone(),
+        );
+        reg.register(
+            "mesh_denials",
+            "Connections refused by the intentions, by deciding rule",
+            this.denials.clone(),
+        );
+        reg.register(
+            "mesh_certificate_expiry_seconds",
+            "Seconds until each local service's certificate expires",
+            this.expiry.clone(),
+        );
+        reg.register(
+            "mesh_ebpf_map_entries",
+            "Entries in the agent's eBPF maps",
+            this.maps.clone(),
+        );
+        Self { registry, ..this }
+    }
+}
+
+impl Metrics {
+    /// A connection starts flowing.
+    pub fn opened(&self, conn: &Conn) {
+        self.opened.get_or_create(conn).inc();
+        self.active.get_or_create(conn).inc();
+    }
+
+    /// A connection that `opened` is done, with bytes each way.
+    pub fn closed(&self, conn: &Conn, to_destination: u64, to_source: u64) {
+        self.closed.get_or_create(conn).inc();
+        self.active.get_or_create(conn).dec();
+        for (direction, n) in [("to_destination", to_destination), ("to_source", to_source)] {
+            let labels = Bytes {
+                source: conn.source.clone(),
+                destination: conn.destination.clone(),
+                side: conn.side,
+                direction,
+            };
+            self.bytes.get_or_create(&labels).inc_by(n);
+        }
+    }
+
+    /// A TLS handshake failed.
+    pub fn handshake_failed(&self, side: &'static str, reason: &'static str) {
+        self.failures.get_or_create(&Failure { side, reason }).inc();
+    }
+
+    /// The intentions refused a connection.
+    pub fn denied(&self, source: &str, destination: &str, rule: &str) {
+        let labels = Denial {
+            source: source.to_owned(),
+            destination: destination.to_owned(),
+            rule: rule.to_owned(),
+        };
+        self.denials.get_or_create(&labels).inc();
+    }
+
+    /// The text exposition, after setting the gauges that are read at
+    /// scrape time.
+    pub fn render(
+        &self,
+        expiries: impl IntoIterator<Item = (String, f64)>,
+        maps: impl IntoIterator<Item = (&'static str, i64)>,
+    ) -> String {
+        for (service, secs) in expiries {
+            self.expiry.get_or_create(&Service { service }).set(secs);
+        }
+        for (map, n) in maps {
+            self.maps.get_or_create(&Map { map }).set(n);
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// A short reason for a failed handshake, for the metric's label.
+pub fn failure_reason(error: &str) -> &'static str {
+    const REASONS: [(&str, &str); 10] = [
+        ("corrupt message", "not_tls"),
+        ("no certificates", "no_client_certificate"),
+        ("Expired", "expired"),
+        ("UnknownIssuer", "unknown_issuer"),
+        ("does not verify", "bad_chain"),
+        ("is not a meshed service", "unknown_service"),
+        ("is signed by node", "wrong_node"),
+        ("client asked for server name", "wrong_sni"),
+        ("ALPN", "alpn"),
+        ("timed out", "timeout"),
+    ];
+    REASONS
+        .iter()
+        .find(|(needle, _)| error.contains(needle))
+        .map_or("other", |(_, reason)| reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        let conn = Conn {
+            source: "web".into(),
+            destination: "api".into(),
+            side: "inbound",
+        };
+        m.opened(&conn);
+        m.closed(&conn, 10, 20);
+        m.handshake_failed("inbound", failure_reason("peer sent no certificates"));
+        m.denied("web", "db", "default policy");
+        let text = m.render([("api".to_owned(), 42.5)], [("CONNS", 3)]);
+        for line in [
+            "mesh_connections_opened_total{source=\"web\",destination=\"api\",side=\"inbound\"} 1",
+            "mesh_connections_active{source=\"web\",destination=\"api\",side=\"inbound\"} 0",
+            "mesh_connection_bytes_total{source=\"web\",destination=\"api\",side=\"inbound\",direction=\"to_source\"} 20",
+            "mesh_handshake_failures_total{side=\"inbound\",reason=\"no_client_certificate\"} 1",
+            "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\"} 1",
+            "mesh_certificate_expiry_seconds{service=\"api\"} 42.5",
+            "mesh_ebpf_map_entries{map=\"CONNS\"} 3",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

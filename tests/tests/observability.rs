@@ -1,0 +1,79 @@
+//! What an operator sees: Prometheus metrics, the config in force, and one
+//! access-log line per connection. Needs root.
+use std::{fs, time::Duration};
+
+use mesh_tests::{Mesh, run_to_string};
+
+fn get(mesh: &Mesh, node: &str, path: &str) -> String {
+    let mut cmd = mesh.cmd(node, "curl");
+    cmd.args(["-sS", "-m", "5", &format!("http://127.0.0.1:15000{path}")]);
+    run_to_string(&mut cmd, Duration::from_secs(10))
+}
+
+#[test]
+fn metrics_config_and_access_log() {
+    let mesh = Mesh::new(&["oba", "obb"]);
+    mesh.write_config(&format!(
+        "[mesh]\ndefault_policy = \"deny\"\n\n{}\
+         [[service]]\nname = \"web\"\nnode = \"oba\"\nport = 8080\n\n\
+         [[service]]\nname = \"cron\"\nnode = \"oba\"\nport = 8081\n\n\
+         [[service]]\nname = \"api\"\nnode = \"obb\"\nport = 5001\nvip = \"240.0.0.31\"\n\n\
+         [[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"allow\"\n",
+        mesh.node_tables(false)
+    ));
+    mesh.start_agent_with("oba", &["--log-format", "json"]);
+    mesh.start_agent("obb");
+    mesh.start_transfer_server("obb", "api", 5001, 2000);
+    let out = mesh.transfer("oba", Some("web"), "api.mesh", 5001, 2000);
+    assert!(out.starts_with("OK "), "{out}");
+    // A plaintext client: a handshake failure on obb.
+    let b = mesh.node("obb").v4;
+    let out = mesh.transfer("oba", None, b, 5001, 10);
+    assert!(!out.starts_with("OK"), "{out}");
+
+    let metrics = get(&mesh, "obb", "/metrics");
+    for line in [
+        "mesh_connections_opened_total{source=\"web\",destination=\"api\",side=\"inbound\"} 1",
+        "mesh_connections_active{source=\"web\",destination=\"api\",side=\"inbound\"} 0",
+        "mesh_connection_bytes_total{source=\"web\",destination=\"api\",side=\"inbound\",direction=\"to_destination\"} 2000",
+        "mesh_handshake_failures_total{side=\"inbound\",reason=\"not_tls\"} 1",
+        // api may call nothing (default deny): api -> web, cron, api.
+        "mesh_ebpf_map_entries{map=\"DENIED\"} 3",
+        "mesh_certificate_expiry_seconds{service=\"api\"} 8",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+    }
+    // The answer: the count-and-hash line (70 bytes), then 2000 bytes.
+    assert!(
+        metrics.contains("direction=\"to_source\"} 2070"),
+        "bytes to the source: {metrics}"
+    );
+    let metrics_a = get(&mesh, "oba", "/metrics");
+    // web and cron, calling web, cron and api: all denied but web -> api.
+    assert!(
+        metrics_a.contains("mesh_ebpf_map_entries{map=\"DENIED\"} 5"),
+        "{metrics_a}"
+    );
+
+    let config: serde_json::Value =
+        serde_json::from_str(&get(&mesh, "obb", "/config")).expect("json");
+    assert_eq!(config["intentions"]["default_policy"], "deny");
+    assert_eq!(config["services"].as_array().map(Vec::len), Some(3));
+
+    // One JSON access-log line on oba for the call, with bytes each way.
+    let log = fs::read_to_string(mesh.agent_log("oba")).expect("log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    let line = &lines[0];
+    assert_eq!(
+        (line["src"].as_str(), line["dst"].as_str()),
+        (Some("web"), Some("api"))
+    );
+    assert_eq!(line["verdict"], "allowed");
+    assert_eq!(line["to_destination"], 2000);
+    assert!(line["duration_ms"].as_u64().is_some(), "{line}");
+}
