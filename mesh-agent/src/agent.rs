@@ -71,6 +71,8 @@ pub struct RunOptions {
     pub dns: Option<SocketAddr>,
     /// Where names outside `.mesh` go; `None`: the node's previous resolver.
     pub dns_upstream: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT, how long open connections may go on.
+    pub drain: Duration,
 }
 
 /// What `prepare` sets up before the async runtime starts.
@@ -225,6 +227,7 @@ async fn serve(
         zone: tokio::sync::watch::Sender::new(Arc::new(zone)),
         stats: Default::default(),
         metrics: Default::default(),
+        live: Default::default(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -259,7 +262,10 @@ async fn serve(
         "agent ready"
     );
     stop.await;
+    // Stop accepting: the listeners close, so new connections are refused
+    // at once (the programs still redirect to the closed port), never hang.
     tasks.shutdown().await;
+    drain(&ctx, opts.drain).await;
     // Connection tasks may still hold the context; the programs are detached
     // when the last reference goes, at the latest when the process exits.
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
@@ -408,6 +414,34 @@ async fn watch_config(ctx: proxy::Shared) {
         if new.nodes != ctx.config.nodes || new.services != ctx.config.services {
             warn!("nodes or services changed in the config; restart the agent to apply them");
         }
+    }
+}
+
+/// Waits until no connection flows or `grace` has passed; what is still
+/// open then is closed when the agent exits.
+async fn drain(ctx: &proxy::Shared, grace: Duration) {
+    use std::sync::atomic::Ordering;
+    let open = ctx.live.load(Ordering::SeqCst);
+    if open == 0 {
+        return;
+    }
+    info!(
+        connections = open,
+        grace_secs = grace.as_secs_f64(),
+        "draining"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    while ctx.live.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = ctx.live.load(Ordering::SeqCst);
+    if left > 0 {
+        warn!(
+            connections = left,
+            "grace period over: closing open connections"
+        );
+    } else {
+        info!("drained");
     }
 }
 

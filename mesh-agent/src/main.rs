@@ -48,6 +48,10 @@ enum Command {
         /// Answer DNS for `<service>.mesh` here (UDP), or `off`.
         #[arg(long, default_value = "127.0.0.1:53")]
         dns: String,
+        /// On SIGTERM or SIGINT, stop accepting and give open connections
+        /// this many seconds before closing them.
+        #[arg(long, default_value_t = 10.0)]
+        drain_seconds: f64,
         /// Log lines (the access log included) as `text` or `json`.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
@@ -169,7 +173,11 @@ fn main() -> ExitCode {
             dns,
             dns_upstream,
             log_format: _,
+            drain_seconds,
         } => parse_dns(&dns).and_then(|dns| {
+            let drain = std::time::Duration::try_from_secs_f64(drain_seconds).map_err(|_| {
+                anyhow::anyhow!("--drain-seconds {drain_seconds}: expected seconds >= 0")
+            })?;
             run(agent::RunOptions {
                 config,
                 node,
@@ -177,6 +185,7 @@ fn main() -> ExitCode {
                 admin,
                 dns,
                 dns_upstream,
+                drain,
             })
         }),
         Command::Status { admin, json } => status(admin, json),

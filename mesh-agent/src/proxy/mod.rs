@@ -69,6 +69,8 @@ pub struct Context {
     /// Verdicts per (source, destination), for `status`.
     pub stats: Mutex<BTreeMap<(String, String), PairStats>>,
     pub metrics: crate::metrics::Metrics,
+    /// Connections flowing now (what a drain waits for).
+    pub live: std::sync::atomic::AtomicUsize,
 }
 
 /// What happened to connections of one (source, destination) pair.
@@ -150,6 +152,7 @@ impl Context {
         };
         let started = std::time::Instant::now();
         self.metrics.opened(&conn);
+        let _live = Live::enter(&self.live);
         let result = self.splice_until_denied(a, b, src, dst).await;
         let ((to_destination, to_source), verdict) = match &result {
             Ok(bytes) => (*bytes, "allowed"),
@@ -204,6 +207,22 @@ impl Context {
     fn count(&self, src: &str, dst: &str, f: impl FnOnce(&mut PairStats)) {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         f(stats.entry((src.to_owned(), dst.to_owned())).or_default());
+    }
+}
+
+/// Counts a flowing connection in `Context::live` while it exists.
+struct Live<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Live<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

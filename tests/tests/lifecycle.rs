@@ -1,0 +1,104 @@
+//! Stopping and restarting an agent: SIGTERM drains, apps see refused
+//! connections (never a hang, never a plaintext path), a restart works.
+//! Needs root.
+use std::{
+    fs,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use mesh_tests::{Mesh, app, wait_until};
+
+const VIP: &str = "240.0.0.41";
+
+#[test]
+fn sigterm_drains_and_a_restart_never_opens_a_plaintext_path() {
+    let mesh = Mesh::new(&["lca", "lcb"]);
+    mesh.write_config(&format!(
+        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
+         [[service]]\nname = \"web\"\nnode = \"lca\"\nport = 8080\n\n\
+         [[service]]\nname = \"api\"\nnode = \"lcb\"\nport = 5001\nvip = \"{VIP}\"\n",
+        mesh.node_tables(false)
+    ));
+    mesh.start_agent_with("lca", &["--drain-seconds", "2"]);
+    mesh.start_agent("lcb");
+    let accepts = mesh.start_echo_server("lcb", "api", 5001);
+
+    // A connection open through agent lca.
+    let log = mesh.dir.join("app-hold.log");
+    let mut hold = mesh.cmd_as("lca", "web", "python3");
+    hold.arg(app("hold_client.py")).args([VIP, "5001", "20"]);
+    mesh.spawn_app(hold, "hold");
+    assert!(wait_until(Duration::from_secs(10), || fs::read_to_string(
+        &log
+    )
+    .unwrap_or_default()
+    .contains("OPEN")));
+    let accepted = fs::read_to_string(&accepts).expect("log").lines().count();
+
+    let sent = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    std::thread::scope(|s| {
+        let stopping = s.spawn(|| mesh.stop_agent("lca", "TERM"));
+        std::thread::sleep(Duration::from_millis(500));
+        // Draining: a new call is refused at once, not left hanging.
+        let started = Instant::now();
+        let out = mesh.transfer("lca", Some("web"), VIP, 5001, 10);
+        assert!(out.starts_with("ERRNO 111 "), "during the drain: {out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        let status = stopping.join().expect("stop");
+        assert!(status.success(), "agent exit: {status}");
+    });
+    wait_until(Duration::from_secs(3), || {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("CLOSED")
+    });
+    let text = fs::read_to_string(&log).expect("log");
+    let closed: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CLOSED "))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the open connection was not closed: {text}"));
+    let after = closed - sent;
+    assert!(
+        (1.5..4.0).contains(&after),
+        "open connection closed {after:.2} s after SIGTERM"
+    );
+    let agent_log = fs::read_to_string(mesh.agent_log("lca")).expect("log");
+    assert!(
+        agent_log.contains("draining") && agent_log.contains("grace period over"),
+        "{agent_log}"
+    );
+
+    // Agent down: calls fail fast, by VIP and by catalog address, and
+    // nothing reaches api in plaintext (agent lcb still refuses it).
+    let b = mesh.node("lcb").v4;
+    for host in [VIP.to_owned(), b.to_string()] {
+        let started = Instant::now();
+        let out = mesh.transfer("lca", Some("web"), &host, 5001, 10);
+        assert!(!out.starts_with("OK"), "{host} with the agent down: {out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{host} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(&accepts).expect("log").lines().count(),
+        accepted,
+        "api saw a connection while agent lca was down"
+    );
+
+    // Restarted, the mesh works again.
+    mesh.start_agent("lca");
+    assert_eq!(
+        mesh.echo("lca", "web", VIP.parse().expect("ip"), 5001, "back"),
+        "back"
+    );
+}
