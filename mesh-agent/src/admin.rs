@@ -144,7 +144,7 @@ fn metrics(ctx: &Shared) -> String {
 
 /// `/config`: the config this agent runs with (intentions as in force).
 fn config(ctx: &Shared) -> Value {
-    let c = &ctx.config;
+    let c = ctx.config();
     json!({
         "path": c.path.display().to_string(),
         "node": ctx.node,

@@ -7,7 +7,6 @@
 //! redirected before someone is listening.
 
 use std::{
-    collections::HashSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -163,7 +162,10 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
     let mut sigint =
         tokio::signal::unix::signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
 
-    let cgroups = Cgroups::enter(&cg, &config, &opts.node)?;
+    let cg = Arc::new(cg);
+    let cgroups = Arc::new(std::sync::Mutex::new(Cgroups::enter(
+        &cg, &config, &opts.node,
+    )?));
     let result = serve(&cg, &cgroups, config, listeners, identities, &opts, async {
         tokio::select! {
             _ = sigterm.recv() => info!("SIGTERM: stopping"),
@@ -171,13 +173,13 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
         }
     })
     .await;
-    cgroups.leave(&cg);
+    cgroups.lock().unwrap_or_else(|e| e.into_inner()).leave(&cg);
     result
 }
 
 async fn serve(
-    cg: &Cgroup2,
-    cgroups: &Cgroups,
+    cg: &Arc<Cgroup2>,
+    cgroups: &Arc<std::sync::Mutex<Cgroups>>,
     config: Config,
     listeners: Listeners,
     identities: Arc<Identities>,
@@ -209,16 +211,23 @@ async fn serve(
 
     let policy = Policy::new(&config);
     let zone = crate::dns::Zone::new(&config);
-    let mut contents = map_contents(&config, &opts.node, cgroups);
-    contents.denied = denied_pairs(&config, &policy, &opts.node);
+    let mut ids = proxy::ServiceIds::default();
+    let (contents, agent_cgroup) = {
+        let cgroups = cgroups.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            contents(&config, &opts.node, &mut ids, &cgroups, &policy),
+            cgroups.agent_id,
+        )
+    };
     let params = LoadParams {
         netns_cookie: netns_cookie(&in4)?,
-        agent_cgroup: cgroups.agent_id,
+        agent_cgroup,
         outbound_port: opts.outbound_port,
     };
     let kernel = Kernel::start(&params, &contents, &in4, in6.as_ref(), cg.root())?;
     let ctx = Arc::new(Context {
-        config,
+        config: std::sync::RwLock::new(Arc::new(config)),
+        ids: std::sync::Mutex::new(ids),
         node: opts.node.clone(),
         kernel,
         identities: identities.clone(),
@@ -240,7 +249,7 @@ async fn serve(
         tasks.spawn(proxy::inbound::serve(l, ctx.clone()));
     }
     tasks.spawn(sweep(ctx.clone()));
-    tasks.spawn(watch_config(ctx.clone()));
+    tasks.spawn(watch_config(ctx.clone(), cg.clone(), cgroups.clone()));
     tasks.spawn(crate::admin::serve(admin, ctx.clone()));
     if let (Some(socket), Some(addr)) = (dns, opts.dns) {
         let upstream = opts
@@ -281,8 +290,12 @@ struct Cgroups {
     agent_id: u64,
     /// Where the agent came from; it moves back there on exit.
     origin: Option<PathBuf>,
-    /// Per local service: (name, cgroup path, id, created by us).
-    services: Vec<(String, PathBuf, u64, bool)>,
+    /// Per local service: its cgroup path, id, and whether it is ours
+    /// (the default path under /mesh, which we remove when done).
+    services: std::collections::BTreeMap<String, (PathBuf, u64, bool)>,
+    /// Our cgroups of services that left the config, to remove at exit if
+    /// they were still busy then.
+    gone: Vec<PathBuf>,
 }
 
 impl Cgroups {
@@ -291,21 +304,37 @@ impl Cgroups {
         let agent = Path::new("/mesh").join(node).join("_agent");
         let agent_id = cg.create(&agent)?;
         cg.join(&agent, std::process::id())?;
-        let mut services = Vec::new();
+        let mut this = Self {
+            agent,
+            agent_id,
+            origin,
+            services: Default::default(),
+            gone: Vec::new(),
+        };
+        this.sync(cg, config, node)?;
+        Ok(this)
+    }
+
+    /// Creates the cgroups of `node`'s services that are missing and lets go
+    /// of those of services no longer there (removing ours, where empty).
+    fn sync(&mut self, cg: &Cgroup2, config: &Config, node: &str) -> Result<(), CgroupError> {
+        let mut want = std::collections::BTreeMap::new();
         for s in config.services_on(node) {
             let (path, ours) = match &s.cgroup {
                 Some(p) => (p.clone(), false),
                 None => (Path::new("/mesh").join(node).join(&s.name), true),
             };
             let id = cg.create(&path)?;
-            services.push((s.name.clone(), path, id, ours));
+            want.insert(s.name.clone(), (path, id, ours));
         }
-        Ok(Self {
-            agent,
-            agent_id,
-            origin,
-            services,
-        })
+        for (name, (path, _, ours)) in &self.services {
+            if *ours && want.get(name).is_none_or(|(p, _, _)| p != path) {
+                cg.remove_empty(path, Path::new("/"));
+                self.gone.push(path.clone());
+            }
+        }
+        self.services = want;
+        Ok(())
     }
 
     /// Moves the agent back to where it came from and removes the cgroups it
@@ -316,19 +345,30 @@ impl Cgroups {
             warn!(error = %e, "could not leave the agent cgroup");
         }
         cg.remove_empty(&self.agent, Path::new("/"));
-        for (_, path, _, ours) in &self.services {
+        for (path, _, ours) in self.services.values() {
             if *ours {
                 cg.remove_empty(path, Path::new("/"));
             }
         }
+        for path in &self.gone {
+            cg.remove_empty(path, Path::new("/"));
+        }
     }
 }
 
-/// Everything the kernel maps hold for `node`.
-fn map_contents(config: &Config, node: &str, cgroups: &Cgroups) -> MapContents {
+/// Everything the config-derived kernel maps hold for `node`: mesh
+/// destinations, local callers by cgroup, local ports, and the pairs the
+/// intentions deny (every local caller x every meshed service).
+fn contents(
+    config: &Config,
+    node: &str,
+    ids: &mut proxy::ServiceIds,
+    cgroups: &Cgroups,
+    policy: &Policy,
+) -> MapContents {
     let mut c = MapContents::default();
-    for (i, s) in config.services.iter().enumerate() {
-        let Ok(id) = u32::try_from(i + 1) else { break };
+    for s in &config.services {
+        let id = ids.id(&s.name);
         // Public services are reached directly, not through the mesh.
         if s.public {
             continue;
@@ -342,47 +382,31 @@ fn map_contents(config: &Config, node: &str, cgroups: &Cgroups) -> MapContents {
             c.local_ports.push((s.port, id));
         }
     }
-    for (name, _, cg_id, _) in &cgroups.services {
-        if let Some(i) = config.services.iter().position(|s| &s.name == name)
-            && let Ok(id) = u32::try_from(i + 1)
-        {
-            c.cgroups.push((*cg_id, id));
+    for (name, (_, cgroup_id, _)) in &cgroups.services {
+        c.cgroups.push((*cgroup_id, ids.id(name)));
+    }
+    for src in config.services_on(node) {
+        for dst in config.services.iter().filter(|d| !d.public) {
+            if !policy.decide(&src.name, &dst.name).allowed() {
+                c.denied.insert((ids.id(&src.name), ids.id(&dst.name)));
+            }
         }
     }
     c
 }
 
-/// The (source id, destination id) pairs `policy` denies, for every local
-/// service calling every meshed service: what `DENIED` must hold.
-fn denied_pairs(config: &Config, policy: &Policy, node: &str) -> HashSet<(u32, u32)> {
-    let id = |i: usize| u32::try_from(i + 1).ok();
-    let mut pairs = HashSet::new();
-    for (si, src) in config.services.iter().enumerate() {
-        if src.node != node {
-            continue;
-        }
-        for (di, dst) in config.services.iter().enumerate() {
-            if dst.public || policy.decide(&src.name, &dst.name).allowed() {
-                continue;
-            }
-            if let (Some(s), Some(d)) = (id(si), id(di)) {
-                pairs.insert((s, d));
-            }
-        }
-    }
-    pairs
-}
-
 /// How often the config file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Watches the config file. A change to the intentions (or the default
-/// policy) applies at once: the kernel's `DENIED` map is rewritten and live
-/// connections re-check themselves. A broken file is logged and ignored; the
-/// last good config stays in force. Changes to nodes and services are
-/// reported but need a restart.
-async fn watch_config(ctx: proxy::Shared) {
-    let path = ctx.config.path.clone();
+/// Watches the config file; every valid change is applied without a
+/// restart (see `apply`). A broken file is logged and ignored: the last good
+/// config stays in force.
+async fn watch_config(
+    ctx: proxy::Shared,
+    cg: Arc<Cgroup2>,
+    cgroups: Arc<std::sync::Mutex<Cgroups>>,
+) {
+    let path = ctx.config().path.clone();
     let mut last = std::fs::read(&path).unwrap_or_default();
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
@@ -395,26 +419,55 @@ async fn watch_config(ctx: proxy::Shared) {
         }
         last = bytes;
         let text = String::from_utf8_lossy(&last);
-        let new = match Config::parse(&text, &path) {
-            Ok(new) => new,
-            Err(e) => {
-                warn!("config change rejected, keeping the last good config:\n{e}");
-                continue;
+        match Config::parse(&text, &path) {
+            Ok(new) => {
+                if let Err(e) = apply(&ctx, &cg, &cgroups, new) {
+                    warn!(error = %e, "config change not applied, keeping the last good config");
+                }
             }
-        };
-        let policy = Policy::new(&new);
-        if **ctx.policy.borrow() != policy {
-            let pairs = denied_pairs(&ctx.config, &policy, &ctx.node);
-            if let Err(e) = ctx.kernel.set_denied(&pairs) {
-                warn!(error = %e, "could not update the kernel's denied pairs");
-            }
-            ctx.policy.send_replace(Arc::new(policy));
-            info!(denied_pairs = pairs.len(), "intentions reloaded");
-        }
-        if new.nodes != ctx.config.nodes || new.services != ctx.config.services {
-            warn!("nodes or services changed in the config; restart the agent to apply them");
+            Err(e) => warn!("config change rejected, keeping the last good config:\n{e}"),
         }
     }
+}
+
+/// Makes a new config the one in force: cgroups and leaves for services
+/// that came, dropped for those that went; TLS, DNS and the intentions
+/// follow; then the kernel maps. Handlers see the new config before the
+/// kernel sends them connections for new services.
+fn apply(
+    ctx: &proxy::Context,
+    cg: &Cgroup2,
+    cgroups: &std::sync::Mutex<Cgroups>,
+    new: Config,
+) -> Result<(), AgentError> {
+    if new.node(&ctx.node).is_none() {
+        return Err(AgentError::UnknownNode {
+            node: ctx.node.clone(),
+            path: new.path.clone(),
+        });
+    }
+    let local: Vec<String> = new.services_on(&ctx.node).map(|s| s.name.clone()).collect();
+    let mut cgroups = cgroups.lock().unwrap_or_else(|e| e.into_inner());
+    cgroups.sync(cg, &new, &ctx.node)?;
+    ctx.identities.sync(&local)?;
+    ctx.tls.update(&new);
+    let policy = Policy::new(&new);
+    let contents = {
+        let mut ids = ctx.ids.lock().unwrap_or_else(|e| e.into_inner());
+        contents(&new, &ctx.node, &mut ids, &cgroups, &policy)
+    };
+    let zone = crate::dns::Zone::new(&new);
+    *ctx.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+    ctx.zone.send_replace(Arc::new(zone));
+    // Live connections re-decide their pair on this.
+    ctx.policy.send_replace(Arc::new(policy));
+    ctx.kernel.update(&contents)?;
+    info!(
+        local_services = local.len(),
+        denied_pairs = contents.denied.len(),
+        "config applied"
+    );
+    Ok(())
 }
 
 /// Waits until no connection flows or `grace` has passed; what is still

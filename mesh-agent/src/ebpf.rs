@@ -72,7 +72,16 @@ pub struct MapContents {
 pub struct Kernel {
     ebpf: Ebpf,
     conns: Mutex<HashMap<MapData, ConnKey, OrigDst>>,
-    denied: Mutex<HashMap<MapData, PairKey, u32>>,
+    /// The maps derived from the config, rewritten on every change.
+    config_maps: Mutex<ConfigMaps>,
+}
+
+/// The maps whose contents come from the config.
+struct ConfigMaps {
+    services: HashMap<MapData, SockAddr, ServiceId>,
+    cgroups: HashMap<MapData, u64, ServiceId>,
+    local_ports: HashMap<MapData, u32, ServiceId>,
+    denied: HashMap<MapData, PairKey, u32>,
 }
 
 impl Kernel {
@@ -93,7 +102,13 @@ impl Kernel {
             .load(OBJECT)?;
         start_logger(&mut ebpf);
 
-        fill(&mut ebpf, contents)?;
+        let mut config_maps = ConfigMaps {
+            services: take_map(&mut ebpf, names::SERVICES)?,
+            cgroups: take_map(&mut ebpf, names::CGROUPS)?,
+            local_ports: take_map(&mut ebpf, names::LOCAL_PORTS)?,
+            denied: take_map(&mut ebpf, names::DENIED)?,
+        };
+        config_maps.sync(contents)?;
         let mut listeners: SockMap<_> = map(&mut ebpf, names::LISTENERS)?;
         listeners
             .set(LISTENER_V4, inbound_v4, 0)
@@ -135,11 +150,10 @@ impl Kernel {
             .map_err(|source| EbpfError::Program { name, source })?;
 
         let conns = Mutex::new(take_map(&mut ebpf, names::CONNS)?);
-        let denied = Mutex::new(take_map(&mut ebpf, names::DENIED)?);
         Ok(Self {
             ebpf,
             conns,
-            denied,
+            config_maps: Mutex::new(config_maps),
         })
     }
 
@@ -158,27 +172,14 @@ impl Kernel {
         fresh(&orig, monotonic_ns()).then_some(orig)
     }
 
-    /// Makes `DENIED` hold exactly `pairs` (source id, destination id). New
-    /// pairs go in before stale ones come out, so a pair that stays denied is
-    /// never briefly allowed.
-    pub fn set_denied(&self, pairs: &HashSet<(ServiceId, ServiceId)>) -> Result<(), EbpfError> {
-        let err = |source| EbpfError::Map {
-            name: names::DENIED,
-            source,
-        };
-        let mut map = self.denied.lock().unwrap_or_else(|e| e.into_inner());
-        for &(src, dst) in pairs {
-            map.insert(PairKey { src, dst }, 1, 0).map_err(err)?;
-        }
-        let stale: Vec<PairKey> = map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !pairs.contains(&(k.src, k.dst)))
-            .collect();
-        for key in &stale {
-            map.remove(key).map_err(err)?;
-        }
-        Ok(())
+    /// Makes the config-derived maps hold exactly `contents`. New entries go
+    /// in before stale ones come out, so nothing that stays is ever briefly
+    /// missing (a denied pair is never briefly allowed).
+    pub fn update(&self, contents: &MapContents) -> Result<(), EbpfError> {
+        self.config_maps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync(contents)
     }
 
     /// Entries in the maps the agent holds, for metrics.
@@ -189,16 +190,17 @@ impl Kernel {
             .unwrap_or_else(|e| e.into_inner())
             .keys()
             .count();
-        let denied = self
-            .denied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .count();
-        [(names::CONNS, conns), (names::DENIED, denied)]
-            .into_iter()
-            .map(|(name, n)| (name, i64::try_from(n).unwrap_or(i64::MAX)))
-            .collect()
+        let maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
+        [
+            (names::CONNS, conns),
+            (names::DENIED, maps.denied.keys().count()),
+            (names::SERVICES, maps.services.keys().count()),
+            (names::CGROUPS, maps.cgroups.keys().count()),
+            (names::LOCAL_PORTS, maps.local_ports.keys().count()),
+        ]
+        .into_iter()
+        .map(|(name, n)| (name, i64::try_from(n).unwrap_or(i64::MAX)))
+        .collect()
     }
 
     /// Removes `CONNS` records too old to be claimed (their connection died
@@ -221,7 +223,7 @@ impl Kernel {
     /// Detaches every program (by dropping the links) and closes the maps.
     pub fn stop(self) {
         drop(self.conns);
-        drop(self.denied);
+        drop(self.config_maps);
         drop(self.ebpf);
     }
 }
@@ -256,29 +258,55 @@ pub fn sock_addr(addr: SocketAddr) -> SockAddr {
     }
 }
 
-fn fill(ebpf: &mut Ebpf, c: &MapContents) -> Result<(), EbpfError> {
-    let err = |name| move |source| EbpfError::Map { name, source };
-    let mut services: HashMap<_, SockAddr, ServiceId> = map(ebpf, names::SERVICES)?;
-    for (addr, id) in &c.services {
-        services
-            .insert(sock_addr(*addr), id, 0)
-            .map_err(err(names::SERVICES))?;
+impl ConfigMaps {
+    fn sync(&mut self, c: &MapContents) -> Result<(), EbpfError> {
+        let services = c
+            .services
+            .iter()
+            .map(|(a, id)| (sock_addr(*a), *id))
+            .collect();
+        sync_map(&mut self.services, names::SERVICES, &services)?;
+        let cgroups = c.cgroups.iter().copied().collect();
+        sync_map(&mut self.cgroups, names::CGROUPS, &cgroups)?;
+        let ports = c
+            .local_ports
+            .iter()
+            .map(|(p, id)| (u32::from(*p), *id))
+            .collect();
+        sync_map(&mut self.local_ports, names::LOCAL_PORTS, &ports)?;
+        let denied = c
+            .denied
+            .iter()
+            .map(|&(src, dst)| (PairKey { src, dst }, 1))
+            .collect();
+        sync_map(&mut self.denied, names::DENIED, &denied)
     }
-    let mut cgroups: HashMap<_, u64, ServiceId> = map(ebpf, names::CGROUPS)?;
-    for (cg, id) in &c.cgroups {
-        cgroups.insert(cg, id, 0).map_err(err(names::CGROUPS))?;
+}
+
+/// Makes `map` hold exactly `want`: inserts (or overwrites) first, then
+/// removes keys not wanted.
+fn sync_map<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    want: &std::collections::HashMap<K, V>,
+) -> Result<(), EbpfError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    let err = |source| EbpfError::Map { name, source };
+    for (k, v) in want {
+        if map.get(k, 0).ok().as_ref() != Some(v) {
+            map.insert(k, v, 0).map_err(err)?;
+        }
     }
-    let mut ports: HashMap<_, u32, ServiceId> = map(ebpf, names::LOCAL_PORTS)?;
-    for (port, id) in &c.local_ports {
-        ports
-            .insert(u32::from(*port), id, 0)
-            .map_err(err(names::LOCAL_PORTS))?;
-    }
-    let mut denied: HashMap<_, PairKey, u32> = map(ebpf, names::DENIED)?;
-    for &(src, dst) in &c.denied {
-        denied
-            .insert(PairKey { src, dst }, 1, 0)
-            .map_err(err(names::DENIED))?;
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
+    for k in &stale {
+        map.remove(k).map_err(err)?;
     }
     Ok(())
 }

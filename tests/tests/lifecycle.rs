@@ -102,3 +102,77 @@ fn sigterm_drains_and_a_restart_never_opens_a_plaintext_path() {
         "back"
     );
 }
+
+#[test]
+fn services_come_and_go_without_a_restart() {
+    let mesh = Mesh::new(&["sva", "svb"]);
+    let base = format!(
+        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
+         [[service]]\nname = \"web\"\nnode = \"sva\"\nport = 8080\n\n\
+         [[service]]\nname = \"api\"\nnode = \"svb\"\nport = 5001\nvip = \"240.0.0.42\"\n",
+        mesh.node_tables(false)
+    );
+    mesh.write_config(&base);
+    mesh.start_agent("sva");
+    mesh.start_agent("svb");
+    mesh.start_transfer_server("svb", "api", 5001, 100);
+    assert!(
+        mesh.transfer("sva", Some("web"), "api.mesh", 5001, 100)
+            .starts_with("OK ")
+    );
+
+    // Add `db` on node svb: a name, a VIP, a certificate, steering, all live.
+    let with_db = format!(
+        "{base}\n[[service]]\nname = \"db\"\nnode = \"svb\"\nport = 5002\nvip = \"240.0.0.43\"\n"
+    );
+    fs::write(mesh.config(), &with_db).expect("write");
+    assert!(
+        wait_until(Duration::from_secs(2), || mesh.status("svb")["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["name"] == "db"))),
+        "db got no certificate"
+    );
+    let db_accepts = mesh.start_transfer_server("svb", "db", 5002, 100);
+    let out = mesh.transfer("sva", Some("web"), "db.mesh", 5002, 100);
+    assert!(
+        out.starts_with("OK "),
+        "web -> db.mesh after adding db: {out}"
+    );
+    assert_eq!(
+        fs::read_to_string(&db_accepts)
+            .expect("log")
+            .lines()
+            .count(),
+        1
+    );
+    // db's loopback port is guarded at once, too.
+    let out = mesh.transfer("svb", None, "127.0.0.1", 5002, 100);
+    assert!(
+        out.starts_with("ERRNO 1 "),
+        "loopback guard for the new service: {out}"
+    );
+
+    // Remove api: it is no longer a mesh destination nor a name, and its
+    // certificate is gone; db still works.
+    let without_api = with_db.replace(
+        "[[service]]\nname = \"api\"\nnode = \"svb\"\nport = 5001\nvip = \"240.0.0.42\"\n",
+        "",
+    );
+    fs::write(mesh.config(), &without_api).expect("write");
+    assert!(
+        wait_until(Duration::from_secs(2), || !mesh.status("svb")["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["name"] == "api"))),
+        "api still has a certificate"
+    );
+    let out = mesh.transfer("sva", Some("web"), "240.0.0.42", 5001, 100);
+    assert!(!out.starts_with("OK"), "api is gone but reachable: {out}");
+    let mut cmd = mesh.cmd("sva", "getent");
+    cmd.args(["ahostsv4", "api.mesh"]);
+    assert_eq!(
+        mesh_tests::run_to_string(&mut cmd, Duration::from_secs(10)),
+        ""
+    );
+    let out = mesh.transfer("sva", Some("web"), "db.mesh", 5002, 100);
+    assert!(out.starts_with("OK "), "db after removing api: {out}");
+}

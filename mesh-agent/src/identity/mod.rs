@@ -60,6 +60,8 @@ pub struct Current {
     pub spiffe_id: String,
     pub serial: String,
     pub not_after: SystemTime,
+    /// When this agent issued it.
+    pub issued: SystemTime,
 }
 
 /// The leaves of this node's services, swapped in place on renewal: live
@@ -135,6 +137,7 @@ impl Identities {
             spiffe_id: spiffe::service_id(&self.trust_domain, service),
             serial: leaf.serial,
             not_after: leaf.not_after,
+            issued: SystemTime::now(),
         });
         self.leaves
             .write()
@@ -143,44 +146,42 @@ impl Identities {
         Ok(current)
     }
 
-    /// Renews every leaf at half its lifetime (counted from the current
-    /// leaf's expiry, so time spent starting up counts), forever. A failed
-    /// renewal is logged and retried after a quarter of the lifetime, at
-    /// most a second.
+    /// Makes the leaves exactly those of `services`: issues the missing,
+    /// drops the others.
+    pub fn sync(&self, services: &[String]) -> Result<(), IdentityError> {
+        for service in services {
+            if self.current(service).is_none() {
+                self.renew(service)?;
+            }
+        }
+        self.leaves
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| services.contains(name));
+        Ok(())
+    }
+
+    /// Renews every leaf once it is half its lifetime old (counted from
+    /// when it was issued, so time spent starting up counts), forever,
+    /// including leaves added later. A failed renewal is logged and retried
+    /// on a later tick.
     pub async fn renew_forever(self: Arc<Self>) {
         let half = self.ttl / 2;
-        let retry = (self.ttl / 4).min(Duration::from_secs(1));
-        let mut tasks = tokio::task::JoinSet::new();
-        for (service, _) in self.all() {
-            let this = self.clone();
-            tasks.spawn(async move {
-                // No floor before the first renewal; after that, at least
-                // `retry` apart (a leaf clamped to its node CA's expiry
-                // would otherwise be due again at once).
-                let mut floor = Duration::ZERO;
-                loop {
-                    let wait = this.current(&service).map_or(Duration::ZERO, |c| {
-                        // Due at not_after - ttl/2.
-                        c.not_after
-                            .checked_sub(half)
-                            .and_then(|due| due.duration_since(SystemTime::now()).ok())
-                            .unwrap_or(Duration::ZERO)
-                    });
-                    tokio::time::sleep(wait.max(floor)).await;
-                    floor = retry;
-                    match this.renew(&service) {
-                        Ok(current) => {
-                            tracing::info!(%service, serial = %current.serial, "renewed leaf");
-                        }
-                        Err(e) => {
-                            tracing::warn!(%service, error = %e, "leaf renewal failed");
-                            tokio::time::sleep(retry).await;
-                        }
-                    }
+        // Fine enough for second-long lifetimes, cheap for long ones.
+        let tick = (self.ttl / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut every = tokio::time::interval(tick);
+        loop {
+            every.tick().await;
+            for (service, current) in self.all() {
+                if current.issued.elapsed().unwrap_or_default() < half {
+                    continue;
                 }
-            });
+                match self.renew(&service) {
+                    Ok(leaf) => tracing::info!(%service, serial = %leaf.serial, "renewed leaf"),
+                    Err(e) => tracing::warn!(%service, error = %e, "leaf renewal failed"),
+                }
+            }
         }
-        while tasks.join_next().await.is_some() {}
     }
 }
 

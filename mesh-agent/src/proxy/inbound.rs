@@ -36,9 +36,10 @@ async fn handle(stream: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
     let dialed = stream.local_addr()?;
     stream.set_nodelay(true)?;
     let dst = ctx
-        .config
+        .config()
         .services_on(&ctx.node)
         .find(|s| s.port == dialed.port() && !s.public)
+        .cloned()
         .ok_or(ProxyError::NoLocalService(dialed.port()))?;
     let from = stream.peer_addr()?;
     let (mut remote, peer) = ctx.tls.accept(stream, &dst.name).await.inspect_err(|e| {

@@ -57,7 +57,10 @@ pub enum ProxyError {
 /// What every connection handler needs: the config this agent runs with,
 /// the kernel maps, and the identities and TLS configs of local services.
 pub struct Context {
-    pub config: Config,
+    /// The config in force; replaced when the file changes.
+    pub config: std::sync::RwLock<Arc<Config>>,
+    /// Kernel ids of services.
+    pub ids: Mutex<ServiceIds>,
     pub node: String,
     pub kernel: Kernel,
     pub identities: Arc<Identities>,
@@ -82,13 +85,55 @@ pub struct PairStats {
     pub cut: u64,
 }
 
+/// The kernel's ids of services. A name keeps its id for the agent's
+/// lifetime, so the maps can change while connections are in flight and a
+/// record never names another service.
+#[derive(Debug, Default)]
+pub struct ServiceIds {
+    by_name: std::collections::HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl ServiceIds {
+    /// The id of `name`, assigned on first use (ids start at 1).
+    pub fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.by_name.get(name) {
+            return *id;
+        }
+        self.names.push(name.to_owned());
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.by_name.insert(name.to_owned(), id);
+        id
+    }
+
+    /// The service an id was given to.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        let i = usize::try_from(id).ok()?.checked_sub(1)?;
+        self.names.get(i).map(String::as_str)
+    }
+}
+
 impl Context {
-    /// The service behind a kernel `ServiceId` (index in `config.services` + 1).
-    pub fn service(&self, id: u32) -> Result<&crate::config::Service, ProxyError> {
-        usize::try_from(id)
-            .ok()
-            .and_then(|i| i.checked_sub(1))
-            .and_then(|i| self.config.services.get(i))
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The service behind a kernel id, in the config in force.
+    pub fn service(&self, id: u32) -> Result<crate::config::Service, ProxyError> {
+        let name = self
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .name(id)
+            .map(str::to_owned)
+            .ok_or(ProxyError::UnknownService(id))?;
+        self.config()
+            .service(&name)
+            .cloned()
             .ok_or(ProxyError::UnknownService(id))
     }
 }

@@ -56,23 +56,20 @@ pub enum TlsError {
 /// The TLS side of an agent.
 pub struct Tls {
     trust_domain: String,
+    rules: Arc<PeerRules>,
+    identities: Arc<Identities>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
     server: Arc<ServerConfig>,
-    /// Per local service: the client config that presents its leaf.
-    clients: HashMap<String, Arc<ClientConfig>>,
+    /// Per local service: the client config that presents its leaf, made
+    /// on first use.
+    clients: std::sync::RwLock<HashMap<String, Arc<ClientConfig>>>,
 }
 
 impl Tls {
     /// TLS configs for the local services of `node`, using `identities`.
     pub fn new(config: &Config, identities: Arc<Identities>) -> Result<Self, TlsError> {
         let td = identities.trust_domain().to_owned();
-        // Public services are never destinations, but they can call others,
-        // so their leaves are valid client identities.
-        let hosts = config
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), s.node.clone()))
-            .collect();
-        let rules = Arc::new(PeerRules::new(&td, identities.ca().root(), hosts)?);
+        let rules = Arc::new(PeerRules::new(&td, identities.ca().root(), hosts(config))?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
 
         let mut server = ServerConfig::builder_with_provider(provider.clone())
@@ -85,25 +82,50 @@ impl Tls {
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
 
-        let mut clients = HashMap::new();
-        for (service, _) in identities.all() {
-            let mut client = ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13])?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ServerVerifier(rules.clone())))
-                .with_client_cert_resolver(Arc::new(AsService {
-                    identities: identities.clone(),
-                    service: service.clone(),
-                }));
-            client.alpn_protocols = vec![ALPN.to_vec()];
-            client.resumption = Resumption::disabled();
-            clients.insert(service, Arc::new(client));
-        }
         Ok(Self {
             trust_domain: td,
+            rules,
+            identities,
+            provider,
             server: Arc::new(server),
-            clients,
+            clients: Default::default(),
         })
+    }
+
+    /// Follows a config change: who hosts which service.
+    pub fn update(&self, config: &Config) {
+        self.rules.set_hosts(hosts(config));
+    }
+
+    /// The client config presenting `service`'s leaf.
+    fn client(&self, service: &str) -> Result<Arc<ClientConfig>, TlsError> {
+        if let Some(c) = self
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+        {
+            return Ok(c.clone());
+        }
+        if self.identities.current(service).is_none() {
+            return Err(TlsError::NoLocalService(service.to_owned()));
+        }
+        let mut client = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier(self.rules.clone())))
+            .with_client_cert_resolver(Arc::new(AsService {
+                identities: self.identities.clone(),
+                service: service.to_owned(),
+            }));
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        client.resumption = Resumption::disabled();
+        let client = Arc::new(client);
+        self.clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service.to_owned(), client.clone());
+        Ok(client)
     }
 
     /// Source side: TLS as local service `src` to the agent serving `dst`.
@@ -113,13 +135,10 @@ impl Tls {
         src: &str,
         dst: &str,
     ) -> Result<client::TlsStream<TcpStream>, TlsError> {
-        let config = self
-            .clients
-            .get(src)
-            .ok_or_else(|| TlsError::NoLocalService(src.to_owned()))?;
+        let config = self.client(src)?;
         let name = ServerName::try_from(spiffe::sni(&self.trust_domain, dst))
             .map_err(|_| VerifyError::ServerName(dst.to_owned()))?;
-        let connect = TlsConnector::from(config.clone()).connect(name, tcp);
+        let connect = TlsConnector::from(config).connect(name, tcp);
         let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))?
@@ -187,6 +206,17 @@ fn handshake_error(e: std::io::Error) -> TlsError {
         _ => None,
     };
     TlsError::Handshake(ours.unwrap_or_else(|| e.to_string()))
+}
+
+/// Service -> node of every service: public services are never
+/// destinations, but they can call others, so their leaves are valid
+/// client identities.
+fn hosts(config: &Config) -> HashMap<String, String> {
+    config
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.node.clone()))
+        .collect()
 }
 
 fn check_alpn(alpn: Option<&[u8]>) -> Result<(), TlsError> {

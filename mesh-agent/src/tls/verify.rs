@@ -71,8 +71,8 @@ impl From<VerifyError> for rustls::Error {
 pub struct PeerRules {
     trust_domain: String,
     roots: Vec<TrustAnchor<'static>>,
-    /// Meshed service -> the node hosting it.
-    hosts: HashMap<String, String>,
+    /// Service -> the node hosting it; replaced when the config changes.
+    hosts: std::sync::RwLock<HashMap<String, String>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -90,9 +90,14 @@ impl PeerRules {
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
             roots: vec![anchor],
-            hosts,
+            hosts: std::sync::RwLock::new(hosts),
             algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
         })
+    }
+
+    /// Replaces the service -> node map (the config changed).
+    pub fn set_hosts(&self, hosts: HashMap<String, String>) {
+        *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = hosts;
     }
 
     /// Checks a presented chain (see the module docs); returns the service
@@ -126,13 +131,16 @@ impl PeerRules {
         let signer = self.named(&node_ca.der(), spiffe::Kind::Node, VerifyError::NotNode)?;
         let host = self
             .hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get(&service)
+            .cloned()
             .ok_or_else(|| VerifyError::UnknownService(service.clone()))?;
-        if *host != signer {
+        if host != signer {
             return Err(VerifyError::WrongNode {
                 service,
                 signer,
-                host: host.clone(),
+                host,
             });
         }
         if let Some(expected) = expected
