@@ -187,7 +187,7 @@ impl Metrics {
 /// A short reason for a failed handshake, for the metric's label.
 pub fn failure_reason(error: &str) -> &'static str {
     const REASONS: [(&str, &str); 10] = [
-        ("corrupt message", "not_tls"),
+        ("did not start a TLS handshake", "not_tls"),
         ("no certificates", "no_client_certificate"),
         ("Expired", "expired"),
         ("UnknownIssuer", "unknown_issuer"),

@@ -724,16 +724,35 @@ impl Drop for Mesh {
                 }
             }
         }
+        let cgroups = cgroup2_root().join("mesh");
         for node in &self.nodes {
             let _ = Command::new("ip")
                 .args(["netns", "del", &node.netns])
                 .status();
+            let _ = fs::remove_dir_all(netns_etc(&node.netns));
+            // An agent stopped together with its apps (Ctrl-C reaches both)
+            // may have found a service cgroup still busy: remove what is
+            // empty now.
+            remove_empty_cgroups(&cgroups.join(&node.name));
         }
+        let _ = fs::remove_dir(&cgroups);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.switch])
             .status();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Removes `dir` and the cgroups below it, where empty (rmdir only).
+fn remove_empty_cgroups(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_cgroups(&entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// `/etc/netns/<netns>`: files `ip netns exec` bind-mounts over /etc.

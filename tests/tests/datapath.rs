@@ -226,7 +226,14 @@ fn stop_and_restart_leave_nothing_behind() {
         &mesh.transfer("la", Some("web"), "240.0.0.6", API_PORT, 1000),
         "after restart",
     );
+    let namespaces: Vec<String> = mesh.nodes.iter().map(|n| n.netns.clone()).collect();
     drop(mesh);
+    for ns in namespaces {
+        assert!(
+            !std::path::Path::new("/etc/netns").join(&ns).exists(),
+            "/etc/netns/{ns} left"
+        );
+    }
     assert!(
         no_programs(),
         "programs left: {:?}",

@@ -26,6 +26,8 @@ use verify::{ClientVerifier, PeerRules, ServerVerifier, VerifyError};
 
 /// The one application protocol spoken between agents.
 pub const ALPN: &[u8] = b"mesh/1";
+/// The content type of a TLS handshake record, the first byte a TLS client sends.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Bound on a whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -51,6 +53,8 @@ pub enum TlsError {
     Alpn(Option<String>),
     #[error("peer presented no certificate")]
     NoPeerCertificate,
+    #[error("peer did not start a TLS handshake (a plaintext client?)")]
+    NotTls,
 }
 
 /// The TLS side of an agent.
@@ -155,6 +159,13 @@ impl Tls {
         dst: &str,
     ) -> Result<(server::TlsStream<TcpStream>, String), TlsError> {
         let handshake = async {
+            // A plaintext client gets closed without a word: a TLS alert
+            // would only confuse it ("HTTP/0.9" in curl).
+            let mut first = [0u8; 1];
+            let n = tcp.peek(&mut first).await.map_err(handshake_error)?;
+            if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+                return Err(TlsError::NotTls);
+            }
             let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
                 .await
                 .map_err(handshake_error)?;
