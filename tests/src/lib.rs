@@ -26,18 +26,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Panics unless running as root: the netns tests must never skip silently.
-pub fn require_root() {
-    let uid = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // The line is `Uid:\t<real>\t<effective>\t<saved>\t<fs>`.
+    fs::read_to_string("/proc/self/status")
+        .map(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+                .and_then(|ids| ids.split_whitespace().nth(1))
+                == Some("0")
         })
-        .unwrap_or_default();
-    assert_eq!(
-        uid, "0",
+        .unwrap_or(false)
+}
+
+/// Panics unless running as root: the netns tests must never skip silently.
+pub fn require_root() {
+    assert!(
+        is_root(),
         "these tests need root (network namespaces, eBPF); run `sudo -E cargo xtask test`"
     );
 }
@@ -215,6 +220,8 @@ pub struct Mesh {
     pub dir: PathBuf,
     /// The `mesh-agent` binary the nodes run.
     pub agent: PathBuf,
+    /// `RUST_LOG` of the agents (debug by default, for test failures).
+    pub log_filter: String,
     pub nodes: Vec<Node>,
     switch: String,
     agents: Mutex<Vec<(String, Child)>>,
@@ -242,6 +249,7 @@ impl Mesh {
         let mut mesh = Self {
             dir,
             agent,
+            log_filter: "info,mesh=debug,mesh_agent=debug".to_owned(),
             nodes: Vec::new(),
             switch: switch.clone(),
             agents: Mutex::new(Vec::new()),
@@ -443,7 +451,7 @@ impl Mesh {
             .arg(self.config())
             .args(["--node", node])
             .args(extra)
-            .env("RUST_LOG", "info,mesh=debug,mesh_agent=debug")
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log fd"))
             .stderr(file)
@@ -492,8 +500,19 @@ impl Mesh {
         self.dir.join(format!("agent-{node}.log"))
     }
 
+    /// The pid of `node`'s running agent.
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, c)| c.id())
+    }
+
     /// Starts a long-running app; it is killed when the mesh is dropped.
-    pub fn spawn_app(&self, mut cmd: Command, name: &str) {
+    /// Returns its pid (`ip netns exec` and `mesh-agent exec` exec it).
+    pub fn spawn_app(&self, mut cmd: Command, name: &str) -> u32 {
         let log = fs::File::create(self.dir.join(format!("app-{name}.log"))).expect("app log");
         let child = cmd
             .stdin(Stdio::null())
@@ -501,10 +520,12 @@ impl Mesh {
             .stderr(log)
             .spawn()
             .expect("spawn app");
+        let pid = child.id();
         self.apps
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(child);
+        pid
     }
 
     /// Starts the transfer server (`apps/transfer_server.py`) as `service`

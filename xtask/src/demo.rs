@@ -9,7 +9,7 @@ use mesh_tests::playground::Playground;
 
 /// Runs the demo with the agent binary at `agent` until Ctrl-C.
 pub fn run(agent: &Path) -> anyhow::Result<()> {
-    if !is_root() {
+    if !mesh_tests::is_root() {
         bail!("the demo needs root (network namespaces, eBPF); try: sudo -E cargo xtask run");
     }
     let (tx, rx) = mpsc::channel();
@@ -64,15 +64,4 @@ Ctrl-C stops the demo and removes everything it created.",
     drop(pg);
     let _ = writeln!(std::io::stderr(), "demo: done, nothing left behind");
     Ok(())
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next())
-                == Some("0")
-        })
-        .unwrap_or(false)
 }

@@ -1,6 +1,7 @@
 //! Developer tasks of the mesh workspace, run as `cargo xtask <task>`.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -40,6 +41,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Benchmark the mesh against direct TCP and stunnel (needs root).
+    Bench {
+        /// How many runs of each measurement (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// A seconds-long run of everything, without thresholds.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Build the release agent and run it with ARGS, or run the demo if none.
     Run {
         /// Arguments of `mesh-agent run`, e.g. `--config F --node N`.
@@ -69,5 +79,6 @@ fn task(task: Task) -> anyhow::Result<()> {
         }
         Task::Test { args } => test::run(&args),
         Task::Run { args } => run::run(&args),
+        Task::Bench { runs, smoke } => bench::run(&bench::Options { runs, smoke }),
     }
 }

@@ -2,9 +2,9 @@
 //! Debian 12 (packages, the nightly toolchain with rust-src, bpf-linker 0.13),
 //! skipping what is already present.
 
-use std::{fs, process::Command};
+use std::process::Command;
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 
 use crate::cmd;
 
@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "python3",
     "procps",
     "openssl",
+    "stunnel4",
 ];
 
 /// Variables the outer `cargo xtask` may pass down that would make
@@ -47,19 +48,6 @@ pub fn ensure() -> anyhow::Result<()> {
     bpf_linker()
 }
 
-/// Whether this process runs with effective uid 0 (from `/proc/self/status`).
-pub fn is_root() -> anyhow::Result<bool> {
-    let status =
-        fs::read_to_string("/proc/self/status").context("failed to read /proc/self/status")?;
-    // The line is `Uid:\t<real>\t<effective>\t<saved>\t<fs>`.
-    let euid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .context("no Uid line in /proc/self/status")?;
-    Ok(euid == "0")
-}
-
 fn packages() -> anyhow::Result<()> {
     let mut missing = Vec::new();
     for &package in PACKAGES {
@@ -74,7 +62,7 @@ fn packages() -> anyhow::Result<()> {
         return Ok(());
     }
     ensure!(
-        is_root()?,
+        mesh_tests::is_root(),
         "setup: Debian packages {} are missing and installing them needs root \
          (try: sudo -E cargo xtask setup)",
         missing.join(", ")

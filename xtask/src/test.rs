@@ -7,12 +7,13 @@ use anyhow::ensure;
 
 use crate::{build, cmd, setup};
 
-/// Checks fmt and clippy, builds the debug agent and runs every test serially
+/// Checks fmt and clippy, runs a smoke run of the benchmark, builds the
+/// debug agent and runs every test serially
 /// (they share cgroups and namespaces), passing `extra` to the test binaries.
 /// Fails at once if not root, and on the first failing step.
 pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
     ensure!(
-        setup::is_root()?,
+        mesh_tests::is_root(),
         "cargo xtask test needs root: the network-namespace and eBPF tests cannot run \
          otherwise (try: sudo -E cargo xtask test)"
     );
@@ -32,6 +33,11 @@ pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
             .env_remove("AYA_BUILD_SKIP"),
     )?;
     let agent = build::agent(false)?;
+    // The benchmark must not rot: a seconds-long run, no thresholds.
+    crate::bench::run(&crate::bench::Options {
+        runs: 1,
+        smoke: true,
+    })?;
     // The demo's apps have their own tests (plain HTTP, no mesh).
     cmd::run(
         std::process::Command::new("python3")
