@@ -163,13 +163,7 @@ fn read(path: &Path) -> Result<String, EditError> {
 fn parse(text: &str, path: &Path) -> Result<DocumentMut, EditError> {
     text.parse::<DocumentMut>().map_err(|e| {
         let (line, column) = Source { path, text }.position(e.span().map_or(0, |s| s.start));
-        let message = e
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join(": ");
+        let message = super::error::one_line(e.message());
         EditError::Toml {
             path: path.to_owned(),
             message: format!("line {line}, column {column}: {message}"),

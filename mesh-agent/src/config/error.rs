@@ -94,13 +94,16 @@ impl Source<'_> {
     /// A TOML syntax or shape error. Its message may span several lines
     /// ("invalid string\nexpected ..."); they are joined with ": ".
     pub fn toml_problem(&self, error: &toml::de::Error) -> Problem {
-        let message = error
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join(": ");
-        self.problem(error.span().unwrap_or(0..0), message)
+        self.problem(error.span().unwrap_or(0..0), one_line(error.message()))
     }
+}
+
+/// A TOML parser message on one line: its lines trimmed, joined with ": ".
+pub(super) fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
