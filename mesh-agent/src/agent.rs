@@ -301,7 +301,7 @@ struct Cgroups {
 impl Cgroups {
     fn enter(cg: &Cgroup2, config: &Config, node: &str) -> Result<Self, CgroupError> {
         let origin = cgroup::current();
-        let agent = Path::new("/mesh").join(node).join("_agent");
+        let agent = cgroup::agent_path(node);
         let agent_id = cg.create(&agent)?;
         cg.join(&agent, std::process::id())?;
         let mut this = Self {
@@ -320,10 +320,7 @@ impl Cgroups {
     fn sync(&mut self, cg: &Cgroup2, config: &Config, node: &str) -> Result<(), CgroupError> {
         let mut want = std::collections::BTreeMap::new();
         for s in config.services_on(node) {
-            let (path, ours) = match &s.cgroup {
-                Some(p) => (p.clone(), false),
-                None => (Path::new("/mesh").join(node).join(&s.name), true),
-            };
+            let (path, ours) = cgroup::service_path(s);
             let id = cg.create(&path)?;
             want.insert(s.name.clone(), (path, id, ours));
         }

@@ -138,6 +138,25 @@ impl Cgroup2 {
     }
 }
 
+/// The agent's own cgroup on `node`: `/mesh/<node>/_agent`. Service names
+/// cannot contain `_`, so it never collides with a service's.
+pub fn agent_path(node: &str) -> PathBuf {
+    Path::new("/mesh").join(node).join("_agent")
+}
+
+/// The cgroup of `service` on its node, and whether it is the mesh's own
+/// (the default `/mesh/<node>/<service>`, created and removed by the agent)
+/// rather than one the config names (e.g. a systemd unit's).
+pub fn service_path(service: &crate::config::Service) -> (PathBuf, bool) {
+    match &service.cgroup {
+        Some(p) => (p.clone(), false),
+        None => (
+            Path::new("/mesh").join(&service.node).join(&service.name),
+            true,
+        ),
+    }
+}
+
 /// The cgroup2 path of this process (`/proc/self/cgroup`, the `0::` line).
 pub fn current() -> Option<PathBuf> {
     let text = fs::read_to_string("/proc/self/cgroup").ok()?;
@@ -188,6 +207,25 @@ mod tests {
         assert_eq!(
             find_cgroup2("25 30 0:22 / /sys rw - sysfs sysfs rw\n"),
             None
+        );
+    }
+
+    #[test]
+    fn the_mesh_layout() {
+        assert_eq!(agent_path("b"), PathBuf::from("/mesh/b/_agent"));
+        let mut api = crate::config::Service {
+            name: "api".into(),
+            node: "b".into(),
+            port: 5001,
+            vip: "240.0.0.2".parse().unwrap(),
+            public: false,
+            cgroup: None,
+        };
+        assert_eq!(service_path(&api), (PathBuf::from("/mesh/b/api"), true));
+        api.cgroup = Some(PathBuf::from("/system.slice/api.service"));
+        assert_eq!(
+            service_path(&api),
+            (PathBuf::from("/system.slice/api.service"), false)
         );
     }
 

@@ -60,10 +60,7 @@ pub fn exec(
         });
     }
     let (program, args) = command.split_first().ok_or(ExecError::NoCommand)?;
-    let path = svc
-        .cgroup
-        .clone()
-        .unwrap_or_else(|| Path::new("/mesh").join(node).join(service));
+    let (path, _) = crate::cgroup::service_path(svc);
     let cg = Cgroup2::find_or_mount()?;
     cg.create(&path)?;
     cg.join(&path, std::process::id())?;
