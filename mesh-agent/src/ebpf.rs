@@ -243,6 +243,16 @@ fn monotonic_ns() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// A kernel `SockAddr` as a socket address (IPv4-mapped back to IPv4): the
+/// inverse of `sock_addr`.
+pub fn socket_addr(addr: &SockAddr) -> SocketAddr {
+    let mut octets = [0u8; 16];
+    for (i, word) in addr.addr.iter().enumerate() {
+        octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    SocketAddr::new(std::net::Ipv6Addr::from(octets).to_canonical(), addr.port)
+}
+
 /// `addr` as the kernel programs see it (IPv4 mapped into IPv6).
 pub fn sock_addr(addr: SocketAddr) -> SockAddr {
     let ip = match addr.ip() {
@@ -390,6 +400,14 @@ mod tests {
         );
         let b = sock_addr("[::1]:80".parse().unwrap());
         assert!(b.reaches_loopback() && !b.is_v4());
+    }
+
+    #[test]
+    fn socket_addr_inverts_sock_addr() {
+        for text in ["10.77.0.2:5001", "[fd77::2]:443", "[::1]:80", "240.0.0.2:1"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(socket_addr(&sock_addr(addr)), addr, "{text}");
+        }
     }
 
     #[test]

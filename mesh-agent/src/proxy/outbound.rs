@@ -4,7 +4,7 @@
 //! left in `CONNS`. A connection without a record (someone dialing the
 //! listener directly) is closed.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
@@ -44,7 +44,7 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
     app.set_nodelay(true)?;
     let src = ctx.service(orig.src_service)?;
     let dst = ctx.service(orig.dst_service)?;
-    let dialed = SocketAddr::new(ip_of(&orig.dst), orig.dst.port);
+    let dialed = crate::ebpf::socket_addr(&orig.dst);
     // Fail fast at the source too (the kernel normally refused already).
     ctx.authorize(&src.name, &dst.name, peer, dialed)?;
     let (sent, received) = if dst.node == ctx.node {
@@ -75,13 +75,4 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
     };
     info!(src = %src.name, dst = %dst.name, sent, received, "outbound connection done");
     Ok(())
-}
-
-/// The IP address of a kernel `SockAddr` (IPv4-mapped back to IPv4).
-fn ip_of(addr: &mesh_common::SockAddr) -> IpAddr {
-    let mut octets = [0u8; 16];
-    for (i, word) in addr.addr.iter().enumerate() {
-        octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-    }
-    Ipv6Addr::from(octets).to_canonical()
 }
