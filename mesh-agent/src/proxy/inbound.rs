@@ -43,8 +43,7 @@ async fn handle(stream: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
         .ok_or(ProxyError::NoLocalService(dialed.port()))?;
     let from = stream.peer_addr()?;
     let (mut remote, peer) = ctx.tls.accept(stream, &dst.name).await.inspect_err(|e| {
-        let reason = crate::metrics::failure_reason(&e.to_string());
-        ctx.metrics.handshake_failed("inbound", reason);
+        ctx.metrics.handshake_failed("inbound", e.reason());
     })?;
     debug!(src = %peer, dst = %dst.name, alpn = "mesh/1", "mTLS accepted");
     // The destination agent is authoritative, on the verified identity.

@@ -66,8 +66,7 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
             .connect(tcp, &src.name, &dst.name)
             .await
             .inspect_err(|e| {
-                let reason = crate::metrics::failure_reason(&e.to_string());
-                ctx.metrics.handshake_failed("outbound", reason);
+                ctx.metrics.handshake_failed("outbound", e.reason());
             })?;
         debug!(src = %src.name, dst = %dst.name, %addr, alpn = "mesh/1", "mTLS established");
         ctx.splice_while_allowed(&mut app, &mut remote, &src.name, &dst.name, "outbound")

@@ -20,7 +20,7 @@ use tokio_rustls::{LazyConfigAcceptor, TlsConnector, client, server};
 
 use crate::{
     config::Config,
-    identity::{Identities, spiffe, uri_sans},
+    identity::{Identities, spiffe},
 };
 use verify::{ClientVerifier, PeerRules, ServerVerifier, VerifyError};
 
@@ -40,8 +40,12 @@ pub enum TlsError {
     Rules(#[from] VerifyError),
     #[error("no local service {0:?} to speak for")]
     NoLocalService(String),
-    #[error("TLS handshake failed: {0}")]
-    Handshake(String),
+    #[error("TLS handshake failed: {message}")]
+    Handshake {
+        /// A short label for metrics (see `TlsError::reason`).
+        reason: &'static str,
+        message: String,
+    },
     #[error("TLS handshake timed out after {0:?}")]
     Timeout(Duration),
     #[error("client asked for server name {got:?}; this port serves {expected:?}")]
@@ -187,18 +191,13 @@ impl Tls {
             .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))??;
         let conn = stream.get_ref().1;
         check_alpn(conn.alpn_protocol())?;
-        // Verified by ClientVerifier during the handshake; read the name back.
+        // Verified by ClientVerifier during the handshake; read the name back
+        // with the verifier's own parser.
         let leaf = conn
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or(TlsError::NoPeerCertificate)?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
-            .map_err(|e| VerifyError::Parse(e.to_string()))?;
-        let peer = uri_sans(&parsed)
-            .first()
-            .and_then(|uri| spiffe::parse(&self.trust_domain, uri))
-            .map(|(_, name)| name.to_owned())
-            .ok_or(TlsError::NoPeerCertificate)?;
+        let peer = self.rules.service_of(leaf)?;
         Ok((stream, peer))
     }
 }
@@ -210,13 +209,43 @@ fn handshake_error(e: std::io::Error) -> TlsError {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     let ours = match rustls_error {
-        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => other
-            .0
-            .downcast_ref::<VerifyError>()
-            .map(|v| format!("invalid peer certificate: {v}")),
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            other.0.downcast_ref::<VerifyError>()
+        }
         _ => None,
     };
-    TlsError::Handshake(ours.unwrap_or_else(|| e.to_string()))
+    let (reason, message) = match (ours, rustls_error) {
+        (Some(v), _) => (v.reason(), format!("invalid peer certificate: {v}")),
+        (None, Some(rustls::Error::NoCertificatesPresented)) => {
+            ("no_client_certificate", e.to_string())
+        }
+        (None, Some(rustls::Error::InvalidCertificate(c))) => (
+            match c {
+                rustls::CertificateError::Expired => "expired",
+                rustls::CertificateError::UnknownIssuer => "unknown_issuer",
+                _ => "bad_certificate",
+            },
+            e.to_string(),
+        ),
+        _ => ("other", e.to_string()),
+    };
+    TlsError::Handshake { reason, message }
+}
+
+impl TlsError {
+    /// A short label for the `mesh_handshake_failures_total` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Handshake { reason, .. } => reason,
+            Self::Rules(v) => v.reason(),
+            Self::NotTls => "not_tls",
+            Self::WrongSni { .. } => "wrong_sni",
+            Self::Alpn(_) => "alpn",
+            Self::Timeout(_) => "timeout",
+            Self::NoPeerCertificate => "no_client_certificate",
+            Self::Setup(_) | Self::NoLocalService(_) => "other",
+        }
+    }
 }
 
 /// Service -> node of every service: public services are never

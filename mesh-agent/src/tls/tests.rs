@@ -183,6 +183,7 @@ fn a_leaf_signed_by_a_node_that_does_not_host_the_service_is_refused() {
             if service == "web" && signer == "b" && host == "a"),
         "{r:?}"
     );
+    assert_eq!(r.err().map(|e| e.reason()), Some("wrong_node"));
 }
 
 #[test]
@@ -310,6 +311,7 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
     assert!(a.connect(tcp, "web", "api").await.is_err());
     let r = server.await.unwrap();
     assert!(matches!(r, Err(TlsError::WrongSni { .. })), "{r:?}");
+    assert_eq!(r.err().map(|e| e.reason()), Some("wrong_sni"));
 }
 
 #[test]

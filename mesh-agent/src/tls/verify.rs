@@ -66,6 +66,23 @@ impl From<VerifyError> for rustls::Error {
     }
 }
 
+impl VerifyError {
+    /// A short label for the `mesh_handshake_failures_total` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Chain(webpki::Error::CertExpired { .. }) => "expired",
+            Self::Chain(webpki::Error::UnknownIssuer) => "unknown_issuer",
+            Self::Chain(_) | Self::Intermediates(_) => "bad_chain",
+            Self::Parse(_) => "bad_certificate",
+            Self::NotService(_) | Self::NotNode(_) => "bad_identity",
+            Self::UnknownService(_) => "unknown_service",
+            Self::WrongNode { .. } => "wrong_node",
+            Self::Unexpected { .. } => "unexpected_identity",
+            Self::ServerName(_) => "wrong_sni",
+        }
+    }
+}
+
 /// What a peer certificate must satisfy in this mesh.
 #[derive(Debug)]
 pub struct PeerRules {
@@ -152,6 +169,11 @@ impl PeerRules {
             });
         }
         Ok(service)
+    }
+
+    /// The service a (verified) leaf names.
+    pub fn service_of(&self, cert: &CertificateDer<'_>) -> Result<String, VerifyError> {
+        self.named(cert, spiffe::Kind::Service, VerifyError::NotService)
     }
 
     /// The name in the single URI SAN of `cert`, which must be a mesh ID of
