@@ -4,6 +4,7 @@
 
 pub mod inbound;
 pub mod outbound;
+pub mod relay;
 
 use std::{
     collections::BTreeMap,
@@ -174,7 +175,7 @@ impl Context {
         })
     }
 
-    /// Copies both ways (see `splice`) until done, or until the intentions
+    /// Copies both ways (see `relay`) until done, or until the intentions
     /// change to deny `src -> dst`: then both sockets are closed at once.
     /// `a` is the caller's side, `b` the destination's. Counts the
     /// connection in the metrics and writes its access-log line.
@@ -225,7 +226,7 @@ impl Context {
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
         let mut policy = self.policy.subscribe();
-        let copy = splice(a, b);
+        let copy = relay::relay(a, b);
         tokio::pin!(copy);
         loop {
             tokio::select! {
@@ -301,15 +302,4 @@ pub async fn dial(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
         .map_err(|source| ProxyError::Connect { addr, source })?;
     s.set_nodelay(true)?;
     Ok(s)
-}
-
-/// Copies both ways until both directions are done. When one side finishes
-/// writing, the other side's write half is shut down (half-close), and the
-/// opposite direction keeps flowing. Returns bytes (a -> b, b -> a).
-pub async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    tokio::io::copy_bidirectional(a, b).await
 }

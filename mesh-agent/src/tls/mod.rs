@@ -4,6 +4,7 @@
 //! source service's leaf. Both check the other with `verify::PeerRules`.
 //! Session resumption is off: every connection is fully verified.
 
+pub mod transport;
 pub mod verify;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -22,6 +23,7 @@ use crate::{
     config::Config,
     identity::{Identities, spiffe},
 };
+pub use transport::Transport;
 use verify::{ClientVerifier, PeerRules, ServerVerifier, VerifyError};
 
 /// The one application protocol spoken between agents.
@@ -142,11 +144,11 @@ impl Tls {
         tcp: TcpStream,
         src: &str,
         dst: &str,
-    ) -> Result<client::TlsStream<TcpStream>, TlsError> {
+    ) -> Result<client::TlsStream<Transport>, TlsError> {
         let config = self.client(src)?;
         let name = ServerName::try_from(spiffe::sni(&self.trust_domain, dst))
             .map_err(|_| VerifyError::ServerName(dst.to_owned()))?;
-        let connect = TlsConnector::from(config).connect(name, tcp);
+        let connect = TlsConnector::from(config).connect(name, Transport::new(tcp));
         let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))?
@@ -161,7 +163,7 @@ impl Tls {
         &self,
         tcp: TcpStream,
         dst: &str,
-    ) -> Result<(server::TlsStream<TcpStream>, String), TlsError> {
+    ) -> Result<(server::TlsStream<Transport>, String), TlsError> {
         let handshake = async {
             // A plaintext client gets closed without a word: a TLS alert
             // would only confuse it ("HTTP/0.9" in curl).
@@ -170,9 +172,10 @@ impl Tls {
             if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
                 return Err(TlsError::NotTls);
             }
-            let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-                .await
-                .map_err(handshake_error)?;
+            let start =
+                LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Transport::new(tcp))
+                    .await
+                    .map_err(handshake_error)?;
             let expected = spiffe::sni(&self.trust_domain, dst);
             let hello = start.client_hello();
             if hello.server_name() != Some(expected.as_str()) {
