@@ -3,6 +3,7 @@
 
 mod admin;
 mod agent;
+mod buffer;
 mod cgroup;
 mod config;
 mod dns;

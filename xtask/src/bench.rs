@@ -29,10 +29,20 @@ pub struct Options {
     pub runs: usize,
     /// Seconds-long run of everything, for `cargo xtask test`.
     pub smoke: bool,
+    /// Parts to measure (bulk, rr, connrate, idle); empty: all.
+    pub only: Vec<String>,
+}
+
+impl Options {
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 const VIP: &str = "240.0.0.99";
 const MODES: [&str; 3] = ["direct", "stunnel", "mesh"];
+/// Concurrent clients in the connection-rate capacity run.
+const PARALLEL: usize = 8;
 
 /// Runs the benchmark.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -71,21 +81,23 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     for run in 0..runs {
         for mode in MODES {
             eprintln!("bench: run {}/{runs}: {mode}", run + 1);
-            let cpu_before = bench.cpu_seconds(mode);
-            let bulk = bench.client(mode, &["bulk", "--secs", &secs.to_string()])?;
-            let cpu = bench.cpu_seconds(mode) - cpu_before;
-            let bytes = bulk["bytes"].as_f64().unwrap_or(0.0);
             let mut put = |metric: &str, v: f64| {
                 samples
                     .entry((metric.to_owned(), mode))
                     .or_default()
                     .push(v);
             };
-            put("bulk Gbit/s", bulk["gbit_per_s"].as_f64().unwrap_or(0.0));
-            if mode != "direct" && bytes > 0.0 {
-                put("proxy CPU s per GB (both ends)", cpu / (bytes / 1e9));
+            if opts.wants("bulk") {
+                let cpu_before = bench.cpu_seconds(mode);
+                let bulk = bench.client(mode, &["bulk", "--secs", &secs.to_string()])?;
+                let cpu = bench.cpu_seconds(mode) - cpu_before;
+                let bytes = bulk["bytes"].as_f64().unwrap_or(0.0);
+                put("bulk Gbit/s", bulk["gbit_per_s"].as_f64().unwrap_or(0.0));
+                if mode != "direct" && bytes > 0.0 {
+                    put("proxy CPU s per GB (both ends)", cpu / (bytes / 1e9));
+                }
             }
-            for size in ["1", "1024"] {
+            for size in ["1", "1024"].into_iter().filter(|_| opts.wants("rr")) {
                 let rr = bench.client(
                     mode,
                     &["rr", "--size", size, "--count", &rr_count.to_string()],
@@ -99,10 +111,26 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     rr["p99_us"].as_f64().unwrap_or(0.0),
                 );
             }
-            let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
-            put("new conns per s", cr["per_s"].as_f64().unwrap_or(0.0));
-            put("new conn p50 us", cr["p50_us"].as_f64().unwrap_or(0.0));
-            put("new conn p99 us", cr["p99_us"].as_f64().unwrap_or(0.0));
+            if opts.wants("connrate") {
+                let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
+                put("new conns per s", cr["per_s"].as_f64().unwrap_or(0.0));
+                put("new conn p50 us", cr["p50_us"].as_f64().unwrap_or(0.0));
+                put("new conn p99 us", cr["p99_us"].as_f64().unwrap_or(0.0));
+                let cr = bench.client(
+                    mode,
+                    &[
+                        "connrate",
+                        "--count",
+                        &(2 * conns).to_string(),
+                        "--parallel",
+                        &PARALLEL.to_string(),
+                    ],
+                )?;
+                put(
+                    &format!("new conns per s ({PARALLEL} at a time)"),
+                    cr["per_s"].as_f64().unwrap_or(0.0),
+                );
+            }
         }
     }
     let mut extra = BTreeMap::new();
@@ -110,7 +138,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "agents RSS idle MiB".to_owned(),
         bench.agents_rss_kib() / 1024.0,
     );
-    for n in idle {
+    for n in idle.into_iter().filter(|_| opts.wants("idle")) {
         let per_conn = bench.idle_kib_per_conn(n)?;
         extra.insert(
             format!("KiB per idle proxied conn ({n} open, both agents)"),

@@ -49,6 +49,9 @@ enum Task {
         /// A seconds-long run of everything, without thresholds.
         #[arg(long)]
         smoke: bool,
+        /// Measure only these parts (repeatable): bulk, rr, connrate, idle.
+        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle"])]
+        only: Vec<String>,
     },
     /// Build the release agent and run it with ARGS, or run the demo if none.
     Run {
@@ -79,6 +82,6 @@ fn task(task: Task) -> anyhow::Result<()> {
         }
         Task::Test { args } => test::run(&args),
         Task::Run { args } => run::run(&args),
-        Task::Bench { runs, smoke } => bench::run(&bench::Options { runs, smoke }),
+        Task::Bench { runs, smoke, only } => bench::run(&bench::Options { runs, smoke, only }),
     }
 }

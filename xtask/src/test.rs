@@ -37,6 +37,7 @@ pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
     crate::bench::run(&crate::bench::Options {
         runs: 1,
         smoke: true,
+        only: Vec::new(),
     })?;
     // The demo's apps have their own tests (plain HTTP, no mesh).
     cmd::run(

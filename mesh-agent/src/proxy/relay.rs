@@ -1,10 +1,11 @@
 //! The byte copy between two sockets, both ways, in one task.
 //!
-//! Each direction holds a buffer only while bytes are in flight: it is taken
-//! when a read finds data and given back when the reader has nothing more and
-//! everything read was written. An idle connection holds no buffer. Reads are
-//! large and gathered before writing, so a busy stream costs few syscalls
-//! (and, over TLS, few records): see `cargo xtask bench`.
+//! Each direction holds a buffer (`crate::buffer`) only while bytes are in
+//! flight: it is taken when a read is due and given back when the reader has
+//! nothing more and everything read was written. An idle connection holds
+//! no buffer. Reads are large and gathered before writing, so a busy stream
+//! costs few syscalls (and, over TLS, few full records): see
+//! `cargo xtask bench`.
 
 use std::{
     future::poll_fn,
@@ -13,12 +14,11 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Bytes one direction reads before it writes. Large enough that bulk
-/// transfers make few syscalls and full 16 KiB TLS records.
-pub const CHUNK: usize = 256 * 1024;
+/// Bytes one direction reads before it writes.
+const CHUNK: usize = crate::buffer::SIZE;
 
 /// Copies both ways until both directions are done. When one side finishes
 /// writing, the other side's write half is shut down (half-close), and the
@@ -43,8 +43,9 @@ where
 /// One direction of a relay.
 #[derive(Default)]
 struct Flow {
-    /// Read and not yet written; no capacity while idle.
+    /// Read; `buf[at..]` is not yet written. No capacity while idle.
     buf: BytesMut,
+    at: usize,
     /// The reader reached end of stream.
     eof: bool,
     /// Written bytes may sit in the writer (TLS) until flushed.
@@ -67,8 +68,8 @@ impl Flow {
             // Gather what the reader has, up to CHUNK.
             let mut read_pending = false;
             while !self.eof && self.buf.len() < CHUNK {
-                if self.buf.capacity() == self.buf.len() {
-                    self.buf.reserve(CHUNK - self.buf.len());
+                if self.buf.capacity() == 0 {
+                    self.buf = crate::buffer::take();
                 }
                 match tokio_util::io::poll_read_buf(Pin::new(&mut *r), cx, &mut self.buf) {
                     Poll::Ready(Ok(0)) => self.eof = true,
@@ -81,13 +82,13 @@ impl Flow {
                 }
             }
             // Write it all out.
-            while !self.buf.is_empty() {
-                match Pin::new(&mut *w).poll_write(cx, &self.buf) {
+            while self.at < self.buf.len() {
+                match Pin::new(&mut *w).poll_write(cx, &self.buf[self.at..]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.buf.advance(n);
+                        self.at += n;
                         self.copied += n as u64;
                         self.flush = true;
                     }
@@ -95,9 +96,10 @@ impl Flow {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            // Empty: give the memory back while the reader is quiet.
+            // All written: give the memory back while the reader is quiet.
+            self.at = 0;
             if read_pending || self.eof {
-                self.buf = BytesMut::new();
+                crate::buffer::give(std::mem::take(&mut self.buf));
             } else {
                 self.buf.clear();
                 continue;

@@ -2,20 +2,25 @@
 //! `<destination>.svc.<trust domain>`. The destination agent presents the
 //! destination service's leaf (picked by SNI); the source agent presents the
 //! source service's leaf. Both check the other with `verify::PeerRules`.
-//! Session resumption is off: every connection is fully verified.
+//! Resumption: the destination agent issues one single-use, stateful ticket
+//! per connection (`session`); a resumed connection skips the certificate
+//! signatures (checked in the full handshake that made the session) but
+//! re-checks the peer's chain against the rules in force (`recheck`).
 
+pub mod session;
 pub mod transport;
 pub mod verify;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use rustls::HandshakeKind;
 use rustls::{
     ClientConfig, ServerConfig,
     client::{ResolvesClientCert, Resumption},
-    server::{ClientHello, NoServerSessionStorage, ResolvesServerCert},
+    server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector, client, server};
 
@@ -89,8 +94,9 @@ impl Tls {
                 identities: identities.clone(),
             }));
         server.alpn_protocols = vec![ALPN.to_vec()];
-        server.session_storage = Arc::new(NoServerSessionStorage {});
-        server.send_tls13_tickets = 0;
+        server.session_storage = Arc::new(session::Sessions::new(session::TTL, session::CAPACITY));
+        // One per connection: each resumption takes one and gets a new one.
+        server.send_tls13_tickets = 1;
 
         Ok(Self {
             trust_domain: td,
@@ -129,7 +135,8 @@ impl Tls {
                 service: service.to_owned(),
             }));
         client.alpn_protocols = vec![ALPN.to_vec()];
-        client.resumption = Resumption::disabled();
+        // Tickets per destination service (rustls keeps up to 8 per name).
+        client.resumption = Resumption::in_memory_sessions(256);
         let client = Arc::new(client);
         self.clients
             .write()
@@ -153,7 +160,14 @@ impl Tls {
             .await
             .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))?
             .map_err(handshake_error)?;
-        check_alpn(stream.get_ref().1.alpn_protocol())?;
+        let conn = stream.get_ref().1;
+        check_alpn(conn.alpn_protocol())?;
+        if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+            let chain = conn
+                .peer_certificates()
+                .ok_or(TlsError::NoPeerCertificate)?;
+            self.rules.recheck(chain, UnixTime::now(), Some(dst))?;
+        }
         Ok(stream)
     }
 
@@ -200,7 +214,14 @@ impl Tls {
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or(TlsError::NoPeerCertificate)?;
-        let peer = self.rules.service_of(leaf)?;
+        let peer = if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+            let chain = conn
+                .peer_certificates()
+                .ok_or(TlsError::NoPeerCertificate)?;
+            self.rules.recheck(chain, UnixTime::now(), None)?
+        } else {
+            self.rules.service_of(leaf)?
+        };
         Ok((stream, peer))
     }
 }

@@ -348,3 +348,97 @@ fn a_node_key_others_can_read_is_refused() {
         r.err()
     );
 }
+
+/// One connection a -> b as `web` to `api`; returns the server side's
+/// verdict (peer service, or error) and how its handshake went.
+async fn connect_once(
+    a: &Tls,
+    b: Arc<Tls>,
+) -> (Result<String, TlsError>, Option<rustls::HandshakeKind>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        match b.accept(tcp, "api").await {
+            Ok((mut s, peer)) => {
+                let kind = s.get_ref().1.handshake_kind();
+                let mut buf = [0u8; 5];
+                s.read_exact(&mut buf).await.unwrap();
+                s.write_all(b"world").await.unwrap();
+                s.shutdown().await.unwrap();
+                (Ok(peer), kind)
+            }
+            Err(e) => (Err(e), None),
+        }
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    if let Ok(mut s) = a.connect(tcp, "web", "api").await {
+        // Reading to the end also takes in the ticket for the next time.
+        let _ = s.write_all(b"hello").await;
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+    }
+    server.await.unwrap()
+}
+
+#[tokio::test]
+async fn a_second_connection_resumes_with_the_same_identity() {
+    let mesh = Mesh::new(MESH);
+    let (a, b) = tls_pair(&mesh);
+    let b = Arc::new(b);
+    let (peer, kind) = connect_once(&a, b.clone()).await;
+    assert_eq!(
+        (peer.unwrap(), kind),
+        ("web".into(), Some(rustls::HandshakeKind::Full))
+    );
+    let (peer, kind) = connect_once(&a, b.clone()).await;
+    assert_eq!(
+        (peer.unwrap(), kind),
+        ("web".into(), Some(rustls::HandshakeKind::Resumed))
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_held_to_the_rules_in_force() {
+    let mesh = Mesh::new(MESH);
+    let (a, b) = tls_pair(&mesh);
+    let b = Arc::new(b);
+    let (peer, _) = connect_once(&a, b.clone()).await;
+    assert_eq!(peer.unwrap(), "web");
+    // The catalog now says `web` runs on node b: node a can no longer
+    // vouch for it, not even through a session made before the change.
+    let moved = Config::parse(
+        &MESH.replace(
+            "name = \"web\"\nnode = \"a\"",
+            "name = \"web\"\nnode = \"b\"",
+        ),
+        &mesh.dir.join("mesh.toml"),
+    )
+    .unwrap();
+    b.update(&moved);
+    let (peer, _) = connect_once(&a, b.clone()).await;
+    assert!(
+        matches!(peer, Err(TlsError::Rules(VerifyError::WrongNode { .. }))),
+        "{peer:?}"
+    );
+}
+
+#[test]
+fn recheck_refuses_a_chain_that_has_expired_since() {
+    let mesh = Mesh::new(MESH);
+    let rules = mesh.rules();
+    let leaf = mesh
+        .node("a")
+        .issue_leaf("web", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(rules.recheck(&leaf.chain, now(), None).unwrap(), "web");
+    let later = UnixTime::since_unix_epoch(
+        (SystemTime::now() + Duration::from_secs(60))
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap(),
+    );
+    let r = rules.recheck(&leaf.chain, later, None);
+    assert!(matches!(r, Err(VerifyError::NoLongerValid)), "{r:?}");
+    let r = rules.recheck(&leaf.chain, now(), Some("api"));
+    assert!(matches!(r, Err(VerifyError::Unexpected { .. })), "{r:?}");
+}

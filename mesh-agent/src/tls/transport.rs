@@ -2,9 +2,9 @@
 //!
 //! rustls asks its transport for at most 4 KiB at a time; on a busy stream
 //! that would mean several `recv` calls (and ACKs) per 16 KiB record. This
-//! socket reads up to `BATCH` bytes at once and hands them out from memory.
-//! The batch buffer exists only while unread bytes wait in it or a read
-//! finds data: an idle connection holds none.
+//! socket reads up to `buffer::SIZE` bytes at once and hands them out from
+//! memory. It holds a buffer (`crate::buffer`) only while unread bytes wait
+//! in it: an idle connection holds none.
 
 use std::{
     io,
@@ -12,20 +12,18 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
-/// Most bytes one `recv` asks for.
-pub const BATCH: usize = 256 * 1024;
-
 /// A TCP stream whose reads are batched (see the module docs).
 pub struct Transport {
     tcp: TcpStream,
-    /// Read from the socket, not yet handed out.
+    /// Read from the socket; `buf[at..]` is not yet handed out.
     buf: BytesMut,
+    at: usize,
 }
 
 impl Transport {
@@ -33,6 +31,7 @@ impl Transport {
         Self {
             tcp,
             buf: BytesMut::new(),
+            at: 0,
         }
     }
 }
@@ -44,22 +43,24 @@ impl AsyncRead for Transport {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.buf.is_empty() {
-            if this.buf.capacity() < BATCH {
-                this.buf.reserve(BATCH);
+        if this.at == this.buf.len() {
+            this.buf.clear();
+            this.at = 0;
+            if this.buf.capacity() == 0 {
+                this.buf = crate::buffer::take();
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.tcp), cx, &mut this.buf) {
                 Poll::Ready(Ok(n)) if n > 0 => {}
                 other => {
-                    // Nothing buffered and nothing more now: drop the memory.
-                    this.buf = BytesMut::new();
+                    // Nothing buffered and nothing more now: give it back.
+                    crate::buffer::give(std::mem::take(&mut this.buf));
                     return other.map_ok(|_| ());
                 }
             }
         }
-        let n = out.remaining().min(this.buf.len());
-        out.put_slice(&this.buf[..n]);
-        this.buf.advance(n);
+        let n = out.remaining().min(this.buf.len() - this.at);
+        out.put_slice(&this.buf[this.at..this.at + n]);
+        this.at += n;
         Poll::Ready(Ok(()))
     }
 }

@@ -53,12 +53,16 @@ pub enum VerifyError {
     Unexpected { got: String, expected: String },
     #[error("server name {0:?} is not <service>.svc.<trust domain>")]
     ServerName(String),
+    #[error("a certificate of the resumed session has expired")]
+    NoLongerValid,
 }
 
 impl From<VerifyError> for rustls::Error {
     fn from(e: VerifyError) -> Self {
         let cert_error = match e {
-            VerifyError::Chain(webpki::Error::CertExpired { .. }) => CertificateError::Expired,
+            VerifyError::Chain(webpki::Error::CertExpired { .. }) | VerifyError::NoLongerValid => {
+                CertificateError::Expired
+            }
             VerifyError::Chain(webpki::Error::UnknownIssuer) => CertificateError::UnknownIssuer,
             other => CertificateError::Other(OtherError(Arc::new(other))),
         };
@@ -70,7 +74,7 @@ impl VerifyError {
     /// A short label for the `mesh_handshake_failures_total` metric.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Chain(webpki::Error::CertExpired { .. }) => "expired",
+            Self::Chain(webpki::Error::CertExpired { .. }) | Self::NoLongerValid => "expired",
             Self::Chain(webpki::Error::UnknownIssuer) => "unknown_issuer",
             Self::Chain(_) | Self::Intermediates(_) => "bad_chain",
             Self::Parse(_) => "bad_certificate",
@@ -143,9 +147,51 @@ impl PeerRules {
         let [node_ca] = used.as_slice() else {
             return Err(VerifyError::Intermediates(used.len()));
         };
+        self.identify(end_entity, &node_ca.der(), expected)
+    }
 
+    /// Re-checks the chain of a resumed session, verified in full when the
+    /// session began: the leaf and its node CA must still be valid at `now`,
+    /// and rules 2-4 must hold under the config in force. Only the
+    /// signatures are not checked again; they cannot have changed.
+    pub fn recheck(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+        expected: Option<&str>,
+    ) -> Result<String, VerifyError> {
+        let [end_entity, intermediates @ ..] = chain else {
+            return Err(VerifyError::Intermediates(0));
+        };
+        let leaf = parse_x509(end_entity)?;
+        let mut node_ca = None;
+        for der in intermediates {
+            let cert = parse_x509(der)?;
+            if cert.subject().as_raw() == leaf.issuer().as_raw() {
+                node_ca = Some((der, cert));
+                break;
+            }
+        }
+        let (node_ca_der, node_ca) = node_ca.ok_or(VerifyError::Intermediates(0))?;
+        let at = i64::try_from(now.as_secs())
+            .ok()
+            .and_then(|t| x509_parser::time::ASN1Time::from_timestamp(t).ok())
+            .ok_or(VerifyError::NoLongerValid)?;
+        if !leaf.validity().is_valid_at(at) || !node_ca.validity().is_valid_at(at) {
+            return Err(VerifyError::NoLongerValid);
+        }
+        self.identify(end_entity, node_ca_der, expected)
+    }
+
+    /// Rules 2-4 for a leaf whose chain through `node_ca` was verified.
+    fn identify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        node_ca: &CertificateDer<'_>,
+        expected: Option<&str>,
+    ) -> Result<String, VerifyError> {
         let service = self.named(end_entity, spiffe::Kind::Service, VerifyError::NotService)?;
-        let signer = self.named(&node_ca.der(), spiffe::Kind::Node, VerifyError::NotNode)?;
+        let signer = self.named(node_ca, spiffe::Kind::Node, VerifyError::NotNode)?;
         let host = self
             .hosts
             .read()
@@ -204,6 +250,12 @@ impl PeerRules {
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
+}
+
+fn parse_x509(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, VerifyError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| VerifyError::Parse(e.to_string()))?;
+    Ok(cert)
 }
 
 /// Issues a throwaway leaf with `ca` and verifies it as a peer would. Run at

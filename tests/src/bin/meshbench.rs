@@ -9,7 +9,7 @@
 //! meshbench serve    --bind ADDR:PORT
 //! meshbench bulk     --to HOST:PORT --secs S
 //! meshbench rr       --to HOST:PORT --size B --count N [--warmup W]
-//! meshbench connrate --to HOST:PORT --count N [--secs MAX]
+//! meshbench connrate --to HOST:PORT --count N [--secs MAX] [--parallel P]
 //! meshbench idle     --to HOST:PORT --count N --hold-secs H
 //! ```
 //!
@@ -48,7 +48,7 @@ const USAGE: &str = "usage:
   meshbench serve    --bind ADDR:PORT
   meshbench bulk     --to HOST:PORT --secs S
   meshbench rr       --to HOST:PORT --size B --count N [--warmup W]
-  meshbench connrate --to HOST:PORT --count N [--secs MAX]
+  meshbench connrate --to HOST:PORT --count N [--secs MAX] [--parallel P]
   meshbench idle     --to HOST:PORT --count N --hold-secs H";
 
 enum Error {
@@ -101,11 +101,12 @@ fn run(args: &[String]) -> Result<(), Error> {
             rr(to, size, count, warmup)
         }
         "connrate" => {
-            let opts = Opts::parse(rest, &["to", "count", "secs"])?;
+            let opts = Opts::parse(rest, &["to", "count", "secs", "parallel"])?;
             let to = opts.required("to")?;
             let count = opts.count("count", None)?;
             let max = opts.secs("secs", Some(30.0))?;
-            connrate(to, count, max)
+            let parallel = opts.count("parallel", Some(1))?.max(1);
+            connrate(to, count, max, parallel)
         }
         "idle" => {
             let opts = Opts::parse(rest, &["to", "count", "hold-secs"])?;
@@ -445,23 +446,47 @@ fn one_connection(addrs: &[SocketAddr]) -> io::Result<()> {
     Ok(())
 }
 
-fn connrate(to: &str, count: usize, max: Duration) -> Result<(), Error> {
+/// `count` connections in all, `parallel` at a time (each client thread
+/// runs its share one after another), within `max`.
+fn connrate(to: &str, count: usize, max: Duration, parallel: usize) -> Result<(), Error> {
     let addrs = resolve(to)?;
+    let start = Instant::now();
+    let share = count.div_ceil(parallel);
+    let clients: Vec<_> = (0..parallel)
+        .map(|_| {
+            let addrs = addrs.clone();
+            std::thread::spawn(move || {
+                let mut samples = Vec::with_capacity(share);
+                let mut errors: usize = 0;
+                let mut first_error: Option<io::Error> = None;
+                for _ in 0..share {
+                    if start.elapsed() >= max {
+                        break;
+                    }
+                    let t = Instant::now();
+                    match one_connection(&addrs) {
+                        Ok(()) => samples.push(micros(t.elapsed())),
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                (samples, errors, first_error)
+            })
+        })
+        .collect();
     let mut samples = Vec::with_capacity(count);
     let mut errors: usize = 0;
     let mut first_error: Option<io::Error> = None;
-    let start = Instant::now();
-    for _ in 0..count {
-        if start.elapsed() >= max {
-            break;
-        }
-        let t = Instant::now();
-        match one_connection(&addrs) {
-            Ok(()) => samples.push(micros(t.elapsed())),
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert(e);
-            }
+    for client in clients {
+        let (s, e, first) = client
+            .join()
+            .map_err(|_| Error::Run("a client thread panicked".into()))?;
+        samples.extend(s);
+        errors += e;
+        if first_error.is_none() {
+            first_error = first;
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
