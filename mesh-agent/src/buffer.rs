@@ -10,7 +10,7 @@ use bytes::BytesMut;
 /// Size of every buffer: large reads keep bulk transfers to few syscalls.
 pub const SIZE: usize = 256 * 1024;
 /// Spare buffers kept per thread.
-const SPARES: usize = 4;
+const SPARES: usize = 2;
 
 thread_local! {
     static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };

@@ -416,6 +416,101 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     )
 }
 
+/// The targets against this run's medians: a table of ratios.
+fn targets(median: &dyn Fn(&str, &str) -> Option<f64>, extra: &BTreeMap<String, f64>) -> String {
+    let ratio = |metric: &str, over: &str| Some(median(metric, "mesh")? / median(metric, over)?);
+    let added = |metric: &str| {
+        let direct = median(metric, "direct")?;
+        Some((median(metric, "mesh")? - direct) / (median(metric, "stunnel")? - direct))
+    };
+    let most = |prefix: &str| {
+        extra
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| *v)
+            .reduce(f64::max)
+    };
+    let rows: [(&str, &str, Option<f64>, bool); 10] = [
+        (
+            "bulk, mesh/direct",
+            ">= 0.5",
+            ratio("bulk Gbit/s", "direct"),
+            true,
+        ),
+        (
+            "bulk, mesh/stunnel",
+            ">= 1.8",
+            ratio("bulk Gbit/s", "stunnel"),
+            true,
+        ),
+        (
+            "CPU per GB, mesh/stunnel",
+            "<= 0.4",
+            ratio("proxy CPU s per GB (both ends)", "stunnel"),
+            false,
+        ),
+        (
+            "rr 1 B p50 added over direct, mesh/stunnel",
+            "<= 0.5",
+            added("rr 1 B p50 us"),
+            false,
+        ),
+        (
+            "rr 1 KiB p50 added over direct, mesh/stunnel",
+            "<= 0.5",
+            added("rr 1024 B p50 us"),
+            false,
+        ),
+        (
+            "new conns per s, mesh/stunnel",
+            ">= 10",
+            ratio("new conns per s", "stunnel"),
+            true,
+        ),
+        (
+            "new conns per s (8 at a time), mesh/stunnel",
+            ">= 10",
+            ratio(
+                &format!("new conns per s ({PARALLEL} at a time)"),
+                "stunnel",
+            ),
+            true,
+        ),
+        (
+            "KiB per idle proxied conn (worst)",
+            "<= 24",
+            most("KiB per idle"),
+            false,
+        ),
+        (
+            "agents RSS idle MiB",
+            "<= 32",
+            most("agents RSS idle"),
+            false,
+        ),
+        (
+            "mesh_connect4 ns per call",
+            "<= 1000",
+            most("mesh_connect4"),
+            false,
+        ),
+    ];
+    let mut out = "\n| target | wanted | this run | met |\n|---|---|---|---|\n".to_owned();
+    for (name, wanted, got, at_least) in rows {
+        let Some(got) = got else { continue };
+        let bound: f64 = wanted
+            .trim_start_matches(['>', '<', '=', ' '])
+            .parse()
+            .unwrap_or(f64::NAN);
+        let met = if at_least { got >= bound } else { got <= bound };
+        out += &format!(
+            "| {name} | {wanted} | {got:.2} | {} |\n",
+            if met { "yes" } else { "no" }
+        );
+    }
+    out
+}
+
 fn report(
     samples: &BTreeMap<(String, &str), Vec<f64>>,
     extra: &BTreeMap<String, f64>,
@@ -472,6 +567,10 @@ fn report(
         out += &format!("| {k} | {v:.1} |\n");
         json.insert(k.clone(), json!(v));
     }
+    out += &targets(
+        &|metric, mode| cell(&metric.to_owned(), mode).map(|(m, _, _)| m),
+        extra,
+    );
     println!("{out}");
     let dir = cmd::workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
