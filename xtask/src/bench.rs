@@ -90,11 +90,21 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             if opts.wants("bulk") {
                 let cpu_before = bench.cpu_seconds(mode);
                 let bulk = bench.client(mode, &["bulk", "--secs", &secs.to_string()])?;
-                let cpu = bench.cpu_seconds(mode) - cpu_before;
+                let cpu_after = bench.cpu_seconds(mode);
+                let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
                 let bytes = bulk["bytes"].as_f64().unwrap_or(0.0);
                 put("bulk Gbit/s", bulk["gbit_per_s"].as_f64().unwrap_or(0.0));
                 if mode != "direct" && bytes > 0.0 {
-                    put("proxy CPU s per GB (both ends)", cpu / (bytes / 1e9));
+                    put(
+                        "proxy CPU s per GB (both ends)",
+                        (user + system) / (bytes / 1e9),
+                    );
+                    // The kernel's share: socket copies and TCP, which any
+                    // userspace proxy pays per byte.
+                    put(
+                        "proxy system CPU s per GB (both ends)",
+                        system / (bytes / 1e9),
+                    );
                 }
             }
             for size in ["1", "1024"].into_iter().filter(|_| opts.wants("rr")) {
@@ -278,7 +288,8 @@ impl Bench {
     }
 
     /// CPU seconds used so far by the processes that do `mode`'s proxying.
-    fn cpu_seconds(&self, mode: &str) -> f64 {
+    /// (user, system) CPU seconds of the proxies of `mode`.
+    fn cpu_seconds(&self, mode: &str) -> (f64, f64) {
         let pids: Vec<u32> = match mode {
             "stunnel" => self.stunnel.to_vec(),
             "mesh" => ["bench-a", "bench-b"]
@@ -287,7 +298,9 @@ impl Bench {
                 .collect(),
             _ => Vec::new(),
         };
-        pids.into_iter().map(cpu_of).sum()
+        pids.into_iter()
+            .map(cpu_of)
+            .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
     }
 
     fn agents_rss_kib(&self) -> f64 {
@@ -328,7 +341,8 @@ impl Bench {
 }
 
 /// utime + stime of `pid`, in seconds.
-fn cpu_of(pid: u32) -> f64 {
+/// (user, system) CPU seconds of `pid`.
+fn cpu_of(pid: u32) -> (f64, f64) {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces).
     let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
@@ -338,7 +352,10 @@ fn cpu_of(pid: u32) -> f64 {
         .collect();
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here
     // (counting from state = 0), in clock ticks of 1/100 s.
-    (f.get(10).copied().unwrap_or(0.0) + f.get(11).copied().unwrap_or(0.0)) / 100.0
+    (
+        f.get(10).copied().unwrap_or(0.0) / 100.0,
+        f.get(11).copied().unwrap_or(0.0) / 100.0,
+    )
 }
 
 fn rss_kib(pid: u32) -> f64 {

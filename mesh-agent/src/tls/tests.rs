@@ -96,6 +96,14 @@ fn now() -> UnixTime {
     UnixTime::now()
 }
 
+fn in_a_minute() -> UnixTime {
+    UnixTime::since_unix_epoch(
+        (SystemTime::now() + Duration::from_secs(60))
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap(),
+    )
+}
+
 fn client(rules: &PeerRules, chain: &[CertificateDer<'static>]) -> Result<String, VerifyError> {
     rules.verify(
         &chain[0],
@@ -136,11 +144,7 @@ fn an_expired_leaf_is_refused() {
         .node("a")
         .issue_leaf("web", Duration::from_secs(5))
         .unwrap();
-    let later = UnixTime::since_unix_epoch(
-        (SystemTime::now() + Duration::from_secs(60))
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap(),
-    );
+    let later = in_a_minute();
     let r = rules.verify(
         &leaf.chain[0],
         &leaf.chain[1..],
@@ -432,11 +436,7 @@ fn recheck_refuses_a_chain_that_has_expired_since() {
         .issue_leaf("web", Duration::from_secs(5))
         .unwrap();
     assert_eq!(rules.recheck(&leaf.chain, now(), None).unwrap(), "web");
-    let later = UnixTime::since_unix_epoch(
-        (SystemTime::now() + Duration::from_secs(60))
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap(),
-    );
+    let later = in_a_minute();
     let r = rules.recheck(&leaf.chain, later, None);
     assert!(matches!(r, Err(VerifyError::NoLongerValid)), "{r:?}");
     let r = rules.recheck(&leaf.chain, now(), Some("api"));
