@@ -6,7 +6,9 @@
 //! server (TLS 1.3, client certificates, ECDSA P-256), one as mesh service
 //! `server` on 127.0.0.1. On node A, `meshbench` clients dial B directly,
 //! a stunnel client on 127.0.0.1, or the service's VIP as mesh service
-//! `client`. Each figure is the median of `--runs` runs, with min and max.
+//! `client`. A fourth copy sits behind two socat relays (the same hops as
+//! the mesh, without TLS): the cost of the hops alone. Each figure is the
+//! median of `--runs` runs, with min and max.
 //! Results: a markdown table on stdout and JSON in target/bench/.
 
 use std::{
@@ -40,7 +42,10 @@ impl Options {
 }
 
 const VIP: &str = "240.0.0.99";
-const MODES: [&str; 3] = ["direct", "stunnel", "mesh"];
+/// `relay` is the mesh's path without TLS: two socat processes (plain
+/// TCP, 256 KiB buffers, TCP_NODELAY), the floor for any pair of userspace
+/// proxies. It forks per connection, so it skips the connection-rate runs.
+const MODES: [&str; 4] = ["direct", "relay", "stunnel", "mesh"];
 /// Concurrent clients in the connection-rate capacity run.
 const PARALLEL: usize = 8;
 
@@ -121,7 +126,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     rr["p99_us"].as_f64().unwrap_or(0.0),
                 );
             }
-            if opts.wants("connrate") {
+            if opts.wants("connrate") && mode != "relay" {
                 let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
                 put("new conns per s", cr["per_s"].as_f64().unwrap_or(0.0));
                 put("new conn p50 us", cr["p50_us"].as_f64().unwrap_or(0.0));
@@ -167,6 +172,8 @@ struct Bench {
     meshbench: PathBuf,
     /// Pids of the stunnel client (node a) and server (node b).
     stunnel: [u32; 2],
+    /// Pids of the two socat relays (node a, node b).
+    relay: [u32; 2],
 }
 
 impl Bench {
@@ -195,9 +202,30 @@ impl Bench {
         mesh.spawn_app(serve("127.0.0.1:5001".into(), Some("server")), "serve-mesh");
         mesh.spawn_app(serve(format!("{b}:7001"), None), "serve-direct");
         mesh.spawn_app(serve("127.0.0.1:7002".into(), None), "serve-stunnel");
-        for port in [5001, 7001, 7002] {
+        mesh.spawn_app(serve("127.0.0.1:7005".into(), None), "serve-relay");
+        for port in [5001, 7001, 7002, 7005] {
             mesh.wait_listening("bench-b", port);
         }
+        // The plain relay: a -> 127.0.0.1:7007 -> socat -> b:7006 -> socat -> 127.0.0.1:7005.
+        let socat = |node: &str, listen: String, to: String| {
+            let mut c = mesh.cmd(node, "socat");
+            c.args([
+                "-b262144",
+                &format!("TCP-LISTEN:{listen},reuseaddr,fork,nodelay"),
+                &format!("TCP:{to},nodelay"),
+            ]);
+            c
+        };
+        let relay_b = mesh.spawn_app(
+            socat("bench-b", format!("7006,bind={b}"), "127.0.0.1:7005".into()),
+            "relay-b",
+        );
+        let relay_a = mesh.spawn_app(
+            socat("bench-a", "7007,bind=127.0.0.1".into(), format!("{b}:7006")),
+            "relay-a",
+        );
+        mesh.wait_listening("bench-b", 7006);
+        mesh.wait_listening("bench-a", 7007);
 
         // stunnel: TLS 1.3, client certificates, ECDSA P-256, one small CA.
         // Tuned as the agents are: logs to its file only (with no syslog
@@ -260,6 +288,7 @@ impl Bench {
             mesh,
             meshbench,
             stunnel: [cli, srv],
+            relay: [relay_a, relay_b],
         })
     }
 
@@ -269,6 +298,7 @@ impl Bench {
         let (target, service) = match mode {
             "direct" => (format!("{b}:7001"), None),
             "stunnel" => ("127.0.0.1:7004".to_owned(), None),
+            "relay" => ("127.0.0.1:7007".to_owned(), None),
             _ => (format!("{VIP}:5001"), Some("client")),
         };
         let line = format!(
@@ -292,6 +322,7 @@ impl Bench {
     fn cpu_seconds(&self, mode: &str) -> (f64, f64) {
         let pids: Vec<u32> = match mode {
             "stunnel" => self.stunnel.to_vec(),
+            "relay" => self.relay.to_vec(),
             "mesh" => ["bench-a", "bench-b"]
                 .iter()
                 .filter_map(|n| self.mesh.agent_pid(n))
@@ -341,7 +372,8 @@ impl Bench {
 }
 
 /// utime + stime of `pid`, in seconds.
-/// (user, system) CPU seconds of `pid`.
+/// (user, system) CPU seconds of `pid` and its reaped children (socat
+/// forks per connection).
 fn cpu_of(pid: u32) -> (f64, f64) {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces).
@@ -352,10 +384,9 @@ fn cpu_of(pid: u32) -> (f64, f64) {
         .collect();
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here
     // (counting from state = 0), in clock ticks of 1/100 s.
-    (
-        f.get(10).copied().unwrap_or(0.0) / 100.0,
-        f.get(11).copied().unwrap_or(0.0) / 100.0,
-    )
+    // cutime and cstime follow (children that were waited for).
+    let at = |i: usize| f.get(i).copied().unwrap_or(0.0) / 100.0;
+    (at(10) + at(12), at(11) + at(13))
 }
 
 fn rss_kib(pid: u32) -> f64 {
@@ -550,17 +581,20 @@ fn report(
     };
     let mut out = format!(
         "Medians of {runs} run(s), (min-max); one machine, modes interleaved.\n\n\
-         | metric | direct | stunnel | mesh | mesh/direct | mesh/stunnel |\n|---|---|---|---|---|---|\n"
+         | metric | direct | relay | stunnel | mesh | mesh/direct | mesh/relay | mesh/stunnel |\n\
+         |---|---|---|---|---|---|---|---|\n"
     );
     let mut json = serde_json::Map::new();
     for metric in metrics {
-        let [d, s, m] = MODES.map(|mode| cell(metric, mode));
+        let [d, r, s, m] = MODES.map(|mode| cell(metric, mode));
         out += &format!(
-            "| {metric} | {} | {} | {} | {} | {} |\n",
+            "| {metric} | {} | {} | {} | {} | {} | {} | {} |\n",
             fmt(d),
+            fmt(r),
             fmt(s),
             fmt(m),
             ratio(m, d),
+            ratio(m, r),
             ratio(m, s)
         );
         json.insert(
