@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `mesh_connections_opened_total`, `_closed_total`, `mesh_connections_active` | source, destination, side |
 //! | `mesh_connection_bytes_total` | source, destination, side, direction (`to_destination`, `to_source`) |
+//! | `mesh_handshakes_total` | side, kind (`full`, `resumed`) |
 //! | `mesh_handshake_failures_total` | side, reason |
 //! | `mesh_denials_total` | source, destination, rule |
 //! | `mesh_certificate_expiry_seconds` | service |
@@ -43,6 +44,12 @@ struct Failure {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Handshake {
+    side: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Denial {
     source: String,
     destination: String,
@@ -66,6 +73,7 @@ pub struct Metrics {
     closed: Family<Conn, Counter>,
     active: Family<Conn, Gauge>,
     bytes: Family<Bytes, Counter>,
+    handshakes: Family<Handshake, Counter>,
     failures: Family<Failure, Counter>,
     denials: Family<Denial, Counter>,
     expiry: Family<Service, Gauge<f64, AtomicU64>>,
@@ -80,6 +88,7 @@ impl Default for Metrics {
             closed: Family::default(),
             active: Family::default(),
             bytes: Family::default(),
+            handshakes: Family::default(),
             failures: Family::default(),
             denials: Family::default(),
             expiry: Family::default(),
@@ -103,6 +112,11 @@ impl Default for Metrics {
             this.active.clone(),
         );
         reg.register("mesh_connection_bytes", "Bytes proxied", this.bytes.clone());
+        reg.register(
+            "mesh_handshakes",
+            "TLS handshakes completed, full or resumed",
+            this.handshakes.clone(),
+        );
         reg.register(
             "mesh_handshake_failures",
             "TLS handshakes that failed, by reason",
@@ -147,6 +161,14 @@ impl Metrics {
             };
             self.bytes.get_or_create(&labels).inc_by(n);
         }
+    }
+
+    /// A TLS handshake completed; `resumed`: from a session ticket.
+    pub fn handshake(&self, side: &'static str, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.handshakes
+            .get_or_create(&Handshake { side, kind })
+            .inc();
     }
 
     /// A TLS handshake failed.
@@ -199,6 +221,7 @@ mod tests {
         m.opened(&conn);
         m.closed(&conn, 10, 20);
         m.handshake_failed("inbound", "no_client_certificate");
+        m.handshake("outbound", true);
         m.denied("web", "db", "default policy");
         let text = m.render([("api".to_owned(), 42.5)], [("CONNS", 3)]);
         for line in [
@@ -206,6 +229,7 @@ mod tests {
             "mesh_connections_active{source=\"web\",destination=\"api\",side=\"inbound\"} 0",
             "mesh_connection_bytes_total{source=\"web\",destination=\"api\",side=\"inbound\",direction=\"to_source\"} 20",
             "mesh_handshake_failures_total{side=\"inbound\",reason=\"no_client_certificate\"} 1",
+            "mesh_handshakes_total{side=\"outbound\",kind=\"resumed\"} 1",
             "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\"} 1",
             "mesh_certificate_expiry_seconds{service=\"api\"} 42.5",
             "mesh_ebpf_map_entries{map=\"CONNS\"} 3",

@@ -394,3 +394,25 @@ fn nodes_run_without_the_root_key() {
     let out = mesh.transfer("ka", Some("web"), vip(), API_PORT, 1000);
     assert!(out.starts_with("OK "), "mesh without the root key: {out}");
 }
+
+#[test]
+fn a_second_connection_resumes_the_session_and_both_agents_count_it() {
+    let mesh = mesh("ra", "rb", "24h");
+    mesh.start_echo_server("rb", "api", API_PORT);
+    for round in ["first", "second"] {
+        let echoed = mesh.echo("ra", "web", vip(), API_PORT, round);
+        assert_eq!(echoed.trim(), round, "the {round} call did not come back");
+    }
+    let metrics = |node: &str| {
+        let mut cmd = mesh.cmd(node, "curl");
+        cmd.args(["-sS", "-m", "5", "http://127.0.0.1:15000/metrics"]);
+        run_to_string(&mut cmd, Duration::from_secs(10))
+    };
+    for (node, side) in [("ra", "outbound"), ("rb", "inbound")] {
+        let text = metrics(node);
+        for kind in ["full", "resumed"] {
+            let line = format!("mesh_handshakes_total{{side=\"{side}\",kind=\"{kind}\"}} 1");
+            assert!(text.contains(&line), "{node}: missing {line:?} in:\n{text}");
+        }
+    }
+}

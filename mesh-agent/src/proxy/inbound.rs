@@ -45,7 +45,9 @@ async fn handle(stream: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
     let (mut remote, peer) = ctx.tls.accept(stream, &dst.name).await.inspect_err(|e| {
         ctx.metrics.handshake_failed("inbound", e.reason());
     })?;
-    debug!(src = %peer, dst = %dst.name, alpn = "mesh/1", "mTLS accepted");
+    let resumed = crate::tls::resumed(remote.get_ref().1);
+    ctx.metrics.handshake("inbound", resumed);
+    debug!(src = %peer, dst = %dst.name, alpn = "mesh/1", resumed, "mTLS accepted");
     // The destination agent is authoritative, on the verified identity.
     ctx.authorize(&peer, &dst.name, from, dialed)?;
     let mut svc = dial(local_addr(dst.port)).await?;

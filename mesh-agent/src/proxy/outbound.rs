@@ -68,7 +68,9 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
             .inspect_err(|e| {
                 ctx.metrics.handshake_failed("outbound", e.reason());
             })?;
-        debug!(src = %src.name, dst = %dst.name, %addr, alpn = "mesh/1", "mTLS established");
+        let resumed = crate::tls::resumed(remote.get_ref().1);
+        ctx.metrics.handshake("outbound", resumed);
+        debug!(src = %src.name, dst = %dst.name, %addr, alpn = "mesh/1", resumed, "mTLS established");
         ctx.splice_while_allowed(&mut app, &mut remote, &src.name, &dst.name, "outbound")
             .await?
     };

@@ -162,7 +162,7 @@ impl Tls {
             .map_err(handshake_error)?;
         let conn = stream.get_ref().1;
         check_alpn(conn.alpn_protocol())?;
-        if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+        if resumed(conn) {
             let chain = conn
                 .peer_certificates()
                 .ok_or(TlsError::NoPeerCertificate)?;
@@ -214,7 +214,7 @@ impl Tls {
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or(TlsError::NoPeerCertificate)?;
-        let peer = if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+        let peer = if resumed(conn) {
             let chain = conn
                 .peer_certificates()
                 .ok_or(TlsError::NoPeerCertificate)?;
@@ -224,6 +224,11 @@ impl Tls {
         };
         Ok((stream, peer))
     }
+}
+
+/// Whether a finished handshake resumed a session (for metrics and logs).
+pub fn resumed(conn: &rustls::CommonState) -> bool {
+    conn.handshake_kind() == Some(HandshakeKind::Resumed)
 }
 
 /// ring's suites, AES-128-GCM first: TLS 1.3's mandatory suite, and with
