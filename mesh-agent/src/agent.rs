@@ -72,6 +72,8 @@ pub struct RunOptions {
     pub dns_upstream: Option<SocketAddr>,
     /// On SIGTERM/SIGINT, how long open connections may go on.
     pub drain: Duration,
+    /// Most inbound TLS handshakes in progress at once.
+    pub max_handshakes: usize,
 }
 
 /// What `prepare` sets up before the async runtime starts.
@@ -237,6 +239,7 @@ async fn serve(
         stats: Default::default(),
         metrics: Default::default(),
         live: Default::default(),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(opts.max_handshakes)),
     });
 
     let mut tasks = tokio::task::JoinSet::new();

@@ -61,6 +61,11 @@ enum Command {
         /// they are refused).
         #[arg(long)]
         dns_upstream: Option<std::net::SocketAddr>,
+        /// Most inbound TLS handshakes in progress at once; connections
+        /// beyond are closed at once (a peer that connects and stalls holds
+        /// one for up to 10 s).
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+        max_handshakes: u32,
     },
     /// Show what a running agent holds (from its admin endpoint).
     Status {
@@ -175,6 +180,7 @@ fn main() -> ExitCode {
             dns_upstream,
             log_format: _,
             drain_seconds,
+            max_handshakes,
         } => parse_dns(&dns).and_then(|dns| {
             let drain = std::time::Duration::try_from_secs_f64(drain_seconds).map_err(|_| {
                 anyhow::anyhow!("--drain-seconds {drain_seconds}: expected seconds >= 0")
@@ -187,6 +193,7 @@ fn main() -> ExitCode {
                 dns,
                 dns_upstream,
                 drain,
+                max_handshakes: max_handshakes as usize,
             })
         }),
         Command::Status { admin, json } => status(admin, json),

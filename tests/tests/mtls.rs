@@ -12,6 +12,11 @@ const VIP: &str = "240.0.0.9";
 
 /// Two nodes `<a>`, `<b>`: `web` on a, `api` on b; agents running.
 fn mesh(a: &str, b: &str, leaf_ttl: &str) -> Mesh {
+    mesh_with(a, b, leaf_ttl, &[])
+}
+
+/// As `mesh`, with extra `mesh-agent run` arguments for b's agent.
+fn mesh_with(a: &str, b: &str, leaf_ttl: &str, b_args: &[&str]) -> Mesh {
     let mesh = Mesh::new(&[a, b]);
     mesh.write_config(&format!(
         "[mesh]\ndefault_policy = \"allow\"\nleaf_ttl = \"{leaf_ttl}\"\n\n{}\
@@ -20,7 +25,7 @@ fn mesh(a: &str, b: &str, leaf_ttl: &str) -> Mesh {
         mesh.node_tables(false)
     ));
     mesh.start_agent(a);
-    mesh.start_agent(b);
+    mesh.start_agent_with(b, b_args);
     mesh
 }
 
@@ -415,4 +420,40 @@ fn a_second_connection_resumes_the_session_and_both_agents_count_it() {
             assert!(text.contains(&line), "{node}: missing {line:?} in:\n{text}");
         }
     }
+}
+
+#[test]
+fn peers_that_stall_their_handshake_cannot_exhaust_the_destination() {
+    let mesh = mesh_with("ha", "hb", "24h", &["--max-handshakes", "4"]);
+    mesh.start_echo_server("hb", "api", API_PORT);
+    let b = mesh.node("hb").v4;
+    // An outsider opens 6 connections to the service port and says nothing.
+    let mut hold = mesh.cmd("ha", "python3");
+    hold.args([
+        "-c",
+        &format!(
+            "import socket, time\n\
+             s = [socket.create_connection(('{b}', {API_PORT})) for _ in range(6)]\n\
+             time.sleep(4)"
+        ),
+    ]);
+    let mut hold = hold.spawn().expect("python3");
+    let metrics = || {
+        let mut cmd = mesh.cmd("hb", "curl");
+        cmd.args(["-sS", "-m", "5", "http://127.0.0.1:15000/metrics"]);
+        run_to_string(&mut cmd, Duration::from_secs(10))
+    };
+    let refused =
+        "mesh_handshake_failures_total{side=\"inbound\",reason=\"too_many_handshakes\"} 2\n";
+    assert!(
+        wait_until(Duration::from_secs(3), || metrics().contains(refused)),
+        "the 5th and 6th stalled handshakes were not refused:\n{}",
+        metrics()
+    );
+    let _ = hold.wait();
+    // Once the stalled peers are gone, callers get through again.
+    assert_eq!(
+        mesh.echo("ha", "web", vip(), API_PORT, "after").trim(),
+        "after"
+    );
 }

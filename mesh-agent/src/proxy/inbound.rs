@@ -19,9 +19,16 @@ pub async fn serve(listener: TcpListener, ctx: Shared) {
                 continue;
             }
         };
+        // Unauthenticated peers must not hold unbounded sockets and tasks.
+        let Ok(permit) = ctx.handshakes.clone().try_acquire_owned() else {
+            ctx.metrics
+                .handshake_failed("inbound", "too_many_handshakes");
+            debug!(%peer, "inbound connection closed: too many handshakes in progress");
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            match handle(stream, &ctx).await {
+            match handle(stream, &ctx, permit).await {
                 // Logged by `authorize`, once, with the deciding rule.
                 Err(ProxyError::Denied { .. }) => {}
                 Err(e) if e.is_refusal() => warn!(%peer, error = %e, "inbound connection refused"),
@@ -32,7 +39,11 @@ pub async fn serve(listener: TcpListener, ctx: Shared) {
     }
 }
 
-async fn handle(stream: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
+async fn handle(
+    stream: TcpStream,
+    ctx: &Shared,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), ProxyError> {
     let dialed = stream.local_addr()?;
     stream.set_nodelay(true)?;
     let dst = ctx
@@ -45,6 +56,7 @@ async fn handle(stream: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
     let (mut remote, peer) = ctx.tls.accept(stream, &dst.name).await.inspect_err(|e| {
         ctx.metrics.handshake_failed("inbound", e.reason());
     })?;
+    drop(handshake);
     let resumed = crate::tls::resumed(remote.get_ref().1);
     ctx.metrics.handshake("inbound", resumed);
     debug!(src = %peer, dst = %dst.name, alpn = "mesh/1", resumed, "mTLS accepted");

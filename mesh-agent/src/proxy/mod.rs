@@ -75,6 +75,8 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// Connections flowing now (what a drain waits for).
     pub live: std::sync::atomic::AtomicUsize,
+    /// One permit per inbound TLS handshake in progress (`--max-handshakes`).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// What happened to connections of one (source, destination) pair.
