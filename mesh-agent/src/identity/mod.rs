@@ -71,6 +71,8 @@ pub struct Identities {
     ca: NodeCa,
     ttl: Duration,
     leaves: RwLock<HashMap<String, Arc<Current>>>,
+    /// Counts renewals (TLS ends resumable sessions when it changes).
+    renewals: std::sync::atomic::AtomicU64,
 }
 
 impl Identities {
@@ -86,6 +88,7 @@ impl Identities {
             ca,
             ttl,
             leaves: RwLock::new(HashMap::new()),
+            renewals: Default::default(),
         };
         for service in services {
             this.renew(&service)?;
@@ -110,6 +113,11 @@ impl Identities {
             .unwrap_or_else(|e| e.into_inner())
             .get(service)
             .cloned()
+    }
+
+    /// How many leaves were issued so far; changes on every renewal.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every local service's current leaf, sorted by service name.
@@ -143,6 +151,8 @@ impl Identities {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(service.to_owned(), current.clone());
+        self.renewals
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(current)
     }
 

@@ -26,7 +26,7 @@ use tokio_rustls::{LazyConfigAcceptor, TlsConnector, client, server};
 
 use crate::{
     config::Config,
-    identity::{Identities, spiffe},
+    identity::{Current, Identities, spiffe},
 };
 pub use transport::Transport;
 use verify::{ClientVerifier, PeerRules, ServerVerifier, VerifyError};
@@ -75,10 +75,18 @@ pub struct Tls {
     identities: Arc<Identities>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     server: Arc<ServerConfig>,
-    /// Per local service: the client config that presents its leaf, made
-    /// on first use.
-    clients: std::sync::RwLock<HashMap<String, Arc<ClientConfig>>>,
+    /// The server's resumable sessions, and `identities.renewals()` when
+    /// they were last cleared: a renewed local leaf ends them all.
+    sessions: Arc<session::Sessions>,
+    sessions_from: std::sync::atomic::AtomicU64,
+    /// Per local service: the client config that presents its leaf (and
+    /// holds its tickets), made on first use and again after each renewal
+    /// of that leaf, so no ticket outlives the leaf it was made with.
+    clients: std::sync::RwLock<HashMap<String, ClientFor>>,
 }
+
+/// A client config and the leaf that was current when it was made.
+type ClientFor = (Arc<ClientConfig>, Arc<Current>);
 
 impl Tls {
     /// TLS configs for the local services of `node`, using `identities`.
@@ -94,16 +102,19 @@ impl Tls {
                 identities: identities.clone(),
             }));
         server.alpn_protocols = vec![ALPN.to_vec()];
-        server.session_storage = Arc::new(session::Sessions::new(session::TTL, session::CAPACITY));
+        let sessions = Arc::new(session::Sessions::new(session::TTL, session::CAPACITY));
+        server.session_storage = sessions.clone();
         // One per connection: each resumption takes one and gets a new one.
         server.send_tls13_tickets = 1;
 
         Ok(Self {
             trust_domain: td,
             rules,
-            identities,
             provider,
             server: Arc::new(server),
+            sessions,
+            sessions_from: identities.renewals().into(),
+            identities,
             clients: Default::default(),
         })
     }
@@ -113,18 +124,20 @@ impl Tls {
         self.rules.set_hosts(hosts(config));
     }
 
-    /// The client config presenting `service`'s leaf.
+    /// The client config presenting `service`'s current leaf.
     fn client(&self, service: &str) -> Result<Arc<ClientConfig>, TlsError> {
-        if let Some(c) = self
+        let leaf = self
+            .identities
+            .current(service)
+            .ok_or_else(|| TlsError::NoLocalService(service.to_owned()))?;
+        if let Some((c, made_with)) = self
             .clients
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(service)
+            && Arc::ptr_eq(made_with, &leaf)
         {
             return Ok(c.clone());
-        }
-        if self.identities.current(service).is_none() {
-            return Err(TlsError::NoLocalService(service.to_owned()));
         }
         let mut client = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -141,7 +154,7 @@ impl Tls {
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(service.to_owned(), client.clone());
+            .insert(service.to_owned(), (client.clone(), leaf));
         Ok(client)
     }
 
@@ -178,6 +191,15 @@ impl Tls {
         tcp: TcpStream,
         dst: &str,
     ) -> Result<(server::TlsStream<Transport>, String), TlsError> {
+        // A local leaf was renewed since: end the sessions made with the old.
+        let renewals = self.identities.renewals();
+        if self
+            .sessions_from
+            .swap(renewals, std::sync::atomic::Ordering::SeqCst)
+            != renewals
+        {
+            self.sessions.clear();
+        }
         let handshake = async {
             // A plaintext client gets closed without a word: a TLS alert
             // would only confuse it ("HTTP/0.9" in curl).

@@ -2,7 +2,10 @@
 //! tickets. The client holds only a random id; the session (keys and the
 //! client's certificate chain) stays here. A ticket works once (rustls
 //! `take`s it) and for at most `TTL`; the oldest are dropped when `CAPACITY`
-//! is reached. Every resumed connection re-checks the peer's chain
+//! is reached. A resumed handshake issues a new ticket for the same session,
+//! so a chain of resumptions could outlive the leaves in it: `Tls` ends
+//! sessions when a leaf is renewed (at half its lifetime) on either side.
+//! Every resumed connection re-checks the peer's chain
 //! (`PeerRules::recheck`), so a session never outlives the rules.
 
 use std::{
@@ -40,6 +43,12 @@ impl Sessions {
             capacity,
             inner: Mutex::default(),
         }
+    }
+
+    /// Forgets every session (a local leaf was renewed: peers holding
+    /// tickets for the old one must do a full handshake).
+    pub fn clear(&self) {
+        *self.lock() = Inner::default();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -107,6 +116,14 @@ mod tests {
         let s = Sessions::new(TTL, 8);
         assert!(s.put(b"id".to_vec(), b"session".to_vec()));
         assert_eq!(s.take(b"id").as_deref(), Some(&b"session"[..]));
+        assert_eq!(s.take(b"id"), None);
+    }
+
+    #[test]
+    fn clear_forgets_every_session() {
+        let s = Sessions::new(TTL, 8);
+        s.put(b"id".to_vec(), b"session".to_vec());
+        s.clear();
         assert_eq!(s.take(b"id"), None);
     }
 

@@ -442,3 +442,75 @@ fn recheck_refuses_a_chain_that_has_expired_since() {
     let r = rules.recheck(&leaf.chain, now(), Some("api"));
     assert!(matches!(r, Err(VerifyError::Unexpected { .. })), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_renewed_leaf_on_either_side_ends_resumption() {
+    let mesh = Mesh::new(MESH);
+    let ids = |node: &str| {
+        let local = mesh.config.services_on(node).map(|s| s.name.clone());
+        Arc::new(
+            Identities::new(
+                "mesh.local",
+                mesh.node(node),
+                Duration::from_secs(60),
+                local,
+            )
+            .unwrap(),
+        )
+    };
+    let (ia, ib) = (ids("a"), ids("b"));
+    let a = Tls::new(&mesh.config, ia.clone()).unwrap();
+    let b = Arc::new(Tls::new(&mesh.config, ib.clone()).unwrap());
+    let kind = |r: (Result<String, TlsError>, Option<rustls::HandshakeKind>)| {
+        assert_eq!(r.0.unwrap(), "web");
+        r.1.unwrap()
+    };
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kind(connect_once(&a, b.clone()).await), Full);
+    assert_eq!(kind(connect_once(&a, b.clone()).await), Resumed);
+    // The caller's leaf renews: its tickets carried the old one.
+    ia.renew("web").unwrap();
+    assert_eq!(kind(connect_once(&a, b.clone()).await), Full);
+    assert_eq!(kind(connect_once(&a, b.clone()).await), Resumed);
+    // The destination's leaf renews: sessions it holds end too.
+    ib.renew("api").unwrap();
+    assert_eq!(kind(connect_once(&a, b.clone()).await), Full);
+}
+
+#[test]
+fn only_the_node_ca_verified_in_full_is_rechecked() {
+    let mesh = Mesh::new(MESH);
+    let rules = mesh.rules();
+    let leaf = mesh
+        .node("a")
+        .issue_leaf("web", Duration::from_secs(600))
+        .unwrap();
+    // A self-signed CA with node a's subject that names node b.
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "mesh node a");
+    params.subject_alt_names = vec![SanType::URI(
+        "spiffe://mesh.local/node/b".try_into().unwrap(),
+    )];
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let fake = params
+        .self_signed(&KeyPair::generate().unwrap())
+        .unwrap()
+        .der()
+        .clone();
+    // A chain with an extra certificate is refused outright...
+    let r = rules.verify(
+        &leaf.chain[0],
+        &[fake.clone(), leaf.chain[1].clone()],
+        now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+    );
+    assert!(matches!(r, Err(VerifyError::Intermediates(2))), "{r:?}");
+    // ...and a stored one is held to [leaf, node CA] too.
+    let stored = [leaf.chain[0].clone(), fake, leaf.chain[1].clone()];
+    let r = rules.recheck(&stored, now(), None);
+    assert!(matches!(r, Err(VerifyError::Intermediates(_))), "{r:?}");
+    assert_eq!(rules.recheck(&leaf.chain, now(), None).unwrap(), "web");
+}

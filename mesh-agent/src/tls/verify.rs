@@ -147,6 +147,12 @@ impl PeerRules {
         let [node_ca] = used.as_slice() else {
             return Err(VerifyError::Intermediates(used.len()));
         };
+        // Agents send exactly [leaf, node CA]; anything more is refused, so
+        // the certificate a resumed session is re-checked against (`recheck`)
+        // is the one verified here.
+        if intermediates.len() != 1 {
+            return Err(VerifyError::Intermediates(intermediates.len()));
+        }
         self.identify(end_entity, &node_ca.der(), expected)
     }
 
@@ -160,19 +166,15 @@ impl PeerRules {
         now: UnixTime,
         expected: Option<&str>,
     ) -> Result<String, VerifyError> {
-        let [end_entity, intermediates @ ..] = chain else {
-            return Err(VerifyError::Intermediates(0));
+        // `verify` accepted exactly [leaf, node CA] when the session began.
+        let [end_entity, node_ca_der] = chain else {
+            return Err(VerifyError::Intermediates(chain.len().saturating_sub(1)));
         };
         let leaf = parse_x509(end_entity)?;
-        let mut node_ca = None;
-        for der in intermediates {
-            let cert = parse_x509(der)?;
-            if cert.subject().as_raw() == leaf.issuer().as_raw() {
-                node_ca = Some((der, cert));
-                break;
-            }
+        let node_ca = parse_x509(node_ca_der)?;
+        if node_ca.subject().as_raw() != leaf.issuer().as_raw() {
+            return Err(VerifyError::Intermediates(0));
         }
-        let (node_ca_der, node_ca) = node_ca.ok_or(VerifyError::Intermediates(0))?;
         let at = i64::try_from(now.as_secs())
             .ok()
             .and_then(|t| x509_parser::time::ASN1Time::from_timestamp(t).ok())
