@@ -96,6 +96,14 @@ fn now() -> UnixTime {
     UnixTime::now()
 }
 
+/// A mesh, its rules, and a leaf for `web` issued by node a.
+fn web_leaf(ttl: Duration) -> (Mesh, PeerRules, crate::identity::ca::Leaf) {
+    let mesh = Mesh::new(MESH);
+    let rules = mesh.rules();
+    let leaf = mesh.node("a").issue_leaf("web", ttl).unwrap();
+    (mesh, rules, leaf)
+}
+
 fn in_a_minute() -> UnixTime {
     UnixTime::since_unix_epoch(
         (SystemTime::now() + Duration::from_secs(60))
@@ -116,12 +124,7 @@ fn client(rules: &PeerRules, chain: &[CertificateDer<'static>]) -> Result<String
 
 #[test]
 fn a_good_leaf_is_accepted_for_its_own_name_only() {
-    let mesh = Mesh::new(MESH);
-    let rules = mesh.rules();
-    let leaf = mesh
-        .node("a")
-        .issue_leaf("web", Duration::from_secs(60))
-        .unwrap();
+    let (_mesh, rules, leaf) = web_leaf(Duration::from_secs(60));
     assert_eq!(client(&rules, &leaf.chain).unwrap(), "web");
     let server = |expected| {
         rules.verify(
@@ -138,12 +141,7 @@ fn a_good_leaf_is_accepted_for_its_own_name_only() {
 
 #[test]
 fn an_expired_leaf_is_refused() {
-    let mesh = Mesh::new(MESH);
-    let rules = mesh.rules();
-    let leaf = mesh
-        .node("a")
-        .issue_leaf("web", Duration::from_secs(5))
-        .unwrap();
+    let (_mesh, rules, leaf) = web_leaf(Duration::from_secs(5));
     let later = in_a_minute();
     let r = rules.verify(
         &leaf.chain[0],
@@ -429,12 +427,7 @@ async fn a_resumed_session_is_held_to_the_rules_in_force() {
 
 #[test]
 fn recheck_refuses_a_chain_that_has_expired_since() {
-    let mesh = Mesh::new(MESH);
-    let rules = mesh.rules();
-    let leaf = mesh
-        .node("a")
-        .issue_leaf("web", Duration::from_secs(5))
-        .unwrap();
+    let (_mesh, rules, leaf) = web_leaf(Duration::from_secs(5));
     assert_eq!(rules.recheck(&leaf.chain, now(), None).unwrap(), "web");
     let later = in_a_minute();
     let r = rules.recheck(&leaf.chain, later, None);
@@ -479,12 +472,7 @@ async fn a_renewed_leaf_on_either_side_ends_resumption() {
 
 #[test]
 fn only_the_node_ca_verified_in_full_is_rechecked() {
-    let mesh = Mesh::new(MESH);
-    let rules = mesh.rules();
-    let leaf = mesh
-        .node("a")
-        .issue_leaf("web", Duration::from_secs(600))
-        .unwrap();
+    let (_mesh, rules, leaf) = web_leaf(Duration::from_secs(600));
     // A self-signed CA with node a's subject that names node b.
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params
