@@ -13,9 +13,8 @@ pub mod verify;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use rustls::HandshakeKind;
 use rustls::{
-    ClientConfig, ServerConfig,
+    ClientConfig, HandshakeKind, ServerConfig,
     client::{ResolvesClientCert, Resumption},
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
