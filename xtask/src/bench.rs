@@ -464,6 +464,31 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     )
 }
 
+/// A target: a figure at least or at most this.
+#[derive(Clone, Copy)]
+enum Want {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Want {
+    fn met(self, got: f64) -> bool {
+        match self {
+            Self::AtLeast(bound) => got >= bound,
+            Self::AtMost(bound) => got <= bound,
+        }
+    }
+}
+
+impl std::fmt::Display for Want {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AtLeast(bound) => write!(f, ">= {bound}"),
+            Self::AtMost(bound) => write!(f, "<= {bound}"),
+        }
+    }
+}
+
 /// The targets against this run's medians: a table of ratios.
 fn targets(median: &dyn Fn(&str, &str) -> Option<f64>, extra: &BTreeMap<String, f64>) -> String {
     let ratio = |metric: &str, over: &str| Some(median(metric, "mesh")? / median(metric, over)?);
@@ -478,82 +503,67 @@ fn targets(median: &dyn Fn(&str, &str) -> Option<f64>, extra: &BTreeMap<String, 
             .map(|(_, v)| *v)
             .reduce(f64::max)
     };
-    let rows: [(&str, &str, Option<f64>, bool); 10] = [
+    let rows: [(&str, Want, Option<f64>); 10] = [
         (
             "bulk, mesh/direct",
-            ">= 0.5",
+            Want::AtLeast(0.5),
             ratio("bulk Gbit/s", "direct"),
-            true,
         ),
         (
             "bulk, mesh/stunnel",
-            ">= 1.8",
+            Want::AtLeast(1.8),
             ratio("bulk Gbit/s", "stunnel"),
-            true,
         ),
         (
             "CPU per GB, mesh/stunnel",
-            "<= 0.4",
+            Want::AtMost(0.4),
             ratio("proxy CPU s per GB (both ends)", "stunnel"),
-            false,
         ),
         (
             "rr 1 B p50 added over direct, mesh/stunnel",
-            "<= 0.5",
+            Want::AtMost(0.5),
             added("rr 1 B p50 us"),
-            false,
         ),
         (
             "rr 1 KiB p50 added over direct, mesh/stunnel",
-            "<= 0.5",
+            Want::AtMost(0.5),
             added("rr 1024 B p50 us"),
-            false,
         ),
         (
             "new conns per s, mesh/stunnel",
-            ">= 10",
+            Want::AtLeast(10.0),
             ratio("new conns per s", "stunnel"),
-            true,
         ),
         (
             "new conns per s (8 at a time), mesh/stunnel",
-            ">= 10",
+            Want::AtLeast(10.0),
             ratio(
                 &format!("new conns per s ({PARALLEL} at a time)"),
                 "stunnel",
             ),
-            true,
         ),
         (
             "KiB per idle proxied conn (worst)",
-            "<= 24",
+            Want::AtMost(24.0),
             most("KiB per idle"),
-            false,
         ),
         (
             "agents RSS idle MiB",
-            "<= 32",
+            Want::AtMost(32.0),
             most("agents RSS idle"),
-            false,
         ),
         (
             "mesh_connect4 ns per call",
-            "<= 1000",
+            Want::AtMost(1000.0),
             most("mesh_connect4"),
-            false,
         ),
     ];
     let mut out = "\n| target | wanted | this run | met |\n|---|---|---|---|\n".to_owned();
-    for (name, wanted, got, at_least) in rows {
+    for (name, wanted, got) in rows {
         let Some(got) = got else { continue };
-        let bound: f64 = wanted
-            .trim_start_matches(['>', '<', '=', ' '])
-            .parse()
-            .unwrap_or(f64::NAN);
-        let met = if at_least { got >= bound } else { got <= bound };
         out += &format!(
             "| {name} | {wanted} | {got:.2} | {} |\n",
-            if met { "yes" } else { "no" }
+            if wanted.met(got) { "yes" } else { "no" }
         );
     }
     out
