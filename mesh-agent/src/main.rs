@@ -1,23 +1,10 @@
-//! `mesh-agent`: the node agent of the mesh and its command line.
-//! See ARCHITECTURE.md for how the pieces fit together.
-
-mod admin;
-mod agent;
-mod buffer;
-mod cgroup;
-mod config;
-mod dns;
-mod ebpf;
-mod exec;
-mod identity;
-mod metrics;
-mod policy;
-mod proxy;
-mod tls;
+//! `mesh-agent`: the command line of the node agent; the agent itself is
+//! the library (`lib.rs`).
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use mesh_agent::{admin, agent, config, exec, identity, policy};
 
 #[derive(Debug, Parser)]
 #[command(

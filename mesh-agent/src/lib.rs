@@ -1,0 +1,16 @@
+//! `mesh-agent`: the node agent of the mesh, as a library; `main.rs` is
+//! its command line. See ARCHITECTURE.md for how the pieces fit together.
+
+pub mod admin;
+pub mod agent;
+pub mod buffer;
+pub mod cgroup;
+pub mod config;
+pub mod dns;
+pub mod ebpf;
+pub mod exec;
+pub mod identity;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod tls;
