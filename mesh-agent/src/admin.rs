@@ -5,7 +5,9 @@
 //! config in force, as JSON.
 //! `GET /status`: JSON with the node; per local service its SPIFFE ID,
 //! certificate serial and expiry; per (source, destination) pair seen, how
-//! many connections the intentions allowed, denied, and cut on a change.
+//! many connections the intentions allowed, denied here as the destination,
+//! denied on the caller's node (EPERM from connect(), or the outbound
+//! check), and cut on a change.
 
 use std::{
     convert::Infallible,
@@ -139,6 +141,10 @@ fn metrics(ctx: &Shared) -> String {
         };
         (name, secs)
     });
+    ctx.harvest_kernel_denials();
+    ctx.metrics.kernel_refused(ctx.kernel.refused());
+    ctx.metrics
+        .handshakes_in_progress(ctx.handshakes.in_progress());
     ctx.metrics.render(expiries, ctx.kernel.map_entries())
 }
 
@@ -176,6 +182,7 @@ fn status(ctx: &Shared) -> Value {
             })
         })
         .collect();
+    ctx.harvest_kernel_denials();
     let pairs: Vec<Value> = ctx
         .stats
         .lock()
@@ -184,7 +191,8 @@ fn status(ctx: &Shared) -> Value {
         .map(|((src, dst), s)| {
             json!({
                 "source": src, "destination": dst,
-                "allowed": s.allowed, "denied": s.denied, "cut": s.cut,
+                "allowed": s.allowed, "denied": s.denied,
+                "denied_at_source": s.denied_at_source, "cut": s.cut,
             })
         })
         .collect();
@@ -290,15 +298,18 @@ pub fn render_status(status: &Value) -> String {
         .map(Vec::as_slice)
         .unwrap_or_default();
     if !pairs.is_empty() {
-        out.push_str("\nCONNECTIONS (source -> destination: allowed / denied / cut by a change)\n");
+        out.push_str(
+            "\nCONNECTIONS (source -> destination: allowed / denied here / denied at the source / cut by a change)\n",
+        );
         for p in pairs {
             let n = |k: &str| p[k].as_u64().unwrap_or(0);
             out.push_str(&format!(
-                "{} -> {}: {} / {} / {}\n",
+                "{} -> {}: {} / {} / {} / {}\n",
                 s(&p["source"]),
                 s(&p["destination"]),
                 n("allowed"),
                 n("denied"),
+                n("denied_at_source"),
                 n("cut")
             ));
         }

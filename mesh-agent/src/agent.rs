@@ -74,6 +74,11 @@ pub struct RunOptions {
     pub drain: Duration,
     /// Most inbound TLS handshakes in progress at once.
     pub max_handshakes: usize,
+    /// Most from one source address once half of `max_handshakes` are taken.
+    pub max_handshakes_per_source: usize,
+    /// Whether sk_lookup refuses connections to service ports from
+    /// addresses that are not mesh nodes.
+    pub only_mesh_sources: bool,
 }
 
 /// What `prepare` sets up before the async runtime starts.
@@ -225,6 +230,7 @@ async fn serve(
         netns_cookie: netns_cookie(&in4)?,
         agent_cgroup,
         outbound_port: opts.outbound_port,
+        check_peers: opts.only_mesh_sources,
     };
     let kernel = Kernel::start(&params, &contents, &in4, in6.as_ref(), cg.root())?;
     let ctx = Arc::new(Context {
@@ -239,7 +245,11 @@ async fn serve(
         stats: Default::default(),
         metrics: Default::default(),
         live: Default::default(),
-        handshakes: Arc::new(tokio::sync::Semaphore::new(opts.max_handshakes)),
+        handshakes: proxy::admission::Admission::new(
+            opts.max_handshakes,
+            opts.max_handshakes_per_source,
+        ),
+        kernel_denials: Default::default(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -252,6 +262,9 @@ async fn serve(
         tasks.spawn(proxy::inbound::serve(l, ctx.clone()));
     }
     tasks.spawn(sweep(ctx.clone()));
+    if let Some(events) = ctx.kernel.denial_events()? {
+        tasks.spawn(crate::denials::report(events, ctx.clone()));
+    }
     tasks.spawn(watch_config(ctx.clone(), cg.clone(), cgroups.clone()));
     tasks.spawn(crate::admin::serve(admin, ctx.clone()));
     if let (Some(socket), Some(addr)) = (dns, opts.dns) {
@@ -357,8 +370,9 @@ impl Cgroups {
 }
 
 /// Everything the config-derived kernel maps hold for `node`: mesh
-/// destinations, local callers by cgroup, local ports, and the pairs the
-/// intentions deny (every local caller x every meshed service).
+/// destinations, local callers by cgroup, local ports, the pairs the
+/// intentions deny (every local caller x every meshed service), and the
+/// nodes' addresses.
 fn contents(
     config: &Config,
     node: &str,
@@ -366,7 +380,10 @@ fn contents(
     cgroups: &Cgroups,
     policy: &Policy,
 ) -> MapContents {
-    let mut c = MapContents::default();
+    let mut c = MapContents {
+        peers: config.nodes.iter().map(|n| n.address).collect(),
+        ..MapContents::default()
+    };
     for s in &config.services {
         let id = ids.id(&s.name);
         // Public services are reached directly, not through the mesh.

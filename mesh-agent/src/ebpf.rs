@@ -9,12 +9,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, SockMap},
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, SockMap},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SockOps},
 };
 use mesh_common::{
-    ConnKey, LISTENER_V4, LISTENER_V6, MAX_RECORD_AGE_NS, OrigDst, PairKey, ServiceId, SockAddr,
-    names,
+    ConnKey, DenialCount, DenialEvent, DenialKey, LISTENER_V4, LISTENER_V6, MAX_RECORD_AGE_NS,
+    OrigDst, PairKey, ServiceId, SockAddr, names,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -42,6 +42,11 @@ pub enum EbpfError {
         path: String,
         source: std::io::Error,
     },
+    #[error("failed to watch the ring buffer {name}: {source}")]
+    Poll {
+        name: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// The object file built by build.rs.
@@ -52,6 +57,8 @@ pub struct LoadParams {
     pub netns_cookie: u64,
     pub agent_cgroup: u64,
     pub outbound_port: u16,
+    /// Whether sk_lookup refuses sources that are not mesh nodes (`PEERS`).
+    pub check_peers: bool,
 }
 
 /// What the agent puts into the maps for its node.
@@ -66,12 +73,18 @@ pub struct MapContents {
     pub local_ports: Vec<(u16, ServiceId)>,
     /// (source, destination) pairs the intentions deny.
     pub denied: HashSet<(ServiceId, ServiceId)>,
+    /// Addresses of the mesh's nodes: who may connect to a service port.
+    pub peers: Vec<std::net::IpAddr>,
 }
 
 /// The loaded programs and the maps the agent writes at run time.
 pub struct Kernel {
     ebpf: Ebpf,
     conns: Mutex<HashMap<MapData, ConnKey, OrigDst>>,
+    refused: PerCpuArray<MapData, u64>,
+    denials: Mutex<PerCpuHashMap<MapData, DenialKey, DenialCount>>,
+    /// Taken once by `denial_events`.
+    denial_events: Mutex<Option<RingBuf<MapData>>>,
     /// The maps derived from the config, rewritten on every change.
     config_maps: Mutex<ConfigMaps>,
 }
@@ -82,6 +95,7 @@ struct ConfigMaps {
     cgroups: HashMap<MapData, u64, ServiceId>,
     local_ports: HashMap<MapData, u32, ServiceId>,
     denied: HashMap<MapData, PairKey, u32>,
+    peers: HashMap<MapData, SockAddr, u32>,
 }
 
 impl Kernel {
@@ -99,6 +113,7 @@ impl Kernel {
             .override_global(names::NETNS_COOKIE, &params.netns_cookie, true)
             .override_global(names::AGENT_CGROUP, &params.agent_cgroup, true)
             .override_global(names::OUTBOUND_PORT, &params.outbound_port, true)
+            .override_global(names::CHECK_PEERS, &u8::from(params.check_peers), true)
             .load(OBJECT)?;
         start_logger(&mut ebpf);
 
@@ -107,6 +122,7 @@ impl Kernel {
             cgroups: take_map(&mut ebpf, names::CGROUPS)?,
             local_ports: take_map(&mut ebpf, names::LOCAL_PORTS)?,
             denied: take_map(&mut ebpf, names::DENIED)?,
+            peers: take_map(&mut ebpf, names::PEERS)?,
         };
         config_maps.sync(contents)?;
         let mut listeners: SockMap<_> = map(&mut ebpf, names::LISTENERS)?;
@@ -151,10 +167,53 @@ impl Kernel {
 
         let conns = Mutex::new(take_map(&mut ebpf, names::CONNS)?);
         Ok(Self {
-            ebpf,
             conns,
+            refused: take_map(&mut ebpf, names::REFUSED)?,
+            denials: Mutex::new(take_map(&mut ebpf, names::DENIALS)?),
+            denial_events: Mutex::new(Some(take_map(&mut ebpf, names::DENIAL_EVENTS)?)),
             config_maps: Mutex::new(config_maps),
+            ebpf,
         })
+    }
+
+    /// Connections to service ports that sk_lookup refused because their
+    /// source is not a mesh node, since the programs were loaded.
+    pub fn refused(&self) -> u64 {
+        self.refused
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Every EPERM connect4/6 returned so far, per (source, destination,
+    /// reason). The least recently refused keys may have been evicted.
+    pub fn denials(&self) -> Vec<(DenialKey, u64)> {
+        let denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+        denials
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, per_cpu.iter().map(|v| v.count).sum()))
+            .collect()
+    }
+
+    /// The programs' reports of refused connects; `None` after the first call.
+    pub fn denial_events(&self) -> Result<Option<DenialEvents>, EbpfError> {
+        let Some(ring) = self
+            .denial_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Ok(None);
+        };
+        // SAFETY: the AsyncFd owns the ring buffer, which owns its fd, so
+        // the fd stays open for as long as it is registered.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| EbpfError::Poll {
+                name: names::DENIAL_EVENTS,
+                source: e.into(),
+            })?;
+        Ok(Some(DenialEvents(fd)))
     }
 
     /// Takes (looks up and deletes) the record sock_ops left for a connection
@@ -190,9 +249,17 @@ impl Kernel {
             .unwrap_or_else(|e| e.into_inner())
             .keys()
             .count();
+        let denials = self
+            .denials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .count();
         let maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
         [
             (names::CONNS, conns),
+            (names::DENIALS, denials),
+            (names::PEERS, maps.peers.keys().count()),
             (names::DENIED, maps.denied.keys().count()),
             (names::SERVICES, maps.services.keys().count()),
             (names::CGROUPS, maps.cgroups.keys().count()),
@@ -223,8 +290,39 @@ impl Kernel {
     /// Detaches every program (by dropping the links) and closes the maps.
     pub fn stop(self) {
         drop(self.conns);
+        drop(self.denials);
+        drop(self.denial_events);
         drop(self.config_maps);
         drop(self.ebpf);
+    }
+}
+
+/// The `DENIAL_EVENTS` ring buffer, readable from async code.
+pub struct DenialEvents(AsyncFd<RingBuf<MapData>>);
+
+impl DenialEvents {
+    /// Waits for the next batch of reports and returns it (records that do
+    /// not decode are skipped).
+    pub async fn next_batch(&mut self) -> Result<Vec<DenialEvent>, EbpfError> {
+        loop {
+            let mut guard = self
+                .0
+                .readable_mut()
+                .await
+                .map_err(|source| EbpfError::Poll {
+                    name: names::DENIAL_EVENTS,
+                    source,
+                })?;
+            let ring = guard.get_inner_mut();
+            let mut batch = Vec::new();
+            while let Some(item) = ring.next() {
+                batch.extend(DenialEvent::from_bytes(&item));
+            }
+            guard.clear_ready();
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
     }
 }
 
@@ -289,7 +387,13 @@ impl ConfigMaps {
             .iter()
             .map(|&(src, dst)| (PairKey { src, dst }, 1))
             .collect();
-        sync_map(&mut self.denied, names::DENIED, &denied)
+        sync_map(&mut self.denied, names::DENIED, &denied)?;
+        let peers = c
+            .peers
+            .iter()
+            .map(|ip| (sock_addr(SocketAddr::new(*ip, 0)), 1))
+            .collect();
+        sync_map(&mut self.peers, names::PEERS, &peers)
     }
 }
 

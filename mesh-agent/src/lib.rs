@@ -6,6 +6,7 @@ pub mod agent;
 pub mod buffer;
 pub mod cgroup;
 pub mod config;
+pub mod denials;
 pub mod dns;
 pub mod ebpf;
 pub mod exec;

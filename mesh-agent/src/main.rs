@@ -49,10 +49,19 @@ enum Command {
         #[arg(long)]
         dns_upstream: Option<std::net::SocketAddr>,
         /// Most inbound TLS handshakes in progress at once; connections
-        /// beyond are closed at once (a peer that connects and stalls holds
-        /// one for up to 10 s).
+        /// beyond are closed at once (a peer that stalls holds one for 2 s
+        /// before its ClientHello, 5 s in all).
         #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
         max_handshakes: u32,
+        /// Once half of --max-handshakes are in progress, most from any one
+        /// source address.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        max_handshakes_per_source: u32,
+        /// Who may connect to this node's service ports: `nodes` (the
+        /// addresses of the config's nodes; others are refused in the
+        /// kernel) or `any` (for nodes behind NAT).
+        #[arg(long, default_value = "nodes", value_parser = ["nodes", "any"])]
+        inbound_sources: String,
     },
     /// Show what a running agent holds (from its admin endpoint).
     Status {
@@ -168,6 +177,8 @@ fn main() -> ExitCode {
             log_format: _,
             drain_seconds,
             max_handshakes,
+            max_handshakes_per_source,
+            inbound_sources,
         } => parse_dns(&dns).and_then(|dns| {
             let drain = std::time::Duration::try_from_secs_f64(drain_seconds).map_err(|_| {
                 anyhow::anyhow!("--drain-seconds {drain_seconds}: expected seconds >= 0")
@@ -181,6 +192,8 @@ fn main() -> ExitCode {
                 dns_upstream,
                 drain,
                 max_handshakes: max_handshakes as usize,
+                max_handshakes_per_source: max_handshakes_per_source as usize,
+                only_mesh_sources: inbound_sources == "nodes",
             })
         }),
         Command::Status { admin, json } => status(admin, json),

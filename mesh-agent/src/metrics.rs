@@ -6,8 +6,9 @@
 //! | `mesh_connections_opened_total`, `_closed_total`, `mesh_connections_active` | source, destination, side |
 //! | `mesh_connection_bytes_total` | source, destination, side, direction (`to_destination`, `to_source`) |
 //! | `mesh_handshakes_total` | side, kind (`full`, `resumed`) |
-//! | `mesh_handshake_failures_total` | side, reason |
-//! | `mesh_denials_total` | source, destination, rule |
+//! | `mesh_handshake_failures_total` | side, reason (`not_a_mesh_node`: refused in the kernel, before any handshake) |
+//! | `mesh_handshakes_in_progress` | (none): inbound handshakes holding a slot now |
+//! | `mesh_denials_total` | source, destination, rule, side (`source`: connect() refused on the caller's node; `destination`) |
 //! | `mesh_certificate_expiry_seconds` | service |
 //! | `mesh_ebpf_map_entries` | map |
 //!
@@ -54,6 +55,7 @@ struct Denial {
     source: String,
     destination: String,
     rule: String,
+    side: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +80,9 @@ pub struct Metrics {
     denials: Family<Denial, Counter>,
     expiry: Family<Service, Gauge<f64, AtomicU64>>,
     maps: Family<Map, Gauge>,
+    in_progress: Gauge,
+    /// The kernel's `REFUSED` count at the last scrape.
+    refused_seen: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -93,6 +98,8 @@ impl Default for Metrics {
             denials: Family::default(),
             expiry: Family::default(),
             maps: Family::default(),
+            in_progress: Gauge::default(),
+            refused_seen: AtomicU64::new(0),
             registry: Registry::default(),
         };
         let reg = &mut registry;
@@ -121,6 +128,11 @@ impl Default for Metrics {
             "mesh_handshake_failures",
             "TLS handshakes that failed, by reason",
             this.failures.clone(),
+        );
+        reg.register(
+            "mesh_handshakes_in_progress",
+            "Inbound TLS handshakes in progress (each holds a slot)",
+            this.in_progress.clone(),
         );
         reg.register(
             "mesh_denials",
@@ -176,14 +188,36 @@ impl Metrics {
         self.failures.get_or_create(&Failure { side, reason }).inc();
     }
 
-    /// The intentions refused a connection.
-    pub fn denied(&self, source: &str, destination: &str, rule: &str) {
+    /// The intentions (or the loopback guard) refused `n` connections.
+    pub fn denied(&self, source: &str, destination: &str, rule: &str, side: &'static str, n: u64) {
         let labels = Denial {
             source: source.to_owned(),
             destination: destination.to_owned(),
             rule: rule.to_owned(),
+            side,
         };
-        self.denials.get_or_create(&labels).inc();
+        self.denials.get_or_create(&labels).inc_by(n);
+    }
+
+    /// Inbound handshakes holding a slot now.
+    pub fn handshakes_in_progress(&self, n: usize) {
+        self.in_progress.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// sk_lookup has refused `total` connections from non-mesh sources so
+    /// far (the kernel's count); counted as inbound handshake failures.
+    pub fn kernel_refused(&self, total: u64) {
+        let last = self
+            .refused_seen
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        if total > last {
+            self.failures
+                .get_or_create(&Failure {
+                    side: "inbound",
+                    reason: "not_a_mesh_node",
+                })
+                .inc_by(total - last);
+        }
     }
 
     /// The text exposition, after setting the gauges that are read at
@@ -222,7 +256,11 @@ mod tests {
         m.closed(&conn, 10, 20);
         m.handshake_failed("inbound", "no_client_certificate");
         m.handshake("outbound", true);
-        m.denied("web", "db", "default policy");
+        m.denied("web", "db", "default policy", "destination", 1);
+        m.denied("web", "db", "default policy", "source", 1000);
+        m.kernel_refused(5);
+        m.kernel_refused(7);
+        m.handshakes_in_progress(3);
         let text = m.render([("api".to_owned(), 42.5)], [("CONNS", 3)]);
         for line in [
             "mesh_connections_opened_total{source=\"web\",destination=\"api\",side=\"inbound\"} 1",
@@ -230,7 +268,10 @@ mod tests {
             "mesh_connection_bytes_total{source=\"web\",destination=\"api\",side=\"inbound\",direction=\"to_source\"} 20",
             "mesh_handshake_failures_total{side=\"inbound\",reason=\"no_client_certificate\"} 1",
             "mesh_handshakes_total{side=\"outbound\",kind=\"resumed\"} 1",
-            "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\"} 1",
+            "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\",side=\"destination\"} 1",
+            "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\",side=\"source\"} 1000",
+            "mesh_handshake_failures_total{side=\"inbound\",reason=\"not_a_mesh_node\"} 7",
+            "mesh_handshakes_in_progress 3",
             "mesh_certificate_expiry_seconds{service=\"api\"} 42.5",
             "mesh_ebpf_map_entries{map=\"CONNS\"} 3",
         ] {

@@ -22,12 +22,26 @@ pub mod names {
     pub const DENIED: &str = "DENIED";
     /// SockMap holding the inbound listeners: index `LISTENER_V4` and `LISTENER_V6`.
     pub const LISTENERS: &str = "LISTENERS";
+    /// `SockAddr` (port 0) -> 1 for every node address of the mesh: the only
+    /// sources sk_lookup lets reach a service port (when `CHECK_PEERS` is set).
+    pub const PEERS: &str = "PEERS";
+    /// Per-CPU array of one u64: connections to service ports sk_lookup
+    /// refused because their source is not a mesh node.
+    pub const REFUSED: &str = "REFUSED";
+    /// Per-CPU LRU hash, `DenialKey` -> `DenialCount`: every EPERM
+    /// connect4/6 returned, counted per (source, destination, reason).
+    pub const DENIALS: &str = "DENIALS";
+    /// Ring buffer of `DenialEvent`s: the first EPERM of a `DENIALS` key on a
+    /// CPU, then at most one per key and CPU every `DENIAL_REPORT_INTERVAL_NS`.
+    pub const DENIAL_EVENTS: &str = "DENIAL_EVENTS";
     /// Global (u64): netns cookie of the node this program set acts for.
     pub const NETNS_COOKIE: &str = "NETNS_COOKIE";
     /// Global (u64): cgroup id of the agent; its sockets are never touched.
     pub const AGENT_CGROUP: &str = "AGENT_CGROUP";
     /// Global (u16): port of the agent's outbound listener on 127.0.0.1 and ::1.
     pub const OUTBOUND_PORT: &str = "OUTBOUND_PORT";
+    /// Global (u8): 1 if sk_lookup refuses sources that are not in `PEERS`.
+    pub const CHECK_PEERS: &str = "CHECK_PEERS";
 }
 
 /// Index of the IPv4 inbound listener in `LISTENERS`.
@@ -136,6 +150,87 @@ pub struct OrigDst {
 /// that died before accept(), and its 4-tuple may have been reused since.
 pub const MAX_RECORD_AGE_NS: u64 = 2_000_000_000;
 
+/// Key of `DENIALS`: who was refused what, and why.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DenialKey {
+    /// The calling service; 0 for a caller with no mesh identity.
+    pub src: ServiceId,
+    /// The service dialed.
+    pub dst: ServiceId,
+    /// `DENIED_BY_INTENTIONS` or `DENIED_BY_LOOPBACK_GUARD`.
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// `DenialKey::reason`: the pair is in `DENIED`.
+pub const DENIED_BY_INTENTIONS: u32 = 1;
+/// `DenialKey::reason`: a loopback connect to a local service's port by
+/// someone other than that service.
+pub const DENIED_BY_LOOPBACK_GUARD: u32 = 2;
+
+/// Value of `DENIALS`, one per CPU (the BPF target has no atomic adds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenialCount {
+    /// EPERMs returned for the key on this CPU.
+    pub count: u64,
+    /// `bpf_ktime_get_ns()` of the last `DenialEvent` this CPU sent for the key.
+    pub reported_ns: u64,
+}
+
+/// Record of `DENIAL_EVENTS`. The counts are in `DENIALS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DenialEvent {
+    pub key: DenialKey,
+    /// The caller's cgroup id.
+    pub cgroup: u64,
+    /// The address the caller dialed.
+    pub dst: SockAddr,
+    /// The caller's thread group id (the pid `ps` shows).
+    pub pid: u32,
+    /// The caller's command name (`comm`), NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// Maximum entries of `DENIALS` (LRU: the least recently refused go first).
+pub const MAX_DENIALS: u32 = 4096;
+/// Size of `DENIAL_EVENTS` in bytes (a power of two, at least a page).
+pub const DENIAL_EVENTS_BYTES: u32 = 64 * 1024;
+/// At most one `DenialEvent` per `DenialKey` this often.
+pub const DENIAL_REPORT_INTERVAL_NS: u64 = 10_000_000_000;
+
+impl DenialEvent {
+    /// Reads a record as the kernel wrote it; `None` if `bytes` is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let u32_at = |i: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(bytes.get(i..i + 4)?.try_into().ok()?))
+        };
+        let u64_at = |i: usize| -> Option<u64> {
+            Some(u64::from_ne_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
+        };
+        let mut comm = [0u8; 16];
+        comm.copy_from_slice(bytes.get(48..64)?);
+        Some(Self {
+            key: DenialKey {
+                src: u32_at(0)?,
+                dst: u32_at(4)?,
+                reason: u32_at(8)?,
+                _pad: u32_at(12)?,
+            },
+            cgroup: u64_at(16)?,
+            dst: SockAddr {
+                addr: [u32_at(24)?, u32_at(28)?, u32_at(32)?, u32_at(36)?],
+                port: u16::from_ne_bytes(bytes.get(40..42)?.try_into().ok()?),
+                _pad: u16::from_ne_bytes(bytes.get(42..44)?.try_into().ok()?),
+            },
+            pid: u32_at(44)?,
+            comm,
+        })
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with explicit padding and no pointers;
@@ -147,6 +242,10 @@ mod pod {
     unsafe impl aya::Pod for super::OrigDst {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PairKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DenialKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DenialCount {}
 }
 
 #[cfg(test)]
@@ -159,6 +258,40 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnKey>(), 40);
         assert_eq!(core::mem::size_of::<OrigDst>(), 40);
         assert_eq!(core::mem::size_of::<PairKey>(), 8);
+        assert_eq!(core::mem::size_of::<DenialKey>(), 16);
+        assert_eq!(core::mem::size_of::<DenialCount>(), 16);
+        // 16 + 8 + 20 + 4 + 16: no padding anywhere.
+        assert_eq!(core::mem::size_of::<DenialEvent>(), 64);
+    }
+
+    #[test]
+    fn a_denial_event_reads_back_from_its_bytes() {
+        let event = DenialEvent {
+            key: DenialKey {
+                src: 3,
+                dst: 7,
+                reason: DENIED_BY_INTENTIONS,
+                _pad: 0,
+            },
+            cgroup: 0x1122_3344_5566_7788,
+            dst: SockAddr::from_v4(u32::from_ne_bytes([10, 77, 0, 2]), 5001),
+            pid: 4242,
+            comm: *b"python3\0\0\0\0\0\0\0\0\0",
+        };
+        // The record as the kernel lays it out: the struct's own bytes.
+        let mut bytes = [0u8; 64];
+        bytes[0..4].copy_from_slice(&event.key.src.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&event.key.dst.to_ne_bytes());
+        bytes[8..12].copy_from_slice(&event.key.reason.to_ne_bytes());
+        bytes[16..24].copy_from_slice(&event.cgroup.to_ne_bytes());
+        for (i, w) in event.dst.addr.iter().enumerate() {
+            bytes[24 + 4 * i..28 + 4 * i].copy_from_slice(&w.to_ne_bytes());
+        }
+        bytes[40..42].copy_from_slice(&event.dst.port.to_ne_bytes());
+        bytes[44..48].copy_from_slice(&event.pid.to_ne_bytes());
+        bytes[48..64].copy_from_slice(&event.comm);
+        assert_eq!(DenialEvent::from_bytes(&bytes), Some(event));
+        assert_eq!(DenialEvent::from_bytes(&bytes[..63]), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! | `mesh_connect4`  | cgroup/connect4               | redirect to the agent, loopback guard           |
 //! | `mesh_connect6`  | cgroup/connect6               | the same for AF_INET6 sockets                   |
 //! | `mesh_sock_ops`  | sock_ops (active established) | hand the original destination to the agent      |
-//! | `mesh_sk_lookup` | sk_lookup (node's netns)      | steer node-address:port to the inbound listener |
+//! | `mesh_sk_lookup` | sk_lookup (node's netns)      | steer node-address:port to the inbound listener; refuse non-mesh sources |
 //!
 //! Program names carry the `mesh_` prefix so `bpftool prog` shows whose they are.
 #![no_std]
@@ -16,16 +16,19 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
     },
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
-    maps::{HashMap, LruHashMap, SockMap},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SockMap},
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
-use aya_log_ebpf::{debug, warn};
+use aya_log_ebpf::warn;
 use mesh_common::{
-    ConnKey, LISTENER_V4, LISTENER_V6, MAX_DENIED_PAIRS, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst,
-    PairKey, ServiceId, SockAddr,
+    ConnKey, DENIAL_EVENTS_BYTES, DENIAL_REPORT_INTERVAL_NS, DENIED_BY_INTENTIONS,
+    DENIED_BY_LOOPBACK_GUARD, DenialCount, DenialEvent, DenialKey, LISTENER_V4, LISTENER_V6,
+    MAX_DENIALS, MAX_DENIED_PAIRS, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst, PairKey, ServiceId,
+    SockAddr,
 };
 
 const AF_INET: u32 = 2;
@@ -43,6 +46,8 @@ static NETNS_COOKIE: u64 = 0;
 static AGENT_CGROUP: u64 = 0;
 #[unsafe(no_mangle)]
 static OUTBOUND_PORT: u16 = 15001;
+#[unsafe(no_mangle)]
+static CHECK_PEERS: u8 = 1;
 
 #[map]
 static SERVICES: HashMap<SockAddr, ServiceId> = HashMap::with_max_entries(2 * MAX_SERVICES, 0);
@@ -58,6 +63,15 @@ static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_PEND
 static CONNS: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
 #[map]
 static LISTENERS: SockMap = SockMap::with_max_entries(2, 0);
+#[map]
+static PEERS: HashMap<SockAddr, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static DENIALS: LruPerCpuHashMap<DenialKey, DenialCount> =
+    LruPerCpuHashMap::with_max_entries(MAX_DENIALS, 0);
+#[map]
+static DENIAL_EVENTS: RingBuf = RingBuf::with_byte_size(DENIAL_EVENTS_BYTES, 0);
 
 /// cgroup/connect4, attached to the cgroup2 root; kernel 5.7+ (netns cookie).
 ///
@@ -67,7 +81,8 @@ static LISTENERS: SockMap = SockMap::with_max_entries(2, 0);
 /// destination (`SERVICES`) when the intentions deny the pair (`DENIED`);
 /// otherwise redirects such a caller to the agent's outbound listener on
 /// 127.0.0.1 and records the original destination in `SOCKETS` by socket
-/// cookie.
+/// cookie. Every EPERM is counted in `DENIALS` and reported to the agent
+/// through `DENIAL_EVENTS` (rate-limited per key, see `report_denial`).
 #[cgroup_sock_addr(connect4)]
 pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid `bpf_sock_addr`; fields are read as
@@ -200,11 +215,14 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
 /// (`LOCAL_PORTS`) on any non-loopback local address (the node address of
 /// either family, or any other) to the agent's inbound listener
 /// (`LISTENERS`). Loopback (the agent's own delivery to the service) and
-/// everything else go on to the regular socket lookup.
+/// everything else go on to the regular socket lookup. With `CHECK_PEERS`,
+/// a connection to such a port from an address that is not a mesh node
+/// (`PEERS`) is refused here (the kernel answers the SYN with a reset) and
+/// counted in `REFUSED`: strangers never reach the agent's handshakes.
 #[sk_lookup]
 pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel passes a valid `bpf_sk_lookup`.
-    let (family, protocol, ip4, ip6, port) = unsafe {
+    let (family, protocol, ip4, ip6, port, remote4, remote6) = unsafe {
         let l = &*ctx.lookup;
         (
             l.family,
@@ -212,17 +230,28 @@ pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
             l.local_ip4,
             ctx_ip6(&raw const l.local_ip6),
             l.local_port,
+            l.remote_ip4,
+            ctx_ip6(&raw const l.remote_ip6),
         )
     };
     if protocol != IPPROTO_TCP {
         return sk_action::SK_PASS;
     }
-    let (dst, index) = match family {
-        AF_INET => (SockAddr::from_v4(ip4, port as u16), LISTENER_V4),
+    let (dst, src, index) = match family {
+        AF_INET => (
+            SockAddr::from_v4(ip4, port as u16),
+            SockAddr::from_v4(remote4, 0),
+            LISTENER_V4,
+        ),
         AF_INET6 => (
             SockAddr {
                 addr: ip6,
                 port: port as u16,
+                _pad: 0,
+            },
+            SockAddr {
+                addr: remote6,
+                port: 0,
                 _pad: 0,
             },
             LISTENER_V6,
@@ -232,6 +261,15 @@ pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: read-only presence check.
     if dst.reaches_loopback() || unsafe { LOCAL_PORTS.get(u32::from(dst.port)) }.is_none() {
         return sk_action::SK_PASS;
+    }
+    // SAFETY: reading a load-time constant; then a read-only presence check.
+    if unsafe { core::ptr::read_volatile(&CHECK_PEERS) } != 0 && unsafe { PEERS.get(src) }.is_none()
+    {
+        if let Some(n) = REFUSED.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot of the map: no one else writes it.
+            unsafe { *n += 1 };
+        }
+        return sk_action::SK_DROP;
     }
     if let Err(e) = LISTENERS.redirect_sk_lookup(&ctx, index, 0) {
         warn!(
@@ -266,10 +304,15 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
         if let Some(owner) = unsafe { LOCAL_PORTS.get(u32::from(dst.port)) }.copied()
             && src != Some(owner)
         {
-            // debug: an unprivileged process could otherwise flood the log.
-            debug!(
-                ctx,
-                "mesh: loopback guard refused port {} to cgroup {}", dst.port, cgroup
+            report_denial(
+                DenialKey {
+                    src: src.unwrap_or(0),
+                    dst: owner,
+                    reason: DENIED_BY_LOOPBACK_GUARD,
+                    _pad: 0,
+                },
+                cgroup,
+                dst,
             );
             return Verdict::Deny;
         }
@@ -288,9 +331,15 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
     };
     // SAFETY: read-only presence check.
     if unsafe { DENIED.get(pair) }.is_some() {
-        debug!(
-            ctx,
-            "mesh: intentions deny service {} -> {}", src_service, dst_service
+        report_denial(
+            DenialKey {
+                src: src_service,
+                dst: dst_service,
+                reason: DENIED_BY_INTENTIONS,
+                _pad: 0,
+            },
+            cgroup,
+            dst,
         );
         return Verdict::Deny;
     }
@@ -308,6 +357,50 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
         return Verdict::Deny;
     }
     Verdict::Redirect
+}
+
+/// Counts an EPERM in `DENIALS` (this CPU's value) and tells the agent
+/// (`DENIAL_EVENTS`) about the first one of `key` and then at most one every
+/// `DENIAL_REPORT_INTERVAL_NS` per CPU, so a caller refused in a tight loop
+/// costs a map update per connect, not a ring buffer record.
+#[inline(always)]
+fn report_denial(key: DenialKey, cgroup: u64, dst: &SockAddr) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let report = match DENIALS.get_ptr_mut(key) {
+        Some(v) => {
+            // SAFETY: this CPU's value in the map: no one else writes it.
+            let v = unsafe { &mut *v };
+            v.count += 1;
+            let due = now.wrapping_sub(v.reported_ns) >= DENIAL_REPORT_INTERVAL_NS;
+            if due {
+                v.reported_ns = now;
+            }
+            due
+        }
+        None => {
+            let first = DenialCount {
+                count: 1,
+                reported_ns: now,
+            };
+            DENIALS.insert(key, first, 0).is_ok()
+        }
+    };
+    if !report {
+        return;
+    }
+    let Some(mut entry) = DENIAL_EVENTS.reserve::<DenialEvent>(0) else {
+        return;
+    };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    entry.write(DenialEvent {
+        key,
+        cgroup,
+        dst: *dst,
+        pid,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
 }
 
 /// Whether the socket behind `ctx` lives in this node's network namespace.

@@ -97,6 +97,14 @@ pub fn loaded_mesh_programs() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The value of the sample `series` (name and labels exactly as rendered)
+/// in a Prometheus text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Waits until `f` returns true, up to `timeout`; returns whether it did.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -661,6 +669,19 @@ impl Mesh {
             .and_then(|s| s["serial"].as_str())
             .unwrap_or_else(|| panic!("no serial for {service} in {status}"))
             .to_owned()
+    }
+
+    /// The Prometheus text of `node`'s agent (`/metrics`).
+    pub fn metrics(&self, node: &str) -> String {
+        let mut cmd = self.cmd(node, "curl");
+        cmd.args(["-sS", "-m", "5", "http://127.0.0.1:15000/metrics"]);
+        run_to_string(&mut cmd, Duration::from_secs(10))
+    }
+
+    /// The value of the sample `series` (name and labels exactly as
+    /// rendered) in `node`'s `/metrics`; 0 if it is not there yet.
+    pub fn metric(&self, node: &str, series: &str) -> f64 {
+        metric_value(&self.metrics(node), series).unwrap_or(0.0)
     }
 
     /// Starts tcpdump on `node`'s eth0 with `filter`; stop it with

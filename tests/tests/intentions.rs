@@ -381,3 +381,82 @@ fn a_broken_edit_is_rejected_and_the_last_good_config_stays() {
         "the next good edit was not applied"
     );
 }
+
+#[test]
+fn kernel_denials_are_logged_once_per_interval_and_all_counted() {
+    let mesh = mesh("ka", "kb", "deny", "");
+    mesh.start_echo_server("kb", "api", API_PORT);
+    let connects = |node: &str, service: Option<&str>, host: &str, n: u32| {
+        let mut cmd = match service {
+            Some(s) => mesh.cmd_as(node, s, "python3"),
+            None => mesh.cmd(node, "python3"),
+        };
+        cmd.arg(app("connect_loop.py"))
+            .arg(host)
+            .arg(API_PORT.to_string())
+            .arg(n.to_string());
+        run_to_string(&mut cmd, Duration::from_secs(60))
+    };
+
+    // A denied app in a tight loop: every connect() is refused with EPERM.
+    assert_eq!(
+        connects("ka", Some("web"), VIP, 1000).trim(),
+        r#"{"EPERM": 1000}"#
+    );
+    // The agent hears of it, with who, what and why, but not 1000 times:
+    // one report per key and CPU every 10 s.
+    let log = mesh.agent_log("ka");
+    let reports = || {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("intentions deny web -> api"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || !reports().is_empty()),
+        "no report of the kernel's EPERM in agent ka's log"
+    );
+    let lines = reports();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(lines.len() <= cpus, "{} reports:\n{lines:#?}", lines.len());
+    let first = &lines[0];
+    for field in [
+        "connect() refused with EPERM",
+        "src=web",
+        "dst=api",
+        "rule=default policy",
+        "comm=python3",
+        &format!("dialed={VIP}:{API_PORT}"),
+        "pid=",
+    ] {
+        assert!(first.contains(field), "no {field:?} in {first}");
+    }
+    // Every one of them is counted, in /metrics and in status.
+    let series = "mesh_denials_total{source=\"web\",destination=\"api\",rule=\"default policy\",side=\"source\"}";
+    assert_eq!(mesh.metric("ka", series), 1000.0, "{}", mesh.metrics("ka"));
+    let status = mesh.status("ka");
+    let pair = status["connections"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["source"] == "web"))
+        .unwrap_or_else(|| panic!("no web -> api in {status}"));
+    assert_eq!(pair["denied_at_source"], 1000, "{pair}");
+
+    // The loopback guard's EPERM is reported the same way, for a caller
+    // without a mesh identity.
+    assert_eq!(
+        connects("kb", None, "127.0.0.1", 5).trim(),
+        r#"{"EPERM": 5}"#
+    );
+    let series = "mesh_denials_total{source=\"-\",destination=\"api\",rule=\"loopback guard\",side=\"source\"}";
+    assert_eq!(mesh.metric("kb", series), 5.0, "{}", mesh.metrics("kb"));
+    assert!(
+        wait_until(Duration::from_secs(5), || fs::read_to_string(
+            mesh.agent_log("kb")
+        )
+        .unwrap_or_default()
+        .contains("only api itself may use its loopback port")),
+        "no loopback guard report in agent kb's log"
+    );
+}

@@ -20,15 +20,17 @@ pub async fn serve(listener: TcpListener, ctx: Shared) {
             }
         };
         // Unauthenticated peers must not hold unbounded sockets and tasks.
-        let Ok(permit) = ctx.handshakes.clone().try_acquire_owned() else {
-            ctx.metrics
-                .handshake_failed("inbound", "too_many_handshakes");
-            debug!(%peer, "inbound connection closed: too many handshakes in progress");
-            continue;
+        let slot = match ctx.handshakes.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                ctx.metrics.handshake_failed("inbound", refusal.reason());
+                debug!(%peer, "inbound connection closed: {refusal}");
+                continue;
+            }
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            match handle(stream, &ctx, permit).await {
+            match handle(stream, &ctx, slot).await {
                 // Logged by `authorize`, once, with the deciding rule.
                 Err(ProxyError::Denied { .. }) => {}
                 Err(e) if e.is_refusal() => warn!(%peer, error = %e, "inbound connection refused"),
@@ -42,7 +44,7 @@ pub async fn serve(listener: TcpListener, ctx: Shared) {
 async fn handle(
     stream: TcpStream,
     ctx: &Shared,
-    handshake: tokio::sync::OwnedSemaphorePermit,
+    handshake: super::admission::Slot,
 ) -> Result<(), ProxyError> {
     let dialed = stream.local_addr()?;
     stream.set_nodelay(true)?;
@@ -61,7 +63,7 @@ async fn handle(
     ctx.metrics.handshake("inbound", resumed);
     debug!(src = %peer, dst = %dst.name, alpn = "mesh/1", resumed, "mTLS accepted");
     // The destination agent is authoritative, on the verified identity.
-    ctx.authorize(&peer, &dst.name, from, dialed)?;
+    ctx.authorize(&peer, &dst.name, from, dialed, super::Side::Destination)?;
     let mut svc = dial(local_addr(dst.port)).await?;
     let (received, sent) = ctx
         .splice_while_allowed(&mut remote, &mut svc, &peer, &dst.name, "inbound")

@@ -2,6 +2,7 @@
 //! connections), the inbound listener (connections steered by sk_lookup), and
 //! the byte copy between two sockets. The hop between agents is mTLS (`tls`).
 
+pub mod admission;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
@@ -75,15 +76,22 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// Connections flowing now (what a drain waits for).
     pub live: std::sync::atomic::AtomicUsize,
-    /// One permit per inbound TLS handshake in progress (`--max-handshakes`).
-    pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// Slots for inbound TLS handshakes in progress (`--max-handshakes`,
+    /// `--max-handshakes-per-source`).
+    pub handshakes: Arc<admission::Admission>,
+    /// Per `DENIALS` key, the count already folded into metrics and stats.
+    pub kernel_denials: Mutex<std::collections::HashMap<mesh_common::DenialKey, u64>>,
 }
 
 /// What happened to connections of one (source, destination) pair.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PairStats {
     pub allowed: u64,
+    /// Refused by this agent as the destination's (authoritative).
     pub denied: u64,
+    /// Refused on the caller's node: EPERM from connect() in the kernel,
+    /// or by this agent's outbound check.
+    pub denied_at_source: u64,
     /// Allowed when opened, closed later because the intentions changed.
     pub cut: u64,
 }
@@ -151,21 +159,20 @@ impl Context {
         dst: &str,
         peer: SocketAddr,
         dialed: SocketAddr,
+        side: Side,
     ) -> Result<(), ProxyError> {
         let decision = self.policy.borrow().decide(src, dst);
-        self.count(src, dst, |s| {
-            if decision.allowed() {
-                s.allowed += 1;
-            } else {
-                s.denied += 1;
-            }
+        self.count(src, dst, |s| match (decision.allowed(), side) {
+            (true, _) => s.allowed += 1,
+            (false, Side::Source) => s.denied_at_source += 1,
+            (false, Side::Destination) => s.denied += 1,
         });
         if decision.allowed() {
             return Ok(());
         }
         warn!(%src, %dst, %peer, %dialed, rule = %decision.rule, "denied by intentions");
         let rule = decision.rule.to_string();
-        self.metrics.denied(src, dst, &rule);
+        self.metrics.denied(src, dst, &rule, side.label(), 1);
         tracing::info!(
             target: "access", %src, %dst, %peer, %dialed, to_destination = 0u64,
             to_source = 0u64, duration_ms = 0u64, verdict = "denied", %rule, "connection"
@@ -252,9 +259,69 @@ impl Context {
         }
     }
 
+    /// Folds what connect4/6 refused since the last call (`DENIALS`) into
+    /// the metrics and the pair stats.
+    pub fn harvest_kernel_denials(&self) {
+        let counts = self.kernel.denials();
+        let mut seen = self
+            .kernel_denials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (key, count) in counts {
+            let last = seen.insert(key, count).unwrap_or(0);
+            let new = crate::denials::since(last, count);
+            if new == 0 {
+                continue;
+            }
+            let (src, dst, rule) = self.describe_denial(&key);
+            self.metrics
+                .denied(&src, &dst, &rule, Side::Source.label(), new);
+            self.count(&src, &dst, |s| s.denied_at_source += new);
+        }
+    }
+
+    /// Names a `DENIALS` key: source, destination and the deciding rule.
+    /// A caller without a mesh identity is `-`.
+    pub fn describe_denial(&self, key: &mesh_common::DenialKey) -> (String, String, String) {
+        let name = |id: u32| {
+            let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+            match (id, ids.name(id)) {
+                (0, _) => "-".to_owned(),
+                (_, Some(name)) => name.to_owned(),
+                (_, None) => format!("#{id}"),
+            }
+        };
+        let (src, dst) = (name(key.src), name(key.dst));
+        let rule = if key.reason == mesh_common::DENIED_BY_LOOPBACK_GUARD {
+            "loopback guard".to_owned()
+        } else {
+            self.policy.borrow().decide(&src, &dst).rule.to_string()
+        };
+        (src, dst, rule)
+    }
+
     fn count(&self, src: &str, dst: &str, f: impl FnOnce(&mut PairStats)) {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         f(stats.entry((src.to_owned(), dst.to_owned())).or_default());
+    }
+}
+
+/// Which end of a call an agent decides for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The caller's node (connect4/6 and the outbound listener).
+    Source,
+    /// The destination's node (the inbound listener): authoritative.
+    Destination,
+}
+
+impl Side {
+    /// The `side` label of `mesh_denials_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
     }
 }
 

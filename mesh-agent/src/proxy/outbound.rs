@@ -46,7 +46,7 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
     let dst = ctx.service(orig.dst_service)?;
     let dialed = crate::ebpf::socket_addr(&orig.dst);
     // Fail fast at the source too (the kernel normally refused already).
-    ctx.authorize(&src.name, &dst.name, peer, dialed)?;
+    ctx.authorize(&src.name, &dst.name, peer, dialed, super::Side::Source)?;
     let (sent, received) = if dst.node == ctx.node {
         // Same node: this agent is also the destination's; bytes stay here.
         debug!(src = %src.name, dst = %dst.name, "outbound, same node");

@@ -34,8 +34,11 @@ use verify::{ClientVerifier, PeerRules, ServerVerifier, VerifyError};
 pub const ALPN: &[u8] = b"mesh/1";
 /// The content type of a TLS handshake record, the first byte a TLS client sends.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-/// Bound on a whole handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a whole handshake, either side.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on the ClientHello, from accept() to its last byte: an agent sends
+/// it at once, so a peer that stalls or drips is gone after this.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,8 @@ pub enum TlsError {
     },
     #[error("TLS handshake timed out after {0:?}")]
     Timeout(Duration),
+    #[error("no complete ClientHello within {0:?}")]
+    HelloTimeout(Duration),
     #[error("client asked for server name {got:?}; this port serves {expected:?}")]
     WrongSni {
         got: Option<String>,
@@ -200,17 +205,21 @@ impl Tls {
             self.sessions.clear();
         }
         let handshake = async {
-            // A plaintext client gets closed without a word: a TLS alert
-            // would only confuse it ("HTTP/0.9" in curl).
-            let mut first = [0u8; 1];
-            let n = tcp.peek(&mut first).await.map_err(handshake_error)?;
-            if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
-                return Err(TlsError::NotTls);
-            }
-            let start =
+            let hello = async {
+                // A plaintext client gets closed without a word: a TLS alert
+                // would only confuse it ("HTTP/0.9" in curl).
+                let mut first = [0u8; 1];
+                let n = tcp.peek(&mut first).await.map_err(handshake_error)?;
+                if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+                    return Err(TlsError::NotTls);
+                }
                 LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Transport::new(tcp))
                     .await
-                    .map_err(handshake_error)?;
+                    .map_err(handshake_error)
+            };
+            let start = tokio::time::timeout(HELLO_TIMEOUT, hello)
+                .await
+                .map_err(|_| TlsError::HelloTimeout(HELLO_TIMEOUT))??;
             let expected = spiffe::sni(&self.trust_domain, dst);
             let hello = start.client_hello();
             if hello.server_name() != Some(expected.as_str()) {
@@ -310,6 +319,7 @@ impl TlsError {
             Self::WrongSni { .. } => "wrong_sni",
             Self::Alpn(_) => "alpn",
             Self::Timeout(_) => "timeout",
+            Self::HelloTimeout(_) => "hello_timeout",
             Self::NoPeerCertificate => "no_client_certificate",
             Self::Setup(_) | Self::NoLocalService(_) => "other",
         }
