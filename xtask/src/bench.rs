@@ -9,6 +9,11 @@
 //! `client`. A fourth copy sits behind two socat relays (the same hops as
 //! the mesh, without TLS): the cost of the hops alone. Each figure is the
 //! median of `--runs` runs, with min and max.
+//!
+//! Under flood: the mesh's rr and connection rate again, while a third
+//! node `bench-c` (a mesh node, so the kernel lets it through) or a
+//! stranger `bench-x` (not in the config) keeps 1,500 connections to the
+//! service port open without a handshake (`tests/apps/flood_client.py`).
 //! Results: a markdown table on stdout and JSON in target/bench/.
 
 use std::{
@@ -31,7 +36,7 @@ pub struct Options {
     pub runs: usize,
     /// Seconds-long run of everything, for `cargo xtask test`.
     pub smoke: bool,
-    /// Parts to measure (bulk, rr, connrate, idle); empty: all.
+    /// Parts to measure (bulk, rr, connrate, idle, flood); empty: all.
     pub only: Vec<String>,
 }
 
@@ -48,6 +53,10 @@ const VIP: &str = "240.0.0.99";
 const MODES: [&str; 4] = ["direct", "relay", "stunnel", "mesh"];
 /// Concurrent clients in the connection-rate capacity run.
 const PARALLEL: usize = 8;
+/// The mesh with no flood, and under the two floods.
+const FLOODS: [&str; 3] = ["quiet", "node flood", "stranger flood"];
+/// Connections a flood keeps open.
+const FLOOD_CONNS: usize = 1500;
 
 /// Runs the benchmark.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -83,6 +92,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     };
     let runs = if opts.smoke { 1 } else { opts.runs.max(1) };
     let mut samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
+    let mut flood_samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
     for run in 0..runs {
         for mode in MODES {
             eprintln!("bench: run {}/{runs}: {mode}", run + 1);
@@ -147,6 +157,26 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 );
             }
         }
+        if opts.wants("flood") {
+            eprintln!("bench: run {}/{runs}: mesh under flood", run + 1);
+            for flood in FLOODS {
+                let flooding = bench.flood(flood)?;
+                let rr = bench.client(
+                    "mesh",
+                    &["rr", "--size", "1", "--count", &rr_count.to_string()],
+                )?;
+                let cr = bench.client("mesh", &["connrate", "--count", &conns.to_string()])?;
+                drop(flooding);
+                let mut put = |metric: &str, v: Option<f64>| {
+                    flood_samples
+                        .entry((metric.to_owned(), flood))
+                        .or_default()
+                        .push(v.unwrap_or(0.0));
+                };
+                put("rr 1 B p50 us", rr["p50_us"].as_f64());
+                put("new conns per s", cr["per_s"].as_f64());
+            }
+        }
     }
     let mut extra = BTreeMap::new();
     extra.insert(
@@ -163,7 +193,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     for (prog, ns) in BpfStats::per_call_ns() {
         extra.insert(format!("{prog} ns per call"), ns);
     }
-    report(&samples, &extra, runs)
+    report(&samples, &flood_samples, &extra, runs)
 }
 
 /// The benchmark's mesh and its processes.
@@ -178,14 +208,22 @@ struct Bench {
 
 impl Bench {
     fn start(agent: PathBuf, meshbench: PathBuf) -> anyhow::Result<Self> {
-        let mut mesh = Mesh::with_agent(&["bench-a", "bench-b"], agent);
+        // bench-c and bench-x only flood: c is a mesh node, x is not.
+        let mut mesh = Mesh::with_agent(&["bench-a", "bench-b", "bench-c", "bench-x"], agent);
         // Quiet, but the harness waits for "agent ready" (info, agent module).
         mesh.log_filter = "warn,mesh_agent::agent=info".to_owned();
+        let nodes: String = ["bench-a", "bench-b", "bench-c"]
+            .map(|n| {
+                format!(
+                    "[[node]]\nname = \"{n}\"\naddress = \"{}\"\n\n",
+                    mesh.node(n).v4
+                )
+            })
+            .concat();
         mesh.write_config(&format!(
-            "[mesh]\ndefault_policy = \"allow\"\n\n{}\
+            "[mesh]\ndefault_policy = \"allow\"\n\n{nodes}\
              [[service]]\nname = \"client\"\nnode = \"bench-a\"\nport = 8080\n\n\
-             [[service]]\nname = \"server\"\nnode = \"bench-b\"\nport = 5001\nvip = \"{VIP}\"\n",
-            mesh.node_tables(false)
+             [[service]]\nname = \"server\"\nnode = \"bench-b\"\nport = 5001\nvip = \"{VIP}\"\n"
         ));
         mesh.start_agent("bench-a");
         mesh.start_agent("bench-b");
@@ -317,6 +355,28 @@ impl Bench {
             .with_context(|| format!("meshbench {args:?} ({mode}) said: {out}"))
     }
 
+    /// Starts `flood` ("quiet": none) against the mesh service's port on
+    /// bench-b; it stops when the returned guard is dropped.
+    fn flood(&self, flood: &str) -> anyhow::Result<Option<Flood>> {
+        let node = match flood {
+            "node flood" => "bench-c",
+            "stranger flood" => "bench-x",
+            _ => return Ok(None),
+        };
+        // At the lowest priority: a real attacker brings its own CPUs; here
+        // it would take them from the two the mesh runs on.
+        let mut c = self.mesh.cmd(node, "nice");
+        c.args(["-n", "19", "python3"])
+            .arg(mesh_tests::app("flood_client.py"))
+            .arg(self.mesh.node("bench-b").v4.to_string())
+            .args(["5001", &FLOOD_CONNS.to_string(), "60", "stall"])
+            .stdout(std::process::Stdio::null());
+        let child = c.spawn().context("start the flood client")?;
+        // Let it reach full strength.
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(Some(Flood(child)))
+    }
+
     /// CPU seconds used so far by the processes that do `mode`'s proxying.
     /// (user, system) CPU seconds of the proxies of `mode`.
     fn cpu_seconds(&self, mode: &str) -> (f64, f64) {
@@ -368,6 +428,17 @@ impl Bench {
         let after = self.agents_rss_kib();
         let _ = Command::new("kill").arg(pid.to_string()).status();
         Ok(((after - before) / n as f64).max(0.0))
+    }
+}
+
+/// A running flood client; killed when dropped.
+struct Flood(std::process::Child);
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        // `ip netns exec` and nice exec python: this is the flood client itself.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -489,8 +560,15 @@ impl std::fmt::Display for Want {
     }
 }
 
-/// The issue's targets against this run's medians: a table of ratios.
-fn targets(median: &dyn Fn(&str, &str) -> Option<f64>, extra: &BTreeMap<String, f64>) -> String {
+/// The issues' targets against this run's medians: a table of ratios.
+/// `flooded(metric, flood)` is a median of the under-flood runs.
+fn targets(
+    median: &dyn Fn(&str, &str) -> Option<f64>,
+    flooded: &dyn Fn(&str, &str) -> Option<f64>,
+    extra: &BTreeMap<String, f64>,
+) -> String {
+    let under =
+        |metric: &str, flood: &str| Some(flooded(metric, flood)? / flooded(metric, "quiet")?);
     let ratio = |metric: &str, over: &str| Some(median(metric, "mesh")? / median(metric, over)?);
     let added = |metric: &str| {
         let direct = median(metric, "direct")?;
@@ -503,7 +581,7 @@ fn targets(median: &dyn Fn(&str, &str) -> Option<f64>, extra: &BTreeMap<String, 
             .map(|(_, v)| *v)
             .reduce(f64::max)
     };
-    let rows: [(&str, Want, Option<f64>); 10] = [
+    let rows: [(&str, Want, Option<f64>); 14] = [
         (
             "bulk, mesh/direct",
             Want::AtLeast(0.5),
@@ -557,6 +635,26 @@ fn targets(median: &dyn Fn(&str, &str) -> Option<f64>, extra: &BTreeMap<String, 
             Want::AtMost(1000.0),
             most("mesh_connect4"),
         ),
+        (
+            "rr 1 B p50 under node flood / quiet",
+            Want::AtMost(1.1),
+            under("rr 1 B p50 us", "node flood"),
+        ),
+        (
+            "new conns per s under node flood / quiet",
+            Want::AtLeast(0.9),
+            under("new conns per s", "node flood"),
+        ),
+        (
+            "rr 1 B p50 under stranger flood / quiet",
+            Want::AtMost(1.1),
+            under("rr 1 B p50 us", "stranger flood"),
+        ),
+        (
+            "new conns per s under stranger flood / quiet",
+            Want::AtLeast(0.9),
+            under("new conns per s", "stranger flood"),
+        ),
     ];
     let mut out = "\n| target | wanted | this run | met |\n|---|---|---|---|\n".to_owned();
     for (name, wanted, got) in rows {
@@ -571,6 +669,7 @@ fn targets(median: &dyn Fn(&str, &str) -> Option<f64>, extra: &BTreeMap<String, 
 
 fn report(
     samples: &BTreeMap<(String, &str), Vec<f64>>,
+    flood_samples: &BTreeMap<(String, &str), Vec<f64>>,
     extra: &BTreeMap<String, f64>,
     runs: usize,
 ) -> anyhow::Result<()> {
@@ -628,8 +727,50 @@ fn report(
         out += &format!("| {k} | {v:.1} |\n");
         json.insert(k.clone(), json!(v));
     }
+    let flooded = |metric: &String, flood: &str| {
+        flood_samples
+            .get(&(metric.clone(), flood))
+            .map(|v| stats(v))
+    };
+    if !flood_samples.is_empty() {
+        out += &format!(
+            "\n| mesh under flood ({FLOOD_CONNS} connections held without a handshake) | quiet | node flood | stranger flood | node/quiet | stranger/quiet |\n\
+             |---|---|---|---|---|---|\n"
+        );
+        let mut metrics: Vec<&String> = flood_samples.keys().map(|(k, _)| k).collect();
+        metrics.dedup();
+        let mut under = serde_json::Map::new();
+        for metric in metrics {
+            let [q, n, x] = FLOODS.map(|flood| flooded(metric, flood));
+            out += &format!(
+                "| {metric} | {} | {} | {} | {} | {} |\n",
+                fmt(q),
+                fmt(n),
+                fmt(x),
+                ratio(n, q),
+                ratio(x, q)
+            );
+            under.insert(
+                metric.clone(),
+                json!(
+                    FLOODS
+                        .iter()
+                        .map(|f| (
+                            f.to_string(),
+                            flood_samples
+                                .get(&(metric.clone(), *f))
+                                .cloned()
+                                .unwrap_or_default()
+                        ))
+                        .collect::<BTreeMap<_, _>>()
+                ),
+            );
+        }
+        json.insert("under flood".to_owned(), Value::Object(under));
+    }
     out += &targets(
         &|metric, mode| cell(&metric.to_owned(), mode).map(|(m, _, _)| m),
+        &|metric, flood| flooded(&metric.to_owned(), flood).map(|(m, _, _)| m),
         extra,
     );
     println!("{out}");

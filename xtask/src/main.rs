@@ -49,8 +49,9 @@ enum Task {
         /// A seconds-long run of everything, without thresholds.
         #[arg(long)]
         smoke: bool,
-        /// Measure only these parts (repeatable): bulk, rr, connrate, idle.
-        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle"])]
+        /// Measure only these parts (repeatable): bulk, rr, connrate, idle,
+        /// flood (rr and connrate of the mesh under a handshake flood).
+        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood"])]
         only: Vec<String>,
     },
     /// Build the release agent and run it with ARGS, or run the demo if none.
