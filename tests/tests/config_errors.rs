@@ -61,6 +61,12 @@ fn write_config(text: &[u8]) -> (PathBuf, PathBuf) {
     (dir, path)
 }
 
+/// A loopback address nothing listens on (a port just given back).
+fn unused_admin_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
 fn check(args: &[&str], text: &[u8], expected: &[&str]) {
     let (dir, path) = write_config(text);
     let out = Command::new(agent_bin())
@@ -71,6 +77,11 @@ fn check(args: &[&str], text: &[u8], expected: &[&str]) {
             &[][..]
         } else {
             &["--node", "a"][..]
+        })
+        .args(if args[0] == "exec" {
+            vec!["--admin".to_owned(), unused_admin_addr()]
+        } else {
+            vec![]
         })
         .args(if args[0] == "exec" {
             &["--service", "x", "--", "true"][..]
@@ -105,7 +116,10 @@ fn validate_names_file_line_column_and_problem() {
 fn run_and_exec_refuse_a_bad_config_the_same_way() {
     for (text, expected) in CASES {
         check(&["run"], text, expected);
-        check(&["exec"], text, expected);
+        // No agent answers on an unused admin port: exec has nothing to
+        // fall back on, and says so.
+        let no_agent = [*expected, &["no agent answered"]].concat();
+        check(&["exec"], text, &no_agent);
     }
 }
 

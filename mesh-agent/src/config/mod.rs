@@ -76,7 +76,8 @@ pub struct Service {
 }
 
 /// What an intention (or the default policy) does with a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Action {
     Allow,
     Deny,
