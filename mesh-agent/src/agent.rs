@@ -435,8 +435,9 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Watches the config file, whose bytes were `loaded` at start; every
 /// valid change is applied without a restart (see `apply`). A broken file
-/// is logged and ignored: the last good config stays in force. Files are
-/// judged by [`Config::from_bytes`], as at start and by every command.
+/// is logged and ignored, and a file that cannot be read (deleted, say) is
+/// logged once: the last good config stays in force. Files are judged by
+/// [`Config::from_bytes`], as at start and by every command.
 async fn watch_config(
     ctx: proxy::Shared,
     cg: Arc<Cgroup2>,
@@ -445,12 +446,30 @@ async fn watch_config(
 ) {
     let path = ctx.config().path.clone();
     let mut last = loaded;
+    // The read error last logged: an outage is logged once (again only if
+    // its error changes).
+    let mut unreadable: Option<String> = None;
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tick.tick().await;
-        let Ok(bytes) = tokio::fs::read(&path).await else {
-            continue;
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(source) => {
+                let e = ConfigError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                let message = e.to_string();
+                if unreadable.as_ref() != Some(&message) {
+                    warn!(error = %message, "config file unreadable, keeping the last good config");
+                    unreadable = Some(message);
+                }
+                continue;
+            }
         };
+        if unreadable.take().is_some() {
+            info!(path = %path.display(), "config file readable again");
+        }
         if bytes == last {
             continue;
         }
