@@ -2,7 +2,8 @@
 //! `mesh-agent status` client that reads it.
 //!
 //! `GET /metrics`: Prometheus text (see `metrics`). `GET /config`: the
-//! config in force, as JSON.
+//! config in force, as JSON ([`ConfigDoc`]; `mesh-agent exec` reads it back
+//! when the file on disk is broken).
 //! `GET /status`: JSON with the node; per local service its SPIFFE ID,
 //! certificate serial and expiry; per (source, destination) pair seen, how
 //! many connections the intentions allowed, denied here as the destination,
@@ -11,17 +12,19 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::proxy::Shared;
+use crate::{config::Config, policy, proxy::Shared};
 
 /// The default admin address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:15000";
@@ -59,6 +62,83 @@ pub enum AdminError {
         addr: SocketAddr,
         source: serde_json::Error,
     },
+    #[error("failed to start a runtime for the admin request: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The `/config` document: the config an agent runs with (its last good
+/// one), with what `mesh-agent exec` needs to place a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDoc {
+    /// The file the agent loads, as given to it.
+    pub path: String,
+    /// The node this agent runs.
+    pub node: String,
+    pub trust_domain: String,
+    pub leaf_ttl_secs: u64,
+    pub nodes: Vec<NodeDoc>,
+    pub services: Vec<ServiceDoc>,
+    /// The intentions in force.
+    pub intentions: policy::Description,
+}
+
+/// A node of a [`ConfigDoc`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDoc {
+    pub name: String,
+    pub address: IpAddr,
+}
+
+/// A service of a [`ConfigDoc`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDoc {
+    pub name: String,
+    pub node: String,
+    pub port: u16,
+    pub vip: IpAddr,
+    pub public: bool,
+    /// Its cgroup path, the configured one or the default
+    /// (`cgroup::service_path`).
+    pub cgroup: PathBuf,
+}
+
+impl ConfigDoc {
+    /// The document of `config` as run by the agent of `node`, with the
+    /// intentions of `policy` (the ones in force).
+    pub fn new(config: &Config, node: &str, policy: &policy::Policy) -> Self {
+        Self {
+            path: config.path.display().to_string(),
+            node: node.to_owned(),
+            trust_domain: config.mesh.trust_domain.clone(),
+            leaf_ttl_secs: config.mesh.leaf_ttl.as_secs(),
+            nodes: config
+                .nodes
+                .iter()
+                .map(|n| NodeDoc {
+                    name: n.name.clone(),
+                    address: n.address,
+                })
+                .collect(),
+            services: config
+                .services
+                .iter()
+                .map(|s| ServiceDoc {
+                    name: s.name.clone(),
+                    node: s.node.clone(),
+                    port: s.port,
+                    vip: s.vip,
+                    public: s.public,
+                    cgroup: crate::cgroup::service_path(s).0,
+                })
+                .collect(),
+            intentions: policy.describe(),
+        }
+    }
+
+    /// The service called `name`, if declared.
+    pub fn service(&self, name: &str) -> Option<&ServiceDoc> {
+        self.services.iter().find(|s| s.name == name)
+    }
 }
 
 /// Checks that `addr` is loopback.
@@ -110,7 +190,14 @@ fn respond(req: &Request<hyper::body::Incoming>, ctx: &Shared) -> Response<Full<
     const JSON: &str = "application/json";
     let (status, kind, body) = match req.uri().path() {
         "/status" => (StatusCode::OK, JSON, status(ctx).to_string()),
-        "/config" => (StatusCode::OK, JSON, config(ctx).to_string()),
+        "/config" => match serde_json::to_string(&config(ctx)) {
+            Ok(body) => (StatusCode::OK, JSON, body),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                JSON,
+                json!({"error": e.to_string()}).to_string(),
+            ),
+        },
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -149,19 +236,8 @@ fn metrics(ctx: &Shared) -> String {
 }
 
 /// `/config`: the config this agent runs with (intentions as in force).
-fn config(ctx: &Shared) -> Value {
-    let c = ctx.config();
-    json!({
-        "path": c.path.display().to_string(),
-        "node": ctx.node,
-        "trust_domain": c.mesh.trust_domain,
-        "leaf_ttl_secs": c.mesh.leaf_ttl.as_secs(),
-        "nodes": c.nodes.iter().map(|n| json!({"name": n.name, "address": n.address.to_string()})).collect::<Vec<_>>(),
-        "services": c.services.iter().map(|s| json!({
-            "name": s.name, "node": s.node, "port": s.port, "vip": s.vip.to_string(), "public": s.public,
-        })).collect::<Vec<_>>(),
-        "intentions": ctx.policy.borrow().describe(),
-    })
+fn config(ctx: &Shared) -> ConfigDoc {
+    ConfigDoc::new(&ctx.config(), &ctx.node, &ctx.policy.borrow())
 }
 
 /// The `/status` document.
@@ -222,7 +298,22 @@ pub async fn fetch_status(addr: SocketAddr) -> Result<Value, AdminError> {
         .map_err(|_| AdminError::Timeout(addr))?
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Result<Value, AdminError> {
+/// `mesh-agent exec`: fetches `/config` from the agent at `addr`. Blocks,
+/// on a runtime of its own that starts no thread, so the caller stays
+/// single-threaded (it may need to `unshare` next).
+pub fn fetch_config(addr: SocketAddr) -> Result<ConfigDoc, AdminError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AdminError::Runtime)?;
+    rt.block_on(async {
+        tokio::time::timeout(CLIENT_TIMEOUT, get(addr, "/config"))
+            .await
+            .map_err(|_| AdminError::Timeout(addr))?
+    })
+}
+
+async fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T, AdminError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|source| AdminError::Connect { addr, source })?;
@@ -346,6 +437,36 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("(in 1h1m)"), "{text}");
+    }
+
+    #[test]
+    fn the_config_document_reads_back_as_served() {
+        let text = "[mesh]\ndefault_policy = \"allow\"\n\
+                    [[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\
+                    [[service]]\nname = \"web\"\nnode = \"a\"\nport = 80\n\
+                    [[service]]\nname = \"api\"\nnode = \"a\"\nport = 81\npublic = true\n\
+                    cgroup = \"/system.slice/api.service\"\n\
+                    [[intention]]\nsource = \"*\"\ndestination = \"api\"\naction = \"deny\"\n";
+        let config = Config::parse(text, std::path::Path::new("/etc/mesh/mesh.toml")).unwrap();
+        let doc = ConfigDoc::new(&config, "a", &policy::Policy::new(&config));
+        let body = serde_json::to_string(&doc).unwrap();
+        let back: ConfigDoc = serde_json::from_str(&body).unwrap();
+        assert_eq!(back, doc);
+
+        let value: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["node"], "a");
+        assert_eq!(value["nodes"][0]["address"], "10.0.0.1");
+        let web = &value["services"][0];
+        assert_eq!(web["cgroup"], "/mesh/a/web");
+        assert_eq!(web["public"], false);
+        let api = &value["services"][1];
+        assert_eq!(api["cgroup"], "/system.slice/api.service");
+        assert_eq!(api["public"], true);
+        assert_eq!(value["intentions"]["default_policy"], "allow");
+        assert_eq!(
+            value["intentions"]["intentions"][0],
+            json!({"source": "*", "destination": "api", "action": "deny", "line": 16})
+        );
     }
 
     #[test]

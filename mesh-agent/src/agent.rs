@@ -84,6 +84,8 @@ pub struct RunOptions {
 /// What `prepare` sets up before the async runtime starts.
 pub struct Prepared {
     config: Config,
+    /// The file's bytes `config` came from: the watcher's first "last seen".
+    loaded: Vec<u8>,
     cgroup2: Cgroup2,
     listeners: Listeners,
     identities: Arc<Identities>,
@@ -104,7 +106,8 @@ struct Listeners {
 /// single-threaded process.
 pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
     raise_fd_limit();
-    let config = Config::load(&opts.config)?;
+    let loaded = Config::read(&opts.config)?;
+    let config = Config::from_bytes(&loaded, &opts.config)?;
     if config.node(&opts.node).is_none() {
         return Err(AgentError::UnknownNode {
             node: opts.node.clone(),
@@ -153,6 +156,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
         listeners,
         identities: Arc::new(identities),
         config,
+        loaded,
     })
 }
 
@@ -160,6 +164,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
 pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError> {
     let Prepared {
         config,
+        loaded,
         cgroup2: cg,
         listeners,
         identities,
@@ -173,12 +178,20 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
     let cgroups = Arc::new(std::sync::Mutex::new(Cgroups::enter(
         &cg, &config, &opts.node,
     )?));
-    let result = serve(&cg, &cgroups, config, listeners, identities, &opts, async {
-        tokio::select! {
-            _ = sigterm.recv() => info!("SIGTERM: stopping"),
-            _ = sigint.recv() => info!("SIGINT: stopping"),
-        }
-    })
+    let result = serve(
+        &cg,
+        &cgroups,
+        (config, loaded),
+        listeners,
+        identities,
+        &opts,
+        async {
+            tokio::select! {
+                _ = sigterm.recv() => info!("SIGTERM: stopping"),
+                _ = sigint.recv() => info!("SIGINT: stopping"),
+            }
+        },
+    )
     .await;
     cgroups.lock().unwrap_or_else(|e| e.into_inner()).leave(&cg);
     result
@@ -187,7 +200,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
 async fn serve(
     cg: &Arc<Cgroup2>,
     cgroups: &Arc<std::sync::Mutex<Cgroups>>,
-    config: Config,
+    (config, loaded): (Config, Vec<u8>),
     listeners: Listeners,
     identities: Arc<Identities>,
     opts: &RunOptions,
@@ -265,7 +278,12 @@ async fn serve(
     if let Some(events) = ctx.kernel.denial_events()? {
         tasks.spawn(crate::denials::report(events, ctx.clone()));
     }
-    tasks.spawn(watch_config(ctx.clone(), cg.clone(), cgroups.clone()));
+    tasks.spawn(watch_config(
+        ctx.clone(),
+        cg.clone(),
+        cgroups.clone(),
+        loaded,
+    ));
     tasks.spawn(crate::admin::serve(admin, ctx.clone()));
     if let (Some(socket), Some(addr)) = (dns, opts.dns) {
         let upstream = opts
@@ -415,28 +433,47 @@ fn contents(
 /// How often the config file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Watches the config file; every valid change is applied without a
-/// restart (see `apply`). A broken file is logged and ignored: the last good
-/// config stays in force.
+/// Watches the config file, whose bytes were `loaded` at start; every
+/// valid change is applied without a restart (see `apply`). A broken file
+/// is logged and ignored, and a file that cannot be read (deleted, say) is
+/// logged once: the last good config stays in force. Files are judged by
+/// [`Config::from_bytes`], as at start and by every command.
 async fn watch_config(
     ctx: proxy::Shared,
     cg: Arc<Cgroup2>,
     cgroups: Arc<std::sync::Mutex<Cgroups>>,
+    loaded: Vec<u8>,
 ) {
     let path = ctx.config().path.clone();
-    let mut last = std::fs::read(&path).unwrap_or_default();
+    let mut last = loaded;
+    // The read error last logged: an outage is logged once (again only if
+    // its error changes).
+    let mut unreadable: Option<String> = None;
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tick.tick().await;
-        let Ok(bytes) = tokio::fs::read(&path).await else {
-            continue;
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(source) => {
+                let e = ConfigError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                let message = e.to_string();
+                if unreadable.as_ref() != Some(&message) {
+                    warn!(error = %message, "config file unreadable, keeping the last good config");
+                    unreadable = Some(message);
+                }
+                continue;
+            }
         };
+        if unreadable.take().is_some() {
+            info!(path = %path.display(), "config file readable again");
+        }
         if bytes == last {
             continue;
         }
-        last = bytes;
-        let text = String::from_utf8_lossy(&last);
-        match Config::parse(&text, &path) {
+        match Config::from_bytes(&bytes, &path) {
             Ok(new) => {
                 if let Err(e) = apply(&ctx, &cg, &cgroups, new) {
                     warn!(error = %e, "config change not applied, keeping the last good config");
@@ -444,6 +481,7 @@ async fn watch_config(
             }
             Err(e) => warn!("config change rejected, keeping the last good config:\n{e}"),
         }
+        last = bytes;
     }
 }
 

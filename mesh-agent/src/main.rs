@@ -95,7 +95,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run CMD as service S of node N (in the service's cgroup).
+    /// Run CMD as service S of node N (in the service's cgroup). If the
+    /// config file is broken, uses the running agent's last good config.
     Exec {
         #[arg(long)]
         config: PathBuf,
@@ -103,6 +104,10 @@ enum Command {
         node: String,
         #[arg(long)]
         service: String,
+        /// The admin address of node N's agent, asked for its config when
+        /// the file is broken.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: std::net::SocketAddr,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
@@ -209,10 +214,9 @@ fn main() -> ExitCode {
             config,
             node,
             service,
+            admin,
             command,
-        } => exec::exec(&config, &node, &service, &command)
-            .map(|never| match never {})
-            .map_err(anyhow::Error::from),
+        } => exec_as(&config, &node, &service, admin, &command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -262,6 +266,33 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `exec`: finds the service (in the file, else in the running agent's
+/// config, with a warning) and becomes `command` in its cgroup.
+fn exec_as(
+    config: &std::path::Path,
+    node: &str,
+    service: &str,
+    admin: std::net::SocketAddr,
+    command: &[OsString],
+) -> anyhow::Result<()> {
+    let (target, origin) = exec::find(config, node, service, admin)?;
+    if let exec::Origin::Agent { addr, broken } = &origin {
+        let problems = broken.problems();
+        let first = problems
+            .first()
+            .map_or_else(|| broken.to_string(), ToString::to_string);
+        let more = match problems.len() {
+            0 | 1 => String::new(),
+            n => format!(" (and {} more problems)", n - 1),
+        };
+        eprintln!("warning: the config file is broken: {first}{more}");
+        eprintln!(
+            "warning: using the running agent's last good config instead (node {node}, admin {addr})"
+        );
+    }
+    match exec::exec(&target, command)? {}
 }
 
 fn status(addr: std::net::SocketAddr, json: bool) -> anyhow::Result<()> {

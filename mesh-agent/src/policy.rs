@@ -82,18 +82,40 @@ impl Policy {
 }
 
 impl Policy {
-    /// The intentions and the default, as JSON for the admin endpoint.
-    pub fn describe(&self) -> serde_json::Value {
-        serde_json::json!({
-            "default_policy": self.default.to_string(),
-            "intentions": self.intentions.iter().map(|i| serde_json::json!({
-                "source": i.source.to_string(),
-                "destination": i.destination.to_string(),
-                "action": i.action.to_string(),
-                "line": i.line,
-            })).collect::<Vec<_>>(),
-        })
+    /// The intentions and the default, for the admin endpoint.
+    pub fn describe(&self) -> Description {
+        Description {
+            default_policy: self.default,
+            intentions: self
+                .intentions
+                .iter()
+                .map(|i| IntentionDescription {
+                    source: i.source.to_string(),
+                    destination: i.destination.to_string(),
+                    action: i.action,
+                    line: i.line,
+                })
+                .collect(),
+        }
     }
+}
+
+/// The intentions in force and the default policy, as `/config` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Description {
+    pub default_policy: Action,
+    /// In file order.
+    pub intentions: Vec<IntentionDescription>,
+}
+
+/// One intention of a [`Description`]; `*` stands for any service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IntentionDescription {
+    pub source: String,
+    pub destination: String,
+    pub action: Action,
+    /// 1-based line of its `[[intention]]` in the file.
+    pub line: usize,
 }
 
 /// 2 for an exact match, 1 for `*`, `None` for no match.

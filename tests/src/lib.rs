@@ -392,6 +392,15 @@ impl Mesh {
         }
     }
 
+    /// Replaces the config file with `bytes` at once (a temp file renamed
+    /// over it), as an editor should: a watching agent never reads half a
+    /// file. Unlike `write_config`, it takes any bytes, even invalid ones.
+    pub fn replace_config(&self, bytes: &[u8]) {
+        let tmp = self.dir.join(".mesh.toml.tmp");
+        fs::write(&tmp, bytes).expect("write config");
+        fs::rename(&tmp, self.config()).expect("rename config");
+    }
+
     /// The mesh's CA directory (the config's default `ca_dir`).
     pub fn ca_dir(&self) -> PathBuf {
         self.dir.join("ca")
@@ -658,6 +667,19 @@ impl Mesh {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// `GET <path>` of `node`'s admin endpoint (127.0.0.1:15000), as JSON.
+    pub fn admin_json(&self, node: &str, path: &str) -> serde_json::Value {
+        let mut cmd = self.cmd(node, "curl");
+        cmd.args(["-sSf", "-m", "5", &format!("http://127.0.0.1:15000{path}")]);
+        let out = output_with_timeout(&mut cmd, Duration::from_secs(10));
+        assert!(
+            out.status.success(),
+            "GET {path} of {node} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("admin JSON")
     }
 
     /// The current certificate serial of local `service` on `node`.

@@ -1,5 +1,7 @@
 //! A bad config file gives `file:line:column: what is wrong` and a non-zero
-//! exit, from `validate`, `run` and `exec` alike; never a panic.
+//! exit, from `validate`, `run` and `exec` alike; never a panic. `validate`
+//! refuses what no agent could run. Needs no root: everything fails before
+//! anything privileged.
 use std::{
     fs,
     path::PathBuf,
@@ -9,27 +11,27 @@ use std::{
 
 use mesh_tests::agent_bin;
 
-/// (file text, expected `line:column: message` fragments)
-const CASES: &[(&str, &[&str])] = &[
-    ("[mesh\n", &[":1:6: invalid table header"]),
+/// (file bytes, expected `line:column: message` fragments)
+const CASES: &[(&[u8], &[&str])] = &[
+    (b"[mesh\n", &[":1:6: invalid table header"]),
     (
-        "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\ncolour = \"red\"\n",
+        b"[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\ncolour = \"red\"\n",
         &[":4:1: unknown field `colour`"],
     ),
     (
-        "[[node]]\nname = \"a\"\n",
+        b"[[node]]\nname = \"a\"\n",
         &[":1:1:", "missing field `address`"],
     ),
     (
-        "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[node]]\nname = \"a\"\naddress = \"10.0.0.300\"\n",
+        b"[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[node]]\nname = \"a\"\naddress = \"10.0.0.300\"\n",
         &[":5:8:", "duplicate node", ":6:11:", "address"],
     ),
     (
-        "[[node]]\nname = \"a\"\naddress = \"fd00::1\"\n[[service]]\nname = \"api\"\nnode = \"b\"\nport = 0\n",
+        b"[[node]]\nname = \"a\"\naddress = \"fd00::1\"\n[[service]]\nname = \"api\"\nnode = \"b\"\nport = 0\n",
         &[":6:8:", "unknown node", ":7:8:", "port"],
     ),
     (
-        "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\
+        b"[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\
          [[service]]\nname = \"x\"\nnode = \"a\"\nport = 1\nvip = \"240.1.1.1\"\n\
          [[service]]\nname = \"y\"\nnode = \"a\"\nport = 1\nvip = \"240.1.1.1\"\n",
         &[
@@ -38,10 +40,18 @@ const CASES: &[(&str, &[&str])] = &[
             "vip",
         ],
     ),
+    // One Latin-1 byte (é) in a comment: the agents refuse it too.
+    (
+        b"[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n# caf\xe9\n",
+        &[":4:6: invalid UTF-8"],
+    ),
+    // No agent could run these: it must be one of the nodes.
+    (b"", &[":1:1: empty file"]),
+    (b"[mesh]\n", &[":1:1: no [[node]]"]),
 ];
 
 /// A fresh directory holding `text` as mesh.toml.
-fn write_config(text: &str) -> (PathBuf, PathBuf) {
+fn write_config(text: &[u8]) -> (PathBuf, PathBuf) {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("mesh-config-test-{}-{n}", std::process::id()));
@@ -51,7 +61,13 @@ fn write_config(text: &str) -> (PathBuf, PathBuf) {
     (dir, path)
 }
 
-fn check(args: &[&str], text: &str, expected: &[&str]) {
+/// A loopback address nothing listens on (a port just given back).
+fn unused_admin_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+fn check(args: &[&str], text: &[u8], expected: &[&str]) {
     let (dir, path) = write_config(text);
     let out = Command::new(agent_bin())
         .args(args)
@@ -63,6 +79,11 @@ fn check(args: &[&str], text: &str, expected: &[&str]) {
             &["--node", "a"][..]
         })
         .args(if args[0] == "exec" {
+            vec!["--admin".to_owned(), unused_admin_addr()]
+        } else {
+            vec![]
+        })
+        .args(if args[0] == "exec" {
             &["--service", "x", "--", "true"][..]
         } else {
             &[][..]
@@ -71,6 +92,7 @@ fn check(args: &[&str], text: &str, expected: &[&str]) {
         .expect("run mesh-agent");
     let _ = fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(text);
     assert_eq!(out.status.code(), Some(1), "{args:?} on {text:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let prefix = format!("{}:", path.display());
@@ -94,26 +116,31 @@ fn validate_names_file_line_column_and_problem() {
 fn run_and_exec_refuse_a_bad_config_the_same_way() {
     for (text, expected) in CASES {
         check(&["run"], text, expected);
-        check(&["exec"], text, expected);
+        // No agent answers on an unused admin port: exec has nothing to
+        // fall back on, and says so.
+        let no_agent = [*expected, &["no agent answered"]].concat();
+        check(&["exec"], text, &no_agent);
     }
 }
 
 #[test]
-fn a_good_config_validates() {
+fn a_good_config_validates_with_or_without_a_byte_order_mark() {
     let text = "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[service]]\nname = \"x\"\nnode = \"a\"\nport = 1\n";
-    let (dir, path) = write_config(text);
-    let out = Command::new(agent_bin())
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
-    let _ = fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ok (1 nodes, 1 services, 0 intentions)")
-    );
+    for text in [text.to_owned(), format!("\u{feff}{text}")] {
+        let (dir, path) = write_config(text.as_bytes());
+        let out = Command::new(agent_bin())
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let _ = fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("ok (1 nodes, 1 services, 0 intentions)")
+        );
+    }
 }

@@ -1,10 +1,12 @@
 //! Editing the intentions of a config file in place (`mesh-agent intention
 //! create|delete`).
 //!
-//! Comments and layout are kept (`toml_edit`), the edited text is validated
-//! as a whole with [`Config::parse`] before anything is written, and the
-//! file is replaced atomically (temp file, fsync, rename) because running
-//! agents watch it and must never see half a file.
+//! Comments and layout are kept (`toml_edit`), the file is read as
+//! [`Config::from_bytes`] reads it (strict UTF-8, a leading byte order mark
+//! kept), the edited text is validated as a whole with [`Config::from_bytes`]
+//! before anything is written, and the file is replaced atomically (temp
+//! file, fsync, rename) because running agents watch it and must never see
+//! half a file. So the editor writes only files the agents accept.
 
 use std::fs;
 use std::io::Write as _;
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{ArrayOfTables, DocumentMut, ImDocument, Item, Table, Value, value};
 
-use super::error::Source;
+use super::error::{BOM, Source};
 use super::{Action, Config, ConfigError, values};
 
 /// Errors of this module.
@@ -25,12 +27,10 @@ pub enum EditError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The file is not valid TOML; `message` starts with the line and column.
-    #[error("{} is not valid TOML: {message}", path.display())]
-    Toml { path: PathBuf, message: String },
     /// The edited text would not be a valid config (every problem), or the
-    /// file cannot be edited as it is (e.g. `intention` is not written as
-    /// `[[intention]]` tables). The file is unchanged.
+    /// file cannot be edited as it is: not UTF-8, not TOML (one problem,
+    /// exactly as [`Config::from_bytes`] reports it), or `intention` not
+    /// written as `[[intention]]` tables. The file is unchanged.
     #[error("refused to edit, the file is unchanged:\n{0}")]
     Invalid(ConfigError),
     // Not `source`/`destination`: thiserror takes a field named `source` for
@@ -72,9 +72,9 @@ pub fn create(
     destination: &str,
     action: Action,
 ) -> Result<Created, EditError> {
-    let text = read(path)?;
-    let mut doc = parse(&text, path)?;
-    let intentions = intention_tables(&mut doc, &text, path)?;
+    let bytes = read(path)?;
+    let (text, mut doc) = parse(&bytes, path)?;
+    let intentions = intention_tables(&mut doc, text, path)?;
     let created = match position(intentions, source, destination) {
         Some(i) => {
             let (from, value) = intentions
@@ -82,7 +82,7 @@ pub fn create(
                 .and_then(|table| table.get_mut("action"))
                 .and_then(Item::as_value_mut)
                 .and_then(|v| Some((values::action("action", v.as_str()?).ok()?, v)))
-                .ok_or_else(|| bad_action(&text, path, i))?;
+                .ok_or_else(|| bad_action(text, path, i))?;
             if from == action {
                 return Ok(Created::Unchanged);
             }
@@ -108,11 +108,11 @@ pub fn create(
             };
             table.decor_mut().set_prefix(prefix);
             doc.set_trailing("");
-            intention_tables(&mut doc, &text, path)?.push(table);
+            intention_tables(&mut doc, text, path)?.push(table);
             Created::Added
         }
     };
-    write(path, &doc.to_string())?;
+    write(path, &render(text, &doc))?;
     Ok(created)
 }
 
@@ -124,9 +124,9 @@ pub fn create(
 /// [`EditError::Invalid`] (file untouched) if the result would not be a
 /// valid config.
 pub fn delete(path: &Path, source: &str, destination: &str) -> Result<(), EditError> {
-    let text = read(path)?;
-    let mut doc = parse(&text, path)?;
-    let intentions = intention_tables(&mut doc, &text, path)?;
+    let bytes = read(path)?;
+    let (text, mut doc) = parse(&bytes, path)?;
+    let intentions = intention_tables(&mut doc, text, path)?;
     let (i, table) = position(intentions, source, destination)
         .and_then(|i| Some((i, intentions.get(i)?)))
         .ok_or_else(|| EditError::NotFound {
@@ -143,7 +143,17 @@ pub fn delete(path: &Path, source: &str, destination: &str) -> Result<(), EditEr
     if let Some(kept) = kept {
         prepend_to_next(&mut doc, at, &kept);
     }
-    write(path, &doc.to_string())
+    write(path, &render(text, &doc))
+}
+
+/// The edited document as file text, with the original's byte order mark
+/// if it had one (`toml_edit` drops it).
+fn render(original: &str, doc: &DocumentMut) -> String {
+    if original.starts_with(BOM) {
+        format!("{BOM}{doc}")
+    } else {
+        doc.to_string()
+    }
 }
 
 fn action_str(action: Action) -> &'static str {
@@ -153,22 +163,24 @@ fn action_str(action: Action) -> &'static str {
     }
 }
 
-fn read(path: &Path) -> Result<String, EditError> {
-    fs::read_to_string(path).map_err(|source| EditError::Read {
-        path: path.to_owned(),
-        source,
+/// The file's bytes, read as [`Config::load`] reads them.
+fn read(path: &Path) -> Result<Vec<u8>, EditError> {
+    Config::read(path).map_err(|e| match e {
+        ConfigError::Io { path, source } => EditError::Read { path, source },
+        invalid => EditError::Invalid(invalid),
     })
 }
 
-fn parse(text: &str, path: &Path) -> Result<DocumentMut, EditError> {
-    text.parse::<DocumentMut>().map_err(|e| {
-        let (line, column) = Source { path, text }.position(e.span().map_or(0, |s| s.start));
-        let message = super::error::one_line(e.message());
-        EditError::Toml {
-            path: path.to_owned(),
-            message: format!("line {line}, column {column}: {message}"),
-        }
-    })
+/// The file as an editable document: strict UTF-8 as in
+/// [`Config::from_bytes`], and a syntax error reported as it does.
+fn parse<'b>(bytes: &'b [u8], path: &'b Path) -> Result<(&'b str, DocumentMut), EditError> {
+    let invalid = |problem| EditError::Invalid(ConfigError::Invalid(vec![problem]));
+    let source = Source::decode(bytes, path).map_err(invalid)?;
+    let doc = source
+        .text
+        .parse::<DocumentMut>()
+        .map_err(|e| invalid(source.toml_problem(e.span(), e.message())))?;
+    Ok((source.text, doc))
 }
 
 /// The `[[intention]]` tables, an empty array if there are none yet.
@@ -324,7 +336,7 @@ fn table_at(table: &mut Table, at: usize) -> Option<&mut Table> {
 /// `path` with it (the target, if `path` is a symlink), keeping its
 /// permission mode and, when allowed, its owner.
 fn write(path: &Path, new: &str) -> Result<(), EditError> {
-    Config::parse(new, path).map_err(EditError::Invalid)?;
+    Config::from_bytes(new.as_bytes(), path).map_err(EditError::Invalid)?;
     let err = |source| EditError::Write {
         path: path.to_owned(),
         source,
@@ -589,10 +601,12 @@ port = 81
     fn files_that_cannot_be_edited_are_left_alone() {
         let f = File::new("[mesh\n");
         let result = create(&f.path, "web", "api", Action::Allow);
-        let Err(EditError::Toml { message, .. }) = &result else {
+        let Err(EditError::Invalid(e)) = &result else {
             panic!("{result:?}");
         };
-        assert!(message.starts_with("line 1, column "), "{message}");
+        let expected = Config::load(&f.path).unwrap_err();
+        assert_eq!(e.problems(), expected.problems(), "{e}");
+        assert_eq!((e.problems()[0].line, e.problems()[0].column), (1, 6));
 
         let text = format!("{BASE}[intention]\nsource = \"web\"\n");
         let f = File::new(&text);

@@ -58,6 +58,9 @@ fn join_lines(problems: &[Problem]) -> String {
         .join("\n")
 }
 
+/// The UTF-8 byte order mark, as a char.
+pub(super) const BOM: char = '\u{feff}';
+
 /// The text being parsed and its path: turns byte spans into [`Problem`]s.
 #[derive(Clone, Copy)]
 pub(super) struct Source<'a> {
@@ -65,14 +68,38 @@ pub(super) struct Source<'a> {
     pub text: &'a str,
 }
 
+impl<'a> Source<'a> {
+    /// `bytes` as UTF-8 text, or the problem at the first byte that is not.
+    pub fn decode(bytes: &'a [u8], path: &'a Path) -> Result<Self, Problem> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(Source { path, text }),
+            Err(e) => {
+                let valid = bytes.get(..e.valid_up_to()).unwrap_or_default();
+                // The prefix before the bad byte is UTF-8 by definition.
+                let text = std::str::from_utf8(valid).unwrap_or_default();
+                let bad = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
+                let message = format!("invalid UTF-8 (byte 0x{bad:02x}): expected a UTF-8 file");
+                Err(Source { path, text }.problem(text.len()..text.len(), message))
+            }
+        }
+    }
+}
+
 impl Source<'_> {
-    /// 1-based (line, column) of the byte `offset`.
+    /// 1-based (line, column) of the byte `offset`. A byte order mark at the
+    /// start of the file (which the TOML parser skips) is not a column.
     pub fn position(&self, offset: usize) -> (usize, usize) {
         let offset = self.text.floor_char_boundary(offset);
         let before = &self.text[..offset];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let line = before.matches('\n').count() + 1;
-        let column = before[line_start..].chars().count() + 1;
+        let line_text = &before[line_start..];
+        let line_text = if line_start == 0 {
+            line_text.strip_prefix(BOM).unwrap_or(line_text)
+        } else {
+            line_text
+        };
+        let column = line_text.chars().count() + 1;
         (line, column)
     }
 
@@ -93,13 +120,13 @@ impl Source<'_> {
 
     /// A TOML syntax or shape error. Its message may span several lines
     /// ("invalid string\nexpected ..."); they are joined with ": ".
-    pub fn toml_problem(&self, error: &toml::de::Error) -> Problem {
-        self.problem(error.span().unwrap_or(0..0), one_line(error.message()))
+    pub fn toml_problem(&self, span: Option<Range<usize>>, message: &str) -> Problem {
+        self.problem(span.unwrap_or(0..0), one_line(message))
     }
 }
 
 /// A TOML parser message on one line: its lines trimmed, joined with ": ".
-pub(super) fn one_line(message: &str) -> String {
+fn one_line(message: &str) -> String {
     message
         .lines()
         .map(str::trim)

@@ -1,9 +1,10 @@
 //! The mesh configuration: one TOML file, parsed once into typed structs.
 //!
 //! Every agent reads the same file (format: DESIGN.md, "Configuration").
-//! [`Config::parse`] checks everything it can and reports every problem with
-//! the file, line and column (see [`ConfigError`]), so nothing downstream
-//! re-checks strings.
+//! [`Config::from_bytes`] is the one acceptance rule: it checks everything
+//! it can and reports every problem with the file, line and column (see
+//! [`ConfigError`]), so nothing downstream re-checks strings, and the agent
+//! and every command accept exactly the same files.
 
 pub mod edit;
 mod error;
@@ -25,7 +26,7 @@ use std::time::Duration;
 /// A parsed and validated mesh configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// The file it was loaded from, as given to [`Config::load`] or [`Config::parse`].
+    /// The file it was loaded from, as given to [`Config::load`] or [`Config::from_bytes`].
     pub path: PathBuf,
     pub mesh: Mesh,
     /// In file order.
@@ -75,7 +76,8 @@ pub struct Service {
 }
 
 /// What an intention (or the default policy) does with a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Action {
     Allow,
     Deny,
@@ -101,26 +103,42 @@ pub struct Intention {
 }
 
 impl Config {
-    /// Reads the file at `path` and parses it with [`Config::parse`].
+    /// Reads the file at `path` and parses it with [`Config::from_bytes`].
     ///
-    /// Fails with [`ConfigError::Io`] if the file cannot be read (or is not
-    /// UTF-8) and with [`ConfigError::Invalid`] if it is not a valid config.
+    /// Fails with [`ConfigError::Io`] if the file cannot be read and with
+    /// [`ConfigError::Invalid`] if it is not a valid config.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::from_bytes(&Self::read(path)?, path)
     }
 
-    /// Parses and validates `text`; `path` names the file in problems and
-    /// is the base for a relative `ca_dir`.
+    /// The bytes of the file at `path`, for [`Config::from_bytes`].
     ///
-    /// Fails with [`ConfigError::Invalid`] listing every problem found. A
-    /// TOML syntax error or a wrong shape (unknown key, missing field, wrong
-    /// type) stops parsing, so it is reported alone.
+    /// Fails with [`ConfigError::Io`] if the file cannot be read.
+    pub fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+        std::fs::read(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// The one acceptance rule for config files: the agent's start and
+    /// reload, every command, and the intention editor go through here.
+    /// `path` names the file in problems and is the base for a relative
+    /// `ca_dir`.
+    ///
+    /// Accepts strict UTF-8 (a leading byte order mark is skipped, as the
+    /// TOML parser does), TOML of the expected shape, at least one
+    /// `[[node]]`, and values that pass every check. Fails with
+    /// [`ConfigError::Invalid`] listing every problem found; invalid UTF-8,
+    /// a TOML syntax error or a wrong shape (unknown key, missing field,
+    /// wrong type) stops parsing, so it is reported alone.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+        validate::parse(bytes, path)
+    }
+
+    /// [`Config::from_bytes`] of text already in memory.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        validate::parse(text, path)
+        Self::from_bytes(text.as_bytes(), path)
     }
 
     /// The node called `name`, if declared.

@@ -208,10 +208,10 @@ fn defaults() {
     assert!(!service.public);
     assert_eq!(service.cgroup, None);
 
-    // An empty [mesh] and an empty file are fine too.
-    assert_eq!(parse_ok("[mesh]\n").mesh, config.mesh);
-    let empty = parse_ok("");
-    assert!(empty.nodes.is_empty() && empty.services.is_empty() && empty.intentions.is_empty());
+    // An empty [mesh] is fine too; so are nodes alone.
+    assert_eq!(parse_ok(&format!("[mesh]\n{NODES}")).mesh, config.mesh);
+    let bare = parse_ok(NODES);
+    assert!(bare.services.is_empty() && bare.intentions.is_empty());
 }
 
 #[test]
@@ -244,7 +244,10 @@ vip = "fd00::10"
 
 #[test]
 fn ca_dir_is_resolved_against_the_file_directory() {
-    let ca = |text: &str, path: &str| Config::parse(text, Path::new(path)).unwrap().mesh.ca_dir;
+    let ca = |text: &str, path: &str| {
+        let text = format!("{text}{NODES}");
+        Config::parse(&text, Path::new(path)).unwrap().mesh.ca_dir
+    };
     let relative = "[mesh]\nca_dir = \"pki/root\"\n";
     assert_eq!(
         ca(relative, "/etc/mesh/mesh.toml"),
@@ -258,7 +261,12 @@ fn ca_dir_is_resolved_against_the_file_directory() {
         ca(absolute, "/etc/mesh/mesh.toml"),
         Path::new("/var/lib/mesh/ca")
     );
-    one_problem("[mesh]\nca_dir = \"\"\n", 2, 10, &["ca_dir", "empty"]);
+    one_problem(
+        &format!("[mesh]\nca_dir = \"\"\n{NODES}"),
+        2,
+        10,
+        &["ca_dir", "empty"],
+    );
 }
 
 #[test]
@@ -272,7 +280,7 @@ fn load_reads_the_file_and_reports_io_errors() {
     assert_eq!(config.mesh.ca_dir, dir.join("ca"));
     assert_eq!(config.services.len(), 1);
 
-    std::fs::write(&path, "[mesh]\nleaf_ttl = \"soon\"\n").unwrap();
+    std::fs::write(&path, format!("[mesh]\nleaf_ttl = \"soon\"\n{NODES}")).unwrap();
     let err = Config::load(&path).unwrap_err();
     assert_eq!(err.problems()[0].path, path);
     assert!(
@@ -614,7 +622,7 @@ fn two_services_cannot_share_a_cgroup() {
 
 #[test]
 fn mesh_values() {
-    let mesh = |body: &str| format!("# mesh settings\n[mesh]\n{body}\n");
+    let mesh = |body: &str| format!("# mesh settings\n[mesh]\n{body}\n{NODES}");
     one_problem(
         &mesh("default_policy = \"permit\""),
         3,
@@ -651,7 +659,7 @@ fn mesh_values() {
 
 #[test]
 fn leaf_ttl() {
-    let ttl = |text: &str| parse(&format!("[mesh]\nleaf_ttl = {text:?}\n"));
+    let ttl = |text: &str| parse(&format!("[mesh]\nleaf_ttl = {text:?}\n{NODES}"));
     for (text, secs) in [
         ("30s", 30),
         ("5m", 300),
@@ -828,4 +836,149 @@ fn fnv1a_64_test_vectors() {
     assert_eq!(super::vip::fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
     assert_eq!(super::vip::fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
     assert_eq!(super::vip::fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+}
+
+// One acceptance rule: `Config::from_bytes` judges every file, for the
+// agent's start and reload, every command and the intention editor.
+
+fn from_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+    Config::from_bytes(bytes, Path::new(PATH))
+}
+
+#[test]
+fn a_latin1_byte_is_rejected_at_its_line_and_column() {
+    // "café" in Latin-1 in a comment on line 8: é is the byte 0xe9.
+    let mut text = NODES.as_bytes().to_vec();
+    text.extend_from_slice(b"# caf\xe9 au lait\n");
+    let err = from_bytes(&text).unwrap_err();
+    assert_eq!(err.problems().len(), 1, "{err}");
+    assert_at(&err.problems()[0], 8, 6, &["invalid UTF-8", "0xe9"]);
+    assert_eq!(
+        err.to_string(),
+        format!("{PATH}:8:6: invalid UTF-8 (byte 0xe9): expected a UTF-8 file")
+    );
+
+    // Columns count characters: a UTF-8 "é" before it is one column.
+    let text = [NODES.as_bytes(), "# é ".as_bytes(), b"\xe9\n"].concat();
+    let err = from_bytes(&text).unwrap_err();
+    assert_at(&err.problems()[0], 8, 5, &["invalid UTF-8"]);
+    // A truncated sequence at the end of the file, on line 1.
+    let err = from_bytes(b"# \xc3").unwrap_err();
+    assert_at(&err.problems()[0], 1, 3, &["invalid UTF-8", "0xc3"]);
+    // The same text as UTF-8 is fine.
+    parse_ok(&format!("{NODES}# café au lait\n"));
+}
+
+#[test]
+fn a_file_without_nodes_is_rejected() {
+    for empty in ["", "\n", "  \n\t\n", "\u{feff}"] {
+        one_problem(empty, 1, 1, &["empty file", "at least one [[node]]"]);
+    }
+    for text in ["# nothing yet\n", "[mesh]\ndefault_policy = \"allow\"\n"] {
+        one_problem(text, 1, 1, &["no [[node]]", "at least one"]);
+    }
+    // Reported with the other problems, first.
+    let problems = problems("[[service]]\nname = \"s\"\nnode = \"a\"\nport = 80\n");
+    let found: Vec<(usize, usize)> = problems.iter().map(|p| (p.line, p.column)).collect();
+    assert_eq!(found, [(1, 1), (3, 8)], "{problems:#?}");
+    assert_at(&problems[0], 1, 1, &["no [[node]]"]);
+    assert_at(&problems[1], 3, 8, &["unknown node \"a\""]);
+}
+
+#[test]
+fn a_byte_order_mark_is_skipped_everywhere() {
+    // The TOML parser skips a leading BOM; it is not a column either.
+    let with_bom = format!("\u{feff}{}", with_service(""));
+    assert_eq!(parse_ok(&with_bom), parse_ok(&with_service("")));
+    let bad = "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n";
+    one_problem(&format!("\u{feff}[meshh]\n{bad}"), 1, 2, &["`meshh`"]);
+    one_problem(&format!("\u{feff}[mesh\n{bad}"), 1, 6, &[]);
+    one_problem("\u{feff}[mesh\n", 1, 6, &[]);
+    // Only at the start: elsewhere it is a character like any other.
+    one_problem(&format!("{NODES}\u{feff}[mesh]\n"), 8, 1, &[]);
+}
+
+/// A temp dir holding `bytes` as mesh.toml, removed on drop.
+struct TempConfig {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempConfig {
+    fn new(bytes: &[u8]) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mesh-accept-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.toml");
+        std::fs::write(&path, bytes).unwrap();
+        Self { dir, path }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn load_and_the_editor_refuse_the_same_files() {
+    let service = with_service("");
+    let latin1 = [service.as_bytes(), b"# caf\xe9\n"].concat();
+    let syntax = format!("{service}[mesh\n");
+    let bom_syntax = format!("\u{feff}[mesh\n{service}");
+    let cases: [(&str, &[u8], bool); 6] = [
+        // (what, file, the problems the editor reports are the file's own)
+        ("latin-1", &latin1, true),
+        ("toml syntax", syntax.as_bytes(), true),
+        ("bom and toml syntax", bom_syntax.as_bytes(), true),
+        ("empty", b"", false),
+        ("no nodes", b"[mesh]\n", false),
+        ("unknown node", b"[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[service]]\nname = \"s\"\nnode = \"b\"\nport = 80\n", false),
+    ];
+    for (what, bytes, same) in cases {
+        let file = TempConfig::new(bytes);
+        let loaded = Config::load(&file.path).unwrap_err();
+        let direct = Config::from_bytes(bytes, &file.path).unwrap_err();
+        assert_eq!(loaded.problems(), direct.problems(), "{what}");
+        assert!(!loaded.problems().is_empty(), "{what}: {loaded}");
+
+        let created = edit::create(&file.path, "s", "s", Action::Deny);
+        let Err(edit::EditError::Invalid(e)) = &created else {
+            panic!("{what}: the editor did not refuse: {created:?}");
+        };
+        if same {
+            assert_eq!(e.problems(), loaded.problems(), "{what}");
+        }
+        let deleted = edit::delete(&file.path, "s", "s");
+        match &deleted {
+            Err(edit::EditError::Invalid(e)) if same => {
+                assert_eq!(e.problems(), loaded.problems(), "{what}");
+            }
+            // No such intention, in a file that parses.
+            Err(edit::EditError::NotFound { .. }) if !same => {}
+            _ => panic!("{what}: {deleted:?}"),
+        }
+        assert_eq!(file.bytes(), bytes, "{what}: the file changed");
+    }
+}
+
+#[test]
+fn the_editor_keeps_a_byte_order_mark() {
+    let text = format!("\u{feff}{}", with_service(""));
+    let file = TempConfig::new(text.as_bytes());
+    edit::create(&file.path, "s", "s", Action::Deny).unwrap();
+    let after = String::from_utf8(file.bytes()).unwrap();
+    assert!(after.starts_with(&text), "{after:?}");
+    assert_eq!(after.matches('\u{feff}').count(), 1, "{after:?}");
+    let config = Config::load(&file.path).unwrap();
+    assert_eq!(config.intentions.len(), 1);
+    assert_eq!(config.intentions[0].line, 14);
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::Source;
+use super::error::{BOM, Source};
 use super::raw::{RawConfig, RawIntention, RawMesh, RawNode, RawService};
 use super::{
     Action, Config, ConfigError, Intention, Match, Mesh, Node, Problem, Service, default_vip,
@@ -24,15 +24,26 @@ const DEFAULT_TRUST_DOMAIN: &str = "mesh.local";
 const DEFAULT_CA_DIR: &str = "ca";
 const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(24 * 3600);
 
-pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let source = Source { path, text };
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|e| ConfigError::Invalid(vec![source.toml_problem(&e)]))?;
+/// The one acceptance rule (see [`Config::from_bytes`]): UTF-8, then TOML
+/// of the expected shape, then every semantic check.
+pub(super) fn parse(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+    let source = Source::decode(bytes, path).map_err(|p| ConfigError::Invalid(vec![p]))?;
+    let raw: RawConfig = toml::from_str(source.text)
+        .map_err(|e| ConfigError::Invalid(vec![source.toml_problem(e.span(), e.message())]))?;
 
     let mut checker = Checker {
         source,
         problems: Vec::new(),
     };
+    if raw.node.is_empty() {
+        // Every agent runs as one of the nodes: no agent could run this.
+        let message = if source.text.trim_start_matches(BOM).trim().is_empty() {
+            "empty file: expected at least one [[node]]"
+        } else {
+            "no [[node]]: expected at least one, every agent runs as one of the nodes"
+        };
+        checker.report(0..0, message);
+    }
     let mesh = checker.mesh(raw.mesh.unwrap_or_default());
     let nodes = checker.nodes(&raw.node);
     let services = checker.services(&raw.service, &raw.node);
