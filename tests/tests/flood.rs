@@ -24,15 +24,7 @@ fn mesh(p: &str, b_args: &[&str]) -> Mesh {
     let names = ["a", "b", "c", "x"].map(|n| format!("{p}{n}"));
     let mesh = Mesh::new(&names.each_ref().map(String::as_str));
     let [a, b, c, _] = &names;
-    let nodes: String = [a, b, c]
-        .iter()
-        .map(|n| {
-            format!(
-                "[[node]]\nname = \"{n}\"\naddress = \"{}\"\n\n",
-                mesh.node(n).v4
-            )
-        })
-        .collect();
+    let nodes = mesh.node_tables_of(&[a, b, c], false);
     mesh.write_config(&format!(
         "[mesh]\ndefault_policy = \"allow\"\n\n{nodes}\
          [[service]]\nname = \"web\"\nnode = \"{a}\"\nport = 8080\n\n\

@@ -212,14 +212,7 @@ impl Bench {
         let mut mesh = Mesh::with_agent(&["bench-a", "bench-b", "bench-c", "bench-x"], agent);
         // Quiet, but the harness waits for "agent ready" (info, agent module).
         mesh.log_filter = "warn,mesh_agent::agent=info".to_owned();
-        let nodes: String = ["bench-a", "bench-b", "bench-c"]
-            .map(|n| {
-                format!(
-                    "[[node]]\nname = \"{n}\"\naddress = \"{}\"\n\n",
-                    mesh.node(n).v4
-                )
-            })
-            .concat();
+        let nodes = mesh.node_tables_of(&["bench-a", "bench-b", "bench-c"], false);
         mesh.write_config(&format!(
             "[mesh]\ndefault_policy = \"allow\"\n\n{nodes}\
              [[service]]\nname = \"client\"\nnode = \"bench-a\"\nport = 8080\n\n\
@@ -667,6 +660,26 @@ fn targets(
     out
 }
 
+/// The samples of `metric` in each of `columns`, as JSON.
+fn by_column(
+    samples: &BTreeMap<(String, &str), Vec<f64>>,
+    metric: &str,
+    columns: &[&str],
+) -> Value {
+    json!(
+        columns
+            .iter()
+            .map(|c| (
+                c.to_string(),
+                samples
+                    .get(&(metric.to_owned(), *c))
+                    .cloned()
+                    .unwrap_or_default()
+            ))
+            .collect::<BTreeMap<_, _>>()
+    )
+}
+
 fn report(
     samples: &BTreeMap<(String, &str), Vec<f64>>,
     flood_samples: &BTreeMap<(String, &str), Vec<f64>>,
@@ -706,21 +719,7 @@ fn report(
             ratio(m, r),
             ratio(m, s)
         );
-        json.insert(
-            metric.clone(),
-            json!(
-                MODES
-                    .iter()
-                    .map(|mode| (
-                        mode.to_string(),
-                        samples
-                            .get(&(metric.clone(), *mode))
-                            .cloned()
-                            .unwrap_or_default()
-                    ))
-                    .collect::<BTreeMap<_, _>>()
-            ),
-        );
+        json.insert(metric.clone(), by_column(samples, metric, &MODES));
     }
     out += "\n| mesh only | value |\n|---|---|\n";
     for (k, v) in extra {
@@ -750,21 +749,7 @@ fn report(
                 ratio(n, q),
                 ratio(x, q)
             );
-            under.insert(
-                metric.clone(),
-                json!(
-                    FLOODS
-                        .iter()
-                        .map(|f| (
-                            f.to_string(),
-                            flood_samples
-                                .get(&(metric.clone(), *f))
-                                .cloned()
-                                .unwrap_or_default()
-                        ))
-                        .collect::<BTreeMap<_, _>>()
-                ),
-            );
+            under.insert(metric.clone(), by_column(flood_samples, metric, &FLOODS));
         }
         json.insert("under flood".to_owned(), Value::Object(under));
     }
