@@ -237,7 +237,8 @@ fn metrics(ctx: &Shared) -> String {
 
 /// `/config`: the config this agent runs with (intentions as in force).
 fn config(ctx: &Shared) -> ConfigDoc {
-    ConfigDoc::new(&ctx.config(), &ctx.node, &ctx.policy.borrow())
+    let snapshot = ctx.snapshot();
+    ConfigDoc::new(&snapshot.config, &ctx.node, &snapshot.policy)
 }
 
 /// The `/status` document.

@@ -23,6 +23,7 @@ use crate::{
     identity::{Identities, IdentityError, NodeCa},
     policy::Policy,
     proxy::{self, Context},
+    snapshot::{Publisher, Snapshot},
     tls::{Tls, TlsError},
 };
 
@@ -206,7 +207,9 @@ async fn serve(
     opts: &RunOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let tls = Tls::new(&config, identities.clone())?;
+    let (publisher, snapshots) = Snapshot::new(config).publish();
+    let snapshot = publisher.borrow().clone();
+    let tls = Tls::new(identities.clone(), Arc::new(snapshots.clone()))?;
     let tokio_listener = |l: std::net::TcpListener| {
         let addr = l
             .local_addr()
@@ -229,13 +232,17 @@ async fn serve(
             source,
         })?;
 
-    let policy = Policy::new(&config);
-    let zone = crate::dns::Zone::new(&config);
     let mut ids = proxy::ServiceIds::default();
     let (contents, agent_cgroup) = {
         let cgroups = cgroups.lock().unwrap_or_else(|e| e.into_inner());
         (
-            contents(&config, &opts.node, &mut ids, &cgroups, &policy),
+            contents(
+                &snapshot.config,
+                &opts.node,
+                &mut ids,
+                &cgroups,
+                &snapshot.policy,
+            ),
             cgroups.agent_id,
         )
     };
@@ -247,14 +254,12 @@ async fn serve(
     };
     let kernel = Kernel::start(&params, &contents, &in4, in6.as_ref(), cg.root())?;
     let ctx = Arc::new(Context {
-        config: std::sync::RwLock::new(Arc::new(config)),
+        snapshot: snapshots.clone(),
         ids: std::sync::Mutex::new(ids),
         node: opts.node.clone(),
         kernel,
         identities: identities.clone(),
         tls,
-        policy: tokio::sync::watch::Sender::new(Arc::new(policy)),
-        zone: tokio::sync::watch::Sender::new(Arc::new(zone)),
         stats: Default::default(),
         metrics: Default::default(),
         live: Default::default(),
@@ -280,6 +285,7 @@ async fn serve(
     }
     tasks.spawn(watch_config(
         ctx.clone(),
+        publisher,
         cg.clone(),
         cgroups.clone(),
         loaded,
@@ -290,7 +296,7 @@ async fn serve(
             .dns_upstream
             .or_else(|| crate::dns::previous_resolver(addr));
         info!(%addr, upstream = ?upstream, "answering DNS for .mesh");
-        tasks.spawn(crate::dns::serve(socket, ctx.zone.subscribe(), upstream));
+        tasks.spawn(crate::dns::serve(socket, snapshots.clone(), upstream));
     }
     tasks.spawn(identities.clone().renew_forever());
     for (service, leaf) in identities.all() {
@@ -440,11 +446,12 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// [`Config::from_bytes`], as at start and by every command.
 async fn watch_config(
     ctx: proxy::Shared,
+    publisher: Publisher,
     cg: Arc<Cgroup2>,
     cgroups: Arc<std::sync::Mutex<Cgroups>>,
     loaded: Vec<u8>,
 ) {
-    let path = ctx.config().path.clone();
+    let path = ctx.snapshot().config.path.clone();
     let mut last = loaded;
     // The read error last logged: an outage is logged once (again only if
     // its error changes).
@@ -475,7 +482,7 @@ async fn watch_config(
         }
         match Config::from_bytes(&bytes, &path) {
             Ok(new) => {
-                if let Err(e) = apply(&ctx, &cg, &cgroups, new) {
+                if let Err(e) = apply(&ctx, &publisher, &cg, &cgroups, new) {
                     warn!(error = %e, "config change not applied, keeping the last good config");
                 }
             }
@@ -486,11 +493,13 @@ async fn watch_config(
 }
 
 /// Makes a new config the one in force: cgroups and leaves for services
-/// that came, dropped for those that went; TLS, DNS and the intentions
-/// follow; then the kernel maps. Handlers see the new config before the
-/// kernel sends them connections for new services.
+/// that came, dropped for those that went; then one new [`Snapshot`]
+/// (config, intentions, names, hosts) is published; then the kernel maps.
+/// Handlers see the new snapshot before the kernel sends them connections
+/// for new services.
 fn apply(
     ctx: &proxy::Context,
+    publisher: &Publisher,
     cg: &Cgroup2,
     cgroups: &std::sync::Mutex<Cgroups>,
     new: Config,
@@ -505,17 +514,19 @@ fn apply(
     let mut cgroups = cgroups.lock().unwrap_or_else(|e| e.into_inner());
     cgroups.sync(cg, &new, &ctx.node)?;
     ctx.identities.sync(&local)?;
-    ctx.tls.update(&new);
-    let policy = Policy::new(&new);
+    let snapshot = Snapshot::new(new);
     let contents = {
         let mut ids = ctx.ids.lock().unwrap_or_else(|e| e.into_inner());
-        contents(&new, &ctx.node, &mut ids, &cgroups, &policy)
+        contents(
+            &snapshot.config,
+            &ctx.node,
+            &mut ids,
+            &cgroups,
+            &snapshot.policy,
+        )
     };
-    let zone = crate::dns::Zone::new(&new);
-    *ctx.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-    ctx.zone.send_replace(Arc::new(zone));
-    // Live connections re-decide their pair on this.
-    ctx.policy.send_replace(Arc::new(policy));
+    // The one swap. Live connections re-decide their pair on this.
+    publisher.send_replace(Arc::new(snapshot));
     ctx.kernel.update(&contents)?;
     info!(
         local_services = local.len(),

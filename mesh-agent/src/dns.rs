@@ -138,10 +138,11 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, DnsError> {
     Ok(socket)
 }
 
-/// Answers queries on `socket` until the task is dropped.
+/// Answers queries on `socket` from the zone of the snapshot in force,
+/// until the task is dropped.
 pub async fn serve(
     socket: UdpSocket,
-    zone: tokio::sync::watch::Receiver<Arc<Zone>>,
+    snapshot: crate::snapshot::Watch,
     upstream: Option<SocketAddr>,
 ) {
     let socket = Arc::new(socket);
@@ -152,7 +153,8 @@ pub async fn serve(
             continue;
         };
         let query = buf[..len].to_vec();
-        let answer = zone.borrow().answer(&query);
+        let current = snapshot.borrow().clone();
+        let answer = current.zone.answer(&query);
         if let Some(answer) = answer {
             let _ = socket.send_to(&answer, client).await;
             continue;

@@ -14,4 +14,5 @@ pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod snapshot;
 pub mod tls;

@@ -49,7 +49,8 @@ async fn handle(
     let dialed = stream.local_addr()?;
     stream.set_nodelay(true)?;
     let dst = ctx
-        .config()
+        .snapshot()
+        .config
         .services_on(&ctx.node)
         .find(|s| s.port == dialed.port() && !s.public)
         .cloned()

@@ -16,11 +16,15 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
-    sync::watch,
 };
 use tracing::warn;
 
-use crate::{config::Config, ebpf::Kernel, identity::Identities, policy::Policy, tls::Tls};
+use crate::{
+    ebpf::Kernel,
+    identity::Identities,
+    snapshot::{Snapshot, Watch},
+    tls::Tls,
+};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -56,21 +60,19 @@ pub enum ProxyError {
     Io(#[from] std::io::Error),
 }
 
-/// What every connection handler needs: the config this agent runs with,
-/// the kernel maps, and the identities and TLS configs of local services.
+/// What every connection handler needs: the snapshot of the catalog in
+/// force, the kernel maps, and the identities and TLS configs of local
+/// services.
 pub struct Context {
-    /// The config in force; replaced when the file changes.
-    pub config: std::sync::RwLock<Arc<Config>>,
+    /// The catalog as applied (config, intentions, names, hosts); replaced
+    /// as a whole on every reload.
+    pub snapshot: Watch,
     /// Kernel ids of services.
     pub ids: Mutex<ServiceIds>,
     pub node: String,
     pub kernel: Kernel,
     pub identities: Arc<Identities>,
     pub tls: Tls,
-    /// The intentions in force; replaced when the config file changes.
-    pub policy: watch::Sender<Arc<Policy>>,
-    /// The `.mesh` DNS names.
-    pub zone: watch::Sender<Arc<crate::dns::Zone>>,
     /// Verdicts per (source, destination), for `status`.
     pub stats: Mutex<BTreeMap<(String, String), PairStats>>,
     pub metrics: crate::metrics::Metrics,
@@ -125,12 +127,9 @@ impl ServiceIds {
 }
 
 impl Context {
-    /// The config in force.
-    pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The snapshot in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
     }
 
     /// The service behind a kernel id, in the config in force.
@@ -142,7 +141,8 @@ impl Context {
             .name(id)
             .map(str::to_owned)
             .ok_or(ProxyError::UnknownService(id))?;
-        self.config()
+        self.snapshot()
+            .config
             .service(&name)
             .cloned()
             .ok_or(ProxyError::UnknownService(id))
@@ -161,7 +161,7 @@ impl Context {
         dialed: SocketAddr,
         side: Side,
     ) -> Result<(), ProxyError> {
-        let decision = self.policy.borrow().decide(src, dst);
+        let decision = self.snapshot().policy.decide(src, dst);
         self.count(src, dst, |s| match (decision.allowed(), side) {
             (true, _) => s.allowed += 1,
             (false, Side::Source) => s.denied_at_source += 1,
@@ -234,18 +234,20 @@ impl Context {
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let mut policy = self.policy.subscribe();
+        // Like a new subscription: only reloads from now on count.
+        let mut snapshot = self.snapshot.clone();
+        snapshot.mark_unchanged();
         let copy = relay::relay(a, b);
         tokio::pin!(copy);
         loop {
             tokio::select! {
                 done = &mut copy => return Ok(done?),
-                changed = policy.changed() => {
+                changed = snapshot.changed() => {
                     if changed.is_err() {
                         // The agent is stopping; finish the copy as it is.
                         return Ok(copy.await?);
                     }
-                    let decision = policy.borrow_and_update().decide(src, dst);
+                    let decision = snapshot.borrow_and_update().policy.decide(src, dst);
                     if !decision.allowed() {
                         self.count(src, dst, |s| s.cut += 1);
                         return Err(ProxyError::Cut {
@@ -295,7 +297,7 @@ impl Context {
         let rule = if key.reason == mesh_common::DENIED_BY_LOOPBACK_GUARD {
             "loopback guard".to_owned()
         } else {
-            self.policy.borrow().decide(&src, &dst).rule.to_string()
+            self.snapshot().policy.decide(&src, &dst).rule.to_string()
         };
         (src, dst, rule)
     }

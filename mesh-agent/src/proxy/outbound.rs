@@ -54,8 +54,9 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
         ctx.splice_while_allowed(&mut app, &mut svc, &src.name, &dst.name, "outbound")
             .await?
     } else {
-        let config = ctx.config();
-        let node = config
+        let snapshot = ctx.snapshot();
+        let node = snapshot
+            .config
             .node(&dst.node)
             .ok_or_else(|| ProxyError::UnknownNode(dst.node.clone()))?;
         let addr = SocketAddr::new(node.address, dst.port);

@@ -23,12 +23,9 @@ use rustls_pki_types::{ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector, client, server};
 
-use crate::{
-    config::Config,
-    identity::{Current, Identities, spiffe},
-};
+use crate::identity::{Current, Identities, spiffe};
 pub use transport::Transport;
-use verify::{ClientVerifier, PeerRules, ServerVerifier, VerifyError};
+use verify::{ClientVerifier, Hosting, PeerRules, ServerVerifier, VerifyError};
 
 /// The one application protocol spoken between agents.
 pub const ALPN: &[u8] = b"mesh/1";
@@ -93,10 +90,11 @@ pub struct Tls {
 type ClientFor = (Arc<ClientConfig>, Arc<Current>);
 
 impl Tls {
-    /// TLS configs for the local services of `node`, using `identities`.
-    pub fn new(config: &Config, identities: Arc<Identities>) -> Result<Self, TlsError> {
+    /// TLS configs for the local services in `identities`; peers are
+    /// checked against who hosts what in `hosts`, read at each handshake.
+    pub fn new(identities: Arc<Identities>, hosts: Arc<dyn Hosting>) -> Result<Self, TlsError> {
         let td = identities.trust_domain().to_owned();
-        let rules = Arc::new(PeerRules::new(&td, identities.ca().root(), hosts(config))?);
+        let rules = Arc::new(PeerRules::new(&td, identities.ca().root(), hosts)?);
         let provider = Arc::new(provider());
 
         let mut server = ServerConfig::builder_with_provider(provider.clone())
@@ -121,11 +119,6 @@ impl Tls {
             identities,
             clients: Default::default(),
         })
-    }
-
-    /// Follows a config change: who hosts which service.
-    pub fn update(&self, config: &Config) {
-        self.rules.set_hosts(hosts(config));
     }
 
     /// The client config presenting `service`'s current leaf.
@@ -324,17 +317,6 @@ impl TlsError {
             Self::Setup(_) | Self::NoLocalService(_) => "other",
         }
     }
-}
-
-/// Service -> node of every service: public services are never
-/// destinations, but they can call others, so their leaves are valid
-/// client identities.
-fn hosts(config: &Config) -> HashMap<String, String> {
-    config
-        .services
-        .iter()
-        .map(|s| (s.name.clone(), s.node.clone()))
-        .collect()
 }
 
 fn check_alpn(alpn: Option<&[u8]>) -> Result<(), TlsError> {

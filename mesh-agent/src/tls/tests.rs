@@ -21,6 +21,7 @@ use super::{
 use crate::{
     config::Config,
     identity::{Identities, NodeCa, ca},
+    snapshot::{Snapshot, Watch},
 };
 
 const MESH: &str = r#"
@@ -70,13 +71,18 @@ impl Mesh {
     }
 
     fn rules(&self) -> PeerRules {
-        let hosts = self
+        let hosts: std::collections::HashMap<String, String> = self
             .config
             .services
             .iter()
             .map(|s| (s.name.clone(), s.node.clone()))
             .collect();
-        PeerRules::new("mesh.local", self.node("a").root(), hosts).unwrap()
+        PeerRules::new("mesh.local", self.node("a").root(), Arc::new(hosts)).unwrap()
+    }
+
+    /// The snapshot channel of this mesh's config.
+    fn snapshots(&self) -> (crate::snapshot::Publisher, Watch) {
+        Snapshot::new(self.config.clone()).publish()
     }
 
     fn root_issuer(&self) -> Issuer<'static, KeyPair> {
@@ -255,8 +261,9 @@ fn a_leaf_with_two_uri_sans_is_refused() {
     );
 }
 
-/// Both nodes' TLS sides, sharing one CA.
-fn tls_pair(mesh: &Mesh) -> (Tls, Tls) {
+/// Both nodes' TLS sides, sharing one CA, reading who hosts what from
+/// `snapshots`.
+fn tls_pair(mesh: &Mesh, snapshots: &Watch) -> (Tls, Tls) {
     let tls = |node: &str| {
         let local = mesh.config.services_on(node).map(|s| s.name.clone());
         let ids = Identities::new(
@@ -266,7 +273,7 @@ fn tls_pair(mesh: &Mesh) -> (Tls, Tls) {
             local,
         )
         .unwrap();
-        Tls::new(&mesh.config, Arc::new(ids)).unwrap()
+        Tls::new(Arc::new(ids), Arc::new(snapshots.clone())).unwrap()
     };
     (tls("a"), tls("b"))
 }
@@ -274,7 +281,8 @@ fn tls_pair(mesh: &Mesh) -> (Tls, Tls) {
 #[tokio::test]
 async fn agents_handshake_with_each_others_identity() {
     let mesh = Mesh::new(MESH);
-    let (a, b) = tls_pair(&mesh);
+    let (_publisher, snapshots) = mesh.snapshots();
+    let (a, b) = tls_pair(&mesh, &snapshots);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -301,7 +309,8 @@ async fn agents_handshake_with_each_others_identity() {
 #[tokio::test]
 async fn a_hello_for_another_service_is_refused_before_any_certificate() {
     let mesh = Mesh::new(MESH);
-    let (a, b) = tls_pair(&mesh);
+    let (_publisher, snapshots) = mesh.snapshots();
+    let (a, b) = tls_pair(&mesh, &snapshots);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -386,7 +395,8 @@ async fn connect_once(
 #[tokio::test]
 async fn a_second_connection_resumes_with_the_same_identity() {
     let mesh = Mesh::new(MESH);
-    let (a, b) = tls_pair(&mesh);
+    let (_publisher, snapshots) = mesh.snapshots();
+    let (a, b) = tls_pair(&mesh, &snapshots);
     let b = Arc::new(b);
     let (peer, kind) = connect_once(&a, b.clone()).await;
     assert_eq!(
@@ -403,7 +413,8 @@ async fn a_second_connection_resumes_with_the_same_identity() {
 #[tokio::test]
 async fn a_resumed_session_is_held_to_the_rules_in_force() {
     let mesh = Mesh::new(MESH);
-    let (a, b) = tls_pair(&mesh);
+    let (publisher, snapshots) = mesh.snapshots();
+    let (a, b) = tls_pair(&mesh, &snapshots);
     let b = Arc::new(b);
     let (peer, _) = connect_once(&a, b.clone()).await;
     assert_eq!(peer.unwrap(), "web");
@@ -417,7 +428,7 @@ async fn a_resumed_session_is_held_to_the_rules_in_force() {
         &mesh.dir.join("mesh.toml"),
     )
     .unwrap();
-    b.update(&moved);
+    publisher.send_replace(Arc::new(Snapshot::new(moved)));
     let (peer, _) = connect_once(&a, b.clone()).await;
     assert!(
         matches!(peer, Err(TlsError::Rules(VerifyError::WrongNode { .. }))),
@@ -452,8 +463,9 @@ async fn a_renewed_leaf_on_either_side_ends_resumption() {
         )
     };
     let (ia, ib) = (ids("a"), ids("b"));
-    let a = Tls::new(&mesh.config, ia.clone()).unwrap();
-    let b = Arc::new(Tls::new(&mesh.config, ib.clone()).unwrap());
+    let (_publisher, snapshots) = mesh.snapshots();
+    let a = Tls::new(ia.clone(), Arc::new(snapshots.clone())).unwrap();
+    let b = Arc::new(Tls::new(ib.clone(), Arc::new(snapshots)).unwrap());
     let kind = |r: (Result<String, TlsError>, Option<rustls::HandshakeKind>)| {
         assert_eq!(r.0.unwrap(), "web");
         r.1.unwrap()

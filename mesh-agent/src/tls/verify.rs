@@ -92,18 +92,31 @@ impl VerifyError {
 pub struct PeerRules {
     trust_domain: String,
     roots: Vec<TrustAnchor<'static>>,
-    /// Service -> the node hosting it; replaced when the config changes.
-    hosts: std::sync::RwLock<HashMap<String, String>>,
+    /// Who hosts each service, read at every verification.
+    hosts: Arc<dyn Hosting>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
+/// Where the rules read which node hosts a service: the snapshot in force
+/// (`snapshot::Watch`), or a fixed map.
+pub trait Hosting: Send + Sync + std::fmt::Debug {
+    /// The node hosting `service`, if it is a service of the catalog.
+    fn host(&self, service: &str) -> Option<String>;
+}
+
+impl Hosting for HashMap<String, String> {
+    fn host(&self, service: &str) -> Option<String> {
+        self.get(service).cloned()
+    }
+}
+
 impl PeerRules {
-    /// Rules for `trust_domain`, trusting `root`, with `hosts` (service ->
-    /// node) from the config.
+    /// Rules for `trust_domain`, trusting `root`, with service -> node read
+    /// from `hosts`.
     pub fn new(
         trust_domain: &str,
         root: &CertificateDer<'_>,
-        hosts: HashMap<String, String>,
+        hosts: Arc<dyn Hosting>,
     ) -> Result<Self, VerifyError> {
         let anchor = webpki::anchor_from_trusted_cert(root)
             .map_err(VerifyError::Chain)?
@@ -111,14 +124,9 @@ impl PeerRules {
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
             roots: vec![anchor],
-            hosts: std::sync::RwLock::new(hosts),
+            hosts,
             algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
         })
-    }
-
-    /// Replaces the service -> node map (the config changed).
-    pub fn set_hosts(&self, hosts: HashMap<String, String>) {
-        *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = hosts;
     }
 
     /// Checks a presented chain (see the module docs); returns the service
@@ -196,10 +204,7 @@ impl PeerRules {
         let signer = self.named(node_ca, spiffe::Kind::Node, VerifyError::NotNode)?;
         let host = self
             .hosts
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&service)
-            .cloned()
+            .host(&service)
             .ok_or_else(|| VerifyError::UnknownService(service.clone()))?;
         if host != signer {
             return Err(VerifyError::WrongNode {
@@ -273,8 +278,9 @@ pub fn self_check(
     let leaf = ca
         .issue_leaf(PROBE, std::time::Duration::from_secs(60))
         .map_err(|e| e.to_string())?;
-    let hosts = [(PROBE.to_owned(), node.to_owned())].into();
-    let rules = PeerRules::new(trust_domain, ca.root(), hosts).map_err(|e| e.to_string())?;
+    let hosts: HashMap<String, String> = [(PROBE.to_owned(), node.to_owned())].into();
+    let rules =
+        PeerRules::new(trust_domain, ca.root(), Arc::new(hosts)).map_err(|e| e.to_string())?;
     rules
         .verify(
             &leaf.chain[0],

@@ -1,0 +1,70 @@
+//! Everything the agent derives from the catalog, as one immutable value.
+//!
+//! A reload builds a new [`Snapshot`] from the new config and publishes it
+//! once, through one `tokio::sync::watch` channel: every reader sees either
+//! the old snapshot or the new one, never a mix. Readers hold a [`Watch`]
+//! and take `borrow().clone()` of the `Arc` (never a borrow held across an
+//! `.await`); connection tasks wait on `changed()` to re-decide their pair.
+//! Kernel maps, cgroups and leaves are side effects of a reload, done by
+//! `agent::apply` around the swap, not part of the snapshot.
+
+use std::{collections::HashMap, sync::Arc};
+
+use tokio::sync::watch;
+
+use crate::{config::Config, dns::Zone, policy::Policy, tls::verify::Hosting};
+
+/// The catalog as this agent applies it. Health per instance joins here
+/// later (issue 11).
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The config in force.
+    pub config: Config,
+    /// Its intentions, ready to decide.
+    pub policy: Policy,
+    /// Its `.mesh` names.
+    pub zone: Zone,
+    /// Service -> the node hosting it, for the TLS verifier.
+    pub hosts: HashMap<String, String>,
+}
+
+/// The reading end of the snapshot channel.
+pub type Watch = watch::Receiver<Arc<Snapshot>>;
+
+/// The writing end: held by whoever applies reloads.
+pub type Publisher = watch::Sender<Arc<Snapshot>>;
+
+impl Snapshot {
+    /// Everything derived from `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            policy: Policy::new(&config),
+            zone: Zone::new(&config),
+            hosts: hosts(&config),
+            config,
+        }
+    }
+
+    /// A channel holding `self` as its first value.
+    pub fn publish(self) -> (Publisher, Watch) {
+        watch::channel(Arc::new(self))
+    }
+}
+
+/// The verifier reads who hosts a service from the snapshot in force.
+impl Hosting for Watch {
+    fn host(&self, service: &str) -> Option<String> {
+        self.borrow().hosts.get(service).cloned()
+    }
+}
+
+/// Service -> node of every service: public services are never
+/// destinations, but they can call others, so their leaves are valid
+/// client identities.
+fn hosts(config: &Config) -> HashMap<String, String> {
+    config
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.node.clone()))
+        .collect()
+}
