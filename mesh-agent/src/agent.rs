@@ -17,8 +17,9 @@ use tokio::{net::TcpListener, signal::unix::SignalKind};
 use tracing::{info, warn};
 
 use crate::{
+    catalog::{Catalog, CatalogError, FileCatalog},
     cgroup::{self, Cgroup2, CgroupError},
-    config::{Config, ConfigError},
+    config::Config,
     ebpf::{EbpfError, Kernel, LoadParams, MapContents},
     identity::{Identities, IdentityError, NodeCa},
     policy::Policy,
@@ -31,7 +32,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Catalog(#[from] CatalogError),
     #[error("node {node:?} is not declared in {path}")]
     UnknownNode { node: String, path: PathBuf },
     #[error(transparent)]
@@ -84,9 +85,10 @@ pub struct RunOptions {
 
 /// What `prepare` sets up before the async runtime starts.
 pub struct Prepared {
+    /// Where the config comes from; followed for changes once running.
+    catalog: Box<dyn Catalog>,
+    /// Its contents at start.
     config: Config,
-    /// The file's bytes `config` came from: the watcher's first "last seen".
-    loaded: Vec<u8>,
     cgroup2: Cgroup2,
     listeners: Listeners,
     identities: Arc<Identities>,
@@ -107,12 +109,12 @@ struct Listeners {
 /// single-threaded process.
 pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
     raise_fd_limit();
-    let loaded = Config::read(&opts.config)?;
-    let config = Config::from_bytes(&loaded, &opts.config)?;
+    let mut catalog: Box<dyn Catalog> = Box::new(FileCatalog::new(opts.config.clone()));
+    let config = catalog.load()?;
     if config.node(&opts.node).is_none() {
         return Err(AgentError::UnknownNode {
             node: opts.node.clone(),
-            path: opts.config.clone(),
+            path: config.path.clone(),
         });
     }
     let loopback4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -156,16 +158,16 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
         cgroup2: Cgroup2::find_or_mount()?,
         listeners,
         identities: Arc::new(identities),
+        catalog,
         config,
-        loaded,
     })
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then detaches and cleans up.
 pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError> {
     let Prepared {
+        catalog,
         config,
-        loaded,
         cgroup2: cg,
         listeners,
         identities,
@@ -182,7 +184,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
     let result = serve(
         &cg,
         &cgroups,
-        (config, loaded),
+        (catalog, config),
         listeners,
         identities,
         &opts,
@@ -201,7 +203,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
 async fn serve(
     cg: &Arc<Cgroup2>,
     cgroups: &Arc<std::sync::Mutex<Cgroups>>,
-    (config, loaded): (Config, Vec<u8>),
+    (catalog, config): (Box<dyn Catalog>, Config),
     listeners: Listeners,
     identities: Arc<Identities>,
     opts: &RunOptions,
@@ -283,12 +285,12 @@ async fn serve(
     if let Some(events) = ctx.kernel.denial_events()? {
         tasks.spawn(crate::denials::report(events, ctx.clone()));
     }
-    tasks.spawn(watch_config(
+    tasks.spawn(follow(
+        catalog,
         ctx.clone(),
         publisher,
         cg.clone(),
         cgroups.clone(),
-        loaded,
     ));
     tasks.spawn(crate::admin::serve(admin, ctx.clone()));
     if let (Some(socket), Some(addr)) = (dns, opts.dns) {
@@ -436,59 +438,21 @@ fn contents(
     c
 }
 
-/// How often the config file is checked for changes.
-const WATCH_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Watches the config file, whose bytes were `loaded` at start; every
-/// valid change is applied without a restart (see `apply`). A broken file
-/// is logged and ignored, and a file that cannot be read (deleted, say) is
-/// logged once: the last good config stays in force. Files are judged by
-/// [`Config::from_bytes`], as at start and by every command.
-async fn watch_config(
+/// Applies every valid change of the catalog without a restart (see
+/// `apply`); a change that cannot be applied is logged and the last good
+/// config stays in force.
+async fn follow(
+    mut catalog: Box<dyn Catalog>,
     ctx: proxy::Shared,
     publisher: Publisher,
     cg: Arc<Cgroup2>,
     cgroups: Arc<std::sync::Mutex<Cgroups>>,
-    loaded: Vec<u8>,
 ) {
-    let path = ctx.snapshot().config.path.clone();
-    let mut last = loaded;
-    // The read error last logged: an outage is logged once (again only if
-    // its error changes).
-    let mut unreadable: Option<String> = None;
-    let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
-        tick.tick().await;
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(source) => {
-                let e = ConfigError::Io {
-                    path: path.clone(),
-                    source,
-                };
-                let message = e.to_string();
-                if unreadable.as_ref() != Some(&message) {
-                    warn!(error = %message, "config file unreadable, keeping the last good config");
-                    unreadable = Some(message);
-                }
-                continue;
-            }
-        };
-        if unreadable.take().is_some() {
-            info!(path = %path.display(), "config file readable again");
+        let new = catalog.changed().await;
+        if let Err(e) = apply(&ctx, &publisher, &cg, &cgroups, new) {
+            warn!(error = %e, "config change not applied, keeping the last good config");
         }
-        if bytes == last {
-            continue;
-        }
-        match Config::from_bytes(&bytes, &path) {
-            Ok(new) => {
-                if let Err(e) = apply(&ctx, &publisher, &cg, &cgroups, new) {
-                    warn!(error = %e, "config change not applied, keeping the last good config");
-                }
-            }
-            Err(e) => warn!("config change rejected, keeping the last good config:\n{e}"),
-        }
-        last = bytes;
     }
 }
 

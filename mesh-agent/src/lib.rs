@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod buffer;
+pub mod catalog;
 pub mod cgroup;
 pub mod config;
 pub mod denials;
