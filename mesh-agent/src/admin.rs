@@ -229,10 +229,12 @@ fn metrics(ctx: &Shared) -> String {
         (name, secs)
     });
     ctx.harvest_kernel_denials();
-    ctx.metrics.kernel_refused(ctx.kernel.refused());
-    ctx.metrics
-        .handshakes_in_progress(ctx.handshakes.in_progress());
-    ctx.metrics.render(expiries, ctx.kernel.map_entries())
+    ctx.telemetry.render(
+        expiries,
+        ctx.kernel.map_entries(),
+        ctx.kernel.refused(),
+        ctx.handshakes.in_progress(),
+    )
 }
 
 /// `/config`: the config this agent runs with (intentions as in force).
@@ -261,9 +263,8 @@ fn status(ctx: &Shared) -> Value {
         .collect();
     ctx.harvest_kernel_denials();
     let pairs: Vec<Value> = ctx
-        .stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .telemetry
+        .pairs()
         .iter()
         .map(|((src, dst), s)| {
             json!({

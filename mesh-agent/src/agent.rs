@@ -262,14 +262,12 @@ async fn serve(
         kernel,
         identities: identities.clone(),
         tls,
-        stats: Default::default(),
-        metrics: Default::default(),
+        telemetry: Default::default(),
         live: Default::default(),
         handshakes: proxy::admission::Admission::new(
             opts.max_handshakes,
             opts.max_handshakes_per_source,
         ),
-        kernel_denials: Default::default(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();

@@ -23,7 +23,7 @@ pub async fn serve(listener: TcpListener, ctx: Shared) {
         let slot = match ctx.handshakes.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
-                ctx.metrics.handshake_failed("inbound", refusal.reason());
+                ctx.telemetry.handshake_failed("inbound", refusal.reason());
                 debug!(%peer, "inbound connection closed: {refusal}");
                 continue;
             }
@@ -57,14 +57,20 @@ async fn handle(
         .ok_or(ProxyError::NoLocalService(dialed.port()))?;
     let from = stream.peer_addr()?;
     let (mut remote, peer) = ctx.tls.accept(stream, &dst.name).await.inspect_err(|e| {
-        ctx.metrics.handshake_failed("inbound", e.reason());
+        ctx.telemetry.handshake_failed("inbound", e.reason());
     })?;
     drop(handshake);
     let resumed = crate::tls::resumed(remote.get_ref().1);
-    ctx.metrics.handshake("inbound", resumed);
+    ctx.telemetry.handshake("inbound", resumed);
     debug!(src = %peer, dst = %dst.name, alpn = "mesh/1", resumed, "mTLS accepted");
     // The destination agent is authoritative, on the verified identity.
-    ctx.authorize(&peer, &dst.name, from, dialed, super::Side::Destination)?;
+    ctx.authorize(
+        &peer,
+        &dst.name,
+        from,
+        dialed,
+        crate::telemetry::Side::Destination,
+    )?;
     let mut svc = dial(local_addr(dst.port)).await?;
     let (received, sent) = ctx
         .splice_while_allowed(&mut remote, &mut svc, &peer, &dst.name, "inbound")

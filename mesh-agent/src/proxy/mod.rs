@@ -8,7 +8,6 @@ pub mod outbound;
 pub mod relay;
 
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
 };
@@ -23,6 +22,7 @@ use crate::{
     ebpf::Kernel,
     identity::Identities,
     snapshot::{Snapshot, Watch},
+    telemetry::{Side, Telemetry},
     tls::Tls,
 };
 
@@ -73,29 +73,13 @@ pub struct Context {
     pub kernel: Kernel,
     pub identities: Arc<Identities>,
     pub tls: Tls,
-    /// Verdicts per (source, destination), for `status`.
-    pub stats: Mutex<BTreeMap<(String, String), PairStats>>,
-    pub metrics: crate::metrics::Metrics,
+    /// Metrics, pair stats and the access log.
+    pub telemetry: Telemetry,
     /// Connections flowing now (what a drain waits for).
     pub live: std::sync::atomic::AtomicUsize,
     /// Slots for inbound TLS handshakes in progress (`--max-handshakes`,
     /// `--max-handshakes-per-source`).
     pub handshakes: Arc<admission::Admission>,
-    /// Per `DENIALS` key, the count already folded into metrics and stats.
-    pub kernel_denials: Mutex<std::collections::HashMap<mesh_common::DenialKey, u64>>,
-}
-
-/// What happened to connections of one (source, destination) pair.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PairStats {
-    pub allowed: u64,
-    /// Refused by this agent as the destination's (authoritative).
-    pub denied: u64,
-    /// Refused on the caller's node: EPERM from connect() in the kernel,
-    /// or by this agent's outbound check.
-    pub denied_at_source: u64,
-    /// Allowed when opened, closed later because the intentions changed.
-    pub cut: u64,
 }
 
 /// The kernel's ids of services. A name keeps its id for the agent's
@@ -162,21 +146,13 @@ impl Context {
         side: Side,
     ) -> Result<(), ProxyError> {
         let decision = self.snapshot().policy.decide(src, dst);
-        self.count(src, dst, |s| match (decision.allowed(), side) {
-            (true, _) => s.allowed += 1,
-            (false, Side::Source) => s.denied_at_source += 1,
-            (false, Side::Destination) => s.denied += 1,
-        });
         if decision.allowed() {
+            self.telemetry.allowed(src, dst);
             return Ok(());
         }
         warn!(%src, %dst, %peer, %dialed, rule = %decision.rule, "denied by intentions");
         let rule = decision.rule.to_string();
-        self.metrics.denied(src, dst, &rule, side.label(), 1);
-        tracing::info!(
-            target: "access", %src, %dst, %peer, %dialed, to_destination = 0u64,
-            to_source = 0u64, duration_ms = 0u64, verdict = "denied", %rule, "connection"
-        );
+        self.telemetry.denied(src, dst, &rule, peer, dialed, side);
         Err(ProxyError::Denied {
             src: src.to_owned(),
             dst: dst.to_owned(),
@@ -200,13 +176,7 @@ impl Context {
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let conn = crate::metrics::Conn {
-            source: src.to_owned(),
-            destination: dst.to_owned(),
-            side,
-        };
-        let started = std::time::Instant::now();
-        self.metrics.opened(&conn);
+        let open = self.telemetry.opened(src, dst, side);
         let _live = Live::enter(&self.live);
         let result = self.splice_until_denied(a, b, src, dst).await;
         let ((to_destination, to_source), verdict) = match &result {
@@ -214,12 +184,8 @@ impl Context {
             Err(ProxyError::Cut { .. }) => ((0, 0), "cut"),
             Err(_) => ((0, 0), "error"),
         };
-        self.metrics.closed(&conn, to_destination, to_source);
-        tracing::info!(
-            target: "access", %src, %dst, side, to_destination, to_source,
-            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            verdict, "connection"
-        );
+        self.telemetry
+            .closed(open, to_destination, to_source, verdict);
         result
     }
 
@@ -249,7 +215,7 @@ impl Context {
                     }
                     let decision = snapshot.borrow_and_update().policy.decide(src, dst);
                     if !decision.allowed() {
-                        self.count(src, dst, |s| s.cut += 1);
+                        self.telemetry.cut(src, dst);
                         return Err(ProxyError::Cut {
                             src: src.to_owned(),
                             dst: dst.to_owned(),
@@ -264,22 +230,8 @@ impl Context {
     /// Folds what connect4/6 refused since the last call (`DENIALS`) into
     /// the metrics and the pair stats.
     pub fn harvest_kernel_denials(&self) {
-        let counts = self.kernel.denials();
-        let mut seen = self
-            .kernel_denials
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for (key, count) in counts {
-            let last = seen.insert(key, count).unwrap_or(0);
-            let new = crate::denials::since(last, count);
-            if new == 0 {
-                continue;
-            }
-            let (src, dst, rule) = self.describe_denial(&key);
-            self.metrics
-                .denied(&src, &dst, &rule, Side::Source.label(), new);
-            self.count(&src, &dst, |s| s.denied_at_source += new);
-        }
+        self.telemetry
+            .harvest_kernel_denials(self.kernel.denials(), |key| self.describe_denial(key));
     }
 
     /// Names a `DENIALS` key: source, destination and the deciding rule.
@@ -301,29 +253,21 @@ impl Context {
         };
         (src, dst, rule)
     }
-
-    fn count(&self, src: &str, dst: &str, f: impl FnOnce(&mut PairStats)) {
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        f(stats.entry((src.to_owned(), dst.to_owned())).or_default());
-    }
 }
 
-/// Which end of a call an agent decides for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The caller's node (connect4/6 and the outbound listener).
-    Source,
-    /// The destination's node (the inbound listener): authoritative.
-    Destination,
-}
-
-impl Side {
-    /// The `side` label of `mesh_denials_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Source => "source",
-            Self::Destination => "destination",
-        }
+impl ProxyError {
+    /// Whether the connection was refused (identity, intentions, routing)
+    /// rather than failing after it was accepted.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::NoRecord { .. }
+                | Self::UnknownService(_)
+                | Self::UnknownNode(_)
+                | Self::NoLocalService(_)
+                | Self::Tls(_)
+                | Self::Denied { .. }
+        )
     }
 }
 
@@ -340,22 +284,6 @@ impl<'a> Live<'a> {
 impl Drop for Live<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl ProxyError {
-    /// Whether the connection was refused (identity, intentions, routing)
-    /// rather than failing after it was accepted.
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            Self::NoRecord { .. }
-                | Self::UnknownService(_)
-                | Self::UnknownNode(_)
-                | Self::NoLocalService(_)
-                | Self::Tls(_)
-                | Self::Denied { .. }
-        )
     }
 }
 

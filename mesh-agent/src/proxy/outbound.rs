@@ -46,7 +46,13 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
     let dst = ctx.service(orig.dst_service)?;
     let dialed = crate::ebpf::socket_addr(&orig.dst);
     // Fail fast at the source too (the kernel normally refused already).
-    ctx.authorize(&src.name, &dst.name, peer, dialed, super::Side::Source)?;
+    ctx.authorize(
+        &src.name,
+        &dst.name,
+        peer,
+        dialed,
+        crate::telemetry::Side::Source,
+    )?;
     let (sent, received) = if dst.node == ctx.node {
         // Same node: this agent is also the destination's; bytes stay here.
         debug!(src = %src.name, dst = %dst.name, "outbound, same node");
@@ -67,10 +73,10 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
             .connect(tcp, &src.name, &dst.name)
             .await
             .inspect_err(|e| {
-                ctx.metrics.handshake_failed("outbound", e.reason());
+                ctx.telemetry.handshake_failed("outbound", e.reason());
             })?;
         let resumed = crate::tls::resumed(remote.get_ref().1);
-        ctx.metrics.handshake("outbound", resumed);
+        ctx.telemetry.handshake("outbound", resumed);
         debug!(src = %src.name, dst = %dst.name, %addr, alpn = "mesh/1", resumed, "mTLS established");
         ctx.splice_while_allowed(&mut app, &mut remote, &src.name, &dst.name, "outbound")
             .await?

@@ -1,0 +1,246 @@
+//! What the agent tells about its connections, kept by one object,
+//! [`Telemetry`]: the Prometheus metrics (`metrics`, `GET /metrics`), the
+//! verdicts per (source, destination) pair (`GET /status`), and the access
+//! log, one line per connection under the tracing target `access`.
+
+pub mod metrics;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Mutex,
+    time::Instant,
+};
+
+use mesh_common::DenialKey;
+
+use metrics::{Conn, Metrics};
+
+/// Which end of a call an agent decides for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The caller's node (connect4/6 and the outbound listener).
+    Source,
+    /// The destination's node (the inbound listener): authoritative.
+    Destination,
+}
+
+impl Side {
+    /// The `side` label of `mesh_denials_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+/// What happened to connections of one (source, destination) pair.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PairStats {
+    pub allowed: u64,
+    /// Refused by this agent as the destination's (authoritative).
+    pub denied: u64,
+    /// Refused on the caller's node: EPERM from connect() in the kernel,
+    /// or by this agent's outbound check.
+    pub denied_at_source: u64,
+    /// Allowed when opened, closed later because the intentions changed.
+    pub cut: u64,
+}
+
+/// The agent's metrics, pair stats and access log.
+#[derive(Default)]
+pub struct Telemetry {
+    metrics: Metrics,
+    /// Verdicts per (source, destination), for `status`.
+    pairs: Mutex<BTreeMap<(String, String), PairStats>>,
+    /// Per `DENIALS` key, the kernel's count already folded in.
+    kernel_seen: Mutex<HashMap<DenialKey, u64>>,
+}
+
+/// A connection counted open; [`Telemetry::closed`] ends it.
+#[derive(Debug)]
+pub struct Open {
+    conn: Conn,
+    started: Instant,
+}
+
+impl Telemetry {
+    /// The intentions allowed `src -> dst`.
+    pub fn allowed(&self, src: &str, dst: &str) {
+        self.count(src, dst, |s| s.allowed += 1);
+    }
+
+    /// The intentions refused `src -> dst` here, by `rule`: counted per
+    /// side, and one access-log line (`verdict="denied"`).
+    pub fn denied(
+        &self,
+        src: &str,
+        dst: &str,
+        rule: &str,
+        peer: SocketAddr,
+        dialed: SocketAddr,
+        side: Side,
+    ) {
+        self.count(src, dst, |s| match side {
+            Side::Source => s.denied_at_source += 1,
+            Side::Destination => s.denied += 1,
+        });
+        self.metrics.denied(src, dst, rule, side.label(), 1);
+        tracing::info!(
+            target: "access", %src, %dst, %peer, %dialed, to_destination = 0u64,
+            to_source = 0u64, duration_ms = 0u64, verdict = "denied", %rule, "connection"
+        );
+    }
+
+    /// An allowed connection `src -> dst` starts flowing; `side` is
+    /// `outbound` or `inbound`.
+    pub fn opened(&self, src: &str, dst: &str, side: &'static str) -> Open {
+        let conn = Conn {
+            source: src.to_owned(),
+            destination: dst.to_owned(),
+            side,
+        };
+        self.metrics.opened(&conn);
+        Open {
+            conn,
+            started: Instant::now(),
+        }
+    }
+
+    /// A connection that `opened` is done, with the bytes each way and how
+    /// it ended (`allowed`, `cut` or `error`): metrics and its access-log
+    /// line.
+    pub fn closed(&self, open: Open, to_destination: u64, to_source: u64, verdict: &'static str) {
+        let Open { conn, started } = open;
+        self.metrics.closed(&conn, to_destination, to_source);
+        let (src, dst, side) = (&conn.source, &conn.destination, conn.side);
+        tracing::info!(
+            target: "access", %src, %dst, side, to_destination, to_source,
+            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            verdict, "connection"
+        );
+    }
+
+    /// A live connection `src -> dst` was closed because the intentions
+    /// now deny it.
+    pub fn cut(&self, src: &str, dst: &str) {
+        self.count(src, dst, |s| s.cut += 1);
+    }
+
+    /// A TLS handshake completed; `resumed`: from a session ticket.
+    pub fn handshake(&self, side: &'static str, resumed: bool) {
+        self.metrics.handshake(side, resumed);
+    }
+
+    /// A TLS handshake failed (or was refused a slot), for `reason`.
+    pub fn handshake_failed(&self, side: &'static str, reason: &'static str) {
+        self.metrics.handshake_failed(side, reason);
+    }
+
+    /// Folds what connect4/6 refused since the last call into the metrics
+    /// and the pair stats (`side="source"`). `counts` is the kernel's count
+    /// per `DENIALS` key (all CPUs); `describe` names a key's source,
+    /// destination and rule.
+    pub fn harvest_kernel_denials(
+        &self,
+        counts: Vec<(DenialKey, u64)>,
+        describe: impl Fn(&DenialKey) -> (String, String, String),
+    ) {
+        let mut seen = self.kernel_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, count) in counts {
+            let last = seen.insert(key, count).unwrap_or(0);
+            let new = crate::denials::since(last, count);
+            if new == 0 {
+                continue;
+            }
+            let (src, dst, rule) = describe(&key);
+            self.metrics
+                .denied(&src, &dst, &rule, Side::Source.label(), new);
+            self.count(&src, &dst, |s| s.denied_at_source += new);
+        }
+    }
+
+    /// The verdicts so far, per (source, destination), in order.
+    pub fn pairs(&self) -> Vec<((String, String), PairStats)> {
+        self.pairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(pair, stats)| (pair.clone(), *stats))
+            .collect()
+    }
+
+    /// The Prometheus text, with the values read at scrape time: seconds
+    /// to each leaf's expiry, entries per eBPF map, sk_lookup's refusals
+    /// so far, and inbound handshakes in progress.
+    pub fn render(
+        &self,
+        expiries: impl IntoIterator<Item = (String, f64)>,
+        maps: impl IntoIterator<Item = (&'static str, i64)>,
+        kernel_refused: u64,
+        handshakes_in_progress: usize,
+    ) -> String {
+        self.metrics.kernel_refused(kernel_refused);
+        self.metrics.handshakes_in_progress(handshakes_in_progress);
+        self.metrics.render(expiries, maps)
+    }
+
+    fn count(&self, src: &str, dst: &str, f: impl FnOnce(&mut PairStats)) {
+        let mut pairs = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
+        f(pairs.entry((src.to_owned(), dst.to_owned())).or_default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_object_counts_verdicts_and_metrics() {
+        let t = Telemetry::default();
+        let addr: SocketAddr = "10.0.0.1:5001".parse().unwrap();
+        t.allowed("web", "api");
+        let open = t.opened("web", "api", "outbound");
+        t.closed(open, 10, 20, "allowed");
+        t.denied("web", "db", "default policy", addr, addr, Side::Destination);
+        t.denied("web", "db", "default policy", addr, addr, Side::Source);
+        t.cut("web", "api");
+        let key = DenialKey {
+            src: 1,
+            dst: 2,
+            reason: mesh_common::DENIED_BY_INTENTIONS,
+            _pad: 0,
+        };
+        let describe = |_: &DenialKey| ("web".into(), "db".into(), "default policy".into());
+        t.harvest_kernel_denials(vec![(key, 5)], describe);
+        // Only what is new since the last harvest counts.
+        t.harvest_kernel_denials(vec![(key, 7)], describe);
+        let pairs: BTreeMap<_, _> = t.pairs().into_iter().collect();
+        let stats = |s: &str, d: &str| pairs[&(s.to_owned(), d.to_owned())];
+        assert_eq!(
+            stats("web", "api"),
+            PairStats {
+                allowed: 1,
+                cut: 1,
+                ..PairStats::default()
+            }
+        );
+        assert_eq!(
+            stats("web", "db"),
+            PairStats {
+                denied: 1,
+                denied_at_source: 1 + 7,
+                ..PairStats::default()
+            }
+        );
+        let text = t.render([], [], 0, 0);
+        for line in [
+            "mesh_connections_closed_total{source=\"web\",destination=\"api\",side=\"outbound\"} 1",
+            "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\",side=\"source\"} 8",
+            "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\",side=\"destination\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+    }
+}
