@@ -263,7 +263,7 @@ async fn serve(
         identities: identities.clone(),
         tls,
         telemetry: Default::default(),
-        live: Default::default(),
+        drain: Default::default(),
         handshakes: proxy::admission::Admission::new(
             opts.max_handshakes,
             opts.max_handshakes_per_source,
@@ -314,7 +314,7 @@ async fn serve(
     // Stop accepting: the listeners close, so new connections are refused
     // at once (the programs still redirect to the closed port), never hang.
     tasks.shutdown().await;
-    drain(&ctx, opts.drain).await;
+    ctx.drain.wait(opts.drain).await;
     // Connection tasks may still hold the context; the programs are detached
     // when the last reference goes, at the latest when the process exits.
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
@@ -496,34 +496,6 @@ fn apply(
         "config applied"
     );
     Ok(())
-}
-
-/// Waits until no connection flows or `grace` has passed; what is still
-/// open then is closed when the agent exits.
-async fn drain(ctx: &proxy::Shared, grace: Duration) {
-    use std::sync::atomic::Ordering;
-    let open = ctx.live.load(Ordering::SeqCst);
-    if open == 0 {
-        return;
-    }
-    info!(
-        connections = open,
-        grace_secs = grace.as_secs_f64(),
-        "draining"
-    );
-    let deadline = tokio::time::Instant::now() + grace;
-    while ctx.live.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let left = ctx.live.load(Ordering::SeqCst);
-    if left > 0 {
-        warn!(
-            connections = left,
-            "grace period over: closing open connections"
-        );
-    } else {
-        info!("drained");
-    }
 }
 
 /// Drops stale `CONNS` records now and then (see `Kernel::sweep_stale`).

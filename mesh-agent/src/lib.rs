@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod config;
 pub mod denials;
 pub mod dns;
+pub mod drain;
 pub mod ebpf;
 pub mod exec;
 pub mod identity;

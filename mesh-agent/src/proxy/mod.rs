@@ -76,7 +76,7 @@ pub struct Context {
     /// Metrics, pair stats and the access log.
     pub telemetry: Telemetry,
     /// Connections flowing now (what a drain waits for).
-    pub live: std::sync::atomic::AtomicUsize,
+    pub drain: crate::drain::Drain,
     /// Slots for inbound TLS handshakes in progress (`--max-handshakes`,
     /// `--max-handshakes-per-source`).
     pub handshakes: Arc<admission::Admission>,
@@ -177,7 +177,7 @@ impl Context {
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
         let open = self.telemetry.opened(src, dst, side);
-        let _live = Live::enter(&self.live);
+        let _live = self.drain.enter();
         let result = self.splice_until_denied(a, b, src, dst).await;
         let ((to_destination, to_source), verdict) = match &result {
             Ok(bytes) => (*bytes, "allowed"),
@@ -268,22 +268,6 @@ impl ProxyError {
                 | Self::Tls(_)
                 | Self::Denied { .. }
         )
-    }
-}
-
-/// Counts a flowing connection in `Context::live` while it exists.
-struct Live<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Live<'a> {
-    fn enter(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
-        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Self(counter)
-    }
-}
-
-impl Drop for Live<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
