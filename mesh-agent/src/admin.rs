@@ -14,6 +14,7 @@ use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -24,7 +25,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{config::Config, policy, proxy::Shared};
+use crate::{
+    config::Config, denials::Denials, ebpf::Kernel, identity::Identities, policy,
+    proxy::admission::Admission, snapshot::Watch, telemetry::Telemetry,
+};
 
 /// The default admin address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:15000";
@@ -157,134 +161,171 @@ const MAX_CONNECTIONS: usize = 256;
 /// nothing is gone after this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Serves the admin endpoint until the task is dropped. One request per
-/// connection, bounded in time and in number.
-pub async fn serve(listener: TcpListener, ctx: Shared) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue; // full: close it at once
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &ctx)) }
+/// The admin endpoint: its listener and what its documents are made of.
+pub struct Admin {
+    listener: TcpListener,
+    /// Shared with each request's task (the listener is not, so it closes
+    /// as soon as `run` is dropped).
+    sources: Arc<Sources>,
+}
+
+/// What the admin documents are made of.
+pub struct Sources {
+    pub node: String,
+    /// `/config`: the config and intentions in force.
+    pub snapshot: Watch,
+    /// `/status` and `/metrics`: local leaves and the node CA.
+    pub identities: Arc<Identities>,
+    /// `/metrics`: map entries and sk_lookup's refusals.
+    pub kernel: Arc<Kernel>,
+    /// `/metrics`: inbound handshakes in progress.
+    pub admission: Arc<Admission>,
+    /// Folded into `telemetry` before each document.
+    pub denials: Denials,
+    /// `/metrics` and the pairs of `/status`.
+    pub telemetry: Arc<Telemetry>,
+}
+
+impl Admin {
+    /// The admin endpoint on `listener` (see [`check_addr`]).
+    pub fn new(listener: TcpListener, sources: Sources) -> Self {
+        Self {
+            listener,
+            sources: Arc::new(sources),
+        }
+    }
+
+    /// Serves the admin endpoint until the task is dropped. One request
+    /// per connection, bounded in time and in number.
+    pub async fn run(self) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let Ok((stream, _)) = self.listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue; // full: close it at once
+            };
+            let sources = self.sources.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let service = service_fn(move |req| {
+                    let sources = sources.clone();
+                    async move { Ok::<_, Infallible>(sources.respond(&req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(CONNECTION_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(CONNECTION_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-        });
+        }
     }
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, ctx: &Shared) -> Response<Full<Bytes>> {
-    const JSON: &str = "application/json";
-    let (status, kind, body) = match req.uri().path() {
-        "/status" => (StatusCode::OK, JSON, status(ctx).to_string()),
-        "/config" => match serde_json::to_string(&config(ctx)) {
-            Ok(body) => (StatusCode::OK, JSON, body),
-            Err(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                JSON,
-                json!({"error": e.to_string()}).to_string(),
+impl Sources {
+    fn respond(&self, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        const JSON: &str = "application/json";
+        let (status, kind, body) = match req.uri().path() {
+            "/status" => (StatusCode::OK, JSON, self.status().to_string()),
+            "/config" => match serde_json::to_string(&self.config()) {
+                Ok(body) => (StatusCode::OK, JSON, body),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    JSON,
+                    json!({"error": e.to_string()}).to_string(),
+                ),
+            },
+            "/metrics" => (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics(),
             ),
-        },
-        "/metrics" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics(ctx),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            JSON,
-            json!({"error": "not found"}).to_string(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(kind),
-    );
-    response
-}
-
-/// `/metrics`: Prometheus text.
-fn metrics(ctx: &Shared) -> String {
-    let now = SystemTime::now();
-    let expiries = ctx.identities.all().into_iter().map(|(name, leaf)| {
-        let secs = match leaf.not_after.duration_since(now) {
-            Ok(left) => left.as_secs_f64(),
-            Err(past) => -past.duration().as_secs_f64(),
+            _ => (
+                StatusCode::NOT_FOUND,
+                JSON,
+                json!({"error": "not found"}).to_string(),
+            ),
         };
-        (name, secs)
-    });
-    ctx.harvest_kernel_denials();
-    ctx.telemetry.render(
-        expiries,
-        ctx.kernel.map_entries(),
-        ctx.kernel.refused(),
-        ctx.handshakes.in_progress(),
-    )
-}
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(kind),
+        );
+        response
+    }
 
-/// `/config`: the config this agent runs with (intentions as in force).
-fn config(ctx: &Shared) -> ConfigDoc {
-    let snapshot = ctx.snapshot();
-    ConfigDoc::new(&snapshot.config, &ctx.node, &snapshot.policy)
-}
+    /// `/metrics`: Prometheus text.
+    fn metrics(&self) -> String {
+        let now = SystemTime::now();
+        let expiries = self.identities.all().into_iter().map(|(name, leaf)| {
+            let secs = match leaf.not_after.duration_since(now) {
+                Ok(left) => left.as_secs_f64(),
+                Err(past) => -past.duration().as_secs_f64(),
+            };
+            (name, secs)
+        });
+        self.denials.harvest();
+        self.telemetry.render(
+            expiries,
+            self.kernel.map_entries(),
+            self.kernel.refused(),
+            self.admission.in_progress(),
+        )
+    }
 
-/// The `/status` document.
-fn status(ctx: &Shared) -> Value {
-    let now = SystemTime::now();
-    let services: Vec<Value> = ctx
-        .identities
-        .all()
-        .into_iter()
-        .map(|(name, leaf)| {
-            let expires_in = leaf.not_after.duration_since(now).unwrap_or_default();
-            json!({
-                "name": name,
-                "spiffe_id": leaf.spiffe_id,
-                "serial": leaf.serial,
-                "not_after": rfc3339(leaf.not_after),
-                "expires_in_secs": expires_in.as_secs(),
+    /// `/config`: the config this agent runs with (intentions as in force).
+    fn config(&self) -> ConfigDoc {
+        let snapshot = self.snapshot.borrow().clone();
+        ConfigDoc::new(&snapshot.config, &self.node, &snapshot.policy)
+    }
+
+    /// The `/status` document.
+    fn status(&self) -> Value {
+        let now = SystemTime::now();
+        let services: Vec<Value> = self
+            .identities
+            .all()
+            .into_iter()
+            .map(|(name, leaf)| {
+                let expires_in = leaf.not_after.duration_since(now).unwrap_or_default();
+                json!({
+                    "name": name,
+                    "spiffe_id": leaf.spiffe_id,
+                    "serial": leaf.serial,
+                    "not_after": rfc3339(leaf.not_after),
+                    "expires_in_secs": expires_in.as_secs(),
+                })
             })
-        })
-        .collect();
-    ctx.harvest_kernel_denials();
-    let pairs: Vec<Value> = ctx
-        .telemetry
-        .pairs()
-        .iter()
-        .map(|((src, dst), s)| {
-            json!({
-                "source": src, "destination": dst,
-                "allowed": s.allowed, "denied": s.denied,
-                "denied_at_source": s.denied_at_source, "cut": s.cut,
+            .collect();
+        self.denials.harvest();
+        let pairs: Vec<Value> = self
+            .telemetry
+            .pairs()
+            .iter()
+            .map(|((src, dst), s)| {
+                json!({
+                    "source": src, "destination": dst,
+                    "allowed": s.allowed, "denied": s.denied,
+                    "denied_at_source": s.denied_at_source, "cut": s.cut,
+                })
             })
+            .collect();
+        let ca_not_after = self.identities.ca().not_after();
+        json!({
+            "node": self.node,
+            "trust_domain": self.identities.trust_domain(),
+            "node_ca": {
+                "not_after": rfc3339(ca_not_after),
+                "expires_in_secs": ca_not_after.duration_since(now).unwrap_or_default().as_secs(),
+            },
+            "services": services,
+            "connections": pairs,
         })
-        .collect();
-    let ca_not_after = ctx.identities.ca().not_after();
-    json!({
-        "node": ctx.node,
-        "trust_domain": ctx.identities.trust_domain(),
-        "node_ca": {
-            "not_after": rfc3339(ca_not_after),
-            "expires_in_secs": ca_not_after.duration_since(now).unwrap_or_default().as_secs(),
-        },
-        "services": services,
-        "connections": pairs,
-    })
+    }
 }
 
 fn rfc3339(t: SystemTime) -> String {

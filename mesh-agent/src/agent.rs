@@ -17,14 +17,18 @@ use tokio::{net::TcpListener, signal::unix::SignalKind};
 use tracing::{info, warn};
 
 use crate::{
+    admin::Admin,
     catalog::{Catalog, CatalogError, FileCatalog},
     cgroup::{self, Cgroup2, CgroupError},
     config::Config,
+    denials::Denials,
+    drain::Drain,
     ebpf::{EbpfError, Kernel, LoadParams, MapContents},
     identity::{Identities, IdentityError, NodeCa},
     policy::Policy,
-    proxy::{self, Context},
+    proxy::{self, Inbound, Inputs, Outbound, admission::Admission},
     snapshot::{Publisher, Snapshot},
+    telemetry::Telemetry,
     tls::{Tls, TlsError},
 };
 
@@ -234,14 +238,14 @@ async fn serve(
             source,
         })?;
 
-    let mut ids = proxy::ServiceIds::default();
+    let ids = Arc::new(proxy::ServiceIds::default());
     let (contents, agent_cgroup) = {
         let cgroups = cgroups.lock().unwrap_or_else(|e| e.into_inner());
         (
             contents(
                 &snapshot.config,
                 &opts.node,
-                &mut ids,
+                &ids,
                 &cgroups,
                 &snapshot.policy,
             ),
@@ -254,49 +258,71 @@ async fn serve(
         outbound_port: opts.outbound_port,
         check_peers: opts.only_mesh_sources,
     };
-    let kernel = Kernel::start(&params, &contents, &in4, in6.as_ref(), cg.root())?;
-    let ctx = Arc::new(Context {
-        snapshot: snapshots.clone(),
-        ids: std::sync::Mutex::new(ids),
-        node: opts.node.clone(),
-        kernel,
-        identities: identities.clone(),
+    let kernel = Arc::new(Kernel::start(
+        &params,
+        &contents,
+        &in4,
+        in6.as_ref(),
+        cg.root(),
+    )?);
+    let telemetry = Arc::new(Telemetry::default());
+    let drain = Drain::default();
+    let admission = Admission::new(opts.max_handshakes, opts.max_handshakes_per_source);
+    let pi = Inputs::new(
+        opts.node.clone(),
+        snapshots.clone(),
         tls,
-        telemetry: Default::default(),
-        drain: Default::default(),
-        handshakes: proxy::admission::Admission::new(
-            opts.max_handshakes,
-            opts.max_handshakes_per_source,
-        ),
-    });
+        telemetry.clone(),
+        drain.clone(),
+    );
+    let denials = Denials::new(
+        kernel.clone(),
+        ids.clone(),
+        snapshots.clone(),
+        telemetry.clone(),
+    );
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(proxy::outbound::serve(out4, ctx.clone()));
-    tasks.spawn(proxy::inbound::serve(in4, ctx.clone()));
-    if let Some(l) = out6 {
-        tasks.spawn(proxy::outbound::serve(l, ctx.clone()));
+    for l in [Some(out4), out6].into_iter().flatten() {
+        let outbound = Outbound::new(l, pi.clone(), kernel.clone(), ids.clone());
+        tasks.spawn(outbound.run());
     }
-    if let Some(l) = in6 {
-        tasks.spawn(proxy::inbound::serve(l, ctx.clone()));
+    for l in [Some(in4), in6].into_iter().flatten() {
+        tasks.spawn(Inbound::new(l, pi.clone(), admission.clone()).run());
     }
-    tasks.spawn(sweep(ctx.clone()));
-    if let Some(events) = ctx.kernel.denial_events()? {
-        tasks.spawn(crate::denials::report(events, ctx.clone()));
+    tasks.spawn(sweep(kernel.clone()));
+    if let Some(events) = kernel.denial_events()? {
+        tasks.spawn(denials.clone().report(events));
     }
-    tasks.spawn(follow(
-        catalog,
-        ctx.clone(),
+    let reload = Reload {
+        node: opts.node.clone(),
         publisher,
-        cg.clone(),
-        cgroups.clone(),
-    ));
-    tasks.spawn(crate::admin::serve(admin, ctx.clone()));
+        cg: cg.clone(),
+        cgroups: cgroups.clone(),
+        identities: identities.clone(),
+        ids,
+        kernel: kernel.clone(),
+    };
+    tasks.spawn(follow(catalog, reload));
+    let admin = Admin::new(
+        admin,
+        crate::admin::Sources {
+            node: opts.node.clone(),
+            snapshot: snapshots.clone(),
+            identities: identities.clone(),
+            kernel: kernel.clone(),
+            admission,
+            denials,
+            telemetry,
+        },
+    );
+    tasks.spawn(admin.run());
     if let (Some(socket), Some(addr)) = (dns, opts.dns) {
         let upstream = opts
             .dns_upstream
             .or_else(|| crate::dns::previous_resolver(addr));
         info!(%addr, upstream = ?upstream, "answering DNS for .mesh");
-        tasks.spawn(crate::dns::serve(socket, snapshots.clone(), upstream));
+        tasks.spawn(crate::dns::serve(socket, snapshots, upstream));
     }
     tasks.spawn(identities.clone().renew_forever());
     for (service, leaf) in identities.all() {
@@ -314,11 +340,11 @@ async fn serve(
     // Stop accepting: the listeners close, so new connections are refused
     // at once (the programs still redirect to the closed port), never hang.
     tasks.shutdown().await;
-    ctx.drain.wait(opts.drain).await;
-    // Connection tasks may still hold the context; the programs are detached
+    drain.wait(opts.drain).await;
+    // Connection tasks may still hold the kernel; the programs are detached
     // when the last reference goes, at the latest when the process exits.
-    if let Ok(ctx) = Arc::try_unwrap(ctx) {
-        ctx.kernel.stop();
+    if let Ok(kernel) = Arc::try_unwrap(kernel) {
+        kernel.stop();
     }
     Ok(())
 }
@@ -400,7 +426,7 @@ impl Cgroups {
 fn contents(
     config: &Config,
     node: &str,
-    ids: &mut proxy::ServiceIds,
+    ids: &proxy::ServiceIds,
     cgroups: &Cgroups,
     policy: &Policy,
 ) -> MapContents {
@@ -437,73 +463,74 @@ fn contents(
 }
 
 /// Applies every valid change of the catalog without a restart (see
-/// `apply`); a change that cannot be applied is logged and the last good
-/// config stays in force.
-async fn follow(
-    mut catalog: Box<dyn Catalog>,
-    ctx: proxy::Shared,
-    publisher: Publisher,
-    cg: Arc<Cgroup2>,
-    cgroups: Arc<std::sync::Mutex<Cgroups>>,
-) {
+/// [`Reload::apply`]); a change that cannot be applied is logged and the
+/// last good config stays in force.
+async fn follow(mut catalog: Box<dyn Catalog>, reload: Reload) {
     loop {
         let new = catalog.changed().await;
-        if let Err(e) = apply(&ctx, &publisher, &cg, &cgroups, new) {
+        if let Err(e) = reload.apply(new) {
             warn!(error = %e, "config change not applied, keeping the last good config");
         }
     }
 }
 
-/// Makes a new config the one in force: cgroups and leaves for services
-/// that came, dropped for those that went; then one new [`Snapshot`]
-/// (config, intentions, names, hosts) is published; then the kernel maps.
-/// Handlers see the new snapshot before the kernel sends them connections
-/// for new services.
-fn apply(
-    ctx: &proxy::Context,
-    publisher: &Publisher,
-    cg: &Cgroup2,
-    cgroups: &std::sync::Mutex<Cgroups>,
-    new: Config,
-) -> Result<(), AgentError> {
-    if new.node(&ctx.node).is_none() {
-        return Err(AgentError::UnknownNode {
-            node: ctx.node.clone(),
-            path: new.path.clone(),
-        });
-    }
-    let local: Vec<String> = new.services_on(&ctx.node).map(|s| s.name.clone()).collect();
-    let mut cgroups = cgroups.lock().unwrap_or_else(|e| e.into_inner());
-    cgroups.sync(cg, &new, &ctx.node)?;
-    ctx.identities.sync(&local)?;
-    let snapshot = Snapshot::new(new);
-    let contents = {
-        let mut ids = ctx.ids.lock().unwrap_or_else(|e| e.into_inner());
-        contents(
+/// What a reload changes: the snapshot, and its side effects (cgroups,
+/// leaves, kernel maps).
+struct Reload {
+    node: String,
+    /// The one writer of the snapshot channel.
+    publisher: Publisher,
+    cg: Arc<Cgroup2>,
+    cgroups: Arc<std::sync::Mutex<Cgroups>>,
+    identities: Arc<Identities>,
+    ids: Arc<proxy::ServiceIds>,
+    kernel: Arc<Kernel>,
+}
+
+impl Reload {
+    /// Makes a new config the one in force: cgroups and leaves for services
+    /// that came, dropped for those that went; then one new [`Snapshot`]
+    /// (config, intentions, names, hosts) is published; then the kernel
+    /// maps (adds before removes). Handlers see the new snapshot before the
+    /// kernel sends them connections for new services.
+    fn apply(&self, new: Config) -> Result<(), AgentError> {
+        let node = &self.node;
+        if new.node(node).is_none() {
+            return Err(AgentError::UnknownNode {
+                node: node.clone(),
+                path: new.path.clone(),
+            });
+        }
+        let local: Vec<String> = new.services_on(node).map(|s| s.name.clone()).collect();
+        let mut cgroups = self.cgroups.lock().unwrap_or_else(|e| e.into_inner());
+        cgroups.sync(&self.cg, &new, node)?;
+        self.identities.sync(&local)?;
+        let snapshot = Snapshot::new(new);
+        let contents = contents(
             &snapshot.config,
-            &ctx.node,
-            &mut ids,
+            node,
+            &self.ids,
             &cgroups,
             &snapshot.policy,
-        )
-    };
-    // The one swap. Live connections re-decide their pair on this.
-    publisher.send_replace(Arc::new(snapshot));
-    ctx.kernel.update(&contents)?;
-    info!(
-        local_services = local.len(),
-        denied_pairs = contents.denied.len(),
-        "config applied"
-    );
-    Ok(())
+        );
+        // The one swap. Live connections re-decide their pair on this.
+        self.publisher.send_replace(Arc::new(snapshot));
+        self.kernel.update(&contents)?;
+        info!(
+            local_services = local.len(),
+            denied_pairs = contents.denied.len(),
+            "config applied"
+        );
+        Ok(())
+    }
 }
 
 /// Drops stale `CONNS` records now and then (see `Kernel::sweep_stale`).
-async fn sweep(ctx: proxy::Shared) {
+async fn sweep(kernel: Arc<Kernel>) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         every.tick().await;
-        let n = ctx.kernel.sweep_stale();
+        let n = kernel.sweep_stale();
         if n > 0 {
             tracing::debug!(records = n, "dropped stale connection records");
         }

@@ -7,43 +7,118 @@
 //! app refused in a tight loop is one line per interval, and folds the
 //! counts into the metrics and `status` (`side="source"`).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use mesh_common::{DENIED_BY_LOOPBACK_GUARD, DenialEvent, DenialKey, MAX_DENIALS};
 use tracing::warn;
 
 use crate::{
-    ebpf::{DenialEvents, socket_addr},
-    proxy::Shared,
+    ebpf::{DenialEvents, Kernel, socket_addr},
+    proxy::ServiceIds,
+    snapshot::Watch,
+    telemetry::Telemetry,
 };
 
-/// Logs the kernel's reports until the ring buffer fails or the task is
-/// dropped.
-pub async fn report(mut events: DenialEvents, ctx: Shared) {
-    // Per key, the kernel's count (all CPUs) when it was last logged.
-    let mut logged: HashMap<DenialKey, u64> = HashMap::new();
-    loop {
-        let batch = match events.next_batch().await {
-            Ok(batch) => batch,
-            Err(e) => {
-                warn!(error = %e, "kernel denials are no longer reported");
-                return;
-            }
+/// The kernel's refused connects, named and folded into the telemetry.
+#[derive(Clone)]
+pub struct Denials {
+    /// `DENIALS`, the kernel's counts.
+    kernel: Arc<Kernel>,
+    /// The names behind the keys' service ids.
+    ids: Arc<ServiceIds>,
+    /// The intentions in force, for the deciding rule.
+    snapshot: Watch,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Denials {
+    /// Reads `DENIALS` from `kernel`, names its keys with `ids` and the
+    /// intentions in `snapshot`, and counts them in `telemetry`.
+    pub fn new(
+        kernel: Arc<Kernel>,
+        ids: Arc<ServiceIds>,
+        snapshot: Watch,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        Self {
+            kernel,
+            ids,
+            snapshot,
+            telemetry,
+        }
+    }
+
+    /// Folds what connect4/6 refused since the last call (`DENIALS`) into
+    /// the metrics and the pair stats.
+    pub fn harvest(&self) {
+        self.telemetry
+            .harvest_kernel_denials(self.kernel.denials(), |key| self.describe(key));
+    }
+
+    /// Names a `DENIALS` key: source, destination and the deciding rule.
+    /// A caller without a mesh identity is `-`.
+    pub fn describe(&self, key: &DenialKey) -> (String, String, String) {
+        let name = |id: u32| match (id, self.ids.name(id)) {
+            (0, _) => "-".to_owned(),
+            (_, Some(name)) => name,
+            (_, None) => format!("#{id}"),
         };
-        if logged.len() > 2 * MAX_DENIALS as usize {
-            logged.clear();
-        }
-        let totals: HashMap<DenialKey, u64> = ctx.kernel.denials().into_iter().collect();
-        for event in batch {
-            let total = totals.get(&event.key).copied().unwrap_or(0);
-            let last = logged.insert(event.key, total).unwrap_or(0);
-            let refused = since(last, total);
-            // Two CPUs may report one key in the same batch: log it once.
-            if refused > 0 {
-                log(&ctx, &event, refused);
+        let (src, dst) = (name(key.src), name(key.dst));
+        let rule = if key.reason == DENIED_BY_LOOPBACK_GUARD {
+            "loopback guard".to_owned()
+        } else {
+            let snapshot = self.snapshot.borrow().clone();
+            snapshot.policy.decide(&src, &dst).rule.to_string()
+        };
+        (src, dst, rule)
+    }
+
+    /// Logs the kernel's reports until the ring buffer fails or the task is
+    /// dropped.
+    pub async fn report(self, mut events: DenialEvents) {
+        // Per key, the kernel's count (all CPUs) when it was last logged.
+        let mut logged: HashMap<DenialKey, u64> = HashMap::new();
+        loop {
+            let batch = match events.next_batch().await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    warn!(error = %e, "kernel denials are no longer reported");
+                    return;
+                }
+            };
+            if logged.len() > 2 * MAX_DENIALS as usize {
+                logged.clear();
             }
+            let totals: HashMap<DenialKey, u64> = self.kernel.denials().into_iter().collect();
+            for event in batch {
+                let total = totals.get(&event.key).copied().unwrap_or(0);
+                let last = logged.insert(event.key, total).unwrap_or(0);
+                let refused = since(last, total);
+                // Two CPUs may report one key in the same batch: log it once.
+                if refused > 0 {
+                    self.log(&event, refused);
+                }
+            }
+            self.harvest();
         }
-        ctx.harvest_kernel_denials();
+    }
+
+    fn log(&self, event: &DenialEvent, refused: u64) {
+        let (src, dst, rule) = self.describe(&event.key);
+        let dialed = socket_addr(&event.dst);
+        let comm = comm(&event.comm);
+        let pid = event.pid;
+        if event.key.reason == DENIED_BY_LOOPBACK_GUARD {
+            warn!(
+                %src, %dst, %dialed, %rule, pid, %comm, cgroup = event.cgroup, refused,
+                "connect() refused with EPERM: only {dst} itself may use its loopback port"
+            );
+        } else {
+            warn!(
+                %src, %dst, %dialed, %rule, pid, %comm, cgroup = event.cgroup, refused,
+                "connect() refused with EPERM: intentions deny {src} -> {dst}"
+            );
+        }
     }
 }
 
@@ -51,24 +126,6 @@ pub async fn report(mut events: DenialEvents, ctx: Shared) {
 /// evicted from the LRU map and filed again starts from zero).
 pub fn since(last: u64, now: u64) -> u64 {
     if now >= last { now - last } else { now }
-}
-
-fn log(ctx: &Shared, event: &DenialEvent, refused: u64) {
-    let (src, dst, rule) = ctx.describe_denial(&event.key);
-    let dialed = socket_addr(&event.dst);
-    let comm = comm(&event.comm);
-    let pid = event.pid;
-    if event.key.reason == DENIED_BY_LOOPBACK_GUARD {
-        warn!(
-            %src, %dst, %dialed, %rule, pid, %comm, cgroup = event.cgroup, refused,
-            "connect() refused with EPERM: only {dst} itself may use its loopback port"
-        );
-    } else {
-        warn!(
-            %src, %dst, %dialed, %rule, pid, %comm, cgroup = event.cgroup, refused,
-            "connect() refused with EPERM: intentions deny {src} -> {dst}"
-        );
-    }
 }
 
 /// A kernel `comm`: bytes up to the first NUL.

@@ -6,7 +6,7 @@
 //! and take `borrow().clone()` of the `Arc` (never a borrow held across an
 //! `.await`); connection tasks wait on `changed()` to re-decide their pair.
 //! Kernel maps, cgroups and leaves are side effects of a reload, done by
-//! `agent::apply` around the swap, not part of the snapshot.
+//! `agent::Reload::apply` around the swap, not part of the snapshot.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -54,7 +54,8 @@ impl Snapshot {
 /// The verifier reads who hosts a service from the snapshot in force.
 impl Hosting for Watch {
     fn host(&self, service: &str) -> Option<String> {
-        self.borrow().hosts.get(service).cloned()
+        let snapshot = self.borrow().clone();
+        snapshot.hosts.get(service).cloned()
     }
 }
 

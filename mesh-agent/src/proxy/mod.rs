@@ -1,6 +1,8 @@
-//! The agent's data path in userspace: the outbound listener (apps' redirected
-//! connections), the inbound listener (connections steered by sk_lookup), and
-//! the byte copy between two sockets. The hop between agents is mTLS (`tls`).
+//! The agent's data path in userspace: the outbound listener ([`Outbound`]:
+//! apps' redirected connections), the inbound listener ([`Inbound`]:
+//! connections steered by sk_lookup), what both use ([`Inputs`]), and the
+//! byte copy between two sockets (`relay`). The hop between agents is mTLS
+//! (`tls`).
 
 pub mod admission;
 pub mod inbound;
@@ -8,6 +10,7 @@ pub mod outbound;
 pub mod relay;
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
 };
@@ -18,9 +21,11 @@ use tokio::{
 };
 use tracing::warn;
 
+pub use inbound::Inbound;
+pub use outbound::Outbound;
+
 use crate::{
-    ebpf::Kernel,
-    identity::Identities,
+    drain::Drain,
     snapshot::{Snapshot, Watch},
     telemetry::{Side, Telemetry},
     tls::Tls,
@@ -60,84 +65,44 @@ pub enum ProxyError {
     Io(#[from] std::io::Error),
 }
 
-/// What every connection handler needs: the snapshot of the catalog in
-/// force, the kernel maps, and the identities and TLS configs of local
-/// services.
-pub struct Context {
-    /// The catalog as applied (config, intentions, names, hosts); replaced
-    /// as a whole on every reload.
-    pub snapshot: Watch,
-    /// Kernel ids of services.
-    pub ids: Mutex<ServiceIds>,
-    pub node: String,
-    pub kernel: Kernel,
-    pub identities: Arc<Identities>,
-    pub tls: Tls,
-    /// Metrics, pair stats and the access log.
-    pub telemetry: Telemetry,
-    /// Connections flowing now (what a drain waits for).
-    pub drain: crate::drain::Drain,
-    /// Slots for inbound TLS handshakes in progress (`--max-handshakes`,
-    /// `--max-handshakes-per-source`).
-    pub handshakes: Arc<admission::Admission>,
+/// What both listeners use (ztunnel's `ProxyInputs`): this node's name,
+/// the snapshot in force, TLS, the telemetry and the drain; and, per
+/// connection, the verdict on its pair and the relay that holds to it.
+pub struct Inputs {
+    node: String,
+    snapshot: Watch,
+    tls: Tls,
+    telemetry: Arc<Telemetry>,
+    drain: Drain,
 }
 
-/// The kernel's ids of services. A name keeps its id for the agent's
-/// lifetime, so the maps can change while connections are in flight and a
-/// record never names another service.
-#[derive(Debug, Default)]
-pub struct ServiceIds {
-    by_name: std::collections::HashMap<String, u32>,
-    names: Vec<String>,
-}
-
-impl ServiceIds {
-    /// The id of `name`, assigned on first use (ids start at 1).
-    pub fn id(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.by_name.get(name) {
-            return *id;
-        }
-        self.names.push(name.to_owned());
-        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
-        self.by_name.insert(name.to_owned(), id);
-        id
+impl Inputs {
+    /// The inputs of the agent of `node`.
+    pub fn new(
+        node: String,
+        snapshot: Watch,
+        tls: Tls,
+        telemetry: Arc<Telemetry>,
+        drain: Drain,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            snapshot,
+            tls,
+            telemetry,
+            drain,
+        })
     }
 
-    /// The service an id was given to.
-    pub fn name(&self, id: u32) -> Option<&str> {
-        let i = usize::try_from(id).ok()?.checked_sub(1)?;
-        self.names.get(i).map(String::as_str)
-    }
-}
-
-impl Context {
     /// The snapshot in force.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
     }
 
-    /// The service behind a kernel id, in the config in force.
-    pub fn service(&self, id: u32) -> Result<crate::config::Service, ProxyError> {
-        let name = self
-            .ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .name(id)
-            .map(str::to_owned)
-            .ok_or(ProxyError::UnknownService(id))?;
-        self.snapshot()
-            .config
-            .service(&name)
-            .cloned()
-            .ok_or(ProxyError::UnknownService(id))
-    }
-}
-
-impl Context {
     /// Checks `src -> dst` against the intentions in force and counts the
     /// verdict. A refusal is logged here, once, with both addresses and the
     /// deciding rule.
-    pub fn authorize(
+    fn authorize(
         &self,
         src: &str,
         dst: &str,
@@ -163,8 +128,8 @@ impl Context {
     /// Copies both ways (see `relay`) until done, or until the intentions
     /// change to deny `src -> dst`: then both sockets are closed at once.
     /// `a` is the caller's side, `b` the destination's. Counts the
-    /// connection in the metrics and writes its access-log line.
-    pub async fn splice_while_allowed<A, B>(
+    /// connection in the telemetry and in the drain.
+    async fn splice_while_allowed<A, B>(
         &self,
         a: &mut A,
         b: &mut B,
@@ -226,32 +191,40 @@ impl Context {
             }
         }
     }
+}
 
-    /// Folds what connect4/6 refused since the last call (`DENIALS`) into
-    /// the metrics and the pair stats.
-    pub fn harvest_kernel_denials(&self) {
-        self.telemetry
-            .harvest_kernel_denials(self.kernel.denials(), |key| self.describe_denial(key));
+/// The kernel's ids of services. A name keeps its id for the agent's
+/// lifetime, so the maps can change while connections are in flight and a
+/// record never names another service.
+#[derive(Debug, Default)]
+pub struct ServiceIds {
+    assigned: Mutex<Assigned>,
+}
+
+#[derive(Debug, Default)]
+struct Assigned {
+    by_name: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl ServiceIds {
+    /// The id of `name`, assigned on first use (ids start at 1).
+    pub fn id(&self, name: &str) -> u32 {
+        let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = assigned.by_name.get(name) {
+            return *id;
+        }
+        assigned.names.push(name.to_owned());
+        let id = u32::try_from(assigned.names.len()).unwrap_or(u32::MAX);
+        assigned.by_name.insert(name.to_owned(), id);
+        id
     }
 
-    /// Names a `DENIALS` key: source, destination and the deciding rule.
-    /// A caller without a mesh identity is `-`.
-    pub fn describe_denial(&self, key: &mesh_common::DenialKey) -> (String, String, String) {
-        let name = |id: u32| {
-            let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-            match (id, ids.name(id)) {
-                (0, _) => "-".to_owned(),
-                (_, Some(name)) => name.to_owned(),
-                (_, None) => format!("#{id}"),
-            }
-        };
-        let (src, dst) = (name(key.src), name(key.dst));
-        let rule = if key.reason == mesh_common::DENIED_BY_LOOPBACK_GUARD {
-            "loopback guard".to_owned()
-        } else {
-            self.snapshot().policy.decide(&src, &dst).rule.to_string()
-        };
-        (src, dst, rule)
+    /// The service an id was given to.
+    pub fn name(&self, id: u32) -> Option<String> {
+        let i = usize::try_from(id).ok()?.checked_sub(1)?;
+        let assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        assigned.names.get(i).cloned()
     }
 }
 
@@ -270,8 +243,6 @@ impl ProxyError {
         )
     }
 }
-
-pub type Shared = Arc<Context>;
 
 /// Where a local service listens: loopback only, by design.
 pub fn local_addr(port: u16) -> SocketAddr {
