@@ -1,6 +1,9 @@
 //! The admin endpoint (loopback only, default 127.0.0.1:15000) and the
 //! `mesh-agent status` client that reads it.
 //!
+//! `GET /ready`: 200 once the agent carries traffic (programs attached,
+//! listeners accepting), 503 while it starts and while it drains; the JSON
+//! body says which ([`Phase`]) and which process answered.
 //! `GET /metrics`: Prometheus text (see `metrics`). `GET /config`: the
 //! config in force, as JSON ([`ConfigDoc`]; `mesh-agent exec` reads it back
 //! when the file on disk is broken).
@@ -14,7 +17,10 @@ use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -145,6 +151,77 @@ impl ConfigDoc {
     }
 }
 
+/// Where the agent is in its life, as `GET /ready` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Not yet carrying traffic.
+    Starting = 0,
+    /// Programs attached, listeners accepting.
+    Ready = 1,
+    /// SIGTERM/SIGINT received: no new connections; open ones finish.
+    Draining = 2,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// The agent's [`Phase`], shared by the agent (which moves it forward) and
+/// the admin endpoint (which reads it). Starting, then ready, then
+/// draining; never back.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicU8);
+
+impl Readiness {
+    /// Marks the agent ready, unless it is already draining.
+    pub fn ready(&self) {
+        let _ = self.0.compare_exchange(
+            Phase::Starting as u8,
+            Phase::Ready as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Marks the agent draining.
+    pub fn draining(&self) {
+        self.0.store(Phase::Draining as u8, Ordering::SeqCst);
+    }
+
+    /// The phase now.
+    pub fn phase(&self) -> Phase {
+        match self.0.load(Ordering::SeqCst) {
+            0 => Phase::Starting,
+            1 => Phase::Ready,
+            _ => Phase::Draining,
+        }
+    }
+}
+
+/// The answer to `GET /ready` in `phase`: 200 when ready, else 503; the
+/// body names the phase, the node and this process.
+fn ready(phase: Phase, node: &str) -> (StatusCode, Value) {
+    let status = if phase == Phase::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": phase == Phase::Ready,
+        "phase": phase.name(),
+        "node": node,
+        "pid": std::process::id(),
+    });
+    (status, body)
+}
+
 /// Checks that `addr` is loopback.
 pub fn check_addr(addr: SocketAddr) -> Result<SocketAddr, AdminError> {
     if addr.ip().is_loopback() {
@@ -172,6 +249,8 @@ pub struct Admin {
 /// What the admin documents are made of.
 pub struct Sources {
     pub node: String,
+    /// `/ready`: the agent's phase.
+    pub readiness: Arc<Readiness>,
     /// `/config`: the config and intentions in force.
     pub snapshot: Watch,
     /// `/status` and `/metrics`: local leaves and the node CA.
@@ -229,6 +308,10 @@ impl Sources {
     fn respond(&self, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         const JSON: &str = "application/json";
         let (status, kind, body) = match req.uri().path() {
+            "/ready" => {
+                let (status, body) = ready(self.readiness.phase(), &self.node);
+                (status, JSON, body.to_string())
+            }
             "/status" => (StatusCode::OK, JSON, self.status().to_string()),
             "/config" => match serde_json::to_string(&self.config()) {
                 Ok(body) => (StatusCode::OK, JSON, body),
@@ -510,6 +593,31 @@ mod tests {
             value["intentions"]["intentions"][0],
             json!({"source": "*", "destination": "api", "action": "deny", "line": 16})
         );
+    }
+
+    #[test]
+    fn ready_only_between_start_and_drain() {
+        let readiness = Readiness::default();
+        let answer = |r: &Readiness| {
+            let (status, body) = ready(r.phase(), "b");
+            (
+                status.as_u16(),
+                body["phase"].clone(),
+                body["ready"].clone(),
+            )
+        };
+        assert_eq!(answer(&readiness), (503, json!("starting"), json!(false)));
+        readiness.ready();
+        assert_eq!(answer(&readiness), (200, json!("ready"), json!(true)));
+        readiness.draining();
+        assert_eq!(answer(&readiness), (503, json!("draining"), json!(false)));
+        // Draining is final.
+        readiness.ready();
+        assert_eq!(readiness.phase(), Phase::Draining);
+
+        let (_, body) = ready(Phase::Ready, "b");
+        assert_eq!(body["node"], "b");
+        assert_eq!(body["pid"], std::process::id());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::{net::TcpListener, signal::unix::SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    admin::Admin,
+    admin::{Admin, Readiness},
     catalog::{Catalog, CatalogError, FileCatalog},
     cgroup::{self, Cgroup2, CgroupError},
     config::Config,
@@ -304,10 +304,12 @@ async fn serve(
         kernel: kernel.clone(),
     };
     tasks.spawn(follow(catalog, reload));
+    let readiness = Arc::new(Readiness::default());
     let admin = Admin::new(
         admin,
         crate::admin::Sources {
             node: opts.node.clone(),
+            readiness: readiness.clone(),
             snapshot: snapshots.clone(),
             identities: identities.clone(),
             kernel: kernel.clone(),
@@ -316,7 +318,8 @@ async fn serve(
             telemetry,
         },
     );
-    tasks.spawn(admin.run());
+    // Not in `tasks`: it answers through the drain (`/ready`: 503).
+    let admin_task = tokio::spawn(admin.run());
     if let (Some(socket), Some(addr)) = (dns, opts.dns) {
         let upstream = opts
             .dns_upstream
@@ -328,6 +331,7 @@ async fn serve(
     for (service, leaf) in identities.all() {
         info!(%service, spiffe_id = %leaf.spiffe_id, serial = %leaf.serial, "leaf issued");
     }
+    readiness.ready();
     info!(
         node = %opts.node,
         outbound_port = opts.outbound_port,
@@ -337,10 +341,13 @@ async fn serve(
         "agent ready"
     );
     stop.await;
+    readiness.draining();
     // Stop accepting: the listeners close, so new connections are refused
     // at once (the programs still redirect to the closed port), never hang.
     tasks.shutdown().await;
     drain.wait(opts.drain).await;
+    admin_task.abort();
+    let _ = admin_task.await;
     // Connection tasks may still hold the kernel; the programs are detached
     // when the last reference goes, at the latest when the process exits.
     if let Ok(kernel) = Arc::try_unwrap(kernel) {

@@ -15,7 +15,7 @@ pub mod wire;
 use std::{
     fs,
     io::{self, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -199,6 +199,25 @@ pub fn cgroup2_root() -> PathBuf {
 }
 
 static MESH_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The agents' default admin port (`mesh-agent run --admin`).
+pub const ADMIN_PORT: u16 = 15000;
+/// How long `Mesh::start_agent` waits for an agent's `/ready`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one `/ready` request while waiting.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The admin address in `mesh-agent run` arguments: the value of
+/// `--admin`, else the default. Panics on an address that does not parse.
+fn admin_addr(args: &[&str]) -> SocketAddr {
+    let value = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--admin="))
+        .or_else(|| args.windows(2).find(|w| w[0] == "--admin").map(|w| w[1]));
+    value.map_or(SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT)), |v| {
+        v.parse().unwrap_or_else(|e| panic!("--admin {v}: {e}"))
+    })
+}
 
 /// A node of a [`Mesh`].
 #[derive(Debug, Clone)]
@@ -453,12 +472,15 @@ impl Mesh {
         c
     }
 
-    /// Starts the agent of `node` and waits until it says it is ready.
+    /// Starts the agent of `node` and waits until its `/ready` says so.
     pub fn start_agent(&self, node: &str) {
         self.start_agent_with(node, &[]);
     }
 
-    /// Like `start_agent`, with extra `mesh-agent run` arguments.
+    /// Like `start_agent`, with extra `mesh-agent run` arguments. Waits at
+    /// most [`READY_TIMEOUT`] for `GET /ready` on the agent's admin address
+    /// (`--admin` in `extra`, else the default) to answer 200 from this
+    /// agent's process; fails at once, with the log, if the agent exits.
     pub fn start_agent_with(&self, node: &str, extra: &[&str]) {
         let log = self.agent_log(node);
         let file = fs::OpenOptions::new()
@@ -466,9 +488,7 @@ impl Mesh {
             .append(true)
             .open(&log)
             .expect("agent log");
-        let before = fs::read_to_string(&log)
-            .map(|s| s.matches("agent ready").count())
-            .unwrap_or(0);
+        let admin = admin_addr(extra);
         let child = self
             .cmd(node, &self.agent)
             .arg("run")
@@ -488,16 +508,41 @@ impl Mesh {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((node.to_owned(), child));
-        let exited = || !Path::new(&format!("/proc/{pid}")).exists();
-        let ready = wait_until(Duration::from_secs(30), || {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            text.matches("agent ready").count() > before || exited()
-        });
-        let text = fs::read_to_string(&log).unwrap_or_default();
-        assert!(
-            ready && text.matches("agent ready").count() > before,
-            "agent {node} did not become ready:\n{text}"
-        );
+        let log_text = || fs::read_to_string(&log).unwrap_or_default();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = String::from("no answer");
+        loop {
+            if let Some(status) = self.agent_exit(pid) {
+                panic!(
+                    "agent {node} exited ({status}) before it was ready:\n{}",
+                    log_text()
+                );
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "agent {node} was not ready within {READY_TIMEOUT:?} (last /ready: {last}):\n{}",
+                log_text()
+            );
+            // `ip netns exec` execs the agent: its pid is the child's. The
+            // pid tells this agent's answer from another's on the address.
+            match self.admin_get_at(node, admin, "/ready", left.min(PROBE_TIMEOUT)) {
+                Some((200, body)) if body["pid"] == pid => return,
+                Some((code, body)) => last = format!("{code} {body}"),
+                None => {}
+            }
+            thread::sleep(Duration::from_millis(50).min(left));
+        }
+    }
+
+    /// The exit status of the agent with `pid`, if it has exited.
+    fn agent_exit(&self, pid: u32) -> Option<std::process::ExitStatus> {
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .find(|(_, c)| c.id() == pid)
+            .and_then(|(_, c)| c.try_wait().ok().flatten())
     }
 
     /// Sends `signal` (e.g. "TERM", "KILL") to the agent of `node` and waits
@@ -675,6 +720,37 @@ impl Mesh {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// `GET <path>` of `node`'s admin endpoint (127.0.0.1:15000): the HTTP
+    /// status and the body as JSON (`Null` if it is not JSON); `None` if
+    /// nothing answered within 5 s.
+    pub fn admin_get(&self, node: &str, path: &str) -> Option<(u16, serde_json::Value)> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT));
+        self.admin_get_at(node, addr, path, Duration::from_secs(5))
+    }
+
+    /// `GET <path>` of the admin endpoint at `addr` in `node`'s namespace,
+    /// with curl, bounded by `timeout`; as `admin_get`.
+    pub fn admin_get_at(
+        &self,
+        node: &str,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> Option<(u16, serde_json::Value)> {
+        let mut cmd = self.cmd(node, "curl");
+        let secs = timeout.as_secs_f64().max(0.001);
+        cmd.args(["-s", "-m", &format!("{secs:.3}")]).args([
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{addr}{path}"),
+        ]);
+        let out = output_with_timeout(&mut cmd, timeout);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n')?;
+        let code: u16 = code.trim().parse().ok().filter(|c| *c != 0)?;
+        Some((code, serde_json::from_str(body).unwrap_or_default()))
     }
 
     /// `GET <path>` of `node`'s admin endpoint (127.0.0.1:15000), as JSON.

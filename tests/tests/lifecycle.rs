@@ -51,6 +51,12 @@ fn sigterm_drains_and_a_restart_never_opens_a_plaintext_path() {
             "took {:?}",
             started.elapsed()
         );
+        // The admin endpoint still answers, and /ready says it drains.
+        let ready = mesh.admin_get("lca", "/ready");
+        assert!(
+            matches!(&ready, Some((503, body)) if body["phase"] == "draining"),
+            "/ready while draining: {ready:?}"
+        );
         let status = stopping.join().expect("stop");
         assert!(status.success(), "agent exit: {status}");
     });

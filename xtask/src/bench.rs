@@ -210,8 +210,8 @@ impl Bench {
     fn start(agent: PathBuf, meshbench: PathBuf) -> anyhow::Result<Self> {
         // bench-c and bench-x only flood: c is a mesh node, x is not.
         let mut mesh = Mesh::with_agent(&["bench-a", "bench-b", "bench-c", "bench-x"], agent);
-        // Quiet, but the harness waits for "agent ready" (info, agent module).
-        mesh.log_filter = "warn,mesh_agent::agent=info".to_owned();
+        // Quiet: the harness learns readiness from `/ready`, not the log.
+        mesh.log_filter = "warn".to_owned();
         let nodes = mesh.node_tables_of(&["bench-a", "bench-b", "bench-c"], false);
         mesh.write_config(&format!(
             "[mesh]\ndefault_policy = \"allow\"\n\n{nodes}\
