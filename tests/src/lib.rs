@@ -10,7 +10,10 @@
 
 pub mod pki;
 pub mod playground;
+pub mod topology;
 pub mod wire;
+
+pub use topology::Topology;
 
 use std::{
     fs,

@@ -11,14 +11,12 @@ use mesh_tests::Mesh;
 
 #[test]
 fn start_agent_waits_for_this_agents_ready_and_fails_fast_if_it_exits() {
-    let mesh = Mesh::new(&["rdya"]);
-    mesh.write_config(&format!(
-        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
-         [[service]]\nname = \"web\"\nnode = \"rdya\"\nport = 8080\n",
-        mesh.node_tables(false)
-    ));
+    let mesh = Mesh::nodes(&["rdya"])
+        .default_policy("allow")
+        .service("web", "rdya", 8080)
+        .agent_args("rdya", &["--admin", "127.0.0.1:15099"])
+        .start();
     let admin: SocketAddr = "127.0.0.1:15099".parse().expect("addr");
-    mesh.start_agent_with("rdya", &["--admin", "127.0.0.1:15099"]);
     let pid = mesh.agent_pid("rdya").expect("running");
     let ready = mesh.admin_get_at("rdya", admin, "/ready", Duration::from_secs(5));
     let Some((200, body)) = &ready else {
