@@ -13,27 +13,17 @@ const BIG: usize = 10 * 1024 * 1024;
 const API_PORT: u16 = 5001;
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn two_node_config(mesh: &Mesh, v6: bool, vip: &str) -> String {
-    let nodes: Vec<_> = mesh.nodes.iter().map(|n| n.name.clone()).collect();
-    format!(
-        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
-         [[service]]\nname = \"web\"\nnode = \"{}\"\nport = 8080\n\n\
-         [[service]]\nname = \"api\"\nnode = \"{}\"\nport = {API_PORT}\nvip = \"{vip}\"\n",
-        mesh.node_tables(v6),
-        nodes[0],
-        nodes[nodes.len() - 1],
-    )
-}
-
 fn assert_ok(out: &str, what: &str) {
     assert!(out.starts_with("OK "), "{what}: {out}");
 }
 
 fn cross_node(v6: bool, vip: &str, a: &str, b: &str) {
-    let mesh = Mesh::new(&[a, b]);
-    mesh.write_config(&two_node_config(&mesh, v6, vip));
-    mesh.start_agent(a);
-    mesh.start_agent(b);
+    let mesh = Mesh::nodes(&[a, b])
+        .default_policy("allow")
+        .v6(v6)
+        .service("web", a, 8080)
+        .service_with("api", b, API_PORT, |s| s.vip(vip))
+        .start();
     let accepts = mesh.start_transfer_server(b, "api", API_PORT, BIG);
 
     let vip: IpAddr = vip.parse().expect("vip");
@@ -67,9 +57,11 @@ fn cross_node_ipv6_by_vip_and_catalog_address() {
 
 #[test]
 fn same_node_by_vip_and_catalog_address() {
-    let mesh = Mesh::new(&["solo"]);
-    mesh.write_config(&two_node_config(&mesh, false, "240.0.0.3"));
-    mesh.start_agent("solo");
+    let mesh = Mesh::nodes(&["solo"])
+        .default_policy("allow")
+        .service("web", "solo", 8080)
+        .service_with("api", "solo", API_PORT, |s| s.vip("240.0.0.3"))
+        .start();
     mesh.start_transfer_server("solo", "api", API_PORT, BIG);
     let out = mesh.transfer("solo", Some("web"), "240.0.0.3", API_PORT, BIG);
     assert_ok(&out, "same node by VIP");
@@ -97,10 +89,11 @@ fn same_node_by_vip_and_catalog_address() {
 
 #[test]
 fn outsiders_do_not_reach_the_service() {
-    let mesh = Mesh::new(&["oa", "ob"]);
-    mesh.write_config(&two_node_config(&mesh, false, "240.0.0.4"));
-    mesh.start_agent("oa");
-    mesh.start_agent("ob");
+    let mesh = Mesh::nodes(&["oa", "ob"])
+        .default_policy("allow")
+        .service("web", "oa", 8080)
+        .service_with("api", "ob", API_PORT, |s| s.vip("240.0.0.4"))
+        .start();
     let accepts = mesh.start_transfer_server("ob", "api", API_PORT, 1000);
     let b4 = mesh.node("ob").addr(false);
 
@@ -163,15 +156,15 @@ fn outsiders_do_not_reach_the_service() {
 fn two_meshes_run_side_by_side() {
     // The same addresses and VIP in both meshes, different answers: each
     // node's programs must act only in their own namespace.
-    let one = Mesh::new(&["s1a", "s1b"]);
-    let two = Mesh::new(&["s2a", "s2b"]);
-    for m in [&one, &two] {
-        m.write_config(&two_node_config(m, false, "240.0.0.5"));
-    }
-    for (m, a, b) in [(&one, "s1a", "s1b"), (&two, "s2a", "s2b")] {
-        m.start_agent(a);
-        m.start_agent(b);
-    }
+    let mesh = |a: &str, b: &str| {
+        Mesh::nodes(&[a, b])
+            .default_policy("allow")
+            .service("web", a, 8080)
+            .service_with("api", b, API_PORT, |s| s.vip("240.0.0.5"))
+            .start()
+    };
+    let one = mesh("s1a", "s1b");
+    let two = mesh("s2a", "s2b");
     one.start_transfer_server("s1b", "api", API_PORT, 1111);
     two.start_transfer_server("s2b", "api", API_PORT, 2222);
     let vip: IpAddr = "240.0.0.5".parse().expect("ip");
@@ -186,17 +179,17 @@ fn two_meshes_run_side_by_side() {
 #[test]
 fn stop_and_restart_leave_nothing_behind() {
     let baseline = mesh_tests::loaded_mesh_programs();
-    let mesh = Mesh::new(&["la", "lb"]);
-    mesh.write_config(&two_node_config(&mesh, false, "240.0.0.6"));
+    let mesh = Mesh::nodes(&["la", "lb"])
+        .default_policy("allow")
+        .service("web", "la", 8080)
+        .service_with("api", "lb", API_PORT, |s| s.vip("240.0.0.6"))
+        .start();
     let cg = mesh_tests::cgroup2_root().join("mesh");
     let no_programs = || {
         wait_until(Duration::from_secs(5), || {
             mesh_tests::loaded_mesh_programs() == baseline
         })
     };
-
-    mesh.start_agent("la");
-    mesh.start_agent("lb");
     assert_eq!(mesh_tests::loaded_mesh_programs().len(), baseline.len() + 8);
     mesh.start_transfer_server("lb", "api", API_PORT, 1000);
     assert_ok(
@@ -253,10 +246,11 @@ fn stop_and_restart_leave_nothing_behind() {
 fn a_service_bound_to_any_address_is_still_protected() {
     // api binds [::]:5001 (dual-stack) by mistake. Outsiders on node A reach
     // neither B's IPv4 nor B's IPv6 address; the mesh still delivers.
-    let mesh = Mesh::new(&["ca", "cb"]);
-    mesh.write_config(&two_node_config(&mesh, false, "240.0.0.7"));
-    mesh.start_agent("ca");
-    mesh.start_agent("cb");
+    let mesh = Mesh::nodes(&["ca", "cb"])
+        .default_policy("allow")
+        .service("web", "ca", 8080)
+        .service_with("api", "cb", API_PORT, |s| s.vip("240.0.0.7"))
+        .start();
     let accepts = mesh.start_transfer_server_on("cb", "api", "::", API_PORT, 1000);
     let b = mesh.node("cb");
     for addr in [b.addr(false), b.addr(true)] {
