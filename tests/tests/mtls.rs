@@ -10,32 +10,17 @@ use mesh_tests::{
 const API_PORT: u16 = 5001;
 const VIP: &str = "240.0.0.9";
 
-/// Two nodes `<a>`, `<b>`: `web` on a, `api` on b; agents running.
-fn mesh(a: &str, b: &str, leaf_ttl: &str) -> Mesh {
-    mesh_with(a, b, leaf_ttl, &[])
-}
-
-/// As `mesh`, with extra `mesh-agent run` arguments for b's agent.
-fn mesh_with(a: &str, b: &str, leaf_ttl: &str, b_args: &[&str]) -> Mesh {
-    let mesh = Mesh::new(&[a, b]);
-    mesh.write_config(&format!(
-        "[mesh]\ndefault_policy = \"allow\"\nleaf_ttl = \"{leaf_ttl}\"\n\n{}\
-         [[service]]\nname = \"web\"\nnode = \"{a}\"\nport = 8080\n\n\
-         [[service]]\nname = \"api\"\nnode = \"{b}\"\nport = {API_PORT}\nvip = \"{VIP}\"\n",
-        mesh.node_tables(false)
-    ));
-    mesh.start_agent(a);
-    mesh.start_agent_with(b, b_args);
-    mesh
-}
-
 fn vip() -> IpAddr {
     VIP.parse().expect("vip")
 }
 
 #[test]
 fn only_tls_1_3_with_alpn_mesh_crosses_the_wire() {
-    let mesh = mesh("wa", "wb", "24h");
+    let mesh = Mesh::nodes(&["wa", "wb"])
+        .default_policy("allow")
+        .service("web", "wa", 8080)
+        .service_with("api", "wb", API_PORT, |s| s.vip(VIP))
+        .start();
     mesh.start_echo_server("wb", "api", API_PORT);
     let capture = mesh.capture("wa", &format!("tcp port {API_PORT}"));
     let marker = "MARKER-7f3a9c-the-quick-brown-fox";
@@ -139,7 +124,11 @@ fn refusals(log: &Path) -> usize {
 
 #[test]
 fn clients_without_a_valid_mesh_identity_are_refused() {
-    let mesh = mesh("ra", "rb", "24h");
+    let mesh = Mesh::nodes(&["ra", "rb"])
+        .default_policy("allow")
+        .service("web", "ra", 8080)
+        .service_with("api", "rb", API_PORT, |s| s.vip(VIP))
+        .start();
     let accepts = mesh.start_transfer_server("rb", "api", API_PORT, 100);
     let b = mesh.node("rb").addr(false);
     let certs = mesh.dir.join("certs");
@@ -265,7 +254,12 @@ fn presented_serial(mesh: &Mesh, node: &Node, server: IpAddr) -> String {
 
 #[test]
 fn leaves_renew_at_half_life_without_dropping_connections() {
-    let mesh = mesh("na", "nb", "4s");
+    let mesh = Mesh::nodes(&["na", "nb"])
+        .default_policy("allow")
+        .leaf_ttl("4s")
+        .service("web", "na", 8080)
+        .service_with("api", "nb", API_PORT, |s| s.vip(VIP))
+        .start();
     mesh.start_transfer_server("nb", "api", API_PORT, 1 << 20);
     let b = mesh.node("nb").addr(false);
     let first = mesh.serial("nb", "api");
@@ -295,7 +289,12 @@ fn leaves_renew_at_half_life_without_dropping_connections() {
 
 #[test]
 fn status_shows_each_local_service_certificate() {
-    let mesh = mesh("sa", "sb", "24h");
+    let mesh = Mesh::nodes(&["sa", "sb"])
+        .default_policy("allow")
+        .leaf_ttl("24h")
+        .service("web", "sa", 8080)
+        .service_with("api", "sb", API_PORT, |s| s.vip(VIP))
+        .start();
     let status = mesh.status("sb");
     assert_eq!(status["node"], "sb");
     let api = &status["services"][0];
@@ -340,13 +339,11 @@ fn nodes_run_without_the_root_key() {
     // As on real hosts: the operator issues each node's intermediate where
     // the root key is, then the key leaves; nodes keep root.crt and their
     // own nodes/<node>.{crt,key}.
-    let mesh = Mesh::new(&["ka", "kb"]);
-    mesh.write_config(&format!(
-        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
-         [[service]]\nname = \"web\"\nnode = \"ka\"\nport = 8080\n\n\
-         [[service]]\nname = \"api\"\nnode = \"kb\"\nport = {API_PORT}\nvip = \"{VIP}\"\n",
-        mesh.node_tables(false)
-    ));
+    let mesh = Mesh::nodes(&["ka", "kb"])
+        .default_policy("allow")
+        .service("web", "ka", 8080)
+        .service_with("api", "kb", API_PORT, |s| s.vip(VIP))
+        .build();
     let ca = |args: &[&str]| {
         let mut cmd = Command::new(&mesh.agent);
         cmd.arg("ca").args(args).arg("--config").arg(mesh.config());
@@ -402,7 +399,11 @@ fn nodes_run_without_the_root_key() {
 
 #[test]
 fn a_second_connection_resumes_the_session_and_both_agents_count_it() {
-    let mesh = mesh("ra", "rb", "24h");
+    let mesh = Mesh::nodes(&["ra", "rb"])
+        .default_policy("allow")
+        .service("web", "ra", 8080)
+        .service_with("api", "rb", API_PORT, |s| s.vip(VIP))
+        .start();
     mesh.start_echo_server("rb", "api", API_PORT);
     for round in ["first", "second"] {
         let echoed = mesh.echo("ra", "web", vip(), API_PORT, round);
@@ -424,7 +425,12 @@ fn a_second_connection_resumes_the_session_and_both_agents_count_it() {
 
 #[test]
 fn peers_that_stall_their_handshake_cannot_exhaust_the_destination() {
-    let mesh = mesh_with("ha", "hb", "24h", &["--max-handshakes", "4"]);
+    let mesh = Mesh::nodes(&["ha", "hb"])
+        .default_policy("allow")
+        .service("web", "ha", 8080)
+        .service_with("api", "hb", API_PORT, |s| s.vip(VIP))
+        .agent_args("hb", &["--max-handshakes", "4"])
+        .start();
     mesh.start_echo_server("hb", "api", API_PORT);
     let b = mesh.node("hb").v4;
     // An outsider opens 6 connections to the service port and says nothing.
