@@ -12,20 +12,6 @@ use mesh_tests::{Mesh, app, pki, run_to_string, wait_until};
 const API_PORT: u16 = 5001;
 const VIP: &str = "240.0.0.11";
 
-/// `web` on node a, `api` on node b, with `intentions` and `default`.
-fn mesh(a: &str, b: &str, default: &str, intentions: &str) -> Mesh {
-    let mesh = Mesh::new(&[a, b]);
-    mesh.write_config(&format!(
-        "# the mesh\n[mesh]\ndefault_policy = \"{default}\"\n\n{}\
-         [[service]]\nname = \"web\"\nnode = \"{a}\"\nport = 8080\n\n\
-         [[service]]\nname = \"api\"\nnode = \"{b}\"\nport = {API_PORT}\nvip = \"{VIP}\"\n{intentions}",
-        mesh.node_tables(false)
-    ));
-    mesh.start_agent(a);
-    mesh.start_agent(b);
-    mesh
-}
-
 fn vip() -> IpAddr {
     VIP.parse().expect("vip")
 }
@@ -55,12 +41,13 @@ fn now_secs() -> f64 {
 
 #[test]
 fn deny_and_delete_apply_live_within_a_second() {
-    let mesh = mesh(
-        "ia",
-        "ib",
-        "deny",
-        "\n# web may call api\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"allow\"\n",
-    );
+    let mesh = Mesh::nodes(&["ia", "ib"])
+        .comment("the mesh")
+        .default_policy("deny")
+        .service("web", "ia", 8080)
+        .service_with("api", "ib", API_PORT, |s| s.vip(VIP))
+        .intention_with("web", "api", "allow", |i| i.comment("web may call api"))
+        .start();
     mesh.start_echo_server("ib", "api", API_PORT);
     assert_eq!(
         mesh.echo("ia", "web", vip(), API_PORT, "hi"),
@@ -176,12 +163,12 @@ fn deny_and_delete_apply_live_within_a_second() {
 #[test]
 fn default_policy_decides_without_intentions() {
     for (default, expect_ok) in [("allow", true), ("deny", false)] {
-        let mesh = mesh(
-            &format!("d{default}a"),
-            &format!("d{default}b"),
-            default,
-            "",
-        );
+        let (a, b) = (format!("d{default}a"), format!("d{default}b"));
+        let mesh = Mesh::nodes(&[&a, &b])
+            .default_policy(default)
+            .service("web", &a, 8080)
+            .service_with("api", &b, API_PORT, |s| s.vip(VIP))
+            .start();
         mesh.start_transfer_server(&format!("d{default}b"), "api", API_PORT, 100);
         let out = mesh.transfer(&format!("d{default}a"), Some("web"), vip(), API_PORT, 100);
         if expect_ok {
@@ -200,12 +187,12 @@ fn the_destination_refuses_a_denied_caller_even_with_a_valid_leaf() {
     // web -> api is denied. A hand-made TLS client holding a perfectly valid
     // leaf for web (as if web's agent skipped its own checks) is still
     // refused by api's agent, and api sees nothing.
-    let mesh = mesh(
-        "ma",
-        "mb",
-        "allow",
-        "\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"deny\"\n",
-    );
+    let mesh = Mesh::nodes(&["ma", "mb"])
+        .default_policy("allow")
+        .service("web", "ma", 8080)
+        .service_with("api", "mb", API_PORT, |s| s.vip(VIP))
+        .intention("web", "api", "deny")
+        .start();
     let accepts = mesh.start_transfer_server("mb", "api", API_PORT, 100);
     let certs = mesh.dir.join("certs");
     fs::create_dir_all(&certs).expect("dir");
@@ -261,23 +248,14 @@ fn explain_agrees_with_what_is_enforced_for_every_pair() {
     // Three callers on node a, three services on node b, and intentions of
     // every shape, including wildcards and ties.
     let (a, b) = ("xa", "xb");
-    let mesh = Mesh::new(&[a, b]);
-    let mut text = format!(
-        "[mesh]\ndefault_policy = \"deny\"\n\n{}",
-        mesh.node_tables(false)
-    );
+    let mut topology = Mesh::nodes(&[a, b]).default_policy("deny");
     for (i, s) in ["s1", "s2", "s3"].iter().enumerate() {
-        text += &format!(
-            "[[service]]\nname = \"{s}\"\nnode = \"{a}\"\nport = {}\n\n",
-            7000 + i
-        );
+        topology = topology.service(s, a, 7000 + u16::try_from(i).expect("i"));
     }
     for (i, d) in ["d1", "d2", "d3"].iter().enumerate() {
-        text += &format!(
-            "[[service]]\nname = \"{d}\"\nnode = \"{b}\"\nport = {}\nvip = \"240.0.1.{}\"\n\n",
-            6001 + i,
-            i + 1
-        );
+        let vip = format!("240.0.1.{}", i + 1);
+        let port = 6001 + u16::try_from(i).expect("i");
+        topology = topology.service_with(d, b, port, |s| s.vip(&vip));
     }
     for (s, d, action) in [
         ("*", "d1", "allow"),
@@ -289,13 +267,9 @@ fn explain_agrees_with_what_is_enforced_for_every_pair() {
         ("s3", "*", "allow"),
         ("*", "d2", "deny"),
     ] {
-        text += &format!(
-            "[[intention]]\nsource = \"{s}\"\ndestination = \"{d}\"\naction = \"{action}\"\n\n"
-        );
+        topology = topology.intention(s, d, action);
     }
-    mesh.write_config(&text);
-    mesh.start_agent(a);
-    mesh.start_agent(b);
+    let mesh = topology.start();
     for (i, d) in ["d1", "d2", "d3"].iter().enumerate() {
         mesh.start_transfer_server(b, d, 6001 + u16::try_from(i).expect("i"), 10);
     }
@@ -329,12 +303,12 @@ fn explain_agrees_with_what_is_enforced_for_every_pair() {
 
 #[test]
 fn a_broken_edit_is_rejected_and_the_last_good_config_stays() {
-    let mesh = mesh(
-        "ba",
-        "bb",
-        "deny",
-        "\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"allow\"\n",
-    );
+    let mesh = Mesh::nodes(&["ba", "bb"])
+        .default_policy("deny")
+        .service("web", "ba", 8080)
+        .service_with("api", "bb", API_PORT, |s| s.vip(VIP))
+        .intention("web", "api", "allow")
+        .start();
     mesh.start_echo_server("bb", "api", API_PORT);
     let good = fs::read_to_string(mesh.config()).expect("config");
     // A hand edit that breaks the file: an unknown service.
@@ -384,7 +358,11 @@ fn a_broken_edit_is_rejected_and_the_last_good_config_stays() {
 
 #[test]
 fn kernel_denials_are_logged_once_per_interval_and_all_counted() {
-    let mesh = mesh("ka", "kb", "deny", "");
+    let mesh = Mesh::nodes(&["ka", "kb"])
+        .default_policy("deny")
+        .service("web", "ka", 8080)
+        .service_with("api", "kb", API_PORT, |s| s.vip(VIP))
+        .start();
     mesh.start_echo_server("kb", "api", API_PORT);
     let connects = |node: &str, service: Option<&str>, host: &str, n: u32| {
         let mut cmd = match service {
