@@ -6,15 +6,11 @@ use mesh_tests::{Mesh, run_to_string};
 
 #[test]
 fn apps_reach_services_by_name() {
-    let mesh = Mesh::new(&["na1", "nb1"]);
-    mesh.write_config(&format!(
-        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
-         [[service]]\nname = \"web\"\nnode = \"na1\"\nport = 8080\n\n\
-         [[service]]\nname = \"api\"\nnode = \"nb1\"\nport = 5001\nvip = \"240.0.0.21\"\n",
-        mesh.node_tables(false)
-    ));
-    mesh.start_agent("na1");
-    mesh.start_agent("nb1");
+    let mesh = Mesh::nodes(&["na1", "nb1"])
+        .default_policy("allow")
+        .service("web", "na1", 8080)
+        .service_with("api", "nb1", 5001, |s| s.vip("240.0.0.21"))
+        .start();
     mesh.start_transfer_server("nb1", "api", 5001, 1000);
 
     // The system resolver (glibc, through /etc/resolv.conf) finds the VIP.
