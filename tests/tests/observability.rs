@@ -12,17 +12,14 @@ fn get(mesh: &Mesh, node: &str, path: &str) -> String {
 
 #[test]
 fn metrics_config_and_access_log() {
-    let mesh = Mesh::new(&["oba", "obb"]);
-    mesh.write_config(&format!(
-        "[mesh]\ndefault_policy = \"deny\"\n\n{}\
-         [[service]]\nname = \"web\"\nnode = \"oba\"\nport = 8080\n\n\
-         [[service]]\nname = \"cron\"\nnode = \"oba\"\nport = 8081\n\n\
-         [[service]]\nname = \"api\"\nnode = \"obb\"\nport = 5001\nvip = \"240.0.0.31\"\n\n\
-         [[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"allow\"\n",
-        mesh.node_tables(false)
-    ));
-    mesh.start_agent_with("oba", &["--log-format", "json"]);
-    mesh.start_agent("obb");
+    let mesh = Mesh::nodes(&["oba", "obb"])
+        .default_policy("deny")
+        .service("web", "oba", 8080)
+        .service("cron", "oba", 8081)
+        .service_with("api", "obb", 5001, |s| s.vip("240.0.0.31"))
+        .intention("web", "api", "allow")
+        .agent_args("oba", &["--log-format", "json"])
+        .start();
     mesh.start_transfer_server("obb", "api", 5001, 2000);
     let out = mesh.transfer("oba", Some("web"), "api.mesh", 5001, 2000);
     assert!(out.starts_with("OK "), "{out}");
