@@ -12,15 +12,12 @@ const VIP: &str = "240.0.0.41";
 
 #[test]
 fn sigterm_drains_and_a_restart_never_opens_a_plaintext_path() {
-    let mesh = Mesh::new(&["lca", "lcb"]);
-    mesh.write_config(&format!(
-        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
-         [[service]]\nname = \"web\"\nnode = \"lca\"\nport = 8080\n\n\
-         [[service]]\nname = \"api\"\nnode = \"lcb\"\nport = 5001\nvip = \"{VIP}\"\n",
-        mesh.node_tables(false)
-    ));
-    mesh.start_agent_with("lca", &["--drain-seconds", "2"]);
-    mesh.start_agent("lcb");
+    let mesh = Mesh::nodes(&["lca", "lcb"])
+        .default_policy("allow")
+        .service("web", "lca", 8080)
+        .service_with("api", "lcb", 5001, |s| s.vip(VIP))
+        .agent_args("lca", &["--drain-seconds", "2"])
+        .start();
     let accepts = mesh.start_echo_server("lcb", "api", 5001);
 
     // A connection open through agent lca.
@@ -111,16 +108,11 @@ fn sigterm_drains_and_a_restart_never_opens_a_plaintext_path() {
 
 #[test]
 fn services_come_and_go_without_a_restart() {
-    let mesh = Mesh::new(&["sva", "svb"]);
-    let base = format!(
-        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
-         [[service]]\nname = \"web\"\nnode = \"sva\"\nport = 8080\n\n\
-         [[service]]\nname = \"api\"\nnode = \"svb\"\nport = 5001\nvip = \"240.0.0.42\"\n",
-        mesh.node_tables(false)
-    );
-    mesh.write_config(&base);
-    mesh.start_agent("sva");
-    mesh.start_agent("svb");
+    let base = Mesh::nodes(&["sva", "svb"])
+        .default_policy("allow")
+        .service("web", "sva", 8080)
+        .service_with("api", "svb", 5001, |s| s.vip("240.0.0.42"));
+    let mesh = base.start();
     mesh.start_transfer_server("svb", "api", 5001, 100);
     assert!(
         mesh.transfer("sva", Some("web"), "api.mesh", 5001, 100)
@@ -128,10 +120,10 @@ fn services_come_and_go_without_a_restart() {
     );
 
     // Add `db` on node svb: a name, a VIP, a certificate, steering, all live.
-    let with_db = format!(
-        "{base}\n[[service]]\nname = \"db\"\nnode = \"svb\"\nport = 5002\nvip = \"240.0.0.43\"\n"
-    );
-    fs::write(mesh.config(), &with_db).expect("write");
+    let with_db = base
+        .clone()
+        .service_with("db", "svb", 5002, |s| s.vip("240.0.0.43"));
+    fs::write(mesh.config(), with_db.toml(&mesh)).expect("write");
     assert!(
         wait_until(Duration::from_secs(2), || mesh.status("svb")["services"]
             .as_array()
@@ -160,11 +152,8 @@ fn services_come_and_go_without_a_restart() {
 
     // Remove api: it is no longer a mesh destination nor a name, and its
     // certificate is gone; db still works.
-    let without_api = with_db.replace(
-        "[[service]]\nname = \"api\"\nnode = \"svb\"\nport = 5001\nvip = \"240.0.0.42\"\n",
-        "",
-    );
-    fs::write(mesh.config(), &without_api).expect("write");
+    let without_api = with_db.without_service("api");
+    fs::write(mesh.config(), without_api.toml(&mesh)).expect("write");
     assert!(
         wait_until(Duration::from_secs(2), || !mesh.status("svb")["services"]
             .as_array()
