@@ -30,17 +30,13 @@ fn intentions(mesh: &Mesh, node: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_broken_or_deleted_file_keeps_the_last_good_config() {
-    let mesh = Mesh::new(&NODES);
-    let base = format!(
-        "[mesh]\ndefault_policy = \"allow\"\n\n{}\
-         [[service]]\nname = \"web\"\nnode = \"rla\"\nport = 8080\n\n\
-         [[service]]\nname = \"api\"\nnode = \"rlb\"\nport = 5001\nvip = \"{VIP}\"\n",
-        mesh.node_tables(false)
-    );
-    mesh.write_config(&base);
-    for node in NODES {
-        mesh.start_agent(node);
-    }
+    let mesh = Mesh::nodes(&NODES)
+        .default_policy("allow")
+        .service("web", "rla", 8080)
+        .service_with("api", "rlb", 5001, |s| s.vip(VIP))
+        .start();
+    // The file as written; the edits below extend it as text.
+    let base = fs::read_to_string(mesh.config()).expect("config");
     mesh.start_transfer_server("rlb", "api", 5001, 100);
     let out = mesh.transfer("rla", Some("web"), VIP, 5001, 100);
     assert!(out.starts_with("OK "), "before: {out}");
