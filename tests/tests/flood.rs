@@ -21,20 +21,16 @@ const SLACK_MS: f64 = 100.0;
 /// mesh node that will flood), and `<p>x`, which is on the same network but
 /// not in the config: a stranger. b's agent gets `b_args`.
 fn mesh(p: &str, b_args: &[&str]) -> Mesh {
-    let names = ["a", "b", "c", "x"].map(|n| format!("{p}{n}"));
-    let mesh = Mesh::new(&names.each_ref().map(String::as_str));
-    let [a, b, c, _] = &names;
-    let nodes = mesh.node_tables_of(&[a, b, c], false);
-    mesh.write_config(&format!(
-        "[mesh]\ndefault_policy = \"allow\"\n\n{nodes}\
-         [[service]]\nname = \"web\"\nnode = \"{a}\"\nport = 8080\n\n\
-         [[service]]\nname = \"batch\"\nnode = \"{c}\"\nport = 8081\n\n\
-         [[service]]\nname = \"api\"\nnode = \"{b}\"\nport = {API_PORT}\nvip = \"{VIP}\"\n"
-    ));
-    mesh.start_agent(a);
-    mesh.start_agent_with(b, b_args);
-    mesh.start_agent(c);
-    mesh.start_echo_server(b, "api", API_PORT);
+    let [a, b, c, x] = ["a", "b", "c", "x"].map(|n| format!("{p}{n}"));
+    let mesh = Mesh::nodes(&[&a, &b, &c])
+        .stranger(&x)
+        .default_policy("allow")
+        .service("web", &a, 8080)
+        .service("batch", &c, 8081)
+        .service_with("api", &b, API_PORT, |s| s.vip(VIP))
+        .agent_args(&b, b_args)
+        .start();
+    mesh.start_echo_server(&b, "api", API_PORT);
     mesh
 }
 
