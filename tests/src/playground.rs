@@ -19,17 +19,14 @@ pub struct Playground {
 impl Playground {
     /// Builds and starts it with the given `mesh-agent` binary.
     pub fn start(agent: PathBuf) -> Self {
-        let mesh = Mesh::with_agent(&["frontend", "data-api"], agent);
-        mesh.write_config(&format!(
-            "# The playground: frontend calls data-api through the mesh.\n\
-             [mesh]\ndefault_policy = \"deny\"\n\n{}\
-             [[service]]\nname = \"frontend\"\nnode = \"frontend\"\nport = 5000\npublic = true\n\n\
-             [[service]]\nname = \"data-api\"\nnode = \"data-api\"\nport = 5001\n\n\
-             [[intention]]\nsource = \"frontend\"\ndestination = \"data-api\"\naction = \"allow\"\n",
-            mesh.node_tables(false)
-        ));
-        mesh.start_agent("frontend");
-        mesh.start_agent("data-api");
+        let mesh = Mesh::nodes(&["frontend", "data-api"])
+            .agent(agent)
+            .comment("The playground: frontend calls data-api through the mesh.")
+            .default_policy("deny")
+            .service_with("frontend", "frontend", 5000, |s| s.public())
+            .service("data-api", "data-api", 5001)
+            .intention("frontend", "data-api", "allow")
+            .start();
 
         let db = mesh.dir.join("data-api.db");
         let mut api = mesh.cmd_as("data-api", "data-api", "python3");
