@@ -428,28 +428,6 @@ impl Mesh {
         self.dir.join("ca")
     }
 
-    /// The `[[node]]` tables of every node, with IPv4 or IPv6 addresses.
-    pub fn node_tables(&self, v6: bool) -> String {
-        let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
-        self.node_tables_of(&names, v6)
-    }
-
-    /// The `[[node]]` tables of the nodes called `names` (the others stay
-    /// out of the config: strangers on the same network).
-    pub fn node_tables_of(&self, names: &[impl AsRef<str>], v6: bool) -> String {
-        names
-            .iter()
-            .map(|name| {
-                let n = self.node(name.as_ref());
-                format!(
-                    "[[node]]\nname = \"{}\"\naddress = \"{}\"\n\n",
-                    n.name,
-                    n.addr(v6)
-                )
-            })
-            .collect()
-    }
-
     /// A command run inside `node`'s namespace.
     pub fn cmd(&self, node: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");

@@ -208,16 +208,17 @@ struct Bench {
 
 impl Bench {
     fn start(agent: PathBuf, meshbench: PathBuf) -> anyhow::Result<Self> {
-        // bench-c and bench-x only flood: c is a mesh node, x is not.
-        let mut mesh = Mesh::with_agent(&["bench-a", "bench-b", "bench-c", "bench-x"], agent);
+        // bench-c and bench-x only flood: c is a mesh node (with no agent),
+        // x is not.
+        let mut mesh = Mesh::nodes(&["bench-a", "bench-b", "bench-c"])
+            .stranger("bench-x")
+            .agent(agent)
+            .default_policy("allow")
+            .service("client", "bench-a", 8080)
+            .service_with("server", "bench-b", 5001, |s| s.vip(VIP))
+            .build();
         // Quiet: the harness learns readiness from `/ready`, not the log.
         mesh.log_filter = "warn".to_owned();
-        let nodes = mesh.node_tables_of(&["bench-a", "bench-b", "bench-c"], false);
-        mesh.write_config(&format!(
-            "[mesh]\ndefault_policy = \"allow\"\n\n{nodes}\
-             [[service]]\nname = \"client\"\nnode = \"bench-a\"\nport = 8080\n\n\
-             [[service]]\nname = \"server\"\nnode = \"bench-b\"\nport = 5001\nvip = \"{VIP}\"\n"
-        ));
         mesh.start_agent("bench-a");
         mesh.start_agent("bench-b");
         let b = mesh.node("bench-b").v4;
