@@ -512,6 +512,7 @@ impl Mesh {
                 Some((code, body)) => last = format!("{code} {body}"),
                 None => {}
             }
+            let left = deadline.saturating_duration_since(Instant::now());
             thread::sleep(Duration::from_millis(50).min(left));
         }
     }
