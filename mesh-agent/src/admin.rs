@@ -103,13 +103,15 @@ pub struct NodeDoc {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceDoc {
     pub name: String,
-    pub node: String,
+    /// The nodes hosting an instance, in file order.
+    pub nodes: Vec<String>,
     pub port: u16,
     pub vip: IpAddr,
     pub public: bool,
-    /// Its cgroup path, the configured one or the default
-    /// (`cgroup::service_path`).
-    pub cgroup: PathBuf,
+    /// The cgroup path of its instance on this agent's node, the configured
+    /// one or the default (`cgroup::service_path`); `None` if it has no
+    /// instance here.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl ConfigDoc {
@@ -134,11 +136,13 @@ impl ConfigDoc {
                 .iter()
                 .map(|s| ServiceDoc {
                     name: s.name.clone(),
-                    node: s.node.clone(),
+                    nodes: s.nodes.clone(),
                     port: s.port,
                     vip: s.vip,
                     public: s.public,
-                    cgroup: crate::cgroup::service_path(s).0,
+                    cgroup: s
+                        .hosted_on(node)
+                        .then(|| crate::cgroup::service_path(s, node).0),
                 })
                 .collect(),
             intentions: policy.describe(),
@@ -583,6 +587,7 @@ mod tests {
         assert_eq!(value["node"], "a");
         assert_eq!(value["nodes"][0]["address"], "10.0.0.1");
         let web = &value["services"][0];
+        assert_eq!(web["nodes"], json!(["a"]));
         assert_eq!(web["cgroup"], "/mesh/a/web");
         assert_eq!(web["public"], false);
         let api = &value["services"][1];

@@ -393,7 +393,7 @@ impl Cgroups {
     fn sync(&mut self, cg: &Cgroup2, config: &Config, node: &str) -> Result<(), CgroupError> {
         let mut want = std::collections::BTreeMap::new();
         for s in config.services_on(node) {
-            let (path, ours) = cgroup::service_path(s);
+            let (path, ours) = cgroup::service_path(s, node);
             let id = cg.create(&path)?;
             want.insert(s.name.clone(), (path, id, ours));
         }
@@ -447,12 +447,12 @@ fn contents(
         if s.public {
             continue;
         }
-        let Some(host) = config.node(&s.node) else {
-            continue;
-        };
         c.services.push((SocketAddr::new(s.vip, s.port), id));
-        c.services.push((SocketAddr::new(host.address, s.port), id));
-        if s.node == node {
+        // The catalog address of every instance names the service.
+        for host in config.instances(s) {
+            c.services.push((SocketAddr::new(host.address, s.port), id));
+        }
+        if s.hosted_on(node) {
             c.local_ports.push((s.port, id));
         }
     }

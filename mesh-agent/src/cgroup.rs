@@ -144,16 +144,14 @@ pub fn agent_path(node: &str) -> PathBuf {
     Path::new("/mesh").join(node).join("_agent")
 }
 
-/// The cgroup of `service` on its node, and whether it is the mesh's own
-/// (the default `/mesh/<node>/<service>`, created and removed by the agent)
-/// rather than one the config names (e.g. a systemd unit's).
-pub fn service_path(service: &crate::config::Service) -> (PathBuf, bool) {
+/// The cgroup of `service`'s instance on `node`, and whether it is the
+/// mesh's own (the default `/mesh/<node>/<service>`, created and removed by
+/// the agent) rather than one the config names (e.g. a systemd unit's, the
+/// same on every node hosting it).
+pub fn service_path(service: &crate::config::Service, node: &str) -> (PathBuf, bool) {
     match &service.cgroup {
         Some(p) => (p.clone(), false),
-        None => (
-            Path::new("/mesh").join(&service.node).join(&service.name),
-            true,
-        ),
+        None => (Path::new("/mesh").join(node).join(&service.name), true),
     }
 }
 
@@ -215,16 +213,23 @@ mod tests {
         assert_eq!(agent_path("b"), PathBuf::from("/mesh/b/_agent"));
         let mut api = crate::config::Service {
             name: "api".into(),
-            node: "b".into(),
+            nodes: vec!["b".into(), "c".into()],
             port: 5001,
             vip: "240.0.0.2".parse().unwrap(),
             public: false,
             cgroup: None,
         };
-        assert_eq!(service_path(&api), (PathBuf::from("/mesh/b/api"), true));
+        assert_eq!(
+            service_path(&api, "b"),
+            (PathBuf::from("/mesh/b/api"), true)
+        );
+        assert_eq!(
+            service_path(&api, "c"),
+            (PathBuf::from("/mesh/c/api"), true)
+        );
         api.cgroup = Some(PathBuf::from("/system.slice/api.service"));
         assert_eq!(
-            service_path(&api),
+            service_path(&api, "c"),
             (PathBuf::from("/system.slice/api.service"), false)
         );
     }

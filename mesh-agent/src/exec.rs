@@ -31,10 +31,10 @@ pub enum ExecError {
     },
     #[error("service {service:?} is not declared in {within}")]
     UnknownService { service: String, within: String },
-    #[error("service {service:?} runs on node {actual:?}, not {asked:?}")]
+    #[error("service {service:?} runs on nodes {actual:?}, not on {asked:?}")]
     WrongNode {
         service: String,
-        actual: String,
+        actual: Vec<String>,
         asked: String,
     },
     #[error("the agent at {addr} runs node {actual:?}, not {asked:?}")]
@@ -93,7 +93,8 @@ pub fn find(
                     service: service.to_owned(),
                     within: config_path.display().to_string(),
                 })?;
-            let target = target(service, &svc.node, node, crate::cgroup::service_path(svc).0)?;
+            let cgroup = crate::cgroup::service_path(svc, node).0;
+            let target = target(service, &svc.nodes, node, cgroup)?;
             return Ok((target, Origin::File));
         }
         Err(broken) => broken,
@@ -151,15 +152,23 @@ fn in_agent_config(
             service: service.to_owned(),
             within: format!("the config of the agent at {addr}"),
         })?;
-    target(service, &svc.node, node, svc.cgroup.clone())
+    // `cgroup` is `None` exactly when the agent's node hosts no instance.
+    let cgroup = svc.cgroup.clone().unwrap_or_default();
+    target(service, &svc.nodes, node, cgroup)
 }
 
-/// The target of `service`, which runs on `actual`, asked for on `asked`.
-fn target(service: &str, actual: &str, asked: &str, cgroup: PathBuf) -> Result<Target, ExecError> {
-    if actual != asked {
+/// The target of `service`, which has instances on `actual`, asked for on
+/// `asked`, where its cgroup is `cgroup`.
+fn target(
+    service: &str,
+    actual: &[String],
+    asked: &str,
+    cgroup: PathBuf,
+) -> Result<Target, ExecError> {
+    if !actual.iter().any(|n| n == asked) {
         return Err(ExecError::WrongNode {
             service: service.to_owned(),
-            actual: actual.to_owned(),
+            actual: actual.to_vec(),
             asked: asked.to_owned(),
         });
     }
@@ -174,21 +183,23 @@ fn target(service: &str, actual: &str, asked: &str, cgroup: PathBuf) -> Result<T
 mod tests {
     use super::*;
 
-    fn doc() -> ConfigDoc {
+    /// The `/config` document of the agent of `node`.
+    fn doc(node: &str) -> ConfigDoc {
         let text = "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\
                     [[node]]\nname = \"b\"\naddress = \"10.0.0.2\"\n\
+                    [[node]]\nname = \"c\"\naddress = \"10.0.0.3\"\n\
                     [[service]]\nname = \"web\"\nnode = \"a\"\nport = 80\n\
                     [[service]]\nname = \"api\"\nnode = \"b\"\nport = 81\n\
-                    cgroup = \"/system.slice/api.service\"\n";
+                    cgroup = \"/system.slice/api.service\"\n\
+                    [[service]]\nname = \"db\"\nnodes = [\"b\", \"c\"]\nport = 82\n";
         let config = Config::parse(text, Path::new("/etc/mesh/mesh.toml")).unwrap();
-        ConfigDoc::new(&config, "a", &crate::policy::Policy::new(&config))
+        ConfigDoc::new(&config, node, &crate::policy::Policy::new(&config))
     }
 
     #[test]
     fn the_agent_config_places_a_service_as_the_file_does() {
         let addr: SocketAddr = "127.0.0.1:15000".parse().unwrap();
-        let doc = doc();
-        let target = in_agent_config(&doc, addr, "a", "web").unwrap();
+        let target = in_agent_config(&doc("a"), addr, "a", "web").unwrap();
         assert_eq!(
             target,
             Target {
@@ -197,20 +208,33 @@ mod tests {
                 cgroup: PathBuf::from("/mesh/a/web"),
             }
         );
-        let mut on_b = doc.clone();
-        on_b.node = "b".into();
-        let target = in_agent_config(&on_b, addr, "b", "api").unwrap();
+        let target = in_agent_config(&doc("b"), addr, "b", "api").unwrap();
         assert_eq!(target.cgroup, Path::new("/system.slice/api.service"));
 
-        let err = in_agent_config(&doc, addr, "a", "api").unwrap_err();
+        let err = in_agent_config(&doc("a"), addr, "a", "api").unwrap_err();
         assert!(matches!(err, ExecError::WrongNode { .. }), "{err}");
-        let err = in_agent_config(&doc, addr, "a", "db").unwrap_err();
+        let err = in_agent_config(&doc("a"), addr, "a", "ghost").unwrap_err();
         assert!(
             err.to_string()
                 .contains("not declared in the config of the agent at 127.0.0.1:15000"),
             "{err}"
         );
-        let err = in_agent_config(&doc, addr, "b", "api").unwrap_err();
+        let err = in_agent_config(&doc("a"), addr, "b", "api").unwrap_err();
         assert!(matches!(err, ExecError::OtherAgent { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_service_with_instances_runs_on_any_node_hosting_one() {
+        let addr: SocketAddr = "127.0.0.1:15000".parse().unwrap();
+        for node in ["b", "c"] {
+            let target = in_agent_config(&doc(node), addr, node, "db").unwrap();
+            assert_eq!(target.cgroup, Path::new("/mesh").join(node).join("db"));
+        }
+        let err = in_agent_config(&doc("a"), addr, "a", "db").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"service "db" runs on nodes ["b", "c"], not on "a""#),
+            "{err}"
+        );
     }
 }

@@ -8,7 +8,10 @@
 //! Kernel maps, cgroups and leaves are side effects of a reload, done by
 //! `agent::Reload::apply` around the swap, not part of the snapshot.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use tokio::sync::watch;
 
@@ -24,8 +27,8 @@ pub struct Snapshot {
     pub policy: Policy,
     /// Its `.mesh` names.
     pub zone: Zone,
-    /// Service -> the node hosting it, for the TLS verifier.
-    pub hosts: HashMap<String, String>,
+    /// Service -> the nodes hosting an instance of it, for the TLS verifier.
+    pub hosts: HashMap<String, BTreeSet<String>>,
 }
 
 /// The reading end of the snapshot channel.
@@ -53,19 +56,19 @@ impl Snapshot {
 
 /// The verifier reads who hosts a service from the snapshot in force.
 impl Hosting for Watch {
-    fn host(&self, service: &str) -> Option<String> {
+    fn hosts(&self, service: &str) -> Option<BTreeSet<String>> {
         let snapshot = self.borrow().clone();
         snapshot.hosts.get(service).cloned()
     }
 }
 
-/// Service -> node of every service: public services are never
+/// Service -> nodes of every service: public services are never
 /// destinations, but they can call others, so their leaves are valid
 /// client identities.
-fn hosts(config: &Config) -> HashMap<String, String> {
+fn hosts(config: &Config) -> HashMap<String, BTreeSet<String>> {
     config
         .services
         .iter()
-        .map(|s| (s.name.clone(), s.node.clone()))
+        .map(|s| (s.name.clone(), s.nodes.iter().cloned().collect()))
         .collect()
 }

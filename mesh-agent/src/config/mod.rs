@@ -59,12 +59,14 @@ pub struct Node {
     pub address: IpAddr,
 }
 
-/// A `[[service]]`: an app listening on `127.0.0.1:port` on its node.
+/// A `[[service]]`: an app listening on `127.0.0.1:port` on each node that
+/// hosts one of its instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
-    /// Name of the [`Node`] it runs on; always a declared node.
-    pub node: String,
+    /// The [`Node`]s hosting an instance, in file order: never empty, no
+    /// duplicates, each a declared node (`node = "b"` is `["b"]`).
+    pub nodes: Vec<String>,
     /// In `1..=65535`.
     pub port: u16,
     /// The address clients dial: explicit, or [`default_vip`] of the name.
@@ -151,8 +153,20 @@ impl Config {
         self.services.iter().find(|s| s.name == name)
     }
 
-    /// The services running on the node called `node`, in file order.
+    /// The services with an instance on the node called `node`, in file order.
     pub fn services_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Service> + 'a {
-        self.services.iter().filter(move |s| s.node == node)
+        self.services.iter().filter(move |s| s.hosted_on(node))
+    }
+
+    /// The nodes hosting an instance of `service`, in its `nodes` order.
+    pub fn instances<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Node> + 'a {
+        service.nodes.iter().filter_map(|n| self.node(n))
+    }
+}
+
+impl Service {
+    /// Whether an instance runs on the node called `node`.
+    pub fn hosted_on(&self, node: &str) -> bool {
+        self.nodes.iter().any(|n| n == node)
     }
 }

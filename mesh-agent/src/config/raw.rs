@@ -39,7 +39,10 @@ pub(super) struct RawNode {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
     pub name: Spanned<String>,
-    pub node: Spanned<String>,
+    /// The one-instance form; exactly one of `node` and `nodes` is given.
+    pub node: Option<Spanned<String>>,
+    /// One instance on each node listed.
+    pub nodes: Option<Spanned<Vec<Spanned<String>>>>,
     pub port: Spanned<toml::Value>,
     pub vip: Option<Spanned<String>>,
     #[serde(default)]

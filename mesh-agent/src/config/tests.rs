@@ -139,7 +139,7 @@ action = "deny"
         services: vec![
             Service {
                 name: "data-api".to_owned(),
-                node: "data-api".to_owned(),
+                nodes: vec!["data-api".to_owned()],
                 port: 5001,
                 vip: IpAddr::V4(Ipv4Addr::new(240, 0, 0, 2)),
                 public: false,
@@ -147,7 +147,7 @@ action = "deny"
             },
             Service {
                 name: "frontend".to_owned(),
-                node: "edge-1".to_owned(),
+                nodes: vec!["edge-1".to_owned()],
                 port: 8080,
                 vip: IpAddr::V4(default_vip("frontend")),
                 public: true,
@@ -155,7 +155,7 @@ action = "deny"
             },
             Service {
                 name: "metrics".to_owned(),
-                node: "edge-1".to_owned(),
+                nodes: vec!["edge-1".to_owned()],
                 port: 9090,
                 vip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x240, 0, 0, 0, 0, 0, 9)),
                 public: false,
@@ -364,11 +364,7 @@ fn missing_fields_point_at_the_table() {
         1,
         &["missing field `name`"],
     );
-    for (field, line) in [
-        ("name", "name = \"s\""),
-        ("node", "node = \"a\""),
-        ("port", "port = 80"),
-    ] {
+    for (field, line) in [("name", "name = \"s\""), ("port", "port = 80")] {
         let text = with_service("").replace(line, "");
         one_problem(&text, 9, 1, &[&format!("missing field `{field}`")]);
     }
@@ -443,6 +439,89 @@ fn same_port_on_one_node() {
     // The same port on another node is fine.
     parse_ok(&with_service(
         "\n[[service]]\nname = \"t\"\nnode = \"b\"\nport = 80\n",
+    ));
+}
+
+/// `with_service` with `nodes = <list>` (on line 11) instead of `node`.
+fn with_instances(list: &str, extra: &str) -> String {
+    with_service(extra).replace("node = \"a\"", &format!("nodes = {list}"))
+}
+
+#[test]
+fn nodes_gives_one_instance_on_each_node_in_file_order() {
+    let config = parse_ok(&with_instances(r#"["b", "a"]"#, ""));
+    let s = config.service("s").unwrap();
+    assert_eq!(s.nodes, ["b", "a"]);
+    assert!(s.hosted_on("a") && s.hosted_on("b") && !s.hosted_on("c"));
+    let hosts: Vec<&str> = config.instances(s).map(|n| n.name.as_str()).collect();
+    assert_eq!(hosts, ["b", "a"]);
+    for node in ["a", "b"] {
+        assert_eq!(config.services_on(node).count(), 1, "{node}");
+    }
+    // The one-instance forms are the same service.
+    let one = parse_ok(&with_service(""));
+    assert_eq!(one.service("s").unwrap().nodes, ["a"]);
+    assert_eq!(parse_ok(&with_instances(r#"["a"]"#, "")), one);
+}
+
+#[test]
+fn bad_nodes_lists() {
+    one_problem(
+        &with_instances(r#"["a", "c"]"#, ""),
+        11,
+        15,
+        &["service \"s\" is on unknown node \"c\""],
+    );
+    one_problem(
+        &with_instances(r#"["a", "b", "a"]"#, ""),
+        11,
+        20,
+        &["node \"a\" is listed twice", "service \"s\""],
+    );
+    one_problem(
+        &with_instances("[]", ""),
+        11,
+        9,
+        &["service \"s\" has an empty `nodes`"],
+    );
+    // Both forms: at `nodes`.
+    let both = with_service("").replace("node = \"a\"", "node = \"a\"\nnodes = [\"a\", \"b\"]");
+    one_problem(&both, 12, 9, &["has both `node` and `nodes`"]);
+    // Neither: at the `[[service]]` entry.
+    let neither = with_service("").replace("node = \"a\"\n", "");
+    one_problem(&neither, 9, 1, &["has neither `node` nor `nodes`"]);
+    // Every problem of a list is reported.
+    let problems = problems(&with_instances(r#"["x", "a", "a"]"#, ""));
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_at(&problems[0], 11, 10, &["unknown node \"x\""]);
+    assert_at(&problems[1], 11, 20, &["listed twice"]);
+}
+
+#[test]
+fn a_port_is_distinct_on_every_node_hosting_an_instance() {
+    // t on b clashes with the instance of s on b.
+    let text = with_instances(
+        r#"["a", "b"]"#,
+        "\n[[service]]\nname = \"t\"\nnode = \"b\"\nport = 80\n",
+    );
+    one_problem(
+        &text,
+        17,
+        8,
+        &["port 80 on node \"b\"", "service \"s\" (line 12)"],
+    );
+    // The other way round: the second service's instances are checked too.
+    let text = with_service("\n[[service]]\nname = \"t\"\nnodes = [\"b\", \"a\"]\nport = 80\n");
+    one_problem(
+        &text,
+        17,
+        8,
+        &["port 80 on node \"a\"", "service \"s\" (line 12)"],
+    );
+    // Instances of two services on disjoint nodes may share a port.
+    parse_ok(&with_instances(
+        r#"["a"]"#,
+        "\n[[service]]\nname = \"t\"\nnodes = [\"b\"]\nport = 80\n",
     ));
 }
 

@@ -206,7 +206,6 @@ impl Checker<'_> {
         for entry in raw {
             let service = entry.get_ref();
             let name = service.name.get_ref().as_str();
-            let node = service.node.get_ref().as_str();
             let name_ok = self
                 .check(&service.name, |n| values::name("service", n))
                 .is_some();
@@ -214,30 +213,23 @@ impl Checker<'_> {
                 format!("duplicate service name {name:?}")
             });
 
-            let node_ok = node_names.contains(node);
-            if !node_ok {
-                self.report(
-                    service.node.span(),
-                    format!(
-                        "service {name:?} is on unknown node {node:?}: \
-                         expected the name of a [[node]]"
-                    ),
-                );
-            }
+            let hosting = self.hosting(entry, &node_names);
 
             let port = self.check(&service.port, values::port);
-            if let Some(port) = port {
+            if let (Some(port), Some(hosting)) = (port, &hosting) {
                 let line = self.line(&service.port);
-                if let Some(&(first, first_line)) = ports.get(&(node, port)) {
-                    self.report(
-                        service.port.span(),
-                        format!(
-                            "port {port} on node {node:?} is already used by service {first:?} \
-                             (line {first_line}): expected a distinct port per node"
-                        ),
-                    );
-                } else {
-                    ports.insert((node, port), (name, line));
+                for &node in hosting {
+                    if let Some(&(first, first_line)) = ports.get(&(node, port)) {
+                        self.report(
+                            service.port.span(),
+                            format!(
+                                "port {port} on node {node:?} is already used by service \
+                                 {first:?} (line {first_line}): expected a distinct port per node"
+                            ),
+                        );
+                    } else {
+                        ports.insert((node, port), (name, line));
+                    }
                 }
             }
 
@@ -290,12 +282,12 @@ impl Checker<'_> {
                 },
             };
 
-            if let (true, true, true, true, Some(port), Some(vip), Some(cgroup)) =
-                (name_ok, name_unique, node_ok, vip_ok, port, vip, cgroup)
+            if let (true, true, true, Some(hosting), Some(port), Some(vip), Some(cgroup)) =
+                (name_ok, name_unique, vip_ok, hosting, port, vip, cgroup)
             {
                 services.push(Service {
                     name: name.to_owned(),
-                    node: node.to_owned(),
+                    nodes: hosting.into_iter().map(str::to_owned).collect(),
                     port,
                     vip: vip.address,
                     public: service.public,
@@ -304,6 +296,76 @@ impl Checker<'_> {
             }
         }
         services
+    }
+
+    /// The nodes hosting an instance of a service, from exactly one of
+    /// `node` and `nodes`: each a declared node, none twice, at least one.
+    /// `None` (and problems) otherwise.
+    fn hosting<'r>(
+        &mut self,
+        entry: &'r Spanned<RawService>,
+        node_names: &HashSet<&str>,
+    ) -> Option<Vec<&'r str>> {
+        let service = entry.get_ref();
+        let name = service.name.get_ref();
+        let listed: Vec<&Spanned<String>> = match (&service.node, &service.nodes) {
+            (Some(node), None) => vec![node],
+            (None, Some(nodes)) if nodes.get_ref().is_empty() => {
+                self.report(
+                    nodes.span(),
+                    format!(
+                        "service {name:?} has an empty `nodes`: expected at least one node name"
+                    ),
+                );
+                return None;
+            }
+            (None, Some(nodes)) => nodes.get_ref().iter().collect(),
+            (Some(_), Some(nodes)) => {
+                self.report(
+                    nodes.span(),
+                    format!(
+                        "service {name:?} has both `node` and `nodes`: expected one of them \
+                         (`node = \"b\"` is `nodes = [\"b\"]`)"
+                    ),
+                );
+                return None;
+            }
+            (None, None) => {
+                self.report(
+                    entry.span(),
+                    format!(
+                        "service {name:?} has neither `node` nor `nodes`: expected the node \
+                         it runs on (`node = \"b\"`) or its instances' (`nodes = [\"b\", \"c\"]`)"
+                    ),
+                );
+                return None;
+            }
+        };
+        let mut ok = true;
+        let mut seen: HashSet<&str> = HashSet::new();
+        for &node in &listed {
+            let node_name = node.get_ref().as_str();
+            if !node_names.contains(node_name) {
+                self.report(
+                    node.span(),
+                    format!(
+                        "service {name:?} is on unknown node {node_name:?}: \
+                         expected the name of a [[node]]"
+                    ),
+                );
+                ok = false;
+            } else if !seen.insert(node_name) {
+                self.report(
+                    node.span(),
+                    format!(
+                        "node {node_name:?} is listed twice in the `nodes` of service {name:?}: \
+                         expected one instance per node"
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| listed.iter().map(|n| n.get_ref().as_str()).collect())
     }
 
     /// Records `vip` unless it is a node's address or another service's VIP;

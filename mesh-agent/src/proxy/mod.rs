@@ -1,13 +1,15 @@
 //! The agent's data path in userspace: the outbound listener ([`Outbound`]:
 //! apps' redirected connections), the inbound listener ([`Inbound`]:
 //! connections steered by sk_lookup), what both use ([`Inputs`]), and the
-//! byte copy between two sockets (`relay`). The hop between agents is mTLS
+//! byte copy between two sockets (`relay`), and which instance a
+//! connection goes to (`route`). The hop between agents is mTLS
 //! (`tls`).
 
 pub mod admission;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
+pub mod route;
 
 use std::{
     collections::HashMap,
@@ -38,8 +40,8 @@ pub enum ProxyError {
     NoRecord { peer: SocketAddr },
     #[error("unknown service id {0} in a kernel record")]
     UnknownService(u32),
-    #[error("node {0:?} of a destination service is not in the config")]
-    UnknownNode(String),
+    #[error("no instance of {service:?} for {dialed}")]
+    NoInstance { service: String, dialed: SocketAddr },
     #[error("no local service behind port {0}")]
     NoLocalService(u16),
     #[error("failed to connect to {addr}: {source}")]
@@ -236,7 +238,7 @@ impl ProxyError {
             self,
             Self::NoRecord { .. }
                 | Self::UnknownService(_)
-                | Self::UnknownNode(_)
+                | Self::NoInstance { .. }
                 | Self::NoLocalService(_)
                 | Self::Tls(_)
                 | Self::Denied { .. }

@@ -82,18 +82,15 @@ impl Handler {
         let dialed = crate::ebpf::socket_addr(&orig.dst);
         // Fail fast at the source too (the kernel normally refused already).
         pi.authorize(&src.name, &dst.name, peer, dialed, Side::Source)?;
-        let (sent, received) = if dst.node == pi.node {
+        let host = super::route::instance(&snapshot.config, &dst, dialed, &pi.node)?;
+        let (sent, received) = if host.name == pi.node {
             // Same node: this agent is also the destination's; bytes stay here.
             debug!(src = %src.name, dst = %dst.name, "outbound, same node");
             let mut svc = dial(local_addr(dst.port)).await?;
             pi.splice_while_allowed(&mut app, &mut svc, &src.name, &dst.name, "outbound")
                 .await?
         } else {
-            let node = snapshot
-                .config
-                .node(&dst.node)
-                .ok_or_else(|| ProxyError::UnknownNode(dst.node.clone()))?;
-            let addr = SocketAddr::new(node.address, dst.port);
+            let addr = SocketAddr::new(host.address, dst.port);
             debug!(src = %src.name, dst = %dst.name, %addr, "outbound, to remote agent");
             let tcp = dial(addr).await?;
             let mut remote = pi

@@ -71,11 +71,11 @@ impl Mesh {
     }
 
     fn rules(&self) -> PeerRules {
-        let hosts: std::collections::HashMap<String, String> = self
+        let hosts: std::collections::HashMap<String, std::collections::BTreeSet<String>> = self
             .config
             .services
             .iter()
-            .map(|s| (s.name.clone(), s.node.clone()))
+            .map(|s| (s.name.clone(), s.nodes.iter().cloned().collect()))
             .collect();
         PeerRules::new("mesh.local", self.node("a").root(), Arc::new(hosts)).unwrap()
     }
@@ -187,11 +187,70 @@ fn a_leaf_signed_by_a_node_that_does_not_host_the_service_is_refused() {
         .unwrap();
     let r = client(&mesh.rules(), &leaf.chain);
     assert!(
-        matches!(&r, Err(VerifyError::WrongNode { service, signer, host })
-            if service == "web" && signer == "b" && host == "a"),
+        matches!(&r, Err(VerifyError::WrongNode { service, signer, hosts })
+            if service == "web" && signer == "b" && hosts == &["a"]),
         "{r:?}"
     );
     assert_eq!(r.err().map(|e| e.reason()), Some("wrong_node"));
+}
+
+/// Three nodes; api has an instance on b and on c, none on a.
+const INSTANCES: &str = r#"
+[mesh]
+trust_domain = "mesh.local"
+
+[[node]]
+name = "a"
+address = "10.0.0.1"
+
+[[node]]
+name = "b"
+address = "10.0.0.2"
+
+[[node]]
+name = "c"
+address = "10.0.0.3"
+
+[[service]]
+name = "web"
+node = "a"
+port = 80
+
+[[service]]
+name = "api"
+nodes = ["b", "c"]
+port = 81
+"#;
+
+#[test]
+fn a_leaf_is_accepted_from_every_node_hosting_an_instance_and_no_other() {
+    let mesh = Mesh::new(INSTANCES);
+    let rules = mesh.rules();
+    let ttl = Duration::from_secs(60);
+    for node in ["b", "c"] {
+        let leaf = mesh.node(node).issue_leaf("api", ttl).unwrap();
+        assert_eq!(
+            client(&rules, &leaf.chain).unwrap(),
+            "api",
+            "signed by {node}"
+        );
+        let server = rules.verify(
+            &leaf.chain[0],
+            &leaf.chain[1..],
+            now(),
+            webpki::KeyUsage::server_auth(),
+            Some("api"),
+        );
+        assert_eq!(server.unwrap(), "api", "signed by {node}");
+    }
+    // Node a hosts no api: it cannot vouch for it.
+    let leaf = mesh.node("a").issue_leaf("api", ttl).unwrap();
+    let r = client(&rules, &leaf.chain);
+    assert!(
+        matches!(&r, Err(VerifyError::WrongNode { service, signer, hosts })
+            if service == "api" && signer == "a" && hosts == &["b", "c"]),
+        "{r:?}"
+    );
 }
 
 #[test]

@@ -7,12 +7,15 @@
 //! 2. the leaf has exactly one URI SAN, `spiffe://<trust domain>/svc/<S>`,
 //!    and S is a meshed service of the config;
 //! 3. the intermediate has exactly one URI SAN,
-//!    `spiffe://<trust domain>/node/<N>`, and N is the node hosting S
-//!    (a node can only vouch for its own services);
+//!    `spiffe://<trust domain>/node/<N>`, and N is a node hosting an
+//!    instance of S (a node can only vouch for its own services);
 //! 4. where the caller expects a service (the client knows whom it dialed),
 //!    S is that service.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
@@ -42,12 +45,12 @@ pub enum VerifyError {
     #[error("{0:?} is not a meshed service of this mesh")]
     UnknownService(String),
     #[error(
-        "leaf for {service:?} is signed by node {signer:?}, but {service:?} runs on node {host:?}"
+        "leaf for {service:?} is signed by node {signer:?}, but {service:?} runs on nodes {hosts:?} only"
     )]
     WrongNode {
         service: String,
         signer: String,
-        host: String,
+        hosts: Vec<String>,
     },
     #[error("peer is {got:?}; expected {expected:?}")]
     Unexpected { got: String, expected: String },
@@ -92,27 +95,28 @@ impl VerifyError {
 pub struct PeerRules {
     trust_domain: String,
     roots: Vec<TrustAnchor<'static>>,
-    /// Who hosts each service, read at every verification.
+    /// Which nodes host each service, read at every verification.
     hosts: Arc<dyn Hosting>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// Where the rules read which node hosts a service: the snapshot in force
+/// Where the rules read which nodes host a service: the snapshot in force
 /// (`snapshot::Watch`), or a fixed map.
 pub trait Hosting: Send + Sync + std::fmt::Debug {
-    /// The node hosting `service`, if it is a service of the catalog.
-    fn host(&self, service: &str) -> Option<String>;
+    /// The nodes hosting an instance of `service`, if it is a service of
+    /// the catalog.
+    fn hosts(&self, service: &str) -> Option<BTreeSet<String>>;
 }
 
-impl Hosting for HashMap<String, String> {
-    fn host(&self, service: &str) -> Option<String> {
+impl Hosting for HashMap<String, BTreeSet<String>> {
+    fn hosts(&self, service: &str) -> Option<BTreeSet<String>> {
         self.get(service).cloned()
     }
 }
 
 impl PeerRules {
-    /// Rules for `trust_domain`, trusting `root`, with service -> node read
-    /// from `hosts`.
+    /// Rules for `trust_domain`, trusting `root`, with service -> nodes
+    /// read from `hosts`.
     pub fn new(
         trust_domain: &str,
         root: &CertificateDer<'_>,
@@ -202,15 +206,15 @@ impl PeerRules {
     ) -> Result<String, VerifyError> {
         let service = self.named(end_entity, spiffe::Kind::Service, VerifyError::NotService)?;
         let signer = self.named(node_ca, spiffe::Kind::Node, VerifyError::NotNode)?;
-        let host = self
+        let hosts = self
             .hosts
-            .host(&service)
+            .hosts(&service)
             .ok_or_else(|| VerifyError::UnknownService(service.clone()))?;
-        if host != signer {
+        if !hosts.contains(&signer) {
             return Err(VerifyError::WrongNode {
                 service,
                 signer,
-                host,
+                hosts: hosts.into_iter().collect(),
             });
         }
         if let Some(expected) = expected
@@ -278,7 +282,8 @@ pub fn self_check(
     let leaf = ca
         .issue_leaf(PROBE, std::time::Duration::from_secs(60))
         .map_err(|e| e.to_string())?;
-    let hosts: HashMap<String, String> = [(PROBE.to_owned(), node.to_owned())].into();
+    let hosts: HashMap<String, BTreeSet<String>> =
+        [(PROBE.to_owned(), [node.to_owned()].into())].into();
     let rules =
         PeerRules::new(trust_domain, ca.root(), Arc::new(hosts)).map_err(|e| e.to_string())?;
     rules
