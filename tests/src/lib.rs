@@ -668,15 +668,16 @@ impl Mesh {
     }
 
     /// Starts `apps/echo_server.py` as `service` on `node`, on
-    /// 127.0.0.1:`port`. Returns the file where it logs accepted connections.
+    /// 127.0.0.1:`port`. Returns the file where it logs accepted connections
+    /// (one per node: instances of a service log apart).
     pub fn start_echo_server(&self, node: &str, service: &str, port: u16) -> PathBuf {
-        let log = self.dir.join(format!("accepts-{service}.log"));
+        let log = self.dir.join(format!("accepts-{service}-{node}.log"));
         let _ = fs::write(&log, "");
         let mut cmd = self.cmd_as(node, service, "python3");
         cmd.arg(app("echo_server.py"))
             .arg(port.to_string())
             .arg(&log);
-        self.spawn_app(cmd, service);
+        self.spawn_app(cmd, &format!("{service}-{node}"));
         self.wait_listening(node, port);
         log
     }

@@ -8,6 +8,7 @@
 //!     .default_policy("deny")
 //!     .service("web", "a", 8080)
 //!     .service_with("api", "b", 5001, |s| s.vip("240.0.0.9"))
+//!     .service_on("db", &["a", "b"], 5002) // an instance on each
 //!     .intention("web", "api", "allow")
 //!     .start(); // namespaces, config, root CA, an agent per node, ready
 //! ```
@@ -41,7 +42,10 @@ pub struct Topology {
 #[derive(Debug, Clone)]
 pub struct Service {
     name: String,
-    node: String,
+    /// The nodes hosting an instance.
+    nodes: Vec<String>,
+    /// Rendered as `nodes = [...]` (else `node = "..."`).
+    list: bool,
     port: u16,
     vip: Option<String>,
     public: bool,
@@ -152,7 +156,33 @@ impl Topology {
     ) -> Self {
         self.services.push(f(Service {
             name: name.to_owned(),
-            node: node.to_owned(),
+            nodes: vec![node.to_owned()],
+            list: false,
+            port,
+            vip: None,
+            public: false,
+        }));
+        self
+    }
+
+    /// Adds service `name` with one instance on each of `nodes`
+    /// (`nodes = [...]`), each listening on 127.0.0.1:`port`.
+    pub fn service_on(self, name: &str, nodes: &[&str], port: u16) -> Self {
+        self.service_on_with(name, nodes, port, |s| s)
+    }
+
+    /// Like `service_on`, with options set by `f` (e.g. `|s| s.vip(..)`).
+    pub fn service_on_with(
+        mut self,
+        name: &str,
+        nodes: &[&str],
+        port: u16,
+        f: impl FnOnce(Service) -> Service,
+    ) -> Self {
+        self.services.push(f(Service {
+            name: name.to_owned(),
+            nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+            list: true,
             port,
             vip: None,
             public: false,
@@ -261,10 +291,14 @@ impl Topology {
             );
         }
         for s in &self.services {
-            out += &format!(
-                "[[service]]\nname = \"{}\"\nnode = \"{}\"\nport = {}\n",
-                s.name, s.node, s.port
-            );
+            out += &format!("[[service]]\nname = \"{}\"\n", s.name);
+            if s.list {
+                let nodes: Vec<String> = s.nodes.iter().map(|n| format!("\"{n}\"")).collect();
+                out += &format!("nodes = [{}]\n", nodes.join(", "));
+            } else {
+                out += &format!("node = \"{}\"\n", s.nodes.join(""));
+            }
+            out += &format!("port = {}\n", s.port);
             if let Some(vip) = &s.vip {
                 out += &format!("vip = \"{vip}\"\n");
             }
@@ -303,6 +337,7 @@ mod tests {
             .service("web", "a", 8080)
             .service_with("api", "b", 5001, |s| s.vip("fd77:ffff::2"))
             .service_with("front", "a", 5000, |s| s.public())
+            .service_on_with("db", &["a", "b"], 5003, |s| s.vip("fd77:ffff::3"))
             .service("gone", "b", 5002)
             .without_service("gone")
             .intention_with("web", "api", "allow", |i| i.comment("web may call api"))
@@ -327,6 +362,7 @@ mod tests {
              [[service]]\nname = \"web\"\nnode = \"a\"\nport = 8080\n\n\
              [[service]]\nname = \"api\"\nnode = \"b\"\nport = 5001\nvip = \"fd77:ffff::2\"\n\n\
              [[service]]\nname = \"front\"\nnode = \"a\"\nport = 5000\npublic = true\n\n\
+             [[service]]\nname = \"db\"\nnodes = [\"a\", \"b\"]\nport = 5003\nvip = \"fd77:ffff::3\"\n\n\
              # web may call api\n\
              [[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"allow\"\n\n\
              [[intention]]\nsource = \"*\"\ndestination = \"api\"\naction = \"deny\"\n\n"

@@ -182,7 +182,7 @@ fn clients_without_a_valid_mesh_identity_are_refused() {
                 &node_b,
                 &pki::Leaf::valid_now(web),
             )),
-            "is signed by node \"rb\", but \"web\" runs on node \"ra\"",
+            "is signed by node \"rb\", which hosts no instance of \"web\" (its nodes: [\"ra\"])",
         ),
         (
             "a self-signed certificate with the right URI SAN",

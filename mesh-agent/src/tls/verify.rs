@@ -45,7 +45,7 @@ pub enum VerifyError {
     #[error("{0:?} is not a meshed service of this mesh")]
     UnknownService(String),
     #[error(
-        "leaf for {service:?} is signed by node {signer:?}, but {service:?} runs on nodes {hosts:?} only"
+        "leaf for {service:?} is signed by node {signer:?}, which hosts no instance of {service:?} (its nodes: {hosts:?})"
     )]
     WrongNode {
         service: String,
