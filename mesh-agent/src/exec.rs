@@ -152,9 +152,15 @@ fn in_agent_config(
             service: service.to_owned(),
             within: format!("the config of the agent at {addr}"),
         })?;
-    // `cgroup` is `None` exactly when the agent's node hosts no instance.
-    let cgroup = svc.cgroup.clone().unwrap_or_default();
-    target(service, &svc.nodes, node, cgroup)
+    match &svc.cgroup {
+        Some(cgroup) => target(service, &svc.nodes, node, cgroup.clone()),
+        // No cgroup here: the agent's node hosts no instance.
+        None => Err(ExecError::WrongNode {
+            service: service.to_owned(),
+            actual: svc.nodes.clone(),
+            asked: node.to_owned(),
+        }),
+    }
 }
 
 /// The target of `service`, which has instances on `actual`, asked for on

@@ -518,6 +518,15 @@ fn a_port_is_distinct_on_every_node_hosting_an_instance() {
         8,
         &["port 80 on node \"a\"", "service \"s\" (line 12)"],
     );
+    // A clash is reported with the list's other problems.
+    let text = with_instances(
+        r#"["x", "a"]"#,
+        "\n[[service]]\nname = \"t\"\nnodes = [\"a\"]\nport = 80\n",
+    );
+    let problems = problems(&text);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_at(&problems[0], 11, 10, &["unknown node \"x\""]);
+    assert_at(&problems[1], 17, 8, &["port 80 on node \"a\""]);
     // Instances of two services on disjoint nodes may share a port.
     parse_ok(&with_instances(
         r#"["a"]"#,

@@ -213,12 +213,12 @@ impl Checker<'_> {
                 format!("duplicate service name {name:?}")
             });
 
-            let hosting = self.hosting(entry, &node_names);
+            let (hosting, hosting_ok) = self.hosting(entry, &node_names);
 
             let port = self.check(&service.port, values::port);
-            if let (Some(port), Some(hosting)) = (port, &hosting) {
+            if let Some(port) = port {
                 let line = self.line(&service.port);
-                for &node in hosting {
+                for &node in &hosting {
                     if let Some(&(first, first_line)) = ports.get(&(node, port)) {
                         self.report(
                             service.port.span(),
@@ -282,8 +282,8 @@ impl Checker<'_> {
                 },
             };
 
-            if let (true, true, true, Some(hosting), Some(port), Some(vip), Some(cgroup)) =
-                (name_ok, name_unique, vip_ok, hosting, port, vip, cgroup)
+            if let (true, true, true, true, Some(port), Some(vip), Some(cgroup)) =
+                (name_ok, name_unique, vip_ok, hosting_ok, port, vip, cgroup)
             {
                 services.push(Service {
                     name: name.to_owned(),
@@ -299,13 +299,14 @@ impl Checker<'_> {
     }
 
     /// The nodes hosting an instance of a service, from exactly one of
-    /// `node` and `nodes`: each a declared node, none twice, at least one.
-    /// `None` (and problems) otherwise.
+    /// `node` and `nodes`: the declared ones, each once, in file order; and
+    /// whether the list is valid (exactly one of the two keys, at least one
+    /// node, each declared, none twice), else problems were reported.
     fn hosting<'r>(
         &mut self,
         entry: &'r Spanned<RawService>,
         node_names: &HashSet<&str>,
-    ) -> Option<Vec<&'r str>> {
+    ) -> (Vec<&'r str>, bool) {
         let service = entry.get_ref();
         let name = service.name.get_ref();
         let listed: Vec<&Spanned<String>> = match (&service.node, &service.nodes) {
@@ -317,7 +318,7 @@ impl Checker<'_> {
                         "service {name:?} has an empty `nodes`: expected at least one node name"
                     ),
                 );
-                return None;
+                return (Vec::new(), false);
             }
             (None, Some(nodes)) => nodes.get_ref().iter().collect(),
             (Some(_), Some(nodes)) => {
@@ -328,7 +329,7 @@ impl Checker<'_> {
                          (`node = \"b\"` is `nodes = [\"b\"]`)"
                     ),
                 );
-                return None;
+                return (Vec::new(), false);
             }
             (None, None) => {
                 self.report(
@@ -338,10 +339,11 @@ impl Checker<'_> {
                          it runs on (`node = \"b\"`) or its instances' (`nodes = [\"b\", \"c\"]`)"
                     ),
                 );
-                return None;
+                return (Vec::new(), false);
             }
         };
         let mut ok = true;
+        let mut hosting = Vec::new();
         let mut seen: HashSet<&str> = HashSet::new();
         for &node in &listed {
             let node_name = node.get_ref().as_str();
@@ -363,9 +365,11 @@ impl Checker<'_> {
                     ),
                 );
                 ok = false;
+            } else {
+                hosting.push(node_name);
             }
         }
-        ok.then(|| listed.iter().map(|n| n.get_ref().as_str()).collect())
+        (hosting, ok)
     }
 
     /// Records `vip` unless it is a node's address or another service's VIP;
