@@ -4,7 +4,8 @@
 //! Comments and layout are kept (`toml_edit`), the edited text is validated
 //! as a whole with [`Config::parse`] before anything is written, and the
 //! file is replaced atomically (temp file, fsync, rename) because running
-//! agents watch it and must never see half a file.
+//! agents watch it and must never see half a file. [`with_intention`] and
+//! [`without_intention`] are the same edits on text, without the file.
 
 use std::fs;
 use std::io::Write as _;
@@ -73,8 +74,26 @@ pub fn create(
     action: Action,
 ) -> Result<Created, EditError> {
     let text = read(path)?;
-    let mut doc = parse(&text, path)?;
-    let intentions = intention_tables(&mut doc, &text, path)?;
+    let (created, new) = with_intention(&text, path, source, destination, action)?;
+    if created != Created::Unchanged {
+        write(path, &new)?;
+    }
+    Ok(created)
+}
+
+/// [`create`] on text: returns what it did and the config `text` with the
+/// intention `source -> destination` set to `action`, validated as a whole
+/// config (`text` itself when unchanged). `path` names the file in
+/// problems. Nothing is read or written.
+pub fn with_intention(
+    text: &str,
+    path: &Path,
+    source: &str,
+    destination: &str,
+    action: Action,
+) -> Result<(Created, String), EditError> {
+    let mut doc = parse(text, path)?;
+    let intentions = intention_tables(&mut doc, text, path)?;
     let created = match position(intentions, source, destination) {
         Some(i) => {
             let (from, value) = intentions
@@ -82,9 +101,9 @@ pub fn create(
                 .and_then(|table| table.get_mut("action"))
                 .and_then(Item::as_value_mut)
                 .and_then(|v| Some((values::action("action", v.as_str()?).ok()?, v)))
-                .ok_or_else(|| bad_action(&text, path, i))?;
+                .ok_or_else(|| bad_action(text, path, i))?;
             if from == action {
-                return Ok(Created::Unchanged);
+                return Ok((Created::Unchanged, text.to_owned()));
             }
             // Replace the value only, keeping the spacing and comment around it.
             let decor = value.decor().clone();
@@ -108,12 +127,11 @@ pub fn create(
             };
             table.decor_mut().set_prefix(prefix);
             doc.set_trailing("");
-            intention_tables(&mut doc, &text, path)?.push(table);
+            intention_tables(&mut doc, text, path)?.push(table);
             Created::Added
         }
     };
-    write(path, &doc.to_string())?;
-    Ok(created)
+    Ok((created, validated(doc.to_string(), path)?))
 }
 
 /// Removes the intention `source -> destination` from the config file at
@@ -125,8 +143,20 @@ pub fn create(
 /// valid config.
 pub fn delete(path: &Path, source: &str, destination: &str) -> Result<(), EditError> {
     let text = read(path)?;
-    let mut doc = parse(&text, path)?;
-    let intentions = intention_tables(&mut doc, &text, path)?;
+    write(path, &without_intention(&text, path, source, destination)?)
+}
+
+/// [`delete`] on text: returns the config `text` without the intention
+/// `source -> destination`, validated as a whole config. `path` names the
+/// file in problems. Nothing is read or written.
+pub fn without_intention(
+    text: &str,
+    path: &Path,
+    source: &str,
+    destination: &str,
+) -> Result<String, EditError> {
+    let mut doc = parse(text, path)?;
+    let intentions = intention_tables(&mut doc, text, path)?;
     let (i, table) = position(intentions, source, destination)
         .and_then(|i| Some((i, intentions.get(i)?)))
         .ok_or_else(|| EditError::NotFound {
@@ -143,7 +173,7 @@ pub fn delete(path: &Path, source: &str, destination: &str) -> Result<(), EditEr
     if let Some(kept) = kept {
         prepend_to_next(&mut doc, at, &kept);
     }
-    write(path, &doc.to_string())
+    validated(doc.to_string(), path)
 }
 
 fn action_str(action: Action) -> &'static str {
@@ -320,11 +350,15 @@ fn table_at(table: &mut Table, at: usize) -> Option<&mut Table> {
     None
 }
 
-/// Validates `new` as a whole config, then atomically replaces the file at
-/// `path` with it (the target, if `path` is a symlink), keeping its
-/// permission mode and, when allowed, its owner.
+/// `text` if it is a valid config, else every problem.
+fn validated(text: String, path: &Path) -> Result<String, EditError> {
+    Config::parse(&text, path).map_err(EditError::Invalid)?;
+    Ok(text)
+}
+
+/// Atomically replaces the file at `path` with `new` (the target, if `path`
+/// is a symlink), keeping its permission mode and, when allowed, its owner.
 fn write(path: &Path, new: &str) -> Result<(), EditError> {
-    Config::parse(new, path).map_err(EditError::Invalid)?;
     let err = |source| EditError::Write {
         path: path.to_owned(),
         source,
