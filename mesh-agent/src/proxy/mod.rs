@@ -19,7 +19,15 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{config::Config, ebpf::Kernel, identity::Identities, policy::Policy, tls::Tls};
+use mesh_common::OrigDst;
+
+use crate::{
+    config::{Config, Service},
+    ebpf::Kernel,
+    identity::Identities,
+    policy::Policy,
+    tls::Tls,
+};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +122,44 @@ impl ServiceIds {
         let i = usize::try_from(id).ok()?.checked_sub(1)?;
         self.names.get(i).map(String::as_str)
     }
+
+    /// The service of `config` an id was given to. Fails with
+    /// [`ProxyError::UnknownService`] if the id was never given or its
+    /// service is no longer in `config`.
+    pub fn service(&self, id: u32, config: &Config) -> Result<Service, ProxyError> {
+        self.name(id)
+            .and_then(|name| config.service(name))
+            .cloned()
+            .ok_or(ProxyError::UnknownService(id))
+    }
+}
+
+/// A redirected app connection as its kernel record (`CONNS`) tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// The calling service.
+    pub src: Service,
+    /// The service behind `dialed`.
+    pub dst: Service,
+    /// The address the app dialed.
+    pub dialed: SocketAddr,
+}
+
+impl Redirect {
+    /// Reads `orig` with the kernel ids `ids` against `config`. Fails with
+    /// [`ProxyError::UnknownService`] for an id that names no service of
+    /// `config`.
+    pub fn from_record(
+        orig: &OrigDst,
+        ids: &ServiceIds,
+        config: &Config,
+    ) -> Result<Self, ProxyError> {
+        Ok(Self {
+            src: ids.service(orig.src_service, config)?,
+            dst: ids.service(orig.dst_service, config)?,
+            dialed: crate::ebpf::socket_addr(&orig.dst),
+        })
+    }
 }
 
 impl Context {
@@ -125,19 +171,11 @@ impl Context {
             .clone()
     }
 
-    /// The service behind a kernel id, in the config in force.
-    pub fn service(&self, id: u32) -> Result<crate::config::Service, ProxyError> {
-        let name = self
-            .ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .name(id)
-            .map(str::to_owned)
-            .ok_or(ProxyError::UnknownService(id))?;
-        self.config()
-            .service(&name)
-            .cloned()
-            .ok_or(ProxyError::UnknownService(id))
+    /// What a kernel record says, read against the config in force.
+    pub fn redirect(&self, orig: &OrigDst) -> Result<Redirect, ProxyError> {
+        let config = self.config();
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        Redirect::from_record(orig, &ids, &config)
     }
 }
 
@@ -304,4 +342,57 @@ pub async fn dial(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
         .map_err(|source| ProxyError::Connect { addr, source })?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = r#"
+[[node]]
+name = "a"
+address = "10.0.0.1"
+
+[[service]]
+name = "web"
+node = "a"
+port = 80
+
+[[service]]
+name = "api"
+node = "a"
+port = 81
+"#;
+
+    fn record(src_service: u32, dst_service: u32) -> OrigDst {
+        OrigDst {
+            dst: crate::ebpf::sock_addr("240.0.0.2:81".parse().unwrap()),
+            src_service,
+            dst_service,
+            _pad: 0,
+            created_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_record_names_services_by_their_kernel_ids() {
+        let path = std::path::Path::new("/nonexistent/mesh.toml");
+        let config = Config::parse(MESH, path).unwrap();
+        let mut ids = ServiceIds::default();
+        let (web, api) = (ids.id("web"), ids.id("api"));
+        let r = Redirect::from_record(&record(web, api), &ids, &config).unwrap();
+        assert_eq!(
+            (r.src.name.as_str(), r.dst.name.as_str(), r.dialed),
+            ("web", "api", "240.0.0.2:81".parse().unwrap())
+        );
+        // Never given, or given to a service that has left the config.
+        let r = Redirect::from_record(&record(web, 0), &ids, &config);
+        assert!(matches!(r, Err(ProxyError::UnknownService(0))), "{r:?}");
+        let gone = ids.id("gone");
+        let r = Redirect::from_record(&record(gone, api), &ids, &config);
+        assert!(
+            matches!(r, Err(ProxyError::UnknownService(id)) if id == gone),
+            "{r:?}"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use super::{ProxyError, Shared, dial, local_addr};
+use super::{ProxyError, Redirect, Shared, dial, local_addr};
 
 /// Accepts redirected app connections until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Shared) {
@@ -42,9 +42,7 @@ async fn handle(mut app: TcpStream, ctx: &Shared) -> Result<(), ProxyError> {
         .take_orig(peer, local)
         .ok_or(ProxyError::NoRecord { peer })?;
     app.set_nodelay(true)?;
-    let src = ctx.service(orig.src_service)?;
-    let dst = ctx.service(orig.dst_service)?;
-    let dialed = crate::ebpf::socket_addr(&orig.dst);
+    let Redirect { src, dst, dialed } = ctx.redirect(&orig)?;
     // Fail fast at the source too (the kernel normally refused already).
     ctx.authorize(&src.name, &dst.name, peer, dialed)?;
     let (sent, received) = if dst.node == ctx.node {
