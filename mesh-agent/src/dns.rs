@@ -108,8 +108,9 @@ impl Zone {
     }
 }
 
-/// A REFUSED reply to `query`, when there is no upstream to ask.
-fn refused(query: &[u8]) -> Option<Vec<u8>> {
+/// A REFUSED reply to `query`, when there is no upstream to ask; `None`
+/// if `query` is not a DNS message.
+pub fn refused(query: &[u8]) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     let mut reply = Message::error_msg(request.metadata.id, OpCode::Query, ResponseCode::Refused);
     for q in &request.queries {
