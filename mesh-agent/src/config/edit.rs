@@ -192,8 +192,10 @@ fn read(path: &Path) -> Result<String, EditError> {
 
 fn parse(text: &str, path: &Path) -> Result<DocumentMut, EditError> {
     text.parse::<DocumentMut>().map_err(|e| {
-        let (line, column) = Source { path, text }.position(e.span().map_or(0, |s| s.start));
-        let message = super::error::one_line(e.message());
+        let source = Source { path, text };
+        let offset = e.span().map_or(0, |s| s.start);
+        let (line, column) = source.position(offset);
+        let message = source.toml_message(offset, e.message());
         EditError::Toml {
             path: path.to_owned(),
             message: format!("line {line}, column {column}: {message}"),
@@ -627,6 +629,13 @@ port = 81
             panic!("{result:?}");
         };
         assert!(message.starts_with("line 1, column "), "{message}");
+
+        let f = File::new("# \u{1}\n");
+        let result = delete(&f.path, "web", "api");
+        let Err(EditError::Toml { message, .. }) = &result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(message, "line 1, column 3: unexpected character '\\u{1}'");
 
         let text = format!("{BASE}[intention]\nsource = \"web\"\n");
         let f = File::new(&text);
