@@ -10,10 +10,13 @@
 //! - only the seed leaf passes the full check (the fuzzer cannot sign);
 //! - `recheck` names the service `service_of` reads, or refuses.
 
-use mesh_agent::identity::{spiffe, uri_sans};
+use mesh_agent::{
+    config::is_name,
+    identity::{spiffe, uri_sans},
+};
 use rustls_pki_types::CertificateDer;
 
-use crate::mesh::{self, TRUST_DOMAIN, is_name};
+use crate::mesh::{self, TRUST_DOMAIN};
 
 pub fn check(data: &[u8]) {
     let pki = mesh::pki();

@@ -6,10 +6,10 @@
 //! - `check_hello` accepts exactly the SNI `web.svc.mesh.local` for `web`;
 //! - a service named by an SNI gives back that SNI, and is a valid name.
 
-use mesh_agent::{identity::spiffe, tls};
+use mesh_agent::{config::is_name, identity::spiffe, tls};
 use rustls::server::Acceptor;
 
-use crate::mesh::{TRUST_DOMAIN, is_name};
+use crate::mesh::TRUST_DOMAIN;
 
 pub fn check(data: &[u8]) {
     if !tls::starts_tls(data) {

@@ -97,15 +97,3 @@ pub fn pki() -> &'static Pki {
         }
     })
 }
-
-/// Whether `name` is a node or service name as the config accepts it
-/// (`config::values::name`): 1 to 63 of `a-z`, `0-9`, `-`, no `-` at
-/// either end.
-pub fn is_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}

@@ -4,8 +4,8 @@
 //! 1. the chain leads from the leaf through exactly one intermediate to the
 //!    mesh root, every certificate is within its validity period, and the
 //!    leaf may be used for this side of the handshake (webpki);
-//! 2. the leaf has exactly one URI SAN, `spiffe://<trust domain>/svc/<S>`,
-//!    and S is a meshed service of the config;
+//! 2. the leaf has exactly one URI SAN, `spiffe://<trust domain>/svc/<S>`
+//!    (exactly: see `spiffe`), and S is a meshed service of the config;
 //! 3. the intermediate has exactly one URI SAN,
 //!    `spiffe://<trust domain>/node/<N>`, and N is the node hosting S
 //!    (a node can only vouch for its own services);
