@@ -4,17 +4,19 @@
 //! session (`recheck`); and its URI SANs through `spiffe::parse`.
 //!
 //! Invariants:
-//! - a service read from a certificate is a valid service name, and the
-//!   certificate's URI SANs are exactly that service's SPIFFE ID;
+//! - a service read from a certificate is a valid service name, the
+//!   certificate's URI SANs are exactly that service's SPIFFE ID, and its
+//!   other SANs at most the service's DNS name;
 //! - a SPIFFE ID `spiffe::parse` accepts is exactly the ID it names;
 //! - only the seed leaf passes the full check (the fuzzer cannot sign);
 //! - `recheck` names the service `service_of` reads, or refuses.
 
 use mesh_agent::{
     config::is_name,
-    identity::{spiffe, uri_sans},
+    identity::{other_sans, spiffe, uri_sans},
 };
 use rustls_pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
 
 use crate::mesh::{self, TRUST_DOMAIN};
 
@@ -33,6 +35,13 @@ pub fn check(data: &[u8]) {
             uri_sans(parsed),
             [spiffe::service_id(TRUST_DOMAIN, service)]
         );
+        let own_dns = spiffe::sni(TRUST_DOMAIN, service);
+        for other in other_sans(parsed) {
+            assert!(
+                matches!(other, GeneralName::DNSName(dns) if *dns == own_dns),
+                "{service:?} with {other}"
+            );
+        }
     }
     if let Some((_, parsed)) = &parsed {
         for uri in uri_sans(parsed) {

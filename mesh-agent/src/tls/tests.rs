@@ -366,6 +366,22 @@ fn a_leaf_with_a_wildcard_dns_san_and_no_uri_san_is_refused() {
     );
 }
 
+#[test]
+fn a_leaf_with_any_other_name_beside_its_uri_san_is_refused() {
+    // The mesh ignores DNS SANs, but anything else that trusts the mesh
+    // root may not: a leaf names its own service and nothing more.
+    for other in [
+        dns("*.svc.mesh.local"),
+        dns("api.svc.mesh.local"),
+        dns("example.com"),
+        SanType::IpAddress("10.0.0.1".parse().unwrap()),
+        SanType::Rfc822Name("web@mesh.local".try_into().unwrap()),
+    ] {
+        let e = refused_as_bad_identity(vec![uri("spiffe://mesh.local/svc/web"), other]);
+        assert!(matches!(&e, VerifyError::ExtraNames { .. }), "{e:?}");
+    }
+}
+
 /// Both nodes' TLS sides, sharing one CA.
 fn tls_pair(mesh: &Mesh) -> (Tls, Tls) {
     let tls = |node: &str| {
