@@ -118,7 +118,9 @@ impl Tls {
         })
     }
 
-    /// Follows a config change: who hosts which service.
+    /// Follows a config change: who hosts which service. The trust domain
+    /// and the root are those this `Tls` was made with; a change of either
+    /// takes a restart.
     pub fn update(&self, config: &Config) {
         self.rules.set_hosts(hosts(config));
     }

@@ -484,6 +484,19 @@ async fn connect_once(
     a: &Tls,
     b: Arc<Tls>,
 ) -> (Result<String, TlsError>, Option<rustls::HandshakeKind>) {
+    let (server, kind, _) = connect_once_both(a, b).await;
+    (server, kind)
+}
+
+/// [`connect_once`], with the client side's verdict too.
+async fn connect_once_both(
+    a: &Tls,
+    b: Arc<Tls>,
+) -> (
+    Result<String, TlsError>,
+    Option<rustls::HandshakeKind>,
+    Result<(), TlsError>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -491,23 +504,30 @@ async fn connect_once(
         match b.accept(tcp, "api").await {
             Ok((mut s, peer)) => {
                 let kind = s.get_ref().1.handshake_kind();
+                // The client may have refused the server after its handshake.
                 let mut buf = [0u8; 5];
-                s.read_exact(&mut buf).await.unwrap();
-                s.write_all(b"world").await.unwrap();
-                s.shutdown().await.unwrap();
+                if s.read_exact(&mut buf).await.is_ok() {
+                    s.write_all(b"world").await.unwrap();
+                    s.shutdown().await.unwrap();
+                }
                 (Ok(peer), kind)
             }
             Err(e) => (Err(e), None),
         }
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    if let Ok(mut s) = a.connect(tcp, "web", "api").await {
-        // Reading to the end also takes in the ticket for the next time.
-        let _ = s.write_all(b"hello").await;
-        let mut answer = Vec::new();
-        let _ = s.read_to_end(&mut answer).await;
-    }
-    server.await.unwrap()
+    let client = match a.connect(tcp, "web", "api").await {
+        Ok(mut s) => {
+            // Reading to the end also takes in the ticket for the next time.
+            let _ = s.write_all(b"hello").await;
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    let (server, kind) = server.await.unwrap();
+    (server, kind, client)
 }
 
 #[tokio::test]
@@ -549,6 +569,55 @@ async fn a_resumed_session_is_held_to_the_rules_in_force() {
     assert!(
         matches!(peer, Err(TlsError::Rules(VerifyError::WrongNode { .. }))),
         "{peer:?}"
+    );
+}
+
+/// MESH as `mesh.toml` of `mesh`, changed by `edit`.
+fn changed(mesh: &Mesh, edit: impl FnOnce(&str) -> String) -> Config {
+    Config::parse(&edit(MESH), &mesh.dir.join("mesh.toml")).unwrap()
+}
+
+#[tokio::test]
+async fn a_resumed_session_ends_when_the_service_leaves_the_catalog() {
+    // Envoy CVE-2022-21654: a session outliving the rules it was made under.
+    let mesh = Mesh::new(MESH);
+    let (a, b) = tls_pair(&mesh);
+    let b = Arc::new(b);
+    let (peer, _) = connect_once(&a, b.clone()).await;
+    assert_eq!(peer.unwrap(), "web");
+    // `web` is gone from the catalog: a full handshake would refuse it
+    // (UnknownService), and so must the resumed one. The error is the
+    // re-check's, after rustls resumed, not the full handshake's.
+    b.update(&changed(&mesh, |text| {
+        text.replace("[[service]]\nname = \"web\"\nnode = \"a\"\nport = 80\n", "")
+    }));
+    let (peer, _) = connect_once(&a, b.clone()).await;
+    assert!(
+        matches!(&peer, Err(TlsError::Rules(VerifyError::UnknownService(s))) if s == "web"),
+        "{peer:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_session_to_a_service_that_moved_is_refused_by_the_client() {
+    let mesh = Mesh::new(MESH);
+    let (a, b) = tls_pair(&mesh);
+    let b = Arc::new(b);
+    let (peer, _, client) = connect_once_both(&a, b.clone()).await;
+    assert_eq!((peer.unwrap(), client.is_ok()), ("web".to_owned(), true));
+    // The source's catalog now puts `api` on node a: node b's leaf for it,
+    // in the session the client resumes, no longer passes.
+    a.update(&changed(&mesh, |text| {
+        text.replace(
+            "name = \"api\"\nnode = \"b\"",
+            "name = \"api\"\nnode = \"a\"",
+        )
+    }));
+    let (_, kind, client) = connect_once_both(&a, b.clone()).await;
+    assert_eq!(kind, Some(rustls::HandshakeKind::Resumed));
+    assert!(
+        matches!(client, Err(TlsError::Rules(VerifyError::WrongNode { .. }))),
+        "{client:?}"
     );
 }
 
