@@ -42,6 +42,17 @@ pub enum DnsError {
     },
 }
 
+/// What the responder does with a datagram (see [`Zone::handle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handling {
+    /// Send these bytes back.
+    Reply(Vec<u8>),
+    /// Relay it to the upstream resolver, and its answer back.
+    Forward,
+    /// Send nothing.
+    Drop,
+}
+
 /// The `.mesh` names of a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Zone {
@@ -91,6 +102,19 @@ impl Zone {
         };
         let record = rdata.map(|r| Record::from_rdata(question.name().clone(), TTL, r));
         Some(self.reply(&request, ResponseCode::NoError, record))
+    }
+
+    /// What the responder does with a datagram: answers `.mesh` names;
+    /// the rest goes upstream when there is an `upstream` resolver, else
+    /// gets REFUSED.
+    pub fn handle(&self, datagram: &[u8], upstream: bool) -> Handling {
+        if let Some(answer) = self.answer(datagram) {
+            return Handling::Reply(answer);
+        }
+        if upstream {
+            return Handling::Forward;
+        }
+        refused(datagram).map_or(Handling::Drop, Handling::Reply)
     }
 
     fn reply(&self, request: &Message, code: ResponseCode, answer: Option<Record>) -> Vec<u8> {
@@ -153,21 +177,21 @@ pub async fn serve(
             continue;
         };
         let query = buf[..len].to_vec();
-        let answer = zone.borrow().answer(&query);
-        if let Some(answer) = answer {
-            let _ = socket.send_to(&answer, client).await;
-            continue;
-        }
-        let socket = socket.clone();
-        tokio::spawn(async move {
-            let answer = match upstream {
-                Some(up) => forward(&query, up).await,
-                None => refused(&query),
-            };
-            if let Some(answer) = answer {
+        let handling = zone.borrow().handle(&query, upstream.is_some());
+        match (handling, upstream) {
+            (Handling::Reply(answer), _) => {
                 let _ = socket.send_to(&answer, client).await;
             }
-        });
+            (Handling::Forward, Some(up)) => {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    if let Some(answer) = forward(&query, up).await {
+                        let _ = socket.send_to(&answer, client).await;
+                    }
+                });
+            }
+            (Handling::Forward, None) | (Handling::Drop, _) => {}
+        }
     }
 }
 
@@ -268,5 +292,17 @@ mod tests {
         assert!(zone().answer(b"garbage").is_none());
         let r = reply(refused(&ask("example.com.", RecordType::A)));
         assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn other_names_go_upstream_or_are_refused() {
+        let other = ask("example.com.", RecordType::A);
+        assert_eq!(zone().handle(&other, true), Handling::Forward);
+        let Handling::Reply(r) = zone().handle(&other, false) else {
+            panic!("no reply");
+        };
+        assert_eq!(reply(Some(r)).metadata.response_code, ResponseCode::Refused);
+        let ours = ask("data-api.mesh.", RecordType::A);
+        assert!(matches!(zone().handle(&ours, true), Handling::Reply(_)));
     }
 }
