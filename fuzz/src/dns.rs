@@ -1,9 +1,10 @@
 //! A datagram to the agent's DNS responder, through `Zone::handle` as
 //! `dns::serve` calls it, with and without an upstream resolver.
 //!
-//! Invariants: never panics; a reply, when there is one, is a DNS response
-//! to the query's id that parses; only a responder with an upstream
-//! forwards.
+//! Invariants: never panics; only a query is replied to or forwarded (a
+//! responder that answers responses can be made to loop with another one,
+//! or with itself); a reply is a DNS response to the query's id that
+//! parses; only a responder with an upstream forwards.
 
 use std::sync::OnceLock;
 
@@ -15,10 +16,15 @@ use crate::mesh;
 pub fn check(data: &[u8]) {
     static ZONE: OnceLock<Zone> = OnceLock::new();
     let zone = ZONE.get_or_init(|| Zone::new(mesh::config()));
+    let query =
+        Message::from_vec(data).is_ok_and(|m| m.metadata.message_type == MessageType::Query);
     for upstream in [false, true] {
         match zone.handle(data, upstream) {
-            Handling::Reply(reply) => check_reply(data, &reply),
-            Handling::Forward => assert!(upstream),
+            Handling::Reply(reply) => {
+                assert!(query, "replied to a datagram that is not a query");
+                check_reply(data, &reply);
+            }
+            Handling::Forward => assert!(upstream && query, "forwarded a non-query"),
             Handling::Drop => {}
         }
     }

@@ -4,7 +4,7 @@
 //! NXDOMAIN, a known name asked for the other family is an empty answer.
 //! Any other name goes to the node's previous resolver (`--dns-upstream`,
 //! by default the first nameserver of /etc/resolv.conf unless that is this
-//! agent) or, without one, is REFUSED.
+//! agent) or, without one, is REFUSED. Anything but a query is dropped.
 //!
 //! UDP only: answers are a single record, far below 512 bytes.
 
@@ -105,9 +105,17 @@ impl Zone {
     }
 
     /// What the responder does with a datagram: answers `.mesh` names;
-    /// the rest goes upstream when there is an `upstream` resolver, else
-    /// gets REFUSED.
+    /// other queries go upstream when there is an `upstream` resolver, else
+    /// get REFUSED. Anything but a query gets nothing, here or upstream: a
+    /// responder that answers responses can be made to loop with another
+    /// one (or with itself, given a spoofed source), and garbage is not
+    /// worth a forward.
     pub fn handle(&self, datagram: &[u8], upstream: bool) -> Handling {
+        let query = Message::from_vec(datagram)
+            .is_ok_and(|m| m.metadata.message_type == MessageType::Query);
+        if !query {
+            return Handling::Drop;
+        }
         if let Some(answer) = self.answer(datagram) {
             return Handling::Reply(answer);
         }
@@ -134,7 +142,7 @@ impl Zone {
 
 /// A REFUSED reply to `query`, when there is no upstream to ask; `None`
 /// if `query` is not a DNS message.
-pub fn refused(query: &[u8]) -> Option<Vec<u8>> {
+fn refused(query: &[u8]) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     let mut reply = Message::error_msg(request.metadata.id, OpCode::Query, ResponseCode::Refused);
     for q in &request.queries {
@@ -304,5 +312,26 @@ mod tests {
         assert_eq!(reply(Some(r)).metadata.response_code, ResponseCode::Refused);
         let ours = ask("data-api.mesh.", RecordType::A);
         assert!(matches!(zone().handle(&ours, true), Handling::Reply(_)));
+    }
+
+    #[test]
+    fn responses_and_garbage_get_nothing_here_or_upstream() {
+        let mut response = Message::from_vec(&ask("example.com.", RecordType::A)).unwrap();
+        response.metadata.message_type = MessageType::Response;
+        let response = response.to_vec().unwrap();
+        let ours = Message::from_vec(&ask("data-api.mesh.", RecordType::A)).unwrap();
+        let ours = Message::response(ours.metadata.id, OpCode::Query)
+            .add_queries(ours.queries)
+            .to_vec()
+            .unwrap();
+        for datagram in [&response[..], &ours, b"", b"garbage"] {
+            for upstream in [false, true] {
+                assert_eq!(
+                    zone().handle(datagram, upstream),
+                    Handling::Drop,
+                    "{datagram:?}, upstream {upstream}"
+                );
+            }
+        }
     }
 }
