@@ -4,7 +4,7 @@
 //! NXDOMAIN, a known name asked for the other family is an empty answer.
 //! Any other name goes to the node's previous resolver (`--dns-upstream`,
 //! by default the first nameserver of /etc/resolv.conf unless that is this
-//! agent) or, without one, is REFUSED.
+//! agent) or, without one, is REFUSED. Anything but a query is dropped.
 //!
 //! UDP only: answers are a single record, far below 512 bytes.
 
@@ -40,6 +40,17 @@ pub enum DnsError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// What the responder does with a datagram (see [`Zone::handle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handling {
+    /// Send these bytes back.
+    Reply(Vec<u8>),
+    /// Relay it to the upstream resolver, and its answer back.
+    Forward,
+    /// Send nothing.
+    Drop,
 }
 
 /// The `.mesh` names of a config.
@@ -93,6 +104,27 @@ impl Zone {
         Some(self.reply(&request, ResponseCode::NoError, record))
     }
 
+    /// What the responder does with a datagram: answers `.mesh` names;
+    /// other queries go upstream when there is an `upstream` resolver, else
+    /// get REFUSED. Anything but a query gets nothing, here or upstream: a
+    /// responder that answers responses can be made to loop with another
+    /// one (or with itself, given a spoofed source), and garbage is not
+    /// worth a forward.
+    pub fn handle(&self, datagram: &[u8], upstream: bool) -> Handling {
+        let query = Message::from_vec(datagram)
+            .is_ok_and(|m| m.metadata.message_type == MessageType::Query);
+        if !query {
+            return Handling::Drop;
+        }
+        if let Some(answer) = self.answer(datagram) {
+            return Handling::Reply(answer);
+        }
+        if upstream {
+            return Handling::Forward;
+        }
+        refused(datagram).map_or(Handling::Drop, Handling::Reply)
+    }
+
     fn reply(&self, request: &Message, code: ResponseCode, answer: Option<Record>) -> Vec<u8> {
         let mut reply = Message::response(request.metadata.id, OpCode::Query);
         reply.metadata.authoritative = true;
@@ -108,7 +140,8 @@ impl Zone {
     }
 }
 
-/// A REFUSED reply to `query`, when there is no upstream to ask.
+/// A REFUSED reply to `query`, when there is no upstream to ask; `None`
+/// if `query` is not a DNS message.
 fn refused(query: &[u8]) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     let mut reply = Message::error_msg(request.metadata.id, OpCode::Query, ResponseCode::Refused);
@@ -153,22 +186,21 @@ pub async fn serve(
             continue;
         };
         let query = buf[..len].to_vec();
-        let current = snapshot.borrow().clone();
-        let answer = current.zone.answer(&query);
-        if let Some(answer) = answer {
-            let _ = socket.send_to(&answer, client).await;
-            continue;
-        }
-        let socket = socket.clone();
-        tokio::spawn(async move {
-            let answer = match upstream {
-                Some(up) => forward(&query, up).await,
-                None => refused(&query),
-            };
-            if let Some(answer) = answer {
+        let handling = snapshot.borrow().zone.handle(&query, upstream.is_some());
+        match (handling, upstream) {
+            (Handling::Reply(answer), _) => {
                 let _ = socket.send_to(&answer, client).await;
             }
-        });
+            (Handling::Forward, Some(up)) => {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    if let Some(answer) = forward(&query, up).await {
+                        let _ = socket.send_to(&answer, client).await;
+                    }
+                });
+            }
+            (Handling::Forward, None) | (Handling::Drop, _) => {}
+        }
     }
 }
 
@@ -269,5 +301,38 @@ mod tests {
         assert!(zone().answer(b"garbage").is_none());
         let r = reply(refused(&ask("example.com.", RecordType::A)));
         assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn other_names_go_upstream_or_are_refused() {
+        let other = ask("example.com.", RecordType::A);
+        assert_eq!(zone().handle(&other, true), Handling::Forward);
+        let Handling::Reply(r) = zone().handle(&other, false) else {
+            panic!("no reply");
+        };
+        assert_eq!(reply(Some(r)).metadata.response_code, ResponseCode::Refused);
+        let ours = ask("data-api.mesh.", RecordType::A);
+        assert!(matches!(zone().handle(&ours, true), Handling::Reply(_)));
+    }
+
+    #[test]
+    fn responses_and_garbage_get_nothing_here_or_upstream() {
+        let mut response = Message::from_vec(&ask("example.com.", RecordType::A)).unwrap();
+        response.metadata.message_type = MessageType::Response;
+        let response = response.to_vec().unwrap();
+        let ours = Message::from_vec(&ask("data-api.mesh.", RecordType::A)).unwrap();
+        let ours = Message::response(ours.metadata.id, OpCode::Query)
+            .add_queries(ours.queries)
+            .to_vec()
+            .unwrap();
+        for datagram in [&response[..], &ours, b"", b"garbage"] {
+            for upstream in [false, true] {
+                assert_eq!(
+                    zone().handle(datagram, upstream),
+                    Handling::Drop,
+                    "{datagram:?}, upstream {upstream}"
+                );
+            }
+        }
     }
 }

@@ -326,8 +326,9 @@ impl DenialEvents {
     }
 }
 
-/// Whether a record filed at `orig.created_ns` may still be claimed at `now`.
-fn fresh(orig: &OrigDst, now: u64) -> bool {
+/// Whether a record filed at `orig.created_ns` may still be claimed at `now`
+/// (CLOCK_MONOTONIC nanoseconds).
+pub fn fresh(orig: &OrigDst, now: u64) -> bool {
     now.saturating_sub(orig.created_ns) <= MAX_RECORD_AGE_NS
 }
 

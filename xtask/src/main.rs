@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -27,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what building and testing needs (Debian packages, nightly,
-    /// rust-src, bpf-linker); skip what is present.
+    /// rust-src, bpf-linker, cargo-fuzz); skip what is present.
     Setup,
     /// Build mesh-agent, with its eBPF object.
     Build {
@@ -53,6 +54,14 @@ enum Task {
         /// flood (rr and connrate of the mesh under a handshake flood).
         #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood"])]
         only: Vec<String>,
+    },
+    /// Run the fuzz targets (cargo-fuzz, nightly) one after another.
+    Fuzz {
+        /// How long to run each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// The targets to run, as `cargo fuzz list` names them (all if none).
+        targets: Vec<String>,
     },
     /// Build the release agent and run it with ARGS, or run the demo if none.
     Run {
@@ -83,6 +92,10 @@ fn task(task: Task) -> anyhow::Result<()> {
         }
         Task::Test { args } => test::run(&args),
         Task::Run { args } => run::run(&args),
+        Task::Fuzz { seconds, targets } => {
+            setup::ensure()?;
+            fuzz::run(seconds, &targets)
+        }
         Task::Bench { runs, smoke, only } => bench::run(&bench::Options { runs, smoke, only }),
     }
 }

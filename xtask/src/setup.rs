@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: installs what building and testing the mesh needs on
-//! Debian 12 (packages, the nightly toolchain with rust-src, bpf-linker 0.13),
-//! skipping what is already present.
+//! Debian 12 (packages, the nightly toolchain with rust-src, bpf-linker 0.13,
+//! cargo-fuzz), skipping what is already present.
 
 use std::process::Command;
 
@@ -26,10 +26,10 @@ const PACKAGES: &[&str] = &[
     "stunnel4",
 ];
 
-/// Variables the outer `cargo xtask` may pass down that would make
-/// `cargo install bpf-linker` build into the wrong place or with the wrong
-/// compiler or flags.
-const CARGO_INSTALL_ENV_REMOVE: &[&str] = &[
+/// Variables the outer `cargo xtask` may pass down that would make another
+/// cargo (`cargo install`, `cargo +nightly fuzz`) build into the wrong place
+/// or with the wrong compiler or flags.
+pub const CARGO_ENV_REMOVE: &[&str] = &[
     "CARGO_TARGET_DIR",
     "RUSTC",
     "RUSTC_WRAPPER",
@@ -45,7 +45,8 @@ pub fn ensure() -> anyhow::Result<()> {
     packages()?;
     nightly()?;
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    cargo_fuzz()
 }
 
 fn packages() -> anyhow::Result<()> {
@@ -126,7 +127,23 @@ fn bpf_linker() -> anyhow::Result<()> {
         .args(["install", "bpf-linker", "--version", "^0.13"])
         .args(["--no-default-features", "--features", "llvm-22", "--locked"])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22");
-    for var in CARGO_INSTALL_ENV_REMOVE {
+    for var in CARGO_ENV_REMOVE {
+        install.env_remove(var);
+    }
+    cmd::run(&mut install)
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (the targets build with nightly).
+fn cargo_fuzz() -> anyhow::Result<()> {
+    const ITEM: &str = "cargo-fuzz";
+    if cmd::probe(cmd::new("cargo").args(["fuzz", "--version"])).is_some() {
+        present(ITEM);
+        return Ok(());
+    }
+    installing(ITEM, "cargo install, this takes a few minutes");
+    let mut install = cmd::new("cargo");
+    install.args(["install", "cargo-fuzz", "--locked"]);
+    for var in CARGO_ENV_REMOVE {
         install.env_remove(var);
     }
     cmd::run(&mut install)

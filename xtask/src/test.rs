@@ -1,5 +1,6 @@
 //! `cargo xtask test`: formatting, lints and the whole test suite, including
-//! the network-namespace and eBPF tests, so it must run as root.
+//! the network-namespace and eBPF tests (so it must run as root), the fuzz
+//! regressions and a short run of each fuzz target.
 
 use std::ffi::OsString;
 
@@ -7,10 +8,11 @@ use anyhow::ensure;
 
 use crate::{build, cmd, setup};
 
-/// Checks fmt and clippy, runs a smoke run of the benchmark, builds the
-/// debug agent and runs every test serially
-/// (they share cgroups and namespaces), passing `extra` to the test binaries.
-/// Fails at once if not root, and on the first failing step.
+/// Checks fmt and clippy (of the fuzz crate too), runs a smoke run of the
+/// benchmark, builds the debug agent and runs every test serially
+/// (they share cgroups and namespaces), passing `extra` to the test binaries,
+/// then replays the fuzz regressions and runs each fuzz target for
+/// `FUZZ_SECONDS`. Fails at once if not root, and on the first failing step.
 pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
     ensure!(
         mesh_tests::is_root(),
@@ -30,6 +32,20 @@ pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ])
+            .env_remove("AYA_BUILD_SKIP"),
+    )?;
+    // The fuzz crate is outside the workspace: lint it on its own (stable).
+    let fuzz_manifest = crate::fuzz::dir().join("Cargo.toml");
+    cmd::run(
+        cmd::cargo()
+            .args(["fmt", "--check", "--manifest-path"])
+            .arg(&fuzz_manifest),
+    )?;
+    cmd::run(
+        cmd::cargo()
+            .args(["clippy", "--manifest-path"])
+            .arg(&fuzz_manifest)
+            .args(["--all-targets", "--", "-D", "warnings"])
             .env_remove("AYA_BUILD_SKIP"),
     )?;
     let agent = build::agent(false)?;
@@ -68,5 +84,19 @@ pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
             .args(extra)
             .env("MESH_AGENT_BIN", agent)
             .env_remove("AYA_BUILD_SKIP"),
-    )
+    )?;
+    // Every input that once failed a fuzz target, and the seeds, replayed
+    // through the targets' code (stable); then each target fuzzes a few
+    // seconds, so none rots.
+    cmd::run(
+        cmd::cargo()
+            .args(["test", "--manifest-path"])
+            .arg(&fuzz_manifest)
+            .arg("--lib")
+            .env_remove("AYA_BUILD_SKIP"),
+    )?;
+    crate::fuzz::run(FUZZ_SECONDS, &[])
 }
+
+/// How long `cargo xtask test` runs each fuzz target.
+const FUZZ_SECONDS: u64 = 10;

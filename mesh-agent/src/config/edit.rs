@@ -7,6 +7,8 @@
 //! before anything is written, and the file is replaced atomically (temp
 //! file, fsync, rename) because running agents watch it and must never see
 //! half a file. So the editor writes only files the agents accept.
+//! [`with_intention`] and [`without_intention`] are the same edits on text,
+//! without the file.
 
 use std::fs;
 use std::io::Write as _;
@@ -73,7 +75,26 @@ pub fn create(
     action: Action,
 ) -> Result<Created, EditError> {
     let bytes = read(path)?;
-    let (text, mut doc) = parse(&bytes, path)?;
+    let text = decode(&bytes, path)?;
+    let (created, new) = with_intention(text, path, source, destination, action)?;
+    if created != Created::Unchanged {
+        write(path, &new)?;
+    }
+    Ok(created)
+}
+
+/// [`create`] on text: returns what it did and the config `text` with the
+/// intention `source -> destination` set to `action`, validated as a whole
+/// config (`text` itself when unchanged). `path` names the file in
+/// problems. Nothing is read or written.
+pub fn with_intention(
+    text: &str,
+    path: &Path,
+    source: &str,
+    destination: &str,
+    action: Action,
+) -> Result<(Created, String), EditError> {
+    let mut doc = parse(text, path)?;
     let intentions = intention_tables(&mut doc, text, path)?;
     let created = match position(intentions, source, destination) {
         Some(i) => {
@@ -84,7 +105,7 @@ pub fn create(
                 .and_then(|v| Some((values::action("action", v.as_str()?).ok()?, v)))
                 .ok_or_else(|| bad_action(text, path, i))?;
             if from == action {
-                return Ok(Created::Unchanged);
+                return Ok((Created::Unchanged, text.to_owned()));
             }
             // Replace the value only, keeping the spacing and comment around it.
             let decor = value.decor().clone();
@@ -112,8 +133,7 @@ pub fn create(
             Created::Added
         }
     };
-    write(path, &render(text, &doc))?;
-    Ok(created)
+    Ok((created, validated(render(text, &doc), path)?))
 }
 
 /// Removes the intention `source -> destination` from the config file at
@@ -125,7 +145,20 @@ pub fn create(
 /// valid config.
 pub fn delete(path: &Path, source: &str, destination: &str) -> Result<(), EditError> {
     let bytes = read(path)?;
-    let (text, mut doc) = parse(&bytes, path)?;
+    let text = decode(&bytes, path)?;
+    write(path, &without_intention(text, path, source, destination)?)
+}
+
+/// [`delete`] on text: returns the config `text` without the intention
+/// `source -> destination`, validated as a whole config. `path` names the
+/// file in problems. Nothing is read or written.
+pub fn without_intention(
+    text: &str,
+    path: &Path,
+    source: &str,
+    destination: &str,
+) -> Result<String, EditError> {
+    let mut doc = parse(text, path)?;
     let intentions = intention_tables(&mut doc, text, path)?;
     let (i, table) = position(intentions, source, destination)
         .and_then(|i| Some((i, intentions.get(i)?)))
@@ -143,7 +176,7 @@ pub fn delete(path: &Path, source: &str, destination: &str) -> Result<(), EditEr
     if let Some(kept) = kept {
         prepend_to_next(&mut doc, at, &kept);
     }
-    write(path, &render(text, &doc))
+    validated(render(text, &doc), path)
 }
 
 /// The edited document as file text, with the original's byte order mark
@@ -171,16 +204,26 @@ fn read(path: &Path) -> Result<Vec<u8>, EditError> {
     })
 }
 
-/// The file as an editable document: strict UTF-8 as in
-/// [`Config::from_bytes`], and a syntax error reported as it does.
-fn parse<'b>(bytes: &'b [u8], path: &'b Path) -> Result<(&'b str, DocumentMut), EditError> {
-    let invalid = |problem| EditError::Invalid(ConfigError::Invalid(vec![problem]));
-    let source = Source::decode(bytes, path).map_err(invalid)?;
-    let doc = source
-        .text
-        .parse::<DocumentMut>()
-        .map_err(|e| invalid(source.toml_problem(e.span(), e.message())))?;
-    Ok((source.text, doc))
+/// The file's text: strict UTF-8, as in [`Config::from_bytes`].
+fn decode<'b>(bytes: &'b [u8], path: &'b Path) -> Result<&'b str, EditError> {
+    Source::decode(bytes, path)
+        .map(|source| source.text)
+        .map_err(|problem| EditError::Invalid(ConfigError::Invalid(vec![problem])))
+}
+
+/// `text` as an editable document, a syntax error reported as
+/// [`Config::from_bytes`] reports it.
+fn parse(text: &str, path: &Path) -> Result<DocumentMut, EditError> {
+    text.parse::<DocumentMut>().map_err(|e| {
+        let problem = Source { path, text }.toml_problem(e.span(), e.message());
+        EditError::Invalid(ConfigError::Invalid(vec![problem]))
+    })
+}
+
+/// `text` if it is a config the agents accept.
+fn validated(text: String, path: &Path) -> Result<String, EditError> {
+    Config::from_bytes(text.as_bytes(), path).map_err(EditError::Invalid)?;
+    Ok(text)
 }
 
 /// The `[[intention]]` tables, an empty array if there are none yet.
@@ -332,11 +375,9 @@ fn table_at(table: &mut Table, at: usize) -> Option<&mut Table> {
     None
 }
 
-/// Validates `new` as a whole config, then atomically replaces the file at
-/// `path` with it (the target, if `path` is a symlink), keeping its
-/// permission mode and, when allowed, its owner.
+/// Atomically replaces the file at `path` with `new` (the target, if `path`
+/// is a symlink), keeping its permission mode and, when allowed, its owner.
 fn write(path: &Path, new: &str) -> Result<(), EditError> {
-    Config::from_bytes(new.as_bytes(), path).map_err(EditError::Invalid)?;
     let err = |source| EditError::Write {
         path: path.to_owned(),
         source,

@@ -118,19 +118,31 @@ impl Source<'_> {
         }
     }
 
-    /// A TOML syntax or shape error. Its message may span several lines
-    /// ("invalid string\nexpected ..."); they are joined with ": ".
+    /// A TOML syntax or shape error at `span` (see [`Source::toml_message`]).
     pub fn toml_problem(&self, span: Option<Range<usize>>, message: &str) -> Problem {
-        self.problem(span.unwrap_or(0..0), one_line(message))
+        let span = span.unwrap_or(0..0);
+        let message = self.toml_message(span.start, message);
+        self.problem(span, message)
     }
-}
 
-/// A TOML parser message on one line: its lines trimmed, joined with ": ".
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(": ")
+    /// A TOML parser message for an error at byte `offset`, on one line:
+    /// its lines ("invalid string\nexpected ...") trimmed and joined with
+    /// ": ". The parser gives no message for some errors (a control
+    /// character in a comment); those name the character found instead.
+    pub fn toml_message(&self, offset: usize, message: &str) -> String {
+        let message = message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ");
+        if !message.is_empty() {
+            return message;
+        }
+        let at = self.text.floor_char_boundary(offset);
+        match self.text[at..].chars().next() {
+            Some(c) => format!("unexpected character {c:?}"),
+            None => "unexpected end of file".to_owned(),
+        }
+    }
 }

@@ -104,6 +104,12 @@ pub struct Intention {
     pub line: usize,
 }
 
+/// Whether `name` is a valid node or service name: 1 to 63 lowercase ASCII
+/// letters, digits and '-', not starting or ending with '-'.
+pub fn is_name(name: &str) -> bool {
+    values::name("service", name).is_ok()
+}
+
 impl Config {
     /// Reads the file at `path` and parses it with [`Config::from_bytes`].
     ///

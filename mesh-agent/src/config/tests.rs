@@ -319,6 +319,13 @@ fn toml_syntax_errors_have_a_position() {
     );
     // Columns count characters, not bytes.
     one_problem("# é\n[mesh] = é\n", 2, 8, &[]);
+    // toml has no message for a control character in a comment.
+    one_problem(
+        "# th\u{13}e mesh\n",
+        1,
+        5,
+        &["unexpected character '\\u{13}'"],
+    );
 }
 
 #[test]

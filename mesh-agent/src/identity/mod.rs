@@ -12,6 +12,7 @@ use std::{
 };
 
 use rustls::sign::CertifiedKey;
+use x509_parser::extensions::GeneralName;
 
 pub use ca::NodeCa;
 
@@ -212,15 +213,31 @@ impl std::fmt::Debug for Identities {
 
 /// The URI SANs of a parsed certificate.
 pub fn uri_sans<'a>(cert: &'a x509_parser::certificate::X509Certificate<'_>) -> Vec<&'a str> {
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
+    sans(cert)
         .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+            GeneralName::URI(uri) => Some(*uri),
             _ => None,
         })
         .collect()
+}
+
+/// The SANs of a parsed certificate that are not URIs, including entries
+/// x509-parser could not read (`GeneralName::Invalid`).
+pub fn other_sans<'a>(
+    cert: &'a x509_parser::certificate::X509Certificate<'_>,
+) -> Vec<&'a GeneralName<'a>> {
+    sans(cert)
+        .filter(|n| !matches!(n, GeneralName::URI(_)))
+        .collect()
+}
+
+/// Every SAN; none if the extension is missing or unreadable (e.g. twice).
+fn sans<'a>(
+    cert: &'a x509_parser::certificate::X509Certificate<'_>,
+) -> impl Iterator<Item = &'a GeneralName<'a>> {
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san.value.general_names.as_slice(),
+        _ => &[],
+    };
+    names.iter()
 }

@@ -3,6 +3,16 @@
 //! - service: `spiffe://<trust domain>/svc/<service>`, SNI `<service>.svc.<trust domain>`
 //! - node intermediate CA: `spiffe://<trust domain>/node/<node>`
 //! - root CA: `spiffe://<trust domain>`
+//!
+//! Only these exact forms are accepted. The SPIFFE ID spec makes the trust
+//! domain lowercase and path segments case-sensitive, and allows no query,
+//! fragment, port, userinfo or percent-encoding; our CA issues IDs with a
+//! lowercase trust domain and names that are valid config names
+//! (`config::is_name`). So a scheme or trust domain in another case, a
+//! name in another case, an extra segment, a query or a fragment is not
+//! "the same ID written differently": it is not one of ours, and refused.
+
+use crate::config::is_name;
 
 /// What a mesh SPIFFE ID names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +36,9 @@ pub fn trust_domain_id(trust_domain: &str) -> String {
     format!("spiffe://{trust_domain}")
 }
 
-/// Parses a mesh SPIFFE ID of `trust_domain`; `None` for anything else,
-/// including IDs of other trust domains.
+/// Parses a mesh SPIFFE ID of `trust_domain`, exactly as `service_id` or
+/// `node_id` write it for a valid name; `None` for anything else, including
+/// IDs of other trust domains.
 pub fn parse<'a>(trust_domain: &str, uri: &'a str) -> Option<(Kind, &'a str)> {
     let rest = uri.strip_prefix("spiffe://")?.strip_prefix(trust_domain)?;
     let (kind, name) = if let Some(name) = rest.strip_prefix("/svc/") {
@@ -35,7 +46,7 @@ pub fn parse<'a>(trust_domain: &str, uri: &'a str) -> Option<(Kind, &'a str)> {
     } else {
         (Kind::Node, rest.strip_prefix("/node/")?)
     };
-    (!name.is_empty() && !name.contains('/')).then_some((kind, name))
+    is_name(name).then_some((kind, name))
 }
 
 /// The TLS server name (SNI) a source agent uses to reach `service`.
@@ -43,10 +54,11 @@ pub fn sni(trust_domain: &str, service: &str) -> String {
     format!("{service}.svc.{trust_domain}")
 }
 
-/// The service named by a mesh SNI of `trust_domain`.
+/// The service named by a mesh SNI of `trust_domain`, exactly as `sni`
+/// writes it for a valid name.
 pub fn service_from_sni<'a>(trust_domain: &str, sni: &'a str) -> Option<&'a str> {
     let service = sni.strip_suffix(trust_domain)?.strip_suffix(".svc.")?;
-    (!service.is_empty() && !service.contains('.')).then_some(service)
+    is_name(service).then_some(service)
 }
 
 #[cfg(test)]
@@ -65,6 +77,27 @@ mod tests {
         assert_eq!(parse("mesh.local", "spiffe://mesh.local/svc/a/b"), None);
         assert_eq!(parse("mesh.local", "spiffe://mesh.local/svc/"), None);
         assert_eq!(parse("mesh.local", "https://mesh.local/svc/api"), None);
+    }
+
+    #[test]
+    fn only_the_exact_form_of_a_valid_name_parses() {
+        for uri in [
+            "spiffe://mesh.local/svc/api\0.evil",
+            "spiffe://mesh.local/svc/api?x",
+            "spiffe://mesh.local/svc/api#x",
+            "spiffe://mesh.local/svc/API",
+            "spiffe://mesh.local/svc/a%70i",
+            "spiffe://mesh.local/svc/-api",
+            "spiffe://mesh.local/svc/a.pi",
+            "spiffe://mesh.local/node/b c",
+            "spiffe://mesh.local:443/svc/api",
+            "spiffe://MESH.LOCAL/svc/api",
+            "SPIFFE://mesh.local/svc/api",
+        ] {
+            assert_eq!(parse("mesh.local", uri), None, "{uri:?}");
+        }
+        assert_eq!(service_from_sni("mesh.local", "a_b.svc.mesh.local"), None);
+        assert_eq!(service_from_sni("mesh.local", "API.svc.mesh.local"), None);
     }
 
     #[test]

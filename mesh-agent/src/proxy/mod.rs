@@ -23,10 +23,13 @@ use tokio::{
 };
 use tracing::warn;
 
+use mesh_common::OrigDst;
+
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 
 use crate::{
+    config::{Config, Service},
     drain::Drain,
     snapshot::{Snapshot, Watch},
     telemetry::{Side, Telemetry},
@@ -228,6 +231,43 @@ impl ServiceIds {
         let assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
         assigned.names.get(i).cloned()
     }
+
+    /// The service of `config` an id was given to. Fails with
+    /// [`ProxyError::UnknownService`] if the id was never given or its
+    /// service is no longer in `config`.
+    pub fn service(&self, id: u32, config: &Config) -> Result<Service, ProxyError> {
+        self.name(id)
+            .and_then(|name| config.service(&name).cloned())
+            .ok_or(ProxyError::UnknownService(id))
+    }
+}
+
+/// A redirected app connection as its kernel record (`CONNS`) tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// The calling service.
+    pub src: Service,
+    /// The service behind `dialed`.
+    pub dst: Service,
+    /// The address the app dialed.
+    pub dialed: SocketAddr,
+}
+
+impl Redirect {
+    /// Reads `orig` with the kernel ids `ids` against `config`. Fails with
+    /// [`ProxyError::UnknownService`] for an id that names no service of
+    /// `config`.
+    pub fn from_record(
+        orig: &OrigDst,
+        ids: &ServiceIds,
+        config: &Config,
+    ) -> Result<Self, ProxyError> {
+        Ok(Self {
+            src: ids.service(orig.src_service, config)?,
+            dst: ids.service(orig.dst_service, config)?,
+            dialed: crate::ebpf::socket_addr(&orig.dst),
+        })
+    }
 }
 
 impl ProxyError {
@@ -258,4 +298,57 @@ pub async fn dial(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
         .map_err(|source| ProxyError::Connect { addr, source })?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = r#"
+[[node]]
+name = "a"
+address = "10.0.0.1"
+
+[[service]]
+name = "web"
+node = "a"
+port = 80
+
+[[service]]
+name = "api"
+node = "a"
+port = 81
+"#;
+
+    fn record(src_service: u32, dst_service: u32) -> OrigDst {
+        OrigDst {
+            dst: crate::ebpf::sock_addr("240.0.0.2:81".parse().unwrap()),
+            src_service,
+            dst_service,
+            _pad: 0,
+            created_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_record_names_services_by_their_kernel_ids() {
+        let path = std::path::Path::new("/nonexistent/mesh.toml");
+        let config = Config::parse(MESH, path).unwrap();
+        let ids = ServiceIds::default();
+        let (web, api) = (ids.id("web"), ids.id("api"));
+        let r = Redirect::from_record(&record(web, api), &ids, &config).unwrap();
+        assert_eq!(
+            (r.src.name.as_str(), r.dst.name.as_str(), r.dialed),
+            ("web", "api", "240.0.0.2:81".parse().unwrap())
+        );
+        // Never given, or given to a service that has left the config.
+        let r = Redirect::from_record(&record(web, 0), &ids, &config);
+        assert!(matches!(r, Err(ProxyError::UnknownService(0))), "{r:?}");
+        let gone = ids.id("gone");
+        let r = Redirect::from_record(&record(gone, api), &ids, &config);
+        assert!(
+            matches!(r, Err(ProxyError::UnknownService(id)) if id == gone),
+            "{r:?}"
+        );
+    }
 }

@@ -9,8 +9,8 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use super::{Inputs, ProxyError, ServiceIds, dial, local_addr};
-use crate::{config::Service, ebpf::Kernel, snapshot::Snapshot, telemetry::Side};
+use super::{Inputs, ProxyError, Redirect, ServiceIds, dial, local_addr};
+use crate::{ebpf::Kernel, telemetry::Side};
 
 /// The outbound listener and what its connections use.
 pub struct Outbound {
@@ -77,9 +77,8 @@ impl Handler {
             .ok_or(ProxyError::NoRecord { peer })?;
         app.set_nodelay(true)?;
         let snapshot = pi.snapshot();
-        let src = self.service(&snapshot, orig.src_service)?;
-        let dst = self.service(&snapshot, orig.dst_service)?;
-        let dialed = crate::ebpf::socket_addr(&orig.dst);
+        let Redirect { src, dst, dialed } =
+            Redirect::from_record(&orig, &self.ids, &snapshot.config)?;
         // Fail fast at the source too (the kernel normally refused already).
         pi.authorize(&src.name, &dst.name, peer, dialed, Side::Source)?;
         let host = super::route::instance(&snapshot.config, &dst, dialed, &pi.node)?;
@@ -108,15 +107,5 @@ impl Handler {
         };
         info!(src = %src.name, dst = %dst.name, sent, received, "outbound connection done");
         Ok(())
-    }
-
-    /// The service behind a kernel id, in `snapshot`.
-    fn service(&self, snapshot: &Snapshot, id: u32) -> Result<Service, ProxyError> {
-        let name = self.ids.name(id).ok_or(ProxyError::UnknownService(id))?;
-        snapshot
-            .config
-            .service(&name)
-            .cloned()
-            .ok_or(ProxyError::UnknownService(id))
     }
 }

@@ -203,7 +203,7 @@ impl Tls {
                 // would only confuse it ("HTTP/0.9" in curl).
                 let mut first = [0u8; 1];
                 let n = tcp.peek(&mut first).await.map_err(handshake_error)?;
-                if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+                if !starts_tls(&first[..n]) {
                     return Err(TlsError::NotTls);
                 }
                 LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Transport::new(tcp))
@@ -213,14 +213,7 @@ impl Tls {
             let start = tokio::time::timeout(HELLO_TIMEOUT, hello)
                 .await
                 .map_err(|_| TlsError::HelloTimeout(HELLO_TIMEOUT))??;
-            let expected = spiffe::sni(&self.trust_domain, dst);
-            let hello = start.client_hello();
-            if hello.server_name() != Some(expected.as_str()) {
-                return Err(TlsError::WrongSni {
-                    got: hello.server_name().map(str::to_owned),
-                    expected,
-                });
-            }
+            check_hello(&self.trust_domain, dst, &start.client_hello())?;
             start
                 .into_stream(self.server.clone())
                 .await
@@ -247,6 +240,26 @@ impl Tls {
         };
         Ok((stream, peer))
     }
+}
+
+/// Whether the first bytes a client sent can start a TLS handshake: the
+/// inbound side closes anything else without a word. False for no bytes.
+pub fn starts_tls(first: &[u8]) -> bool {
+    first.first() == Some(&TLS_HANDSHAKE_RECORD)
+}
+
+/// Checks the ClientHello of a connection that arrived on the port of local
+/// service `dst`: it must ask for `<dst>.svc.<trust_domain>` (rustls gives
+/// the SNI lowercased). Runs before any certificate is sent.
+pub fn check_hello(trust_domain: &str, dst: &str, hello: &ClientHello<'_>) -> Result<(), TlsError> {
+    let expected = spiffe::sni(trust_domain, dst);
+    if hello.server_name() == Some(expected.as_str()) {
+        return Ok(());
+    }
+    Err(TlsError::WrongSni {
+        got: hello.server_name().map(str::to_owned),
+        expected,
+    })
 }
 
 /// Whether a finished handshake resumed a session (for metrics and logs).

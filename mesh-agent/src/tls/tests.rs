@@ -268,9 +268,9 @@ fn a_leaf_for_an_unknown_service_is_refused() {
 }
 
 /// A leaf with the right URI SAN, made outside the node CA.
-fn leaf_params(uri: &str) -> CertificateParams {
+fn leaf_params(id: &str) -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    p.subject_alt_names = vec![uri(id)];
     p.is_ca = IsCa::ExplicitNoCa;
     p
 }
@@ -297,27 +297,154 @@ fn a_leaf_signed_directly_by_the_root_is_refused() {
     assert!(matches!(r, Err(VerifyError::Intermediates(0))), "{r:?}");
 }
 
-#[test]
-fn a_leaf_with_two_uri_sans_is_refused() {
-    let mesh = Mesh::new(MESH);
-    let node = mesh.node("a");
-    let good = node.issue_leaf("web", Duration::from_secs(60)).unwrap();
-    // Re-sign a two-URI leaf with node a's key through the test-only path:
-    // load the node CA files as an rcgen issuer.
+/// A leaf with `sans` for a fresh key, properly signed by node a's CA (a
+/// hosts `web`), as an agent presents it: `[leaf, node a's CA]`. Only what
+/// `sans` says can be wrong with it.
+fn signed_by_node_a(mesh: &Mesh, sans: Vec<SanType>) -> Vec<CertificateDer<'static>> {
+    let node_ca = mesh
+        .node("a")
+        .issue_leaf("web", Duration::from_secs(60))
+        .unwrap()
+        .chain[1]
+        .clone();
+    // Node a's key as an rcgen issuer, read from its files.
     let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
     let key = KeyPair::from_pem(&read(mesh.dir.join("ca/nodes/a.key"))).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&read(mesh.dir.join("ca/nodes/a.crt")), key).unwrap();
-    let mut params = leaf_params("spiffe://mesh.local/svc/web");
-    params.subject_alt_names.push(SanType::URI(
-        "spiffe://mesh.local/svc/api".try_into().unwrap(),
-    ));
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
     let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let cert = params.signed_by(&leaf_key, &issuer).unwrap();
-    let r = client(&mesh.rules(), &[cert.der().clone(), good.chain[1].clone()]);
-    assert!(
-        matches!(&r, Err(VerifyError::NotService(uris)) if uris.len() == 2),
-        "{r:?}"
+    vec![cert.der().clone(), node_ca]
+}
+
+fn uri(text: &str) -> SanType {
+    SanType::URI(text.try_into().unwrap())
+}
+
+fn dns(text: &str) -> SanType {
+    SanType::DnsName(text.try_into().unwrap())
+}
+
+/// Checks that a leaf signed by node a with `sans` is refused as a bad
+/// identity (not merely as an unknown service).
+#[track_caller]
+fn refused_as_bad_identity(sans: Vec<SanType>) -> VerifyError {
+    let mesh = Mesh::new(MESH);
+    let what = format!("{sans:?}");
+    let r = client(&mesh.rules(), &signed_by_node_a(&mesh, sans));
+    let e = r.expect_err(&what);
+    assert_eq!(e.reason(), "bad_identity", "{what}: {e:?}");
+    e
+}
+
+#[test]
+fn a_node_signed_leaf_with_only_its_uri_san_is_accepted() {
+    // What the tests below change one SAN of.
+    let mesh = Mesh::new(MESH);
+    let chain = signed_by_node_a(&mesh, vec![uri("spiffe://mesh.local/svc/web")]);
+    assert_eq!(client(&mesh.rules(), &chain).unwrap(), "web");
+    let chain = signed_by_node_a(
+        &mesh,
+        vec![
+            uri("spiffe://mesh.local/svc/web"),
+            dns("web.svc.mesh.local"),
+        ],
     );
+    assert_eq!(client(&mesh.rules(), &chain).unwrap(), "web");
+}
+
+#[test]
+fn a_leaf_with_two_uri_sans_is_refused() {
+    let e = refused_as_bad_identity(vec![
+        uri("spiffe://mesh.local/svc/web"),
+        uri("spiffe://mesh.local/svc/api"),
+    ]);
+    assert!(
+        matches!(&e, VerifyError::NotService(uris) if uris.len() == 2),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_leaf_with_a_nul_byte_in_its_uri_san_is_refused() {
+    let id = "spiffe://mesh.local/svc/web\0.evil";
+    let e = refused_as_bad_identity(vec![uri(id)]);
+    assert!(
+        matches!(&e, VerifyError::NotService(uris) if uris == &[id]),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_uri_san_with_a_path_suffix_query_or_fragment_is_refused() {
+    for id in [
+        "spiffe://mesh.local/svc/web/x",
+        "spiffe://mesh.local/svc/web/",
+        "spiffe://mesh.local/svc/web?x",
+        "spiffe://mesh.local/svc/web#x",
+        "spiffe://mesh.local/svc/web/../api",
+    ] {
+        let e = refused_as_bad_identity(vec![uri(id)]);
+        assert!(
+            matches!(&e, VerifyError::NotService(uris) if uris == &[id]),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn a_uri_san_in_another_case_is_refused() {
+    // SPIFFE IDs: the trust domain is lowercase and path segments are
+    // case-sensitive; the mesh accepts only the exact ID it issues.
+    for id in [
+        "SPIFFE://mesh.local/svc/web",
+        "spiffe://MESH.LOCAL/svc/web",
+        "spiffe://mesh.local/SVC/web",
+        "spiffe://mesh.local/svc/WEB",
+        "spiffe://mesh.local/svc/w%65b",
+    ] {
+        let e = refused_as_bad_identity(vec![uri(id)]);
+        assert!(
+            matches!(&e, VerifyError::NotService(uris) if uris == &[id]),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn a_leaf_with_only_dns_sans_is_refused() {
+    let e = refused_as_bad_identity(vec![dns("web.svc.mesh.local")]);
+    assert!(
+        matches!(&e, VerifyError::NotService(uris) if uris.is_empty()),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_leaf_with_a_wildcard_dns_san_and_no_uri_san_is_refused() {
+    let e = refused_as_bad_identity(vec![dns("*.svc.mesh.local")]);
+    assert!(
+        matches!(&e, VerifyError::NotService(uris) if uris.is_empty()),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_leaf_with_any_other_name_beside_its_uri_san_is_refused() {
+    // The mesh ignores DNS SANs, but anything else that trusts the mesh
+    // root may not: a leaf names its own service and nothing more.
+    for other in [
+        dns("*.svc.mesh.local"),
+        dns("api.svc.mesh.local"),
+        dns("example.com"),
+        SanType::IpAddress("10.0.0.1".parse().unwrap()),
+        SanType::Rfc822Name("web@mesh.local".try_into().unwrap()),
+    ] {
+        let e = refused_as_bad_identity(vec![uri("spiffe://mesh.local/svc/web"), other]);
+        assert!(matches!(&e, VerifyError::ExtraNames { .. }), "{e:?}");
+    }
 }
 
 /// Both nodes' TLS sides, sharing one CA, reading who hosts what from
@@ -425,6 +552,19 @@ async fn connect_once(
     a: &Tls,
     b: Arc<Tls>,
 ) -> (Result<String, TlsError>, Option<rustls::HandshakeKind>) {
+    let (server, kind, _) = connect_once_both(a, b).await;
+    (server, kind)
+}
+
+/// [`connect_once`], with the client side's verdict too.
+async fn connect_once_both(
+    a: &Tls,
+    b: Arc<Tls>,
+) -> (
+    Result<String, TlsError>,
+    Option<rustls::HandshakeKind>,
+    Result<(), TlsError>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -432,23 +572,30 @@ async fn connect_once(
         match b.accept(tcp, "api").await {
             Ok((mut s, peer)) => {
                 let kind = s.get_ref().1.handshake_kind();
+                // The client may have refused the server after its handshake.
                 let mut buf = [0u8; 5];
-                s.read_exact(&mut buf).await.unwrap();
-                s.write_all(b"world").await.unwrap();
-                s.shutdown().await.unwrap();
+                if s.read_exact(&mut buf).await.is_ok() {
+                    s.write_all(b"world").await.unwrap();
+                    s.shutdown().await.unwrap();
+                }
                 (Ok(peer), kind)
             }
             Err(e) => (Err(e), None),
         }
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    if let Ok(mut s) = a.connect(tcp, "web", "api").await {
-        // Reading to the end also takes in the ticket for the next time.
-        let _ = s.write_all(b"hello").await;
-        let mut answer = Vec::new();
-        let _ = s.read_to_end(&mut answer).await;
-    }
-    server.await.unwrap()
+    let client = match a.connect(tcp, "web", "api").await {
+        Ok(mut s) => {
+            // Reading to the end also takes in the ticket for the next time.
+            let _ = s.write_all(b"hello").await;
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    let (server, kind) = server.await.unwrap();
+    (server, kind, client)
 }
 
 #[tokio::test]
@@ -492,6 +639,57 @@ async fn a_resumed_session_is_held_to_the_rules_in_force() {
     assert!(
         matches!(peer, Err(TlsError::Rules(VerifyError::WrongNode { .. }))),
         "{peer:?}"
+    );
+}
+
+/// MESH as `mesh.toml` of `mesh`, changed by `edit`.
+fn changed(mesh: &Mesh, edit: impl FnOnce(&str) -> String) -> Config {
+    Config::parse(&edit(MESH), &mesh.dir.join("mesh.toml")).unwrap()
+}
+
+#[tokio::test]
+async fn a_resumed_session_ends_when_the_service_leaves_the_catalog() {
+    // Envoy CVE-2022-21654: a session outliving the rules it was made under.
+    let mesh = Mesh::new(MESH);
+    let (publisher, snapshots) = mesh.snapshots();
+    let (a, b) = tls_pair(&mesh, &snapshots);
+    let b = Arc::new(b);
+    let (peer, _) = connect_once(&a, b.clone()).await;
+    assert_eq!(peer.unwrap(), "web");
+    // `web` is gone from the catalog: a full handshake would refuse it
+    // (UnknownService), and so must the resumed one. The error is the
+    // re-check's, after rustls resumed, not the full handshake's.
+    publisher.send_replace(Arc::new(Snapshot::new(changed(&mesh, |text| {
+        text.replace("[[service]]\nname = \"web\"\nnode = \"a\"\nport = 80\n", "")
+    }))));
+    let (peer, _) = connect_once(&a, b.clone()).await;
+    assert!(
+        matches!(&peer, Err(TlsError::Rules(VerifyError::UnknownService(s))) if s == "web"),
+        "{peer:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_session_to_a_service_that_moved_is_refused_by_the_client() {
+    let mesh = Mesh::new(MESH);
+    let (publisher, snapshots) = mesh.snapshots();
+    let (a, b) = tls_pair(&mesh, &snapshots);
+    let b = Arc::new(b);
+    let (peer, _, client) = connect_once_both(&a, b.clone()).await;
+    assert_eq!((peer.unwrap(), client.is_ok()), ("web".to_owned(), true));
+    // The catalog now puts `api` on node a: node b's leaf for it, in the
+    // session the client resumes, no longer passes.
+    publisher.send_replace(Arc::new(Snapshot::new(changed(&mesh, |text| {
+        text.replace(
+            "name = \"api\"\nnode = \"b\"",
+            "name = \"api\"\nnode = \"a\"",
+        )
+    }))));
+    let (_, kind, client) = connect_once_both(&a, b.clone()).await;
+    assert_eq!(kind, Some(rustls::HandshakeKind::Resumed));
+    assert!(
+        matches!(client, Err(TlsError::Rules(VerifyError::WrongNode { .. }))),
+        "{client:?}"
     );
 }
 

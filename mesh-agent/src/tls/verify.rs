@@ -4,11 +4,12 @@
 //! 1. the chain leads from the leaf through exactly one intermediate to the
 //!    mesh root, every certificate is within its validity period, and the
 //!    leaf may be used for this side of the handshake (webpki);
-//! 2. the leaf has exactly one URI SAN, `spiffe://<trust domain>/svc/<S>`,
-//!    and S is a meshed service of the config;
+//! 2. the leaf has exactly one URI SAN, `spiffe://<trust domain>/svc/<S>`
+//!    (exactly: see `spiffe`), no other SAN but the DNS name
+//!    `<S>.svc.<trust domain>`, and S is a meshed service of the config;
 //! 3. the intermediate has exactly one URI SAN,
-//!    `spiffe://<trust domain>/node/<N>`, and N is a node hosting an
-//!    instance of S (a node can only vouch for its own services);
+//!    `spiffe://<trust domain>/node/<N>`, and no other SAN, and N is a node
+//!    hosting an instance of S (a node can only vouch for its own services);
 //! 4. where the caller expects a service (the client knows whom it dialed),
 //!    S is that service.
 
@@ -24,8 +25,9 @@ use rustls::{
     server::danger::{ClientCertVerified, ClientCertVerifier},
 };
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use x509_parser::extensions::GeneralName;
 
-use crate::identity::{spiffe, uri_sans};
+use crate::identity::{other_sans, spiffe, uri_sans};
 
 /// Why a peer certificate was refused.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub enum VerifyError {
         "intermediate URI SANs {0:?}: expected exactly one spiffe://<trust domain>/node/<node>"
     )]
     NotNode(Vec<String>),
+    #[error("certificate of {id} also names {names:?}; expected no other name than its own")]
+    ExtraNames { id: String, names: Vec<String> },
     #[error("{0:?} is not a meshed service of this mesh")]
     UnknownService(String),
     #[error(
@@ -81,7 +85,7 @@ impl VerifyError {
             Self::Chain(webpki::Error::UnknownIssuer) => "unknown_issuer",
             Self::Chain(_) | Self::Intermediates(_) => "bad_chain",
             Self::Parse(_) => "bad_certificate",
-            Self::NotService(_) | Self::NotNode(_) => "bad_identity",
+            Self::NotService(_) | Self::NotNode(_) | Self::ExtraNames { .. } => "bad_identity",
             Self::UnknownService(_) => "unknown_service",
             Self::WrongNode { .. } => "wrong_node",
             Self::Unexpected { .. } => "unexpected_identity",
@@ -234,7 +238,10 @@ impl PeerRules {
     }
 
     /// The name in the single URI SAN of `cert`, which must be a mesh ID of
-    /// `kind` in our trust domain.
+    /// `kind` in our trust domain. The only other SAN allowed is a service
+    /// leaf's own DNS name, `<service>.svc.<trust domain>`: a certificate
+    /// that also names anything else (a wildcard, another service, an IP)
+    /// could pass for it with clients that read those names.
     fn named(
         &self,
         cert: &CertificateDer<'_>,
@@ -244,13 +251,27 @@ impl PeerRules {
         let (_, parsed) = x509_parser::parse_x509_certificate(cert)
             .map_err(|e| VerifyError::Parse(e.to_string()))?;
         let uris = uri_sans(&parsed);
-        match uris.as_slice() {
-            [uri] => match spiffe::parse(&self.trust_domain, uri) {
-                Some((k, name)) if k == kind => Ok(name.to_owned()),
-                _ => Err(wrong(vec![(*uri).to_owned()])),
-            },
-            _ => Err(wrong(uris.iter().map(|u| (*u).to_owned()).collect())),
+        let [uri] = uris.as_slice() else {
+            return Err(wrong(uris.iter().map(|u| (*u).to_owned()).collect()));
+        };
+        let name = match spiffe::parse(&self.trust_domain, uri) {
+            Some((k, name)) if k == kind => name,
+            _ => return Err(wrong(vec![(*uri).to_owned()])),
+        };
+        let own_dns =
+            (kind == spiffe::Kind::Service).then(|| spiffe::sni(&self.trust_domain, name));
+        let extra: Vec<String> = other_sans(&parsed)
+            .into_iter()
+            .filter(|n| !matches!(n, GeneralName::DNSName(dns) if Some(*dns) == own_dns.as_deref()))
+            .map(ToString::to_string)
+            .collect();
+        if !extra.is_empty() {
+            return Err(VerifyError::ExtraNames {
+                id: (*uri).to_owned(),
+                names: extra,
+            });
         }
+        Ok(name.to_owned())
     }
 
     fn tls13_signature(
