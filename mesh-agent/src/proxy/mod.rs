@@ -2,10 +2,11 @@
 //! apps' redirected connections), the inbound listener ([`Inbound`]:
 //! connections steered by sk_lookup), what both use ([`Inputs`]), and the
 //! byte copy between two sockets (`relay`), and which instance a
-//! connection goes to (`route`). The hop between agents is mTLS
-//! (`tls`).
+//! connection goes to (`route` for a catalog address, `balance` for the
+//! VIP). The hop between agents is mTLS (`tls`).
 
 pub mod admission;
+pub mod balance;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
@@ -42,6 +43,11 @@ pub enum ProxyError {
     UnknownService(u32),
     #[error("no instance of {service:?} for {dialed}")]
     NoInstance { service: String, dialed: SocketAddr },
+    #[error("connecting to the instance on node {node:?} took over {after:?}")]
+    SlowConnect {
+        node: String,
+        after: std::time::Duration,
+    },
     #[error("no local service behind port {0}")]
     NoLocalService(u16),
     #[error("failed to connect to {addr}: {source}")]
