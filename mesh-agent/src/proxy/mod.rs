@@ -48,6 +48,8 @@ pub enum ProxyError {
         node: String,
         after: std::time::Duration,
     },
+    #[error("instance of {service:?} down: nothing listens on 127.0.0.1:{port}")]
+    InstanceDown { service: String, port: u16 },
     #[error("no local service behind port {0}")]
     NoLocalService(u16),
     #[error("failed to connect to {addr}: {source}")]
@@ -246,6 +248,7 @@ impl ProxyError {
                 | Self::UnknownService(_)
                 | Self::NoInstance { .. }
                 | Self::NoLocalService(_)
+                | Self::InstanceDown { .. }
                 | Self::Tls(_)
                 | Self::Denied { .. }
         )
@@ -257,6 +260,22 @@ pub fn local_addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
+/// Whether something listens on `127.0.0.1:port`, without connecting to
+/// it (the service would see a connection): a bind with `SO_REUSEADDR`
+/// fails with `EADDRINUSE` only if a socket listens there (or one is bound
+/// there without `SO_REUSEADDR`). The probe socket is closed at once; a
+/// service starting that very instant without `SO_REUSEADDR` could see
+/// `EADDRINUSE` on its own bind. Any other failure counts as listening, so
+/// the probe never refuses what the dial would have taken.
+pub fn listening(port: u16) -> bool {
+    let probe = || -> std::io::Result<()> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(local_addr(port))
+    };
+    !matches!(probe(), Ok(()))
+}
+
 /// Connects with TCP_NODELAY set.
 pub async fn dial(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
     let s = TcpStream::connect(addr)
@@ -264,4 +283,21 @@ pub async fn dial(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
         .map_err(|source| ProxyError::Connect { addr, source })?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_sees_a_listener_without_connecting() {
+        let listener = std::net::TcpListener::bind(local_addr(0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        assert!(listening(port));
+        // The probe made no connection.
+        assert!(listener.accept().is_err());
+        drop(listener);
+        assert!(!listening(port));
+    }
 }
