@@ -50,8 +50,9 @@ enum Task {
         #[arg(long)]
         smoke: bool,
         /// Measure only these parts (repeatable): bulk, rr, connrate, idle,
-        /// flood (rr and connrate of the mesh under a handshake flood).
-        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood"])]
+        /// flood (rr and connrate of the mesh under a handshake flood), pick
+        /// (ns per pick of an instance among 1,000; not in --smoke).
+        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "pick"])]
         only: Vec<String>,
     },
     /// Build the release agent and run it with ARGS, or run the demo if none.

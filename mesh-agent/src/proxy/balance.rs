@@ -398,7 +398,7 @@ mod tests {
     }
 
     /// Not timed (no assertion on speed): prints the cost of a pick among
-    /// 1,000 instances, for `cargo xtask bench` and humans.
+    /// 1,000 instances; `cargo xtask bench --only pick` runs it in release.
     #[test]
     fn pick_among_a_thousand_costs() {
         let nodes: Vec<String> = (0..1000).map(|i| format!("n{i}")).collect();
