@@ -282,9 +282,11 @@ async fn serve(
         telemetry.clone(),
     );
 
+    // One for both outbound listeners: what it knows of each instance.
+    let balancer = Arc::new(crate::proxy::balance::Balancer::default());
     let mut tasks = tokio::task::JoinSet::new();
     for l in [Some(out4), out6].into_iter().flatten() {
-        let outbound = Outbound::new(l, pi.clone(), kernel.clone(), ids.clone());
+        let outbound = Outbound::new(l, pi.clone(), kernel.clone(), ids.clone(), balancer.clone());
         tasks.spawn(outbound.run());
     }
     for l in [Some(in4), in6].into_iter().flatten() {

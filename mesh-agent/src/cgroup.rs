@@ -218,6 +218,7 @@ mod tests {
             vip: "240.0.0.2".parse().unwrap(),
             public: false,
             cgroup: None,
+            lb: Default::default(),
         };
         assert_eq!(
             service_path(&api, "b"),

@@ -580,6 +580,18 @@ impl Mesh {
         pid
     }
 
+    /// Kills the app started with pid `pid` (SIGKILL) and reaps it.
+    pub fn stop_app(&self, pid: u32) {
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        let i = apps
+            .iter()
+            .position(|c| c.id() == pid)
+            .expect("no such app");
+        let mut child = apps.remove(i);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Starts the transfer server (`apps/transfer_server.py`) as `service`
     /// on `node`, listening on 127.0.0.1:`port`; it answers `nbytes`.
     /// Returns the file where it logs each accepted connection.
@@ -673,13 +685,26 @@ impl Mesh {
     pub fn start_echo_server(&self, node: &str, service: &str, port: u16) -> PathBuf {
         let log = self.dir.join(format!("accepts-{service}-{node}.log"));
         let _ = fs::write(&log, "");
+        self.start_echo_server_logging(node, service, port, &log);
+        log
+    }
+
+    /// Like `start_echo_server`, appending to `log` (which is kept); returns
+    /// the server's pid, for [`Mesh::stop_app`].
+    pub fn start_echo_server_logging(
+        &self,
+        node: &str,
+        service: &str,
+        port: u16,
+        log: &Path,
+    ) -> u32 {
         let mut cmd = self.cmd_as(node, service, "python3");
         cmd.arg(app("echo_server.py"))
             .arg(port.to_string())
-            .arg(&log);
-        self.spawn_app(cmd, &format!("{service}-{node}"));
+            .arg(log);
+        let pid = self.spawn_app(cmd, &format!("{service}-{node}"));
         self.wait_listening(node, port);
-        log
+        pid
     }
 
     /// Runs `apps/echo_client.py` as `service` on `node`; returns the echo.

@@ -49,12 +49,19 @@ pub struct Service {
     port: u16,
     vip: Option<String>,
     public: bool,
+    lb: Option<String>,
 }
 
 impl Service {
     /// An explicit virtual IP (else the agent picks a stable one).
     pub fn vip(mut self, vip: &str) -> Self {
         self.vip = Some(vip.to_owned());
+        self
+    }
+
+    /// How a VIP connection picks an instance: `lb = "..."`.
+    pub fn lb(mut self, lb: &str) -> Self {
+        self.lb = Some(lb.to_owned());
         self
     }
 
@@ -161,6 +168,7 @@ impl Topology {
             port,
             vip: None,
             public: false,
+            lb: None,
         }));
         self
     }
@@ -186,6 +194,7 @@ impl Topology {
             port,
             vip: None,
             public: false,
+            lb: None,
         }));
         self
     }
@@ -304,6 +313,9 @@ impl Topology {
             }
             if s.public {
                 out += "public = true\n";
+            }
+            if let Some(lb) = &s.lb {
+                out += &format!("lb = \"{lb}\"\n");
             }
             out += "\n";
         }

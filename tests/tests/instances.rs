@@ -1,9 +1,16 @@
 //! Services with an instance on several nodes (`nodes = [...]`): the
-//! catalog address names one instance, the VIP the caller's own node's
-//! instance or else the first (the interim rule until load balancing),
+//! catalog address names one instance, the VIP is balanced over them (the
+//! caller's own node's first, by default) and fails over when one is down,
 //! only nodes hosting an instance may vouch for the service, and instances
 //! come and go with the file. Real agents in network namespaces; need root.
-use std::{fs, net::IpAddr, path::Path, time::Duration};
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::IpAddr,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use mesh_tests::{Mesh, pki, run_to_string, wait_until};
 
@@ -46,13 +53,14 @@ fn each_instance_is_reached_by_its_catalog_address_and_the_vip_prefers_the_local
     assert_eq!(counts(), (1, 0), "web -> <ib>:5001");
     call(&mesh, "ia", "web", c);
     assert_eq!(counts(), (1, 1), "web -> <ic>:5001");
-    // The VIP: the first instance in `nodes` order (no local one on ia).
+    // The VIP: one of them (no local one on ia).
     call(&mesh, "ia", "web", vip());
-    assert_eq!(counts(), (2, 1), "web -> VIP");
+    let (on_b_now, on_c_now) = counts();
+    assert_eq!(on_b_now + on_c_now, 3, "web -> VIP");
 
     // From ic, which hosts an instance: the VIP stays on the node.
     call(&mesh, "ic", "tool", vip());
-    assert_eq!(counts(), (2, 2), "tool on ic -> VIP");
+    assert_eq!(counts(), (on_b_now, on_c_now + 1), "tool on ic -> VIP");
     let log_c = fs::read_to_string(mesh.agent_log("ic")).expect("agent log");
     assert!(
         log_c.contains("outbound, same node"),
@@ -60,7 +68,11 @@ fn each_instance_is_reached_by_its_catalog_address_and_the_vip_prefers_the_local
     );
     // The other instance by its catalog address, across the wire.
     call(&mesh, "ic", "tool", b);
-    assert_eq!(counts(), (3, 2), "tool on ic -> <ib>:5001");
+    assert_eq!(
+        counts(),
+        (on_b_now + 1, on_c_now + 1),
+        "tool on ic -> <ib>:5001"
+    );
     let log_b = fs::read_to_string(mesh.agent_log("ib")).expect("agent log");
     assert!(
         log_b.contains("inbound connection done src=tool dst=api"),
@@ -221,4 +233,186 @@ fn instances_come_and_go_with_the_file() {
     // The VIP still reaches the instance that stays.
     call(&mesh, "ina", "web", vip());
     assert_eq!(accepts(&on_b), 1);
+}
+
+/// Calls `host`:`port` `count` times in a row, `interval` seconds apart,
+/// each an echo with a 10 s timeout; prints one line per call: `ok`, or
+/// `fail <error>`.
+const CALLS: &str = r#"
+import socket, sys, time
+host, port, count, interval = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+for i in range(count):
+    start = time.monotonic()
+    try:
+        s = socket.create_connection((host, port), timeout=10)
+        s.sendall(b"call %d" % i)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        print("ok" if data == b"call %d" % i else "fail echoed %r" % data, flush=True)
+    except Exception as e:
+        print("fail %s" % e, flush=True)
+    time.sleep(max(0.0, interval - (time.monotonic() - start)))
+"#;
+
+/// The command running [`CALLS`] as `service` on `node` to the VIP.
+fn calls(
+    mesh: &Mesh,
+    node: &str,
+    service: &str,
+    count: usize,
+    interval: f64,
+) -> std::process::Command {
+    let mut cmd = mesh.cmd_as(node, service, "python3");
+    cmd.arg("-c")
+        .arg(CALLS)
+        .arg(VIP)
+        .arg(API_PORT.to_string())
+        .arg(count.to_string())
+        .arg(interval.to_string());
+    cmd
+}
+
+/// The calls of a [`CALLS`] run that failed, from its output.
+#[track_caller]
+fn failures(out: &str, count: usize) -> Vec<String> {
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| *l == "ok" || l.starts_with("fail"))
+        .collect();
+    assert_eq!(lines.len(), count, "calls did not all run:\n{out}");
+    lines
+        .iter()
+        .filter(|l| **l != "ok")
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Connections `node`'s agent refused because its api instance was down.
+fn refused_down(mesh: &Mesh, node: &str) -> usize {
+    fs::read_to_string(mesh.agent_log(node))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("inbound connection refused") && l.contains("down"))
+        .count()
+}
+
+#[test]
+fn the_vip_spreads_prefers_the_local_instance_and_fails_over() {
+    let mesh = Mesh::nodes(&["la", "lb", "lc"])
+        .default_policy("allow")
+        .service("web", "la", 8080)
+        .service("tool", "lc", 8081)
+        .service_on_with("api", &["lb", "lc"], API_PORT, |s| s.vip(VIP))
+        .start();
+    let on_b = mesh.start_echo_server("lb", "api", API_PORT);
+    let log_c = mesh.dir.join("accepts-api-lc.log");
+    let _ = fs::write(&log_c, "");
+    let pid_c = mesh.start_echo_server_logging("lc", "api", API_PORT, &log_c);
+
+    // 200 connections from la: spread over both (least_request, no local one).
+    let out = run_to_string(
+        &mut calls(&mesh, "la", "web", 200, 0.0),
+        Duration::from_secs(120),
+    );
+    assert_eq!(failures(&out, 200), Vec::<String>::new());
+    let (b, c) = (accepts(&on_b), accepts(&log_c));
+    assert_eq!(b + c, 200);
+    for (node, n) in [("lb", b), ("lc", c)] {
+        assert!(
+            (60..=140).contains(&n),
+            "{node} took {n} of 200 (lb {b}, lc {c})"
+        );
+    }
+
+    // From lc, which hosts one: every call stays on lc.
+    let out = run_to_string(
+        &mut calls(&mesh, "lc", "tool", 20, 0.0),
+        Duration::from_secs(60),
+    );
+    assert_eq!(failures(&out, 20), Vec::<String>::new());
+    assert_eq!(
+        (accepts(&on_b), accepts(&log_c)),
+        (b, c + 20),
+        "tool on lc -> VIP"
+    );
+
+    // Stop api on lc while la calls: 100 calls 50 ms apart, none fails.
+    // It is stopped right after the 20th call ends, between calls: a
+    // connection lc had already accepted when it died would be lost with
+    // it (its bytes went to lc), which no failover can undo.
+    let (b, c) = (accepts(&on_b), accepts(&log_c));
+    let mut run = calls(&mesh, "la", "web", 100, 0.05);
+    let mut caller = run.stdout(Stdio::piped()).spawn().expect("calls");
+    let mut out = String::new();
+    let stdout = caller.stdout.take().expect("stdout");
+    for (i, line) in BufReader::new(stdout).lines().enumerate() {
+        let line = line.expect("calls output");
+        out += &line;
+        out.push('\n');
+        if i == 19 {
+            mesh.stop_app(pid_c);
+        }
+    }
+    let stopped = Instant::now();
+    caller.wait().expect("calls");
+    assert_eq!(failures(&out, 100), Vec::<String>::new(), "calls failed");
+    let (b2, c2) = (accepts(&on_b), accepts(&log_c));
+    assert_eq!(b2 - b + c2 - c, 100, "every call reached an instance");
+    // Ejected after 3 refusals: la's agent stopped trying lc (it would
+    // have tried it about half the time otherwise). An ejection that ends
+    // during the run costs one more try each.
+    let tries = refused_down(&mesh, "lc");
+    assert!(
+        (3..=6).contains(&tries),
+        "lc refused {tries} connections:\n{out}"
+    );
+    let log_a = fs::read_to_string(mesh.agent_log("la")).expect("agent log");
+    assert!(log_a.contains("instance ejected"), "{log_a}");
+
+    // Start it again: once the ejection is over, traffic returns to lc.
+    mesh.start_echo_server_logging("lc", "api", API_PORT, &log_c);
+    let back = wait_until(Duration::from_secs(90), || {
+        let out = run_to_string(
+            &mut calls(&mesh, "la", "web", 4, 0.0),
+            Duration::from_secs(30),
+        );
+        failures(&out, 4).is_empty() && accepts(&log_c) > c2
+    });
+    assert!(
+        back,
+        "no call reached lc again {:?} after it stopped",
+        stopped.elapsed()
+    );
+}
+
+#[test]
+fn round_robin_alternates() {
+    let mesh = Mesh::nodes(&["ra", "rb", "rc"])
+        .default_policy("allow")
+        .service("web", "ra", 8080)
+        .service_on_with("api", &["rb", "rc"], API_PORT, |s| {
+            s.vip(VIP).lb("round_robin")
+        })
+        .start();
+    let on_b = mesh.start_echo_server("rb", "api", API_PORT);
+    let on_c = mesh.start_echo_server("rc", "api", API_PORT);
+    let mut turns = Vec::new();
+    for _ in 0..6 {
+        let before = (accepts(&on_b), accepts(&on_c));
+        call(&mesh, "ra", "web", vip());
+        let after = (accepts(&on_b), accepts(&on_c));
+        turns.push(if after.0 > before.0 { "rb" } else { "rc" });
+    }
+    let first = turns[0];
+    let other = if first == "rb" { "rc" } else { "rb" };
+    let expected: Vec<&str> = (0..6)
+        .map(|i| if i % 2 == 0 { first } else { other })
+        .collect();
+    assert_eq!(turns, expected);
 }

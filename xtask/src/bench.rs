@@ -60,6 +60,12 @@ const FLOOD_CONNS: usize = 1500;
 
 /// Runs the benchmark.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
+    if opts.wants("pick") && !opts.smoke {
+        pick_cost()?;
+        if !opts.only.is_empty() && opts.only.iter().all(|p| p == "pick") {
+            return Ok(());
+        }
+    }
     setup::ensure()?;
     let agent = build::agent(true)?;
     eprintln!("bench: building meshbench (release)");
@@ -439,6 +445,36 @@ impl Drop for Flood {
 /// utime + stime of `pid`, in seconds.
 /// (user, system) CPU seconds of `pid` and its reaped children (socat
 /// forks per connection).
+/// Prints the cost of picking an instance among 1,000, per `lb`, from the
+/// unit-level bench in `mesh-agent` (`proxy::balance`), built in release.
+fn pick_cost() -> anyhow::Result<()> {
+    let mut cmd = cmd::cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "-p",
+        "mesh-agent",
+        "--lib",
+        "pick_among_a_thousand_costs",
+        "--",
+        "--nocapture",
+    ]);
+    eprintln!("bench: pick among 1,000 instances (release unit test)");
+    let out = cmd.output().context("failed to run the pick bench")?;
+    if !out.status.success() {
+        bail!(
+            "the pick bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.contains("ns per pick") {
+            println!("pick: {line}");
+        }
+    }
+    Ok(())
+}
+
 fn cpu_of(pid: u32) -> (f64, f64) {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces).

@@ -51,8 +51,9 @@ enum Task {
         #[arg(long)]
         smoke: bool,
         /// Measure only these parts (repeatable): bulk, rr, connrate, idle,
-        /// flood (rr and connrate of the mesh under a handshake flood).
-        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood"])]
+        /// flood (rr and connrate of the mesh under a handshake flood), pick
+        /// (ns per pick of an instance among 1,000; not in --smoke).
+        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "pick"])]
         only: Vec<String>,
     },
     /// Run the fuzz targets (cargo-fuzz, nightly) one after another.

@@ -75,6 +75,22 @@ pub struct Service {
     pub public: bool,
     /// The cgroup path as written (absolute, no `..`); `None` means the default.
     pub cgroup: Option<PathBuf>,
+    /// How a connection to the VIP picks an instance. Default
+    /// [`Balance::LeastRequest`].
+    pub lb: Balance,
+}
+
+/// A service's `lb`: how a connection to its VIP picks an instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Balance {
+    /// A passing instance on the caller's node, else the less busy of two
+    /// picked at random (Envoy's `least_request`).
+    #[default]
+    LeastRequest,
+    /// Any passing instance, uniformly.
+    Random,
+    /// The passing instances in turn.
+    RoundRobin,
 }
 
 /// What an intention (or the default policy) does with a connection.

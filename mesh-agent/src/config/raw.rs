@@ -48,6 +48,8 @@ pub(super) struct RawService {
     #[serde(default)]
     pub public: bool,
     pub cgroup: Option<Spanned<String>>,
+    /// How a VIP connection picks an instance.
+    pub lb: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

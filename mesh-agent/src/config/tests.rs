@@ -144,6 +144,7 @@ action = "deny"
                 vip: IpAddr::V4(Ipv4Addr::new(240, 0, 0, 2)),
                 public: false,
                 cgroup: Some(PathBuf::from("/system.slice/data-api.service")),
+                lb: Balance::LeastRequest,
             },
             Service {
                 name: "frontend".to_owned(),
@@ -152,6 +153,7 @@ action = "deny"
                 vip: IpAddr::V4(default_vip("frontend")),
                 public: true,
                 cgroup: None,
+                lb: Balance::LeastRequest,
             },
             Service {
                 name: "metrics".to_owned(),
@@ -160,6 +162,7 @@ action = "deny"
                 vip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x240, 0, 0, 0, 0, 0, 9)),
                 public: false,
                 cgroup: None,
+                lb: Balance::LeastRequest,
             },
         ],
         intentions: vec![
@@ -695,6 +698,28 @@ fn bad_cgroups() {
         13,
         10,
         &["agent's cgroup"],
+    );
+}
+
+#[test]
+fn lb_values() {
+    assert_eq!(
+        parse_ok(&with_service("")).services[0].lb,
+        Balance::LeastRequest
+    );
+    for (text, lb) in [
+        ("least_request", Balance::LeastRequest),
+        ("random", Balance::Random),
+        ("round_robin", Balance::RoundRobin),
+    ] {
+        let ok = parse_ok(&with_service(&format!("lb = \"{text}\"\n")));
+        assert_eq!(ok.services[0].lb, lb, "{text}");
+    }
+    one_problem(
+        &with_service("lb = \"fastest\"\n"),
+        13,
+        6,
+        &["invalid lb \"fastest\"", "\"round_robin\""],
     );
 }
 

@@ -16,8 +16,8 @@ use toml::Spanned;
 use super::error::{BOM, Source};
 use super::raw::{RawConfig, RawIntention, RawMesh, RawNode, RawService};
 use super::{
-    Action, Config, ConfigError, Intention, Match, Mesh, Node, Problem, Service, default_vip,
-    values,
+    Action, Balance, Config, ConfigError, Intention, Match, Mesh, Node, Problem, Service,
+    default_vip, values,
 };
 
 const DEFAULT_TRUST_DOMAIN: &str = "mesh.local";
@@ -282,9 +282,21 @@ impl Checker<'_> {
                 },
             };
 
-            if let (true, true, true, true, Some(port), Some(vip), Some(cgroup)) =
-                (name_ok, name_unique, vip_ok, hosting_ok, port, vip, cgroup)
-            {
+            let lb = match &service.lb {
+                None => Some(Balance::default()),
+                Some(lb) => self.check(lb, |l| values::balance(l)),
+            };
+
+            if let (true, true, true, true, Some(port), Some(vip), Some(cgroup), Some(lb)) = (
+                name_ok,
+                name_unique,
+                vip_ok,
+                hosting_ok,
+                port,
+                vip,
+                cgroup,
+                lb,
+            ) {
                 services.push(Service {
                     name: name.to_owned(),
                     nodes: hosting.into_iter().map(str::to_owned).collect(),
@@ -292,6 +304,7 @@ impl Checker<'_> {
                     vip: vip.address,
                     public: service.public,
                     cgroup,
+                    lb,
                 });
             }
         }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::Action;
+use super::{Action, Balance};
 
 /// Longest node or service name (a DNS label).
 const MAX_NAME_LEN: usize = 63;
@@ -77,6 +77,18 @@ pub(super) fn action(what: &str, text: &str) -> Result<Action, String> {
         "deny" => Ok(Action::Deny),
         _ => Err(format!(
             "invalid {what} {text:?}: expected \"allow\" or \"deny\""
+        )),
+    }
+}
+
+/// A service's `lb`: "least_request", "random" or "round_robin".
+pub(super) fn balance(text: &str) -> Result<Balance, String> {
+    match text {
+        "least_request" => Ok(Balance::LeastRequest),
+        "random" => Ok(Balance::Random),
+        "round_robin" => Ok(Balance::RoundRobin),
+        _ => Err(format!(
+            "invalid lb {text:?}: expected \"least_request\", \"random\" or \"round_robin\""
         )),
     }
 }

@@ -85,6 +85,16 @@ async fn handle(stream: TcpStream, pi: &Inputs, handshake: Slot) -> Result<(), P
         .cloned()
         .ok_or(ProxyError::NoLocalService(dialed.port()))?;
     let from = stream.peer_addr()?;
+    // Refused before the handshake, the caller's agent can still try
+    // another instance; after it, the caller's app would see the failure.
+    // Only where there is another instance: the probe binds the port for
+    // an instant (see `listening`), which a single instance need not risk.
+    if dst.nodes.len() > 1 && !super::listening(dst.port) {
+        return Err(ProxyError::InstanceDown {
+            service: dst.name.clone(),
+            port: dst.port,
+        });
+    }
     let (mut remote, peer) = pi.tls.accept(stream, &dst.name).await.inspect_err(|e| {
         pi.telemetry.handshake_failed("inbound", e.reason());
     })?;

@@ -2,10 +2,11 @@
 //! apps' redirected connections), the inbound listener ([`Inbound`]:
 //! connections steered by sk_lookup), what both use ([`Inputs`]), and the
 //! byte copy between two sockets (`relay`), and which instance a
-//! connection goes to (`route`). The hop between agents is mTLS
-//! (`tls`).
+//! connection goes to (`route` for a catalog address, `balance` for the
+//! VIP). The hop between agents is mTLS (`tls`).
 
 pub mod admission;
+pub mod balance;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
@@ -45,6 +46,13 @@ pub enum ProxyError {
     UnknownService(u32),
     #[error("no instance of {service:?} for {dialed}")]
     NoInstance { service: String, dialed: SocketAddr },
+    #[error("connecting to the instance on node {node:?} took over {after:?}")]
+    SlowConnect {
+        node: String,
+        after: std::time::Duration,
+    },
+    #[error("instance of {service:?} down: nothing listens on 127.0.0.1:{port}")]
+    InstanceDown { service: String, port: u16 },
     #[error("no local service behind port {0}")]
     NoLocalService(u16),
     #[error("failed to connect to {addr}: {source}")]
@@ -280,6 +288,7 @@ impl ProxyError {
                 | Self::UnknownService(_)
                 | Self::NoInstance { .. }
                 | Self::NoLocalService(_)
+                | Self::InstanceDown { .. }
                 | Self::Tls(_)
                 | Self::Denied { .. }
         )
@@ -289,6 +298,22 @@ impl ProxyError {
 /// Where a local service listens: loopback only, by design.
 pub fn local_addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+/// Whether something listens on `127.0.0.1:port`, without connecting to
+/// it (the service would see a connection): a bind with `SO_REUSEADDR`
+/// fails with `EADDRINUSE` only if a socket listens there (or one is bound
+/// there without `SO_REUSEADDR`). The probe socket is closed at once; a
+/// service starting that very instant without `SO_REUSEADDR` could see
+/// `EADDRINUSE` on its own bind. Any other failure counts as listening, so
+/// the probe never refuses what the dial would have taken.
+pub fn listening(port: u16) -> bool {
+    let probe = || -> std::io::Result<()> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(local_addr(port))
+    };
+    !matches!(probe(), Ok(()))
 }
 
 /// Connects with TCP_NODELAY set.
@@ -350,5 +375,17 @@ port = 81
             matches!(r, Err(ProxyError::UnknownService(id)) if id == gone),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn listening_sees_a_listener_without_connecting() {
+        let listener = std::net::TcpListener::bind(local_addr(0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        assert!(listening(port));
+        // The probe made no connection.
+        assert!(listener.accept().is_err());
+        drop(listener);
+        assert!(!listening(port));
     }
 }

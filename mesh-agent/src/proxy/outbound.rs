@@ -4,13 +4,34 @@
 //! left in `CONNS`. A connection without a record (someone dialing the
 //! listener directly) is closed.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use super::{Inputs, ProxyError, Redirect, ServiceIds, dial, local_addr};
-use crate::{ebpf::Kernel, telemetry::Side};
+use super::{
+    Inputs, ProxyError, Redirect, ServiceIds,
+    balance::{Active, Balancer},
+    dial, local_addr,
+};
+use crate::{
+    config::{Node, Service},
+    ebpf::Kernel,
+    snapshot::Snapshot,
+    telemetry::Side,
+    tls::Transport,
+};
+
+/// Instances a VIP connection tries before the app sees it fail.
+pub const TRIES: usize = 3;
+/// The longest one try (dial and handshake) may take.
+pub const TRY_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest all tries together may take.
+pub const FAILOVER_BUDGET: Duration = Duration::from_secs(2);
 
 /// The outbound listener and what its connections use.
 pub struct Outbound {
@@ -26,6 +47,16 @@ struct Handler {
     kernel: Arc<Kernel>,
     /// The names behind the records' service ids.
     ids: Arc<ServiceIds>,
+    /// The pick of an instance, and what it knows of each.
+    balancer: Arc<Balancer>,
+}
+
+/// A connection to one instance.
+enum Upstream {
+    /// The service itself, on this node.
+    Local(TcpStream),
+    /// The agent of the instance's node, over mTLS.
+    Remote(Box<tokio_rustls::client::TlsStream<Transport>>),
 }
 
 impl Outbound {
@@ -35,10 +66,16 @@ impl Outbound {
         pi: Arc<Inputs>,
         kernel: Arc<Kernel>,
         ids: Arc<ServiceIds>,
+        balancer: Arc<Balancer>,
     ) -> Self {
         Self {
             listener,
-            handler: Arc::new(Handler { pi, kernel, ids }),
+            handler: Arc::new(Handler {
+                pi,
+                kernel,
+                ids,
+                balancer,
+            }),
         }
     }
 
@@ -81,31 +118,116 @@ impl Handler {
             Redirect::from_record(&orig, &self.ids, &snapshot.config)?;
         // Fail fast at the source too (the kernel normally refused already).
         pi.authorize(&src.name, &dst.name, peer, dialed, Side::Source)?;
-        let host = super::route::instance(&snapshot.config, &dst, dialed, &pi.node)?;
-        let (sent, received) = if host.name == pi.node {
-            // Same node: this agent is also the destination's; bytes stay here.
-            debug!(src = %src.name, dst = %dst.name, "outbound, same node");
-            let mut svc = dial(local_addr(dst.port)).await?;
-            pi.splice_while_allowed(&mut app, &mut svc, &src.name, &dst.name, "outbound")
-                .await?
+        let (node, upstream, _active) = if dialed.ip().to_canonical() == dst.vip.to_canonical() {
+            self.fail_over(&snapshot, &src, &dst, dialed).await?
         } else {
-            let addr = SocketAddr::new(host.address, dst.port);
-            debug!(src = %src.name, dst = %dst.name, %addr, "outbound, to remote agent");
-            let tcp = dial(addr).await?;
-            let mut remote = pi
-                .tls
-                .connect(tcp, &src.name, &dst.name)
-                .await
-                .inspect_err(|e| {
-                    pi.telemetry.handshake_failed("outbound", e.reason());
-                })?;
-            let resumed = crate::tls::resumed(remote.get_ref().1);
-            pi.telemetry.handshake("outbound", resumed);
-            debug!(src = %src.name, dst = %dst.name, %addr, alpn = "mesh/1", resumed, "mTLS established");
-            pi.splice_while_allowed(&mut app, &mut remote, &src.name, &dst.name, "outbound")
-                .await?
+            // A catalog address names one instance: no other will do.
+            let host = super::route::instance(&snapshot.config, &dst, dialed)?;
+            let active = self.balancer.started(&dst.name, &host.name);
+            let upstream = self.connect(host, &src, &dst).await?;
+            (host.name.clone(), upstream, active)
         };
-        info!(src = %src.name, dst = %dst.name, sent, received, "outbound connection done");
+        let (sent, received) = match upstream {
+            Upstream::Local(mut svc) => {
+                pi.splice_while_allowed(&mut app, &mut svc, &src.name, &dst.name, "outbound")
+                    .await?
+            }
+            Upstream::Remote(mut remote) => {
+                pi.splice_while_allowed(&mut app, &mut *remote, &src.name, &dst.name, "outbound")
+                    .await?
+            }
+        };
+        info!(src = %src.name, dst = %dst.name, %node, sent, received, "outbound connection done");
         Ok(())
+    }
+
+    /// A connection to an instance of `dst` picked by its `lb`: on a failed
+    /// or slow dial or handshake, another instance not tried yet, up to
+    /// [`TRIES`] in all and within [`FAILOVER_BUDGET`]. Returns the node,
+    /// the connection and its count among the node's active ones; the last
+    /// error if no instance took it.
+    async fn fail_over(
+        &self,
+        snapshot: &Snapshot,
+        src: &Service,
+        dst: &Service,
+        dialed: SocketAddr,
+    ) -> Result<(String, Upstream, Active), ProxyError> {
+        let deadline = Instant::now() + FAILOVER_BUDGET;
+        let mut tried: Vec<String> = Vec::new();
+        let mut last = None;
+        while tried.len() < TRIES {
+            let Some(name) = self
+                .balancer
+                .pick(dst, &self.pi.node, &tried, Instant::now())
+            else {
+                break;
+            };
+            tried.push(name.clone());
+            let host = snapshot
+                .config
+                .node(&name)
+                .ok_or_else(|| ProxyError::NoInstance {
+                    service: dst.name.clone(),
+                    dialed,
+                })?;
+            let active = self.balancer.started(&dst.name, &name);
+            let bound = TRY_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            let attempt = match tokio::time::timeout(bound, self.connect(host, src, dst)).await {
+                Ok(attempt) => attempt,
+                Err(_) => Err(ProxyError::SlowConnect {
+                    node: name.clone(),
+                    after: bound,
+                }),
+            };
+            match attempt {
+                Ok(upstream) => {
+                    self.balancer.succeeded(&dst.name, &name);
+                    return Ok((name, upstream, active));
+                }
+                Err(e) => {
+                    warn!(src = %src.name, dst = %dst.name, node = %name, error = %e, "instance failed, trying another");
+                    self.balancer.failed(&dst.name, &name, Instant::now());
+                    last = Some(e);
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Err(last.unwrap_or(ProxyError::NoInstance {
+            service: dst.name.clone(),
+            dialed,
+        }))
+    }
+
+    /// Dials the instance of `dst` on `host`: the local service itself if
+    /// `host` is this node (bytes stay here), else its agent, over mTLS as
+    /// `src`.
+    async fn connect(
+        &self,
+        host: &Node,
+        src: &Service,
+        dst: &Service,
+    ) -> Result<Upstream, ProxyError> {
+        let pi = &self.pi;
+        if host.name == pi.node {
+            debug!(src = %src.name, dst = %dst.name, "outbound, same node");
+            return Ok(Upstream::Local(dial(local_addr(dst.port)).await?));
+        }
+        let addr = SocketAddr::new(host.address, dst.port);
+        debug!(src = %src.name, dst = %dst.name, %addr, "outbound, to remote agent");
+        let tcp = dial(addr).await?;
+        let remote = pi
+            .tls
+            .connect(tcp, &src.name, &dst.name)
+            .await
+            .inspect_err(|e| {
+                pi.telemetry.handshake_failed("outbound", e.reason());
+            })?;
+        let resumed = crate::tls::resumed(remote.get_ref().1);
+        pi.telemetry.handshake("outbound", resumed);
+        debug!(src = %src.name, dst = %dst.name, %addr, alpn = "mesh/1", resumed, "mTLS established");
+        Ok(Upstream::Remote(Box::new(remote)))
     }
 }

@@ -1,0 +1,429 @@
+//! Which instance of a service a connection to its VIP goes to (the
+//! service's `lb`), and which instances to skip for a while because
+//! connecting to them kept failing (passive ejection).
+//!
+//! The source agent keeps, per instance, its active proxied connections
+//! (an [`Active`] guard lives as long as the connection) and its recent
+//! connect outcomes ([`Balancer::failed`], [`Balancer::succeeded`]).
+//! A pick costs O(1) for `least_request` and `random` whatever the number
+//! of instances (candidates are sampled, not listed); it falls back to one
+//! pass over the instances only when most of them are excluded.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tracing::warn;
+
+use crate::config::{Balance, Service};
+
+/// Consecutive failed connects that eject an instance.
+pub const EJECT_AFTER: u32 = 3;
+/// How long a first ejection lasts; each further one in a row doubles it.
+pub const EJECTION: Duration = Duration::from_secs(10);
+/// The longest ejection.
+pub const MAX_EJECTION: Duration = Duration::from_secs(80);
+/// Random draws per candidate before falling back to a pass over all
+/// instances.
+const DRAWS: usize = 8;
+
+/// Per-instance load and connect outcomes, and the pick. Instances are
+/// keyed by (service, node), so they survive a reload that keeps them.
+#[derive(Debug)]
+pub struct Balancer {
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    rng: AtomicU64,
+}
+
+/// Counts one active connection to an instance until dropped.
+#[derive(Debug)]
+pub struct Active {
+    slot: Arc<Slot>,
+}
+
+/// One service's instances.
+#[derive(Debug, Default)]
+struct Pool {
+    /// The next round robin position.
+    next: AtomicUsize,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// One instance.
+#[derive(Debug, Default)]
+struct Slot {
+    active: AtomicU64,
+    ejection: Mutex<Ejection>,
+}
+
+#[derive(Debug, Default)]
+struct Ejection {
+    /// Failed connects since the last success.
+    failures: u32,
+    /// Ejections since the last success.
+    ejections: u32,
+    until: Option<Instant>,
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self::with_seed(seed)
+    }
+}
+
+impl Balancer {
+    /// A balancer whose random choices start from `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self {
+            pools: Mutex::default(),
+            rng: AtomicU64::new(seed),
+        }
+    }
+
+    /// The node of the instance of `service` that a connection from the
+    /// node `here` goes to, by the service's `lb`, among the passing
+    /// instances not in `tried` and not ejected at `now`. Ejected ones are
+    /// used only when no other is left. `None` if every instance is tried
+    /// or not passing.
+    pub fn pick(
+        &self,
+        service: &Service,
+        here: &str,
+        tried: &[String],
+        now: Instant,
+    ) -> Option<String> {
+        let pool = self.pool(&service.name);
+        let nodes = &service.nodes;
+        let open = |i: usize| {
+            let node = &nodes[i];
+            !tried.contains(node) && passing(service, node)
+        };
+        let ok = |i: usize| open(i) && !pool.slot(&nodes[i]).ejected(now);
+        let picked = self
+            .choose(service, here, &pool, &ok)
+            .or_else(|| self.choose(service, here, &pool, &open));
+        picked.map(|i| nodes[i].clone())
+    }
+
+    /// Counts a connection to the instance of `service` on `node` as
+    /// active until the guard is dropped.
+    pub fn started(&self, service: &str, node: &str) -> Active {
+        let slot = self.pool(service).slot(node);
+        slot.active.fetch_add(1, Ordering::Relaxed);
+        Active { slot }
+    }
+
+    /// Records a failed dial or handshake to the instance of `service` on
+    /// `node`: the [`EJECT_AFTER`]th in a row ejects it until `now` +
+    /// [`EJECTION`] (doubled for each ejection since the last success, at
+    /// most [`MAX_EJECTION`]). Returns whether this failure ejected it.
+    pub fn failed(&self, service: &str, node: &str, now: Instant) -> bool {
+        let slot = self.pool(service).slot(node);
+        let mut e = slot.ejection.lock().unwrap_or_else(|e| e.into_inner());
+        e.failures = e.failures.saturating_add(1);
+        if e.failures < EJECT_AFTER {
+            return false;
+        }
+        let factor = 1u32 << e.ejections.min(16);
+        let time = EJECTION.saturating_mul(factor).min(MAX_EJECTION);
+        e.ejections = e.ejections.saturating_add(1);
+        e.until = Some(now + time);
+        warn!(%service, %node, seconds = time.as_secs(), failures = e.failures, "instance ejected");
+        true
+    }
+
+    /// Records a successful connect: the instance's failures and
+    /// ejections are forgotten.
+    pub fn succeeded(&self, service: &str, node: &str) {
+        let slot = self.pool(service).slot(node);
+        let mut e = slot.ejection.lock().unwrap_or_else(|e| e.into_inner());
+        *e = Ejection::default();
+    }
+
+    /// The index in `service.nodes` of the pick among the instances `ok`
+    /// accepts.
+    fn choose(
+        &self,
+        service: &Service,
+        here: &str,
+        pool: &Pool,
+        ok: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let n = service.nodes.len();
+        match service.lb {
+            Balance::LeastRequest => {
+                // Bytes to the local instance never leave the node.
+                if let Some(i) = service.nodes.iter().position(|node| node == here)
+                    && ok(i)
+                {
+                    return Some(i);
+                }
+                let a = self.draw(n, ok)?;
+                let Some(b) = self.draw(n, &|i| i != a && ok(i)) else {
+                    return Some(a);
+                };
+                let load = |i: usize| pool.slot(&service.nodes[i]).active.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+            Balance::Random => self.draw(n, ok),
+            Balance::RoundRobin => {
+                let start = pool.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
+            }
+        }
+    }
+
+    /// A uniformly random index below `n` that `ok` accepts: [`DRAWS`]
+    /// draws, then one pass over the accepted ones.
+    fn draw(&self, n: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        if n == 0 {
+            return None;
+        }
+        for _ in 0..DRAWS {
+            let i = self.below(n);
+            if ok(i) {
+                return Some(i);
+            }
+        }
+        let accepted: Vec<usize> = (0..n).filter(|&i| ok(i)).collect();
+        (!accepted.is_empty()).then(|| accepted[self.below(accepted.len())])
+    }
+
+    /// A random number below `n` (splitmix64; `n` > 0).
+    fn below(&self, n: usize) -> usize {
+        let mut z = self
+            .rng
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // Modulo bias is below 2^-40 for any realistic `n`.
+        (z % n as u64) as usize
+    }
+
+    fn pool(&self, service: &str) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.entry(service.to_owned()).or_default().clone()
+    }
+}
+
+/// Whether the instance of `service` on `node` passes its health checks.
+/// Every instance passes until health checks exist (issue 11, items 4-5):
+/// this is the one place the pick asks.
+fn passing(_service: &Service, _node: &str) -> bool {
+    true
+}
+
+impl Pool {
+    fn slot(&self, node: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get(node) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot::default());
+        slots.insert(node.to_owned(), slot.clone());
+        slot
+    }
+}
+
+impl Slot {
+    fn ejected(&self, now: Instant) -> bool {
+        let e = self.ejection.lock().unwrap_or_else(|e| e.into_inner());
+        e.until.is_some_and(|until| now < until)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.slot.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(nodes: &[&str], lb: Balance) -> Service {
+        Service {
+            name: "api".into(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            port: 5001,
+            vip: "240.0.0.2".parse().unwrap(),
+            public: false,
+            cgroup: None,
+            lb,
+        }
+    }
+
+    /// How many of `picks` picks from node `here` went to each node.
+    fn spread(b: &Balancer, s: &Service, here: &str, picks: usize) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for _ in 0..picks {
+            let node = b.pick(s, here, &[], Instant::now()).unwrap();
+            *counts.entry(node).or_default() += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn every_policy_spreads_two_instances_evenly() {
+        for lb in [Balance::LeastRequest, Balance::Random, Balance::RoundRobin] {
+            let b = Balancer::with_seed(7);
+            let s = service(&["b", "c"], lb);
+            let counts = spread(&b, &s, "a", 1000);
+            for node in ["b", "c"] {
+                let n = counts.get(node).copied().unwrap_or(0);
+                assert!((300..=700).contains(&n), "{lb:?}: {counts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_the_callers_node() {
+        let b = Balancer::with_seed(1);
+        let s = service(&["b", "c"], Balance::LeastRequest);
+        assert_eq!(spread(&b, &s, "c", 100).get("c"), Some(&100));
+        // Even when it is the busier one.
+        let _busy: Vec<Active> = (0..5).map(|_| b.started("api", "c")).collect();
+        assert_eq!(spread(&b, &s, "c", 100).get("c"), Some(&100));
+        // Random and round robin do not prefer it.
+        let s = service(&["b", "c"], Balance::Random);
+        assert!(spread(&b, &s, "c", 100).contains_key("b"));
+    }
+
+    #[test]
+    fn round_robin_takes_turns_in_order() {
+        let b = Balancer::with_seed(1);
+        let s = service(&["b", "c", "d"], Balance::RoundRobin);
+        let picks: Vec<String> = (0..6)
+            .map(|_| b.pick(&s, "b", &[], Instant::now()).unwrap())
+            .collect();
+        assert_eq!(picks, ["b", "c", "d", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_loaded() {
+        let b = Balancer::with_seed(3);
+        let s = service(&["b", "c"], Balance::LeastRequest);
+        let busy: Vec<Active> = (0..3).map(|_| b.started("api", "b")).collect();
+        assert_eq!(spread(&b, &s, "a", 100).get("c"), Some(&100));
+        // Ended connections no longer count.
+        drop(busy);
+        let _c = b.started("api", "c");
+        assert_eq!(spread(&b, &s, "a", 100).get("b"), Some(&100));
+    }
+
+    #[test]
+    fn tried_instances_are_not_picked_again() {
+        let b = Balancer::with_seed(5);
+        for lb in [Balance::LeastRequest, Balance::Random, Balance::RoundRobin] {
+            let s = service(&["b", "c", "d"], lb);
+            let tried = ["b".to_string(), "d".to_string()];
+            for _ in 0..50 {
+                assert_eq!(b.pick(&s, "b", &tried, Instant::now()).unwrap(), "c");
+            }
+            let all = ["b", "c", "d"].map(String::from);
+            assert_eq!(b.pick(&s, "a", &all, Instant::now()), None);
+        }
+    }
+
+    #[test]
+    fn three_failures_in_a_row_eject_until_the_time_is_up() {
+        let b = Balancer::with_seed(9);
+        let s = service(&["b", "c"], Balance::LeastRequest);
+        let t0 = Instant::now();
+        assert!(!b.failed("api", "c", t0));
+        assert!(!b.failed("api", "c", t0));
+        assert!(b.failed("api", "c", t0));
+        let at = |d: Duration| b.pick(&s, "c", &[], t0 + d).unwrap();
+        // Skipped, local preference included.
+        for _ in 0..50 {
+            assert_eq!(at(Duration::ZERO), "b");
+        }
+        assert_eq!(at(EJECTION - Duration::from_millis(1)), "b");
+        assert_eq!(at(EJECTION), "c");
+        // Failing again right after doubles the time.
+        assert!(b.failed("api", "c", t0 + EJECTION));
+        assert_eq!(at(EJECTION * 3 - Duration::from_millis(1)), "b");
+        assert_eq!(at(EJECTION * 3), "c");
+        // A success forgets it all.
+        b.succeeded("api", "c");
+        assert!(!b.failed("api", "c", t0));
+        assert_eq!(at(Duration::ZERO), "c");
+    }
+
+    #[test]
+    fn ejection_doubles_up_to_the_cap() {
+        let b = Balancer::with_seed(9);
+        let s = service(&["b", "c"], Balance::Random);
+        let mut now = Instant::now();
+        for _ in 0..EJECT_AFTER - 1 {
+            b.failed("api", "b", now);
+        }
+        for _ in 0..10 {
+            assert!(b.failed("api", "b", now));
+            now += MAX_EJECTION;
+        }
+        assert_eq!(
+            b.pick(&s, "a", &["c".into()], now - Duration::from_secs(1)),
+            Some("b".into()),
+            "ejected: used as the last one left"
+        );
+        let ejected =
+            (0..50).all(|_| b.pick(&s, "a", &[], now - Duration::from_secs(1)).unwrap() == "c");
+        assert!(ejected);
+    }
+
+    #[test]
+    fn an_ejected_instance_is_used_when_no_other_is_left() {
+        let b = Balancer::with_seed(11);
+        let s = service(&["b", "c"], Balance::LeastRequest);
+        let now = Instant::now();
+        for node in ["b", "c"] {
+            for _ in 0..EJECT_AFTER {
+                b.failed("api", node, now);
+            }
+        }
+        assert!(b.pick(&s, "a", &[], now).is_some());
+        assert_eq!(b.pick(&s, "a", &["b".into()], now), Some("c".into()));
+    }
+
+    /// Not timed (no assertion on speed): prints the cost of a pick among
+    /// 1,000 instances; `cargo xtask bench --only pick` runs it in release.
+    #[test]
+    fn pick_among_a_thousand_costs() {
+        let nodes: Vec<String> = (0..1000).map(|i| format!("n{i}")).collect();
+        let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        for lb in [Balance::LeastRequest, Balance::Random, Balance::RoundRobin] {
+            let s = service(&refs, lb);
+            println!(
+                "{lb:?}: {:.0} ns per pick among 1000",
+                ns_per_pick(&s, 100_000)
+            );
+        }
+    }
+
+    /// Nanoseconds per pick of an instance of `s` from a node without one.
+    pub(crate) fn ns_per_pick(s: &Service, picks: u32) -> f64 {
+        let b = Balancer::with_seed(1);
+        let now = Instant::now();
+        // Warm the slots, as a running agent has them.
+        for node in &s.nodes {
+            drop(b.started(&s.name, node));
+        }
+        let start = Instant::now();
+        for _ in 0..picks {
+            std::hint::black_box(b.pick(s, "elsewhere", &[], now));
+        }
+        start.elapsed().as_nanos() as f64 / f64::from(picks)
+    }
+}
