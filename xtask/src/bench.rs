@@ -53,8 +53,11 @@ const VIP: &str = "240.0.0.99";
 const MODES: [&str; 4] = ["direct", "relay", "stunnel", "mesh"];
 /// Concurrent clients in the connection-rate capacity run.
 const PARALLEL: usize = 8;
-/// The mesh with no flood, and under the two floods.
-const FLOODS: [&str; 3] = ["quiet", "node flood", "stranger flood"];
+/// The mesh with no flood, under the two floods, and beside a control
+/// flood: the stranger's, at a port of bench-b that is no service (the
+/// kernel resets it, the mesh is not involved): what the flood client's
+/// own CPU costs on this two-core machine.
+const FLOODS: [&str; 4] = ["quiet", "node flood", "stranger flood", "control"];
 /// Connections a flood keeps open.
 const FLOOD_CONNS: usize = 1500;
 
@@ -358,9 +361,10 @@ impl Bench {
     /// Starts `flood` ("quiet": none) against the mesh service's port on
     /// bench-b; it stops when the returned guard is dropped.
     fn flood(&self, flood: &str) -> anyhow::Result<Option<Flood>> {
-        let node = match flood {
-            "node flood" => "bench-c",
-            "stranger flood" => "bench-x",
+        let (node, port) = match flood {
+            "node flood" => ("bench-c", "5001"),
+            "stranger flood" => ("bench-x", "5001"),
+            "control" => ("bench-x", "5999"),
             _ => return Ok(None),
         };
         // At the lowest priority: a real attacker brings its own CPUs; here
@@ -369,7 +373,7 @@ impl Bench {
         c.args(["-n", "19", "python3"])
             .arg(mesh_tests::app("flood_client.py"))
             .arg(self.mesh.node("bench-b").v4.to_string())
-            .args(["5001", &FLOOD_CONNS.to_string(), "60", "stall"])
+            .args([port, &FLOOD_CONNS.to_string(), "60", "stall"])
             .stdout(std::process::Stdio::null());
         let child = c.spawn().context("start the flood client")?;
         // Let it reach full strength.
@@ -770,21 +774,23 @@ fn report(
     };
     if !flood_samples.is_empty() {
         out += &format!(
-            "\n| mesh under flood ({FLOOD_CONNS} connections held without a handshake) | quiet | node flood | stranger flood | node/quiet | stranger/quiet |\n\
-             |---|---|---|---|---|---|\n"
+            "\n| mesh under flood ({FLOOD_CONNS} connections held without a handshake) | quiet | node flood | stranger flood | control | node/quiet | stranger/quiet | control/quiet |\n\
+             |---|---|---|---|---|---|---|---|\n"
         );
         let mut metrics: Vec<&String> = flood_samples.keys().map(|(k, _)| k).collect();
         metrics.dedup();
         let mut under = serde_json::Map::new();
         for metric in metrics {
-            let [q, n, x] = FLOODS.map(|flood| flooded(metric, flood));
+            let [q, n, x, c] = FLOODS.map(|flood| flooded(metric, flood));
             out += &format!(
-                "| {metric} | {} | {} | {} | {} | {} |\n",
+                "| {metric} | {} | {} | {} | {} | {} | {} | {} |\n",
                 fmt(q),
                 fmt(n),
                 fmt(x),
+                fmt(c),
                 ratio(n, q),
-                ratio(x, q)
+                ratio(x, q),
+                ratio(c, q)
             );
             under.insert(metric.clone(), by_column(flood_samples, metric, &FLOODS));
         }
