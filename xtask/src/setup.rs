@@ -142,7 +142,8 @@ fn cargo_fuzz() -> anyhow::Result<()> {
     }
     installing(ITEM, "cargo install, this takes a few minutes");
     let mut install = cmd::new("cargo");
-    install.args(["install", "cargo-fuzz", "--locked"]);
+    // The version known to build with this machine's stable toolchain.
+    install.args(["install", "cargo-fuzz", "--version", "0.13.2", "--locked"]);
     for var in CARGO_ENV_REMOVE {
         install.env_remove(var);
     }
