@@ -409,13 +409,8 @@ fn a_second_connection_resumes_the_session_and_both_agents_count_it() {
         let echoed = mesh.echo("ra", "web", vip(), API_PORT, round);
         assert_eq!(echoed.trim(), round, "the {round} call did not come back");
     }
-    let metrics = |node: &str| {
-        let mut cmd = mesh.cmd(node, "curl");
-        cmd.args(["-sS", "-m", "5", "http://127.0.0.1:15000/metrics"]);
-        run_to_string(&mut cmd, Duration::from_secs(10))
-    };
     for (node, side) in [("ra", "outbound"), ("rb", "inbound")] {
-        let text = metrics(node);
+        let text = mesh.metrics(node);
         for kind in ["full", "resumed"] {
             let line = format!("mesh_handshakes_total{{side=\"{side}\",kind=\"{kind}\"}} 1");
             assert!(text.contains(&line), "{node}: missing {line:?} in:\n{text}");
@@ -444,11 +439,7 @@ fn peers_that_stall_their_handshake_cannot_exhaust_the_destination() {
         ),
     ]);
     let mut hold = hold.spawn().expect("python3");
-    let metrics = || {
-        let mut cmd = mesh.cmd("hb", "curl");
-        cmd.args(["-sS", "-m", "5", "http://127.0.0.1:15000/metrics"]);
-        run_to_string(&mut cmd, Duration::from_secs(10))
-    };
+    let metrics = || mesh.metrics("hb");
     let refused =
         "mesh_handshake_failures_total{side=\"inbound\",reason=\"too_many_handshakes\"} 2\n";
     assert!(

@@ -339,6 +339,16 @@ fn refused_as_bad_identity(sans: Vec<SanType>) -> VerifyError {
     e
 }
 
+/// A node-signed leaf whose only SAN is the URI `id` is refused as naming
+/// no service, with `id` in the error.
+fn assert_uri_refused(id: &str) {
+    let e = refused_as_bad_identity(vec![uri(id)]);
+    assert!(
+        matches!(&e, VerifyError::NotService(uris) if uris == &[id]),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn a_node_signed_leaf_with_only_its_uri_san_is_accepted() {
     // What the tests below change one SAN of.
@@ -369,12 +379,7 @@ fn a_leaf_with_two_uri_sans_is_refused() {
 
 #[test]
 fn a_leaf_with_a_nul_byte_in_its_uri_san_is_refused() {
-    let id = "spiffe://mesh.local/svc/web\0.evil";
-    let e = refused_as_bad_identity(vec![uri(id)]);
-    assert!(
-        matches!(&e, VerifyError::NotService(uris) if uris == &[id]),
-        "{e:?}"
-    );
+    assert_uri_refused("spiffe://mesh.local/svc/web\0.evil");
 }
 
 #[test]
@@ -386,11 +391,7 @@ fn a_uri_san_with_a_path_suffix_query_or_fragment_is_refused() {
         "spiffe://mesh.local/svc/web#x",
         "spiffe://mesh.local/svc/web/../api",
     ] {
-        let e = refused_as_bad_identity(vec![uri(id)]);
-        assert!(
-            matches!(&e, VerifyError::NotService(uris) if uris == &[id]),
-            "{e:?}"
-        );
+        assert_uri_refused(id);
     }
 }
 
@@ -405,11 +406,7 @@ fn a_uri_san_in_another_case_is_refused() {
         "spiffe://mesh.local/svc/WEB",
         "spiffe://mesh.local/svc/w%65b",
     ] {
-        let e = refused_as_bad_identity(vec![uri(id)]);
-        assert!(
-            matches!(&e, VerifyError::NotService(uris) if uris == &[id]),
-            "{e:?}"
-        );
+        assert_uri_refused(id);
     }
 }
 
