@@ -51,8 +51,12 @@ impl Denials {
     /// Folds what connect4/6 refused since the last call (`DENIALS`) into
     /// the metrics and the pair stats.
     pub fn harvest(&self) {
+        self.harvest_counts(self.kernel.denials());
+    }
+
+    fn harvest_counts(&self, counts: Vec<(DenialKey, u64)>) {
         self.telemetry
-            .harvest_kernel_denials(self.kernel.denials(), |key| self.describe(key));
+            .harvest_kernel_denials(counts, |key| self.describe(key));
     }
 
     /// Names a `DENIALS` key: source, destination and the deciding rule.
@@ -89,7 +93,8 @@ impl Denials {
             if logged.len() > 2 * MAX_DENIALS as usize {
                 logged.clear();
             }
-            let totals: HashMap<DenialKey, u64> = self.kernel.denials().into_iter().collect();
+            let counts = self.kernel.denials();
+            let totals: HashMap<DenialKey, u64> = counts.iter().copied().collect();
             for event in batch {
                 let total = totals.get(&event.key).copied().unwrap_or(0);
                 let last = logged.insert(event.key, total).unwrap_or(0);
@@ -99,7 +104,7 @@ impl Denials {
                     self.log(&event, refused);
                 }
             }
-            self.harvest();
+            self.harvest_counts(counts);
         }
     }
 
