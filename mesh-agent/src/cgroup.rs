@@ -219,6 +219,7 @@ mod tests {
             public: false,
             cgroup: None,
             lb: Default::default(),
+            checks: Vec::new(),
         };
         assert_eq!(
             service_path(&api, "b"),

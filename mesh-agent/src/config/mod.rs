@@ -78,6 +78,43 @@ pub struct Service {
     /// How a connection to the VIP picks an instance. Default
     /// [`Balance::LeastRequest`].
     pub lb: Balance,
+    /// Its `[[service.check]]`s, in file order, run by the agent of each
+    /// node hosting an instance. None: every instance is passing.
+    pub checks: Vec<Check>,
+}
+
+/// A `[[service.check]]` (Consul semantics, DESIGN.md "Catalog").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// As written, or a default made from the kind (`"http /health"`,
+    /// `"tcp"`, `"ttl"`). Unique within the service.
+    pub name: String,
+    pub kind: CheckKind,
+    /// Between two runs of an `http` or `tcp` check: default 10s, at
+    /// least 100ms. Unused for `ttl`.
+    pub interval: Duration,
+    /// Bound on one run: default the smaller of 10s (Consul's) and
+    /// `interval`. Unused for `ttl`.
+    pub timeout: Duration,
+    /// Consecutive successes before a critical check turns passing
+    /// (0 and 1 both mean the first success). Default 0.
+    pub success_before_passing: u32,
+    /// Consecutive failures before a passing check turns critical
+    /// (0 and 1 both mean the first failure). Default 0.
+    pub failures_before_critical: u32,
+}
+
+/// What a [`Check`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// GET `http://127.0.0.1:<port><path>`: 2xx passing, 429 warning,
+    /// anything else or no answer within the timeout critical.
+    Http { path: String },
+    /// Connect to `127.0.0.1:<port>`: passing if it is accepted in time.
+    Tcp,
+    /// Critical unless `mesh-agent check pass|warn|fail` reports within
+    /// this long (at least 1s).
+    Ttl(Duration),
 }
 
 /// A service's `lb`: how a connection to its VIP picks an instance.

@@ -145,6 +145,7 @@ action = "deny"
                 public: false,
                 cgroup: Some(PathBuf::from("/system.slice/data-api.service")),
                 lb: Balance::LeastRequest,
+                checks: Vec::new(),
             },
             Service {
                 name: "frontend".to_owned(),
@@ -154,6 +155,7 @@ action = "deny"
                 public: true,
                 cgroup: None,
                 lb: Balance::LeastRequest,
+                checks: Vec::new(),
             },
             Service {
                 name: "metrics".to_owned(),
@@ -163,6 +165,7 @@ action = "deny"
                 public: false,
                 cgroup: None,
                 lb: Balance::LeastRequest,
+                checks: Vec::new(),
             },
         ],
         intentions: vec![

@@ -305,6 +305,7 @@ impl Checker<'_> {
                     public: service.public,
                     cgroup,
                     lb,
+                    checks: Vec::new(),
                 });
             }
         }

@@ -261,6 +261,7 @@ mod tests {
             public: false,
             cgroup: None,
             lb,
+            checks: Vec::new(),
         }
     }
 
