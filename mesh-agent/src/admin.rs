@@ -12,6 +12,9 @@
 //! many connections the intentions allowed, denied here as the destination,
 //! denied on the caller's node (EPERM from connect(), or the outbound
 //! check), and cut on a change.
+//! `GET /catalog`: every service and the health of each of its instances
+//! as this agent knows it (`health::doc::CatalogDoc`). `POST /check`: a
+//! ttl check update (`health::doc::TtlUpdate`) for a local instance.
 
 use std::{
     convert::Infallible,
@@ -24,7 +27,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use http_body_util::{BodyExt as _, Empty, Full};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -32,14 +35,26 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
-    config::Config, denials::Denials, ebpf::Kernel, identity::Identities, policy,
-    proxy::admission::Admission, snapshot::Watch, telemetry::Telemetry,
+    config::Config,
+    denials::Denials,
+    ebpf::Kernel,
+    health::{
+        Board,
+        doc::{CatalogDoc, TtlUpdate},
+    },
+    identity::Identities,
+    policy,
+    proxy::admission::Admission,
+    snapshot::Watch,
+    telemetry::Telemetry,
 };
 
 /// The default admin address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:15000";
 /// Bound on one status request, connect to last byte.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest request body accepted (a ttl update with its note).
+const MAX_REQUEST_BODY: usize = 16 * 1024;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +82,8 @@ pub enum AdminError {
         addr: SocketAddr,
         status: StatusCode,
     },
+    #[error("the agent at {addr} refused: {message}")]
+    Refused { addr: SocketAddr, message: String },
     #[error("admin endpoint at {addr} sent bad JSON: {source}")]
     Json {
         addr: SocketAddr,
@@ -267,6 +284,8 @@ pub struct Sources {
     pub denials: Denials,
     /// `/metrics` and the pairs of `/status`.
     pub telemetry: Arc<Telemetry>,
+    /// `POST /check`: ttl check updates.
+    pub board: Arc<Board>,
 }
 
 impl Admin {
@@ -295,7 +314,7 @@ impl Admin {
                 let _slot = slot;
                 let service = service_fn(move |req| {
                     let sources = sources.clone();
-                    async move { Ok::<_, Infallible>(sources.respond(&req)) }
+                    async move { Ok::<_, Infallible>(sources.respond(req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -309,9 +328,24 @@ impl Admin {
 }
 
 impl Sources {
-    fn respond(&self, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         const JSON: &str = "application/json";
         let (status, kind, body) = match req.uri().path() {
+            "/catalog" => {
+                let snapshot = self.snapshot.borrow().clone();
+                match serde_json::to_string(&CatalogDoc::new(&snapshot, &self.node)) {
+                    Ok(body) => (StatusCode::OK, JSON, body),
+                    Err(e) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        JSON,
+                        json!({"error": e.to_string()}).to_string(),
+                    ),
+                }
+            }
+            "/check" if req.method() == hyper::Method::POST => {
+                let (status, body) = self.ttl_update(req).await;
+                (status, JSON, body.to_string())
+            }
             "/ready" => {
                 let (status, body) = ready(self.readiness.phase(), &self.node);
                 (status, JSON, body.to_string())
@@ -343,6 +377,30 @@ impl Sources {
             hyper::header::HeaderValue::from_static(kind),
         );
         response
+    }
+
+    /// `POST /check`: a [`TtlUpdate`] for a local ttl check.
+    async fn ttl_update(&self, req: Request<hyper::body::Incoming>) -> (StatusCode, Value) {
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_REQUEST_BODY)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(e) => return (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
+        };
+        let update: TtlUpdate = match serde_json::from_slice(&body) {
+            Ok(update) => update,
+            Err(e) => return (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
+        };
+        match self.board.ttl(
+            &update.service,
+            update.check.as_deref(),
+            update.state,
+            update.note,
+        ) {
+            Ok(()) => (StatusCode::OK, json!({"ok": true})),
+            Err(e) => (StatusCode::NOT_FOUND, json!({"error": e.to_string()})),
+        }
     }
 
     /// `/metrics`: Prometheus text.
@@ -443,7 +501,33 @@ pub fn fetch_config(addr: SocketAddr) -> Result<ConfigDoc, AdminError> {
     })
 }
 
+/// `mesh-agent catalog`: fetches `/catalog` from the agent at `addr`.
+pub async fn fetch_catalog(addr: SocketAddr) -> Result<CatalogDoc, AdminError> {
+    tokio::time::timeout(CLIENT_TIMEOUT, get(addr, "/catalog"))
+        .await
+        .map_err(|_| AdminError::Timeout(addr))?
+}
+
+/// `mesh-agent check`: sends a ttl check update to the agent at `addr`.
+pub async fn send_ttl(addr: SocketAddr, update: &TtlUpdate) -> Result<(), AdminError> {
+    let body = serde_json::to_vec(update).map_err(|source| AdminError::Json { addr, source })?;
+    let _: Value = tokio::time::timeout(CLIENT_TIMEOUT, request(addr, "/check", Some(body)))
+        .await
+        .map_err(|_| AdminError::Timeout(addr))??;
+    Ok(())
+}
+
 async fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T, AdminError> {
+    request(addr, path, None).await
+}
+
+/// A GET of `path`, or a POST of `body` to it; the JSON answer. An answer
+/// other than 200 is an error, with the agent's message if it sent one.
+async fn request<T: DeserializeOwned>(
+    addr: SocketAddr,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<T, AdminError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|source| AdminError::Connect { addr, source })?;
@@ -452,23 +536,31 @@ async fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T, Adm
         .await
         .map_err(http)?;
     tokio::spawn(conn);
-    let req = Request::get(path)
+    let builder = match body {
+        Some(_) => Request::post(path).header(hyper::header::CONTENT_TYPE, "application/json"),
+        None => Request::get(path),
+    };
+    let req = builder
         .header(hyper::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| AdminError::Request(e.to_string()))?;
     let response = sender.send_request(req).await.map_err(http)?;
-    if response.status() != StatusCode::OK {
-        return Err(AdminError::Status {
-            addr,
-            status: response.status(),
-        });
-    }
+    let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
         .map_err(http)?
         .to_bytes();
+    if status != StatusCode::OK {
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned));
+        return Err(match message {
+            Some(message) => AdminError::Refused { addr, message },
+            None => AdminError::Status { addr, status },
+        });
+    }
     serde_json::from_slice(&body).map_err(|source| AdminError::Json { addr, source })
 }
 

@@ -24,6 +24,7 @@ use crate::{
     denials::Denials,
     drain::Drain,
     ebpf::{EbpfError, Kernel, LoadParams, MapContents},
+    health::Board,
     identity::{Identities, IdentityError, NodeCa},
     policy::Policy,
     proxy::{self, Inbound, Inputs, Outbound, admission::Admission},
@@ -214,7 +215,11 @@ async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let (publisher, snapshots) = Snapshot::new(config).publish();
+    let publisher = Arc::new(publisher);
     let snapshot = publisher.borrow().clone();
+    // Runs this node's checks; every agent's view of every instance.
+    let board = Board::new(&opts.node, publisher.clone());
+    board.sync(&snapshot.config);
     let tls = Tls::new(identities.clone(), Arc::new(snapshots.clone()))?;
     let tokio_listener = |l: std::net::TcpListener| {
         let addr = l
@@ -299,6 +304,7 @@ async fn serve(
     let reload = Reload {
         node: opts.node.clone(),
         publisher,
+        board: board.clone(),
         cg: cg.clone(),
         cgroups: cgroups.clone(),
         identities: identities.clone(),
@@ -318,6 +324,7 @@ async fn serve(
             admission,
             denials,
             telemetry,
+            board: board.clone(),
         },
     );
     // Not in `tasks`: it answers through the drain (`/ready`: 503).
@@ -347,6 +354,7 @@ async fn serve(
     // Stop accepting: the listeners close, so new connections are refused
     // at once (the programs still redirect to the closed port), never hang.
     tasks.shutdown().await;
+    board.stop();
     drain.wait(opts.drain).await;
     admin_task.abort();
     let _ = admin_task.await;
@@ -487,8 +495,11 @@ async fn follow(mut catalog: Box<dyn Catalog>, reload: Reload) {
 /// leaves, kernel maps).
 struct Reload {
     node: String,
-    /// The one writer of the snapshot channel.
-    publisher: Publisher,
+    /// The writer of the snapshot channel's config (the board writes its
+    /// health).
+    publisher: Arc<Publisher>,
+    /// Restarts the checks that changed.
+    board: Arc<Board>,
     cg: Arc<Cgroup2>,
     cgroups: Arc<std::sync::Mutex<Cgroups>>,
     identities: Arc<Identities>,
@@ -514,7 +525,13 @@ impl Reload {
         let mut cgroups = self.cgroups.lock().unwrap_or_else(|e| e.into_inner());
         cgroups.sync(&self.cg, &new, node)?;
         self.identities.sync(&local)?;
-        let snapshot = Snapshot::new(new);
+        // The one swap (keeping the health in force: the health board
+        // publishes through the same channel). Live connections re-decide
+        // their pair on this.
+        self.publisher
+            .send_modify(|current| *current = Arc::new(current.reloaded(new)));
+        // Only health can have changed since, never the config.
+        let snapshot = self.publisher.borrow().clone();
         let contents = contents(
             &snapshot.config,
             node,
@@ -522,9 +539,8 @@ impl Reload {
             &cgroups,
             &snapshot.policy,
         );
-        // The one swap. Live connections re-decide their pair on this.
-        self.publisher.send_replace(Arc::new(snapshot));
         self.kernel.update(&contents)?;
+        self.board.sync(&snapshot.config);
         info!(
             local_services = local.len(),
             denied_pairs = contents.denied.len(),

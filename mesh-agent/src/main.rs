@@ -4,7 +4,7 @@
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use mesh_agent::{admin, agent, config, exec, identity, policy};
+use mesh_agent::{admin, agent, config, exec, health, identity, policy};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,6 +72,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Report the state of a ttl check of a service's instance on this
+    /// node (Consul's TTL check update): it holds until the check's ttl
+    /// passes without another report, then the check is critical.
+    Check {
+        /// `pass`, `warn` or `fail`.
+        #[arg(value_parser = ["pass", "warn", "fail"])]
+        state: String,
+        /// The service whose local instance the check is of.
+        #[arg(long)]
+        service: String,
+        /// Which ttl check, when the service has several.
+        #[arg(long)]
+        check: Option<String>,
+        /// Shown as the check's output.
+        #[arg(long)]
+        note: Option<String>,
+        /// The local agent's admin address.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: std::net::SocketAddr,
+    },
+    /// List services and instances with their health, as the local agent
+    /// knows them.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// Check a config file; print every problem and exit non-zero if any.
     Validate {
         #[arg(long)]
@@ -111,6 +137,31 @@ enum Command {
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// One line per service: its address and how many instances are
+    /// passing, warning and critical.
+    Services {
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: std::net::SocketAddr,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One line per instance: node, address, state and the last output of
+    /// each check.
+    Instances {
+        /// Only this service's instances.
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: std::net::SocketAddr,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -202,6 +253,14 @@ fn main() -> ExitCode {
             })
         }),
         Command::Status { admin, json } => status(admin, json),
+        Command::Check {
+            state,
+            service,
+            check,
+            note,
+            admin,
+        } => ttl_check(admin, &state, service, check, note),
+        Command::Catalog { command } => catalog(command),
         Command::Validate { config } => validate(&config),
         Command::Ca { command } => ca(command),
         Command::Intention { command } => intention(command),
@@ -304,6 +363,61 @@ fn status(addr: std::net::SocketAddr, json: bool) -> anyhow::Result<()> {
         println!("{status}");
     } else {
         print!("{}", admin::render_status(&status));
+    }
+    Ok(())
+}
+
+fn ttl_check(
+    addr: std::net::SocketAddr,
+    state: &str,
+    service: String,
+    check: Option<String>,
+    note: Option<String>,
+) -> anyhow::Result<()> {
+    let state = match state {
+        "pass" => health::State::Passing,
+        "warn" => health::State::Warning,
+        _ => health::State::Critical,
+    };
+    let update = health::doc::TtlUpdate {
+        service,
+        check,
+        state,
+        note,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(admin::send_ttl(addr, &update))?;
+    println!("{}: ttl check now {state}", update.service);
+    Ok(())
+}
+
+fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
+    let (addr, json) = match &command {
+        CatalogCommand::Services { admin, json } => (*admin, *json),
+        CatalogCommand::Instances { admin, json, .. } => (*admin, *json),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let doc = rt.block_on(admin::fetch_catalog(addr))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    match command {
+        CatalogCommand::Services { .. } => print!("{}", doc.render_services()),
+        CatalogCommand::Instances { service, .. } => {
+            let table = doc.render_instances(service.as_deref()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no service {:?} in the catalog of node {:?}",
+                    service.unwrap_or_default(),
+                    doc.node
+                )
+            })?;
+            print!("{table}");
+        }
     }
     Ok(())
 }

@@ -15,20 +15,23 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{config::Config, dns::Zone, policy::Policy, tls::verify::Hosting};
+use crate::{config::Config, dns::Zone, health, policy::Policy, tls::verify::Hosting};
 
-/// The catalog as this agent applies it. Health per instance joins here
-/// later (issue 11).
-#[derive(Debug)]
+/// The catalog as this agent applies it, and the health of its instances.
+/// Cheap to clone: a health change publishes a new snapshot that shares
+/// everything else with the old one.
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The config in force.
-    pub config: Config,
+    pub config: Arc<Config>,
     /// Its intentions, ready to decide.
-    pub policy: Policy,
+    pub policy: Arc<Policy>,
     /// Its `.mesh` names.
-    pub zone: Zone,
+    pub zone: Arc<Zone>,
     /// Service -> the nodes hosting an instance of it, for the TLS verifier.
-    pub hosts: HashMap<String, BTreeSet<String>>,
+    pub hosts: Arc<HashMap<String, BTreeSet<String>>>,
+    /// What this agent knows of every instance's health.
+    pub health: Arc<health::View>,
 }
 
 /// The reading end of the snapshot channel.
@@ -38,13 +41,30 @@ pub type Watch = watch::Receiver<Arc<Snapshot>>;
 pub type Publisher = watch::Sender<Arc<Snapshot>>;
 
 impl Snapshot {
-    /// Everything derived from `config`.
+    /// Everything derived from `config`, with no health known yet.
     pub fn new(config: Config) -> Self {
         Self {
-            policy: Policy::new(&config),
-            zone: Zone::new(&config),
-            hosts: hosts(&config),
-            config,
+            policy: Arc::new(Policy::new(&config)),
+            zone: Arc::new(Zone::new(&config)),
+            hosts: Arc::new(hosts(&config)),
+            config: Arc::new(config),
+            health: Arc::default(),
+        }
+    }
+
+    /// Everything derived from `config`, with the health of `self`.
+    pub fn reloaded(&self, config: Config) -> Self {
+        Self {
+            health: self.health.clone(),
+            ..Self::new(config)
+        }
+    }
+
+    /// `self` with the health `health`.
+    pub fn with_health(&self, health: Arc<health::View>) -> Self {
+        Self {
+            health,
+            ..self.clone()
         }
     }
 

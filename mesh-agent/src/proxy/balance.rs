@@ -20,7 +20,10 @@ use std::{
 
 use tracing::warn;
 
-use crate::config::{Balance, Service};
+use crate::{
+    config::{Balance, Service},
+    health::View,
+};
 
 /// Consecutive failed connects that eject an instance.
 pub const EJECT_AFTER: u32 = 3;
@@ -89,22 +92,23 @@ impl Balancer {
     }
 
     /// The node of the instance of `service` that a connection from the
-    /// node `here` goes to, by the service's `lb`, among the passing
-    /// instances not in `tried` and not ejected at `now`. Ejected ones are
-    /// used only when no other is left. `None` if every instance is tried
-    /// or not passing.
+    /// node `here` goes to, by the service's `lb`, among the instances that
+    /// take traffic in `health` (passing or warning), not in `tried` and
+    /// not ejected at `now`. Ejected ones are used only when no other is
+    /// left. `None` if every instance is tried or critical.
     pub fn pick(
         &self,
         service: &Service,
         here: &str,
         tried: &[String],
         now: Instant,
+        health: &View,
     ) -> Option<String> {
         let pool = self.pool(&service.name);
         let nodes = &service.nodes;
         let open = |i: usize| {
             let node = &nodes[i];
-            !tried.contains(node) && passing(service, node)
+            !tried.contains(node) && health.state(service, node).takes_traffic()
         };
         let ok = |i: usize| open(i) && !pool.slot(&nodes[i]).ejected(now);
         let picked = self
@@ -216,13 +220,6 @@ impl Balancer {
     }
 }
 
-/// Whether the instance of `service` on `node` passes its health checks.
-/// Every instance passes until health checks exist (issue 11, items 4-5):
-/// this is the one place the pick asks.
-fn passing(_service: &Service, _node: &str) -> bool {
-    true
-}
-
 impl Pool {
     fn slot(&self, node: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,6 +248,7 @@ impl Drop for Active {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::{InstanceReport, State};
 
     fn service(nodes: &[&str], lb: Balance) -> Service {
         Service {
@@ -269,7 +267,9 @@ mod tests {
     fn spread(b: &Balancer, s: &Service, here: &str, picks: usize) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for _ in 0..picks {
-            let node = b.pick(s, here, &[], Instant::now()).unwrap();
+            let node = b
+                .pick(s, here, &[], Instant::now(), &View::default())
+                .unwrap();
             *counts.entry(node).or_default() += 1;
         }
         counts
@@ -306,7 +306,10 @@ mod tests {
         let b = Balancer::with_seed(1);
         let s = service(&["b", "c", "d"], Balance::RoundRobin);
         let picks: Vec<String> = (0..6)
-            .map(|_| b.pick(&s, "b", &[], Instant::now()).unwrap())
+            .map(|_| {
+                b.pick(&s, "b", &[], Instant::now(), &View::default())
+                    .unwrap()
+            })
             .collect();
         assert_eq!(picks, ["b", "c", "d", "b", "c", "d"]);
     }
@@ -330,10 +333,17 @@ mod tests {
             let s = service(&["b", "c", "d"], lb);
             let tried = ["b".to_string(), "d".to_string()];
             for _ in 0..50 {
-                assert_eq!(b.pick(&s, "b", &tried, Instant::now()).unwrap(), "c");
+                assert_eq!(
+                    b.pick(&s, "b", &tried, Instant::now(), &View::default())
+                        .unwrap(),
+                    "c"
+                );
             }
             let all = ["b", "c", "d"].map(String::from);
-            assert_eq!(b.pick(&s, "a", &all, Instant::now()), None);
+            assert_eq!(
+                b.pick(&s, "a", &all, Instant::now(), &View::default()),
+                None
+            );
         }
     }
 
@@ -345,7 +355,7 @@ mod tests {
         assert!(!b.failed("api", "c", t0));
         assert!(!b.failed("api", "c", t0));
         assert!(b.failed("api", "c", t0));
-        let at = |d: Duration| b.pick(&s, "c", &[], t0 + d).unwrap();
+        let at = |d: Duration| b.pick(&s, "c", &[], t0 + d, &View::default()).unwrap();
         // Skipped, local preference included.
         for _ in 0..50 {
             assert_eq!(at(Duration::ZERO), "b");
@@ -375,12 +385,21 @@ mod tests {
             now += MAX_EJECTION;
         }
         assert_eq!(
-            b.pick(&s, "a", &["c".into()], now - Duration::from_secs(1)),
+            b.pick(
+                &s,
+                "a",
+                &["c".into()],
+                now - Duration::from_secs(1),
+                &View::default()
+            ),
             Some("b".into()),
             "ejected: used as the last one left"
         );
-        let ejected =
-            (0..50).all(|_| b.pick(&s, "a", &[], now - Duration::from_secs(1)).unwrap() == "c");
+        let ejected = (0..50).all(|_| {
+            b.pick(&s, "a", &[], now - Duration::from_secs(1), &View::default())
+                .unwrap()
+                == "c"
+        });
         assert!(ejected);
     }
 
@@ -394,8 +413,61 @@ mod tests {
                 b.failed("api", node, now);
             }
         }
-        assert!(b.pick(&s, "a", &[], now).is_some());
-        assert_eq!(b.pick(&s, "a", &["b".into()], now), Some("c".into()));
+        assert!(b.pick(&s, "a", &[], now, &View::default()).is_some());
+        assert_eq!(
+            b.pick(&s, "a", &["b".into()], now, &View::default()),
+            Some("c".into())
+        );
+    }
+
+    /// A view in which every instance of `s` reported passing, except
+    /// those in `states`.
+    fn health(s: &Service, states: &[(&str, State)]) -> View {
+        let mut view = View::default();
+        for node in &s.nodes {
+            let state = states
+                .iter()
+                .find(|(n, _)| n == node)
+                .map_or(State::Passing, |(_, state)| *state);
+            let report = InstanceReport {
+                service: s.name.clone(),
+                state,
+                checks: Vec::new(),
+            };
+            view.reports
+                .entry(node.clone())
+                .or_default()
+                .insert(s.name.clone(), report);
+        }
+        view
+    }
+
+    #[test]
+    fn critical_instances_get_nothing_warning_ones_do() {
+        for lb in [Balance::LeastRequest, Balance::Random, Balance::RoundRobin] {
+            let b = Balancer::with_seed(3);
+            let s = service(&["a", "b", "c"], lb);
+            let view = health(&s, &[("a", State::Critical), ("b", State::Warning)]);
+            let mut counts = HashMap::new();
+            for _ in 0..300 {
+                let node = b.pick(&s, "a", &[], Instant::now(), &view).unwrap();
+                *counts.entry(node).or_insert(0) += 1;
+            }
+            assert_eq!(counts.get("a"), None, "{lb:?}: {counts:?}");
+            assert!(
+                counts.get("b").is_some_and(|n| *n > 50),
+                "{lb:?}: {counts:?}"
+            );
+            // An unreachable agent's instances are critical too.
+            let mut view = view;
+            view.unreachable.insert("b".into(), "gone".into());
+            assert_eq!(
+                b.pick(&s, "a", &[], Instant::now(), &view),
+                Some("c".into())
+            );
+            view.unreachable.insert("c".into(), "gone".into());
+            assert_eq!(b.pick(&s, "a", &[], Instant::now(), &view), None);
+        }
     }
 
     /// Not timed (no assertion on speed): prints the cost of a pick among
@@ -421,9 +493,11 @@ mod tests {
         for node in &s.nodes {
             drop(b.started(&s.name, node));
         }
+        // Every instance reported passing, as when all are healthy.
+        let health = health(s, &[]);
         let start = Instant::now();
         for _ in 0..picks {
-            std::hint::black_box(b.pick(s, "elsewhere", &[], now));
+            std::hint::black_box(b.pick(s, "elsewhere", &[], now, &health));
         }
         start.elapsed().as_nanos() as f64 / f64::from(picks)
     }

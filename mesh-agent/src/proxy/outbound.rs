@@ -157,9 +157,9 @@ impl Handler {
         let mut tried: Vec<String> = Vec::new();
         let mut last = None;
         while tried.len() < TRIES {
-            let Some(name) = self
-                .balancer
-                .pick(dst, &self.pi.node, &tried, Instant::now())
+            let Some(name) =
+                self.balancer
+                    .pick(dst, &self.pi.node, &tried, Instant::now(), &snapshot.health)
             else {
                 break;
             };

@@ -1,0 +1,605 @@
+//! What this agent knows of every instance's health, and the one place it
+//! changes: this node's check results ([`Board::record`], [`Board::ttl`]),
+//! other agents' reports ([`Board::remote`]) and which agents cannot be
+//! reached ([`Board::unreachable`]). Each change that alters the [`View`]
+//! publishes a new snapshot (same config, new health); each change of this
+//! node's own reports also goes to the agents that follow them (`link`).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+// Tokio's clock, so that tests can pause it.
+use tokio::{sync::watch, task::AbortHandle, time::Instant};
+use tracing::info;
+
+use super::{CheckReport, HealthError, InstanceReport, State, View, runner};
+use crate::{
+    config::{Check, CheckKind, Config},
+    snapshot::Publisher,
+};
+
+/// This node's reports on its instances, sorted by service.
+pub type LocalReports = Arc<Vec<InstanceReport>>;
+
+/// See the module docs.
+pub struct Board {
+    node: String,
+    publisher: Arc<Publisher>,
+    inner: Mutex<Inner>,
+    local: watch::Sender<LocalReports>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Local service -> its checks, in config order.
+    local: BTreeMap<String, Vec<LocalCheck>>,
+    /// Node -> its latest reports (not this node).
+    remote: HashMap<String, HashMap<String, InstanceReport>>,
+    unreachable: HashMap<String, String>,
+    /// The task running each local check, by (service, check name).
+    tasks: HashMap<(String, String), Task>,
+}
+
+/// One local check and where it stands.
+struct LocalCheck {
+    check: Check,
+    state: State,
+    output: String,
+    /// Consecutive results that were (not) failures, for Consul's
+    /// `success_before_passing` / `failures_before_critical`.
+    successes: u32,
+    failures: u32,
+    /// A ttl check's deadline: critical once it passes without an update.
+    expires: Option<Instant>,
+}
+
+/// A running check and what it was started with.
+struct Task {
+    port: u16,
+    check: Check,
+    handle: AbortHandle,
+}
+
+impl Board {
+    /// A board for the agent of `node`, publishing through `publisher`.
+    pub fn new(node: &str, publisher: Arc<Publisher>) -> Arc<Self> {
+        Arc::new(Self {
+            node: node.to_owned(),
+            publisher,
+            inner: Mutex::default(),
+            local: watch::channel(Arc::default()).0,
+        })
+    }
+
+    /// This node's reports, as they change.
+    pub fn local_reports(&self) -> watch::Receiver<LocalReports> {
+        self.local.subscribe()
+    }
+
+    /// Makes the local checks those of `config`: a check that is new or
+    /// changed starts over (critical, as in Consul), one that is unchanged
+    /// keeps its state; checks of instances that left stop. Reports of
+    /// nodes that left are dropped.
+    pub fn sync(self: &Arc<Self>, config: &Config) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut local = BTreeMap::new();
+        let mut want = HashMap::new();
+        for service in config.services_on(&self.node) {
+            let old = inner.local.remove(&service.name).unwrap_or_default();
+            let mut checks = Vec::new();
+            for check in &service.checks {
+                let kept = old.iter().find(|c| c.check == *check);
+                checks.push(match kept {
+                    Some(c) => LocalCheck {
+                        check: check.clone(),
+                        state: c.state,
+                        output: c.output.clone(),
+                        successes: c.successes,
+                        failures: c.failures,
+                        expires: c.expires,
+                    },
+                    None => LocalCheck::new(check.clone()),
+                });
+                want.insert(
+                    (service.name.clone(), check.name.clone()),
+                    (service.port, check.clone()),
+                );
+            }
+            local.insert(service.name.clone(), checks);
+        }
+        inner.local = local;
+        inner.tasks.retain(|key, task| {
+            let keep = want
+                .get(key)
+                .is_some_and(|(port, check)| *port == task.port && *check == task.check);
+            if !keep {
+                task.handle.abort();
+            }
+            keep
+        });
+        for (key, (port, check)) in want {
+            if inner.tasks.contains_key(&key) {
+                continue;
+            }
+            let handle = tokio::spawn(runner::run(
+                self.clone(),
+                key.0.clone(),
+                port,
+                check.clone(),
+            ))
+            .abort_handle();
+            inner.tasks.insert(
+                key,
+                Task {
+                    port,
+                    check,
+                    handle,
+                },
+            );
+        }
+        inner
+            .remote
+            .retain(|node, _| config.node(node).is_some() && *node != self.node);
+        inner
+            .unreachable
+            .retain(|node, _| config.node(node).is_some() && *node != self.node);
+        self.publish(inner);
+    }
+
+    /// Stops every check.
+    pub fn stop(&self) {
+        for (_, task) in self.lock().tasks.drain() {
+            task.handle.abort();
+        }
+    }
+
+    /// Records one run of the local check `check` of `service`, with
+    /// Consul's thresholds: a success turns the check passing (or warning)
+    /// after `success_before_passing` in a row, a failure turns it critical
+    /// after `failures_before_critical` in a row; until then it keeps its
+    /// state, and its output says what it waits for.
+    pub fn record(&self, service: &str, check: &str, state: State, output: String) {
+        let mut inner = self.lock();
+        let Some(c) = inner.check_mut(service, check) else {
+            return;
+        };
+        let (count, needed) = if state.takes_traffic() {
+            c.failures = 0;
+            c.successes = c.successes.saturating_add(1);
+            (c.successes, c.check.success_before_passing)
+        } else {
+            c.successes = 0;
+            c.failures = c.failures.saturating_add(1);
+            (c.failures, c.check.failures_before_critical)
+        };
+        let before = c.state;
+        if count >= needed {
+            c.state = state;
+            c.output = output;
+        } else {
+            let what = if state.takes_traffic() {
+                "successes before passing"
+            } else {
+                "failures before critical"
+            };
+            c.output = format!("{output} ({count} of {needed} {what})");
+        }
+        if c.state != before {
+            info!(%service, %check, from = %before, to = %c.state, output = %c.output, "check changed");
+        }
+        self.publish(&mut inner);
+    }
+
+    /// Sets a local ttl check of `service` (`check` names it when the
+    /// service has several) to `state` with `note` as output, until its
+    /// ttl passes without another update.
+    pub fn ttl(
+        &self,
+        service: &str,
+        check: Option<&str>,
+        state: State,
+        note: Option<String>,
+    ) -> Result<(), HealthError> {
+        let mut inner = self.lock();
+        let Some(checks) = inner.local.get_mut(service) else {
+            return Err(HealthError::NotHere {
+                service: service.to_owned(),
+                node: self.node.clone(),
+            });
+        };
+        let mut ttls: Vec<(Duration, &mut LocalCheck)> = checks
+            .iter_mut()
+            .filter_map(|c| match c.check.kind {
+                CheckKind::Ttl(ttl) if check.is_none_or(|name| c.check.name == name) => {
+                    Some((ttl, c))
+                }
+                _ => None,
+            })
+            .collect();
+        let (ttl, c) = match ttls.len() {
+            0 => {
+                return Err(HealthError::NoTtlCheck {
+                    service: service.to_owned(),
+                    check: check.map(str::to_owned),
+                });
+            }
+            1 => ttls.remove(0),
+            _ => {
+                return Err(HealthError::WhichTtlCheck {
+                    service: service.to_owned(),
+                    checks: ttls.iter().map(|(_, c)| c.check.name.clone()).collect(),
+                });
+            }
+        };
+        if c.state != state {
+            info!(%service, check = %c.check.name, from = %c.state, to = %state, "ttl check updated");
+        }
+        c.state = state;
+        c.output = note.unwrap_or_default();
+        c.expires = Some(Instant::now() + ttl);
+        self.publish(&mut inner);
+        Ok(())
+    }
+
+    /// Turns the local ttl check `check` of `service` critical if its
+    /// deadline passed at `now`. Returns when to look again (`None`: the
+    /// check is gone).
+    pub fn expire(&self, service: &str, check: &str, now: Instant) -> Option<Instant> {
+        let mut inner = self.lock();
+        let c = inner.check_mut(service, check)?;
+        let CheckKind::Ttl(ttl) = c.check.kind else {
+            return None;
+        };
+        match c.expires {
+            Some(at) if at <= now => {
+                info!(%service, %check, "ttl check expired");
+                c.state = State::Critical;
+                c.output = format!("TTL expired: no update within {ttl:?}");
+                c.expires = None;
+                self.publish(&mut inner);
+                Some(now + ttl)
+            }
+            Some(at) => Some(at),
+            // Never updated (or expired): nothing to expire until an update.
+            None => Some(now + ttl),
+        }
+    }
+
+    /// The latest reports of `node`'s agent; it is reachable.
+    pub fn remote(&self, node: &str, reports: Vec<InstanceReport>) {
+        let mut inner = self.lock();
+        inner.unreachable.remove(node);
+        inner.remote.insert(
+            node.to_owned(),
+            reports
+                .into_iter()
+                .map(|r| (r.service.clone(), r))
+                .collect(),
+        );
+        self.publish(&mut inner);
+    }
+
+    /// `node`'s agent cannot be reached: its instances are critical until
+    /// it reports again.
+    pub fn unreachable(&self, node: &str, why: String) {
+        let mut inner = self.lock();
+        if inner.unreachable.contains_key(node) {
+            return;
+        }
+        info!(%node, %why, "agent unreachable: its instances are critical");
+        inner.unreachable.insert(node.to_owned(), why);
+        self.publish(&mut inner);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes `inner` as a view, and this node's reports, where changed.
+    fn publish(&self, inner: &mut Inner) {
+        let local: Vec<InstanceReport> = inner
+            .local
+            .iter()
+            .map(|(service, checks)| {
+                InstanceReport::of(service, checks.iter().map(LocalCheck::report).collect())
+            })
+            .collect();
+        self.local.send_if_modified(|current| {
+            let changed = **current != local;
+            if changed {
+                *current = Arc::new(local.clone());
+            }
+            changed
+        });
+        let mut reports = inner.remote.clone();
+        reports.insert(
+            self.node.clone(),
+            local.into_iter().map(|r| (r.service.clone(), r)).collect(),
+        );
+        let view = View {
+            reports,
+            unreachable: inner.unreachable.clone(),
+        };
+        self.publisher.send_if_modified(|snapshot| {
+            let changed = *snapshot.health != view;
+            if changed {
+                *snapshot = Arc::new(snapshot.with_health(Arc::new(view)));
+            }
+            changed
+        });
+    }
+}
+
+impl Inner {
+    fn check_mut(&mut self, service: &str, check: &str) -> Option<&mut LocalCheck> {
+        self.local
+            .get_mut(service)?
+            .iter_mut()
+            .find(|c| c.check.name == check)
+    }
+}
+
+impl LocalCheck {
+    /// A check that has not run: critical, as in Consul.
+    fn new(check: Check) -> Self {
+        Self {
+            check,
+            state: State::Critical,
+            output: "not run yet".to_owned(),
+            successes: 0,
+            failures: 0,
+            expires: None,
+        }
+    }
+
+    fn report(&self) -> CheckReport {
+        CheckReport {
+            name: self.check.name.clone(),
+            state: self.state,
+            output: self.output.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+    use crate::snapshot::{Snapshot, Watch};
+
+    const MESH: &str = r#"
+[[node]]
+name = "a"
+address = "10.0.0.1"
+
+[[node]]
+name = "b"
+address = "10.0.0.2"
+
+[[service]]
+name = "api"
+nodes = ["a", "b"]
+port = 1
+
+[[service]]
+name = "web"
+node = "a"
+port = 2
+"#;
+
+    fn check(name: &str, kind: CheckKind, successes: u32, failures: u32) -> Check {
+        Check {
+            name: name.into(),
+            kind,
+            // Long: the runner's first run happens at once, then not again
+            // during a test, so only the results recorded here count.
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(1),
+            success_before_passing: successes,
+            failures_before_critical: failures,
+        }
+    }
+
+    /// A config where api has `checks`, and a board for node a on it.
+    fn board(checks: Vec<Check>) -> (Arc<Board>, Watch, Config) {
+        let mut config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
+        config.services[0].checks = checks;
+        let (publisher, watch) = Snapshot::new(config.clone()).publish();
+        let board = Board::new("a", Arc::new(publisher));
+        board.sync(&config);
+        (board, watch, config)
+    }
+
+    fn state(watch: &Watch, service: &str, node: &str) -> State {
+        let snapshot = watch.borrow().clone();
+        let s = snapshot.config.service(service).unwrap();
+        snapshot.health.state(s, node)
+    }
+
+    #[tokio::test]
+    async fn consul_thresholds() {
+        // Port 1 refuses: the runner's first run records a failure too;
+        // results below are recorded on top of it.
+        let (board, watch, _) = board(vec![check("c", CheckKind::Tcp, 3, 2)]);
+        assert_eq!(
+            state(&watch, "api", "a"),
+            State::Critical,
+            "a new check starts critical"
+        );
+        assert_eq!(
+            state(&watch, "web", "a"),
+            State::Passing,
+            "no checks: passing"
+        );
+        assert_eq!(
+            state(&watch, "api", "b"),
+            State::Critical,
+            "no report from b yet"
+        );
+        for n in 1..=3 {
+            assert_eq!(
+                state(&watch, "api", "a"),
+                State::Critical,
+                "after {} successes",
+                n - 1
+            );
+            board.record("api", "c", State::Passing, "ok".into());
+        }
+        assert_eq!(state(&watch, "api", "a"), State::Passing);
+        board.record("api", "c", State::Critical, "down".into());
+        assert_eq!(state(&watch, "api", "a"), State::Passing, "1 of 2 failures");
+        board.record("api", "c", State::Passing, "ok".into());
+        board.record("api", "c", State::Critical, "down".into());
+        assert_eq!(
+            state(&watch, "api", "a"),
+            State::Passing,
+            "the count restarted"
+        );
+        board.record("api", "c", State::Critical, "down".into());
+        assert_eq!(state(&watch, "api", "a"), State::Critical);
+        // Warning counts as a success.
+        for _ in 0..3 {
+            board.record("api", "c", State::Warning, "busy".into());
+        }
+        assert_eq!(state(&watch, "api", "a"), State::Warning);
+        board.stop();
+    }
+
+    #[tokio::test]
+    async fn zero_thresholds_follow_each_result() {
+        let (board, watch, _) = board(vec![check("c", CheckKind::Tcp, 0, 0)]);
+        board.record("api", "c", State::Passing, "ok".into());
+        assert_eq!(state(&watch, "api", "a"), State::Passing);
+        board.record("api", "c", State::Critical, "down".into());
+        assert_eq!(state(&watch, "api", "a"), State::Critical);
+        board.stop();
+    }
+
+    #[tokio::test]
+    async fn the_worst_check_decides() {
+        let (board, watch, _) = board(vec![
+            check("one", CheckKind::Tcp, 0, 0),
+            check("two", CheckKind::Tcp, 0, 0),
+        ]);
+        board.record("api", "one", State::Passing, "ok".into());
+        assert_eq!(
+            state(&watch, "api", "a"),
+            State::Critical,
+            "two has not passed"
+        );
+        board.record("api", "two", State::Warning, "busy".into());
+        assert_eq!(state(&watch, "api", "a"), State::Warning);
+        board.stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ttl_check_expires_without_updates() {
+        let ttl = CheckKind::Ttl(Duration::from_secs(5));
+        let (board, watch, _) = board(vec![check("t", ttl, 0, 0)]);
+        tokio::task::yield_now().await;
+        assert_eq!(state(&watch, "api", "a"), State::Critical);
+        board
+            .ttl("api", None, State::Passing, Some("fine".into()))
+            .unwrap();
+        assert_eq!(state(&watch, "api", "a"), State::Passing);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(state(&watch, "api", "a"), State::Passing);
+        board.ttl("api", None, State::Warning, None).unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            state(&watch, "api", "a"),
+            State::Warning,
+            "the update restarted the ttl"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(state(&watch, "api", "a"), State::Critical);
+        let snapshot = watch.borrow().clone();
+        let api = snapshot.config.service("api").unwrap();
+        let output = &snapshot.health.instance(api, "a").checks[0].output;
+        assert!(output.contains("TTL expired"), "{output}");
+        board.stop();
+    }
+
+    #[tokio::test]
+    async fn ttl_updates_are_refused_clearly() {
+        let ttl = |name: &str| check(name, CheckKind::Ttl(Duration::from_secs(5)), 0, 0);
+        let (board, _, _) = board(vec![ttl("t1"), ttl("t2")]);
+        let err = board.ttl("web", None, State::Passing, None).unwrap_err();
+        assert_eq!(err.to_string(), "service \"web\" has no ttl check");
+        let err = board.ttl("nope", None, State::Passing, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service \"nope\" has no instance on node \"a\""
+        );
+        let err = board.ttl("api", None, State::Passing, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service \"api\" has several ttl checks (t1, t2): say which with --check"
+        );
+        board.ttl("api", Some("t2"), State::Passing, None).unwrap();
+        let err = board
+            .ttl("api", Some("t3"), State::Passing, None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service \"api\" has no ttl check named \"t3\""
+        );
+        board.stop();
+    }
+
+    #[tokio::test]
+    async fn reload_keeps_unchanged_checks_and_restarts_changed_ones() {
+        let (board, watch, mut config) = board(vec![
+            check("keep", CheckKind::Tcp, 0, 0),
+            check("change", CheckKind::Tcp, 0, 0),
+        ]);
+        board.record("api", "keep", State::Passing, "ok".into());
+        board.record("api", "change", State::Passing, "ok".into());
+        assert_eq!(state(&watch, "api", "a"), State::Passing);
+        config.services[0].checks[1].failures_before_critical = 5;
+        board.sync(&config);
+        assert_eq!(
+            state(&watch, "api", "a"),
+            State::Critical,
+            "a changed check starts over"
+        );
+        board.record("api", "change", State::Passing, "ok".into());
+        assert_eq!(
+            state(&watch, "api", "a"),
+            State::Passing,
+            "keep kept its state"
+        );
+        board.stop();
+    }
+
+    #[tokio::test]
+    async fn remote_reports_and_unreachable_agents() {
+        let (board, watch, _) = board(Vec::new());
+        assert_eq!(
+            state(&watch, "api", "b"),
+            State::Passing,
+            "no checks, no report needed"
+        );
+        board.unreachable("b", "connection refused".into());
+        assert_eq!(state(&watch, "api", "b"), State::Critical);
+        board.remote("b", vec![InstanceReport::of("api", Vec::new())]);
+        assert_eq!(
+            state(&watch, "api", "b"),
+            State::Passing,
+            "it reported again"
+        );
+        let warning = CheckReport {
+            name: "c".into(),
+            state: State::Warning,
+            output: "busy".into(),
+        };
+        board.remote("b", vec![InstanceReport::of("api", vec![warning])]);
+        assert_eq!(state(&watch, "api", "b"), State::Warning);
+        board.stop();
+    }
+}

@@ -1,0 +1,184 @@
+//! Instance health, with Consul's semantics (DESIGN.md "Catalog").
+//!
+//! - `probe`: one run of an `http` or `tcp` check.
+//! - `runner`: runs the checks of this node's instances, from the agent's
+//!   cgroup, and expires `ttl` checks.
+//! - `board`: what this agent knows of every instance (its own checks, the
+//!   reports of other nodes' agents, which agents it cannot reach); every
+//!   change is published as a new [`View`] in the snapshot.
+//! - `link`: the exchange of reports between agents (ARCHITECTURE.md,
+//!   "Health").
+//!
+//! An instance's state is the worst of its checks' states; an instance
+//! without checks is passing; a new check starts critical. Warning
+//! instances take traffic, critical ones none.
+
+pub mod board;
+pub mod doc;
+pub mod probe;
+pub mod runner;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Service;
+
+pub use board::Board;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("service {service:?} has no instance on node {node:?}")]
+    NotHere { service: String, node: String },
+    #[error("service {service:?} has no ttl check{}", named(.check))]
+    NoTtlCheck {
+        service: String,
+        check: Option<String>,
+    },
+    #[error(
+        "service {service:?} has several ttl checks ({}): say which with --check",
+        .checks.join(", ")
+    )]
+    WhichTtlCheck {
+        service: String,
+        checks: Vec<String>,
+    },
+}
+
+fn named(check: &Option<String>) -> String {
+    check
+        .as_ref()
+        .map(|c| format!(" named {c:?}"))
+        .unwrap_or_default()
+}
+
+/// A check's or an instance's state. Ordered from best to worst.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Passing,
+    Warning,
+    #[default]
+    Critical,
+}
+
+impl State {
+    /// Whether an instance in this state takes new connections.
+    pub fn takes_traffic(self) -> bool {
+        self != State::Critical
+    }
+
+    /// As in metrics: passing 0, warning 1, critical 2.
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Passing => "passing",
+            State::Warning => "warning",
+            State::Critical => "critical",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One check's latest result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub name: String,
+    pub state: State,
+    /// What the last run saw (status line, error, ttl note).
+    pub output: String,
+}
+
+/// What a node's agent says about one of its instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub service: String,
+    /// The worst of `checks` (passing if none).
+    pub state: State,
+    pub checks: Vec<CheckReport>,
+}
+
+impl InstanceReport {
+    /// The report of an instance whose checks are `checks`.
+    pub fn of(service: &str, checks: Vec<CheckReport>) -> Self {
+        Self {
+            service: service.to_owned(),
+            state: checks
+                .iter()
+                .map(|c| c.state)
+                .max()
+                .unwrap_or(State::Passing),
+            checks,
+        }
+    }
+}
+
+/// What this agent knows of every instance's health, as published in the
+/// snapshot. Read with [`View::state`] against the config in force: the
+/// view keeps reports as received, the config says which instances exist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    /// Node -> service -> the node's latest report on that instance (this
+    /// node's own checks included).
+    pub reports: HashMap<String, HashMap<String, InstanceReport>>,
+    /// Nodes whose agent this agent cannot reach, and why.
+    pub unreachable: HashMap<String, String>,
+}
+
+/// The health of one instance, as `/status` and `catalog instances` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub service: String,
+    pub node: String,
+    pub state: State,
+    /// Why, in a few words, when no check says it (unreachable agent, no
+    /// report yet).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    pub checks: Vec<CheckReport>,
+}
+
+impl View {
+    /// The state of the instance of `service` on `node`: critical if its
+    /// agent cannot be reached; else its latest report; else passing if
+    /// the service has no checks, critical if it has (none ran yet).
+    pub fn state(&self, service: &Service, node: &str) -> State {
+        self.instance(service, node).state
+    }
+
+    /// [`View::state`] with its checks and reason.
+    pub fn instance(&self, service: &Service, node: &str) -> Instance {
+        let mut instance = Instance {
+            service: service.name.clone(),
+            node: node.to_owned(),
+            state: State::Critical,
+            reason: None,
+            checks: Vec::new(),
+        };
+        let report = self.reports.get(node).and_then(|r| r.get(&service.name));
+        if let Some(report) = report {
+            instance.state = report.state;
+            instance.checks = report.checks.clone();
+        } else if service.checks.is_empty() {
+            instance.state = State::Passing;
+        } else {
+            instance.reason = Some("no check result yet".to_owned());
+        }
+        if let Some(why) = self.unreachable.get(node) {
+            instance.state = State::Critical;
+            instance.reason = Some(format!("agent of node {node:?} unreachable: {why}"));
+        }
+        instance
+    }
+}

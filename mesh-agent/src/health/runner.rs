@@ -1,0 +1,37 @@
+//! Runs one local check forever: `http` and `tcp` every `interval` (the
+//! first run at once), `ttl` by expiring it when no update came in time.
+//! Results go to the [`Board`]; the board aborts the task when the check
+//! or its instance goes.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{Board, probe};
+use crate::config::{Check, CheckKind};
+
+/// The task of the check `check` of the local instance of `service`
+/// (listening on `127.0.0.1:port`).
+pub async fn run(board: Arc<Board>, service: String, port: u16, check: Check) {
+    match &check.kind {
+        CheckKind::Ttl(_) => loop {
+            let Some(next) = board.expire(&service, &check.name, Instant::now()) else {
+                return;
+            };
+            tokio::time::sleep_until(next).await;
+        },
+        kind => {
+            let mut every = tokio::time::interval(check.interval);
+            // A slow run delays the next; runs never pile up.
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let (state, output) = match kind {
+                    CheckKind::Http { path } => probe::http(port, path, check.timeout).await,
+                    _ => probe::tcp(port, check.timeout).await,
+                };
+                board.record(&service, &check.name, state, output);
+            }
+        }
+    }
+}
