@@ -11,7 +11,8 @@
 //! certificate serial and expiry; per (source, destination) pair seen, how
 //! many connections the intentions allowed, denied here as the destination,
 //! denied on the caller's node (EPERM from connect(), or the outbound
-//! check), and cut on a change.
+//! check), and cut on a change; per instance of every service, its health
+//! as this agent knows it.
 //! `GET /catalog`: every service and the health of each of its instances
 //! as this agent knows it (`health::doc::CatalogDoc`). `POST /check`: a
 //! ttl check update (`health::doc::TtlUpdate`) for a local instance.
@@ -44,9 +45,9 @@ use crate::{
     },
     identity::Identities,
     policy,
-    proxy::admission::Admission,
+    proxy::{admission::Admission, balance::Balancer},
     snapshot::Watch,
-    telemetry::Telemetry,
+    telemetry::{Scrape, Telemetry},
 };
 
 /// The default admin address.
@@ -286,6 +287,8 @@ pub struct Sources {
     pub telemetry: Arc<Telemetry>,
     /// `POST /check`: ttl check updates.
     pub board: Arc<Board>,
+    /// `/metrics`: connections open to each instance.
+    pub balancer: Arc<Balancer>,
 }
 
 impl Admin {
@@ -406,20 +409,44 @@ impl Sources {
     /// `/metrics`: Prometheus text.
     fn metrics(&self) -> String {
         let now = SystemTime::now();
-        let expiries = self.identities.all().into_iter().map(|(name, leaf)| {
-            let secs = match leaf.not_after.duration_since(now) {
-                Ok(left) => left.as_secs_f64(),
-                Err(past) => -past.duration().as_secs_f64(),
-            };
-            (name, secs)
-        });
+        let expiries = self
+            .identities
+            .all()
+            .into_iter()
+            .map(|(name, leaf)| {
+                let secs = match leaf.not_after.duration_since(now) {
+                    Ok(left) => left.as_secs_f64(),
+                    Err(past) => -past.duration().as_secs_f64(),
+                };
+                (name, secs)
+            })
+            .collect();
+        let snapshot = self.snapshot.borrow().clone();
+        let instances = snapshot
+            .config
+            .services
+            .iter()
+            .filter(|s| !s.public)
+            .flat_map(|s| {
+                let snapshot = &snapshot;
+                s.nodes.iter().map(move |node| {
+                    (
+                        s.name.clone(),
+                        node.clone(),
+                        snapshot.health.state(s, node).code(),
+                        self.balancer.active(&s.name, node),
+                    )
+                })
+            })
+            .collect();
         self.denials.harvest();
-        self.telemetry.render(
+        self.telemetry.render(Scrape {
             expiries,
-            self.kernel.map_entries(),
-            self.kernel.refused(),
-            self.admission.in_progress(),
-        )
+            maps: self.kernel.map_entries(),
+            kernel_refused: self.kernel.refused(),
+            handshakes_in_progress: self.admission.in_progress(),
+            instances,
+        })
     }
 
     /// `/config`: the config this agent runs with (intentions as in force).
@@ -459,6 +486,15 @@ impl Sources {
                 })
             })
             .collect();
+        let snapshot = self.snapshot.borrow().clone();
+        let instances: Vec<Value> = snapshot
+            .config
+            .services
+            .iter()
+            .filter(|s| !s.public)
+            .flat_map(|s| s.nodes.iter().map(|node| snapshot.health.instance(s, node)))
+            .map(|i| json!({"service": i.service, "node": i.node, "state": i.state, "reason": i.reason}))
+            .collect();
         let ca_not_after = self.identities.ca().not_after();
         json!({
             "node": self.node,
@@ -468,6 +504,7 @@ impl Sources {
                 "expires_in_secs": ca_not_after.duration_since(now).unwrap_or_default().as_secs(),
             },
             "services": services,
+            "instances": instances,
             "connections": pairs,
         })
     }

@@ -325,6 +325,7 @@ async fn serve(
             denials,
             telemetry,
             board: board.clone(),
+            balancer,
         },
     );
     // Not in `tasks`: it answers through the drain (`/ready`: 503).

@@ -125,6 +125,18 @@ impl Balancer {
         Active { slot }
     }
 
+    /// The connections open now to the instance of `service` on `node`.
+    pub fn active(&self, service: &str, node: &str) -> u64 {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pool) = pools.get(service) else {
+            return 0;
+        };
+        let slots = pool.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .get(node)
+            .map_or(0, |slot| slot.active.load(Ordering::Relaxed))
+    }
+
     /// Records a failed dial or handshake to the instance of `service` on
     /// `node`: the [`EJECT_AFTER`]th in a row ejects it until `now` +
     /// [`EJECTION`] (doubled for each ejection since the last success, at

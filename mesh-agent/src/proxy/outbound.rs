@@ -124,9 +124,13 @@ impl Handler {
             // A catalog address names one instance: no other will do.
             let host = super::route::instance(&snapshot.config, &dst, dialed)?;
             let active = self.balancer.started(&dst.name, &host.name);
-            let upstream = self.connect(host, &src, &dst).await?;
+            let upstream = self
+                .connect(host, &src, &dst)
+                .await
+                .inspect_err(|_| pi.telemetry.instance_failed(&dst.name, &host.name))?;
             (host.name.clone(), upstream, active)
         };
+        pi.telemetry.instance_connected(&dst.name, &node);
         let (sent, received) = match upstream {
             Upstream::Local(mut svc) => {
                 pi.splice_while_allowed(&mut app, &mut svc, &src.name, &dst.name, "outbound")
@@ -188,6 +192,7 @@ impl Handler {
                 Err(e) => {
                     warn!(src = %src.name, dst = %dst.name, node = %name, error = %e, "instance failed, trying another");
                     self.balancer.failed(&dst.name, &name, Instant::now());
+                    self.pi.telemetry.instance_failed(&dst.name, &name);
                     last = Some(e);
                 }
             }

@@ -11,6 +11,9 @@
 //! | `mesh_denials_total` | source, destination, rule, side (`source`: connect() refused on the caller's node; `destination`) |
 //! | `mesh_certificate_expiry_seconds` | service |
 //! | `mesh_ebpf_map_entries` | map |
+//! | `mesh_instance_health` | service, node: 0 passing, 1 warning, 2 critical (as this agent knows it) |
+//! | `mesh_instance_connections_total`, `mesh_instance_connections_active` | service, node: connections this agent sent to the instance |
+//! | `mesh_instance_connect_failures_total` | service, node: failed dials or handshakes (each retried on another instance) |
 //!
 //! `side` is `outbound` (this agent speaks for the caller) or `inbound`
 //! (for the destination); a call between two nodes counts on both agents.
@@ -64,6 +67,12 @@ struct Service {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Instance {
+    pub service: String,
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Map {
     map: &'static str,
 }
@@ -81,6 +90,10 @@ pub struct Metrics {
     expiry: Family<Service, Gauge<f64, AtomicU64>>,
     maps: Family<Map, Gauge>,
     in_progress: Gauge,
+    health: Family<Instance, Gauge>,
+    instance_opened: Family<Instance, Counter>,
+    instance_active: Family<Instance, Gauge>,
+    instance_failures: Family<Instance, Counter>,
     /// The kernel's `REFUSED` count at the last scrape.
     refused_seen: AtomicU64,
 }
@@ -99,6 +112,10 @@ impl Default for Metrics {
             expiry: Family::default(),
             maps: Family::default(),
             in_progress: Gauge::default(),
+            health: Family::default(),
+            instance_opened: Family::default(),
+            instance_active: Family::default(),
+            instance_failures: Family::default(),
             refused_seen: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -149,6 +166,26 @@ impl Default for Metrics {
             "Entries in the agent's eBPF maps",
             this.maps.clone(),
         );
+        reg.register(
+            "mesh_instance_health",
+            "Health of each instance as this agent knows it: 0 passing, 1 warning, 2 critical",
+            this.health.clone(),
+        );
+        reg.register(
+            "mesh_instance_connections",
+            "Connections this agent sent to each instance",
+            this.instance_opened.clone(),
+        );
+        reg.register(
+            "mesh_instance_connections_active",
+            "Connections this agent has open to each instance now",
+            this.instance_active.clone(),
+        );
+        reg.register(
+            "mesh_instance_connect_failures",
+            "Failed dials or handshakes to each instance",
+            this.instance_failures.clone(),
+        );
         Self { registry, ..this }
     }
 }
@@ -197,6 +234,29 @@ impl Metrics {
             side,
         };
         self.denials.get_or_create(&labels).inc_by(n);
+    }
+
+    /// A connection went to `instance`.
+    pub fn instance_connected(&self, instance: &Instance) {
+        self.instance_opened.get_or_create(instance).inc();
+    }
+
+    /// A dial or handshake to `instance` failed.
+    pub fn instance_failed(&self, instance: &Instance) {
+        self.instance_failures.get_or_create(instance).inc();
+    }
+
+    /// Every instance of the catalog now: its health code and this agent's
+    /// open connections to it. Instances that left lose their gauges.
+    pub fn instances(&self, now: impl IntoIterator<Item = (Instance, i64, u64)>) {
+        self.health.clear();
+        self.instance_active.clear();
+        for (instance, health, active) in now {
+            self.health.get_or_create(&instance).set(health);
+            self.instance_active
+                .get_or_create(&instance)
+                .set(i64::try_from(active).unwrap_or(i64::MAX));
+        }
     }
 
     /// Inbound handshakes holding a slot now.
@@ -261,6 +321,18 @@ mod tests {
         m.kernel_refused(5);
         m.kernel_refused(7);
         m.handshakes_in_progress(3);
+        let b = Instance {
+            service: "api".into(),
+            node: "b".into(),
+        };
+        m.instance_connected(&b);
+        m.instance_failed(&b);
+        let gone = Instance {
+            service: "old".into(),
+            node: "b".into(),
+        };
+        m.instances([(gone.clone(), 0, 0)]);
+        m.instances([(b.clone(), 2, 4)]);
         let text = m.render([("api".to_owned(), 42.5)], [("CONNS", 3)]);
         for line in [
             "mesh_connections_opened_total{source=\"web\",destination=\"api\",side=\"inbound\"} 1",
@@ -274,9 +346,14 @@ mod tests {
             "mesh_handshakes_in_progress 3",
             "mesh_certificate_expiry_seconds{service=\"api\"} 42.5",
             "mesh_ebpf_map_entries{map=\"CONNS\"} 3",
+            "mesh_instance_health{service=\"api\",node=\"b\"} 2",
+            "mesh_instance_connections_total{service=\"api\",node=\"b\"} 1",
+            "mesh_instance_connections_active{service=\"api\",node=\"b\"} 4",
+            "mesh_instance_connect_failures_total{service=\"api\",node=\"b\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }
+        assert!(!text.contains("service=\"old\""), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -58,6 +58,27 @@ pub struct Telemetry {
     kernel_seen: Mutex<HashMap<DenialKey, u64>>,
 }
 
+/// The values `/metrics` reads at scrape time.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    /// Seconds to each local leaf's expiry.
+    pub expiries: Vec<(String, f64)>,
+    /// Entries per eBPF map.
+    pub maps: Vec<(&'static str, i64)>,
+    /// sk_lookup's refusals so far.
+    pub kernel_refused: u64,
+    pub handshakes_in_progress: usize,
+    /// Every instance: service, node, health code, connections open to it.
+    pub instances: Vec<(String, String, i64, u64)>,
+}
+
+fn instance(service: &str, node: &str) -> metrics::Instance {
+    metrics::Instance {
+        service: service.to_owned(),
+        node: node.to_owned(),
+    }
+}
+
 /// A connection counted open; [`Telemetry::closed`] ends it.
 #[derive(Debug)]
 pub struct Open {
@@ -128,6 +149,16 @@ impl Telemetry {
         self.count(src, dst, |s| s.cut += 1);
     }
 
+    /// A connection went to the instance of `service` on `node`.
+    pub fn instance_connected(&self, service: &str, node: &str) {
+        self.metrics.instance_connected(&instance(service, node));
+    }
+
+    /// A dial or handshake to the instance of `service` on `node` failed.
+    pub fn instance_failed(&self, service: &str, node: &str) {
+        self.metrics.instance_failed(&instance(service, node));
+    }
+
     /// A TLS handshake completed; `resumed`: from a session ticket.
     pub fn handshake(&self, side: &'static str, resumed: bool) {
         self.metrics.handshake(side, resumed);
@@ -171,19 +202,17 @@ impl Telemetry {
             .collect()
     }
 
-    /// The Prometheus text, with the values read at scrape time: seconds
-    /// to each leaf's expiry, entries per eBPF map, sk_lookup's refusals
-    /// so far, and inbound handshakes in progress.
-    pub fn render(
-        &self,
-        expiries: impl IntoIterator<Item = (String, f64)>,
-        maps: impl IntoIterator<Item = (&'static str, i64)>,
-        kernel_refused: u64,
-        handshakes_in_progress: usize,
-    ) -> String {
-        self.metrics.kernel_refused(kernel_refused);
-        self.metrics.handshakes_in_progress(handshakes_in_progress);
-        self.metrics.render(expiries, maps)
+    /// The Prometheus text, with the values read at scrape time.
+    pub fn render(&self, now: Scrape) -> String {
+        self.metrics.kernel_refused(now.kernel_refused);
+        self.metrics
+            .handshakes_in_progress(now.handshakes_in_progress);
+        self.metrics.instances(
+            now.instances
+                .into_iter()
+                .map(|(service, node, health, active)| (instance(&service, &node), health, active)),
+        );
+        self.metrics.render(now.expiries, now.maps)
     }
 
     fn count(&self, src: &str, dst: &str, f: impl FnOnce(&mut PairStats)) {
@@ -234,7 +263,7 @@ mod tests {
                 ..PairStats::default()
             }
         );
-        let text = t.render([], [], 0, 0);
+        let text = t.render(Scrape::default());
         for line in [
             "mesh_connections_closed_total{source=\"web\",destination=\"api\",side=\"outbound\"} 1",
             "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\",side=\"source\"} 8",
