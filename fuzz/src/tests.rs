@@ -99,7 +99,49 @@ fn write_seeds() {
 fn config_seeds(mut write: impl FnMut(&str, &[u8])) {
     write("mesh.toml", mesh::TEXT.as_bytes());
     write("comments.toml", COMMENTED.as_bytes());
+    write("checks.toml", CHECKS.as_bytes());
 }
+
+/// A service on two nodes with one check of each kind, defaults and not.
+const CHECKS: &str = r#"[[node]]
+name = "a"
+address = "10.0.0.1"
+
+[[node]]
+name = "b"
+address = "10.0.0.2"
+
+[[service]]
+name = "api"
+nodes = ["a", "b"]
+port = 5001
+lb = "round_robin"
+
+[[service.check]]
+name = "api health"
+http = "/health?full=1"
+interval = "1s500ms"
+timeout = "500ms"
+success_before_passing = 2
+failures_before_critical = 3
+
+[[service.check]]
+tcp = true
+interval = "100ms"
+
+[[service.check]]
+ttl = "30s"   # mesh-agent check pass --service api
+
+[[service]]
+name = "web"
+node = "a"
+port = 80
+
+[[intention]]
+source = "web"
+destination = "api"
+action = "allow"
+"#;
 
 /// Comments everywhere the editor must keep them, and every field.
 const COMMENTED: &str = r#"# the whole mesh

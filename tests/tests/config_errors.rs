@@ -48,6 +48,17 @@ const CASES: &[(&[u8], &[&str])] = &[
     // No agent could run these: it must be one of the nodes.
     (b"", &[":1:1: empty file"]),
     (b"[mesh]\n", &[":1:1: no [[node]]"]),
+    // Health checks: one without a kind, one too frequent; both reported.
+    (
+        b"[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\
+         [[service]]\nname = \"x\"\nnode = \"a\"\nport = 5001\n\
+         [[service.check]]\nname = \"up\"\n\
+         [[service.check]]\ntcp = true\ninterval = \"50ms\"\n",
+        &[
+            ":8:1: a check of service \"x\" has no kind: expected exactly one of http, tcp or ttl",
+            ":12:12: interval \"50ms\" is too short: expected at least 100ms",
+        ],
+    ),
 ];
 
 /// A fresh directory holding `text` as mesh.toml.

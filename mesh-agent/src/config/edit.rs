@@ -624,6 +624,37 @@ port = 81
     }
 
     #[test]
+    fn checks_stay_with_their_service_through_edits() {
+        let checks = |f: &File| f.config().service("api").unwrap().checks.clone();
+        // The file ends with a check of the last service: the intention goes
+        // after it, at the top level, and comes back out cleanly.
+        let text = format!("{BASE}\n[[service.check]]\nhttp = \"/health\"  # the app's own\n");
+        let f = File::new(&text);
+        let before = checks(&f);
+        assert_eq!(before.len(), 1);
+        create(&f.path, "web", "api", Action::Allow).unwrap();
+        assert_eq!(f.text(), format!("{text}{}", table("web", "api", "allow")));
+        assert_eq!(checks(&f), before);
+        delete(&f.path, "web", "api").unwrap();
+        assert_eq!(f.text(), text);
+
+        // An intention between a service and a later check of it (valid
+        // TOML: the check belongs to the last [[service]]).
+        let text = format!(
+            "{BASE}{}\n# api's check\n\n[[service.check]]\ntcp = true\n",
+            table("web", "api", "allow")
+        );
+        let f = File::new(&text);
+        assert_eq!(checks(&f)[0].kind, crate::config::CheckKind::Tcp);
+        delete(&f.path, "web", "api").unwrap();
+        assert_eq!(
+            f.text(),
+            format!("{BASE}\n# api's check\n\n[[service.check]]\ntcp = true\n")
+        );
+        assert_eq!(checks(&f)[0].name, "tcp");
+    }
+
+    #[test]
     fn an_edit_that_would_not_validate_leaves_the_file_alone() {
         let f = File::new(BASE);
         let result = create(&f.path, "web", "ghost", Action::Allow);

@@ -86,21 +86,23 @@ pub struct Service {
 /// A `[[service.check]]` (Consul semantics, DESIGN.md "Catalog").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    /// As written, or a default made from the kind (`"http /health"`,
-    /// `"tcp"`, `"ttl"`). Unique within the service.
+    /// As written (not empty, no control character), or a default made
+    /// from the kind (`"http /health"`, `"tcp"`, `"ttl"`). Unique within
+    /// the service.
     pub name: String,
     pub kind: CheckKind,
-    /// Between two runs of an `http` or `tcp` check: default 10s, at
-    /// least 100ms. Unused for `ttl`.
+    /// Between two runs of an `http` or `tcp` check: default 10s, from
+    /// 100ms to 24h. Unused for `ttl` (10s, not to be set).
     pub interval: Duration,
     /// Bound on one run: default the smaller of 10s (Consul's) and
-    /// `interval`. Unused for `ttl`.
+    /// `interval`; above zero, at most 24h. Unused for `ttl` (10s, not to
+    /// be set).
     pub timeout: Duration,
     /// Consecutive successes before a critical check turns passing
-    /// (0 and 1 both mean the first success). Default 0.
+    /// (0 and 1 both mean the first success). Default 0, at most 1000.
     pub success_before_passing: u32,
     /// Consecutive failures before a passing check turns critical
-    /// (0 and 1 both mean the first failure). Default 0.
+    /// (0 and 1 both mean the first failure). Default 0, at most 1000.
     pub failures_before_critical: u32,
 }
 
@@ -108,12 +110,14 @@ pub struct Check {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckKind {
     /// GET `http://127.0.0.1:<port><path>`: 2xx passing, 429 warning,
-    /// anything else or no answer within the timeout critical.
+    /// anything else or no answer within the timeout critical. `path`
+    /// starts with '/' and is a valid HTTP request path and query: no
+    /// whitespace, control character or fragment, at most 1024 bytes.
     Http { path: String },
     /// Connect to `127.0.0.1:<port>`: passing if it is accepted in time.
     Tcp,
     /// Critical unless `mesh-agent check pass|warn|fail` reports within
-    /// this long (at least 1s).
+    /// this long (1s to 24h).
     Ttl(Duration),
 }
 

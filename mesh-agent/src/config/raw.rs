@@ -1,8 +1,9 @@
 //! The file as serde sees it: strings and spans, checked in `validate`.
 //!
 //! Values that need a semantic check are `Spanned` so problems can point at
-//! them. Ports are a `toml::Value` so that a string or negative port is a
-//! positioned problem reported with the others, not a lone serde error.
+//! them. Ports and check counts are a `toml::Value` so that a string or
+//! negative number is a positioned problem reported with the others, not a
+//! lone serde error.
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -50,6 +51,24 @@ pub(super) struct RawService {
     pub cgroup: Option<Spanned<String>>,
     /// How a VIP connection picks an instance.
     pub lb: Option<Spanned<String>>,
+    /// Its `[[service.check]]` tables, in file order.
+    #[serde(default)]
+    pub check: Vec<Spanned<RawCheck>>,
+}
+
+/// A `[[service.check]]`: exactly one of `http`, `tcp` and `ttl` is its kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheck {
+    pub name: Option<Spanned<String>>,
+    /// The path the agent GETs on `127.0.0.1:<port>`.
+    pub http: Option<Spanned<String>>,
+    pub tcp: Option<Spanned<bool>>,
+    pub ttl: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub success_before_passing: Option<Spanned<toml::Value>>,
+    pub failures_before_critical: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -827,6 +827,30 @@ fn leaf_ttl() {
     assert_at(&err.problems()[0], 2, 12, &["too long"]);
     let err = ttl("0s").unwrap_err();
     assert_at(&err.problems()[0], 2, 12, &["too short", "at least 1s"]);
+    // Milliseconds parse, but a leaf lives at least 1s.
+    for text in ["500ms", "999ms", "0h0m0s999ms"] {
+        let err = ttl(text).unwrap_err();
+        assert_eq!(err.problems().len(), 1, "{text}");
+        assert_at(
+            &err.problems()[0],
+            2,
+            12,
+            &[&format!(
+                "leaf_ttl {text:?} is too short: expected at least 1s"
+            )],
+        );
+    }
+    for (text, millis) in [("1s500ms", 1500), ("1000ms", 1000), ("1m1ms", 60_001)] {
+        assert_eq!(
+            ttl(text).unwrap().mesh.leaf_ttl,
+            Duration::from_millis(millis),
+            "{text}"
+        );
+    }
+    for text in ["1ms1s", "1ms1ms", "5 ms", "5mss", "ms", "1s1s500ms"] {
+        let err = ttl(text).unwrap_err();
+        assert_at(&err.problems()[0], 2, 12, &["invalid leaf_ttl"]);
+    }
 }
 
 #[test]
@@ -1104,4 +1128,415 @@ fn the_editor_keeps_a_byte_order_mark() {
     let config = Config::load(&file.path).unwrap();
     assert_eq!(config.intentions.len(), 1);
     assert_eq!(config.intentions[0].line, 14);
+}
+
+// `[[service.check]]`: `with_service(extra)` puts them in service `s`
+// (port 80); the first one's header is on line 13.
+
+/// A check of service `s` on line 13 with `body` from line 14 on.
+fn with_check(body: &str) -> String {
+    with_service(&format!("[[service.check]]\n{body}"))
+}
+
+#[test]
+fn checks_parse_with_their_defaults() {
+    let text = with_service(
+        r#"[[service.check]]
+name = "api health"
+http = "/health"
+interval = "5s"
+timeout = "1s"
+success_before_passing = 2
+failures_before_critical = 3
+
+[[service.check]]
+tcp = true
+interval = "500ms"
+
+[[service.check]]
+ttl = "30s"
+
+[[service.check]]
+http = "/ready?full=1"
+interval = "1s500ms"
+timeout = "100ms"
+
+[[service.check]]
+name = "slow"
+tcp = true
+interval = "1m"
+success_before_passing = 0
+failures_before_critical = 1000
+
+[[service]]
+name = "t"
+node = "b"
+port = 81
+
+[[service.check]]
+name = "api health"
+http = "/"
+"#,
+    );
+    let config = parse_ok(&text);
+    let secs = Duration::from_secs;
+    let millis = Duration::from_millis;
+    let check = |name: &str, kind: CheckKind, interval, timeout, s, f| Check {
+        name: name.to_owned(),
+        kind,
+        interval,
+        timeout,
+        success_before_passing: s,
+        failures_before_critical: f,
+    };
+    let http = |path: &str| CheckKind::Http {
+        path: path.to_owned(),
+    };
+    assert_eq!(
+        config.service("s").unwrap().checks,
+        [
+            check("api health", http("/health"), secs(5), secs(1), 2, 3),
+            // The timeout defaults to the interval when that is below 10s.
+            check("tcp", CheckKind::Tcp, millis(500), millis(500), 0, 0),
+            check("ttl", CheckKind::Ttl(secs(30)), secs(10), secs(10), 0, 0),
+            check(
+                "http /ready?full=1",
+                http("/ready?full=1"),
+                millis(1500),
+                millis(100),
+                0,
+                0
+            ),
+            check("slow", CheckKind::Tcp, secs(60), secs(10), 0, 1000),
+        ]
+    );
+    // Names are unique within a service, not across services.
+    assert_eq!(
+        config.service("t").unwrap().checks,
+        [check("api health", http("/"), secs(10), secs(10), 0, 0)]
+    );
+    // No [[service.check]]: no checks.
+    assert!(parse_ok(&with_service("")).services[0].checks.is_empty());
+}
+
+#[test]
+fn a_check_has_exactly_one_kind() {
+    one_problem(
+        &with_check("name = \"x\"\ninterval = \"5s\"\n"),
+        13,
+        1,
+        &["a check of service \"s\" has no kind: expected exactly one of http, tcp or ttl"],
+    );
+    one_problem(&with_check(""), 13, 1, &["has no kind"]);
+    // Two or more: at the second, naming them all.
+    one_problem(
+        &with_check("http = \"/health\"\ntcp = true\n"),
+        15,
+        7,
+        &[
+            "a check of service \"s\" has both http and tcp: expected exactly one of http, tcp or ttl",
+        ],
+    );
+    one_problem(
+        &with_check("ttl = \"30s\"\nhttp = \"/health\"\n"),
+        15,
+        8,
+        &["has both http and ttl"],
+    );
+    one_problem(
+        &with_check("tcp = true\nttl = \"30s\"\nhttp = \"/\"\n"),
+        15,
+        7,
+        &["has http, tcp and ttl: expected exactly one"],
+    );
+    one_problem(
+        &with_check("tcp = false\n"),
+        14,
+        7,
+        &["tcp = false checks nothing: set tcp = true for a tcp check, or remove the check"],
+    );
+}
+
+#[test]
+fn interval_and_timeout_do_not_apply_to_a_ttl_check() {
+    let problems = problems(&with_check(
+        "ttl = \"30s\"\ninterval = \"5s\"\ntimeout = \"1s\"\n",
+    ));
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_at(
+        &problems[0],
+        15,
+        12,
+        &[
+            "interval does not apply to a ttl check",
+            "`mesh-agent check pass|warn|fail --service s`",
+            "remove interval",
+        ],
+    );
+    assert_at(
+        &problems[1],
+        16,
+        11,
+        &["timeout does not apply to a ttl check", "remove timeout"],
+    );
+    // Counts do apply: they smooth what `mesh-agent check` reports.
+    let config = parse_ok(&with_check("ttl = \"1m\"\nfailures_before_critical = 2\n"));
+    assert_eq!(config.services[0].checks[0].failures_before_critical, 2);
+}
+
+#[test]
+fn check_durations() {
+    let tcp = |key: &str, value: &str| with_check(&format!("tcp = true\n{key} = {value:?}\n"));
+    for (interval, millis) in [
+        ("100ms", 100),
+        ("500ms", 500),
+        ("1s500ms", 1500),
+        ("2m", 120_000),
+        ("24h", 86_400_000),
+    ] {
+        let check = &parse_ok(&tcp("interval", interval)).services[0].checks[0];
+        assert_eq!(check.interval, Duration::from_millis(millis), "{interval}");
+    }
+    let problem = one_problem(&tcp("interval", "50ms"), 15, 12, &[]);
+    assert_eq!(
+        problem.message,
+        "interval \"50ms\" is too short: expected at least 100ms"
+    );
+    one_problem(&tcp("interval", "0s"), 15, 12, &["too short"]);
+    one_problem(
+        &tcp("interval", "24h1ms"),
+        15,
+        12,
+        &["interval \"24h1ms\" is too long: expected at most 24h"],
+    );
+    for bad in ["10", "", "1d", "500 ms", "1ms1s", "-1s", "10S"] {
+        one_problem(
+            &tcp("interval", bad),
+            15,
+            12,
+            &[&format!("invalid interval {bad:?}"), "\"500ms\""],
+        );
+    }
+    for zero in ["0s", "0ms", "0h0m"] {
+        one_problem(
+            &tcp("timeout", zero),
+            15,
+            11,
+            &[&format!("timeout {zero:?} is zero"), "positive duration"],
+        );
+    }
+    one_problem(
+        &tcp("timeout", "soon"),
+        15,
+        11,
+        &["invalid timeout \"soon\""],
+    );
+    let check = &parse_ok(&tcp("timeout", "1ms")).services[0].checks[0];
+    assert_eq!(check.timeout, Duration::from_millis(1));
+
+    let ttl = |value: &str| with_check(&format!("ttl = {value:?}\n"));
+    one_problem(
+        &ttl("500ms"),
+        14,
+        7,
+        &["ttl \"500ms\" is too short: expected at least 1s"],
+    );
+    one_problem(&ttl("25h"), 14, 7, &["ttl \"25h\" is too long"]);
+    one_problem(&ttl("30"), 14, 7, &["invalid ttl \"30\""]);
+    let check = &parse_ok(&ttl("1s500ms")).services[0].checks[0];
+    assert_eq!(check.kind, CheckKind::Ttl(Duration::from_millis(1500)));
+}
+
+#[test]
+fn check_counts() {
+    for key in ["success_before_passing", "failures_before_critical"] {
+        let text = |value: &str| with_check(&format!("tcp = true\n{key} = {value}\n"));
+        let column = key.len() + 4;
+        for (value, needles) in [
+            ("-1", &[" -1 is out of range", "0..=1000"][..]),
+            ("1001", &[" 1001 is out of range"]),
+            ("9223372036854775807", &["is out of range"]),
+            ("\"3\"", &["must be an integer in 0..=1000, found a string"]),
+            ("2.5", &["found a float"]),
+        ] {
+            let problem = one_problem(&text(value), 15, column, needles);
+            assert!(problem.message.starts_with(key), "{problem}");
+        }
+        parse_ok(&text("1000"));
+    }
+}
+
+#[test]
+fn http_check_paths() {
+    // A TOML string: Rust's `{:?}` escapes are not all TOML's.
+    let http = |path: &str| with_check(&format!("http = {}\n", toml::Value::from(path)));
+    for path in ["/", "/health", "/health/live?verbose=1&x=%20", "/a-b_c.d~e"] {
+        let check = &parse_ok(&http(path)).services[0].checks[0];
+        assert_eq!(check.name, format!("http {path}"));
+        assert_eq!(
+            check.kind,
+            CheckKind::Http {
+                path: path.to_owned()
+            }
+        );
+    }
+    // A Consul-style URL: the path only, GET on the service's port.
+    let problem = one_problem(&http("http://localhost:8080/health"), 14, 8, &[]);
+    assert_eq!(
+        problem.message,
+        "http \"http://localhost:8080/health\" is a URL: this mesh takes the path only, \
+         http = \"/health\"; the agent GETs it on 127.0.0.1:80, the service's port"
+    );
+    one_problem(
+        &http("https://10.0.0.1/ready?x=1"),
+        14,
+        8,
+        &["is a URL", "http = \"/ready?x=1\"", "127.0.0.1:80"],
+    );
+    one_problem(
+        &http("localhost:8080/health"),
+        14,
+        8,
+        &["is a URL", "http = \"/health\""],
+    );
+    one_problem(
+        &http("http://localhost:8080"),
+        14,
+        8,
+        &["is a URL", "http = \"/\""],
+    );
+    // With a bad port, the message says which port in words.
+    let bad_port = http("http://x/health").replace("port = 80", "port = 0");
+    let problems = problems(&bad_port);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_at(
+        &problems[1],
+        14,
+        8,
+        &["the agent GETs it on 127.0.0.1:<service port>"],
+    );
+
+    for (path, needles) in [
+        ("", &["http path must not be empty", "\"/health\""][..]),
+        ("health", &["http path \"health\" does not start with '/'"]),
+        (
+            "/he alth",
+            &["contains whitespace or a control character", "%20"],
+        ),
+        ("/a\tb", &["contains whitespace or a control character"]),
+        ("/a\u{7f}", &["control character"]),
+        ("/health#top", &["fragment"]),
+        ("/a<b>", &["not a valid request path", "percent-encoded"]),
+        ("/a`b", &["not a valid request path"]),
+        ("/?q=<x>", &["not a valid request path"]),
+    ] {
+        one_problem(&http(path), 14, 8, needles);
+    }
+    let long = format!("/{}", "a".repeat(1024));
+    one_problem(&http(&long), 14, 8, &["1025 bytes long", "at most 1024"]);
+}
+
+#[test]
+fn check_names_are_unique_within_a_service() {
+    let two = |first: &str, second: &str| {
+        with_service(&format!(
+            "[[service.check]]\n{first}\n\n[[service.check]]\n{second}\n"
+        ))
+    };
+    one_problem(
+        &two("name = \"up\"\ntcp = true", "name = \"up\"\nhttp = \"/\""),
+        18,
+        8,
+        &["duplicate check name \"up\" in service \"s\": already declared on line 14"],
+    );
+    // Two unnamed tcp checks share the default name.
+    one_problem(
+        &two("tcp = true", "tcp = true\ninterval = \"1s\""),
+        16,
+        1,
+        &[
+            "duplicate check name \"tcp\" in service \"s\"",
+            "default name",
+            "line 13",
+            "set `name`",
+        ],
+    );
+    one_problem(
+        &two("http = \"/h\"", "http = \"/h\""),
+        16,
+        1,
+        &["duplicate check name \"http /h\"", "set `name`"],
+    );
+    // A written name may collide with a default one.
+    one_problem(
+        &two("ttl = \"5s\"", "name = \"ttl\"\ntcp = true"),
+        17,
+        8,
+        &["duplicate check name \"ttl\"", "line 13"],
+    );
+    let named = parse_ok(&two("tcp = true", "name = \"tcp 2\"\ntcp = true"));
+    let names: Vec<&str> = named.services[0]
+        .checks
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["tcp", "tcp 2"]);
+
+    one_problem(
+        &with_check("name = \"\"\ntcp = true\n"),
+        14,
+        8,
+        &["check name must not be empty", "leave `name` out"],
+    );
+    one_problem(
+        &with_check("name = \"a\\nb\"\ntcp = true\n"),
+        14,
+        8,
+        &["control character"],
+    );
+}
+
+#[test]
+fn check_shape_errors_are_positioned() {
+    one_problem(
+        &with_check("tcp = true\nport = 81\n"),
+        15,
+        1,
+        &["unknown field `port`"],
+    );
+    one_problem(&with_check("tcp = \"yes\"\n"), 14, 7, &["invalid type"]);
+    one_problem(
+        &with_check("interval = 10\ntcp = true\n"),
+        14,
+        12,
+        &["invalid type"],
+    );
+}
+
+#[test]
+fn every_check_problem_is_reported_and_the_config_refused() {
+    let text = with_service(
+        r#"[[service.check]]
+name = "none"
+
+[[service.check]]
+tcp = true
+interval = "50ms"
+failures_before_critical = -2
+
+[[service.check]]
+http = "http://localhost/health"
+"#,
+    );
+    let problems = problems(&text);
+    let found: Vec<(usize, usize)> = problems.iter().map(|p| (p.line, p.column)).collect();
+    assert_eq!(
+        found,
+        [(13, 1), (18, 12), (19, 28), (22, 8)],
+        "{problems:#?}"
+    );
+    assert_at(&problems[0], 13, 1, &["has no kind"]);
+    assert_at(&problems[1], 18, 12, &["interval \"50ms\" is too short"]);
+    assert_at(&problems[2], 19, 28, &["failures_before_critical -2"]);
+    assert_at(&problems[3], 22, 8, &["is a URL"]);
 }

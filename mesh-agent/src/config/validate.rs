@@ -5,6 +5,8 @@
 //! against every declared name, valid or not, so one bad name does not also
 //! produce "unknown node" problems elsewhere.
 
+mod checks;
+
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
@@ -287,7 +289,19 @@ impl Checker<'_> {
                 Some(lb) => self.check(lb, |l| values::balance(l)),
             };
 
-            if let (true, true, true, true, Some(port), Some(vip), Some(cgroup), Some(lb)) = (
+            let checks = self.checks(service, port);
+
+            if let (
+                true,
+                true,
+                true,
+                true,
+                Some(port),
+                Some(vip),
+                Some(cgroup),
+                Some(lb),
+                Some(checks),
+            ) = (
                 name_ok,
                 name_unique,
                 vip_ok,
@@ -296,6 +310,7 @@ impl Checker<'_> {
                 vip,
                 cgroup,
                 lb,
+                checks,
             ) {
                 services.push(Service {
                     name: name.to_owned(),
@@ -305,7 +320,7 @@ impl Checker<'_> {
                     public: service.public,
                     cgroup,
                     lb,
-                    checks: Vec::new(),
+                    checks,
                 });
             }
         }
