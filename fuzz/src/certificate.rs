@@ -50,6 +50,7 @@ pub fn check(data: &[u8]) {
             };
             let id = match kind {
                 spiffe::Kind::Service => spiffe::service_id(TRUST_DOMAIN, name),
+                spiffe::Kind::Agent => spiffe::agent_id(TRUST_DOMAIN, name),
                 spiffe::Kind::Node => spiffe::node_id(TRUST_DOMAIN, name),
             };
             assert_eq!(uri, id);

@@ -74,11 +74,17 @@ impl Snapshot {
     }
 }
 
-/// The verifier reads who hosts a service from the snapshot in force.
+/// The verifier reads who hosts a service, and which nodes there are, from
+/// the snapshot in force.
 impl Hosting for Watch {
     fn hosts(&self, service: &str) -> Option<BTreeSet<String>> {
         let snapshot = self.borrow().clone();
         snapshot.hosts.get(service).cloned()
+    }
+
+    fn is_node(&self, node: &str) -> bool {
+        let snapshot = self.borrow().clone();
+        snapshot.config.node(node).is_some()
     }
 }
 

@@ -1,5 +1,6 @@
 //! The built-in CA: root, one intermediate per node, one leaf per local
-//! service. ECDSA P-256 keys made with rcgen; key files are 0600.
+//! service and one for the node's own agent. ECDSA P-256 keys made with
+//! rcgen; key files are 0600.
 //!
 //! Layout of `ca_dir` (see ARCHITECTURE.md):
 //! `root.crt`, `root.key` (may live elsewhere), `nodes/<node>.crt`,
@@ -121,9 +122,12 @@ pub fn issue_node(config: &Config, node: &str) -> Result<Vec<PathBuf>, IdentityE
     Ok(vec![dir.node_cert(node), dir.node_key(node)])
 }
 
-/// A node's intermediate CA, which signs the leaves of the node's services.
+/// A node's intermediate CA, which signs the leaves of the node's services
+/// and of its agent.
 pub struct NodeCa {
     trust_domain: String,
+    /// The node it belongs to (its URI SAN, checked at load).
+    node: String,
     issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
     root: CertificateDer<'static>,
@@ -178,6 +182,7 @@ impl NodeCa {
         let root = pem_cert(&read(&dir.root_cert())?, &dir.root_cert())?;
         Ok(Self {
             trust_domain: td,
+            node: node.to_owned(),
             issuer,
             cert,
             root,
@@ -190,24 +195,59 @@ impl NodeCa {
         SystemTime::from(self.not_after)
     }
 
+    /// The node this CA belongs to.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// The root certificate this node trusts.
     pub fn root(&self) -> &CertificateDer<'static> {
         &self.root
     }
 
-    /// Issues a leaf for `service`, valid for `ttl` (from 30 s ago).
+    /// Issues a leaf for `service`, valid for `ttl` (from 30 s ago, and no
+    /// longer than the node CA).
     pub fn issue_leaf(&self, service: &str, ttl: Duration) -> Result<Leaf, IdentityError> {
         let td = &self.trust_domain;
+        self.issue(
+            service,
+            &spiffe::service_id(td, service),
+            spiffe::sni(td, service),
+            ttl,
+        )
+    }
+
+    /// Issues the leaf of this node's own agent, for agent-to-agent links,
+    /// valid for `ttl` like `issue_leaf`. A node CA vouches for no other
+    /// node's agent, so it takes no name.
+    pub fn issue_agent_leaf(&self, ttl: Duration) -> Result<Leaf, IdentityError> {
+        let td = &self.trust_domain;
+        let node = &self.node;
+        self.issue(
+            &format!("mesh agent {node}"),
+            &spiffe::agent_id(td, node),
+            spiffe::agent_sni(td, node),
+            ttl,
+        )
+    }
+
+    /// A leaf naming `id` (URI SAN) and `dns` (its TLS server name), for
+    /// both ends of a handshake.
+    fn issue(
+        &self,
+        common_name: &str,
+        id: &str,
+        dns: String,
+        ttl: Duration,
+    ) -> Result<Leaf, IdentityError> {
         let key = new_key()?;
-        let mut params = params(service, ttl)?;
+        let mut params = params(common_name, ttl)?;
         params.not_after = params.not_after.min(self.not_after);
         params.subject_alt_names = vec![
-            uri_san(&spiffe::service_id(td, service))?,
-            SanType::DnsName(spiffe::sni(td, service).try_into().map_err(|source| {
-                IdentityError::Rcgen {
-                    what: "make the DNS SAN",
-                    source,
-                }
+            uri_san(id)?,
+            SanType::DnsName(dns.try_into().map_err(|source| IdentityError::Rcgen {
+                what: "make the DNS SAN",
+                source,
             })?),
         ];
         params.is_ca = IsCa::ExplicitNoCa;

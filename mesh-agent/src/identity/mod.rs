@@ -1,5 +1,6 @@
-//! Service identities: the built-in CA (`ca`), SPIFFE IDs (`spiffe`), and
-//! the current leaf of every local service, renewed at half its lifetime.
+//! Service and agent identities: the built-in CA (`ca`), SPIFFE IDs
+//! (`spiffe`), and the current leaf of every local service and of this
+//! node's agent, each renewed at half its lifetime.
 
 pub mod ca;
 pub mod spiffe;
@@ -55,7 +56,7 @@ pub enum IdentityError {
     Key(rustls::Error),
 }
 
-/// The current certificate of a local service.
+/// The current certificate of a local service, or of this node's agent.
 pub struct Current {
     pub key: Arc<CertifiedKey>,
     pub spiffe_id: String,
@@ -65,30 +66,37 @@ pub struct Current {
     pub issued: SystemTime,
 }
 
-/// The leaves of this node's services, swapped in place on renewal: live
-/// connections keep the session they have; new handshakes get the new leaf.
+/// The leaves of this node's services and of its agent, swapped in place
+/// on renewal: live connections keep the session they have; new handshakes
+/// get the new leaf.
 pub struct Identities {
     trust_domain: String,
     ca: NodeCa,
     ttl: Duration,
     leaves: RwLock<HashMap<String, Arc<Current>>>,
-    /// Counts renewals (TLS ends resumable sessions when it changes).
+    /// The agent's own leaf (`spiffe://<td>/agent/<node>`).
+    agent: RwLock<Arc<Current>>,
+    /// Counts service leaf renewals (TLS ends resumable sessions when it
+    /// changes). The agent leaf is not counted: no session carries it.
     renewals: std::sync::atomic::AtomicU64,
 }
 
 impl Identities {
-    /// Issues a leaf for each of `services`.
+    /// Issues the agent's leaf (for the node of `ca`) and a leaf for each of
+    /// `services`.
     pub fn new(
         trust_domain: &str,
         ca: NodeCa,
         ttl: Duration,
         services: impl IntoIterator<Item = String>,
     ) -> Result<Self, IdentityError> {
+        let agent = issue_agent(&ca, trust_domain, ttl)?;
         let this = Self {
             trust_domain: trust_domain.to_owned(),
             ca,
             ttl,
             leaves: RwLock::new(HashMap::new()),
+            agent: RwLock::new(Arc::new(agent)),
             renewals: Default::default(),
         };
         for service in services {
@@ -100,6 +108,23 @@ impl Identities {
     /// The trust domain.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    /// This node's name (its CA's).
+    pub fn node(&self) -> &str {
+        self.ca.node()
+    }
+
+    /// The agent's current leaf.
+    pub fn agent(&self) -> Arc<Current> {
+        self.agent.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Issues a new leaf for the agent and makes it current.
+    pub fn renew_agent(&self) -> Result<Arc<Current>, IdentityError> {
+        let current = Arc::new(issue_agent(&self.ca, &self.trust_domain, self.ttl)?);
+        *self.agent.write().unwrap_or_else(|e| e.into_inner()) = current.clone();
+        Ok(current)
     }
 
     /// The node CA (and through it, the root).
@@ -137,17 +162,10 @@ impl Identities {
     /// Issues a new leaf for `service` and makes it current.
     pub fn renew(&self, service: &str) -> Result<Arc<Current>, IdentityError> {
         let leaf = self.ca.issue_leaf(service, self.ttl)?;
-        let signer = rustls::crypto::ring::default_provider()
-            .key_provider
-            .load_private_key(leaf.key)
-            .map_err(IdentityError::Key)?;
-        let current = Arc::new(Current {
-            key: Arc::new(CertifiedKey::new(leaf.chain, signer)),
-            spiffe_id: spiffe::service_id(&self.trust_domain, service),
-            serial: leaf.serial,
-            not_after: leaf.not_after,
-            issued: SystemTime::now(),
-        });
+        let current = Arc::new(current(
+            leaf,
+            spiffe::service_id(&self.trust_domain, service),
+        )?);
         self.leaves
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -172,10 +190,10 @@ impl Identities {
         Ok(())
     }
 
-    /// Renews every leaf once it is half its lifetime old (counted from
-    /// when it was issued, so time spent starting up counts), forever,
-    /// including leaves added later. A failed renewal is logged and retried
-    /// on a later tick.
+    /// Renews every leaf, the agent's included, once it is half its
+    /// lifetime old (counted from when it was issued, so time spent starting
+    /// up counts), forever, including leaves added later. A failed renewal
+    /// is logged and retried on a later tick.
     pub async fn renew_forever(self: Arc<Self>) {
         let half = self.ttl / 2;
         // Fine enough for second-long lifetimes, cheap for long ones.
@@ -192,8 +210,37 @@ impl Identities {
                     Err(e) => tracing::warn!(%service, error = %e, "leaf renewal failed"),
                 }
             }
+            if self.agent().issued.elapsed().unwrap_or_default() >= half {
+                match self.renew_agent() {
+                    Ok(leaf) => tracing::info!(serial = %leaf.serial, "renewed agent leaf"),
+                    Err(e) => tracing::warn!(error = %e, "agent leaf renewal failed"),
+                }
+            }
         }
     }
+}
+
+/// A fresh agent leaf of `ca`'s node, ready for rustls.
+fn issue_agent(ca: &NodeCa, trust_domain: &str, ttl: Duration) -> Result<Current, IdentityError> {
+    current(
+        ca.issue_agent_leaf(ttl)?,
+        spiffe::agent_id(trust_domain, ca.node()),
+    )
+}
+
+/// `leaf`, naming `spiffe_id`, with its key loaded into rustls.
+fn current(leaf: ca::Leaf, spiffe_id: String) -> Result<Current, IdentityError> {
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(leaf.key)
+        .map_err(IdentityError::Key)?;
+    Ok(Current {
+        key: Arc::new(CertifiedKey::new(leaf.chain, signer)),
+        spiffe_id,
+        serial: leaf.serial,
+        not_after: leaf.not_after,
+        issued: SystemTime::now(),
+    })
 }
 
 impl std::fmt::Debug for Identities {
@@ -206,6 +253,7 @@ impl std::fmt::Debug for Identities {
             .collect();
         f.debug_struct("Identities")
             .field("trust_domain", &self.trust_domain)
+            .field("agent", &self.agent().serial)
             .field("leaves", &serials)
             .finish()
     }

@@ -1,6 +1,8 @@
 //! SPIFFE IDs and TLS server names of the mesh.
 //!
 //! - service: `spiffe://<trust domain>/svc/<service>`, SNI `<service>.svc.<trust domain>`
+//! - a node's agent (agent-to-agent links): `spiffe://<trust domain>/agent/<node>`,
+//!   SNI `<node>.agent.<trust domain>`
 //! - node intermediate CA: `spiffe://<trust domain>/node/<node>`
 //! - root CA: `spiffe://<trust domain>`
 //!
@@ -18,12 +20,19 @@ use crate::config::is_name;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Service,
+    /// The agent of a node, as a peer on an agent-to-agent link.
+    Agent,
     Node,
 }
 
 /// The SPIFFE ID of a service.
 pub fn service_id(trust_domain: &str, service: &str) -> String {
     format!("spiffe://{trust_domain}/svc/{service}")
+}
+
+/// The SPIFFE ID of the agent of `node`.
+pub fn agent_id(trust_domain: &str, node: &str) -> String {
+    format!("spiffe://{trust_domain}/agent/{node}")
 }
 
 /// The SPIFFE ID of a node's intermediate CA.
@@ -36,13 +45,15 @@ pub fn trust_domain_id(trust_domain: &str) -> String {
     format!("spiffe://{trust_domain}")
 }
 
-/// Parses a mesh SPIFFE ID of `trust_domain`, exactly as `service_id` or
-/// `node_id` write it for a valid name; `None` for anything else, including
-/// IDs of other trust domains.
+/// Parses a mesh SPIFFE ID of `trust_domain`, exactly as `service_id`,
+/// `agent_id` or `node_id` write it for a valid name; `None` for anything
+/// else, including IDs of other trust domains.
 pub fn parse<'a>(trust_domain: &str, uri: &'a str) -> Option<(Kind, &'a str)> {
     let rest = uri.strip_prefix("spiffe://")?.strip_prefix(trust_domain)?;
     let (kind, name) = if let Some(name) = rest.strip_prefix("/svc/") {
         (Kind::Service, name)
+    } else if let Some(name) = rest.strip_prefix("/agent/") {
+        (Kind::Agent, name)
     } else {
         (Kind::Node, rest.strip_prefix("/node/")?)
     };
@@ -61,6 +72,18 @@ pub fn service_from_sni<'a>(trust_domain: &str, sni: &'a str) -> Option<&'a str>
     is_name(service).then_some(service)
 }
 
+/// The TLS server name (SNI) an agent uses to reach the agent of `node`.
+pub fn agent_sni(trust_domain: &str, node: &str) -> String {
+    format!("{node}.agent.{trust_domain}")
+}
+
+/// The node named by an agent SNI of `trust_domain`, exactly as
+/// `agent_sni` writes it for a valid name.
+pub fn node_from_agent_sni<'a>(trust_domain: &str, sni: &'a str) -> Option<&'a str> {
+    let node = sni.strip_suffix(trust_domain)?.strip_suffix(".agent.")?;
+    is_name(node).then_some(node)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +95,10 @@ mod tests {
         assert_eq!(parse("mesh.local", &id), Some((Kind::Service, "api")));
         let node = node_id("mesh.local", "b");
         assert_eq!(parse("mesh.local", &node), Some((Kind::Node, "b")));
+        let agent = agent_id("mesh.local", "b");
+        assert_eq!(agent, "spiffe://mesh.local/agent/b");
+        assert_eq!(parse("mesh.local", &agent), Some((Kind::Agent, "b")));
+        assert_eq!(parse("other.td", &agent), None);
         assert_eq!(parse("other.td", &id), None);
         assert_eq!(parse("mesh.loc", &id), None, "prefix of the trust domain");
         assert_eq!(parse("mesh.local", "spiffe://mesh.local/svc/a/b"), None);
@@ -90,6 +117,16 @@ mod tests {
             "spiffe://mesh.local/svc/-api",
             "spiffe://mesh.local/svc/a.pi",
             "spiffe://mesh.local/node/b c",
+            "spiffe://mesh.local/agent/b/x",
+            "spiffe://mesh.local/agent/b/",
+            "spiffe://mesh.local/agent/",
+            "spiffe://mesh.local/agent/B",
+            "spiffe://mesh.local/agent/b?x",
+            "spiffe://mesh.local/agent/b#x",
+            "spiffe://mesh.local/AGENT/b",
+            "spiffe://mesh.local/agents/b",
+            "spiffe://mesh.local/agent//b",
+            "spiffe://mesh.local:443/agent/b",
             "spiffe://mesh.local:443/svc/api",
             "spiffe://MESH.LOCAL/svc/api",
             "SPIFFE://mesh.local/svc/api",
@@ -98,6 +135,14 @@ mod tests {
         }
         assert_eq!(service_from_sni("mesh.local", "a_b.svc.mesh.local"), None);
         assert_eq!(service_from_sni("mesh.local", "API.svc.mesh.local"), None);
+        assert_eq!(
+            node_from_agent_sni("mesh.local", "B.agent.mesh.local"),
+            None
+        );
+        assert_eq!(
+            node_from_agent_sni("mesh.local", "b_c.agent.mesh.local"),
+            None
+        );
     }
 
     #[test]
@@ -108,5 +153,21 @@ mod tests {
         assert_eq!(service_from_sni("mesh.local", "x.y.svc.mesh.local"), None);
         assert_eq!(service_from_sni("mesh.local", "api.svc.other"), None);
         assert_eq!(service_from_sni("mesh.local", ".svc.mesh.local"), None);
+    }
+
+    #[test]
+    fn agent_sni_round_trip() {
+        let name = agent_sni("mesh.local", "node-b");
+        assert_eq!(name, "node-b.agent.mesh.local");
+        assert_eq!(node_from_agent_sni("mesh.local", &name), Some("node-b"));
+        assert_eq!(
+            node_from_agent_sni("mesh.local", "x.y.agent.mesh.local"),
+            None
+        );
+        assert_eq!(node_from_agent_sni("mesh.local", "b.agent.other"), None);
+        assert_eq!(node_from_agent_sni("mesh.local", ".agent.mesh.local"), None);
+        // The two kinds of server name never pass for each other.
+        assert_eq!(node_from_agent_sni("mesh.local", "b.svc.mesh.local"), None);
+        assert_eq!(service_from_sni("mesh.local", "b.agent.mesh.local"), None);
     }
 }

@@ -6,7 +6,11 @@
 //! per connection (`session`); a resumed connection skips the certificate
 //! signatures (checked in the full handshake that made the session) but
 //! re-checks the peer's chain against the rules in force (`recheck`).
+//!
+//! Agent-to-agent links (`link`, reached through `Tls::link`) share the
+//! provider and the rules, with agent leaves on both sides.
 
+pub mod link;
 pub mod session;
 pub mod transport;
 pub mod verify;
@@ -25,7 +29,7 @@ use tokio_rustls::{LazyConfigAcceptor, TlsConnector, client, server};
 
 use crate::identity::{Current, Identities, spiffe};
 pub use transport::Transport;
-use verify::{ClientVerifier, Hosting, PeerRules, ServerVerifier, VerifyError};
+use verify::{ClientVerifier, Hosting, Peer, PeerRules, ServerVerifier, VerifyError};
 
 /// The one application protocol spoken between agents.
 pub const ALPN: &[u8] = b"mesh/1";
@@ -61,8 +65,11 @@ pub enum TlsError {
         got: Option<String>,
         expected: String,
     },
-    #[error("peer did not negotiate ALPN mesh/1 (got {0:?})")]
-    Alpn(Option<String>),
+    #[error("peer did not negotiate ALPN {expected} (got {got:?})")]
+    Alpn {
+        expected: String,
+        got: Option<String>,
+    },
     #[error("peer presented no certificate")]
     NoPeerCertificate,
     #[error("peer did not start a TLS handshake (a plaintext client?)")]
@@ -84,6 +91,8 @@ pub struct Tls {
     /// holds its tickets), made on first use and again after each renewal
     /// of that leaf, so no ticket outlives the leaf it was made with.
     clients: std::sync::RwLock<HashMap<String, ClientFor>>,
+    /// This node's agent links.
+    link: Arc<link::Link>,
 }
 
 /// A client config and the leaf that was current when it was made.
@@ -99,7 +108,7 @@ impl Tls {
 
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(Arc::new(ClientVerifier(rules.clone())))
+            .with_client_cert_verifier(Arc::new(ClientVerifier::new(rules.clone(), Peer::Service)))
             .with_cert_resolver(Arc::new(BySni {
                 identities: identities.clone(),
             }));
@@ -108,6 +117,7 @@ impl Tls {
         server.session_storage = sessions.clone();
         // One per connection: each resumption takes one and gets a new one.
         server.send_tls13_tickets = 1;
+        let link = link::Link::new(identities.clone(), rules.clone(), provider.clone())?;
 
         Ok(Self {
             trust_domain: td,
@@ -118,7 +128,13 @@ impl Tls {
             sessions_from: identities.renewals().into(),
             identities,
             clients: Default::default(),
+            link: Arc::new(link),
         })
+    }
+
+    /// Both ends of this node's agent-to-agent links.
+    pub fn link(&self) -> Arc<link::Link> {
+        self.link.clone()
     }
 
     /// The client config presenting `service`'s current leaf.
@@ -139,7 +155,10 @@ impl Tls {
         let mut client = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ServerVerifier(self.rules.clone())))
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier::new(
+                self.rules.clone(),
+                Peer::Service,
+            )))
             .with_client_cert_resolver(Arc::new(AsService {
                 identities: self.identities.clone(),
                 service: service.to_owned(),
@@ -171,7 +190,7 @@ impl Tls {
             .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))?
             .map_err(handshake_error)?;
         let conn = stream.get_ref().1;
-        check_alpn(conn.alpn_protocol())?;
+        check_alpn(conn.alpn_protocol(), ALPN)?;
         if resumed(conn) {
             let chain = conn
                 .peer_certificates()
@@ -223,7 +242,7 @@ impl Tls {
             .await
             .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))??;
         let conn = stream.get_ref().1;
-        check_alpn(conn.alpn_protocol())?;
+        check_alpn(conn.alpn_protocol(), ALPN)?;
         // Verified by ClientVerifier during the handshake; read the name back
         // with the verifier's own parser.
         let leaf = conn
@@ -323,7 +342,7 @@ impl TlsError {
             Self::Rules(v) => v.reason(),
             Self::NotTls => "not_tls",
             Self::WrongSni { .. } => "wrong_sni",
-            Self::Alpn(_) => "alpn",
+            Self::Alpn { .. } => "alpn",
             Self::Timeout(_) => "timeout",
             Self::HelloTimeout(_) => "hello_timeout",
             Self::NoPeerCertificate => "no_client_certificate",
@@ -332,13 +351,15 @@ impl TlsError {
     }
 }
 
-fn check_alpn(alpn: Option<&[u8]>) -> Result<(), TlsError> {
-    if alpn == Some(ALPN) {
+/// Checks that the handshake negotiated `expected`.
+fn check_alpn(alpn: Option<&[u8]>, expected: &[u8]) -> Result<(), TlsError> {
+    if alpn == Some(expected) {
         Ok(())
     } else {
-        Err(TlsError::Alpn(
-            alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
-        ))
+        Err(TlsError::Alpn {
+            expected: String::from_utf8_lossy(expected).into_owned(),
+            got: alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
+        })
     }
 }
 

@@ -301,6 +301,11 @@ fn a_leaf_signed_directly_by_the_root_is_refused() {
 /// hosts `web`), as an agent presents it: `[leaf, node a's CA]`. Only what
 /// `sans` says can be wrong with it.
 fn signed_by_node_a(mesh: &Mesh, sans: Vec<SanType>) -> Vec<CertificateDer<'static>> {
+    signed_by_node_a_with_key(mesh, sans).chain
+}
+
+/// [`signed_by_node_a`], with the leaf's key, to present it in a handshake.
+fn signed_by_node_a_with_key(mesh: &Mesh, sans: Vec<SanType>) -> ca::Leaf {
     let node_ca = mesh
         .node("a")
         .issue_leaf("web", Duration::from_secs(60))
@@ -316,7 +321,12 @@ fn signed_by_node_a(mesh: &Mesh, sans: Vec<SanType>) -> Vec<CertificateDer<'stat
     params.is_ca = IsCa::ExplicitNoCa;
     let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let cert = params.signed_by(&leaf_key, &issuer).unwrap();
-    vec![cert.der().clone(), node_ca]
+    ca::Leaf {
+        chain: vec![cert.der().clone(), node_ca],
+        key: rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        serial: String::new(),
+        not_after: SystemTime::now() + Duration::from_secs(60),
+    }
 }
 
 fn uri(text: &str) -> SanType {
@@ -768,3 +778,5 @@ fn only_the_node_ca_verified_in_full_is_rechecked() {
     assert!(matches!(r, Err(VerifyError::Intermediates(_))), "{r:?}");
     assert_eq!(rules.recheck(&leaf.chain, now(), None).unwrap(), "web");
 }
+
+mod link;

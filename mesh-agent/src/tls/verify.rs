@@ -1,17 +1,22 @@
 //! Our certificate verifiers. rustls does not check URI SANs, so both sides
-//! run the same rules (`PeerRules::verify`):
+//! run the same rules: `PeerRules::verify` for a service's leaf (the data
+//! path), `PeerRules::verify_agent` for a node agent's leaf (agent links).
 //!
 //! 1. the chain leads from the leaf through exactly one intermediate to the
 //!    mesh root, every certificate is within its validity period, and the
-//!    leaf may be used for this side of the handshake (webpki);
-//! 2. the leaf has exactly one URI SAN, `spiffe://<trust domain>/svc/<S>`
+//!    leaf may be used for this side of the handshake (webpki); the
+//!    intermediate has exactly one URI SAN, `spiffe://<trust domain>/node/<N>`,
+//!    and no other SAN;
+//! 2. a service leaf has exactly one URI SAN, `spiffe://<trust domain>/svc/<S>`
 //!    (exactly: see `spiffe`), no other SAN but the DNS name
 //!    `<S>.svc.<trust domain>`, and S is a meshed service of the config;
-//! 3. the intermediate has exactly one URI SAN,
-//!    `spiffe://<trust domain>/node/<N>`, and no other SAN, and N is a node
-//!    hosting an instance of S (a node can only vouch for its own services);
-//! 4. where the caller expects a service (the client knows whom it dialed),
-//!    S is that service.
+//!    an agent leaf has exactly one URI SAN,
+//!    `spiffe://<trust domain>/agent/<A>`, no other SAN but the DNS name
+//!    `<A>.agent.<trust domain>`, and A is a node of the config. Neither
+//!    kind passes for the other;
+//! 3. a node can only vouch for its own: N hosts an instance of S, or N is A;
+//! 4. where the caller expects a peer (the client knows whom it dialed),
+//!    S (or A) is that peer.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -40,6 +45,8 @@ pub enum VerifyError {
     Parse(String),
     #[error("leaf URI SANs {0:?}: expected exactly one spiffe://<trust domain>/svc/<service>")]
     NotService(Vec<String>),
+    #[error("leaf URI SANs {0:?}: expected exactly one spiffe://<trust domain>/agent/<node>")]
+    NotAgent(Vec<String>),
     #[error(
         "intermediate URI SANs {0:?}: expected exactly one spiffe://<trust domain>/node/<node>"
     )]
@@ -56,9 +63,17 @@ pub enum VerifyError {
         signer: String,
         hosts: Vec<String>,
     },
+    #[error("{0:?} is not a node of this mesh")]
+    UnknownNode(String),
+    #[error(
+        "agent leaf of node {agent:?} is signed by node {signer:?}; a node CA vouches only for its own agent"
+    )]
+    ForeignAgent { agent: String, signer: String },
     #[error("peer is {got:?}; expected {expected:?}")]
     Unexpected { got: String, expected: String },
-    #[error("server name {0:?} is not <service>.svc.<trust domain>")]
+    #[error(
+        "server name {0:?} is not <service>.svc.<trust domain> (on an agent link: <node>.agent.<trust domain>)"
+    )]
     ServerName(String),
     #[error("a certificate of the resumed session has expired")]
     NoLongerValid,
@@ -85,9 +100,15 @@ impl VerifyError {
             Self::Chain(webpki::Error::UnknownIssuer) => "unknown_issuer",
             Self::Chain(_) | Self::Intermediates(_) => "bad_chain",
             Self::Parse(_) => "bad_certificate",
-            Self::NotService(_) | Self::NotNode(_) | Self::ExtraNames { .. } => "bad_identity",
+            Self::NotService(_)
+            | Self::NotAgent(_)
+            | Self::NotNode(_)
+            | Self::ExtraNames { .. } => "bad_identity",
             Self::UnknownService(_) => "unknown_service",
-            Self::WrongNode { .. } => "wrong_node",
+            Self::UnknownNode(_) => "unknown_node",
+            // The same failure for either kind of leaf: signed by a node
+            // that cannot vouch for it.
+            Self::WrongNode { .. } | Self::ForeignAgent { .. } => "wrong_node",
             Self::Unexpected { .. } => "unexpected_identity",
             Self::ServerName(_) => "wrong_sni",
         }
@@ -104,17 +125,35 @@ pub struct PeerRules {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// Where the rules read which nodes host a service: the snapshot in force
+/// Whose leaf a verifier takes from the other end of a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A service's (the data path, `tls::Tls`).
+    Service,
+    /// A node agent's (agent links, `tls::link::Link`).
+    Agent,
+}
+
+/// Where the rules read the catalog: the snapshot in force
 /// (`snapshot::Watch`), or a fixed map.
 pub trait Hosting: Send + Sync + std::fmt::Debug {
     /// The nodes hosting an instance of `service`, if it is a service of
     /// the catalog.
     fn hosts(&self, service: &str) -> Option<BTreeSet<String>>;
+
+    /// Whether `node` is a node of the catalog.
+    fn is_node(&self, node: &str) -> bool;
 }
 
+/// A fixed service -> nodes map (tests, fuzzing, the self-check). It knows
+/// only the nodes that host something, so those are its nodes.
 impl Hosting for HashMap<String, BTreeSet<String>> {
     fn hosts(&self, service: &str) -> Option<BTreeSet<String>> {
         self.get(service).cloned()
+    }
+
+    fn is_node(&self, node: &str) -> bool {
+        self.values().any(|nodes| nodes.contains(node))
     }
 }
 
@@ -137,8 +176,8 @@ impl PeerRules {
         })
     }
 
-    /// Checks a presented chain (see the module docs); returns the service
-    /// it identifies.
+    /// Checks a presented service leaf and its chain (see the module docs);
+    /// returns the service it identifies.
     pub fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -146,6 +185,48 @@ impl PeerRules {
         now: UnixTime,
         usage: webpki::KeyUsage,
         expected: Option<&str>,
+    ) -> Result<String, VerifyError> {
+        let signer = self.chain(end_entity, intermediates, now, usage)?;
+        self.identify_service(end_entity, signer, expected)
+    }
+
+    /// Checks a presented agent leaf and its chain (see the module docs);
+    /// returns the node whose agent it is. `expected` is the node dialed.
+    pub fn verify_agent(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+        expected: Option<&str>,
+    ) -> Result<String, VerifyError> {
+        let signer = self.chain(end_entity, intermediates, now, usage)?;
+        self.identify_agent(end_entity, signer, expected)
+    }
+
+    /// `verify` or `verify_agent`, as `peer` says.
+    fn verify_peer(
+        &self,
+        peer: Peer,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+        expected: Option<&str>,
+    ) -> Result<String, VerifyError> {
+        match peer {
+            Peer::Service => self.verify(end_entity, intermediates, now, usage, expected),
+            Peer::Agent => self.verify_agent(end_entity, intermediates, now, usage, expected),
+        }
+    }
+
+    /// Rule 1, for either kind of leaf: returns the node whose CA signed it.
+    fn chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
     ) -> Result<String, VerifyError> {
         let leaf = webpki::EndEntityCert::try_from(end_entity).map_err(VerifyError::Chain)?;
         let path = leaf
@@ -169,13 +250,14 @@ impl PeerRules {
         if intermediates.len() != 1 {
             return Err(VerifyError::Intermediates(intermediates.len()));
         }
-        self.identify(end_entity, &node_ca.der(), expected)
+        self.signer(&node_ca.der())
     }
 
     /// Re-checks the chain of a resumed session, verified in full when the
     /// session began: the leaf and its node CA must still be valid at `now`,
     /// and rules 2-4 must hold under the config in force. Only the
-    /// signatures are not checked again; they cannot have changed.
+    /// signatures are not checked again; they cannot have changed. (Only
+    /// service sessions resume: agent links make no tickets.)
     pub fn recheck(
         &self,
         chain: &[CertificateDer<'_>],
@@ -198,18 +280,23 @@ impl PeerRules {
         if !leaf.validity().is_valid_at(at) || !node_ca.validity().is_valid_at(at) {
             return Err(VerifyError::NoLongerValid);
         }
-        self.identify(end_entity, node_ca_der, expected)
+        let signer = self.signer(node_ca_der)?;
+        self.identify_service(end_entity, signer, expected)
     }
 
-    /// Rules 2-4 for a leaf whose chain through `node_ca` was verified.
-    fn identify(
+    /// The node named by a (verified) node CA: the rest of rule 1.
+    fn signer(&self, node_ca: &CertificateDer<'_>) -> Result<String, VerifyError> {
+        self.named(node_ca, spiffe::Kind::Node, VerifyError::NotNode)
+    }
+
+    /// Rules 2-4 for a service leaf signed by node `signer`'s CA.
+    fn identify_service(
         &self,
         end_entity: &CertificateDer<'_>,
-        node_ca: &CertificateDer<'_>,
+        signer: String,
         expected: Option<&str>,
     ) -> Result<String, VerifyError> {
-        let service = self.named(end_entity, spiffe::Kind::Service, VerifyError::NotService)?;
-        let signer = self.named(node_ca, spiffe::Kind::Node, VerifyError::NotNode)?;
+        let service = self.service_of(end_entity)?;
         let hosts = self
             .hosts
             .hosts(&service)
@@ -232,16 +319,47 @@ impl PeerRules {
         Ok(service)
     }
 
+    /// Rules 2-4 for an agent leaf signed by node `signer`'s CA.
+    fn identify_agent(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        signer: String,
+        expected: Option<&str>,
+    ) -> Result<String, VerifyError> {
+        let agent = self.agent_of(end_entity)?;
+        if agent != signer {
+            return Err(VerifyError::ForeignAgent { agent, signer });
+        }
+        if !self.hosts.is_node(&agent) {
+            return Err(VerifyError::UnknownNode(agent));
+        }
+        if let Some(expected) = expected
+            && agent != expected
+        {
+            return Err(VerifyError::Unexpected {
+                got: spiffe::agent_id(&self.trust_domain, &agent),
+                expected: spiffe::agent_id(&self.trust_domain, expected),
+            });
+        }
+        Ok(agent)
+    }
+
     /// The service a (verified) leaf names.
     pub fn service_of(&self, cert: &CertificateDer<'_>) -> Result<String, VerifyError> {
         self.named(cert, spiffe::Kind::Service, VerifyError::NotService)
     }
 
+    /// The node whose agent a (verified) leaf names.
+    pub fn agent_of(&self, cert: &CertificateDer<'_>) -> Result<String, VerifyError> {
+        self.named(cert, spiffe::Kind::Agent, VerifyError::NotAgent)
+    }
+
     /// The name in the single URI SAN of `cert`, which must be a mesh ID of
-    /// `kind` in our trust domain. The only other SAN allowed is a service
-    /// leaf's own DNS name, `<service>.svc.<trust domain>`: a certificate
-    /// that also names anything else (a wildcard, another service, an IP)
-    /// could pass for it with clients that read those names.
+    /// `kind` in our trust domain. The only other SAN allowed is a leaf's
+    /// own DNS name, `<service>.svc.<trust domain>` or
+    /// `<node>.agent.<trust domain>`: a certificate that also names anything
+    /// else (a wildcard, another service, an IP) could pass for it with
+    /// clients that read those names.
     fn named(
         &self,
         cert: &CertificateDer<'_>,
@@ -258,8 +376,11 @@ impl PeerRules {
             Some((k, name)) if k == kind => name,
             _ => return Err(wrong(vec![(*uri).to_owned()])),
         };
-        let own_dns =
-            (kind == spiffe::Kind::Service).then(|| spiffe::sni(&self.trust_domain, name));
+        let own_dns = match kind {
+            spiffe::Kind::Service => Some(spiffe::sni(&self.trust_domain, name)),
+            spiffe::Kind::Agent => Some(spiffe::agent_sni(&self.trust_domain, name)),
+            spiffe::Kind::Node => None,
+        };
         let extra: Vec<String> = other_sans(&parsed)
             .into_iter()
             .filter(|n| !matches!(n, GeneralName::DNSName(dns) if Some(*dns) == own_dns.as_deref()))
@@ -290,10 +411,11 @@ fn parse_x509(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_
     Ok(cert)
 }
 
-/// Issues a throwaway leaf with `ca` and verifies it as a peer would. Run at
-/// start: it catches a node key that does not match its certificate and a
-/// node CA that does not chain to this mesh's root, which peers would
-/// otherwise reject with errors that seem to blame them.
+/// Issues a throwaway service leaf and agent leaf with `ca` and verifies
+/// them as a peer would. Run at start: it catches a node key that does not
+/// match its certificate and a node CA that does not chain to this mesh's
+/// root, which peers would otherwise reject with errors that seem to blame
+/// them.
 pub fn self_check(
     ca: &crate::identity::NodeCa,
     trust_domain: &str,
@@ -315,13 +437,36 @@ pub fn self_check(
             webpki::KeyUsage::client_auth(),
             Some(PROBE),
         )
+        .map_err(|e| e.to_string())?;
+    let agent = ca
+        .issue_agent_leaf(std::time::Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    rules
+        .verify_agent(
+            &agent.chain[0],
+            &agent.chain[1..],
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            Some(node),
+        )
         .map(drop)
         .map_err(|e| e.to_string())
 }
 
-/// The source agent's check of the destination agent.
+/// The client's check of the server: the source agent's of the
+/// destination service, or an agent's of the agent it links to.
 #[derive(Debug)]
-pub struct ServerVerifier(pub Arc<PeerRules>);
+pub struct ServerVerifier {
+    rules: Arc<PeerRules>,
+    peer: Peer,
+}
+
+impl ServerVerifier {
+    /// Takes from the server the leaf of the `peer` named by the SNI.
+    pub fn new(rules: Arc<PeerRules>, peer: Peer) -> Self {
+        Self { rules, peer }
+    }
+}
 
 impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
@@ -333,9 +478,14 @@ impl ServerCertVerifier for ServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let name = server_name.to_str();
-        let expected = spiffe::service_from_sni(&self.0.trust_domain, &name)
-            .ok_or_else(|| VerifyError::ServerName(name.to_string()))?;
-        self.0.verify(
+        let td = &self.rules.trust_domain;
+        let expected = match self.peer {
+            Peer::Service => spiffe::service_from_sni(td, &name),
+            Peer::Agent => spiffe::node_from_agent_sni(td, &name),
+        }
+        .ok_or_else(|| VerifyError::ServerName(name.to_string()))?;
+        self.rules.verify_peer(
+            self.peer,
             end_entity,
             intermediates,
             now,
@@ -361,18 +511,29 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls13_signature(message, cert, dss)
+        self.rules.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.algorithms.supported_schemes()
+        self.rules.algorithms.supported_schemes()
     }
 }
 
-/// The destination agent's check of the source agent. Client certificates
+/// The server's check of the client: the destination agent's of the source
+/// service, or an agent's of the agent linking to it. Client certificates
 /// are mandatory.
 #[derive(Debug)]
-pub struct ClientVerifier(pub Arc<PeerRules>);
+pub struct ClientVerifier {
+    rules: Arc<PeerRules>,
+    peer: Peer,
+}
+
+impl ClientVerifier {
+    /// Takes from clients the leaf of any `peer` of the catalog.
+    pub fn new(rules: Arc<PeerRules>, peer: Peer) -> Self {
+        Self { rules, peer }
+    }
+}
 
 impl ClientCertVerifier for ClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -385,7 +546,8 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.verify(
+        self.rules.verify_peer(
+            self.peer,
             end_entity,
             intermediates,
             now,
@@ -411,10 +573,10 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls13_signature(message, cert, dss)
+        self.rules.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.algorithms.supported_schemes()
+        self.rules.algorithms.supported_schemes()
     }
 }
