@@ -24,7 +24,7 @@ use crate::{
     denials::Denials,
     drain::Drain,
     ebpf::{EbpfError, Kernel, LoadParams, MapContents},
-    health::Board,
+    health::{Board, link::Links},
     identity::{Identities, IdentityError, NodeCa},
     policy::Policy,
     proxy::{self, Inbound, Inputs, Outbound, admission::Admission},
@@ -86,6 +86,9 @@ pub struct RunOptions {
     /// Whether sk_lookup refuses connections to service ports from
     /// addresses that are not mesh nodes.
     pub only_mesh_sources: bool,
+    /// The port agents exchange health on (`health::link`), the same for
+    /// every agent of the mesh.
+    pub link_port: u16,
 }
 
 /// What `prepare` sets up before the async runtime starts.
@@ -106,6 +109,8 @@ struct Listeners {
     in4: std::net::TcpListener,
     in6: Option<std::net::TcpListener>,
     admin: std::net::TcpListener,
+    /// `<node address>:<link port>`: other agents follow this one's health.
+    link: std::net::TcpListener,
     dns: Option<std::net::UdpSocket>,
 }
 
@@ -130,6 +135,17 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
         in4: listen(SocketAddr::new(loopback4, 0))?,
         in6: listen_optional(SocketAddr::new(loopback6, 0))?,
         admin: listen(crate::admin::check_addr(opts.admin)?)?,
+        link: {
+            let address = config
+                .node(&opts.node)
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |n| n.address);
+            crate::health::link::listen(address, opts.link_port).map_err(|source| {
+                AgentError::Listen {
+                    addr: SocketAddr::new(address, opts.link_port),
+                    source,
+                }
+            })?
+        },
         dns: match opts.dns {
             None => None,
             // A node may already run a resolver there: DNS is a convenience,
@@ -232,6 +248,7 @@ async fn serve(
     let in4 = tokio_listener(listeners.in4)?;
     let in6 = listeners.in6.map(tokio_listener).transpose()?;
     let admin = tokio_listener(listeners.admin)?;
+    let link_listener = tokio_listener(listeners.link)?;
     let dns = listeners
         .dns
         .map(tokio::net::UdpSocket::from_std)
@@ -270,6 +287,9 @@ async fn serve(
         in6.as_ref(),
         cg.root(),
     )?);
+    // Other agents' health, and ours to them.
+    let links = Links::new(&opts.node, tls.link(), board.clone(), opts.link_port);
+    links.sync(&snapshot.config);
     let telemetry = Arc::new(Telemetry::default());
     let drain = Drain::default();
     let admission = Admission::new(opts.max_handshakes, opts.max_handshakes_per_source);
@@ -297,6 +317,7 @@ async fn serve(
     for l in [Some(in4), in6].into_iter().flatten() {
         tasks.spawn(Inbound::new(l, pi.clone(), admission.clone()).run());
     }
+    tasks.spawn(links.clone().serve(link_listener));
     tasks.spawn(sweep(kernel.clone()));
     if let Some(events) = kernel.denial_events()? {
         tasks.spawn(denials.clone().report(events));
@@ -305,6 +326,7 @@ async fn serve(
         node: opts.node.clone(),
         publisher,
         board: board.clone(),
+        links: links.clone(),
         cg: cg.clone(),
         cgroups: cgroups.clone(),
         identities: identities.clone(),
@@ -356,6 +378,7 @@ async fn serve(
     // at once (the programs still redirect to the closed port), never hang.
     tasks.shutdown().await;
     board.stop();
+    links.stop();
     drain.wait(opts.drain).await;
     admin_task.abort();
     let _ = admin_task.await;
@@ -501,6 +524,9 @@ struct Reload {
     publisher: Arc<Publisher>,
     /// Restarts the checks that changed.
     board: Arc<Board>,
+    /// Follows the agents of the nodes that came, stops following those
+    /// that went.
+    links: Arc<Links>,
     cg: Arc<Cgroup2>,
     cgroups: Arc<std::sync::Mutex<Cgroups>>,
     identities: Arc<Identities>,
@@ -542,6 +568,7 @@ impl Reload {
         );
         self.kernel.update(&contents)?;
         self.board.sync(&snapshot.config);
+        self.links.sync(&snapshot.config);
         info!(
             local_services = local.len(),
             denied_pairs = contents.denied.len(),

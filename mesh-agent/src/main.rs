@@ -62,6 +62,10 @@ enum Command {
         /// kernel) or `any` (for nodes behind NAT).
         #[arg(long, default_value = "nodes", value_parser = ["nodes", "any"])]
         inbound_sources: String,
+        /// The port agents exchange instance health on, at each node's
+        /// address; the same for every agent of the mesh.
+        #[arg(long, default_value_t = 15002)]
+        link_port: u16,
     },
     /// Show what a running agent holds (from its admin endpoint).
     Status {
@@ -235,6 +239,7 @@ fn main() -> ExitCode {
             max_handshakes,
             max_handshakes_per_source,
             inbound_sources,
+            link_port,
         } => parse_dns(&dns).and_then(|dns| {
             let drain = std::time::Duration::try_from_secs_f64(drain_seconds).map_err(|_| {
                 anyhow::anyhow!("--drain-seconds {drain_seconds}: expected seconds >= 0")
@@ -250,6 +255,7 @@ fn main() -> ExitCode {
                 max_handshakes: max_handshakes as usize,
                 max_handshakes_per_source: max_handshakes_per_source as usize,
                 only_mesh_sources: inbound_sources == "nodes",
+                link_port,
             })
         }),
         Command::Status { admin, json } => status(admin, json),

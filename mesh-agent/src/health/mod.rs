@@ -15,6 +15,7 @@
 
 pub mod board;
 pub mod doc;
+pub mod link;
 pub mod probe;
 pub mod runner;
 

@@ -1,0 +1,380 @@
+//! The health exchange between agents (ARCHITECTURE.md, "Health").
+//!
+//! Every agent listens on `<its node address>:<link port>` and every agent
+//! follows every other one: it connects there over mTLS with agent
+//! identities (`tls::link`), and the followed agent sends its reports on
+//! its own instances as one JSON line ([`Reports`]) at once and after each
+//! change, and an empty line every [`HEARTBEAT`] in between. A follower
+//! that hears nothing for [`SILENCE`], or loses the connection, or cannot
+//! connect, marks the node unreachable on its [`Board`] (its instances are
+//! critical) and connects again every [`RETRY`]. A node never reached is
+//! marked unreachable [`FIRST_CONTACT`] after the follower started, so
+//! agents starting together do not see each other as down.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::AbortHandle,
+    time::Instant,
+};
+use tracing::{debug, info, warn};
+
+use super::{Board, InstanceReport, board::LocalReports};
+use crate::{config::Config, tls::link::Link};
+
+/// Between two lines from a followed agent, at most.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Silence after which a followed agent counts as unreachable.
+pub const SILENCE: Duration = Duration::from_secs(2);
+/// Between two attempts to reach an agent.
+pub const RETRY: Duration = Duration::from_millis(250);
+/// How long a follower may take to reach an agent the first time.
+pub const FIRST_CONTACT: Duration = Duration::from_secs(3);
+/// Bound on one dial.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest report line accepted (a node with thousands of instances
+/// and long check outputs stays far below).
+const MAX_LINE: usize = 4 << 20;
+
+/// One report line: what a node's agent says about its instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reports {
+    pub node: String,
+    pub instances: Vec<InstanceReport>,
+}
+
+/// The followed side: sends `node`'s reports on `out` as they change, with
+/// heartbeats, until writing fails or the reports are gone.
+pub async fn send_reports<W: AsyncWrite + Unpin>(
+    mut out: W,
+    node: &str,
+    mut reports: watch::Receiver<LocalReports>,
+) -> std::io::Result<()> {
+    loop {
+        let current = reports.borrow_and_update().clone();
+        let line = Reports {
+            node: node.to_owned(),
+            instances: current.as_ref().clone(),
+        };
+        let mut bytes = serde_json::to_vec(&line)?;
+        bytes.push(b'\n');
+        out.write_all(&bytes).await?;
+        out.flush().await?;
+        loop {
+            tokio::select! {
+                changed = reports.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    break;
+                }
+                () = tokio::time::sleep(HEARTBEAT) => {
+                    out.write_all(b"\n").await?;
+                    out.flush().await?;
+                }
+            }
+        }
+    }
+}
+
+/// The following side: hands each report line of `node` read from `input`
+/// to `board`, until the stream ends, fails, is silent for [`SILENCE`] or
+/// sends something that is not a report of `node`. Returns why it ended.
+pub async fn follow_reports<R: AsyncRead + Unpin>(input: R, node: &str, board: &Board) -> String {
+    let mut input = BufReader::new(input);
+    loop {
+        match tokio::time::timeout(SILENCE, read_line(&mut input)).await {
+            Err(_) => return format!("no word for {SILENCE:?}"),
+            Ok(Ok(None)) => return "connection closed".to_owned(),
+            Ok(Err(e)) => return e.to_string(),
+            Ok(Ok(Some(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
+            Ok(Ok(Some(line))) => match serde_json::from_slice::<Reports>(&line) {
+                Ok(reports) if reports.node == node => board.remote(node, reports.instances),
+                Ok(reports) => {
+                    return format!("sent reports of node {:?}", reports.node);
+                }
+                Err(e) => return format!("sent a bad report: {e}"),
+            },
+        }
+    }
+}
+
+/// Links open at once on the listener, at most: a node's agents need one
+/// each; the rest waits for a slot or is closed.
+const MAX_FOLLOWERS: usize = 1024;
+
+/// This agent's side of the exchange: who follows it (`serve`), and whom
+/// it follows (one task per other node of the catalog, `sync`).
+pub struct Links {
+    node: String,
+    link: Arc<Link>,
+    board: Arc<Board>,
+    port: u16,
+    /// Per followed node: the address followed and its task.
+    following: Mutex<HashMap<String, (SocketAddr, AbortHandle)>>,
+}
+
+impl Links {
+    /// The exchange of the agent of `node`, following other agents on
+    /// `port` through `link`, with what it learns going to `board`.
+    pub fn new(node: &str, link: Arc<Link>, board: Arc<Board>, port: u16) -> Arc<Self> {
+        Arc::new(Self {
+            node: node.to_owned(),
+            link,
+            board,
+            port,
+            following: Mutex::default(),
+        })
+    }
+
+    /// Follows the agent of every other node of `config`: starts following
+    /// the new ones, stops following those that left or moved.
+    pub fn sync(self: &Arc<Self>, config: &Config) {
+        let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
+        let want: HashMap<String, SocketAddr> = config
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.node)
+            .map(|n| (n.name.clone(), SocketAddr::new(n.address, self.port)))
+            .collect();
+        following.retain(|node, (addr, task)| {
+            let keep = want.get(node) == Some(addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (node, addr) in want {
+            if following.contains_key(&node) {
+                continue;
+            }
+            let task = tokio::spawn(self.clone().follow(node.clone(), addr));
+            following.insert(node, (addr, task.abort_handle()));
+        }
+    }
+
+    /// Stops following.
+    pub fn stop(&self) {
+        let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, (_, task)) in following.drain() {
+            task.abort();
+        }
+    }
+
+    /// Follows the agent of `node` at `addr` until aborted (module docs).
+    async fn follow(self: Arc<Self>, node: String, addr: SocketAddr) {
+        let started = Instant::now();
+        let mut reached = false;
+        loop {
+            let why = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+                Err(_) => format!("no answer from {addr} within {DIAL_TIMEOUT:?}"),
+                Ok(Err(e)) => format!("{addr}: {e}"),
+                Ok(Ok(tcp)) => match self.link.connect(tcp, &node).await {
+                    Err(e) => format!("{addr}: {e}"),
+                    Ok(tls) => {
+                        if !reached {
+                            info!(%node, %addr, "following the agent of node");
+                        }
+                        reached = true;
+                        follow_reports(tls, &node, &self.board).await
+                    }
+                },
+            };
+            if reached || started.elapsed() >= FIRST_CONTACT {
+                self.board.unreachable(&node, why);
+            } else {
+                debug!(%node, %addr, %why, "agent not reached yet");
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Sends this node's reports to each agent that follows it, until the
+    /// task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWERS));
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "link accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue; // full: closed at once
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let (tls, follower) = match this.link.accept(tcp).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        debug!(%peer, error = %e, "link refused");
+                        return;
+                    }
+                };
+                debug!(%peer, %follower, "followed by the agent of node");
+                let ended = send_reports(tls, &this.node, this.board.local_reports()).await;
+                debug!(%peer, %follower, ?ended, "no longer followed");
+            });
+        }
+    }
+}
+
+/// The link listener of a node whose address is `address`: on that
+/// address, or, where it is not local (a node behind NAT), on the
+/// unspecified address of its family.
+pub fn listen(address: IpAddr, port: u16) -> std::io::Result<std::net::TcpListener> {
+    let bind = |ip: IpAddr| {
+        let l = std::net::TcpListener::bind(SocketAddr::new(ip, port))?;
+        l.set_nonblocking(true)?;
+        Ok::<_, std::io::Error>(l)
+    };
+    match bind(address) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            let any = match address {
+                IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            };
+            warn!(%address, port, "the node address is not local: links listen on all addresses");
+            bind(any)
+        }
+        other => other,
+    }
+}
+
+/// The next line of `input` (without its newline), `None` at the end.
+/// Not cancel safe: a caller that gives up on it drops the stream.
+async fn read_line<R: AsyncRead + Unpin>(
+    input: &mut BufReader<R>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let limit = u64::try_from(MAX_LINE)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let n = (&mut *input)
+        .take(limit)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        return Ok(Some(line));
+    }
+    if line.len() > MAX_LINE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a line longer than {MAX_LINE} bytes"),
+        ));
+    }
+    // The last line, without a newline: the stream ended.
+    Ok(Some(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{
+        config::Config,
+        health::{CheckReport, State},
+        snapshot::{Snapshot, Watch},
+    };
+
+    const MESH: &str = r#"
+[[node]]
+name = "a"
+address = "10.0.0.1"
+
+[[node]]
+name = "b"
+address = "10.0.0.2"
+
+[[service]]
+name = "api"
+nodes = ["a", "b"]
+port = 1
+"#;
+
+    fn board() -> (Arc<Board>, Watch) {
+        let config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
+        let (publisher, watch) = Snapshot::new(config.clone()).publish();
+        let board = Board::new("a", Arc::new(publisher));
+        board.sync(&config);
+        (board, watch)
+    }
+
+    fn state(watch: &Watch) -> State {
+        let snapshot = watch.borrow().clone();
+        let api = snapshot.config.service("api").unwrap();
+        snapshot.health.state(api, "b")
+    }
+
+    fn report(state: State) -> LocalReports {
+        let check = CheckReport {
+            name: "c".into(),
+            state,
+            output: String::new(),
+        };
+        Arc::new(vec![InstanceReport::of("api", vec![check])])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_flow_and_silence_ends_the_follow() {
+        let (board, watch) = board();
+        let (tx, rx) = watch::channel(report(State::Warning));
+        let (theirs, ours) = tokio::io::duplex(1 << 16);
+        let sender = tokio::spawn(async move { send_reports(theirs, "b", rx).await });
+        let follower = {
+            let board = board.clone();
+            tokio::spawn(async move { follow_reports(ours, "b", &board).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(state(&watch), State::Warning);
+        tx.send_replace(report(State::Critical));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(state(&watch), State::Critical);
+        // Heartbeats keep the follow alive far beyond SILENCE.
+        tokio::time::sleep(SILENCE * 5).await;
+        assert!(!follower.is_finished());
+        // A sender that stops talking (but keeps the stream) is dropped.
+        sender.abort();
+        let why = follower.await.unwrap();
+        assert!(why.contains("closed") || why.contains("no word"), "{why}");
+        board.stop();
+    }
+
+    #[tokio::test]
+    async fn reports_of_another_node_or_garbage_end_the_follow() {
+        let (board, _watch) = board();
+        for (input, expected) in [
+            (
+                &b"{\"node\":\"c\",\"instances\":[]}\n"[..],
+                "reports of node \"c\"",
+            ),
+            (&b"not json\n"[..], "bad report"),
+            (&b""[..], "connection closed"),
+        ] {
+            let why = follow_reports(input, "b", &board).await;
+            assert!(why.contains(expected), "{why}");
+        }
+        let long = vec![b'x'; MAX_LINE + 10];
+        let why = follow_reports(&long[..], "b", &board).await;
+        assert!(why.contains("longer than"), "{why}");
+        board.stop();
+    }
+}
