@@ -59,6 +59,14 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "service {service:?} listens on port {port} of node {node:?}, the agents' link port: give it another port, or run every agent with another --link-port"
+    )]
+    LinkPort {
+        service: String,
+        node: String,
+        port: u16,
+    },
     #[error("failed to read the netns cookie: {0}")]
     NetnsCookie(std::io::Error),
     #[error("failed to install signal handlers: {0}")]
@@ -127,6 +135,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
             path: config.path.clone(),
         });
     }
+    check_link_port(&config, &opts.node, opts.link_port)?;
     let loopback4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let loopback6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let listeners = Listeners {
@@ -327,6 +336,7 @@ async fn serve(
         publisher,
         board: board.clone(),
         links: links.clone(),
+        link_port: opts.link_port,
         cg: cg.clone(),
         cgroups: cgroups.clone(),
         identities: identities.clone(),
@@ -527,6 +537,8 @@ struct Reload {
     /// Follows the agents of the nodes that came, stops following those
     /// that went.
     links: Arc<Links>,
+    /// No local service may take it (sk_lookup would steer it away).
+    link_port: u16,
     cg: Arc<Cgroup2>,
     cgroups: Arc<std::sync::Mutex<Cgroups>>,
     identities: Arc<Identities>,
@@ -548,6 +560,7 @@ impl Reload {
                 path: new.path.clone(),
             });
         }
+        check_link_port(&new, node, self.link_port)?;
         let local: Vec<String> = new.services_on(node).map(|s| s.name.clone()).collect();
         let mut cgroups = self.cgroups.lock().unwrap_or_else(|e| e.into_inner());
         cgroups.sync(&self.cg, &new, node)?;
@@ -575,6 +588,19 @@ impl Reload {
             "config applied"
         );
         Ok(())
+    }
+}
+
+/// Fails if a service of `node` listens on `port`, the link port: sk_lookup
+/// would steer other agents' links to it to the inbound listener.
+fn check_link_port(config: &Config, node: &str, port: u16) -> Result<(), AgentError> {
+    match config.services_on(node).find(|s| s.port == port) {
+        Some(s) => Err(AgentError::LinkPort {
+            service: s.name.clone(),
+            node: node.to_owned(),
+            port,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -155,3 +155,22 @@ fn a_good_config_validates_with_or_without_a_byte_order_mark() {
         );
     }
 }
+
+#[test]
+fn run_refuses_a_local_service_on_the_link_port() {
+    let text = "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[service]]\nname = \"x\"\nnode = \"a\"\nport = 15002\n";
+    let (dir, path) = write_config(text.as_bytes());
+    let out = Command::new(agent_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--node", "a"])
+        .output()
+        .expect("run mesh-agent");
+    let _ = fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("service \"x\" listens on port 15002 of node \"a\", the agents' link port"),
+        "{stderr}"
+    );
+}
