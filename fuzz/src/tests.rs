@@ -211,7 +211,8 @@ fn hello_seeds(mut write: impl FnMut(&str, &[u8])) {
     }
 }
 
-/// Queries for the zone (A, AAAA, unknown) and for another zone.
+/// Queries for the zone (A, AAAA, SRV, a node, unknown) and for another
+/// zone.
 fn dns_seeds(mut write: impl FnMut(&str, &[u8])) {
     use hickory_proto::{
         op::{Message, Query},
@@ -220,6 +221,8 @@ fn dns_seeds(mut write: impl FnMut(&str, &[u8])) {
     for (file, name, kind) in [
         ("web-a.bin", "web.mesh.", RecordType::A),
         ("api-aaaa.bin", "api.mesh.", RecordType::AAAA),
+        ("web-srv.bin", "web.mesh.", RecordType::SRV),
+        ("node-b-aaaa.bin", "b.node.mesh.", RecordType::AAAA),
         ("nope.bin", "nope.mesh.", RecordType::A),
         ("other-zone.bin", "example.com.", RecordType::A),
     ] {

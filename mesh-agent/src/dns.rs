@@ -1,12 +1,27 @@
-//! DNS for the `.mesh` zone, so apps dial services by name:
-//! `<service>.mesh` answers the service's VIP (A or AAAA, by the VIP's
-//! family). The agent is authoritative for `.mesh`: an unknown name is
-//! NXDOMAIN, a known name asked for the other family is an empty answer.
-//! Any other name goes to the node's previous resolver (`--dns-upstream`,
-//! by default the first nameserver of /etc/resolv.conf unless that is this
-//! agent) or, without one, is REFUSED. Anything but a query is dropped.
+//! DNS for the `.mesh` zone, so apps find services by name, with Consul's
+//! habits:
 //!
-//! UDP only: answers are a single record, far below 512 bytes.
+//! - `<service>.mesh` A or AAAA (by the VIP's family): the service's VIP.
+//! - `<service>.mesh` SRV (also `_<service>._tcp.mesh`): one record per
+//!   instance that takes traffic (passing or warning; critical never),
+//!   priority 1, weight 1, the service's port, target `<node>.node.mesh.`,
+//!   and each target's address (A or AAAA) in the additional section. A
+//!   service whose every instance is critical still exists: no records.
+//! - `<node>.node.mesh` A or AAAA (by the address's family): the address
+//!   of a node of the config.
+//!
+//! The agent is authoritative for `.mesh`: an unknown name (a public
+//! service among them) is NXDOMAIN, a known name asked for a type it does
+//! not have is an empty answer. Any other name goes to the node's previous
+//! resolver (`--dns-upstream`, by default the first nameserver of
+//! /etc/resolv.conf unless that is this agent) or, without one, is
+//! REFUSED. Anything but a query is dropped.
+//!
+//! UDP only. A reply larger than 512 bytes, or than the payload size the
+//! query advertises with EDNS (at most [`MAX_UDP_PAYLOAD`]), keeps as many
+//! whole SRV records, each with its address, as fit, and has the TC bit
+//! set. SRV records come in an order rotated by the query's id, so
+//! truncated replies do not all name the same instances.
 
 use std::{
     collections::HashMap,
@@ -16,21 +31,34 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Message, MessageType, OpCode, ResponseCode},
+    op::{Edns, Message, MessageType, OpCode, ResponseCode},
     rr::{
-        RData, Record, RecordType,
-        rdata::{A, AAAA},
+        Name, RData, Record, RecordType,
+        rdata::{A, AAAA, SRV},
     },
 };
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
-use crate::config::Config;
+use crate::{
+    config::{Config, Service},
+    health::View,
+};
 
 /// How long a forwarded query may take.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
-/// TTL of `.mesh` answers: short, as services and VIPs can change.
+/// TTL of `.mesh` addresses (VIPs, nodes): short, as services, VIPs and
+/// nodes can change.
 const TTL: u32 = 5;
+/// TTL of SRV records: 0, do not cache. Which instances take traffic
+/// follows their health checks and changes within seconds; a cached SRV
+/// set would keep sending clients to an instance gone critical. Consul's
+/// DNS answers with TTL 0 by default for the same reason.
+const SRV_TTL: u32 = 0;
+/// The largest UDP reply, whatever payload size the query advertises:
+/// DNS Flag Day 2020's 1232 bytes, which crosses any path unfragmented
+/// (`--dns` may listen beyond loopback). Also what replies advertise.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -53,70 +81,80 @@ pub enum Handling {
     Drop,
 }
 
-/// The `.mesh` names of a config.
+/// The `.mesh` names of a config. Which instances a service's SRV records
+/// name depends on their health, given with each query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Zone {
-    vips: HashMap<String, IpAddr>,
+    /// Every meshed (non-public) service, by name.
+    services: HashMap<String, Service>,
+    /// Every node's address, by name.
+    nodes: HashMap<String, IpAddr>,
 }
 
 impl Zone {
-    /// Every meshed (non-public) service of `config`, by name.
+    /// Every meshed (non-public) service of `config`, and every node.
     pub fn new(config: &Config) -> Self {
         Self {
-            vips: config
+            services: config
                 .services
                 .iter()
                 .filter(|s| !s.public)
-                .map(|s| (s.name.clone(), s.vip))
+                .map(|s| (s.name.clone(), s.clone()))
+                .collect(),
+            nodes: config
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.address))
                 .collect(),
         }
     }
 
-    /// The answer to a DNS query for this zone, or `None` when the name is
-    /// not in `.mesh` (or the bytes are not a query).
-    pub fn answer(&self, query: &[u8]) -> Option<Vec<u8>> {
+    /// The answer to a DNS query for this zone, with instances' states
+    /// from `health`, or `None` when the name is not in `.mesh` (or the
+    /// bytes are not a query).
+    pub fn answer(&self, query: &[u8], health: &View) -> Option<Vec<u8>> {
         let request = Message::from_vec(query).ok()?;
         if request.metadata.message_type != MessageType::Query {
             return None;
         }
         let question = request.queries.first()?;
-        let name = question.name().to_lowercase();
+        let name = question.name();
         let labels: Vec<String> = name
+            .to_lowercase()
             .iter()
             .map(|l| String::from_utf8_lossy(l).into_owned())
             .collect();
-        let [service, zone] = labels.as_slice() else {
-            return (labels.last().map(String::as_str) == Some("mesh"))
-                .then(|| self.reply(&request, ResponseCode::NXDomain, None));
+        let kind = question.query_type();
+        let found = match owner(&labels)? {
+            Owner::Service(service) => self.services.get(service).map(|service| match kind {
+                RecordType::SRV => self.instances(service, name, health, request.metadata.id),
+                _ => address(name, service.vip, kind).into_iter().collect(),
+            }),
+            Owner::Node(node) => self
+                .nodes
+                .get(node)
+                .map(|&ip| address(name, ip, kind).into_iter().collect()),
+            Owner::Unknown => None,
         };
-        if zone != "mesh" {
-            return None;
-        }
-        let Some(vip) = self.vips.get(service) else {
-            return Some(self.reply(&request, ResponseCode::NXDomain, None));
-        };
-        let rdata = match (question.query_type(), vip) {
-            (RecordType::A, IpAddr::V4(v4)) => Some(RData::A(A(*v4))),
-            (RecordType::AAAA, IpAddr::V6(v6)) => Some(RData::AAAA(AAAA(*v6))),
-            _ => None,
-        };
-        let record = rdata.map(|r| Record::from_rdata(question.name().clone(), TTL, r));
-        Some(self.reply(&request, ResponseCode::NoError, record))
+        Some(match found {
+            Some(entries) => reply(&request, ResponseCode::NoError, &entries),
+            None => reply(&request, ResponseCode::NXDomain, &[]),
+        })
     }
 
-    /// What the responder does with a datagram: answers `.mesh` names;
-    /// other queries go upstream when there is an `upstream` resolver, else
-    /// get REFUSED. Anything but a query gets nothing, here or upstream: a
-    /// responder that answers responses can be made to loop with another
-    /// one (or with itself, given a spoofed source), and garbage is not
-    /// worth a forward.
-    pub fn handle(&self, datagram: &[u8], upstream: bool) -> Handling {
+    /// What the responder does with a datagram: answers `.mesh` names
+    /// (instances' states from `health`); other queries go upstream when
+    /// there is an `upstream` resolver, else get REFUSED. Anything but a
+    /// query gets nothing, here or upstream: a responder that answers
+    /// responses can be made to loop with another one (or with itself,
+    /// given a spoofed source), and garbage is not worth a forward.
+    pub fn handle(&self, datagram: &[u8], health: &View, upstream: bool) -> Handling {
         let query = Message::from_vec(datagram)
             .is_ok_and(|m| m.metadata.message_type == MessageType::Query);
         if !query {
             return Handling::Drop;
         }
-        if let Some(answer) = self.answer(datagram) {
+        if let Some(answer) = self.answer(datagram, health) {
             return Handling::Reply(answer);
         }
         if upstream {
@@ -125,19 +163,127 @@ impl Zone {
         refused(datagram).map_or(Handling::Drop, Handling::Reply)
     }
 
-    fn reply(&self, request: &Message, code: ResponseCode, answer: Option<Record>) -> Vec<u8> {
+    /// The SRV records of `service` under `name`: one per instance that
+    /// takes traffic, each with its target's address, starting at an
+    /// instance picked by the query's `id`.
+    fn instances(&self, service: &Service, name: &Name, health: &View, id: u16) -> Vec<Entry> {
+        let mut entries: Vec<Entry> = service
+            .nodes
+            .iter()
+            .filter(|node| health.state(service, node).takes_traffic())
+            .filter_map(|node| {
+                let ip = *self.nodes.get(node)?;
+                // Node names are DNS labels (config validation), so this
+                // parses; a node that did not would be left out.
+                let target = Name::from_ascii(format!("{node}.node.mesh.")).ok()?;
+                let srv = SRV::new(1, 1, service.port, target.clone());
+                let record = Record::from_rdata(name.clone(), SRV_TTL, RData::SRV(srv));
+                Some((record, Some(address_of(target, ip))))
+            })
+            .collect();
+        if !entries.is_empty() {
+            let start = usize::from(id) % entries.len();
+            entries.rotate_left(start);
+        }
+        entries
+    }
+}
+
+/// What a name of the zone is, from its labels.
+enum Owner<'a> {
+    /// `<service>.mesh` or `_<service>._tcp.mesh`.
+    Service(&'a str),
+    /// `<node>.node.mesh`.
+    Node(&'a str),
+    /// Any other name under `.mesh`: never exists.
+    Unknown,
+}
+
+/// One record of an answer, with the additional record that goes with it
+/// (an SRV target's address): truncation keeps or drops both.
+type Entry = (Record, Option<Record>);
+
+/// Where `labels` (lowercase, without the root) point in the zone; `None`
+/// when the name is not under `.mesh`.
+fn owner(labels: &[String]) -> Option<Owner<'_>> {
+    let (zone, rest) = labels.split_last()?;
+    if zone != "mesh" {
+        return None;
+    }
+    Some(match rest {
+        [service] => Owner::Service(service),
+        [service, tcp] if tcp == "_tcp" => service
+            .strip_prefix('_')
+            .map_or(Owner::Unknown, Owner::Service),
+        [node, kind] if kind == "node" => Owner::Node(node),
+        _ => Owner::Unknown,
+    })
+}
+
+/// The answer to a `kind` query for `name` at `ip`: its A or AAAA record,
+/// none if `kind` is not `ip`'s family.
+fn address(name: &Name, ip: IpAddr, kind: RecordType) -> Option<Entry> {
+    let family = match ip {
+        IpAddr::V4(_) => RecordType::A,
+        IpAddr::V6(_) => RecordType::AAAA,
+    };
+    (kind == family).then(|| (address_of(name.clone(), ip), None))
+}
+
+/// The A or AAAA record of `name` at `ip`.
+fn address_of(name: Name, ip: IpAddr) -> Record {
+    let rdata = match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    };
+    Record::from_rdata(name, TTL, rdata)
+}
+
+/// The authoritative reply to `request` with `code` and `entries`,
+/// within the UDP payload size the request allows: when they do not all
+/// fit, the most leading entries that do, and the TC bit.
+fn reply(request: &Message, code: ResponseCode, entries: &[Entry]) -> Vec<u8> {
+    let limit = usize::from(request.max_payload().min(MAX_UDP_PAYLOAD));
+    let encode = |kept: usize| {
         let mut reply = Message::response(request.metadata.id, OpCode::Query);
         reply.metadata.authoritative = true;
         reply.metadata.recursion_desired = request.metadata.recursion_desired;
         reply.metadata.response_code = code;
-        for q in &request.queries {
-            reply.add_query(q.clone());
+        reply.metadata.truncation = kept < entries.len();
+        reply.add_queries(request.queries.iter().cloned());
+        for (answer, additional) in &entries[..kept] {
+            reply.add_answer(answer.clone());
+            if let Some(additional) = additional {
+                reply.add_additional(additional.clone());
+            }
         }
-        if let Some(record) = answer {
-            reply.add_answer(record);
+        // RFC 6891: a query with an OPT record gets one back.
+        if request.edns.is_some() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(MAX_UDP_PAYLOAD);
+            reply.set_edns(edns);
         }
         reply.to_vec().unwrap_or_default()
+    };
+    let all = encode(entries.len());
+    if all.len() <= limit {
+        return all;
     }
+    // A reply grows with each entry kept: find the most that fit by
+    // bisection (a service may have hundreds of instances). With one
+    // question, none kept always fits (a name is at most 255 bytes); a
+    // query of many questions may get them all back and no entry, over
+    // the limit.
+    let (mut fits, mut too_many) = (0, entries.len());
+    while too_many - fits > 1 {
+        let middle = fits + (too_many - fits) / 2;
+        if encode(middle).len() <= limit {
+            fits = middle;
+        } else {
+            too_many = middle;
+        }
+    }
+    encode(fits)
 }
 
 /// A REFUSED reply to `query`, when there is no upstream to ask; `None`
@@ -171,8 +317,8 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, DnsError> {
     Ok(socket)
 }
 
-/// Answers queries on `socket` from the zone of the snapshot in force,
-/// until the task is dropped.
+/// Answers queries on `socket` from the zone and the health of the
+/// snapshot in force, until the task is dropped.
 pub async fn serve(
     socket: UdpSocket,
     snapshot: crate::snapshot::Watch,
@@ -186,7 +332,12 @@ pub async fn serve(
             continue;
         };
         let query = buf[..len].to_vec();
-        let handling = snapshot.borrow().zone.handle(&query, upstream.is_some());
+        let handling = {
+            let current = snapshot.borrow().clone();
+            current
+                .zone
+                .handle(&query, &current.health, upstream.is_some())
+        };
         match (handling, upstream) {
             (Handling::Reply(answer), _) => {
                 let _ = socket.send_to(&answer, client).await;
@@ -236,26 +387,104 @@ async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::rr::Name;
+    use crate::{
+        config::{Check, CheckKind},
+        health::{CheckReport, InstanceReport, State},
+    };
+    use std::path::Path;
+
+    /// `data-api` on four nodes, one of them IPv6-only; `v6` with an IPv6
+    /// VIP; `site` public.
+    const MESH: &str = r#"
+[[node]]
+name = "a"
+address = "10.0.0.1"
+
+[[node]]
+name = "b"
+address = "10.0.0.2"
+
+[[node]]
+name = "c"
+address = "fd77::3"
+
+[[node]]
+name = "d"
+address = "10.0.0.4"
+
+[[service]]
+name = "data-api"
+nodes = ["a", "b", "c", "d"]
+port = 5001
+vip = "240.0.0.2"
+
+[[service]]
+name = "v6"
+node = "c"
+port = 5002
+vip = "fd77::2"
+
+[[service]]
+name = "site"
+node = "a"
+port = 443
+public = true
+"#;
+
+    fn config() -> Config {
+        Config::parse(MESH, Path::new("/m.toml")).unwrap()
+    }
 
     fn zone() -> Zone {
-        Zone {
-            vips: [
-                ("data-api".to_owned(), "240.0.0.2".parse().unwrap()),
-                ("v6".to_owned(), "fd77::2".parse().unwrap()),
-            ]
-            .into(),
-        }
+        Zone::new(&config())
+    }
+
+    /// The zone with a ttl check on `data-api` (`[[service.check]]` is
+    /// not parsed yet), so its instances need reports to take traffic.
+    fn checked_zone() -> Zone {
+        let mut config = config();
+        config.services[0].checks = vec![Check {
+            name: "ttl".into(),
+            kind: CheckKind::Ttl(Duration::from_secs(30)),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            success_before_passing: 0,
+            failures_before_critical: 0,
+        }];
+        Zone::new(&config)
+    }
+
+    /// `view` with `node` reporting `state` for its instance of `service`.
+    fn report(view: &mut View, node: &str, service: &str, state: State) {
+        let check = CheckReport {
+            name: "ttl".into(),
+            state,
+            output: String::new(),
+        };
+        view.reports
+            .entry(node.into())
+            .or_default()
+            .insert(service.into(), InstanceReport::of(service, vec![check]));
     }
 
     fn ask(name: &str, kind: RecordType) -> Vec<u8> {
+        ask_with(name, kind, 7, None)
+    }
+
+    /// A query with `id`, and an OPT record advertising `payload` if some.
+    fn ask_with(name: &str, kind: RecordType, id: u16, payload: Option<u16>) -> Vec<u8> {
         let mut q = Message::query();
-        q.metadata.id = 7;
+        q.metadata.id = id;
         q.metadata.recursion_desired = true;
         q.add_query(hickory_proto::op::Query::query(
             Name::from_ascii(name).unwrap(),
             kind,
         ));
+        if let Some(payload) = payload {
+            let mut edns = Edns::new();
+            edns.set_max_payload(payload);
+            q.set_edns(edns);
+        }
         q.to_vec().unwrap()
     }
 
@@ -263,32 +492,79 @@ mod tests {
         Message::from_vec(&bytes.expect("an answer")).unwrap()
     }
 
+    /// The SRV answers of `r` as (target, port), sorted, after checking
+    /// each is priority 1, weight 1, TTL 0.
+    fn srv_targets(r: &Message) -> Vec<(String, u16)> {
+        let mut targets: Vec<_> = r
+            .answers
+            .iter()
+            .map(|record| {
+                let RData::SRV(srv) = &record.data else {
+                    panic!("not an SRV record: {record:?}");
+                };
+                assert_eq!((srv.priority, srv.weight, record.ttl), (1, 1, 0));
+                (srv.target.to_ascii(), srv.port)
+            })
+            .collect();
+        targets.sort();
+        targets
+    }
+
+    /// The additional records of `r` as (name, address), sorted.
+    fn additionals(r: &Message) -> Vec<(String, IpAddr)> {
+        let mut found: Vec<_> = r
+            .additionals
+            .iter()
+            .map(|record| {
+                let ip = match &record.data {
+                    RData::A(a) => IpAddr::V4(a.0),
+                    RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+                    other => panic!("not an address: {other:?}"),
+                };
+                (record.name.to_ascii(), ip)
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
     #[test]
     fn services_resolve_to_their_vip() {
-        let r = reply(zone().answer(&ask("data-api.mesh.", RecordType::A)));
+        let none = View::default();
+        let r = reply(zone().answer(&ask("data-api.mesh.", RecordType::A), &none));
         assert_eq!(r.metadata.id, 7);
         assert_eq!(r.metadata.response_code, ResponseCode::NoError);
         assert!(r.metadata.authoritative);
+        assert!(!r.metadata.truncation);
         assert_eq!(r.answers.len(), 1);
         assert_eq!(r.answers[0].data, RData::A(A("240.0.0.2".parse().unwrap())));
+        assert_eq!(r.answers[0].ttl, TTL);
         // Case-insensitive, and without the trailing dot.
-        let r = reply(zone().answer(&ask("Data-API.MESH", RecordType::A)));
+        let r = reply(zone().answer(&ask("Data-API.MESH", RecordType::A), &none));
         assert_eq!(r.answers.len(), 1);
-        let r = reply(zone().answer(&ask("v6.mesh.", RecordType::AAAA)));
+        let r = reply(zone().answer(&ask("v6.mesh.", RecordType::AAAA), &none));
         assert_eq!(
             r.answers[0].data,
             RData::AAAA(AAAA("fd77::2".parse().unwrap()))
         );
+        // Whatever the instances' health.
+        let r = reply(checked_zone().answer(&ask("data-api.mesh.", RecordType::A), &none));
+        assert_eq!(r.answers.len(), 1);
     }
 
     #[test]
     fn the_zone_is_authoritative() {
-        let r = reply(zone().answer(&ask("nope.mesh.", RecordType::A)));
+        let none = View::default();
+        let r = reply(zone().answer(&ask("nope.mesh.", RecordType::A), &none));
         assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
-        let r = reply(zone().answer(&ask("a.b.mesh.", RecordType::A)));
+        let r = reply(zone().answer(&ask("a.b.mesh.", RecordType::A), &none));
         assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
         // A v4-only service has no AAAA: an empty NOERROR answer.
-        let r = reply(zone().answer(&ask("data-api.mesh.", RecordType::AAAA)));
+        let r = reply(zone().answer(&ask("data-api.mesh.", RecordType::AAAA), &none));
         assert_eq!(
             (r.metadata.response_code, r.answers.len()),
             (ResponseCode::NoError, 0)
@@ -296,23 +572,198 @@ mod tests {
     }
 
     #[test]
+    fn public_services_are_not_in_the_zone() {
+        for kind in [RecordType::A, RecordType::SRV] {
+            let r = reply(zone().answer(&ask("site.mesh.", kind), &View::default()));
+            assert_eq!(r.metadata.response_code, ResponseCode::NXDomain, "{kind}");
+        }
+    }
+
+    #[test]
+    fn srv_lists_exactly_the_instances_that_take_traffic() {
+        let mut view = View::default();
+        report(&mut view, "a", "data-api", State::Passing);
+        report(&mut view, "b", "data-api", State::Warning);
+        report(&mut view, "c", "data-api", State::Critical);
+        // Passing, by its agent's last word, but that agent is unreachable.
+        report(&mut view, "d", "data-api", State::Passing);
+        view.unreachable.insert("d".into(), "timed out".into());
+        for name in ["data-api.mesh.", "_data-api._tcp.mesh."] {
+            let r = reply(checked_zone().answer(&ask(name, RecordType::SRV), &view));
+            assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert!(r.metadata.authoritative && !r.metadata.truncation);
+            assert!(r.answers.iter().all(|a| a.name.to_ascii() == name));
+            assert_eq!(
+                srv_targets(&r),
+                [("a.node.mesh.".into(), 5001), ("b.node.mesh.".into(), 5001)],
+                "{name}"
+            );
+            assert_eq!(
+                additionals(&r),
+                [
+                    ("a.node.mesh.".into(), ip("10.0.0.1")),
+                    ("b.node.mesh.".into(), ip("10.0.0.2"))
+                ],
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn instances_with_checks_and_no_report_are_left_out() {
+        let mut view = View::default();
+        report(&mut view, "b", "data-api", State::Passing);
+        let r = reply(checked_zone().answer(&ask("data-api.mesh.", RecordType::SRV), &view));
+        assert_eq!(srv_targets(&r), [("b.node.mesh.".into(), 5001)]);
+        // Without checks, every instance is passing.
+        let r = reply(zone().answer(&ask("data-api.mesh.", RecordType::SRV), &view));
+        assert_eq!(srv_targets(&r).len(), 4);
+    }
+
+    #[test]
+    fn a_service_with_every_instance_critical_has_no_srv_records() {
+        let mut view = View::default();
+        report(&mut view, "a", "data-api", State::Critical);
+        let r = reply(checked_zone().answer(&ask("data-api.mesh.", RecordType::SRV), &view));
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.answers.is_empty() && r.additionals.is_empty());
+        assert!(!r.metadata.truncation);
+    }
+
+    #[test]
+    fn ipv6_nodes_give_aaaa_additionals() {
+        let r = reply(zone().answer(&ask("data-api.mesh.", RecordType::SRV), &View::default()));
+        assert_eq!(
+            additionals(&r),
+            [
+                ("a.node.mesh.".into(), ip("10.0.0.1")),
+                ("b.node.mesh.".into(), ip("10.0.0.2")),
+                ("c.node.mesh.".into(), ip("fd77::3")),
+                ("d.node.mesh.".into(), ip("10.0.0.4")),
+            ]
+        );
+        let c = r
+            .additionals
+            .iter()
+            .find(|a| a.name.to_ascii() == "c.node.mesh.");
+        assert_eq!(c.unwrap().record_type(), RecordType::AAAA);
+        // A service on an IPv6 node only.
+        let r = reply(zone().answer(&ask("v6.mesh.", RecordType::SRV), &View::default()));
+        assert_eq!(srv_targets(&r), [("c.node.mesh.".into(), 5002)]);
+        assert_eq!(additionals(&r), [("c.node.mesh.".into(), ip("fd77::3"))]);
+    }
+
+    #[test]
+    fn nodes_resolve_to_their_address() {
+        let none = View::default();
+        let r = reply(zone().answer(&ask("a.node.mesh.", RecordType::A), &none));
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(r.answers.len(), 1);
+        assert_eq!(r.answers[0].data, RData::A(A("10.0.0.1".parse().unwrap())));
+        assert_eq!(r.answers[0].ttl, TTL);
+        let r = reply(zone().answer(&ask("C.Node.Mesh", RecordType::AAAA), &none));
+        assert_eq!(
+            r.answers[0].data,
+            RData::AAAA(AAAA("fd77::3".parse().unwrap()))
+        );
+        // The other family, or another type: the name exists, no records.
+        for (name, kind) in [
+            ("a.node.mesh.", RecordType::AAAA),
+            ("c.node.mesh.", RecordType::A),
+            ("a.node.mesh.", RecordType::SRV),
+        ] {
+            let r = reply(zone().answer(&ask(name, kind), &none));
+            assert_eq!(
+                (r.metadata.response_code, r.answers.len()),
+                (ResponseCode::NoError, 0),
+                "{name} {kind}"
+            );
+        }
+        // Unknown nodes do not exist, even when a service has that name.
+        for name in ["nope.node.mesh.", "data-api.node.mesh.", "x.a.node.mesh."] {
+            let r = reply(zone().answer(&ask(name, RecordType::A), &none));
+            assert_eq!(r.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        }
+    }
+
+    /// A zone with `big` on 40 nodes, each passing (no checks).
+    fn forty() -> Zone {
+        let mut text = String::new();
+        for i in 0..40 {
+            text += &format!("[[node]]\nname = \"node-{i:02}\"\naddress = \"10.0.1.{i}\"\n\n");
+        }
+        let nodes: Vec<String> = (0..40).map(|i| format!("\"node-{i:02}\"")).collect();
+        text += &format!(
+            "[[service]]\nname = \"big\"\nnodes = [{}]\nport = 7000\n",
+            nodes.join(", ")
+        );
+        Zone::new(&Config::parse(&text, Path::new("/m.toml")).unwrap())
+    }
+
+    #[test]
+    fn a_large_srv_answer_keeps_whole_records_and_sets_tc() {
+        let zone = forty();
+        let none = View::default();
+        let mut kept = Vec::new();
+        // Without EDNS: 512 bytes. Advertised sizes: up to MAX_UDP_PAYLOAD.
+        for (payload, limit) in [(None, 512), (Some(1232), 1232), (Some(4096), 1232)] {
+            let bytes = zone
+                .answer(&ask_with("big.mesh.", RecordType::SRV, 3, payload), &none)
+                .unwrap();
+            assert!(bytes.len() <= limit, "{payload:?}: {} bytes", bytes.len());
+            let r = reply(Some(bytes));
+            assert!(r.metadata.truncation, "{payload:?}");
+            assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(r.edns.is_some(), payload.is_some(), "OPT echoed");
+            // Whole records: each kept SRV record has its address.
+            let targets: Vec<String> = srv_targets(&r).into_iter().map(|(t, _)| t).collect();
+            let addressed: Vec<String> = additionals(&r).into_iter().map(|(n, _)| n).collect();
+            assert_eq!(targets, addressed, "{payload:?}");
+            assert!(!targets.is_empty() && targets.len() < 40, "{payload:?}");
+            kept.push(targets.len());
+        }
+        assert!(kept[0] < kept[1], "EDNS fits more: {kept:?}");
+        assert_eq!(kept[1], kept[2], "capped at {MAX_UDP_PAYLOAD}: {kept:?}");
+        // Another query id starts elsewhere in the list, so truncated
+        // replies spread over the instances.
+        let first = |id| {
+            let r = reply(zone.answer(&ask_with("big.mesh.", RecordType::SRV, id, None), &none));
+            let RData::SRV(srv) = &r.answers[0].data else {
+                panic!("not SRV");
+            };
+            srv.target.to_ascii()
+        };
+        assert_eq!(first(3), "node-03.node.mesh.");
+        assert_eq!(first(41), "node-01.node.mesh.");
+    }
+
+    #[test]
     fn other_names_are_not_ours() {
-        assert!(zone().answer(&ask("example.com.", RecordType::A)).is_none());
-        assert!(zone().answer(b"garbage").is_none());
+        let none = View::default();
+        assert!(
+            zone()
+                .answer(&ask("example.com.", RecordType::A), &none)
+                .is_none()
+        );
+        assert!(zone().answer(b"garbage", &none).is_none());
         let r = reply(refused(&ask("example.com.", RecordType::A)));
         assert_eq!(r.metadata.response_code, ResponseCode::Refused);
     }
 
     #[test]
     fn other_names_go_upstream_or_are_refused() {
+        let none = View::default();
         let other = ask("example.com.", RecordType::A);
-        assert_eq!(zone().handle(&other, true), Handling::Forward);
-        let Handling::Reply(r) = zone().handle(&other, false) else {
+        assert_eq!(zone().handle(&other, &none, true), Handling::Forward);
+        let Handling::Reply(r) = zone().handle(&other, &none, false) else {
             panic!("no reply");
         };
         assert_eq!(reply(Some(r)).metadata.response_code, ResponseCode::Refused);
         let ours = ask("data-api.mesh.", RecordType::A);
-        assert!(matches!(zone().handle(&ours, true), Handling::Reply(_)));
+        assert!(matches!(
+            zone().handle(&ours, &none, true),
+            Handling::Reply(_)
+        ));
     }
 
     #[test]
@@ -328,7 +779,7 @@ mod tests {
         for datagram in [&response[..], &ours, b"", b"garbage"] {
             for upstream in [false, true] {
                 assert_eq!(
-                    zone().handle(datagram, upstream),
+                    zone().handle(datagram, &View::default(), upstream),
                     Handling::Drop,
                     "{datagram:?}, upstream {upstream}"
                 );
