@@ -9,7 +9,9 @@
 //! connect, marks the node unreachable on its [`Board`] (its instances are
 //! critical) and connects again every [`RETRY`]. A node never reached is
 //! marked unreachable [`FIRST_CONTACT`] after the follower started, so
-//! agents starting together do not see each other as down.
+//! agents of a mesh starting one after another do not see each other as
+//! down (until then its instances count as what the config says, and a
+//! call to one that is down fails over).
 
 use std::{
     collections::HashMap,
@@ -38,7 +40,7 @@ pub const SILENCE: Duration = Duration::from_secs(2);
 /// Between two attempts to reach an agent.
 pub const RETRY: Duration = Duration::from_millis(250);
 /// How long a follower may take to reach an agent the first time.
-pub const FIRST_CONTACT: Duration = Duration::from_secs(3);
+pub const FIRST_CONTACT: Duration = Duration::from_secs(10);
 /// Bound on one dial.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest report line accepted (a node with thousands of instances
