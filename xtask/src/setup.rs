@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "procps",
     "openssl",
     "stunnel4",
+    // dig, for the DNS (SRV) tests.
+    "dnsutils",
 ];
 
 /// Variables the outer `cargo xtask` may pass down that would make another
