@@ -664,6 +664,28 @@ pub fn render_status(status: &Value) -> String {
             ));
         }
     }
+    let instances = status["instances"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !instances.is_empty() {
+        out.push_str(
+            "
+INSTANCES (service on node: health as this agent knows it)\n",
+        );
+        for i in instances {
+            let reason = i["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{} on {}: {}{reason}\n",
+                s(&i["service"]),
+                s(&i["node"]),
+                s(&i["state"]),
+            ));
+        }
+    }
     out
 }
 
@@ -684,7 +706,9 @@ mod tests {
         let status = json!({
             "node": "b", "trust_domain": "mesh.local",
             "services": [{"name": "api", "spiffe_id": "spiffe://mesh.local/svc/api",
-                "serial": "1f", "not_after": "2026-11-23T00:00:00Z", "expires_in_secs": 3700}]
+                "serial": "1f", "not_after": "2026-11-23T00:00:00Z", "expires_in_secs": 3700}],
+            "instances": [{"service": "api", "node": "c", "state": "critical",
+                "reason": "agent of node \"c\" unreachable: connection closed"}]
         });
         let text = render_status(&status);
         assert!(
@@ -696,6 +720,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("(in 1h1m)"), "{text}");
+        assert!(
+            text.contains(
+                "api on c: critical (agent of node \"c\" unreachable: connection closed)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
