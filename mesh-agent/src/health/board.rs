@@ -21,6 +21,11 @@ use crate::{
     snapshot::Publisher,
 };
 
+/// How often a check whose state stays the same but whose output changes
+/// (Consul's `check_update_interval`, there 5 min) is published: every
+/// publication wakes every live connection and goes to every other agent.
+const OUTPUT_REFRESH: Duration = Duration::from_secs(30);
+
 /// This node's reports on its instances, sorted by service.
 pub type LocalReports = Arc<Vec<InstanceReport>>;
 
@@ -54,6 +59,8 @@ struct LocalCheck {
     failures: u32,
     /// A ttl check's deadline: critical once it passes without an update.
     expires: Option<Instant>,
+    /// When a result of this check was last published.
+    output_sent: Option<Instant>,
 }
 
 /// A running check and what it was started with.
@@ -101,6 +108,7 @@ impl Board {
                         successes: c.successes,
                         failures: c.failures,
                         expires: c.expires,
+                        output_sent: c.output_sent,
                     },
                     None => LocalCheck::new(check.clone()),
                 });
@@ -176,7 +184,7 @@ impl Board {
             c.failures = c.failures.saturating_add(1);
             (c.failures, c.check.failures_before_critical)
         };
-        let before = c.state;
+        let (before, output_before) = (c.state, std::mem::take(&mut c.output));
         if count >= needed {
             c.state = state;
             c.output = output;
@@ -188,9 +196,17 @@ impl Board {
             };
             c.output = format!("{output} ({count} of {needed} {what})");
         }
+        let now = Instant::now();
         if c.state != before {
             info!(%service, %check, from = %before, to = %c.state, output = %c.output, "check changed");
+        } else if c.output == output_before
+            || c.output_sent.is_some_and(|at| now < at + OUTPUT_REFRESH)
+        {
+            // Same state: a new output alone (a body with a timestamp)
+            // goes out with the next change, or after OUTPUT_REFRESH.
+            return;
         }
+        c.output_sent = Some(now);
         self.publish(&mut inner);
     }
 
@@ -353,6 +369,7 @@ impl LocalCheck {
             successes: 0,
             failures: 0,
             expires: None,
+            output_sent: None,
         }
     }
 
@@ -467,6 +484,28 @@ port = 2
             board.record("api", "c", State::Warning, "busy".into());
         }
         assert_eq!(state(&watch, "api", "a"), State::Warning);
+        board.stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_output_alone_is_published_at_most_every_refresh() {
+        // A ttl check's task never records, so only these results count.
+        let ttl = CheckKind::Ttl(Duration::from_secs(3600));
+        let (board, watch, _) = board(vec![check("c", ttl, 0, 0)]);
+        let output = |watch: &Watch| {
+            let snapshot = watch.borrow().clone();
+            let api = snapshot.config.service("api").unwrap();
+            snapshot.health.instance(api, "a").checks[0].output.clone()
+        };
+        board.record("api", "c", State::Passing, "t=1".into());
+        assert_eq!(output(&watch), "t=1", "a state change goes out at once");
+        board.record("api", "c", State::Passing, "t=2".into());
+        assert_eq!(output(&watch), "t=1", "the same state, a new output: held");
+        tokio::time::sleep(OUTPUT_REFRESH).await;
+        board.record("api", "c", State::Passing, "t=3".into());
+        assert_eq!(output(&watch), "t=3", "after OUTPUT_REFRESH");
+        board.record("api", "c", State::Critical, "down".into());
+        assert_eq!(output(&watch), "down");
         board.stop();
     }
 
