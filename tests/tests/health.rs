@@ -241,6 +241,30 @@ fn stopping_an_instance_fails_no_call() {
 }
 
 #[test]
+fn an_instance_back_from_critical_takes_traffic_at_once() {
+    // Calls made right after api on c stops fail over, after 3 failed
+    // dials to c: a ejects c for 10 s. Once c's check passes again, the
+    // check vouches for it: the ejection must not keep it out longer.
+    let (a, b, c) = ("hea", "heb", "hec");
+    let mesh = web_and_api([a, b, c], &http_check()).start();
+    let pids = start_api(&mesh, a, &[b, c]);
+    mesh.stop_app(pids[1]);
+    let results = calls(&mesh, a, 30);
+    assert_eq!(failed_calls(&results), [], "calls failed");
+    let log = std::fs::read_to_string(mesh.agent_log(a)).unwrap_or_default();
+    assert!(log.contains("instance ejected"), "{a} did not eject {c}");
+    expect_state(&mesh, a, c, "critical", BOUND);
+
+    mesh.start_health_server(c, "api", API_PORT);
+    expect_state(&mesh, a, c, "passing", BOUND);
+    let took = wait_traffic(&mesh, a, c, EJECTION + Duration::from_secs(5));
+    assert!(
+        took <= Duration::from_secs(3),
+        "api on {c} passing, but no call reached it for {took:?}"
+    );
+}
+
+#[test]
 fn a_killed_agent_is_critical_within_3s_and_no_call_fails() {
     let (a, b, c) = ("hka", "hkb", "hkc");
     let mesh = web_and_api([a, b, c], &http_check()).start();
