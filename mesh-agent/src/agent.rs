@@ -319,6 +319,11 @@ async fn serve(
     // One for both outbound listeners: what it knows of each instance.
     let balancer = Arc::new(crate::proxy::balance::Balancer::default());
     let mut tasks = tokio::task::JoinSet::new();
+    // Instances back from critical are no longer skipped for failed dials.
+    tasks.spawn(crate::proxy::balance::follow_health(
+        balancer.clone(),
+        snapshots.clone(),
+    ));
     for l in [Some(out4), out6].into_iter().flatten() {
         let outbound = Outbound::new(l, pi.clone(), kernel.clone(), ids.clone(), balancer.clone());
         tasks.spawn(outbound.run());

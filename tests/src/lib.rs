@@ -8,6 +8,7 @@
 //! own network namespace. Everything here needs root.
 #![forbid(unsafe_code)]
 
+pub mod health;
 pub mod pki;
 pub mod playground;
 pub mod topology;

@@ -9,6 +9,9 @@
 //!     .service("web", "a", 8080)
 //!     .service_with("api", "b", 5001, |s| s.vip("240.0.0.9"))
 //!     .service_on("db", &["a", "b"], 5002) // an instance on each
+//!     .service_on_with("cache", &["a", "b"], 5003, |s| {
+//!         s.check("http = \"/health\"\ninterval = \"200ms\"")
+//!     })
 //!     .intention("web", "api", "allow")
 //!     .start(); // namespaces, config, root CA, an agent per node, ready
 //! ```
@@ -20,10 +23,10 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use crate::{Mesh, agent_bin};
 
-/// A mesh to build: its nodes, strangers, `[mesh]` settings, services,
-/// intentions, and the agents' extra arguments. [`Topology::build`] or
-/// [`Topology::start`] make it; [`Topology::toml`] renders it for a mesh
-/// that runs (to write a changed config).
+/// A mesh to build: its nodes, strangers, `[mesh]` settings, services (and
+/// their checks), intentions, and the agents' extra arguments.
+/// [`Topology::build`] or [`Topology::start`] make it; [`Topology::toml`]
+/// renders it for a mesh that runs (to write a changed config).
 #[derive(Debug, Clone)]
 pub struct Topology {
     nodes: Vec<String>,
@@ -50,6 +53,8 @@ pub struct Service {
     vip: Option<String>,
     public: bool,
     lb: Option<String>,
+    /// The bodies of its `[[service.check]]` tables, in order.
+    checks: Vec<String>,
 }
 
 impl Service {
@@ -68,6 +73,14 @@ impl Service {
     /// Internet-facing: `public = true` (not steered inbound).
     pub fn public(mut self) -> Self {
         self.public = true;
+        self
+    }
+
+    /// Adds a `[[service.check]]` table, rendered after the service's own
+    /// keys with `body` as its lines, e.g. `"http = \"/health\"\ninterval =
+    /// \"200ms\""`. Checks keep the order they were added in.
+    pub fn check(mut self, body: &str) -> Self {
+        self.checks.push(body.to_owned());
         self
     }
 }
@@ -169,6 +182,7 @@ impl Topology {
             vip: None,
             public: false,
             lb: None,
+            checks: Vec::new(),
         }));
         self
     }
@@ -195,6 +209,7 @@ impl Topology {
             vip: None,
             public: false,
             lb: None,
+            checks: Vec::new(),
         }));
         self
     }
@@ -318,6 +333,14 @@ impl Topology {
                 out += &format!("lb = \"{lb}\"\n");
             }
             out += "\n";
+            for body in &s.checks {
+                out += "[[service.check]]\n";
+                for line in body.lines() {
+                    out += line;
+                    out += "\n";
+                }
+                out += "\n";
+            }
         }
         for i in &self.intentions {
             if let Some(comment) = &i.comment {
@@ -349,7 +372,11 @@ mod tests {
             .service("web", "a", 8080)
             .service_with("api", "b", 5001, |s| s.vip("fd77:ffff::2"))
             .service_with("front", "a", 5000, |s| s.public())
-            .service_on_with("db", &["a", "b"], 5003, |s| s.vip("fd77:ffff::3"))
+            .service_on_with("db", &["a", "b"], 5003, |s| {
+                s.vip("fd77:ffff::3")
+                    .check("http = \"/health\"\ninterval = \"200ms\"\n")
+                    .check("ttl = \"2s\"")
+            })
             .service("gone", "b", 5002)
             .without_service("gone")
             .intention_with("web", "api", "allow", |i| i.comment("web may call api"))
@@ -375,6 +402,8 @@ mod tests {
              [[service]]\nname = \"api\"\nnode = \"b\"\nport = 5001\nvip = \"fd77:ffff::2\"\n\n\
              [[service]]\nname = \"front\"\nnode = \"a\"\nport = 5000\npublic = true\n\n\
              [[service]]\nname = \"db\"\nnodes = [\"a\", \"b\"]\nport = 5003\nvip = \"fd77:ffff::3\"\n\n\
+             [[service.check]]\nhttp = \"/health\"\ninterval = \"200ms\"\n\n\
+             [[service.check]]\nttl = \"2s\"\n\n\
              # web may call api\n\
              [[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"allow\"\n\n\
              [[intention]]\nsource = \"*\"\ndestination = \"api\"\naction = \"deny\"\n\n"

@@ -55,20 +55,15 @@ pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
         smoke: true,
         only: Vec::new(),
     })?;
-    // The demo's apps have their own tests (plain HTTP, no mesh).
-    cmd::run(
-        std::process::Command::new("python3")
-            .args([
-                "-m",
-                "unittest",
-                "discover",
-                "-s",
-                "tests/apps/playground",
-                "-t",
-                "tests/apps/playground",
-            ])
-            .current_dir(cmd::workspace_root()),
-    )?;
+    // The demo's apps, and the test apps that need it, have their own
+    // tests (plain HTTP, no mesh): `test_*.py` in each folder.
+    for dir in ["tests/apps/playground", "tests/apps"] {
+        cmd::run(
+            std::process::Command::new("python3")
+                .args(["-m", "unittest", "discover", "-s", dir, "-t", dir])
+                .current_dir(cmd::workspace_root()),
+        )?;
+    }
     cmd::run(
         cmd::cargo()
             .args([

@@ -23,6 +23,7 @@ use tracing::warn;
 use crate::{
     config::{Balance, Service},
     health::View,
+    snapshot::Watch,
 };
 
 /// Consecutive failed connects that eject an instance.
@@ -164,6 +165,24 @@ impl Balancer {
         *e = Ejection::default();
     }
 
+    /// Forgets the failures and ejection of each instance of `services`
+    /// that was critical in `before` and takes traffic in `after`: its
+    /// checks (or its agent's link) vouch for it again, as Envoy un-ejects
+    /// a host that active health checking finds healthy. Else an instance
+    /// back and passing would still be skipped until its ejection ran out
+    /// (up to [`MAX_EJECTION`]).
+    pub fn health_changed(&self, services: &[Service], before: &View, after: &View) {
+        for service in services {
+            for node in &service.nodes {
+                if !before.state(service, node).takes_traffic()
+                    && after.state(service, node).takes_traffic()
+                {
+                    self.succeeded(&service.name, node);
+                }
+            }
+        }
+    }
+
     /// The index in `service.nodes` of the pick among the instances `ok`
     /// accepts.
     fn choose(
@@ -229,6 +248,19 @@ impl Balancer {
     fn pool(&self, service: &str) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.entry(service.to_owned()).or_default().clone()
+    }
+}
+
+/// Hands every health change published on `snapshots` to `balancer`
+/// ([`Balancer::health_changed`]) until the channel closes.
+pub async fn follow_health(balancer: Arc<Balancer>, mut snapshots: Watch) {
+    let mut before = snapshots.borrow_and_update().health.clone();
+    while snapshots.changed().await.is_ok() {
+        let snapshot = snapshots.borrow_and_update().clone();
+        if !Arc::ptr_eq(&before, &snapshot.health) {
+            balancer.health_changed(&snapshot.config.services, &before, &snapshot.health);
+            before = snapshot.health.clone();
+        }
     }
 }
 
@@ -480,6 +512,60 @@ mod tests {
             view.unreachable.insert("c".into(), "gone".into());
             assert_eq!(b.pick(&s, "a", &[], Instant::now(), &view), None);
         }
+    }
+
+    #[test]
+    fn an_instance_passing_again_after_critical_is_no_longer_ejected() {
+        let b = Balancer::with_seed(9);
+        let s = service(&["b", "c"], Balance::LeastRequest);
+        let now = Instant::now();
+        for _ in 0..EJECT_AFTER {
+            b.failed("api", "c", now);
+        }
+        let passing = health(&s, &[]);
+        let c_critical = health(&s, &[("c", State::Critical)]);
+        let services = [s.clone()];
+        // No transition from critical: the ejection holds.
+        b.health_changed(&services, &passing, &passing);
+        b.health_changed(&services, &passing, &c_critical);
+        assert_eq!(b.pick(&s, "c", &[], now, &passing), Some("b".into()));
+        // Critical, then passing: the check vouches for it again.
+        b.health_changed(&services, &c_critical, &passing);
+        assert_eq!(b.pick(&s, "c", &[], now, &passing), Some("c".into()));
+    }
+
+    #[tokio::test]
+    async fn follow_health_forgets_ejections_of_instances_back_from_critical() {
+        let config = crate::config::Config::parse(
+            "[[node]]\nname = \"b\"\naddress = \"10.0.0.2\"\n\n\
+             [[node]]\nname = \"c\"\naddress = \"10.0.0.3\"\n\n\
+             [[service]]\nname = \"api\"\nnodes = [\"b\", \"c\"]\nport = 5001\n",
+            std::path::Path::new("/m.toml"),
+        )
+        .unwrap();
+        let s = config.services[0].clone();
+        let (publisher, watch) = crate::snapshot::Snapshot::new(config).publish();
+        let publish = |view: View| {
+            publisher.send_modify(|snap| *snap = Arc::new(snap.with_health(Arc::new(view))));
+        };
+        publish(health(&s, &[("c", State::Critical)]));
+        let b = Arc::new(Balancer::with_seed(9));
+        let task = tokio::spawn(follow_health(b.clone(), watch));
+        tokio::task::yield_now().await;
+        let now = Instant::now();
+        for _ in 0..EJECT_AFTER {
+            b.failed("api", "c", now);
+        }
+        publish(health(&s, &[]));
+        let unejected = async {
+            while b.pick(&s, "c", &[], now, &health(&s, &[])) != Some("c".into()) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), unejected)
+            .await
+            .expect("c still ejected");
+        task.abort();
     }
 
     /// Not timed (no assertion on speed): prints the cost of a pick among
