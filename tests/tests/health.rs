@@ -2,9 +2,9 @@
 //! whose check fails gets no traffic from any node, a 429 keeps it in
 //! rotation (warning), a stopped instance, a killed agent or a cut-off
 //! node fail no call and are critical everywhere within the design's
-//! bounds, traffic returns once they are back, and a `ttl` check follows
-//! `mesh-agent check`. Real agents and apps in network namespaces; need
-//! root.
+//! bounds, traffic returns once they are back; a `ttl` check follows
+//! `mesh-agent check`; DNS SRV lists exactly the instances that take
+//! traffic. Real agents and apps in network namespaces; need root.
 //!
 //! Timings are measured and printed (run with `--nocapture` to see them);
 //! each assertion allows [`POLL_SLACK`] over the design's bound for the
@@ -514,4 +514,77 @@ fn a_ttl_check_is_driven_by_mesh_agent_check() {
         passing >= Duration::from_millis(4900),
         "db passing after {passing:?}"
     );
+}
+
+/// `dig +short <name> SRV` at the agent's DNS on `node`: the records as
+/// `(port, target)`, sorted.
+fn srv(mesh: &Mesh, node: &str, name: &str) -> Vec<(u16, String)> {
+    let mut cmd = mesh.cmd(node, "dig");
+    cmd.args(["@127.0.0.1", "+short", "+time=2", "+tries=1", name, "SRV"]);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(10));
+    assert!(
+        out.status.success(),
+        "dig: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut records: Vec<(u16, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "priority weight port target"
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(2)?.parse().ok()?, (*f.get(3)?).to_owned()))
+        })
+        .collect();
+    records.sort();
+    records
+}
+
+#[test]
+fn srv_lists_exactly_the_instances_that_take_traffic() {
+    let nodes = ["hda", "hdb", "hdc"];
+    let mesh = web_and_api(nodes, &http_check()).start();
+    start_api(&mesh, "hda", &["hdb", "hdc"]);
+    let both = vec![
+        (API_PORT, "hdb.node.mesh.".to_owned()),
+        (API_PORT, "hdc.node.mesh.".to_owned()),
+    ];
+    assert_eq!(srv(&mesh, "hda", "api.mesh"), both);
+    // The node names resolve to the nodes' addresses.
+    let mut cmd = mesh.cmd("hda", "dig");
+    cmd.args([
+        "@127.0.0.1",
+        "+short",
+        "+time=2",
+        "+tries=1",
+        "hdc.node.mesh",
+        "A",
+    ]);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(10));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        mesh.node("hdc").addr(false).to_string()
+    );
+
+    // Critical: gone from the answer, on every node.
+    mesh.set_health("hdc", "api", 503);
+    expect_state(&mesh, "hda", "hdc", "critical", BOUND);
+    let only_b = vec![(API_PORT, "hdb.node.mesh.".to_owned())];
+    assert_eq!(srv(&mesh, "hda", "api.mesh"), only_b);
+    expect_state(&mesh, "hdb", "hdc", "critical", BOUND);
+    assert_eq!(srv(&mesh, "hdb", "api.mesh"), only_b);
+    // Warning takes traffic, so it is listed (as Consul's DNS does).
+    mesh.set_health("hdc", "api", 429);
+    expect_state(&mesh, "hda", "hdc", "warning", BOUND);
+    assert_eq!(srv(&mesh, "hda", "api.mesh"), both);
+    // Every instance critical: the name exists, with no records.
+    mesh.set_health("hdb", "api", 503);
+    mesh.set_health("hdc", "api", 503);
+    expect_state(&mesh, "hda", "hdb", "critical", BOUND);
+    expect_state(&mesh, "hda", "hdc", "critical", BOUND);
+    assert_eq!(srv(&mesh, "hda", "api.mesh"), []);
+    let mut cmd = mesh.cmd("hda", "dig");
+    cmd.args(["@127.0.0.1", "+time=2", "+tries=1", "api.mesh", "SRV"]);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status: NOERROR"), "{text}");
 }
