@@ -4,7 +4,8 @@
 //! node fail no call and are critical everywhere within the design's
 //! bounds, traffic returns once they are back; a `ttl` check follows
 //! `mesh-agent check`; DNS SRV lists exactly the instances that take
-//! traffic. Real agents and apps in network namespaces; need root.
+//! traffic; `catalog services` and the per-instance metrics count them.
+//! Real agents and apps in network namespaces; need root.
 //!
 //! Timings are measured and printed (run with `--nocapture` to see them);
 //! each assertion allows [`POLL_SLACK`] over the design's bound for the
@@ -539,6 +540,27 @@ fn srv(mesh: &Mesh, node: &str, name: &str) -> Vec<(u16, String)> {
     records
 }
 
+/// `mesh-agent catalog services` on `node`: the instance counts of
+/// `service` (instances, passing, warning, critical).
+fn catalog_services(mesh: &Mesh, node: &str, service: &str) -> [u32; 4] {
+    let mut cmd = mesh.cmd(node, &mesh.agent);
+    cmd.args(["catalog", "services"]);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("SERVICE  VIP"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(service))
+        .unwrap_or_else(|| panic!("no {service} in:\n{text}"));
+    let f: Vec<u32> = line
+        .split_whitespace()
+        .skip(3)
+        .take(4)
+        .map(|n| n.parse().expect("a count"))
+        .collect();
+    [f[0], f[1], f[2], f[3]]
+}
+
 #[test]
 fn srv_lists_exactly_the_instances_that_take_traffic() {
     let nodes = ["hda", "hdb", "hdc"];
@@ -549,6 +571,19 @@ fn srv_lists_exactly_the_instances_that_take_traffic() {
         (API_PORT, "hdc.node.mesh.".to_owned()),
     ];
     assert_eq!(srv(&mesh, "hda", "api.mesh"), both);
+    assert_eq!(catalog_services(&mesh, "hda", "api"), [2, 2, 0, 0]);
+    // Per-instance connection counts add up to the calls made.
+    assert_eq!(failed_calls(&calls(&mesh, "hda", 10)), []);
+    let sent: f64 = ["hdb", "hdc"]
+        .iter()
+        .map(|n| {
+            mesh.metric(
+                "hda",
+                &format!("mesh_instance_connections_total{{service=\"api\",node=\"{n}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(sent, 10.0);
     // The node names resolve to the nodes' addresses.
     let mut cmd = mesh.cmd("hda", "dig");
     cmd.args([
@@ -582,6 +617,7 @@ fn srv_lists_exactly_the_instances_that_take_traffic() {
     expect_state(&mesh, "hda", "hdb", "critical", BOUND);
     expect_state(&mesh, "hda", "hdc", "critical", BOUND);
     assert_eq!(srv(&mesh, "hda", "api.mesh"), []);
+    assert_eq!(catalog_services(&mesh, "hda", "api"), [2, 0, 0, 2]);
     let mut cmd = mesh.cmd("hda", "dig");
     cmd.args(["@127.0.0.1", "+time=2", "+tries=1", "api.mesh", "SRV"]);
     let out = output_with_timeout(&mut cmd, Duration::from_secs(10));
