@@ -14,6 +14,13 @@
 //! node `bench-c` (a mesh node, so the kernel lets it through) or a
 //! stranger `bench-x` (not in the config) keeps 1,500 connections to the
 //! service port open without a handshake (`tests/apps/flood_client.py`).
+//!
+//! Instances: the mesh's rr and connection rate to `server` (one instance,
+//! on bench-b) and to `server2` (two instances, on bench-b and bench-c,
+//! picked by `least_request`), side by side in each run: what a second
+//! instance costs the caller. It also counts how many of the caller's
+//! handshakes resumed a TLS session, which sets most of a new connection's
+//! cost.
 //! Results: a markdown table on stdout and JSON in target/bench/.
 
 use std::{
@@ -36,7 +43,8 @@ pub struct Options {
     pub runs: usize,
     /// Seconds-long run of everything, for `cargo xtask test`.
     pub smoke: bool,
-    /// Parts to measure (bulk, rr, connrate, idle, flood); empty: all.
+    /// Parts to measure (bulk, rr, connrate, idle, flood, instances,
+    /// pick); empty: all.
     pub only: Vec<String>,
 }
 
@@ -47,6 +55,8 @@ impl Options {
 }
 
 const VIP: &str = "240.0.0.99";
+/// The VIP of `server2`, the service with two instances (bench-b, bench-c).
+const VIP2: &str = "240.0.0.98";
 /// `relay` is the mesh's path without TLS: two socat processes (plain
 /// TCP, 256 KiB buffers, TCP_NODELAY), the floor for any pair of userspace
 /// proxies. It forks per connection, so it skips the connection-rate runs.
@@ -60,6 +70,9 @@ const PARALLEL: usize = 8;
 const FLOODS: [&str; 4] = ["quiet", "node flood", "stranger flood", "control"];
 /// Connections a flood keeps open.
 const FLOOD_CONNS: usize = 1500;
+/// The instances part's columns: the mesh to `server` (one instance) and
+/// to `server2` (two), and the `client` mode of each.
+const INSTANCES: [(&str, &str); 2] = [("1 instance", "mesh"), ("2 instances", "mesh 2 instances")];
 
 /// Runs the benchmark.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -102,6 +115,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let runs = if opts.smoke { 1 } else { opts.runs.max(1) };
     let mut samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
     let mut flood_samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
+    let mut instance_samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
     for run in 0..runs {
         for mode in MODES {
             eprintln!("bench: run {}/{runs}: {mode}", run + 1);
@@ -186,7 +200,49 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 put("new conns per s", cr["per_s"].as_f64());
             }
         }
+        if opts.wants("instances") {
+            eprintln!("bench: run {}/{runs}: 1 vs 2 instances", run + 1);
+            // Alternate which goes first, so neither always follows the
+            // other's teardown.
+            let mut order = INSTANCES;
+            if run % 2 == 1 {
+                order.reverse();
+            }
+            for (column, mode) in order {
+                let before = bench.outbound_handshakes();
+                let rr = bench.client(
+                    mode,
+                    &["rr", "--size", "1", "--count", &rr_count.to_string()],
+                )?;
+                let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
+                let after = bench.outbound_handshakes();
+                let (full, resumed) = (after.0 - before.0, after.1 - before.1);
+                let mut put = |metric: &str, v: Option<f64>| {
+                    instance_samples
+                        .entry((metric.to_owned(), column))
+                        .or_default()
+                        .push(v.unwrap_or(0.0));
+                };
+                put("new conns per s", cr["per_s"].as_f64());
+                put("rr 1 B p50 us", rr["p50_us"].as_f64());
+                // What a new connection costs depends most on this: a
+                // full handshake signs and verifies, a resumed one not.
+                put(
+                    "handshakes resumed %",
+                    (full + resumed > 0.0).then(|| 100.0 * resumed / (full + resumed)),
+                );
+            }
+        }
     }
+    // Where the two-instance connections went, as bench-a's agent counted.
+    let spread: Vec<(String, f64)> = if instance_samples.is_empty() {
+        Vec::new()
+    } else {
+        ["bench-b", "bench-c"]
+            .iter()
+            .map(|n| (format!("connections to {n}"), bench.server2_connections(n)))
+            .collect()
+    };
     let mut extra = BTreeMap::new();
     extra.insert(
         "agents RSS idle MiB".to_owned(),
@@ -202,7 +258,30 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     for (prog, ns) in BpfStats::per_call_ns() {
         extra.insert(format!("{prog} ns per call"), ns);
     }
-    report(&samples, &flood_samples, &extra, runs)
+    report(
+        &Samples {
+            modes: samples,
+            floods: flood_samples,
+            instances: instance_samples,
+            spread,
+            extra,
+        },
+        runs,
+    )
+}
+
+/// Everything a run measured, for [`report`].
+struct Samples<'a> {
+    /// (metric, mode) of [`MODES`].
+    modes: BTreeMap<(String, &'a str), Vec<f64>>,
+    /// (metric, flood) of [`FLOODS`].
+    floods: BTreeMap<(String, &'a str), Vec<f64>>,
+    /// (metric, column) of [`INSTANCES`].
+    instances: BTreeMap<(String, &'a str), Vec<f64>>,
+    /// `server2`'s connections per instance, as bench-a's agent counted.
+    spread: Vec<(String, f64)>,
+    /// Single figures (memory, eBPF program costs).
+    extra: BTreeMap<String, f64>,
 }
 
 /// The benchmark's mesh and its processes.
@@ -217,19 +296,22 @@ struct Bench {
 
 impl Bench {
     fn start(agent: PathBuf, meshbench: PathBuf) -> anyhow::Result<Self> {
-        // bench-c and bench-x only flood: c is a mesh node (with no agent),
-        // x is not.
+        // bench-c floods as a mesh node (from outside any service cgroup,
+        // so its agent leaves the flood alone) and hosts server2's second
+        // instance; bench-x floods as a stranger (not in the config).
         let mut mesh = Mesh::nodes(&["bench-a", "bench-b", "bench-c"])
             .stranger("bench-x")
             .agent(agent)
             .default_policy("allow")
             .service("client", "bench-a", 8080)
             .service_with("server", "bench-b", 5001, |s| s.vip(VIP))
+            .service_on_with("server2", &["bench-b", "bench-c"], 5002, |s| s.vip(VIP2))
             .build();
         // Quiet: the harness learns readiness from `/ready`, not the log.
         mesh.log_filter = "warn".to_owned();
-        mesh.start_agent("bench-a");
-        mesh.start_agent("bench-b");
+        for node in ["bench-a", "bench-b", "bench-c"] {
+            mesh.start_agent(node);
+        }
         let b = mesh.node("bench-b").v4;
 
         let serve = |bind: String, service: Option<&str>| {
@@ -241,11 +323,34 @@ impl Bench {
             c
         };
         mesh.spawn_app(serve("127.0.0.1:5001".into(), Some("server")), "serve-mesh");
+        mesh.spawn_app(
+            serve("127.0.0.1:5002".into(), Some("server2")),
+            "serve-mesh2-b",
+        );
+        let mut c = mesh.cmd_as("bench-c", "server2", &meshbench);
+        c.args(["serve", "--bind", "127.0.0.1:5002"]);
+        mesh.spawn_app(c, "serve-mesh2-c");
+        mesh.wait_listening("bench-c", 5002);
         mesh.spawn_app(serve(format!("{b}:7001"), None), "serve-direct");
         mesh.spawn_app(serve("127.0.0.1:7002".into(), None), "serve-stunnel");
         mesh.spawn_app(serve("127.0.0.1:7005".into(), None), "serve-relay");
-        for port in [5001, 7001, 7002, 7005] {
+        for port in [5001, 5002, 7001, 7002, 7005] {
             mesh.wait_listening("bench-b", port);
+        }
+        // Both instances of server2 passing in the caller's view (bench-c's
+        // health reaches bench-a over their agent link), or the pick would
+        // skip one and the two-instance figures would measure one.
+        let passing = |node: &str| {
+            let series = format!("mesh_instance_health{{service=\"server2\",node=\"{node}\"}}");
+            mesh_tests::metric_value(&mesh.metrics("bench-a"), &series) == Some(0.0)
+        };
+        if !mesh_tests::wait_until(Duration::from_secs(10), || {
+            passing("bench-b") && passing("bench-c")
+        }) {
+            bail!(
+                "bench-a does not see both instances of server2 passing: {}",
+                mesh.metrics("bench-a")
+            );
         }
         // The plain relay: a -> 127.0.0.1:7007 -> socat -> b:7006 -> socat -> 127.0.0.1:7005.
         let socat = |node: &str, listen: String, to: String| {
@@ -340,7 +445,9 @@ impl Bench {
             "direct" => (format!("{b}:7001"), None),
             "stunnel" => ("127.0.0.1:7004".to_owned(), None),
             "relay" => ("127.0.0.1:7007".to_owned(), None),
-            _ => (format!("{VIP}:5001"), Some("client")),
+            "mesh" => (format!("{VIP}:5001"), Some("client")),
+            "mesh 2 instances" => (format!("{VIP2}:5002"), Some("client")),
+            _ => bail!("no client mode {mode:?}"),
         };
         let line = format!(
             "ulimit -n $(ulimit -Hn); exec {} {} --to {target}",
@@ -396,6 +503,25 @@ impl Bench {
         pids.into_iter()
             .map(cpu_of)
             .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
+    }
+
+    /// Connections bench-a's agent sent to `server2`'s instance on `node`.
+    fn server2_connections(&self, node: &str) -> f64 {
+        self.mesh.metric(
+            "bench-a",
+            &format!("mesh_instance_connections_total{{service=\"server2\",node=\"{node}\"}}"),
+        )
+    }
+
+    /// (full, resumed) mTLS handshakes bench-a's agent made so far as a
+    /// client.
+    fn outbound_handshakes(&self) -> (f64, f64) {
+        let text = self.mesh.metrics("bench-a");
+        let count = |kind: &str| {
+            let series = format!("mesh_handshakes_total{{side=\"outbound\",kind=\"{kind}\"}}");
+            mesh_tests::metric_value(&text, &series).unwrap_or(0.0)
+        };
+        (count("full"), count("resumed"))
     }
 
     fn agents_rss_kib(&self) -> f64 {
@@ -595,15 +721,19 @@ impl std::fmt::Display for Want {
 }
 
 /// The issues' targets against this run's medians: a table of ratios.
-/// `flooded(metric, flood)` is a median of the under-flood runs.
+/// `flooded(metric, flood)` is a median of the under-flood runs,
+/// `instances(metric, column)` of the instances part.
 fn targets(
     median: &dyn Fn(&str, &str) -> Option<f64>,
     flooded: &dyn Fn(&str, &str) -> Option<f64>,
+    instances: &dyn Fn(&str, &str) -> Option<f64>,
     extra: &BTreeMap<String, f64>,
 ) -> String {
     let under =
         |metric: &str, flood: &str| Some(flooded(metric, flood)? / flooded(metric, "quiet")?);
     let ratio = |metric: &str, over: &str| Some(median(metric, "mesh")? / median(metric, over)?);
+    let two_over_one =
+        |metric: &str| Some(instances(metric, "2 instances")? / instances(metric, "1 instance")?);
     let added = |metric: &str| {
         let direct = median(metric, "direct")?;
         Some((median(metric, "mesh")? - direct) / (median(metric, "stunnel")? - direct))
@@ -615,7 +745,7 @@ fn targets(
             .map(|(_, v)| *v)
             .reduce(f64::max)
     };
-    let rows: [(&str, Want, Option<f64>); 14] = [
+    let rows: [(&str, Want, Option<f64>); 16] = [
         (
             "bulk, mesh/direct",
             Want::AtLeast(0.5),
@@ -689,6 +819,17 @@ fn targets(
             Want::AtLeast(0.9),
             under("new conns per s", "stranger flood"),
         ),
+        // 2 instances cost at most 5% of connection rate and rr p50.
+        (
+            "new conns per s, 2 instances / 1",
+            Want::AtLeast(0.95),
+            two_over_one("new conns per s"),
+        ),
+        (
+            "rr 1 B p50, 2 instances / 1",
+            Want::AtMost(1.05),
+            two_over_one("rr 1 B p50 us"),
+        ),
     ];
     let mut out = "\n| target | wanted | this run | met |\n|---|---|---|---|\n".to_owned();
     for (name, wanted, got) in rows {
@@ -721,12 +862,15 @@ fn by_column(
     )
 }
 
-fn report(
-    samples: &BTreeMap<(String, &str), Vec<f64>>,
-    flood_samples: &BTreeMap<(String, &str), Vec<f64>>,
-    extra: &BTreeMap<String, f64>,
-    runs: usize,
-) -> anyhow::Result<()> {
+/// Prints the tables and the targets, and writes the JSON.
+fn report(all: &Samples, runs: usize) -> anyhow::Result<()> {
+    let Samples {
+        modes: samples,
+        floods: flood_samples,
+        instances: instance_samples,
+        spread,
+        extra,
+    } = all;
     let metrics: Vec<&String> = {
         let mut m: Vec<&String> = samples.keys().map(|(k, _)| k).collect();
         m.dedup();
@@ -796,9 +940,45 @@ fn report(
         }
         json.insert("under flood".to_owned(), Value::Object(under));
     }
+    let instanced = |metric: &String, column: &str| {
+        instance_samples
+            .get(&(metric.clone(), column))
+            .map(|v| stats(v))
+    };
+    if !instance_samples.is_empty() {
+        out += "\n| mesh to a service with | 1 instance | 2 instances | 2/1 |\n|---|---|---|---|\n";
+        let mut metrics: Vec<&String> = instance_samples.keys().map(|(k, _)| k).collect();
+        metrics.dedup();
+        let columns = INSTANCES.map(|(column, _)| column);
+        let mut section = serde_json::Map::new();
+        for metric in metrics {
+            let [one, two] = columns.map(|column| instanced(metric, column));
+            out += &format!(
+                "| {metric} | {} | {} | {} |\n",
+                fmt(one),
+                fmt(two),
+                ratio(two, one)
+            );
+            section.insert(
+                metric.clone(),
+                by_column(instance_samples, metric, &columns),
+            );
+        }
+        let spread_text: Vec<String> = spread.iter().map(|(k, v)| format!("{v:.0} {k}")).collect();
+        out += &format!(
+            "\n2 instances, as bench-a's agent picked them (all runs): {}.\n",
+            spread_text.join(", ")
+        );
+        section.insert(
+            "spread".to_owned(),
+            json!(spread.iter().cloned().collect::<BTreeMap<_, _>>()),
+        );
+        json.insert("instances".to_owned(), Value::Object(section));
+    }
     out += &targets(
         &|metric, mode| cell(&metric.to_owned(), mode).map(|(m, _, _)| m),
         &|metric, flood| flooded(&metric.to_owned(), flood).map(|(m, _, _)| m),
+        &|metric, column| instanced(&metric.to_owned(), column).map(|(m, _, _)| m),
         extra,
     );
     println!("{out}");

@@ -51,9 +51,10 @@ enum Task {
         #[arg(long)]
         smoke: bool,
         /// Measure only these parts (repeatable): bulk, rr, connrate, idle,
-        /// flood (rr and connrate of the mesh under a handshake flood), pick
-        /// (ns per pick of an instance among 1,000; not in --smoke).
-        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "pick"])]
+        /// flood (rr and connrate of the mesh under a handshake flood),
+        /// instances (rr and connrate to a service with 2 instances vs 1),
+        /// pick (ns per pick of an instance among 1,000; not in --smoke).
+        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "instances", "pick"])]
         only: Vec<String>,
     },
     /// Run the fuzz targets (cargo-fuzz, nightly) one after another.
