@@ -225,7 +225,7 @@ impl Handler {
         let tcp = dial(addr).await?;
         let remote = pi
             .tls
-            .connect(tcp, &src.name, &dst.name)
+            .connect(tcp, &src.name, &dst.name, &host.name)
             .await
             .inspect_err(|e| {
                 pi.telemetry.handshake_failed("outbound", e.reason());

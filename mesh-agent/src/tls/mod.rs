@@ -87,10 +87,11 @@ pub struct Tls {
     /// they were last cleared: a renewed local leaf ends them all.
     sessions: Arc<session::Sessions>,
     sessions_from: std::sync::atomic::AtomicU64,
-    /// Per local service: the client config that presents its leaf (and
-    /// holds its tickets), made on first use and again after each renewal
-    /// of that leaf, so no ticket outlives the leaf it was made with.
-    clients: std::sync::RwLock<HashMap<String, ClientFor>>,
+    /// Per (local service, destination node): the client config that
+    /// presents the service's leaf (and holds its tickets for that node),
+    /// made on first use and again after each renewal of that leaf, so no
+    /// ticket outlives the leaf it was made with.
+    clients: std::sync::RwLock<HashMap<(String, String), ClientFor>>,
     /// This node's agent links.
     link: Arc<link::Link>,
 }
@@ -137,8 +138,12 @@ impl Tls {
         self.link.clone()
     }
 
-    /// The client config presenting `service`'s current leaf.
-    fn client(&self, service: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    /// The client config presenting `service`'s current leaf to the agent
+    /// of `node`. One per (service, node): a ticket is good only at the
+    /// agent that issued it, and rustls keys tickets by server name, which
+    /// is the same for every instance of a destination service; one store
+    /// per node keeps each instance's tickets apart.
+    fn client(&self, service: &str, node: &str) -> Result<Arc<ClientConfig>, TlsError> {
         let leaf = self
             .identities
             .current(service)
@@ -147,7 +152,7 @@ impl Tls {
             .clients
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(service)
+            .get(&(service.to_owned(), node.to_owned()))
             && Arc::ptr_eq(made_with, &leaf)
         {
             return Ok(c.clone());
@@ -164,24 +169,30 @@ impl Tls {
                 service: service.to_owned(),
             }));
         client.alpn_protocols = vec![ALPN.to_vec()];
-        // Tickets per destination service (rustls keeps up to 8 per name).
+        // Tickets per destination service on this node (rustls keeps up to
+        // 8 per name).
         client.resumption = Resumption::in_memory_sessions(256);
         let client = Arc::new(client);
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(service.to_owned(), (client.clone(), leaf));
+            .insert(
+                (service.to_owned(), node.to_owned()),
+                (client.clone(), leaf),
+            );
         Ok(client)
     }
 
-    /// Source side: TLS as local service `src` to the agent serving `dst`.
+    /// Source side: TLS as local service `src` to the agent of `node`,
+    /// serving `dst`.
     pub async fn connect(
         &self,
         tcp: TcpStream,
         src: &str,
         dst: &str,
+        node: &str,
     ) -> Result<client::TlsStream<Transport>, TlsError> {
-        let config = self.client(src)?;
+        let config = self.client(src, node)?;
         let name = ServerName::try_from(spiffe::sni(&self.trust_domain, dst))
             .map_err(|_| VerifyError::ServerName(dst.to_owned()))?;
         let connect = TlsConnector::from(config).connect(name, Transport::new(tcp));

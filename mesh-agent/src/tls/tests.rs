@@ -488,7 +488,7 @@ async fn agents_handshake_with_each_others_identity() {
         (peer, buf)
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut s = a.connect(tcp, "web", "api").await.unwrap();
+    let mut s = a.connect(tcp, "web", "api", "b").await.unwrap();
     s.write_all(b"hello").await.unwrap();
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).await.unwrap();
@@ -512,7 +512,7 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
         b.accept(tcp, "web").await.map(|(_, peer)| peer)
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    assert!(a.connect(tcp, "web", "api").await.is_err());
+    assert!(a.connect(tcp, "web", "api", "b").await.is_err());
     let r = server.await.unwrap();
     assert!(matches!(r, Err(TlsError::WrongSni { .. })), "{r:?}");
     assert_eq!(r.err().map(|e| e.reason()), Some("wrong_sni"));
@@ -572,6 +572,19 @@ async fn connect_once_both(
     Option<rustls::HandshakeKind>,
     Result<(), TlsError>,
 ) {
+    connect_once_to(a, b, "b").await
+}
+
+/// [`connect_once_both`] to the agent of `node`, served by `b`.
+async fn connect_once_to(
+    a: &Tls,
+    b: Arc<Tls>,
+    node: &str,
+) -> (
+    Result<String, TlsError>,
+    Option<rustls::HandshakeKind>,
+    Result<(), TlsError>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -591,7 +604,7 @@ async fn connect_once_both(
         }
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let client = match a.connect(tcp, "web", "api").await {
+    let client = match a.connect(tcp, "web", "api", node).await {
         Ok(mut s) => {
             // Reading to the end also takes in the ticket for the next time.
             let _ = s.write_all(b"hello").await;
@@ -621,6 +634,34 @@ async fn a_second_connection_resumes_with_the_same_identity() {
         (peer.unwrap(), kind),
         ("web".into(), Some(rustls::HandshakeKind::Resumed))
     );
+}
+
+#[tokio::test]
+async fn connections_alternating_between_instances_each_resume() {
+    // api on b and c: one server name, two agents, each of which only
+    // takes its own tickets.
+    let mesh = Mesh::new(INSTANCES);
+    let (_publisher, snapshots) = mesh.snapshots();
+    let tls = |node: &str| {
+        let local = mesh.config.services_on(node).map(|s| s.name.clone());
+        let ids = Identities::new(
+            "mesh.local",
+            mesh.node(node),
+            Duration::from_secs(60),
+            local,
+        )
+        .unwrap();
+        Arc::new(Tls::new(Arc::new(ids), Arc::new(snapshots.clone())).unwrap())
+    };
+    let (a, b, c) = (tls("a"), tls("b"), tls("c"));
+    let mut kinds = Vec::new();
+    for (server, node) in [(&b, "b"), (&c, "c"), (&b, "b"), (&c, "c"), (&b, "b")] {
+        let (peer, kind, client) = connect_once_to(&a, server.clone(), node).await;
+        assert_eq!((peer.unwrap(), client.is_ok()), ("web".to_owned(), true));
+        kinds.push(kind.unwrap());
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Full, Full, Resumed, Resumed, Resumed]);
 }
 
 #[tokio::test]
