@@ -72,7 +72,19 @@ const FLOODS: [&str; 4] = ["quiet", "node flood", "stranger flood", "control"];
 const FLOOD_CONNS: usize = 1500;
 /// The instances part's columns: the mesh to `server` (one instance) and
 /// to `server2` (two), and the `client` mode of each.
-const INSTANCES: [(&str, &str); 2] = [("1 instance", "mesh"), ("2 instances", "mesh 2 instances")];
+/// The third, a control: `server3`, two instances of which only bench-b's
+/// passes (bench-c's ttl check is never reported), so every connection
+/// goes to bench-b as with one instance, through the same pick, health
+/// view and failover code as with two. It separates what the mesh's
+/// multi-instance path costs from what spreading connections over two
+/// nodes' agents and servers costs on a two-core machine.
+const INSTANCES: [(&str, &str); 3] = [
+    ("1 instance", "mesh"),
+    ("2 instances", "mesh 2 instances"),
+    ("2 instances, 1 passing", "mesh 2 instances 1 passing"),
+];
+/// The VIP of `server3` (see [`INSTANCES`]).
+const VIP3: &str = "240.0.0.97";
 
 /// Runs the benchmark.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -306,6 +318,9 @@ impl Bench {
             .service("client", "bench-a", 8080)
             .service_with("server", "bench-b", 5001, |s| s.vip(VIP))
             .service_on_with("server2", &["bench-b", "bench-c"], 5002, |s| s.vip(VIP2))
+            .service_on_with("server3", &["bench-b", "bench-c"], 5003, |s| {
+                s.vip(VIP3).check("ttl = \"24h\"")
+            })
             .build();
         // Quiet: the harness learns readiness from `/ready`, not the log.
         mesh.log_filter = "warn".to_owned();
@@ -334,21 +349,33 @@ impl Bench {
         mesh.spawn_app(serve(format!("{b}:7001"), None), "serve-direct");
         mesh.spawn_app(serve("127.0.0.1:7002".into(), None), "serve-stunnel");
         mesh.spawn_app(serve("127.0.0.1:7005".into(), None), "serve-relay");
-        for port in [5001, 5002, 7001, 7002, 7005] {
+        mesh.spawn_app(
+            serve("127.0.0.1:5003".into(), Some("server3")),
+            "serve-mesh3-b",
+        );
+        for port in [5001, 5002, 5003, 7001, 7002, 7005] {
             mesh.wait_listening("bench-b", port);
         }
+        // server3 passes on bench-b only (its ttl check on bench-c is never
+        // reported, so that instance stays critical).
+        let mut pass = mesh.cmd("bench-b", &mesh.agent);
+        pass.args(["check", "pass", "--service", "server3"]);
+        run_to_string(&mut pass, Duration::from_secs(10));
         // Both instances of server2 passing in the caller's view (bench-c's
         // health reaches bench-a over their agent link), or the pick would
         // skip one and the two-instance figures would measure one.
-        let passing = |node: &str| {
-            let series = format!("mesh_instance_health{{service=\"server2\",node=\"{node}\"}}");
-            mesh_tests::metric_value(&mesh.metrics("bench-a"), &series) == Some(0.0)
+        let health = |service: &str, node: &str| {
+            let series = format!("mesh_instance_health{{service=\"{service}\",node=\"{node}\"}}");
+            mesh_tests::metric_value(&mesh.metrics("bench-a"), &series)
         };
         if !mesh_tests::wait_until(Duration::from_secs(10), || {
-            passing("bench-b") && passing("bench-c")
+            health("server2", "bench-b") == Some(0.0)
+                && health("server2", "bench-c") == Some(0.0)
+                && health("server3", "bench-b") == Some(0.0)
+                && health("server3", "bench-c") == Some(2.0)
         }) {
             bail!(
-                "bench-a does not see both instances of server2 passing: {}",
+                "bench-a does not see server2 on both nodes and server3 on bench-b only passing: {}",
                 mesh.metrics("bench-a")
             );
         }
@@ -447,6 +474,7 @@ impl Bench {
             "relay" => ("127.0.0.1:7007".to_owned(), None),
             "mesh" => (format!("{VIP}:5001"), Some("client")),
             "mesh 2 instances" => (format!("{VIP2}:5002"), Some("client")),
+            "mesh 2 instances 1 passing" => (format!("{VIP3}:5003"), Some("client")),
             _ => bail!("no client mode {mode:?}"),
         };
         let line = format!(
@@ -734,6 +762,9 @@ fn targets(
     let ratio = |metric: &str, over: &str| Some(median(metric, "mesh")? / median(metric, over)?);
     let two_over_one =
         |metric: &str| Some(instances(metric, "2 instances")? / instances(metric, "1 instance")?);
+    let control_over_one = |metric: &str| {
+        Some(instances(metric, "2 instances, 1 passing")? / instances(metric, "1 instance")?)
+    };
     let added = |metric: &str| {
         let direct = median(metric, "direct")?;
         Some((median(metric, "mesh")? - direct) / (median(metric, "stunnel")? - direct))
@@ -745,7 +776,7 @@ fn targets(
             .map(|(_, v)| *v)
             .reduce(f64::max)
     };
-    let rows: [(&str, Want, Option<f64>); 16] = [
+    let rows: [(&str, Want, Option<f64>); 18] = [
         (
             "bulk, mesh/direct",
             Want::AtLeast(0.5),
@@ -829,6 +860,16 @@ fn targets(
             "rr 1 B p50, 2 instances / 1",
             Want::AtMost(1.05),
             two_over_one("rr 1 B p50 us"),
+        ),
+        (
+            "new conns per s, 2 instances with 1 passing / 1",
+            Want::AtLeast(0.95),
+            control_over_one("new conns per s"),
+        ),
+        (
+            "rr 1 B p50, 2 instances with 1 passing / 1",
+            Want::AtMost(1.05),
+            control_over_one("rr 1 B p50 us"),
         ),
     ];
     let mut out = "\n| target | wanted | this run | met |\n|---|---|---|---|\n".to_owned();
@@ -946,18 +987,20 @@ fn report(all: &Samples, runs: usize) -> anyhow::Result<()> {
             .map(|v| stats(v))
     };
     if !instance_samples.is_empty() {
-        out += "\n| mesh to a service with | 1 instance | 2 instances | 2/1 |\n|---|---|---|---|\n";
+        out += "\n| mesh to a service with | 1 instance | 2 instances | 2 instances, 1 passing | 2/1 | 2 with 1 passing/1 |\n|---|---|---|---|---|---|\n";
         let mut metrics: Vec<&String> = instance_samples.keys().map(|(k, _)| k).collect();
         metrics.dedup();
         let columns = INSTANCES.map(|(column, _)| column);
         let mut section = serde_json::Map::new();
         for metric in metrics {
-            let [one, two] = columns.map(|column| instanced(metric, column));
+            let [one, two, control] = columns.map(|column| instanced(metric, column));
             out += &format!(
-                "| {metric} | {} | {} | {} |\n",
+                "| {metric} | {} | {} | {} | {} | {} |\n",
                 fmt(one),
                 fmt(two),
-                ratio(two, one)
+                fmt(control),
+                ratio(two, one),
+                ratio(control, one)
             );
             section.insert(
                 metric.clone(),
