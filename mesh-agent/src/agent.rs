@@ -297,7 +297,13 @@ async fn serve(
         cg.root(),
     )?);
     // Other agents' health, and ours to them.
-    let links = Links::new(&opts.node, tls.link(), board.clone(), opts.link_port);
+    let links = Links::new(
+        &opts.node,
+        tls.link(),
+        board.clone(),
+        opts.link_port,
+        opts.only_mesh_sources.then(|| snapshots.clone()),
+    );
     links.sync(&snapshot.config);
     let telemetry = Arc::new(Telemetry::default());
     let drain = Drain::default();

@@ -31,7 +31,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{Board, InstanceReport, board::LocalReports};
-use crate::{config::Config, tls::link::Link};
+use crate::{config::Config, snapshot::Watch, tls::link::Link};
 
 /// Between two lines from a followed agent, at most.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -111,8 +111,13 @@ pub async fn follow_reports<R: AsyncRead + Unpin>(input: R, node: &str, board: &
 }
 
 /// Links open at once on the listener, at most: a node's agents need one
-/// each; the rest waits for a slot or is closed.
+/// each; the rest is closed at once.
 const MAX_FOLLOWERS: usize = 1024;
+/// Links from one address at once, at most: one agent follows once (a
+/// second while its old link is not yet seen closed). Together with
+/// refusing addresses that are not nodes, no one can take the slots that
+/// the mesh's agents need, which would make this node look down.
+const MAX_PER_SOURCE: usize = 4;
 
 /// This agent's side of the exchange: who follows it (`serve`), and whom
 /// it follows (one task per other node of the catalog, `sync`).
@@ -121,19 +126,32 @@ pub struct Links {
     link: Arc<Link>,
     board: Arc<Board>,
     port: u16,
+    /// Who may open a link to this agent.
+    followers: Followers,
     /// Per followed node: the address followed and its task.
     following: Mutex<HashMap<String, (SocketAddr, AbortHandle)>>,
 }
 
 impl Links {
     /// The exchange of the agent of `node`, following other agents on
-    /// `port` through `link`, with what it learns going to `board`.
-    pub fn new(node: &str, link: Arc<Link>, board: Arc<Board>, port: u16) -> Arc<Self> {
+    /// `port` through `link`, with what it learns going to `board`; with
+    /// `nodes_only`, only the node addresses of its config may follow it.
+    pub fn new(
+        node: &str,
+        link: Arc<Link>,
+        board: Arc<Board>,
+        port: u16,
+        nodes_only: Option<Watch>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             node: node.to_owned(),
             link,
             board,
             port,
+            followers: Followers {
+                nodes_only,
+                per_source: Arc::default(),
+            },
             following: Mutex::default(),
         })
     }
@@ -213,12 +231,16 @@ impl Links {
                     continue;
                 }
             };
+            let Some(source) = self.followers.admit(peer.ip()) else {
+                debug!(%peer, "link refused: not a node, or too many from it");
+                continue; // closed at once, before any TLS
+            };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 continue; // full: closed at once
             };
             let this = self.clone();
             tokio::spawn(async move {
-                let _slot = slot;
+                let _slots = (slot, source);
                 let (tls, follower) = match this.link.accept(tcp).await {
                     Ok(x) => x,
                     Err(e) => {
@@ -230,6 +252,63 @@ impl Links {
                 let ended = send_reports(tls, &this.node, this.board.local_reports()).await;
                 debug!(%peer, %follower, ?ended, "no longer followed");
             });
+        }
+    }
+}
+
+/// Who may open a link to this agent.
+struct Followers {
+    /// The config's node addresses, when only they may follow this agent
+    /// (`--inbound-sources nodes`); `None`: anyone may try (TLS still
+    /// admits only the agents of catalog nodes).
+    nodes_only: Option<Watch>,
+    /// Open links per source address.
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Followers {
+    /// A slot for a link from `peer`, if it may have one: from a node
+    /// address (when `nodes_only`), and fewer than [`MAX_PER_SOURCE`] from
+    /// it already.
+    fn admit(&self, peer: IpAddr) -> Option<SourceSlot> {
+        let peer = peer.to_canonical();
+        if let Some(snapshot) = &self.nodes_only {
+            let config = snapshot.borrow().config.clone();
+            if !config
+                .nodes
+                .iter()
+                .any(|n| n.address.to_canonical() == peer)
+            {
+                return None;
+            }
+        }
+        let mut counts = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(peer).or_default();
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            peer,
+            counts: self.per_source.clone(),
+        })
+    }
+}
+
+/// One open link from `peer`, counted until dropped.
+struct SourceSlot {
+    peer: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
         }
     }
 }
@@ -358,6 +437,37 @@ port = 1
         let why = follower.await.unwrap();
         assert!(why.contains("closed") || why.contains("no word"), "{why}");
         board.stop();
+    }
+
+    #[test]
+    fn only_nodes_may_follow_and_each_only_a_few_times() {
+        let config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
+        let (_publisher, watch) = Snapshot::new(config).publish();
+        let nodes_only = Followers {
+            nodes_only: Some(watch),
+            per_source: Arc::default(),
+        };
+        let node: IpAddr = "10.0.0.2".parse().unwrap();
+        let stranger: IpAddr = "10.0.0.9".parse().unwrap();
+        assert!(nodes_only.admit(stranger).is_none());
+        // IPv4-mapped, as a dual-stack listener sees it.
+        assert!(
+            nodes_only
+                .admit("::ffff:10.0.0.2".parse().unwrap())
+                .is_some()
+        );
+        let held: Vec<SourceSlot> = (0..MAX_PER_SOURCE)
+            .map(|_| nodes_only.admit(node).unwrap())
+            .collect();
+        assert!(nodes_only.admit(node).is_none(), "over the per-source cap");
+        drop(held);
+        assert!(nodes_only.admit(node).is_some(), "slots come back");
+        // `--inbound-sources any`: strangers may try (TLS decides).
+        let anyone = Followers {
+            nodes_only: None,
+            per_source: Arc::default(),
+        };
+        assert!(anyone.admit(stranger).is_some());
     }
 
     #[tokio::test]
