@@ -67,6 +67,12 @@ pub enum AgentError {
         node: String,
         port: u16,
     },
+    #[error(
+        "{} changed: restart the agent to apply {} (an agent sets up its CA and leaves at start)",
+        .0.join(", "),
+        if .0.len() == 1 { "it" } else { "them" }
+    )]
+    NeedsRestart(Vec<String>),
     #[error("failed to read the netns cookie: {0}")]
     NetnsCookie(std::io::Error),
     #[error("failed to install signal handlers: {0}")]
@@ -572,6 +578,15 @@ impl Reload {
             });
         }
         check_link_port(&new, node, self.link_port)?;
+        let changed = self
+            .publisher
+            .borrow()
+            .config
+            .mesh
+            .restart_needed(&new.mesh);
+        if !changed.is_empty() {
+            return Err(AgentError::NeedsRestart(changed));
+        }
         let local: Vec<String> = new.services_on(node).map(|s| s.name.clone()).collect();
         let mut cgroups = self.cgroups.lock().unwrap_or_else(|e| e.into_inner());
         cgroups.sync(&self.cg, &new, node)?;

@@ -108,3 +108,30 @@ fn a_broken_or_deleted_file_keeps_the_last_good_config() {
     let out = mesh.transfer("rla", Some("web"), VIP, 5001, 100);
     assert!(out.starts_with("ERRNO 1 "), "after the deny: {out}");
 }
+
+#[test]
+fn a_change_that_needs_a_restart_is_refused_and_the_last_good_config_stays() {
+    let nodes = ["rra", "rrb"];
+    let mesh = Mesh::nodes(&nodes)
+        .default_policy("allow")
+        .service("web", "rra", 8080)
+        .service_with("api", "rrb", 5001, |s| s.vip("240.0.0.52"))
+        .start();
+    let base = fs::read_to_string(mesh.config()).expect("config");
+    // A new leaf lifetime (set up at start) beside a deny (applied live):
+    // neither is taken, and the log says what to do.
+    let changed = format!("[mesh]\nleaf_ttl = \"1h\"\n{}{DENY}", base.replace("[mesh]\n", ""));
+    mesh.replace_config(changed.as_bytes());
+    for node in nodes {
+        assert!(
+            wait_until(Duration::from_secs(3), || log_lines(
+                &mesh,
+                node,
+                &["leaf_ttl 86400s -> 3600s changed: restart the agent to apply it"]
+            ) == 1),
+            "agent {node} did not refuse the change: {}",
+            fs::read_to_string(mesh.agent_log(node)).unwrap_or_default()
+        );
+        assert!(intentions(&mesh, node).is_empty(), "{node} took the deny");
+    }
+}

@@ -227,6 +227,35 @@ impl Config {
     }
 }
 
+impl Mesh {
+    /// What changed from `self` to `new` that a running agent can only
+    /// apply by restarting (its CA, identities and leaf lifetime are set
+    /// up at start): one line per setting, empty if none.
+    pub fn restart_needed(&self, new: &Mesh) -> Vec<String> {
+        let mut changed = Vec::new();
+        if self.trust_domain != new.trust_domain {
+            changed.push(format!(
+                "trust_domain {:?} -> {:?}",
+                self.trust_domain, new.trust_domain
+            ));
+        }
+        if self.ca_dir != new.ca_dir {
+            changed.push(format!(
+                "ca_dir {:?} -> {:?}",
+                self.ca_dir.display().to_string(),
+                new.ca_dir.display().to_string()
+            ));
+        }
+        if self.leaf_ttl != new.leaf_ttl {
+            changed.push(format!(
+                "leaf_ttl {:?} -> {:?}",
+                self.leaf_ttl, new.leaf_ttl
+            ));
+        }
+        changed
+    }
+}
+
 impl Service {
     /// Whether an instance runs on the node called `node`.
     pub fn hosted_on(&self, node: &str) -> bool {

@@ -1540,3 +1540,25 @@ http = "http://localhost/health"
     assert_at(&problems[2], 19, 28, &["failures_before_critical -2"]);
     assert_at(&problems[3], 22, 8, &["is a URL"]);
 }
+
+#[test]
+fn settings_set_up_at_start_need_a_restart() {
+    let base = "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n";
+    let parse = |mesh: &str| Config::parse(&format!("{mesh}{base}"), Path::new("/m.toml")).unwrap();
+    let old = parse("");
+    assert!(
+        old.mesh
+            .restart_needed(&parse("[mesh]\ndefault_policy = \"allow\"\n").mesh)
+            .is_empty()
+    );
+    let new =
+        parse("[mesh]\ntrust_domain = \"other.local\"\nleaf_ttl = \"1h\"\nca_dir = \"keys\"\n");
+    assert_eq!(
+        old.mesh.restart_needed(&new.mesh),
+        [
+            "trust_domain \"mesh.local\" -> \"other.local\"",
+            "ca_dir \"/ca\" -> \"/keys\"",
+            "leaf_ttl 86400s -> 3600s",
+        ]
+    );
+}
