@@ -331,7 +331,8 @@ async fn serve(
     // One for both outbound listeners: what it knows of each instance.
     let balancer = Arc::new(crate::proxy::balance::Balancer::default());
     let mut tasks = tokio::task::JoinSet::new();
-    // Instances back from critical are no longer skipped for failed dials.
+    // Instances back from critical are no longer skipped for failed dials;
+    // instances that left the catalog are forgotten.
     tasks.spawn(crate::proxy::balance::follow_health(
         balancer.clone(),
         snapshots.clone(),

@@ -120,7 +120,10 @@ fn a_change_that_needs_a_restart_is_refused_and_the_last_good_config_stays() {
     let base = fs::read_to_string(mesh.config()).expect("config");
     // A new leaf lifetime (set up at start) beside a deny (applied live):
     // neither is taken, and the log says what to do.
-    let changed = format!("[mesh]\nleaf_ttl = \"1h\"\n{}{DENY}", base.replace("[mesh]\n", ""));
+    let changed = format!(
+        "[mesh]\nleaf_ttl = \"1h\"\n{}{DENY}",
+        base.replace("[mesh]\n", "")
+    );
     mesh.replace_config(changed.as_bytes());
     for node in nodes {
         assert!(

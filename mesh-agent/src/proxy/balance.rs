@@ -249,17 +249,56 @@ impl Balancer {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.entry(service.to_owned()).or_default().clone()
     }
+
+    /// Forgets the instances `services` no longer has (their counts and
+    /// ejections), so a long-lived agent under a changing catalog does not
+    /// keep them. A connection still open to one keeps its own count.
+    pub fn retain(&self, services: &[Service]) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|name, pool| {
+            let Some(service) = services.iter().find(|s| s.name == *name) else {
+                return false;
+            };
+            let mut slots = pool.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.retain(|node, _| service.hosted_on(node));
+            true
+        });
+    }
+
+    /// The instances it keeps state for, as (service, node), sorted.
+    #[cfg(test)]
+    fn kept(&self) -> Vec<(String, String)> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept: Vec<(String, String)> = pools
+            .iter()
+            .flat_map(|(name, pool)| {
+                let slots = pool.slots.lock().unwrap_or_else(|e| e.into_inner());
+                slots
+                    .keys()
+                    .map(|node| (name.clone(), node.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        kept.sort();
+        kept
+    }
 }
 
 /// Hands every health change published on `snapshots` to `balancer`
-/// ([`Balancer::health_changed`]) until the channel closes.
+/// ([`Balancer::health_changed`]), and every config change
+/// ([`Balancer::retain`]), until the channel closes.
 pub async fn follow_health(balancer: Arc<Balancer>, mut snapshots: Watch) {
-    let mut before = snapshots.borrow_and_update().health.clone();
+    let first = snapshots.borrow_and_update().clone();
+    let (mut health, mut config) = (first.health.clone(), first.config.clone());
     while snapshots.changed().await.is_ok() {
         let snapshot = snapshots.borrow_and_update().clone();
-        if !Arc::ptr_eq(&before, &snapshot.health) {
-            balancer.health_changed(&snapshot.config.services, &before, &snapshot.health);
-            before = snapshot.health.clone();
+        if !Arc::ptr_eq(&health, &snapshot.health) {
+            balancer.health_changed(&snapshot.config.services, &health, &snapshot.health);
+            health = snapshot.health.clone();
+        }
+        if !Arc::ptr_eq(&config, &snapshot.config) {
+            balancer.retain(&snapshot.config.services);
+            config = snapshot.config.clone();
         }
     }
 }
@@ -532,6 +571,25 @@ mod tests {
         // Critical, then passing: the check vouches for it again.
         b.health_changed(&services, &c_critical, &passing);
         assert_eq!(b.pick(&s, "c", &[], now, &passing), Some("c".into()));
+    }
+
+    #[test]
+    fn state_of_instances_that_left_is_dropped() {
+        let b = Balancer::with_seed(5);
+        let api = service(&["b", "c"], Balance::LeastRequest);
+        let mut web = service(&["a"], Balance::LeastRequest);
+        web.name = "web".into();
+        for node in ["b", "c"] {
+            b.failed("api", node, Instant::now());
+        }
+        b.failed("web", "a", Instant::now());
+        let open = b.started("api", "c");
+        let api_on_b = service(&["b"], Balance::LeastRequest);
+        b.retain(&[api_on_b]);
+        assert_eq!(b.kept(), [("api".to_owned(), "b".to_owned())]);
+        drop(open); // its slot is gone; dropping it is harmless
+        b.retain(&[api]);
+        assert_eq!(b.kept(), [("api".to_owned(), "b".to_owned())]);
     }
 
     #[tokio::test]
