@@ -243,32 +243,33 @@ impl ServiceIds {
     /// The service of `config` an id was given to. Fails with
     /// [`ProxyError::UnknownService`] if the id was never given or its
     /// service is no longer in `config`.
-    pub fn service(&self, id: u32, config: &Config) -> Result<Service, ProxyError> {
+    pub fn service<'c>(&self, id: u32, config: &'c Config) -> Result<&'c Service, ProxyError> {
         self.name(id)
-            .and_then(|name| config.service(&name).cloned())
+            .and_then(|name| config.service(&name))
             .ok_or(ProxyError::UnknownService(id))
     }
 }
 
-/// A redirected app connection as its kernel record (`CONNS`) tells it.
+/// A redirected app connection as its kernel record (`CONNS`) tells it,
+/// borrowing the services from the config in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Redirect {
+pub struct Redirect<'c> {
     /// The calling service.
-    pub src: Service,
+    pub src: &'c Service,
     /// The service behind `dialed`.
-    pub dst: Service,
+    pub dst: &'c Service,
     /// The address the app dialed.
     pub dialed: SocketAddr,
 }
 
-impl Redirect {
+impl<'c> Redirect<'c> {
     /// Reads `orig` with the kernel ids `ids` against `config`. Fails with
     /// [`ProxyError::UnknownService`] for an id that names no service of
     /// `config`.
     pub fn from_record(
         orig: &OrigDst,
         ids: &ServiceIds,
-        config: &Config,
+        config: &'c Config,
     ) -> Result<Self, ProxyError> {
         Ok(Self {
             src: ids.service(orig.src_service, config)?,

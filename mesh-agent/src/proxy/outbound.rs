@@ -119,13 +119,13 @@ impl Handler {
         // Fail fast at the source too (the kernel normally refused already).
         pi.authorize(&src.name, &dst.name, peer, dialed, Side::Source)?;
         let (node, upstream, _active) = if dialed.ip().to_canonical() == dst.vip.to_canonical() {
-            self.fail_over(&snapshot, &src, &dst, dialed).await?
+            self.fail_over(&snapshot, src, dst, dialed).await?
         } else {
             // A catalog address names one instance: no other will do.
-            let host = super::route::instance(&snapshot.config, &dst, dialed)?;
+            let host = super::route::instance(&snapshot.config, dst, dialed)?;
             let active = self.balancer.started(&dst.name, &host.name);
             let upstream = self
-                .connect(host, &src, &dst)
+                .connect(host, src, dst)
                 .await
                 .inspect_err(|_| pi.telemetry.instance_failed(&dst.name, &host.name))?;
             (host.name.clone(), upstream, active)
