@@ -366,9 +366,9 @@ fn status(addr: std::net::SocketAddr, json: bool) -> anyhow::Result<()> {
         .build()?;
     let status = rt.block_on(admin::fetch_status(addr))?;
     if json {
-        println!("{status}");
+        println!("{}", serde_json::to_string(&status)?);
     } else {
-        print!("{}", admin::render_status(&status));
+        print!("{}", status.render());
     }
     Ok(())
 }

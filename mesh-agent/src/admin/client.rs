@@ -10,14 +10,14 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use super::{AdminError, ConfigDoc};
+use super::{AdminError, ConfigDoc, status::StatusDoc};
 use crate::health::doc::{CatalogDoc, TtlUpdate};
 
 /// Bound on one request, connect to last byte.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `mesh-agent status`: fetches `/status` from the agent at `addr`.
-pub async fn fetch_status(addr: SocketAddr) -> Result<Value, AdminError> {
+pub async fn fetch_status(addr: SocketAddr) -> Result<StatusDoc, AdminError> {
     tokio::time::timeout(CLIENT_TIMEOUT, get(addr, "/status"))
         .await
         .map_err(|_| AdminError::Timeout(addr))?
@@ -99,100 +99,4 @@ async fn request<T: DeserializeOwned>(
         });
     }
     serde_json::from_slice(&body).map_err(|source| AdminError::Json { addr, source })
-}
-
-/// A readable table of a `/status` document.
-pub fn render_status(status: &Value) -> String {
-    let s = |v: &Value| v.as_str().unwrap_or("?").to_owned();
-    let mut out = format!(
-        "node {} (trust domain {})\n",
-        s(&status["node"]),
-        s(&status["trust_domain"])
-    );
-    let rows: Vec<[String; 4]> = status["services"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|svc| {
-            let secs = svc["expires_in_secs"].as_u64().unwrap_or(0);
-            [
-                s(&svc["name"]),
-                s(&svc["spiffe_id"]),
-                s(&svc["serial"]),
-                format!("{} (in {})", s(&svc["not_after"]), human(secs)),
-            ]
-        })
-        .collect();
-    let header = ["SERVICE", "SPIFFE ID", "SERIAL", "EXPIRES"].map(str::to_owned);
-    let widths: Vec<usize> = (0..4)
-        .map(|i| {
-            rows.iter()
-                .chain([&header])
-                .map(|r| r[i].len())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in [&header].into_iter().chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    let pairs = status["connections"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if !pairs.is_empty() {
-        out.push_str(
-            "\nCONNECTIONS (source -> destination: allowed / denied here / denied at the source / cut by a change)\n",
-        );
-        for p in pairs {
-            let n = |k: &str| p[k].as_u64().unwrap_or(0);
-            out.push_str(&format!(
-                "{} -> {}: {} / {} / {} / {}\n",
-                s(&p["source"]),
-                s(&p["destination"]),
-                n("allowed"),
-                n("denied"),
-                n("denied_at_source"),
-                n("cut")
-            ));
-        }
-    }
-    let instances = status["instances"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if !instances.is_empty() {
-        out.push_str(
-            "
-INSTANCES (service on node: health as this agent knows it)\n",
-        );
-        for i in instances {
-            let reason = i["reason"]
-                .as_str()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "{} on {}: {}{reason}\n",
-                s(&i["service"]),
-                s(&i["node"]),
-                s(&i["state"]),
-            ));
-        }
-    }
-    out
-}
-
-fn human(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
-        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
-    }
 }

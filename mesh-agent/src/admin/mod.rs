@@ -36,8 +36,11 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 mod client;
+pub mod status;
 
-pub use client::{fetch_catalog, fetch_config, fetch_status, render_status, send_ttl};
+pub use client::{fetch_catalog, fetch_config, fetch_status, send_ttl};
+pub use status::StatusDoc;
+use status::{Expiry, InstanceDoc, LeafDoc, PairDoc};
 
 use crate::{
     config::Config,
@@ -355,7 +358,14 @@ impl Sources {
                 let (status, body) = ready(self.readiness.phase(), &self.node);
                 (status, JSON, body.to_string())
             }
-            "/status" => (StatusCode::OK, JSON, self.status().to_string()),
+            "/status" => match serde_json::to_string(&self.status()) {
+                Ok(body) => (StatusCode::OK, JSON, body),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    JSON,
+                    json!({"error": e.to_string()}).to_string(),
+                ),
+            },
             "/config" => match serde_json::to_string(&self.config()) {
                 Ok(body) => (StatusCode::OK, JSON, body),
                 Err(e) => (
@@ -458,57 +468,59 @@ impl Sources {
     }
 
     /// The `/status` document.
-    fn status(&self) -> Value {
+    fn status(&self) -> StatusDoc {
         let now = SystemTime::now();
-        let services: Vec<Value> = self
+        let expiry = |not_after: SystemTime| Expiry {
+            not_after: rfc3339(not_after),
+            expires_in_secs: not_after.duration_since(now).unwrap_or_default().as_secs(),
+        };
+        let services = self
             .identities
             .all()
             .into_iter()
-            .map(|(name, leaf)| {
-                let expires_in = leaf.not_after.duration_since(now).unwrap_or_default();
-                json!({
-                    "name": name,
-                    "spiffe_id": leaf.spiffe_id,
-                    "serial": leaf.serial,
-                    "not_after": rfc3339(leaf.not_after),
-                    "expires_in_secs": expires_in.as_secs(),
-                })
+            .map(|(name, leaf)| LeafDoc {
+                name,
+                spiffe_id: leaf.spiffe_id.clone(),
+                serial: leaf.serial.clone(),
+                expiry: expiry(leaf.not_after),
             })
             .collect();
         self.denials.harvest();
-        let pairs: Vec<Value> = self
+        let connections = self
             .telemetry
             .pairs()
-            .iter()
-            .map(|((src, dst), s)| {
-                json!({
-                    "source": src, "destination": dst,
-                    "allowed": s.allowed, "denied": s.denied,
-                    "denied_at_source": s.denied_at_source, "cut": s.cut,
-                })
+            .into_iter()
+            .map(|((source, destination), s)| PairDoc {
+                source,
+                destination,
+                allowed: s.allowed,
+                denied: s.denied,
+                denied_at_source: s.denied_at_source,
+                cut: s.cut,
             })
             .collect();
         let snapshot = self.snapshot.borrow().clone();
-        let instances: Vec<Value> = snapshot
+        let instances = snapshot
             .config
             .services
             .iter()
             .filter(|s| !s.public)
             .flat_map(|s| s.nodes.iter().map(|node| snapshot.health.instance(s, node)))
-            .map(|i| json!({"service": i.service, "node": i.node, "state": i.state, "reason": i.reason}))
+            .map(|i| InstanceDoc {
+                service: i.service,
+                node: i.node,
+                state: i.state,
+                reason: i.reason,
+            })
             .collect();
-        let ca_not_after = self.identities.ca().not_after();
-        json!({
-            "node": self.node,
-            "trust_domain": self.identities.trust_domain(),
-            "node_ca": {
-                "not_after": rfc3339(ca_not_after),
-                "expires_in_secs": ca_not_after.duration_since(now).unwrap_or_default().as_secs(),
-            },
-            "services": services,
-            "instances": instances,
-            "connections": pairs,
-        })
+        StatusDoc {
+            node: self.node.clone(),
+            trust_domain: self.identities.trust_domain().to_owned(),
+            node_ca: expiry(self.identities.ca().not_after()),
+            services,
+            instances,
+            connections,
+        }
     }
 }
 
@@ -524,14 +536,23 @@ mod tests {
 
     #[test]
     fn renders_a_table() {
-        let status = json!({
+        let status: StatusDoc = serde_json::from_value(json!({
             "node": "b", "trust_domain": "mesh.local",
+            "node_ca": {"not_after": "2036-11-23T00:00:00Z", "expires_in_secs": 315_000_000},
             "services": [{"name": "api", "spiffe_id": "spiffe://mesh.local/svc/api",
                 "serial": "1f", "not_after": "2026-11-23T00:00:00Z", "expires_in_secs": 3700}],
             "instances": [{"service": "api", "node": "c", "state": "critical",
-                "reason": "agent of node \"c\" unreachable: connection closed"}]
-        });
-        let text = render_status(&status);
+                "reason": "agent of node \"c\" unreachable: connection closed"}],
+            "connections": [{"source": "web", "destination": "api", "allowed": 3,
+                "denied": 1, "denied_at_source": 2, "cut": 0}]
+        }))
+        .unwrap();
+        // The document reads back as served.
+        assert_eq!(
+            serde_json::from_str::<StatusDoc>(&serde_json::to_string(&status).unwrap()).unwrap(),
+            status
+        );
+        let text = status.render();
         assert!(
             text.starts_with("node b (trust domain mesh.local)\nSERVICE"),
             "{text}"

@@ -1,0 +1,139 @@
+//! The `/status` document, served by the agent and read back by
+//! `mesh-agent status` (one type for both), and its table.
+
+use serde::{Deserialize, Serialize};
+
+use crate::health::State;
+
+/// `GET /status`: what the agent holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    pub node: String,
+    pub trust_domain: String,
+    pub node_ca: Expiry,
+    /// Per local service: its current leaf.
+    pub services: Vec<LeafDoc>,
+    /// Per instance of every meshed service: its health as this agent
+    /// knows it.
+    pub instances: Vec<InstanceDoc>,
+    /// Per (source, destination) pair seen: the verdicts.
+    pub connections: Vec<PairDoc>,
+}
+
+/// When a certificate expires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiry {
+    /// RFC 3339.
+    pub not_after: String,
+    pub expires_in_secs: u64,
+}
+
+/// A local service's leaf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafDoc {
+    pub name: String,
+    pub spiffe_id: String,
+    pub serial: String,
+    #[serde(flatten)]
+    pub expiry: Expiry,
+}
+
+/// An instance's health.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceDoc {
+    pub service: String,
+    pub node: String,
+    pub state: State,
+    /// Why, when no check says it (unreachable agent, no result yet).
+    pub reason: Option<String>,
+}
+
+/// The verdicts on one (source, destination) pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairDoc {
+    pub source: String,
+    pub destination: String,
+    pub allowed: u64,
+    /// Refused here, as the destination's agent.
+    pub denied: u64,
+    /// Refused on the caller's node.
+    pub denied_at_source: u64,
+    /// Closed because the intentions changed.
+    pub cut: u64,
+}
+
+impl StatusDoc {
+    /// `mesh-agent status`: the document as tables.
+    pub fn render(&self) -> String {
+        let mut out = format!("node {} (trust domain {})\n", self.node, self.trust_domain);
+        let rows: Vec<[String; 4]> = self
+            .services
+            .iter()
+            .map(|leaf| {
+                [
+                    leaf.name.clone(),
+                    leaf.spiffe_id.clone(),
+                    leaf.serial.clone(),
+                    format!(
+                        "{} (in {})",
+                        leaf.expiry.not_after,
+                        human(leaf.expiry.expires_in_secs)
+                    ),
+                ]
+            })
+            .collect();
+        let header = ["SERVICE", "SPIFFE ID", "SERIAL", "EXPIRES"].map(str::to_owned);
+        let widths: Vec<usize> = (0..4)
+            .map(|i| {
+                rows.iter()
+                    .chain([&header])
+                    .map(|r| r[i].len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in [&header].into_iter().chain(&rows) {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        if !self.connections.is_empty() {
+            out.push_str(
+                "\nCONNECTIONS (source -> destination: allowed / denied here / denied at the source / cut by a change)\n",
+            );
+            for p in &self.connections {
+                out.push_str(&format!(
+                    "{} -> {}: {} / {} / {} / {}\n",
+                    p.source, p.destination, p.allowed, p.denied, p.denied_at_source, p.cut
+                ));
+            }
+        }
+        if !self.instances.is_empty() {
+            out.push_str("\nINSTANCES (service on node: health as this agent knows it)\n");
+            for i in &self.instances {
+                let reason = i
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "{} on {}: {}{reason}\n",
+                    i.service, i.node, i.state
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+    }
+}
