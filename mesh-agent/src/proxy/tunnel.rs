@@ -420,8 +420,10 @@ impl AsyncWrite for Stream {
                 );
             }
             // Only asked when none is assigned: asking less than what is
-            // assigned would hand the rest back to the connection.
-            this.send.reserve_capacity(buf.len());
+            // assigned would hand the rest back to the connection. h2 takes
+            // a u32; more than a window cannot be assigned at once anyway.
+            this.send
+                .reserve_capacity(buf.len().min(STREAM_WINDOW as usize));
             match this.send.poll_capacity(cx) {
                 Poll::Ready(Some(Ok(_))) => continue,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io_error(e))),

@@ -124,15 +124,16 @@ async fn writes_stop_at_the_stream_window_until_the_peer_reads() {
     let mut held = held_rx.await.expect("server stream");
     let chunk = vec![7u8; 1 << 20];
     let mut written = 0;
-    // Writes are taken until the peer's window is used up, then pend.
-    while let Ok(n) = tokio::time::timeout(Duration::from_millis(300), stream.write(&chunk)).await {
-        written += n.expect("write");
-        assert!(
-            written <= STREAM_WINDOW as usize,
-            "wrote {written} bytes past the window"
-        );
+    // Writes are taken until the peer's window is used up...
+    while written < STREAM_WINDOW as usize {
+        written += within("write within the window", stream.write(&chunk))
+            .await
+            .expect("write");
     }
     assert_eq!(written, STREAM_WINDOW as usize);
+    // ...then pend.
+    let more = tokio::time::timeout(Duration::from_millis(300), stream.write(&chunk)).await;
+    assert!(more.is_err(), "wrote past the window: {more:?}");
     // Reading gives the window back, and the writer goes on.
     let mut buf = vec![0; 1 << 20];
     let mut read = 0;
@@ -321,6 +322,41 @@ async fn a_dropped_stream_resets_the_peer() {
     drop(stream);
     let r = within("reset seen", rx).await.expect("server result");
     assert_eq!(r, Err(io::ErrorKind::ConnectionReset));
+}
+
+#[tokio::test]
+async fn streams_dropped_with_unread_data_give_the_connection_window_back() {
+    const LEN: usize = 1 << 20;
+    // Each stream sends 1 MiB; 40 dropped after one byte are 2.5 times
+    // the connection window.
+    let client = client_to(|connect: Connect| async move {
+        let Ok(mut stream) = connect.accept() else {
+            return;
+        };
+        if stream.write_all(&pattern(LEN, 1)).await.is_ok() {
+            let _ = stream.shutdown().await;
+        }
+        let _ = stream.read(&mut [0; 1]).await;
+    })
+    .await;
+    assert!(40 * LEN > CONNECTION_WINDOW as usize);
+    for _ in 0..40 {
+        let mut stream = client.open(AUTHORITY).await.expect("open");
+        within("first byte", stream.read_exact(&mut [0; 1]))
+            .await
+            .expect("read");
+        // Lets the rest arrive unread.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut stream = client.open(AUTHORITY).await.expect("open");
+    let mut got = Vec::new();
+    within(
+        "a full stream after 40 dropped",
+        stream.read_to_end(&mut got),
+    )
+    .await
+    .expect("read");
+    assert!(got == pattern(LEN, 1));
 }
 
 #[tokio::test]
