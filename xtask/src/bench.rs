@@ -44,7 +44,7 @@ pub struct Options {
     /// Seconds-long run of everything, for `cargo xtask test`.
     pub smoke: bool,
     /// Parts to measure (bulk, rr, connrate, idle, flood, instances,
-    /// pick); empty: all.
+    /// pick, tunnel); empty: all.
     pub only: Vec<String>,
 }
 
@@ -54,6 +54,9 @@ impl Options {
     }
 }
 
+/// Parts that are unit-level benches in `mesh-agent` (no namespaces, no
+/// root): with only these, nothing else is set up.
+const UNIT_PARTS: [&str; 2] = ["pick", "tunnel"];
 const VIP: &str = "240.0.0.99";
 /// The VIP of `server2`, the service with two instances (bench-b, bench-c).
 const VIP2: &str = "240.0.0.98";
@@ -88,9 +91,24 @@ const VIP3: &str = "240.0.0.97";
 
 /// Runs the benchmark.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    if opts.wants("pick") && !opts.smoke {
-        pick_cost()?;
-        if !opts.only.is_empty() && opts.only.iter().all(|p| p == "pick") {
+    if !opts.smoke {
+        if opts.wants("pick") {
+            unit_bench(
+                "pick_among_a_thousand_costs",
+                "pick among 1,000 instances",
+                "ns per pick",
+                "pick",
+            )?;
+        }
+        if opts.wants("tunnel") {
+            unit_bench(
+                "stream_open_costs",
+                "a mesh/2 stream: open, 1 byte each way, close",
+                "per stream",
+                "tunnel",
+            )?;
+        }
+        if !opts.only.is_empty() && opts.only.iter().all(|p| UNIT_PARTS.contains(&p.as_str())) {
             return Ok(());
         }
     }
@@ -600,12 +618,11 @@ impl Drop for Flood {
     }
 }
 
-/// utime + stime of `pid`, in seconds.
-/// (user, system) CPU seconds of `pid` and its reaped children (socat
-/// forks per connection).
-/// Prints the cost of picking an instance among 1,000, per `lb`, from the
-/// unit-level bench in `mesh-agent` (`proxy::balance`), built in release.
-fn pick_cost() -> anyhow::Result<()> {
+/// Runs `test`, a unit-level bench in `mesh-agent` that prints its figures
+/// (`proxy::balance`'s pick among 1,000 instances, `proxy::tunnel`'s stream
+/// cost), built in release, and prints its lines containing `marker`
+/// prefixed with `part`.
+fn unit_bench(test: &str, what: &str, marker: &str, part: &str) -> anyhow::Result<()> {
     let mut cmd = cmd::cargo();
     cmd.args([
         "test",
@@ -613,26 +630,31 @@ fn pick_cost() -> anyhow::Result<()> {
         "-p",
         "mesh-agent",
         "--lib",
-        "pick_among_a_thousand_costs",
+        test,
         "--",
         "--nocapture",
     ]);
-    eprintln!("bench: pick among 1,000 instances (release unit test)");
-    let out = cmd.output().context("failed to run the pick bench")?;
+    eprintln!("bench: {what} (release unit test)");
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to run the {part} bench"))?;
     if !out.status.success() {
         bail!(
-            "the pick bench failed: {}",
+            "the {part} bench failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if line.contains("ns per pick") {
-            println!("pick: {line}");
+        if line.contains(marker) {
+            println!("{part}: {line}");
         }
     }
     Ok(())
 }
 
+/// utime + stime of `pid`, in seconds.
+/// (user, system) CPU seconds of `pid` and its reaped children (socat
+/// forks per connection).
 fn cpu_of(pid: u32) -> (f64, f64) {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces).

@@ -53,8 +53,10 @@ enum Task {
         /// Measure only these parts (repeatable): bulk, rr, connrate, idle,
         /// flood (rr and connrate of the mesh under a handshake flood),
         /// instances (rr and connrate to a service with 2 instances vs 1),
-        /// pick (ns per pick of an instance among 1,000; not in --smoke).
-        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "instances", "pick"])]
+        /// pick (ns per pick of an instance among 1,000), tunnel (us per
+        /// mesh/2 stream: open, 1 byte each way, close); these two are unit
+        /// benches, not in --smoke.
+        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "instances", "pick", "tunnel"])]
         only: Vec<String>,
     },
     /// Run the fuzz targets (cargo-fuzz, nightly) one after another.

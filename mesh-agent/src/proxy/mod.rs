@@ -3,7 +3,8 @@
 //! connections steered by sk_lookup), what both use ([`Inputs`]), and the
 //! byte copy between two sockets (`relay`), and which instance a
 //! connection goes to (`route` for a catalog address, `balance` for the
-//! VIP). The hop between agents is mTLS (`tls`).
+//! VIP). The hop between agents is mTLS (`tls`); `tunnel` is the
+//! multiplexed form of that hop (`mesh/2`), not used yet.
 
 pub mod admission;
 pub mod balance;
@@ -11,6 +12,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod relay;
 pub mod route;
+pub mod tunnel;
 
 use std::{
     collections::HashMap,
