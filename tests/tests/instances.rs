@@ -416,3 +416,35 @@ fn round_robin_alternates() {
         .collect();
     assert_eq!(turns, expected);
 }
+
+#[test]
+fn a_slow_last_instance_gets_the_whole_failover_budget() {
+    // api's one instance is on ssb, where no agent runs and something
+    // accepts connections but never answers: each try hangs. With no other
+    // instance to try, the try gets the whole 2 s budget (a dial that is
+    // only slow, e.g. a SYN retransmitted after 1 s, then still succeeds),
+    // not the 1 s a try gets while another instance is left.
+    let mesh = Mesh::nodes(&["ssa", "ssb"])
+        .default_policy("allow")
+        .service("web", "ssa", 8080)
+        .service_with("api", "ssb", API_PORT, |s| s.vip(VIP))
+        .build();
+    mesh.start_agent("ssa");
+    let b = mesh.node("ssb").addr(false);
+    let mut silent = mesh.cmd("ssb", "socat");
+    silent.args([
+        &format!("TCP-LISTEN:{API_PORT},bind={b},reuseaddr,fork"),
+        "SYSTEM:sleep 30",
+    ]);
+    mesh.spawn_app(silent, "silent-ssb");
+    mesh.wait_listening("ssb", API_PORT);
+    let started = Instant::now();
+    let echoed = mesh.echo("ssa", "web", vip(), API_PORT, "hello");
+    let took = started.elapsed();
+    println!("a call to a silent last instance ended after {took:?}: {echoed:?}");
+    assert_ne!(echoed, "hello");
+    assert!(
+        (Duration::from_millis(1800)..Duration::from_secs(5)).contains(&took),
+        "the call ended after {took:?}: expected the 2 s budget"
+    );
+}

@@ -28,7 +28,8 @@ use crate::{
 
 /// Instances a VIP connection tries before the app sees it fail.
 pub const TRIES: usize = 3;
-/// The longest one try (dial and handshake) may take.
+/// The longest one try (dial and handshake) may take while another
+/// instance is left to try; the last one gets what is left of the budget.
 pub const TRY_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest all tries together may take.
 pub const FAILOVER_BUDGET: Duration = Duration::from_secs(2);
@@ -176,7 +177,16 @@ impl Handler {
                     dialed,
                 })?;
             let active = self.balancer.started(&dst.name, &name);
-            let bound = TRY_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            // The last instance left to try gets the rest of the budget: a
+            // dial that is only slow (a SYN retransmitted after 1 s, behind
+            // a full backlog) is better than no connection at all.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let others = tried.len() < TRIES
+                && dst
+                    .nodes
+                    .iter()
+                    .any(|n| !tried.contains(n) && snapshot.health.state(dst, n).takes_traffic());
+            let bound = if others { TRY_TIMEOUT.min(left) } else { left };
             let attempt = match tokio::time::timeout(bound, self.connect(host, src, dst)).await {
                 Ok(attempt) => attempt,
                 Err(_) => Err(ProxyError::SlowConnect {
