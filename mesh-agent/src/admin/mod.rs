@@ -57,6 +57,9 @@ use crate::{
     telemetry::{Scrape, Telemetry},
 };
 
+/// The content type of every admin document but `/metrics`.
+const JSON: &str = "application/json";
+
 /// The default admin address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:15000";
 /// The largest request body accepted (a ttl update with its note).
@@ -337,18 +340,10 @@ impl Admin {
 
 impl Sources {
     async fn respond(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        const JSON: &str = "application/json";
         let (status, kind, body) = match req.uri().path() {
             "/catalog" => {
                 let snapshot = self.snapshot.borrow().clone();
-                match serde_json::to_string(&CatalogDoc::new(&snapshot, &self.node)) {
-                    Ok(body) => (StatusCode::OK, JSON, body),
-                    Err(e) => (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        JSON,
-                        json!({"error": e.to_string()}).to_string(),
-                    ),
-                }
+                document(&CatalogDoc::new(&snapshot, &self.node))
             }
             "/check" if req.method() == hyper::Method::POST => {
                 let (status, body) = self.ttl_update(req).await;
@@ -358,22 +353,8 @@ impl Sources {
                 let (status, body) = ready(self.readiness.phase(), &self.node);
                 (status, JSON, body.to_string())
             }
-            "/status" => match serde_json::to_string(&self.status()) {
-                Ok(body) => (StatusCode::OK, JSON, body),
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    JSON,
-                    json!({"error": e.to_string()}).to_string(),
-                ),
-            },
-            "/config" => match serde_json::to_string(&self.config()) {
-                Ok(body) => (StatusCode::OK, JSON, body),
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    JSON,
-                    json!({"error": e.to_string()}).to_string(),
-                ),
-            },
+            "/status" => document(&self.status()),
+            "/config" => document(&self.config()),
             "/metrics" => (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -436,19 +417,14 @@ impl Sources {
         let snapshot = self.snapshot.borrow().clone();
         let instances = snapshot
             .config
-            .services
-            .iter()
-            .filter(|s| !s.public)
-            .flat_map(|s| {
-                let snapshot = &snapshot;
-                s.nodes.iter().map(move |node| {
-                    (
-                        s.name.clone(),
-                        node.clone(),
-                        snapshot.health.state(s, node).code(),
-                        self.balancer.active(&s.name, node),
-                    )
-                })
+            .meshed_instances()
+            .map(|(s, node)| {
+                (
+                    s.name.clone(),
+                    node.to_owned(),
+                    snapshot.health.state(s, node).code(),
+                    self.balancer.active(&s.name, node),
+                )
             })
             .collect();
         self.denials.harvest();
@@ -502,10 +478,8 @@ impl Sources {
         let snapshot = self.snapshot.borrow().clone();
         let instances = snapshot
             .config
-            .services
-            .iter()
-            .filter(|s| !s.public)
-            .flat_map(|s| s.nodes.iter().map(|node| snapshot.health.instance(s, node)))
+            .meshed_instances()
+            .map(|(s, node)| snapshot.health.instance(s, node))
             .map(|i| InstanceDoc {
                 service: i.service,
                 node: i.node,
@@ -521,6 +495,18 @@ impl Sources {
             instances,
             connections,
         }
+    }
+}
+
+/// A JSON document answered with 200, or its serialization error with 500.
+fn document(doc: &impl Serialize) -> (StatusCode, &'static str, String) {
+    match serde_json::to_string(doc) {
+        Ok(body) => (StatusCode::OK, JSON, body),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            JSON,
+            json!({"error": e.to_string()}).to_string(),
+        ),
     }
 }
 

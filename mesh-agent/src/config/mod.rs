@@ -221,6 +221,15 @@ impl Config {
         self.services.iter().filter(move |s| s.hosted_on(node))
     }
 
+    /// Every instance of a meshed (non-public) service, as (service, node
+    /// name), in file order.
+    pub fn meshed_instances(&self) -> impl Iterator<Item = (&Service, &str)> + '_ {
+        self.services
+            .iter()
+            .filter(|s| !s.public)
+            .flat_map(|s| s.nodes.iter().map(move |node| (s, node.as_str())))
+    }
+
     /// The nodes hosting an instance of `service`, in its `nodes` order.
     pub fn instances<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Node> + 'a {
         service.nodes.iter().filter_map(|n| self.node(n))
