@@ -383,7 +383,7 @@ impl LocalCheck {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::{path::Path, time::Duration};
 
     use super::*;
@@ -422,8 +422,9 @@ port = 2
         }
     }
 
-    /// A config where api has `checks`, and a board for node a on it.
-    fn board(checks: Vec<Check>) -> (Arc<Board>, Watch, Config) {
+    /// A config where api has `checks`, and a board for node a on it
+    /// (also the fixture of `link`'s tests).
+    pub(in crate::health) fn board(checks: Vec<Check>) -> (Arc<Board>, Watch, Config) {
         let mut config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
         config.services[0].checks = checks;
         let (publisher, watch) = Snapshot::new(config.clone()).publish();
@@ -432,7 +433,7 @@ port = 2
         (board, watch, config)
     }
 
-    fn state(watch: &Watch, service: &str, node: &str) -> State {
+    pub(in crate::health) fn state(watch: &Watch, service: &str, node: &str) -> State {
         let snapshot = watch.borrow().clone();
         let s = snapshot.config.service(service).unwrap();
         snapshot.health.state(s, node)

@@ -367,43 +367,10 @@ async fn read_line<R: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::{
-        config::Config,
-        health::{CheckReport, State},
-        snapshot::{Snapshot, Watch},
-    };
+    use crate::health::{CheckReport, State};
 
-    const MESH: &str = r#"
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[service]]
-name = "api"
-nodes = ["a", "b"]
-port = 1
-"#;
-
-    fn board() -> (Arc<Board>, Watch) {
-        let config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
-        let (publisher, watch) = Snapshot::new(config.clone()).publish();
-        let board = Board::new("a", Arc::new(publisher));
-        board.sync(&config);
-        (board, watch)
-    }
-
-    fn state(watch: &Watch) -> State {
-        let snapshot = watch.borrow().clone();
-        let api = snapshot.config.service("api").unwrap();
-        snapshot.health.state(api, "b")
-    }
+    use crate::health::board::tests::{board, state};
 
     fn report(state: State) -> LocalReports {
         let check = CheckReport {
@@ -416,7 +383,7 @@ port = 1
 
     #[tokio::test(start_paused = true)]
     async fn reports_flow_and_silence_ends_the_follow() {
-        let (board, watch) = board();
+        let (board, watch, _) = board(Vec::new());
         let (tx, rx) = watch::channel(report(State::Warning));
         let (theirs, ours) = tokio::io::duplex(1 << 16);
         let sender = tokio::spawn(async move { send_reports(theirs, "b", rx).await });
@@ -425,10 +392,10 @@ port = 1
             tokio::spawn(async move { follow_reports(ours, "b", &board).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(state(&watch), State::Warning);
+        assert_eq!(state(&watch, "api", "b"), State::Warning);
         tx.send_replace(report(State::Critical));
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(state(&watch), State::Critical);
+        assert_eq!(state(&watch, "api", "b"), State::Critical);
         // Heartbeats keep the follow alive far beyond SILENCE.
         tokio::time::sleep(SILENCE * 5).await;
         assert!(!follower.is_finished());
@@ -441,8 +408,9 @@ port = 1
 
     #[test]
     fn only_nodes_may_follow_and_each_only_a_few_times() {
-        let config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
-        let (_publisher, watch) = Snapshot::new(config).publish();
+        // Nodes a (10.0.0.1) and b (10.0.0.2).
+        let (board, watch, _) = board(Vec::new());
+        board.stop();
         let nodes_only = Followers {
             nodes_only: Some(watch),
             per_source: Arc::default(),
@@ -472,7 +440,7 @@ port = 1
 
     #[tokio::test]
     async fn reports_of_another_node_or_garbage_end_the_follow() {
-        let (board, _watch) = board();
+        let (board, _watch, _) = board(Vec::new());
         for (input, expected) in [
             (
                 &b"{\"node\":\"c\",\"instances\":[]}\n"[..],
