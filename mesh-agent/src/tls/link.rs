@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector, client, server};
 
 use super::{
-    HANDSHAKE_TIMEOUT, TlsError, check_alpn, handshake_error,
+    TlsError, bounded, check_alpn, handshake_error, peer_leaf,
     verify::{ClientVerifier, Peer, PeerRules, ServerVerifier, VerifyError},
 };
 use crate::identity::{Identities, spiffe};
@@ -97,10 +97,8 @@ impl Link {
             return Err(VerifyError::ServerName(sni).into());
         }
         let name = ServerName::try_from(sni.clone()).map_err(|_| VerifyError::ServerName(sni))?;
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(name, tcp))
-            .await
-            .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))?
-            .map_err(handshake_error)?;
+        let connect = self.connector.connect(name, tcp);
+        let stream = bounded(async { connect.await.map_err(handshake_error) }).await?;
         check_alpn(stream.get_ref().1.alpn_protocol(), ALPN)?;
         Ok(stream)
     }
@@ -128,18 +126,10 @@ impl Link {
                 .await
                 .map_err(handshake_error)
         };
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))??;
+        let stream = bounded(handshake).await?;
         let conn = stream.get_ref().1;
         check_alpn(conn.alpn_protocol(), ALPN)?;
-        // Verified by ClientVerifier during the handshake; read the name back
-        // with the verifier's own parser.
-        let leaf = conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or(TlsError::NoPeerCertificate)?;
-        let peer = self.rules.agent_of(leaf)?;
+        let peer = self.rules.agent_of(peer_leaf(conn)?)?;
         Ok((stream, peer))
     }
 }

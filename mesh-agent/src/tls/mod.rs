@@ -196,10 +196,7 @@ impl Tls {
         let name = ServerName::try_from(spiffe::sni(&self.trust_domain, dst))
             .map_err(|_| VerifyError::ServerName(dst.to_owned()))?;
         let connect = TlsConnector::from(config).connect(name, Transport::new(tcp));
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
-            .await
-            .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))?
-            .map_err(handshake_error)?;
+        let stream = bounded(async { connect.await.map_err(handshake_error) }).await?;
         let conn = stream.get_ref().1;
         check_alpn(conn.alpn_protocol(), ALPN)?;
         if resumed(conn) {
@@ -249,17 +246,10 @@ impl Tls {
                 .await
                 .map_err(handshake_error)
         };
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))??;
+        let stream = bounded(handshake).await?;
         let conn = stream.get_ref().1;
         check_alpn(conn.alpn_protocol(), ALPN)?;
-        // Verified by ClientVerifier during the handshake; read the name back
-        // with the verifier's own parser.
-        let leaf = conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or(TlsError::NoPeerCertificate)?;
+        let leaf = peer_leaf(conn)?;
         let peer = if resumed(conn) {
             let chain = conn
                 .peer_certificates()
@@ -270,6 +260,26 @@ impl Tls {
         };
         Ok((stream, peer))
     }
+}
+
+/// `handshake`, failed with [`TlsError::Timeout`] if it takes over
+/// [`HANDSHAKE_TIMEOUT`].
+async fn bounded<T>(
+    handshake: impl std::future::Future<Output = Result<T, TlsError>>,
+) -> Result<T, TlsError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| TlsError::Timeout(HANDSHAKE_TIMEOUT))?
+}
+
+/// The peer's leaf, verified by our verifier during the handshake; its
+/// name is read back with the verifier's own parser.
+fn peer_leaf(
+    conn: &rustls::CommonState,
+) -> Result<&rustls_pki_types::CertificateDer<'static>, TlsError> {
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or(TlsError::NoPeerCertificate)
 }
 
 /// Whether the first bytes a client sent can start a TLS handshake: the
