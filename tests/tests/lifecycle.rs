@@ -160,6 +160,14 @@ fn services_come_and_go_without_a_restart() {
             .is_some_and(|s| s.iter().any(|s| s["name"] == "api"))),
         "api still has a certificate"
     );
+    // Each agent reads the file on its own: sva may apply it a moment later.
+    assert!(
+        wait_until(Duration::from_secs(2), || !mesh
+            .admin_json("sva", "/config")["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["name"] == "api"))),
+        "sva still has api"
+    );
     let out = mesh.transfer("sva", Some("web"), "240.0.0.42", 5001, 100);
     assert!(!out.starts_with("OK"), "api is gone but reachable: {out}");
     let mut cmd = mesh.cmd("sva", "getent");
