@@ -103,6 +103,9 @@ pub struct RunOptions {
     /// The port agents exchange health on (`health::link`), the same for
     /// every agent of the mesh.
     pub link_port: u16,
+    /// Whether to speak `mesh/2` (pooled, multiplexed) to other agents;
+    /// else `mesh/1` only.
+    pub multiplex: bool,
 }
 
 /// What `prepare` sets up before the async runtime starts.
@@ -251,7 +254,11 @@ async fn serve(
     // Runs this node's checks; every agent's view of every instance.
     let board = Board::new(&opts.node, publisher.clone());
     board.sync(&snapshot.config);
-    let tls = Tls::new(identities.clone(), Arc::new(snapshots.clone()))?;
+    let tls = Tls::with_multiplex(
+        identities.clone(),
+        Arc::new(snapshots.clone()),
+        opts.multiplex,
+    )?;
     let tokio_listener = |l: std::net::TcpListener| {
         let addr = l
             .local_addr()
@@ -337,8 +344,18 @@ async fn serve(
         balancer.clone(),
         snapshots.clone(),
     ));
+    // One for both outbound listeners: connections to other agents.
+    let pool = Arc::new(crate::proxy::pool::Pool::default());
+    tasks.spawn(pool.clone().sweep_forever());
     for l in [Some(out4), out6].into_iter().flatten() {
-        let outbound = Outbound::new(l, pi.clone(), kernel.clone(), ids.clone(), balancer.clone());
+        let outbound = Outbound::new(
+            l,
+            pi.clone(),
+            kernel.clone(),
+            ids.clone(),
+            balancer.clone(),
+            pool.clone(),
+        );
         tasks.spawn(outbound.run());
     }
     for l in [Some(in4), in6].into_iter().flatten() {
@@ -405,6 +422,7 @@ async fn serve(
     // Stop accepting: the listeners close, so new connections are refused
     // at once (the programs still redirect to the closed port), never hang.
     tasks.shutdown().await;
+    drain.stop();
     board.stop();
     links.stop();
     drain.wait(opts.drain).await;

@@ -2,7 +2,9 @@
 //! flowing holds a [`Live`] from [`Drain::enter`]. On SIGTERM or SIGINT
 //! the listeners close first (new connections are refused at once), then
 //! [`Drain::wait`] gives the open ones `--drain-seconds` to finish; what is
-//! still open then is closed when the agent exits.
+//! still open then is closed when the agent exits. Pooled `mesh/2`
+//! connections outlive the listeners: they wait on [`Drain::stopping`] to
+//! refuse new streams (GOAWAY) while their open ones finish.
 
 use std::{
     sync::{
@@ -21,6 +23,7 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, Default)]
 pub struct Drain {
     live: Arc<AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// One flowing connection, counted until dropped.
@@ -36,6 +39,16 @@ impl Drain {
         Live {
             live: self.live.clone(),
         }
+    }
+
+    /// Tells every [`Drain::stopping`] that the agent stops.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Resolves once [`Drain::stop`] was called (at once if it was).
+    pub async fn stopping(&self) {
+        self.stop.cancelled().await
     }
 
     /// Connections flowing now.

@@ -66,6 +66,11 @@ enum Command {
         /// address; the same for every agent of the mesh.
         #[arg(long, default_value_t = 15002)]
         link_port: u16,
+        /// Speak only `mesh/1` to other agents: one TCP and TLS connection
+        /// per app connection, as agents did before `mesh/2` (pooled
+        /// HTTP/2 streams). For comparison and for tests of mixed versions.
+        #[arg(long)]
+        no_multiplex: bool,
     },
     /// Show what a running agent holds (from its admin endpoint).
     Status {
@@ -240,6 +245,7 @@ fn main() -> ExitCode {
             max_handshakes_per_source,
             inbound_sources,
             link_port,
+            no_multiplex,
         } => parse_dns(&dns).and_then(|dns| {
             let drain = std::time::Duration::try_from_secs_f64(drain_seconds).map_err(|_| {
                 anyhow::anyhow!("--drain-seconds {drain_seconds}: expected seconds >= 0")
@@ -256,6 +262,7 @@ fn main() -> ExitCode {
                 max_handshakes_per_source: max_handshakes_per_source as usize,
                 only_mesh_sources: inbound_sources == "nodes",
                 link_port,
+                multiplex: !no_multiplex,
             })
         }),
         Command::Status { admin, json } => status(admin, json),

@@ -14,6 +14,9 @@ fn vip() -> IpAddr {
     VIP.parse().expect("vip")
 }
 
+/// `mesh/2`: app connections are streams of one pooled TLS connection
+/// between the agents, which still shows TLS 1.3, the destination's SNI,
+/// both ALPN ids offered, and no plaintext.
 #[test]
 fn only_tls_1_3_with_alpn_mesh_crosses_the_wire() {
     let mesh = Mesh::nodes(&["wa", "wb"])
@@ -24,11 +27,13 @@ fn only_tls_1_3_with_alpn_mesh_crosses_the_wire() {
     mesh.start_echo_server("wb", "api", API_PORT);
     let capture = mesh.capture("wa", &format!("tcp port {API_PORT}"));
     let marker = "MARKER-7f3a9c-the-quick-brown-fox";
-    let echoed = mesh.echo("wa", "web", vip(), API_PORT, marker);
-    assert_eq!(
-        echoed, marker,
-        "the echo did not come back through the mesh"
-    );
+    for _ in 0..3 {
+        let echoed = mesh.echo("wa", "web", vip(), API_PORT, marker);
+        assert_eq!(
+            echoed, marker,
+            "the echo did not come back through the mesh"
+        );
+    }
     let pcap = capture.stop();
 
     assert!(
@@ -36,7 +41,11 @@ fn only_tls_1_3_with_alpn_mesh_crosses_the_wire() {
         "the marker crossed the wire in clear"
     );
     let conns = tcp_conns(&pcap).expect("capture reassembles");
-    assert_eq!(conns.len(), 1, "one connection between the agents");
+    assert_eq!(
+        conns.len(),
+        1,
+        "three app connections, one pooled connection between the agents"
+    );
     let conn = &conns[0];
     assert_eq!(conn.client.ip(), mesh.node("wa").addr(false));
     assert_eq!(conn.server.ip(), mesh.node("wb").addr(false));
@@ -65,7 +74,7 @@ fn only_tls_1_3_with_alpn_mesh_crosses_the_wire() {
         .expect("tls")
         .client_hello
         .expect("a ClientHello");
-    assert_eq!(hello.alpn, ["mesh/1"]);
+    assert_eq!(hello.alpn, ["mesh/2", "mesh/1"]);
     assert_eq!(hello.supported_versions, [0x0304], "TLS 1.3 only");
     assert_eq!(hello.sni.as_deref(), Some("api.svc.mesh.local"));
     let server = parse_tls(&conn.to_client)
@@ -80,10 +89,13 @@ fn only_tls_1_3_with_alpn_mesh_crosses_the_wire() {
     let log_a = fs::read_to_string(mesh.agent_log("wa")).expect("log");
     let log_b = fs::read_to_string(mesh.agent_log("wb")).expect("log");
     assert!(
-        log_a.contains("mTLS established") && log_a.contains("alpn=\"mesh/1\""),
+        log_a.contains("mTLS established") && log_a.contains("alpn=\"mesh/2\""),
         "{log_a}"
     );
-    assert!(log_b.contains("mTLS accepted src=web dst=api"), "{log_b}");
+    assert!(
+        log_b.contains("mTLS accepted src=web dst=api alpn=\"mesh/2\""),
+        "{log_b}"
+    );
 }
 
 /// Runs `openssl s_client` on `node` against `addr`:5001 with extra
@@ -397,12 +409,15 @@ fn nodes_run_without_the_root_key() {
     assert!(out.starts_with("OK "), "mesh without the root key: {out}");
 }
 
+/// `mesh/1` (here: the source runs `--no-multiplex`) makes one TLS
+/// connection per app connection; the second resumes the first's session.
 #[test]
 fn a_second_connection_resumes_the_session_and_both_agents_count_it() {
     let mesh = Mesh::nodes(&["ra", "rb"])
         .default_policy("allow")
         .service("web", "ra", 8080)
         .service_with("api", "rb", API_PORT, |s| s.vip(VIP))
+        .agent_args("ra", &["--no-multiplex"])
         .start();
     mesh.start_echo_server("rb", "api", API_PORT);
     for round in ["first", "second"] {

@@ -1,9 +1,16 @@
 //! The inbound listener: connections for `<node address>:<service port>`
 //! steered here by sk_lookup. `local_addr()` of an accepted socket is the
 //! address the peer dialed.
+//!
+//! After the mTLS handshake, a `mesh/1` connection is one app connection;
+//! a `mesh/2` connection carries one CONNECT stream per app connection
+//! (`tunnel`), each decided on its own: its authority must name the SNI's
+//! service and port, the intentions must allow the verified pair, and the
+//! local service must take the dial, before the 200.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
@@ -11,8 +18,16 @@ use super::{
     Inputs, ProxyError,
     admission::{Admission, Slot},
     dial, local_addr,
+    tunnel::{self, Connect},
 };
-use crate::telemetry::Side;
+use crate::{config::Service, telemetry::Side, tls::Protocol};
+
+/// How often a `mesh/2` connection checks that the leaf it was made with
+/// is still this node's current one, and whether it has been idle too long.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A `mesh/2` connection with no stream this long is closed (its client
+/// closes it after `pool::IDLE`; this catches clients that vanished).
+const IDLE: Duration = Duration::from_secs(2 * super::pool::IDLE.as_secs());
 
 /// The inbound listener and what its connections use.
 pub struct Inbound {
@@ -60,7 +75,7 @@ impl Inbound {
             };
             let pi = self.pi.clone();
             tokio::spawn(async move {
-                match handle(stream, &pi, slot).await {
+                match handle(stream, pi, slot).await {
                     // Logged by `authorize`, once, with the deciding rule.
                     Err(ProxyError::Denied { .. }) => {}
                     Err(e) if e.is_refusal() => {
@@ -74,7 +89,7 @@ impl Inbound {
     }
 }
 
-async fn handle(stream: TcpStream, pi: &Inputs, handshake: Slot) -> Result<(), ProxyError> {
+async fn handle(stream: TcpStream, pi: Arc<Inputs>, handshake: Slot) -> Result<(), ProxyError> {
     let dialed = stream.local_addr()?;
     stream.set_nodelay(true)?;
     let dst = pi
@@ -95,13 +110,25 @@ async fn handle(stream: TcpStream, pi: &Inputs, handshake: Slot) -> Result<(), P
             port: dst.port,
         });
     }
+    let leaf = pi.tls.leaf(&dst.name);
     let (mut remote, peer) = pi.tls.accept(stream, &dst.name).await.inspect_err(|e| {
         pi.telemetry.handshake_failed("inbound", e.reason());
     })?;
     drop(handshake);
     let resumed = crate::tls::resumed(remote.get_ref().1);
     pi.telemetry.handshake("inbound", resumed);
-    debug!(src = %peer, dst = %dst.name, alpn = "mesh/1", resumed, "mTLS accepted");
+    let protocol = crate::tls::protocol(remote.get_ref().1);
+    debug!(src = %peer, dst = %dst.name, alpn = protocol.alpn(), resumed, "mTLS accepted");
+    if protocol == Protocol::Multiplexed {
+        let streams = Arc::new(Streams {
+            pi,
+            peer,
+            dst,
+            from,
+            dialed,
+        });
+        return streams.serve(remote, leaf).await;
+    }
     // The destination agent is authoritative, on the verified identity.
     pi.authorize(&peer, &dst.name, from, dialed, Side::Destination)?;
     let mut svc = dial(local_addr(dst.port)).await?;
@@ -110,4 +137,135 @@ async fn handle(stream: TcpStream, pi: &Inputs, handshake: Slot) -> Result<(), P
         .await?;
     info!(src = %peer, dst = %dst.name, sent, received, "inbound connection done");
     Ok(())
+}
+
+/// The app connections of one `mesh/2` connection: every stream has the
+/// same verified pair (`peer` -> `dst`).
+struct Streams {
+    pi: Arc<Inputs>,
+    peer: String,
+    dst: Service,
+    /// The caller's agent, and the address it dialed.
+    from: SocketAddr,
+    dialed: SocketAddr,
+}
+
+impl Streams {
+    /// Serves CONNECTs until the connection closes. Sends GOAWAY (open
+    /// streams finish, new ones go to a fresh connection) when this node's
+    /// leaf for `dst` is no longer `leaf`, when the agent stops, or after
+    /// [`IDLE`] with no stream.
+    async fn serve<T>(
+        self: Arc<Self>,
+        io: T,
+        leaf: Option<Arc<crate::identity::Current>>,
+    ) -> Result<(), ProxyError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut server = tunnel::Server::handshake(io).await?;
+        let open = Arc::new(());
+        let mut idle_since = tokio::time::Instant::now();
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        let mut going_away = false;
+        let stopping = self.pi.drain.stopping();
+        tokio::pin!(stopping);
+        loop {
+            tokio::select! {
+                connect = server.accept() => {
+                    let Some(connect) = connect else { return Ok(()) };
+                    let connect = connect?;
+                    let (streams, stream) = (self.clone(), open.clone());
+                    tokio::spawn(async move {
+                        let _stream = stream;
+                        match streams.handle(connect).await {
+                            // Logged by `authorize`, once, with the deciding rule.
+                            Err(ProxyError::Denied { .. }) | Ok(()) => {}
+                            Err(e) if e.is_refusal() => {
+                                warn!(peer = %streams.from, error = %e, "inbound connection refused")
+                            }
+                            Err(e) => warn!(peer = %streams.from, error = %e, "inbound connection failed"),
+                        }
+                    });
+                }
+                _ = &mut stopping, if !going_away => {
+                    going_away = true;
+                    server.graceful_shutdown();
+                }
+                now = check.tick(), if !going_away => {
+                    if Arc::strong_count(&open) > 1 {
+                        idle_since = now;
+                    }
+                    let renewed = match (&leaf, self.pi.tls.leaf(&self.dst.name)) {
+                        (Some(then), Some(now)) => !Arc::ptr_eq(then, &now),
+                        _ => true,
+                    };
+                    if renewed || now.duration_since(idle_since) >= IDLE {
+                        debug!(src = %self.peer, dst = %self.dst.name, renewed, "mesh/2 connection going away");
+                        going_away = true;
+                        server.graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides one CONNECT and relays its stream.
+    async fn handle(&self, connect: Connect) -> Result<(), ProxyError> {
+        let Self {
+            pi,
+            peer,
+            dst,
+            from,
+            dialed,
+        } = self;
+        let (from, dialed) = (*from, *dialed);
+        // The service as the snapshot in force has it (a reload may have
+        // moved or removed it since the connection was made).
+        let snapshot = pi.snapshot();
+        let Some(dst) = snapshot
+            .config
+            .services_on(&pi.node)
+            .find(|s| s.name == dst.name && s.port == dst.port && !s.public)
+        else {
+            connect.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            return Err(ProxyError::NoLocalService(dst.port));
+        };
+        let named = tunnel::parse_authority(connect.authority(), pi.tls.trust_domain());
+        if named != Some((dst.name.as_str(), dst.port)) {
+            let authority = connect.authority().to_owned();
+            connect.refuse(StatusCode::BAD_REQUEST);
+            return Err(ProxyError::WrongAuthority {
+                authority,
+                service: dst.name.clone(),
+            });
+        }
+        // The destination agent is authoritative, on the verified identity.
+        if let Err(e) = pi.authorize(peer, &dst.name, from, dialed, Side::Destination) {
+            connect.refuse(StatusCode::FORBIDDEN);
+            return Err(e);
+        }
+        // Refused before the 200, the caller's agent can try another instance.
+        let svc = if dst.nodes.len() > 1 && !super::listening(dst.port) {
+            Err(ProxyError::InstanceDown {
+                service: dst.name.clone(),
+                port: dst.port,
+            })
+        } else {
+            dial(local_addr(dst.port)).await
+        };
+        let mut svc = match svc {
+            Ok(svc) => svc,
+            Err(e) => {
+                connect.refuse(StatusCode::SERVICE_UNAVAILABLE);
+                return Err(e);
+            }
+        };
+        let mut stream = connect.accept()?;
+        let (received, sent) = pi
+            .splice_while_allowed(&mut stream, &mut svc, peer, &dst.name, "inbound")
+            .await?;
+        info!(src = %peer, dst = %dst.name, sent, received, alpn = "mesh/2", "inbound connection done");
+        Ok(())
+    }
 }

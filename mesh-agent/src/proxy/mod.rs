@@ -3,13 +3,15 @@
 //! connections steered by sk_lookup), what both use ([`Inputs`]), and the
 //! byte copy between two sockets (`relay`), and which instance a
 //! connection goes to (`route` for a catalog address, `balance` for the
-//! VIP). The hop between agents is mTLS (`tls`); `tunnel` is the
-//! multiplexed form of that hop (`mesh/2`), not used yet.
+//! VIP). The hop between agents is mTLS (`tls`): a stream of a pooled
+//! `mesh/2` connection (`pool`, `tunnel`), or with agents that speak only
+//! `mesh/1`, a TLS connection per app connection.
 
 pub mod admission;
 pub mod balance;
 pub mod inbound;
 pub mod outbound;
+pub mod pool;
 pub mod relay;
 pub mod route;
 pub mod tunnel;
@@ -76,6 +78,12 @@ pub enum ProxyError {
         dst: String,
         rule: crate::policy::Rule,
     },
+    #[error("a mesh/2 stream asked for {authority:?} on a connection for {service:?}")]
+    WrongAuthority { authority: String, service: String },
+    #[error("the destination agent refused the stream with status {status}")]
+    StreamRefused { status: http::StatusCode },
+    #[error(transparent)]
+    Tunnel(#[from] tunnel::TunnelError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -86,7 +94,7 @@ pub enum ProxyError {
 pub struct Inputs {
     node: String,
     snapshot: Watch,
-    tls: Tls,
+    tls: Arc<Tls>,
     telemetry: Arc<Telemetry>,
     drain: Drain,
 }
@@ -103,7 +111,7 @@ impl Inputs {
         Arc::new(Self {
             node,
             snapshot,
-            tls,
+            tls: Arc::new(tls),
             telemetry,
             drain,
         })
@@ -294,6 +302,8 @@ impl ProxyError {
                 | Self::InstanceDown { .. }
                 | Self::Tls(_)
                 | Self::Denied { .. }
+                | Self::WrongAuthority { .. }
+                | Self::StreamRefused { .. }
         )
     }
 }

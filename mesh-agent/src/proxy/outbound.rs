@@ -17,13 +17,13 @@ use super::{
     Inputs, ProxyError, Redirect, ServiceIds,
     balance::{Active, Balancer},
     dial, local_addr,
+    pool::{Hop, Pool},
 };
 use crate::{
     config::{Node, Service},
     ebpf::Kernel,
     snapshot::Snapshot,
     telemetry::Side,
-    tls::Transport,
 };
 
 /// Instances a VIP connection tries before the app sees it fail.
@@ -50,6 +50,8 @@ struct Handler {
     ids: Arc<ServiceIds>,
     /// The pick of an instance, and what it knows of each.
     balancer: Arc<Balancer>,
+    /// Connections to other agents, shared by app connections.
+    pool: Arc<Pool>,
 }
 
 /// A connection to one instance.
@@ -57,7 +59,7 @@ enum Upstream {
     /// The service itself, on this node.
     Local(TcpStream),
     /// The agent of the instance's node, over mTLS.
-    Remote(Box<tokio_rustls::client::TlsStream<Transport>>),
+    Remote(Hop),
 }
 
 impl Outbound {
@@ -68,6 +70,7 @@ impl Outbound {
         kernel: Arc<Kernel>,
         ids: Arc<ServiceIds>,
         balancer: Arc<Balancer>,
+        pool: Arc<Pool>,
     ) -> Self {
         Self {
             listener,
@@ -76,6 +79,7 @@ impl Outbound {
                 kernel,
                 ids,
                 balancer,
+                pool,
             }),
         }
     }
@@ -137,8 +141,12 @@ impl Handler {
                 pi.splice_while_allowed(&mut app, &mut svc, &src.name, &dst.name, "outbound")
                     .await?
             }
-            Upstream::Remote(mut remote) => {
+            Upstream::Remote(Hop::Single(mut remote)) => {
                 pi.splice_while_allowed(&mut app, &mut *remote, &src.name, &dst.name, "outbound")
+                    .await?
+            }
+            Upstream::Remote(Hop::Stream(mut stream, _in_use)) => {
+                pi.splice_while_allowed(&mut app, &mut stream, &src.name, &dst.name, "outbound")
                     .await?
             }
         };
@@ -218,7 +226,7 @@ impl Handler {
 
     /// Dials the instance of `dst` on `host`: the local service itself if
     /// `host` is this node (bytes stay here), else its agent, over mTLS as
-    /// `src`.
+    /// `src` (a stream on a pooled connection, see `pool`).
     async fn connect(
         &self,
         host: &Node,
@@ -230,19 +238,8 @@ impl Handler {
             debug!(src = %src.name, dst = %dst.name, "outbound, same node");
             return Ok(Upstream::Local(dial(local_addr(dst.port)).await?));
         }
-        let addr = SocketAddr::new(host.address, dst.port);
-        debug!(src = %src.name, dst = %dst.name, %addr, "outbound, to remote agent");
-        let tcp = dial(addr).await?;
-        let remote = pi
-            .tls
-            .connect(tcp, &src.name, &dst.name, &host.name)
-            .await
-            .inspect_err(|e| {
-                pi.telemetry.handshake_failed("outbound", e.reason());
-            })?;
-        let resumed = crate::tls::resumed(remote.get_ref().1);
-        pi.telemetry.handshake("outbound", resumed);
-        debug!(src = %src.name, dst = %dst.name, %addr, alpn = "mesh/1", resumed, "mTLS established");
-        Ok(Upstream::Remote(Box::new(remote)))
+        debug!(src = %src.name, dst = %dst.name, node = %host.name, "outbound, to remote agent");
+        let hop = self.pool.connect(pi, src, dst, host).await?;
+        Ok(Upstream::Remote(hop))
     }
 }

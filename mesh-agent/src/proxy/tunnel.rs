@@ -1,5 +1,5 @@
-//! The multiplexed hop between agents (`mesh/2`, issue 12): building
-//! blocks, not yet used by the listeners.
+//! The multiplexed hop between agents (`mesh/2`): the HTTP/2 framing, used
+//! by `pool` (source side) and `inbound` (destination side).
 //!
 //! Wire form: one TLS 1.3 connection per (source service, destination
 //! service, destination node), ALPN `mesh/2`, carrying HTTP/2. Each app

@@ -1,5 +1,9 @@
-//! mTLS between agents: TLS 1.3 only, ALPN `mesh/1`, SNI
-//! `<destination>.svc.<trust domain>`. The destination agent presents the
+//! mTLS between agents: TLS 1.3 only, SNI `<destination>.svc.<trust
+//! domain>`, ALPN `mesh/2` (HTTP/2, one stream per app connection:
+//! `proxy::tunnel`) or `mesh/1` (the TLS connection is the app
+//! connection). A client offers `[mesh/2, mesh/1]` and the server picks the
+//! first of its own list the client offered, so agents that predate
+//! `mesh/2` (or run `--no-multiplex`) still meet on `mesh/1`. The destination agent presents the
 //! destination service's leaf (picked by SNI); the source agent presents the
 //! source service's leaf. Both check the other with `verify::PeerRules`.
 //! Resumption: the destination agent issues one single-use, stateful ticket
@@ -31,8 +35,29 @@ use crate::identity::{Current, Identities, spiffe};
 pub use transport::Transport;
 use verify::{ClientVerifier, Hosting, Peer, PeerRules, ServerVerifier, VerifyError};
 
-/// The one application protocol spoken between agents.
+/// ALPN of the single form: one app connection per TLS connection.
 pub const ALPN: &[u8] = b"mesh/1";
+/// ALPN of the multiplexed form (`proxy::tunnel`).
+pub use crate::proxy::tunnel::ALPN as ALPN_MUX;
+
+/// The application protocol a handshake settled on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `mesh/1`: the TLS connection carries one app connection.
+    Single,
+    /// `mesh/2`: HTTP/2, one CONNECT stream per app connection.
+    Multiplexed,
+}
+
+impl Protocol {
+    /// Its ALPN id.
+    pub fn alpn(self) -> &'static str {
+        match self {
+            Self::Single => "mesh/1",
+            Self::Multiplexed => "mesh/2",
+        }
+    }
+}
 /// The content type of a TLS handshake record, the first byte a TLS client sends.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Bound on a whole handshake, either side.
@@ -94,6 +119,8 @@ pub struct Tls {
     clients: std::sync::RwLock<HashMap<(String, String), ClientFor>>,
     /// This node's agent links.
     link: Arc<link::Link>,
+    /// What this agent offers (client) and accepts (server), first preferred.
+    protocols: Vec<Vec<u8>>,
 }
 
 /// A client config and the leaf that was current when it was made.
@@ -102,7 +129,23 @@ type ClientFor = (Arc<ClientConfig>, Arc<Current>);
 impl Tls {
     /// TLS configs for the local services in `identities`; peers are
     /// checked against who hosts what in `hosts`, read at each handshake.
+    /// Speaks `mesh/2` and `mesh/1`.
     pub fn new(identities: Arc<Identities>, hosts: Arc<dyn Hosting>) -> Result<Self, TlsError> {
+        Self::with_multiplex(identities, hosts, true)
+    }
+
+    /// As [`Tls::new`]; with `multiplex` false, offers and accepts only
+    /// `mesh/1`, as agents before `mesh/2` did (`--no-multiplex`).
+    pub fn with_multiplex(
+        identities: Arc<Identities>,
+        hosts: Arc<dyn Hosting>,
+        multiplex: bool,
+    ) -> Result<Self, TlsError> {
+        let protocols = if multiplex {
+            vec![ALPN_MUX.to_vec(), ALPN.to_vec()]
+        } else {
+            vec![ALPN.to_vec()]
+        };
         let td = identities.trust_domain().to_owned();
         let rules = Arc::new(PeerRules::new(&td, identities.ca().root(), hosts)?);
         let provider = Arc::new(provider());
@@ -113,7 +156,7 @@ impl Tls {
             .with_cert_resolver(Arc::new(BySni {
                 identities: identities.clone(),
             }));
-        server.alpn_protocols = vec![ALPN.to_vec()];
+        server.alpn_protocols = protocols.clone();
         let sessions = Arc::new(session::Sessions::new(session::TTL, session::CAPACITY));
         server.session_storage = sessions.clone();
         // One per connection: each resumption takes one and gets a new one.
@@ -130,7 +173,19 @@ impl Tls {
             identities,
             clients: Default::default(),
             link: Arc::new(link),
+            protocols,
         })
+    }
+
+    /// The trust domain of this mesh.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The current leaf of local service `service`: a connection made
+    /// with another retires (see `proxy::pool`).
+    pub fn leaf(&self, service: &str) -> Option<Arc<Current>> {
+        self.identities.current(service)
     }
 
     /// Both ends of this node's agent-to-agent links.
@@ -168,7 +223,7 @@ impl Tls {
                 identities: self.identities.clone(),
                 service: service.to_owned(),
             }));
-        client.alpn_protocols = vec![ALPN.to_vec()];
+        client.alpn_protocols = self.protocols.clone();
         // Tickets per destination service on this node (rustls keeps up to
         // 8 per name).
         client.resumption = Resumption::in_memory_sessions(256);
@@ -184,7 +239,7 @@ impl Tls {
     }
 
     /// Source side: TLS as local service `src` to the agent of `node`,
-    /// serving `dst`.
+    /// serving `dst`. [`protocol`] tells what the agents settled on.
     pub async fn connect(
         &self,
         tcp: TcpStream,
@@ -198,7 +253,7 @@ impl Tls {
         let connect = TlsConnector::from(config).connect(name, Transport::new(tcp));
         let stream = bounded(async { connect.await.map_err(handshake_error) }).await?;
         let conn = stream.get_ref().1;
-        check_alpn(conn.alpn_protocol(), ALPN)?;
+        self.check_protocol(conn.alpn_protocol())?;
         if resumed(conn) {
             let chain = conn
                 .peer_certificates()
@@ -209,7 +264,8 @@ impl Tls {
     }
 
     /// Destination side: accepts TLS for local service `dst` and returns the
-    /// verified calling service.
+    /// verified calling service. [`protocol`] tells what the agents settled
+    /// on.
     pub async fn accept(
         &self,
         tcp: TcpStream,
@@ -248,7 +304,7 @@ impl Tls {
         };
         let stream = bounded(handshake).await?;
         let conn = stream.get_ref().1;
-        check_alpn(conn.alpn_protocol(), ALPN)?;
+        self.check_protocol(conn.alpn_protocol())?;
         let leaf = peer_leaf(conn)?;
         let peer = if resumed(conn) {
             let chain = conn
@@ -259,6 +315,32 @@ impl Tls {
             self.rules.service_of(leaf)?
         };
         Ok((stream, peer))
+    }
+
+    /// Checks that a handshake settled on a protocol this agent speaks.
+    fn check_protocol(&self, alpn: Option<&[u8]>) -> Result<(), TlsError> {
+        if alpn.is_some_and(|a| self.protocols.iter().any(|p| p == a)) {
+            return Ok(());
+        }
+        Err(TlsError::Alpn {
+            expected: self
+                .protocols
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join(" or "),
+            got: alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
+        })
+    }
+}
+
+/// The protocol a finished handshake of [`Tls::connect`] or
+/// [`Tls::accept`] settled on (both checked it is one they speak).
+pub fn protocol(conn: &rustls::CommonState) -> Protocol {
+    if conn.alpn_protocol() == Some(ALPN_MUX) {
+        Protocol::Multiplexed
+    } else {
+        Protocol::Single
     }
 }
 

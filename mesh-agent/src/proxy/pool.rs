@@ -1,0 +1,335 @@
+//! The source side's `mesh/2` connections (see `tunnel`), pooled per
+//! (source service, destination service, destination node): the client
+//! presents the source's leaf and the server the destination's, so every
+//! stream on a connection carries the same verified pair, and the
+//! destination agent still decides each one.
+//!
+//! An app connection takes a stream on the least loaded connection of its
+//! key; a second connection opens when every one has [`SPREAD_AT`] streams,
+//! up to [`PER_KEY`] per key and [`TOTAL`] in all (past those, a connection
+//! is used for this app connection alone). Only one dial per key at a time:
+//! app connections that find none wait for it and share it.
+//!
+//! A pooled connection is abandoned when its driver ends (peer closed or
+//! died), when the peer sent GOAWAY, when the source's leaf was renewed
+//! since it was made (open streams finish on it), or after [`IDLE`] without
+//! a stream. A stream the connection could not carry (closed, GOAWAY,
+//! REFUSED_STREAM before the answer) is retried once on a fresh connection;
+//! failing that, the caller's failover tries another instance.
+//!
+//! A node whose agent answers `mesh/1` (one that predates `mesh/2`, or runs
+//! `--no-multiplex`) gets that TLS connection as the app connection, and is
+//! remembered for [`SINGLE_FOR`] so its connections skip the per-key wait.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tracing::debug;
+
+use super::{
+    Inputs, ProxyError, dial,
+    tunnel::{self, Client, TunnelError},
+};
+use crate::{
+    config::{Node, Service},
+    identity::Current,
+    tls::{Protocol, TlsError, Transport},
+};
+
+/// A pooled connection without streams this long is closed.
+pub const IDLE: Duration = Duration::from_secs(30);
+/// Streams on every connection of a key before another one opens.
+pub const SPREAD_AT: usize = 100;
+/// Most pooled connections per key.
+pub const PER_KEY: usize = 4;
+/// Most pooled connections in all.
+pub const TOTAL: usize = 1024;
+/// How long a node that answered `mesh/1` is taken to speak only that.
+pub const SINGLE_FOR: Duration = Duration::from_secs(300);
+/// How long a stream on a pooled connection may wait for its answer before
+/// the connection is taken for dead and the stream retried on a fresh one
+/// (the destination answers after a loopback dial: well under this).
+pub const POOLED_ANSWER: Duration = Duration::from_millis(500);
+/// How often [`Pool::sweep_forever`] closes idle connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The pooled connections of this agent (see the module docs).
+#[derive(Default)]
+pub struct Pool {
+    keys: Mutex<HashMap<Key, Arc<Entry>>>,
+    /// Nodes that answered `mesh/1`, and when.
+    single: Mutex<HashMap<String, Instant>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    src: String,
+    dst: String,
+    node: String,
+}
+
+/// One key's connections.
+#[derive(Default)]
+struct Entry {
+    conns: Mutex<Vec<Conn>>,
+    /// Held while a fresh connection is made for this key.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+/// One pooled connection.
+#[derive(Clone)]
+struct Conn {
+    client: Client,
+    /// The source's leaf when it was made.
+    leaf: Arc<Current>,
+    usage: Arc<Usage>,
+}
+
+#[derive(Debug)]
+struct Usage {
+    streams: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    /// Set when the connection's driver ended.
+    closed: AtomicBool,
+}
+
+/// The hop to the destination agent for one app connection.
+pub enum Hop {
+    /// A stream of a `mesh/2` connection; `InUse` counts it on that
+    /// connection until dropped.
+    Stream(tunnel::Stream, InUse),
+    /// A `mesh/1` connection: the app connection's own.
+    Single(Box<tokio_rustls::client::TlsStream<Transport>>),
+}
+
+/// A stream counted on its connection until dropped.
+#[derive(Debug)]
+pub struct InUse(Option<Arc<Usage>>);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let Some(usage) = self.0.take() else { return };
+        if usage.streams.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *lock(&usage.idle_since) = Instant::now();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// A hop from local service `src` to the instance of `dst` on `host`.
+    pub async fn connect(
+        &self,
+        pi: &Inputs,
+        src: &Service,
+        dst: &Service,
+        host: &Node,
+    ) -> Result<Hop, ProxyError> {
+        let leaf = pi
+            .tls
+            .leaf(&src.name)
+            .ok_or_else(|| TlsError::NoLocalService(src.name.clone()))?;
+        let authority = tunnel::authority(&dst.name, pi.tls.trust_domain(), dst.port);
+        let key = Key {
+            src: src.name.clone(),
+            dst: dst.name.clone(),
+            node: host.name.clone(),
+        };
+        let entry = self.entry(&key);
+        if self.speaks_single(&host.name) {
+            return self
+                .fresh(pi, &entry, &key, leaf, &authority, src, dst, host)
+                .await;
+        }
+        if let Some(hop) = reuse(&entry, &leaf, &authority).await? {
+            return Ok(hop);
+        }
+        // One dial per key at a time; who waited here shares its result.
+        let _dialing = entry.dialing.lock().await;
+        if let Some(hop) = reuse(&entry, &leaf, &authority).await? {
+            return Ok(hop);
+        }
+        self.fresh(pi, &entry, &key, leaf, &authority, src, dst, host)
+            .await
+    }
+
+    /// Dials `host`, makes a connection (pooled if it is `mesh/2` and the
+    /// limits allow) and opens the hop on it.
+    #[allow(clippy::too_many_arguments)]
+    async fn fresh(
+        &self,
+        pi: &Inputs,
+        entry: &Entry,
+        key: &Key,
+        leaf: Arc<Current>,
+        authority: &str,
+        src: &Service,
+        dst: &Service,
+        host: &Node,
+    ) -> Result<Hop, ProxyError> {
+        let addr = SocketAddr::new(host.address, dst.port);
+        let tcp = dial(addr).await?;
+        let tls = pi
+            .tls
+            .connect(tcp, &src.name, &dst.name, &host.name)
+            .await
+            .inspect_err(|e| pi.telemetry.handshake_failed("outbound", e.reason()))?;
+        let resumed = crate::tls::resumed(tls.get_ref().1);
+        pi.telemetry.handshake("outbound", resumed);
+        let protocol = crate::tls::protocol(tls.get_ref().1);
+        debug!(src = %src.name, dst = %dst.name, %addr, alpn = protocol.alpn(), resumed, "mTLS established");
+        if protocol == Protocol::Single {
+            lock(&self.single).insert(host.name.clone(), Instant::now());
+            return Ok(Hop::Single(Box::new(tls)));
+        }
+        lock(&self.single).remove(&host.name);
+        let conn = Conn::start(tls, leaf).await?;
+        if self.total() < TOTAL {
+            let mut conns = lock(&entry.conns);
+            if conns.len() < PER_KEY {
+                conns.push(conn.clone());
+                debug!(src = %key.src, dst = %key.dst, node = %key.node, conns = conns.len(), "pooled a mesh/2 connection");
+            }
+        }
+        conn.open(authority).await
+    }
+
+    /// The entry of `key`, made on first use.
+    fn entry(&self, key: &Key) -> Arc<Entry> {
+        lock(&self.keys).entry(key.clone()).or_default().clone()
+    }
+
+    fn speaks_single(&self, node: &str) -> bool {
+        let mut single = lock(&self.single);
+        match single.get(node) {
+            Some(since) if since.elapsed() < SINGLE_FOR => true,
+            Some(_) => {
+                single.remove(node);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Pooled connections in all.
+    pub fn total(&self) -> usize {
+        let entries: Vec<Arc<Entry>> = lock(&self.keys).values().cloned().collect();
+        entries.iter().map(|e| lock(&e.conns).len()).sum()
+    }
+
+    /// Abandons connections that are closed, or idle since `IDLE` before
+    /// `now`, and forgets keys left without any.
+    pub fn sweep(&self, now: Instant) {
+        let mut keys = lock(&self.keys);
+        keys.retain(|_, entry| {
+            let mut conns = lock(&entry.conns);
+            conns.retain(|c| !c.usage.closed.load(Ordering::SeqCst) && !c.idle(now));
+            // A key someone is dialing for stays.
+            !conns.is_empty() || entry.dialing.try_lock().is_err()
+        });
+    }
+
+    /// Sweeps every few seconds, until dropped.
+    pub async fn sweep_forever(self: Arc<Self>) {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            self.sweep(Instant::now());
+        }
+    }
+}
+
+/// A stream on the least loaded usable connection of `entry`, if one has
+/// room; `None` if none does, or if the one tried could not carry the
+/// stream (it is abandoned: the caller makes a fresh one).
+async fn reuse(
+    entry: &Entry,
+    leaf: &Arc<Current>,
+    authority: &str,
+) -> Result<Option<Hop>, ProxyError> {
+    let Some(conn) = pick(entry, leaf) else {
+        return Ok(None);
+    };
+    let failure = match tokio::time::timeout(POOLED_ANSWER, conn.open(authority)).await {
+        Ok(Ok(hop)) => return Ok(Some(hop)),
+        Ok(Err(ProxyError::Tunnel(e))) if e.is_retryable() => e.to_string(),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => format!("no answer within {POOLED_ANSWER:?}"),
+    };
+    debug!(error = %failure, "pooled connection could not carry a stream; abandoning it");
+    lock(&entry.conns).retain(|c| !Arc::ptr_eq(&c.usage, &conn.usage));
+    Ok(None)
+}
+
+/// The least loaded connection of `entry` that can take a stream now.
+/// Drops the ones that never will again (closed, GOAWAY, made with an
+/// older leaf than `leaf`).
+fn pick(entry: &Entry, leaf: &Arc<Current>) -> Option<Conn> {
+    let mut conns = lock(&entry.conns);
+    conns.retain(|c| {
+        !c.usage.closed.load(Ordering::SeqCst) && Arc::ptr_eq(&c.leaf, leaf) && c.client.is_ready()
+    });
+    let full = conns.len() >= PER_KEY;
+    conns
+        .iter()
+        .min_by_key(|c| c.usage.streams.load(Ordering::SeqCst))
+        .filter(|c| {
+            let streams = c.usage.streams.load(Ordering::SeqCst);
+            streams < SPREAD_AT || (full && streams < c.client.max_streams())
+        })
+        .cloned()
+}
+
+impl Conn {
+    /// The HTTP/2 handshake over `tls`; the driver runs in a task of its
+    /// own and marks the connection closed when it ends.
+    async fn start(
+        tls: tokio_rustls::client::TlsStream<Transport>,
+        leaf: Arc<Current>,
+    ) -> Result<Self, ProxyError> {
+        let (client, driver) = tunnel::handshake(tls).await?;
+        let usage = Arc::new(Usage {
+            streams: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            closed: AtomicBool::new(false),
+        });
+        let closed = usage.clone();
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                debug!(error = %e, "mesh/2 connection ended");
+            }
+            closed.closed.store(true, Ordering::SeqCst);
+        });
+        Ok(Self {
+            client,
+            leaf,
+            usage,
+        })
+    }
+
+    /// Opens a stream; a refusal is [`ProxyError::StreamRefused`].
+    async fn open(&self, authority: &str) -> Result<Hop, ProxyError> {
+        self.usage.streams.fetch_add(1, Ordering::SeqCst);
+        let in_use = InUse(Some(self.usage.clone()));
+        match self.client.open(authority).await {
+            Ok(stream) => Ok(Hop::Stream(stream, in_use)),
+            Err(TunnelError::Refused { status }) => Err(ProxyError::StreamRefused { status }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn idle(&self, now: Instant) -> bool {
+        self.usage.streams.load(Ordering::SeqCst) == 0
+            && now.saturating_duration_since(*lock(&self.usage.idle_since)) >= IDLE
+    }
+}
