@@ -153,8 +153,9 @@ struct Streams {
 impl Streams {
     /// Serves CONNECTs until the connection closes. Sends GOAWAY (open
     /// streams finish, new ones go to a fresh connection) when this node's
-    /// leaf for `dst` is no longer `leaf`, when the agent stops, or after
-    /// [`IDLE`] with no stream.
+    /// leaf for `dst` is no longer `leaf` (seen at the next CONNECT or
+    /// within [`CHECK_EVERY`]), when the agent stops, or after [`IDLE`]
+    /// with no stream.
     async fn serve<T>(
         self: Arc<Self>,
         io: T,
@@ -175,6 +176,12 @@ impl Streams {
                 connect = server.accept() => {
                     let Some(connect) = connect else { return Ok(()) };
                     let connect = connect?;
+                    // Renewed since: this stream still goes (the old leaf
+                    // is valid), the next ones to a fresh connection.
+                    if !going_away && self.renewed(&leaf) {
+                        going_away = true;
+                        server.graceful_shutdown();
+                    }
                     let (streams, stream) = (self.clone(), open.clone());
                     tokio::spawn(async move {
                         let _stream = stream;
@@ -196,10 +203,7 @@ impl Streams {
                     if Arc::strong_count(&open) > 1 {
                         idle_since = now;
                     }
-                    let renewed = match (&leaf, self.pi.tls.leaf(&self.dst.name)) {
-                        (Some(then), Some(now)) => !Arc::ptr_eq(then, &now),
-                        _ => true,
-                    };
+                    let renewed = self.renewed(&leaf);
                     if renewed || now.duration_since(idle_since) >= IDLE {
                         debug!(src = %self.peer, dst = %self.dst.name, renewed, "mesh/2 connection going away");
                         going_away = true;
@@ -207,6 +211,14 @@ impl Streams {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether this node's leaf for `dst` is no longer `leaf`.
+    fn renewed(&self, leaf: &Option<Arc<crate::identity::Current>>) -> bool {
+        match (leaf, self.pi.tls.leaf(&self.dst.name)) {
+            (Some(then), Some(now)) => !Arc::ptr_eq(then, &now),
+            _ => true,
         }
     }
 
