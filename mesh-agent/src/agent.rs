@@ -393,6 +393,7 @@ async fn serve(
             telemetry,
             board: board.clone(),
             balancer,
+            pool,
         },
     );
     // Not in `tasks`: it answers through the drain (`/ready`: 503).

@@ -164,6 +164,8 @@ fn a_deny_cuts_every_stream_of_a_pooled_connection() {
         1.0,
         "three streams, one pooled connection"
     );
+    assert_eq!(mesh.metric("ra", "mesh_pooled_connections"), 1.0);
+    assert_eq!(mesh.metric("ra", "mesh_pooled_streams"), 3.0);
     let denied = std::time::Instant::now();
     let out = std::process::Command::new(&mesh.agent)
         .args(["intention", "create", "-deny", "web", "api", "--config"])

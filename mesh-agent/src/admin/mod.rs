@@ -297,6 +297,8 @@ pub struct Sources {
     pub board: Arc<Board>,
     /// `/metrics`: connections open to each instance.
     pub balancer: Arc<Balancer>,
+    /// `/metrics`: pooled connections to other agents.
+    pub pool: Arc<crate::proxy::pool::Pool>,
 }
 
 impl Admin {
@@ -433,6 +435,7 @@ impl Sources {
             maps: self.kernel.map_entries(),
             kernel_refused: self.kernel.refused(),
             handshakes_in_progress: self.admission.in_progress(),
+            pooled: self.pool.usage(),
             instances,
         })
     }

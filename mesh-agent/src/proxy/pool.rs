@@ -223,8 +223,20 @@ impl Pool {
 
     /// Pooled connections in all.
     pub fn total(&self) -> usize {
+        self.usage().0
+    }
+
+    /// Pooled connections in all, and the streams open on them.
+    pub fn usage(&self) -> (usize, usize) {
         let entries: Vec<Arc<Entry>> = lock(&self.keys).values().cloned().collect();
-        entries.iter().map(|e| lock(&e.conns).len()).sum()
+        entries.iter().fold((0, 0), |(conns, streams), e| {
+            let c = lock(&e.conns);
+            let open: usize = c
+                .iter()
+                .map(|c| c.usage.streams.load(Ordering::SeqCst))
+                .sum();
+            (conns + c.len(), streams + open)
+        })
     }
 
     /// Abandons connections that are closed, or idle since `IDLE` before

@@ -8,6 +8,7 @@
 //! | `mesh_handshakes_total` | side, kind (`full`, `resumed`) |
 //! | `mesh_handshake_failures_total` | side, reason (`not_a_mesh_node`: refused in the kernel, before any handshake) |
 //! | `mesh_handshakes_in_progress` | (none): inbound handshakes holding a slot now |
+//! | `mesh_pooled_connections`, `mesh_pooled_streams` | (none): this agent's pooled `mesh/2` connections to other agents, and the app connections on them now |
 //! | `mesh_denials_total` | source, destination, rule, side (`source`: connect() refused on the caller's node; `destination`) |
 //! | `mesh_certificate_expiry_seconds` | service |
 //! | `mesh_ebpf_map_entries` | map |
@@ -90,6 +91,8 @@ pub struct Metrics {
     expiry: Family<Service, Gauge<f64, AtomicU64>>,
     maps: Family<Map, Gauge>,
     in_progress: Gauge,
+    pooled_connections: Gauge,
+    pooled_streams: Gauge,
     health: Family<Instance, Gauge>,
     instance_opened: Family<Instance, Counter>,
     instance_active: Family<Instance, Gauge>,
@@ -112,6 +115,8 @@ impl Default for Metrics {
             expiry: Family::default(),
             maps: Family::default(),
             in_progress: Gauge::default(),
+            pooled_connections: Gauge::default(),
+            pooled_streams: Gauge::default(),
             health: Family::default(),
             instance_opened: Family::default(),
             instance_active: Family::default(),
@@ -150,6 +155,16 @@ impl Default for Metrics {
             "mesh_handshakes_in_progress",
             "Inbound TLS handshakes in progress (each holds a slot)",
             this.in_progress.clone(),
+        );
+        reg.register(
+            "mesh_pooled_connections",
+            "Pooled mesh/2 connections to other agents",
+            this.pooled_connections.clone(),
+        );
+        reg.register(
+            "mesh_pooled_streams",
+            "App connections on pooled mesh/2 connections now",
+            this.pooled_streams.clone(),
         );
         reg.register(
             "mesh_denials",
@@ -264,6 +279,13 @@ impl Metrics {
         self.in_progress.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// Pooled `mesh/2` connections now, and streams on them.
+    pub fn pooled(&self, connections: usize, streams: usize) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.pooled_connections.set(gauge(connections));
+        self.pooled_streams.set(gauge(streams));
+    }
+
     /// sk_lookup has refused `total` connections from non-mesh sources so
     /// far (the kernel's count); counted as inbound handshake failures.
     pub fn kernel_refused(&self, total: u64) {
@@ -321,6 +343,7 @@ mod tests {
         m.kernel_refused(5);
         m.kernel_refused(7);
         m.handshakes_in_progress(3);
+        m.pooled(2, 5);
         let b = Instance {
             service: "api".into(),
             node: "b".into(),
@@ -344,6 +367,8 @@ mod tests {
             "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\",side=\"source\"} 1000",
             "mesh_handshake_failures_total{side=\"inbound\",reason=\"not_a_mesh_node\"} 7",
             "mesh_handshakes_in_progress 3",
+            "mesh_pooled_connections 2",
+            "mesh_pooled_streams 5",
             "mesh_certificate_expiry_seconds{service=\"api\"} 42.5",
             "mesh_ebpf_map_entries{map=\"CONNS\"} 3",
             "mesh_instance_health{service=\"api\",node=\"b\"} 2",

@@ -68,6 +68,8 @@ pub struct Scrape {
     /// sk_lookup's refusals so far.
     pub kernel_refused: u64,
     pub handshakes_in_progress: usize,
+    /// Pooled `mesh/2` connections, and streams on them.
+    pub pooled: (usize, usize),
     /// Every instance: service, node, health code, connections open to it.
     pub instances: Vec<(String, String, i64, u64)>,
 }
@@ -207,6 +209,7 @@ impl Telemetry {
         self.metrics.kernel_refused(now.kernel_refused);
         self.metrics
             .handshakes_in_progress(now.handshakes_in_progress);
+        self.metrics.pooled(now.pooled.0, now.pooled.1);
         self.metrics.instances(
             now.instances
                 .into_iter()
