@@ -1,14 +1,22 @@
-//! `cargo xtask bench`: the mesh against direct TCP and stunnel, measured in
-//! one run on this machine, modes interleaved.
+//! `cargo xtask bench`: the mesh against direct TCP, stunnel and itself
+//! without multiplexing, measured in one run on this machine, modes
+//! interleaved.
 //!
-//! Two nodes (network namespaces on a bridge). On node B, three copies of
+//! Nodes are network namespaces on a bridge. On node B, three copies of
 //! `meshbench serve`: one on B's address (direct), one behind a stunnel
 //! server (TLS 1.3, client certificates, ECDSA P-256), one as mesh service
 //! `server` on 127.0.0.1. On node A, `meshbench` clients dial B directly,
 //! a stunnel client on 127.0.0.1, or the service's VIP as mesh service
 //! `client`. A fourth copy sits behind two socat relays (the same hops as
-//! the mesh, without TLS): the cost of the hops alone. Each figure is the
-//! median of `--runs` runs, with min and max.
+//! the mesh, without TLS): the cost of the hops alone.
+//!
+//! mesh/1: on a fourth node `bench-d`, whose agent runs `--no-multiplex`,
+//! clients dial the same `server` VIP as mesh service `client1`: one TCP
+//! and TLS connection per app connection (ALPN `mesh/1`, which bench-b's
+//! agent still accepts), where bench-a's agent opens HTTP/2 streams on one
+//! pooled `mesh/2` connection. The two columns are the agent before and
+//! after multiplexing. Each figure is the median of `--runs` runs, with
+//! min and max.
 //!
 //! Under flood: the mesh's rr and connection rate again, while a third
 //! node `bench-c` (a mesh node, so the kernel lets it through) or a
@@ -63,7 +71,11 @@ const VIP2: &str = "240.0.0.98";
 /// `relay` is the mesh's path without TLS: two socat processes (plain
 /// TCP, 256 KiB buffers, TCP_NODELAY), the floor for any pair of userspace
 /// proxies. It forks per connection, so it skips the connection-rate runs.
-const MODES: [&str; 4] = ["direct", "relay", "stunnel", "mesh"];
+/// `mesh/1` is the mesh without multiplexing (from bench-d, see the module
+/// doc), `mesh` the mesh as it runs by default (from bench-a).
+const MODES: [&str; 5] = ["direct", "relay", "stunnel", "mesh/1", "mesh"];
+/// bench-d's agent: offers and accepts only `mesh/1`.
+const MESH1_AGENT_ARGS: [&str; 1] = ["--no-multiplex"];
 /// Concurrent clients in the connection-rate capacity run.
 const PARALLEL: usize = 8;
 /// The mesh with no flood, under the two floods, and beside a control
@@ -190,10 +202,18 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 );
             }
             if opts.wants("connrate") && mode != "relay" {
+                let before = bench.outbound_handshakes(caller(mode));
                 let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
+                let after = bench.outbound_handshakes(caller(mode));
                 put("new conns per s", cr["per_s"].as_f64().unwrap_or(0.0));
                 put("new conn p50 us", cr["p50_us"].as_f64().unwrap_or(0.0));
                 put("new conn p99 us", cr["p99_us"].as_f64().unwrap_or(0.0));
+                // Shows which hop a mesh mode used: mesh/1 makes one
+                // handshake per connection, mesh/2 reuses its pool.
+                if mode.starts_with("mesh") {
+                    let made = (after.0 - before.0) + (after.1 - before.1);
+                    put("caller agent handshakes per new conn", made / conns as f64);
+                }
                 let cr = bench.client(
                     mode,
                     &[
@@ -239,13 +259,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 order.reverse();
             }
             for (column, mode) in order {
-                let before = bench.outbound_handshakes();
+                let before = bench.outbound_handshakes("bench-a");
                 let rr = bench.client(
                     mode,
                     &["rr", "--size", "1", "--count", &rr_count.to_string()],
                 )?;
                 let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
-                let after = bench.outbound_handshakes();
+                let after = bench.outbound_handshakes("bench-a");
                 let (full, resumed) = (after.0 - before.0, after.1 - before.1);
                 let mut put = |metric: &str, v: Option<f64>| {
                     instance_samples
@@ -329,11 +349,13 @@ impl Bench {
         // bench-c floods as a mesh node (from outside any service cgroup,
         // so its agent leaves the flood alone) and hosts server2's second
         // instance; bench-x floods as a stranger (not in the config).
-        let mut mesh = Mesh::nodes(&["bench-a", "bench-b", "bench-c"])
+        // bench-d is the `mesh/1` caller (see the module doc).
+        let mut mesh = Mesh::nodes(&["bench-a", "bench-b", "bench-c", "bench-d"])
             .stranger("bench-x")
             .agent(agent)
             .default_policy("allow")
             .service("client", "bench-a", 8080)
+            .service("client1", "bench-d", 8081)
             .service_with("server", "bench-b", 5001, |s| s.vip(VIP))
             .service_on_with("server2", &["bench-b", "bench-c"], 5002, |s| s.vip(VIP2))
             .service_on_with("server3", &["bench-b", "bench-c"], 5003, |s| {
@@ -345,6 +367,9 @@ impl Bench {
         for node in ["bench-a", "bench-b", "bench-c"] {
             mesh.start_agent(node);
         }
+        // Not the builder's `agent_args`: only `Topology::start` reads
+        // them, and that would start the agents before `log_filter` is set.
+        mesh.start_agent_with("bench-d", &MESH1_AGENT_ARGS);
         let b = mesh.node("bench-b").v4;
 
         let serve = |bind: String, service: Option<&str>| {
@@ -483,26 +508,29 @@ impl Bench {
         })
     }
 
-    /// Runs `meshbench ARGS --to <target of mode>` on node a; its JSON line.
+    /// Runs `meshbench ARGS --to <target of mode>` on [`caller`]`(mode)`;
+    /// its JSON line.
     fn client(&self, mode: &str, args: &[&str]) -> anyhow::Result<Value> {
         let b = self.mesh.node("bench-b").v4;
         let (target, service) = match mode {
             "direct" => (format!("{b}:7001"), None),
             "stunnel" => ("127.0.0.1:7004".to_owned(), None),
             "relay" => ("127.0.0.1:7007".to_owned(), None),
+            "mesh/1" => (format!("{VIP}:5001"), Some("client1")),
             "mesh" => (format!("{VIP}:5001"), Some("client")),
             "mesh 2 instances" => (format!("{VIP2}:5002"), Some("client")),
             "mesh 2 instances 1 passing" => (format!("{VIP3}:5003"), Some("client")),
             _ => bail!("no client mode {mode:?}"),
         };
+        let node = caller(mode);
         let line = format!(
             "ulimit -n $(ulimit -Hn); exec {} {} --to {target}",
             self.meshbench.display(),
             args.join(" ")
         );
         let mut c = match service {
-            Some(s) => self.mesh.cmd_as("bench-a", s, "sh"),
-            None => self.mesh.cmd("bench-a", "sh"),
+            Some(s) => self.mesh.cmd_as(node, s, "sh"),
+            None => self.mesh.cmd(node, "sh"),
         };
         c.args(["-c", &line]);
         let out = run_to_string(&mut c, Duration::from_secs(120));
@@ -540,7 +568,7 @@ impl Bench {
         let pids: Vec<u32> = match mode {
             "stunnel" => self.stunnel.to_vec(),
             "relay" => self.relay.to_vec(),
-            "mesh" => ["bench-a", "bench-b"]
+            "mesh/1" | "mesh" => [caller(mode), "bench-b"]
                 .iter()
                 .filter_map(|n| self.mesh.agent_pid(n))
                 .collect(),
@@ -559,10 +587,10 @@ impl Bench {
         )
     }
 
-    /// (full, resumed) mTLS handshakes bench-a's agent made so far as a
+    /// (full, resumed) mTLS handshakes `node`'s agent made so far as a
     /// client.
-    fn outbound_handshakes(&self) -> (f64, f64) {
-        let text = self.mesh.metrics("bench-a");
+    fn outbound_handshakes(&self, node: &str) -> (f64, f64) {
+        let text = self.mesh.metrics(node);
         let count = |kind: &str| {
             let series = format!("mesh_handshakes_total{{side=\"outbound\",kind=\"{kind}\"}}");
             mesh_tests::metric_value(&text, &series).unwrap_or(0.0)
@@ -604,6 +632,15 @@ impl Bench {
         let after = self.agents_rss_kib();
         let _ = Command::new("kill").arg(pid.to_string()).status();
         Ok(((after - before) / n as f64).max(0.0))
+    }
+}
+
+/// The node `mode`'s clients run on: bench-d for `mesh/1`, else bench-a.
+fn caller(mode: &str) -> &'static str {
+    if mode == "mesh/1" {
+        "bench-d"
+    } else {
+        "bench-a"
     }
 }
 
@@ -796,7 +833,7 @@ fn targets(
             .map(|(_, v)| *v)
             .reduce(f64::max)
     };
-    let rows: [(&str, Want, Option<f64>); 18] = [
+    let rows: [(&str, Want, Option<f64>); 25] = [
         (
             "bulk, mesh/direct",
             Want::AtLeast(0.5),
@@ -834,6 +871,43 @@ fn targets(
                 &format!("new conns per s ({PARALLEL} at a time)"),
                 "stunnel",
             ),
+        ),
+        // Issue 12: multiplexing (mesh/2) against one connection per app
+        // connection (mesh/1, bench-d's agent).
+        (
+            "new conns per s, mesh/mesh/1",
+            Want::AtLeast(2.0),
+            ratio("new conns per s", "mesh/1"),
+        ),
+        (
+            "new conns per s (8 at a time), mesh/mesh/1",
+            Want::AtLeast(2.0),
+            ratio(&format!("new conns per s ({PARALLEL} at a time)"), "mesh/1"),
+        ),
+        (
+            "new conn p50 us, mesh",
+            Want::AtMost(300.0),
+            median("new conn p50 us", "mesh"),
+        ),
+        (
+            "bulk, mesh/mesh/1",
+            Want::AtLeast(0.95),
+            ratio("bulk Gbit/s", "mesh/1"),
+        ),
+        (
+            "CPU per GB, mesh/mesh/1",
+            Want::AtMost(1.05),
+            ratio("proxy CPU s per GB (both ends)", "mesh/1"),
+        ),
+        (
+            "rr 1 B p50, mesh/mesh/1",
+            Want::AtMost(1.05),
+            ratio("rr 1 B p50 us", "mesh/1"),
+        ),
+        (
+            "rr 1 KiB p50, mesh/mesh/1",
+            Want::AtMost(1.05),
+            ratio("rr 1024 B p50 us", "mesh/1"),
         ),
         (
             "KiB per idle proxied conn (worst)",
@@ -949,21 +1023,23 @@ fn report(all: &Samples, runs: usize) -> anyhow::Result<()> {
     };
     let mut out = format!(
         "Medians of {runs} run(s), (min-max); one machine, modes interleaved.\n\n\
-         | metric | direct | relay | stunnel | mesh | mesh/direct | mesh/relay | mesh/stunnel |\n\
-         |---|---|---|---|---|---|---|---|\n"
+         | metric | direct | relay | stunnel | mesh/1 | mesh | mesh/direct | mesh/relay | mesh/stunnel | mesh/mesh/1 |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n"
     );
     let mut json = serde_json::Map::new();
     for metric in metrics {
-        let [d, r, s, m] = MODES.map(|mode| cell(metric, mode));
+        let [d, r, s, m1, m] = MODES.map(|mode| cell(metric, mode));
         out += &format!(
-            "| {metric} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {metric} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             fmt(d),
             fmt(r),
             fmt(s),
+            fmt(m1),
             fmt(m),
             ratio(m, d),
             ratio(m, r),
-            ratio(m, s)
+            ratio(m, s),
+            ratio(m, m1)
         );
         json.insert(metric.clone(), by_column(samples, metric, &MODES));
     }
