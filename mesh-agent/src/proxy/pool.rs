@@ -6,8 +6,10 @@
 //!
 //! An app connection takes a stream on the least loaded connection of its
 //! key; a second connection opens when every one has [`SPREAD_AT`] streams,
-//! up to [`PER_KEY`] per key and [`TOTAL`] in all (past those, a connection
-//! is used for this app connection alone). Only one dial per key at a time:
+//! up to [`PER_KEY`] per key and [`TOTAL`] in all. Past those (every
+//! connection of the key at the peer's stream limit), an app connection
+//! gets a `mesh/1` connection of its own, which costs less memory than an
+//! HTTP/2 connection carrying one stream. Only one dial per key at a time:
 //! app connections that find none wait for it and share it.
 //!
 //! A pooled connection is abandoned when its driver ends (peer closed or
@@ -48,7 +50,7 @@ pub const IDLE: Duration = Duration::from_secs(30);
 /// Streams on every connection of a key before another one opens.
 pub const SPREAD_AT: usize = 100;
 /// Most pooled connections per key.
-pub const PER_KEY: usize = 4;
+pub const PER_KEY: usize = 16;
 /// Most pooled connections in all.
 pub const TOTAL: usize = 1024;
 /// How long a node that answered `mesh/1` is taken to speak only that.
@@ -148,23 +150,31 @@ impl Pool {
         let entry = self.entry(&key);
         if self.speaks_single(&host.name) {
             return self
-                .fresh(pi, &entry, &key, leaf, &authority, src, dst, host)
+                .fresh(pi, &entry, &key, leaf, &authority, src, dst, host, false)
                 .await;
         }
         if let Some(hop) = reuse(&entry, &leaf, &authority).await? {
             return Ok(hop);
         }
-        // One dial per key at a time; who waited here shares its result.
-        let _dialing = entry.dialing.lock().await;
-        if let Some(hop) = reuse(&entry, &leaf, &authority).await? {
-            return Ok(hop);
+        let full = || lock(&entry.conns).len() >= PER_KEY || self.total() >= TOTAL;
+        if !full() {
+            // One dial per key at a time; who waited here shares its result.
+            let _dialing = entry.dialing.lock().await;
+            if let Some(hop) = reuse(&entry, &leaf, &authority).await? {
+                return Ok(hop);
+            }
+            if !full() {
+                return self
+                    .fresh(pi, &entry, &key, leaf, &authority, src, dst, host, false)
+                    .await;
+            }
         }
-        self.fresh(pi, &entry, &key, leaf, &authority, src, dst, host)
+        self.fresh(pi, &entry, &key, leaf, &authority, src, dst, host, true)
             .await
     }
 
-    /// Dials `host`, makes a connection (pooled if it is `mesh/2` and the
-    /// limits allow) and opens the hop on it.
+    /// Dials `host`, makes a connection (pooled if it is `mesh/2`) and
+    /// opens the hop on it; with `single`, offers only `mesh/1`.
     #[allow(clippy::too_many_arguments)]
     async fn fresh(
         &self,
@@ -176,30 +186,34 @@ impl Pool {
         src: &Service,
         dst: &Service,
         host: &Node,
+        single: bool,
     ) -> Result<Hop, ProxyError> {
         let addr = SocketAddr::new(host.address, dst.port);
         let tcp = dial(addr).await?;
-        let tls = pi
-            .tls
-            .connect(tcp, &src.name, &dst.name, &host.name)
-            .await
-            .inspect_err(|e| pi.telemetry.handshake_failed("outbound", e.reason()))?;
+        let connect = if single {
+            pi.tls
+                .connect_single(tcp, &src.name, &dst.name, &host.name)
+                .await
+        } else {
+            pi.tls.connect(tcp, &src.name, &dst.name, &host.name).await
+        };
+        let tls = connect.inspect_err(|e| pi.telemetry.handshake_failed("outbound", e.reason()))?;
         let resumed = crate::tls::resumed(tls.get_ref().1);
         pi.telemetry.handshake("outbound", resumed);
         let protocol = crate::tls::protocol(tls.get_ref().1);
         debug!(src = %src.name, dst = %dst.name, %addr, alpn = protocol.alpn(), resumed, "mTLS established");
         if protocol == Protocol::Single {
-            lock(&self.single).insert(host.name.clone(), Instant::now());
+            if !single {
+                lock(&self.single).insert(host.name.clone(), Instant::now());
+            }
             return Ok(Hop::Single(Box::new(tls)));
         }
         lock(&self.single).remove(&host.name);
         let conn = Conn::start(tls, leaf).await?;
-        if self.total() < TOTAL {
+        {
             let mut conns = lock(&entry.conns);
-            if conns.len() < PER_KEY {
-                conns.push(conn.clone());
-                debug!(src = %key.src, dst = %key.dst, node = %key.node, conns = conns.len(), "pooled a mesh/2 connection");
-            }
+            conns.push(conn.clone());
+            debug!(src = %key.src, dst = %key.dst, node = %key.node, conns = conns.len(), "pooled a mesh/2 connection");
         }
         conn.open(authority).await
     }

@@ -124,7 +124,9 @@ pub struct Tls {
 }
 
 /// A client config and the leaf that was current when it was made.
-type ClientFor = (Arc<ClientConfig>, Arc<Current>);
+/// Its two forms share one ticket store: `[mesh/2, mesh/1]` offered, and
+/// `mesh/1` alone ([`Tls::connect_single`]).
+type ClientFor = ([Arc<ClientConfig>; 2], Arc<Current>);
 
 impl Tls {
     /// TLS configs for the local services in `identities`; peers are
@@ -198,7 +200,13 @@ impl Tls {
     /// agent that issued it, and rustls keys tickets by server name, which
     /// is the same for every instance of a destination service; one store
     /// per node keeps each instance's tickets apart.
-    fn client(&self, service: &str, node: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    fn client(
+        &self,
+        service: &str,
+        node: &str,
+        single: bool,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
+        let form = usize::from(single);
         let leaf = self
             .identities
             .current(service)
@@ -210,7 +218,7 @@ impl Tls {
             .get(&(service.to_owned(), node.to_owned()))
             && Arc::ptr_eq(made_with, &leaf)
         {
-            return Ok(c.clone());
+            return Ok(c[form].clone());
         }
         let mut client = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -227,15 +235,15 @@ impl Tls {
         // Tickets per destination service on this node (rustls keeps up to
         // 8 per name).
         client.resumption = Resumption::in_memory_sessions(256);
-        let client = Arc::new(client);
+        let mut single_only = client.clone();
+        single_only.alpn_protocols = vec![ALPN.to_vec()];
+        let forms = [Arc::new(client), Arc::new(single_only)];
+        let chosen = forms[form].clone();
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                (service.to_owned(), node.to_owned()),
-                (client.clone(), leaf),
-            );
-        Ok(client)
+            .insert((service.to_owned(), node.to_owned()), (forms, leaf));
+        Ok(chosen)
     }
 
     /// Source side: TLS as local service `src` to the agent of `node`,
@@ -247,7 +255,31 @@ impl Tls {
         dst: &str,
         node: &str,
     ) -> Result<client::TlsStream<Transport>, TlsError> {
-        let config = self.client(src, node)?;
+        self.connect_as(tcp, src, dst, node, false).await
+    }
+
+    /// As [`Tls::connect`], offering only `mesh/1`: a connection for one
+    /// app connection even to an agent that multiplexes (the pool's
+    /// overflow).
+    pub async fn connect_single(
+        &self,
+        tcp: TcpStream,
+        src: &str,
+        dst: &str,
+        node: &str,
+    ) -> Result<client::TlsStream<Transport>, TlsError> {
+        self.connect_as(tcp, src, dst, node, true).await
+    }
+
+    async fn connect_as(
+        &self,
+        tcp: TcpStream,
+        src: &str,
+        dst: &str,
+        node: &str,
+        single: bool,
+    ) -> Result<client::TlsStream<Transport>, TlsError> {
+        let config = self.client(src, node, single)?;
         let name = ServerName::try_from(spiffe::sni(&self.trust_domain, dst))
             .map_err(|_| VerifyError::ServerName(dst.to_owned()))?;
         let connect = TlsConnector::from(config).connect(name, Transport::new(tcp));
