@@ -133,7 +133,12 @@ async fn handle(stream: TcpStream, pi: Arc<Inputs>, handshake: Slot) -> Result<(
     pi.authorize(&peer, &dst.name, from, dialed, Side::Destination)?;
     let mut svc = dial(local_addr(dst.port)).await?;
     let (received, sent) = pi
-        .splice_while_allowed(&mut remote, &mut svc, &peer, &dst.name, "inbound")
+        .splice_while_allowed(
+            super::relay::relay(&mut remote, &mut svc),
+            &peer,
+            &dst.name,
+            "inbound",
+        )
         .await?;
     info!(src = %peer, dst = %dst.name, sent, received, "inbound connection done");
     Ok(())
@@ -274,8 +279,13 @@ impl Streams {
             }
         };
         let mut stream = connect.accept()?;
+        // (service -> stream, stream -> service)
+        let copy = async {
+            let (sent, received) = super::relay::relay_tunnel(&mut svc, &mut stream).await?;
+            Ok((received, sent))
+        };
         let (received, sent) = pi
-            .splice_while_allowed(&mut stream, &mut svc, peer, &dst.name, "inbound")
+            .splice_while_allowed(copy, peer, &dst.name, "inbound")
             .await?;
         info!(src = %peer, dst = %dst.name, sent, received, alpn = "mesh/2", "inbound connection done");
         Ok(())

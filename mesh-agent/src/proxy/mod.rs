@@ -22,10 +22,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 use tracing::warn;
 
 use mesh_common::OrigDst;
@@ -148,25 +145,21 @@ impl Inputs {
         })
     }
 
-    /// Copies both ways (see `relay`) until done, or until the intentions
-    /// change to deny `src -> dst`: then both sockets are closed at once.
-    /// `a` is the caller's side, `b` the destination's. Counts the
+    /// Runs `copy` (a `relay` between the caller's side and the
+    /// destination's, returning bytes (to destination, to source)) until
+    /// done, or until the intentions change to deny `src -> dst`: then
+    /// `copy` is dropped, which closes both sides at once. Counts the
     /// connection in the telemetry and in the drain.
-    async fn splice_while_allowed<A, B>(
+    async fn splice_while_allowed(
         &self,
-        a: &mut A,
-        b: &mut B,
+        copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
         src: &str,
         dst: &str,
         side: &'static str,
-    ) -> Result<(u64, u64), ProxyError>
-    where
-        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    {
+    ) -> Result<(u64, u64), ProxyError> {
         let open = self.telemetry.opened(src, dst, side);
         let _live = self.drain.enter();
-        let result = self.splice_until_denied(a, b, src, dst).await;
+        let result = self.splice_until_denied(copy, src, dst).await;
         let ((to_destination, to_source), verdict) = match &result {
             Ok(bytes) => (*bytes, "allowed"),
             Err(ProxyError::Cut { .. }) => ((0, 0), "cut"),
@@ -177,21 +170,15 @@ impl Inputs {
         result
     }
 
-    async fn splice_until_denied<A, B>(
+    async fn splice_until_denied(
         &self,
-        a: &mut A,
-        b: &mut B,
+        copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
         src: &str,
         dst: &str,
-    ) -> Result<(u64, u64), ProxyError>
-    where
-        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    {
+    ) -> Result<(u64, u64), ProxyError> {
         // Like a new subscription: only reloads from now on count.
         let mut snapshot = self.snapshot.clone();
         snapshot.mark_unchanged();
-        let copy = relay::relay(a, b);
         tokio::pin!(copy);
         loop {
             tokio::select! {

@@ -18,6 +18,7 @@ use super::{
     balance::{Active, Balancer},
     dial, local_addr,
     pool::{Hop, Pool},
+    relay,
 };
 use crate::{
     config::{Node, Service},
@@ -136,17 +137,21 @@ impl Handler {
             (host.name.clone(), upstream, active)
         };
         pi.telemetry.instance_connected(&dst.name, &node);
+        let (src_name, dst_name) = (&src.name, &dst.name);
         let (sent, received) = match upstream {
             Upstream::Local(mut svc) => {
-                pi.splice_while_allowed(&mut app, &mut svc, &src.name, &dst.name, "outbound")
+                let copy = relay::relay(&mut app, &mut svc);
+                pi.splice_while_allowed(copy, src_name, dst_name, "outbound")
                     .await?
             }
             Upstream::Remote(Hop::Single(mut remote)) => {
-                pi.splice_while_allowed(&mut app, &mut *remote, &src.name, &dst.name, "outbound")
+                let copy = relay::relay(&mut app, &mut *remote);
+                pi.splice_while_allowed(copy, src_name, dst_name, "outbound")
                     .await?
             }
             Upstream::Remote(Hop::Stream(mut stream, _in_use)) => {
-                pi.splice_while_allowed(&mut app, &mut stream, &src.name, &dst.name, "outbound")
+                let copy = relay::relay_tunnel(&mut app, &mut stream);
+                pi.splice_while_allowed(copy, src_name, dst_name, "outbound")
                     .await?
             }
         };

@@ -20,7 +20,7 @@ use std::{
     future::Future,
     io,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll, Waker, ready},
 };
 
 use bytes::Bytes;
@@ -349,6 +349,65 @@ impl Stream {
         self.send.send_reset(Reason::CANCEL);
     }
 
+    /// The next bytes the peer sent, as HTTP/2 delivered them (no copy);
+    /// their window is given back at once. `None` once the peer ended its
+    /// side.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        let chunk = if !self.pending.is_empty() {
+            std::mem::take(&mut self.pending)
+        } else if self.eof {
+            return Poll::Ready(Ok(None));
+        } else {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => data,
+                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+                None => {
+                    self.eof = true;
+                    return Poll::Ready(Ok(None));
+                }
+            }
+        };
+        // Fails only if the stream is gone, which the next read reports.
+        let _ = self.recv.flow_control().release_capacity(chunk.len());
+        Poll::Ready(Ok(Some(chunk)))
+    }
+
+    /// Sends the front of `data`, as much as the windows allow now,
+    /// without copying it; returns how much went (taken off `data`).
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.shut {
+            return Poll::Ready(Err(self.closed_error(cx)));
+        }
+        let n = ready!(self.poll_send_capacity(cx, data.len()))?;
+        match self.send.send_data(data.split_to(n), false) {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(_) => Poll::Ready(Err(self.closed_error(cx))),
+        }
+    }
+
+    /// Waits until the windows let at least one byte go; returns how many
+    /// of `want` may go now.
+    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        loop {
+            let capacity = self.send.capacity();
+            if capacity > 0 {
+                return Poll::Ready(Ok(capacity.min(want)));
+            }
+            // Only asked when none is assigned: asking less than what is
+            // assigned would hand the rest back to the connection. h2 takes
+            // a u32; more than a window cannot be assigned at once anyway.
+            self.send.reserve_capacity(want.min(STREAM_WINDOW as usize));
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+                None => return Poll::Ready(Err(self.closed_error(cx))),
+            }
+        }
+    }
+
     /// The error for a write on a stream that cannot send any more.
     fn closed_error(&mut self, cx: &mut Context<'_>) -> io::Error {
         if self.shut {
@@ -405,31 +464,13 @@ impl AsyncWrite for Stream {
         if this.shut {
             return Poll::Ready(Err(this.closed_error(cx)));
         }
-        loop {
-            let capacity = this.send.capacity();
-            if capacity > 0 {
-                let n = capacity.min(buf.len());
-                return Poll::Ready(
-                    match this
-                        .send
-                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    {
-                        Ok(()) => Ok(n),
-                        Err(_) => Err(this.closed_error(cx)),
-                    },
-                );
-            }
-            // Only asked when none is assigned: asking less than what is
-            // assigned would hand the rest back to the connection. h2 takes
-            // a u32; more than a window cannot be assigned at once anyway.
-            this.send
-                .reserve_capacity(buf.len().min(STREAM_WINDOW as usize));
-            match this.send.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(_))) => continue,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io_error(e))),
-                Poll::Ready(None) => return Poll::Ready(Err(this.closed_error(cx))),
-                Poll::Pending => return Poll::Pending,
-            }
+        let n = ready!(this.poll_send_capacity(cx, buf.len()))?;
+        match this
+            .send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+        {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(_) => Poll::Ready(Err(this.closed_error(cx))),
         }
     }
 
