@@ -77,7 +77,11 @@ fn a_pooled_connection_to_a_killed_agent_is_replaced_by_a_fresh_one() {
     mesh.start_health_server("kb", "api", API_PORT);
     let results = mesh.http_calls("ka", "web", vip(), API_PORT, 5, Duration::ZERO);
     assert_eq!(failed_calls(&results), [], "before the kill");
-    assert_eq!(outbound_handshakes(&mesh, "ka"), 1.0, "one pooled connection");
+    assert_eq!(
+        outbound_handshakes(&mesh, "ka"),
+        1.0,
+        "one pooled connection"
+    );
 
     mesh.stop_agent("kb", "KILL");
     mesh.start_agent("kb");
@@ -86,14 +90,7 @@ fn a_pooled_connection_to_a_killed_agent_is_replaced_by_a_fresh_one() {
             .is_some(),
         "ka does not see api on kb passing again"
     );
-    let results = mesh.http_calls(
-        "ka",
-        "web",
-        vip(),
-        API_PORT,
-        20,
-        Duration::from_millis(20),
-    );
+    let results = mesh.http_calls("ka", "web", vip(), API_PORT, 20, Duration::from_millis(20));
     assert_eq!(failed_calls(&results), [], "after the restart");
     assert_eq!(
         outbound_handshakes(&mesh, "ka"),
@@ -114,14 +111,7 @@ fn leaf_renewal_under_a_steady_connection_rate_fails_no_call() {
         .service_with("api", "nb", API_PORT, |s| s.vip(VIP))
         .start();
     mesh.start_health_server("nb", "api", API_PORT);
-    let results = mesh.http_calls(
-        "na",
-        "web",
-        vip(),
-        API_PORT,
-        160,
-        Duration::from_millis(50),
-    );
+    let results = mesh.http_calls("na", "web", vip(), API_PORT, 160, Duration::from_millis(50));
     assert_eq!(failed_calls(&results), [], "calls across renewals");
     let renewals = |node: &str, service: &str| {
         fs::read_to_string(mesh.agent_log(node))
