@@ -502,4 +502,4 @@ impl ResolvesClientCert for AsService {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
