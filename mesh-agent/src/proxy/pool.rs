@@ -318,11 +318,12 @@ fn pick(entry: &Entry, leaf: &Arc<Current>) -> Option<Conn> {
 
 impl Conn {
     /// The HTTP/2 handshake over `tls`; the driver runs in a task of its
-    /// own and marks the connection closed when it ends.
-    async fn start(
-        tls: tokio_rustls::client::TlsStream<Transport>,
-        leaf: Arc<Current>,
-    ) -> Result<Self, ProxyError> {
+    /// own and marks the connection closed when it ends. (Generic so tests
+    /// can run it over an in-memory pipe.)
+    async fn start<T>(tls: T, leaf: Arc<Current>) -> Result<Self, ProxyError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (client, driver) = tunnel::handshake(tls).await?;
         let usage = Arc::new(Usage {
             streams: AtomicUsize::new(0),
@@ -359,3 +360,6 @@ impl Conn {
             && now.saturating_duration_since(*lock(&self.usage.idle_since)) >= IDLE
     }
 }
+
+#[cfg(test)]
+mod tests;

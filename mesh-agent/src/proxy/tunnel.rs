@@ -512,4 +512,4 @@ fn io_error(e: h2::Error) -> io::Error {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

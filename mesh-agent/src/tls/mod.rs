@@ -534,4 +534,4 @@ impl ResolvesClientCert for AsService {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -49,13 +49,13 @@ port = 81
 "#;
 
 /// A mesh config with its root CA, in a fresh temp dir (removed on drop).
-struct Mesh {
+pub(crate) struct Mesh {
     dir: PathBuf,
-    config: Config,
+    pub(crate) config: Config,
 }
 
 impl Mesh {
-    fn new(text: &str) -> Self {
+    pub(crate) fn new(text: &str) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("mesh-tls-test-{}-{n}", std::process::id()));
@@ -70,6 +70,20 @@ impl Mesh {
         NodeCa::load_or_issue(&self.config, node).unwrap()
     }
 
+    /// The leaves of the services on `node` (60 s), issued by its CA.
+    pub(crate) fn identities(&self, node: &str) -> Arc<Identities> {
+        let local = self.config.services_on(node).map(|s| s.name.clone());
+        Arc::new(
+            Identities::new(
+                "mesh.local",
+                self.node(node),
+                Duration::from_secs(60),
+                local,
+            )
+            .unwrap(),
+        )
+    }
+
     fn rules(&self) -> PeerRules {
         let hosts: std::collections::HashMap<String, std::collections::BTreeSet<String>> = self
             .config
@@ -81,7 +95,7 @@ impl Mesh {
     }
 
     /// The snapshot channel of this mesh's config.
-    fn snapshots(&self) -> (crate::snapshot::Publisher, Watch) {
+    pub(crate) fn snapshots(&self) -> (crate::snapshot::Publisher, Watch) {
         Snapshot::new(self.config.clone()).publish()
     }
 
@@ -457,17 +471,7 @@ fn a_leaf_with_any_other_name_beside_its_uri_san_is_refused() {
 /// Both nodes' TLS sides, sharing one CA, reading who hosts what from
 /// `snapshots`.
 fn tls_pair(mesh: &Mesh, snapshots: &Watch) -> (Tls, Tls) {
-    let tls = |node: &str| {
-        let local = mesh.config.services_on(node).map(|s| s.name.clone());
-        let ids = Identities::new(
-            "mesh.local",
-            mesh.node(node),
-            Duration::from_secs(60),
-            local,
-        )
-        .unwrap();
-        Tls::new(Arc::new(ids), Arc::new(snapshots.clone())).unwrap()
-    };
+    let tls = |node: &str| Tls::new(mesh.identities(node), Arc::new(snapshots.clone())).unwrap();
     (tls("a"), tls("b"))
 }
 
@@ -643,15 +647,7 @@ async fn connections_alternating_between_instances_each_resume() {
     let mesh = Mesh::new(INSTANCES);
     let (_publisher, snapshots) = mesh.snapshots();
     let tls = |node: &str| {
-        let local = mesh.config.services_on(node).map(|s| s.name.clone());
-        let ids = Identities::new(
-            "mesh.local",
-            mesh.node(node),
-            Duration::from_secs(60),
-            local,
-        )
-        .unwrap();
-        Arc::new(Tls::new(Arc::new(ids), Arc::new(snapshots.clone())).unwrap())
+        Arc::new(Tls::new(mesh.identities(node), Arc::new(snapshots.clone())).unwrap())
     };
     let (a, b, c) = (tls("a"), tls("b"), tls("c"));
     let mut kinds = Vec::new();
@@ -755,19 +751,7 @@ fn recheck_refuses_a_chain_that_has_expired_since() {
 #[tokio::test]
 async fn a_renewed_leaf_on_either_side_ends_resumption() {
     let mesh = Mesh::new(MESH);
-    let ids = |node: &str| {
-        let local = mesh.config.services_on(node).map(|s| s.name.clone());
-        Arc::new(
-            Identities::new(
-                "mesh.local",
-                mesh.node(node),
-                Duration::from_secs(60),
-                local,
-            )
-            .unwrap(),
-        )
-    };
-    let (ia, ib) = (ids("a"), ids("b"));
+    let (ia, ib) = (mesh.identities("a"), mesh.identities("b"));
     let (_publisher, snapshots) = mesh.snapshots();
     let a = Tls::new(ia.clone(), Arc::new(snapshots.clone())).unwrap();
     let b = Arc::new(Tls::new(ib.clone(), Arc::new(snapshots)).unwrap());

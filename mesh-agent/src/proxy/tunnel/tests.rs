@@ -35,7 +35,7 @@ async fn client_over(io: DuplexStream) -> Client {
 }
 
 /// Accepts and sends back everything, then ends its side.
-async fn echo(connect: Connect) {
+pub(crate) async fn echo(connect: Connect) {
     let Ok(stream) = connect.accept() else { return };
     let (mut r, mut w) = tokio::io::split(stream);
     if tokio::io::copy(&mut r, &mut w).await.is_ok() {
@@ -50,7 +50,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, f)
         .await
         .unwrap_or_else(|_| panic!("{what}: stalled for {PATIENCE:?}"))
