@@ -159,9 +159,17 @@ impl Pool {
         let full = || lock(&entry.conns).len() >= PER_KEY || self.total() >= TOTAL;
         if !full() {
             // One dial per key at a time; who waited here shares its result.
-            let _dialing = entry.dialing.lock().await;
+            let dialing = entry.dialing.lock().await;
             if let Some(hop) = reuse(&entry, &leaf, &authority).await? {
                 return Ok(hop);
+            }
+            // The dial this one waited for found a mesh/1 agent: no point
+            // in waiting for each other.
+            if self.speaks_single(&host.name) {
+                drop(dialing);
+                return self
+                    .fresh(pi, &entry, &key, leaf, &authority, src, dst, host, false)
+                    .await;
             }
             if !full() {
                 return self
