@@ -28,8 +28,8 @@ use h2::{Reason, RecvStream, SendStream};
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// ALPN protocol id of the multiplexed form.
-pub const ALPN: &[u8] = b"mesh/2";
+/// ALPN protocol id of the multiplexed form (negotiated by `tls`).
+pub const ALPN: &[u8] = crate::tls::ALPN_MUX;
 /// Largest HTTP/2 frame payload either side sends or accepts.
 pub const FRAME_SIZE: u32 = 16 * 1024;
 /// Flow-control window of each stream.

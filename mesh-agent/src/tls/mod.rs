@@ -37,8 +37,8 @@ use verify::{ClientVerifier, Hosting, Peer, PeerRules, ServerVerifier, VerifyErr
 
 /// ALPN of the single form: one app connection per TLS connection.
 pub const ALPN: &[u8] = b"mesh/1";
-/// ALPN of the multiplexed form (`proxy::tunnel`).
-pub use crate::proxy::tunnel::ALPN as ALPN_MUX;
+/// ALPN of the multiplexed form: HTTP/2 CONNECT streams (`proxy::tunnel`).
+pub const ALPN_MUX: &[u8] = b"mesh/2";
 
 /// The application protocol a handshake settled on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
