@@ -246,6 +246,21 @@ fn clients_without_a_valid_mesh_identity_are_refused() {
         "a valid leaf was refused: {out}\n{}",
         fs::read_to_string(&log).unwrap_or_default()
     );
+    // A valid leaf that negotiates mesh/2 and then says nothing: closed
+    // once the handshake bound (5 s) is over, not held forever.
+    let mut quiet = mesh.cmd("ra", "sh");
+    quiet.arg("-c").arg(format!(
+        "sleep 9 | openssl s_client -connect {b}:{API_PORT} -tls1_3 \
+         -servername api.svc.mesh.local -alpn mesh/2 {} 2>&1",
+        args.join(" ")
+    ));
+    let out = run_to_string(&mut quiet, Duration::from_secs(20));
+    assert!(out.contains("ALPN protocol: mesh/2"), "{out}");
+    let said = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        said.contains("sent no HTTP/2 preface within 5s"),
+        "the quiet mesh/2 peer was not closed:\n{said}"
+    );
 }
 
 /// The serial of the certificate `node`'s agent presents for api now.

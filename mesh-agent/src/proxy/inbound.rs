@@ -169,7 +169,11 @@ impl Streams {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let mut server = tunnel::Server::handshake(io).await?;
+        // A peer that finished TLS but never speaks HTTP/2 goes away.
+        let handshake = tunnel::Server::handshake(io);
+        let mut server = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| ProxyError::NoPreface(crate::tls::HANDSHAKE_TIMEOUT))??;
         let open = Arc::new(());
         let mut idle_since = tokio::time::Instant::now();
         let mut check = tokio::time::interval(CHECK_EVERY);

@@ -77,6 +77,8 @@ pub enum ProxyError {
     },
     #[error("a mesh/2 stream asked for {authority:?} on a connection for {service:?}")]
     WrongAuthority { authority: String, service: String },
+    #[error("the peer's agent negotiated mesh/2 but sent no HTTP/2 preface within {0:?}")]
+    NoPreface(std::time::Duration),
     #[error("the destination agent refused the stream with status {status}")]
     StreamRefused { status: http::StatusCode },
     #[error(transparent)]
