@@ -99,7 +99,7 @@ impl Link {
         let name = ServerName::try_from(sni.clone()).map_err(|_| VerifyError::ServerName(sni))?;
         let connect = self.connector.connect(name, tcp);
         let stream = bounded(async { connect.await.map_err(handshake_error) }).await?;
-        check_alpn(stream.get_ref().1.alpn_protocol(), ALPN)?;
+        check_alpn(stream.get_ref().1.alpn_protocol(), &[ALPN])?;
         Ok(stream)
     }
 
@@ -128,7 +128,7 @@ impl Link {
         };
         let stream = bounded(handshake).await?;
         let conn = stream.get_ref().1;
-        check_alpn(conn.alpn_protocol(), ALPN)?;
+        check_alpn(conn.alpn_protocol(), &[ALPN])?;
         let peer = self.rules.agent_of(peer_leaf(conn)?)?;
         Ok((stream, peer))
     }

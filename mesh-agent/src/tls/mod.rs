@@ -285,7 +285,7 @@ impl Tls {
         let connect = TlsConnector::from(config).connect(name, Transport::new(tcp));
         let stream = bounded(async { connect.await.map_err(handshake_error) }).await?;
         let conn = stream.get_ref().1;
-        self.check_protocol(conn.alpn_protocol())?;
+        check_alpn(conn.alpn_protocol(), &self.protocols)?;
         if resumed(conn) {
             let chain = conn
                 .peer_certificates()
@@ -336,7 +336,7 @@ impl Tls {
         };
         let stream = bounded(handshake).await?;
         let conn = stream.get_ref().1;
-        self.check_protocol(conn.alpn_protocol())?;
+        check_alpn(conn.alpn_protocol(), &self.protocols)?;
         let leaf = peer_leaf(conn)?;
         let peer = if resumed(conn) {
             let chain = conn
@@ -347,22 +347,6 @@ impl Tls {
             self.rules.service_of(leaf)?
         };
         Ok((stream, peer))
-    }
-
-    /// Checks that a handshake settled on a protocol this agent speaks.
-    fn check_protocol(&self, alpn: Option<&[u8]>) -> Result<(), TlsError> {
-        if alpn.is_some_and(|a| self.protocols.iter().any(|p| p == a)) {
-            return Ok(());
-        }
-        Err(TlsError::Alpn {
-            expected: self
-                .protocols
-                .iter()
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .collect::<Vec<_>>()
-                .join(" or "),
-            got: alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
-        })
     }
 }
 
@@ -486,16 +470,19 @@ impl TlsError {
     }
 }
 
-/// Checks that the handshake negotiated `expected`.
-fn check_alpn(alpn: Option<&[u8]>, expected: &[u8]) -> Result<(), TlsError> {
-    if alpn == Some(expected) {
-        Ok(())
-    } else {
-        Err(TlsError::Alpn {
-            expected: String::from_utf8_lossy(expected).into_owned(),
-            got: alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
-        })
+/// Checks that the handshake negotiated one of `expected`.
+fn check_alpn<P: AsRef<[u8]>>(alpn: Option<&[u8]>, expected: &[P]) -> Result<(), TlsError> {
+    if alpn.is_some_and(|a| expected.iter().any(|p| p.as_ref() == a)) {
+        return Ok(());
     }
+    Err(TlsError::Alpn {
+        expected: expected
+            .iter()
+            .map(|p| String::from_utf8_lossy(p.as_ref()).into_owned())
+            .collect::<Vec<_>>()
+            .join(" or "),
+        got: alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
+    })
 }
 
 /// Server side: the leaf of the service named by SNI.
