@@ -224,8 +224,6 @@ impl Down {
             let mut held: usize = self.chunks.iter().map(Bytes::len).sum();
             while !self.eof && held < CHUNK && self.chunks.len() < SLICES {
                 match s.poll_chunk(cx) {
-                    // An empty DATA frame (END_STREAM alone) is nothing to write.
-                    Poll::Ready(Ok(Some(chunk))) if chunk.is_empty() => {}
                     Poll::Ready(Ok(Some(chunk))) => {
                         held += chunk.len();
                         self.chunks.push_back(chunk);

@@ -349,26 +349,37 @@ impl Stream {
         self.send.send_reset(Reason::CANCEL);
     }
 
-    /// The next bytes the peer sent, as HTTP/2 delivered them (no copy);
-    /// their window is given back at once. `None` once the peer ended its
-    /// side.
-    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        let chunk = if !self.pending.is_empty() {
-            std::mem::take(&mut self.pending)
-        } else if self.eof {
-            return Poll::Ready(Ok(None));
-        } else {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => data,
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
-                None => {
-                    self.eof = true;
-                    return Poll::Ready(Ok(None));
-                }
+    /// Fills `pending` with the next bytes the peer sent if it is empty;
+    /// false once the peer ended its side and nothing is left.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        while self.pending.is_empty() {
+            if self.eof {
+                return Poll::Ready(Ok(false));
             }
-        };
-        // Fails only if the stream is gone, which the next read reports.
-        let _ = self.recv.flow_control().release_capacity(chunk.len());
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => self.pending = data,
+                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+                None => self.eof = true,
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    /// Gives the window of `n` bytes read back to the peer; fails only if
+    /// the stream is gone, which the next read reports.
+    fn release(&mut self, n: usize) {
+        let _ = self.recv.flow_control().release_capacity(n);
+    }
+
+    /// The next bytes the peer sent, as HTTP/2 delivered them (no copy,
+    /// never empty); their window is given back at once. `None` once the
+    /// peer ended its side.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if !ready!(self.poll_pending(cx))? {
+            return Poll::Ready(Ok(None));
+        }
+        let chunk = std::mem::take(&mut self.pending);
+        self.release(chunk.len());
         Poll::Ready(Ok(Some(chunk)))
     }
 
@@ -378,19 +389,26 @@ impl Stream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if self.shut {
-            return Poll::Ready(Err(self.closed_error(cx)));
-        }
         let n = ready!(self.poll_send_capacity(cx, data.len()))?;
-        match self.send.send_data(data.split_to(n), false) {
-            Ok(()) => Poll::Ready(Ok(n)),
-            Err(_) => Poll::Ready(Err(self.closed_error(cx))),
+        Poll::Ready(self.send(cx, data.split_to(n)))
+    }
+
+    /// Queues `data` (within the capacity [`Stream::poll_send_capacity`]
+    /// gave) and returns its length.
+    fn send(&mut self, cx: &mut Context<'_>, data: Bytes) -> io::Result<usize> {
+        let n = data.len();
+        match self.send.send_data(data, false) {
+            Ok(()) => Ok(n),
+            Err(_) => Err(self.closed_error(cx)),
         }
     }
 
     /// Waits until the windows let at least one byte go; returns how many
-    /// of `want` may go now.
+    /// of `want` (not 0) may go now. Fails once this side was shut down.
     fn poll_send_capacity(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.shut {
+            return Poll::Ready(Err(self.closed_error(cx)));
+        }
         loop {
             let capacity = self.send.capacity();
             if capacity > 0 {
@@ -431,22 +449,12 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        while this.pending.is_empty() {
-            if this.eof {
-                return Poll::Ready(Ok(()));
-            }
-            match this.recv.poll_data(cx) {
-                Poll::Ready(Some(Ok(data))) => this.pending = data,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io_error(e))),
-                Poll::Ready(None) => this.eof = true,
-                Poll::Pending => return Poll::Pending,
-            }
+        if !ready!(this.poll_pending(cx))? {
+            return Poll::Ready(Ok(()));
         }
         let n = this.pending.len().min(buf.remaining());
         buf.put_slice(&this.pending.split_to(n));
-        // Gives the window back; fails only if the stream is gone, which
-        // the next read reports.
-        let _ = this.recv.flow_control().release_capacity(n);
+        this.release(n);
         Poll::Ready(Ok(()))
     }
 }
@@ -461,17 +469,8 @@ impl AsyncWrite for Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.shut {
-            return Poll::Ready(Err(this.closed_error(cx)));
-        }
         let n = ready!(this.poll_send_capacity(cx, buf.len()))?;
-        match this
-            .send
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-        {
-            Ok(()) => Poll::Ready(Ok(n)),
-            Err(_) => Poll::Ready(Err(this.closed_error(cx))),
-        }
+        Poll::Ready(this.send(cx, Bytes::copy_from_slice(&buf[..n])))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
