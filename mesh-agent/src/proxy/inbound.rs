@@ -20,7 +20,11 @@ use super::{
     dial, local_addr,
     tunnel::{self, Connect},
 };
-use crate::{config::Service, telemetry::Side, tls::Protocol};
+use crate::{
+    config::{Config, Service},
+    telemetry::Side,
+    tls::Protocol,
+};
 
 /// How often a `mesh/2` connection checks that the leaf it was made with
 /// is still this node's current one, and whether it has been idle too long.
@@ -74,42 +78,55 @@ impl Inbound {
                 }
             };
             let pi = self.pi.clone();
-            tokio::spawn(async move {
-                match handle(stream, pi, slot).await {
-                    // Logged by `authorize`, once, with the deciding rule.
-                    Err(ProxyError::Denied { .. }) => {}
-                    Err(e) if e.is_refusal() => {
-                        warn!(%peer, error = %e, "inbound connection refused")
-                    }
-                    Err(e) => warn!(%peer, error = %e, "inbound connection failed"),
-                    Ok(()) => {}
-                }
-            });
+            tokio::spawn(async move { log_outcome(peer, handle(stream, pi, slot).await) });
         }
     }
 }
 
-async fn handle(stream: TcpStream, pi: Arc<Inputs>, handshake: Slot) -> Result<(), ProxyError> {
-    let dialed = stream.local_addr()?;
-    stream.set_nodelay(true)?;
-    let dst = pi
-        .snapshot()
-        .config
-        .services_on(&pi.node)
-        .find(|s| s.port == dialed.port() && !s.public)
-        .cloned()
-        .ok_or(ProxyError::NoLocalService(dialed.port()))?;
-    let from = stream.peer_addr()?;
-    // Refused before the handshake, the caller's agent can still try
-    // another instance; after it, the caller's app would see the failure.
-    // Only where there is another instance: the probe binds the port for
-    // an instant (see `listening`), which a single instance need not risk.
+/// Logs how an app connection from `peer` ended, unless it ended well or
+/// was denied (`authorize` logged that, once, with the deciding rule).
+fn log_outcome(peer: SocketAddr, outcome: Result<(), ProxyError>) {
+    match outcome {
+        Err(ProxyError::Denied { .. }) | Ok(()) => {}
+        Err(e) if e.is_refusal() => warn!(%peer, error = %e, "inbound connection refused"),
+        Err(e) => warn!(%peer, error = %e, "inbound connection failed"),
+    }
+}
+
+/// The meshed service of `node` behind `port` in `config`.
+fn local_service<'c>(
+    config: &'c Config,
+    node: &'c str,
+    port: u16,
+) -> Result<&'c Service, ProxyError> {
+    config
+        .services_on(node)
+        .find(|s| s.port == port && !s.public)
+        .ok_or(ProxyError::NoLocalService(port))
+}
+
+/// Fails with [`ProxyError::InstanceDown`] if nothing listens behind
+/// `dst`, so the caller's agent can still try another instance. Only where
+/// there is another instance: the probe binds the port for an instant (see
+/// `listening`), which a single instance need not risk.
+fn check_listening(dst: &Service) -> Result<(), ProxyError> {
     if dst.nodes.len() > 1 && !super::listening(dst.port) {
         return Err(ProxyError::InstanceDown {
             service: dst.name.clone(),
             port: dst.port,
         });
     }
+    Ok(())
+}
+
+async fn handle(stream: TcpStream, pi: Arc<Inputs>, handshake: Slot) -> Result<(), ProxyError> {
+    let dialed = stream.local_addr()?;
+    stream.set_nodelay(true)?;
+    let dst = local_service(&pi.snapshot().config, &pi.node, dialed.port())?.clone();
+    let from = stream.peer_addr()?;
+    // Refused before the handshake, the caller's agent can still try
+    // another instance; after it, the caller's app would see the failure.
+    check_listening(&dst)?;
     let leaf = pi.tls.leaf(&dst.name);
     let (mut remote, peer) = pi.tls.accept(stream, &dst.name).await.inspect_err(|e| {
         pi.telemetry.handshake_failed("inbound", e.reason());
@@ -194,14 +211,7 @@ impl Streams {
                     let (streams, stream) = (self.clone(), open.clone());
                     tokio::spawn(async move {
                         let _stream = stream;
-                        match streams.handle(connect).await {
-                            // Logged by `authorize`, once, with the deciding rule.
-                            Err(ProxyError::Denied { .. }) | Ok(()) => {}
-                            Err(e) if e.is_refusal() => {
-                                warn!(peer = %streams.from, error = %e, "inbound connection refused")
-                            }
-                            Err(e) => warn!(peer = %streams.from, error = %e, "inbound connection failed"),
-                        }
+                        log_outcome(streams.from, streams.handle(connect).await);
                     });
                 }
                 _ = &mut stopping, if !going_away => {
@@ -244,13 +254,12 @@ impl Streams {
         // The service as the snapshot in force has it (a reload may have
         // moved or removed it since the connection was made).
         let snapshot = pi.snapshot();
-        let Some(dst) = snapshot
-            .config
-            .services_on(&pi.node)
-            .find(|s| s.name == dst.name && s.port == dst.port && !s.public)
-        else {
-            connect.refuse(StatusCode::SERVICE_UNAVAILABLE);
-            return Err(ProxyError::NoLocalService(dst.port));
+        let dst = match local_service(&snapshot.config, &pi.node, dst.port) {
+            Ok(now) if now.name == dst.name => now,
+            _ => {
+                connect.refuse(StatusCode::SERVICE_UNAVAILABLE);
+                return Err(ProxyError::NoLocalService(dst.port));
+            }
         };
         let named = tunnel::parse_authority(connect.authority(), pi.tls.trust_domain());
         if named != Some((dst.name.as_str(), dst.port)) {
@@ -267,13 +276,9 @@ impl Streams {
             return Err(e);
         }
         // Refused before the 200, the caller's agent can try another instance.
-        let svc = if dst.nodes.len() > 1 && !super::listening(dst.port) {
-            Err(ProxyError::InstanceDown {
-                service: dst.name.clone(),
-                port: dst.port,
-            })
-        } else {
-            dial(local_addr(dst.port)).await
+        let svc = match check_listening(dst) {
+            Ok(()) => dial(local_addr(dst.port)).await,
+            Err(e) => Err(e),
         };
         let mut svc = match svc {
             Ok(svc) => svc,
