@@ -148,36 +148,31 @@ impl Pool {
             node: host.name.clone(),
         };
         let entry = self.entry(&key);
-        if self.speaks_single(&host.name) {
-            return self
-                .fresh(pi, &entry, &key, leaf, &authority, src, dst, host, false)
-                .await;
-        }
-        if let Some(hop) = reuse(&entry, &leaf, &authority).await? {
-            return Ok(hop);
-        }
         let full = || lock(&entry.conns).len() >= PER_KEY || self.total() >= TOTAL;
-        if !full() {
-            // One dial per key at a time; who waited here shares its result.
+        // Held while dialing for the pool: one dial per key at a time, and
+        // who waited for it shares its result.
+        let mut _dialing = None;
+        let single = if self.speaks_single(&host.name) {
+            // Offer both: an agent upgraded since answers mesh/2.
+            false
+        } else if let Some(hop) = reuse(&entry, &leaf, &authority).await? {
+            return Ok(hop);
+        } else if full() {
+            true
+        } else {
             let dialing = entry.dialing.lock().await;
             if let Some(hop) = reuse(&entry, &leaf, &authority).await? {
                 return Ok(hop);
             }
-            // The dial this one waited for found a mesh/1 agent: no point
-            // in waiting for each other.
-            if self.speaks_single(&host.name) {
-                drop(dialing);
-                return self
-                    .fresh(pi, &entry, &key, leaf, &authority, src, dst, host, false)
-                    .await;
+            // If the dial this one waited for found a mesh/1 agent, there
+            // is no point in waiting for each other: offer both, unlocked.
+            let (mesh1, full) = (self.speaks_single(&host.name), full());
+            if !mesh1 && !full {
+                _dialing = Some(dialing);
             }
-            if !full() {
-                return self
-                    .fresh(pi, &entry, &key, leaf, &authority, src, dst, host, false)
-                    .await;
-            }
-        }
-        self.fresh(pi, &entry, &key, leaf, &authority, src, dst, host, true)
+            !mesh1 && full
+        };
+        self.fresh(pi, &entry, &key, leaf, &authority, src, dst, host, single)
             .await
     }
 
