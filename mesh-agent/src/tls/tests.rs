@@ -24,7 +24,10 @@ use crate::{
     snapshot::{Snapshot, Watch},
 };
 
-const MESH: &str = r#"
+/// Node a hosts `web` (port 80), node b `api` on `api_port`.
+pub(crate) fn mesh_text(api_port: u16) -> String {
+    format!(
+        r#"
 [mesh]
 trust_domain = "mesh.local"
 leaf_ttl = "1h"
@@ -45,8 +48,10 @@ port = 80
 [[service]]
 name = "api"
 node = "b"
-port = 81
-"#;
+port = {api_port}
+"#
+    )
+}
 
 /// A mesh config with its root CA, in a fresh temp dir (removed on drop).
 pub(crate) struct Mesh {
@@ -118,7 +123,7 @@ fn now() -> UnixTime {
 
 /// A mesh, its rules, and a leaf for `web` issued by node a.
 fn web_leaf(ttl: Duration) -> (Mesh, PeerRules, crate::identity::ca::Leaf) {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let rules = mesh.rules();
     let leaf = mesh.node("a").issue_leaf("web", ttl).unwrap();
     (mesh, rules, leaf)
@@ -181,8 +186,8 @@ fn an_expired_leaf_is_refused() {
 
 #[test]
 fn a_leaf_from_another_trust_domain_is_refused() {
-    let mesh = Mesh::new(MESH);
-    let other = Mesh::new(&MESH.replace("mesh.local", "other.td"));
+    let mesh = Mesh::new(&mesh_text(81));
+    let other = Mesh::new(&mesh_text(81).replace("mesh.local", "other.td"));
     let leaf = other
         .node("a")
         .issue_leaf("web", Duration::from_secs(60))
@@ -193,7 +198,7 @@ fn a_leaf_from_another_trust_domain_is_refused() {
 
 #[test]
 fn a_leaf_signed_by_a_node_that_does_not_host_the_service_is_refused() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     // Node b's CA signs a leaf for web, which runs on node a.
     let leaf = mesh
         .node("b")
@@ -269,7 +274,7 @@ fn a_leaf_is_accepted_from_every_node_hosting_an_instance_and_no_other() {
 
 #[test]
 fn a_leaf_for_an_unknown_service_is_refused() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let leaf = mesh
         .node("a")
         .issue_leaf("ghost", Duration::from_secs(60))
@@ -291,7 +296,7 @@ fn leaf_params(id: &str) -> CertificateParams {
 
 #[test]
 fn a_self_signed_leaf_with_the_right_uri_is_refused() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let cert = leaf_params("spiffe://mesh.local/svc/web")
         .self_signed(&key)
@@ -302,7 +307,7 @@ fn a_self_signed_leaf_with_the_right_uri_is_refused() {
 
 #[test]
 fn a_leaf_signed_directly_by_the_root_is_refused() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let cert = leaf_params("spiffe://mesh.local/svc/web")
         .signed_by(&key, &mesh.root_issuer())
@@ -355,7 +360,7 @@ fn dns(text: &str) -> SanType {
 /// identity (not merely as an unknown service).
 #[track_caller]
 fn refused_as_bad_identity(sans: Vec<SanType>) -> VerifyError {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let what = format!("{sans:?}");
     let r = client(&mesh.rules(), &signed_by_node_a(&mesh, sans));
     let e = r.expect_err(&what);
@@ -376,7 +381,7 @@ fn assert_uri_refused(id: &str) {
 #[test]
 fn a_node_signed_leaf_with_only_its_uri_san_is_accepted() {
     // What the tests below change one SAN of.
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let chain = signed_by_node_a(&mesh, vec![uri("spiffe://mesh.local/svc/web")]);
     assert_eq!(client(&mesh.rules(), &chain).unwrap(), "web");
     let chain = signed_by_node_a(
@@ -477,7 +482,7 @@ fn tls_pair(mesh: &Mesh, snapshots: &Watch) -> (Tls, Tls) {
 
 #[tokio::test]
 async fn agents_handshake_with_each_others_identity() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let (_publisher, snapshots) = mesh.snapshots();
     let (a, b) = tls_pair(&mesh, &snapshots);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -505,7 +510,7 @@ async fn agents_handshake_with_each_others_identity() {
 
 #[tokio::test]
 async fn a_hello_for_another_service_is_refused_before_any_certificate() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let (_publisher, snapshots) = mesh.snapshots();
     let (a, b) = tls_pair(&mesh, &snapshots);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -524,7 +529,7 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
 
 #[test]
 fn the_self_check_catches_a_key_that_does_not_match_its_node_certificate() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let a = mesh.node("a");
     assert_eq!(super::verify::self_check(&a, "mesh.local", "a"), Ok(()));
     let _ = mesh.node("b");
@@ -542,7 +547,7 @@ fn the_self_check_catches_a_key_that_does_not_match_its_node_certificate() {
 #[test]
 fn a_node_key_others_can_read_is_refused() {
     use std::os::unix::fs::PermissionsExt as _;
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let _ = mesh.node("a");
     let key = mesh.dir.join("ca/nodes/a.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -624,7 +629,7 @@ async fn connect_once_to(
 
 #[tokio::test]
 async fn a_second_connection_resumes_with_the_same_identity() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let (_publisher, snapshots) = mesh.snapshots();
     let (a, b) = tls_pair(&mesh, &snapshots);
     let b = Arc::new(b);
@@ -662,7 +667,7 @@ async fn connections_alternating_between_instances_each_resume() {
 
 #[tokio::test]
 async fn a_resumed_session_is_held_to_the_rules_in_force() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let (publisher, snapshots) = mesh.snapshots();
     let (a, b) = tls_pair(&mesh, &snapshots);
     let b = Arc::new(b);
@@ -671,7 +676,7 @@ async fn a_resumed_session_is_held_to_the_rules_in_force() {
     // The catalog now says `web` runs on node b: node a can no longer
     // vouch for it, not even through a session made before the change.
     let moved = Config::parse(
-        &MESH.replace(
+        &mesh_text(81).replace(
             "name = \"web\"\nnode = \"a\"",
             "name = \"web\"\nnode = \"b\"",
         ),
@@ -686,15 +691,15 @@ async fn a_resumed_session_is_held_to_the_rules_in_force() {
     );
 }
 
-/// MESH as `mesh.toml` of `mesh`, changed by `edit`.
+/// `mesh_text(81)` as `mesh.toml` of `mesh`, changed by `edit`.
 fn changed(mesh: &Mesh, edit: impl FnOnce(&str) -> String) -> Config {
-    Config::parse(&edit(MESH), &mesh.dir.join("mesh.toml")).unwrap()
+    Config::parse(&edit(&mesh_text(81)), &mesh.dir.join("mesh.toml")).unwrap()
 }
 
 #[tokio::test]
 async fn a_resumed_session_ends_when_the_service_leaves_the_catalog() {
     // Envoy CVE-2022-21654: a session outliving the rules it was made under.
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let (publisher, snapshots) = mesh.snapshots();
     let (a, b) = tls_pair(&mesh, &snapshots);
     let b = Arc::new(b);
@@ -715,7 +720,7 @@ async fn a_resumed_session_ends_when_the_service_leaves_the_catalog() {
 
 #[tokio::test]
 async fn a_resumed_session_to_a_service_that_moved_is_refused_by_the_client() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let (publisher, snapshots) = mesh.snapshots();
     let (a, b) = tls_pair(&mesh, &snapshots);
     let b = Arc::new(b);
@@ -750,7 +755,7 @@ fn recheck_refuses_a_chain_that_has_expired_since() {
 
 #[tokio::test]
 async fn a_renewed_leaf_on_either_side_ends_resumption() {
-    let mesh = Mesh::new(MESH);
+    let mesh = Mesh::new(&mesh_text(81));
     let (ia, ib) = (mesh.identities("a"), mesh.identities("b"));
     let (_publisher, snapshots) = mesh.snapshots();
     let a = Tls::new(ia.clone(), Arc::new(snapshots.clone())).unwrap();

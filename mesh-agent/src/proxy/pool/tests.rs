@@ -19,37 +19,11 @@ use crate::{
         Server,
         tests::{echo, within},
     },
-    tls::{Tls, tests::Mesh},
+    tls::{
+        Tls,
+        tests::{Mesh, mesh_text},
+    },
 };
-
-/// Node a hosts `web`, node b `api` on `port`.
-fn mesh_text(port: u16) -> String {
-    format!(
-        r#"
-[mesh]
-trust_domain = "mesh.local"
-leaf_ttl = "1h"
-
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[service]]
-name = "web"
-node = "a"
-port = 80
-
-[[service]]
-name = "api"
-node = "b"
-port = {port}
-"#
-    )
-}
 
 const AUTHORITY: &str = "api.svc.mesh.local:81";
 
