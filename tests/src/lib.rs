@@ -805,7 +805,9 @@ impl Mesh {
         let file = self.dir.join(format!("capture-{node}.pcap"));
         let err = self.dir.join(format!("capture-{node}.err"));
         let mut cmd = self.cmd(node, "tcpdump");
-        cmd.args(["-i", "eth0", "-U", "--immediate-mode", "-w"])
+        // A 32 MiB buffer (-B is in KiB): a bulk transfer over veth comes
+        // in 64 KiB segments.
+        cmd.args(["-i", "eth0", "-U", "--immediate-mode", "-B", "32768", "-w"])
             .arg(&file)
             .arg(filter)
             .stdin(Stdio::null())

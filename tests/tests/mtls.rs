@@ -98,6 +98,66 @@ fn only_tls_1_3_with_alpn_mesh_crosses_the_wire() {
     );
 }
 
+/// A busy stream leaves the pooled connection for a `mesh/move` connection
+/// of its own, which shows the same properties on the wire: TLS 1.3, the
+/// destination's SNI, ALPN `mesh/move` alone, and no plaintext.
+#[test]
+fn a_busy_stream_moves_to_a_connection_of_its_own_with_the_same_tls() {
+    const BIG: usize = 4 * 1024 * 1024;
+    let mesh = Mesh::nodes(&["ma", "mb"])
+        .default_policy("allow")
+        .service("web", "ma", 8080)
+        .service_with("api", "mb", API_PORT, |s| s.vip(VIP))
+        .start();
+    mesh.start_transfer_server("mb", "api", API_PORT, BIG);
+    let capture = mesh.capture("ma", &format!("tcp port {API_PORT}"));
+    let out = mesh.transfer_over("ma", Some("web"), vip(), API_PORT, BIG, 2.0);
+    assert!(out.starts_with("OK"), "{out}");
+    let pcap = capture.stop();
+    for (node, side) in [("ma", "outbound"), ("mb", "inbound")] {
+        let series = format!("mesh_moved_streams_total{{side=\"{side}\"}}");
+        assert_eq!(mesh.metric(node, &series), 1.0, "{node}");
+    }
+    assert_eq!(mesh.metric("ma", "mesh_pooled_streams"), 0.0);
+
+    let conns = tcp_conns(&pcap).expect("capture reassembles");
+    assert_eq!(conns.len(), 2, "the pooled connection and the moved one");
+    let mut offered = Vec::new();
+    for conn in &conns {
+        for bytes in [&conn.to_server, &conn.to_client] {
+            let tls = parse_tls(bytes).expect("TLS both ways");
+            assert!(
+                tls.content_types
+                    .iter()
+                    .skip(1)
+                    .all(|t| *t == 23 || *t == 20),
+                "record types {:?}",
+                tls.content_types
+            );
+        }
+        let hello = parse_tls(&conn.to_server)
+            .expect("tls")
+            .client_hello
+            .expect("a ClientHello");
+        assert_eq!(hello.supported_versions, [0x0304], "TLS 1.3 only");
+        assert_eq!(hello.sni.as_deref(), Some("api.svc.mesh.local"));
+        offered.push(hello.alpn);
+    }
+    offered.sort();
+    assert_eq!(offered, [vec!["mesh/2", "mesh/1"], vec!["mesh/move"]]);
+    // Most of the bytes went over the moved connection.
+    let moved = conns
+        .iter()
+        .find(|c| c.to_server.len() > BIG / 2)
+        .expect("a connection carried most of the upload");
+    assert!(moved.to_client.len() > BIG / 2, "and of the answer");
+    let log_b = fs::read_to_string(mesh.agent_log("mb")).expect("log");
+    assert!(
+        log_b.contains("mTLS accepted src=web dst=api alpn=\"mesh/move\""),
+        "{log_b}"
+    );
+}
+
 /// Runs `openssl s_client` on `node` against `addr`:5001 with extra
 /// arguments, sending a line; returns its output.
 fn s_client(mesh: &Mesh, node: &str, addr: IpAddr, extra: &[&str]) -> String {

@@ -197,3 +197,66 @@ fn a_deny_cuts_every_stream_of_a_pooled_connection() {
         "{log_b}"
     );
 }
+
+/// A busy stream moves off its pooled connection to one of its own (the
+/// pool no longer counts it), and a deny still cuts it within 1 s.
+#[test]
+fn a_moved_stream_is_still_cut_by_a_deny() {
+    const BIG: usize = 32 * 1024 * 1024;
+    let mesh = Mesh::nodes(&["ma", "mb"])
+        .default_policy("allow")
+        .service("web", "ma", 8080)
+        .service_with("api", "mb", API_PORT, |s| s.vip(VIP))
+        .start();
+    mesh.start_transfer_server("mb", "api", API_PORT, BIG);
+    // The upload is paced over 20 s: it is still flowing at the deny.
+    let mut upload = mesh.cmd_as("ma", "web", "python3");
+    upload
+        .arg(app("transfer_client.py"))
+        .arg(VIP)
+        .arg(API_PORT.to_string())
+        .arg(BIG.to_string())
+        .arg("20");
+    mesh.spawn_app(upload, "upload");
+    let log = mesh.dir.join("app-upload.log");
+    let moved = "mesh_moved_streams_total{side=\"outbound\"}";
+    assert!(
+        wait_until(Duration::from_secs(10), || mesh
+            .metrics("ma")
+            .contains(&format!("{moved} 1"))),
+        "the stream did not move"
+    );
+    assert_eq!(
+        mesh.metric("ma", "mesh_pooled_streams"),
+        0.0,
+        "left the pool"
+    );
+    assert_eq!(
+        mesh.metric(
+            "ma",
+            "mesh_connections_active{source=\"web\",destination=\"api\",side=\"outbound\"}"
+        ),
+        1.0
+    );
+    let denied = std::time::Instant::now();
+    let out = std::process::Command::new(&mesh.agent)
+        .args(["intention", "create", "-deny", "web", "api", "--config"])
+        .arg(mesh.config())
+        .output()
+        .expect("run mesh-agent");
+    assert!(out.status.success(), "intention create: {out:?}");
+    let ended = || {
+        let said = fs::read_to_string(&log).unwrap_or_default();
+        said.contains("ERRNO") || said.contains("MISMATCH")
+    };
+    assert!(
+        wait_until(Duration::from_secs(3), ended),
+        "the moved stream was not cut: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    let cut = denied.elapsed();
+    assert!(
+        cut <= Duration::from_millis(1500),
+        "cut {cut:?} after the intention was written"
+    );
+}

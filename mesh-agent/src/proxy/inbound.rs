@@ -6,24 +6,36 @@
 //! a `mesh/2` connection carries one CONNECT stream per app connection
 //! (`tunnel`), each decided on its own: its authority must name the SNI's
 //! service and port, the intentions must allow the verified pair, and the
-//! local service must take the dial, before the 200.
+//! local service must take the dial, before the 200. A `mesh/move`
+//! connection takes over the stream whose token it sends first ([`Moves`]).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use http::StatusCode;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
 use tracing::{debug, info, warn};
 
 use super::{
     Inputs, ProxyError,
     admission::{Admission, Slot},
     dial, local_addr,
+    relay::{Mover, Progress},
     tunnel::{self, Connect},
 };
 use crate::{
     config::{Config, Service},
     telemetry::Side,
-    tls::Protocol,
+    tls::{Protocol, Transport},
 };
 
 /// How often a `mesh/2` connection checks that the leaf it was made with
@@ -42,6 +54,7 @@ pub struct Inbound {
     /// Shared with each connection's task (the listener is not, so it
     /// closes as soon as `run` is dropped).
     pi: Arc<Inputs>,
+    moves: Arc<Moves>,
 }
 
 impl Inbound {
@@ -51,6 +64,7 @@ impl Inbound {
             listener,
             admission,
             pi,
+            moves: Arc::default(),
         }
     }
 
@@ -77,8 +91,8 @@ impl Inbound {
                     continue;
                 }
             };
-            let pi = self.pi.clone();
-            tokio::spawn(async move { log_outcome(peer, handle(stream, pi, slot).await) });
+            let (pi, moves) = (self.pi.clone(), self.moves.clone());
+            tokio::spawn(async move { log_outcome(peer, handle(stream, pi, moves, slot).await) });
         }
     }
 }
@@ -119,7 +133,12 @@ fn check_listening(dst: &Service) -> Result<(), ProxyError> {
     Ok(())
 }
 
-async fn handle(stream: TcpStream, pi: Arc<Inputs>, handshake: Slot) -> Result<(), ProxyError> {
+async fn handle(
+    stream: TcpStream,
+    pi: Arc<Inputs>,
+    moves: Arc<Moves>,
+    handshake: Slot,
+) -> Result<(), ProxyError> {
     let dialed = stream.local_addr()?;
     stream.set_nodelay(true)?;
     let dst = local_service(&pi.snapshot().config, &pi.node, dialed.port())?.clone();
@@ -136,15 +155,24 @@ async fn handle(stream: TcpStream, pi: Arc<Inputs>, handshake: Slot) -> Result<(
     pi.telemetry.handshake("inbound", resumed);
     let protocol = crate::tls::protocol(remote.get_ref().1);
     debug!(src = %peer, dst = %dst.name, alpn = protocol.alpn(), resumed, "mTLS accepted");
-    if protocol == Protocol::Multiplexed {
-        let streams = Arc::new(Streams {
-            pi,
-            peer,
-            dst,
-            from,
-            dialed,
-        });
-        return streams.serve(remote, leaf).await;
+    match protocol {
+        Protocol::Multiplexed => {
+            let streams = Arc::new(Streams {
+                pi,
+                moves,
+                peer,
+                dst,
+                from,
+                dialed,
+            });
+            return streams.serve(remote, leaf).await;
+        }
+        Protocol::Move => {
+            moves.arrive(remote, &peer, &dst.name).await?;
+            pi.telemetry.moved("inbound");
+            return Ok(());
+        }
+        Protocol::Single => {}
     }
     // The destination agent is authoritative, on the verified identity.
     pi.authorize(&peer, &dst.name, from, dialed, Side::Destination)?;
@@ -165,6 +193,7 @@ async fn handle(stream: TcpStream, pi: Arc<Inputs>, handshake: Slot) -> Result<(
 /// same verified pair (`peer` -> `dst`).
 struct Streams {
     pi: Arc<Inputs>,
+    moves: Arc<Moves>,
     peer: String,
     dst: Service,
     /// The caller's agent, and the address it dialed.
@@ -245,6 +274,7 @@ impl Streams {
     async fn handle(&self, connect: Connect) -> Result<(), ProxyError> {
         let Self {
             pi,
+            moves,
             peer,
             dst,
             from,
@@ -287,10 +317,12 @@ impl Streams {
                 return Err(e);
             }
         };
-        let mut stream = connect.accept()?;
+        let mut arrival = moves.expect(pi.tls.random_token()?, peer, &dst.name);
+        let mut stream = connect.accept(Some(arrival.token))?;
         // (service -> stream, stream -> service)
         let copy = async {
-            let (sent, received) = super::relay::relay_tunnel(&mut svc, &mut stream).await?;
+            let (sent, received) =
+                super::relay::relay_tunnel(&mut svc, &mut stream, &mut arrival).await?;
             Ok((received, sent))
         };
         let (received, sent) = pi
@@ -298,5 +330,105 @@ impl Streams {
             .await?;
         info!(src = %peer, dst = %dst.name, sent, received, alpn = "mesh/2", "inbound connection done");
         Ok(())
+    }
+}
+
+/// The `mesh/2` streams a `mesh/move` connection may take over, by token.
+#[derive(Default)]
+pub struct Moves {
+    expected: Mutex<HashMap<u128, Expected>>,
+}
+
+type Moved = tokio_rustls::server::TlsStream<Transport>;
+
+/// Who may take a stream over, and where its connection goes.
+struct Expected {
+    src: String,
+    dst: String,
+    to: oneshot::Sender<Moved>,
+}
+
+impl Moves {
+    /// Expects a move of a stream from `src` to `dst` presenting `token`,
+    /// until the returned [`Arrival`] is dropped.
+    fn expect(self: &Arc<Self>, token: u128, src: &str, dst: &str) -> Arrival {
+        let (to, from) = oneshot::channel();
+        let expected = Expected {
+            src: src.to_owned(),
+            dst: dst.to_owned(),
+            to,
+        };
+        lock(&self.expected).insert(token, expected);
+        Arrival {
+            moves: self.clone(),
+            token,
+            from: Some(from),
+        }
+    }
+
+    /// A `mesh/move` connection from `src` to `dst`: reads its token and
+    /// hands it to the stream it names, which must have the same pair.
+    async fn arrive(&self, mut conn: Moved, src: &str, dst: &str) -> Result<(), ProxyError> {
+        let mut token = [0u8; 16];
+        let bound = crate::tls::HANDSHAKE_TIMEOUT;
+        tokio::time::timeout(bound, conn.read_exact(&mut token))
+            .await
+            .map_err(|_| ProxyError::NoMoveToken(bound))??;
+        let token = u128::from_be_bytes(token);
+        let expected = lock(&self.expected).remove(&token);
+        match expected {
+            Some(e) if e.src == src && e.dst == dst => {
+                // The stream ended meanwhile if this fails; the peer sees
+                // the connection close.
+                let _ = e.to.send(conn);
+                Ok(())
+            }
+            Some(e) => {
+                // Not this pair's: the stream keeps its token.
+                lock(&self.expected).insert(token, e);
+                Err(ProxyError::UnknownMove {
+                    src: src.to_owned(),
+                    dst: dst.to_owned(),
+                })
+            }
+            None => Err(ProxyError::UnknownMove {
+                src: src.to_owned(),
+                dst: dst.to_owned(),
+            }),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The destination side of a stream's move (a [`Mover`]): the `mesh/move`
+/// connection that presented this stream's token, when it comes.
+struct Arrival {
+    moves: Arc<Moves>,
+    token: u128,
+    from: Option<oneshot::Receiver<Moved>>,
+}
+
+impl Mover for Arrival {
+    type Conn = Moved;
+
+    fn poll_conn(&mut self, cx: &mut Context<'_>, _: Progress) -> Poll<Moved> {
+        let Some(from) = self.from.as_mut() else {
+            return Poll::Pending;
+        };
+        let arrived = std::task::ready!(std::pin::Pin::new(from).poll(cx));
+        self.from = None;
+        match arrived {
+            Ok(conn) => Poll::Ready(conn),
+            Err(_) => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        lock(&self.moves.expected).remove(&self.token);
     }
 }

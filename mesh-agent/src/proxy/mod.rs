@@ -83,6 +83,10 @@ pub enum ProxyError {
     StreamRefused { status: http::StatusCode },
     #[error(transparent)]
     Tunnel(#[from] tunnel::TunnelError),
+    #[error("a mesh/move connection sent no token within {0:?}")]
+    NoMoveToken(std::time::Duration),
+    #[error("a mesh/move connection from {src} to {dst} named no stream of that pair")]
+    UnknownMove { src: String, dst: String },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }

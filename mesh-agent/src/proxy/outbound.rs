@@ -149,8 +149,8 @@ impl Handler {
                 pi.splice_while_allowed(copy, src_name, dst_name, "outbound")
                     .await?
             }
-            Upstream::Remote(Hop::Stream(mut stream, _in_use)) => {
-                let copy = relay::relay_tunnel(&mut app, &mut stream);
+            Upstream::Remote(Hop::Stream(mut stream, mut dialer)) => {
+                let copy = relay::relay_tunnel(&mut app, &mut stream, &mut dialer);
                 pi.splice_while_allowed(copy, src_name, dst_name, "outbound")
                     .await?
             }

@@ -22,27 +22,41 @@
 //! A node whose agent answers `mesh/1` (one that predates `mesh/2`, or runs
 //! `--no-multiplex`) gets that TLS connection as the app connection, and is
 //! remembered for [`SINGLE_FOR`] so its connections skip the per-key wait.
+//!
+//! A busy stream leaves its pooled connection ([`Dialer`]): once it has
+//! relayed [`MOVE_AFTER_BYTES`] or read [`MOVE_AFTER_READS`] times from the
+//! app, it moves to a `mesh/move` connection of its own (`tunnel` has the
+//! wire form), where its bytes cost what they cost on `mesh/1` (HTTP/2
+//! framing and the hop to the connection's task cost ~10% CPU per GB
+//! and a few us per message). Short connections, the pool's point, never
+//! get there.
 
 use std::{
     collections::HashMap,
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
+use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 use super::{
     Inputs, ProxyError, dial,
+    relay::{Mover, Progress},
     tunnel::{self, Client, TunnelError},
 };
 use crate::{
     config::{Node, Service},
     identity::Current,
-    tls::{Protocol, TlsError, Transport},
+    telemetry::Telemetry,
+    tls::{Protocol, Tls, TlsError, Transport},
 };
 
 /// A pooled connection without streams this long is closed.
@@ -61,6 +75,12 @@ pub const SINGLE_FOR: Duration = Duration::from_secs(300);
 pub const POOLED_ANSWER: Duration = Duration::from_millis(500);
 /// How often [`Pool::sweep_forever`] closes idle connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Bytes (both ways) after which a stream moves to a connection of its own.
+pub const MOVE_AFTER_BYTES: u64 = 1024 * 1024;
+/// Reads from the app after which a stream moves to a connection of its
+/// own (a chatty connection: each message pays the hop to the pooled
+/// connection's task).
+pub const MOVE_AFTER_READS: u64 = 1000;
 
 /// The pooled connections of this agent (see the module docs).
 #[derive(Default)]
@@ -104,9 +124,9 @@ struct Usage {
 
 /// The hop to the destination agent for one app connection.
 pub enum Hop {
-    /// A stream of a `mesh/2` connection; `InUse` counts it on that
-    /// connection until dropped.
-    Stream(tunnel::Stream, InUse),
+    /// A stream of a `mesh/2` connection, and what moves it off (it counts
+    /// on that connection until it left).
+    Stream(tunnel::Stream, Dialer),
     /// A `mesh/1` connection: the app connection's own.
     Single(Box<tokio_rustls::client::TlsStream<Transport>>),
 }
@@ -131,6 +151,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Pool {
     /// A hop from local service `src` to the instance of `dst` on `host`.
     pub async fn connect(
+        &self,
+        pi: &Inputs,
+        src: &Service,
+        dst: &Service,
+        host: &Node,
+    ) -> Result<Hop, ProxyError> {
+        let hop = self.hop(pi, src, dst, host).await?;
+        let Hop::Stream(stream, mut dialer) = hop else {
+            return Ok(hop);
+        };
+        dialer.plan = stream.move_token().map(|token| {
+            Box::new(Plan {
+                token,
+                tls: pi.tls.clone(),
+                telemetry: pi.telemetry.clone(),
+                addr: SocketAddr::new(host.address, dst.port),
+                src: src.name.clone(),
+                dst: dst.name.clone(),
+                node: host.name.clone(),
+            })
+        });
+        Ok(Hop::Stream(stream, dialer))
+    }
+
+    async fn hop(
         &self,
         pi: &Inputs,
         src: &Service,
@@ -352,7 +397,7 @@ impl Conn {
         self.usage.streams.fetch_add(1, Ordering::SeqCst);
         let in_use = InUse(Some(self.usage.clone()));
         match self.client.open(authority).await {
-            Ok(stream) => Ok(Hop::Stream(stream, in_use)),
+            Ok(stream) => Ok(Hop::Stream(stream, Dialer::new(in_use))),
             Err(TunnelError::Refused { status }) => Err(ProxyError::StreamRefused { status }),
             Err(e) => Err(e.into()),
         }
@@ -366,3 +411,89 @@ impl Conn {
 
 #[cfg(test)]
 mod tests;
+
+/// The source side of a stream's move to a `mesh/move` connection of its
+/// own (a [`Mover`] for `relay::relay_tunnel`): dials once the flow is
+/// busy, if the destination gave a token; stops counting the stream on
+/// its pooled connection once it left. A failed dial leaves the stream
+/// where it is.
+pub struct Dialer {
+    in_use: Option<InUse>,
+    /// What the move needs; `None` without a token, or once tried.
+    plan: Option<Box<Plan>>,
+    dialing: Option<Dialing>,
+}
+
+type Moved = tokio_rustls::client::TlsStream<Transport>;
+type Dialing = Pin<Box<dyn Future<Output = Result<Moved, ProxyError>> + Send>>;
+
+struct Plan {
+    token: u128,
+    tls: Arc<Tls>,
+    telemetry: Arc<Telemetry>,
+    addr: SocketAddr,
+    src: String,
+    dst: String,
+    node: String,
+}
+
+impl Dialer {
+    fn new(in_use: InUse) -> Self {
+        Self {
+            in_use: Some(in_use),
+            plan: None,
+            dialing: None,
+        }
+    }
+}
+
+impl Plan {
+    /// The `mesh/move` connection, its token sent.
+    async fn dial(self) -> Result<Moved, ProxyError> {
+        let tcp = dial(self.addr).await?;
+        let mut tls = self
+            .tls
+            .connect_move(tcp, &self.src, &self.dst, &self.node)
+            .await
+            .inspect_err(|e| self.telemetry.handshake_failed("outbound", e.reason()))?;
+        self.telemetry
+            .handshake("outbound", crate::tls::resumed(tls.get_ref().1));
+        // Sent at once: the destination moves its side when it has it.
+        tls.write_all(&self.token.to_be_bytes()).await?;
+        tls.flush().await?;
+        self.telemetry.moved("outbound");
+        debug!(src = %self.src, dst = %self.dst, node = %self.node, "stream moved to a connection of its own");
+        Ok(tls)
+    }
+}
+
+impl Mover for Dialer {
+    type Conn = Moved;
+
+    fn poll_conn(&mut self, cx: &mut Context<'_>, progress: Progress) -> Poll<Moved> {
+        if self.dialing.is_none() {
+            let busy = progress.bytes >= MOVE_AFTER_BYTES || progress.reads >= MOVE_AFTER_READS;
+            if !(busy && progress.open) {
+                return Poll::Pending;
+            }
+            let Some(plan) = self.plan.take() else {
+                return Poll::Pending;
+            };
+            self.dialing = Some(Box::pin(plan.dial()));
+        }
+        let dialing = self.dialing.as_mut().expect("set above");
+        let moved = std::task::ready!(dialing.as_mut().poll(cx));
+        self.dialing = None;
+        match moved {
+            Ok(conn) => Poll::Ready(conn),
+            Err(e) => {
+                debug!(error = %e, "could not move a stream; it stays on its pooled connection");
+                Poll::Pending
+            }
+        }
+    }
+
+    fn left(&mut self) {
+        self.in_use = None;
+    }
+}

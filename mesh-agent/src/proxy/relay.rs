@@ -63,6 +63,14 @@ struct Flow {
 }
 
 impl Flow {
+    /// A flow that goes on after `copied` bytes went another way.
+    fn after(copied: u64) -> Self {
+        Self {
+            copied,
+            ..Self::default()
+        }
+    }
+
     fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<u64>>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -125,22 +133,124 @@ impl Flow {
     }
 }
 
+/// How far a flow on a `mesh/2` stream has come, for a [`Mover`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Bytes relayed, both ways.
+    pub bytes: u64,
+    /// Reads from the socket.
+    pub reads: u64,
+    /// Neither direction has ended yet.
+    pub open: bool,
+}
+
+/// Where a `mesh/2` stream's bytes may move to (see `tunnel`): asked on
+/// every turn of [`relay_tunnel`]; once it yields a connection, each
+/// direction finishes what it has on the stream and goes on over that
+/// connection.
+pub trait Mover {
+    type Conn: AsyncRead + AsyncWrite + Unpin;
+    /// `Ready` with the connection to move to; `Pending` until then (or
+    /// for good), having arranged a wake-up if it will be ready later.
+    fn poll_conn(&mut self, cx: &mut Context<'_>, progress: Progress) -> Poll<Self::Conn>;
+    /// Both directions left the stream (called once).
+    fn left(&mut self) {}
+}
+
+/// A [`Mover`] that never moves.
+pub struct Stay;
+
+impl Mover for Stay {
+    type Conn = tokio::io::DuplexStream;
+    fn poll_conn(&mut self, _: &mut Context<'_>, _: Progress) -> Poll<Self::Conn> {
+        Poll::Pending
+    }
+}
+
+/// How long a direction waits for the move's connection after the peer
+/// said its bytes go on over it.
+const MOVE_WAIT: std::time::Duration = crate::tls::HANDSHAKE_TIMEOUT;
+
 /// As [`relay`], between socket `a` and stream `s` without copying the
-/// bytes (see the module docs). Returns bytes (a -> s, s -> a).
-pub async fn relay_tunnel<A>(a: &mut A, s: &mut tunnel::Stream) -> io::Result<(u64, u64)>
+/// bytes (see the module docs), moving both directions to the connection
+/// `mover` yields, if it does. Returns bytes (a -> s, s -> a).
+pub async fn relay_tunnel<A, M>(
+    a: &mut A,
+    s: &mut tunnel::Stream,
+    mover: &mut M,
+) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    M: Mover,
 {
     let mut up = Up::default();
     let mut down = Down::default();
+    // After the move: a -> conn and conn -> a.
+    let mut conn: Option<M::Conn> = None;
+    let mut up_moved: Option<Flow> = None;
+    let mut down_moved: Option<Flow> = None;
+    let mut waiting: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut left = false;
     poll_fn(|cx| {
-        let to_s = up.poll(cx, a, s)?;
-        let to_a = down.poll(cx, s, a)?;
+        if conn.is_none() {
+            let progress = Progress {
+                bytes: up.copied + down.copied,
+                reads: up.reads,
+                open: !up.eof && !down.eof,
+            };
+            if let Poll::Ready(c) = mover.poll_conn(cx, progress) {
+                conn = Some(c);
+                up.moving = true;
+            }
+        }
+        let to_s = match (&mut up_moved, &mut conn) {
+            (Some(flow), Some(c)) => flow.poll(cx, a, c),
+            _ => match up.poll(cx, a, s)? {
+                Poll::Ready(End::Moved) => {
+                    let flow = up_moved.insert(Flow::after(up.copied));
+                    let c = conn.as_mut().expect("moved only with a connection");
+                    flow.poll(cx, a, c)
+                }
+                Poll::Ready(End::Done) => Poll::Ready(Ok(up.copied)),
+                Poll::Pending => Poll::Pending,
+            },
+        }?;
+        let to_a = match (&mut down_moved, &mut conn) {
+            (Some(flow), Some(c)) => flow.poll(cx, c, a),
+            _ => match down.poll(cx, s, a)? {
+                Poll::Ready(End::Moved) => match conn.as_mut() {
+                    Some(c) => down_moved.insert(Flow::after(down.copied)).poll(cx, c, a),
+                    None => {
+                        let wait =
+                            waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(MOVE_WAIT)));
+                        ready!(wait.as_mut().poll(cx));
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the moved stream's connection did not come",
+                        )));
+                    }
+                },
+                Poll::Ready(End::Done) => Poll::Ready(Ok(down.copied)),
+                Poll::Pending => Poll::Pending,
+            },
+        }?;
+        if !left && (up_moved.is_some() || up.done) && (down_moved.is_some() || down.done) {
+            left = true;
+            mover.left();
+        }
         let to_s = ready!(to_s);
         let to_a = ready!(to_a);
         Poll::Ready(Ok((to_s, to_a)))
     })
     .await
+}
+
+/// How a direction on a stream ended.
+enum End {
+    /// This side's bytes are all through and the direction is finished.
+    Done,
+    /// The rest goes over the move's connection.
+    Moved,
 }
 
 /// Socket to stream: each read is sent as it is.
@@ -150,7 +260,11 @@ struct Up {
     out: Bytes,
     eof: bool,
     done: bool,
+    /// The move's connection is there: end the stream's side after what
+    /// was read.
+    moving: bool,
     copied: u64,
+    reads: u64,
 }
 
 impl Up {
@@ -159,13 +273,13 @@ impl Up {
         cx: &mut Context<'_>,
         r: &mut R,
         s: &mut tunnel::Stream,
-    ) -> Poll<io::Result<u64>>
+    ) -> Poll<io::Result<End>>
     where
         R: AsyncRead + Unpin + ?Sized,
     {
         loop {
             if self.done {
-                return Poll::Ready(Ok(self.copied));
+                return Poll::Ready(Ok(End::Done));
             }
             while !self.out.is_empty() {
                 let n = ready!(s.poll_send(cx, &mut self.out))?;
@@ -175,6 +289,10 @@ impl Up {
                 ready!(Pin::new(&mut *s).poll_shutdown(cx))?;
                 self.done = true;
                 continue;
+            }
+            if self.moving {
+                s.end_moved()?;
+                return Poll::Ready(Ok(End::Moved));
             }
             // A buffer of its own for each read: HTTP/2 keeps it until
             // sent. Freed at once if nothing was there, so an idle
@@ -186,7 +304,10 @@ impl Up {
                 &mut buf
             ))? {
                 0 => self.eof = true,
-                _ => self.out = buf.freeze(),
+                _ => {
+                    self.reads += 1;
+                    self.out = buf.freeze();
+                }
             }
         }
     }
@@ -207,17 +328,19 @@ struct Down {
 }
 
 impl Down {
+    /// Ends [`End::Moved`] if the peer's side ended with the move trailer
+    /// (`w` stays open), else shuts `w` down at the end.
     fn poll<W>(
         &mut self,
         cx: &mut Context<'_>,
         s: &mut tunnel::Stream,
         w: &mut W,
-    ) -> Poll<io::Result<u64>>
+    ) -> Poll<io::Result<End>>
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
         if self.done {
-            return Poll::Ready(Ok(self.copied));
+            return Poll::Ready(Ok(if s.moved() { End::Moved } else { End::Done }));
         }
         loop {
             let mut read_pending = false;
@@ -270,15 +393,27 @@ impl Down {
             if !self.eof {
                 return Poll::Pending;
             }
+            if s.moved() {
+                self.done = true;
+                return Poll::Ready(Ok(End::Moved));
+            }
             ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
             self.done = true;
-            return Poll::Ready(Ok(self.copied));
+            return Poll::Ready(Ok(End::Done));
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        future::Future,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::*;
@@ -333,8 +468,8 @@ mod tests {
             let mut server = tunnel::Server::handshake(far).await.unwrap();
             let connect = server.accept().await.unwrap().unwrap();
             let relayed = tokio::spawn(async move {
-                let mut stream = connect.accept().unwrap();
-                relay_tunnel(&mut svc_end, &mut stream).await
+                let mut stream = connect.accept(None).unwrap();
+                relay_tunnel(&mut svc_end, &mut stream, &mut Stay).await
             });
             // Streams make progress while the connection is polled.
             while server.accept().await.is_some() {}
@@ -344,7 +479,8 @@ mod tests {
         tokio::spawn(driver);
         let mut stream = client.open("api.svc.mesh.local:80").await.unwrap();
         let (mut app, mut app_end) = duplex(64 * 1024);
-        let relay = tokio::spawn(async move { relay_tunnel(&mut app_end, &mut stream).await });
+        let relay =
+            tokio::spawn(async move { relay_tunnel(&mut app_end, &mut stream, &mut Stay).await });
         let up = pattern(3 * CHUNK + 17, 1);
         let down = pattern(2 * CHUNK + 5, 2);
         let (expected_up, reply) = (up.clone(), down.clone());
@@ -376,6 +512,180 @@ mod tests {
         drop(client);
         let (from_svc, to_svc) = server.await.unwrap().unwrap();
         assert_eq!((from_svc, to_svc), (down.len() as u64, up.len() as u64));
+    }
+
+    /// Source side's mover for the tests: once `after` bytes went, takes
+    /// one end of an in-memory pipe and sends the other to the destination
+    /// side's [`Arrives`], `late` later.
+    struct Moves {
+        after: u64,
+        late: std::time::Duration,
+        to: Option<tokio::sync::oneshot::Sender<tokio::io::DuplexStream>>,
+        left: Arc<AtomicBool>,
+    }
+
+    impl Mover for Moves {
+        type Conn = tokio::io::DuplexStream;
+        fn poll_conn(&mut self, _: &mut Context<'_>, p: Progress) -> Poll<Self::Conn> {
+            if p.bytes < self.after || !p.open {
+                return Poll::Pending;
+            }
+            let Some(to) = self.to.take() else {
+                return Poll::Pending;
+            };
+            let (mine, theirs) = duplex(256 * 1024);
+            let late = self.late;
+            tokio::spawn(async move {
+                tokio::time::sleep(late).await;
+                let _ = to.send(theirs);
+            });
+            Poll::Ready(mine)
+        }
+        fn left(&mut self) {
+            self.left.store(true, Ordering::SeqCst);
+        }
+    }
+
+    struct Arrives(Option<tokio::sync::oneshot::Receiver<tokio::io::DuplexStream>>);
+
+    impl Mover for Arrives {
+        type Conn = tokio::io::DuplexStream;
+        fn poll_conn(&mut self, cx: &mut Context<'_>, _: Progress) -> Poll<Self::Conn> {
+            let Some(rx) = self.0.as_mut() else {
+                return Poll::Pending;
+            };
+            let conn = ready!(Pin::new(rx).poll(cx));
+            self.0 = None;
+            conn.map_or(Poll::Pending, Poll::Ready)
+        }
+    }
+
+    /// app <-> relay_tunnel <-> HTTP/2 (then a pipe) <-> relay_tunnel <->
+    /// service, both ways at once, the service answering while it reads
+    /// (`answer_first`: the service sends all of its answer and ends its
+    /// side before reading, so only the app's direction moves).
+    /// Returns whether each direction moved (app's, service's).
+    async fn moving(
+        up_len: usize,
+        down_len: usize,
+        late_ms: u64,
+        answer_first: bool,
+    ) -> (bool, bool) {
+        let (near, far) = duplex(1 << 20);
+        let (mut svc_end, svc) = duplex(64 * 1024);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let mut server = tunnel::Server::handshake(far).await.unwrap();
+            let connect = server.accept().await.unwrap().unwrap();
+            let relayed = tokio::spawn(async move {
+                let mut stream = connect.accept(Some(7)).unwrap();
+                let relayed = relay_tunnel(&mut svc_end, &mut stream, &mut Arrives(Some(rx))).await;
+                relayed.map(|bytes| (bytes, stream.moved()))
+            });
+            while server.accept().await.is_some() {}
+            relayed.await.unwrap()
+        });
+        let (client, driver) = tunnel::handshake(near).await.unwrap();
+        tokio::spawn(driver);
+        let mut stream = client.open("api.svc.mesh.local:80").await.unwrap();
+        assert_eq!(stream.move_token(), Some(7), "the 200 carries the token");
+        let left = Arc::new(AtomicBool::new(false));
+        let mut mover = Moves {
+            after: 64 * 1024,
+            late: std::time::Duration::from_millis(late_ms),
+            to: Some(tx),
+            left: left.clone(),
+        };
+        let (app, mut app_end) = duplex(64 * 1024);
+        let relay = tokio::spawn(async move {
+            let relayed = relay_tunnel(&mut app_end, &mut stream, &mut mover).await;
+            relayed.map(|bytes| (bytes, stream.moved()))
+        });
+        let (up, down) = (pattern(up_len, 3), pattern(down_len, 4));
+        let (expected_up, reply) = (up.clone(), down.clone());
+        let service = tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(svc);
+            let answer = async {
+                w.write_all(&reply).await?;
+                w.shutdown().await
+            };
+            let mut got = Vec::new();
+            if answer_first {
+                answer.await?;
+                r.read_to_end(&mut got).await?;
+            } else {
+                // Past the first 64 KiB the app's bytes come over the pipe,
+                // so the destination has it before the answer starts.
+                got.resize(1 << 20, 0);
+                r.read_exact(&mut got).await?;
+                let (answered, read) = tokio::join!(answer, r.read_to_end(&mut got));
+                answered?;
+                read?;
+            }
+            assert!(
+                got == expected_up,
+                "{} of {} bytes came",
+                got.len(),
+                expected_up.len()
+            );
+            io::Result::Ok(())
+        });
+        let (mut r, mut w) = tokio::io::split(app);
+        let send = async {
+            w.write_all(&up).await?;
+            w.shutdown().await
+        };
+        let mut got = Vec::new();
+        let (sent, read) = tokio::join!(send, r.read_to_end(&mut got));
+        if sent.is_err() || read.is_err() {
+            panic!(
+                "app: {sent:?} {read:?}; source relay: {:?}; destination relay: {:?}",
+                relay.await,
+                server.await
+            );
+        }
+        assert!(
+            got == down,
+            "{} of {} bytes came back",
+            got.len(),
+            down.len()
+        );
+        service.await.unwrap().unwrap();
+        let ((to_s, to_a), down_moved) = relay.await.unwrap().unwrap();
+        assert_eq!((to_s, to_a), (up_len as u64, down_len as u64));
+        assert!(
+            left.load(Ordering::SeqCst),
+            "both directions left the stream"
+        );
+        drop(client);
+        let ((from_svc, to_svc), up_moved) = server.await.unwrap().unwrap();
+        assert_eq!((from_svc, to_svc), (down_len as u64, up_len as u64));
+        (up_moved, down_moved)
+    }
+
+    #[tokio::test]
+    async fn a_busy_stream_moves_both_ways_without_losing_a_byte() {
+        let bound = std::time::Duration::from_secs(20);
+        // More than a stream window each way. The pipe comes 50 ms late
+        // the second time (the destination meets the trailer first).
+        let window = tunnel::STREAM_WINDOW as usize;
+        for late_ms in [0, 50] {
+            let run = moving(2 * window + 11, 2 * window + 5, late_ms, false);
+            let moved = tokio::time::timeout(bound, run)
+                .await
+                .expect("the relay hung");
+            assert_eq!(moved, (true, true), "late by {late_ms} ms");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_answer_ended_moves_only_the_other_way() {
+        let bound = std::time::Duration::from_secs(20);
+        let run = moving(4 * CHUNK + 11, 1000, 0, true);
+        let moved = tokio::time::timeout(bound, run)
+            .await
+            .expect("the relay hung");
+        assert_eq!(moved, (true, false));
     }
 
     #[tokio::test]

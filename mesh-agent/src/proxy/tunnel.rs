@@ -9,7 +9,17 @@
 //! app byte flows (the client holds the app's bytes until then), or refuses
 //! with a status (403: intentions deny; 400: authority not the SNI's
 //! service; 405: not a CONNECT). Half-close is END_STREAM; an abort is
-//! RST_STREAM. Settings, as measured in the findings: 16 KiB
+//! RST_STREAM.
+//!
+//! A busy stream may leave the pooled connection for one of its own (see
+//! `relay::relay_tunnel`): the 200 carries [`MOVE_HEADER`], a token; the
+//! client opens a TLS connection with ALPN `mesh/move`, sends the token's
+//! 16 bytes and then the app's bytes unframed (as `mesh/1`). Each side
+//! ends its half of the stream with the trailer [`MOVED_TRAILER`] once it
+//! has the new connection, and sends the rest of its bytes on it; a reader
+//! that meets the trailer reads on from the new connection.
+//!
+//! Settings, as measured in the findings: 16 KiB
 //! frames (bigger ones cost CPU per GB), 4 MiB stream window, 16 MiB
 //! connection window; the server admits 200 concurrent streams.
 //!
@@ -41,6 +51,12 @@ pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub const MAX_STREAMS: u32 = 200;
 /// Largest header block accepted: a CONNECT carries one short authority.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Header of a 200: the token (32 hex digits) a `mesh/move` connection
+/// presents to take this stream over.
+pub const MOVE_HEADER: &str = "mesh-move";
+/// Trailer that ends a side of a stream whose bytes go on over the
+/// `mesh/move` connection (a plain END_STREAM is the app's half-close).
+pub const MOVED_TRAILER: &str = "mesh-moved";
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +176,14 @@ impl Client {
             .map_err(TunnelError::Unprocessed)?;
         let response = response.await.map_err(before_answer)?;
         match response.status() {
-            StatusCode::OK => Ok(Stream::new(body, response.into_body())),
+            StatusCode::OK => {
+                let token = response
+                    .headers()
+                    .get(MOVE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| u128::from_str_radix(v, 16).ok());
+                Ok(Stream::new(body, response.into_body(), token))
+            }
             // Dropping `body` resets the stream (CANCEL) if the peer did
             // not end it.
             status => Err(TunnelError::Refused { status }),
@@ -290,13 +313,20 @@ impl Connect {
         &self.authority
     }
 
-    /// Answers 200 and returns the stream.
-    pub fn accept(mut self) -> Result<Stream, TunnelError> {
+    /// Answers 200 and returns the stream; with `token`, the client may
+    /// move the stream to a connection of its own that presents it.
+    pub fn accept(mut self, token: Option<u128>) -> Result<Stream, TunnelError> {
+        let mut ok = answer(StatusCode::OK);
+        if let Some(token) = token {
+            let value = http::HeaderValue::from_str(&format!("{token:032x}"))
+                .expect("hex digits are a valid header value");
+            ok.headers_mut().insert(MOVE_HEADER, value);
+        }
         let send = self
             .respond
-            .send_response(answer(StatusCode::OK), false)
+            .send_response(ok, false)
             .map_err(TunnelError::Respond)?;
-        Ok(Stream::new(send, self.recv))
+        Ok(Stream::new(send, self.recv, token))
     }
 
     /// Answers `status` (not 200) and ends the stream.
@@ -330,17 +360,48 @@ pub struct Stream {
     pending: Bytes,
     eof: bool,
     shut: bool,
+    /// The token of a move, if the destination offered one.
+    token: Option<u128>,
+    /// The peer ended its side with [`MOVED_TRAILER`].
+    moved: bool,
 }
 
 impl Stream {
-    fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+    fn new(send: SendStream<Bytes>, recv: RecvStream, token: Option<u128>) -> Self {
         Self {
             send,
             recv,
             pending: Bytes::new(),
             eof: false,
             shut: false,
+            token,
+            moved: false,
         }
+    }
+
+    /// The token a `mesh/move` connection presents to take this stream
+    /// over (the one the destination sent, or gave).
+    pub fn move_token(&self) -> Option<u128> {
+        self.token
+    }
+
+    /// Whether the peer's side ended because its bytes go on over the
+    /// `mesh/move` connection (read to the end first).
+    pub fn moved(&self) -> bool {
+        self.moved
+    }
+
+    /// Ends this side with [`MOVED_TRAILER`]: the rest of its bytes go on
+    /// the `mesh/move` connection.
+    pub fn end_moved(&mut self) -> io::Result<()> {
+        self.send.reserve_capacity(0);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(MOVED_TRAILER, http::HeaderValue::from_static("1"));
+        self.send
+            .send_trailers(trailers)
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        self.shut = true;
+        Ok(())
     }
 
     /// Aborts the stream both ways (RST_STREAM CANCEL): the peer's reads
@@ -359,7 +420,12 @@ impl Stream {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => self.pending = data,
                 Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
-                None => self.eof = true,
+                None => {
+                    // Trailers, if any, come after the last data.
+                    let trailers = ready!(self.recv.poll_trailers(cx)).map_err(io_error)?;
+                    self.moved = trailers.is_some_and(|t| t.contains_key(MOVED_TRAILER));
+                    self.eof = true;
+                }
             }
         }
         Poll::Ready(Ok(true))

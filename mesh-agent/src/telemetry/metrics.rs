@@ -9,6 +9,7 @@
 //! | `mesh_handshake_failures_total` | side, reason (`not_a_mesh_node`: refused in the kernel, before any handshake) |
 //! | `mesh_handshakes_in_progress` | (none): inbound handshakes holding a slot now |
 //! | `mesh_pooled_connections`, `mesh_pooled_streams` | (none): this agent's pooled `mesh/2` connections to other agents, and the app connections on them now |
+//! | `mesh_moved_streams_total` | side: busy `mesh/2` streams that moved to a `mesh/move` connection of their own |
 //! | `mesh_denials_total` | source, destination, rule, side (`source`: connect() refused on the caller's node; `destination`) |
 //! | `mesh_certificate_expiry_seconds` | service |
 //! | `mesh_ebpf_map_entries` | map |
@@ -32,6 +33,11 @@ pub struct Conn {
     pub source: String,
     pub destination: String,
     pub side: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Moved {
+    side: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +99,7 @@ pub struct Metrics {
     in_progress: Gauge,
     pooled_connections: Gauge,
     pooled_streams: Gauge,
+    moved: Family<Moved, Counter>,
     health: Family<Instance, Gauge>,
     instance_opened: Family<Instance, Counter>,
     instance_active: Family<Instance, Gauge>,
@@ -117,6 +124,7 @@ impl Default for Metrics {
             in_progress: Gauge::default(),
             pooled_connections: Gauge::default(),
             pooled_streams: Gauge::default(),
+            moved: Family::default(),
             health: Family::default(),
             instance_opened: Family::default(),
             instance_active: Family::default(),
@@ -165,6 +173,11 @@ impl Default for Metrics {
             "mesh_pooled_streams",
             "App connections on pooled mesh/2 connections now",
             this.pooled_streams.clone(),
+        );
+        reg.register(
+            "mesh_moved_streams",
+            "Busy mesh/2 streams that moved to a connection of their own",
+            this.moved.clone(),
         );
         reg.register(
             "mesh_denials",
@@ -238,6 +251,11 @@ impl Metrics {
     /// A TLS handshake failed.
     pub fn handshake_failed(&self, side: &'static str, reason: &'static str) {
         self.failures.get_or_create(&Failure { side, reason }).inc();
+    }
+
+    /// A `mesh/2` stream moved to a connection of its own.
+    pub fn moved(&self, side: &'static str) {
+        self.moved.get_or_create(&Moved { side }).inc();
     }
 
     /// The intentions (or the loopback guard) refused `n` connections.

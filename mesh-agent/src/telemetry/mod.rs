@@ -166,6 +166,11 @@ impl Telemetry {
         self.metrics.handshake(side, resumed);
     }
 
+    /// A `mesh/2` stream moved to a connection of its own.
+    pub fn moved(&self, side: &'static str) {
+        self.metrics.moved(side);
+    }
+
     /// A TLS handshake failed (or was refused a slot), for `reason`.
     pub fn handshake_failed(&self, side: &'static str, reason: &'static str) {
         self.metrics.handshake_failed(side, reason);

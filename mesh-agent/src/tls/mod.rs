@@ -3,7 +3,9 @@
 //! `proxy::tunnel`) or `mesh/1` (the TLS connection is the app
 //! connection). A client offers `[mesh/2, mesh/1]` and the server picks the
 //! first of its own list the client offered, so agents that predate
-//! `mesh/2` (or run `--no-multiplex`) still meet on `mesh/1`. The destination agent presents the
+//! `mesh/2` (or run `--no-multiplex`) still meet on `mesh/1`. A client
+//! moving a busy `mesh/2` stream to a connection of its own offers
+//! `mesh/move` alone (`proxy::tunnel`). The destination agent presents the
 //! destination service's leaf (picked by SNI); the source agent presents the
 //! source service's leaf. Both check the other with `verify::PeerRules`.
 //! Resumption: the destination agent issues one single-use, stateful ticket
@@ -39,6 +41,8 @@ use verify::{ClientVerifier, Hosting, Peer, PeerRules, ServerVerifier, VerifyErr
 pub const ALPN: &[u8] = b"mesh/1";
 /// ALPN of the multiplexed form: HTTP/2 CONNECT streams (`proxy::tunnel`).
 pub const ALPN_MUX: &[u8] = b"mesh/2";
+/// ALPN of a connection that takes over one `mesh/2` stream.
+pub const ALPN_MOVE: &[u8] = b"mesh/move";
 
 /// The application protocol a handshake settled on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,9 @@ pub enum Protocol {
     Single,
     /// `mesh/2`: HTTP/2, one CONNECT stream per app connection.
     Multiplexed,
+    /// `mesh/move`: carries on a `mesh/2` stream named by the token the
+    /// client sends first.
+    Move,
 }
 
 impl Protocol {
@@ -55,6 +62,7 @@ impl Protocol {
         match self {
             Self::Single => "mesh/1",
             Self::Multiplexed => "mesh/2",
+            Self::Move => "mesh/move",
         }
     }
 }
@@ -99,6 +107,8 @@ pub enum TlsError {
     NoPeerCertificate,
     #[error("peer did not start a TLS handshake (a plaintext client?)")]
     NotTls,
+    #[error("the secure random source failed")]
+    Random,
 }
 
 /// The TLS side of an agent.
@@ -119,14 +129,27 @@ pub struct Tls {
     clients: std::sync::RwLock<HashMap<(String, String), ClientFor>>,
     /// This node's agent links.
     link: Arc<link::Link>,
-    /// What this agent offers (client) and accepts (server), first preferred.
+    /// What this agent offers as a client, first preferred.
     protocols: Vec<Vec<u8>>,
+    /// What it accepts as a server, first preferred.
+    accepted: Vec<Vec<u8>>,
 }
 
-/// A client config and the leaf that was current when it was made.
-/// Its two forms share one ticket store: `[mesh/2, mesh/1]` offered, and
-/// `mesh/1` alone ([`Tls::connect_single`]).
-type ClientFor = ([Arc<ClientConfig>; 2], Arc<Current>);
+/// A client config and the leaf that was current when it was made, in
+/// each [`Form`]; the forms share one ticket store.
+type ClientFor = ([Arc<ClientConfig>; 3], Arc<Current>);
+
+/// What a client connection offers.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    /// `[mesh/2, mesh/1]` ([`Tls::connect`]; `mesh/1` alone with
+    /// `--no-multiplex`).
+    Default = 0,
+    /// `mesh/1` alone ([`Tls::connect_single`]).
+    Single = 1,
+    /// `mesh/move` alone ([`Tls::connect_move`]).
+    Move = 2,
+}
 
 impl Tls {
     /// TLS configs for the local services in `identities`; peers are
@@ -143,10 +166,12 @@ impl Tls {
         hosts: Arc<dyn Hosting>,
         multiplex: bool,
     ) -> Result<Self, TlsError> {
-        let protocols = if multiplex {
-            vec![ALPN_MUX.to_vec(), ALPN.to_vec()]
+        let (protocols, accepted) = if multiplex {
+            let offered = vec![ALPN_MUX.to_vec(), ALPN.to_vec()];
+            let accepted = [offered.clone(), vec![ALPN_MOVE.to_vec()]].concat();
+            (offered, accepted)
         } else {
-            vec![ALPN.to_vec()]
+            (vec![ALPN.to_vec()], vec![ALPN.to_vec()])
         };
         let td = identities.trust_domain().to_owned();
         let rules = Arc::new(PeerRules::new(&td, identities.ca().root(), hosts)?);
@@ -158,7 +183,7 @@ impl Tls {
             .with_cert_resolver(Arc::new(BySni {
                 identities: identities.clone(),
             }));
-        server.alpn_protocols = protocols.clone();
+        server.alpn_protocols = accepted.clone();
         let sessions = Arc::new(session::Sessions::new(session::TTL, session::CAPACITY));
         server.session_storage = sessions.clone();
         // One per connection: each resumption takes one and gets a new one.
@@ -176,7 +201,19 @@ impl Tls {
             clients: Default::default(),
             link: Arc::new(link),
             protocols,
+            accepted,
         })
+    }
+
+    /// 128 random bits from the TLS provider's secure random source (a
+    /// `mesh/move` token).
+    pub fn random_token(&self) -> Result<u128, TlsError> {
+        let mut bytes = [0u8; 16];
+        self.provider
+            .secure_random
+            .fill(&mut bytes)
+            .map_err(|_| TlsError::Random)?;
+        Ok(u128::from_be_bytes(bytes))
     }
 
     /// The trust domain of this mesh.
@@ -200,13 +237,8 @@ impl Tls {
     /// agent that issued it, and rustls keys tickets by server name, which
     /// is the same for every instance of a destination service; one store
     /// per node keeps each instance's tickets apart.
-    fn client(
-        &self,
-        service: &str,
-        node: &str,
-        single: bool,
-    ) -> Result<Arc<ClientConfig>, TlsError> {
-        let form = usize::from(single);
+    fn client(&self, service: &str, node: &str, form: Form) -> Result<Arc<ClientConfig>, TlsError> {
+        let form = form as usize;
         let leaf = self
             .identities
             .current(service)
@@ -237,7 +269,9 @@ impl Tls {
         client.resumption = Resumption::in_memory_sessions(256);
         let mut single_only = client.clone();
         single_only.alpn_protocols = vec![ALPN.to_vec()];
-        let forms = [Arc::new(client), Arc::new(single_only)];
+        let mut move_only = client.clone();
+        move_only.alpn_protocols = vec![ALPN_MOVE.to_vec()];
+        let forms = [client, single_only, move_only].map(Arc::new);
         let chosen = forms[form].clone();
         self.clients
             .write()
@@ -255,7 +289,7 @@ impl Tls {
         dst: &str,
         node: &str,
     ) -> Result<client::TlsStream<Transport>, TlsError> {
-        self.connect_as(tcp, src, dst, node, false).await
+        self.connect_as(tcp, src, dst, node, Form::Default).await
     }
 
     /// As [`Tls::connect`], offering only `mesh/1`: a connection for one
@@ -268,7 +302,19 @@ impl Tls {
         dst: &str,
         node: &str,
     ) -> Result<client::TlsStream<Transport>, TlsError> {
-        self.connect_as(tcp, src, dst, node, true).await
+        self.connect_as(tcp, src, dst, node, Form::Single).await
+    }
+
+    /// As [`Tls::connect`], offering only `mesh/move`: a connection that
+    /// takes over a `mesh/2` stream (the caller sends its token first).
+    pub async fn connect_move(
+        &self,
+        tcp: TcpStream,
+        src: &str,
+        dst: &str,
+        node: &str,
+    ) -> Result<client::TlsStream<Transport>, TlsError> {
+        self.connect_as(tcp, src, dst, node, Form::Move).await
     }
 
     async fn connect_as(
@@ -277,15 +323,15 @@ impl Tls {
         src: &str,
         dst: &str,
         node: &str,
-        single: bool,
+        form: Form,
     ) -> Result<client::TlsStream<Transport>, TlsError> {
-        let config = self.client(src, node, single)?;
+        let config = self.client(src, node, form)?;
         let name = ServerName::try_from(spiffe::sni(&self.trust_domain, dst))
             .map_err(|_| VerifyError::ServerName(dst.to_owned()))?;
-        let connect = TlsConnector::from(config).connect(name, Transport::new(tcp));
+        let connect = TlsConnector::from(config.clone()).connect(name, Transport::new(tcp));
         let stream = bounded(async { connect.await.map_err(handshake_error) }).await?;
         let conn = stream.get_ref().1;
-        check_alpn(conn.alpn_protocol(), &self.protocols)?;
+        check_alpn(conn.alpn_protocol(), &config.alpn_protocols)?;
         if resumed(conn) {
             let chain = conn
                 .peer_certificates()
@@ -336,7 +382,7 @@ impl Tls {
         };
         let stream = bounded(handshake).await?;
         let conn = stream.get_ref().1;
-        check_alpn(conn.alpn_protocol(), &self.protocols)?;
+        check_alpn(conn.alpn_protocol(), &self.accepted)?;
         let leaf = peer_leaf(conn)?;
         let peer = if resumed(conn) {
             let chain = conn
@@ -353,10 +399,10 @@ impl Tls {
 /// The protocol a finished handshake of [`Tls::connect`] or
 /// [`Tls::accept`] settled on (both checked it is one they speak).
 pub fn protocol(conn: &rustls::CommonState) -> Protocol {
-    if conn.alpn_protocol() == Some(ALPN_MUX) {
-        Protocol::Multiplexed
-    } else {
-        Protocol::Single
+    match conn.alpn_protocol() {
+        Some(ALPN_MUX) => Protocol::Multiplexed,
+        Some(ALPN_MOVE) => Protocol::Move,
+        _ => Protocol::Single,
     }
 }
 
@@ -465,7 +511,7 @@ impl TlsError {
             Self::Timeout(_) => "timeout",
             Self::HelloTimeout(_) => "hello_timeout",
             Self::NoPeerCertificate => "no_client_certificate",
-            Self::Setup(_) | Self::NoLocalService(_) => "other",
+            Self::Setup(_) | Self::NoLocalService(_) | Self::Random => "other",
         }
     }
 }

@@ -36,7 +36,9 @@ async fn client_over(io: DuplexStream) -> Client {
 
 /// Accepts and sends back everything, then ends its side.
 pub(crate) async fn echo(connect: Connect) {
-    let Ok(stream) = connect.accept() else { return };
+    let Ok(stream) = connect.accept(None) else {
+        return;
+    };
     let (mut r, mut w) = tokio::io::split(stream);
     if tokio::io::copy(&mut r, &mut w).await.is_ok() {
         let _ = w.shutdown().await;
@@ -114,7 +116,7 @@ async fn writes_stop_at_the_stream_window_until_the_peer_reads() {
     let client = client_to(move |connect: Connect| {
         let tx = held_tx.lock().expect("lock").take();
         async move {
-            if let (Some(tx), Ok(stream)) = (tx, connect.accept()) {
+            if let (Some(tx), Ok(stream)) = (tx, connect.accept(None)) {
                 let _ = tx.send(stream);
             }
         }
@@ -161,7 +163,7 @@ async fn writes_stop_at_the_stream_window_until_the_peer_reads() {
 async fn half_close_still_reads_the_reply() {
     // Reads to the client's end, then answers with the count.
     let client = client_to(|connect: Connect| async move {
-        let Ok(mut stream) = connect.accept() else {
+        let Ok(mut stream) = connect.accept(None) else {
             return;
         };
         let mut got = Vec::new();
@@ -283,7 +285,7 @@ async fn after_goaway_opens_fail_retryable_and_open_streams_finish() {
 #[tokio::test]
 async fn a_stream_reset_by_the_peer_reads_as_connection_reset() {
     let client = client_to(|connect: Connect| async move {
-        let Ok(mut stream) = connect.accept() else {
+        let Ok(mut stream) = connect.accept(None) else {
             return;
         };
         let mut one = [0; 1];
@@ -308,7 +310,7 @@ async fn a_dropped_stream_resets_the_peer() {
     let client = client_to(move |connect: Connect| {
         let tx = tx.lock().expect("lock").take();
         async move {
-            let Ok(mut stream) = connect.accept() else {
+            let Ok(mut stream) = connect.accept(None) else {
                 return;
             };
             let r = stream.read(&mut [0; 16]).await;
@@ -330,7 +332,7 @@ async fn streams_dropped_with_unread_data_give_the_connection_window_back() {
     // Each stream sends 1 MiB; 40 dropped after one byte are 2.5 times
     // the connection window.
     let client = client_to(|connect: Connect| async move {
-        let Ok(mut stream) = connect.accept() else {
+        let Ok(mut stream) = connect.accept(None) else {
             return;
         };
         if stream.write_all(&pattern(LEN, 1)).await.is_ok() {
@@ -367,7 +369,7 @@ async fn opens_over_the_stream_limit_wait_for_a_slot() {
         move |connect: Connect| {
             let release = release.clone();
             async move {
-                let Ok(_stream) = connect.accept() else {
+                let Ok(_stream) = connect.accept(None) else {
                     return;
                 };
                 release.notified().await;
