@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the mesh against direct TCP, stunnel and itself
-//! without multiplexing, measured in one run on this machine, modes
-//! interleaved.
+//! without multiplexing, measured in one run on this machine, part by
+//! part with the modes back to back within each part.
 //!
 //! Nodes are network namespaces on a bridge. On node B, three copies of
 //! `meshbench serve`: one on B's address (direct), one behind a stunnel
@@ -159,15 +159,27 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let mut flood_samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
     let mut instance_samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
     for run in 0..runs {
-        for mode in MODES {
-            eprintln!("bench: run {}/{runs}: {mode}", run + 1);
+        // Part by part, the modes back to back within each: every mode of a
+        // part meets the same conditions (a part's figures drift with what
+        // ran a few seconds before: see README, Performance).
+        let parts = ["bulk", "rr", "connrate"];
+        for (part, mode) in parts
+            .into_iter()
+            .filter(|p| opts.wants(p))
+            .flat_map(|part| MODES.into_iter().map(move |mode| (part, mode)))
+        {
+            if part == "connrate" && mode == "relay" {
+                // socat forks per connection.
+                continue;
+            }
+            eprintln!("bench: run {}/{runs}: {part}, {mode}", run + 1);
             let mut put = |metric: &str, v: f64| {
                 samples
                     .entry((metric.to_owned(), mode))
                     .or_default()
                     .push(v);
             };
-            if opts.wants("bulk") {
+            if part == "bulk" {
                 let cpu_before = bench.cpu_seconds(mode);
                 let bulk = bench.client(mode, &["bulk", "--secs", &secs.to_string()])?;
                 let cpu_after = bench.cpu_seconds(mode);
@@ -187,7 +199,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     );
                 }
             }
-            for size in ["1", "1024"].into_iter().filter(|_| opts.wants("rr")) {
+            for size in ["1", "1024"].into_iter().filter(|_| part == "rr") {
                 let rr = bench.client(
                     mode,
                     &["rr", "--size", size, "--count", &rr_count.to_string()],
@@ -201,7 +213,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     rr["p99_us"].as_f64().unwrap_or(0.0),
                 );
             }
-            if opts.wants("connrate") && mode != "relay" {
+            if part == "connrate" {
                 let before = bench.outbound_handshakes(caller(mode));
                 let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
                 let after = bench.outbound_handshakes(caller(mode));
@@ -1022,7 +1034,7 @@ fn report(all: &Samples, runs: usize) -> anyhow::Result<()> {
         _ => "-".to_owned(),
     };
     let mut out = format!(
-        "Medians of {runs} run(s), (min-max); one machine, modes interleaved.\n\n\
+        "Medians of {runs} run(s), (min-max); one machine, modes back to back per part.\n\n\
          | metric | direct | relay | stunnel | mesh/1 | mesh | mesh/direct | mesh/relay | mesh/stunnel | mesh/mesh/1 |\n\
          |---|---|---|---|---|---|---|---|---|---|\n"
     );

@@ -185,8 +185,10 @@ where
 {
     let mut up = Up::default();
     let mut down = Down::default();
-    // After the move: a -> conn and conn -> a.
-    let mut conn: Option<M::Conn> = None;
+    // After the move: a -> conn and conn -> a. Boxed: a TLS connection
+    // inline would make every relay's future (one per idle app connection)
+    // larger by its size.
+    let mut conn: Option<Box<M::Conn>> = None;
     let mut up_moved: Option<Flow> = None;
     let mut down_moved: Option<Flow> = None;
     let mut waiting: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -199,7 +201,7 @@ where
                 open: !up.eof && !down.eof,
             };
             if let Poll::Ready(c) = mover.poll_conn(cx, progress) {
-                conn = Some(c);
+                conn = Some(Box::new(c));
                 up.moving = true;
             }
         }
