@@ -358,8 +358,10 @@ async fn serve(
         );
         tasks.spawn(outbound.run());
     }
+    // One registry for both: a stream's move may come in on either.
+    let moves = Arc::new(crate::proxy::inbound::Moves::default());
     for l in [Some(in4), in6].into_iter().flatten() {
-        tasks.spawn(Inbound::new(l, pi.clone(), admission.clone()).run());
+        tasks.spawn(Inbound::new(l, pi.clone(), admission.clone(), moves.clone()).run());
     }
     tasks.spawn(links.clone().serve(link_listener));
     tasks.spawn(sweep(kernel.clone()));

@@ -799,6 +799,24 @@ impl Mesh {
         metric_value(&self.metrics(node), series).unwrap_or(0.0)
     }
 
+    /// Runs `mesh-agent ARGS --config <this mesh's file>` on the host (the
+    /// CLI edits and reads the file); returns whether it succeeded and its
+    /// stdout and stderr.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(&self.agent)
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .expect("run mesh-agent");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// Starts tcpdump on `node`'s eth0 with `filter`; stop it with
     /// [`Capture::stop`] to get the pcap file.
     pub fn capture(&self, node: &str, filter: &str) -> Capture {

@@ -3,7 +3,6 @@
 use std::{
     fs,
     net::IpAddr,
-    process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -17,21 +16,6 @@ fn vip() -> IpAddr {
 }
 
 /// Runs `mesh-agent <args> --config <mesh config>`; returns (success, output).
-fn cli(mesh: &Mesh, args: &[&str]) -> (bool, String) {
-    let out = Command::new(&mesh.agent)
-        .args(args)
-        .arg("--config")
-        .arg(mesh.config())
-        .output()
-        .expect("run mesh-agent");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -73,7 +57,7 @@ fn deny_and_delete_apply_live_within_a_second() {
 
     let written = now_secs();
     let started = Instant::now();
-    let (ok, out) = cli(&mesh, &["intention", "create", "-deny", "web", "api"]);
+    let (ok, out) = mesh.cli(&["intention", "create", "-deny", "web", "api"]);
     assert!(ok, "intention create: {out}");
     // A new connect fails at the source with EPERM.
     let eperm = wait_until(Duration::from_secs(3), || {
@@ -115,24 +99,24 @@ fn deny_and_delete_apply_live_within_a_second() {
     // The file kept its comments; the rule is listed; explain agrees.
     let config = fs::read_to_string(mesh.config()).expect("config");
     assert!(config.contains("# web may call api") && config.contains("# the mesh"));
-    let (_, list) = cli(&mesh, &["intention", "list"]);
+    let (_, list) = mesh.cli(&["intention", "list"]);
     assert!(list.contains("web") && list.contains("deny"), "{list}");
-    let (_, explain) = cli(&mesh, &["explain", "web", "api"]);
+    let (_, explain) = mesh.cli(&["explain", "web", "api"]);
     assert!(
         explain.starts_with("deny: web -> api by intention web -> api"),
         "{explain}"
     );
 
     // Delete it: the mesh's default is deny, so still denied...
-    let (ok, out) = cli(&mesh, &["intention", "delete", "web", "api"]);
+    let (ok, out) = mesh.cli(&["intention", "delete", "web", "api"]);
     assert!(ok, "intention delete: {out}");
-    let (_, explain) = cli(&mesh, &["explain", "web", "api"]);
+    let (_, explain) = mesh.cli(&["explain", "web", "api"]);
     assert!(
         explain.starts_with("deny: web -> api by default policy"),
         "{explain}"
     );
     // ...and allowing it again works at once.
-    let (ok, out) = cli(&mesh, &["intention", "create", "-allow", "web", "api"]);
+    let (ok, out) = mesh.cli(&["intention", "create", "-allow", "web", "api"]);
     assert!(ok, "intention create: {out}");
     assert!(
         wait_until(Duration::from_secs(1), || mesh.echo(
@@ -276,7 +260,7 @@ fn explain_agrees_with_what_is_enforced_for_every_pair() {
     let mut allowed = 0;
     for s in ["s1", "s2", "s3"] {
         for (i, d) in ["d1", "d2", "d3"].iter().enumerate() {
-            let (_, explain) = cli(&mesh, &["explain", s, d]);
+            let (_, explain) = mesh.cli(&["explain", s, d]);
             let vip: IpAddr = format!("240.0.1.{}", i + 1).parse().expect("vip");
             let port = 6001 + u16::try_from(i).expect("i");
             let out = mesh.transfer(a, Some(s), vip, port, 10);

@@ -167,12 +167,8 @@ fn a_deny_cuts_every_stream_of_a_pooled_connection() {
     assert_eq!(mesh.metric("ra", "mesh_pooled_connections"), 1.0);
     assert_eq!(mesh.metric("ra", "mesh_pooled_streams"), 3.0);
     let denied = std::time::Instant::now();
-    let out = std::process::Command::new(&mesh.agent)
-        .args(["intention", "create", "-deny", "web", "api", "--config"])
-        .arg(mesh.config())
-        .output()
-        .expect("run mesh-agent");
-    assert!(out.status.success(), "intention create: {out:?}");
+    let (ok, out) = mesh.cli(&["intention", "create", "-deny", "web", "api"]);
+    assert!(ok, "intention create: {out}");
     assert!(
         wait_until(Duration::from_secs(3), || logs
             .iter()
@@ -239,12 +235,8 @@ fn a_moved_stream_is_still_cut_by_a_deny() {
         1.0
     );
     let denied = std::time::Instant::now();
-    let out = std::process::Command::new(&mesh.agent)
-        .args(["intention", "create", "-deny", "web", "api", "--config"])
-        .arg(mesh.config())
-        .output()
-        .expect("run mesh-agent");
-    assert!(out.status.success(), "intention create: {out:?}");
+    let (ok, out) = mesh.cli(&["intention", "create", "-deny", "web", "api"]);
+    assert!(ok, "intention create: {out}");
     let ended = || {
         let said = fs::read_to_string(&log).unwrap_or_default();
         said.contains("ERRNO") || said.contains("MISMATCH")

@@ -26,7 +26,16 @@ const PACKAGES: &[&str] = &[
     "stunnel4",
     // dig, for the DNS (SRV) tests.
     "dnsutils",
+    // The fleet catalog: the tests start their own etcd clusters; the
+    // etcd-client crate compiles etcd's protobufs with protoc.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
+
+/// Packages whose install would start (and enable) a system service the
+/// mesh does not want: the tests run their own.
+const NO_SERVICE: &[(&str, &str)] = &[("etcd-server", "etcd")];
 
 /// Variables the outer `cargo xtask` may pass down that would make another
 /// cargo (`cargo install`, `cargo +nightly fuzz`) build into the wrong place
@@ -74,11 +83,58 @@ fn packages() -> anyhow::Result<()> {
         installing(package, "apt-get");
     }
     cmd::run(apt_get().arg("update"))?;
-    cmd::run(
-        apt_get()
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing),
-    )
+    let services: Vec<&str> = NO_SERVICE
+        .iter()
+        .filter(|(package, _)| missing.contains(package))
+        .map(|(_, service)| *service)
+        .collect();
+    {
+        let _no_start = (!services.is_empty())
+            .then(NoServiceStart::new)
+            .transpose()?;
+        cmd::run(
+            apt_get()
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&missing),
+        )?;
+    }
+    // Installed enabled for boot on a systemd host: not wanted either.
+    if std::path::Path::new("/run/systemd/system").exists() {
+        for service in services {
+            eprintln!("setup: {service}: disabling the system service (tests run their own)");
+            cmd::run(Command::new("systemctl").args(["disable", "--now", service]))?;
+        }
+    }
+    Ok(())
+}
+
+/// Debian's policy-rc.d while it exists: package scripts may not start
+/// services (exit 101). Written only if there is none, removed on drop.
+struct NoServiceStart(Option<&'static str>);
+
+impl NoServiceStart {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn new() -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        if std::path::Path::new(Self::PATH).exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(
+            Self::PATH,
+            "#!/bin/sh\n# cargo xtask setup: no service starts\nexit 101\n",
+        )?;
+        std::fs::set_permissions(Self::PATH, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self(Some(Self::PATH)))
+    }
+}
+
+impl Drop for NoServiceStart {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn nightly() -> anyhow::Result<()> {

@@ -19,7 +19,7 @@ use std::{
 
 use http::StatusCode;
 use tokio::{
-    io::AsyncReadExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::oneshot,
 };
@@ -58,13 +58,19 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    /// The inbound listener on `listener`.
-    pub fn new(listener: TcpListener, pi: Arc<Inputs>, admission: Arc<Admission>) -> Self {
+    /// The inbound listener on `listener`; `moves` is shared by the
+    /// agent's inbound listeners.
+    pub fn new(
+        listener: TcpListener,
+        pi: Arc<Inputs>,
+        admission: Arc<Admission>,
+        moves: Arc<Moves>,
+    ) -> Self {
         Self {
             listener,
             admission,
             pi,
-            moves: Arc::default(),
+            moves,
         }
     }
 
@@ -102,6 +108,8 @@ impl Inbound {
 fn log_outcome(peer: SocketAddr, outcome: Result<(), ProxyError>) {
     match outcome {
         Err(ProxyError::Denied { .. }) | Ok(()) => {}
+        // Its stream ended while the move was on its way: nothing lost.
+        Err(e @ ProxyError::UnknownMove { .. }) => debug!(%peer, error = %e, "mesh/move refused"),
         Err(e) if e.is_refusal() => warn!(%peer, error = %e, "inbound connection refused"),
         Err(e) => warn!(%peer, error = %e, "inbound connection failed"),
     }
@@ -168,8 +176,9 @@ async fn handle(
             return streams.serve(remote, leaf).await;
         }
         Protocol::Move => {
-            moves.arrive(remote, &peer, &dst.name).await?;
-            pi.telemetry.moved("inbound");
+            if moves.arrive(remote, &peer, &dst.name).await? {
+                pi.telemetry.moved("inbound");
+            }
             return Ok(());
         }
         Protocol::Single => {}
@@ -341,6 +350,10 @@ pub struct Moves {
 
 type Moved = tokio_rustls::server::TlsStream<Transport>;
 
+/// The byte the destination answers a `mesh/move` connection's token with
+/// once it has taken the stream over.
+pub const MOVE_ACK: u8 = 1;
+
 /// Who may take a stream over, and where its connection goes.
 struct Expected {
     src: String,
@@ -366,36 +379,39 @@ impl Moves {
         }
     }
 
-    /// A `mesh/move` connection from `src` to `dst`: reads its token and
-    /// hands it to the stream it names, which must have the same pair.
-    async fn arrive(&self, mut conn: Moved, src: &str, dst: &str) -> Result<(), ProxyError> {
-        let mut token = [0u8; 16];
+    /// A `mesh/move` connection from `src` to `dst`: reads its token,
+    /// and if it names a stream of that pair, answers [`MOVE_ACK`] and
+    /// hands the connection to the stream. Returns whether the stream took
+    /// it (it may have ended meanwhile).
+    async fn arrive(&self, mut conn: Moved, src: &str, dst: &str) -> Result<bool, ProxyError> {
         let bound = crate::tls::HANDSHAKE_TIMEOUT;
+        let mut token = [0u8; 16];
         tokio::time::timeout(bound, conn.read_exact(&mut token))
             .await
             .map_err(|_| ProxyError::NoMoveToken(bound))??;
         let token = u128::from_be_bytes(token);
-        let expected = lock(&self.expected).remove(&token);
-        match expected {
-            Some(e) if e.src == src && e.dst == dst => {
-                // The stream ended meanwhile if this fails; the peer sees
-                // the connection close.
-                let _ = e.to.send(conn);
-                Ok(())
+        let expected = {
+            let mut expected = lock(&self.expected);
+            match expected.get(&token) {
+                Some(e) if e.src == src && e.dst == dst => expected.remove(&token),
+                _ => None,
             }
-            Some(e) => {
-                // Not this pair's: the stream keeps its token.
-                lock(&self.expected).insert(token, e);
-                Err(ProxyError::UnknownMove {
-                    src: src.to_owned(),
-                    dst: dst.to_owned(),
-                })
-            }
-            None => Err(ProxyError::UnknownMove {
+        };
+        let Some(expected) = expected else {
+            return Err(ProxyError::UnknownMove {
                 src: src.to_owned(),
                 dst: dst.to_owned(),
-            }),
-        }
+            });
+        };
+        // The source commits to the move only once it has this.
+        let ack = async {
+            conn.write_all(&[MOVE_ACK]).await?;
+            conn.flush().await
+        };
+        tokio::time::timeout(bound, ack)
+            .await
+            .map_err(|_| ProxyError::NoMoveToken(bound))??;
+        Ok(expected.to.send(conn).is_ok())
     }
 }
 

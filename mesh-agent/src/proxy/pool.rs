@@ -44,7 +44,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use super::{
@@ -56,7 +56,7 @@ use crate::{
     config::{Node, Service},
     identity::Current,
     telemetry::Telemetry,
-    tls::{Protocol, Tls, TlsError, Transport},
+    tls::{Offer, Protocol, Tls, TlsError, Transport},
 };
 
 /// A pooled connection without streams this long is closed.
@@ -238,14 +238,16 @@ impl Pool {
     ) -> Result<Hop, ProxyError> {
         let addr = SocketAddr::new(host.address, dst.port);
         let tcp = dial(addr).await?;
-        let connect = if single {
-            pi.tls
-                .connect_single(tcp, &src.name, &dst.name, &host.name)
-                .await
+        let offer = if single {
+            Offer::Single
         } else {
-            pi.tls.connect(tcp, &src.name, &dst.name, &host.name).await
+            Offer::Default
         };
-        let tls = connect.inspect_err(|e| pi.telemetry.handshake_failed("outbound", e.reason()))?;
+        let tls = pi
+            .tls
+            .connect(tcp, &src.name, &dst.name, &host.name, offer)
+            .await
+            .inspect_err(|e| pi.telemetry.handshake_failed("outbound", e.reason()))?;
         let resumed = crate::tls::resumed(tls.get_ref().1);
         pi.telemetry.handshake("outbound", resumed);
         let protocol = crate::tls::protocol(tls.get_ref().1);
@@ -448,19 +450,41 @@ impl Dialer {
 }
 
 impl Plan {
-    /// The `mesh/move` connection, its token sent.
+    /// The `mesh/move` connection, its token sent and taken (the
+    /// destination answered `inbound::MOVE_ACK`), within
+    /// `tls::HANDSHAKE_TIMEOUT`. Until then the stream is untouched, so a
+    /// failure leaves it where it is.
     async fn dial(self) -> Result<Moved, ProxyError> {
+        let bound = crate::tls::HANDSHAKE_TIMEOUT;
+        tokio::time::timeout(bound, self.dial_unbounded())
+            .await
+            .map_err(|_| ProxyError::SlowConnect {
+                node: self.node.clone(),
+                after: bound,
+            })?
+    }
+
+    async fn dial_unbounded(&self) -> Result<Moved, ProxyError> {
         let tcp = dial(self.addr).await?;
         let mut tls = self
             .tls
-            .connect_move(tcp, &self.src, &self.dst, &self.node)
+            .connect(tcp, &self.src, &self.dst, &self.node, Offer::Move)
             .await
             .inspect_err(|e| self.telemetry.handshake_failed("outbound", e.reason()))?;
         self.telemetry
             .handshake("outbound", crate::tls::resumed(tls.get_ref().1));
-        // Sent at once: the destination moves its side when it has it.
         tls.write_all(&self.token.to_be_bytes()).await?;
         tls.flush().await?;
+        // A refusal (of the token, or of this leaf: TLS 1.3 servers check
+        // the client's certificate after the client is done) fails here.
+        let mut ack = [0u8; 1];
+        tls.read_exact(&mut ack).await?;
+        if ack[0] != super::inbound::MOVE_ACK {
+            return Err(ProxyError::Io(std::io::Error::other(format!(
+                "mesh/move answered {:#04x}, not the ack",
+                ack[0]
+            ))));
+        }
         self.telemetry.moved("outbound");
         debug!(src = %self.src, dst = %self.dst, node = %self.node, "stream moved to a connection of its own");
         Ok(tls)

@@ -140,7 +140,8 @@ pub struct Progress {
     pub bytes: u64,
     /// Reads from the socket.
     pub reads: u64,
-    /// Neither direction has ended yet.
+    /// A direction has not ended yet (a download after the request's
+    /// half-close still counts).
     pub open: bool,
 }
 
@@ -198,7 +199,7 @@ where
             let progress = Progress {
                 bytes: up.copied + down.copied,
                 reads: up.reads,
-                open: !up.eof && !down.eof,
+                open: !up.eof || !down.eof,
             };
             if let Poll::Ready(c) = mover.poll_conn(cx, progress) {
                 conn = Some(Box::new(c));
@@ -518,10 +519,11 @@ mod tests {
 
     /// Source side's mover for the tests: once `after` bytes went, takes
     /// one end of an in-memory pipe and sends the other to the destination
-    /// side's [`Arrives`], `late` later.
+    /// side's [`Arrives`]: at once (before the trailer can get there), or
+    /// from a task `late` later.
     struct Moves {
         after: u64,
-        late: std::time::Duration,
+        late: Option<std::time::Duration>,
         to: Option<tokio::sync::oneshot::Sender<tokio::io::DuplexStream>>,
         left: Arc<AtomicBool>,
     }
@@ -536,11 +538,17 @@ mod tests {
                 return Poll::Pending;
             };
             let (mine, theirs) = duplex(256 * 1024);
-            let late = self.late;
-            tokio::spawn(async move {
-                tokio::time::sleep(late).await;
-                let _ = to.send(theirs);
-            });
+            match self.late {
+                None => {
+                    let _ = to.send(theirs);
+                }
+                Some(late) => {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(late).await;
+                        let _ = to.send(theirs);
+                    });
+                }
+            }
             Poll::Ready(mine)
         }
         fn left(&mut self) {
@@ -562,16 +570,25 @@ mod tests {
         }
     }
 
+    /// How the test service answers.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Answer {
+        /// While it reads (after the first MiB).
+        Meanwhile,
+        /// All of it, ending its side, before it reads.
+        First,
+        /// After it read the app's half-close.
+        Last,
+    }
+
     /// app <-> relay_tunnel <-> HTTP/2 (then a pipe) <-> relay_tunnel <->
-    /// service, both ways at once, the service answering while it reads
-    /// (`answer_first`: the service sends all of its answer and ends its
-    /// side before reading, so only the app's direction moves).
-    /// Returns whether each direction moved (app's, service's).
+    /// service, both ways. Returns whether each direction moved (app's,
+    /// service's).
     async fn moving(
         up_len: usize,
         down_len: usize,
-        late_ms: u64,
-        answer_first: bool,
+        late_ms: Option<u64>,
+        how: Answer,
     ) -> (bool, bool) {
         let (near, far) = duplex(1 << 20);
         let (mut svc_end, svc) = duplex(64 * 1024);
@@ -594,7 +611,7 @@ mod tests {
         let left = Arc::new(AtomicBool::new(false));
         let mut mover = Moves {
             after: 64 * 1024,
-            late: std::time::Duration::from_millis(late_ms),
+            late: late_ms.map(std::time::Duration::from_millis),
             to: Some(tx),
             left: left.clone(),
         };
@@ -612,9 +629,12 @@ mod tests {
                 w.shutdown().await
             };
             let mut got = Vec::new();
-            if answer_first {
+            if how == Answer::First {
                 answer.await?;
                 r.read_to_end(&mut got).await?;
+            } else if how == Answer::Last {
+                r.read_to_end(&mut got).await?;
+                answer.await?;
             } else {
                 // Past the first 64 KiB the app's bytes come over the pipe,
                 // so the destination has it before the answer starts.
@@ -668,26 +688,39 @@ mod tests {
     #[tokio::test]
     async fn a_busy_stream_moves_both_ways_without_losing_a_byte() {
         let bound = std::time::Duration::from_secs(20);
-        // More than a stream window each way. The pipe comes 50 ms late
-        // the second time (the destination meets the trailer first).
+        // More than a stream window each way. The destination has the
+        // pipe before the trailer, then (50 ms late) after it.
         let window = tunnel::STREAM_WINDOW as usize;
-        for late_ms in [0, 50] {
-            let run = moving(2 * window + 11, 2 * window + 5, late_ms, false);
+        for late_ms in [None, Some(50)] {
+            let run = moving(2 * window + 11, 2 * window + 5, late_ms, Answer::Meanwhile);
             let moved = tokio::time::timeout(bound, run)
                 .await
                 .expect("the relay hung");
-            assert_eq!(moved, (true, true), "late by {late_ms} ms");
+            assert_eq!(moved, (true, true), "late by {late_ms:?} ms");
         }
     }
 
     #[tokio::test]
     async fn a_stream_whose_answer_ended_moves_only_the_other_way() {
         let bound = std::time::Duration::from_secs(20);
-        let run = moving(4 * CHUNK + 11, 1000, 0, true);
+        let run = moving(4 * CHUNK + 11, 1000, None, Answer::First);
         let moved = tokio::time::timeout(bound, run)
             .await
             .expect("the relay hung");
         assert_eq!(moved, (true, false));
+    }
+
+    #[tokio::test]
+    async fn a_download_after_the_request_half_close_moves() {
+        let bound = std::time::Duration::from_secs(20);
+        // More than a stream window: the answer cannot be all sent before
+        // the move.
+        let window = tunnel::STREAM_WINDOW as usize;
+        let run = moving(1000, 2 * window + 7, None, Answer::Last);
+        let moved = tokio::time::timeout(bound, run)
+            .await
+            .expect("the relay hung");
+        assert_eq!(moved, (false, true));
     }
 
     #[tokio::test]

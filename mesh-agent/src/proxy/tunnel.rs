@@ -14,10 +14,13 @@
 //! A busy stream may leave the pooled connection for one of its own (see
 //! `relay::relay_tunnel`): the 200 carries [`MOVE_HEADER`], a token; the
 //! client opens a TLS connection with ALPN `mesh/move`, sends the token's
-//! 16 bytes and then the app's bytes unframed (as `mesh/1`). Each side
-//! ends its half of the stream with the trailer [`MOVED_TRAILER`] once it
-//! has the new connection, and sends the rest of its bytes on it; a reader
-//! that meets the trailer reads on from the new connection.
+//! 16 bytes, waits for the one-byte answer `inbound::MOVE_ACK`, and then
+//! the app's bytes go unframed (as `mesh/1`). Each side ends its half of
+//! the stream with the trailer [`MOVED_TRAILER`] once it has the new
+//! connection, and sends the rest of its bytes on it; a reader that meets
+//! the trailer reads on from the new connection. (RFC 9113 8.5 allows
+//! only DATA after a CONNECT's 200; `mesh/2` is spoken only between our
+//! agents, and h2 takes the trailer.)
 //!
 //! Settings, as measured in the findings: 16 KiB
 //! frames (bigger ones cost CPU per GB), 4 MiB stream window, 16 MiB
@@ -347,7 +350,8 @@ fn answer(status: StatusCode) -> Response<()> {
 /// One app connection's bytes over an HTTP/2 stream, as a tokio socket.
 ///
 /// Reads return what the peer sent and give the window back as the caller
-/// consumes it; `Ok(0)` once the peer ended its side. Writes take at most
+/// consumes it; `Ok(0)` once the peer ended its side, or moved it (then
+/// [`Stream::moved`] is true and its bytes go on elsewhere). Writes take at most
 /// the send capacity the peer's windows allow and return `Pending` while
 /// there is none. `poll_shutdown` ends this side (END_STREAM) and leaves
 /// the other open. Dropping the stream before both sides ended resets it

@@ -135,19 +135,20 @@ pub struct Tls {
     accepted: Vec<Vec<u8>>,
 }
 
-/// A client config and the leaf that was current when it was made, in
-/// each [`Form`]; the forms share one ticket store.
+/// A client config and the leaf that was current when it was made, for
+/// each [`Offer`]; the forms share one ticket store.
 type ClientFor = ([Arc<ClientConfig>; 3], Arc<Current>);
 
-/// What a client connection offers.
-#[derive(Debug, Clone, Copy)]
-enum Form {
-    /// `[mesh/2, mesh/1]` ([`Tls::connect`]; `mesh/1` alone with
-    /// `--no-multiplex`).
+/// What a client connection ([`Tls::connect`]) offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// `[mesh/2, mesh/1]` (`mesh/1` alone with `--no-multiplex`).
     Default = 0,
-    /// `mesh/1` alone ([`Tls::connect_single`]).
+    /// `mesh/1` alone: a connection for one app connection even to an
+    /// agent that multiplexes (the pool's overflow).
     Single = 1,
-    /// `mesh/move` alone ([`Tls::connect_move`]).
+    /// `mesh/move` alone: takes over a `mesh/2` stream (the caller sends
+    /// its token first).
     Move = 2,
 }
 
@@ -237,8 +238,13 @@ impl Tls {
     /// agent that issued it, and rustls keys tickets by server name, which
     /// is the same for every instance of a destination service; one store
     /// per node keeps each instance's tickets apart.
-    fn client(&self, service: &str, node: &str, form: Form) -> Result<Arc<ClientConfig>, TlsError> {
-        let form = form as usize;
+    fn client(
+        &self,
+        service: &str,
+        node: &str,
+        offer: Offer,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
+        let form = offer as usize;
         let leaf = self
             .identities
             .current(service)
@@ -281,51 +287,17 @@ impl Tls {
     }
 
     /// Source side: TLS as local service `src` to the agent of `node`,
-    /// serving `dst`. [`protocol`] tells what the agents settled on.
+    /// serving `dst`, offering `offer`. [`protocol`] tells what the agents
+    /// settled on.
     pub async fn connect(
         &self,
         tcp: TcpStream,
         src: &str,
         dst: &str,
         node: &str,
+        offer: Offer,
     ) -> Result<client::TlsStream<Transport>, TlsError> {
-        self.connect_as(tcp, src, dst, node, Form::Default).await
-    }
-
-    /// As [`Tls::connect`], offering only `mesh/1`: a connection for one
-    /// app connection even to an agent that multiplexes (the pool's
-    /// overflow).
-    pub async fn connect_single(
-        &self,
-        tcp: TcpStream,
-        src: &str,
-        dst: &str,
-        node: &str,
-    ) -> Result<client::TlsStream<Transport>, TlsError> {
-        self.connect_as(tcp, src, dst, node, Form::Single).await
-    }
-
-    /// As [`Tls::connect`], offering only `mesh/move`: a connection that
-    /// takes over a `mesh/2` stream (the caller sends its token first).
-    pub async fn connect_move(
-        &self,
-        tcp: TcpStream,
-        src: &str,
-        dst: &str,
-        node: &str,
-    ) -> Result<client::TlsStream<Transport>, TlsError> {
-        self.connect_as(tcp, src, dst, node, Form::Move).await
-    }
-
-    async fn connect_as(
-        &self,
-        tcp: TcpStream,
-        src: &str,
-        dst: &str,
-        node: &str,
-        form: Form,
-    ) -> Result<client::TlsStream<Transport>, TlsError> {
-        let config = self.client(src, node, form)?;
+        let config = self.client(src, node, offer)?;
         let name = ServerName::try_from(spiffe::sni(&self.trust_domain, dst))
             .map_err(|_| VerifyError::ServerName(dst.to_owned()))?;
         let connect = TlsConnector::from(config.clone()).connect(name, Transport::new(tcp));

@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{
-    Tls, TlsError,
+    Offer, Tls, TlsError,
     verify::{PeerRules, VerifyError},
 };
 use crate::{
@@ -497,7 +497,10 @@ async fn agents_handshake_with_each_others_identity() {
         (peer, buf)
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut s = a.connect(tcp, "web", "api", "b").await.unwrap();
+    let mut s = a
+        .connect(tcp, "web", "api", "b", Offer::Default)
+        .await
+        .unwrap();
     s.write_all(b"hello").await.unwrap();
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).await.unwrap();
@@ -521,7 +524,11 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
         b.accept(tcp, "web").await.map(|(_, peer)| peer)
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    assert!(a.connect(tcp, "web", "api", "b").await.is_err());
+    assert!(
+        a.connect(tcp, "web", "api", "b", Offer::Default)
+            .await
+            .is_err()
+    );
     let r = server.await.unwrap();
     assert!(matches!(r, Err(TlsError::WrongSni { .. })), "{r:?}");
     assert_eq!(r.err().map(|e| e.reason()), Some("wrong_sni"));
@@ -613,7 +620,7 @@ async fn connect_once_to(
         }
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let client = match a.connect(tcp, "web", "api", node).await {
+    let client = match a.connect(tcp, "web", "api", node, Offer::Default).await {
         Ok(mut s) => {
             // Reading to the end also takes in the ticket for the next time.
             let _ = s.write_all(b"hello").await;

@@ -367,7 +367,11 @@ async fn an_agent_leaf_is_refused_as_a_service() {
     let server = answering_as(agent_b(), SERVICE_ALPN);
     let ((), client) = over_loopback(
         move |tcp| serve_once(server, tcp),
-        |tcp| async move { a.connect(tcp, "web", "api", "b").await.map(drop) },
+        |tcp| async move {
+            a.connect(tcp, "web", "api", "b", crate::tls::Offer::Default)
+                .await
+                .map(drop)
+        },
     )
     .await;
     assert_refused(client, "bad_identity");
