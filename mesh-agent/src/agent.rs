@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{Admin, Readiness},
-    catalog::{Catalog, CatalogError, FileCatalog},
+    catalog::{Catalog, CatalogError},
     cgroup::{self, Cgroup2, CgroupError},
     config::Config,
     denials::Denials,
@@ -82,7 +82,8 @@ pub enum AgentError {
 /// Options of `mesh-agent run`.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub config: PathBuf,
+    /// Where the catalog is.
+    pub catalog: crate::catalog::Source,
     pub node: String,
     pub outbound_port: u16,
     /// The admin endpoint's address (loopback only).
@@ -136,7 +137,7 @@ struct Listeners {
 /// single-threaded process.
 pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
     raise_fd_limit();
-    let mut catalog: Box<dyn Catalog> = Box::new(FileCatalog::new(opts.config.clone()));
+    let mut catalog: Box<dyn Catalog> = opts.catalog.open();
     let config = catalog.load()?;
     if config.node(&opts.node).is_none() {
         return Err(AgentError::UnknownNode {
@@ -414,6 +415,7 @@ async fn serve(
     readiness.ready();
     info!(
         node = %opts.node,
+        catalog = %opts.catalog,
         outbound_port = opts.outbound_port,
         admin = %opts.admin,
         services = contents.services.len(),

@@ -4,7 +4,7 @@
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use mesh_agent::{admin, agent, config, exec, health, identity, policy};
+use mesh_agent::{admin, agent, catalog, config, exec, health, identity, policy};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,9 +21,8 @@ struct Cli {
 enum Command {
     /// Run the agent for one node of the mesh (needs root).
     Run {
-        /// The mesh's config file.
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        store: Store,
         /// Which node of the config this agent is.
         #[arg(long)]
         node: String,
@@ -149,8 +148,72 @@ enum Command {
     },
 }
 
+/// Where the catalog is: a file (`--config`) or etcd (`--catalog`).
+#[derive(Debug, clap::Args)]
+struct Store {
+    /// The mesh's config file.
+    #[arg(long, conflicts_with = "catalog")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: Etcd,
+}
+
+/// The catalog in etcd.
+#[derive(Debug, clap::Args)]
+struct Etcd {
+    /// The catalog in etcd: etcd://HOST:PORT[,HOST:PORT...][/PREFIX]
+    /// (prefix /mesh by default).
+    #[arg(long)]
+    catalog: Option<String>,
+    /// CA certificate of the etcd members (TLS to etcd).
+    #[arg(long, requires_all = ["catalog", "etcd_cert", "etcd_key"])]
+    etcd_cacert: Option<PathBuf>,
+    /// This client's certificate for etcd (its CN is its etcd user).
+    #[arg(long, requires_all = ["catalog", "etcd_cacert", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert.
+    #[arg(long, requires_all = ["catalog", "etcd_cacert", "etcd_cert"])]
+    etcd_key: Option<PathBuf>,
+}
+
+impl Etcd {
+    /// The etcd catalog named, if any.
+    fn options(&self) -> anyhow::Result<Option<catalog::EtcdOptions>> {
+        let Some(url) = &self.catalog else {
+            return Ok(None);
+        };
+        let tls = match (&self.etcd_cacert, &self.etcd_cert, &self.etcd_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(catalog::EtcdTls {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Some(catalog::EtcdOptions::parse(url, tls)?))
+    }
+}
+
+impl Store {
+    fn source(&self) -> anyhow::Result<catalog::Source> {
+        match (&self.config, self.etcd.options()?) {
+            (Some(path), None) => Ok(catalog::Source::File(path.clone())),
+            (None, Some(etcd)) => Ok(catalog::Source::Etcd(etcd)),
+            _ => anyhow::bail!("give the catalog: --config FILE or --catalog etcd://..."),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum CatalogCommand {
+    /// Make the catalog in etcd hold what FILE holds (mesh settings,
+    /// nodes, services with their checks, intentions): writes only what
+    /// differs, removes what FILE no longer has, and prints each change.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        etcd: Etcd,
+    },
     /// One line per service: its address and how many instances are
     /// passing, warning and critical.
     Services {
@@ -233,7 +296,7 @@ fn main() -> ExitCode {
     init_tracing(matches!(&cli.command, Command::Run { log_format, .. } if log_format == "json"));
     let result = match cli.command {
         Command::Run {
-            config,
+            store,
             node,
             outbound_port,
             admin,
@@ -251,7 +314,7 @@ fn main() -> ExitCode {
                 anyhow::anyhow!("--drain-seconds {drain_seconds}: expected seconds >= 0")
             })?;
             run(agent::RunOptions {
-                config,
+                catalog: store.source()?,
                 node,
                 outbound_port,
                 admin,
@@ -407,19 +470,28 @@ fn ttl_check(
 }
 
 fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
-    let (addr, json) = match &command {
-        CatalogCommand::Services { admin, json } => (*admin, *json),
-        CatalogCommand::Instances { admin, json, .. } => (*admin, *json),
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let (addr, json) = match &command {
+        CatalogCommand::Import { file, etcd } => {
+            let options = etcd
+                .options()?
+                .ok_or_else(|| anyhow::anyhow!("catalog import needs --catalog etcd://..."))?;
+            let report = rt.block_on(catalog::etcd::import(&options, file))?;
+            print!("{report}");
+            return Ok(());
+        }
+        CatalogCommand::Services { admin, json } => (*admin, *json),
+        CatalogCommand::Instances { admin, json, .. } => (*admin, *json),
+    };
     let doc = rt.block_on(admin::fetch_catalog(addr))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     match command {
+        CatalogCommand::Import { .. } => {}
         CatalogCommand::Services { .. } => print!("{}", doc.render_services()),
         CatalogCommand::Instances { service, .. } => {
             let table = doc.render_instances(service.as_deref()).ok_or_else(|| {

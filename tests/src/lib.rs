@@ -8,6 +8,7 @@
 //! own network namespace. Everything here needs root.
 #![forbid(unsafe_code)]
 
+pub mod etcd;
 pub mod health;
 pub mod pki;
 pub mod playground;
@@ -254,6 +255,8 @@ pub struct Mesh {
     /// `RUST_LOG` of the agents (debug by default, for test failures).
     pub log_filter: String,
     pub nodes: Vec<Node>,
+    /// The agents' catalog in etcd (`--catalog`), if not the file.
+    pub catalog: Option<String>,
     switch: String,
     agents: Mutex<Vec<(String, Child)>>,
     apps: Mutex<Vec<Child>>,
@@ -282,6 +285,7 @@ impl Mesh {
             agent,
             log_filter: "info,mesh=debug,mesh_agent=debug".to_owned(),
             nodes: Vec::new(),
+            catalog: None,
             switch: switch.clone(),
             agents: Mutex::new(Vec::new()),
             apps: Mutex::new(Vec::new()),
@@ -471,11 +475,14 @@ impl Mesh {
             .open(&log)
             .expect("agent log");
         let admin = admin_addr(extra);
-        let child = self
-            .cmd(node, &self.agent)
-            .arg("run")
-            .arg("--config")
-            .arg(self.config())
+        let mut cmd = self.cmd(node, &self.agent);
+        cmd.arg("run");
+        match &self.catalog {
+            // Its relative ca_dir is relative to the working directory.
+            Some(url) => cmd.args(["--catalog", url]).current_dir(&self.dir),
+            None => cmd.arg("--config").arg(self.config()),
+        };
+        let child = cmd
             .args(["--node", node])
             .args(extra)
             .env("RUST_LOG", &self.log_filter)

@@ -39,6 +39,7 @@ pub struct Topology {
     services: Vec<Service>,
     intentions: Vec<Intention>,
     agent_args: BTreeMap<String, Vec<String>>,
+    etcd: bool,
 }
 
 /// A `[[service]]` of a [`Topology`]; see [`Topology::service_with`].
@@ -118,6 +119,7 @@ impl Mesh {
             services: Vec::new(),
             intentions: Vec::new(),
             agent_args: BTreeMap::new(),
+            etcd: false,
         }
     }
 }
@@ -128,6 +130,17 @@ impl Topology {
     /// nodes (their addresses too).
     pub fn stranger(mut self, name: &str) -> Self {
         self.strangers.push(name.to_owned());
+        self
+    }
+
+    /// Keeps the catalog in a 3-member etcd cluster (`crate::etcd`, its
+    /// members are strangers `etcd1`..`etcd3`): `start` starts it, imports
+    /// the config file into it and runs the agents with `--catalog`.
+    pub fn etcd(mut self) -> Self {
+        self.etcd = true;
+        for member in crate::etcd::MEMBERS {
+            self.strangers.push(member.to_owned());
+        }
         self
     }
 
@@ -263,8 +276,11 @@ impl Topology {
             .map(String::as_str)
             .collect();
         let agent = self.agent.clone().unwrap_or_else(agent_bin);
-        let mesh = Mesh::with_agent(&names, agent);
+        let mut mesh = Mesh::with_agent(&names, agent);
         mesh.write_config(&self.toml(&mesh));
+        if self.etcd {
+            mesh.catalog = Some(mesh.etcd_url());
+        }
         mesh
     }
 
@@ -272,6 +288,12 @@ impl Topology {
     /// its `agent_args`, each waited for until ready.
     pub fn start(&self) -> Mesh {
         let mesh = self.build();
+        if self.etcd {
+            mesh.start_etcd();
+            let config = mesh.config();
+            let (ok, out) = mesh.cli_etcd(&["catalog", "import", &config.to_string_lossy()]);
+            assert!(ok, "catalog import: {out}");
+        }
         for node in &self.nodes {
             let args: Vec<&str> = self
                 .agent_args

@@ -1,14 +1,18 @@
 //! Where the agent reads the catalog (mesh settings, nodes, services,
-//! intentions) from. The agent talks only to [`Catalog`]; the first source
-//! is the TOML file ([`FileCatalog`]), a second (etcd) comes later.
+//! intentions) from. The agent talks only to [`Catalog`]; the sources are
+//! the TOML file ([`FileCatalog`]) and etcd ([`EtcdCatalog`], one key per
+//! object: `layout`).
 //!
 //! A source judges what it reads with [`Config::from_bytes`] or its
 //! equivalent, so every source accepts exactly what `validate` accepts.
 
+pub mod etcd;
 pub mod file;
+pub mod layout;
 
 use std::{future::Future, pin::Pin};
 
+pub use etcd::{EtcdCatalog, EtcdOptions, EtcdTls};
 pub use file::FileCatalog;
 
 use crate::config::{Config, ConfigError};
@@ -18,6 +22,56 @@ use crate::config::{Config, ConfigError};
 pub enum CatalogError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
+    #[error("catalog URL {url:?}: {why} (e.g. etcd://10.0.0.1:2379,10.0.0.2:2379/mesh)")]
+    Url { url: String, why: String },
+    #[error("failed to read {}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("etcd at {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    #[error(
+        "no catalog in etcd under {prefix} (seed it: mesh-agent catalog import mesh.toml --catalog ...)"
+    )]
+    Empty { prefix: String },
+    #[error("the catalog in etcd is not valid:\n{0}")]
+    Rejected(String),
+    #[error("the catalog watch ended")]
+    WatchEnded,
+    #[error("failed to start a runtime to read the catalog: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Where to read the catalog from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(std::path::PathBuf),
+    Etcd(EtcdOptions),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Etcd(o) => write!(f, "etcd {}{}", o.endpoints.join(","), o.prefix),
+        }
+    }
+}
+
+impl Source {
+    /// The catalog at this source.
+    pub fn open(&self) -> Box<dyn Catalog> {
+        match self {
+            Self::File(path) => Box::new(FileCatalog::new(path.clone())),
+            Self::Etcd(options) => Box::new(EtcdCatalog::new(options.clone())),
+        }
+    }
 }
 
 /// What [`Catalog::changed`] returns: a future of the next valid config.

@@ -1,0 +1,463 @@
+//! The catalog in etcd (`--catalog etcd://h1:2379,h2:2379[/prefix]`): the
+//! keys and values of `layout`, listed once at a revision, then watched
+//! from the next one.
+//!
+//! Every change (a put or delete under the prefix) is applied to the
+//! values last seen and the whole catalog judged again, as a changed file
+//! is: a valid one is the next config, an invalid one is logged ("catalog
+//! change rejected", naming the key) and the last good config stays. A
+//! watch that ends (member down, leader lost: the client requires a
+//! leader) is resumed from the revision after the last one seen, after a
+//! backoff; a compacted revision means listing again. While etcd cannot be
+//! reached the agent keeps its last good config and says so once.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
+    WatchStream,
+};
+use tracing::{info, warn};
+
+use super::{
+    Catalog, CatalogError, Change,
+    layout::{self, Assembled},
+};
+use crate::config::Config;
+
+/// The key prefix when the URL names none.
+pub const DEFAULT_PREFIX: &str = "/mesh";
+/// Bound on connecting to a member, and on each request.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Where the catalog is: members, key prefix, TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub tls: Option<EtcdTls>,
+}
+
+/// Client TLS to etcd: the CA that signed the members' certificates, and
+/// this client's certificate and key (its CN is its etcd user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl EtcdOptions {
+    /// Parses `etcd://host:port[,host:port...][/prefix]`.
+    pub fn parse(url: &str, tls: Option<EtcdTls>) -> Result<Self, CatalogError> {
+        let bad = |why: &str| CatalogError::Url {
+            url: url.to_owned(),
+            why: why.to_owned(),
+        };
+        let rest = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| bad("it must start with etcd://"))?;
+        let (hosts, prefix) = match rest.find('/') {
+            Some(at) => (&rest[..at], rest[at..].trim_end_matches('/')),
+            None => (rest, DEFAULT_PREFIX),
+        };
+        if prefix.is_empty() {
+            return Err(bad("the key prefix must not be empty"));
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoints = hosts
+            .split(',')
+            .map(|h| match h.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Ok(format!("{scheme}://{h}"))
+                }
+                _ => Err(bad(&format!("{h:?} is not host:port"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            endpoints,
+            prefix: prefix.to_owned(),
+            tls,
+        })
+    }
+
+    /// How problems name this catalog (`Config::path`, `etcd:<line>:<col>`;
+    /// each is followed by its key). A bare name: a relative `ca_dir` is
+    /// relative to the agent's working directory.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("etcd")
+    }
+
+    /// The prefix of every key of the layout's version.
+    fn keys(&self) -> String {
+        format!("{}/{}/", self.prefix, layout::VERSION)
+    }
+
+    /// A client; fails if no member answers within [`TIMEOUT`].
+    pub async fn connect(&self) -> Result<Client, CatalogError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(TIMEOUT)
+            .with_timeout(TIMEOUT)
+            .with_require_leader(true)
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1));
+        if let Some(tls) = &self.tls {
+            let read = |path: &Path| {
+                std::fs::read(path).map_err(|source| CatalogError::File {
+                    path: path.to_owned(),
+                    source,
+                })
+            };
+            let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+            options = options.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
+                    .identity(identity),
+            );
+        }
+        Client::connect(&self.endpoints, Some(options))
+            .await
+            .map_err(|e| self.unreachable(e))
+    }
+
+    fn unreachable(&self, e: etcd_client::Error) -> CatalogError {
+        CatalogError::Etcd {
+            endpoints: self.endpoints.join(","),
+            source: e,
+        }
+    }
+
+    /// Every value of the catalog, and the revision they were read at.
+    pub async fn list(
+        &self,
+        client: &mut Client,
+    ) -> Result<(BTreeMap<String, String>, i64), CatalogError> {
+        let got = client
+            .get(self.keys(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let revision = got.header().map_or(0, |h| h.revision());
+        let mut values = BTreeMap::new();
+        for kv in got.kvs() {
+            values.insert(
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+            );
+        }
+        Ok((values, revision))
+    }
+
+    /// Judges `values` as one catalog (see `layout`).
+    pub fn judge(&self, values: &BTreeMap<String, String>) -> Result<Config, CatalogError> {
+        for (key, value) in values {
+            layout::check(&self.prefix, key, value)?;
+        }
+        let assembled = layout::assemble(&self.prefix, values);
+        Config::parse(&assembled.text, &self.path()).map_err(|e| {
+            CatalogError::Rejected(name_keys(&assembled, &self.path(), &e.to_string()))
+        })
+    }
+}
+
+/// `problems` with each `<path>:<line>:` followed by the key of that line.
+fn name_keys(assembled: &Assembled, path: &Path, problems: &str) -> String {
+    let marker = format!("{}:", path.display());
+    let mut out = String::new();
+    for line in problems.lines() {
+        out.push_str(line);
+        if let Some(at) = line.find(&marker) {
+            let digits: String = line[at + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Some(key) = digits.parse().ok().and_then(|n| assembled.key_at(n)) {
+                out.push_str(&format!(" (key {key})"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// What [`import`] changed, one line per key, then the counts.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (what, keys) in [
+            ("added", &self.added),
+            ("changed", &self.changed),
+            ("removed", &self.removed),
+        ] {
+            for key in keys {
+                writeln!(f, "{what} {key}")?;
+            }
+        }
+        writeln!(
+            f,
+            "{} added, {} changed, {} removed, {} unchanged",
+            self.added.len(),
+            self.changed.len(),
+            self.removed.len(),
+            self.unchanged
+        )
+    }
+}
+
+/// Most operations in one etcd transaction (etcd's default limit is 128).
+const TXN_OPS: usize = 100;
+
+/// Makes the catalog in etcd hold what the config file at `file` holds:
+/// the file is judged first (nothing is written if it is invalid), then
+/// only the keys that differ are written and the keys the file no longer
+/// has are deleted. Running it again changes nothing.
+pub async fn import(options: &EtcdOptions, file: &Path) -> Result<Report, CatalogError> {
+    let bytes = Config::read(file)?;
+    Config::from_bytes(&bytes, file)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let wanted = layout::split(text.trim_start_matches('\u{feff}'), &options.prefix)?;
+    let mut client = options.connect().await?;
+    let (current, _) = options.list(&mut client).await?;
+    let mut report = Report::default();
+    let mut ops = Vec::new();
+    for (key, value) in &wanted {
+        match current.get(key) {
+            Some(now) if now == value => report.unchanged += 1,
+            Some(_) => {
+                report.changed.push(key.clone());
+                ops.push(etcd_client::TxnOp::put(key.as_str(), value.as_str(), None));
+            }
+            None => {
+                report.added.push(key.clone());
+                ops.push(etcd_client::TxnOp::put(key.as_str(), value.as_str(), None));
+            }
+        }
+    }
+    for key in current.keys().filter(|k| !wanted.contains_key(*k)) {
+        report.removed.push(key.clone());
+        ops.push(etcd_client::TxnOp::delete(key.as_str(), None));
+    }
+    // Batches: a catalog of thousands of objects does not fit one
+    // transaction; agents may see the batches one by one.
+    for batch in ops.chunks(TXN_OPS) {
+        client
+            .txn(etcd_client::Txn::new().and_then(batch.to_vec()))
+            .await
+            .map_err(|e| options.unreachable(e))?;
+    }
+    Ok(report)
+}
+
+/// The catalog in etcd.
+pub struct EtcdCatalog {
+    options: EtcdOptions,
+    /// The values as of `revision`.
+    values: BTreeMap<String, String>,
+    revision: i64,
+    /// The last catalog text judged, valid or not.
+    judged: Option<String>,
+    /// Made on the first `changed`, inside the runtime.
+    watch: Option<(Client, WatchStream)>,
+    /// The outage last logged.
+    down: Option<String>,
+}
+
+impl EtcdCatalog {
+    pub fn new(options: EtcdOptions) -> Self {
+        Self {
+            options,
+            values: BTreeMap::new(),
+            revision: 0,
+            judged: None,
+            watch: None,
+            down: None,
+        }
+    }
+
+    /// Waits for the next valid change.
+    async fn next_change(&mut self) -> Config {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.step().await {
+                Ok(Some(config)) => return config,
+                Ok(None) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    self.watch = None;
+                    let message = e.to_string();
+                    if self.down.as_ref() != Some(&message) {
+                        warn!(error = %message, "catalog in etcd unreachable, keeping the last good config");
+                        self.down = Some(message);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One watch response applied (connecting and watching first if need
+    /// be): the new config if the catalog changed and is valid.
+    async fn step(&mut self) -> Result<Option<Config>, CatalogError> {
+        if self.watch.is_none() {
+            let mut client = self.options.connect().await?;
+            let options = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(self.revision + 1);
+            let stream = client
+                .watch(self.options.keys(), Some(options))
+                .await
+                .map_err(|e| self.options.unreachable(e))?;
+            if self.down.take().is_some() {
+                info!("catalog in etcd reachable again");
+            }
+            self.watch = Some((client, stream));
+        }
+        let (client, stream) = self.watch.as_mut().expect("set above");
+        let response = stream
+            .message()
+            .await
+            .map_err(|e| self.options.unreachable(e))?
+            .ok_or(CatalogError::WatchEnded)?;
+        if response.canceled() {
+            if response.compact_revision() > 0 {
+                // History before it is gone: start over from a listing.
+                info!(
+                    revision = self.revision,
+                    compacted = response.compact_revision(),
+                    "catalog watch fell behind a compaction, listing again"
+                );
+                let (values, revision) = self.options.list(client).await?;
+                self.values = values;
+                self.revision = revision;
+                self.watch = None;
+                return Ok(self.judge());
+            }
+            return Err(CatalogError::WatchEnded);
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match event.event_type() {
+                EventType::Put => {
+                    let value = String::from_utf8_lossy(kv.value()).into_owned();
+                    self.values.insert(key, value);
+                }
+                EventType::Delete => {
+                    self.values.remove(&key);
+                }
+            }
+            self.revision = self.revision.max(kv.mod_revision());
+        }
+        Ok(if response.events().is_empty() {
+            None
+        } else {
+            self.judge()
+        })
+    }
+
+    /// The values judged, if they differ from the last judged.
+    fn judge(&mut self) -> Option<Config> {
+        let text = layout::assemble(&self.options.prefix, &self.values).text;
+        if self.judged.as_ref() == Some(&text) {
+            return None;
+        }
+        self.judged = Some(text);
+        match self.options.judge(&self.values) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                warn!("catalog change rejected, keeping the last good config:\n{e}");
+                None
+            }
+        }
+    }
+}
+
+impl Catalog for EtcdCatalog {
+    /// Lists the catalog (in a runtime of its own: the agent loads its
+    /// config before its runtime starts). An agent does not start without
+    /// its catalog.
+    fn load(&mut self) -> Result<Config, CatalogError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CatalogError::Runtime)?;
+        let (values, revision) = runtime.block_on(async {
+            let mut client = self.options.connect().await?;
+            self.options.list(&mut client).await
+        })?;
+        if values.is_empty() {
+            return Err(CatalogError::Empty {
+                prefix: self.options.keys(),
+            });
+        }
+        let config = self.options.judge(&values)?;
+        self.judged = Some(layout::assemble(&self.options.prefix, &values).text);
+        self.values = values;
+        self.revision = revision;
+        Ok(config)
+    }
+
+    fn changed(&mut self) -> Change<'_> {
+        Box::pin(self.next_change())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_members_and_a_prefix() {
+        let o = EtcdOptions::parse("etcd://10.0.0.1:2379,10.0.0.2:2379", None).unwrap();
+        assert_eq!(
+            o.endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(o.prefix, "/mesh");
+        let tls = EtcdTls {
+            ca: "ca.pem".into(),
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        };
+        let o = EtcdOptions::parse("etcd://h:1/team/a/", Some(tls)).unwrap();
+        assert_eq!(
+            (o.endpoints[0].as_str(), o.prefix.as_str()),
+            ("https://h:1", "/team/a")
+        );
+        for bad in [
+            "http://h:1",
+            "etcd://h",
+            "etcd://h:x",
+            "etcd://h:1,",
+            "etcd://h:1/",
+        ] {
+            assert!(EtcdOptions::parse(bad, None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_rejected_catalog_names_the_key_of_each_problem() {
+        let o = EtcdOptions::parse("etcd://h:1", None).unwrap();
+        let mut values = layout::split(
+            "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\n[[service]]\nname = \"web\"\nnode = \"b\"\nport = 80\n",
+            &o.prefix,
+        )
+        .unwrap();
+        let e = o.judge(&values).unwrap_err().to_string();
+        assert!(e.contains("(key /mesh/v1/services/web)"), "{e}");
+        values.insert("/mesh/v1/nodes/b".into(), "[[node]]\nname = \"c\"\n".into());
+        let e = o.judge(&values).unwrap_err().to_string();
+        assert!(e.contains("/mesh/v1/nodes/b"), "{e}");
+    }
+}

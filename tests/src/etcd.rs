@@ -1,0 +1,130 @@
+//! A real etcd cluster for a [`Mesh`]: three members, each in a stranger
+//! namespace of the mesh (`etcd1`..`etcd3`), plain HTTP on 2379 (clients)
+//! and 2380 (peers), data and logs in the mesh's directory. Short Raft
+//! timings (heartbeat 25 ms, election 250 ms) so a lost leader is
+//! replaced within a second.
+
+use std::{fs, time::Duration};
+
+use crate::{Mesh, wait_until};
+
+/// The namespaces of the members.
+pub const MEMBERS: [&str; 3] = ["etcd1", "etcd2", "etcd3"];
+/// The catalog's key prefix in the tests.
+pub const PREFIX: &str = "/mesh";
+
+impl Mesh {
+    /// `etcd://<member>:2379,...<PREFIX>`, for `--catalog`.
+    pub fn etcd_url(&self) -> String {
+        let members: Vec<String> = MEMBERS
+            .iter()
+            .map(|m| format!("{}:2379", self.node(m).v4))
+            .collect();
+        format!("etcd://{}{PREFIX}", members.join(","))
+    }
+
+    /// `--endpoints` for etcdctl.
+    pub fn etcd_endpoints(&self) -> String {
+        let members: Vec<String> = MEMBERS
+            .iter()
+            .map(|m| format!("http://{}:2379", self.node(m).v4))
+            .collect();
+        members.join(",")
+    }
+
+    /// Starts every member (see the module docs) and waits until the
+    /// cluster has a leader and takes a write.
+    pub fn start_etcd(&self) {
+        let cluster: Vec<String> = MEMBERS
+            .iter()
+            .map(|m| format!("{m}=http://{}:2380", self.node(m).v4))
+            .collect();
+        let token = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for member in MEMBERS {
+            self.start_etcd_member(member, &cluster.join(","), &token);
+        }
+        let up = wait_until(Duration::from_secs(20), || {
+            self.etcdctl(&["put", &format!("{PREFIX}/ready"), "1"]).0
+        });
+        assert!(up, "etcd did not take a write: {}", self.etcd_logs());
+    }
+
+    /// Starts (or restarts, on its data) one member.
+    pub fn start_etcd_member(&self, member: &str, cluster: &str, token: &str) {
+        let ip = self.node(member).v4;
+        let data = self.dir.join(format!("{member}.etcd"));
+        let mut cmd = self.cmd(member, "etcd");
+        cmd.args(["--name", member])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{ip}:2380"),
+            ])
+            .args(["--listen-client-urls", &format!("http://{ip}:2379")])
+            .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
+            .args(["--initial-cluster", cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", token])
+            .args(["--heartbeat-interval", "25", "--election-timeout", "250"])
+            .args(["--logger", "zap"]);
+        self.spawn_app(cmd, member);
+    }
+
+    /// Runs etcdctl (v3 API) against the cluster from the first member's
+    /// namespace; returns whether it succeeded and its output.
+    pub fn etcdctl(&self, args: &[&str]) -> (bool, String) {
+        let out = crate::output_with_timeout(
+            self.cmd(MEMBERS[0], "etcdctl")
+                .args(["--endpoints", &self.etcd_endpoints()])
+                .args(["--command-timeout", "3s"])
+                .args(args),
+            Duration::from_secs(10),
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Runs `mesh-agent ARGS --catalog <etcd url>` from the first member's
+    /// namespace (where etcd is reachable).
+    pub fn cli_etcd(&self, args: &[&str]) -> (bool, String) {
+        let out = crate::output_with_timeout(
+            self.cmd(MEMBERS[0], &self.agent)
+                .args(args)
+                .args(["--catalog", &self.etcd_url()]),
+            Duration::from_secs(30),
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// The members' logs, for failure messages.
+    pub fn etcd_logs(&self) -> String {
+        MEMBERS
+            .iter()
+            .map(|m| {
+                let log =
+                    fs::read_to_string(self.dir.join(format!("app-{m}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                format!(
+                    "---- {m} ----\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

@@ -1,0 +1,126 @@
+//! The catalog in etcd: a real 3-member cluster in network namespaces,
+//! seeded with `mesh-agent catalog import`, real agents run with
+//! `--catalog`. Need root, and etcd (`cargo xtask setup` installs it).
+use std::{fs, net::IpAddr, time::Duration};
+
+use mesh_tests::{Mesh, app, etcd::PREFIX, wait_until};
+
+const API_PORT: u16 = 5001;
+const VIP: &str = "240.0.0.9";
+
+fn vip() -> IpAddr {
+    VIP.parse().expect("vip")
+}
+
+/// Agents run from the catalog in etcd; a change written to etcd reaches
+/// them as a changed file does: a deny refuses new calls and cuts live
+/// ones within 1 s, an invalid value is rejected naming its key (the last
+/// good catalog stays), and importing the same file again changes nothing.
+#[test]
+fn agents_run_from_a_catalog_in_etcd_and_follow_its_changes() {
+    let mesh = Mesh::nodes(&["fa", "fb"])
+        .etcd()
+        .default_policy("allow")
+        .service("web", "fa", 8080)
+        .service_with("api", "fb", API_PORT, |s| s.vip(VIP))
+        .start();
+    mesh.start_echo_server("fb", "api", API_PORT);
+    assert_eq!(mesh.echo("fa", "web", vip(), API_PORT, "hello"), "hello");
+    for node in ["fa", "fb"] {
+        let log = fs::read_to_string(mesh.agent_log(node)).unwrap_or_default();
+        assert!(log.contains("catalog=etcd http://"), "{log}");
+    }
+
+    // Importing the same file again writes nothing.
+    let config = mesh.config();
+    let (ok, out) = mesh.cli_etcd(&["catalog", "import", &config.to_string_lossy()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("0 added, 0 changed, 0 removed, 5 unchanged"),
+        "{out}"
+    );
+
+    // A value that is not what its key says is rejected by both agents,
+    // which keep serving with the catalog they have.
+    let bad = format!("{PREFIX}/v1/services/db");
+    let (ok, out) = mesh.etcdctl(&["put", &bad, "[[service]]\nname = \"other\"\n"]);
+    assert!(ok, "{out}");
+    for node in ["fa", "fb"] {
+        let log = mesh.agent_log(node);
+        let rejected = wait_until(Duration::from_secs(5), || {
+            fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("catalog change rejected")
+        });
+        assert!(rejected, "{node} did not reject the value");
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        assert!(text.contains(&bad), "the rejection names the key: {text}");
+    }
+    let (ok, out) = mesh.etcdctl(&["del", &bad]);
+    assert!(ok, "{out}");
+    assert_eq!(mesh.echo("fa", "web", vip(), API_PORT, "still"), "still");
+
+    // A live connection, then a deny written to etcd.
+    let mut hold = mesh.cmd_as("fa", "web", "python3");
+    hold.arg(app("hold_client.py"))
+        .arg(VIP)
+        .arg(API_PORT.to_string())
+        .arg("20");
+    mesh.spawn_app(hold, "hold");
+    let hold_log = mesh.dir.join("app-hold.log");
+    let said = |what: &str| {
+        fs::read_to_string(&hold_log)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || said("OPEN")),
+        "hold client did not connect"
+    );
+    let deny = "[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"deny\"\n";
+    let denied = std::time::Instant::now();
+    let (ok, out) = mesh.etcdctl(&["put", &format!("{PREFIX}/v1/intentions/web/api"), deny]);
+    assert!(ok, "{out}");
+    assert!(
+        wait_until(Duration::from_secs(3), || said("CLOSED")),
+        "the live connection was not cut"
+    );
+    let cut = denied.elapsed();
+    assert!(
+        cut <= Duration::from_millis(1500),
+        "cut {cut:?} after the write"
+    );
+    let refused = mesh.transfer("fa", Some("web"), vip(), API_PORT, 10);
+    assert!(
+        refused.starts_with("ERRNO 1 "),
+        "a new call was not refused with EPERM: {refused}"
+    );
+}
+
+/// An agent does not start without its catalog: not with etcd down, not
+/// with an empty prefix; each says why.
+#[test]
+fn an_agent_refuses_to_start_without_its_catalog() {
+    let mesh = Mesh::nodes(&["fn"])
+        .etcd()
+        .service("web", "fn", 8080)
+        .build();
+    let run = || {
+        let out = mesh_tests::output_with_timeout(
+            mesh.cmd("fn", &mesh.agent)
+                .args(["run", "--node", "fn", "--catalog", &mesh.etcd_url()])
+                .current_dir(&mesh.dir),
+            Duration::from_secs(30),
+        );
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), text)
+    };
+    let (ok, err) = run();
+    assert!(!ok && err.contains("etcd at http://"), "{err}");
+    mesh.start_etcd();
+    let (ok, err) = run();
+    assert!(
+        !ok && err.contains("no catalog in etcd under /mesh/v1/"),
+        "{err}"
+    );
+}
