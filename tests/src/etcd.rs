@@ -111,6 +111,80 @@ impl Mesh {
         (out.status.success(), text)
     }
 
+    /// The member that leads now, if one does.
+    pub fn etcd_leader(&self) -> Option<&'static str> {
+        let statuses = self.etcd_status();
+        let leader = statuses.iter().find(|s| {
+            let status = &s["Status"];
+            status["leader"].as_u64().is_some() && status["leader"] == status["header"]["member_id"]
+        })?;
+        let endpoint = leader["Endpoint"].as_str()?;
+        MEMBERS
+            .into_iter()
+            .find(|m| endpoint == format!("http://{}:2379", self.node(m).v4))
+    }
+
+    /// `etcdctl endpoint status` of the members that answer.
+    pub fn etcd_status(&self) -> Vec<serde_json::Value> {
+        // A member down fails the command; the others are still on stdout.
+        let out = crate::output_with_timeout(
+            self.cmd(MEMBERS[0], "etcdctl")
+                .args(["--endpoints", &self.etcd_endpoints()])
+                .args(["--command-timeout", "2s"])
+                .args(["endpoint", "status", "--write-out", "json"]),
+            Duration::from_secs(10),
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// SIGKILLs the etcd member in `member`'s namespace.
+    pub fn kill_etcd_member(&self, member: &str) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &self.node(member).netns])
+            .output()
+            .expect("ip netns pids");
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid])
+                .status();
+        }
+        let gone = wait_until(Duration::from_secs(5), || {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "pids", &self.node(member).netns])
+                .output()
+                .expect("ip netns pids");
+            out.stdout.is_empty()
+        });
+        assert!(gone, "etcd in {member} did not die");
+    }
+
+    /// Restarts a member on its data after [`Mesh::kill_etcd_member`].
+    pub fn restart_etcd_member(&self, member: &str) {
+        let cluster: Vec<String> = MEMBERS
+            .iter()
+            .map(|m| format!("{m}=http://{}:2380", self.node(m).v4))
+            .collect();
+        self.start_etcd_member(member, &cluster.join(","), "restarted");
+    }
+
+    /// Cuts `node` off from every etcd member (blackhole routes in its
+    /// namespace: packets vanish, as in a partition), or heals it.
+    pub fn partition_from_etcd(&self, node: &str, cut: bool) {
+        for member in MEMBERS {
+            let ip = format!("{}/32", self.node(member).v4);
+            let verb = if cut { "add" } else { "del" };
+            let status = self
+                .cmd(node, "ip")
+                .args(["route", verb, "blackhole", &ip])
+                .status()
+                .expect("ip route");
+            assert!(status.success(), "ip route {verb} blackhole {ip} in {node}");
+        }
+    }
+
     /// The members' logs, for failure messages.
     pub fn etcd_logs(&self) -> String {
         MEMBERS

@@ -3,7 +3,7 @@
 //! `--catalog`. Need root, and etcd (`cargo xtask setup` installs it).
 use std::{fs, net::IpAddr, time::Duration};
 
-use mesh_tests::{Mesh, app, etcd::PREFIX, wait_until};
+use mesh_tests::{Mesh, app, etcd::PREFIX, health::failed_calls, wait_until};
 
 const API_PORT: u16 = 5001;
 const VIP: &str = "240.0.0.9";
@@ -122,5 +122,117 @@ fn an_agent_refuses_to_start_without_its_catalog() {
     assert!(
         !ok && err.contains("no catalog in etcd under /mesh/v1/"),
         "{err}"
+    );
+}
+
+/// Faults of etcd do not reach the data path, and changes made after them
+/// still arrive: the leader is SIGKILLed while calls flow (none fails; an
+/// intention written after the election reaches both agents), and an agent
+/// cut off from etcd keeps serving, then catches up on heal although the
+/// history it missed was compacted away.
+#[test]
+fn etcd_faults_fail_no_call_and_changes_after_them_arrive() {
+    let mesh = Mesh::nodes(&["ka", "kb"])
+        .etcd()
+        .default_policy("allow")
+        .service("web", "ka", 8080)
+        .service("ui", "ka", 8081)
+        .service_with("api", "kb", API_PORT, |s| s.vip(VIP))
+        .start();
+    mesh.start_health_server("kb", "api", API_PORT);
+    let mut calls =
+        mesh.http_call_stream("ka", "web", vip(), API_PORT, 60, Duration::from_millis(50));
+    for i in 0..10 {
+        assert!(
+            calls.next(Duration::from_secs(10)).is_some(),
+            "call {i} did not end"
+        );
+    }
+    let leader = mesh.etcd_leader().expect("a leader");
+    mesh.kill_etcd_member(leader);
+    let elected = wait_until(Duration::from_secs(10), || {
+        mesh.etcd_leader().is_some_and(|l| l != leader)
+    });
+    assert!(elected, "no new leader: {}", mesh.etcd_logs());
+    let results = calls.finish(Duration::from_secs(60));
+    assert_eq!(
+        failed_calls(&results),
+        [],
+        "calls failed across the leader's death"
+    );
+
+    // Written after the election: ui may no longer call api.
+    let deny = "[[intention]]\nsource = \"ui\"\ndestination = \"api\"\naction = \"deny\"\n";
+    let (ok, out) = mesh.etcdctl(&["put", &format!("{PREFIX}/v1/intentions/ui/api"), deny]);
+    assert!(ok, "{out}");
+    let refused = |node: &str, service: &str| {
+        mesh.transfer(node, Some(service), vip(), API_PORT, 10)
+            .starts_with("ERRNO 1 ")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || refused("ka", "ui")),
+        "the intention written after the election did not arrive"
+    );
+    mesh.restart_etcd_member(leader);
+
+    // ka cut off from etcd: it keeps its catalog and serves.
+    let log = mesh.agent_log("ka");
+    let said = |what: &str| fs::read_to_string(&log).unwrap_or_default().contains(what);
+    let times = |what: &str| {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(what)
+            .count()
+    };
+    // (The leader's death may have broken ka's watch already.)
+    let lost = times("catalog in etcd unreachable");
+    mesh.partition_from_etcd("ka", true);
+    // Found by the client's keepalive (6 s, then 3 s for the answer).
+    assert!(
+        wait_until(Duration::from_secs(15), || times(
+            "catalog in etcd unreachable"
+        ) > lost),
+        "ka did not notice it lost etcd"
+    );
+    let results = mesh.http_calls("ka", "web", vip(), API_PORT, 3, Duration::ZERO);
+    assert_eq!(
+        failed_calls(&results),
+        [],
+        "ka stopped serving without etcd"
+    );
+    // Meanwhile: the deny goes, web is denied instead, and the history
+    // is compacted.
+    let (ok, out) = mesh.etcdctl(&["del", &format!("{PREFIX}/v1/intentions/ui/api")]);
+    assert!(ok, "{out}");
+    let deny_web = deny.replace("\"ui\"", "\"web\"");
+    let (ok, out) = mesh.etcdctl(&["put", &format!("{PREFIX}/v1/intentions/web/api"), &deny_web]);
+    assert!(ok, "{out}");
+    let revision = mesh
+        .etcd_status()
+        .iter()
+        .filter_map(|s| s["Status"]["header"]["revision"].as_i64())
+        .max()
+        .expect("a revision");
+    let (ok, out) = mesh.etcdctl(&["compact", &revision.to_string()]);
+    assert!(ok, "{out}");
+    // Healed: ka lists again and applies both changes.
+    mesh.partition_from_etcd("ka", false);
+    assert!(
+        wait_until(Duration::from_secs(10), || refused("ka", "web")),
+        "ka did not catch up after the partition healed:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(!refused("ka", "ui"), "ui -> api is allowed again");
+    assert!(said("catalog in etcd reachable again"));
+    let catalog_lines: Vec<String> = fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("catalog"))
+        .map(|l| l.chars().take(300).collect())
+        .collect();
+    assert!(
+        said("listing again"),
+        "ka did not list after the compaction (revision {revision}):\n{}",
+        catalog_lines.join("\n")
     );
 }

@@ -33,6 +33,8 @@ use crate::config::Config;
 pub const DEFAULT_PREFIX: &str = "/mesh";
 /// Bound on connecting to a member, and on each request.
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings on an idle connection to etcd, to find a dead one.
+const KEEPALIVE: Duration = Duration::from_secs(6);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -105,7 +107,9 @@ impl EtcdOptions {
             .with_connect_timeout(TIMEOUT)
             .with_timeout(TIMEOUT)
             .with_require_leader(true)
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1));
+            // etcd closes connections that ping more often than every 5 s
+            // (--grpc-keepalive-min-time).
+            .with_keep_alive(KEEPALIVE, TIMEOUT);
         if let Some(tls) = &self.tls {
             let read = |path: &Path| {
                 std::fs::read(path).map_err(|source| CatalogError::File {
