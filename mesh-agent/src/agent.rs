@@ -381,6 +381,7 @@ async fn serve(
         ids,
         kernel: kernel.clone(),
     };
+    let reach = catalog.reach();
     tasks.spawn(follow(catalog, reload));
     let readiness = Arc::new(Readiness::default());
     let admin = Admin::new(
@@ -397,6 +398,7 @@ async fn serve(
             board: board.clone(),
             balancer,
             pool,
+            catalog: reach,
         },
     );
     // Not in `tasks`: it answers through the drain (`/ready`: 503).

@@ -194,6 +194,22 @@ fn etcd_faults_fail_no_call_and_changes_after_them_arrive() {
         ) > lost),
         "ka did not notice it lost etcd"
     );
+    // It says so in /status, `mesh-agent status` and the metrics.
+    let status = mesh.status("ka");
+    assert_eq!(status["catalog"]["connected"], false, "{status}");
+    assert!(
+        status["catalog"]["store"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("etcd http://")),
+        "{status}"
+    );
+    let text = mesh_tests::run_to_string(
+        mesh.cmd("ka", &mesh.agent).arg("status"),
+        Duration::from_secs(10),
+    );
+    assert!(text.contains("UNREACHABLE since"), "{text}");
+    assert_eq!(mesh.metric("ka", "mesh_catalog_connected"), 0.0);
+    assert_eq!(mesh.metric("kb", "mesh_catalog_connected"), 1.0);
     let results = mesh.http_calls("ka", "web", vip(), API_PORT, 3, Duration::ZERO);
     assert_eq!(
         failed_calls(&results),
@@ -223,6 +239,8 @@ fn etcd_faults_fail_no_call_and_changes_after_them_arrive() {
         fs::read_to_string(&log).unwrap_or_default()
     );
     assert!(!refused("ka", "ui"), "ui -> api is allowed again");
+    assert_eq!(mesh.metric("ka", "mesh_catalog_connected"), 1.0);
+    assert_eq!(mesh.status("ka")["catalog"]["connected"], true);
     assert!(said("catalog in etcd reachable again"));
     let catalog_lines: Vec<String> = fs::read_to_string(&log)
         .unwrap_or_default()

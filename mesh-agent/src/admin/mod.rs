@@ -299,6 +299,8 @@ pub struct Sources {
     pub balancer: Arc<Balancer>,
     /// `/metrics`: pooled connections to other agents.
     pub pool: Arc<crate::proxy::pool::Pool>,
+    /// `/status` and `/metrics`: whether the catalog's store is reachable.
+    pub catalog: Arc<crate::catalog::Reach>,
 }
 
 impl Admin {
@@ -437,6 +439,7 @@ impl Sources {
             handshakes_in_progress: self.admission.in_progress(),
             pooled: self.pool.usage(),
             instances,
+            catalog_connected: self.catalog.state().connected,
         })
     }
 
@@ -490,6 +493,7 @@ impl Sources {
                 reason: i.reason,
             })
             .collect();
+        let reach = self.catalog.state();
         StatusDoc {
             node: self.node.clone(),
             trust_domain: self.identities.trust_domain().to_owned(),
@@ -497,6 +501,12 @@ impl Sources {
             services,
             instances,
             connections,
+            catalog: Some(status::CatalogDoc {
+                store: self.catalog.store.clone(),
+                connected: reach.connected,
+                since: rfc3339(reach.since),
+                error: reach.error,
+            }),
         }
     }
 }

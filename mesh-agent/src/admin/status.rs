@@ -18,6 +18,22 @@ pub struct StatusDoc {
     pub instances: Vec<InstanceDoc>,
     /// Per (source, destination) pair seen: the verdicts.
     pub connections: Vec<PairDoc>,
+    /// Where the catalog comes from, and whether it is reachable.
+    #[serde(default)]
+    pub catalog: Option<CatalogDoc>,
+}
+
+/// The catalog's store as the agent last found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogDoc {
+    /// `file <path>` or `etcd <members><prefix>`.
+    pub store: String,
+    /// False while etcd cannot be reached: the agent runs on its last good
+    /// catalog.
+    pub connected: bool,
+    /// RFC 3339: since when `connected` holds.
+    pub since: String,
+    pub error: Option<String>,
 }
 
 /// When a certificate expires.
@@ -66,6 +82,20 @@ impl StatusDoc {
     /// `mesh-agent status`: the document as tables.
     pub fn render(&self) -> String {
         let mut out = format!("node {} (trust domain {})\n", self.node, self.trust_domain);
+        if let Some(c) = &self.catalog {
+            match (&c.error, c.connected) {
+                (_, true) => out.push_str(&format!(
+                    "catalog {} (reachable since {})\n",
+                    c.store, c.since
+                )),
+                (error, false) => out.push_str(&format!(
+                    "catalog {} UNREACHABLE since {}, running on the last good catalog: {}\n",
+                    c.store,
+                    c.since,
+                    error.as_deref().unwrap_or("unknown error")
+                )),
+            }
+        }
         let rows: Vec<[String; 4]> = self
             .services
             .iter()

@@ -275,17 +275,23 @@ pub struct EtcdCatalog {
     watch: Option<(Client, WatchStream)>,
     /// The outage last logged.
     down: Option<String>,
+    reach: std::sync::Arc<super::Reach>,
 }
 
 impl EtcdCatalog {
     pub fn new(options: EtcdOptions) -> Self {
         Self {
-            options,
             values: BTreeMap::new(),
             revision: 0,
             judged: None,
             watch: None,
             down: None,
+            reach: std::sync::Arc::new(super::Reach::new(format!(
+                "etcd {}{}",
+                options.endpoints.join(","),
+                options.prefix
+            ))),
+            options,
         }
     }
 
@@ -299,6 +305,7 @@ impl EtcdCatalog {
                 Err(e) => {
                     self.watch = None;
                     let message = e.to_string();
+                    self.reach.set(Some(message.clone()));
                     if self.down.as_ref() != Some(&message) {
                         warn!(error = %message, "catalog in etcd unreachable, keeping the last good config");
                         self.down = Some(message);
@@ -325,6 +332,7 @@ impl EtcdCatalog {
             if self.down.take().is_some() {
                 info!("catalog in etcd reachable again");
             }
+            self.reach.set(None);
             self.watch = Some((client, stream));
         }
         let (client, stream) = self.watch.as_mut().expect("set above");
@@ -388,6 +396,10 @@ impl EtcdCatalog {
 }
 
 impl Catalog for EtcdCatalog {
+    fn reach(&self) -> std::sync::Arc<super::Reach> {
+        self.reach.clone()
+    }
+
     /// Lists the catalog (in a runtime of its own: the agent loads its
     /// config before its runtime starts). An agent does not start without
     /// its catalog.

@@ -29,16 +29,19 @@ pub struct FileCatalog {
     unreadable: Option<String>,
     /// Made on the first `changed`, inside the runtime.
     poll: Option<Interval>,
+    reach: std::sync::Arc<super::Reach>,
 }
 
 impl FileCatalog {
     /// The catalog in the file at `path` (relative paths in it are relative
     /// to its directory).
     pub fn new(path: PathBuf) -> Self {
+        let reach = super::Reach::new(format!("file {}", path.display()));
         Self {
             path,
             last: Vec::new(),
             unreadable: None,
+            reach: std::sync::Arc::new(reach),
             poll: None,
         }
     }
@@ -95,6 +98,10 @@ impl FileCatalog {
 }
 
 impl Catalog for FileCatalog {
+    fn reach(&self) -> std::sync::Arc<super::Reach> {
+        self.reach.clone()
+    }
+
     fn load(&mut self) -> Result<Config, CatalogError> {
         let bytes = Config::read(&self.path)?;
         let config = Config::from_bytes(&bytes, &self.path)?;

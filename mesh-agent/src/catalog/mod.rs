@@ -58,7 +58,7 @@ pub enum Source {
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::File(path) => write!(f, "{}", path.display()),
+            Self::File(path) => write!(f, "file {}", path.display()),
             Self::Etcd(o) => write!(f, "etcd {}{}", o.endpoints.join(","), o.prefix),
         }
     }
@@ -77,8 +77,62 @@ impl Source {
 /// What [`Catalog::changed`] returns: a future of the next valid config.
 pub type Change<'a> = Pin<Box<dyn Future<Output = Config> + Send + 'a>>;
 
+/// Whether the catalog's store is reachable, as its source last found it
+/// (a file always is: a broken or missing file is a rejected change, not
+/// an outage). Shared with `/status` and `/metrics`.
+#[derive(Debug)]
+pub struct Reach {
+    /// `file <path>` or `etcd <members><prefix>`.
+    pub store: String,
+    state: std::sync::Mutex<ReachState>,
+}
+
+/// See [`Reach`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReachState {
+    pub connected: bool,
+    /// When `connected` last changed (or the agent started).
+    pub since: std::time::SystemTime,
+    /// Why it is not connected.
+    pub error: Option<String>,
+}
+
+impl Reach {
+    pub fn new(store: String) -> Self {
+        Self {
+            store,
+            state: std::sync::Mutex::new(ReachState {
+                connected: true,
+                since: std::time::SystemTime::now(),
+                error: None,
+            }),
+        }
+    }
+
+    pub fn state(&self) -> ReachState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records an outage (`Some(why)`) or its end (`None`); returns whether
+    /// that changed the state.
+    pub fn set(&self, error: Option<String>) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let connected = error.is_none();
+        let changed = state.connected != connected;
+        if changed {
+            state.since = std::time::SystemTime::now();
+        }
+        state.connected = connected;
+        state.error = error;
+        changed
+    }
+}
+
 /// A source of the catalog.
 pub trait Catalog: Send {
+    /// Whether its store is reachable now.
+    fn reach(&self) -> std::sync::Arc<Reach>;
+
     /// The catalog as it is now, the agent's first config; `changed` reports
     /// changes from here on. Fails if the source cannot be read or holds an
     /// invalid config.

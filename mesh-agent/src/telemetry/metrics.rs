@@ -9,6 +9,7 @@
 //! | `mesh_handshake_failures_total` | side, reason (`not_a_mesh_node`: refused in the kernel, before any handshake) |
 //! | `mesh_handshakes_in_progress` | (none): inbound handshakes holding a slot now |
 //! | `mesh_pooled_connections`, `mesh_pooled_streams` | (none): this agent's pooled `mesh/2` connections to other agents, and the app connections on them now |
+//! | `mesh_catalog_connected` | (none): 1 while the catalog's store is reachable (always for a file), 0 while the agent runs on its last good catalog |
 //! | `mesh_moved_streams_total` | side: busy `mesh/2` streams that moved to a `mesh/move` connection of their own |
 //! | `mesh_denials_total` | source, destination, rule, side (`source`: connect() refused on the caller's node; `destination`) |
 //! | `mesh_certificate_expiry_seconds` | service |
@@ -100,6 +101,7 @@ pub struct Metrics {
     pooled_connections: Gauge,
     pooled_streams: Gauge,
     moved: Family<Moved, Counter>,
+    catalog_connected: Gauge,
     health: Family<Instance, Gauge>,
     instance_opened: Family<Instance, Counter>,
     instance_active: Family<Instance, Gauge>,
@@ -125,6 +127,7 @@ impl Default for Metrics {
             pooled_connections: Gauge::default(),
             pooled_streams: Gauge::default(),
             moved: Family::default(),
+            catalog_connected: Gauge::default(),
             health: Family::default(),
             instance_opened: Family::default(),
             instance_active: Family::default(),
@@ -173,6 +176,11 @@ impl Default for Metrics {
             "mesh_pooled_streams",
             "App connections on pooled mesh/2 connections now",
             this.pooled_streams.clone(),
+        );
+        reg.register(
+            "mesh_catalog_connected",
+            "1 while the catalog's store is reachable, 0 while running on the last good catalog",
+            this.catalog_connected.clone(),
         );
         reg.register(
             "mesh_moved_streams",
@@ -251,6 +259,11 @@ impl Metrics {
     /// A TLS handshake failed.
     pub fn handshake_failed(&self, side: &'static str, reason: &'static str) {
         self.failures.get_or_create(&Failure { side, reason }).inc();
+    }
+
+    /// Whether the catalog's store is reachable.
+    pub fn catalog_connected(&self, connected: bool) {
+        self.catalog_connected.set(i64::from(connected));
     }
 
     /// A `mesh/2` stream moved to a connection of its own.

@@ -72,6 +72,8 @@ pub struct Scrape {
     pub pooled: (usize, usize),
     /// Every instance: service, node, health code, connections open to it.
     pub instances: Vec<(String, String, i64, u64)>,
+    /// Whether the catalog's store is reachable.
+    pub catalog_connected: bool,
 }
 
 fn instance(service: &str, node: &str) -> metrics::Instance {
@@ -215,6 +217,7 @@ impl Telemetry {
         self.metrics
             .handshakes_in_progress(now.handshakes_in_progress);
         self.metrics.pooled(now.pooled.0, now.pooled.1);
+        self.metrics.catalog_connected(now.catalog_connected);
         self.metrics.instances(
             now.instances
                 .into_iter()
