@@ -106,10 +106,11 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
-    /// Check a config file; print every problem and exit non-zero if any.
+    /// Check a config file (or the catalog in etcd); print every problem
+    /// and exit non-zero if any.
     Validate {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        store: Store,
     },
     /// Manage the mesh's built-in CA (files in `ca_dir`).
     Ca {
@@ -126,8 +127,8 @@ enum Command {
     Explain {
         source: String,
         destination: String,
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        store: Store,
     },
     /// Run CMD as service S of node N (in the service's cgroup). If the
     /// config file is broken, uses the running agent's last good config.
@@ -268,20 +269,20 @@ enum IntentionCommand {
         deny: bool,
         source: String,
         destination: String,
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        store: Store,
     },
     /// Remove the intention for SOURCE -> DESTINATION.
     Delete {
         source: String,
         destination: String,
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        store: Store,
     },
     /// List the intentions and the default policy.
     List {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        store: Store,
     },
 }
 
@@ -337,14 +338,14 @@ fn main() -> ExitCode {
             admin,
         } => ttl_check(admin, &state, service, check, note),
         Command::Catalog { command } => catalog(command),
-        Command::Validate { config } => validate(&config),
+        Command::Validate { store } => validate(&store),
         Command::Ca { command } => ca(command),
         Command::Intention { command } => intention(command),
         Command::Explain {
             source,
             destination,
-            config,
-        } => explain(&config, &source, &destination),
+            store,
+        } => explain(&store, &source, &destination),
         Command::Exec {
             config,
             node,
@@ -381,7 +382,91 @@ fn run(opts: agent::RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn validate(path: &std::path::Path) -> anyhow::Result<()> {
+/// `intention create|delete|list` against the catalog in etcd.
+fn intention_in_etcd(
+    command: IntentionCommand,
+    options: &catalog::EtcdOptions,
+) -> anyhow::Result<()> {
+    use config::Action;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (source, destination, action) = match command {
+        IntentionCommand::Create {
+            allow,
+            source,
+            destination,
+            ..
+        } => {
+            let action = if allow { Action::Allow } else { Action::Deny };
+            (source, destination, Some(action))
+        }
+        IntentionCommand::Delete {
+            source,
+            destination,
+            ..
+        } => (source, destination, None),
+        IntentionCommand::List { .. } => {
+            let config = rt.block_on(catalog::etcd::load(options))?;
+            for i in &config.intentions {
+                println!("{} -> {}: {}", i.source, i.destination, i.action);
+            }
+            println!("default: {}", config.mesh.default_policy);
+            return Ok(());
+        }
+    };
+    let before = rt.block_on(catalog::etcd::set_intention(
+        options,
+        &source,
+        &destination,
+        action,
+    ))?;
+    let what = match (action, before) {
+        (Some(a), Some(b)) if a == b => format!("unchanged: {a}"),
+        (Some(a), Some(b)) => format!("changed from {b} to {a}"),
+        (Some(a), None) => format!("created {a}"),
+        (None, Some(_)) => "deleted".to_owned(),
+        (None, None) => anyhow::bail!("no intention from {source:?} to {destination:?} in etcd"),
+    };
+    println!(
+        "{what} {source} -> {destination} in etcd {}",
+        options.prefix
+    );
+    Ok(())
+}
+
+/// The catalog at `store`, judged.
+fn load(store: &Store) -> anyhow::Result<(config::Config, String)> {
+    match store.source()? {
+        catalog::Source::File(path) => {
+            let config = config::Config::load(&path)?;
+            Ok((config, path.display().to_string()))
+        }
+        catalog::Source::Etcd(options) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let config = rt.block_on(catalog::etcd::load(&options))?;
+            Ok((config, format!("etcd {}", options.prefix)))
+        }
+    }
+}
+
+fn validate(store: &Store) -> anyhow::Result<()> {
+    let path = match store.source()? {
+        catalog::Source::File(path) => path,
+        catalog::Source::Etcd(_) => {
+            let (config, name) = load(store)?;
+            println!(
+                "{name}: ok ({} nodes, {} services, {} intentions)",
+                config.nodes.len(),
+                config.services.len(),
+                config.intentions.len()
+            );
+            return Ok(());
+        }
+    };
+    let path = path.as_path();
     match config::Config::load(path) {
         Ok(config) => {
             println!(
@@ -509,13 +594,24 @@ fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
 
 fn intention(command: IntentionCommand) -> anyhow::Result<()> {
     use config::{Action, edit};
+    let store = match &command {
+        IntentionCommand::Create { store, .. }
+        | IntentionCommand::Delete { store, .. }
+        | IntentionCommand::List { store } => store.source()?,
+    };
+    if let catalog::Source::Etcd(options) = store {
+        return intention_in_etcd(command, &options);
+    }
+    let catalog::Source::File(config) = store else {
+        unreachable!("etcd returned above")
+    };
     match command {
         IntentionCommand::Create {
             allow,
             deny: _,
             source,
             destination,
-            config,
+            ..
         } => {
             let action = if allow { Action::Allow } else { Action::Deny };
             let done = edit::create(&config, &source, &destination, action)?;
@@ -532,7 +628,7 @@ fn intention(command: IntentionCommand) -> anyhow::Result<()> {
         IntentionCommand::Delete {
             source,
             destination,
-            config,
+            ..
         } => {
             edit::delete(&config, &source, &destination)?;
             println!(
@@ -540,7 +636,7 @@ fn intention(command: IntentionCommand) -> anyhow::Result<()> {
                 config.display()
             );
         }
-        IntentionCommand::List { config } => {
+        IntentionCommand::List { .. } => {
             let config = config::Config::load(&config)?;
             for i in &config.intentions {
                 println!(
@@ -554,11 +650,11 @@ fn intention(command: IntentionCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn explain(path: &std::path::Path, source: &str, destination: &str) -> anyhow::Result<()> {
-    let config = config::Config::load(path)?;
-    for name in [source, destination] {
-        if config.service(name).is_none() {
-            anyhow::bail!("{name:?} is not a service in {}", path.display());
+fn explain(store: &Store, source: &str, destination: &str) -> anyhow::Result<()> {
+    let (config, name) = load(store)?;
+    for service in [source, destination] {
+        if config.service(service).is_none() {
+            anyhow::bail!("{service:?} is not a service in {name}");
         }
     }
     let decision = policy::Policy::new(&config).decide(source, destination);

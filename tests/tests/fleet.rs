@@ -77,10 +77,13 @@ fn agents_run_from_a_catalog_in_etcd_and_follow_its_changes() {
         wait_until(Duration::from_secs(10), || said("OPEN")),
         "hold client did not connect"
     );
-    let deny = "[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"deny\"\n";
     let denied = std::time::Instant::now();
-    let (ok, out) = mesh.etcdctl(&["put", &format!("{PREFIX}/v1/intentions/web/api"), deny]);
+    let (ok, out) = mesh.cli_etcd(&["intention", "create", "-deny", "web", "api"]);
     assert!(ok, "{out}");
+    assert!(
+        out.contains("created deny web -> api in etcd /mesh"),
+        "{out}"
+    );
     assert!(
         wait_until(Duration::from_secs(3), || said("CLOSED")),
         "the live connection was not cut"
@@ -90,6 +93,21 @@ fn agents_run_from_a_catalog_in_etcd_and_follow_its_changes() {
         cut <= Duration::from_millis(1500),
         "cut {cut:?} after the write"
     );
+    // The other commands read the catalog in etcd too.
+    let (ok, out) = mesh.cli_etcd(&["explain", "web", "api"]);
+    assert!(ok && out.contains("deny: web -> api by"), "{out}");
+    let (ok, out) = mesh.cli_etcd(&["intention", "list"]);
+    assert!(ok && out.contains("web -> api: deny"), "{out}");
+    let (ok, out) = mesh.cli_etcd(&["validate"]);
+    assert!(
+        ok && out.contains("ok (2 nodes, 2 services, 1 intentions)"),
+        "{out}"
+    );
+    // An edit that would not validate writes nothing.
+    let (ok, out) = mesh.cli_etcd(&["intention", "create", "-allow", "web", "nosuch"]);
+    assert!(!ok && out.contains("nosuch"), "{out}");
+    let (_, keys) = mesh.etcdctl(&["get", "--prefix", "--keys-only", PREFIX]);
+    assert!(!keys.contains("nosuch"), "{keys}");
     let refused = mesh.transfer("fa", Some("web"), vip(), API_PORT, 10);
     assert!(
         refused.starts_with("ERRNO 1 "),

@@ -263,6 +263,93 @@ pub async fn import(options: &EtcdOptions, file: &Path) -> Result<Report, Catalo
     Ok(report)
 }
 
+/// The catalog in etcd as it is now, judged (`validate`, `explain`,
+/// `intention list`).
+pub async fn load(options: &EtcdOptions) -> Result<Config, CatalogError> {
+    let mut client = options.connect().await?;
+    let (values, _) = options.list(&mut client).await?;
+    if values.is_empty() {
+        return Err(CatalogError::Empty {
+            prefix: options.keys(),
+        });
+    }
+    options.judge(&values)
+}
+
+/// Sets (`Some`) or removes (`None`) the intention `source -> destination`
+/// in etcd, as `intention create|delete` does in a file: the catalog with
+/// the change must be valid, and the write happens only if the key is
+/// still as it was read (else it is read again, up to 3 times). Returns
+/// the action the key held before.
+pub async fn set_intention(
+    options: &EtcdOptions,
+    source: &str,
+    destination: &str,
+    action: Option<crate::config::Action>,
+) -> Result<Option<crate::config::Action>, CatalogError> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let key = layout::Object::Intention {
+        source: source.to_owned(),
+        destination: destination.to_owned(),
+    }
+    .key(&options.prefix);
+    let mut client = options.connect().await?;
+    for _ in 0..3 {
+        let (mut values, _) = options.list(&mut client).await?;
+        let before = values.get(&key).map(|v| intention_action(v));
+        let held = client
+            .get(key.as_str(), None)
+            .await
+            .map_err(|e| options.unreachable(e))?;
+        let revision = held.kvs().first().map_or(0, |kv| kv.mod_revision());
+        match action {
+            Some(action) => {
+                values.insert(key.clone(), intention_value(source, destination, action));
+            }
+            None => {
+                values.remove(&key);
+            }
+        }
+        options.judge(&values)?;
+        let write = match action {
+            Some(_) => TxnOp::put(key.as_str(), values[&key].as_str(), None),
+            None => TxnOp::delete(key.as_str(), None),
+        };
+        let guard = Compare::mod_revision(key.as_str(), CompareOp::Equal, revision);
+        let done = client
+            .txn(Txn::new().when([guard]).and_then([write]))
+            .await
+            .map_err(|e| options.unreachable(e))?;
+        if done.succeeded() {
+            return Ok(before.flatten());
+        }
+    }
+    Err(CatalogError::Busy { key })
+}
+
+/// The `[[intention]]` value of a key.
+fn intention_value(source: &str, destination: &str, action: crate::config::Action) -> String {
+    let mut table = toml_edit::Table::new();
+    table.insert("source", toml_edit::value(source));
+    table.insert("destination", toml_edit::value(destination));
+    table.insert("action", toml_edit::value(action.to_string()));
+    let mut tables = toml_edit::ArrayOfTables::new();
+    tables.push(table);
+    let mut doc = toml_edit::DocumentMut::new();
+    doc.insert("intention", toml_edit::Item::ArrayOfTables(tables));
+    doc.to_string()
+}
+
+/// The action an `[[intention]]` value holds, if it reads as one.
+fn intention_action(value: &str) -> Option<crate::config::Action> {
+    let doc: toml_edit::DocumentMut = value.parse().ok()?;
+    match doc["intention"][0]["action"].as_str()? {
+        "allow" => Some(crate::config::Action::Allow),
+        "deny" => Some(crate::config::Action::Deny),
+        _ => None,
+    }
+}
+
 /// The catalog in etcd.
 pub struct EtcdCatalog {
     options: EtcdOptions,

@@ -44,6 +44,8 @@ pub enum CatalogError {
     Rejected(String),
     #[error("the catalog watch ended")]
     WatchEnded,
+    #[error("{key} kept changing under this edit; try again")]
+    Busy { key: String },
     #[error("failed to start a runtime to read the catalog: {0}")]
     Runtime(std::io::Error),
 }
