@@ -229,12 +229,17 @@ pub fn assemble(prefix: &str, values: &BTreeMap<String, String>) -> Assembled {
         .chain(values.iter().filter(|(k, _)| **k != mesh));
     let mut text = String::new();
     let mut starts = Vec::new();
+    // Lines so far (each value ends with a newline).
+    let mut lines = 0;
     for (key, value) in ordered {
         text.push_str(&format!("# {key}\n"));
-        starts.push((text.lines().count() + 1, key.clone()));
+        lines += 1;
+        starts.push((lines + 1, key.clone()));
         text.push_str(value);
+        lines += value.matches('\n').count();
         if !value.ends_with('\n') {
             text.push('\n');
+            lines += 1;
         }
     }
     Assembled { text, starts }

@@ -33,9 +33,13 @@ pub(super) fn parse(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(source.text)
         .map_err(|e| ConfigError::Invalid(vec![source.toml_problem(e.span(), e.message())]))?;
 
+    let line_starts = std::iter::once(0)
+        .chain(source.text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
     let mut checker = Checker {
         source,
         problems: Vec::new(),
+        line_starts,
     };
     if raw.node.is_empty() {
         // Every agent runs as one of the nodes: no agent could run this.
@@ -68,6 +72,10 @@ pub(super) fn parse(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
 struct Checker<'a> {
     source: Source<'a>,
     problems: Vec<Problem>,
+    /// Byte offset of each line's first byte, for [`Checker::line`]:
+    /// counting newlines from the start for each item would make a catalog
+    /// of thousands of items quadratic.
+    line_starts: Vec<usize>,
 }
 
 impl Checker<'_> {
@@ -75,8 +83,10 @@ impl Checker<'_> {
         self.problems.push(self.source.problem(span, message));
     }
 
+    /// 1-based line of `item` (as `Source::line`).
     fn line<T>(&self, item: &Spanned<T>) -> usize {
-        self.source.line(item.span().start)
+        let offset = item.span().start;
+        self.line_starts.partition_point(|&start| start <= offset)
     }
 
     /// Runs `check` on a spanned value; reports its error at the value.
