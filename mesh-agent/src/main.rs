@@ -215,6 +215,18 @@ enum CatalogCommand {
         #[command(flatten)]
         etcd: Etcd,
     },
+    /// Measure the catalog in etcd at scale (`cargo xtask bench
+    /// --catalog`): load time, memory, propagation to WATCHERS watchers in
+    /// this process. Writes CHANGES changes to one intention. Prints JSON.
+    #[command(hide = true)]
+    Bench {
+        #[arg(long, default_value_t = 50)]
+        watchers: usize,
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+        #[command(flatten)]
+        etcd: Etcd,
+    },
     /// One line per service: its address and how many instances are
     /// passing, warning and critical.
     Services {
@@ -559,6 +571,19 @@ fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (addr, json) = match &command {
+        CatalogCommand::Bench {
+            watchers,
+            changes,
+            etcd,
+        } => {
+            let options = etcd
+                .options()?
+                .ok_or_else(|| anyhow::anyhow!("catalog bench needs --catalog etcd://..."))?;
+            drop(rt);
+            let report = catalog::scale::measure(&options, *watchers, *changes)?;
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
         CatalogCommand::Import { file, etcd } => {
             let options = etcd
                 .options()?
@@ -576,7 +601,7 @@ fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     match command {
-        CatalogCommand::Import { .. } => {}
+        CatalogCommand::Import { .. } | CatalogCommand::Bench { .. } => {}
         CatalogCommand::Services { .. } => print!("{}", doc.render_services()),
         CatalogCommand::Instances { service, .. } => {
             let table = doc.render_instances(service.as_deref()).ok_or_else(|| {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod catalog;
 mod cmd;
 mod demo;
 mod fuzz;
@@ -58,6 +59,11 @@ enum Task {
         /// benches, not in --smoke.
         #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "instances", "pick", "tunnel"])]
         only: Vec<String>,
+        /// Measure only the catalog in etcd at scale (1,000 services,
+        /// 10,000 instances, 2,000 intentions): first snapshot, memory,
+        /// propagation to 50 watchers.
+        #[arg(long, conflicts_with_all = ["only", "smoke"])]
+        catalog: bool,
     },
     /// Run the fuzz targets (cargo-fuzz, nightly) one after another.
     Fuzz {
@@ -100,6 +106,13 @@ fn task(task: Task) -> anyhow::Result<()> {
             setup::ensure()?;
             fuzz::run(seconds, &targets)
         }
-        Task::Bench { runs, smoke, only } => bench::run(&bench::Options { runs, smoke, only }),
+        Task::Bench {
+            catalog: true,
+            runs,
+            ..
+        } => catalog::run(runs),
+        Task::Bench {
+            runs, smoke, only, ..
+        } => bench::run(&bench::Options { runs, smoke, only }),
     }
 }

@@ -382,6 +382,16 @@ impl EtcdCatalog {
         }
     }
 
+    /// Objects in the catalog as last seen.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether it holds no object (before `load`).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
     /// Waits for the next valid change.
     async fn next_change(&mut self) -> Config {
         let mut backoff = Duration::from_millis(100);

@@ -9,6 +9,7 @@
 pub mod etcd;
 pub mod file;
 pub mod layout;
+pub mod scale;
 
 use std::{future::Future, pin::Pin};
 
