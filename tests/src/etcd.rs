@@ -1,8 +1,8 @@
 //! A real etcd cluster for a [`Mesh`]: three members, each in a stranger
 //! namespace of the mesh (`etcd1`..`etcd3`), plain HTTP on 2379 (clients)
 //! and 2380 (peers), data and logs in the mesh's directory. Short Raft
-//! timings (heartbeat 25 ms, election 250 ms) so a lost leader is
-//! replaced within a second.
+//! timings (heartbeat 50 ms, election 500 ms) so a lost leader is
+//! replaced within about a second.
 
 use std::{fs, time::Duration};
 
@@ -55,6 +55,11 @@ impl Mesh {
 
     /// Starts (or restarts, on its data) one member.
     pub fn start_etcd_member(&self, member: &str, cluster: &str, token: &str) {
+        self.spawn_etcd_member(member, cluster, token, member);
+    }
+
+    /// Starts one member, logging to `app-<log>.log`.
+    fn spawn_etcd_member(&self, member: &str, cluster: &str, token: &str, log: &str) {
         let ip = self.node(member).v4;
         let data = self.dir.join(format!("{member}.etcd"));
         let mut cmd = self.cmd(member, "etcd");
@@ -71,9 +76,9 @@ impl Mesh {
             .args(["--initial-cluster", cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", token])
-            .args(["--heartbeat-interval", "25", "--election-timeout", "250"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap"]);
-        self.spawn_app(cmd, member);
+        self.spawn_app(cmd, log);
     }
 
     /// Runs etcdctl (v3 API) against the cluster from the first member's
@@ -92,6 +97,19 @@ impl Mesh {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), text)
+    }
+
+    /// Runs etcdctl until it succeeds (a write can fail while the cluster
+    /// elects a leader), at most 10 s; panics with its last output.
+    pub fn etcdctl_ok(&self, args: &[&str]) -> String {
+        let mut last = String::new();
+        let ok = wait_until(Duration::from_secs(10), || {
+            let (ok, out) = self.etcdctl(args);
+            last = out;
+            ok
+        });
+        assert!(ok, "etcdctl {args:?}: {last}");
+        last
     }
 
     /// Runs `mesh-agent ARGS --catalog <etcd url>` from the first member's
@@ -167,7 +185,9 @@ impl Mesh {
             .iter()
             .map(|m| format!("{m}=http://{}:2380", self.node(m).v4))
             .collect();
-        self.start_etcd_member(member, &cluster.join(","), "restarted");
+        // Its own log: the first one tells how the member died.
+        let log = format!("{member}-restarted");
+        self.spawn_etcd_member(member, &cluster.join(","), "restarted", &log);
     }
 
     /// Cuts `node` off from every etcd member (blackhole routes in its

@@ -32,9 +32,8 @@ const CHANGES: usize = 20;
 pub fn run(runs: usize) -> anyhow::Result<()> {
     setup::ensure()?;
     let agent = build::agent(true)?;
-    let dir = std::env::temp_dir().join(format!("mesh-catalog-bench-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
+    let scratch = Scratch::new()?;
+    let dir = scratch.0.clone();
     let file = dir.join("mesh.toml");
     fs::write(&file, catalog_text())?;
     let mut samples: Vec<Value> = Vec::new();
@@ -67,9 +66,26 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         samples.push(report);
         drop(etcd);
     }
-    let _ = fs::remove_dir_all(&dir);
     print!("{}", table(&samples));
     Ok(())
+}
+
+/// The bench's directory (etcd's data), removed on drop, failures included.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("mesh-catalog-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The medians and the targets, as Markdown.
@@ -173,8 +189,10 @@ struct Etcd {
 
 impl Etcd {
     fn start(data: &Path) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let peer = free_port()?;
+        // Both held until both are known, so they differ.
+        let (client, peer) = (free_port()?, free_port()?);
+        let (port, peer) = (client.local_addr()?.port(), peer.local_addr()?.port());
+        drop(client);
         let log = fs::File::create(data.with_extension("log"))?;
         let child = cmd::new("etcd")
             .arg("--data-dir")
@@ -222,7 +240,7 @@ impl Drop for Etcd {
     }
 }
 
-/// A TCP port free on loopback now.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A listener on a free loopback port; its port is free again once dropped.
+fn free_port() -> anyhow::Result<TcpListener> {
+    Ok(TcpListener::bind("127.0.0.1:0")?)
 }

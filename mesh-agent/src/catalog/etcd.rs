@@ -228,32 +228,77 @@ const TXN_OPS: usize = 100;
 /// has are deleted. Running it again changes nothing.
 pub async fn import(options: &EtcdOptions, file: &Path) -> Result<Report, CatalogError> {
     let bytes = Config::read(file)?;
-    Config::from_bytes(&bytes, file)?;
+    let from_file = Config::from_bytes(&bytes, file)?;
     let text = String::from_utf8_lossy(&bytes);
     let wanted = layout::split(text.trim_start_matches('\u{feff}'), &options.prefix)?;
+    // What would be in etcd must be what the file says, object for object.
+    let to_store = options.judge(&wanted)?;
+    let rules = |c: &Config| -> Vec<String> {
+        c.intentions
+            .iter()
+            .map(|i| format!("{} {} {}", i.source, i.destination, i.action))
+            .collect()
+    };
+    if to_store.mesh != from_file.mesh
+        || to_store.nodes != from_file.nodes
+        || to_store.services != from_file.services
+        || rules(&to_store) != rules(&from_file)
+    {
+        return Err(CatalogError::Rejected(format!(
+            "{} does not split into the same catalog; nothing written",
+            file.display()
+        )));
+    }
     let mut client = options.connect().await?;
     let (current, _) = options.list(&mut client).await?;
     let mut report = Report::default();
-    let mut ops = Vec::new();
+    let mut puts = Vec::new();
+    let mut deletes = Vec::new();
     for (key, value) in &wanted {
         match current.get(key) {
             Some(now) if now == value => report.unchanged += 1,
             Some(_) => {
                 report.changed.push(key.clone());
-                ops.push(etcd_client::TxnOp::put(key.as_str(), value.as_str(), None));
+                puts.push((key, value));
             }
             None => {
                 report.added.push(key.clone());
-                ops.push(etcd_client::TxnOp::put(key.as_str(), value.as_str(), None));
+                puts.push((key, value));
             }
         }
     }
     for key in current.keys().filter(|k| !wanted.contains_key(*k)) {
         report.removed.push(key.clone());
-        ops.push(etcd_client::TxnOp::delete(key.as_str(), None));
+        deletes.push(key);
     }
     // Batches: a catalog of thousands of objects does not fit one
-    // transaction; agents may see the batches one by one.
+    // transaction, and agents judge each batch they see. Puts go in the
+    // order objects depend on each other (mesh, nodes, services,
+    // intentions) and deletes the other way, so more of the batches are
+    // valid catalogs; one that is not is rejected until the next.
+    let rank = |key: &str| match layout::Object::of_key(&options.prefix, key) {
+        Ok(layout::Object::Mesh) => 0,
+        Ok(layout::Object::Node(_)) => 1,
+        Ok(layout::Object::Service(_)) => 2,
+        _ => 3,
+    };
+    puts.sort_by_key(|(k, _)| rank(k));
+    deletes.sort_by_key(|k| std::cmp::Reverse(rank(k)));
+    let ops: Vec<etcd_client::TxnOp> = deletes
+        .iter()
+        .filter(|k| rank(k) == 3)
+        .map(|k| etcd_client::TxnOp::delete(k.as_str(), None))
+        .chain(
+            puts.iter()
+                .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None)),
+        )
+        .chain(
+            deletes
+                .iter()
+                .filter(|k| rank(k) < 3)
+                .map(|k| etcd_client::TxnOp::delete(k.as_str(), None)),
+        )
+        .collect();
     for batch in ops.chunks(TXN_OPS) {
         client
             .txn(etcd_client::Txn::new().and_then(batch.to_vec()))
@@ -278,9 +323,10 @@ pub async fn load(options: &EtcdOptions) -> Result<Config, CatalogError> {
 
 /// Sets (`Some`) or removes (`None`) the intention `source -> destination`
 /// in etcd, as `intention create|delete` does in a file: the catalog with
-/// the change must be valid, and the write happens only if the key is
-/// still as it was read (else it is read again, up to 3 times). Returns
-/// the action the key held before.
+/// the change must be valid, and the write happens only if no key of the
+/// catalog was written since it was read (a delete in between is not
+/// seen: etcd compares revisions of keys that exist); else it is read
+/// again, up to 3 times. Returns the action the key held before.
 pub async fn set_intention(
     options: &EtcdOptions,
     source: &str,
@@ -295,13 +341,11 @@ pub async fn set_intention(
     .key(&options.prefix);
     let mut client = options.connect().await?;
     for _ in 0..3 {
-        let (mut values, _) = options.list(&mut client).await?;
-        let before = values.get(&key).map(|v| intention_action(v));
-        let held = client
-            .get(key.as_str(), None)
-            .await
-            .map_err(|e| options.unreachable(e))?;
-        let revision = held.kvs().first().map_or(0, |kv| kv.mod_revision());
+        let (mut values, listed) = options.list(&mut client).await?;
+        let before = values.get(&key).and_then(|v| intention_action(v));
+        if action.is_some() && before == action {
+            return Ok(before);
+        }
         match action {
             Some(action) => {
                 values.insert(key.clone(), intention_value(source, destination, action));
@@ -315,13 +359,16 @@ pub async fn set_intention(
             Some(_) => TxnOp::put(key.as_str(), values[&key].as_str(), None),
             None => TxnOp::delete(key.as_str(), None),
         };
-        let guard = Compare::mod_revision(key.as_str(), CompareOp::Equal, revision);
+        // Nothing under the prefix (this key included) written since the
+        // listing.
+        let guard =
+            Compare::mod_revision(options.keys(), CompareOp::Less, listed + 1).with_prefix();
         let done = client
             .txn(Txn::new().when([guard]).and_then([write]))
             .await
             .map_err(|e| options.unreachable(e))?;
         if done.succeeded() {
-            return Ok(before.flatten());
+            return Ok(before);
         }
     }
     Err(CatalogError::Busy { key })
@@ -403,10 +450,11 @@ impl EtcdCatalog {
                     self.watch = None;
                     let message = e.to_string();
                     self.reach.set(Some(message.clone()));
-                    if self.down.as_ref() != Some(&message) {
+                    // Once per outage (its later errors only update /status).
+                    if self.down.is_none() {
                         warn!(error = %message, "catalog in etcd unreachable, keeping the last good config");
-                        self.down = Some(message);
                     }
+                    self.down = Some(message);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -426,10 +474,7 @@ impl EtcdCatalog {
                 .watch(self.options.keys(), Some(options))
                 .await
                 .map_err(|e| self.options.unreachable(e))?;
-            if self.down.take().is_some() {
-                info!("catalog in etcd reachable again");
-            }
-            self.reach.set(None);
+            // Reachable once etcd confirms the watch (below).
             self.watch = Some((client, stream));
         }
         let (client, stream) = self.watch.as_mut().expect("set above");
@@ -438,6 +483,12 @@ impl EtcdCatalog {
             .await
             .map_err(|e| self.options.unreachable(e))?
             .ok_or(CatalogError::WatchEnded)?;
+        if response.created() && !response.canceled() {
+            if self.down.take().is_some() {
+                info!("catalog in etcd reachable again");
+            }
+            self.reach.set(None);
+        }
         if response.canceled() {
             if response.compact_revision() > 0 {
                 // History before it is gone: start over from a listing.
@@ -452,7 +503,9 @@ impl EtcdCatalog {
                 self.watch = None;
                 return Ok(self.judge());
             }
-            return Err(CatalogError::WatchEnded);
+            return Err(CatalogError::WatchCanceled {
+                reason: response.cancel_reason().to_owned(),
+            });
         }
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };

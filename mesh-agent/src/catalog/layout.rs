@@ -120,16 +120,36 @@ impl Object {
     }
 }
 
+impl std::fmt::Display for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Mesh => write!(f, "[mesh]"),
+            Self::Node(n) => write!(f, "node {n:?}"),
+            Self::Service(s) => write!(f, "service {s:?}"),
+            Self::Intention {
+                source,
+                destination,
+            } => write!(f, "intention {source:?} -> {destination:?}"),
+        }
+    }
+}
+
 /// Cuts a `mesh.toml` text into the values of its objects, by key under
 /// `prefix`. Comments and layout inside each table are kept. The text
 /// should be a valid config (check it with `Config::from_bytes` first):
 /// this only needs each object to be named.
 pub fn split(text: &str, prefix: &str) -> Result<BTreeMap<String, String>, LayoutError> {
-    let doc: DocumentMut = text.parse()?;
+    let mut doc: DocumentMut = text.parse()?;
     let mut out = BTreeMap::new();
-    if let Some(mesh) = doc.get("mesh").and_then(Item::as_table) {
+    // Inline forms (`mesh = { ... }`, `intention = [{ ... }]`) are the same
+    // objects: taken as tables.
+    if let Some(mesh) = doc.remove("mesh") {
+        let mesh = mesh.into_table().map_err(|_| LayoutError::Unnamed {
+            what: "[mesh]",
+            field: "table",
+        })?;
         let mut one = DocumentMut::new();
-        one.insert("mesh", Item::Table(mesh.clone()));
+        one.insert("mesh", Item::Table(mesh));
         out.insert(Object::Mesh.key(prefix), one.to_string());
     }
     for (array, what) in [
@@ -137,8 +157,14 @@ pub fn split(text: &str, prefix: &str) -> Result<BTreeMap<String, String>, Layou
         ("service", "a [[service]] table"),
         ("intention", "an [[intention]] table"),
     ] {
-        let Some(tables) = doc.get(array).and_then(Item::as_array_of_tables) else {
+        let Some(item) = doc.remove(array) else {
             continue;
+        };
+        let Ok(tables) = item.into_array_of_tables() else {
+            return Err(LayoutError::Unnamed {
+                what,
+                field: "table",
+            });
         };
         for table in tables.iter() {
             let object = object_of(array, table, what)?;
@@ -196,7 +222,7 @@ pub fn check(prefix: &str, key: &str, value: &str) -> Result<Object, LayoutError
     };
     let named = object_of(array, table, "the table").map_err(|e| wrong(e.to_string()))?;
     if named != object {
-        return Err(wrong(format!("it holds {named:?}")));
+        return Err(wrong(format!("it holds {named}")));
     }
     Ok(object)
 }
@@ -330,6 +356,23 @@ action = "allow"
     }
 
     #[test]
+    fn inline_tables_split_like_tables() {
+        let inline = r#"mesh = { trust_domain = "corp.example", default_policy = "allow" }
+node = [{ name = "a", address = "10.0.0.1" }]
+service = [{ name = "web", node = "a", port = 80 }]
+intention = [{ source = "web", destination = "web", action = "deny" }]
+"#;
+        let values = split(inline, PREFIX).unwrap();
+        assert_eq!(values.len(), 4, "{values:?}");
+        let path = Path::new("etcd");
+        let from_store = Config::parse(&assemble(PREFIX, &values).text, path).unwrap();
+        let from_file = Config::parse(inline, path).unwrap();
+        assert_eq!(from_store.mesh, from_file.mesh);
+        assert_eq!(from_store.services, from_file.services);
+        assert_eq!(from_store.intentions.len(), 1);
+    }
+
+    #[test]
     fn a_problem_at_a_line_names_its_key() {
         let values = split(MESH, PREFIX).unwrap();
         let assembled = assemble(PREFIX, &values);
@@ -353,7 +396,10 @@ action = "allow"
             Object::Service("web".into())
         );
         for (bad, why) in [
-            (web.replace("\"web\"", "\"api\""), "Service(\"api\")"),
+            (
+                web.replace("\"web\"", "\"api\""),
+                "it holds service \"api\"",
+            ),
             (format!("{web}{web}"), "2 tables"),
             (format!("{web}[mesh]\n"), "[\"service\", \"mesh\"]"),
             ("[[node]]\nname = \"web\"\n".to_owned(), "[\"node\"]"),

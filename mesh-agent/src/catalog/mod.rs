@@ -45,6 +45,8 @@ pub enum CatalogError {
     Rejected(String),
     #[error("the catalog watch ended")]
     WatchEnded,
+    #[error("etcd canceled the catalog watch: {reason}")]
+    WatchCanceled { reason: String },
     #[error("{key} kept changing under this edit; try again")]
     Busy { key: String },
     #[error("failed to start a runtime to read the catalog: {0}")]

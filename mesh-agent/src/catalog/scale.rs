@@ -110,7 +110,11 @@ pub fn measure(
                     .await
                     .ok()
                     .flatten()
-                    .ok_or(CatalogError::WatchEnded)?;
+                    .ok_or_else(|| {
+                        CatalogError::Rejected(format!(
+                            "change {i} did not reach every watcher within {CHANGE_BOUND:?}"
+                        ))
+                    })?;
                 latencies.push(seen.saturating_duration_since(written).as_secs_f64() * 1e3);
             }
         }
