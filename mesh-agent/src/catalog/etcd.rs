@@ -232,18 +232,37 @@ pub async fn import(options: &EtcdOptions, file: &Path) -> Result<Report, Catalo
     let text = String::from_utf8_lossy(&bytes);
     let wanted = layout::split(text.trim_start_matches('\u{feff}'), &options.prefix)?;
     // What would be in etcd must be what the file says, object for object.
-    let to_store = options.judge(&wanted)?;
-    let rules = |c: &Config| -> Vec<String> {
-        c.intentions
-            .iter()
-            .map(|i| format!("{} {} {}", i.source, i.destination, i.action))
-            .collect()
+    let mut to_store = options.judge(&wanted)?;
+    // A relative ca_dir is relative to the file there, to the agent's
+    // working directory here: the same setting.
+    to_store.mesh.ca_dir.clone_from(&from_file.mesh.ca_dir);
+    // Object for object, in any order (etcd's is by key).
+    let same = |a: &Config, b: &Config| {
+        let nodes = |c: &Config| {
+            let mut n = c.nodes.clone();
+            n.sort_by(|x, y| x.name.cmp(&y.name));
+            n
+        };
+        let services = |c: &Config| {
+            let mut s = c.services.clone();
+            s.sort_by(|x, y| x.name.cmp(&y.name));
+            s
+        };
+        let rules = |c: &Config| {
+            let mut r: Vec<String> = c
+                .intentions
+                .iter()
+                .map(|i| format!("{} {} {}", i.source, i.destination, i.action))
+                .collect();
+            r.sort();
+            r
+        };
+        a.mesh == b.mesh
+            && nodes(a) == nodes(b)
+            && services(a) == services(b)
+            && rules(a) == rules(b)
     };
-    if to_store.mesh != from_file.mesh
-        || to_store.nodes != from_file.nodes
-        || to_store.services != from_file.services
-        || rules(&to_store) != rules(&from_file)
-    {
+    if !same(&to_store, &from_file) {
         return Err(CatalogError::Rejected(format!(
             "{} does not split into the same catalog; nothing written",
             file.display()
