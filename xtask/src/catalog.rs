@@ -189,10 +189,12 @@ struct Etcd {
 
 impl Etcd {
     fn start(data: &Path) -> anyhow::Result<Self> {
-        // Both held until both are known, so they differ.
-        let (client, peer) = (free_port()?, free_port()?);
-        let (port, peer) = (client.local_addr()?.port(), peer.local_addr()?.port());
-        drop(client);
+        // Both held until both are known, so they differ; then freed for
+        // etcd.
+        let (client_listener, peer_listener) = (free_port()?, free_port()?);
+        let port = client_listener.local_addr()?.port();
+        let peer = peer_listener.local_addr()?.port();
+        drop((client_listener, peer_listener));
         let log = fs::File::create(data.with_extension("log"))?;
         let child = cmd::new("etcd")
             .arg("--data-dir")
