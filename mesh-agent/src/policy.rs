@@ -148,6 +148,12 @@ impl fmt::Display for Action {
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // Line 0: not from a file (the catalog in etcd).
+            Rule::Intention {
+                source,
+                destination,
+                line: 0,
+            } => write!(f, "intention {source} -> {destination}"),
             Rule::Intention {
                 source,
                 destination,

@@ -156,15 +156,21 @@ impl EtcdOptions {
         Ok((values, revision))
     }
 
-    /// Judges `values` as one catalog (see `layout`).
+    /// Judges `values` as one catalog (see `layout`). Its intentions carry
+    /// line 0: a line of the joined text would mean nothing to a user, and
+    /// would shift (in logs and metric labels) as keys come and go.
     pub fn judge(&self, values: &BTreeMap<String, String>) -> Result<Config, CatalogError> {
         for (key, value) in values {
             layout::check(&self.prefix, key, value)?;
         }
         let assembled = layout::assemble(&self.prefix, values);
-        Config::parse(&assembled.text, &self.path()).map_err(|e| {
+        let mut config = Config::parse(&assembled.text, &self.path()).map_err(|e| {
             CatalogError::Rejected(name_keys(&assembled, &self.path(), &e.to_string()))
-        })
+        })?;
+        for intention in &mut config.intentions {
+            intention.line = 0;
+        }
+        Ok(config)
     }
 }
 
@@ -629,6 +635,19 @@ mod tests {
         ] {
             assert!(EtcdOptions::parse(bad, None).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn rules_from_etcd_name_no_line() {
+        let o = EtcdOptions::parse("etcd://h:1", None).unwrap();
+        let values = layout::split(
+            "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\n[[service]]\nname = \"web\"\nnode = \"a\"\nport = 80\n\n[[intention]]\nsource = \"*\"\ndestination = \"web\"\naction = \"deny\"\n",
+            &o.prefix,
+        )
+        .unwrap();
+        let config = o.judge(&values).unwrap();
+        let decision = crate::policy::Policy::new(&config).decide("web", "web");
+        assert_eq!(decision.rule.to_string(), "intention * -> web");
     }
 
     #[test]
