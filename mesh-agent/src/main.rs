@@ -447,57 +447,47 @@ fn intention_in_etcd(
     Ok(())
 }
 
-/// The catalog at `store`, judged.
+/// The catalog at `store`, judged, and how to name it.
 fn load(store: &Store) -> anyhow::Result<(config::Config, String)> {
     match store.source()? {
         catalog::Source::File(path) => {
             let config = config::Config::load(&path)?;
             Ok((config, path.display().to_string()))
         }
-        catalog::Source::Etcd(options) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let config = rt.block_on(catalog::etcd::load(&options))?;
-            Ok((config, format!("etcd {}", options.prefix)))
-        }
+        catalog::Source::Etcd(options) => load_etcd(&options),
     }
 }
 
+/// The catalog in etcd, judged, and how to name it.
+fn load_etcd(options: &catalog::EtcdOptions) -> anyhow::Result<(config::Config, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = rt.block_on(catalog::etcd::load(options))?;
+    Ok((config, format!("etcd {}", options.prefix)))
+}
+
 fn validate(store: &Store) -> anyhow::Result<()> {
-    let path = match store.source()? {
-        catalog::Source::File(path) => path,
-        catalog::Source::Etcd(_) => {
-            let (config, name) = load(store)?;
-            println!(
-                "{name}: ok ({} nodes, {} services, {} intentions)",
-                config.nodes.len(),
-                config.services.len(),
-                config.intentions.len()
-            );
-            return Ok(());
-        }
-    };
-    let path = path.as_path();
-    match config::Config::load(path) {
-        Ok(config) => {
-            println!(
-                "{}: ok ({} nodes, {} services, {} intentions)",
-                path.display(),
-                config.nodes.len(),
-                config.services.len(),
-                config.intentions.len()
-            );
-            Ok(())
-        }
-        Err(e) if !e.problems().is_empty() => {
-            for p in e.problems() {
-                eprintln!("{p}");
+    let (config, name) = match store.source()? {
+        catalog::Source::Etcd(options) => load_etcd(&options)?,
+        catalog::Source::File(path) => match config::Config::load(&path) {
+            Ok(config) => (config, path.display().to_string()),
+            Err(e) if !e.problems().is_empty() => {
+                for p in e.problems() {
+                    eprintln!("{p}");
+                }
+                anyhow::bail!("{} problem(s) in {}", e.problems().len(), path.display())
             }
-            anyhow::bail!("{} problem(s) in {}", e.problems().len(), path.display())
-        }
-        Err(e) => Err(e.into()),
-    }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    println!(
+        "{name}: ok ({} nodes, {} services, {} intentions)",
+        config.nodes.len(),
+        config.services.len(),
+        config.intentions.len()
+    );
+    Ok(())
 }
 
 /// `exec`: finds the service (in the file, else in the running agent's

@@ -91,12 +91,7 @@ impl Mesh {
                 .args(args),
             Duration::from_secs(10),
         );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        crate::outcome(&out)
     }
 
     /// Runs etcdctl until it succeeds (a write can fail while the cluster
@@ -121,12 +116,7 @@ impl Mesh {
                 .args(["--catalog", &self.etcd_url()]),
             Duration::from_secs(30),
         );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        crate::outcome(&out)
     }
 
     /// The member that leads now, if one does.

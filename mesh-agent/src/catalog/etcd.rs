@@ -160,17 +160,61 @@ impl EtcdOptions {
     /// line 0: a line of the joined text would mean nothing to a user, and
     /// would shift (in logs and metric labels) as keys come and go.
     pub fn judge(&self, values: &BTreeMap<String, String>) -> Result<Config, CatalogError> {
+        self.judge_assembled(values, &layout::assemble(&self.prefix, values))
+    }
+
+    /// [`EtcdOptions::judge`] of `values` already joined into `assembled`.
+    fn judge_assembled(
+        &self,
+        values: &BTreeMap<String, String>,
+        assembled: &Assembled,
+    ) -> Result<Config, CatalogError> {
         for (key, value) in values {
             layout::check(&self.prefix, key, value)?;
         }
-        let assembled = layout::assemble(&self.prefix, values);
         let mut config = Config::parse(&assembled.text, &self.path()).map_err(|e| {
-            CatalogError::Rejected(name_keys(&assembled, &self.path(), &e.to_string()))
+            CatalogError::Rejected(name_keys(assembled, &self.path(), &e.to_string()))
         })?;
         for intention in &mut config.intentions {
             intention.line = 0;
         }
         Ok(config)
+    }
+
+    /// The catalog as it is now: its values, the revision they were read
+    /// at, their joined text and the judged config. An empty prefix is an
+    /// error: an agent does not run on no catalog.
+    async fn snapshot(&self) -> Result<Snapshot, CatalogError> {
+        let mut client = self.connect().await?;
+        let (values, revision) = self.list(&mut client).await?;
+        if values.is_empty() {
+            return Err(CatalogError::Empty {
+                prefix: self.keys(),
+            });
+        }
+        let assembled = layout::assemble(&self.prefix, &values);
+        let config = self.judge_assembled(&values, &assembled)?;
+        Ok(Snapshot {
+            values,
+            revision,
+            text: assembled.text,
+            config,
+        })
+    }
+}
+
+/// See [`EtcdOptions::snapshot`].
+struct Snapshot {
+    values: BTreeMap<String, String>,
+    revision: i64,
+    text: String,
+    config: Config,
+}
+
+impl std::fmt::Display for EtcdOptions {
+    /// `etcd <members><prefix>`, as logs and `/status` name the store.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "etcd {}{}", self.endpoints.join(","), self.prefix)
     }
 }
 
@@ -336,14 +380,7 @@ pub async fn import(options: &EtcdOptions, file: &Path) -> Result<Report, Catalo
 /// The catalog in etcd as it is now, judged (`validate`, `explain`,
 /// `intention list`).
 pub async fn load(options: &EtcdOptions) -> Result<Config, CatalogError> {
-    let mut client = options.connect().await?;
-    let (values, _) = options.list(&mut client).await?;
-    if values.is_empty() {
-        return Err(CatalogError::Empty {
-            prefix: options.keys(),
-        });
-    }
-    options.judge(&values)
+    Ok(options.snapshot().await?.config)
 }
 
 /// Sets (`Some`) or removes (`None`) the intention `source -> destination`
@@ -400,7 +437,11 @@ pub async fn set_intention(
 }
 
 /// The `[[intention]]` value of a key.
-fn intention_value(source: &str, destination: &str, action: crate::config::Action) -> String {
+pub(super) fn intention_value(
+    source: &str,
+    destination: &str,
+    action: crate::config::Action,
+) -> String {
     let mut table = toml_edit::Table::new();
     table.insert("source", toml_edit::value(source));
     table.insert("destination", toml_edit::value(destination));
@@ -445,11 +486,7 @@ impl EtcdCatalog {
             judged: None,
             watch: None,
             down: None,
-            reach: std::sync::Arc::new(super::Reach::new(format!(
-                "etcd {}{}",
-                options.endpoints.join(","),
-                options.prefix
-            ))),
+            reach: std::sync::Arc::new(super::Reach::new(options.to_string())),
             options,
         }
     }
@@ -555,12 +592,13 @@ impl EtcdCatalog {
 
     /// The values judged, if they differ from the last judged.
     fn judge(&mut self) -> Option<Config> {
-        let text = layout::assemble(&self.options.prefix, &self.values).text;
-        if self.judged.as_ref() == Some(&text) {
+        let assembled = layout::assemble(&self.options.prefix, &self.values);
+        if self.judged.as_ref() == Some(&assembled.text) {
             return None;
         }
-        self.judged = Some(text);
-        match self.options.judge(&self.values) {
+        let judged = self.options.judge_assembled(&self.values, &assembled);
+        self.judged = Some(assembled.text);
+        match judged {
             Ok(config) => Some(config),
             Err(e) => {
                 warn!("catalog change rejected, keeping the last good config:\n{e}");
@@ -583,20 +621,11 @@ impl Catalog for EtcdCatalog {
             .enable_all()
             .build()
             .map_err(CatalogError::Runtime)?;
-        let (values, revision) = runtime.block_on(async {
-            let mut client = self.options.connect().await?;
-            self.options.list(&mut client).await
-        })?;
-        if values.is_empty() {
-            return Err(CatalogError::Empty {
-                prefix: self.options.keys(),
-            });
-        }
-        let config = self.options.judge(&values)?;
-        self.judged = Some(layout::assemble(&self.options.prefix, &values).text);
-        self.values = values;
-        self.revision = revision;
-        Ok(config)
+        let now = runtime.block_on(self.options.snapshot())?;
+        self.judged = Some(now.text);
+        self.values = now.values;
+        self.revision = now.revision;
+        Ok(now.config)
     }
 
     fn changed(&mut self) -> Change<'_> {

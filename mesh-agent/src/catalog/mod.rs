@@ -64,7 +64,7 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File(path) => write!(f, "file {}", path.display()),
-            Self::Etcd(o) => write!(f, "etcd {}{}", o.endpoints.join(","), o.prefix),
+            Self::Etcd(o) => std::fmt::Display::fmt(o, f),
         }
     }
 }

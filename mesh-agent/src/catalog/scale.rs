@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{Catalog, CatalogError, EtcdCatalog, EtcdOptions, layout};
+use crate::config::Action;
 
 /// What [`measure`] found.
 #[derive(Debug, Serialize)]
@@ -59,7 +60,7 @@ pub fn measure(
     let denied_now = config.intentions.iter().any(|i| {
         i.source.to_string() == source
             && i.destination.to_string() == destination
-            && i.action == crate::config::Action::Deny
+            && i.action == Action::Deny
     });
     let mut catalogs = vec![first];
     for _ in 1..watchers {
@@ -93,10 +94,8 @@ pub fn measure(
         let mut latencies = Vec::with_capacity(changes * watchers);
         for i in 0..changes {
             let deny = (i % 2 == 0) != denied_now;
-            let action = if deny { "deny" } else { "allow" };
-            let value = format!(
-                "[[intention]]\nsource = \"{source}\"\ndestination = \"{destination}\"\naction = \"{action}\"\n"
-            );
+            let action = if deny { Action::Deny } else { Action::Allow };
+            let value = super::etcd::intention_value(&source, &destination, action);
             client
                 .put(key.as_str(), value, None)
                 .await

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::{
     Inputs, ProxyError,
     admission::{Admission, Slot},
-    dial, local_addr,
+    dial, local_addr, lock,
     relay::{Mover, Progress},
     tunnel::{self, Connect},
 };
@@ -413,10 +413,6 @@ impl Moves {
             .map_err(|_| ProxyError::NoMoveToken(bound))??;
         Ok(expected.to.send(conn).is_ok())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The destination side of a stream's move (a [`Mover`]): the `mesh/move`

@@ -322,6 +322,11 @@ pub fn listening(port: u16) -> bool {
     !matches!(probe(), Ok(()))
 }
 
+/// `m`'s guard, even if a holder panicked (the data stays usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Connects with TCP_NODELAY set.
 pub async fn dial(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
     let s = TcpStream::connect(addr)

@@ -48,7 +48,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use super::{
-    Inputs, ProxyError, dial,
+    Inputs, ProxyError, dial, lock,
     relay::{Mover, Progress},
     tunnel::{self, Client, TunnelError},
 };
@@ -142,10 +142,6 @@ impl Drop for InUse {
             *lock(&usage.idle_since) = Instant::now();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Pool {
