@@ -365,6 +365,21 @@ async fn serve(
         tasks.spawn(Inbound::new(l, pi.clone(), admission.clone(), moves.clone()).run());
     }
     tasks.spawn(links.clone().serve(link_listener));
+    // With etcd: this node's registration, and which nodes are registered.
+    let registration = match &opts.catalog {
+        crate::catalog::Source::Etcd(options) => {
+            let r = crate::catalog::registry::Registration::new(
+                options.clone(),
+                &opts.node,
+                board.clone(),
+                snapshots.clone(),
+            );
+            tasks.spawn(r.clone().keep());
+            tasks.spawn(r.clone().follow());
+            Some(r)
+        }
+        crate::catalog::Source::File(_) => None,
+    };
     tasks.spawn(sweep(kernel.clone()));
     if let Some(events) = kernel.denial_events()? {
         tasks.spawn(denials.clone().report(events));
@@ -414,6 +429,17 @@ async fn serve(
     for (service, leaf) in identities.all() {
         info!(%service, spiffe_id = %leaf.spiffe_id, serial = %leaf.serial, "leaf issued");
     }
+    if let Some(r) = &registration {
+        // Ready once other agents can see this node (an unregistered node's
+        // instances take no traffic); etcd down: ready anyway, the
+        // registration follows when it returns.
+        if tokio::time::timeout(Duration::from_secs(5), r.first())
+            .await
+            .is_err()
+        {
+            warn!("not registered in etcd yet; serving meanwhile");
+        }
+    }
     readiness.ready();
     info!(
         node = %opts.node,
@@ -429,6 +455,9 @@ async fn serve(
     // Stop accepting: the listeners close, so new connections are refused
     // at once (the programs still redirect to the closed port), never hang.
     tasks.shutdown().await;
+    if let Some(r) = &registration {
+        r.leave().await;
+    }
     drain.stop();
     board.stop();
     links.stop();

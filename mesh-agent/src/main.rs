@@ -235,6 +235,10 @@ enum CatalogCommand {
         /// Print the raw JSON document.
         #[arg(long)]
         json: bool,
+        /// Read the catalog and the agents' registrations in etcd instead
+        /// of asking the local agent.
+        #[command(flatten)]
+        etcd: Etcd,
     },
     /// One line per instance: node, address, state and the last output of
     /// each check.
@@ -247,6 +251,10 @@ enum CatalogCommand {
         /// Print the raw JSON document.
         #[arg(long)]
         json: bool,
+        /// Read the catalog and the agents' registrations in etcd instead
+        /// of asking the local agent.
+        #[command(flatten)]
+        etcd: Etcd,
     },
 }
 
@@ -560,7 +568,7 @@ fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (addr, json) = match &command {
+    let (etcd, addr, json) = match &command {
         CatalogCommand::Bench {
             watchers,
             changes,
@@ -582,10 +590,15 @@ fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
             print!("{report}");
             return Ok(());
         }
-        CatalogCommand::Services { admin, json } => (*admin, *json),
-        CatalogCommand::Instances { admin, json, .. } => (*admin, *json),
+        CatalogCommand::Services { admin, json, etcd }
+        | CatalogCommand::Instances {
+            admin, json, etcd, ..
+        } => (etcd.options()?, *admin, *json),
     };
-    let doc = rt.block_on(admin::fetch_catalog(addr))?;
+    let doc = match etcd {
+        Some(options) => rt.block_on(catalog::registry::catalog_doc(&options))?,
+        None => rt.block_on(admin::fetch_catalog(addr))?,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());

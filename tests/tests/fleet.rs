@@ -3,7 +3,12 @@
 //! `--catalog`. Need root, and etcd (`cargo xtask setup` installs it).
 use std::{fs, net::IpAddr, time::Duration};
 
-use mesh_tests::{Mesh, app, etcd::PREFIX, health::failed_calls, wait_until};
+use mesh_tests::{
+    Mesh, app,
+    etcd::PREFIX,
+    health::{answered_by, failed_calls},
+    wait_until,
+};
 
 const API_PORT: u16 = 5001;
 const VIP: &str = "240.0.0.9";
@@ -267,5 +272,116 @@ fn etcd_faults_fail_no_call_and_changes_after_them_arrive() {
         said("listing again"),
         "ka did not list after the compaction (revision {revision}):\n{}",
         catalog_lines.join("\n")
+    );
+}
+
+/// Agents register their nodes and their instances' health in etcd under
+/// leases. An agent cut off from etcd has its instances expire from the
+/// other agents' view within TTL + 3 s (calls go to the other instance),
+/// and registers again when the partition heals. An agent whose node was
+/// registered by another one meanwhile writes nothing over it. A stopped
+/// agent's registration goes at once.
+#[test]
+fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
+    let mesh = Mesh::nodes(&["ra", "rb", "rc"])
+        .etcd()
+        .default_policy("allow")
+        .service("web", "ra", 8080)
+        .service_on_with("api", &["rb", "rc"], API_PORT, |s| s.vip(VIP))
+        .start();
+    for node in ["rb", "rc"] {
+        mesh.start_health_server(node, "api", API_PORT);
+    }
+    let agents = format!("{PREFIX}/agents/v1/");
+    let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
+    for key in [
+        "ra/node",
+        "rb/node",
+        "rc/node",
+        "rb/health/api",
+        "rc/health/api",
+    ] {
+        assert!(keys.contains(&format!("{agents}{key}")), "{key}: {keys}");
+    }
+    let (ok, out) = mesh.cli_etcd(&["catalog", "instances", "--service", "api"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("passing").count(), 2, "{out}");
+
+    // rb cut off from etcd: its lease expires, ra stops sending to it.
+    let cut = std::time::Instant::now();
+    mesh.partition_from_etcd("rb", true);
+    let expired = mesh.wait_instance_state("ra", "api", "rb", "critical", Duration::from_secs(20));
+    let within = cut.elapsed();
+    assert!(expired.is_some(), "rb's instance did not expire at ra");
+    assert!(
+        within <= Duration::from_secs(13),
+        "rb's instance expired {within:?} after the partition"
+    );
+    let reason = mesh.catalog_instance("ra", "api", "rb").expect("instance")["reason"].clone();
+    assert!(
+        reason
+            .as_str()
+            .is_some_and(|r| r.contains("no live registration")),
+        "{reason}"
+    );
+    let (_, out) = mesh.cli_etcd(&["catalog", "instances", "--service", "api"]);
+    assert!(out.contains("critical"), "{out}");
+    let results = mesh.http_calls("ra", "web", vip(), API_PORT, 6, Duration::ZERO);
+    assert_eq!(failed_calls(&results), [], "calls failed");
+    assert_eq!(answered_by(&results, "rc"), 6, "{results:?}");
+    // Healed: rb registers again and takes calls again.
+    mesh.partition_from_etcd("rb", false);
+    assert!(
+        mesh.wait_instance_state("ra", "api", "rb", "passing", Duration::from_secs(15))
+            .is_some(),
+        "rb did not register again:\n{}",
+        fs::read_to_string(mesh.agent_log("rb")).unwrap_or_default()
+    );
+    let log = fs::read_to_string(mesh.agent_log("rb")).unwrap_or_default();
+    assert!(log.contains("registration in etcd expired"), "{log}");
+
+    // Another agent (here etcdctl) registers rc: rc's agent, now stale,
+    // writes nothing over it, and registers again once it is gone.
+    let granted = mesh.etcdctl_ok(&["lease", "grant", "60"]);
+    let lease = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_owned();
+    let rc_node = format!("{agents}rc/node");
+    let other = "address = \"10.9.9.9\"\nversion = \"newer\"\n";
+    mesh.etcdctl_ok(&["put", &format!("--lease={lease}"), &rc_node, other]);
+    let rc_log = mesh.agent_log("rc");
+    let said = |what: &str| {
+        fs::read_to_string(&rc_log)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || said(
+            "another agent registered this node"
+        )),
+        "rc did not notice"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let now = mesh.etcdctl_ok(&["get", "--print-value-only", &rc_node]);
+    assert_eq!(now.trim(), other.trim(), "the stale agent wrote over it");
+    mesh.etcdctl_ok(&["lease", "revoke", &lease]);
+    assert!(
+        wait_until(Duration::from_secs(10), || said("registered again")),
+        "rc did not register again"
+    );
+    let now = mesh.etcdctl_ok(&["get", "--print-value-only", &rc_node]);
+    assert!(now.contains("version = \""), "{now}");
+    assert!(!now.contains("newer"), "{now}");
+
+    // A stopped agent's registration goes at once.
+    mesh.stop_agent("rb", "TERM");
+    let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
+    assert!(!keys.contains(&format!("{agents}rb/")), "{keys}");
+    assert!(
+        mesh.wait_instance_state("ra", "api", "rb", "critical", Duration::from_secs(3))
+            .is_some(),
+        "rb's instance still counts at ra"
     );
 }

@@ -129,7 +129,7 @@ impl EtcdOptions {
             .map_err(|e| self.unreachable(e))
     }
 
-    fn unreachable(&self, e: etcd_client::Error) -> CatalogError {
+    pub(super) fn unreachable(&self, e: etcd_client::Error) -> CatalogError {
         CatalogError::Etcd {
             endpoints: self.endpoints.join(","),
             source: e,

@@ -1,7 +1,8 @@
 //! Where the agent reads the catalog (mesh settings, nodes, services,
 //! intentions) from. The agent talks only to [`Catalog`]; the sources are
 //! the TOML file ([`FileCatalog`]) and etcd ([`EtcdCatalog`], one key per
-//! object: `layout`).
+//! object: `layout`). With etcd, agents also register their nodes and
+//! their instances' health there (`registry`).
 //!
 //! A source judges what it reads with [`Config::from_bytes`] or its
 //! equivalent, so every source accepts exactly what `validate` accepts.
@@ -9,6 +10,7 @@
 pub mod etcd;
 pub mod file;
 pub mod layout;
+pub mod registry;
 pub mod scale;
 
 use std::{future::Future, pin::Pin};
@@ -47,6 +49,8 @@ pub enum CatalogError {
     WatchEnded,
     #[error("etcd canceled the catalog watch: {reason}")]
     WatchCanceled { reason: String },
+    #[error("etcd did not answer a keepalive of this node's lease")]
+    LeaseUnanswered,
     #[error("{key} kept changing under this edit; try again")]
     Busy { key: String },
     #[error("failed to start a runtime to read the catalog: {0}")]

@@ -44,6 +44,8 @@ struct Inner {
     /// Node -> its latest reports (not this node).
     remote: HashMap<String, HashMap<String, InstanceReport>>,
     unreachable: HashMap<String, String>,
+    /// See [`View::registered`].
+    registered: Option<std::collections::BTreeSet<String>>,
     /// The task running each local check, by (service, check name).
     tasks: HashMap<(String, String), Task>,
 }
@@ -311,6 +313,26 @@ impl Board {
         self.publish(&mut inner);
     }
 
+    /// The nodes whose agent holds a live registration in etcd (see
+    /// `catalog::registry`); instances on other nodes are critical.
+    pub fn registered(&self, mut nodes: std::collections::BTreeSet<String>) {
+        let mut inner = self.lock();
+        nodes.insert(self.node.clone());
+        if inner.registered.as_ref() == Some(&nodes) {
+            return;
+        }
+        if let Some(before) = &inner.registered {
+            for node in before.difference(&nodes) {
+                info!(%node, "node's registration in etcd gone: its instances are critical");
+            }
+            for node in nodes.difference(before) {
+                info!(%node, "node registered in etcd");
+            }
+        }
+        inner.registered = Some(nodes);
+        self.publish(&mut inner);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -339,6 +361,7 @@ impl Board {
         let view = View {
             reports,
             unreachable: inner.unreachable.clone(),
+            registered: inner.registered.clone(),
         };
         self.publisher.send_if_modified(|snapshot| {
             let changed = *snapshot.health != view;

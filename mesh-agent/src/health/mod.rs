@@ -19,7 +19,7 @@ pub mod link;
 pub mod probe;
 pub mod runner;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +135,10 @@ pub struct View {
     pub reports: HashMap<String, HashMap<String, InstanceReport>>,
     /// Nodes whose agent this agent cannot reach, and why.
     pub unreachable: HashMap<String, String>,
+    /// With the catalog in etcd: the nodes whose agent holds a live
+    /// registration there (this node always counts). An instance on any
+    /// other node is critical. `None` with a catalog file.
+    pub registered: Option<BTreeSet<String>>,
 }
 
 /// The health of one instance, as `/status` and `catalog instances` show it.
@@ -156,7 +160,7 @@ impl View {
     /// the service has no checks, critical if it has (none ran yet).
     /// Read at every pick: two map lookups, no allocation.
     pub fn state(&self, service: &Service, node: &str) -> State {
-        if self.unreachable.contains_key(node) {
+        if self.unreachable.contains_key(node) || !self.registered(node) {
             return State::Critical;
         }
         match self.report(service, node) {
@@ -171,6 +175,9 @@ impl View {
         let report = self.report(service, node);
         let reason = match (self.unreachable.get(node), report) {
             (Some(why), _) => Some(format!("agent of node {node:?} unreachable: {why}")),
+            _ if !self.registered(node) => Some(format!(
+                "node {node:?} has no live registration in etcd (its agent is down or cut off from etcd)"
+            )),
             (None, None) if !service.checks.is_empty() => Some("no check result yet".to_owned()),
             (None, _) => None,
         };
@@ -181,6 +188,11 @@ impl View {
             reason,
             checks: report.map(|r| r.checks.clone()).unwrap_or_default(),
         }
+    }
+
+    /// Whether `node`'s agent counts as registered (always, without etcd).
+    fn registered(&self, node: &str) -> bool {
+        self.registered.as_ref().is_none_or(|r| r.contains(node))
     }
 
     /// The latest report of `node` on its instance of `service`.
