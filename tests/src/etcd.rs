@@ -3,8 +3,24 @@
 //! and 2380 (peers), data and logs in the mesh's directory. Short Raft
 //! timings (heartbeat 50 ms, election 500 ms) so a lost leader is
 //! replaced within about a second.
+//!
+//! With [`Topology::etcd_auth`](crate::Topology::etcd_auth) the clients
+//! speak TLS with client certificates ([`Pki`]) and etcd's RBAC is on, set
+//! up as README ("A fleet") tells: user `root`, user `admin` (readwrite on
+//! the prefix), one user per node (read on the prefix, readwrite on its own
+//! registrations), each authenticated by its certificate's CN.
 
-use std::{fs, time::Duration};
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 
 use crate::{Mesh, wait_until};
 
@@ -14,6 +30,28 @@ pub const MEMBERS: [&str; 3] = ["etcd1", "etcd2", "etcd3"];
 pub const PREFIX: &str = "/mesh";
 
 impl Mesh {
+    /// The etcd users' certificates, with RBAC on.
+    fn pki(&self) -> Option<Pki> {
+        self.etcd_pki.clone().map(|dir| Pki { dir })
+    }
+
+    /// `--etcd-cacert/--etcd-cert/--etcd-key` for `mesh-agent` as etcd
+    /// user `user` (nothing without RBAC).
+    pub fn etcd_client_args(&self, user: &str) -> Vec<String> {
+        let Some(pki) = self.pki() else {
+            return Vec::new();
+        };
+        let (cert, key) = pki.user(user);
+        vec![
+            "--etcd-cacert".into(),
+            pki.ca().display().to_string(),
+            "--etcd-cert".into(),
+            cert.display().to_string(),
+            "--etcd-key".into(),
+            key.display().to_string(),
+        ]
+    }
+
     /// `etcd://<member>:2379,...<PREFIX>`, for `--catalog`.
     pub fn etcd_url(&self) -> String {
         let members: Vec<String> = MEMBERS
@@ -27,9 +65,17 @@ impl Mesh {
     pub fn etcd_endpoints(&self) -> String {
         let members: Vec<String> = MEMBERS
             .iter()
-            .map(|m| format!("http://{}:2379", self.node(m).v4))
+            .map(|m| format!("{}://{}:2379", self.etcd_scheme(), self.node(m).v4))
             .collect();
         members.join(",")
+    }
+
+    fn etcd_scheme(&self) -> &'static str {
+        if self.etcd_pki.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Starts every member (see the module docs) and waits until the
@@ -44,6 +90,13 @@ impl Mesh {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if let Some(pki) = self.pki() {
+            let members: Vec<(&str, IpAddr)> = MEMBERS
+                .iter()
+                .map(|m| (*m, self.node(m).v4.into()))
+                .collect();
+            pki.write(&members, &self.agent_nodes());
+        }
         for member in MEMBERS {
             self.start_etcd_member(member, &cluster.join(","), &token);
         }
@@ -51,6 +104,51 @@ impl Mesh {
             self.etcdctl(&["put", &format!("{PREFIX}/ready"), "1"]).0
         });
         assert!(up, "etcd did not take a write: {}", self.etcd_logs());
+        if self.etcd_pki.is_some() {
+            self.enable_etcd_auth();
+        }
+    }
+
+    /// The nodes that run agents (not etcd's namespaces).
+    fn agent_nodes(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .filter(|n| !MEMBERS.contains(&n.as_str()))
+            .collect()
+    }
+
+    /// etcd's users and roles as README ("A fleet", RBAC) sets them up,
+    /// then `auth enable`.
+    fn enable_etcd_auth(&self) {
+        let prefix = format!("{PREFIX}/");
+        let mut steps: Vec<String> = [
+            "user add root --no-password",
+            "user grant-role root root",
+            "role add admin",
+            &format!("role grant-permission admin --prefix=true readwrite {prefix}"),
+            "user add admin --no-password",
+            "user grant-role admin admin",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        for node in self.agent_nodes() {
+            let role = format!("node-{node}");
+            steps.extend([
+                format!("role add {role}"),
+                format!("role grant-permission {role} --prefix=true read {prefix}"),
+                format!(
+                    "role grant-permission {role} --prefix=true readwrite {PREFIX}/agents/v1/{node}/"
+                ),
+                format!("user add {node} --no-password"),
+                format!("user grant-role {node} {role}"),
+            ]);
+        }
+        steps.push("auth enable".to_owned());
+        for step in steps {
+            let args: Vec<&str> = step.split(' ').collect();
+            self.etcdctl_ok(&args);
+        }
     }
 
     /// Starts (or restarts, on its data) one member.
@@ -62,7 +160,18 @@ impl Mesh {
     fn spawn_etcd_member(&self, member: &str, cluster: &str, token: &str, log: &str) {
         let ip = self.node(member).v4;
         let data = self.dir.join(format!("{member}.etcd"));
+        let scheme = self.etcd_scheme();
         let mut cmd = self.cmd(member, "etcd");
+        if let Some(pki) = self.pki() {
+            let (cert, key) = pki.user(member);
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(pki.ca())
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key);
+        }
         cmd.args(["--name", member])
             .arg("--data-dir")
             .arg(&data)
@@ -71,8 +180,8 @@ impl Mesh {
                 "--initial-advertise-peer-urls",
                 &format!("http://{ip}:2380"),
             ])
-            .args(["--listen-client-urls", &format!("http://{ip}:2379")])
-            .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
+            .args(["--listen-client-urls", &format!("{scheme}://{ip}:2379")])
+            .args(["--advertise-client-urls", &format!("{scheme}://{ip}:2379")])
             .args(["--initial-cluster", cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", token])
@@ -82,16 +191,36 @@ impl Mesh {
     }
 
     /// Runs etcdctl (v3 API) against the cluster from the first member's
-    /// namespace; returns whether it succeeded and its output.
+    /// namespace (as etcd user `root` with RBAC on); returns whether it
+    /// succeeded and its output.
     pub fn etcdctl(&self, args: &[&str]) -> (bool, String) {
+        self.etcdctl_as("root", args)
+    }
+
+    /// [`Mesh::etcdctl`] as etcd user `user` (its certificate).
+    pub fn etcdctl_as(&self, user: &str, args: &[&str]) -> (bool, String) {
         let out = crate::output_with_timeout(
             self.cmd(MEMBERS[0], "etcdctl")
                 .args(["--endpoints", &self.etcd_endpoints()])
+                .args(self.etcdctl_certs(user))
                 .args(["--command-timeout", "3s"])
                 .args(args),
             Duration::from_secs(10),
         );
         crate::outcome(&out)
+    }
+
+    /// etcdctl's certificate flags for `user` (nothing without RBAC).
+    fn etcdctl_certs(&self, user: &str) -> Vec<String> {
+        let Some(pki) = self.pki() else {
+            return Vec::new();
+        };
+        let (cert, key) = pki.user(user);
+        vec![
+            format!("--cacert={}", pki.ca().display()),
+            format!("--cert={}", cert.display()),
+            format!("--key={}", key.display()),
+        ]
     }
 
     /// Runs etcdctl until it succeeds (a write can fail while the cluster
@@ -108,12 +237,19 @@ impl Mesh {
     }
 
     /// Runs `mesh-agent ARGS --catalog <etcd url>` from the first member's
-    /// namespace (where etcd is reachable).
+    /// namespace (where etcd is reachable), as etcd user `admin` with RBAC
+    /// on.
     pub fn cli_etcd(&self, args: &[&str]) -> (bool, String) {
+        self.cli_etcd_as("admin", args)
+    }
+
+    /// [`Mesh::cli_etcd`] as etcd user `user`.
+    pub fn cli_etcd_as(&self, user: &str, args: &[&str]) -> (bool, String) {
         let out = crate::output_with_timeout(
             self.cmd(MEMBERS[0], &self.agent)
                 .args(args)
-                .args(["--catalog", &self.etcd_url()]),
+                .args(["--catalog", &self.etcd_url()])
+                .args(self.etcd_client_args(user)),
             Duration::from_secs(30),
         );
         crate::outcome(&out)
@@ -138,6 +274,7 @@ impl Mesh {
         let out = crate::output_with_timeout(
             self.cmd(MEMBERS[0], "etcdctl")
                 .args(["--endpoints", &self.etcd_endpoints()])
+                .args(self.etcdctl_certs("root"))
                 .args(["--command-timeout", "2s"])
                 .args(["endpoint", "status", "--write-out", "json"]),
             Duration::from_secs(10),
@@ -211,4 +348,75 @@ impl Mesh {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The certificates of an etcd cluster with RBAC: a CA, a server
+/// certificate per member, a client certificate per user (CN = user), as
+/// PEM files in one directory.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The certificate and key of `name` (a member or a user).
+    pub fn user(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.key")),
+        )
+    }
+
+    /// Writes the CA, the members' server certificates (their address as
+    /// SAN) and client certificates for `root`, `admin` and each of `nodes`.
+    pub fn write(&self, members: &[(&str, IpAddr)], nodes: &[String]) {
+        fs::create_dir_all(&self.dir).expect("etcd pki dir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name = named("mesh tests etcd CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        write(&self.ca(), &ca_cert.pem());
+        let issuer = Issuer::new(ca, ca_key);
+        let issue = |name: &str, san: Option<IpAddr>, server: bool| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::default();
+            params.distinguished_name = named(name);
+            params.subject_alt_names = san.into_iter().map(SanType::IpAddress).collect();
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            if server {
+                params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ServerAuth);
+            }
+            let cert = params.signed_by(&key, &issuer).expect("certificate");
+            let (crt, key_file) = self.user(name);
+            write(&crt, &cert.pem());
+            write(&key_file, &key.serialize_pem());
+        };
+        for (member, ip) in members {
+            issue(member, Some(*ip), true);
+        }
+        for user in ["root", "admin"]
+            .into_iter()
+            .chain(nodes.iter().map(String::as_str))
+        {
+            issue(user, None, false);
+        }
+    }
+}
+
+fn named(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn write(path: &Path, pem: &str) {
+    fs::write(path, pem).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }

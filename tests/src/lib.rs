@@ -267,6 +267,8 @@ pub struct Mesh {
     pub nodes: Vec<Node>,
     /// The agents' catalog in etcd (`--catalog`), if not the file.
     pub catalog: Option<String>,
+    /// The etcd certificates' directory, with etcd's RBAC on (`etcd`).
+    pub etcd_pki: Option<PathBuf>,
     switch: String,
     agents: Mutex<Vec<(String, Child)>>,
     apps: Mutex<Vec<Child>>,
@@ -296,6 +298,7 @@ impl Mesh {
             log_filter: "info,mesh=debug,mesh_agent=debug".to_owned(),
             nodes: Vec::new(),
             catalog: None,
+            etcd_pki: None,
             switch: switch.clone(),
             agents: Mutex::new(Vec::new()),
             apps: Mutex::new(Vec::new()),
@@ -489,7 +492,10 @@ impl Mesh {
         cmd.arg("run");
         match &self.catalog {
             // Its relative ca_dir is relative to the working directory.
-            Some(url) => cmd.args(["--catalog", url]).current_dir(&self.dir),
+            Some(url) => cmd
+                .args(["--catalog", url])
+                .args(self.etcd_client_args(node))
+                .current_dir(&self.dir),
             None => cmd.arg("--config").arg(self.config()),
         };
         let child = cmd

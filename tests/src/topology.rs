@@ -40,6 +40,7 @@ pub struct Topology {
     intentions: Vec<Intention>,
     agent_args: BTreeMap<String, Vec<String>>,
     etcd: bool,
+    etcd_auth: bool,
 }
 
 /// A `[[service]]` of a [`Topology`]; see [`Topology::service_with`].
@@ -120,6 +121,7 @@ impl Mesh {
             intentions: Vec::new(),
             agent_args: BTreeMap::new(),
             etcd: false,
+            etcd_auth: false,
         }
     }
 }
@@ -142,6 +144,14 @@ impl Topology {
             self.strangers.push(member.to_owned());
         }
         self
+    }
+
+    /// [`Topology::etcd`] with TLS, client certificates and etcd's RBAC
+    /// on (`crate::etcd`): each agent is etcd user `<node>`, the CLI
+    /// `admin`.
+    pub fn etcd_auth(mut self) -> Self {
+        self.etcd_auth = true;
+        self.etcd()
     }
 
     /// Runs this `mesh-agent` binary (default: [`agent_bin`]).
@@ -278,6 +288,9 @@ impl Topology {
         let agent = self.agent.clone().unwrap_or_else(agent_bin);
         let mut mesh = Mesh::with_agent(&names, agent);
         mesh.write_config(&self.toml(&mesh));
+        if self.etcd_auth {
+            mesh.etcd_pki = Some(mesh.dir.join("etcd-pki"));
+        }
         if self.etcd {
             mesh.catalog = Some(mesh.etcd_url());
         }

@@ -385,3 +385,67 @@ fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
         "rb's instance still counts at ra"
     );
 }
+
+/// With etcd's RBAC on (TLS, a client certificate per node, README's
+/// roles), agents read the catalog and keep their registrations; node pb
+/// cannot register an instance for node pc nor change an intention; the
+/// admin can.
+#[test]
+fn each_node_writes_only_its_own_registration() {
+    let mesh = Mesh::nodes(&["pa", "pb", "pc"])
+        .etcd_auth()
+        .default_policy("allow")
+        .service("web", "pa", 8080)
+        .service_with("api", "pb", API_PORT, |s| s.vip(VIP))
+        .service("db", "pc", 5432)
+        .start();
+    mesh.start_echo_server("pb", "api", API_PORT);
+    assert_eq!(mesh.echo("pa", "web", vip(), API_PORT, "hello"), "hello");
+    let agents = format!("{PREFIX}/agents/v1/");
+    let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
+    for key in [
+        "pa/node",
+        "pb/node",
+        "pc/node",
+        "pb/health/api",
+        "pc/health/db",
+    ] {
+        assert!(keys.contains(&format!("{agents}{key}")), "{key}: {keys}");
+    }
+
+    // pb's certificate: its own keys only.
+    let (ok, out) = mesh.etcdctl_as("pb", &["put", &format!("{agents}pb/health/extra"), "x"]);
+    assert!(ok, "pb may write its own keys: {out}");
+    mesh.etcdctl_ok(&["del", &format!("{agents}pb/health/extra")]);
+    for key in ["pc/node", "pc/health/db", "pc/health/api"] {
+        let (ok, out) = mesh.etcdctl_as("pb", &["put", &format!("{agents}{key}"), "x"]);
+        assert!(
+            !ok && out.contains("permission denied"),
+            "pb wrote {key}: {out}"
+        );
+    }
+    let intention = format!("{PREFIX}/v1/intentions/web/api");
+    let deny = "[[intention]]\nsource = \"web\"\ndestination = \"api\"\naction = \"deny\"\n";
+    let (ok, out) = mesh.etcdctl_as("pb", &["put", &intention, deny]);
+    assert!(!ok && out.contains("permission denied"), "{out}");
+    let (ok, out) = mesh.cli_etcd_as("pb", &["intention", "create", "-deny", "web", "api"]);
+    assert!(!ok && out.contains("permission denied"), "{out}");
+    let (ok, out) = mesh.etcdctl_as("pb", &["del", "--prefix", &format!("{PREFIX}/v1/")]);
+    assert!(!ok && out.contains("permission denied"), "{out}");
+    // Nothing changed: the call still goes through, pc still registered.
+    assert_eq!(mesh.echo("pa", "web", vip(), API_PORT, "still"), "still");
+    let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
+    assert!(keys.contains(&format!("{agents}pc/node")), "{keys}");
+
+    // The admin may.
+    let (ok, out) = mesh.cli_etcd(&["intention", "create", "-deny", "web", "api"]);
+    assert!(ok, "{out}");
+    let refused = || {
+        mesh.transfer("pa", Some("web"), vip(), API_PORT, 10)
+            .starts_with("ERRNO 1 ")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), refused),
+        "the admin's deny did not arrive"
+    );
+}
