@@ -211,7 +211,7 @@ impl Mesh {
     }
 
     /// etcdctl's certificate flags for `user` (nothing without RBAC).
-    fn etcdctl_certs(&self, user: &str) -> Vec<String> {
+    pub fn etcdctl_certs(&self, user: &str) -> Vec<String> {
         let Some(pki) = self.pki() else {
             return Vec::new();
         };

@@ -3,7 +3,9 @@
 //! both, `data-api` (users and sessions in sqlite) on 127.0.0.1:5001, and
 //! `frontend` (public, port 5000) calling it by name, `data-api.mesh`.
 //! Default deny, plus `frontend -> data-api` allow. Used by `cargo xtask run`
-//! and by the test that drives the demo.
+//! and by the test that drives the demo. On etcd (`cargo xtask run --catalog
+//! etcd`), the catalog lives in a 3-member cluster with TLS and RBAC
+//! (`crate::etcd`).
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
@@ -17,9 +19,12 @@ pub struct Playground {
 }
 
 impl Playground {
-    /// Builds and starts it with the given `mesh-agent` binary.
-    pub fn start(agent: PathBuf) -> Self {
-        let mesh = Mesh::nodes(&["frontend", "data-api"])
+    /// Builds and starts it with the given `mesh-agent` binary, its
+    /// catalog in a file or (`etcd`) in etcd.
+    pub fn start(agent: PathBuf, etcd: bool) -> Self {
+        let topology = Mesh::nodes(&["frontend", "data-api"]);
+        let topology = if etcd { topology.etcd_auth() } else { topology };
+        let mesh = topology
             .agent(agent)
             .comment("The playground: frontend calls data-api through the mesh.")
             .default_policy("deny")
@@ -49,6 +54,21 @@ impl Playground {
         mesh.wait_listening("frontend", 5000);
         let host = mesh.expose_to_host();
         Self { mesh, host }
+    }
+
+    /// The arguments that name the catalog for the CLI: `--config FILE`,
+    /// or `--catalog URL` and the etcd admin's certificate.
+    pub fn catalog_args(&self) -> Vec<String> {
+        match &self.mesh.catalog {
+            Some(url) => ["--catalog".to_owned(), url.clone()]
+                .into_iter()
+                .chain(self.mesh.etcd_client_args("admin"))
+                .collect(),
+            None => vec![
+                "--config".to_owned(),
+                self.mesh.config().display().to_string(),
+            ],
+        }
     }
 
     /// The frontend's URL, from this host.

@@ -1,6 +1,7 @@
-//! The demo behind `cargo xtask run`, driven as a newcomer would: register
-//! and log in through the frontend with curl, flip the intention, see the
-//! app fail, stop it, nothing left behind. Needs root.
+//! The demo behind `cargo xtask run` (and `--catalog etcd`), driven as a
+//! newcomer would: register and log in through the frontend with curl, flip
+//! the intention, see the app fail, stop it, nothing left behind. Needs
+//! root (and etcd, which `cargo xtask setup` installs).
 use std::{process::Command, time::Duration};
 
 use mesh_tests::{playground::Playground, run_to_string, wait_until};
@@ -14,8 +15,19 @@ fn curl(args: &[&str]) -> String {
 
 #[test]
 fn the_playground_works_and_the_mesh_decides() {
+    drive(false);
+}
+
+/// The same on etcd (TLS, RBAC): the CLI writes the intention there as
+/// the etcd admin.
+#[test]
+fn the_playground_runs_on_etcd() {
+    drive(true);
+}
+
+fn drive(etcd: bool) {
     let baseline = mesh_tests::loaded_mesh_programs();
-    let pg = Playground::start(mesh_tests::agent_bin());
+    let pg = Playground::start(mesh_tests::agent_bin(), etcd);
     let url = pg.frontend_url();
     let jar = pg.mesh.dir.join("cookies.txt");
     let jar = jar.to_str().expect("path");
@@ -51,15 +63,8 @@ fn the_playground_works_and_the_mesh_decides() {
 
     // Flip the intention: the frontend's calls fail, live.
     let out = Command::new(&pg.mesh.agent)
-        .args([
-            "intention",
-            "create",
-            "-deny",
-            "frontend",
-            "data-api",
-            "--config",
-        ])
-        .arg(pg.mesh.config())
+        .args(["intention", "create", "-deny", "frontend", "data-api"])
+        .args(pg.catalog_args())
         .output()
         .expect("intention create");
     assert!(
@@ -89,7 +94,7 @@ fn the_playground_works_and_the_mesh_decides() {
         .expect("ip");
     let netns = String::from_utf8_lossy(&netns.stdout);
     assert!(
-        !netns.contains("-frontend") && !netns.contains("-data-api"),
+        !netns.contains("-frontend") && !netns.contains("-data-api") && !netns.contains("-etcd"),
         "{netns}"
     );
     assert!(

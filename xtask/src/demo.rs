@@ -7,8 +7,9 @@ use std::{io::Write as _, path::Path, sync::mpsc};
 use anyhow::{Context as _, bail};
 use mesh_tests::playground::Playground;
 
-/// Runs the demo with the agent binary at `agent` until Ctrl-C.
-pub fn run(agent: &Path) -> anyhow::Result<()> {
+/// Runs the demo with the agent binary at `agent` until Ctrl-C, its
+/// catalog in etcd if `etcd`.
+pub fn run(agent: &Path, etcd: bool) -> anyhow::Result<()> {
     if !mesh_tests::is_root() {
         bail!("the demo needs root (network namespaces, eBPF); try: sudo -E cargo xtask run");
     }
@@ -18,12 +19,34 @@ pub fn run(agent: &Path) -> anyhow::Result<()> {
     })
     .context("failed to install the Ctrl-C handler")?;
 
-    eprintln!("demo: starting nodes frontend and data-api, their agents and apps");
-    let pg = Playground::start(agent.to_owned());
+    if etcd {
+        eprintln!(
+            "demo: starting a 3-member etcd cluster (TLS, RBAC), nodes frontend and data-api, their agents and apps"
+        );
+    } else {
+        eprintln!("demo: starting nodes frontend and data-api, their agents and apps");
+    }
+    let pg = Playground::start(agent.to_owned(), etcd);
     let mesh = &pg.mesh;
     let (fe, api) = (&mesh.node("frontend").netns, &mesh.node("data-api").netns);
-    let (cfg, bin) = (mesh.config(), mesh.agent.clone());
-    let (cfg, bin) = (cfg.display(), bin.display());
+    let cfg = pg.catalog_args().join(" ");
+    let bin = mesh.agent.display();
+    let fleet = if etcd {
+        format!(
+            "
+
+  # 6. the catalog and the agents' registrations (leases, health) in etcd
+  {bin} catalog instances {cfg}
+  ETCDCTL_API=3 etcdctl --endpoints {endpoints} {certs} get --prefix --keys-only /mesh
+  # kill an etcd member (or all three): the mesh keeps serving
+  ip netns pids {member} | xargs kill",
+            endpoints = mesh.etcd_endpoints(),
+            certs = mesh.etcdctl_certs("admin").join(" "),
+            member = mesh.node("etcd1").netns,
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         std::io::stdout(),
         "
@@ -41,16 +64,16 @@ plus frontend -> data-api allow. Try, as root, in another terminal:
   curl -sS -m 3 {direct}
 
   # 3. deny frontend -> data-api and watch the app fail (allow it again with -allow)
-  {bin} intention create -deny frontend data-api --config {cfg}
+  {bin} intention create -deny frontend data-api {cfg}
   curl -s -b /tmp/jar {url}
-  {bin} explain frontend data-api --config {cfg}
+  {bin} explain frontend data-api {cfg}
 
   # 4. capture the traffic between the nodes: TLS 1.3 only, no names or passwords
   ip netns exec {fe} tcpdump -i eth0 -A -c 30 port 5001
 
   # 5. what the agents hold: certificates, verdicts per pair
   ip netns exec {api} {bin} status
-  tail -f {logs}/agent-*.log
+  tail -f {logs}/agent-*.log{fleet}
 
 Ctrl-C stops the demo and removes everything it created.",
         url = pg.frontend_url(),

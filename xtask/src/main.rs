@@ -75,6 +75,10 @@ enum Task {
     },
     /// Build the release agent and run it with ARGS, or run the demo if none.
     Run {
+        /// Where the demo keeps its catalog: `file` (mesh.toml) or `etcd`
+        /// (a 3-member cluster with TLS and RBAC).
+        #[arg(long, default_value = "file", value_parser = ["file", "etcd"])]
+        catalog: String,
         /// Arguments of `mesh-agent run`, e.g. `--config F --node N`.
         #[arg(last = true)]
         args: Vec<OsString>,
@@ -101,7 +105,7 @@ fn task(task: Task) -> anyhow::Result<()> {
             build::agent(release).map(drop)
         }
         Task::Test { args } => test::run(&args),
-        Task::Run { args } => run::run(&args),
+        Task::Run { catalog, args } => run::run(&args, catalog == "etcd"),
         Task::Fuzz { seconds, targets } => {
             setup::ensure()?;
             fuzz::run(seconds, &targets)
