@@ -449,3 +449,77 @@ fn each_node_writes_only_its_own_registration() {
         "the admin's deny did not arrive"
     );
 }
+
+/// With every etcd member stopped the mesh keeps serving on its last good
+/// catalog and registrations; an agent restarted meanwhile refuses to start
+/// (saying why) rather than run on nothing; once etcd is back, agents
+/// reconnect and the restarted one starts.
+#[test]
+fn with_all_of_etcd_down_the_mesh_keeps_serving() {
+    let mesh = Mesh::nodes(&["za", "zb", "zc"])
+        .etcd()
+        .default_policy("allow")
+        .service("web", "za", 8080)
+        .service_on_with("api", &["zb", "zc"], API_PORT, |s| s.vip(VIP))
+        .start();
+    for node in ["zb", "zc"] {
+        mesh.start_health_server(node, "api", API_PORT);
+    }
+    let results = mesh.http_calls("za", "web", vip(), API_PORT, 4, Duration::ZERO);
+    assert_eq!(failed_calls(&results), [], "calls failed");
+    for member in mesh_tests::etcd::MEMBERS {
+        mesh.kill_etcd_member(member);
+    }
+    assert!(
+        wait_until(Duration::from_secs(25), || mesh
+            .metric("za", "mesh_catalog_connected")
+            == 0.0),
+        "za did not notice etcd is gone"
+    );
+    // Past a registration's TTL: nothing expires without etcd.
+    std::thread::sleep(Duration::from_secs(11));
+    let results = mesh.http_calls("za", "web", vip(), API_PORT, 10, Duration::ZERO);
+    assert_eq!(failed_calls(&results), [], "calls failed without etcd");
+    assert!(
+        answered_by(&results, "zb") > 0 && answered_by(&results, "zc") > 0,
+        "both instances still take calls: {results:?}"
+    );
+
+    mesh.stop_agent("zc", "TERM");
+    let run_zc = || {
+        let out = mesh_tests::output_with_timeout(
+            mesh.cmd("zc", &mesh.agent)
+                .args(["run", "--node", "zc", "--catalog", &mesh.etcd_url()])
+                .current_dir(&mesh.dir),
+            Duration::from_secs(30),
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run_zc();
+    assert!(!ok && err.contains("etcd at http://"), "{err}");
+
+    for member in mesh_tests::etcd::MEMBERS {
+        mesh.restart_etcd_member(member);
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || mesh
+            .metric("za", "mesh_catalog_connected")
+            == 1.0),
+        "za did not reconnect"
+    );
+    mesh.start_agent("zc");
+    assert!(
+        mesh.wait_instance_state("za", "api", "zc", "passing", Duration::from_secs(10))
+            .is_some(),
+        "zc is not back in za's view"
+    );
+    let results = mesh.http_calls("za", "web", vip(), API_PORT, 4, Duration::ZERO);
+    assert_eq!(
+        failed_calls(&results),
+        [],
+        "calls failed after etcd returned"
+    );
+}
