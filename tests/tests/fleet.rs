@@ -287,10 +287,17 @@ fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
         .etcd()
         .default_policy("allow")
         .service("web", "ra", 8080)
-        .service_on_with("api", &["rb", "rc"], API_PORT, |s| s.vip(VIP))
+        .service_on_with("api", &["rb", "rc"], API_PORT, |s| {
+            s.vip(VIP).check("http = \"/health\"\ninterval = \"300ms\"")
+        })
         .start();
     for node in ["rb", "rc"] {
         mesh.start_health_server(node, "api", API_PORT);
+        assert!(
+            mesh.wait_instance_state("ra", "api", node, "passing", Duration::from_secs(10))
+                .is_some(),
+            "api on {node} did not pass"
+        );
     }
     let agents = format!("{PREFIX}/agents/v1/");
     let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
@@ -305,7 +312,23 @@ fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
     }
     let (ok, out) = mesh.cli_etcd(&["catalog", "instances", "--service", "api"]);
     assert!(ok, "{out}");
-    assert_eq!(out.matches("passing").count(), 2, "{out}");
+    let states = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(states(&out), ["STATE", "passing", "passing"], "{out}");
+    // Health states are written as they change.
+    let rc_health = format!("{agents}rc/health/api");
+    for (status, state) in [(500, "critical"), (200, "passing")] {
+        mesh.set_health("rc", "api", status);
+        let written = wait_until(Duration::from_secs(5), || {
+            mesh.etcdctl(&["get", "--print-value-only", &rc_health])
+                .1
+                .contains(&format!("state = \"{state}\""))
+        });
+        assert!(written, "rc's api did not turn {state} in etcd");
+    }
 
     // rb cut off from etcd: its lease expires, ra stops sending to it.
     let cut = std::time::Instant::now();
@@ -325,7 +348,7 @@ fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
         "{reason}"
     );
     let (_, out) = mesh.cli_etcd(&["catalog", "instances", "--service", "api"]);
-    assert!(out.contains("critical"), "{out}");
+    assert_eq!(states(&out), ["STATE", "critical", "passing"], "{out}");
     let results = mesh.http_calls("ra", "web", vip(), API_PORT, 6, Duration::ZERO);
     assert_eq!(failed_calls(&results), [], "calls failed");
     assert_eq!(answered_by(&results, "rc"), 6, "{results:?}");
