@@ -137,8 +137,9 @@ impl Mesh {
             steps.extend([
                 format!("role add {role}"),
                 format!("role grant-permission {role} --prefix=true read {prefix}"),
+                format!("role grant-permission {role} readwrite {PREFIX}/agents/v1/nodes/{node}"),
                 format!(
-                    "role grant-permission {role} --prefix=true readwrite {PREFIX}/agents/v1/{node}/"
+                    "role grant-permission {role} --prefix=true readwrite {PREFIX}/agents/v1/health/{node}/"
                 ),
                 format!("user add {node} --no-password"),
                 format!("user grant-role {node} {role}"),

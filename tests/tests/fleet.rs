@@ -302,11 +302,11 @@ fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
     let agents = format!("{PREFIX}/agents/v1/");
     let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
     for key in [
-        "ra/node",
-        "rb/node",
-        "rc/node",
-        "rb/health/api",
-        "rc/health/api",
+        "nodes/ra",
+        "nodes/rb",
+        "nodes/rc",
+        "health/rb/api",
+        "health/rc/api",
     ] {
         assert!(keys.contains(&format!("{agents}{key}")), "{key}: {keys}");
     }
@@ -319,7 +319,7 @@ fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
     };
     assert_eq!(states(&out), ["STATE", "passing", "passing"], "{out}");
     // Health states are written as they change.
-    let rc_health = format!("{agents}rc/health/api");
+    let rc_health = format!("{agents}health/rc/api");
     for (status, state) in [(500, "critical"), (200, "passing")] {
         mesh.set_health("rc", "api", status);
         let written = wait_until(Duration::from_secs(5), || {
@@ -371,7 +371,7 @@ fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
         .nth(1)
         .expect("lease id")
         .to_owned();
-    let rc_node = format!("{agents}rc/node");
+    let rc_node = format!("{agents}nodes/rc");
     let other = "address = \"10.9.9.9\"\nversion = \"newer\"\n";
     mesh.etcdctl_ok(&["put", &format!("--lease={lease}"), &rc_node, other]);
     let rc_log = mesh.agent_log("rc");
@@ -397,11 +397,22 @@ fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
     let now = mesh.etcdctl_ok(&["get", "--print-value-only", &rc_node]);
     assert!(now.contains("version = \""), "{now}");
     assert!(!now.contains("newer"), "{now}");
+    // A value written by hand under no lease is no agent's: rc takes its
+    // key back.
+    mesh.etcdctl_ok(&["put", &rc_node, other]);
+    let taken_back = wait_until(Duration::from_secs(10), || {
+        !mesh
+            .etcdctl(&["get", "--print-value-only", &rc_node])
+            .1
+            .contains("newer")
+    });
+    assert!(taken_back, "rc left a hand-written key in place of its own");
 
     // A stopped agent's registration goes at once.
     mesh.stop_agent("rb", "TERM");
     let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
-    assert!(!keys.contains(&format!("{agents}rb/")), "{keys}");
+    assert!(!keys.contains(&format!("{agents}nodes/rb")), "{keys}");
+    assert!(!keys.contains(&format!("{agents}health/rb/")), "{keys}");
     assert!(
         mesh.wait_instance_state("ra", "api", "rb", "critical", Duration::from_secs(3))
             .is_some(),
@@ -427,20 +438,26 @@ fn each_node_writes_only_its_own_registration() {
     let agents = format!("{PREFIX}/agents/v1/");
     let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
     for key in [
-        "pa/node",
-        "pb/node",
-        "pc/node",
-        "pb/health/api",
-        "pc/health/db",
+        "nodes/pa",
+        "nodes/pb",
+        "nodes/pc",
+        "health/pb/api",
+        "health/pc/db",
     ] {
         assert!(keys.contains(&format!("{agents}{key}")), "{key}: {keys}");
     }
 
     // pb's certificate: its own keys only.
-    let (ok, out) = mesh.etcdctl_as("pb", &["put", &format!("{agents}pb/health/extra"), "x"]);
+    let (ok, out) = mesh.etcdctl_as("pb", &["put", &format!("{agents}health/pb/extra"), "x"]);
     assert!(ok, "pb may write its own keys: {out}");
-    mesh.etcdctl_ok(&["del", &format!("{agents}pb/health/extra")]);
-    for key in ["pc/node", "pc/health/db", "pc/health/api"] {
+    mesh.etcdctl_ok(&["del", &format!("{agents}health/pb/extra")]);
+    for key in [
+        "nodes/pc",
+        "health/pc/db",
+        "health/pc/api",
+        "nodes/pcx",
+        "nodes/p",
+    ] {
         let (ok, out) = mesh.etcdctl_as("pb", &["put", &format!("{agents}{key}"), "x"]);
         assert!(
             !ok && out.contains("permission denied"),
@@ -458,7 +475,16 @@ fn each_node_writes_only_its_own_registration() {
     // Nothing changed: the call still goes through, pc still registered.
     assert_eq!(mesh.echo("pa", "web", vip(), API_PORT, "still"), "still");
     let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
-    assert!(keys.contains(&format!("{agents}pc/node")), "{keys}");
+    assert!(keys.contains(&format!("{agents}nodes/pc")), "{keys}");
+    // Any node may read the catalog and the registrations.
+    let (ok, out) = mesh.cli_etcd_as("pb", &["catalog", "services"]);
+    assert!(ok && out.contains("db") && out.contains("api"), "{out}");
+    // A stopping agent may revoke its lease (etcd checks write access to
+    // every key under it): its registration goes at once.
+    mesh.stop_agent("pc", "TERM");
+    let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
+    assert!(!keys.contains(&format!("{agents}nodes/pc")), "{keys}");
+    assert!(!keys.contains(&format!("{agents}health/pc/")), "{keys}");
 
     // The admin may.
     let (ok, out) = mesh.cli_etcd(&["intention", "create", "-deny", "web", "api"]);

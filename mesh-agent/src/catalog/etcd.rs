@@ -36,7 +36,7 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 pings on an idle connection to etcd, to find a dead one.
 const KEEPALIVE: Duration = Duration::from_secs(6);
 /// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Where the catalog is: members, key prefix, TLS files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,16 +136,26 @@ impl EtcdOptions {
         }
     }
 
+    /// Every key under `prefix`, and the revision they were read at.
+    pub(super) async fn range(
+        &self,
+        client: &mut Client,
+        prefix: &str,
+    ) -> Result<(etcd_client::GetResponse, i64), CatalogError> {
+        let got = client
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let revision = got.header().map_or(0, |h| h.revision());
+        Ok((got, revision))
+    }
+
     /// Every value of the catalog, and the revision they were read at.
     pub async fn list(
         &self,
         client: &mut Client,
     ) -> Result<(BTreeMap<String, String>, i64), CatalogError> {
-        let got = client
-            .get(self.keys(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let revision = got.header().map_or(0, |h| h.revision());
+        let (got, revision) = self.range(client, &self.keys()).await?;
         let mut values = BTreeMap::new();
         for kv in got.kvs() {
             values.insert(
@@ -270,7 +280,7 @@ impl std::fmt::Display for Report {
 }
 
 /// Most operations in one etcd transaction (etcd's default limit is 128).
-const TXN_OPS: usize = 100;
+pub(super) const TXN_OPS: usize = 100;
 
 /// Makes the catalog in etcd hold what the config file at `file` holds:
 /// the file is judged first (nothing is written if it is invalid), then

@@ -4,12 +4,14 @@
 //!
 //! | key | value (TOML) |
 //! |---|---|
-//! | `<prefix>/agents/v1/<node>/node` | `address`, `version` of the node's agent |
-//! | `<prefix>/agents/v1/<node>/health/<service>` | the agent's report on its instance: `service`, `state`, `[[checks]]` |
+//! | `<prefix>/agents/v1/nodes/<node>` | `address`, `version` of the node's agent |
+//! | `<prefix>/agents/v1/health/<node>/<service>` | the agent's report on its instance: `service`, `state`, `[[checks]]` |
 //!
 //! Beside the catalog's `<prefix>/v1/`, not in it: registrations change
 //! often and are written by each node's agent, catalog objects rarely and
-//! by an admin, so they have their own watch, guards and etcd roles.
+//! by an admin, so they have their own watch, guards and etcd roles. Node
+//! keys and health keys have prefixes of their own so that agents watch
+//! only the node keys (health travels agent to agent over the links).
 //!
 //! A node's keys live under its agent's lease ([`TTL`], kept alive every
 //! [`KEEPALIVE`]): an agent that dies or is cut off from etcd loses them
@@ -21,7 +23,7 @@
 //! takes its node's key whoever held it (the newest agent of a node wins);
 //! a running one writes only while that key is still under its own lease
 //! (`Compare::lease`), and after its lease expired registers again only if
-//! the key is free.
+//! the key is free or held by no lease (written by hand).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,14 +32,16 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use super::{CatalogError, EtcdOptions, layout::VERSION};
+use super::{
+    CatalogError, EtcdOptions,
+    etcd::{MAX_BACKOFF, TXN_OPS},
+    layout::VERSION,
+};
 use crate::{
     health::{Board, InstanceReport, doc::CatalogDoc},
     snapshot::Watch,
@@ -49,10 +53,6 @@ pub const TTL: i64 = 10;
 pub const KEEPALIVE: Duration = Duration::from_millis(TTL as u64 * 1000 / 3);
 /// Bound on a keepalive's answer.
 const ANSWER: Duration = Duration::from_secs(3);
-/// Longest wait before trying etcd again.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Most operations in one transaction (etcd's default limit is 128).
-const TXN_OPS: usize = 100;
 
 /// The value of a node's key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,8 +74,8 @@ impl Key {
     /// Its key under `prefix`.
     pub fn key(&self, prefix: &str) -> String {
         match self {
-            Self::Node(node) => format!("{}{node}/node", root(prefix)),
-            Self::Health { node, service } => format!("{}{node}/health/{service}", root(prefix)),
+            Self::Node(node) => format!("{}nodes/{node}", root(prefix)),
+            Self::Health { node, service } => format!("{}health/{node}/{service}", root(prefix)),
         }
     }
 
@@ -83,8 +83,8 @@ impl Key {
     pub fn of(prefix: &str, key: &str) -> Option<Self> {
         let rest = key.strip_prefix(&root(prefix))?;
         match rest.split('/').collect::<Vec<_>>().as_slice() {
-            [node, "node"] if !node.is_empty() => Some(Self::Node((*node).to_owned())),
-            [node, "health", service] if !node.is_empty() && !service.is_empty() => {
+            ["nodes", node] if !node.is_empty() => Some(Self::Node((*node).to_owned())),
+            ["health", node, service] if !node.is_empty() && !service.is_empty() => {
                 Some(Self::Health {
                     node: (*node).to_owned(),
                     service: (*service).to_owned(),
@@ -113,7 +113,7 @@ pub struct Registrations {
 /// read are skipped.
 pub async fn list(options: &EtcdOptions) -> Result<Registrations, CatalogError> {
     let mut client = options.connect().await?;
-    let (listed, _) = list_keys(options, &mut client).await?;
+    let (listed, _) = list_keys(options, &mut client, &root(&options.prefix)).await?;
     let mut all = Registrations::default();
     for Listed { key, value, .. } in listed {
         match key {
@@ -165,16 +165,14 @@ struct Listed {
     revision: i64,
 }
 
-/// Every registration key and value, and the revision they were read at.
+/// Every registration key under `under` (`root` or one of its parts) and
+/// its value, and the revision they were read at.
 async fn list_keys(
     options: &EtcdOptions,
     client: &mut Client,
+    under: &str,
 ) -> Result<(Vec<Listed>, i64), CatalogError> {
-    let got = client
-        .get(root(&options.prefix), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| options.unreachable(e))?;
-    let revision = got.header().map_or(0, |h| h.revision());
+    let (got, revision) = options.range(client, under).await?;
     let keys = got
         .kvs()
         .iter()
@@ -227,6 +225,11 @@ impl Registration {
         })
     }
 
+    /// The prefix of every node key.
+    fn nodes_root(&self) -> String {
+        format!("{}nodes/", root(&self.options.prefix))
+    }
+
     /// Waits until this node is first registered (by [`Registration::keep`]).
     pub async fn first(&self) {
         self.registered.notified().await;
@@ -245,7 +248,11 @@ impl Registration {
             if let Err(e) = self.session(&mut state).await {
                 let message = e.to_string();
                 if state.down.is_none() {
-                    warn!(error = %message, "cannot keep this node's registration in etcd; retrying");
+                    if message.contains("permission denied") {
+                        tracing::error!(error = %message, node = %self.node, "etcd refuses this node's registration: its etcd user needs readwrite on {} and the prefix {}; retrying", self.node_key(), Key::Health { node: self.node.clone(), service: String::new() }.key(&self.options.prefix));
+                    } else {
+                        warn!(error = %message, "cannot keep this node's registration in etcd; retrying");
+                    }
                 }
                 state.down = Some(message);
             }
@@ -338,38 +345,51 @@ impl Registration {
         if seen_at <= state.claimed_at || holder == Some(lease) {
             return None;
         }
-        Some(match holder {
-            Some(other) => Refused::Taken(other),
-            None => Refused::Lost,
-        })
+        Some(refused(holder))
     }
 
     /// Takes this node's key under a new lease: whoever held it on the
-    /// agent's first registration, only if it is free after that. `None`:
-    /// another agent holds it.
+    /// agent's first registration, only if it is free (absent, or written
+    /// by hand under no lease) after that. `None`: another agent holds it.
     async fn claim(
         &self,
         client: &mut Client,
         state: &mut Keeping,
     ) -> Result<Option<i64>, CatalogError> {
         let etcd = |e| self.options.unreachable(e);
+        let key = self.node_key();
+        if let Some(pending) = state.pending.take() {
+            // The last claim's answer was lost: it may have landed.
+            let now = client.get(key.as_str(), None).await.map_err(etcd)?;
+            match now.kvs().first() {
+                Some(kv) if kv.lease() == pending => {
+                    let value = String::from_utf8_lossy(kv.value()).into_owned();
+                    return Ok(Some(self.claimed(state, pending, kv.mod_revision(), value)));
+                }
+                _ => {
+                    let _ = client.lease_revoke(pending).await;
+                }
+            }
+        }
         let lease = client.lease_grant(TTL, None).await.map_err(etcd)?.id();
-        let key = Key::Node(self.node.clone()).key(&self.options.prefix);
         let value = self.node_value();
+        // A missing key compares as lease 0 too.
         let guard: Vec<Compare> = if state.first {
             Vec::new()
         } else {
-            vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]
+            vec![Compare::lease(key.as_str(), CompareOp::Equal, 0)]
         };
         let put = TxnOp::put(
             key.as_str(),
             value.as_str(),
             Some(PutOptions::new().with_lease(lease)),
         );
+        state.pending = Some(lease);
         let done = client
             .txn(Txn::new().when(guard).and_then([put]))
             .await
             .map_err(etcd)?;
+        state.pending = None;
         if !done.succeeded() {
             let _ = client.lease_revoke(lease).await;
             if !state.stale {
@@ -378,6 +398,12 @@ impl Registration {
             state.stale = true;
             return Ok(None);
         }
+        let revision = done.header().map_or(0, |h| h.revision());
+        Ok(Some(self.claimed(state, lease, revision, value)))
+    }
+
+    /// This agent holds the node's key under `lease` since `revision`.
+    fn claimed(&self, state: &mut Keeping, lease: i64, revision: i64, value: String) -> i64 {
         if state.stale {
             info!(node = %self.node, "the other agent's registration of this node is gone: registered again");
         } else {
@@ -385,12 +411,20 @@ impl Registration {
         }
         state.first = false;
         state.stale = false;
-        state.claimed_at = done.header().map_or(0, |h| h.revision());
+        state.claimed_at = revision;
         state.lease = Some(lease);
-        state.written = BTreeMap::from([(key, value)]);
-        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+        state.written = BTreeMap::from([(self.node_key(), value)]);
+        self.set_lease(Some(lease));
         self.registered.notify_one();
-        Ok(Some(lease))
+        lease
+    }
+
+    fn set_lease(&self, lease: Option<i64>) {
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
+    }
+
+    fn node_key(&self) -> String {
+        Key::Node(self.node.clone()).key(&self.options.prefix)
     }
 
     /// The registration lost: its key gone, or taken by another agent.
@@ -406,7 +440,7 @@ impl Registration {
         }
         state.lease = None;
         state.written.clear();
-        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.set_lease(None);
     }
 
     /// Writes what changed in this node's registration and reports since
@@ -418,7 +452,7 @@ impl Registration {
         state: &mut Keeping,
     ) -> Result<Result<(), Refused>, CatalogError> {
         let etcd = |e| self.options.unreachable(e);
-        let node_key = Key::Node(self.node.clone()).key(&self.options.prefix);
+        let node_key = self.node_key();
         let mut wanted = BTreeMap::from([(node_key.clone(), self.node_value())]);
         for report in self.board.local_reports().borrow().iter() {
             let key = Key::Health {
@@ -449,10 +483,7 @@ impl Registration {
                 .map_err(etcd)?;
             if !done.succeeded() {
                 let now = client.get(node_key.as_str(), None).await.map_err(etcd)?;
-                return Ok(Err(match now.kvs().first() {
-                    Some(kv) => Refused::Taken(kv.lease()),
-                    None => Refused::Lost,
-                }));
+                return Ok(Err(refused(now.kvs().first().map(|kv| kv.lease()))));
             }
         }
         state.written = wanted;
@@ -507,11 +538,17 @@ impl Registration {
         let mut nodes = BTreeSet::new();
         let mut revision = 0;
         let mut backoff = Duration::from_millis(100);
+        let mut down = false;
         loop {
-            match self.follow_once(&mut nodes, &mut revision).await {
+            match self.follow_once(&mut nodes, &mut revision, &mut down).await {
                 Ok(()) => backoff = Duration::from_millis(100),
-                Err(_) => {
-                    // The catalog's watch logs and reports etcd outages.
+                Err(e) => {
+                    // Once per outage (permission denied, canceled watch,
+                    // unreachable etcd).
+                    if !down {
+                        warn!(error = %e, "cannot follow the nodes' registrations in etcd; keeping the last seen");
+                    }
+                    down = true;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -525,11 +562,12 @@ impl Registration {
         &self,
         nodes: &mut BTreeSet<String>,
         revision: &mut i64,
+        down: &mut bool,
     ) -> Result<(), CatalogError> {
         let etcd = |e| self.options.unreachable(e);
         let mut client = self.options.connect().await?;
         if *revision == 0 {
-            let (listed, at) = list_keys(&self.options, &mut client).await?;
+            let (listed, at) = list_keys(&self.options, &mut client, &self.nodes_root()).await?;
             nodes.clear();
             let mut holder = (at, None);
             for listed in listed {
@@ -548,7 +586,7 @@ impl Registration {
             .with_prefix()
             .with_start_revision(*revision + 1);
         let mut stream = client
-            .watch(root(&self.options.prefix), Some(options))
+            .watch(self.nodes_root(), Some(options))
             .await
             .map_err(etcd)?;
         loop {
@@ -557,6 +595,9 @@ impl Registration {
                 .await
                 .map_err(etcd)?
                 .ok_or(CatalogError::WatchEnded)?;
+            if response.created() && !response.canceled() && std::mem::take(down) {
+                info!("following the nodes' registrations in etcd again");
+            }
             if response.canceled() {
                 if response.compact_revision() > 0 {
                     *revision = 0;
@@ -592,6 +633,15 @@ impl Registration {
     }
 }
 
+/// Why this agent no longer holds its node's key, from who holds it now
+/// (`None`: no one; lease 0: a value written by hand).
+fn refused(holder: Option<i64>) -> Refused {
+    match holder {
+        Some(other) if other != 0 => Refused::Taken(other),
+        _ => Refused::Lost,
+    }
+}
+
 /// Where [`Registration::keep`] stands, across reconnections.
 #[derive(Default)]
 struct Keeping {
@@ -603,6 +653,8 @@ struct Keeping {
     stale: bool,
     /// The revision of the claim of `lease`.
     claimed_at: i64,
+    /// A lease whose claim was sent without an answer.
+    pending: Option<i64>,
     /// What is in etcd under `lease`, by key.
     written: BTreeMap<String, String>,
     /// The outage last logged.
@@ -620,16 +672,16 @@ mod tests {
             node: "a".into(),
             service: "web".into(),
         };
-        assert_eq!(node.key("/m"), "/m/agents/v1/a/node");
-        assert_eq!(health.key("/m"), "/m/agents/v1/a/health/web");
-        assert_eq!(Key::of("/m", "/m/agents/v1/a/node"), Some(node));
-        assert_eq!(Key::of("/m", "/m/agents/v1/a/health/web"), Some(health));
+        assert_eq!(node.key("/m"), "/m/agents/v1/nodes/a");
+        assert_eq!(health.key("/m"), "/m/agents/v1/health/a/web");
+        assert_eq!(Key::of("/m", "/m/agents/v1/nodes/a"), Some(node));
+        assert_eq!(Key::of("/m", "/m/agents/v1/health/a/web"), Some(health));
         for other in [
             "/m/v1/nodes/a",
-            "/m/agents/v1//node",
-            "/m/agents/v1/a/health/",
-            "/m/agents/v2/a/node",
-            "/m/agents/v1/a/x",
+            "/m/agents/v1/nodes/",
+            "/m/agents/v1/health/a/",
+            "/m/agents/v2/nodes/a",
+            "/m/agents/v1/a/node",
         ] {
             assert_eq!(Key::of("/m", other), None, "{other}");
         }
