@@ -107,6 +107,9 @@ pub struct RunOptions {
     /// Whether to speak `mesh/2` (pooled, multiplexed) to other agents;
     /// else `mesh/1` only.
     pub multiplex: bool,
+    /// Where bpffs is (or is to be mounted): the pins go under
+    /// `<bpffs>/mesh/<node>`.
+    pub bpffs: std::path::PathBuf,
 }
 
 /// What `prepare` sets up before the async runtime starts.
@@ -303,12 +306,14 @@ async fn serve(
         outbound_port: opts.outbound_port,
         check_peers: opts.only_mesh_sources,
     };
+    let pins = crate::ebpf::pins::Pins::open(&opts.bpffs, &opts.node)?;
     let kernel = Arc::new(Kernel::start(
         &params,
         &contents,
         &in4,
         in6.as_ref(),
         cg.root(),
+        &pins,
     )?);
     // Other agents' health, and ours to them.
     let links = Links::new(
@@ -464,8 +469,12 @@ async fn serve(
     drain.wait(opts.drain).await;
     admin_task.abort();
     let _ = admin_task.await;
-    // Connection tasks may still hold the kernel; the programs are detached
-    // when the last reference goes, at the latest when the process exits.
+    // A deliberate stop opens the node: unpinned, the programs are
+    // detached when the last reference to the kernel goes (connection
+    // tasks may still hold it), at the latest when the process exits.
+    if let Err(e) = kernel.unpin() {
+        warn!(error = %e, "could not remove the pinned programs; `mesh-agent down --node {}` does", opts.node);
+    }
     if let Ok(kernel) = Arc::try_unwrap(kernel) {
         kernel.stop();
     }

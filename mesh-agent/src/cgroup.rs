@@ -138,6 +138,25 @@ impl Cgroup2 {
     }
 }
 
+impl Cgroup2 {
+    /// Removes `rel` and every cgroup below it that is empty (deepest
+    /// first); returns how many went.
+    pub fn remove_empty_tree(&self, rel: &Path) -> usize {
+        fn walk(dir: &Path) -> usize {
+            let mut removed = 0;
+            if let Ok(entries) = fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        removed += walk(&entry.path());
+                    }
+                }
+            }
+            removed + usize::from(fs::remove_dir(dir).is_ok())
+        }
+        self.dir(rel).map_or(0, |dir| walk(&dir))
+    }
+}
+
 /// The agent's own cgroup on `node`: `/mesh/<node>/_agent`. Service names
 /// cannot contain `_`, so it never collides with a service's.
 pub fn agent_path(node: &str) -> PathBuf {

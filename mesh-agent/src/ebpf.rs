@@ -1,16 +1,28 @@
 //! Loading, attaching and feeding the kernel programs of `mesh-ebpf`.
 //!
-//! Programs are attached with bpf links owned by this process and nothing is
-//! pinned: when the agent exits, even by SIGKILL, the kernel detaches them.
+//! Programs are attached with bpf links pinned in bpffs with the maps
+//! (`pins`): they stay when the agent dies, so the node stays closed (the
+//! loopback guard refuses, apps' calls to mesh destinations are redirected
+//! to a closed port). A starting agent adopts what it finds: it reuses the
+//! pinned maps and swaps its freshly loaded programs into the pinned links
+//! (`BPF_LINK_UPDATE`, atomic: no moment without the guard). A deliberate
+//! stop ([`Kernel::unpin`]) or `mesh-agent down` removes the pins.
+
+pub mod pins;
 
 use std::{
-    collections::HashSet, fs::File, net::SocketAddr, os::fd::AsRawFd, path::Path, sync::Mutex,
+    collections::HashSet,
+    fs::File,
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    path::Path,
+    sync::Mutex,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, SockMap},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SockOps},
+    programs::{CgroupSockAddr, ProgramError, SkLookup, SockOps},
 };
 use mesh_common::{
     ConnKey, DenialCount, DenialEvent, DenialKey, LISTENER_V4, LISTENER_V6, MAX_RECORD_AGE_NS,
@@ -39,6 +51,17 @@ pub enum EbpfError {
     },
     #[error("failed to open {path}: {source}")]
     Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("eBPF program {name}: failed to attach it with a link pinned at {path}: {source}")]
+    Link {
+        name: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bpffs at {path}: {source}")]
+    Pins {
         path: String,
         source: std::io::Error,
     },
@@ -87,6 +110,10 @@ pub struct Kernel {
     denial_events: Mutex<Option<RingBuf<MapData>>>,
     /// The maps derived from the config, rewritten on every change.
     config_maps: Mutex<ConfigMaps>,
+    /// Where the links and maps are pinned.
+    pins: pins::Pins,
+    /// The links, held while the agent runs (pinned too).
+    _links: Vec<OwnedFd>,
 }
 
 /// The maps whose contents come from the config.
@@ -99,21 +126,30 @@ struct ConfigMaps {
 }
 
 impl Kernel {
-    /// Loads the object with `params`, fills the maps from `contents`, puts
-    /// the inbound listeners into `LISTENERS`, then attaches connect4/6 and
-    /// sock_ops to the cgroup2 root and sk_lookup to this netns.
+    /// Loads the object with `params` (reusing the maps pinned in `pins`),
+    /// fills the maps from `contents`, puts the inbound listeners into
+    /// `LISTENERS`, then attaches connect4/6 and sock_ops to the cgroup2
+    /// root and sk_lookup to this netns, each through the link pinned in
+    /// `pins` (its program swapped for the new one) or a new pinned link.
     pub fn start(
         params: &LoadParams,
         contents: &MapContents,
         inbound_v4: &impl AsRawFd,
         inbound_v6: Option<&impl AsRawFd>,
         cgroup_root: &Path,
+        pins: &pins::Pins,
     ) -> Result<Self, EbpfError> {
+        std::fs::create_dir_all(&pins.dir).map_err(|source| EbpfError::Pins {
+            path: pins.dir.display().to_string(),
+            source,
+        })?;
+        let adopting = pins.link("mesh_connect4").exists();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::NETNS_COOKIE, &params.netns_cookie, true)
             .override_global(names::AGENT_CGROUP, &params.agent_cgroup, true)
             .override_global(names::OUTBOUND_PORT, &params.outbound_port, true)
             .override_global(names::CHECK_PEERS, &u8::from(params.check_peers), true)
+            .default_map_pin_directory(&pins.dir)
             .load(OBJECT)?;
         start_logger(&mut ebpf);
 
@@ -143,27 +179,40 @@ impl Kernel {
 
         let cgroup = open(cgroup_root)?;
         let netns = open(Path::new("/proc/self/ns/net"))?;
+        let mut links = Vec::new();
         // sock_ops first: a connect redirected before it is attached would
         // reach the agent without a record.
         let name = "mesh_sock_ops";
         let prog: &mut SockOps = program(&mut ebpf, name)?;
         prog.load()
             .map_err(|source| EbpfError::Program { name, source })?;
-        prog.attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| EbpfError::Program { name, source })?;
-        for name in ["mesh_connect4", "mesh_connect6"] {
+        let fd = prog_fd(prog.fd(), name)?;
+        links.push(attach(
+            pins,
+            name,
+            fd,
+            cgroup.as_fd(),
+            pins::BPF_CGROUP_SOCK_OPS,
+        )?);
+        for (name, attach_type) in [
+            ("mesh_connect4", pins::BPF_CGROUP_INET4_CONNECT),
+            ("mesh_connect6", pins::BPF_CGROUP_INET6_CONNECT),
+        ] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| EbpfError::Program { name, source })?;
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| EbpfError::Program { name, source })?;
+            let fd = prog_fd(prog.fd(), name)?;
+            links.push(attach(pins, name, fd, cgroup.as_fd(), attach_type)?);
         }
         let name = "mesh_sk_lookup";
         let prog: &mut SkLookup = program(&mut ebpf, name)?;
         prog.load()
             .map_err(|source| EbpfError::Program { name, source })?;
-        prog.attach(&netns)
-            .map_err(|source| EbpfError::Program { name, source })?;
+        let fd = prog_fd(prog.fd(), name)?;
+        links.push(attach(pins, name, fd, netns.as_fd(), pins::BPF_SK_LOOKUP)?);
+        if adopting {
+            tracing::info!(pins = %pins.dir.display(), "adopted the pinned programs and maps");
+        }
 
         let conns = Mutex::new(take_map(&mut ebpf, names::CONNS)?);
         Ok(Self {
@@ -172,8 +221,16 @@ impl Kernel {
             denials: Mutex::new(take_map(&mut ebpf, names::DENIALS)?),
             denial_events: Mutex::new(Some(take_map(&mut ebpf, names::DENIAL_EVENTS)?)),
             config_maps: Mutex::new(config_maps),
+            pins: pins.clone(),
+            _links: links,
             ebpf,
         })
+    }
+
+    /// Removes the pins (a deliberate stop): the programs are detached when
+    /// this process lets go of their links, at the latest when it exits.
+    pub fn unpin(&self) -> Result<(), EbpfError> {
+        self.pins.remove().map(drop)
     }
 
     /// Connections to service ports that sk_lookup refused because their
@@ -451,6 +508,47 @@ where
         .ok_or(EbpfError::MissingProgram(name))?;
     p.try_into()
         .map_err(|source| EbpfError::Program { name, source })
+}
+
+fn prog_fd<'a>(
+    fd: Result<&'a aya::programs::ProgramFd, ProgramError>,
+    name: &'static str,
+) -> Result<std::os::fd::BorrowedFd<'a>, EbpfError> {
+    fd.map(AsFd::as_fd)
+        .map_err(|source| EbpfError::Program { name, source })
+}
+
+/// Runs `prog` through the link pinned for `name`: the pinned link with
+/// its program swapped for `prog` if there is one that takes it, else a new
+/// link to `target`, pinned. Returns the link.
+fn attach(
+    pins: &pins::Pins,
+    name: &'static str,
+    prog: std::os::fd::BorrowedFd<'_>,
+    target: std::os::fd::BorrowedFd<'_>,
+    attach_type: u32,
+) -> Result<OwnedFd, EbpfError> {
+    let path = pins.link(name);
+    let fail = |source| EbpfError::Link {
+        name,
+        path: path.display().to_string(),
+        source,
+    };
+    if path.exists() {
+        let adopted =
+            pins::get(&path).and_then(|link| pins::link_update(link.as_fd(), prog).map(|()| link));
+        match adopted {
+            Ok(link) => return Ok(link),
+            // A link whose netns is gone (ENOLINK), or not a link: replace it.
+            Err(e) => {
+                tracing::info!(program = name, error = %e, "replacing a pinned link that no longer works");
+                std::fs::remove_file(&path).map_err(fail)?;
+            }
+        }
+    }
+    let link = pins::link_create(prog, target, attach_type).map_err(fail)?;
+    pins::pin(link.as_fd(), &path).map_err(fail)?;
+    Ok(link)
 }
 
 fn open(path: &Path) -> Result<File, EbpfError> {

@@ -70,6 +70,21 @@ enum Command {
         /// HTTP/2 streams). For comparison and for tests of mixed versions.
         #[arg(long)]
         no_multiplex: bool,
+        /// Where bpffs is mounted (mounted there if it is not): the kernel
+        /// programs and maps are pinned under DIR/mesh/NODE, so the node
+        /// stays closed while its agent is down.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: PathBuf,
+    },
+    /// Remove what a stopped agent of node N left in the kernel (its
+    /// pinned programs and maps) and its empty cgroups: the node is open
+    /// again. SIGTERM to a running agent does the same.
+    Down {
+        #[arg(long)]
+        node: String,
+        /// As given to `run --bpffs`.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: PathBuf,
     },
     /// Show what a running agent holds (from its admin endpoint).
     Status {
@@ -330,6 +345,7 @@ fn main() -> ExitCode {
             inbound_sources,
             link_port,
             no_multiplex,
+            bpffs,
         } => parse_dns(&dns).and_then(|dns| {
             let drain = std::time::Duration::try_from_secs_f64(drain_seconds).map_err(|_| {
                 anyhow::anyhow!("--drain-seconds {drain_seconds}: expected seconds >= 0")
@@ -347,8 +363,10 @@ fn main() -> ExitCode {
                 only_mesh_sources: inbound_sources == "nodes",
                 link_port,
                 multiplex: !no_multiplex,
+                bpffs,
             })
         }),
+        Command::Down { node, bpffs } => down(&node, &bpffs),
         Command::Status { admin, json } => status(admin, json),
         Command::Check {
             state,
@@ -473,6 +491,29 @@ fn load_etcd(options: &catalog::EtcdOptions) -> anyhow::Result<(config::Config, 
         .build()?;
     let config = rt.block_on(catalog::etcd::load(options))?;
     Ok((config, format!("etcd {}", options.prefix)))
+}
+
+/// `mesh-agent down`: see `Command::Down`.
+fn down(node: &str, bpffs: &std::path::Path) -> anyhow::Result<()> {
+    let pins = mesh_agent::ebpf::pins::Pins::at(bpffs, node);
+    let removed = pins.remove()?;
+    if removed.is_empty() {
+        println!(
+            "nothing pinned for node {node} under {}",
+            pins.dir.display()
+        );
+    } else {
+        let links = removed.iter().filter(|n| n.starts_with("link_")).count();
+        println!(
+            "removed {links} program links and {} maps pinned for node {node} under {}",
+            removed.len() - links,
+            pins.dir.display()
+        );
+    }
+    let cg = mesh_agent::cgroup::Cgroup2::find_or_mount()?;
+    let gone = cg.remove_empty_tree(&std::path::Path::new("/mesh").join(node));
+    println!("removed {gone} empty cgroups of node {node}");
+    Ok(())
 }
 
 fn validate(store: &Store) -> anyhow::Result<()> {

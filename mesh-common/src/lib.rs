@@ -51,6 +51,10 @@ pub const LISTENER_V6: u32 = 1;
 
 /// Maximum entries of the service-sized maps.
 pub const MAX_SERVICES: u32 = 4096;
+/// How deep below the cgroup2 root connect4/6 look for a service's cgroup
+/// among a caller's ancestors (a process in a container below a service's
+/// cgroup has that service's identity).
+pub const MAX_CGROUP_LEVEL: u32 = 32;
 /// Maximum entries of the per-connection maps (LRU: the oldest entries go first).
 pub const MAX_PENDING_CONNS: u32 = 65536;
 

@@ -16,8 +16,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
     },
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SockMap},
@@ -27,8 +27,8 @@ use aya_log_ebpf::warn;
 use mesh_common::{
     ConnKey, DENIAL_EVENTS_BYTES, DENIAL_REPORT_INTERVAL_NS, DENIED_BY_INTENTIONS,
     DENIED_BY_LOOPBACK_GUARD, DenialCount, DenialEvent, DenialKey, LISTENER_V4, LISTENER_V6,
-    MAX_DENIALS, MAX_DENIED_PAIRS, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst, PairKey, ServiceId,
-    SockAddr,
+    MAX_CGROUP_LEVEL, MAX_DENIALS, MAX_DENIED_PAIRS, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst,
+    PairKey, ServiceId, SockAddr,
 };
 
 const AF_INET: u32 = 2;
@@ -49,35 +49,37 @@ static OUTBOUND_PORT: u16 = 15001;
 #[unsafe(no_mangle)]
 static CHECK_PEERS: u8 = 1;
 
+// Every map is pinned by name (the agent pins them under
+// `<bpffs>/mesh/<node>/`): they outlive the agent with the programs, and a
+// restarted agent adopts them.
 #[map]
-static SERVICES: HashMap<SockAddr, ServiceId> = HashMap::with_max_entries(2 * MAX_SERVICES, 0);
+static SERVICES: HashMap<SockAddr, ServiceId> = HashMap::pinned(2 * MAX_SERVICES, 0);
 #[map]
-static CGROUPS: HashMap<u64, ServiceId> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static CGROUPS: HashMap<u64, ServiceId> = HashMap::pinned(MAX_SERVICES, 0);
 #[map]
-static LOCAL_PORTS: HashMap<u32, ServiceId> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static LOCAL_PORTS: HashMap<u32, ServiceId> = HashMap::pinned(MAX_SERVICES, 0);
 #[map]
-static DENIED: HashMap<PairKey, u32> = HashMap::with_max_entries(MAX_DENIED_PAIRS, 0);
+static DENIED: HashMap<PairKey, u32> = HashMap::pinned(MAX_DENIED_PAIRS, 0);
 #[map]
-static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
+static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::pinned(MAX_PENDING_CONNS, 0);
 #[map]
-static CONNS: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
+static CONNS: LruHashMap<ConnKey, OrigDst> = LruHashMap::pinned(MAX_PENDING_CONNS, 0);
 #[map]
-static LISTENERS: SockMap = SockMap::with_max_entries(2, 0);
+static LISTENERS: SockMap = SockMap::pinned(2, 0);
 #[map]
-static PEERS: HashMap<SockAddr, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static PEERS: HashMap<SockAddr, u32> = HashMap::pinned(MAX_SERVICES, 0);
 #[map]
-static REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static REFUSED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 #[map]
-static DENIALS: LruPerCpuHashMap<DenialKey, DenialCount> =
-    LruPerCpuHashMap::with_max_entries(MAX_DENIALS, 0);
+static DENIALS: LruPerCpuHashMap<DenialKey, DenialCount> = LruPerCpuHashMap::pinned(MAX_DENIALS, 0);
 #[map]
-static DENIAL_EVENTS: RingBuf = RingBuf::with_byte_size(DENIAL_EVENTS_BYTES, 0);
+static DENIAL_EVENTS: RingBuf = RingBuf::pinned(DENIAL_EVENTS_BYTES, 0);
 
 /// cgroup/connect4, attached to the cgroup2 root; kernel 5.7+ (netns cookie).
 ///
 /// For TCP sockets of this node's netns: refuses (EPERM) a connect to a local
 /// service's loopback port unless the caller is that service or the agent;
-/// refuses (EPERM) a caller with a mesh identity (`CGROUPS`) dialing a mesh
+/// refuses (EPERM) a caller with a mesh identity (`CGROUPS`, see `identity`) dialing a mesh
 /// destination (`SERVICES`) when the intentions deny the pair (`DENIED`);
 /// otherwise redirects such a caller to the agent's outbound listener on
 /// 127.0.0.1 and records the original destination in `SOCKETS` by socket
@@ -288,7 +290,9 @@ enum Verdict {
     Redirect,
 }
 
-/// The shared decision of connect4/6 for a TCP connect to `dst`.
+/// The shared decision of connect4/6 for a TCP connect to `dst`. The
+/// caller's identity is looked up only for a guarded loopback port or a mesh
+/// destination: other connects cost a map lookup or two.
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
     // SAFETY: helper without arguments.
@@ -297,13 +301,13 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
     if cgroup == unsafe { core::ptr::read_volatile(&AGENT_CGROUP) } {
         return Verdict::Untouched;
     }
-    // SAFETY: values are copied out at once.
-    let src = unsafe { CGROUPS.get(cgroup) }.copied();
     if dst.reaches_loopback() {
-        // SAFETY: as above.
-        if let Some(owner) = unsafe { LOCAL_PORTS.get(u32::from(dst.port)) }.copied()
-            && src != Some(owner)
-        {
+        // SAFETY: values are copied out at once.
+        let Some(owner) = unsafe { LOCAL_PORTS.get(u32::from(dst.port)) }.copied() else {
+            return Verdict::Untouched;
+        };
+        let src = identity(cgroup);
+        if src != Some(owner) {
             report_denial(
                 DenialKey {
                     src: src.unwrap_or(0),
@@ -318,11 +322,11 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
         }
         return Verdict::Untouched;
     }
-    let Some(src_service) = src else {
-        return Verdict::Untouched;
-    };
     // SAFETY: as above.
     let Some(dst_service) = (unsafe { SERVICES.get(dst) }).copied() else {
+        return Verdict::Untouched;
+    };
+    let Some(src_service) = identity(cgroup) else {
         return Verdict::Untouched;
     };
     let pair = PairKey {
@@ -357,6 +361,33 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
         return Verdict::Deny;
     }
     Verdict::Redirect
+}
+
+/// The service of the calling process: that of its cgroup (`cgroup`), else
+/// that of its nearest ancestor cgroup that is a service's (containers,
+/// systemd sub-scopes below a service's cgroup), looking at most
+/// `MAX_CGROUP_LEVEL` levels below the cgroup2 root.
+#[inline(always)]
+fn identity(cgroup: u64) -> Option<ServiceId> {
+    // SAFETY: values are copied out at once.
+    if let Some(id) = unsafe { CGROUPS.get(cgroup) }.copied() {
+        return Some(id);
+    }
+    let mut found = None;
+    // From the root down to the caller's own cgroup: the deepest service
+    // cgroup wins.
+    for level in 1..MAX_CGROUP_LEVEL {
+        // SAFETY: helper with a plain integer argument.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if ancestor == 0 || ancestor == cgroup {
+            break;
+        }
+        // SAFETY: as above.
+        if let Some(id) = unsafe { CGROUPS.get(ancestor) }.copied() {
+            found = Some(id);
+        }
+    }
+    found
 }
 
 /// Counts an EPERM in `DENIALS` (this CPU's value) and tells the agent

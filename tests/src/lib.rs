@@ -81,6 +81,63 @@ pub fn app(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Where the tests' agents pin their programs (`run --bpffs`): a bpffs
+/// mounted on the host outside `/sys` (which `ip netns exec` replaces), so
+/// pins outlive an agent killed in a test. Mounted on first use, and left
+/// mounted (like the host's own `/sys/fs/bpf`).
+pub fn bpffs() -> PathBuf {
+    let dir = PathBuf::from("/run/mesh-tests/bpffs");
+    static MOUNT: std::sync::Once = std::sync::Once::new();
+    MOUNT.call_once(|| {
+        let mounted = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/run/mesh-tests/bpffs"));
+        if !mounted {
+            fs::create_dir_all(&dir).expect("create the tests' bpffs directory");
+            let status = Command::new("mount")
+                .args(["-t", "bpf", "bpf"])
+                .arg(&dir)
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "mount -t bpf bpf {}", dir.display());
+        }
+    });
+    dir
+}
+
+/// Ids of the bpf links of the mesh's programs right now (from `bpftool
+/// -j link show`: links whose program is named `mesh_*`).
+pub fn loaded_mesh_links() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool link show failed");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let programs: Vec<u64> = {
+        let out = Command::new("bpftool")
+            .args(["-j", "prog", "show"])
+            .output()
+            .expect("bpftool runs");
+        let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+        progs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("mesh_")))
+            .filter_map(|p| p["id"].as_u64())
+            .collect()
+    };
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|p| programs.contains(&p)))
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
 /// Names of the mesh's eBPF programs loaded in the kernel right now
 /// (from `bpftool -j prog show`).
 pub fn loaded_mesh_programs() -> Vec<String> {
@@ -454,6 +511,27 @@ impl Mesh {
         c
     }
 
+    /// A command run inside `node`'s namespace in the cgroup `rel` (below
+    /// the cgroup2 root, made if missing), as a container runtime or
+    /// systemd would place it: joined from the host, where cgroup2 is
+    /// mounted, before entering the namespace.
+    pub fn cmd_in_cgroup(
+        &self,
+        node: &str,
+        rel: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Command {
+        let dir = cgroup2_root().join(rel.trim_start_matches('/'));
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"d=$1 ns=$2; shift 2; mkdir -p "$d" && echo $$ > "$d/cgroup.procs" && exec ip netns exec "$ns" "$@""#)
+            .arg("sh")
+            .arg(dir)
+            .arg(&self.node(node).netns)
+            .arg(program);
+        c
+    }
+
     /// A command run inside `node`'s namespace as mesh service `service`
     /// (through `mesh-agent exec`).
     pub fn cmd_as(
@@ -500,6 +578,8 @@ impl Mesh {
         };
         let child = cmd
             .args(["--node", node])
+            .arg("--bpffs")
+            .arg(bpffs())
             .args(extra)
             .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
@@ -879,6 +959,15 @@ impl Mesh {
             .collect();
         for (_, child) in agents {
             signal_and_wait(child, "TERM");
+        }
+        // What an agent killed by the test left pinned.
+        for node in &self.nodes {
+            let _ = Command::new(&self.agent)
+                .args(["down", "--node", &node.name, "--bpffs"])
+                .arg(bpffs())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

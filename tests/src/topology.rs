@@ -57,6 +57,8 @@ pub struct Service {
     lb: Option<String>,
     /// The bodies of its `[[service.check]]` tables, in order.
     checks: Vec<String>,
+    /// `cgroup = "..."` (else the agent's default).
+    cgroup: Option<String>,
 }
 
 impl Service {
@@ -69,6 +71,12 @@ impl Service {
     /// How a VIP connection picks an instance: `lb = "..."`.
     pub fn lb(mut self, lb: &str) -> Self {
         self.lb = Some(lb.to_owned());
+        self
+    }
+
+    /// Its processes' cgroup: `cgroup = "..."`.
+    pub fn cgroup(mut self, path: &str) -> Self {
+        self.cgroup = Some(path.to_owned());
         self
     }
 
@@ -205,6 +213,7 @@ impl Topology {
             vip: None,
             public: false,
             lb: None,
+            cgroup: None,
             checks: Vec::new(),
         }));
         self
@@ -232,6 +241,7 @@ impl Topology {
             vip: None,
             public: false,
             lb: None,
+            cgroup: None,
             checks: Vec::new(),
         }));
         self
@@ -366,6 +376,9 @@ impl Topology {
             }
             if let Some(lb) = &s.lb {
                 out += &format!("lb = \"{lb}\"\n");
+            }
+            if let Some(cgroup) = &s.cgroup {
+                out += &format!("cgroup = \"{cgroup}\"\n");
             }
             out += "\n";
             for body in &s.checks {

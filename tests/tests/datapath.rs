@@ -176,70 +176,136 @@ fn two_meshes_run_side_by_side() {
     }
 }
 
+/// The node stays closed while its agent is down: after SIGKILL the
+/// programs and maps stay pinned, so a local process that is not db still
+/// gets EPERM on db's loopback port and web's call to api fails at once
+/// (refused at the redirect target) with no packet leaving the node. A
+/// restarted agent adopts them: no duplicate program or link, and the guard
+/// never lapses while it starts. SIGTERM and `mesh-agent down` remove
+/// everything (the empty cgroups too).
 #[test]
-fn stop_and_restart_leave_nothing_behind() {
-    let baseline = mesh_tests::loaded_mesh_programs();
+fn a_node_stays_closed_while_its_agent_is_down() {
+    let programs = || mesh_tests::loaded_mesh_programs().len();
+    let links = || mesh_tests::loaded_mesh_links().len();
+    let (programs0, links0) = (programs(), links());
     let mesh = Mesh::nodes(&["la", "lb"])
         .default_policy("allow")
         .service("web", "la", 8080)
+        .service("db", "la", 5432)
         .service_with("api", "lb", API_PORT, |s| s.vip("240.0.0.6"))
         .start();
     let cg = mesh_tests::cgroup2_root().join("mesh");
-    let no_programs = || {
-        wait_until(Duration::from_secs(5), || {
-            mesh_tests::loaded_mesh_programs() == baseline
-        })
-    };
-    assert_eq!(mesh_tests::loaded_mesh_programs().len(), baseline.len() + 8);
+    let pins = mesh_tests::bpffs().join("mesh/la");
+    assert_eq!((programs(), links()), (programs0 + 8, links0 + 8));
     mesh.start_transfer_server("lb", "api", API_PORT, 1000);
+    mesh.start_transfer_server("la", "db", 5432, 1000);
     assert_ok(
         &mesh.transfer("la", Some("web"), "240.0.0.6", API_PORT, 1000),
         "before",
     );
+    let stranger_to_db = || mesh.transfer("la", None, "127.0.0.1", 5432, 10);
+    assert!(stranger_to_db().starts_with("ERRNO 1 "));
 
-    // SIGTERM: programs detached, agent cgroup gone, exit status 0.
-    let status = mesh.stop_agent("la", "TERM");
-    assert!(status.success(), "agent exit status {status}");
-    assert!(!cg.join("la").exists(), "cgroups of node la left behind");
-
-    // SIGKILL: the kernel drops the links with the process.
-    mesh.start_agent("la");
+    // SIGKILL: everything stays in the kernel.
     mesh.stop_agent("la", "KILL");
-    mesh.stop_agent("lb", "KILL");
+    assert_eq!((programs(), links()), (programs0 + 8, links0 + 8));
+    let out = stranger_to_db();
     assert!(
-        no_programs(),
-        "programs left after SIGKILL: {:?}",
-        mesh_tests::loaded_mesh_programs()
+        out.starts_with("ERRNO 1 "),
+        "guard gone with the agent: {out}"
+    );
+    let capture = mesh.capture("la", &format!("tcp port {API_PORT}"));
+    let started = std::time::Instant::now();
+    let out = mesh.transfer("la", Some("web"), "240.0.0.6", API_PORT, 1000);
+    let took = started.elapsed();
+    assert!(
+        out.starts_with("ERRNO 111 "),
+        "call with the agent down: {out}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the call took {took:?} to fail"
+    );
+    let pcap = capture.stop();
+    let leaked = mesh_tests::wire::tcp_conns(&pcap).expect("pcap");
+    assert!(
+        leaked.is_empty(),
+        "packets left la unredirected: {leaked:?}"
     );
 
-    // Restart after SIGKILL works, and a clean stop then leaves nothing.
+    // Restart: adopted, nothing duplicated; a stranger hammering db's port
+    // meanwhile is never let through.
+    let mut probe = mesh.cmd("la", "python3");
+    probe
+        .arg(mesh_tests::app("connect_loop.py"))
+        .args(["127.0.0.1", "5432", "10000000", "30"]);
+    let probe = probe
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("probe");
+    std::thread::sleep(Duration::from_millis(300));
     mesh.start_agent("la");
-    mesh.start_agent("lb");
+    // Until the probe has run past the restart.
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &probe.id().to_string()])
+        .status();
+    let probed = probe.wait_with_output().expect("probe output");
+    let probed = String::from_utf8_lossy(&probed.stdout);
+    assert!(
+        !probed.contains("OK") && probed.contains("EPERM"),
+        "the guard lapsed during the restart: {probed}"
+    );
+    let log = fs::read_to_string(mesh.agent_log("la")).unwrap_or_default();
+    assert!(
+        log.contains("adopted the pinned programs and maps"),
+        "{log}"
+    );
+    assert_eq!((programs(), links()), (programs0 + 8, links0 + 8));
     assert_ok(
         &mesh.transfer("la", Some("web"), "240.0.0.6", API_PORT, 1000),
         "after restart",
     );
-    let namespaces: Vec<String> = mesh.nodes.iter().map(|n| n.netns.clone()).collect();
-    drop(mesh);
-    for ns in namespaces {
-        assert!(
-            !std::path::Path::new("/etc/netns").join(&ns).exists(),
-            "/etc/netns/{ns} left"
-        );
-    }
+
+    // SIGTERM: la's programs, pins and cgroups go.
+    let status = mesh.stop_agent("la", "TERM");
+    assert!(status.success(), "agent exit status {status}");
     assert!(
-        no_programs(),
+        wait_until(Duration::from_secs(5), || programs() == programs0 + 4),
+        "la's programs stayed after SIGTERM"
+    );
+    assert_eq!(links(), links0 + 4);
+    assert!(!pins.exists(), "pins left: {}", pins.display());
+    // (db's cgroup stays: its server runs in it.)
+    assert!(
+        !cg.join("la/_agent").exists(),
+        "the agent's cgroup left behind"
+    );
+
+    // SIGKILL, then `mesh-agent down`: the same.
+    mesh.start_agent("la");
+    mesh.stop_agent("la", "KILL");
+    assert_eq!(programs(), programs0 + 8);
+    let out = mesh_tests::run_to_string(
+        std::process::Command::new(&mesh.agent)
+            .args(["down", "--node", "la", "--bpffs"])
+            .arg(mesh_tests::bpffs()),
+        Duration::from_secs(10),
+    );
+    assert!(out.contains("removed 4 program links and 11 maps"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(5), || programs() == programs0 + 4),
+        "la's programs stayed after down"
+    );
+    assert!(!pins.exists() && !cg.join("la/_agent").exists());
+
+    drop(mesh);
+    assert!(
+        wait_until(Duration::from_secs(5), || (programs(), links())
+            == (programs0, links0)),
         "programs left: {:?}",
         mesh_tests::loaded_mesh_programs()
     );
-    for node in ["la", "lb"] {
-        assert!(
-            !cg.join(node).exists(),
-            "cgroups of node {node} left behind"
-        );
-    }
-    let pins = fs::read_dir("/sys/fs/bpf").map(|d| d.count()).unwrap_or(0);
-    assert_eq!(pins, 0, "pinned objects in /sys/fs/bpf");
 }
 
 #[test]
@@ -264,4 +330,40 @@ fn a_service_bound_to_any_address_is_still_protected() {
     );
     let out = mesh.transfer("ca", Some("web"), "240.0.0.7", API_PORT, 1000);
     assert_ok(&out, "web -> api by VIP");
+}
+
+/// A process anywhere below a service's cgroup (a container, a systemd
+/// sub-scope) has that service's identity, unless a deeper cgroup is a
+/// service's own: three levels below web's cgroup calls api as web; below
+/// worker's cgroup (itself below web's) it is worker, which the intentions
+/// deny; the loopback guard lets a process below db's cgroup reach db and
+/// refuses one below web's.
+#[test]
+fn a_process_below_a_service_cgroup_has_its_identity() {
+    let mesh = Mesh::nodes(&["ga", "gb"])
+        .default_policy("deny")
+        .service("web", "ga", 8080)
+        .service_with("worker", "ga", 8081, |s| s.cgroup("/mesh/ga/web/worker"))
+        .service("db", "ga", 5432)
+        .service_with("api", "gb", API_PORT, |s| s.vip("240.0.0.7"))
+        .intention("web", "api", "allow")
+        .start();
+    mesh.start_transfer_server("gb", "api", API_PORT, 1000);
+    mesh.start_transfer_server("ga", "db", 5432, 1000);
+    let run = |rel: &str, host: &str, port: u16| {
+        let mut cmd = mesh.cmd_in_cgroup("ga", rel, "python3");
+        cmd.arg(mesh_tests::app("transfer_client.py"))
+            .args([host, &port.to_string(), "1000", "0"]);
+        mesh_tests::run_to_string(&mut cmd, Duration::from_secs(60))
+    };
+    let deep = "/mesh/ga/web/container-1/init.scope/app";
+    assert_ok(&run(deep, "240.0.0.7", API_PORT), "three levels below web");
+    let out = run("/mesh/ga/web/worker/task-1", "240.0.0.7", API_PORT);
+    assert!(out.starts_with("ERRNO 1 "), "below worker: {out}");
+    assert_ok(&run("/mesh/ga/db/sidecar", "127.0.0.1", 5432), "below db");
+    let out = run(deep, "127.0.0.1", 5432);
+    assert!(out.starts_with("ERRNO 1 "), "below web to db's port: {out}");
+    // A process in no service's cgroup: no identity, the guard refuses.
+    let out = run("/mesh/ga/other", "127.0.0.1", 5432);
+    assert!(out.starts_with("ERRNO 1 "), "outside the services: {out}");
 }

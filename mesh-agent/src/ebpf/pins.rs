@@ -1,0 +1,230 @@
+//! What keeps a node closed while its agent is down: the programs' links
+//! and maps pinned in bpffs under `<bpffs>/mesh/<node>/` (ARCHITECTURE.md,
+//! "Pins"). Links are made and updated with raw `bpf(2)` calls: aya 0.14
+//! cannot pin a cgroup/connect link nor swap a link's program.
+//!
+//! | file | what |
+//! |---|---|
+//! | `link_<program>` | the bpf link attaching `<program>` (cgroup root or netns) |
+//! | `<MAP>` | each map, by name (aya pins them: `default_map_pin_directory`) |
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+};
+
+use super::EbpfError;
+
+/// bpffs's magic number (`statfs` `f_type`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+// bpf(2) commands and attach types (include/uapi/linux/bpf.h).
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+pub const BPF_CGROUP_SOCK_OPS: u32 = 3;
+pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+pub const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+pub const BPF_SK_LOOKUP: u32 = 36;
+
+/// `bpf_attr` for `BPF_OBJ_PIN` / `BPF_OBJ_GET`. No implicit padding: the
+/// kernel refuses non-zero bytes past the last field.
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// `bpf_attr` for `BPF_LINK_CREATE` (no target-specific part).
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// `bpf_attr` for `BPF_LINK_UPDATE`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// `bpf(cmd, attr, sizeof attr)`; the kernel zero-fills the rest of its
+/// `bpf_attr`.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, initialized `#[repr(C)]` prefix of the
+    // kernel's `bpf_attr` for `cmd`, and the size passed is its size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr).cast::<libc::c_void>(),
+            std::mem::size_of::<T>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// An fd the kernel just returned.
+fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+/// A new bpf link attaching `prog` to `target` (a cgroup or netns fd).
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: target.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+    };
+    owned(bpf(BPF_LINK_CREATE, &mut attr)?)
+}
+
+/// Makes `link` run `prog` instead, atomically.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        ..LinkUpdateAttr::default()
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Pins `fd` at `path` in bpffs.
+pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let name = c_path(path)?;
+    let mut attr = ObjAttr {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..ObjAttr::default()
+    };
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// The object pinned at `path`.
+pub fn get(path: &Path) -> io::Result<OwnedFd> {
+    let name = c_path(path)?;
+    let mut attr = ObjAttr {
+        pathname: name.as_ptr() as u64,
+        ..ObjAttr::default()
+    };
+    owned(bpf(BPF_OBJ_GET, &mut attr)?)
+}
+
+/// Where one node's programs and maps are pinned: `<bpffs>/mesh/<node>`.
+#[derive(Debug, Clone)]
+pub struct Pins {
+    pub dir: PathBuf,
+}
+
+impl Pins {
+    /// The pins of `node` under the bpffs at `bpffs`, mounting bpffs there
+    /// first if it is not mounted (in this process's mount namespace: pins
+    /// outlive the agent only if that is the host's).
+    pub fn open(bpffs: &Path, node: &str) -> Result<Self, EbpfError> {
+        let fail = |source| EbpfError::Pins {
+            path: bpffs.display().to_string(),
+            source,
+        };
+        if !is_bpffs(bpffs) {
+            fs::create_dir_all(bpffs).map_err(fail)?;
+            nix::mount::mount(
+                Some("bpf"),
+                bpffs,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                Some("mode=0700"),
+            )
+            .map_err(|e| fail(e.into()))?;
+            tracing::info!(path = %bpffs.display(), "mounted bpffs");
+        }
+        Ok(Self::at(bpffs, node))
+    }
+
+    /// The pins of `node` under `bpffs`, without mounting anything.
+    pub fn at(bpffs: &Path, node: &str) -> Self {
+        Self {
+            dir: bpffs.join("mesh").join(node),
+        }
+    }
+
+    /// The file of `program`'s link.
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.dir.join(format!("link_{program}"))
+    }
+
+    /// Whether anything is pinned for the node.
+    pub fn exist(&self) -> bool {
+        fs::read_dir(&self.dir).is_ok_and(|mut d| d.next().is_some())
+    }
+
+    /// Unpins everything of the node (links, then maps): the programs are
+    /// detached once no process holds their links. Returns the names
+    /// removed.
+    pub fn remove(&self) -> Result<Vec<String>, EbpfError> {
+        let fail = |source| EbpfError::Pins {
+            path: self.dir.display().to_string(),
+            source,
+        };
+        let mut names: Vec<String> = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(fail(e)),
+        };
+        // Links first: no moment with programs attached and maps gone from
+        // the file system (they would live on anyway, held by the programs).
+        names.sort_by_key(|n| !n.starts_with("link_"));
+        for name in &names {
+            fs::remove_file(self.dir.join(name)).map_err(fail)?;
+        }
+        match fs::remove_dir(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e)),
+        }
+        if let Some(parent) = self.dir.parent() {
+            // The shared `mesh` directory, once no node uses it.
+            let _ = fs::remove_dir(parent);
+        }
+        Ok(names)
+    }
+}
+
+/// Whether `path` is the root of a mounted bpffs.
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
