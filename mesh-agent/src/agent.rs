@@ -77,6 +77,16 @@ pub enum AgentError {
     NetnsCookie(std::io::Error),
     #[error("failed to install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Handover(#[from] crate::handover::HandoverError),
+    #[error(
+        "the running agent of this node has its {what} on {running}, this one would use {wanted}: stop it first to change that"
+    )]
+    HandoverMismatch {
+        what: &'static str,
+        running: String,
+        wanted: String,
+    },
 }
 
 /// Options of `mesh-agent run`.
@@ -121,6 +131,8 @@ pub struct Prepared {
     cgroup2: Cgroup2,
     listeners: Listeners,
     identities: Arc<Identities>,
+    /// The running agent's sockets this one took over, if it was one.
+    taken: Option<crate::handover::Taken>,
 }
 
 /// The agent's listening sockets (non-blocking, not yet registered with tokio).
@@ -149,34 +161,19 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
         });
     }
     check_link_port(&config, &opts.node, opts.link_port)?;
-    let loopback4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let loopback6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    let listeners = Listeners {
-        out4: listen(SocketAddr::new(loopback4, opts.outbound_port))?,
-        out6: listen_optional(SocketAddr::new(loopback6, opts.outbound_port))?,
-        in4: listen(SocketAddr::new(loopback4, 0))?,
-        in6: listen_optional(SocketAddr::new(loopback6, 0))?,
-        admin: listen(crate::admin::check_addr(opts.admin)?)?,
-        link: {
-            let address = config
-                .node(&opts.node)
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |n| n.address);
-            crate::health::link::listen(address, opts.link_port).map_err(|source| {
-                AgentError::Listen {
-                    addr: SocketAddr::new(address, opts.link_port),
-                    source,
-                }
-            })?
-        },
-        dns: match opts.dns {
-            None => None,
-            // A node may already run a resolver there: DNS is a convenience,
-            // not a reason to refuse to protect the node.
-            Some(addr) => crate::dns::bind(addr)
-                .inspect_err(|e| warn!(error = %e, "no .mesh DNS on this node"))
-                .ok(),
-        },
+    // An agent of this node already runs: take its sockets over (an
+    // upgrade) instead of binding them.
+    let mut taken = crate::handover::take(&opts.node)?;
+    let listeners = match &mut taken {
+        Some(taken) => Listeners::taken(taken, opts)?,
+        None => Listeners::bind(&config, opts)?,
     };
+    if let Some(t) = &taken {
+        info!(
+            old_agent = t.pid,
+            "taking over from the running agent of this node"
+        );
+    }
     let ca = NodeCa::load_or_issue(&config, &opts.node)?;
     crate::tls::verify::self_check(&ca, &config.mesh.trust_domain, &opts.node).map_err(|why| {
         AgentError::NodeCa {
@@ -203,7 +200,145 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared, AgentError> {
         identities: Arc::new(identities),
         catalog,
         config,
+        taken,
     })
+}
+
+impl Listeners {
+    /// Binds every listener for `opts`.
+    fn bind(config: &Config, opts: &RunOptions) -> Result<Self, AgentError> {
+        let loopback4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let loopback6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        Ok(Self {
+            out4: listen(SocketAddr::new(loopback4, opts.outbound_port))?,
+            out6: listen_optional(SocketAddr::new(loopback6, opts.outbound_port))?,
+            in4: listen(SocketAddr::new(loopback4, 0))?,
+            in6: listen_optional(SocketAddr::new(loopback6, 0))?,
+            admin: listen(crate::admin::check_addr(opts.admin)?)?,
+            link: link_listener(config, opts)?,
+            dns: dns_socket(opts),
+        })
+    }
+
+    /// The sockets the running agent handed over; each must be where
+    /// `opts` would bind it (a DNS socket is bound if it handed none).
+    fn taken(taken: &mut crate::handover::Taken, opts: &RunOptions) -> Result<Self, AgentError> {
+        let mut tcp = |name: &'static str| {
+            taken.sockets.remove(name).map(|fd| {
+                let l = std::net::TcpListener::from(fd);
+                let _ = l.set_nonblocking(true);
+                l
+            })
+        };
+        let missing = |what: &'static str| AgentError::HandoverMismatch {
+            what,
+            running: "nothing".to_owned(),
+            wanted: what.to_owned(),
+        };
+        let out4 = tcp("out4").ok_or_else(|| missing("outbound listener"))?;
+        let out6 = tcp("out6");
+        let in4 = tcp("in4").ok_or_else(|| missing("inbound listener"))?;
+        let in6 = tcp("in6");
+        let admin = tcp("admin").ok_or_else(|| missing("admin endpoint"))?;
+        let link = tcp("link").ok_or_else(|| missing("link listener"))?;
+        let dns = match (taken.sockets.remove("dns"), opts.dns) {
+            (Some(fd), Some(_)) => Some(std::net::UdpSocket::from(fd)),
+            (None, Some(_)) => dns_socket(opts),
+            (_, None) => None,
+        };
+        let same =
+            |what: &'static str, running: std::io::Result<SocketAddr>, wanted: SocketAddr| {
+                let running = running.map_err(|source| AgentError::Listen {
+                    addr: wanted,
+                    source,
+                })?;
+                if running == wanted {
+                    return Ok(());
+                }
+                Err(AgentError::HandoverMismatch {
+                    what,
+                    running: running.to_string(),
+                    wanted: wanted.to_string(),
+                })
+            };
+        let loopback4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        same(
+            "outbound listener",
+            out4.local_addr(),
+            SocketAddr::new(loopback4, opts.outbound_port),
+        )?;
+        same("admin endpoint", admin.local_addr(), opts.admin)?;
+        let link_addr = link.local_addr();
+        let link_port = link_addr.as_ref().map_or(0, SocketAddr::port);
+        if link_port != opts.link_port {
+            return Err(AgentError::HandoverMismatch {
+                what: "link listener",
+                running: format!("port {link_port}"),
+                wanted: format!("port {}", opts.link_port),
+            });
+        }
+        if let (Some(socket), Some(wanted)) = (&dns, opts.dns) {
+            same("DNS socket", socket.local_addr(), wanted)?;
+        }
+        Ok(Self {
+            out4,
+            out6,
+            in4,
+            in6,
+            admin,
+            link,
+            dns,
+        })
+    }
+
+    /// Duplicates of every socket, by name, for the next agent.
+    fn duplicates(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        use std::os::fd::AsFd;
+        let mut all: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = vec![
+            ("out4", self.out4.as_fd()),
+            ("in4", self.in4.as_fd()),
+            ("admin", self.admin.as_fd()),
+            ("link", self.link.as_fd()),
+        ];
+        if let Some(l) = &self.out6 {
+            all.push(("out6", l.as_fd()));
+        }
+        if let Some(l) = &self.in6 {
+            all.push(("in6", l.as_fd()));
+        }
+        if let Some(s) = &self.dns {
+            all.push(("dns", s.as_fd()));
+        }
+        all.into_iter()
+            .filter_map(|(name, fd)| {
+                fd.try_clone_to_owned()
+                    .inspect_err(|e| warn!(socket = name, error = %e, "cannot keep this socket for a handover"))
+                    .ok()
+                    .map(|fd| (name.to_owned(), fd))
+            })
+            .collect()
+    }
+}
+
+/// `<node address>:<link port>`: other agents follow this one's health.
+fn link_listener(config: &Config, opts: &RunOptions) -> Result<std::net::TcpListener, AgentError> {
+    let address = config
+        .node(&opts.node)
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |n| n.address);
+    crate::health::link::listen(address, opts.link_port).map_err(|source| AgentError::Listen {
+        addr: SocketAddr::new(address, opts.link_port),
+        source,
+    })
+}
+
+/// The `.mesh` DNS socket, if asked for and free: a node may already run a
+/// resolver there, and DNS is a convenience, not a reason to refuse to
+/// protect the node.
+fn dns_socket(opts: &RunOptions) -> Option<std::net::UdpSocket> {
+    let addr = opts.dns?;
+    crate::dns::bind(addr)
+        .inspect_err(|e| warn!(error = %e, "no .mesh DNS on this node"))
+        .ok()
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then detaches and cleans up.
@@ -214,6 +349,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
         cgroup2: cg,
         listeners,
         identities,
+        taken,
     } = prepared;
     let mut sigterm =
         tokio::signal::unix::signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
@@ -228,7 +364,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
         &cg,
         &cgroups,
         (catalog, config),
-        listeners,
+        (listeners, taken),
         identities,
         &opts,
         async {
@@ -239,19 +375,41 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> Result<(), AgentError>
         },
     )
     .await;
-    cgroups.lock().unwrap_or_else(|e| e.into_inner()).leave(&cg);
-    result
+    match result {
+        // The next agent uses the cgroups.
+        Ok(Ending::HandedOver) => Ok(()),
+        Ok(Ending::Stopped) => {
+            cgroups.lock().unwrap_or_else(|e| e.into_inner()).leave(&cg);
+            Ok(())
+        }
+        Err(e) => {
+            cgroups.lock().unwrap_or_else(|e| e.into_inner()).leave(&cg);
+            Err(e)
+        }
+    }
+}
+
+/// How `serve` ended.
+enum Ending {
+    /// SIGTERM or SIGINT: everything removed.
+    Stopped,
+    /// The next agent of the node took over: it keeps the pins, cgroups
+    /// and registration.
+    HandedOver,
 }
 
 async fn serve(
     cg: &Arc<Cgroup2>,
     cgroups: &Arc<std::sync::Mutex<Cgroups>>,
     (catalog, config): (Box<dyn Catalog>, Config),
-    listeners: Listeners,
+    (listeners, taken): (Listeners, Option<crate::handover::Taken>),
     identities: Arc<Identities>,
     opts: &RunOptions,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), AgentError> {
+) -> Result<Ending, AgentError> {
+    // For the next agent of this node (an upgrade).
+    let offer = crate::handover::Offer::new(&opts.node, listeners.duplicates());
+    let handed = offer.handed.clone();
     let (publisher, snapshots) = Snapshot::new(config).publish();
     let publisher = Arc::new(publisher);
     let snapshot = publisher.borrow().clone();
@@ -431,6 +589,7 @@ async fn serve(
         tasks.spawn(crate::dns::serve(socket, snapshots, upstream));
     }
     tasks.spawn(identities.clone().renew_forever());
+    tasks.spawn(offer.serve());
     for (service, leaf) in identities.all() {
         info!(%service, spiffe_id = %leaf.spiffe_id, serial = %leaf.serial, "leaf issued");
     }
@@ -446,6 +605,18 @@ async fn serve(
         }
     }
     readiness.ready();
+    if let Some(taken) = taken {
+        let old = taken.pid;
+        match taken.ready() {
+            Ok(()) => info!(
+                old_agent = old,
+                "took over: the old agent stops accepting and drains"
+            ),
+            Err(e) => {
+                warn!(error = %e, "the old agent did not hear this one is ready; both serve until it stops")
+            }
+        }
+    }
     info!(
         node = %opts.node,
         catalog = %opts.catalog,
@@ -455,12 +626,20 @@ async fn serve(
         local = contents.cgroups.len(),
         "agent ready"
     );
-    stop.await;
+    let ending = tokio::select! {
+        () = stop => Ending::Stopped,
+        () = handed.notified() => Ending::HandedOver,
+    };
     readiness.draining();
-    // Stop accepting: the listeners close, so new connections are refused
-    // at once (the programs still redirect to the closed port), never hang.
+    // Stop accepting. Stopped: the listeners close, so new connections are
+    // refused at once (the programs still redirect to the closed port),
+    // never hang. Handed over: the next agent holds them and accepts.
     tasks.shutdown().await;
-    if let Some(r) = &registration {
+    if let Ending::HandedOver = ending {
+        // Its admin endpoint answers on the same socket.
+        admin_task.abort();
+    }
+    if let (Some(r), Ending::Stopped) = (&registration, &ending) {
         r.leave().await;
     }
     drain.stop();
@@ -469,6 +648,9 @@ async fn serve(
     drain.wait(opts.drain).await;
     admin_task.abort();
     let _ = admin_task.await;
+    if let Ending::HandedOver = ending {
+        return Ok(ending);
+    }
     // A deliberate stop opens the node: unpinned, the programs are
     // detached when the last reference to the kernel goes (connection
     // tasks may still hold it), at the latest when the process exits.
@@ -478,7 +660,7 @@ async fn serve(
     if let Ok(kernel) = Arc::try_unwrap(kernel) {
         kernel.stop();
     }
-    Ok(())
+    Ok(ending)
 }
 
 /// The cgroups this agent uses: its own, and one per local service.

@@ -12,6 +12,7 @@ pub mod dns;
 pub mod drain;
 pub mod ebpf;
 pub mod exec;
+pub mod handover;
 pub mod health;
 pub mod identity;
 pub mod policy;

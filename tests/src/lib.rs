@@ -631,6 +631,32 @@ impl Mesh {
             .and_then(|(_, c)| c.try_wait().ok().flatten())
     }
 
+    /// Waits for the oldest running agent of `node` to exit by itself (one
+    /// that handed over to a newer agent) for at most `timeout`; returns its
+    /// exit status. Panics if it does not.
+    pub fn wait_agent_exit(&self, node: &str, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = {
+            let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+            let i = agents
+                .iter()
+                .position(|(n, _)| n == node)
+                .unwrap_or_else(|| panic!("no running agent for {node}"));
+            agents.remove(i).1
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the old agent of {node} did not exit within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends `signal` (e.g. "TERM", "KILL") to the agent of `node` and waits
     /// for it to exit; returns its exit status. An agent still running 10 s
     /// after the signal is killed, and the test fails.

@@ -179,3 +179,110 @@ fn services_come_and_go_without_a_restart() {
     let out = mesh.transfer("sva", Some("web"), "db.mesh", 5002, 100);
     assert!(out.starts_with("OK "), "db after removing api: {out}");
 }
+
+/// An upgrade refuses nothing: `mesh-agent run` for a node whose agent runs
+/// takes over its listening sockets. 500 calls at 10 ms intervals across
+/// the handover all succeed, a stream open before it lives on through the
+/// old agent's drain, the old agent exits by itself, and the kernel holds
+/// the same number of programs and links as before.
+#[test]
+fn a_second_agent_takes_over_without_refusing_a_connection() {
+    let programs = || mesh_tests::loaded_mesh_programs().len();
+    let links = || mesh_tests::loaded_mesh_links().len();
+    let (programs0, links0) = (programs(), links());
+    let mesh = Mesh::nodes(&["hoa", "hob"])
+        .default_policy("allow")
+        .service("web", "hoa", 8080)
+        .service_with("api", "hob", 5001, |s| s.vip(VIP))
+        .service_with("echo", "hob", 5002, |s| s.vip("240.0.0.42"))
+        .start();
+    mesh.start_health_server("hob", "api", 5001);
+    mesh.start_echo_server("hob", "echo", 5002);
+    let hold_log = mesh.dir.join("app-hold.log");
+    let mut hold = mesh.cmd_as("hoa", "web", "python3");
+    hold.arg(app("hold_client.py"))
+        .args(["240.0.0.42", "5002", "6"]);
+    mesh.spawn_app(hold, "hold");
+    let held = |what: &str| {
+        fs::read_to_string(&hold_log)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || held("OPEN")),
+        "no stream"
+    );
+
+    let vip = VIP.parse().expect("vip");
+    let mut calls = mesh.http_call_stream("hoa", "web", vip, 5001, 500, Duration::from_millis(10));
+    for i in 0..50 {
+        assert!(
+            calls.next(Duration::from_secs(10)).is_some(),
+            "call {i} did not end"
+        );
+    }
+    // One that would change a port refuses, and the old one serves on.
+    let out = mesh_tests::output_with_timeout(
+        mesh.cmd("hoa", &mesh.agent)
+            .args([
+                "run",
+                "--node",
+                "hoa",
+                "--outbound-port",
+                "15009",
+                "--config",
+            ])
+            .arg(mesh.config())
+            .arg("--bpffs")
+            .arg(mesh_tests::bpffs()),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("stop it first to change that"),
+        "{err}"
+    );
+    let said = |what: &str| {
+        fs::read_to_string(mesh.agent_log("hoa"))
+            .unwrap_or_default()
+            .contains(what)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || said(
+            "handover aborted: serving on"
+        )),
+        "the old agent did not go on"
+    );
+    mesh.start_agent("hoa");
+    let status = mesh.wait_agent_exit("hoa", Duration::from_secs(20));
+    assert!(status.success(), "the old agent exited with {status}");
+    let results = calls.finish(Duration::from_secs(60));
+    assert_eq!(results.len(), 500);
+    assert_eq!(
+        mesh_tests::health::failed_calls(&results),
+        [],
+        "calls failed across the handover"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || held("STILL OPEN")),
+        "the stream open before the handover was cut: {}",
+        fs::read_to_string(&hold_log).unwrap_or_default()
+    );
+    let log = fs::read_to_string(mesh.agent_log("hoa")).unwrap_or_default();
+    assert!(log.contains("handed the listening sockets over"), "{log}");
+    assert!(
+        log.contains("took over: the old agent stops accepting"),
+        "{log}"
+    );
+    assert_eq!((programs(), links()), (programs0 + 8, links0 + 8));
+    // The new agent serves, and its SIGTERM still removes everything.
+    assert_eq!(
+        mesh.echo("hoa", "web", "240.0.0.42".parse().expect("ip"), 5002, "new"),
+        "new"
+    );
+    mesh.stop_agent("hoa", "TERM");
+    assert!(
+        wait_until(Duration::from_secs(5), || programs() == programs0 + 4),
+        "programs left after the new agent's SIGTERM"
+    );
+}

@@ -1,0 +1,273 @@
+//! Upgrades without refusals: `mesh-agent run` for a node whose agent is
+//! running takes over that agent's listening sockets instead of binding
+//! its own (ARCHITECTURE.md, "Handover").
+//!
+//! Every running agent listens on the abstract unix socket
+//! `@mesh-agent/<node>` of its network namespace ([`Offer`]). A starting
+//! agent connects there ([`take`]; only root's connections are served),
+//! asks, and receives duplicates of every listening socket (`SCM_RIGHTS`)
+//! with their names. It starts on them (the kernel programs it adopts from
+//! the pins steer to the same sockets) and, once serving, says `ready`.
+//! Only then does the old agent stop accepting and drain: the listening
+//! sockets never close, so no connection is refused; both accept during
+//! the overlap. If the new agent dies before `ready`, the old one goes on
+//! serving.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, IoSlice, IoSliceMut, Write},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        linux::net::SocketAddrExt,
+        unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream},
+    },
+    sync::Arc,
+    time::Duration,
+};
+
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, getsockopt, recvmsg, sendmsg,
+    sockopt::PeerCredentials,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("handover with the running agent of node {node}: {source}")]
+    Io {
+        node: String,
+        source: std::io::Error,
+    },
+    #[error("handover with the running agent of node {node}: {why}")]
+    Protocol { node: String, why: String },
+}
+
+/// What a starting agent sends first.
+const ASK: &str = "mesh-handover v1";
+/// What it sends once it serves on the sockets.
+const READY: &str = "ready";
+/// How long the running agent waits for `ready` (the new agent loads its
+/// catalog, possibly from etcd, and its programs meanwhile).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most sockets one handover carries.
+const MAX_SOCKETS: usize = 16;
+
+/// The names of the sockets that follow, in the order of their fds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    pid: u32,
+    names: Vec<String>,
+}
+
+fn address(node: &str) -> std::io::Result<UnixAddr> {
+    UnixAddr::from_abstract_name(format!("mesh-agent/{node}"))
+}
+
+/// Sockets received from the running agent, by name; answer with
+/// [`Taken::ready`] once serving on them.
+pub struct Taken {
+    node: String,
+    stream: UnixStream,
+    /// The old agent's pid.
+    pub pid: u32,
+    pub sockets: BTreeMap<String, OwnedFd>,
+}
+
+/// Asks the running agent of `node`, if there is one in this network
+/// namespace, for its listening sockets. `Ok(None)`: no agent answers.
+/// Blocking: runs before the async runtime starts.
+pub fn take(node: &str) -> Result<Option<Taken>, HandoverError> {
+    let io = |source| HandoverError::Io {
+        node: node.to_owned(),
+        source,
+    };
+    let stream = match UnixStream::connect_addr(&address(node).map_err(io)?) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    (&stream)
+        .write_all(format!("{ASK}\n").as_bytes())
+        .map_err(io)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut space = nix::cmsg_space!([RawFd; MAX_SOCKETS]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| io(e.into()))?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().map_err(|e| io(e.into()))? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel just installed these fds in this process
+            // for us; nothing else owns them.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let len = msg.bytes;
+    let protocol = |why: String| HandoverError::Protocol {
+        node: node.to_owned(),
+        why,
+    };
+    let manifest: Manifest =
+        serde_json::from_slice(&buf[..len]).map_err(|e| protocol(format!("bad manifest: {e}")))?;
+    if manifest.names.len() != fds.len() {
+        return Err(protocol(format!(
+            "{} names for {} sockets",
+            manifest.names.len(),
+            fds.len()
+        )));
+    }
+    Ok(Some(Taken {
+        node: node.to_owned(),
+        stream,
+        pid: manifest.pid,
+        sockets: manifest.names.into_iter().zip(fds).collect(),
+    }))
+}
+
+impl Taken {
+    /// Tells the old agent this one serves: it stops accepting and drains.
+    pub fn ready(self) -> Result<(), HandoverError> {
+        (&self.stream)
+            .write_all(format!("{READY}\n").as_bytes())
+            .map_err(|source| HandoverError::Io {
+                node: self.node.clone(),
+                source,
+            })
+    }
+}
+
+/// The running agent's side: hands its sockets to the next agent of its
+/// node. See the module docs.
+pub struct Offer {
+    node: String,
+    /// Duplicates of the listening sockets, by name.
+    sockets: Vec<(String, OwnedFd)>,
+    /// Told once a new agent is ready on the sockets.
+    pub handed: Arc<Notify>,
+}
+
+impl Offer {
+    pub fn new(node: &str, sockets: Vec<(String, OwnedFd)>) -> Self {
+        Self {
+            node: node.to_owned(),
+            sockets,
+            handed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Listens for the next agent of the node and hands over to the first
+    /// that gets ready, then returns (telling [`Offer::handed`]). Binding
+    /// waits while the previous agent still holds the name (it lets go
+    /// once this one said ready).
+    pub async fn serve(self) {
+        let listener = loop {
+            match address(&self.node).and_then(|a| UnixListener::bind_addr(&a)) {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "no handover socket: an upgrade of this agent will refuse to start while it runs");
+                    return;
+                }
+            }
+        };
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(listener))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "no handover socket");
+                return;
+            }
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            match self.hand(stream).await {
+                Ok(pid) => {
+                    info!(
+                        new_agent = pid,
+                        "handed the listening sockets over: stopping"
+                    );
+                    self.handed.notify_one();
+                    return;
+                }
+                Err(why) => warn!(%why, "handover aborted: serving on"),
+            }
+        }
+    }
+
+    /// One handover: checks the peer is root, sends the sockets, waits for
+    /// `ready`. Returns the new agent's pid.
+    async fn hand(&self, stream: tokio::net::UnixStream) -> Result<u32, String> {
+        let creds = getsockopt(&stream, PeerCredentials).map_err(|e| e.to_string())?;
+        if creds.uid() != 0 {
+            return Err(format!("uid {} may not take over", creds.uid()));
+        }
+        let pid = u32::try_from(creds.pid()).unwrap_or(0);
+        let stream = stream.into_std().map_err(|e| e.to_string())?;
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let sockets: Vec<(String, RawFd)> = self
+            .sockets
+            .iter()
+            .map(|(n, fd)| (n.clone(), fd.as_raw_fd()))
+            .collect();
+        tokio::task::spawn_blocking(move || hand_blocking(stream, &sockets).map(|()| pid))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+}
+
+/// The blocking part of [`Offer::hand`].
+fn hand_blocking(stream: UnixStream, sockets: &[(String, RawFd)]) -> Result<(), String> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim_end() != ASK {
+        return Err(format!("unexpected request {:?}", line.trim_end()));
+    }
+    let manifest = Manifest {
+        pid: std::process::id(),
+        names: sockets.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+    let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| *fd).collect();
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(&body)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(READY_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    line.clear();
+    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim_end() != READY {
+        return Err("the new agent stopped before it was ready".to_owned());
+    }
+    Ok(())
+}
