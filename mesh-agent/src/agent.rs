@@ -444,7 +444,11 @@ async fn serve(
             source,
         })?;
 
-    let ids = Arc::new(proxy::ServiceIds::default());
+    // The ids the last agent of this node gave, if it left them pinned.
+    let pins = crate::ebpf::pins::Pins::open(&opts.bpffs, &opts.node)?;
+    let ids = Arc::new(proxy::ServiceIds::seeded(
+        crate::ebpf::pinned_service_names(&pins),
+    ));
     let (contents, agent_cgroup) = {
         let cgroups = cgroups.lock().unwrap_or_else(|e| e.into_inner());
         (
@@ -463,8 +467,8 @@ async fn serve(
         agent_cgroup,
         outbound_port: opts.outbound_port,
         check_peers: opts.only_mesh_sources,
+        admin_port: opts.admin.port(),
     };
-    let pins = crate::ebpf::pins::Pins::open(&opts.bpffs, &opts.node)?;
     let kernel = Arc::new(Kernel::start(
         &params,
         &contents,
@@ -589,7 +593,7 @@ async fn serve(
         tasks.spawn(crate::dns::serve(socket, snapshots, upstream));
     }
     tasks.spawn(identities.clone().renew_forever());
-    tasks.spawn(offer.serve());
+    tasks.spawn(offer.serve(kernel.clone()));
     for (service, leaf) in identities.all() {
         info!(%service, spiffe_id = %leaf.spiffe_id, serial = %leaf.serial, "leaf issued");
     }
@@ -626,10 +630,18 @@ async fn serve(
         local = contents.cgroups.len(),
         "agent ready"
     );
-    let ending = tokio::select! {
+    let mut ending = tokio::select! {
         () = stop => Ending::Stopped,
         () = handed.notified() => Ending::HandedOver,
     };
+    if matches!(ending, Ending::Stopped) && !kernel.owns_pins() {
+        // Another agent of this node started meanwhile and adopted the
+        // programs: leave it what it uses.
+        info!(
+            "another agent of this node runs the kernel programs now: leaving them, the cgroups and the registration to it"
+        );
+        ending = Ending::HandedOver;
+    }
     readiness.draining();
     // Stop accepting. Stopped: the listeners close, so new connections are
     // refused at once (the programs still redirect to the closed port),
@@ -654,8 +666,12 @@ async fn serve(
     // A deliberate stop opens the node: unpinned, the programs are
     // detached when the last reference to the kernel goes (connection
     // tasks may still hold it), at the latest when the process exits.
-    if let Err(e) = kernel.unpin() {
-        warn!(error = %e, "could not remove the pinned programs; `mesh-agent down --node {}` does", opts.node);
+    match kernel.unpin() {
+        Ok(true) => {}
+        Ok(false) => info!("another agent of this node runs the kernel programs now: leaving them"),
+        Err(e) => {
+            warn!(error = %e, "could not remove the pinned programs; `mesh-agent down --node {}` does", opts.node)
+        }
     }
     if let Ok(kernel) = Arc::try_unwrap(kernel) {
         kernel.stop();
@@ -773,6 +789,7 @@ fn contents(
             }
         }
     }
+    c.names = ids.all();
     c
 }
 

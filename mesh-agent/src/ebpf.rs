@@ -22,11 +22,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, SockMap},
-    programs::{CgroupSockAddr, ProgramError, SkLookup, SockOps},
+    programs::ProgramError,
 };
 use mesh_common::{
     ConnKey, DenialCount, DenialEvent, DenialKey, LISTENER_V4, LISTENER_V6, MAX_RECORD_AGE_NS,
-    OrigDst, PairKey, ServiceId, SockAddr, names,
+    OrigDst, PairKey, ServiceId, ServiceName, SockAddr, names,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -82,11 +82,15 @@ pub struct LoadParams {
     pub outbound_port: u16,
     /// Whether sk_lookup refuses sources that are not mesh nodes (`PEERS`).
     pub check_peers: bool,
+    /// The admin endpoint's port (bind4/6 keep it for root).
+    pub admin_port: u16,
 }
 
 /// What the agent puts into the maps for its node.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct MapContents {
+    /// Every service id given so far and its name (`SERVICE_NAMES`).
+    pub names: Vec<(ServiceId, String)>,
     /// Mesh destinations: VIP:port and node-address:port of every meshed service.
     pub services: Vec<(SocketAddr, ServiceId)>,
     /// cgroup id -> local service.
@@ -110,19 +114,27 @@ pub struct Kernel {
     denial_events: Mutex<Option<RingBuf<MapData>>>,
     /// The maps derived from the config, rewritten on every change.
     config_maps: Mutex<ConfigMaps>,
+    /// While set, `update` only remembers what to write (a handover is
+    /// under way: the next agent writes the maps).
+    frozen: std::sync::atomic::AtomicBool,
     /// Where the links and maps are pinned.
     pins: pins::Pins,
+    /// This agent's programs' ids, by name.
+    programs: Vec<(&'static str, u32)>,
     /// The links, held while the agent runs (pinned too).
     _links: Vec<OwnedFd>,
 }
 
 /// The maps whose contents come from the config.
 struct ConfigMaps {
+    names: HashMap<MapData, ServiceId, ServiceName>,
     services: HashMap<MapData, SockAddr, ServiceId>,
     cgroups: HashMap<MapData, u64, ServiceId>,
     local_ports: HashMap<MapData, u32, ServiceId>,
     denied: HashMap<MapData, PairKey, u32>,
     peers: HashMap<MapData, SockAddr, u32>,
+    /// What was last asked for.
+    last: MapContents,
 }
 
 impl Kernel {
@@ -149,16 +161,19 @@ impl Kernel {
             .override_global(names::AGENT_CGROUP, &params.agent_cgroup, true)
             .override_global(names::OUTBOUND_PORT, &params.outbound_port, true)
             .override_global(names::CHECK_PEERS, &u8::from(params.check_peers), true)
+            .override_global(names::ADMIN_PORT, &params.admin_port, true)
             .default_map_pin_directory(&pins.dir)
             .load(OBJECT)?;
         start_logger(&mut ebpf);
 
         let mut config_maps = ConfigMaps {
+            names: take_map(&mut ebpf, names::SERVICE_NAMES)?,
             services: take_map(&mut ebpf, names::SERVICES)?,
             cgroups: take_map(&mut ebpf, names::CGROUPS)?,
             local_ports: take_map(&mut ebpf, names::LOCAL_PORTS)?,
             denied: take_map(&mut ebpf, names::DENIED)?,
             peers: take_map(&mut ebpf, names::PEERS)?,
+            last: MapContents::default(),
         };
         config_maps.sync(contents)?;
         let mut listeners: SockMap<_> = map(&mut ebpf, names::LISTENERS)?;
@@ -179,37 +194,51 @@ impl Kernel {
 
         let cgroup = open(cgroup_root)?;
         let netns = open(Path::new("/proc/self/ns/net"))?;
-        let mut links = Vec::new();
+        // Every program loaded (verified) first: one the kernel refuses
+        // leaves the pinned ones, and a running agent, untouched.
+        let load = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), EbpfError> {
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::MissingProgram(name))?;
+            let loaded = match prog {
+                aya::programs::Program::SockOps(p) => p.load(),
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::SkLookup(p) => p.load(),
+                _ => return Err(EbpfError::MissingProgram(name)),
+            };
+            loaded.map_err(|source| EbpfError::Program { name, source })
+        };
         // sock_ops first: a connect redirected before it is attached would
         // reach the agent without a record.
-        let name = "mesh_sock_ops";
-        let prog: &mut SockOps = program(&mut ebpf, name)?;
-        prog.load()
-            .map_err(|source| EbpfError::Program { name, source })?;
-        let fd = prog_fd(prog.fd(), name)?;
-        links.push(attach(
-            pins,
-            name,
-            fd,
-            cgroup.as_fd(),
-            pins::BPF_CGROUP_SOCK_OPS,
-        )?);
-        for (name, attach_type) in [
-            ("mesh_connect4", pins::BPF_CGROUP_INET4_CONNECT),
-            ("mesh_connect6", pins::BPF_CGROUP_INET6_CONNECT),
-        ] {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            let fd = prog_fd(prog.fd(), name)?;
-            links.push(attach(pins, name, fd, cgroup.as_fd(), attach_type)?);
+        let plan = [
+            ("mesh_sock_ops", cgroup.as_fd(), pins::BPF_CGROUP_SOCK_OPS),
+            (
+                "mesh_connect4",
+                cgroup.as_fd(),
+                pins::BPF_CGROUP_INET4_CONNECT,
+            ),
+            (
+                "mesh_connect6",
+                cgroup.as_fd(),
+                pins::BPF_CGROUP_INET6_CONNECT,
+            ),
+            ("mesh_sk_lookup", netns.as_fd(), pins::BPF_SK_LOOKUP),
+            ("mesh_bind4", cgroup.as_fd(), pins::BPF_CGROUP_INET4_BIND),
+            ("mesh_bind6", cgroup.as_fd(), pins::BPF_CGROUP_INET6_BIND),
+        ];
+        for (name, _, _) in &plan {
+            load(&mut ebpf, name)?;
         }
-        let name = "mesh_sk_lookup";
-        let prog: &mut SkLookup = program(&mut ebpf, name)?;
-        prog.load()
-            .map_err(|source| EbpfError::Program { name, source })?;
-        let fd = prog_fd(prog.fd(), name)?;
-        links.push(attach(pins, name, fd, netns.as_fd(), pins::BPF_SK_LOOKUP)?);
+        let mut links = Vec::new();
+        let mut programs = Vec::new();
+        for (name, target, attach_type) in plan {
+            let prog = ebpf.program(name).ok_or(EbpfError::MissingProgram(name))?;
+            let fail = |source| EbpfError::Program { name, source };
+            let id = prog.info().map_err(fail)?.id();
+            let fd = prog.fd().map_err(fail)?;
+            links.push(attach(pins, name, fd.as_fd(), target, attach_type)?);
+            programs.push((name, id));
+        }
         if adopting {
             tracing::info!(pins = %pins.dir.display(), "adopted the pinned programs and maps");
         }
@@ -221,16 +250,32 @@ impl Kernel {
             denials: Mutex::new(take_map(&mut ebpf, names::DENIALS)?),
             denial_events: Mutex::new(Some(take_map(&mut ebpf, names::DENIAL_EVENTS)?)),
             config_maps: Mutex::new(config_maps),
+            frozen: std::sync::atomic::AtomicBool::new(false),
             pins: pins.clone(),
+            programs,
             _links: links,
             ebpf,
         })
     }
 
-    /// Removes the pins (a deliberate stop): the programs are detached when
-    /// this process lets go of their links, at the latest when it exits.
-    pub fn unpin(&self) -> Result<(), EbpfError> {
-        self.pins.remove().map(drop)
+    /// Whether the pinned links still run this agent's programs (another
+    /// agent of the node may have adopted them since).
+    pub fn owns_pins(&self) -> bool {
+        self.programs.iter().all(|(name, id)| {
+            pins::get(&self.pins.link(name))
+                .and_then(|link| pins::link_program(link.as_fd()))
+                .is_ok_and(|running| running == *id)
+        })
+    }
+
+    /// Removes the pins (a deliberate stop) if they are still this
+    /// agent's: the programs are detached when this process lets go of
+    /// their links, at the latest when it exits. Returns whether it did.
+    pub fn unpin(&self) -> Result<bool, EbpfError> {
+        if !self.owns_pins() {
+            return Ok(false);
+        }
+        self.pins.remove().map(|_| true)
     }
 
     /// Connections to service ports that sk_lookup refused because their
@@ -292,10 +337,29 @@ impl Kernel {
     /// in before stale ones come out, so nothing that stays is ever briefly
     /// missing (a denied pair is never briefly allowed).
     pub fn update(&self, contents: &MapContents) -> Result<(), EbpfError> {
-        self.config_maps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .sync(contents)
+        let mut maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
+        if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            maps.last = contents.clone();
+            return Ok(());
+        }
+        maps.sync(contents)
+    }
+
+    /// Stops writing the maps (the next agent of the node is taking over
+    /// and writes them); `thaw` writes what was last asked for.
+    pub fn freeze(&self) {
+        let _maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Writes the maps again (a handover failed): what this agent last
+    /// asked for, over whatever the other agent wrote.
+    pub fn thaw(&self) -> Result<(), EbpfError> {
+        let mut maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let last = maps.last.clone();
+        maps.sync(&last)
     }
 
     /// Entries in the maps the agent holds, for metrics.
@@ -424,8 +488,45 @@ pub fn sock_addr(addr: SocketAddr) -> SockAddr {
     }
 }
 
+/// The service ids the last agent of the node gave (its pinned
+/// `SERVICE_NAMES`), so this one keeps them; none if nothing is pinned.
+pub fn pinned_service_names(pins: &pins::Pins) -> Vec<(ServiceId, String)> {
+    let path = pins.dir.join(names::SERVICE_NAMES);
+    let Ok(data) = MapData::from_pin(&path) else {
+        return Vec::new();
+    };
+    let Ok(map) = HashMap::<_, ServiceId, ServiceName>::try_from(aya::maps::Map::HashMap(data))
+    else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter_map(Result::ok)
+        .filter_map(|(id, name)| {
+            let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+            let name = std::str::from_utf8(&name[..end]).ok()?;
+            (!name.is_empty()).then(|| (id, name.to_owned()))
+        })
+        .collect()
+}
+
+/// `name` as `SERVICE_NAMES` holds it (zero-padded; longer names, which
+/// the config refuses, are cut).
+fn service_name(name: &str) -> ServiceName {
+    let mut out = [0u8; 64];
+    let n = name.len().min(out.len() - 1);
+    out[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out
+}
+
 impl ConfigMaps {
     fn sync(&mut self, c: &MapContents) -> Result<(), EbpfError> {
+        self.last = c.clone();
+        let names = c
+            .names
+            .iter()
+            .map(|(id, name)| (*id, service_name(name)))
+            .collect();
+        sync_map(&mut self.names, names::SERVICE_NAMES, &names)?;
         let services = c
             .services
             .iter()
@@ -499,25 +600,6 @@ where
     T::try_from(m).map_err(|source| EbpfError::Map { name, source })
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-{
-    let p = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::MissingProgram(name))?;
-    p.try_into()
-        .map_err(|source| EbpfError::Program { name, source })
-}
-
-fn prog_fd<'a>(
-    fd: Result<&'a aya::programs::ProgramFd, ProgramError>,
-    name: &'static str,
-) -> Result<std::os::fd::BorrowedFd<'a>, EbpfError> {
-    fd.map(AsFd::as_fd)
-        .map_err(|source| EbpfError::Program { name, source })
-}
-
 /// Runs `prog` through the link pinned for `name`: the pinned link with
 /// its program swapped for `prog` if there is one that takes it, else a new
 /// link to `target`, pinned. Returns the link.
@@ -539,11 +621,16 @@ fn attach(
             pins::get(&path).and_then(|link| pins::link_update(link.as_fd(), prog).map(|()| link));
         match adopted {
             Ok(link) => return Ok(link),
-            // A link whose netns is gone (ENOLINK), or not a link: replace it.
-            Err(e) => {
-                tracing::info!(program = name, error = %e, "replacing a pinned link that no longer works");
+            // A link whose netns is gone: replace it. Anything else fails
+            // the start, the pinned link left as it is.
+            Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+                tracing::info!(
+                    program = name,
+                    "replacing a pinned link whose network namespace is gone"
+                );
                 std::fs::remove_file(&path).map_err(fail)?;
             }
+            Err(e) => return Err(fail(e)),
         }
     }
     let link = pins::link_create(prog, target, attach_type).map_err(fail)?;

@@ -47,11 +47,10 @@ pub enum HandoverError {
 
 /// What a starting agent sends first.
 const ASK: &str = "mesh-handover v1";
-/// What it sends once it serves on the sockets.
+/// What it sends once it serves on the sockets. The running agent waits
+/// for it with no bound (the new agent may load its catalog from etcd):
+/// only the new agent's end (its socket closes) aborts the handover.
 const READY: &str = "ready";
-/// How long the running agent waits for `ready` (the new agent loads its
-/// catalog, possibly from etcd, and its programs meanwhile).
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most sockets one handover carries.
 const MAX_SOCKETS: usize = 16;
 
@@ -64,6 +63,12 @@ struct Manifest {
 
 fn address(node: &str) -> std::io::Result<UnixAddr> {
     UnixAddr::from_abstract_name(format!("mesh-agent/{node}"))
+}
+
+/// Whether an agent of `node` runs in this network namespace (answers on
+/// its handover socket).
+pub fn running(node: &str) -> bool {
+    address(node).is_ok_and(|a| UnixStream::connect_addr(&a).is_ok())
 }
 
 /// Sockets received from the running agent, by name; answer with
@@ -89,6 +94,19 @@ pub fn take(node: &str) -> Result<Option<Taken>, HandoverError> {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
         Err(e) => return Err(io(e)),
     };
+    let protocol = |why: String| HandoverError::Protocol {
+        node: node.to_owned(),
+        why,
+    };
+    // Abstract names have no permissions: only root's sockets are trusted.
+    let owner = getsockopt(&stream, PeerCredentials).map_err(|e| io(e.into()))?;
+    if owner.uid() != 0 {
+        return Err(protocol(format!(
+            "its handover socket is held by uid {} (pid {}), not root: refusing it",
+            owner.uid(),
+            owner.pid()
+        )));
+    }
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
@@ -118,10 +136,9 @@ pub fn take(node: &str) -> Result<Option<Taken>, HandoverError> {
         }
     }
     let len = msg.bytes;
-    let protocol = |why: String| HandoverError::Protocol {
-        node: node.to_owned(),
-        why,
-    };
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(protocol("more sockets than expected".to_owned()));
+    }
     let manifest: Manifest =
         serde_json::from_slice(&buf[..len]).map_err(|e| protocol(format!("bad manifest: {e}")))?;
     if manifest.names.len() != fds.len() {
@@ -156,7 +173,7 @@ impl Taken {
 pub struct Offer {
     node: String,
     /// Duplicates of the listening sockets, by name.
-    sockets: Vec<(String, OwnedFd)>,
+    sockets: Arc<Vec<(String, OwnedFd)>>,
     /// Told once a new agent is ready on the sockets.
     pub handed: Arc<Notify>,
 }
@@ -165,20 +182,29 @@ impl Offer {
     pub fn new(node: &str, sockets: Vec<(String, OwnedFd)>) -> Self {
         Self {
             node: node.to_owned(),
-            sockets,
+            sockets: Arc::new(sockets),
             handed: Arc::new(Notify::new()),
         }
     }
 
     /// Listens for the next agent of the node and hands over to the first
-    /// that gets ready, then returns (telling [`Offer::handed`]). Binding
-    /// waits while the previous agent still holds the name (it lets go
-    /// once this one said ready).
-    pub async fn serve(self) {
+    /// that gets ready, then returns (telling [`Offer::handed`]). While it
+    /// hands over, `kernel` does not write the maps (the next agent does);
+    /// a handover that fails writes them again. Binding waits while the
+    /// previous agent still holds the name (it lets go once this one said
+    /// ready).
+    pub async fn serve(self, kernel: Arc<crate::ebpf::Kernel>) {
+        let mut waited = 0u32;
         let listener = loop {
             match address(&self.node).and_then(|a| UnixListener::bind_addr(&a)) {
                 Ok(l) => break l,
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    waited += 1;
+                    if waited == 100 {
+                        warn!(
+                            "the handover socket is still held by another process after 10 s: an upgrade of this agent waits for it"
+                        );
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {
@@ -198,10 +224,15 @@ impl Offer {
             }
         };
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "handover socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
-            match self.hand(stream).await {
+            match self.hand(stream, &kernel).await {
                 Ok(pid) => {
                     info!(
                         new_agent = pid,
@@ -210,14 +241,23 @@ impl Offer {
                     self.handed.notify_one();
                     return;
                 }
-                Err(why) => warn!(%why, "handover aborted: serving on"),
+                Err(why) => {
+                    warn!(%why, "handover aborted: serving on");
+                    if let Err(e) = kernel.thaw() {
+                        warn!(error = %e, "could not rewrite the kernel maps after the aborted handover");
+                    }
+                }
             }
         }
     }
 
     /// One handover: checks the peer is root, sends the sockets, waits for
     /// `ready`. Returns the new agent's pid.
-    async fn hand(&self, stream: tokio::net::UnixStream) -> Result<u32, String> {
+    async fn hand(
+        &self,
+        stream: tokio::net::UnixStream,
+        kernel: &Arc<crate::ebpf::Kernel>,
+    ) -> Result<u32, String> {
         let creds = getsockopt(&stream, PeerCredentials).map_err(|e| e.to_string())?;
         if creds.uid() != 0 {
             return Err(format!("uid {} may not take over", creds.uid()));
@@ -225,19 +265,22 @@ impl Offer {
         let pid = u32::try_from(creds.pid()).unwrap_or(0);
         let stream = stream.into_std().map_err(|e| e.to_string())?;
         stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-        let sockets: Vec<(String, RawFd)> = self
-            .sockets
-            .iter()
-            .map(|(n, fd)| (n.clone(), fd.as_raw_fd()))
-            .collect();
-        tokio::task::spawn_blocking(move || hand_blocking(stream, &sockets).map(|()| pid))
+        // Owned by the blocking task too: an abort of this one (SIGTERM)
+        // cannot close them under it.
+        let sockets = self.sockets.clone();
+        let kernel = kernel.clone();
+        tokio::task::spawn_blocking(move || hand_blocking(stream, &sockets, &kernel).map(|()| pid))
             .await
             .map_err(|e| e.to_string())?
     }
 }
 
 /// The blocking part of [`Offer::hand`].
-fn hand_blocking(stream: UnixStream, sockets: &[(String, RawFd)]) -> Result<(), String> {
+fn hand_blocking(
+    stream: UnixStream,
+    sockets: &[(String, OwnedFd)],
+    kernel: &crate::ebpf::Kernel,
+) -> Result<(), String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
@@ -252,7 +295,9 @@ fn hand_blocking(stream: UnixStream, sockets: &[(String, RawFd)]) -> Result<(), 
         names: sockets.iter().map(|(n, _)| n.clone()).collect(),
     };
     let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
-    let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| *fd).collect();
+    let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    // From here on the next agent writes the maps.
+    kernel.freeze();
     sendmsg::<()>(
         stream.as_raw_fd(),
         &[IoSlice::new(&body)],
@@ -261,9 +306,7 @@ fn hand_blocking(stream: UnixStream, sockets: &[(String, RawFd)]) -> Result<(), 
         None,
     )
     .map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(READY_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+    stream.set_read_timeout(None).map_err(|e| e.to_string())?;
     line.clear();
     reader.read_line(&mut line).map_err(|e| e.to_string())?;
     if line.trim_end() != READY {

@@ -495,6 +495,11 @@ fn load_etcd(options: &catalog::EtcdOptions) -> anyhow::Result<(config::Config, 
 
 /// `mesh-agent down`: see `Command::Down`.
 fn down(node: &str, bpffs: &std::path::Path) -> anyhow::Result<()> {
+    if mesh_agent::handover::running(node) {
+        anyhow::bail!(
+            "the agent of node {node} is running here: stop it with SIGTERM, which removes everything"
+        );
+    }
     let pins = mesh_agent::ebpf::pins::Pins::at(bpffs, node);
     let removed = pins.remove()?;
     if removed.is_empty() {

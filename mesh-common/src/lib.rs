@@ -8,6 +8,9 @@
 pub mod names {
     /// `SockAddr` (VIP:port or node address:port) -> `ServiceId` of every mesh destination.
     pub const SERVICES: &str = "SERVICES";
+    /// `ServiceId` -> service name (`ServiceName`): the agent's id table,
+    /// pinned, so the next agent of the node gives every name the same id.
+    pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
     /// cgroup id (u64) -> `ServiceId` of the local service running in that cgroup.
     pub const CGROUPS: &str = "CGROUPS";
     /// port (u32) -> `ServiceId` of the local (non-public) service on that port:
@@ -42,6 +45,8 @@ pub mod names {
     pub const OUTBOUND_PORT: &str = "OUTBOUND_PORT";
     /// Global (u8): 1 if sk_lookup refuses sources that are not in `PEERS`.
     pub const CHECK_PEERS: &str = "CHECK_PEERS";
+    /// Global (u16): port of the agent's admin endpoint (loopback).
+    pub const ADMIN_PORT: &str = "ADMIN_PORT";
 }
 
 /// Index of the IPv4 inbound listener in `LISTENERS`.
@@ -51,6 +56,11 @@ pub const LISTENER_V6: u32 = 1;
 
 /// Maximum entries of the service-sized maps.
 pub const MAX_SERVICES: u32 = 4096;
+/// Maximum ids in `SERVICE_NAMES` (ids are never reused while a node's
+/// agents hand the table on).
+pub const MAX_SERVICE_IDS: u32 = 4 * MAX_SERVICES;
+/// A service name, zero-padded (names are DNS labels: at most 63 bytes).
+pub type ServiceName = [u8; 64];
 /// How deep below the cgroup2 root connect4/6 look for a service's cgroup
 /// among a caller's ancestors (a process in a container below a service's
 /// cgroup has that service's identity).

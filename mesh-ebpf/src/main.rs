@@ -7,6 +7,8 @@
 //! | `mesh_connect6`  | cgroup/connect6               | the same for AF_INET6 sockets                   |
 //! | `mesh_sock_ops`  | sock_ops (active established) | hand the original destination to the agent      |
 //! | `mesh_sk_lookup` | sk_lookup (node's netns)      | steer node-address:port to the inbound listener; refuse non-mesh sources |
+//! | `mesh_bind4`     | cgroup/bind4                  | only root may bind the agent's outbound and admin ports |
+//! | `mesh_bind6`     | cgroup/bind6                  | the same for AF_INET6 sockets                   |
 //!
 //! Program names carry the `mesh_` prefix so `bpftool prog` shows whose they are.
 #![no_std]
@@ -17,7 +19,8 @@ use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_netns_cookie,
+        bpf_get_socket_cookie, bpf_ktime_get_ns,
     },
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SockMap},
@@ -27,8 +30,8 @@ use aya_log_ebpf::warn;
 use mesh_common::{
     ConnKey, DENIAL_EVENTS_BYTES, DENIAL_REPORT_INTERVAL_NS, DENIED_BY_INTENTIONS,
     DENIED_BY_LOOPBACK_GUARD, DenialCount, DenialEvent, DenialKey, LISTENER_V4, LISTENER_V6,
-    MAX_CGROUP_LEVEL, MAX_DENIALS, MAX_DENIED_PAIRS, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst,
-    PairKey, ServiceId, SockAddr,
+    MAX_CGROUP_LEVEL, MAX_DENIALS, MAX_DENIED_PAIRS, MAX_PENDING_CONNS, MAX_SERVICE_IDS,
+    MAX_SERVICES, OrigDst, PairKey, ServiceId, ServiceName, SockAddr,
 };
 
 const AF_INET: u32 = 2;
@@ -48,6 +51,8 @@ static AGENT_CGROUP: u64 = 0;
 static OUTBOUND_PORT: u16 = 15001;
 #[unsafe(no_mangle)]
 static CHECK_PEERS: u8 = 1;
+#[unsafe(no_mangle)]
+static ADMIN_PORT: u16 = 15000;
 
 // Every map is pinned by name (the agent pins them under
 // `<bpffs>/mesh/<node>/`): they outlive the agent with the programs, and a
@@ -56,6 +61,10 @@ static CHECK_PEERS: u8 = 1;
 static SERVICES: HashMap<SockAddr, ServiceId> = HashMap::pinned(2 * MAX_SERVICES, 0);
 #[map]
 static CGROUPS: HashMap<u64, ServiceId> = HashMap::pinned(MAX_SERVICES, 0);
+/// The agent's id table (no program reads it): pinned with the rest, so
+/// the next agent of the node keeps every service's id.
+#[map]
+static SERVICE_NAMES: HashMap<ServiceId, ServiceName> = HashMap::pinned(MAX_SERVICE_IDS, 0);
 #[map]
 static LOCAL_PORTS: HashMap<u32, ServiceId> = HashMap::pinned(MAX_SERVICES, 0);
 #[map]
@@ -151,6 +160,47 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
             }
             CONNECT_ALLOW
         }
+    }
+}
+
+/// cgroup/bind4, attached to the cgroup2 root.
+///
+/// Refuses (EPERM) a non-root process of this node's netns binding the
+/// agent's outbound or admin port: while no agent runs (its programs stay
+/// pinned), apps are still redirected to the outbound port, and `exec`
+/// asks the admin port for the config; neither may be taken by a user.
+#[cgroup_sock_addr(bind4)]
+pub fn mesh_bind4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid `bpf_sock_addr`.
+    let port = unsafe { (*ctx.sock_addr).user_port };
+    bind_guard(&ctx, port)
+}
+
+/// cgroup/bind6: as `mesh_bind4` for AF_INET6 sockets.
+#[cgroup_sock_addr(bind6)]
+pub fn mesh_bind6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid `bpf_sock_addr`.
+    let port = unsafe { (*ctx.sock_addr).user_port };
+    bind_guard(&ctx, port)
+}
+
+/// The decision of bind4/6 for a bind to `port` (network order).
+#[inline(always)]
+fn bind_guard(ctx: &SockAddrContext, port: u32) -> i32 {
+    if !this_node(ctx) {
+        return CONNECT_ALLOW;
+    }
+    let port = u16::from_be(port as u16);
+    // SAFETY: reading a load-time constant.
+    let admin = unsafe { core::ptr::read_volatile(&ADMIN_PORT) };
+    if port != outbound_port() && port != admin {
+        return CONNECT_ALLOW;
+    }
+    let uid = bpf_get_current_uid_gid() as u32;
+    if uid == 0 {
+        CONNECT_ALLOW
+    } else {
+        CONNECT_DENY
     }
 }
 
@@ -376,7 +426,7 @@ fn identity(cgroup: u64) -> Option<ServiceId> {
     let mut found = None;
     // From the root down to the caller's own cgroup: the deepest service
     // cgroup wins.
-    for level in 1..MAX_CGROUP_LEVEL {
+    for level in 1..=MAX_CGROUP_LEVEL {
         // SAFETY: helper with a plain integer argument.
         let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
         if ancestor == 0 || ancestor == cgroup {

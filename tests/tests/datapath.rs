@@ -178,8 +178,9 @@ fn two_meshes_run_side_by_side() {
 
 /// The node stays closed while its agent is down: after SIGKILL the
 /// programs and maps stay pinned, so a local process that is not db still
-/// gets EPERM on db's loopback port and web's call to api fails at once
-/// (refused at the redirect target) with no packet leaving the node. A
+/// gets EPERM on db's loopback port, no user but root may bind the ports
+/// apps are redirected to, and web's call to api fails at once (refused at
+/// the redirect target) with no packet leaving the node. A
 /// restarted agent adopts them: no duplicate program or link, and the guard
 /// never lapses while it starts. SIGTERM and `mesh-agent down` remove
 /// everything (the empty cgroups too).
@@ -188,15 +189,24 @@ fn a_node_stays_closed_while_its_agent_is_down() {
     let programs = || mesh_tests::loaded_mesh_programs().len();
     let links = || mesh_tests::loaded_mesh_links().len();
     let (programs0, links0) = (programs(), links());
-    let mesh = Mesh::nodes(&["la", "lb"])
-        .default_policy("allow")
-        .service("web", "la", 8080)
-        .service("db", "la", 5432)
-        .service_with("api", "lb", API_PORT, |s| s.vip("240.0.0.6"))
-        .start();
+    // `later` puts a new service first, so a restarted agent that numbered
+    // services afresh would give db another id than the pinned maps hold.
+    let topology = |later: bool| {
+        let t = Mesh::nodes(&["la", "lb"]).default_policy("allow");
+        let t = if later {
+            t.service("aaa", "lb", 7000)
+        } else {
+            t
+        };
+        t.service("web", "la", 8080)
+            .service("db", "la", 5432)
+            .service_with("api", "lb", API_PORT, |s| s.vip("240.0.0.6"))
+    };
+    let mesh = topology(false).start();
+    let guarded = "mesh_denials_total{source=\"-\",destination=\"db\",rule=\"loopback guard\",side=\"source\"}";
     let cg = mesh_tests::cgroup2_root().join("mesh");
     let pins = mesh_tests::bpffs().join("mesh/la");
-    assert_eq!((programs(), links()), (programs0 + 8, links0 + 8));
+    assert_eq!((programs(), links()), (programs0 + 12, links0 + 12));
     mesh.start_transfer_server("lb", "api", API_PORT, 1000);
     mesh.start_transfer_server("la", "db", 5432, 1000);
     assert_ok(
@@ -208,12 +218,36 @@ fn a_node_stays_closed_while_its_agent_is_down() {
 
     // SIGKILL: everything stays in the kernel.
     mesh.stop_agent("la", "KILL");
-    assert_eq!((programs(), links()), (programs0 + 8, links0 + 8));
+    assert_eq!((programs(), links()), (programs0 + 12, links0 + 12));
     let out = stranger_to_db();
     assert!(
         out.starts_with("ERRNO 1 "),
         "guard gone with the agent: {out}"
     );
+    // Nor may a user take the ports apps are redirected to (outbound) or
+    // `exec` asks for the config (admin); root may.
+    for port in ["15001", "15000"] {
+        let bind = |user: &str| {
+            let code = format!(
+                "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ntry:\n s.bind(('127.0.0.1', {port})); print('BOUND')\nexcept OSError as e:\n print('ERRNO', e.errno)"
+            );
+            mesh_tests::run_to_string(
+                mesh.cmd("la", "runuser")
+                    .args(["-u", user, "--", "python3", "-c", &code]),
+                Duration::from_secs(10),
+            )
+        };
+        let out = bind("nobody");
+        assert!(
+            out.starts_with("ERRNO 1"),
+            "nobody bound port {port}: {out}"
+        );
+        let out = bind("root");
+        assert!(
+            out.starts_with("BOUND"),
+            "root could not bind {port}: {out}"
+        );
+    }
     let capture = mesh.capture("la", &format!("tcp port {API_PORT}"));
     let started = std::time::Instant::now();
     let out = mesh.transfer("la", Some("web"), "240.0.0.6", API_PORT, 1000);
@@ -233,8 +267,10 @@ fn a_node_stays_closed_while_its_agent_is_down() {
         "packets left la unredirected: {leaked:?}"
     );
 
-    // Restart: adopted, nothing duplicated; a stranger hammering db's port
-    // meanwhile is never let through.
+    // Restart (with a service added before the others): adopted, nothing
+    // duplicated, every service keeps its id; a stranger hammering db's
+    // port meanwhile is never let through.
+    mesh.replace_config(topology(true).toml(&mesh).as_bytes());
     let mut probe = mesh.cmd("la", "python3");
     probe
         .arg(mesh_tests::app("connect_loop.py"))
@@ -261,7 +297,18 @@ fn a_node_stays_closed_while_its_agent_is_down() {
         log.contains("adopted the pinned programs and maps"),
         "{log}"
     );
-    assert_eq!((programs(), links()), (programs0 + 8, links0 + 8));
+    // The pinned counts of db's guard (from before the restart, and the
+    // probe's) are still db's.
+    let metrics = mesh.metrics("la");
+    assert!(
+        mesh_tests::metric_value(&metrics, guarded).is_some_and(|n| n > 2.0),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("destination=\"web\",rule=\"loopback guard\""),
+        "{metrics}"
+    );
+    assert_eq!((programs(), links()), (programs0 + 12, links0 + 12));
     assert_ok(
         &mesh.transfer("la", Some("web"), "240.0.0.6", API_PORT, 1000),
         "after restart",
@@ -271,10 +318,10 @@ fn a_node_stays_closed_while_its_agent_is_down() {
     let status = mesh.stop_agent("la", "TERM");
     assert!(status.success(), "agent exit status {status}");
     assert!(
-        wait_until(Duration::from_secs(5), || programs() == programs0 + 4),
+        wait_until(Duration::from_secs(5), || programs() == programs0 + 6),
         "la's programs stayed after SIGTERM"
     );
-    assert_eq!(links(), links0 + 4);
+    assert_eq!(links(), links0 + 6);
     assert!(!pins.exists(), "pins left: {}", pins.display());
     // (db's cgroup stays: its server runs in it.)
     assert!(
@@ -285,16 +332,16 @@ fn a_node_stays_closed_while_its_agent_is_down() {
     // SIGKILL, then `mesh-agent down`: the same.
     mesh.start_agent("la");
     mesh.stop_agent("la", "KILL");
-    assert_eq!(programs(), programs0 + 8);
+    assert_eq!(programs(), programs0 + 12);
     let out = mesh_tests::run_to_string(
         std::process::Command::new(&mesh.agent)
             .args(["down", "--node", "la", "--bpffs"])
             .arg(mesh_tests::bpffs()),
         Duration::from_secs(10),
     );
-    assert!(out.contains("removed 4 program links and 11 maps"), "{out}");
+    assert!(out.contains("removed 6 program links and 12 maps"), "{out}");
     assert!(
-        wait_until(Duration::from_secs(5), || programs() == programs0 + 4),
+        wait_until(Duration::from_secs(5), || programs() == programs0 + 6),
         "la's programs stayed after down"
     );
     assert!(!pins.exists() && !cg.join("la/_agent").exists());

@@ -30,12 +30,13 @@ fn start_agent_waits_for_this_agents_ready_and_fails_fast_if_it_exits() {
     // Nothing on the default address: the harness asked the right one.
     assert_eq!(mesh.admin_get("rdya", "/ready"), None);
 
-    // A second agent for the node cannot bind its ports and exits. The
-    // first one's /ready on the same address does not fool the harness,
-    // which fails at once with the second one's error.
+    // A second agent for the node that would move the admin endpoint
+    // cannot take over from the first and exits. The first one's /ready
+    // does not fool the harness, which fails at once with the second
+    // one's error.
     let started = Instant::now();
     let second = catch_unwind(AssertUnwindSafe(|| {
-        mesh.start_agent_with("rdya", &["--admin", "127.0.0.1:15099"]);
+        mesh.start_agent_with("rdya", &["--admin", "127.0.0.1:15098"]);
     }));
     let elapsed = started.elapsed();
     let message = match &second {
@@ -43,7 +44,7 @@ fn start_agent_waits_for_this_agents_ready_and_fails_fast_if_it_exits() {
         Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
     };
     assert!(
-        message.contains("agent rdya exited") && message.contains("failed to listen on"),
+        message.contains("agent rdya exited") && message.contains("stop it first to change that"),
         "{message}"
     );
     assert!(

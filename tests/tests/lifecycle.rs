@@ -274,7 +274,7 @@ fn a_second_agent_takes_over_without_refusing_a_connection() {
         log.contains("took over: the old agent stops accepting"),
         "{log}"
     );
-    assert_eq!((programs(), links()), (programs0 + 8, links0 + 8));
+    assert_eq!((programs(), links()), (programs0 + 12, links0 + 12));
     // The new agent serves, and its SIGTERM still removes everything.
     assert_eq!(
         mesh.echo("hoa", "web", "240.0.0.42".parse().expect("ip"), 5002, "new"),
@@ -282,7 +282,7 @@ fn a_second_agent_takes_over_without_refusing_a_connection() {
     );
     mesh.stop_agent("hoa", "TERM");
     assert!(
-        wait_until(Duration::from_secs(5), || programs() == programs0 + 4),
+        wait_until(Duration::from_secs(5), || programs() == programs0 + 6),
         "programs left after the new agent's SIGTERM"
     );
 }

@@ -26,9 +26,12 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 // bpf(2) commands and attach types (include/uapi/linux/bpf.h).
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 pub const BPF_CGROUP_SOCK_OPS: u32 = 3;
+pub const BPF_CGROUP_INET4_BIND: u32 = 8;
+pub const BPF_CGROUP_INET6_BIND: u32 = 9;
 pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 pub const BPF_CGROUP_INET6_CONNECT: u32 = 11;
 pub const BPF_SK_LOOKUP: u32 = 36;
@@ -53,6 +56,25 @@ struct LinkCreateAttr {
     target_fd: u32,
     attach_type: u32,
     flags: u32,
+}
+
+/// `bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD`.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The start of `struct bpf_link_info` (the rest is per link type).
+#[repr(C)]
+#[derive(Default)]
+struct LinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _rest: [u32; 13],
 }
 
 /// `bpf_attr` for `BPF_LINK_UPDATE`.
@@ -121,6 +143,18 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
+/// The id of the program `link` runs.
+pub fn link_program(link: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = LinkInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<LinkInfo>() as u32,
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.prog_id)
+}
+
 /// Pins `fd` at `path` in bpffs.
 pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let name = c_path(path)?;
@@ -167,7 +201,7 @@ impl Pins {
                 Some("mode=0700"),
             )
             .map_err(|e| fail(e.into()))?;
-            tracing::info!(path = %bpffs.display(), "mounted bpffs");
+            tracing::warn!(path = %bpffs.display(), "mounted bpffs: the pins outlive this agent only if this mount namespace does (the host's /sys/fs/bpf is best)");
         }
         Ok(Self::at(bpffs, node))
     }
@@ -182,11 +216,6 @@ impl Pins {
     /// The file of `program`'s link.
     pub fn link(&self, program: &str) -> PathBuf {
         self.dir.join(format!("link_{program}"))
-    }
-
-    /// Whether anything is pinned for the node.
-    pub fn exist(&self) -> bool {
-        fs::read_dir(&self.dir).is_ok_and(|mut d| d.next().is_some())
     }
 
     /// Unpins everything of the node (links, then maps): the programs are

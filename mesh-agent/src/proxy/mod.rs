@@ -224,6 +224,37 @@ struct Assigned {
 }
 
 impl ServiceIds {
+    /// A table holding `pairs` (id, name), as the previous agent of the
+    /// node left it; new names get ids after the highest.
+    pub fn seeded(mut pairs: Vec<(u32, String)>) -> Self {
+        pairs.sort();
+        let mut assigned = Assigned::default();
+        for (id, name) in pairs {
+            let Ok(i) = usize::try_from(id) else { continue };
+            if i == 0 || assigned.by_name.contains_key(&name) {
+                continue;
+            }
+            if assigned.names.len() < i {
+                assigned.names.resize(i, String::new());
+            }
+            assigned.names[i - 1].clone_from(&name);
+            assigned.by_name.insert(name, id);
+        }
+        Self {
+            assigned: Mutex::new(assigned),
+        }
+    }
+
+    /// Every (id, name) given so far.
+    pub fn all(&self) -> Vec<(u32, String)> {
+        let assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        assigned
+            .by_name
+            .iter()
+            .map(|(name, id)| (*id, name.clone()))
+            .collect()
+    }
+
     /// The id of `name`, assigned on first use (ids start at 1).
     pub fn id(&self, name: &str) -> u32 {
         let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,7 +271,7 @@ impl ServiceIds {
     pub fn name(&self, id: u32) -> Option<String> {
         let i = usize::try_from(id).ok()?.checked_sub(1)?;
         let assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-        assigned.names.get(i).cloned()
+        assigned.names.get(i).filter(|n| !n.is_empty()).cloned()
     }
 
     /// The service of `config` an id was given to. Fails with
@@ -364,6 +395,20 @@ port = 81
             _pad: 0,
             created_ns: 0,
         }
+    }
+
+    #[test]
+    fn a_seeded_table_keeps_every_id_and_numbers_on_after_the_highest() {
+        let ids = ServiceIds::seeded(vec![(3, "db".into()), (1, "web".into())]);
+        assert_eq!((ids.id("web"), ids.id("db")), (1, 3));
+        assert_eq!((ids.name(2), ids.name(3).as_deref()), (None, Some("db")));
+        assert_eq!(ids.id("new"), 4);
+        let mut all = ids.all();
+        all.sort();
+        assert_eq!(
+            all,
+            [(1, "web".into()), (3, "db".into()), (4, "new".into())]
+        );
     }
 
     #[test]
