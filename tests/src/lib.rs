@@ -109,30 +109,12 @@ pub fn bpffs() -> PathBuf {
 /// Ids of the bpf links of the mesh's programs right now (from `bpftool
 /// -j link show`: links whose program is named `mesh_*`).
 pub fn loaded_mesh_links() -> Vec<u64> {
-    let out = Command::new("bpftool")
-        .args(["-j", "link", "show"])
-        .output()
-        .expect("bpftool runs");
-    assert!(out.status.success(), "bpftool link show failed");
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-    let programs: Vec<u64> = {
-        let out = Command::new("bpftool")
-            .args(["-j", "prog", "show"])
-            .output()
-            .expect("bpftool runs");
-        let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-        progs
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("mesh_")))
-            .filter_map(|p| p["id"].as_u64())
-            .collect()
-    };
-    links
-        .as_array()
+    let programs: Vec<u64> = mesh_programs()
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    bpftool(&["link", "show"])
         .into_iter()
-        .flatten()
         .filter(|l| l["prog_id"].as_u64().is_some_and(|p| programs.contains(&p)))
         .filter_map(|l| l["id"].as_u64())
         .collect()
@@ -141,22 +123,32 @@ pub fn loaded_mesh_links() -> Vec<u64> {
 /// Names of the mesh's eBPF programs loaded in the kernel right now
 /// (from `bpftool -j prog show`).
 pub fn loaded_mesh_programs() -> Vec<String> {
+    mesh_programs()
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `bpftool -j prog show` entries of programs named `mesh_*`.
+fn mesh_programs() -> Vec<serde_json::Value> {
+    bpftool(&["prog", "show"])
+        .into_iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("mesh_")))
+        .collect()
+}
+
+/// The entries `bpftool -j ARGS` lists.
+fn bpftool(args: &[&str]) -> Vec<serde_json::Value> {
     let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
+        .arg("-j")
+        .args(args)
         .output()
         .expect("bpftool runs");
-    assert!(out.status.success(), "bpftool prog show failed");
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-    progs
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.get("name").and_then(|n| n.as_str()))
-                .filter(|n| n.starts_with("mesh_"))
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    assert!(out.status.success(), "bpftool {args:?} failed");
+    match serde_json::from_slice(&out.stdout).expect("bpftool json") {
+        serde_json::Value::Array(entries) => entries,
+        _ => Vec::new(),
+    }
 }
 
 /// The value of the sample `series` (name and labels exactly as rendered)
