@@ -16,7 +16,7 @@ use std::{
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd, OwnedFd},
     path::Path,
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use aya::{
@@ -117,6 +117,8 @@ pub struct Kernel {
     /// While set, `update` only remembers what to write (a handover is
     /// under way: the next agent writes the maps).
     frozen: std::sync::atomic::AtomicBool,
+    /// The same for reading `DENIAL_EVENTS`.
+    paused: Arc<std::sync::atomic::AtomicBool>,
     /// Where the links and maps are pinned.
     pins: pins::Pins,
     /// This agent's programs' ids, by name.
@@ -251,6 +253,7 @@ impl Kernel {
             denial_events: Mutex::new(Some(take_map(&mut ebpf, names::DENIAL_EVENTS)?)),
             config_maps: Mutex::new(config_maps),
             frozen: std::sync::atomic::AtomicBool::new(false),
+            paused: Arc::default(),
             pins: pins.clone(),
             programs,
             _links: links,
@@ -315,7 +318,10 @@ impl Kernel {
                 name: names::DENIAL_EVENTS,
                 source: e.into(),
             })?;
-        Ok(Some(DenialEvents(fd)))
+        Ok(Some(DenialEvents {
+            ring: fd,
+            paused: self.paused.clone(),
+        }))
     }
 
     /// Takes (looks up and deletes) the record sock_ops left for a connection
@@ -350,6 +356,7 @@ impl Kernel {
     pub fn freeze(&self) {
         let _maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
         self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Writes the maps again (a handover failed): what this agent last
@@ -357,6 +364,8 @@ impl Kernel {
     pub fn thaw(&self) -> Result<(), EbpfError> {
         let mut maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
         self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.paused
             .store(false, std::sync::atomic::Ordering::SeqCst);
         let last = maps.last.clone();
         maps.sync(&last)
@@ -419,15 +428,24 @@ impl Kernel {
 }
 
 /// The `DENIAL_EVENTS` ring buffer, readable from async code.
-pub struct DenialEvents(AsyncFd<RingBuf<MapData>>);
+pub struct DenialEvents {
+    ring: AsyncFd<RingBuf<MapData>>,
+    /// Set while frozen for a handover: the ring is pinned and the next
+    /// agent reads it then (two readers would share one read position).
+    paused: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl DenialEvents {
     /// Waits for the next batch of reports and returns it (records that do
     /// not decode are skipped).
     pub async fn next_batch(&mut self) -> Result<Vec<DenialEvent>, EbpfError> {
         loop {
+            if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
             let mut guard = self
-                .0
+                .ring
                 .readable_mut()
                 .await
                 .map_err(|source| EbpfError::Poll {

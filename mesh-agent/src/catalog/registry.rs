@@ -199,6 +199,8 @@ pub struct Registration {
     lease: Mutex<Option<i64>>,
     /// Told once the node is first registered.
     registered: Notify,
+    /// Told once the nodes' registrations are first listed.
+    listed: Notify,
     /// Who holds this node's key, as the watch last saw it: the revision
     /// of that sight and the holder's lease (`None`: no one).
     holder: tokio::sync::watch::Sender<(i64, Option<i64>)>,
@@ -221,6 +223,7 @@ impl Registration {
             snapshots,
             lease: Mutex::new(None),
             registered: Notify::new(),
+            listed: Notify::new(),
             holder: tokio::sync::watch::channel((0, None)).0,
         })
     }
@@ -230,9 +233,13 @@ impl Registration {
         format!("{}nodes/", root(&self.options.prefix))
     }
 
-    /// Waits until this node is first registered (by [`Registration::keep`]).
+    /// Waits until this node is first registered (by [`Registration::keep`])
+    /// and every node's registration first listed (by
+    /// [`Registration::follow`]): from then on this agent's view counts
+    /// only registered nodes' instances, and others see this node's.
     pub async fn first(&self) {
         self.registered.notified().await;
+        self.listed.notified().await;
     }
 
     /// Registers this node and keeps its registration and its instances'
@@ -581,6 +588,7 @@ impl Registration {
             self.holder.send_replace(holder);
             *revision = at;
             self.board.registered(nodes.clone());
+            self.listed.notify_one();
         }
         let options = WatchOptions::new()
             .with_prefix()
