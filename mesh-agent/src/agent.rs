@@ -145,6 +145,8 @@ struct Listeners {
     /// `<node address>:<link port>`: other agents follow this one's health.
     link: std::net::TcpListener,
     dns: Option<std::net::UdpSocket>,
+    /// DNS over TCP, on the UDP socket's address.
+    dns_tcp: Option<std::net::TcpListener>,
 }
 
 /// Loads the config, binds the listeners and finds the cgroup2 hierarchy.
@@ -217,6 +219,7 @@ impl Listeners {
             admin: listen(crate::admin::check_addr(opts.admin)?)?,
             link: link_listener(config, opts)?,
             dns: dns_socket(opts),
+            dns_tcp: dns_listener(opts),
         })
     }
 
@@ -241,6 +244,11 @@ impl Listeners {
         let in6 = tcp("in6");
         let admin = tcp("admin").ok_or_else(|| missing("admin endpoint"))?;
         let link = tcp("link").ok_or_else(|| missing("link listener"))?;
+        let dns_tcp = match (tcp("dns_tcp"), opts.dns) {
+            (Some(l), Some(_)) => Some(l),
+            (None, Some(_)) => dns_listener(opts),
+            (_, None) => None,
+        };
         let dns = match (taken.sockets.remove("dns"), opts.dns) {
             (Some(fd), Some(_)) => Some(std::net::UdpSocket::from(fd)),
             (None, Some(_)) => dns_socket(opts),
@@ -288,6 +296,7 @@ impl Listeners {
             admin,
             link,
             dns,
+            dns_tcp,
         })
     }
 
@@ -308,6 +317,9 @@ impl Listeners {
         }
         if let Some(s) = &self.dns {
             all.push(("dns", s.as_fd()));
+        }
+        if let Some(l) = &self.dns_tcp {
+            all.push(("dns_tcp", l.as_fd()));
         }
         all.into_iter()
             .filter_map(|(name, fd)| {
@@ -338,6 +350,15 @@ fn dns_socket(opts: &RunOptions) -> Option<std::net::UdpSocket> {
     let addr = opts.dns?;
     crate::dns::bind(addr)
         .inspect_err(|e| warn!(error = %e, "no .mesh DNS on this node"))
+        .ok()
+}
+
+/// The `.mesh` DNS listener for TCP (clients ask again over TCP after a
+/// truncated UDP reply), if asked for and free.
+fn dns_listener(opts: &RunOptions) -> Option<std::net::TcpListener> {
+    let addr = opts.dns?;
+    crate::dns::bind_tcp(addr)
+        .inspect_err(|e| warn!(error = %e, "no .mesh DNS over TCP on this node"))
         .ok()
 }
 
@@ -433,6 +454,7 @@ async fn serve(
     let in6 = listeners.in6.map(tokio_listener).transpose()?;
     let admin = tokio_listener(listeners.admin)?;
     let link_listener = tokio_listener(listeners.link)?;
+    let dns_tcp = listeners.dns_tcp.map(tokio_listener).transpose()?;
     let dns = listeners
         .dns
         .map(tokio::net::UdpSocket::from_std)
@@ -589,7 +611,10 @@ async fn serve(
         let upstream = opts
             .dns_upstream
             .or_else(|| crate::dns::previous_resolver(addr));
-        info!(%addr, upstream = ?upstream, "answering DNS for .mesh");
+        info!(%addr, upstream = ?upstream, tcp = dns_tcp.is_some(), "answering DNS for .mesh");
+        if let Some(listener) = dns_tcp {
+            tasks.spawn(crate::dns::serve_tcp(listener, snapshots.clone(), upstream));
+        }
         tasks.spawn(crate::dns::serve(socket, snapshots, upstream));
     }
     tasks.spawn(identities.clone().renew_forever());

@@ -17,11 +17,13 @@
 //! /etc/resolv.conf unless that is this agent) or, without one, is
 //! REFUSED. Anything but a query is dropped.
 //!
-//! UDP only. A reply larger than 512 bytes, or than the payload size the
-//! query advertises with EDNS (at most [`MAX_UDP_PAYLOAD`]), keeps as many
-//! whole SRV records, each with its address, as fit, and has the TC bit
-//! set. SRV records come in an order rotated by the query's id, so
-//! truncated replies do not all name the same instances.
+//! UDP and TCP (RFC 7766), on the same address. A UDP reply larger than
+//! 512 bytes, or than the payload size the query advertises with EDNS (at
+//! most [`MAX_UDP_PAYLOAD`]), keeps as many whole SRV records, each with
+//! its address, as fit, and has the TC bit set: the client asks again over
+//! TCP, where the whole answer fits. SRV records come in an order rotated
+//! by the query's id, so truncated replies do not all name the same
+//! instances.
 
 use std::{
     collections::HashMap,
@@ -37,7 +39,10 @@ use hickory_proto::{
         rdata::{A, AAAA, SRV},
     },
 };
-use tokio::net::UdpSocket;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+};
 use tracing::{debug, warn};
 
 use crate::{
@@ -68,6 +73,13 @@ pub enum DnsError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// How a query came, which bounds the reply's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
 }
 
 /// What the responder does with a datagram (see [`Zone::handle`]).
@@ -113,6 +125,16 @@ impl Zone {
     /// from `health`, or `None` when the name is not in `.mesh` (or the
     /// bytes are not a query).
     pub fn answer(&self, query: &[u8], health: &View) -> Option<Vec<u8>> {
+        self.answer_over(query, health, Transport::Udp)
+    }
+
+    /// [`Zone::answer`] to a query that came over `transport`.
+    pub fn answer_over(
+        &self,
+        query: &[u8],
+        health: &View,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
         let request = Message::from_vec(query).ok()?;
         if request.metadata.message_type != MessageType::Query {
             return None;
@@ -137,8 +159,8 @@ impl Zone {
             Owner::Unknown => None,
         };
         Some(match found {
-            Some(entries) => reply(&request, ResponseCode::NoError, &entries),
-            None => reply(&request, ResponseCode::NXDomain, &[]),
+            Some(entries) => reply(&request, ResponseCode::NoError, &entries, transport),
+            None => reply(&request, ResponseCode::NXDomain, &[], transport),
         })
     }
 
@@ -149,12 +171,23 @@ impl Zone {
     /// responses can be made to loop with another one (or with itself,
     /// given a spoofed source), and garbage is not worth a forward.
     pub fn handle(&self, datagram: &[u8], health: &View, upstream: bool) -> Handling {
+        self.handle_over(datagram, health, upstream, Transport::Udp)
+    }
+
+    /// [`Zone::handle`] for a query that came over `transport`.
+    pub fn handle_over(
+        &self,
+        datagram: &[u8],
+        health: &View,
+        upstream: bool,
+        transport: Transport,
+    ) -> Handling {
         let query = Message::from_vec(datagram)
             .is_ok_and(|m| m.metadata.message_type == MessageType::Query);
         if !query {
             return Handling::Drop;
         }
-        if let Some(answer) = self.answer(datagram, health) {
+        if let Some(answer) = self.answer_over(datagram, health, transport) {
             return Handling::Reply(answer);
         }
         if upstream {
@@ -240,10 +273,19 @@ fn address_of(name: Name, ip: IpAddr) -> Record {
 }
 
 /// The authoritative reply to `request` with `code` and `entries`,
-/// within the UDP payload size the request allows: when they do not all
+/// within the size `transport` allows (over UDP, the payload size the
+/// request allows; over TCP, a message's 64 KiB): when they do not all
 /// fit, the most leading entries that do, and the TC bit.
-fn reply(request: &Message, code: ResponseCode, entries: &[Entry]) -> Vec<u8> {
-    let limit = usize::from(request.max_payload().min(MAX_UDP_PAYLOAD));
+fn reply(
+    request: &Message,
+    code: ResponseCode,
+    entries: &[Entry],
+    transport: Transport,
+) -> Vec<u8> {
+    let limit = match transport {
+        Transport::Udp => usize::from(request.max_payload().min(MAX_UDP_PAYLOAD)),
+        Transport::Tcp => usize::from(u16::MAX),
+    };
     let encode = |kept: usize| {
         let mut reply = Message::response(request.metadata.id, OpCode::Query);
         reply.metadata.authoritative = true;
@@ -351,6 +393,111 @@ pub async fn serve(
                 });
             }
             (Handling::Forward, None) | (Handling::Drop, _) => {}
+        }
+    }
+}
+
+/// Binds the DNS TCP listener, on the UDP socket's address.
+pub fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, DnsError> {
+    let err = |source| DnsError::Listen { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+/// How long a TCP client may stay silent between queries (RFC 7766 asks
+/// servers to close idle connections after seconds).
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Most TCP clients served at once; more wait in the backlog.
+const TCP_CLIENTS: usize = 64;
+
+/// Answers queries over TCP on `listener` (two-byte length before each
+/// message, several queries per connection), as [`serve`] does over UDP,
+/// until the task is dropped.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    snapshot: crate::snapshot::Watch,
+    upstream: Option<SocketAddr>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CLIENTS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = serve_client(stream, snapshot, upstream).await;
+        });
+    }
+}
+
+/// One TCP client's queries, until it closes, stays idle past
+/// [`TCP_IDLE`], or sends something that is not a query.
+async fn serve_client(
+    mut stream: TcpStream,
+    snapshot: crate::snapshot::Watch,
+    upstream: Option<SocketAddr>,
+) -> std::io::Result<()> {
+    loop {
+        let Ok(query) = tokio::time::timeout(TCP_IDLE, read_message(&mut stream)).await else {
+            return Ok(());
+        };
+        let query = query?;
+        let handling = {
+            let current = snapshot.borrow().clone();
+            current
+                .zone
+                .handle_over(&query, &current.health, upstream.is_some(), Transport::Tcp)
+        };
+        let answer = match (handling, upstream) {
+            (Handling::Reply(answer), _) => answer,
+            (Handling::Forward, Some(up)) => match forward_tcp(&query, up).await {
+                Some(answer) => answer,
+                None => return Ok(()),
+            },
+            (Handling::Forward, None) | (Handling::Drop, _) => return Ok(()),
+        };
+        write_message(&mut stream, &answer).await?;
+    }
+}
+
+/// One length-prefixed DNS message.
+async fn read_message(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let len = stream.read_u16().await?;
+    let mut message = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut message).await?;
+    Ok(message)
+}
+
+async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(message.len()).map_err(std::io::Error::other)?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await
+}
+
+/// Relays one query to `upstream` over TCP and returns its answer.
+async fn forward_tcp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    let result = async {
+        let mut stream = TcpStream::connect(upstream).await?;
+        write_message(&mut stream, query).await?;
+        read_message(&mut stream).await
+    };
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, result).await {
+        Ok(Ok(answer)) => Some(answer),
+        Ok(Err(e)) => {
+            warn!(%upstream, error = %e, "DNS upstream failed (TCP)");
+            refused(query)
+        }
+        Err(_) => {
+            debug!(%upstream, "DNS upstream timed out (TCP)");
+            None
         }
     }
 }
@@ -735,6 +882,40 @@ public = true
         };
         assert_eq!(first(3), "node-03.node.mesh.");
         assert_eq!(first(41), "node-01.node.mesh.");
+    }
+
+    #[test]
+    fn over_tcp_the_whole_srv_answer_fits() {
+        let zone = forty();
+        let none = View::default();
+        let query = ask_with("big.mesh.", RecordType::SRV, 3, None);
+        let r = reply(zone.answer_over(&query, &none, Transport::Tcp));
+        assert!(!r.metadata.truncation);
+        assert_eq!(srv_targets(&r).len(), 40);
+        assert_eq!(additionals(&r).len(), 40);
+    }
+
+    #[tokio::test]
+    async fn tcp_clients_ask_several_questions_on_one_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
+        let (_publisher, snapshots) = crate::snapshot::Snapshot::new(config).publish();
+        tokio::spawn(serve_tcp(listener, snapshots, None));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        for (id, name) in [(1, "data-api.mesh."), (2, "example.com.")] {
+            write_message(&mut stream, &ask_with(name, RecordType::A, id, None))
+                .await
+                .unwrap();
+            let r = reply(Some(read_message(&mut stream).await.unwrap()));
+            assert_eq!(r.metadata.id, id);
+            let code = if id == 1 {
+                ResponseCode::NoError
+            } else {
+                ResponseCode::Refused
+            };
+            assert_eq!(r.metadata.response_code, code, "{name}");
+        }
     }
 
     #[test]

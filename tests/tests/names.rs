@@ -18,6 +18,19 @@ fn apps_reach_services_by_name() {
     cmd.args(["ahostsv4", "api.mesh"]);
     let out = run_to_string(&mut cmd, Duration::from_secs(10));
     assert!(out.starts_with("240.0.0.21 "), "getent: {out}");
+    // Over TCP too (what a client does after a truncated UDP reply).
+    let mut cmd = mesh.cmd("na1", "dig");
+    cmd.args([
+        "+tcp",
+        "+short",
+        "+time=2",
+        "+tries=1",
+        "@127.0.0.1",
+        "api.mesh",
+        "A",
+    ]);
+    let out = run_to_string(&mut cmd, Duration::from_secs(10));
+    assert_eq!(out.trim(), "240.0.0.21", "dig +tcp: {out}");
     // A real client connects by name through the mesh.
     let out = mesh.transfer("na1", Some("web"), "api.mesh", 5001, 1000);
     assert!(out.starts_with("OK "), "web -> api.mesh: {out}");
