@@ -30,7 +30,7 @@ use super::{
     admission::{Admission, Slot},
     dial, local_addr, lock,
     relay::{Mover, Progress},
-    tunnel::{self, Connect},
+    tunnel::{self, Connect, MOVE_ACK},
 };
 use crate::{
     config::{Config, Service},
@@ -42,8 +42,8 @@ use crate::{
 /// is still this node's current one, and whether it has been idle too long.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A `mesh/2` connection with no stream this long is closed (its client
-/// closes it after `pool::IDLE`; this catches clients that vanished).
-const IDLE: Duration = Duration::from_secs(2 * super::pool::IDLE.as_secs());
+/// closes it after `tunnel::IDLE`; this catches clients that vanished).
+const IDLE: Duration = Duration::from_secs(2 * super::tunnel::IDLE.as_secs());
 
 /// The inbound listener and what its connections use.
 pub struct Inbound {
@@ -349,10 +349,6 @@ pub struct Moves {
 }
 
 type Moved = tokio_rustls::server::TlsStream<Transport>;
-
-/// The byte the destination answers a `mesh/move` connection's token with
-/// once it has taken the stream over.
-pub const MOVE_ACK: u8 = 1;
 
 /// Who may take a stream over, and where its connection goes.
 struct Expected {

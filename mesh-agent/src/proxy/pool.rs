@@ -50,7 +50,7 @@ use tracing::debug;
 use super::{
     Inputs, ProxyError, dial, lock,
     relay::{Mover, Progress},
-    tunnel::{self, Client, TunnelError},
+    tunnel::{self, Client, IDLE, TunnelError},
 };
 use crate::{
     config::{Node, Service},
@@ -59,8 +59,6 @@ use crate::{
     tls::{Offer, Protocol, Tls, TlsError, Transport},
 };
 
-/// A pooled connection without streams this long is closed.
-pub const IDLE: Duration = Duration::from_secs(30);
 /// Streams on every connection of a key before another one opens.
 pub const SPREAD_AT: usize = 100;
 /// Most pooled connections per key.
@@ -447,7 +445,7 @@ impl Dialer {
 
 impl Plan {
     /// The `mesh/move` connection, its token sent and taken (the
-    /// destination answered `inbound::MOVE_ACK`), within
+    /// destination answered `tunnel::MOVE_ACK`), within
     /// `tls::HANDSHAKE_TIMEOUT`. Until then the stream is untouched, so a
     /// failure leaves it where it is.
     async fn dial(self) -> Result<Moved, ProxyError> {
@@ -475,7 +473,7 @@ impl Plan {
         // the client's certificate after the client is done) fails here.
         let mut ack = [0u8; 1];
         tls.read_exact(&mut ack).await?;
-        if ack[0] != super::inbound::MOVE_ACK {
+        if ack[0] != tunnel::MOVE_ACK {
             return Err(ProxyError::Io(std::io::Error::other(format!(
                 "mesh/move answered {:#04x}, not the ack",
                 ack[0]

@@ -14,7 +14,7 @@
 //! A busy stream may leave the pooled connection for one of its own (see
 //! `relay::relay_tunnel`): the 200 carries [`MOVE_HEADER`], a token; the
 //! client opens a TLS connection with ALPN `mesh/move`, sends the token's
-//! 16 bytes, waits for the one-byte answer `inbound::MOVE_ACK`, and then
+//! 16 bytes, waits for the one-byte answer `MOVE_ACK`, and then
 //! the app's bytes go unframed (as `mesh/1`). Each side ends its half of
 //! the stream with the trailer [`MOVED_TRAILER`] once it has the new
 //! connection, and sends the rest of its bytes on it; a reader that meets
@@ -60,6 +60,12 @@ pub const MOVE_HEADER: &str = "mesh-move";
 /// Trailer that ends a side of a stream whose bytes go on over the
 /// `mesh/move` connection (a plain END_STREAM is the app's half-close).
 pub const MOVED_TRAILER: &str = "mesh-moved";
+/// The byte the destination answers a `mesh/move` connection's token with
+/// once it has taken the stream over.
+pub const MOVE_ACK: u8 = 1;
+/// A pooled connection without streams this long is closed by its source
+/// (the destination waits twice as long before it closes it).
+pub const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
