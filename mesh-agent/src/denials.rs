@@ -16,7 +16,7 @@ use crate::{
     ebpf::{DenialEvents, Kernel, socket_addr},
     proxy::ServiceIds,
     snapshot::Watch,
-    telemetry::Telemetry,
+    telemetry::{Telemetry, since},
 };
 
 /// The kernel's refused connects, named and folded into the telemetry.
@@ -127,12 +127,6 @@ impl Denials {
     }
 }
 
-/// How many were refused between two readings of one key's count (a key
-/// evicted from the LRU map and filed again starts from zero).
-pub fn since(last: u64, now: u64) -> u64 {
-    if now >= last { now - last } else { now }
-}
-
 /// A kernel `comm`: bytes up to the first NUL.
 fn comm(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
@@ -142,14 +136,6 @@ fn comm(raw: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_since_the_last_report() {
-        assert_eq!(since(0, 1), 1);
-        assert_eq!(since(1, 1000), 999);
-        // Evicted and filed again.
-        assert_eq!(since(1000, 3), 3);
-    }
 
     #[test]
     fn comm_stops_at_the_first_nul() {

@@ -190,7 +190,7 @@ impl Telemetry {
         let mut seen = self.kernel_seen.lock().unwrap_or_else(|e| e.into_inner());
         for (key, count) in counts {
             let last = seen.insert(key, count).unwrap_or(0);
-            let new = crate::denials::since(last, count);
+            let new = since(last, count);
             if new == 0 {
                 continue;
             }
@@ -232,9 +232,23 @@ impl Telemetry {
     }
 }
 
+/// How many were refused between two readings of one key's count (a key
+/// evicted from the LRU map and filed again starts from zero).
+pub fn since(last: u64, now: u64) -> u64 {
+    if now >= last { now - last } else { now }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_since_the_last_report() {
+        assert_eq!(since(0, 1), 1);
+        assert_eq!(since(1, 1000), 999);
+        // Evicted and filed again.
+        assert_eq!(since(1000, 3), 3);
+    }
 
     #[test]
     fn one_object_counts_verdicts_and_metrics() {
