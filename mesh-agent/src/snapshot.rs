@@ -15,7 +15,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{config::Config, dns::Zone, health, policy::Policy, tls::verify::Hosting};
+use crate::{config::Config, dns::zone::Zone, health, policy::Policy, tls::verify::Hosting};
 
 /// The catalog as this agent applies it, and the health of its instances.
 /// Cheap to clone: a health change publishes a new snapshot that shares

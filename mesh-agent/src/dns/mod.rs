@@ -1,0 +1,247 @@
+//! DNS for the `.mesh` zone, so apps find services by name, with Consul's
+//! habits:
+//!
+//! - `<service>.mesh` A or AAAA (by the VIP's family): the service's VIP.
+//! - `<service>.mesh` SRV (also `_<service>._tcp.mesh`): one record per
+//!   instance that takes traffic (passing or warning; critical never),
+//!   priority 1, weight 1, the service's port, target `<node>.node.mesh.`,
+//!   and each target's address (A or AAAA) in the additional section. A
+//!   service whose every instance is critical still exists: no records.
+//! - `<node>.node.mesh` A or AAAA (by the address's family): the address
+//!   of a node of the config.
+//!
+//! The agent is authoritative for `.mesh`: an unknown name (a public
+//! service among them) is NXDOMAIN, a known name asked for a type it does
+//! not have is an empty answer. Any other name goes to the node's previous
+//! resolver (`--dns-upstream`, by default the first nameserver of
+//! /etc/resolv.conf unless that is this agent) or, without one, is
+//! REFUSED. Anything but a query is dropped.
+//!
+//! UDP and TCP (RFC 7766), on the same address. A UDP reply larger than
+//! 512 bytes, or than the payload size the query advertises with EDNS (at
+//! most [`MAX_UDP_PAYLOAD`]), keeps as many whole SRV records, each with
+//! its address, as fit, and has the TC bit set: the client asks again over
+//! TCP, where the whole answer fits. SRV records come in an order rotated
+//! by the query's id, so truncated replies do not all name the same
+//! instances.
+
+pub mod zone;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+};
+use tracing::{debug, warn};
+
+use zone::refused;
+pub use zone::{Handling, MAX_UDP_PAYLOAD, Transport, Zone};
+
+/// How long a forwarded query may take.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("failed to listen for DNS on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The node's previous resolver: the first nameserver in /etc/resolv.conf,
+/// unless it is `own` (then names outside `.mesh` are refused).
+pub fn previous_resolver(own: SocketAddr) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    let ip: IpAddr = text.lines().find_map(|l| {
+        l.strip_prefix("nameserver")
+            .and_then(|rest| rest.trim().parse().ok())
+    })?;
+    let upstream = SocketAddr::new(ip, 53);
+    (upstream != own && !(ip.is_unspecified() && own.ip().is_loopback())).then_some(upstream)
+}
+
+/// Binds the DNS socket.
+pub fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, DnsError> {
+    let err = |source| DnsError::Listen { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket)
+}
+
+/// Answers queries on `socket` from the zone and the health of the
+/// snapshot in force, until the task is dropped.
+pub async fn serve(
+    socket: UdpSocket,
+    snapshot: crate::snapshot::Watch,
+    upstream: Option<SocketAddr>,
+) {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((len, client)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let query = buf[..len].to_vec();
+        let handling = {
+            let current = snapshot.borrow().clone();
+            current
+                .zone
+                .handle(&query, &current.health, upstream.is_some())
+        };
+        match (handling, upstream) {
+            (Handling::Reply(answer), _) => {
+                let _ = socket.send_to(&answer, client).await;
+            }
+            (Handling::Forward, Some(up)) => {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    if let Some(answer) = forward(&query, up).await {
+                        let _ = socket.send_to(&answer, client).await;
+                    }
+                });
+            }
+            (Handling::Forward, None) | (Handling::Drop, _) => {}
+        }
+    }
+}
+
+/// Binds the DNS TCP listener, on the UDP socket's address.
+pub fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, DnsError> {
+    let err = |source| DnsError::Listen { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+/// How long a TCP client may stay silent between queries (RFC 7766 asks
+/// servers to close idle connections after seconds).
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Most TCP clients served at once; more wait in the backlog.
+const TCP_CLIENTS: usize = 64;
+
+/// Answers queries over TCP on `listener` (two-byte length before each
+/// message, several queries per connection), as [`serve`] does over UDP,
+/// until the task is dropped.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    snapshot: crate::snapshot::Watch,
+    upstream: Option<SocketAddr>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CLIENTS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = serve_client(stream, snapshot, upstream).await;
+        });
+    }
+}
+
+/// One TCP client's queries, until it closes, stays idle past
+/// [`TCP_IDLE`], or sends something that is not a query.
+async fn serve_client(
+    mut stream: TcpStream,
+    snapshot: crate::snapshot::Watch,
+    upstream: Option<SocketAddr>,
+) -> std::io::Result<()> {
+    loop {
+        let Ok(query) = tokio::time::timeout(TCP_IDLE, read_message(&mut stream)).await else {
+            return Ok(());
+        };
+        let query = query?;
+        let handling = {
+            let current = snapshot.borrow().clone();
+            current
+                .zone
+                .handle_over(&query, &current.health, upstream.is_some(), Transport::Tcp)
+        };
+        let answer = match (handling, upstream) {
+            (Handling::Reply(answer), _) => answer,
+            (Handling::Forward, Some(up)) => match forward_tcp(&query, up).await {
+                Some(answer) => answer,
+                None => return Ok(()),
+            },
+            (Handling::Forward, None) | (Handling::Drop, _) => return Ok(()),
+        };
+        write_message(&mut stream, &answer).await?;
+    }
+}
+
+/// One length-prefixed DNS message.
+async fn read_message(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let len = stream.read_u16().await?;
+    let mut message = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut message).await?;
+    Ok(message)
+}
+
+async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(message.len()).map_err(std::io::Error::other)?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await
+}
+
+/// Relays one query to `upstream` over TCP and returns its answer.
+async fn forward_tcp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    let result = async {
+        let mut stream = TcpStream::connect(upstream).await?;
+        write_message(&mut stream, query).await?;
+        read_message(&mut stream).await
+    };
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, result).await {
+        Ok(Ok(answer)) => Some(answer),
+        Ok(Err(e)) => {
+            warn!(%upstream, error = %e, "DNS upstream failed (TCP)");
+            refused(query)
+        }
+        Err(_) => {
+            debug!(%upstream, "DNS upstream timed out (TCP)");
+            None
+        }
+    }
+}
+
+/// Relays one query to `upstream` and returns its answer.
+async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let result = async {
+        let socket = UdpSocket::bind(bind).await?;
+        socket.connect(upstream).await?;
+        socket.send(query).await?;
+        let mut buf = vec![0u8; 4096];
+        let len = socket.recv(&mut buf).await?;
+        buf.truncate(len);
+        Ok::<_, std::io::Error>(buf)
+    };
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, result).await {
+        Ok(Ok(answer)) => Some(answer),
+        Ok(Err(e)) => {
+            warn!(%upstream, error = %e, "DNS upstream failed");
+            refused(query)
+        }
+        Err(_) => {
+            debug!(%upstream, "DNS upstream timed out");
+            None
+        }
+    }
+}
