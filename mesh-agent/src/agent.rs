@@ -288,6 +288,9 @@ impl Listeners {
         if let (Some(socket), Some(wanted)) = (&dns, opts.dns) {
             same("DNS socket", socket.local_addr(), wanted)?;
         }
+        if let (Some(listener), Some(wanted)) = (&dns_tcp, opts.dns) {
+            same("DNS TCP listener", listener.local_addr(), wanted)?;
+        }
         Ok(Self {
             out4,
             out6,
@@ -607,15 +610,23 @@ async fn serve(
     );
     // Not in `tasks`: it answers through the drain (`/ready`: 503).
     let admin_task = tokio::spawn(admin.run());
-    if let (Some(socket), Some(addr)) = (dns, opts.dns) {
+    if let Some(addr) = opts.dns {
         let upstream = opts
             .dns_upstream
             .or_else(|| crate::dns::previous_resolver(addr));
-        info!(%addr, upstream = ?upstream, tcp = dns_tcp.is_some(), "answering DNS for .mesh");
+        info!(%addr, upstream = ?upstream, udp = dns.is_some(), tcp = dns_tcp.is_some(), "answering DNS for .mesh");
         if let Some(listener) = dns_tcp {
-            tasks.spawn(crate::dns::serve_tcp(listener, snapshots.clone(), upstream));
+            let limits = crate::dns::TcpLimits::default();
+            tasks.spawn(crate::dns::serve_tcp(
+                listener,
+                snapshots.clone(),
+                upstream,
+                limits,
+            ));
         }
-        tasks.spawn(crate::dns::serve(socket, snapshots, upstream));
+        if let Some(socket) = dns {
+            tasks.spawn(crate::dns::serve(socket, snapshots, upstream));
+        }
     }
     tasks.spawn(identities.clone().renew_forever());
     tasks.spawn(offer.serve(kernel.clone()));
@@ -630,7 +641,9 @@ async fn serve(
             .await
             .is_err()
         {
-            warn!("not registered in etcd yet; serving meanwhile");
+            warn!(
+                "not registered in etcd, or the registrations not listed, yet; serving meanwhile"
+            );
         }
     }
     readiness.ready();

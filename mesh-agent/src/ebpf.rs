@@ -452,6 +452,12 @@ impl DenialEvents {
                     name: names::DENIAL_EVENTS,
                     source,
                 })?;
+            if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                // Frozen while this reader waited: leave the records (and
+                // the readiness) to whoever reads next.
+                drop(guard);
+                continue;
+            }
             let ring = guard.get_inner_mut();
             let mut batch = Vec::new();
             while let Some(item) = ring.next() {

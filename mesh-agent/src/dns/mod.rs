@@ -120,46 +120,73 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, DnsError> {
     Ok(listener)
 }
 
-/// How long a TCP client may stay silent between queries (RFC 7766 asks
-/// servers to close idle connections after seconds).
-const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Most TCP clients served at once; more wait in the backlog.
-const TCP_CLIENTS: usize = 64;
+/// Bounds on TCP clients (RFC 7766 6.2.3: a server bounds what idle or
+/// slow clients hold).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    /// Most clients served at once; a connection past them is closed at
+    /// once (the client falls back or retries), not left in the backlog.
+    pub clients: usize,
+    /// How long a client may take to send its next query, and to take in
+    /// a reply (one that never reads is closed).
+    pub idle: Duration,
+    /// Most queries on one connection; then it is closed.
+    pub queries: usize,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        Self {
+            clients: 64,
+            idle: Duration::from_secs(10),
+            queries: 100,
+        }
+    }
+}
 
 /// Answers queries over TCP on `listener` (two-byte length before each
 /// message, several queries per connection), as [`serve`] does over UDP,
-/// until the task is dropped.
+/// within `limits`, until the task is dropped (its clients with it).
 pub async fn serve_tcp(
     listener: TcpListener,
     snapshot: crate::snapshot::Watch,
     upstream: Option<SocketAddr>,
+    limits: TcpLimits,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CLIENTS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.clients));
+    let mut clients = tokio::task::JoinSet::new();
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = clients.join_next() => continue,
         };
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        // Full: this one is closed at once.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let snapshot = snapshot.clone();
-        tokio::spawn(async move {
+        clients.spawn(async move {
             let _slot = slot;
-            let _ = serve_client(stream, snapshot, upstream).await;
+            let _ = serve_client(stream, snapshot, upstream, limits).await;
         });
     }
 }
 
-/// One TCP client's queries, until it closes, stays idle past
-/// [`TCP_IDLE`], or sends something that is not a query.
+/// One TCP client's queries, until it closes, stays idle or does not take
+/// a reply within `limits.idle`, has asked `limits.queries` questions, or
+/// sends something that is not a query.
 async fn serve_client(
     mut stream: TcpStream,
     snapshot: crate::snapshot::Watch,
     upstream: Option<SocketAddr>,
+    limits: TcpLimits,
 ) -> std::io::Result<()> {
-    loop {
-        let Ok(query) = tokio::time::timeout(TCP_IDLE, read_message(&mut stream)).await else {
+    for _ in 0..limits.queries {
+        let Ok(query) = tokio::time::timeout(limits.idle, read_message(&mut stream)).await else {
             return Ok(());
         };
         let query = query?;
@@ -177,8 +204,14 @@ async fn serve_client(
             },
             (Handling::Forward, None) | (Handling::Drop, _) => return Ok(()),
         };
-        write_message(&mut stream, &answer).await?;
+        if tokio::time::timeout(limits.idle, write_message(&mut stream, &answer))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
     }
+    Ok(())
 }
 
 /// One length-prefixed DNS message.

@@ -303,7 +303,10 @@ mod tests {
     };
     use std::path::Path;
     use std::time::Duration;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+    };
 
     /// `data-api` on four nodes, one of them IPv6-only; `v6` with an IPv6
     /// VIP; `site` public.
@@ -666,7 +669,7 @@ public = true
         let addr = listener.local_addr().unwrap();
         let config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
         let (_publisher, snapshots) = crate::snapshot::Snapshot::new(config).publish();
-        tokio::spawn(serve_tcp(listener, snapshots, None));
+        tokio::spawn(serve_tcp(listener, snapshots, None, Default::default()));
         let mut stream = TcpStream::connect(addr).await.unwrap();
         for (id, name) in [(1, "data-api.mesh."), (2, "example.com.")] {
             write_message(&mut stream, &ask_with(name, RecordType::A, id, None))
@@ -681,6 +684,60 @@ public = true
             };
             assert_eq!(r.metadata.response_code, code, "{name}");
         }
+    }
+
+    /// A client that never reads its replies, one that says nothing, and
+    /// one past the slots are all let go: with one slot, a later client is
+    /// still answered.
+    #[tokio::test]
+    async fn tcp_clients_cannot_hold_their_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
+        config.services[0].nodes = (0..40).map(|i| format!("node-{i:02}")).collect();
+        config.nodes = (0..40)
+            .map(|i| crate::config::Node {
+                name: format!("node-{i:02}"),
+                address: ip(&format!("10.0.0.{i}")),
+            })
+            .collect();
+        let (_publisher, snapshots) = crate::snapshot::Snapshot::new(config).publish();
+        let limits = super::super::TcpLimits {
+            clients: 1,
+            idle: Duration::from_millis(300),
+            queries: 1_000_000,
+        };
+        tokio::spawn(serve_tcp(listener, snapshots, None, limits));
+        let answered = |mut stream: TcpStream| async move {
+            let query = ask_with("data-api.mesh.", RecordType::A, 9, None);
+            write_message(&mut stream, &query).await.ok()?;
+            read_message(&mut stream).await.ok()
+        };
+        // A silent client holds the one slot: a client past it is closed
+        // at once; the silent one is let go after the idle bound.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let extra = TcpStream::connect(addr).await.unwrap();
+        assert!(answered(extra).await.is_none());
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut byte)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+        // A client that never reads: once the buffers are full the server
+        // cannot write, lets it go, and the client's writes fail.
+        let mut deaf = TcpStream::connect(addr).await.unwrap();
+        let query = ask_with("data-api.mesh.", RecordType::SRV, 1, None);
+        let let_go = tokio::time::timeout(Duration::from_secs(10), async {
+            for _ in 0..200_000 {
+                if write_message(&mut deaf, &query).await.is_err() {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(matches!(let_go, Ok(true)), "{let_go:?}");
+        let later = TcpStream::connect(addr).await.unwrap();
+        assert!(answered(later).await.is_some());
     }
 
     #[test]
