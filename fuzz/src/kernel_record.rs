@@ -119,7 +119,7 @@ fn read_orig_dst(b: &mut Bytes<'_>) -> Option<OrigDst> {
         dst: read_sock_addr(b)?,
         src_service: b.u32()?,
         dst_service: b.u32()?,
-        _pad: b.u32()?,
+        uid: b.u32()?,
         created_ns: b.u64()?,
     })
 }

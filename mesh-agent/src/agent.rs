@@ -585,7 +585,7 @@ async fn serve(
         cg: cg.clone(),
         cgroups: cgroups.clone(),
         identities: identities.clone(),
-        ids,
+        ids: ids.clone(),
         kernel: kernel.clone(),
     };
     let reach = catalog.reach();
@@ -603,6 +603,7 @@ async fn serve(
             denials,
             telemetry,
             board: board.clone(),
+            ids: ids.clone(),
             balancer,
             pool,
             catalog: reach,

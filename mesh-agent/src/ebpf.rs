@@ -730,7 +730,7 @@ mod tests {
             dst: sock_addr("10.0.0.1:1".parse().unwrap()),
             src_service: 1,
             dst_service: 2,
-            _pad: 0,
+            uid: 0,
             created_ns,
         };
         let now = 10 * MAX_RECORD_AGE_NS;

@@ -151,13 +151,18 @@ pub struct OrigDst {
     pub dst: SockAddr,
     /// The calling service.
     pub src_service: ServiceId,
-    /// The service behind `dst`.
+    /// The service behind `dst`, or [`ADMIN_CALLER`].
     pub dst_service: ServiceId,
-    pub _pad: u32,
+    /// The caller's uid.
+    pub uid: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when sock_ops filed the record
     /// in `CONNS`; the agent refuses records older than `MAX_RECORD_AGE_NS`.
     pub created_ns: u64,
 }
+
+/// `OrigDst::dst_service` of a connection to the agent's admin endpoint
+/// (not redirected: the record only tells the agent who calls).
+pub const ADMIN_CALLER: ServiceId = u32::MAX;
 
 /// How old a `CONNS` record may be when the agent claims it. A record is
 /// normally claimed within microseconds; an old one belongs to a connection

@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use mesh_common::{
-    ConnKey, DENIAL_EVENTS_BYTES, DENIAL_REPORT_INTERVAL_NS, DENIED_BY_INTENTIONS,
+    ADMIN_CALLER, ConnKey, DENIAL_EVENTS_BYTES, DENIAL_REPORT_INTERVAL_NS, DENIED_BY_INTENTIONS,
     DENIED_BY_LOOPBACK_GUARD, DenialCount, DenialEvent, DenialKey, LISTENER_V4, LISTENER_V6,
     MAX_CGROUP_LEVEL, MAX_DENIALS, MAX_DENIED_PAIRS, MAX_PENDING_CONNS, MAX_SERVICE_IDS,
     MAX_SERVICES, OrigDst, PairKey, ServiceId, ServiceName, SockAddr,
@@ -352,6 +352,22 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
         return Verdict::Untouched;
     }
     if dst.reaches_loopback() {
+        // SAFETY: reading a load-time constant.
+        if dst.port == unsafe { core::ptr::read_volatile(&ADMIN_PORT) } {
+            // Who calls the admin endpoint: its `POST /check` takes ttl
+            // updates only from the service itself or root.
+            // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let caller = OrigDst {
+                dst: *dst,
+                src_service: identity(cgroup).unwrap_or(0),
+                dst_service: ADMIN_CALLER,
+                uid: bpf_get_current_uid_gid() as u32,
+                created_ns: 0,
+            };
+            let _ = SOCKETS.insert(cookie, caller, 0);
+            return Verdict::Untouched;
+        }
         // SAFETY: values are copied out at once.
         let Some(owner) = unsafe { LOCAL_PORTS.get(u32::from(dst.port)) }.copied() else {
             return Verdict::Untouched;
@@ -403,7 +419,7 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
         dst: *dst,
         src_service,
         dst_service,
-        _pad: 0,
+        uid: bpf_get_current_uid_gid() as u32,
         created_ns: 0,
     };
     if SOCKETS.insert(cookie, orig, 0).is_err() {

@@ -501,6 +501,47 @@ fn a_ttl_check_is_driven_by_mesh_agent_check() {
         );
     }
 
+    // Only root or api's own processes may report api's check: not
+    // another user outside any service's cgroup, nor one in web's.
+    let as_nobody = |service: Option<&str>| {
+        let mut cmd = match service {
+            Some(service) => mesh.cmd_as(b, service, "runuser"),
+            None => mesh.cmd(b, "runuser"),
+        };
+        cmd.args(["-u", "nobody", "--"]).arg(&mesh.agent).args([
+            "check",
+            "pass",
+            "--service",
+            "api",
+            "--note",
+            "spoofed",
+        ]);
+        output_with_timeout(&mut cmd, Duration::from_secs(20))
+    };
+    let out = as_nobody(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("only root or service \"api\"'s own processes")
+            && stderr.contains("outside any service's cgroup"),
+        "{stderr}"
+    );
+    let out = as_nobody(Some("db"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("in service \"db\"'s cgroup"),
+        "{stderr}"
+    );
+    let table = instances_table(&mesh, a, "api");
+    assert!(!row(&table, "api", b).contains("spoofed"), "{table}");
+    let out = as_nobody(Some("api"));
+    assert!(
+        out.status.success(),
+        "api's own process: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    expect_state(&mesh, a, b, "passing", Duration::from_secs(1));
+
     // db turned passing after its 6th success in a row (about 5 s in).
     let took = mesh.wait_instance_state(b, "db", b, "passing", Duration::from_secs(10));
     assert!(

@@ -295,6 +295,8 @@ pub struct Sources {
     pub telemetry: Arc<Telemetry>,
     /// `POST /check`: ttl check updates.
     pub board: Arc<Board>,
+    /// `POST /check`: the names behind callers' service ids.
+    pub ids: Arc<crate::proxy::ServiceIds>,
     /// `/metrics`: connections open to each instance.
     pub balancer: Arc<Balancer>,
     /// `/metrics`: pooled connections to other agents.
@@ -317,7 +319,7 @@ impl Admin {
     pub async fn run(self) {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let Ok((stream, _)) = self.listener.accept().await else {
+            let Ok((stream, peer)) = self.listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
@@ -325,11 +327,16 @@ impl Admin {
                 continue; // full: close it at once
             };
             let sources = self.sources.clone();
+            let caller = stream
+                .local_addr()
+                .ok()
+                .and_then(|local| sources.caller(peer, local));
             tokio::spawn(async move {
                 let _slot = slot;
                 let service = service_fn(move |req| {
                     let sources = sources.clone();
-                    async move { Ok::<_, Infallible>(sources.respond(req).await) }
+                    let caller = caller.clone();
+                    async move { Ok::<_, Infallible>(sources.respond(req, caller.as_ref()).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -342,15 +349,45 @@ impl Admin {
     }
 }
 
+/// Who called the admin endpoint, as connect4/6 saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    /// The service whose cgroup (or one below it) the caller runs in.
+    pub service: Option<String>,
+}
+
+impl Caller {
+    /// Whether it may report `service`'s ttl checks: root, or the
+    /// service's own processes.
+    pub fn may_report(&self, service: &str) -> bool {
+        self.uid == 0 || self.service.as_deref() == Some(service)
+    }
+}
+
 impl Sources {
-    async fn respond(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    /// The caller of the connection from `peer` to `local`, from the
+    /// kernel's record of its connect.
+    fn caller(&self, peer: SocketAddr, local: SocketAddr) -> Option<Caller> {
+        let record = self.kernel.take_orig(peer, local)?;
+        (record.dst_service == mesh_common::ADMIN_CALLER).then(|| Caller {
+            uid: record.uid,
+            service: self.ids.name(record.src_service),
+        })
+    }
+
+    async fn respond(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        caller: Option<&Caller>,
+    ) -> Response<Full<Bytes>> {
         let (status, kind, body) = match req.uri().path() {
             "/catalog" => {
                 let snapshot = self.snapshot.borrow().clone();
                 document(&CatalogDoc::new(&snapshot, &self.node))
             }
             "/check" if req.method() == hyper::Method::POST => {
-                let (status, body) = self.ttl_update(req).await;
+                let (status, body) = self.ttl_update(req, caller).await;
                 (status, JSON, body.to_string())
             }
             "/ready" => {
@@ -380,7 +417,11 @@ impl Sources {
     }
 
     /// `POST /check`: a [`TtlUpdate`] for a local ttl check.
-    async fn ttl_update(&self, req: Request<hyper::body::Incoming>) -> (StatusCode, Value) {
+    async fn ttl_update(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        caller: Option<&Caller>,
+    ) -> (StatusCode, Value) {
         let body = match http_body_util::Limited::new(req.into_body(), MAX_REQUEST_BODY)
             .collect()
             .await
@@ -392,6 +433,19 @@ impl Sources {
             Ok(update) => update,
             Err(e) => return (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
         };
+        if !caller.is_some_and(|c| c.may_report(&update.service)) {
+            let who = caller.map_or("an unknown caller".to_owned(), |c| match &c.service {
+                Some(s) => format!("uid {} in service {s:?}'s cgroup", c.uid),
+                None => format!("uid {} outside any service's cgroup", c.uid),
+            });
+            return (
+                StatusCode::FORBIDDEN,
+                json!({"error": format!(
+                    "only root or service {:?}'s own processes may report its checks, not {who}",
+                    update.service
+                )}),
+            );
+        }
         match self.board.ttl(
             &update.service,
             update.check.as_deref(),

@@ -392,7 +392,7 @@ port = 81
             dst: crate::ebpf::sock_addr("240.0.0.2:81".parse().unwrap()),
             src_service,
             dst_service,
-            _pad: 0,
+            uid: 0,
             created_ns: 0,
         }
     }
