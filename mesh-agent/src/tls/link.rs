@@ -111,8 +111,12 @@ impl Link {
         tcp: TcpStream,
     ) -> Result<(server::TlsStream<TcpStream>, String), TlsError> {
         let handshake = async {
-            let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+            // A peer that says nothing lets go of its connection within
+            // the hello bound, as on the service ports.
+            let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+            let start = tokio::time::timeout(super::HELLO_TIMEOUT, hello)
                 .await
+                .map_err(|_| TlsError::HelloTimeout(super::HELLO_TIMEOUT))?
                 .map_err(handshake_error)?;
             let hello = start.client_hello();
             if hello.server_name() != Some(self.own_sni.as_str()) {

@@ -311,6 +311,29 @@ async fn an_agent_leaf_signed_by_another_nodes_ca_is_refused() {
     assert_refused(client, "wrong_node");
 }
 
+/// A peer that connects to the link port and says nothing is let go at
+/// the hello bound, not the whole handshake's.
+#[tokio::test]
+async fn a_silent_peer_is_let_go_at_the_hello_bound() {
+    let mesh = Mesh::new(INSTANCES);
+    let (_publisher, snapshots) = mesh.snapshots();
+    let c = link(&mesh, &snapshots, "c");
+    let started = std::time::Instant::now();
+    let (server, ()) = over_loopback(
+        move |tcp| accepts(c, tcp),
+        |tcp| async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            drop(tcp);
+        },
+    )
+    .await;
+    assert!(
+        matches!(server, Err(TlsError::HelloTimeout(_))),
+        "{server:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
 #[tokio::test]
 async fn a_service_leaf_is_refused_on_a_link() {
     let mesh = Mesh::new(INSTANCES);
