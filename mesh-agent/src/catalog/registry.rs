@@ -283,9 +283,12 @@ impl Registration {
                 None => match self.claim(&mut client, state).await? {
                     Some(lease) => lease,
                     None => {
-                        // Another agent holds the node: try again later,
-                        // in case it goes.
-                        tokio::time::sleep(KEEPALIVE).await;
+                        // Another agent holds the node: try again once
+                        // the watch sees its key go (or written by hand),
+                        // at most every 30 s and at least 1 s apart.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let free = holder.wait_for(|(_, h)| h.is_none_or(|lease| lease == 0));
+                        let _ = tokio::time::timeout(Duration::from_secs(30), free).await;
                         continue;
                     }
                 },
