@@ -38,17 +38,20 @@ impl Mesh {
     /// `--etcd-cacert/--etcd-cert/--etcd-key` for `mesh-agent` as etcd
     /// user `user` (nothing without RBAC).
     pub fn etcd_client_args(&self, user: &str) -> Vec<String> {
+        self.cert_flags(user, ["--etcd-cacert", "--etcd-cert", "--etcd-key"])
+    }
+
+    /// `FLAG=file` for the CA, `user`'s certificate and its key (nothing
+    /// without RBAC), under the three flag names given.
+    fn cert_flags(&self, user: &str, [ca, cert, key]: [&str; 3]) -> Vec<String> {
         let Some(pki) = self.pki() else {
             return Vec::new();
         };
-        let (cert, key) = pki.user(user);
+        let (cert_file, key_file) = pki.user(user);
         vec![
-            "--etcd-cacert".into(),
-            pki.ca().display().to_string(),
-            "--etcd-cert".into(),
-            cert.display().to_string(),
-            "--etcd-key".into(),
-            key.display().to_string(),
+            format!("{ca}={}", pki.ca().display()),
+            format!("{cert}={}", cert_file.display()),
+            format!("{key}={}", key_file.display()),
         ]
     }
 
@@ -213,15 +216,7 @@ impl Mesh {
 
     /// etcdctl's certificate flags for `user` (nothing without RBAC).
     pub fn etcdctl_certs(&self, user: &str) -> Vec<String> {
-        let Some(pki) = self.pki() else {
-            return Vec::new();
-        };
-        let (cert, key) = pki.user(user);
-        vec![
-            format!("--cacert={}", pki.ca().display()),
-            format!("--cert={}", cert.display()),
-            format!("--key={}", key.display()),
-        ]
+        self.cert_flags(user, ["--cacert", "--cert", "--key"])
     }
 
     /// Runs etcdctl until it succeeds (a write can fail while the cluster

@@ -623,18 +623,22 @@ impl Mesh {
             .and_then(|(_, c)| c.try_wait().ok().flatten())
     }
 
+    /// The oldest running agent of `node`, no longer tracked (the caller
+    /// waits for it). Panics if there is none.
+    fn take_agent(&self, node: &str) -> Child {
+        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        let i = agents
+            .iter()
+            .position(|(n, _)| n == node)
+            .unwrap_or_else(|| panic!("no running agent for {node}"));
+        agents.remove(i).1
+    }
+
     /// Waits for the oldest running agent of `node` to exit by itself (one
     /// that handed over to a newer agent) for at most `timeout`; returns its
     /// exit status. Panics if it does not.
     pub fn wait_agent_exit(&self, node: &str, timeout: Duration) -> std::process::ExitStatus {
-        let mut child = {
-            let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-            let i = agents
-                .iter()
-                .position(|(n, _)| n == node)
-                .unwrap_or_else(|| panic!("no running agent for {node}"));
-            agents.remove(i).1
-        };
+        let mut child = self.take_agent(node);
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -653,14 +657,7 @@ impl Mesh {
     /// for it to exit; returns its exit status. An agent still running 10 s
     /// after the signal is killed, and the test fails.
     pub fn stop_agent(&self, node: &str, signal: &str) -> std::process::ExitStatus {
-        let child = {
-            let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-            let i = agents
-                .iter()
-                .position(|(n, _)| n == node)
-                .unwrap_or_else(|| panic!("no running agent for {node}"));
-            agents.remove(i).1
-        };
+        let child = self.take_agent(node);
         let (status, in_time) = signal_and_wait(child, signal);
         assert!(
             in_time,

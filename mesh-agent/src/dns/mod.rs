@@ -232,19 +232,30 @@ async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Resul
 
 /// Relays one query to `upstream` over TCP and returns its answer.
 async fn forward_tcp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
-    let result = async {
+    let exchange = async {
         let mut stream = TcpStream::connect(upstream).await?;
         write_message(&mut stream, query).await?;
         read_message(&mut stream).await
     };
-    match tokio::time::timeout(UPSTREAM_TIMEOUT, result).await {
+    ask_upstream(query, upstream, Transport::Tcp, exchange).await
+}
+
+/// The answer `exchange` gets from `upstream` for `query` within
+/// [`UPSTREAM_TIMEOUT`]: REFUSED if it fails, nothing if it times out.
+async fn ask_upstream(
+    query: &[u8],
+    upstream: SocketAddr,
+    transport: Transport,
+    exchange: impl std::future::Future<Output = std::io::Result<Vec<u8>>>,
+) -> Option<Vec<u8>> {
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
         Ok(Ok(answer)) => Some(answer),
         Ok(Err(e)) => {
-            warn!(%upstream, error = %e, "DNS upstream failed (TCP)");
+            warn!(%upstream, ?transport, error = %e, "DNS upstream failed");
             refused(query)
         }
         Err(_) => {
-            debug!(%upstream, "DNS upstream timed out (TCP)");
+            debug!(%upstream, ?transport, "DNS upstream timed out");
             None
         }
     }
@@ -257,24 +268,14 @@ async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let result = async {
+    let exchange = async {
         let socket = UdpSocket::bind(bind).await?;
         socket.connect(upstream).await?;
         socket.send(query).await?;
         let mut buf = vec![0u8; 4096];
         let len = socket.recv(&mut buf).await?;
         buf.truncate(len);
-        Ok::<_, std::io::Error>(buf)
+        Ok(buf)
     };
-    match tokio::time::timeout(UPSTREAM_TIMEOUT, result).await {
-        Ok(Ok(answer)) => Some(answer),
-        Ok(Err(e)) => {
-            warn!(%upstream, error = %e, "DNS upstream failed");
-            refused(query)
-        }
-        Err(_) => {
-            debug!(%upstream, "DNS upstream timed out");
-            None
-        }
-    }
+    ask_upstream(query, upstream, Transport::Udp, exchange).await
 }
