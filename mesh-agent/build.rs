@@ -18,6 +18,13 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("mesh-ebpf manifest has no parent directory"))?
         .as_str()
         .to_owned();
+    // aya-build relays every line the inner cargo prints on stderr as a
+    // `warning:` of this crate (~30 `Compiling ...` lines on a fresh build).
+    // Quiet, it prints only what matters: errors, and the compiler's
+    // messages, which still come as warnings.
+    // SAFETY: a build script is single-threaded here: no thread has been
+    // spawned yet that could read the environment concurrently.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),

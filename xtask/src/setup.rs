@@ -27,10 +27,13 @@ const PACKAGES: &[&str] = &[
     // dig, for the DNS (SRV) tests.
     "dnsutils",
     // The fleet catalog: the tests start their own etcd clusters; the
-    // etcd-client crate compiles etcd's protobufs with protoc.
+    // etcd-client crate compiles etcd's protobufs with protoc, which needs
+    // the well-known types (google/protobuf/*.proto) from libprotobuf-dev
+    // (only a recommendation of protobuf-compiler, which we do not install).
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 /// Packages whose install would start (and enable) a system service the
@@ -57,7 +60,8 @@ pub fn ensure() -> anyhow::Result<()> {
     nightly()?;
     rust_src()?;
     bpf_linker()?;
-    cargo_fuzz()
+    cargo_fuzz()?;
+    capabilities()
 }
 
 fn packages() -> anyhow::Result<()> {
@@ -206,6 +210,155 @@ fn cargo_fuzz() -> anyhow::Result<()> {
         install.env_remove(var);
     }
     cmd::run(&mut install)
+}
+
+/// A thing setup promised, checked by using it: (what, how to check, where
+/// it comes from).
+struct Capability {
+    what: &'static str,
+    check: fn() -> Result<(), String>,
+    from: &'static str,
+}
+
+/// Every tool the build, the tests and the demo use, checked by running it:
+/// a package that is installed but incomplete (protoc without its
+/// well-known types) shows here, not in the middle of a build.
+const CAPABILITIES: &[Capability] = &[
+    Capability {
+        what: "protoc compiles a file importing google/protobuf/descriptor.proto",
+        check: protoc_well_known_types,
+        from: "apt-get install protobuf-compiler libprotobuf-dev",
+    },
+    Capability {
+        what: "bpf-linker 0.13",
+        check: || runs("bpf-linker", &["--version"], Some("bpf-linker 0.13.")),
+        from: "cargo xtask setup (cargo install bpf-linker against LLVM 22)",
+    },
+    Capability {
+        what: "etcd",
+        check: || runs("etcd", &["--version"], Some("etcd Version")),
+        from: "apt-get install etcd-server",
+    },
+    Capability {
+        what: "etcdctl",
+        check: || runs("etcdctl", &["version"], Some("etcdctl version")),
+        from: "apt-get install etcd-client",
+    },
+    Capability {
+        what: "dig",
+        check: || runs("dig", &["-v"], None),
+        from: "apt-get install dnsutils",
+    },
+    Capability {
+        what: "stunnel4",
+        check: || runs("stunnel4", &["-version"], None),
+        from: "apt-get install stunnel4",
+    },
+    Capability {
+        what: "tcpdump",
+        check: || runs("tcpdump", &["--version"], Some("tcpdump version")),
+        from: "apt-get install tcpdump",
+    },
+    Capability {
+        what: "bpftool",
+        check: || runs("bpftool", &["version"], None),
+        from: "apt-get install bpftool",
+    },
+    Capability {
+        what: "ip (iproute2)",
+        check: || runs("ip", &["-V"], None),
+        from: "apt-get install iproute2",
+    },
+    Capability {
+        what: "socat",
+        check: || runs("socat", &["-V"], None),
+        from: "apt-get install socat",
+    },
+    Capability {
+        what: "curl",
+        check: || runs("curl", &["--version"], None),
+        from: "apt-get install curl",
+    },
+    Capability {
+        what: "openssl",
+        check: || runs("openssl", &["version"], None),
+        from: "apt-get install openssl",
+    },
+    Capability {
+        what: "python3",
+        check: || runs("python3", &["--version"], None),
+        from: "apt-get install python3",
+    },
+];
+
+/// Checks every capability; fails naming each that is missing and how to get it.
+fn capabilities() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for cap in CAPABILITIES {
+        match (cap.check)() {
+            Ok(()) => {}
+            Err(why) => missing.push(format!("  {}: {why} (from: {})", cap.what, cap.from)),
+        }
+    }
+    ensure!(
+        missing.is_empty(),
+        "setup: installed, but these do not work:\n{}",
+        missing.join("\n")
+    );
+    eprintln!(
+        "setup: checked: {} tools run as the build and tests need",
+        CAPABILITIES.len()
+    );
+    Ok(())
+}
+
+/// `program args` exits 0 (stdout or stderr containing `expect`, if given).
+fn runs(program: &str, args: &[&str], expect: Option<&str>) -> Result<(), String> {
+    let output = cmd::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|err| format!("`{program}` does not start: {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`{program} {}` failed ({})",
+            args.join(" "),
+            output.status
+        ));
+    }
+    let text = [output.stdout, output.stderr].concat();
+    let text = String::from_utf8_lossy(&text);
+    match expect {
+        Some(want) if !text.contains(want) => Err(format!(
+            "`{program} {}` printed {:?}, not {want:?}",
+            args.join(" "),
+            text.lines().next().unwrap_or("")
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// protoc can compile what etcd-client's build compiles: a file importing a
+/// well-known type.
+fn protoc_well_known_types() -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("xtask-setup-protoc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+    let proto = dir.join("check.proto");
+    let result = std::fs::write(
+        &proto,
+        "syntax = \"proto3\";\nimport \"google/protobuf/descriptor.proto\";\n\
+         message Check { google.protobuf.FileDescriptorProto file = 1; }\n",
+    )
+    .map_err(|err| format!("{}: {err}", proto.display()))
+    .and_then(|()| {
+        let out = dir.join("check.pb");
+        let proto_path = format!("--proto_path={}", dir.display());
+        let descriptor = format!("--descriptor_set_out={}", out.display());
+        let proto_arg = proto.to_string_lossy().into_owned();
+        runs("protoc", &[&proto_path, &descriptor, &proto_arg], None)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn apt_get() -> Command {
