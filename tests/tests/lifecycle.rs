@@ -181,12 +181,73 @@ fn services_come_and_go_without_a_restart() {
 }
 
 /// An upgrade refuses nothing: `mesh-agent run` for a node whose agent runs
-/// takes over its listening sockets. 500 calls at 10 ms intervals across
+/// takes over its listening sockets. 1,000 calls at 10 ms intervals across
 /// the handover all succeed, a stream open before it lives on through the
 /// old agent's drain, the old agent exits by itself, and the kernel holds
-/// the same number of programs and links as before.
+/// the same number of programs and links as before. Here the caller's
+/// node (hoa) is upgraded; first, an upgrade that would change a port is
+/// refused and the old agent serves on.
 #[test]
 fn a_second_agent_takes_over_without_refusing_a_connection() {
+    upgrade_under_calls(&["hoa"], |mesh| {
+        let out = mesh_tests::output_with_timeout(
+            mesh.cmd("hoa", &mesh.agent)
+                .args([
+                    "run",
+                    "--node",
+                    "hoa",
+                    "--outbound-port",
+                    "15009",
+                    "--config",
+                ])
+                .arg(mesh.config())
+                .arg("--bpffs")
+                .arg(mesh_tests::bpffs()),
+            Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("stop it first to change that"),
+            "{err}"
+        );
+        let said = |what: &str| {
+            fs::read_to_string(mesh.agent_log("hoa"))
+                .unwrap_or_default()
+                .contains(what)
+        };
+        assert!(
+            wait_until(Duration::from_secs(5), || said(
+                "handover aborted: serving on"
+            )),
+            "the old agent did not go on"
+        );
+    });
+}
+
+/// The destination's node (hob) upgraded under the same calls: the
+/// caller's agent holds pooled `mesh/2` connections to the old agent,
+/// which must not lose a call when it stops accepting streams and exits.
+#[test]
+fn upgrading_the_destination_agent_refuses_no_call() {
+    upgrade_under_calls(&["hob"], |_| {});
+}
+
+/// Both agents upgraded, the destination's right after the caller's.
+#[test]
+fn upgrading_both_agents_one_after_the_other_refuses_no_call() {
+    upgrade_under_calls(&["hoa", "hob"], |_| {});
+}
+
+/// Calls across an upgrade: enough at 10 ms to outlast the old agents.
+const CALLS: usize = 1000;
+
+/// Web on hoa calls api on hob [`CALLS`] times at 10 ms while a stream from web
+/// to echo on hob stays open; after 50 calls, `before` runs, then each of
+/// `nodes` in turn gets a second agent, which takes over from the running
+/// one. No call fails, the stream lives on, each old agent exits 0 by
+/// itself, the programs and links are as many as before, and each new
+/// agent's SIGTERM removes its node's.
+fn upgrade_under_calls(nodes: &[&str], before: impl FnOnce(&Mesh)) {
     let programs = || mesh_tests::loaded_mesh_programs().len();
     let links = || mesh_tests::loaded_mesh_links().len();
     let (programs0, links0) = (programs(), links());
@@ -214,75 +275,62 @@ fn a_second_agent_takes_over_without_refusing_a_connection() {
     );
 
     let vip = VIP.parse().expect("vip");
-    let mut calls = mesh.http_call_stream("hoa", "web", vip, 5001, 500, Duration::from_millis(10));
+    let mut calls =
+        mesh.http_call_stream("hoa", "web", vip, 5001, CALLS, Duration::from_millis(10));
     for i in 0..50 {
         assert!(
             calls.next(Duration::from_secs(10)).is_some(),
             "call {i} did not end"
         );
     }
-    // One that would change a port refuses, and the old one serves on.
-    let out = mesh_tests::output_with_timeout(
-        mesh.cmd("hoa", &mesh.agent)
-            .args([
-                "run",
-                "--node",
-                "hoa",
-                "--outbound-port",
-                "15009",
-                "--config",
-            ])
-            .arg(mesh.config())
-            .arg("--bpffs")
-            .arg(mesh_tests::bpffs()),
-        Duration::from_secs(30),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("stop it first to change that"),
-        "{err}"
-    );
-    let said = |what: &str| {
-        fs::read_to_string(mesh.agent_log("hoa"))
-            .unwrap_or_default()
-            .contains(what)
-    };
-    assert!(
-        wait_until(Duration::from_secs(5), || said(
-            "handover aborted: serving on"
-        )),
-        "the old agent did not go on"
-    );
-    mesh.start_agent("hoa");
-    let status = mesh.wait_agent_exit("hoa", Duration::from_secs(20));
-    assert!(status.success(), "the old agent exited with {status}");
+    before(&mesh);
+    for node in nodes {
+        mesh.start_agent(node);
+        let status = mesh.wait_agent_exit(node, Duration::from_secs(20));
+        assert!(
+            status.success(),
+            "the old agent of {node} exited with {status}"
+        );
+        let log = fs::read_to_string(mesh.agent_log(node)).unwrap_or_default();
+        assert!(log.contains("handed the listening sockets over"), "{log}");
+        assert!(
+            log.contains("took over: the old agent stops accepting"),
+            "{log}"
+        );
+    }
+    // Calls still flow after the last old agent exited (closing its
+    // pooled connections and links): what is queued, then 100 more.
+    while calls.next(Duration::ZERO).is_some() {}
+    for i in 0..100 {
+        assert!(
+            calls.next(Duration::from_secs(10)).is_some(),
+            "call {i} after the old agents exited did not end (too few calls?)"
+        );
+    }
     let results = calls.finish(Duration::from_secs(60));
-    assert_eq!(results.len(), 500);
+    assert_eq!(results.len(), CALLS);
     assert_eq!(
         mesh_tests::health::failed_calls(&results),
         [],
-        "calls failed across the handover"
+        "calls failed across the handover of {nodes:?}"
     );
     assert!(
         wait_until(Duration::from_secs(10), || held("STILL OPEN")),
         "the stream open before the handover was cut: {}",
         fs::read_to_string(&hold_log).unwrap_or_default()
     );
-    let log = fs::read_to_string(mesh.agent_log("hoa")).unwrap_or_default();
-    assert!(log.contains("handed the listening sockets over"), "{log}");
-    assert!(
-        log.contains("took over: the old agent stops accepting"),
-        "{log}"
-    );
     assert_eq!((programs(), links()), (programs0 + 12, links0 + 12));
-    // The new agent serves, and its SIGTERM still removes everything.
+    // The new agents serve, and their SIGTERM still removes everything.
     assert_eq!(
         mesh.echo("hoa", "web", "240.0.0.42".parse().expect("ip"), 5002, "new"),
         "new"
     );
-    mesh.stop_agent("hoa", "TERM");
-    assert!(
-        wait_until(Duration::from_secs(5), || programs() == programs0 + 6),
-        "programs left after the new agent's SIGTERM"
-    );
+    for (i, node) in ["hoa", "hob"].into_iter().enumerate() {
+        mesh.stop_agent(node, "TERM");
+        let left = programs0 + 6 * (1 - i);
+        assert!(
+            wait_until(Duration::from_secs(5), || programs() == left),
+            "programs left after the new agent of {node}'s SIGTERM"
+        );
+    }
 }

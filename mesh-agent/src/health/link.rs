@@ -88,23 +88,37 @@ pub async fn send_reports<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Why a link ended.
+#[derive(Debug)]
+pub struct Ended {
+    pub why: String,
+    /// It ended because the followed agent said nothing for [`SILENCE`].
+    pub silent: bool,
+}
+
 /// The following side: hands each report line of `node` read from `input`
 /// to `board`, until the stream ends, fails, is silent for [`SILENCE`] or
 /// sends something that is not a report of `node`. Returns why it ended.
-pub async fn follow_reports<R: AsyncRead + Unpin>(input: R, node: &str, board: &Board) -> String {
+pub async fn follow_reports<R: AsyncRead + Unpin>(input: R, node: &str, board: &Board) -> Ended {
     let mut input = BufReader::new(input);
+    let ended = |why: String| Ended { why, silent: false };
     loop {
         match tokio::time::timeout(SILENCE, read_line(&mut input)).await {
-            Err(_) => return format!("no word for {SILENCE:?}"),
-            Ok(Ok(None)) => return "connection closed".to_owned(),
-            Ok(Err(e)) => return e.to_string(),
+            Err(_) => {
+                return Ended {
+                    why: format!("no word for {SILENCE:?}"),
+                    silent: true,
+                };
+            }
+            Ok(Ok(None)) => return ended("connection closed".to_owned()),
+            Ok(Err(e)) => return ended(e.to_string()),
             Ok(Ok(Some(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
             Ok(Ok(Some(line))) => match serde_json::from_slice::<Reports>(&line) {
                 Ok(reports) if reports.node == node => board.remote(node, reports.instances),
                 Ok(reports) => {
-                    return format!("sent reports of node {:?}", reports.node);
+                    return ended(format!("sent reports of node {:?}", reports.node));
                 }
-                Err(e) => return format!("sent a bad report: {e}"),
+                Err(e) => return ended(format!("sent a bad report: {e}")),
             },
         }
     }
@@ -191,10 +205,20 @@ impl Links {
     }
 
     /// Follows the agent of `node` at `addr` until aborted (module docs).
+    ///
+    /// A link that closed after serving at least [`SILENCE`] is dialed
+    /// again at once, before the node counts as unreachable: an agent
+    /// handing over to a newer one closes its links as it exits, and the
+    /// newer one answers on the same listening socket. Only if that dial
+    /// fails (a dead agent's port refuses at once) or that link closes too
+    /// is the node unreachable. A silent link is not redialed first: the
+    /// node was silent for [`SILENCE`] already.
     async fn follow(self: Arc<Self>, node: String, addr: SocketAddr) {
         let started = Instant::now();
         let mut reached = false;
+        let mut redialing = false;
         loop {
+            let mut served = None;
             let why = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
                 Err(_) => format!("no answer from {addr} within {DIAL_TIMEOUT:?}"),
                 Ok(Err(e)) => format!("{addr}: {e}"),
@@ -205,10 +229,20 @@ impl Links {
                             info!(%node, %addr, "following the agent of node");
                         }
                         reached = true;
-                        follow_reports(tls, &node, &self.board).await
+                        let linked = Instant::now();
+                        let ended = follow_reports(tls, &node, &self.board).await;
+                        served = Some((linked.elapsed(), ended.silent));
+                        ended.why
                     }
                 },
             };
+            let closed_after_serving = matches!(served, Some((lasted, false)) if lasted >= SILENCE);
+            if closed_after_serving && !redialing {
+                debug!(%node, %addr, %why, "link closed; dialing again before counting the node unreachable");
+                redialing = true;
+                continue;
+            }
+            redialing = false;
             if reached || started.elapsed() >= FIRST_CONTACT {
                 self.board.unreachable(&node, why);
             } else {
@@ -401,8 +435,11 @@ mod tests {
         assert!(!follower.is_finished());
         // A sender that stops talking (but keeps the stream) is dropped.
         sender.abort();
-        let why = follower.await.unwrap();
-        assert!(why.contains("closed") || why.contains("no word"), "{why}");
+        let ended = follower.await.unwrap();
+        assert!(
+            ended.why.contains("closed") || ended.why.contains("no word"),
+            "{ended:?}"
+        );
         board.stop();
     }
 
@@ -449,12 +486,12 @@ mod tests {
             (&b"not json\n"[..], "bad report"),
             (&b""[..], "connection closed"),
         ] {
-            let why = follow_reports(input, "b", &board).await;
-            assert!(why.contains(expected), "{why}");
+            let ended = follow_reports(input, "b", &board).await;
+            assert!(ended.why.contains(expected) && !ended.silent, "{ended:?}");
         }
         let long = vec![b'x'; MAX_LINE + 10];
-        let why = follow_reports(&long[..], "b", &board).await;
-        assert!(why.contains("longer than"), "{why}");
+        let ended = follow_reports(&long[..], "b", &board).await;
+        assert!(ended.why.contains("longer than"), "{ended:?}");
         board.stop();
     }
 }
