@@ -57,8 +57,17 @@ impl Mesh {
 
     /// `etcd://<member>:2379,...<PREFIX>`, for `--catalog`.
     pub fn etcd_url(&self) -> String {
+        self.etcd_url_from(MEMBERS[0])
+    }
+
+    /// [`Mesh::etcd_url`] with `first` named first, the others after it.
+    pub fn etcd_url_from(&self, first: &str) -> String {
+        let at = MEMBERS.iter().position(|m| *m == first).expect("a member");
         let members: Vec<String> = MEMBERS
             .iter()
+            .cycle()
+            .skip(at)
+            .take(MEMBERS.len())
             .map(|m| format!("{}:2379", self.node(m).v4))
             .collect();
         format!("etcd://{}{PREFIX}", members.join(","))
@@ -241,10 +250,15 @@ impl Mesh {
 
     /// [`Mesh::cli_etcd`] as etcd user `user`.
     pub fn cli_etcd_as(&self, user: &str, args: &[&str]) -> (bool, String) {
+        self.cli_etcd_url(user, &self.etcd_url(), args)
+    }
+
+    /// [`Mesh::cli_etcd`] as etcd user `user`, with `--catalog url`.
+    pub fn cli_etcd_url(&self, user: &str, url: &str, args: &[&str]) -> (bool, String) {
         let out = crate::output_with_timeout(
             self.cmd(MEMBERS[0], &self.agent)
                 .args(args)
-                .args(["--catalog", &self.etcd_url()])
+                .args(["--catalog", url])
                 .args(self.etcd_client_args(user)),
             Duration::from_secs(30),
         );
@@ -261,7 +275,7 @@ impl Mesh {
         let endpoint = leader["Endpoint"].as_str()?;
         MEMBERS
             .into_iter()
-            .find(|m| endpoint == format!("http://{}:2379", self.node(m).v4))
+            .find(|m| endpoint == format!("{}://{}:2379", self.etcd_scheme(), self.node(m).v4))
     }
 
     /// `etcdctl endpoint status` of the members that answer.

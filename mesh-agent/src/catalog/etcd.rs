@@ -37,6 +37,11 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 const KEEPALIVE: Duration = Duration::from_secs(6);
 /// Longest wait between reconnection attempts.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a one-shot read or edit ([`EtcdOptions::on_any_member`]: the
+/// CLI, an agent's first listing) keeps trying the members: past an
+/// election, and past one round of members that do not answer at all
+/// ([`TIMEOUT`] each).
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Where the catalog is: members, key prefix, TLS files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +134,45 @@ impl EtcdOptions {
             .map_err(|e| self.unreachable(e))
     }
 
+    /// Runs `op` with these options narrowed to one member, a member at a
+    /// time: while etcd cannot be reached through one (down, partitioned,
+    /// without a leader), the next is tried, round after round, until
+    /// [`COMMAND_DEADLINE`]; any other error ends it at once. For one-shot
+    /// commands: `op` must be safe to run again (each re-reads what it
+    /// needs). A client of all the members does not do: its balancer may
+    /// send each request to the dead member it was given first.
+    pub async fn on_any_member<T, F, Fut>(&self, op: F) -> Result<T, CatalogError>
+    where
+        F: Fn(EtcdOptions) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CatalogError>>,
+    {
+        let deadline = tokio::time::Instant::now() + COMMAND_DEADLINE;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            for endpoint in &self.endpoints {
+                let one = Self {
+                    endpoints: vec![endpoint.clone()],
+                    ..self.clone()
+                };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let err = match tokio::time::timeout(left, op(one)).await {
+                    Ok(Ok(done)) => return Ok(done),
+                    Ok(Err(e)) if e.is_unreachable() => e,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(CatalogError::NoMember(COMMAND_DEADLINE, self.to_string()));
+                    }
+                };
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(err);
+                }
+                tracing::debug!(%endpoint, error = %err, "etcd member unreachable; trying the next");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
     pub(super) fn unreachable(&self, e: etcd_client::Error) -> CatalogError {
         CatalogError::Etcd {
             endpoints: self.endpoints.join(","),
@@ -194,7 +238,7 @@ impl EtcdOptions {
     /// The catalog as it is now: its values, the revision they were read
     /// at, their joined text and the judged config. An empty prefix is an
     /// error: an agent does not run on no catalog.
-    async fn snapshot(&self) -> Result<Snapshot, CatalogError> {
+    pub(super) async fn snapshot(&self) -> Result<Snapshot, CatalogError> {
         let mut client = self.connect().await?;
         let (values, revision) = self.list(&mut client).await?;
         if values.is_empty() {
@@ -214,11 +258,11 @@ impl EtcdOptions {
 }
 
 /// See [`EtcdOptions::snapshot`].
-struct Snapshot {
+pub(super) struct Snapshot {
     values: BTreeMap<String, String>,
     revision: i64,
     text: String,
-    config: Config,
+    pub(super) config: Config,
 }
 
 impl std::fmt::Display for EtcdOptions {
@@ -328,12 +372,24 @@ pub async fn import(options: &EtcdOptions, file: &Path) -> Result<Report, Catalo
             file.display()
         )));
     }
+    let wanted = &wanted;
+    options
+        .on_any_member(|one| async move { sync(&one, wanted).await })
+        .await
+}
+
+/// Writes what differs between `wanted` and the catalog in etcd (see
+/// [`import`]); safe to run again.
+async fn sync(
+    options: &EtcdOptions,
+    wanted: &BTreeMap<String, String>,
+) -> Result<Report, CatalogError> {
     let mut client = options.connect().await?;
     let (current, _) = options.list(&mut client).await?;
     let mut report = Report::default();
     let mut puts = Vec::new();
     let mut deletes = Vec::new();
-    for (key, value) in &wanted {
+    for (key, value) in wanted {
         match current.get(key) {
             Some(now) if now == value => report.unchanged += 1,
             Some(_) => {
@@ -390,7 +446,9 @@ pub async fn import(options: &EtcdOptions, file: &Path) -> Result<Report, Catalo
 /// The catalog in etcd as it is now, judged (`validate`, `explain`,
 /// `intention list`).
 pub async fn load(options: &EtcdOptions) -> Result<Config, CatalogError> {
-    Ok(options.snapshot().await?.config)
+    options
+        .on_any_member(|one| async move { Ok(one.snapshot().await?.config) })
+        .await
 }
 
 /// Sets (`Some`) or removes (`None`) the intention `source -> destination`
@@ -405,12 +463,29 @@ pub async fn set_intention(
     destination: &str,
     action: Option<crate::config::Action>,
 ) -> Result<Option<crate::config::Action>, CatalogError> {
-    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
     let key = layout::Object::Intention {
         source: source.to_owned(),
         destination: destination.to_owned(),
     }
     .key(&options.prefix);
+    let (key, source, destination) = (&key, source, destination);
+    options
+        .on_any_member(|one| async move {
+            write_intention(&one, key, source, destination, action).await
+        })
+        .await
+}
+
+/// One try of [`set_intention`] through `options`' client.
+async fn write_intention(
+    options: &EtcdOptions,
+    key: &str,
+    source: &str,
+    destination: &str,
+    action: Option<crate::config::Action>,
+) -> Result<Option<crate::config::Action>, CatalogError> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let key = key.to_owned();
     let mut client = options.connect().await?;
     for _ in 0..3 {
         let (mut values, listed) = options.list(&mut client).await?;
@@ -631,7 +706,10 @@ impl Catalog for EtcdCatalog {
             .enable_all()
             .build()
             .map_err(CatalogError::Runtime)?;
-        let now = runtime.block_on(self.options.snapshot())?;
+        let now = runtime.block_on(
+            self.options
+                .on_any_member(|one| async move { one.snapshot().await }),
+        )?;
         self.judged = Some(now.text);
         self.values = now.values;
         self.revision = now.revision;
@@ -646,6 +724,46 @@ impl Catalog for EtcdCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A member that cannot answer sends the command to the next one; a
+    /// refusal ends it at once, without trying the others.
+    #[tokio::test]
+    async fn one_shot_commands_move_past_a_member_that_cannot_answer() {
+        let o =
+            EtcdOptions::parse("etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379", None).unwrap();
+        let status = |s: tonic::Status| CatalogError::Etcd {
+            endpoints: String::new(),
+            source: etcd_client::Error::GRpcStatus(s),
+        };
+        let tried = std::sync::Mutex::new(Vec::new());
+        let answer = o
+            .on_any_member(|one| {
+                let endpoint = one.endpoints.concat();
+                tried.lock().unwrap().push(endpoint.clone());
+                async move {
+                    match endpoint.as_str() {
+                        "http://10.0.0.3:2379" => Ok("third"),
+                        "http://10.0.0.1:2379" => Err(status(tonic::Status::unavailable("down"))),
+                        _ => Err(status(tonic::Status::deadline_exceeded("slow"))),
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, "third");
+        assert_eq!(tried.lock().unwrap().len(), 3);
+
+        tried.lock().unwrap().clear();
+        let refused = o
+            .on_any_member(|one| {
+                tried.lock().unwrap().push(one.endpoints.concat());
+                async { Err::<(), _>(status(tonic::Status::permission_denied("no"))) }
+            })
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("no"), "{refused}");
+        assert_eq!(tried.lock().unwrap().len(), 1, "a refusal is not retried");
+    }
 
     #[test]
     fn urls_name_members_and_a_prefix() {

@@ -55,6 +55,30 @@ pub enum CatalogError {
     Busy { key: String },
     #[error("failed to start a runtime to read the catalog: {0}")]
     Runtime(std::io::Error),
+    #[error("no etcd member of {1} answered within {0:?}")]
+    NoMember(std::time::Duration, String),
+}
+
+impl CatalogError {
+    /// Whether etcd could not be reached or could not answer now (member
+    /// down or partitioned, no leader, timeout): another member, or the
+    /// same one later, may answer. A refusal (permission, bad request) is
+    /// not.
+    pub fn is_unreachable(&self) -> bool {
+        use etcd_client::Error as E;
+        use tonic::Code;
+        let Self::Etcd { source, .. } = self else {
+            return false;
+        };
+        match source {
+            E::TransportError(_) | E::IoError(_) => true,
+            E::GRpcStatus(status) => matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Where to read the catalog from.

@@ -151,10 +151,14 @@ impl Registrations {
 /// `catalog services|instances --catalog`: the catalog in etcd with every
 /// instance's health as the agents registered it.
 pub async fn catalog_doc(options: &EtcdOptions) -> Result<CatalogDoc, CatalogError> {
-    let config = super::etcd::load(options).await?;
-    let view = list(options).await?.view();
-    let snapshot = crate::snapshot::Snapshot::new(config).with_health(Arc::new(view));
-    Ok(CatalogDoc::new(&snapshot, &options.to_string()))
+    options
+        .on_any_member(|one| async move {
+            let config = one.snapshot().await?.config;
+            let view = list(&one).await?.view();
+            let snapshot = crate::snapshot::Snapshot::new(config).with_health(Arc::new(view));
+            Ok(CatalogDoc::new(&snapshot, &options.to_string()))
+        })
+        .await
 }
 
 /// A registration key as listed.
