@@ -912,9 +912,11 @@ impl Mesh {
     }
 
     /// The value of the sample `series` (name and labels exactly as
-    /// rendered) in `node`'s `/metrics`; 0 if it is not there yet.
-    pub fn metric(&self, node: &str, series: &str) -> f64 {
-        metric_value(&self.metrics(node), series).unwrap_or(0.0)
+    /// rendered) in `node`'s `/metrics`; `None` if it is not there (a
+    /// labelled counter appears with its first count: a caller that means
+    /// "none yet" says so).
+    pub fn metric(&self, node: &str, series: &str) -> Option<f64> {
+        metric_value(&self.metrics(node), series)
     }
 
     /// Runs `mesh-agent ARGS --config <this mesh's file>` on the host (the

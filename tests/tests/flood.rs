@@ -14,8 +14,13 @@ const API_PORT: u16 = 5001;
 const VIP: &str = "240.0.0.21";
 /// Connections a flood keeps open (reopening those the agent closes).
 const FLOOD: usize = 1500;
-/// How much a call may slow down under a flood (issue 10).
-const SLACK_MS: f64 = 100.0;
+/// A call under a flood may take at most this many times its quiet
+/// median, plus [`NOISE_MS`] (calls take ~5 ms here, a new connection
+/// each, with the debug agent; a flood the agent does not contain costs
+/// far more).
+const SLOWDOWN: f64 = 2.0;
+/// The shared 2-core machine's own jitter on one median.
+const NOISE_MS: f64 = 5.0;
 
 /// Nodes `<p>a` (`web`, the caller), `<p>b` (`api`), `<p>c` (`batch`, a
 /// mesh node that will flood), and `<p>x`, which is on the same network but
@@ -77,12 +82,14 @@ fn summary(flood: Child) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("flood summary: {e}: {:?}", out.stdout))
 }
 
-/// Calls under a flood take at most `SLACK_MS` more than without (medians).
+/// Calls under a flood keep their latency: the median at most
+/// [`SLOWDOWN`] times the quiet median plus [`NOISE_MS`].
 fn assert_latency_kept(p: &str, quiet: &[f64], flooded: &[f64]) {
     let (quiet, flooded) = (median(quiet.to_vec()), median(flooded.to_vec()));
+    let bound = quiet * SLOWDOWN + NOISE_MS;
     assert!(
-        flooded <= quiet + SLACK_MS,
-        "{p}: calls took {flooded:.1} ms under the flood, {quiet:.1} ms without"
+        flooded <= bound,
+        "{p}: calls took {flooded:.1} ms under the flood, {quiet:.1} ms without (bound {bound:.1} ms)"
     );
 }
 
@@ -148,7 +155,9 @@ fn a_flooding_node_gets_its_share_and_calls_from_others_keep_their_latency() {
     // c is a mesh node, so the kernel lets it through; it opens 1,500
     // connections and says nothing, reconnecting whatever is closed.
     let f = flood(&mesh, &c, &b, 8, "stall", &[]);
-    let held = mesh.metric(&b, "mesh_handshakes_in_progress");
+    let held = mesh
+        .metric(&b, "mesh_handshakes_in_progress")
+        .expect("the handshake gauge is always there");
     let flooded = calls(&mesh, p, 20);
     let stall = summary(f);
     assert_latency_kept(p, &quiet, &flooded);
@@ -169,7 +178,8 @@ fn a_flooding_node_gets_its_share_and_calls_from_others_keep_their_latency() {
         mesh.metric(
             &b,
             "mesh_handshake_failures_total{side=\"inbound\",reason=\"hello_timeout\"}"
-        ) > 0.0,
+        )
+        .is_some_and(|n| n > 0.0),
         "stall {stall}, drip {drip}:\n{}",
         mesh.metrics(&b)
     );
@@ -193,7 +203,9 @@ fn without_the_kernel_check_one_stranger_still_gets_only_its_share() {
     let (b, x) = (format!("{p}b"), format!("{p}x"));
     let quiet = calls(&mesh, p, 20);
     let f = flood(&mesh, &x, &b, 8, "stall", &[]);
-    let held = mesh.metric(&b, "mesh_handshakes_in_progress");
+    let held = mesh
+        .metric(&b, "mesh_handshakes_in_progress")
+        .expect("the handshake gauge is always there");
     let flooded = calls(&mesh, p, 20);
     let stall = summary(f);
     assert!(
@@ -209,7 +221,8 @@ fn without_the_kernel_check_one_stranger_still_gets_only_its_share() {
         mesh.metric(
             &b,
             "mesh_handshake_failures_total{side=\"inbound\",reason=\"too_many_from_source\"}"
-        ) > 0.0,
+        )
+        .is_some_and(|n| n > 0.0),
         "{}",
         mesh.metrics(&b)
     );

@@ -122,6 +122,8 @@ fn connect_failures(mesh: &Mesh, node: &str, instance: &str) -> f64 {
         node,
         &format!("mesh_instance_connect_failures_total{{service=\"api\",node=\"{instance}\"}}"),
     )
+    // Not there until the first failure.
+    .unwrap_or(0.0)
 }
 
 /// Calls api from web on `node` in small batches until one reaches
@@ -622,6 +624,8 @@ fn srv_lists_exactly_the_instances_that_take_traffic() {
                 "hda",
                 &format!("mesh_instance_connections_total{{service=\"api\",node=\"{n}\"}}"),
             )
+            // Not there if no call went to that instance.
+            .unwrap_or(0.0)
         })
         .sum();
     assert_eq!(sent, 10.0);

@@ -593,10 +593,13 @@ impl Bench {
 
     /// Connections bench-a's agent sent to `server2`'s instance on `node`.
     fn server2_connections(&self, node: &str) -> f64 {
-        self.mesh.metric(
-            "bench-a",
-            &format!("mesh_instance_connections_total{{service=\"server2\",node=\"{node}\"}}"),
-        )
+        self.mesh
+            .metric(
+                "bench-a",
+                &format!("mesh_instance_connections_total{{service=\"server2\",node=\"{node}\"}}"),
+            )
+            // Not there if no connection went to that instance.
+            .unwrap_or(0.0)
     }
 
     /// (full, resumed) mTLS handshakes `node`'s agent made so far as a
