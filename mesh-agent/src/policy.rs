@@ -1,6 +1,6 @@
 //! Intentions: may service S call service D?
 //!
-//! Consul's semantics as fixed by DESIGN.md: an intention matches when its
+//! Consul's semantics as this mesh fixes them: an intention matches when its
 //! source and destination each equal the service or are `*`. Among the
 //! matches the most specific wins: exact/exact (3) beats exact/`*` and
 //! `*`/exact (2), which beat `*`/`*` (1). At equal precedence, deny wins. With

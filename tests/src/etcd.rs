@@ -6,7 +6,7 @@
 //!
 //! With [`Topology::etcd_auth`](crate::Topology::etcd_auth) the clients
 //! speak TLS with client certificates ([`Pki`]) and etcd's RBAC is on, set
-//! up as README ("A fleet") tells: user `root`, user `admin` (readwrite on
+//! up as docs/fleet.md tells: user `root`, user `admin` (readwrite on
 //! the prefix), one user per node (read on the prefix, readwrite on its own
 //! registrations), each authenticated by its certificate's CN.
 

@@ -29,12 +29,12 @@ const VIP: &str = "240.0.0.71";
 const INTERVAL: Duration = Duration::from_millis(200);
 /// Their `failures_before_critical`.
 const FAILURES: u32 = 2;
-/// DESIGN.md: every agent learns an instance's state within `interval x
+/// The design: every agent learns an instance's state within `interval x
 /// failures_before_critical + 1 s` of the change.
 const BOUND: Duration = INTERVAL
     .saturating_mul(FAILURES)
     .saturating_add(Duration::from_secs(1));
-/// DESIGN.md: the instances of a node whose agent cannot be reached count
+/// The design: the instances of a node whose agent cannot be reached count
 /// as critical within 3 s.
 const UNREACHABLE_BOUND: Duration = Duration::from_secs(3);
 /// What a poll of `/catalog` (curl in a namespace, every 50 ms) may add to

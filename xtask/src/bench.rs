@@ -161,7 +161,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     for run in 0..runs {
         // Part by part, the modes back to back within each: every mode of a
         // part meets the same conditions (a part's figures drift with what
-        // ran a few seconds before: see README, Performance).
+        // ran a few seconds before: see docs/benchmarks.md).
         let parts = ["bulk", "rr", "connrate"];
         for (part, mode) in parts
             .into_iter()

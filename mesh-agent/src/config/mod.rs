@@ -1,6 +1,6 @@
 //! The mesh configuration: one TOML file, parsed once into typed structs.
 //!
-//! Every agent reads the same file (format: DESIGN.md, "Configuration").
+//! Every agent reads the same file (format: docs/configuration.md).
 //! [`Config::from_bytes`] is the one acceptance rule: it checks everything
 //! it can and reports every problem with the file, line and column (see
 //! [`ConfigError`]), so nothing downstream re-checks strings, and the agent
@@ -83,7 +83,7 @@ pub struct Service {
     pub checks: Vec<Check>,
 }
 
-/// A `[[service.check]]` (Consul semantics, DESIGN.md "Catalog").
+/// A `[[service.check]]` (Consul semantics: docs/configuration.md, "Health checks").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
     /// As written (not empty, no control character), or a default made

@@ -1,4 +1,4 @@
-//! Instance health, with Consul's semantics (DESIGN.md "Catalog").
+//! Instance health, with Consul's semantics (docs/configuration.md, "Health checks").
 //!
 //! - `probe`: one run of an `http` or `tcp` check.
 //! - `runner`: runs the checks of this node's instances, from the agent's

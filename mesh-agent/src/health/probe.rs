@@ -1,6 +1,6 @@
 //! One run of an `http` or `tcp` check against an instance on this node.
 //! The agent runs it from its own cgroup, so the loopback guard lets it
-//! through (DESIGN.md "Loopback guard").
+//! through (ARCHITECTURE.md, the loopback guard).
 
 use std::time::Duration;
 
