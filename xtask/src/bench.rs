@@ -40,7 +40,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use mesh_tests::{Mesh, pki, run_to_string};
 use serde_json::{Value, json};
 
@@ -146,7 +146,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let _dma = hold_cpu_dma_latency();
     let _stats = BpfStats::enable();
 
-    let bench = Bench::start(agent, meshbench)?;
+    let bench = Bench::start(agent, meshbench, opts.smoke)?;
     let (secs, rr_count, conns, idle) = if opts.smoke {
         (1, 200, 100, vec![100])
     } else {
@@ -184,8 +184,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 let bulk = bench.client(mode, &["bulk", "--secs", &secs.to_string()])?;
                 let cpu_after = bench.cpu_seconds(mode);
                 let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
-                let bytes = bulk["bytes"].as_f64().unwrap_or(0.0);
-                put("bulk Gbit/s", bulk["gbit_per_s"].as_f64().unwrap_or(0.0));
+                let bytes = field(&bulk, "bytes")?;
+                put("bulk Gbit/s", field(&bulk, "gbit_per_s")?);
                 if mode != "direct" && bytes > 0.0 {
                     put(
                         "proxy CPU s per GB (both ends)",
@@ -204,22 +204,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     mode,
                     &["rr", "--size", size, "--count", &rr_count.to_string()],
                 )?;
-                put(
-                    &format!("rr {size} B p50 us"),
-                    rr["p50_us"].as_f64().unwrap_or(0.0),
-                );
-                put(
-                    &format!("rr {size} B p99 us"),
-                    rr["p99_us"].as_f64().unwrap_or(0.0),
-                );
+                put(&format!("rr {size} B p50 us"), field(&rr, "p50_us")?);
+                put(&format!("rr {size} B p99 us"), field(&rr, "p99_us")?);
             }
             if part == "connrate" {
                 let before = bench.outbound_handshakes(caller(mode));
                 let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
                 let after = bench.outbound_handshakes(caller(mode));
-                put("new conns per s", cr["per_s"].as_f64().unwrap_or(0.0));
-                put("new conn p50 us", cr["p50_us"].as_f64().unwrap_or(0.0));
-                put("new conn p99 us", cr["p99_us"].as_f64().unwrap_or(0.0));
+                put("new conns per s", field(&cr, "per_s")?);
+                put("new conn p50 us", field(&cr, "p50_us")?);
+                put("new conn p99 us", field(&cr, "p99_us")?);
                 // Shows which hop a mesh mode used: mesh/1 makes one
                 // handshake per connection, mesh/2 reuses its pool.
                 if mode.starts_with("mesh") {
@@ -238,7 +232,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 )?;
                 put(
                     &format!("new conns per s ({PARALLEL} at a time)"),
-                    cr["per_s"].as_f64().unwrap_or(0.0),
+                    field(&cr, "per_s")?,
                 );
             }
         }
@@ -252,14 +246,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 )?;
                 let cr = bench.client("mesh", &["connrate", "--count", &conns.to_string()])?;
                 drop(flooding);
-                let mut put = |metric: &str, v: Option<f64>| {
+                let mut put = |metric: &str, v: f64| {
                     flood_samples
                         .entry((metric.to_owned(), flood))
                         .or_default()
-                        .push(v.unwrap_or(0.0));
+                        .push(v);
                 };
-                put("rr 1 B p50 us", rr["p50_us"].as_f64());
-                put("new conns per s", cr["per_s"].as_f64());
+                put("rr 1 B p50 us", field(&rr, "p50_us")?);
+                put("new conns per s", field(&cr, "per_s")?);
             }
         }
         if opts.wants("instances") {
@@ -279,20 +273,19 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
                 let after = bench.outbound_handshakes("bench-a");
                 let (full, resumed) = (after.0 - before.0, after.1 - before.1);
-                let mut put = |metric: &str, v: Option<f64>| {
+                let mut put = |metric: &str, v: f64| {
                     instance_samples
                         .entry((metric.to_owned(), column))
                         .or_default()
-                        .push(v.unwrap_or(0.0));
+                        .push(v);
                 };
-                put("new conns per s", cr["per_s"].as_f64());
-                put("rr 1 B p50 us", rr["p50_us"].as_f64());
+                put("new conns per s", field(&cr, "per_s")?);
+                put("rr 1 B p50 us", field(&rr, "p50_us")?);
                 // What a new connection costs depends most on this: a
                 // full handshake signs and verifies, a resumed one not.
-                put(
-                    "handshakes resumed %",
-                    (full + resumed > 0.0).then(|| 100.0 * resumed / (full + resumed)),
-                );
+                if full + resumed > 0.0 {
+                    put("handshakes resumed %", 100.0 * resumed / (full + resumed));
+                }
             }
         }
     }
@@ -347,9 +340,24 @@ struct Samples<'a> {
 }
 
 /// The benchmark's mesh and its processes.
+/// The cipher suite the agents negotiate (rustls prefers it on x86 with
+/// AES-NI); stunnel's default would be TLS_AES_256_GCM_SHA384.
+const STUNNEL_SUITE: &str = "ciphersuites = TLS_AES_128_GCM_SHA256\n";
+
+/// The number `name` of meshbench's JSON answer: a field that is missing
+/// or not a number is an error, never a 0.
+fn field(answer: &Value, name: &str) -> anyhow::Result<f64> {
+    answer[name]
+        .as_f64()
+        .with_context(|| format!("meshbench's answer has no number {name:?}: {answer}"))
+}
+
 struct Bench {
     mesh: Mesh,
     meshbench: PathBuf,
+    /// Connection errors a connrate run may have: none, but in a smoke
+    /// run (a tenth).
+    smoke: bool,
     /// Pids of the stunnel client (node a) and server (node b).
     stunnel: [u32; 2],
     /// Pids of the two socat relays (node a, node b).
@@ -357,7 +365,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn start(agent: PathBuf, meshbench: PathBuf) -> anyhow::Result<Self> {
+    fn start(agent: PathBuf, meshbench: PathBuf, smoke: bool) -> anyhow::Result<Self> {
         // bench-c floods as a mesh node (from outside any service cgroup,
         // so its agent leaves the flood alone) and hosts server2's second
         // instance; bench-x floods as a stranger (not in the config).
@@ -455,8 +463,8 @@ impl Bench {
         mesh.wait_listening("bench-b", 7006);
         mesh.wait_listening("bench-a", 7007);
 
-        // stunnel: TLS 1.3, client certificates, ECDSA P-256, one small CA.
-        // Tuned as the agents are: logs to its file only (with no syslog
+        // stunnel: TLS 1.3, client certificates, ECDSA P-256, one small CA,
+        // the agents' cipher suite ([`STUNNEL_SUITE`]). Tuned as the agents are: logs to its file only (with no syslog
         // daemon it writes every connection to /dev/console, ~2.5 ms), no
         // libwrap lookups, TCP_NODELAY on both sockets.
         let dir = mesh.dir.join("stunnel");
@@ -491,7 +499,7 @@ impl Bench {
         let server = conf(
             "server",
             format!(
-                "[srv]\naccept = {b}:7003\nconnect = 127.0.0.1:7002\ncert = {}\nkey = {}\nrequireCert = yes\n",
+                "[srv]\naccept = {b}:7003\nconnect = 127.0.0.1:7002\ncert = {}\nkey = {}\nrequireCert = yes\n{STUNNEL_SUITE}",
                 bl.cert.display(),
                 bl.key.display()
             ),
@@ -499,7 +507,7 @@ impl Bench {
         let client = conf(
             "client",
             format!(
-                "[cli]\nclient = yes\naccept = 127.0.0.1:7004\nconnect = {b}:7003\ncert = {}\nkey = {}\n",
+                "[cli]\nclient = yes\naccept = 127.0.0.1:7004\nconnect = {b}:7003\ncert = {}\nkey = {}\n{STUNNEL_SUITE}",
                 a.cert.display(),
                 a.key.display()
             ),
@@ -515,6 +523,7 @@ impl Bench {
         Ok(Self {
             mesh,
             meshbench,
+            smoke,
             stunnel: [cli, srv],
             relay: [relay_a, relay_b],
         })
@@ -535,20 +544,28 @@ impl Bench {
             _ => bail!("no client mode {mode:?}"),
         };
         let node = caller(mode);
+        let mut args = args.join(" ");
+        if self.smoke && args.starts_with("connrate") {
+            args.push_str(" --max-errors 1000000");
+        }
         let line = format!(
-            "ulimit -n $(ulimit -Hn); exec {} {} --to {target}",
+            "ulimit -n $(ulimit -Hn); exec {} {args} --to {target}",
             self.meshbench.display(),
-            args.join(" ")
         );
         let mut c = match service {
             Some(s) => self.mesh.cmd_as(node, s, "sh"),
             None => self.mesh.cmd(node, "sh"),
         };
         c.args(["-c", &line]);
-        let out = run_to_string(&mut c, Duration::from_secs(120));
-        let json = out.lines().find(|l| l.starts_with('{')).unwrap_or_default();
+        let out = mesh_tests::output_with_timeout(&mut c, Duration::from_secs(120));
+        let (ok, text) = mesh_tests::outcome(&out);
+        ensure!(ok, "meshbench {args} ({mode}) failed: {text}");
+        let json = text
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_default();
         serde_json::from_str(json)
-            .with_context(|| format!("meshbench {args:?} ({mode}) said: {out}"))
+            .with_context(|| format!("meshbench {args} ({mode}) said: {text}"))
     }
 
     /// Starts `flood` ("quiet": none) against the mesh service's port on
@@ -758,6 +775,7 @@ impl BpfStats {
                 continue;
             }
             let e = sums.entry(name.to_owned()).or_default();
+            // bpftool leaves both out of a program that never ran.
             e.0 += p["run_time_ns"].as_f64().unwrap_or(0.0);
             e.1 += p["run_cnt"].as_f64().unwrap_or(0.0);
         }

@@ -9,7 +9,7 @@
 //! meshbench serve    --bind ADDR:PORT
 //! meshbench bulk     --to HOST:PORT --secs S
 //! meshbench rr       --to HOST:PORT --size B --count N [--warmup W]
-//! meshbench connrate --to HOST:PORT --count N [--secs MAX] [--parallel P]
+//! meshbench connrate --to HOST:PORT --count N [--secs MAX] [--parallel P] [--max-errors E]
 //! meshbench idle     --to HOST:PORT --count N --hold-secs H
 //! ```
 //!
@@ -48,7 +48,7 @@ const USAGE: &str = "usage:
   meshbench serve    --bind ADDR:PORT
   meshbench bulk     --to HOST:PORT --secs S
   meshbench rr       --to HOST:PORT --size B --count N [--warmup W]
-  meshbench connrate --to HOST:PORT --count N [--secs MAX] [--parallel P]
+  meshbench connrate --to HOST:PORT --count N [--secs MAX] [--parallel P] [--max-errors E]
   meshbench idle     --to HOST:PORT --count N --hold-secs H";
 
 enum Error {
@@ -101,12 +101,13 @@ fn run(args: &[String]) -> Result<(), Error> {
             rr(to, size, count, warmup)
         }
         "connrate" => {
-            let opts = Opts::parse(rest, &["to", "count", "secs", "parallel"])?;
+            let opts = Opts::parse(rest, &["to", "count", "secs", "parallel", "max-errors"])?;
             let to = opts.required("to")?;
             let count = opts.count("count", None)?;
             let max = opts.secs("secs", Some(30.0))?;
             let parallel = opts.count("parallel", Some(1))?.max(1);
-            connrate(to, count, max, parallel)
+            let max_errors = opts.count("max-errors", Some(0))?;
+            connrate(to, count, max, parallel, max_errors)
         }
         "idle" => {
             let opts = Opts::parse(rest, &["to", "count", "hold-secs"])?;
@@ -447,8 +448,16 @@ fn one_connection(addrs: &[SocketAddr]) -> io::Result<()> {
 }
 
 /// `count` connections in all, `parallel` at a time (each client thread
-/// runs its share one after another), within `max`.
-fn connrate(to: &str, count: usize, max: Duration, parallel: usize) -> Result<(), Error> {
+/// runs its share one after another), within `max`. Fails (after printing
+/// its figures, errors counted) if more than `max_errors` failed: a rate
+/// over the successes alone would hide them.
+fn connrate(
+    to: &str,
+    count: usize,
+    max: Duration,
+    parallel: usize,
+    max_errors: usize,
+) -> Result<(), Error> {
     let addrs = resolve(to)?;
     let start = Instant::now();
     let share = count.div_ceil(parallel);
@@ -500,7 +509,7 @@ fn connrate(to: &str, count: usize, max: Duration, parallel: usize) -> Result<()
         num(p99)
     ))?;
     let attempts = done + errors;
-    if errors * 10 > attempts {
+    if errors > max_errors {
         let first = first_error.map_or_else(String::new, |e| format!(" (first: {e})"));
         return Err(Error::Run(format!(
             "{errors} of {attempts} connections failed{first}"
