@@ -2,8 +2,11 @@
 //!
 //! Runs inside network namespaces (`ip netns exec ...`) and depends on
 //! nothing but argv. Every client mode prints exactly one line of JSON on
-//! stdout. Every socket has `TCP_NODELAY` and 10 s read/write timeouts, and
-//! every client loop is bounded by a count and/or a time limit.
+//! stdout (`idle` a second once its connections passed the hold) and fails
+//! (exit status 1) on any error of any connection (`connrate`: more than
+//! `--max-errors`), never reporting over the successes alone. Every socket
+//! has `TCP_NODELAY` and 10 s read/write timeouts, and every client loop is
+//! bounded by a count and/or a time limit.
 //!
 //! ```text
 //! meshbench serve    --bind ADDR:PORT
@@ -106,7 +109,7 @@ fn run(args: &[String]) -> Result<(), Error> {
             let count = opts.count("count", None)?;
             let max = opts.secs("secs", Some(30.0))?;
             let parallel = opts.count("parallel", Some(1))?.max(1);
-            let max_errors = opts.count("max-errors", Some(0))?;
+            let max_errors = opts.number("max-errors", Some(0))?;
             connrate(to, count, max, parallel, max_errors)
         }
         "idle" => {
@@ -418,12 +421,14 @@ fn rr(to: &str, size: usize, count: usize, warmup: usize) -> Result<(), Error> {
             .read_exact(&mut back)
             .map_err(|e| run_err(&format!("round {i}: reading"), e))?;
         let took = start.elapsed();
+        if back != out {
+            return Err(Error::Run(format!(
+                "round {i}: echoed data differs from data sent"
+            )));
+        }
         if i >= warmup {
             samples.push(micros(took));
         }
-    }
-    if back != out {
-        return Err(Error::Run("echoed data differs from data sent".into()));
     }
     drop(stream);
     let (p50, p99, mean) = summarize(&mut samples);
@@ -439,12 +444,7 @@ fn rr(to: &str, size: usize, count: usize, warmup: usize) -> Result<(), Error> {
 fn one_connection(addrs: &[SocketAddr]) -> io::Result<()> {
     let mut stream = connect(addrs)?;
     stream.write_all(b"Ex")?;
-    let mut b = [0u8; 1];
-    stream.read_exact(&mut b)?;
-    if b[0] != b'x' {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad echo"));
-    }
-    Ok(())
+    read_back(&mut stream, b'x')
 }
 
 /// `count` connections in all, `parallel` at a time (each client thread
@@ -518,6 +518,9 @@ fn connrate(
     Ok(())
 }
 
+/// Opens `count` connections (each echoes one byte), prints `open`, holds
+/// them `hold`, then checks each still echoes and prints `alive`. Any
+/// connection that fails, at any step, fails the run.
 fn idle(to: &str, count: usize, hold: Duration) -> Result<(), Error> {
     let addrs = resolve(to)?;
     let mut conns = Vec::with_capacity(count);
@@ -526,16 +529,28 @@ fn idle(to: &str, count: usize, hold: Duration) -> Result<(), Error> {
             connect(&addrs).map_err(|e| run_err(&format!("connection {i}: connecting"), e))?;
         stream
             .write_all(b"Ex")
-            .map_err(|e| run_err(&format!("connection {i}: writing"), e))?;
-        let mut b = [0u8; 1];
-        stream
-            .read_exact(&mut b)
-            .map_err(|e| run_err(&format!("connection {i}: reading"), e))?;
+            .and_then(|()| read_back(&mut stream, b'x'))
+            .map_err(|e| run_err(&format!("connection {i}"), e))?;
         conns.push(stream);
     }
     emit(&format!(r#"{{"mode":"idle","open":{}}}"#, conns.len()))?;
     thread::sleep(hold);
-    drop(conns);
+    for (i, stream) in conns.iter_mut().enumerate() {
+        stream
+            .write_all(b"y")
+            .and_then(|()| read_back(stream, b'y'))
+            .map_err(|e| run_err(&format!("connection {i} after {hold:?} idle"), e))?;
+    }
+    emit(&format!(r#"{{"mode":"idle","alive":{}}}"#, conns.len()))
+}
+
+/// Reads one byte, which must be `byte` (the echo of what was sent).
+fn read_back(stream: &mut TcpStream, byte: u8) -> io::Result<()> {
+    let mut b = [0u8; 1];
+    stream.read_exact(&mut b)?;
+    if b[0] != byte {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad echo"));
+    }
     Ok(())
 }
 
