@@ -148,6 +148,7 @@ impl EtcdOptions {
     {
         let deadline = tokio::time::Instant::now() + COMMAND_DEADLINE;
         let mut backoff = Duration::from_millis(100);
+        let mut last = None;
         loop {
             for endpoint in &self.endpoints {
                 let one = Self {
@@ -160,13 +161,18 @@ impl EtcdOptions {
                     Ok(Err(e)) if e.is_unreachable() => e,
                     Ok(Err(e)) => return Err(e),
                     Err(_) => {
-                        return Err(CatalogError::NoMember(COMMAND_DEADLINE, self.to_string()));
+                        return Err(CatalogError::NoMember {
+                            endpoints: self.endpoints.join(","),
+                            within: COMMAND_DEADLINE,
+                            last,
+                        });
                     }
                 };
                 if tokio::time::Instant::now() >= deadline {
                     return Err(err);
                 }
                 tracing::debug!(%endpoint, error = %err, "etcd member unreachable; trying the next");
+                last = Some(err.to_string());
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -55,8 +55,13 @@ pub enum CatalogError {
     Busy { key: String },
     #[error("failed to start a runtime to read the catalog: {0}")]
     Runtime(std::io::Error),
-    #[error("no etcd member of {1} answered within {0:?}")]
-    NoMember(std::time::Duration, String),
+    #[error("etcd at {endpoints}: no member answered within {within:?}{}", last.as_ref().map(|e| format!(" (last: {e})")).unwrap_or_default())]
+    NoMember {
+        endpoints: String,
+        within: std::time::Duration,
+        /// What the last member tried said, if it said anything.
+        last: Option<String>,
+    },
 }
 
 impl CatalogError {
