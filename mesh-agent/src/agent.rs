@@ -431,15 +431,18 @@ async fn serve(
     opts: &RunOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Ending, AgentError> {
-    // For the next agent of this node (an upgrade).
-    let offer = crate::handover::Offer::new(&opts.node, listeners.duplicates());
-    let handed = offer.handed.clone();
     let (publisher, snapshots) = Snapshot::new(config).publish();
     let publisher = Arc::new(publisher);
     let snapshot = publisher.borrow().clone();
     // Runs this node's checks; every agent's view of every instance.
     let board = Board::new(&opts.node, publisher.clone());
     board.sync(&snapshot.config);
+    if let Some(taken) = &taken {
+        board.adopt(&taken.reports, &taken.remote);
+    }
+    // For the next agent of this node (an upgrade).
+    let offer = crate::handover::Offer::new(&opts.node, listeners.duplicates(), board.clone());
+    let handed = offer.handed.clone();
     let tls = Tls::with_multiplex(
         identities.clone(),
         Arc::new(snapshots.clone()),

@@ -1,5 +1,6 @@
-//! How the agent ends without cutting what flows: every connection that is
-//! flowing holds a [`Live`] from [`Drain::enter`]. On SIGTERM or SIGINT
+//! How the agent ends without cutting what flows: every connection the
+//! proxy accepted holds a [`Live`] from [`Drain::enter`] (from its accept,
+//! so one still being set up counts too). On SIGTERM or SIGINT
 //! the listeners close first (new connections are refused at once), then
 //! [`Drain::wait`] gives the open ones `--drain-seconds` to finish; what is
 //! still open then is closed when the agent exits. Pooled `mesh/2`

@@ -15,7 +15,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, IoSlice, IoSliceMut, Write},
+    io::{BufRead, BufReader, IoSlice, IoSliceMut, Read as _, Write},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
         linux::net::SocketAddrExt,
@@ -32,6 +32,8 @@ use nix::sys::socket::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
+
+use crate::health::{Board, InstanceReport, link::Reports};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +56,24 @@ const READY: &str = "ready";
 /// Most sockets one handover carries.
 const MAX_SOCKETS: usize = 16;
 
-/// The names of the sockets that follow, in the order of their fds.
+/// The names of the sockets that follow, in the order of their fds, and
+/// the old agent's reports on its instances (so the next one does not
+/// start its checks over: critical until they run, and pass, again).
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     pid: u32,
     names: Vec<String>,
+    #[serde(default)]
+    reports: Vec<InstanceReport>,
+    /// Its latest reports from every other node's agent.
+    #[serde(default)]
+    remote: Vec<Reports>,
 }
+
+/// The largest manifest sent (it goes in one message with the fds, read
+/// into a 64 KiB buffer): past it the checks' outputs are left out, then
+/// the other nodes' reports, then this node's.
+const MAX_MANIFEST: usize = 48 * 1024;
 
 fn address(node: &str) -> std::io::Result<UnixAddr> {
     UnixAddr::from_abstract_name(format!("mesh-agent/{node}"))
@@ -79,6 +93,10 @@ pub struct Taken {
     /// The old agent's pid.
     pub pid: u32,
     pub sockets: BTreeMap<String, OwnedFd>,
+    /// The old agent's reports on this node's instances, and its latest
+    /// reports from the other nodes' agents.
+    pub reports: Vec<InstanceReport>,
+    pub remote: Vec<Reports>,
 }
 
 /// Asks the running agent of `node`, if there is one in this network
@@ -153,6 +171,8 @@ pub fn take(node: &str) -> Result<Option<Taken>, HandoverError> {
         stream,
         pid: manifest.pid,
         sockets: manifest.names.into_iter().zip(fds).collect(),
+        reports: manifest.reports,
+        remote: manifest.remote,
     }))
 }
 
@@ -174,15 +194,19 @@ pub struct Offer {
     node: String,
     /// Duplicates of the listening sockets, by name.
     sockets: Arc<Vec<(String, OwnedFd)>>,
+    /// What is known of every instance's health, handed over with the
+    /// sockets.
+    board: Arc<Board>,
     /// Told once a new agent is ready on the sockets.
     pub handed: Arc<Notify>,
 }
 
 impl Offer {
-    pub fn new(node: &str, sockets: Vec<(String, OwnedFd)>) -> Self {
+    pub fn new(node: &str, sockets: Vec<(String, OwnedFd)>, board: Arc<Board>) -> Self {
         Self {
             node: node.to_owned(),
             sockets: Arc::new(sockets),
+            board,
             handed: Arc::new(Notify::new()),
         }
     }
@@ -269,9 +293,12 @@ impl Offer {
         // cannot close them under it.
         let sockets = self.sockets.clone();
         let kernel = kernel.clone();
-        tokio::task::spawn_blocking(move || hand_blocking(stream, &sockets, &kernel).map(|()| pid))
-            .await
-            .map_err(|e| e.to_string())?
+        let health = self.board.handover();
+        tokio::task::spawn_blocking(move || {
+            hand_blocking(stream, &sockets, health, &kernel).map(|()| pid)
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 }
 
@@ -279,6 +306,7 @@ impl Offer {
 fn hand_blocking(
     stream: UnixStream,
     sockets: &[(String, OwnedFd)],
+    health: (Vec<InstanceReport>, Vec<Reports>),
     kernel: &crate::ebpf::Kernel,
 ) -> Result<(), String> {
     stream
@@ -286,15 +314,11 @@ fn hand_blocking(
         .map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
-    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    read_line(&mut reader, &mut line)?;
     if line.trim_end() != ASK {
         return Err(format!("unexpected request {:?}", line.trim_end()));
     }
-    let manifest = Manifest {
-        pid: std::process::id(),
-        names: sockets.iter().map(|(n, _)| n.clone()).collect(),
-    };
-    let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+    let body = manifest(sockets.iter().map(|(n, _)| n.clone()).collect(), health)?;
     let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     // From here on the next agent writes the maps.
     kernel.freeze();
@@ -308,9 +332,61 @@ fn hand_blocking(
     .map_err(|e| e.to_string())?;
     stream.set_read_timeout(None).map_err(|e| e.to_string())?;
     line.clear();
-    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    read_line(&mut reader, &mut line)?;
     if line.trim_end() != READY {
-        return Err("the new agent stopped before it was ready".to_owned());
+        return Err(format!(
+            "the new agent stopped before it was ready (it said {:?})",
+            line.trim_end()
+        ));
     }
     Ok(())
+}
+
+/// The manifest of this agent's sockets `names` and what it knows of
+/// health, as sent: at most [`MAX_MANIFEST`] bytes (see there).
+fn manifest(
+    names: Vec<String>,
+    (mut reports, mut remote): (Vec<InstanceReport>, Vec<Reports>),
+) -> Result<Vec<u8>, String> {
+    let encode = |reports: &[InstanceReport], remote: &[Reports]| {
+        let manifest = Manifest {
+            pid: std::process::id(),
+            names: names.clone(),
+            reports: reports.to_vec(),
+            remote: remote.to_vec(),
+        };
+        serde_json::to_vec(&manifest).map_err(|e| e.to_string())
+    };
+    let body = encode(&reports, &remote)?;
+    if body.len() <= MAX_MANIFEST {
+        return Ok(body);
+    }
+    let checks = reports
+        .iter_mut()
+        .chain(remote.iter_mut().flat_map(|r| r.instances.iter_mut()))
+        .flat_map(|r| r.checks.iter_mut());
+    for check in checks {
+        check.output.clear();
+    }
+    for (reports, remote) in [(&reports[..], &remote[..]), (&reports[..], &[][..])] {
+        let body = encode(reports, remote)?;
+        if body.len() <= MAX_MANIFEST {
+            return Ok(body);
+        }
+    }
+    warn!("too many instances to hand their health over: the next agent learns it anew");
+    encode(&[], &[])
+}
+
+/// The longest line either side sends.
+const MAX_LINE: u64 = 64;
+
+/// One line of at most [`MAX_LINE`] bytes (a peer that sends more without
+/// a newline is cut off there, not buffered without end).
+fn read_line(reader: &mut impl BufRead, line: &mut String) -> Result<(), String> {
+    reader
+        .take(MAX_LINE)
+        .read_line(line)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

@@ -244,20 +244,28 @@ const CALLS: usize = 1000;
 /// Web on hoa calls api on hob [`CALLS`] times at 10 ms while a stream from web
 /// to echo on hob stays open; after 50 calls, `before` runs, then each of
 /// `nodes` in turn gets a second agent, which takes over from the running
-/// one. No call fails, the stream lives on, each old agent exits 0 by
+/// one, handing over its check states too. No call fails, the stream lives on, each old agent exits 0 by
 /// itself, the programs and links are as many as before, and each new
 /// agent's SIGTERM removes its node's.
 fn upgrade_under_calls(nodes: &[&str], before: impl FnOnce(&Mesh)) {
     let programs = || mesh_tests::loaded_mesh_programs().len();
     let links = || mesh_tests::loaded_mesh_links().len();
     let (programs0, links0) = (programs(), links());
+    // api's check passes only after 3 runs in a row, a second apart: an
+    // agent that started its checks anew would hold it critical ~2 s.
+    let check = "http = \"/health\"\ninterval = \"1s\"\nsuccess_before_passing = 3";
     let mesh = Mesh::nodes(&["hoa", "hob"])
         .default_policy("allow")
         .service("web", "hoa", 8080)
-        .service_with("api", "hob", 5001, |s| s.vip(VIP))
+        .service_with("api", "hob", 5001, |s| s.vip(VIP).check(check))
         .service_with("echo", "hob", 5002, |s| s.vip("240.0.0.42"))
         .start();
     mesh.start_health_server("hob", "api", 5001);
+    assert!(
+        mesh.wait_instance_state("hoa", "api", "hob", "passing", Duration::from_secs(15))
+            .is_some(),
+        "api never passing"
+    );
     mesh.start_echo_server("hob", "echo", 5002);
     let hold_log = mesh.dir.join("app-hold.log");
     let mut hold = mesh.cmd_as("hoa", "web", "python3");
@@ -334,3 +342,101 @@ fn upgrade_under_calls(nodes: &[&str], before: impl FnOnce(&Mesh)) {
         );
     }
 }
+
+/// The handover socket takes nothing from anyone but a starting agent: a
+/// non-root asker, a root process saying something else, and one that
+/// takes the sockets and then says garbage instead of `ready` each abort
+/// the handover with the reason in the log; the agent serves on (calls
+/// through it still work, the maps it froze are written again).
+#[test]
+fn the_handover_socket_refuses_strangers_and_garbage() {
+    let mesh = Mesh::nodes(&["hga", "hgb"])
+        .default_policy("allow")
+        .service("web", "hga", 8080)
+        .service_with("echo", "hgb", 5002, |s| s.vip("240.0.0.43"))
+        .start();
+    mesh.start_echo_server("hgb", "echo", 5002);
+    let echo = "240.0.0.43".parse().expect("ip");
+    assert_eq!(mesh.echo("hga", "web", echo, 5002, "before"), "before");
+    let log = || fs::read_to_string(mesh.agent_log("hgb")).unwrap_or_default();
+    let cases: [(Option<&str>, &str, &str, &str); 4] = [
+        (
+            Some("nobody"),
+            "ask",
+            "GOT 0 FDS 0",
+            "uid 65534 may not take over",
+        ),
+        (
+            None,
+            "http",
+            "GOT 0 FDS 0",
+            "unexpected request \"GET / HTTP/1.0\"",
+        ),
+        (None, "long", "GOT 0 FDS 0", "unexpected request \"xxxx"),
+        (
+            None,
+            "take-then-garbage",
+            "FDS ",
+            "stopped before it was ready (it said \"nope\")",
+        ),
+    ];
+    for (i, (user, mode, answer, reason)) in cases.into_iter().enumerate() {
+        let mut cmd = match user {
+            Some(user) => {
+                let mut c = mesh.cmd("hgb", "runuser");
+                c.args(["-u", user, "--", "python3"]);
+                c
+            }
+            None => mesh.cmd("hgb", "python3"),
+        };
+        cmd.args(["-c", HANDOVER_ASKER, "hgb", mode]);
+        let out = mesh_tests::run_to_string(&mut cmd, Duration::from_secs(20));
+        assert!(
+            out.contains(answer) && !(mode == "take-then-garbage" && out.contains("FDS 0")),
+            "{mode}: {out}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || log()
+                .matches("handover aborted: serving on")
+                .count()
+                > i),
+            "{mode}: no abort logged: {}",
+            log()
+        );
+        assert!(log().contains(reason), "{mode}: {}", log());
+        let said = format!("after {mode}");
+        assert_eq!(mesh.echo("hga", "web", echo, 5002, &said), said);
+    }
+    // The socket sent the 5 listening sockets once, to root, and only then.
+    assert!(
+        !log().contains("handed the listening sockets over"),
+        "{}",
+        log()
+    );
+}
+
+/// Talks to the handover socket of node argv[1] (its abstract unix
+/// socket) as argv[2] says, and prints what it received: bytes and fds.
+const HANDOVER_ASKER: &str = r#"
+import socket, sys
+node, mode = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("\0mesh-agent/" + node)
+first = {"ask": b"mesh-handover v1\n", "http": b"GET / HTTP/1.0\n",
+         "long": b"x" * 100000, "take-then-garbage": b"mesh-handover v1\n"}[mode]
+try:
+    s.sendall(first)
+except OSError as e:
+    print("SEND", e)
+s.settimeout(10)
+try:
+    data, anc, _, _ = s.recvmsg(65536, socket.CMSG_SPACE(16 * 4))
+except OSError as e:
+    data, anc = b"", []
+    print("RECV", e)
+fds = sum(len(d) // 4 for (level, kind, d) in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS)
+print("GOT", len(data), "FDS", fds)
+if mode == "take-then-garbage":
+    s.sendall(b"nope\n")
+s.close()
+"#;

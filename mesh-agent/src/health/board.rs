@@ -160,6 +160,70 @@ impl Board {
         self.publish(inner);
     }
 
+    /// What this agent knows that an upgrade hands to the next agent of
+    /// the node: its reports on its own instances, and the latest reports
+    /// of every other node's agent.
+    pub fn handover(&self) -> (Vec<InstanceReport>, Vec<super::link::Reports>) {
+        let local = self.local.borrow().as_ref().clone();
+        let inner = self.lock();
+        let remote = inner
+            .remote
+            .iter()
+            .map(|(node, reports)| super::link::Reports {
+                node: node.clone(),
+                instances: reports.values().cloned().collect(),
+            })
+            .collect();
+        (local, remote)
+    }
+
+    /// Takes over what the previous agent of the node knew (handed over
+    /// in an upgrade, see [`Board::handover`]), so an upgrade turns no
+    /// instance critical: a local check of the same service and name gets
+    /// its state and output, its thresholds counted as met, and a ttl
+    /// check a whole ttl from now (else each would be critical until it
+    /// ran, and passed enough times, again); other nodes' reports stand
+    /// until their agents report to this one (else their checked
+    /// instances would be critical until then). Call after [`Board::sync`].
+    pub fn adopt(&self, local: &[InstanceReport], remote: &[super::link::Reports]) {
+        let mut inner = self.lock();
+        for theirs in remote {
+            if theirs.node != self.node && !inner.remote.contains_key(&theirs.node) {
+                let reports = theirs
+                    .instances
+                    .iter()
+                    .map(|r| (r.service.clone(), r.clone()));
+                inner.remote.insert(theirs.node.clone(), reports.collect());
+            }
+        }
+        let now = Instant::now();
+        let mut adopted = 0;
+        for report in local {
+            for seen in &report.checks {
+                let Some(c) = inner.check_mut(&report.service, &seen.name) else {
+                    continue;
+                };
+                c.state = seen.state;
+                c.output.clone_from(&seen.output);
+                if seen.state.takes_traffic() {
+                    c.successes = c.check.success_before_passing;
+                } else {
+                    c.failures = c.check.failures_before_critical;
+                }
+                if let CheckKind::Ttl(ttl) = c.check.kind {
+                    c.expires = Some(now + ttl);
+                }
+                adopted += 1;
+            }
+        }
+        info!(
+            checks = adopted,
+            nodes = remote.len(),
+            "took over the previous agent's check states and view"
+        );
+        self.publish(&mut inner);
+    }
+
     /// Stops every check.
     pub fn stop(&self) {
         for (_, task) in self.lock().tasks.drain() {
@@ -460,6 +524,51 @@ port = 2
         let snapshot = watch.borrow().clone();
         let s = snapshot.config.service(service).unwrap();
         snapshot.health.state(s, node)
+    }
+
+    /// An upgrade's new agent takes over the old one's check states: no
+    /// "not run yet" critical, no thresholds counted from zero, a ttl
+    /// check's deadline a whole ttl away.
+    #[tokio::test(start_paused = true)]
+    async fn adopted_check_states_hold_until_checks_say_otherwise() {
+        let ttl = CheckKind::Ttl(Duration::from_secs(30));
+        let (board, watch, _) = board(vec![
+            check("c", CheckKind::Tcp, 3, 2),
+            check("t", ttl, 1, 1),
+        ]);
+        assert_eq!(state(&watch, "api", "a"), State::Critical, "not run yet");
+        // Only the results recorded here count.
+        board.stop();
+        let passing = |name: &str| crate::health::CheckReport {
+            name: name.into(),
+            state: State::Passing,
+            output: "ok then".into(),
+        };
+        assert_eq!(state(&watch, "api", "b"), State::Critical, "no report");
+        let remote = super::super::link::Reports {
+            node: "b".into(),
+            instances: vec![InstanceReport::of("api", vec![passing("c")])],
+        };
+        board.adopt(
+            &[
+                InstanceReport::of("api", vec![passing("c"), passing("t")]),
+                // Not on this node, or no such check: nothing to take over.
+                InstanceReport::of("nosuch", vec![passing("c")]),
+            ],
+            &[remote],
+        );
+        assert_eq!(state(&watch, "api", "a"), State::Passing);
+        assert_eq!(state(&watch, "api", "b"), State::Passing, "b's last report");
+        // One failure of the 2 it takes: still passing.
+        board.record("api", "c", State::Critical, "refused".into());
+        assert_eq!(state(&watch, "api", "a"), State::Passing);
+        // The ttl check lasts its whole ttl from the takeover.
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(board.expire("api", "t", Instant::now()).is_some());
+        assert_eq!(state(&watch, "api", "a"), State::Passing);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        board.expire("api", "t", Instant::now());
+        assert_eq!(state(&watch, "api", "a"), State::Critical);
     }
 
     #[tokio::test]

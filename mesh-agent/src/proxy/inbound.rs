@@ -98,7 +98,14 @@ impl Inbound {
                 }
             };
             let (pi, moves) = (self.pi.clone(), self.moves.clone());
-            tokio::spawn(async move { log_outcome(peer, handle(stream, pi, moves, slot).await) });
+            // Counted from its accept to its end (a `mesh/2` connection:
+            // until its streams are done after the GOAWAY of a stopping
+            // agent), so no stream accepted meanwhile is cut by the exit.
+            let live = pi.drain.enter();
+            tokio::spawn(async move {
+                let _live = live;
+                log_outcome(peer, handle(stream, pi, moves, slot).await);
+            });
         }
     }
 }

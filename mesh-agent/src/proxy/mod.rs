@@ -155,7 +155,7 @@ impl Inputs {
     /// destination's, returning bytes (to destination, to source)) until
     /// done, or until the intentions change to deny `src -> dst`: then
     /// `copy` is dropped, which closes both sides at once. Counts the
-    /// connection in the telemetry and in the drain.
+    /// connection in the telemetry (the drain counts it from its accept).
     async fn splice_while_allowed(
         &self,
         copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
@@ -164,7 +164,6 @@ impl Inputs {
         side: &'static str,
     ) -> Result<(u64, u64), ProxyError> {
         let open = self.telemetry.opened(src, dst, side);
-        let _live = self.drain.enter();
         let result = self.splice_until_denied(copy, src, dst).await;
         let ((to_destination, to_source), verdict) = match &result {
             Ok(bytes) => (*bytes, "allowed"),

@@ -98,7 +98,11 @@ impl Outbound {
                 }
             };
             let handler = self.handler.clone();
+            // Counted from its accept: an agent that stops (or hands over)
+            // waits for it, even before it flows.
+            let live = handler.pi.drain.enter();
             tokio::spawn(async move {
+                let _live = live;
                 match handler.handle(stream).await {
                     // Logged by `authorize`, once, with the deciding rule.
                     Err(ProxyError::Denied { .. }) | Ok(()) => {}
