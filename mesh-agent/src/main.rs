@@ -645,6 +645,9 @@ fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
         Some(options) => rt.block_on(catalog::registry::catalog_doc(&options))?,
         None => rt.block_on(admin::fetch_catalog(addr))?,
     };
+    for problem in &doc.problems {
+        eprintln!("warning: {problem}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());

@@ -479,6 +479,39 @@ fn each_node_writes_only_its_own_registration() {
     // Any node may read the catalog and the registrations.
     let (ok, out) = mesh.cli_etcd_as("pb", &["catalog", "services"]);
     assert!(ok && out.contains("db") && out.contains("api"), "{out}");
+    // Garbage under registration keys (root may write anything): each
+    // reader says which key does not read, and nothing changes. A health
+    // value: `catalog instances` names it and lists every instance.
+    let health_key = format!("{agents}health/pb/api");
+    mesh.etcdctl_ok(&["put", &health_key, "{not toml"]);
+    let (ok, out) = mesh.cli_etcd(&["catalog", "instances", "--service", "api"]);
+    assert!(
+        ok && out.contains(&format!(
+            "warning: ignored a registration that does not read: {health_key}: "
+        )) && out.contains(" pb "),
+        "{out}"
+    );
+    // A node's value: the agents log it naming the key, calls go on, and
+    // pb takes its key back (a value under no lease is free).
+    let node_key = format!("{agents}nodes/pb");
+    mesh.etcdctl_ok(&["put", &node_key, "garbage = ["]);
+    let logged = wait_until(Duration::from_secs(5), || {
+        fs::read_to_string(mesh.agent_log("pa"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.contains("a registration in etcd that no agent wrote") && l.contains(&node_key)
+            })
+    });
+    assert!(logged, "pa did not name the garbage key");
+    assert_eq!(mesh.echo("pa", "web", vip(), API_PORT, "after"), "after");
+    let taken_back = wait_until(Duration::from_secs(10), || {
+        mesh.etcdctl(&["get", "--print-value-only", &node_key])
+            .1
+            .contains("address = ")
+    });
+    assert!(taken_back, "pb did not take its key back");
+
     // A stopping agent may revoke its lease (etcd checks write access to
     // every key under it): its registration goes at once.
     mesh.stop_agent("pc", "TERM");

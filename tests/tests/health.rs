@@ -20,7 +20,7 @@ use std::{
 use mesh_tests::{
     Mesh, Topology,
     health::{CallResult, answered_by, failed_calls},
-    metric_value, output_with_timeout,
+    metric_value, output_with_timeout, run_to_string,
 };
 
 const API_PORT: u16 = 5001;
@@ -483,6 +483,54 @@ fn a_ttl_check_is_driven_by_mesh_agent_check() {
     expect_state(&mesh, a, b, "critical", Duration::from_secs(1));
     let table = instances_table(&mesh, a, "api");
     assert!(row(&table, "api", b).contains("broken"), "{table}");
+
+    // Bad bodies change nothing: each gets a clear 4xx and api stays
+    // critical ("broken").
+    let big = mesh.dir.join("big-update.json");
+    // Over the 16 KiB bound, small enough to be sent whole before the answer.
+    let note = "x".repeat(20 * 1024);
+    std::fs::write(
+        &big,
+        format!(r#"{{"service":"api","state":"passing","note":"{note}"}}"#),
+    )
+    .expect("write");
+    for (body, status, error) in [
+        (
+            "{\"service\": \"api\", \"state\": ",
+            "400",
+            "not a ttl update",
+        ),
+        (
+            "{\"service\": \"api\", \"state\": \"sunny\"}",
+            "400",
+            "unknown variant",
+        ),
+        ("[]", "400", "not a ttl update"),
+        ("@big", "413", "at most 16384 bytes"),
+    ] {
+        let data = if body == "@big" {
+            format!("@{}", big.display())
+        } else {
+            body.to_owned()
+        };
+        let mut curl = mesh.cmd(b, "curl");
+        curl.args(["-sS", "-w", "\nHTTP %{http_code}", "-X", "POST"])
+            .args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &data,
+            ])
+            .arg("http://127.0.0.1:15000/check");
+        let out = run_to_string(&mut curl, Duration::from_secs(10));
+        assert!(
+            out.ends_with(&format!("HTTP {status}")) && out.contains(error),
+            "POST /check {body:?}: {out}"
+        );
+    }
+    let table = instances_table(&mesh, a, "api");
+    assert!(row(&table, "api", b).contains("broken"), "{table}");
+    expect_state(&mesh, a, b, "critical", Duration::ZERO);
 
     // Updates the agent refuses: a service not on this node, a service
     // without a ttl check.

@@ -427,11 +427,22 @@ impl Sources {
             .await
         {
             Ok(body) => body.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    json!({"error": format!("a ttl update is at most {MAX_REQUEST_BODY} bytes")}),
+                );
+            }
             Err(e) => return (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
         };
         let update: TtlUpdate = match serde_json::from_slice(&body) {
             Ok(update) => update,
-            Err(e) => return (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("not a ttl update ({{\"service\", \"state\", \"check\", \"note\"}}): {e}")}),
+                );
+            }
         };
         if !caller.is_some_and(|c| c.may_report(&update.service)) {
             let who = caller.map_or("an unknown caller".to_owned(), |c| match &c.service {

@@ -95,6 +95,18 @@ impl Key {
     }
 }
 
+impl Key {
+    /// Why `value` is not what an agent writes under this key, if it is
+    /// not (a value written by hand).
+    pub fn unreadable(&self, value: &str) -> Option<String> {
+        let read = match self {
+            Self::Node(_) => toml::from_str::<NodeRecord>(value).map(drop),
+            Self::Health { .. } => toml::from_str::<InstanceReport>(value).map(drop),
+        };
+        read.err().map(|e| e.message().to_owned())
+    }
+}
+
 /// The prefix of every registration key (ends in `/`).
 pub fn root(prefix: &str) -> String {
     format!("{prefix}/agents/{VERSION}/")
@@ -107,26 +119,34 @@ pub struct Registrations {
     pub nodes: BTreeMap<String, NodeRecord>,
     /// Node -> service -> report.
     pub reports: BTreeMap<String, BTreeMap<String, InstanceReport>>,
+    /// `<key>: <why>` of each value that is not what an agent writes.
+    pub unreadable: Vec<String>,
 }
 
 /// Reads every registration under `options`' prefix; values that do not
-/// read are skipped.
+/// read are left out and listed in `unreadable`.
 pub async fn list(options: &EtcdOptions) -> Result<Registrations, CatalogError> {
     let mut client = options.connect().await?;
     let (listed, _) = list_keys(options, &mut client, &root(&options.prefix)).await?;
     let mut all = Registrations::default();
     for Listed { key, value, .. } in listed {
-        match key {
-            Key::Node(node) => {
-                if let Ok(record) = toml::from_str(&value) {
-                    all.nodes.insert(node, record);
-                }
-            }
-            Key::Health { node, service } => {
-                if let Ok(report) = toml::from_str(&value) {
-                    all.reports.entry(node).or_default().insert(service, report);
-                }
-            }
+        let read = match &key {
+            Key::Node(node) => toml::from_str(&value).map(|record| {
+                all.nodes.insert(node.clone(), record);
+            }),
+            Key::Health { node, service } => toml::from_str(&value).map(|report| {
+                all.reports
+                    .entry(node.clone())
+                    .or_default()
+                    .insert(service.clone(), report);
+            }),
+        };
+        if let Err(e) = read {
+            all.unreadable.push(format!(
+                "{}: {}",
+                key.key(&options.prefix),
+                e.message().trim()
+            ));
         }
     }
     Ok(all)
@@ -154,9 +174,16 @@ pub async fn catalog_doc(options: &EtcdOptions) -> Result<CatalogDoc, CatalogErr
     options
         .on_any_member(|one| async move {
             let config = one.snapshot().await?.config;
-            let view = list(&one).await?.view();
-            let snapshot = crate::snapshot::Snapshot::new(config).with_health(Arc::new(view));
-            Ok(CatalogDoc::new(&snapshot, &options.to_string()))
+            let registrations = list(&one).await?;
+            let snapshot =
+                crate::snapshot::Snapshot::new(config).with_health(Arc::new(registrations.view()));
+            let mut doc = CatalogDoc::new(&snapshot, &options.to_string());
+            doc.problems = registrations
+                .unreadable
+                .into_iter()
+                .map(|bad| format!("ignored a registration that does not read: {bad}"))
+                .collect();
+            Ok(doc)
         })
         .await
 }
@@ -572,6 +599,16 @@ impl Registration {
 
     /// One watch's worth of [`Registration::follow`]; `revision` 0 lists
     /// first.
+    /// Logs a registration value no agent wrote (by hand, or garbage): it
+    /// still counts as the node's key being held (so nothing changes for
+    /// its instances), and its agent takes the key back as one written
+    /// under no lease.
+    fn warn_unreadable(&self, key: &Key, value: &str) {
+        if let Some(why) = key.unreadable(value) {
+            warn!(key = %key.key(&self.options.prefix), error = %why.trim(), "a registration in etcd that no agent wrote: ignored (a node key counts as held until its agent registers again)");
+        }
+    }
+
     async fn follow_once(
         &self,
         nodes: &mut BTreeSet<String>,
@@ -585,6 +622,7 @@ impl Registration {
             nodes.clear();
             let mut holder = (at, None);
             for listed in listed {
+                self.warn_unreadable(&listed.key, &listed.value);
                 if let Key::Node(node) = listed.key {
                     if node == self.node {
                         holder = (listed.revision, Some(listed.lease));
@@ -628,6 +666,10 @@ impl Registration {
                 *revision = (*revision).max(kv.mod_revision());
                 let key = String::from_utf8_lossy(kv.key());
                 if let Some(Key::Node(node)) = Key::of(&self.options.prefix, &key) {
+                    if event.event_type() == EventType::Put {
+                        let value = String::from_utf8_lossy(kv.value());
+                        self.warn_unreadable(&Key::Node(node.clone()), &value);
+                    }
                     let held = match event.event_type() {
                         EventType::Put => Some(kv.lease()),
                         EventType::Delete => None,
@@ -699,6 +741,23 @@ mod tests {
             "/m/agents/v1/a/node",
         ] {
             assert_eq!(Key::of("/m", other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn values_no_agent_wrote_say_why() {
+        let node = Key::Node("a".into());
+        let health = Key::Health {
+            node: "a".into(),
+            service: "web".into(),
+        };
+        assert_eq!(
+            node.unreadable("address = \"10.0.0.1\"\nversion = \"1\"\n"),
+            None
+        );
+        for garbage in ["", "garbage = [", "address = 7", "\u{0}\u{1}"] {
+            assert!(node.unreadable(garbage).is_some(), "{garbage:?}");
+            assert!(health.unreadable(garbage).is_some(), "{garbage:?}");
         }
     }
 

@@ -16,6 +16,9 @@ pub struct CatalogDoc {
     /// The node of the agent that answered.
     pub node: String,
     pub services: Vec<ServiceHealth>,
+    /// What the source had that could not be read and was left out.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub problems: Vec<String>,
 }
 
 /// A service of a [`CatalogDoc`].
@@ -84,6 +87,7 @@ impl CatalogDoc {
         Self {
             node: node.to_owned(),
             services,
+            problems: Vec::new(),
         }
     }
 
