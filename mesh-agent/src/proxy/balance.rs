@@ -328,6 +328,47 @@ impl Drop for Active {
     }
 }
 
+/// Nanoseconds per pick by `lb` among `instances` passing instances of one
+/// service, from a node without one: the mean of `picks` picks, slots
+/// warmed as a running agent has them. For `benches/units.rs`
+/// (`cargo xtask bench --only pick`).
+#[doc(hidden)]
+pub fn bench_ns_per_pick(lb: Balance, instances: usize, picks: u32) -> f64 {
+    let s = Service {
+        name: "api".into(),
+        nodes: (0..instances).map(|i| format!("n{i}")).collect(),
+        port: 5001,
+        vip: std::net::IpAddr::from([240, 0, 0, 2]),
+        public: false,
+        cgroup: None,
+        lb,
+        checks: Vec::new(),
+    };
+    let b = Balancer::with_seed(1);
+    for node in &s.nodes {
+        drop(b.started(&s.name, node));
+    }
+    let mut health = View::default();
+    for node in &s.nodes {
+        let report = crate::health::InstanceReport {
+            service: s.name.clone(),
+            state: crate::health::State::Passing,
+            checks: Vec::new(),
+        };
+        health
+            .reports
+            .entry(node.clone())
+            .or_default()
+            .insert(s.name.clone(), report);
+    }
+    let now = Instant::now();
+    let start = Instant::now();
+    for _ in 0..picks {
+        std::hint::black_box(b.pick(&s, "elsewhere", &[], now, &health));
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(picks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,37 +665,5 @@ mod tests {
             .await
             .expect("c still ejected");
         task.abort();
-    }
-
-    /// Not timed (no assertion on speed): prints the cost of a pick among
-    /// 1,000 instances; `cargo xtask bench --only pick` runs it in release.
-    #[test]
-    fn pick_among_a_thousand_costs() {
-        let nodes: Vec<String> = (0..1000).map(|i| format!("n{i}")).collect();
-        let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
-        for lb in [Balance::LeastRequest, Balance::Random, Balance::RoundRobin] {
-            let s = service(&refs, lb);
-            println!(
-                "{lb:?}: {:.0} ns per pick among 1000",
-                ns_per_pick(&s, 100_000)
-            );
-        }
-    }
-
-    /// Nanoseconds per pick of an instance of `s` from a node without one.
-    pub(crate) fn ns_per_pick(s: &Service, picks: u32) -> f64 {
-        let b = Balancer::with_seed(1);
-        let now = Instant::now();
-        // Warm the slots, as a running agent has them.
-        for node in &s.nodes {
-            drop(b.started(&s.name, node));
-        }
-        // Every instance reported passing, as when all are healthy.
-        let health = health(s, &[]);
-        let start = Instant::now();
-        for _ in 0..picks {
-            std::hint::black_box(b.pick(s, "elsewhere", &[], now, &health));
-        }
-        start.elapsed().as_nanos() as f64 / f64::from(picks)
     }
 }

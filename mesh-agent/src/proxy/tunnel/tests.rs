@@ -1,7 +1,4 @@
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
@@ -408,47 +405,4 @@ fn authorities_round_trip() {
     assert_eq!(parse_authority("a.b.svc.mesh.test:1", "mesh.test"), None);
     assert_eq!(parse_authority(".svc.mesh.test:1", "mesh.test"), None);
     assert_eq!(parse_authority("apisvc.mesh.test:1", "mesh.test"), None);
-}
-
-/// Not timed (no assertion on speed): prints the median cost of a stream
-/// (open, 1 byte each way, close both ways) over one loopback TCP
-/// connection, client and server on one thread (no TLS, no cross-thread
-/// wake-ups); `cargo xtask bench --only tunnel` runs it in release.
-#[tokio::test]
-async fn stream_open_costs() {
-    const STREAMS: usize = 1000;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("accept");
-        tcp.set_nodelay(true).expect("nodelay");
-        let _ = serve(tcp, echo).await;
-    });
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.set_nodelay(true).expect("nodelay");
-    let (client, driver) = handshake(tcp).await.expect("handshake");
-    tokio::spawn(driver);
-    let mut costs = Vec::with_capacity(STREAMS);
-    within("1,000 streams", async {
-        for _ in 0..STREAMS {
-            let start = Instant::now();
-            let mut stream = client.open(AUTHORITY).await.expect("open");
-            stream.write_all(b"x").await.expect("write");
-            let mut one = [0; 1];
-            stream.read_exact(&mut one).await.expect("read");
-            stream.shutdown().await.expect("shutdown");
-            assert_eq!(stream.read(&mut one).await.expect("eof"), 0);
-            costs.push(start.elapsed());
-        }
-    })
-    .await;
-    costs.sort();
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!(
-        "{:.1} us median per stream (p99 {:.1} us; open, 1 byte each way, close; {STREAMS} streams, one connection, one thread, no TLS)",
-        us(costs[STREAMS / 2]),
-        us(costs[STREAMS * 99 / 100]),
-    );
 }
