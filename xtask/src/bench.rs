@@ -3,12 +3,19 @@
 //! part with the modes back to back within each part.
 //!
 //! Nodes are network namespaces on a bridge. On node B, three copies of
-//! `meshbench serve`: one on B's address (direct), one behind a stunnel
-//! server (TLS 1.3, client certificates, ECDSA P-256), one as mesh service
-//! `server` on 127.0.0.1. On node A, `meshbench` clients dial B directly,
-//! a stunnel client on 127.0.0.1, or the service's VIP as mesh service
-//! `client`. A fourth copy sits behind two socat relays (the same hops as
-//! the mesh, without TLS): the cost of the hops alone.
+//! `meshbench serve`: one on B's address (direct), one behind two stunnel
+//! servers (TLS 1.3, client certificates, ECDSA P-256), one as mesh
+//! service `server` on 127.0.0.1. On node A, `meshbench` clients dial B
+//! directly, a stunnel client on 127.0.0.1, or the service's VIP as mesh
+//! service `client`. A fourth copy sits behind two socat relays (the same
+//! hops as the mesh, without TLS): the cost of the hops alone.
+//!
+//! stunnel runs as two pairs ([`STUNNELS`]): `stunnel` makes a full
+//! handshake per connection (`sessionResume = no`), `stunnel resumed`
+//! resumes the last session (`sessionResume = yes`, stunnel's default: the
+//! client keeps one session per destination, the server takes its TLS 1.3
+//! ticket). Before the runs, each pair is started once at log level info
+//! and must make the handshakes its name says.
 //!
 //! mesh/1: on a fourth node `bench-d`, whose agent runs `--no-multiplex`,
 //! clients dial the same `server` VIP as mesh service `client1`: one TCP
@@ -17,6 +24,10 @@
 //! pooled `mesh/2` connection. The two columns are the agent before and
 //! after multiplexing. Each figure is the median of `--runs` runs, with
 //! min and max.
+//!
+//! eBPF: run time and run count of the programs of the agent that acts
+//! ([`BPF_PROGRAMS`], read through their pinned links), as deltas over the
+//! `mesh` mode's runs of bulk, rr and connrate.
 //!
 //! Under flood: the mesh's rr and connection rate again, while a third
 //! node `bench-c` (a mesh node, so the kernel lets it through) or a
@@ -29,15 +40,20 @@
 //! instance costs the caller. It also counts how many of the caller's
 //! handshakes resumed a TLS session, which sets most of a new connection's
 //! cost.
-//! Results: a markdown table on stdout and JSON in target/bench/.
+//!
+//! Results: Markdown tables on stdout, JSON in target/bench/, and from a
+//! full run (no `--only`, no `--smoke`) the whole report, explanations
+//! included, in docs/benchmarks.md.
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     fs,
     io::Write as _,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
@@ -60,10 +76,15 @@ impl Options {
     fn wants(&self, part: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|p| p == part)
     }
+
+    /// Whether the report goes to docs/benchmarks.md: a full run only.
+    fn writes(&self) -> bool {
+        !self.smoke && self.only.is_empty()
+    }
 }
 
-/// Parts that are unit-level benches in `mesh-agent` (no namespaces, no
-/// root): with only these, nothing else is set up.
+/// Parts that are unit-level benches in `mesh-agent` (`benches/units.rs`,
+/// no namespaces, no root): with only these, nothing else is set up.
 const UNIT_PARTS: [&str; 2] = ["pick", "tunnel"];
 const VIP: &str = "240.0.0.99";
 /// The VIP of `server2`, the service with two instances (bench-b, bench-c).
@@ -71,9 +92,17 @@ const VIP2: &str = "240.0.0.98";
 /// `relay` is the mesh's path without TLS: two socat processes (plain
 /// TCP, 256 KiB buffers, TCP_NODELAY), the floor for any pair of userspace
 /// proxies. It forks per connection, so it skips the connection-rate runs.
-/// `mesh/1` is the mesh without multiplexing (from bench-d, see the module
-/// doc), `mesh` the mesh as it runs by default (from bench-a).
-const MODES: [&str; 5] = ["direct", "relay", "stunnel", "mesh/1", "mesh"];
+/// The stunnel modes are [`STUNNELS`]. `mesh/1` is the mesh without
+/// multiplexing (from bench-d, see the module doc), `mesh` the mesh as it
+/// runs by default (from bench-a).
+const MODES: [&str; 6] = [
+    "direct",
+    "relay",
+    "stunnel",
+    "stunnel resumed",
+    "mesh/1",
+    "mesh",
+];
 /// bench-d's agent: offers and accepts only `mesh/1`.
 const MESH1_AGENT_ARGS: [&str; 1] = ["--no-multiplex"];
 /// Concurrent clients in the connection-rate capacity run.
@@ -100,28 +129,86 @@ const INSTANCES: [(&str, &str); 3] = [
 ];
 /// The VIP of `server3` (see [`INSTANCES`]).
 const VIP3: &str = "240.0.0.97";
+/// A full run's sizes: seconds of bulk, rr round trips, connections one
+/// after another (twice as many in the parallel run), idle connections.
+const BULK_SECS: u64 = 5;
+const RR_COUNT: usize = 2000;
+const CONNS: usize = 1000;
+/// 10,000 would need over 20,000 descriptors in one agent (two sockets per
+/// proxied connection), the hard limit on these machines.
+const IDLE_COUNTS: [usize; 2] = [1000, 5000];
+/// Seconds `meshbench idle` holds its connections before checking each
+/// still echoes; the agents' memory is read in the first of them.
+const IDLE_HOLD_SECS: u64 = 5;
+
+/// One stunnel pair: a client on bench-a's 127.0.0.1:`client_port`, a
+/// server on bench-b's address:`server_port` in front of the same
+/// `meshbench serve` (127.0.0.1:7002).
+struct Stunnel {
+    /// Its mode in [`MODES`].
+    mode: &'static str,
+    client_port: u16,
+    server_port: u16,
+    /// `sessionResume` of both ends.
+    resume: bool,
+}
+
+/// The stunnel modes: full handshakes, and stunnel's default resumption.
+const STUNNELS: [Stunnel; 2] = [
+    Stunnel {
+        mode: "stunnel",
+        client_port: 7004,
+        server_port: 7003,
+        resume: false,
+    },
+    Stunnel {
+        mode: "stunnel resumed",
+        client_port: 7014,
+        server_port: 7013,
+        resume: true,
+    },
+];
+/// Connections of the check that a stunnel pair makes the handshakes its
+/// mode says.
+const STUNNEL_CHECK_CONNS: usize = 4;
+
+/// The cipher suite the agents negotiate (rustls prefers it on x86 with
+/// AES-NI); stunnel's default would be TLS_AES_256_GCM_SHA384.
+const STUNNEL_SUITE: &str = "TLS_AES_128_GCM_SHA256";
+
+/// The mesh's eBPF programs (`mesh-ebpf`), each with the node whose
+/// agent's copy does the work in the measured window: the caller's for
+/// those on the cgroup root, the destination's for sk_lookup (attached to
+/// its node's network namespace).
+const BPF_PROGRAMS: [(&str, &str); 6] = [
+    ("mesh_connect4", "bench-a"),
+    ("mesh_connect6", "bench-a"),
+    ("mesh_sock_ops", "bench-a"),
+    ("mesh_bind4", "bench-a"),
+    ("mesh_bind6", "bench-a"),
+    ("mesh_sk_lookup", "bench-b"),
+];
+
+/// Whether `part` measures `mode`: socat forks per connection (no
+/// connection rate for the relay), and resumption changes only a
+/// connection's start (`stunnel resumed` runs the connection rate only).
+fn measures(part: &str, mode: &str) -> bool {
+    match mode {
+        "relay" => part != "connrate",
+        "stunnel resumed" => part == "connrate",
+        _ => true,
+    }
+}
 
 /// Runs the benchmark.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let mut units = Vec::new();
     if !opts.smoke {
-        if opts.wants("pick") {
-            unit_bench(
-                "pick_among_a_thousand_costs",
-                "pick among 1,000 instances",
-                "ns per pick",
-                "pick",
-            )?;
-        }
-        if opts.wants("tunnel") {
-            unit_bench(
-                "stream_open_costs",
-                "a mesh/2 stream: open, 1 byte each way, close",
-                "per stream",
-                "tunnel",
-            )?;
+        for part in UNIT_PARTS.into_iter().filter(|p| opts.wants(p)) {
+            units.extend(unit_bench(part)?);
         }
         if !opts.only.is_empty() && opts.only.iter().all(|p| UNIT_PARTS.contains(&p.as_str())) {
-            return Ok(());
+            return report(&Samples::units(units), 1, opts);
         }
     }
     setup::ensure()?;
@@ -144,20 +231,19 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     // Idle virtual CPUs inflate latency: ask for no C-state latency while we
     // run (held as long as the file is open).
     let _dma = hold_cpu_dma_latency();
-    let _stats = BpfStats::enable();
+    let _stats = BpfStats::enable()?;
 
     let bench = Bench::start(agent, meshbench, opts.smoke)?;
     let (secs, rr_count, conns, idle) = if opts.smoke {
         (1, 200, 100, vec![100])
     } else {
-        // 10,000 would need over 20,000 descriptors in one agent (two
-        // sockets per proxied connection), the hard limit on these machines.
-        (5, 2000, 1000, vec![1000, 5000])
+        (BULK_SECS, RR_COUNT, CONNS, IDLE_COUNTS.to_vec())
     };
     let runs = if opts.smoke { 1 } else { opts.runs.max(1) };
     let mut samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
     let mut flood_samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
     let mut instance_samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
+    let mut bpf = BpfWindow::default();
     for run in 0..runs {
         // Part by part, the modes back to back within each: every mode of a
         // part meets the same conditions (a part's figures drift with what
@@ -167,12 +253,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             .into_iter()
             .filter(|p| opts.wants(p))
             .flat_map(|part| MODES.into_iter().map(move |mode| (part, mode)))
+            .filter(|(part, mode)| measures(part, mode))
         {
-            if part == "connrate" && mode == "relay" {
-                // socat forks per connection.
-                continue;
-            }
             eprintln!("bench: run {}/{runs}: {part}, {mode}", run + 1);
+            // The eBPF window: the default mesh's runs.
+            let bpf_before = (mode == "mesh").then(bpf_counters).transpose()?;
+            let mut app_conns = 0;
             let mut put = |metric: &str, v: f64| {
                 samples
                     .entry((metric.to_owned(), mode))
@@ -180,9 +266,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     .push(v);
             };
             if part == "bulk" {
-                let cpu_before = bench.cpu_seconds(mode);
+                let cpu_before = bench.cpu_seconds(mode)?;
                 let bulk = bench.client(mode, &["bulk", "--secs", &secs.to_string()])?;
-                let cpu_after = bench.cpu_seconds(mode);
+                let cpu_after = bench.cpu_seconds(mode)?;
+                app_conns += 1;
                 let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
                 let bytes = field(&bulk, "bytes")?;
                 put("bulk Gbit/s", field(&bulk, "gbit_per_s")?);
@@ -204,6 +291,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     mode,
                     &["rr", "--size", size, "--count", &rr_count.to_string()],
                 )?;
+                app_conns += 1;
                 put(&format!("rr {size} B p50 us"), field(&rr, "p50_us")?);
                 put(&format!("rr {size} B p99 us"), field(&rr, "p99_us")?);
             }
@@ -217,8 +305,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 // Shows which hop a mesh mode used: mesh/1 makes one
                 // handshake per connection, mesh/2 reuses its pool.
                 if mode.starts_with("mesh") {
-                    let made = (after.0 - before.0) + (after.1 - before.1);
-                    put("caller agent handshakes per new conn", made / conns as f64);
+                    let (full, resumed) = (after.0 - before.0, after.1 - before.1);
+                    put(
+                        "caller agent handshakes per new conn",
+                        (full + resumed) / conns as f64,
+                    );
+                    if full + resumed > 0.0 {
+                        put(
+                            "caller agent handshakes resumed %",
+                            100.0 * resumed / (full + resumed),
+                        );
+                    }
                 }
                 let cr = bench.client(
                     mode,
@@ -230,10 +327,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                         &PARALLEL.to_string(),
                     ],
                 )?;
+                app_conns += 3 * conns;
                 put(
                     &format!("new conns per s ({PARALLEL} at a time)"),
                     field(&cr, "per_s")?,
                 );
+            }
+            if let Some(before) = bpf_before {
+                bpf.add(&before, &bpf_counters()?, app_conns);
             }
         }
         if opts.wants("flood") {
@@ -301,7 +402,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let mut extra = BTreeMap::new();
     extra.insert(
         "agents RSS idle MiB".to_owned(),
-        bench.agents_rss_kib() / 1024.0,
+        bench.agents_rss_kib()? / 1024.0,
     );
     for n in idle.into_iter().filter(|_| opts.wants("idle")) {
         let per_conn = bench.idle_kib_per_conn(n)?;
@@ -310,9 +411,6 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             per_conn,
         );
     }
-    for (prog, ns) in BpfStats::per_call_ns() {
-        extra.insert(format!("{prog} ns per call"), ns);
-    }
     report(
         &Samples {
             modes: samples,
@@ -320,8 +418,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             instances: instance_samples,
             spread,
             extra,
+            bpf,
+            units,
+            stunnel_configs: bench.stunnel_configs.clone(),
+            stunnel_handshakes: bench.stunnel_handshakes.clone(),
         },
         runs,
+        opts,
     )
 }
 
@@ -335,14 +438,33 @@ struct Samples<'a> {
     instances: BTreeMap<(String, &'a str), Vec<f64>>,
     /// `server2`'s connections per instance, as bench-a's agent counted.
     spread: Vec<(String, f64)>,
-    /// Single figures (memory, eBPF program costs).
+    /// Single figures (memory).
     extra: BTreeMap<String, f64>,
+    bpf: BpfWindow,
+    /// Rows of `benches/units.rs` (`| what | value | unit |`).
+    units: Vec<String>,
+    /// (title, text) of each stunnel config used.
+    stunnel_configs: Vec<(String, String)>,
+    /// (mode, full, resumed) handshakes of each stunnel pair's check.
+    stunnel_handshakes: Vec<(&'static str, usize, usize)>,
 }
 
-/// The benchmark's mesh and its processes.
-/// The cipher suite the agents negotiate (rustls prefers it on x86 with
-/// AES-NI); stunnel's default would be TLS_AES_256_GCM_SHA384.
-const STUNNEL_SUITE: &str = "ciphersuites = TLS_AES_128_GCM_SHA256\n";
+impl Samples<'_> {
+    /// A run of the unit benches alone.
+    fn units(units: Vec<String>) -> Self {
+        Self {
+            modes: BTreeMap::new(),
+            floods: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            spread: Vec::new(),
+            extra: BTreeMap::new(),
+            bpf: BpfWindow::default(),
+            units,
+            stunnel_configs: Vec::new(),
+            stunnel_handshakes: Vec::new(),
+        }
+    }
+}
 
 /// The number `name` of meshbench's JSON answer: a field that is missing
 /// or not a number is an error, never a 0.
@@ -352,14 +474,19 @@ fn field(answer: &Value, name: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("meshbench's answer has no number {name:?}: {answer}"))
 }
 
+/// The benchmark's mesh and its processes.
 struct Bench {
     mesh: Mesh,
     meshbench: PathBuf,
     /// Connection errors a connrate run may have: none, but in a smoke
-    /// run (a tenth).
+    /// run (any number).
     smoke: bool,
-    /// Pids of the stunnel client (node a) and server (node b).
-    stunnel: [u32; 2],
+    /// Pids of each stunnel mode's client (node a) and server (node b).
+    stunnel: BTreeMap<&'static str, [u32; 2]>,
+    /// (title, text) of each stunnel config, for the report.
+    stunnel_configs: Vec<(String, String)>,
+    /// (mode, full, resumed) handshakes of each stunnel pair's check.
+    stunnel_handshakes: Vec<(&'static str, usize, usize)>,
     /// Pids of the two socat relays (node a, node b).
     relay: [u32; 2],
 }
@@ -464,67 +591,48 @@ impl Bench {
         mesh.wait_listening("bench-a", 7007);
 
         // stunnel: TLS 1.3, client certificates, ECDSA P-256, one small CA,
-        // the agents' cipher suite ([`STUNNEL_SUITE`]). Tuned as the agents are: logs to its file only (with no syslog
-        // daemon it writes every connection to /dev/console, ~2.5 ms), no
-        // libwrap lookups, TCP_NODELAY on both sockets.
+        // the agents' cipher suite ([`STUNNEL_SUITE`]).
         let dir = mesh.dir.join("stunnel");
         fs::create_dir_all(&dir)?;
         let root = pki::Ca::new_root("bench.local");
         root.save(&dir.join("ca"));
-        let a = pki::write_leaf(
-            &dir,
-            "a",
-            &root,
-            &pki::Leaf::valid_now("spiffe://bench.local/svc/a"),
-        );
-        let bl = pki::write_leaf(
-            &dir,
-            "b",
-            &root,
-            &pki::Leaf::valid_now("spiffe://bench.local/svc/b"),
-        );
-        let conf = |name: &str, body: String| -> anyhow::Result<PathBuf> {
-            let path = dir.join(format!("{name}.conf"));
-            fs::write(
-                &path,
-                format!(
-                    "foreground = yes\nsyslog = no\npid =\nsslVersionMin = TLSv1.3\n\
-                     verifyChain = yes\nCAfile = {}\n{body}\nlibwrap = no\n\
-                     socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n",
-                    dir.join("ca.crt").display()
-                ),
-            )?;
-            Ok(path)
-        };
-        let server = conf(
-            "server",
-            format!(
-                "[srv]\naccept = {b}:7003\nconnect = 127.0.0.1:7002\ncert = {}\nkey = {}\nrequireCert = yes\n{STUNNEL_SUITE}",
-                bl.cert.display(),
-                bl.key.display()
-            ),
-        )?;
-        let client = conf(
-            "client",
-            format!(
-                "[cli]\nclient = yes\naccept = 127.0.0.1:7004\nconnect = {b}:7003\ncert = {}\nkey = {}\n{STUNNEL_SUITE}",
-                a.cert.display(),
-                a.key.display()
-            ),
-        )?;
-        let mut c = mesh.cmd("bench-b", "stunnel4");
-        c.arg(&server);
-        let srv = mesh.spawn_app(c, "stunnel-server");
-        let mut c = mesh.cmd("bench-a", "stunnel4");
-        c.arg(&client);
-        let cli = mesh.spawn_app(c, "stunnel-client");
-        mesh.wait_listening("bench-b", 7003);
-        mesh.wait_listening("bench-a", 7004);
+        let certs = [
+            ("a", "spiffe://bench.local/svc/a"),
+            ("b", "spiffe://bench.local/svc/b"),
+        ]
+        .map(|(name, uri)| pki::write_leaf(&dir, name, &root, &pki::Leaf::valid_now(uri)));
+        let mut stunnel = BTreeMap::new();
+        let mut stunnel_configs = Vec::new();
+        let mut stunnel_handshakes = Vec::new();
+        for pair in &STUNNELS {
+            let handshakes = pair.check(&mesh, &meshbench, &dir, b, &certs)?;
+            stunnel_handshakes.push((pair.mode, handshakes.0, handshakes.1));
+            let [client, server] = pair.configs(&dir, b, &certs, false);
+            let pids = [
+                ("client", "bench-a", &client),
+                ("server", "bench-b", &server),
+            ]
+            .map(|(side, node, text)| {
+                let path = dir.join(format!("{}-{side}.conf", pair.client_port));
+                fs::write(&path, text)?;
+                let mut c = mesh.cmd(node, "stunnel4");
+                c.arg(&path);
+                anyhow::Ok(mesh.spawn_app(c, &format!("stunnel-{}-{side}", pair.client_port)))
+            });
+            let [cli, srv] = pids;
+            stunnel.insert(pair.mode, [cli?, srv?]);
+            mesh.wait_listening("bench-b", pair.server_port);
+            mesh.wait_listening("bench-a", pair.client_port);
+            stunnel_configs.push((format!("{}, client (bench-a)", pair.mode), client));
+            stunnel_configs.push((format!("{}, server (bench-b)", pair.mode), server));
+        }
         Ok(Self {
             mesh,
             meshbench,
             smoke,
-            stunnel: [cli, srv],
+            stunnel,
+            stunnel_configs,
+            stunnel_handshakes,
             relay: [relay_a, relay_b],
         })
     }
@@ -535,13 +643,15 @@ impl Bench {
         let b = self.mesh.node("bench-b").v4;
         let (target, service) = match mode {
             "direct" => (format!("{b}:7001"), None),
-            "stunnel" => ("127.0.0.1:7004".to_owned(), None),
             "relay" => ("127.0.0.1:7007".to_owned(), None),
             "mesh/1" => (format!("{VIP}:5001"), Some("client1")),
             "mesh" => (format!("{VIP}:5001"), Some("client")),
             "mesh 2 instances" => (format!("{VIP2}:5002"), Some("client")),
             "mesh 2 instances 1 passing" => (format!("{VIP3}:5003"), Some("client")),
-            _ => bail!("no client mode {mode:?}"),
+            _ => match STUNNELS.iter().find(|s| s.mode == mode) {
+                Some(s) => (format!("127.0.0.1:{}", s.client_port), None),
+                None => bail!("no client mode {mode:?}"),
+            },
         };
         let node = caller(mode);
         let mut args = args.join(" ");
@@ -570,7 +680,7 @@ impl Bench {
 
     /// Starts `flood` ("quiet": none) against the mesh service's port on
     /// bench-b; it stops when the returned guard is dropped.
-    fn flood(&self, flood: &str) -> anyhow::Result<Option<Flood>> {
+    fn flood(&self, flood: &str) -> anyhow::Result<Option<Killed>> {
         let (node, port) = match flood {
             "node flood" => ("bench-c", "5001"),
             "stranger flood" => ("bench-x", "5001"),
@@ -584,28 +694,40 @@ impl Bench {
             .arg(mesh_tests::app("flood_client.py"))
             .arg(self.mesh.node("bench-b").v4.to_string())
             .args([port, &FLOOD_CONNS.to_string(), "60", "stall"])
-            .stdout(std::process::Stdio::null());
+            .stdout(Stdio::null());
         let child = c.spawn().context("start the flood client")?;
         // Let it reach full strength.
         std::thread::sleep(Duration::from_millis(1500));
-        Ok(Some(Flood(child)))
+        Ok(Some(Killed(child)))
     }
 
-    /// CPU seconds used so far by the processes that do `mode`'s proxying.
-    /// (user, system) CPU seconds of the proxies of `mode`.
-    fn cpu_seconds(&self, mode: &str) -> (f64, f64) {
+    /// (user, system) CPU seconds used so far by the processes that do
+    /// `mode`'s proxying (none for `direct`).
+    fn cpu_seconds(&self, mode: &str) -> anyhow::Result<(f64, f64)> {
         let pids: Vec<u32> = match mode {
-            "stunnel" => self.stunnel.to_vec(),
             "relay" => self.relay.to_vec(),
             "mesh/1" | "mesh" => [caller(mode), "bench-b"]
                 .iter()
-                .filter_map(|n| self.mesh.agent_pid(n))
-                .collect(),
-            _ => Vec::new(),
+                .map(|n| self.agent_pid(n))
+                .collect::<anyhow::Result<_>>()?,
+            _ => self
+                .stunnel
+                .get(mode)
+                .map(|p| p.to_vec())
+                .unwrap_or_default(),
         };
         pids.into_iter()
             .map(cpu_of)
-            .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
+            .try_fold((0.0, 0.0), |(u, s), cpu| {
+                let (du, ds) = cpu?;
+                Ok((u + du, s + ds))
+            })
+    }
+
+    fn agent_pid(&self, node: &str) -> anyhow::Result<u32> {
+        self.mesh
+            .agent_pid(node)
+            .with_context(|| format!("the agent of {node} is not running"))
     }
 
     /// Connections bench-a's agent sent to `server2`'s instance on `node`.
@@ -625,44 +747,61 @@ impl Bench {
         let text = self.mesh.metrics(node);
         let count = |kind: &str| {
             let series = format!("mesh_handshakes_total{{side=\"outbound\",kind=\"{kind}\"}}");
+            // Not there before the first handshake of the kind.
             mesh_tests::metric_value(&text, &series).unwrap_or(0.0)
         };
         (count("full"), count("resumed"))
     }
 
-    fn agents_rss_kib(&self) -> f64 {
+    /// Resident memory of bench-a's and bench-b's agents together.
+    fn agents_rss_kib(&self) -> anyhow::Result<f64> {
         ["bench-a", "bench-b"]
             .iter()
-            .filter_map(|n| self.mesh.agent_pid(n))
-            .map(rss_kib)
+            .map(|n| rss_kib(self.agent_pid(n)?))
             .sum()
     }
 
     /// Opens `n` idle connections through the mesh; KiB of agent RSS each.
+    /// meshbench then checks, after [`IDLE_HOLD_SECS`], that every one
+    /// still echoes: one that does not fails the run.
     fn idle_kib_per_conn(&self, n: usize) -> anyhow::Result<f64> {
-        let before = self.agents_rss_kib();
+        let before = self.agents_rss_kib()?;
         let line = format!(
-            "ulimit -n $(ulimit -Hn); exec {} idle --count {n} --hold-secs 60 --to {VIP}:5001",
+            "ulimit -n $(ulimit -Hn); exec {} idle --count {n} --hold-secs {IDLE_HOLD_SECS} --to {VIP}:5001",
             self.meshbench.display()
         );
         let mut c = self.mesh.cmd_as("bench-a", "client", "sh");
-        c.args(["-c", &line]);
         let log = self.mesh.dir.join(format!("app-idle-{n}.log"));
-        let pid = self.mesh.spawn_app(c, &format!("idle-{n}"));
-        let open = mesh_tests::wait_until(Duration::from_secs(120), || {
+        let file = fs::File::create(&log)?;
+        c.args(["-c", &line])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let mut idle = Killed(c.spawn().context("start meshbench idle")?);
+        let said = |what: &str| {
             fs::read_to_string(&log)
                 .unwrap_or_default()
-                .contains("\"open\"")
+                .contains(&format!("\"{what}\""))
+        };
+        let mut exited = None;
+        mesh_tests::wait_until(Duration::from_secs(120), || {
+            exited = idle.0.try_wait().ok().flatten();
+            exited.is_some() || said("open")
         });
-        if !open {
+        if exited.is_some() || !said("open") {
             bail!(
                 "{n} idle connections did not open: {}",
                 fs::read_to_string(&log).unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_secs(1));
-        let after = self.agents_rss_kib();
-        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let after = self.agents_rss_kib()?;
+        let status = idle.wait(Duration::from_secs(IDLE_HOLD_SECS + 120))?;
+        ensure!(
+            status.success() && said("alive"),
+            "meshbench idle --count {n} failed ({status}): {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
         Ok(((after - before) / n as f64).max(0.0))
     }
 }
@@ -676,119 +815,276 @@ fn caller(mode: &str) -> &'static str {
     }
 }
 
-/// A running flood client; killed when dropped.
-struct Flood(std::process::Child);
+/// A child process; killed when dropped.
+struct Killed(Child);
 
-impl Drop for Flood {
+impl Killed {
+    /// Its exit status, waiting at most `timeout` (then it is killed).
+    fn wait(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "pid {} still running after {timeout:?}",
+                self.0.id()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Killed {
     fn drop(&mut self) {
-        // `ip netns exec` and nice exec python: this is the flood client itself.
+        // `ip netns exec`, nice and sh exec their command: this is the
+        // process itself.
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-/// Runs `test`, a unit-level bench in `mesh-agent` that prints its figures
-/// (`proxy::balance`'s pick among 1,000 instances, `proxy::tunnel`'s stream
-/// cost), built in release, and prints its lines containing `marker`
-/// prefixed with `part`.
-fn unit_bench(test: &str, what: &str, marker: &str, part: &str) -> anyhow::Result<()> {
-    let mut cmd = cmd::cargo();
-    cmd.args([
-        "test",
-        "--release",
-        "-p",
-        "mesh-agent",
-        "--lib",
-        test,
-        "--",
-        "--nocapture",
-    ]);
-    eprintln!("bench: {what} (release unit test)");
-    let out = cmd
+impl Stunnel {
+    /// The client's and the server's config. Tuned as the agents are:
+    /// logs to its own output only (with no syslog daemon it writes every
+    /// connection to /dev/console, ~2.5 ms), no libwrap lookups,
+    /// TCP_NODELAY on both sockets. `info` logs each handshake's kind.
+    fn configs(
+        &self,
+        dir: &Path,
+        b: Ipv4Addr,
+        [a, bl]: &[pki::CertFiles; 2],
+        info: bool,
+    ) -> [String; 2] {
+        let resume = if self.resume { "yes" } else { "no" };
+        let common = format!(
+            "foreground = yes\nsyslog = no\npid =\n{}sslVersionMin = TLSv1.3\n\
+             verifyChain = yes\nCAfile = {}\nlibwrap = no\n\
+             socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n",
+            if info { "debug = info\n" } else { "" },
+            dir.join("ca.crt").display()
+        );
+        let (client, server) = (self.client_port, self.server_port);
+        [
+            format!(
+                "{common}[cli]\nclient = yes\naccept = 127.0.0.1:{client}\nconnect = {b}:{server}\n\
+                 cert = {}\nkey = {}\nciphersuites = {STUNNEL_SUITE}\nsessionResume = {resume}\n",
+                a.cert.display(),
+                a.key.display()
+            ),
+            format!(
+                "{common}[srv]\naccept = {b}:{server}\nconnect = 127.0.0.1:7002\n\
+                 cert = {}\nkey = {}\nrequireCert = yes\nciphersuites = {STUNNEL_SUITE}\n\
+                 sessionResume = {resume}\n",
+                bl.cert.display(),
+                bl.key.display()
+            ),
+        ]
+    }
+
+    /// Runs the pair at log level info for [`STUNNEL_CHECK_CONNS`]
+    /// connections and counts the server's (full, resumed) handshakes;
+    /// fails unless they are what the mode says: all full, or all but the
+    /// first resumed.
+    fn check(
+        &self,
+        mesh: &Mesh,
+        meshbench: &Path,
+        dir: &Path,
+        b: Ipv4Addr,
+        certs: &[pki::CertFiles; 2],
+    ) -> anyhow::Result<(usize, usize)> {
+        let [client, server] = self.configs(dir, b, certs, true);
+        let mut pids = Vec::new();
+        for (side, node, text) in [("client", "bench-a", client), ("server", "bench-b", server)] {
+            let path = dir.join(format!("{}-{side}-check.conf", self.client_port));
+            fs::write(&path, text)?;
+            let mut c = mesh.cmd(node, "stunnel4");
+            c.arg(&path);
+            let name = format!("stunnel-{}-{side}-check", self.client_port);
+            pids.push((
+                mesh.spawn_app(c, &name),
+                mesh.dir.join(format!("app-{name}.log")),
+            ));
+        }
+        mesh.wait_listening("bench-b", self.server_port);
+        mesh.wait_listening("bench-a", self.client_port);
+        let mut c = mesh.cmd("bench-a", meshbench);
+        c.args(["connrate", "--count", &STUNNEL_CHECK_CONNS.to_string()])
+            .args(["--to", &format!("127.0.0.1:{}", self.client_port)]);
+        let out = mesh_tests::output_with_timeout(&mut c, Duration::from_secs(30));
+        for (pid, _) in &pids {
+            mesh.stop_app(*pid);
+        }
+        let (ok, text) = mesh_tests::outcome(&out);
+        ensure!(ok, "{}: meshbench connrate failed: {text}", self.mode);
+        let log = fs::read_to_string(&pids[1].1)?;
+        let count = |what: &str| log.matches(&format!("TLS accepted: {what}")).count();
+        let (full, resumed) = (
+            count("new session negotiated"),
+            count("previous session reused"),
+        );
+        let n = STUNNEL_CHECK_CONNS;
+        let want = if self.resume { (1, n - 1) } else { (n, 0) };
+        ensure!(
+            (full, resumed) == want,
+            "{}: {n} connections made {full} full and {resumed} resumed handshakes, not {} and {} (server log: {})",
+            self.mode,
+            want.0,
+            want.1,
+            pids[1].1.display()
+        );
+        Ok((full, resumed))
+    }
+}
+
+/// Runs `cargo bench -p mesh-agent --bench units -- <part>`; its rows.
+fn unit_bench(part: &str) -> anyhow::Result<Vec<String>> {
+    eprintln!("bench: {part} (cargo bench -p mesh-agent --bench units, release)");
+    let out = cmd::cargo()
+        .args(["bench", "-p", "mesh-agent", "--bench", "units", "--", part])
         .output()
         .with_context(|| format!("failed to run the {part} bench"))?;
-    if !out.status.success() {
-        bail!(
-            "the {part} bench failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if line.contains(marker) {
-            println!("{part}: {line}");
-        }
-    }
-    Ok(())
+    ensure!(
+        out.status.success(),
+        "the {part} bench failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .map(str::to_owned)
+        .collect();
+    ensure!(!rows.is_empty(), "the {part} bench printed no figure");
+    Ok(rows)
 }
 
-/// utime + stime of `pid`, in seconds.
 /// (user, system) CPU seconds of `pid` and its reaped children (socat
 /// forks per connection).
-fn cpu_of(pid: u32) -> (f64, f64) {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+fn cpu_of(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("failed to read {path}"))?;
     // Fields after the command name (which may contain spaces).
     let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here
-    // (counting from state = 0), in clock ticks of 1/100 s.
-    // cutime and cstime follow (children that were waited for).
-    let at = |i: usize| f.get(i).copied().unwrap_or(0.0) / 100.0;
-    (at(10) + at(12), at(11) + at(13))
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14 to 17 of the whole line:
+    // 11 to 14 here (counting from state = 0), in clock ticks of 1/100 s.
+    let at = |i: usize| -> anyhow::Result<f64> {
+        let ticks: f64 = f
+            .get(i)
+            .and_then(|x| x.parse().ok())
+            .with_context(|| format!("{path} has no field {}: {stat}", i + 3))?;
+        Ok(ticks / 100.0)
+    };
+    Ok((at(11)? + at(13)?, at(12)? + at(14)?))
 }
 
-fn rss_kib(pid: u32) -> f64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
+/// `VmRSS` of `pid`, in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    fs::read_to_string(&path)
+        .with_context(|| format!("failed to read {path}"))?
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
+        .with_context(|| format!("{path} has no VmRSS"))
 }
 
 /// `kernel.bpf_stats_enabled` on for the run, restored after.
 struct BpfStats(String);
 
 impl BpfStats {
-    fn enable() -> Self {
+    fn enable() -> anyhow::Result<Self> {
         let path = "/proc/sys/kernel/bpf_stats_enabled";
-        let old = fs::read_to_string(path).unwrap_or_else(|_| "0".into());
-        let _ = fs::write(path, "1");
-        Self(old.trim().to_owned())
-    }
-
-    /// Mean run time per call of each mesh program (all nodes together).
-    fn per_call_ns() -> BTreeMap<String, f64> {
-        let out = Command::new("bpftool")
-            .args(["-j", "prog", "show"])
-            .output();
-        let progs: Value = out
-            .ok()
-            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
-            .unwrap_or(Value::Null);
-        let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-        for p in progs.as_array().map(Vec::as_slice).unwrap_or_default() {
-            let name = p["name"].as_str().unwrap_or("");
-            if !name.starts_with("mesh_") {
-                continue;
-            }
-            let e = sums.entry(name.to_owned()).or_default();
-            // bpftool leaves both out of a program that never ran.
-            e.0 += p["run_time_ns"].as_f64().unwrap_or(0.0);
-            e.1 += p["run_cnt"].as_f64().unwrap_or(0.0);
-        }
-        sums.into_iter()
-            .filter(|(_, (_, n))| *n > 0.0)
-            .map(|(k, (t, n))| (k, t / n))
-            .collect()
+        let old = fs::read_to_string(path).with_context(|| format!("failed to read {path}"))?;
+        fs::write(path, "1").with_context(|| format!("failed to write 1 to {path}"))?;
+        Ok(Self(old.trim().to_owned()))
     }
 }
 
 impl Drop for BpfStats {
     fn drop(&mut self) {
         let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+/// (run_time_ns, run_cnt) of each of [`BPF_PROGRAMS`] now: the program
+/// that the node's pinned link runs (`<bpffs>/mesh/<node>/link_<program>`).
+fn bpf_counters() -> anyhow::Result<[(f64, f64); BPF_PROGRAMS.len()]> {
+    let mut out = [(0.0, 0.0); BPF_PROGRAMS.len()];
+    for (slot, (program, node)) in out.iter_mut().zip(BPF_PROGRAMS) {
+        let link = mesh_tests::bpffs()
+            .join("mesh")
+            .join(node)
+            .join(format!("link_{program}"));
+        let link = bpftool(&["link", "show", "pinned", &link.to_string_lossy()])?;
+        let id = link["prog_id"].as_u64().with_context(|| {
+            format!("bpftool: link of {program} on {node} has no prog_id: {link}")
+        })?;
+        let prog = bpftool(&["prog", "show", "id", &id.to_string()])?;
+        // bpftool leaves both out of a program that has not run since
+        // bpf_stats_enabled was set.
+        let number = |key: &str| prog.get(key).map_or(Some(0.0), Value::as_f64);
+        *slot = number("run_time_ns")
+            .zip(number("run_cnt"))
+            .with_context(|| format!("bpftool: {program} on {node}: {prog}"))?;
+    }
+    Ok(out)
+}
+
+/// The one object `bpftool -j ARGS` shows.
+fn bpftool(args: &[&str]) -> anyhow::Result<Value> {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("failed to run bpftool")?;
+    ensure!(
+        out.status.success(),
+        "bpftool {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("bpftool {args:?}: not JSON"))?;
+    Ok(match value {
+        Value::Array(mut all) if all.len() == 1 => all.remove(0),
+        other => other,
+    })
+}
+
+/// [`BPF_PROGRAMS`]' run time and count summed over the measured window,
+/// and the app connections the window made.
+#[derive(Default)]
+struct BpfWindow {
+    /// (run_time_ns, run_cnt) per program, in [`BPF_PROGRAMS`]' order.
+    totals: [(f64, f64); BPF_PROGRAMS.len()],
+    app_conns: usize,
+    /// Whether any window was measured.
+    measured: bool,
+}
+
+impl BpfWindow {
+    fn add(
+        &mut self,
+        before: &[(f64, f64); BPF_PROGRAMS.len()],
+        after: &[(f64, f64); BPF_PROGRAMS.len()],
+        app_conns: usize,
+    ) {
+        for ((total, b), a) in self.totals.iter_mut().zip(before).zip(after) {
+            total.0 += a.0 - b.0;
+            total.1 += a.1 - b.1;
+        }
+        self.app_conns += app_conns;
+        self.measured = true;
+    }
+
+    /// Nanoseconds per call of `program`; `None` if it did not run.
+    fn ns_per_call(&self, program: &str) -> Option<f64> {
+        let i = BPF_PROGRAMS.iter().position(|(p, _)| *p == program)?;
+        let (ns, calls) = self.totals[i];
+        (calls > 0.0).then(|| ns / calls)
     }
 }
 
@@ -848,6 +1144,7 @@ fn targets(
     flooded: &dyn Fn(&str, &str) -> Option<f64>,
     instances: &dyn Fn(&str, &str) -> Option<f64>,
     extra: &BTreeMap<String, f64>,
+    bpf: &BpfWindow,
 ) -> String {
     let under =
         |metric: &str, flood: &str| Some(flooded(metric, flood)? / flooded(metric, "quiet")?);
@@ -866,7 +1163,8 @@ fn targets(
             .map(|(_, v)| *v)
             .reduce(f64::max)
     };
-    let rows: [(&str, Want, Option<f64>); 25] = [
+    let parallel = format!("new conns per s ({PARALLEL} at a time)");
+    let rows: [(&str, Want, Option<f64>); 27] = [
         (
             "bulk, mesh/direct",
             Want::AtLeast(0.5),
@@ -900,10 +1198,17 @@ fn targets(
         (
             "new conns per s (8 at a time), mesh/stunnel",
             Want::AtLeast(10.0),
-            ratio(
-                &format!("new conns per s ({PARALLEL} at a time)"),
-                "stunnel",
-            ),
+            ratio(&parallel, "stunnel"),
+        ),
+        (
+            "new conns per s, mesh/stunnel resumed",
+            Want::AtLeast(10.0),
+            ratio("new conns per s", "stunnel resumed"),
+        ),
+        (
+            "new conns per s (8 at a time), mesh/stunnel resumed",
+            Want::AtLeast(10.0),
+            ratio(&parallel, "stunnel resumed"),
         ),
         // Issue 12: multiplexing (mesh/2) against one connection per app
         // connection (mesh/1, bench-d's agent).
@@ -915,7 +1220,7 @@ fn targets(
         (
             "new conns per s (8 at a time), mesh/mesh/1",
             Want::AtLeast(2.0),
-            ratio(&format!("new conns per s ({PARALLEL} at a time)"), "mesh/1"),
+            ratio(&parallel, "mesh/1"),
         ),
         (
             "new conn p50 us, mesh",
@@ -953,9 +1258,9 @@ fn targets(
             most("agents RSS idle"),
         ),
         (
-            "mesh_connect4 ns per call",
+            "mesh_connect4 ns per call (bench-a's)",
             Want::AtMost(1000.0),
-            most("mesh_connect4"),
+            bpf.ns_per_call("mesh_connect4"),
         ),
         (
             "rr 1 B p50 under node flood / quiet",
@@ -999,11 +1304,12 @@ fn targets(
             over_one("rr 1 B p50 us", "2 instances, 1 passing"),
         ),
     ];
-    let mut out = "\n| target | wanted | this run | met |\n|---|---|---|---|\n".to_owned();
+    let mut out = "| target | wanted | this run | met |\n|---|---|---|---|\n".to_owned();
     for (name, wanted, got) in rows {
         let Some(got) = got else { continue };
-        out += &format!(
-            "| {name} | {wanted} | {got:.2} | {} |\n",
+        let _ = writeln!(
+            out,
+            "| {name} | {wanted} | {got:.2} | {} |",
             if wanted.met(got) { "yes" } else { "no" }
         );
     }
@@ -1030,129 +1336,22 @@ fn by_column(
     )
 }
 
-/// Prints the tables and the targets, and writes the JSON.
-fn report(all: &Samples, runs: usize) -> anyhow::Result<()> {
-    let Samples {
-        modes: samples,
-        floods: flood_samples,
-        instances: instance_samples,
-        spread,
-        extra,
-    } = all;
-    let metrics: Vec<&String> = {
-        let mut m: Vec<&String> = samples.keys().map(|(k, _)| k).collect();
-        m.dedup();
-        m
-    };
-    let cell = |metric: &String, mode: &str| samples.get(&(metric.clone(), mode)).map(|v| stats(v));
-    let fmt = |s: Option<(f64, f64, f64)>| match s {
-        Some((med, lo, hi)) if runs > 1 => format!("{med:.1} ({lo:.1}-{hi:.1})"),
-        Some((med, _, _)) => format!("{med:.1}"),
-        None => "-".to_owned(),
-    };
-    let ratio = |a: Option<(f64, f64, f64)>, b: Option<(f64, f64, f64)>| match (a, b) {
-        (Some((a, _, _)), Some((b, _, _))) if b != 0.0 => format!("{:.2}", a / b),
-        _ => "-".to_owned(),
-    };
-    let mut out = format!(
-        "Medians of {runs} run(s), (min-max); one machine, modes back to back per part.\n\n\
-         | metric | direct | relay | stunnel | mesh/1 | mesh | mesh/direct | mesh/relay | mesh/stunnel | mesh/mesh/1 |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n"
-    );
-    let mut json = serde_json::Map::new();
-    for metric in metrics {
-        let [d, r, s, m1, m] = MODES.map(|mode| cell(metric, mode));
-        out += &format!(
-            "| {metric} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            fmt(d),
-            fmt(r),
-            fmt(s),
-            fmt(m1),
-            fmt(m),
-            ratio(m, d),
-            ratio(m, r),
-            ratio(m, s),
-            ratio(m, m1)
-        );
-        json.insert(metric.clone(), by_column(samples, metric, &MODES));
+/// A part of the report: its title, what it measures (for the file), its
+/// table.
+struct Section {
+    title: String,
+    prose: String,
+    table: String,
+}
+
+/// Prints the tables and the targets, writes the JSON, and from a full
+/// run the whole report to docs/benchmarks.md.
+fn report(all: &Samples, runs: usize, opts: &Options) -> anyhow::Result<()> {
+    let (sections, json) = sections(all, runs);
+    let mut out = format!("Medians of {runs} run(s), (min-max); one machine.\n");
+    for s in &sections {
+        let _ = write!(out, "\n## {}\n\n{}", s.title, s.table);
     }
-    out += "\n| mesh only | value |\n|---|---|\n";
-    for (k, v) in extra {
-        out += &format!("| {k} | {v:.1} |\n");
-        json.insert(k.clone(), json!(v));
-    }
-    let flooded = |metric: &String, flood: &str| {
-        flood_samples
-            .get(&(metric.clone(), flood))
-            .map(|v| stats(v))
-    };
-    if !flood_samples.is_empty() {
-        out += &format!(
-            "\n| mesh under flood ({FLOOD_CONNS} connections held without a handshake) | quiet | node flood | stranger flood | control | node/quiet | stranger/quiet | control/quiet |\n\
-             |---|---|---|---|---|---|---|---|\n"
-        );
-        let mut metrics: Vec<&String> = flood_samples.keys().map(|(k, _)| k).collect();
-        metrics.dedup();
-        let mut under = serde_json::Map::new();
-        for metric in metrics {
-            let [q, n, x, c] = FLOODS.map(|flood| flooded(metric, flood));
-            out += &format!(
-                "| {metric} | {} | {} | {} | {} | {} | {} | {} |\n",
-                fmt(q),
-                fmt(n),
-                fmt(x),
-                fmt(c),
-                ratio(n, q),
-                ratio(x, q),
-                ratio(c, q)
-            );
-            under.insert(metric.clone(), by_column(flood_samples, metric, &FLOODS));
-        }
-        json.insert("under flood".to_owned(), Value::Object(under));
-    }
-    let instanced = |metric: &String, column: &str| {
-        instance_samples
-            .get(&(metric.clone(), column))
-            .map(|v| stats(v))
-    };
-    if !instance_samples.is_empty() {
-        out += "\n| mesh to a service with | 1 instance | 2 instances | 2 instances, 1 passing | 2/1 | 2 with 1 passing/1 |\n|---|---|---|---|---|---|\n";
-        let mut metrics: Vec<&String> = instance_samples.keys().map(|(k, _)| k).collect();
-        metrics.dedup();
-        let columns = INSTANCES.map(|(column, _)| column);
-        let mut section = serde_json::Map::new();
-        for metric in metrics {
-            let [one, two, control] = columns.map(|column| instanced(metric, column));
-            out += &format!(
-                "| {metric} | {} | {} | {} | {} | {} |\n",
-                fmt(one),
-                fmt(two),
-                fmt(control),
-                ratio(two, one),
-                ratio(control, one)
-            );
-            section.insert(
-                metric.clone(),
-                by_column(instance_samples, metric, &columns),
-            );
-        }
-        let spread_text: Vec<String> = spread.iter().map(|(k, v)| format!("{v:.0} {k}")).collect();
-        out += &format!(
-            "\n2 instances, as bench-a's agent picked them (all runs): {}.\n",
-            spread_text.join(", ")
-        );
-        section.insert(
-            "spread".to_owned(),
-            json!(spread.iter().cloned().collect::<BTreeMap<_, _>>()),
-        );
-        json.insert("instances".to_owned(), Value::Object(section));
-    }
-    out += &targets(
-        &|metric, mode| cell(&metric.to_owned(), mode).map(|(m, _, _)| m),
-        &|metric, flood| flooded(&metric.to_owned(), flood).map(|(m, _, _)| m),
-        &|metric, column| instanced(&metric.to_owned(), column).map(|(m, _, _)| m),
-        extra,
-    );
     println!("{out}");
     let dir = cmd::workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
@@ -1163,5 +1362,511 @@ fn report(all: &Samples, runs: usize) -> anyhow::Result<()> {
     let path: &Path = &dir.join(format!("bench-{stamp}.json"));
     fs::write(path, serde_json::to_string_pretty(&Value::Object(json))?)?;
     eprintln!("bench: results in {}", path.display());
+    if opts.writes() {
+        let doc = cmd::workspace_root().join("docs/benchmarks.md");
+        fs::write(&doc, document(&sections, runs)?)
+            .with_context(|| format!("failed to write {}", doc.display()))?;
+        eprintln!("bench: report in {}", doc.display());
+    }
     Ok(())
+}
+
+/// The report's sections, and every sample as JSON.
+fn sections(all: &Samples, runs: usize) -> (Vec<Section>, serde_json::Map<String, Value>) {
+    let Samples {
+        modes: samples,
+        floods: flood_samples,
+        instances: instance_samples,
+        spread,
+        extra,
+        bpf,
+        units,
+        stunnel_configs,
+        stunnel_handshakes,
+    } = all;
+    let fmt = |s: Option<(f64, f64, f64)>| match s {
+        Some((med, lo, hi)) if runs > 1 => format!("{med:.1} ({lo:.1}-{hi:.1})"),
+        Some((med, _, _)) => format!("{med:.1}"),
+        None => "-".to_owned(),
+    };
+    let ratio = |a: Option<(f64, f64, f64)>, b: Option<(f64, f64, f64)>| match (a, b) {
+        (Some((a, _, _)), Some((b, _, _))) if b != 0.0 => format!("{:.2}", a / b),
+        _ => "-".to_owned(),
+    };
+    let metrics_of = |samples: &BTreeMap<(String, &str), Vec<f64>>| {
+        let mut m: Vec<String> = samples.keys().map(|(k, _)| k.clone()).collect();
+        m.dedup();
+        m
+    };
+    let cell = |metric: &str, mode: &str| samples.get(&(metric.to_owned(), mode)).map(|v| stats(v));
+    let flooded = |metric: &str, flood: &str| {
+        flood_samples
+            .get(&(metric.to_owned(), flood))
+            .map(|v| stats(v))
+    };
+    let instanced = |metric: &str, column: &str| {
+        instance_samples
+            .get(&(metric.to_owned(), column))
+            .map(|v| stats(v))
+    };
+    let mut sections = Vec::new();
+    let mut json = serde_json::Map::new();
+
+    if !samples.is_empty() {
+        let mut table = format!(
+            "| metric | {} | mesh/direct | mesh/relay | mesh/stunnel | mesh/stunnel resumed | mesh/mesh/1 |\n|---|{}---|---|---|---|---|\n",
+            MODES.join(" | "),
+            "---|".repeat(MODES.len())
+        );
+        for metric in metrics_of(samples) {
+            let [d, r, s, sr, m1, m] = MODES.map(|mode| cell(&metric, mode));
+            let _ = writeln!(
+                table,
+                "| {metric} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt(d),
+                fmt(r),
+                fmt(s),
+                fmt(sr),
+                fmt(m1),
+                fmt(m),
+                ratio(m, d),
+                ratio(m, r),
+                ratio(m, s),
+                ratio(m, sr),
+                ratio(m, m1)
+            );
+            json.insert(metric.clone(), by_column(samples, &metric, &MODES));
+        }
+        sections.push(Section {
+            title: "The mesh against direct TCP, a plain relay and stunnel".to_owned(),
+            prose: modes_prose(stunnel_handshakes),
+            table,
+        });
+    }
+    if !stunnel_configs.is_empty() {
+        let checked: Vec<String> = stunnel_handshakes
+            .iter()
+            .map(|(mode, full, resumed)| format!("{mode}: {full} full, {resumed} resumed"))
+            .collect();
+        let mut table = format!(
+            "Handshakes of the check ({STUNNEL_CHECK_CONNS} connections each): {}.\n\n",
+            checked.join("; ")
+        );
+        for (title, text) in stunnel_configs {
+            let _ = write!(table, "{title}:\n\n```ini\n{text}```\n\n");
+        }
+        sections.push(Section {
+            title: "stunnel's configs".to_owned(),
+            prose: "Exactly as run; the handshake check ran the same configs with `debug = info` added. The two modes differ only in `sessionResume`.".to_owned(),
+            table: table.trim_end().to_owned() + "\n",
+        });
+        json.insert(
+            "stunnel handshakes (check)".to_owned(),
+            json!(
+                stunnel_handshakes
+                    .iter()
+                    .map(|(mode, full, resumed)| (*mode, json!({"full": full, "resumed": resumed})))
+                    .collect::<BTreeMap<_, _>>()
+            ),
+        );
+    }
+    if bpf.measured {
+        let mut table =
+            "| program | agent of | calls | ns per call | calls per app connection |\n|---|---|---|---|---|\n"
+                .to_owned();
+        let mut section = serde_json::Map::new();
+        for ((program, node), (ns, calls)) in BPF_PROGRAMS.iter().zip(bpf.totals) {
+            let per_call = bpf.ns_per_call(program);
+            let _ = writeln!(
+                table,
+                "| {program} | {node} | {calls:.0} | {} | {:.2} |",
+                per_call.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
+                calls / bpf.app_conns.max(1) as f64
+            );
+            section.insert(
+                (*program).to_owned(),
+                json!({"node": node, "calls": calls, "run_time_ns": ns, "ns_per_call": per_call}),
+            );
+        }
+        section.insert("app connections".to_owned(), json!(bpf.app_conns));
+        json.insert("ebpf".to_owned(), Value::Object(section));
+        sections.push(Section {
+            title: "eBPF programs".to_owned(),
+            prose: format!(
+                "Run time per call (`kernel.bpf_stats_enabled`) of the copies of the programs that act: \
+                 bench-a's (the caller's agent) for connect4/6, sock_ops and bind4/6, bench-b's (the \
+                 destination's) for sk_lookup, each read through its pinned link \
+                 (`<bpffs>/mesh/<node>/link_<program>`), as deltas over the `mesh` column's runs of bulk, \
+                 rr and connrate ({} app connections in all). Every agent attaches its connect, sock_ops and \
+                 bind programs to the cgroup root, so each copy runs for every socket on the machine and \
+                 acts only for its own node's network namespace: bench-a's copy also counts the other \
+                 nodes' calls, which end at that check (here mostly bench-b's agent connecting to the \
+                 service). On a real node there is one copy, and every call is its node's. sk_lookup runs \
+                 for every connection into bench-b's namespace, the destination agent's loopback \
+                 connections to the service included (passed on at once); the pooled `mesh/2` connection \
+                 makes few connections to steer. A program that did not run in the window shows 0 calls.",
+                bpf.app_conns
+            ),
+            table,
+        });
+    }
+    if !extra.is_empty() {
+        let mut table = "| mesh only | value |\n|---|---|\n".to_owned();
+        for (k, v) in extra {
+            let _ = writeln!(table, "| {k} | {v:.1} |");
+            json.insert(k.clone(), json!(v));
+        }
+        sections.push(Section {
+            title: "Memory".to_owned(),
+            prose: format!(
+                "agents RSS idle: the resident memory of bench-a's and bench-b's agents after all \
+                 runs (heap kept from them included). KiB per idle proxied conn: the two agents' RSS \
+                 growth per connection while `meshbench idle` holds that many open through the mesh, \
+                 read one second after they opened; after {IDLE_HOLD_SECS} s meshbench checks that every \
+                 one still echoes (one that does not fails the run). 10,000 would need over 20,000 \
+                 descriptors in one agent (two sockets per proxied connection)."
+            ),
+            table,
+        });
+    }
+    if !flood_samples.is_empty() {
+        let mut table = format!(
+            "| mesh under flood ({FLOOD_CONNS} connections held without a handshake) | {} | node/quiet | stranger/quiet | control/quiet |\n|---|{}---|---|---|\n",
+            FLOODS.join(" | "),
+            "---|".repeat(FLOODS.len())
+        );
+        let mut under = serde_json::Map::new();
+        for metric in metrics_of(flood_samples) {
+            let [q, n, x, c] = FLOODS.map(|flood| flooded(&metric, flood));
+            let _ = writeln!(
+                table,
+                "| {metric} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt(q),
+                fmt(n),
+                fmt(x),
+                fmt(c),
+                ratio(n, q),
+                ratio(x, q),
+                ratio(c, q)
+            );
+            under.insert(metric.clone(), by_column(flood_samples, &metric, &FLOODS));
+        }
+        json.insert("under flood".to_owned(), Value::Object(under));
+        sections.push(Section {
+            title: "Under a handshake flood".to_owned(),
+            prose: format!(
+                "The mesh's connection rate ({CONNS} one after another) and rr p50 (1 B) while a flood \
+                 client keeps {FLOOD_CONNS} connections to the service port open without a handshake, \
+                 reconnecting whatever is closed: from a mesh node (`bench-c`, let through by the kernel, \
+                 rationed by the agent), from a stranger (`bench-x`, reset by sk_lookup), and, as a \
+                 control, the stranger's flood at a port of bench-b that is no service (the kernel resets \
+                 it; no mesh program or agent is involved). The flood client runs at nice 19 but shares \
+                 the CPUs with the agents, the client and the server: the control shows what the flood \
+                 itself costs them, the mesh's share is node or stranger against control."
+            ),
+            table,
+        });
+    }
+    if !instance_samples.is_empty() {
+        let mut table = "| mesh to a service with | 1 instance | 2 instances | 2 instances, 1 passing | 2/1 | 2 with 1 passing/1 |\n|---|---|---|---|---|---|\n".to_owned();
+        let columns = INSTANCES.map(|(column, _)| column);
+        let mut section = serde_json::Map::new();
+        for metric in metrics_of(instance_samples) {
+            let [one, two, control] = columns.map(|column| instanced(&metric, column));
+            let _ = writeln!(
+                table,
+                "| {metric} | {} | {} | {} | {} | {} |",
+                fmt(one),
+                fmt(two),
+                fmt(control),
+                ratio(two, one),
+                ratio(control, one)
+            );
+            section.insert(
+                metric.clone(),
+                by_column(instance_samples, &metric, &columns),
+            );
+        }
+        let spread_text: Vec<String> = spread.iter().map(|(k, v)| format!("{v:.0} {k}")).collect();
+        let _ = write!(
+            table,
+            "\n2 instances, as bench-a's agent picked them (all runs): {}.\n",
+            spread_text.join(", ")
+        );
+        section.insert(
+            "spread".to_owned(),
+            json!(spread.iter().cloned().collect::<BTreeMap<_, _>>()),
+        );
+        json.insert("instances".to_owned(), Value::Object(section));
+        sections.push(Section {
+            title: "Two instances vs one".to_owned(),
+            prose: format!(
+                "The mesh's connection rate ({CONNS} one after another) and rr p50 (1 B, {RR_COUNT} round \
+                 trips over one connection) from bench-a to `server` (one instance, on bench-b), to \
+                 `server2` (two instances, on bench-b and bench-c, the default `least_request`) and, as a \
+                 control, to `server3` (two instances, of which only bench-b's passes: its ttl check on \
+                 bench-c is never reported), all in each run, the order swapped every other run. The \
+                 control takes the same pick, health and failover path as two instances but sends every \
+                 connection to bench-b, like one instance: it shows what the multi-instance code costs, \
+                 apart from what spreading the load over two nodes' agents and servers costs on shared \
+                 CPUs. \"handshakes resumed %\" counts bench-a's outbound handshakes that resumed a TLS \
+                 session (a ticket resumes only at the agent that issued it; the caller keeps them per \
+                 service and destination node)."
+            ),
+            table,
+        });
+    }
+    if !units.is_empty() {
+        let table = format!(
+            "| unit cost | value | unit |\n|---|---|---|\n{}\n",
+            units.join("\n")
+        );
+        json.insert("units".to_owned(), json!(units));
+        sections.push(Section {
+            title: "Unit costs".to_owned(),
+            prose: "`cargo bench -p mesh-agent --bench units` (release; `--only pick`, `--only tunnel`; no \
+                    namespaces, no root): picking an instance among 1,000 (`proxy::balance`, each policy, \
+                    every instance passing, the mean of 100,000 picks), and a `mesh/2` stream (open, 1 byte \
+                    each way, close; `proxy::tunnel` over one loopback TCP connection, no TLS, both ends on \
+                    one thread; p50 and p99 of 1,000 streams). Each figure is the median of 5 measurements."
+                .to_owned(),
+            table,
+        });
+    }
+    let targets = targets(
+        &|metric, mode| cell(metric, mode).map(|(m, _, _)| m),
+        &|metric, flood| flooded(metric, flood).map(|(m, _, _)| m),
+        &|metric, column| instanced(metric, column).map(|(m, _, _)| m),
+        extra,
+        bpf,
+    );
+    if targets.lines().count() > 2 {
+        sections.push(Section {
+            title: "Targets".to_owned(),
+            prose: "The issues' targets against this run's medians; rr as latency added over direct: \
+                    (mesh - direct) / (stunnel - direct). The connection-rate targets are shown against \
+                    both stunnel modes. A target whose figures this run did not measure is left out."
+                .to_owned(),
+            table: targets,
+        });
+    }
+    (sections, json)
+}
+
+/// What the main table's modes are, and which handshakes each makes.
+fn modes_prose(stunnel_handshakes: &[(&str, usize, usize)]) -> String {
+    let checked: Vec<String> = stunnel_handshakes
+        .iter()
+        .map(|(mode, full, resumed)| format!("{mode}: {full} full, {resumed} resumed"))
+        .collect();
+    format!(
+        "Clients run on bench-a (mesh/1: bench-d) against `meshbench serve` on bench-b. \
+         **direct**: plaintext TCP between the nodes (the limit). **relay**: the mesh's hops \
+         without TLS, app -> socat -> socat -> server (plain TCP, 256 KiB buffers): what any pair of \
+         userspace proxies costs. **stunnel**: stunnel4 on both ends, TLS 1.3, client certificates, \
+         ECDSA P-256, the agents' suite {STUNNEL_SUITE}, `sessionResume = no`: a full handshake per \
+         connection (both ends sign and verify a certificate; x25519). **stunnel resumed**: the same \
+         with `sessionResume = yes`, stunnel's default: its client keeps the last session per \
+         destination and resumes it with the server's TLS 1.3 ticket, so every connection but the \
+         first skips the certificates (PSK with x25519), as a careful user runs it; measured for new \
+         connections only (resumption changes nothing after a connection's start). Checked before \
+         the runs, {STUNNEL_CHECK_CONNS} connections each, counted in the server's log at level info: \
+         {}. **mesh/1**: the mesh without multiplexing, from bench-d whose agent runs `--no-multiplex`: \
+         one TCP and TLS connection per app connection (ALPN `mesh/1`), resumed (\"caller agent \
+         handshakes resumed %\"). **mesh**: app -> agent -> mTLS -> agent -> service as it runs by \
+         default, HTTP/2 streams on one pooled `mesh/2` connection (\"caller agent handshakes per new \
+         conn\" near 0).\n\n\
+         bulk is one stream for {BULK_SECS} s; rr is request/response over one connection (p50 and \
+         p99 of {RR_COUNT} round trips, each echo checked); new conns is connect + one round trip + \
+         close, {CONNS} one after another and {} with {PARALLEL} clients at a time. Any failed \
+         connection or wrong echo fails the run. proxy CPU is the user + system time of both proxies \
+         of a mode (from /proc, reaped children included) per GB of bulk, and its system part alone. \
+         stunnel is tuned as the agents are: it logs to its own output only (with no syslog daemon it \
+         writes each connection to /dev/console, which alone cut its connection rate 4x), no libwrap, \
+         TCP_NODELAY. A part's figures drift with what ran seconds before it, so the benchmark runs \
+         part by part (bulk, rr, connrate), each part's modes back to back. The machine is small and \
+         may be shared: compare ratios within one run.",
+        checked.join("; "),
+        2 * CONNS
+    )
+}
+
+/// The whole report: where and how it was made, then each section.
+fn document(sections: &[Section], runs: usize) -> anyhow::Result<String> {
+    let mut doc = format!(
+        "# Benchmarks\n\n\
+         Written by `cargo xtask bench` (a full run: no `--only`, no `--smoke`); run it again \
+         rather than edit this file. The catalog in etcd at scale is in \
+         [catalog-scale.md](catalog-scale.md) (`cargo xtask bench --catalog`). Earlier hand-written \
+         analyses (how the relay and multiplexing were tuned, and what did not help) are in this \
+         file's history: `git log -p docs/benchmarks.md`.\n\n{}\n\
+         It holds `/dev/cpu_dma_latency` at 0 while it runs (idle virtual CPUs otherwise inflate \
+         latency) and turns on `kernel.bpf_stats_enabled` to time the eBPF programs. Nodes are \
+         network namespaces on one bridge, each mesh node with its agent. JSON of every sample goes \
+         to `target/bench/`.\n",
+        provenance(runs)?
+    );
+    for s in sections {
+        let _ = write!(doc, "\n## {}\n\n{}\n\n{}", s.title, s.prose, s.table);
+    }
+    Ok(doc)
+}
+
+/// Where and how a report was made: date (UTC), commit, machine, runs,
+/// command line; Markdown list items.
+pub fn provenance(runs: usize) -> anyhow::Result<String> {
+    let root = cmd::workspace_root();
+    let stdout = |cmd: &mut Command| -> anyhow::Result<String> {
+        let out = cmd
+            .output()
+            .with_context(|| format!("failed to run {cmd:?}"))?;
+        ensure!(out.status.success(), "{cmd:?} failed ({})", out.status);
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let date = stdout(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
+    let commit =
+        stdout(
+            Command::new("git")
+                .current_dir(root)
+                .args(["rev-parse", "--short", "HEAD"]),
+        )?;
+    let dirty = !stdout(
+        Command::new("git")
+            .current_dir(root)
+            .args(["status", "--porcelain"]),
+    )?
+    .is_empty();
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").context("failed to read /proc/cpuinfo")?;
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("failed to read the kernel release")?;
+    let mem_kib: f64 = fs::read_to_string("/proc/meminfo")
+        .context("failed to read /proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("/proc/meminfo has no MemTotal")?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c))
+            {
+                a
+            } else {
+                format!("'{a}'")
+            }
+        })
+        .collect();
+    Ok(format!(
+        "- Date: {date}\n\
+         - Commit: {commit}{}\n\
+         - Machine: {cpus} CPUs ({model}), kernel {}, {:.1} GiB memory\n\
+         - Runs: {runs}; each figure is the median of the runs, with (min-max) when there are several\n\
+         - Command: `cargo xtask {}`\n",
+        if dirty {
+            "-dirty (uncommitted changes in the tree)"
+        } else {
+            ""
+        },
+        kernel.trim(),
+        mem_kib / (1024.0 * 1024.0),
+        args.join(" ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Made-up samples of every part.
+    fn samples() -> Samples<'static> {
+        let three = vec![100.0, 120.0, 110.0];
+        let mut modes = BTreeMap::new();
+        for mode in MODES {
+            modes.insert(("new conns per s".to_owned(), mode), three.clone());
+        }
+        let floods = FLOODS
+            .iter()
+            .map(|f| (("rr 1 B p50 us".to_owned(), *f), three.clone()))
+            .collect();
+        let instances = INSTANCES
+            .iter()
+            .map(|(c, _)| (("new conns per s".to_owned(), *c), three.clone()))
+            .collect();
+        let mut bpf = BpfWindow::default();
+        let mut after = [(0.0, 0.0); BPF_PROGRAMS.len()];
+        after[0] = (3000.0, 10.0);
+        bpf.add(&[(0.0, 0.0); BPF_PROGRAMS.len()], &after, 5);
+        Samples {
+            modes,
+            floods,
+            instances,
+            spread: vec![("connections to bench-b".to_owned(), 3.0)],
+            extra: [("agents RSS idle MiB".to_owned(), 20.0)].into(),
+            bpf,
+            units: vec!["| pick among 1000 instances, lb random | 40.0 | ns per pick |".to_owned()],
+            stunnel_configs: vec![("stunnel, client (bench-a)".to_owned(), "[cli]\n".to_owned())],
+            stunnel_handshakes: vec![("stunnel", 4, 0), ("stunnel resumed", 1, 3)],
+        }
+    }
+
+    #[test]
+    fn report_names_how_it_was_made_and_explains_every_table() {
+        let (sections, json) = sections(&samples(), 3);
+        let doc = document(&sections, 3).unwrap();
+        for item in [
+            "- Date: ",
+            "- Commit: ",
+            "- Machine: ",
+            "- Runs: 3",
+            "- Command: `cargo xtask ",
+        ] {
+            assert!(doc.contains(item), "no {item:?} in:\n{doc}");
+        }
+        let titles: Vec<&str> = sections.iter().map(|s| s.title.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "The mesh against direct TCP, a plain relay and stunnel",
+                "stunnel's configs",
+                "eBPF programs",
+                "Memory",
+                "Under a handshake flood",
+                "Two instances vs one",
+                "Unit costs",
+                "Targets",
+            ]
+        );
+        for s in &sections {
+            assert!(!s.prose.is_empty() && !s.table.is_empty(), "{}", s.title);
+            assert!(
+                doc.contains(&s.prose) && doc.contains(&s.table),
+                "{}",
+                s.title
+            );
+        }
+        // Medians with min-max; a program that did not run says 0 calls.
+        assert!(doc.contains("| new conns per s | 110.0 (100.0-120.0) |"));
+        assert!(doc.contains("| mesh_connect4 | bench-a | 10 | 300.0 | 2.00 |"));
+        assert!(doc.contains("| mesh_connect6 | bench-a | 0 | - | 0.00 |"));
+        assert!(doc.contains("stunnel: 4 full, 0 resumed; stunnel resumed: 1 full, 3 resumed"));
+        assert_eq!(json["ebpf"]["mesh_connect6"]["ns_per_call"], Value::Null);
+    }
+
+    #[test]
+    fn only_a_full_run_writes_the_report() {
+        let opts = |smoke, only: &[&str]| Options {
+            runs: 3,
+            smoke,
+            only: only.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        assert!(opts(false, &[]).writes());
+        assert!(!opts(true, &[]).writes());
+        assert!(!opts(false, &["rr"]).writes());
+    }
 }

@@ -44,19 +44,25 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Benchmark the mesh against direct TCP and stunnel (needs root).
+    ///
+    /// Prints the tables and writes JSON to target/bench/. A full run (no
+    /// --only, no --smoke) also writes the whole report to
+    /// docs/benchmarks.md; --only and --smoke only print.
     Bench {
         /// How many runs of each measurement (medians are reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// A seconds-long run of everything, without thresholds.
+        /// A seconds-long run of everything, without thresholds; prints
+        /// only.
         #[arg(long)]
         smoke: bool,
-        /// Measure only these parts (repeatable): bulk, rr, connrate, idle,
-        /// flood (rr and connrate of the mesh under a handshake flood),
-        /// instances (rr and connrate to a service with 2 instances vs 1),
-        /// pick (ns per pick of an instance among 1,000), tunnel (us per
-        /// mesh/2 stream: open, 1 byte each way, close); these two are unit
-        /// benches, not in --smoke.
+        /// Measure only these parts (repeatable; prints only): bulk, rr,
+        /// connrate, idle, flood (rr and connrate of the mesh under a
+        /// handshake flood), instances (rr and connrate to a service with 2
+        /// instances vs 1), pick (ns per pick of an instance among 1,000),
+        /// tunnel (us per mesh/2 stream: open, 1 byte each way, close);
+        /// these two are `cargo bench -p mesh-agent --bench units`, not in
+        /// --smoke.
         #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "instances", "pick", "tunnel"])]
         only: Vec<String>,
         /// Measure only the catalog in etcd at scale (1,000 services,
