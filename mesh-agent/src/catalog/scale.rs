@@ -2,14 +2,20 @@
 //! by `cargo xtask bench --catalog`): how long an agent takes to list and
 //! judge it, how much memory holding it costs, and how long a change takes
 //! to reach many watching agents (here `EtcdCatalog`s in one process,
-//! without the data path, as the agents of a fleet would run them).
+//! without the data path, as the agents of a fleet would run them), timed
+//! from before the write is sent to each watcher's new config. Each
+//! watcher also keeps its node's registration (node key and its instances'
+//! health under a lease) and follows everyone's, as an agent does.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
-use super::{Catalog, CatalogError, EtcdCatalog, EtcdOptions, layout};
-use crate::config::Action;
+use super::{Catalog, CatalogError, EtcdCatalog, EtcdOptions, layout, registry};
+use crate::{config::Action, health::Board, snapshot::Snapshot};
 
 /// What [`measure`] found.
 #[derive(Debug, Serialize)]
@@ -21,19 +27,28 @@ pub struct Report {
     /// Resident memory the first watcher's catalog added to this process.
     pub rss_growth_mib: f64,
     pub watchers: usize,
-    /// From a write's answer to each watcher's new config, over every
-    /// (change, watcher).
+    /// From before a write is sent to each watcher's config with it, over
+    /// every (change, watcher).
     pub propagation_p50_ms: f64,
     pub propagation_p99_ms: f64,
+    pub propagation_max_ms: f64,
     pub samples: usize,
+    /// Nodes registered in etcd after the last change (one per watcher, up
+    /// to the catalog's nodes), and their instances' health keys.
+    pub registered_nodes: usize,
+    pub health_keys: usize,
 }
 
 /// Bound on one change reaching every watcher.
 const CHANGE_BOUND: Duration = Duration::from_secs(30);
+/// Bound on every watcher's first registration and listing.
+const REGISTERED_BOUND: Duration = Duration::from_secs(60);
 
-/// Loads `watchers` catalogs from `options`, then writes `changes` changes
-/// (an intention between the first two services, allow and deny in turn),
-/// each once every watcher has the previous one.
+/// Loads `watchers` catalogs from `options`; registers watcher `i` as the
+/// catalog's node `i` (while there are nodes) and waits until each is
+/// registered and has listed the registrations; then writes `changes`
+/// changes (an intention between the first two services, allow and deny
+/// in turn), each once every watcher has the previous one.
 pub fn measure(
     options: &EtcdOptions,
     watchers: usize,
@@ -72,14 +87,46 @@ pub fn measure(
         .enable_all()
         .build()
         .map_err(CatalogError::Runtime)?;
-    let mut latencies = runtime.block_on(async {
+    let (mut latencies, registered) = runtime.block_on(async {
+        // Registrations as the agents keep them (`agent::run`).
+        let mut registrations = Vec::new();
+        for node in config.nodes.iter().take(watchers) {
+            let (publisher, snapshots) = Snapshot::new(config.clone()).publish();
+            let board = Board::new(&node.name, Arc::new(publisher));
+            board.sync(&config);
+            let r = registry::Registration::new(options.clone(), &node.name, board, snapshots);
+            tokio::spawn(r.clone().keep());
+            tokio::spawn(r.clone().follow());
+            registrations.push(r);
+        }
+        let all = async {
+            for r in &registrations {
+                r.first().await;
+            }
+        };
+        tokio::time::timeout(REGISTERED_BOUND, all)
+            .await
+            .map_err(|_| {
+                CatalogError::Rejected(format!(
+                    "the {} watchers' registrations were not all in etcd within {REGISTERED_BOUND:?}",
+                    registrations.len()
+                ))
+            })?;
+        // Each watcher reports (its index, when, the pair's action) for
+        // every config it gets.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for mut catalog in catalogs {
+        for (index, mut catalog) in catalogs.into_iter().enumerate() {
             let tx = tx.clone();
+            let (source, destination) = (source.clone(), destination.clone());
             tokio::spawn(async move {
                 loop {
-                    catalog.changed().await;
-                    if tx.send(Instant::now()).is_err() {
+                    let config = catalog.changed().await;
+                    let seen = (
+                        index,
+                        Instant::now(),
+                        action(&config, &source, &destination),
+                    );
+                    if tx.send(seen).is_err() {
                         return;
                     }
                 }
@@ -94,8 +141,9 @@ pub fn measure(
         let mut latencies = Vec::with_capacity(changes * watchers);
         for i in 0..changes {
             let deny = (i % 2 == 0) != denied_now;
-            let action = if deny { Action::Deny } else { Action::Allow };
-            let value = super::etcd::intention_value(&source, &destination, action);
+            let want = if deny { Action::Deny } else { Action::Allow };
+            let value = super::etcd::intention_value(&source, &destination, want);
+            let sent = Instant::now();
             client
                 .put(key.as_str(), value, None)
                 .await
@@ -103,21 +151,28 @@ pub fn measure(
                     endpoints: options.endpoints.join(","),
                     source: e,
                 })?;
-            let written = Instant::now();
-            for _ in 0..watchers {
-                let seen = tokio::time::timeout(CHANGE_BOUND, rx.recv())
+            // Every watcher's first config with this change.
+            let deadline = tokio::time::Instant::now() + CHANGE_BOUND;
+            let mut reached = vec![false; watchers];
+            while reached.iter().any(|r| !r) {
+                let (index, at, got) = tokio::time::timeout_at(deadline, rx.recv())
                     .await
                     .ok()
                     .flatten()
                     .ok_or_else(|| {
                         CatalogError::Rejected(format!(
-                            "change {i} did not reach every watcher within {CHANGE_BOUND:?}"
+                            "change {i} reached {} of {watchers} watchers within {CHANGE_BOUND:?}",
+                            reached.iter().filter(|r| **r).count()
                         ))
                     })?;
-                latencies.push(seen.saturating_duration_since(written).as_secs_f64() * 1e3);
+                if got == Some(want) && !std::mem::replace(&mut reached[index], true) {
+                    latencies.push(at.duration_since(sent).as_secs_f64() * 1e3);
+                }
             }
         }
-        Ok::<_, CatalogError>(latencies)
+        // Still registered after the measurement, every one.
+        let registered = registry::list(options).await?;
+        Ok::<_, CatalogError>((latencies, registered))
     })?;
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| {
@@ -133,8 +188,21 @@ pub fn measure(
         watchers,
         propagation_p50_ms: at(0.5),
         propagation_p99_ms: at(0.99),
+        propagation_max_ms: latencies.last().copied().unwrap_or(0.0),
         samples: latencies.len(),
+        registered_nodes: registered.nodes.len(),
+        health_keys: registered.reports.values().map(|r| r.len()).sum(),
     })
+}
+
+/// The action of the intention from `source` to `destination` in
+/// `config`, if it has one.
+fn action(config: &crate::config::Config, source: &str, destination: &str) -> Option<Action> {
+    config
+        .intentions
+        .iter()
+        .find(|i| i.source.to_string() == source && i.destination.to_string() == destination)
+        .map(|i| i.action)
 }
 
 /// This process's resident memory (`VmRSS`).
