@@ -1704,7 +1704,10 @@ fn document(sections: &[Section], runs: usize) -> anyhow::Result<String> {
          latency) and turns on `kernel.bpf_stats_enabled` to time the eBPF programs. Nodes are \
          network namespaces on one bridge, each mesh node with its agent. JSON of every sample goes \
          to `target/bench/`.\n",
-        provenance(runs)?
+        provenance(
+            runs,
+            "each figure is the median of the runs, with (min-max) when there are several"
+        )?
     );
     for s in sections {
         let _ = write!(doc, "\n## {}\n\n{}\n\n{}", s.title, s.prose, s.table);
@@ -1712,9 +1715,14 @@ fn document(sections: &[Section], runs: usize) -> anyhow::Result<String> {
     Ok(doc)
 }
 
-/// Where and how a report was made: date (UTC), commit, machine, runs,
-/// command line; Markdown list items.
-pub fn provenance(runs: usize) -> anyhow::Result<String> {
+/// The reports the benches write: not counted as changes that make the
+/// tree dirty (each run rewrites one).
+const REPORTS: [&str; 2] = ["docs/benchmarks.md", "docs/catalog-scale.md"];
+
+/// Where and how a report was made: date (UTC), commit (`-dirty` if the
+/// tree has changes other than [`REPORTS`]), machine, runs and what each
+/// figure is (`figures`), command line; Markdown list items.
+pub fn provenance(runs: usize, figures: &str) -> anyhow::Result<String> {
     let root = cmd::workspace_root();
     let stdout = |cmd: &mut Command| -> anyhow::Result<String> {
         let out = cmd
@@ -1733,7 +1741,8 @@ pub fn provenance(runs: usize) -> anyhow::Result<String> {
     let dirty = !stdout(
         Command::new("git")
             .current_dir(root)
-            .args(["status", "--porcelain"]),
+            .args(["status", "--porcelain", "--", "."])
+            .args(REPORTS.map(|r| format!(":!{r}"))),
     )?
     .is_empty();
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").context("failed to read /proc/cpuinfo")?;
@@ -1766,7 +1775,7 @@ pub fn provenance(runs: usize) -> anyhow::Result<String> {
         "- Date: {date}\n\
          - Commit: {commit}{}\n\
          - Machine: {cpus} CPUs ({model}), kernel {}, {:.1} GiB memory\n\
-         - Runs: {runs}; each figure is the median of the runs, with (min-max) when there are several\n\
+         - Runs: {runs}; {figures}\n\
          - Command: `cargo xtask {}`\n",
         if dirty {
             "-dirty (uncommitted changes in the tree)"

@@ -202,7 +202,7 @@ fn document(table: &str, runs: usize) -> anyhow::Result<String> {
          default policy deny, a node's `DENIED` map (65,536 pairs, `MAX_DENIED_PAIRS`) would need \
          {} for its {} services.\n\n\
          ## Results\n\n{table}",
-        bench::provenance(runs)?,
+        bench::provenance(runs, "each figure is the median of the runs")?,
         SERVICES * PER_SERVICE,
         SERVICES * PER_SERVICE / NODES,
         CHANGES * WATCHERS,
