@@ -5,9 +5,11 @@
 //! The source agent keeps, per instance, its active proxied connections
 //! (an [`Active`] guard lives as long as the connection) and its recent
 //! connect outcomes ([`Balancer::failed`], [`Balancer::succeeded`]).
-//! A pick costs O(1) for `least_request` and `random` whatever the number
-//! of instances (candidates are sampled, not listed); it falls back to one
-//! pass over the instances only when most of them are excluded.
+//! A `random` pick costs O(1) whatever the number of instances
+//! (candidates are sampled, not listed), falling back to one pass over
+//! the instances only when most of them are excluded; `least_request`
+//! also makes one pass over them to prefer an instance on the caller's
+//! own node (docs/benchmarks.md, "Unit costs", has both).
 
 use std::{
     collections::HashMap,
