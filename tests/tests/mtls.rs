@@ -399,6 +399,7 @@ fn status_shows_each_local_service_certificate() {
     let mut idle = mesh.cmd("sb", "python3");
     idle.args(["-c", IDLE_ADMIN_CLIENTS]);
     let out = run_to_string(&mut idle, Duration::from_secs(30));
+    println!("idle admin clients: {out}");
     let field = |name: &str| -> f64 {
         out.split_whitespace()
             .skip_while(|w| *w != name)
@@ -407,11 +408,20 @@ fn status_shows_each_local_service_certificate() {
             .unwrap_or_else(|| panic!("no {name} in {out:?}"))
     };
     assert_eq!(field("CONNECTED"), 300.0, "{out}");
-    // 300 - 256 closed at once (a few more if the endpoint's own clients
-    // held slots meanwhile).
-    let at_once = field("CLOSED_AT_ONCE");
-    assert!((44.0..=48.0).contains(&at_once), "cap not reached: {out}");
-    let last = field("LAST_CLOSED_AFTER");
+    // Each connection is either closed at once (over the 256 slots) or
+    // held until the 2 s bound; never more than 256 held at a time. (On
+    // a busy machine the 300 may take seconds to open, the listen backlog
+    // being full, and slots free up meanwhile: so not "exactly 44 at
+    // once", but the most held at once, from when each was closed.)
+    let (at_once, held) = (field("CLOSED_AT_ONCE"), field("HELD_THEN_CLOSED"));
+    let most = field("MOST_HELD_AT_ONCE");
+    assert_eq!(at_once + held, 300.0, "{out}");
+    assert!(most <= 260.0, "more held at once than the 256 slots: {out}");
+    assert!(
+        at_once >= 1.0 || most >= 250.0,
+        "the cap was never reached: {out}"
+    );
+    let last = field("LONGEST_HELD");
     assert!(
         (1.5..=3.5).contains(&last),
         "held ones not closed after 2 s: {out}"
@@ -561,18 +571,25 @@ fn peers_that_stall_their_handshake_cannot_exhaust_the_destination() {
     );
 }
 
-/// Opens 300 connections to the admin endpoint and says nothing on any;
-/// prints how many connected (a failure to connect ends the script),
-/// how many the agent closed within 0.5 s, and after how many seconds it
-/// had closed the last one (the script never closes one itself).
+/// Opens 300 connections to the admin endpoint and says nothing on any
+/// (the script never closes one); prints how many connected (a failure
+/// to connect ends the script), how many the agent closed before 1.5 s
+/// after their connect (at once, or as soon as a busy agent accepted
+/// them), how many it held longer and then closed, the most it held at
+/// once, the longest it held one, and how long opening them took.
 const IDLE_ADMIN_CLIENTS: &str = r#"
 import select, socket, time
-ss = [socket.create_connection(("127.0.0.1", 15000), timeout=2) for _ in range(300)]
-start = time.time()
-open_ = set(ss)
-at_once = 0
-last = 0.0
-while open_ and time.time() - start < 10:
+t0 = time.time()
+opened = {}
+for _ in range(300):
+    s = socket.create_connection(("127.0.0.1", 15000), timeout=2)
+    opened[s] = time.time()
+opening = time.time() - t0
+open_ = set(opened)
+at_once = held = 0
+longest = 0.0
+closes = []
+while open_ and time.time() - t0 < 15:
     ready, _, _ = select.select(list(open_), [], [], 0.1)
     for s in ready:
         try:
@@ -581,8 +598,21 @@ while open_ and time.time() - start < 10:
             gone = True
         if gone:
             open_.discard(s)
-            last = time.time() - start
-            if last < 0.5:
+            after = time.time() - opened[s]
+            if after < 1.5:
                 at_once += 1
-print("CONNECTED", len(ss), "CLOSED_AT_ONCE", at_once, "LAST_CLOSED_AFTER", round(last, 2), "STILL_OPEN", len(open_))
+            else:
+                held += 1
+                longest = max(longest, after)
+                closes.append(time.time())
+# A held connection was closed 2 s after the agent accepted it: the most
+# held at once, from [close - 2 s, close].
+events = sorted([(c - 2.0, 1) for c in closes] + [(c, -1) for c in closes])
+most = now = 0
+for _, step in events:
+    now += step
+    most = max(most, now)
+print("CONNECTED", len(opened), "CLOSED_AT_ONCE", at_once, "HELD_THEN_CLOSED", held,
+      "MOST_HELD_AT_ONCE", most, "LONGEST_HELD", round(longest, 2),
+      "OPENING_TOOK", round(opening, 2), "STILL_OPEN", len(open_))
 "#;
