@@ -2,7 +2,7 @@
 //! its command line. See ARCHITECTURE.md for how the pieces fit together.
 
 pub mod admin;
-pub mod agent;
+pub mod app;
 pub mod buffer;
 pub mod catalog;
 pub mod cgroup;

@@ -4,7 +4,7 @@
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use mesh_agent::{admin, agent, catalog, config, exec, health, identity, policy};
+use mesh_agent::{admin, app, catalog, config, exec, health, identity, policy};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -350,7 +350,7 @@ fn main() -> ExitCode {
             let drain = std::time::Duration::try_from_secs_f64(drain_seconds).map_err(|_| {
                 anyhow::anyhow!("--drain-seconds {drain_seconds}: expected seconds >= 0")
             })?;
-            run(agent::RunOptions {
+            run(app::RunOptions {
                 catalog: store.source()?,
                 node,
                 outbound_port,
@@ -411,12 +411,12 @@ fn parse_dns(text: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
     })
 }
 
-fn run(opts: agent::RunOptions) -> anyhow::Result<()> {
-    let prepared = agent::prepare(&opts)?;
+fn run(opts: app::RunOptions) -> anyhow::Result<()> {
+    let app = app::App::build(opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(agent::run(opts, prepared))?;
+    rt.block_on(app.run())?;
     Ok(())
 }
 

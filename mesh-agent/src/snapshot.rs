@@ -6,7 +6,7 @@
 //! and take `borrow().clone()` of the `Arc` (never a borrow held across an
 //! `.await`); connection tasks wait on `changed()` to re-decide their pair.
 //! Kernel maps, cgroups and leaves are side effects of a reload, done by
-//! `agent::Reload::apply` around the swap, not part of the snapshot.
+//! `app::reload::Reload::apply` around the swap, not part of the snapshot.
 
 use std::{
     collections::{BTreeSet, HashMap},

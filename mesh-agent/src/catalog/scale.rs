@@ -88,7 +88,7 @@ pub fn measure(
         .build()
         .map_err(CatalogError::Runtime)?;
     let (mut latencies, registered) = runtime.block_on(async {
-        // Registrations as the agents keep them (`agent::run`).
+        // Registrations as the agents keep them (`app::App::spawn`).
         let mut registrations = Vec::new();
         for node in config.nodes.iter().take(watchers) {
             let (publisher, snapshots) = Snapshot::new(config.clone()).publish();

@@ -1,0 +1,123 @@
+//! Applying the catalog's changes to a running agent.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::{AppError, cgroups, maps};
+use crate::{
+    catalog::Catalog,
+    cgroup::Cgroup2,
+    config::Config,
+    ebpf::Kernel,
+    health::{Board, link::Links},
+    identity::Identities,
+    proxy::ServiceIds,
+    snapshot::Publisher,
+};
+
+/// Applies every valid change of the catalog without a restart (see
+/// [`Reload::apply`]); a change that cannot be applied is logged and the
+/// last good config stays in force.
+pub(super) async fn follow(mut catalog: Box<dyn Catalog>, reload: Reload) {
+    loop {
+        let new = catalog.changed().await;
+        if let Err(e) = reload.apply(new) {
+            warn!(error = %e, "config change not applied, keeping the last good config");
+        }
+    }
+}
+
+/// What a reload changes: the snapshot, and its side effects (cgroups,
+/// leaves, kernel maps).
+pub(super) struct Reload {
+    pub node: String,
+    /// The writer of the snapshot channel's config (the board writes its
+    /// health).
+    pub publisher: Arc<Publisher>,
+    /// Restarts the checks that changed.
+    pub board: Arc<Board>,
+    /// Follows the agents of the nodes that came, stops following those
+    /// that went.
+    pub links: Arc<Links>,
+    /// No local service may take it (sk_lookup would steer it away).
+    pub link_port: u16,
+    pub cg: Arc<Cgroup2>,
+    pub cgroups: cgroups::Shared,
+    pub identities: Arc<Identities>,
+    pub ids: Arc<ServiceIds>,
+    pub kernel: Arc<Kernel>,
+}
+
+impl Reload {
+    /// Makes a new config the one in force: cgroups and leaves for services
+    /// that came, dropped for those that went; then one new snapshot
+    /// (config, intentions, names, hosts) is published; then the kernel
+    /// maps (adds before removes). Handlers see the new snapshot before the
+    /// kernel sends them connections for new services.
+    pub fn apply(&self, new: Config) -> Result<(), AppError> {
+        let node = &self.node;
+        check_node(&new, node)?;
+        check_link_port(&new, node, self.link_port)?;
+        let changed = self
+            .publisher
+            .borrow()
+            .config
+            .mesh
+            .restart_needed(&new.mesh);
+        if !changed.is_empty() {
+            return Err(AppError::NeedsRestart(changed));
+        }
+        let local: Vec<String> = new.services_on(node).map(|s| s.name.clone()).collect();
+        let mut cgroups = self.cgroups.lock();
+        cgroups.sync(&self.cg, &new, node)?;
+        self.identities.sync(&local)?;
+        // The one swap (keeping the health in force: the health board
+        // publishes through the same channel). Live connections re-decide
+        // their pair on this.
+        self.publisher
+            .send_modify(|current| *current = Arc::new(current.reloaded(new)));
+        // Only health can have changed since, never the config.
+        let snapshot = self.publisher.borrow().clone();
+        let contents = maps::contents(
+            &snapshot.config,
+            node,
+            &self.ids,
+            &cgroups.services,
+            &snapshot.policy,
+        );
+        self.kernel.update(&contents)?;
+        self.board.sync(&snapshot.config);
+        self.links.sync(&snapshot.config);
+        info!(
+            local_services = local.len(),
+            denied_pairs = contents.denied.len(),
+            "config applied"
+        );
+        Ok(())
+    }
+}
+
+/// Fails unless `config` declares `node`.
+pub(super) fn check_node(config: &Config, node: &str) -> Result<(), AppError> {
+    match config.node(node) {
+        Some(_) => Ok(()),
+        None => Err(AppError::UnknownNode {
+            node: node.to_owned(),
+            path: config.path.clone(),
+        }),
+    }
+}
+
+/// Fails if a service of `node` listens on `port`, the link port: sk_lookup
+/// would steer other agents' links to it to the inbound listener.
+pub(super) fn check_link_port(config: &Config, node: &str, port: u16) -> Result<(), AppError> {
+    match config.services_on(node).find(|s| s.port == port) {
+        Some(s) => Err(AppError::LinkPort {
+            service: s.name.clone(),
+            node: node.to_owned(),
+            port,
+        }),
+        None => Ok(()),
+    }
+}
