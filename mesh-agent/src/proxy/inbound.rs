@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     config::{Config, Service},
-    telemetry::Side,
+    telemetry::{Reporter, Side},
     tls::{Protocol, Transport},
 };
 
@@ -92,7 +92,7 @@ impl Inbound {
                 Err(refusal) => {
                     self.pi
                         .telemetry
-                        .handshake_failed("inbound", refusal.reason());
+                        .handshake_failed(Side::Inbound, refusal.reason());
                     debug!(%peer, "inbound connection closed: {refusal}");
                     continue;
                 }
@@ -163,11 +163,11 @@ async fn handle(
     check_listening(&dst)?;
     let leaf = pi.tls.leaf(&dst.name);
     let (mut remote, peer) = pi.tls.accept(stream, &dst.name).await.inspect_err(|e| {
-        pi.telemetry.handshake_failed("inbound", e.reason());
+        pi.telemetry.handshake_failed(Side::Inbound, e.reason());
     })?;
     drop(handshake);
     let resumed = crate::tls::resumed(remote.get_ref().1);
-    pi.telemetry.handshake("inbound", resumed);
+    pi.telemetry.handshake(Side::Inbound, resumed);
     let protocol = crate::tls::protocol(remote.get_ref().1);
     debug!(src = %peer, dst = %dst.name, alpn = protocol.alpn(), resumed, "mTLS accepted");
     match protocol {
@@ -184,21 +184,21 @@ async fn handle(
         }
         Protocol::Move => {
             if moves.arrive(remote, &peer, &dst.name).await? {
-                pi.telemetry.moved("inbound");
+                pi.telemetry.moved(Side::Inbound);
             }
             return Ok(());
         }
         Protocol::Single => {}
     }
     // The destination agent is authoritative, on the verified identity.
-    pi.authorize(&peer, &dst.name, from, dialed, Side::Destination)?;
+    pi.authorize(&peer, &dst.name, from, dialed, Reporter::Destination)?;
     let mut svc = dial(local_addr(dst.port)).await?;
     let (received, sent) = pi
         .splice_while_allowed(
             super::relay::relay(&mut remote, &mut svc),
             &peer,
             &dst.name,
-            "inbound",
+            Side::Inbound,
         )
         .await?;
     info!(src = %peer, dst = %dst.name, sent, received, "inbound connection done");
@@ -317,7 +317,7 @@ impl Streams {
             });
         }
         // The destination agent is authoritative, on the verified identity.
-        if let Err(e) = pi.authorize(peer, &dst.name, from, dialed, Side::Destination) {
+        if let Err(e) = pi.authorize(peer, &dst.name, from, dialed, Reporter::Destination) {
             connect.refuse(StatusCode::FORBIDDEN);
             return Err(e);
         }
@@ -342,7 +342,7 @@ impl Streams {
             Ok((received, sent))
         };
         let (received, sent) = pi
-            .splice_while_allowed(copy, peer, &dst.name, "inbound")
+            .splice_while_allowed(copy, peer, &dst.name, Side::Inbound)
             .await?;
         info!(src = %peer, dst = %dst.name, sent, received, alpn = "mesh/2", "inbound connection done");
         Ok(())

@@ -34,7 +34,7 @@ use crate::{
     config::{Config, Service},
     drain::Drain,
     snapshot::{Snapshot, Watch},
-    telemetry::{Side, Telemetry},
+    telemetry::{Reporter, Side, Telemetry, Verdict},
     tls::Tls,
 };
 
@@ -134,7 +134,7 @@ impl Inputs {
         dst: &str,
         peer: SocketAddr,
         dialed: SocketAddr,
-        side: Side,
+        side: Reporter,
     ) -> Result<(), ProxyError> {
         let decision = self.snapshot().policy.decide(src, dst);
         if decision.allowed() {
@@ -161,14 +161,14 @@ impl Inputs {
         copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
         src: &str,
         dst: &str,
-        side: &'static str,
+        side: Side,
     ) -> Result<(u64, u64), ProxyError> {
         let open = self.telemetry.opened(src, dst, side);
         let result = self.splice_until_denied(copy, src, dst).await;
         let ((to_destination, to_source), verdict) = match &result {
-            Ok(bytes) => (*bytes, "allowed"),
-            Err(ProxyError::Cut { .. }) => ((0, 0), "cut"),
-            Err(_) => ((0, 0), "error"),
+            Ok(bytes) => (*bytes, Verdict::Allowed),
+            Err(ProxyError::Cut { .. }) => ((0, 0), Verdict::Cut),
+            Err(_) => ((0, 0), Verdict::Error),
         };
         self.telemetry
             .closed(open, to_destination, to_source, verdict);

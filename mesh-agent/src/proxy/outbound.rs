@@ -24,7 +24,7 @@ use crate::{
     config::{Node, Service},
     ebpf::Kernel,
     snapshot::Snapshot,
-    telemetry::Side,
+    telemetry::{Reporter, Side},
 };
 
 /// Instances a VIP connection tries before the app sees it fail.
@@ -127,7 +127,7 @@ impl Handler {
         let Redirect { src, dst, dialed } =
             Redirect::from_record(&orig, &self.ids, &snapshot.config)?;
         // Fail fast at the source too (the kernel normally refused already).
-        pi.authorize(&src.name, &dst.name, peer, dialed, Side::Source)?;
+        pi.authorize(&src.name, &dst.name, peer, dialed, Reporter::Source)?;
         let (node, upstream, _active) = if dialed.ip().to_canonical() == dst.vip.to_canonical() {
             self.fail_over(&snapshot, src, dst, dialed).await?
         } else {
@@ -145,17 +145,17 @@ impl Handler {
         let (sent, received) = match upstream {
             Upstream::Local(mut svc) => {
                 let copy = relay::relay(&mut app, &mut svc);
-                pi.splice_while_allowed(copy, src_name, dst_name, "outbound")
+                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound)
                     .await?
             }
             Upstream::Remote(Hop::Single(mut remote)) => {
                 let copy = relay::relay(&mut app, &mut *remote);
-                pi.splice_while_allowed(copy, src_name, dst_name, "outbound")
+                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound)
                     .await?
             }
             Upstream::Remote(Hop::Stream(mut stream, mut dialer)) => {
                 let copy = relay::relay_tunnel(&mut app, &mut stream, &mut dialer);
-                pi.splice_while_allowed(copy, src_name, dst_name, "outbound")
+                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound)
                     .await?
             }
         };

@@ -55,7 +55,7 @@ use super::{
 use crate::{
     config::{Node, Service},
     identity::Current,
-    telemetry::Telemetry,
+    telemetry::{Side, Telemetry},
     tls::{Offer, Protocol, Tls, TlsError, Transport},
 };
 
@@ -241,9 +241,9 @@ impl Pool {
             .tls
             .connect(tcp, &src.name, &dst.name, &host.name, offer)
             .await
-            .inspect_err(|e| pi.telemetry.handshake_failed("outbound", e.reason()))?;
+            .inspect_err(|e| pi.telemetry.handshake_failed(Side::Outbound, e.reason()))?;
         let resumed = crate::tls::resumed(tls.get_ref().1);
-        pi.telemetry.handshake("outbound", resumed);
+        pi.telemetry.handshake(Side::Outbound, resumed);
         let protocol = crate::tls::protocol(tls.get_ref().1);
         debug!(src = %src.name, dst = %dst.name, %addr, alpn = protocol.alpn(), resumed, "mTLS established");
         if protocol == Protocol::Single {
@@ -464,9 +464,9 @@ impl Plan {
             .tls
             .connect(tcp, &self.src, &self.dst, &self.node, Offer::Move)
             .await
-            .inspect_err(|e| self.telemetry.handshake_failed("outbound", e.reason()))?;
+            .inspect_err(|e| self.telemetry.handshake_failed(Side::Outbound, e.reason()))?;
         self.telemetry
-            .handshake("outbound", crate::tls::resumed(tls.get_ref().1));
+            .handshake(Side::Outbound, crate::tls::resumed(tls.get_ref().1));
         tls.write_all(&self.token.to_be_bytes()).await?;
         tls.flush().await?;
         // A refusal (of the token, or of this leaf: TLS 1.3 servers check
@@ -479,7 +479,7 @@ impl Plan {
                 ack[0]
             ))));
         }
-        self.telemetry.moved("outbound");
+        self.telemetry.moved(Side::Outbound);
         debug!(src = %self.src, dst = %self.dst, node = %self.node, "stream moved to a connection of its own");
         Ok(tls)
     }

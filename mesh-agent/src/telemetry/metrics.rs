@@ -23,6 +23,7 @@
 
 use std::sync::atomic::AtomicU64;
 
+use super::labels::{Direction, HandshakeKind, Reporter, Side};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -33,32 +34,32 @@ use prometheus_client::{
 pub struct Conn {
     pub source: String,
     pub destination: String,
-    pub side: &'static str,
+    pub side: Side,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Moved {
-    side: &'static str,
+    side: Side,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Bytes {
     source: String,
     destination: String,
-    side: &'static str,
-    direction: &'static str,
+    side: Side,
+    direction: Direction,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Failure {
-    side: &'static str,
+    side: Side,
     reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Handshake {
-    side: &'static str,
-    kind: &'static str,
+    side: Side,
+    kind: HandshakeKind,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,7 +67,7 @@ struct Denial {
     source: String,
     destination: String,
     rule: String,
-    side: &'static str,
+    side: Reporter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,7 +238,10 @@ impl Metrics {
     pub fn closed(&self, conn: &Conn, to_destination: u64, to_source: u64) {
         self.closed.get_or_create(conn).inc();
         self.active.get_or_create(conn).dec();
-        for (direction, n) in [("to_destination", to_destination), ("to_source", to_source)] {
+        for (direction, n) in [
+            (Direction::ToDestination, to_destination),
+            (Direction::ToSource, to_source),
+        ] {
             let labels = Bytes {
                 source: conn.source.clone(),
                 destination: conn.destination.clone(),
@@ -249,15 +253,19 @@ impl Metrics {
     }
 
     /// A TLS handshake completed; `resumed`: from a session ticket.
-    pub fn handshake(&self, side: &'static str, resumed: bool) {
-        let kind = if resumed { "resumed" } else { "full" };
+    pub fn handshake(&self, side: Side, resumed: bool) {
+        let kind = if resumed {
+            HandshakeKind::Resumed
+        } else {
+            HandshakeKind::Full
+        };
         self.handshakes
             .get_or_create(&Handshake { side, kind })
             .inc();
     }
 
     /// A TLS handshake failed.
-    pub fn handshake_failed(&self, side: &'static str, reason: &'static str) {
+    pub fn handshake_failed(&self, side: Side, reason: &'static str) {
         self.failures.get_or_create(&Failure { side, reason }).inc();
     }
 
@@ -267,12 +275,12 @@ impl Metrics {
     }
 
     /// A `mesh/2` stream moved to a connection of its own.
-    pub fn moved(&self, side: &'static str) {
+    pub fn moved(&self, side: Side) {
         self.moved.get_or_create(&Moved { side }).inc();
     }
 
     /// The intentions (or the loopback guard) refused `n` connections.
-    pub fn denied(&self, source: &str, destination: &str, rule: &str, side: &'static str, n: u64) {
+    pub fn denied(&self, source: &str, destination: &str, rule: &str, side: Reporter, n: u64) {
         let labels = Denial {
             source: source.to_owned(),
             destination: destination.to_owned(),
@@ -326,7 +334,7 @@ impl Metrics {
         if total > last {
             self.failures
                 .get_or_create(&Failure {
-                    side: "inbound",
+                    side: Side::Inbound,
                     reason: "not_a_mesh_node",
                 })
                 .inc_by(total - last);
@@ -363,14 +371,14 @@ mod tests {
         let conn = Conn {
             source: "web".into(),
             destination: "api".into(),
-            side: "inbound",
+            side: Side::Inbound,
         };
         m.opened(&conn);
         m.closed(&conn, 10, 20);
-        m.handshake_failed("inbound", "no_client_certificate");
-        m.handshake("outbound", true);
-        m.denied("web", "db", "default policy", "destination", 1);
-        m.denied("web", "db", "default policy", "source", 1000);
+        m.handshake_failed(Side::Inbound, "no_client_certificate");
+        m.handshake(Side::Outbound, true);
+        m.denied("web", "db", "default policy", Reporter::Destination, 1);
+        m.denied("web", "db", "default policy", Reporter::Source, 1000);
         m.kernel_refused(5);
         m.kernel_refused(7);
         m.handshakes_in_progress(3);
@@ -411,5 +419,84 @@ mod tests {
         }
         assert!(!text.contains("service=\"old\""), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// The names and label keys of every sample, with every family set:
+    /// `/metrics` keeps its shape whatever moves behind it.
+    #[test]
+    fn every_family_keeps_its_name_and_labels() {
+        let m = Metrics::default();
+        let conn = Conn {
+            source: "web".into(),
+            destination: "api".into(),
+            side: Side::Outbound,
+        };
+        m.opened(&conn);
+        m.closed(&conn, 1, 2);
+        m.handshake(Side::Inbound, false);
+        m.handshake_failed(Side::Inbound, "no_client_certificate");
+        m.moved(Side::Inbound);
+        m.denied("web", "db", "default policy", Reporter::Source, 1);
+        m.catalog_connected(true);
+        let b = Instance {
+            service: "api".into(),
+            node: "b".into(),
+        };
+        m.instance_connected(&b);
+        m.instance_failed(&b);
+        m.instances([(b, 0, 1)]);
+        m.handshakes_in_progress(1);
+        m.pooled(1, 1);
+        let text = m.render([("api".to_owned(), 1.0)], [("CONNS", 1)]);
+        let shapes: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let name = l.split(['{', ' ']).next().unwrap_or_default();
+                let labels: Vec<&str> = l
+                    .split_once('{')
+                    .map(|(_, rest)| rest.split_once('}').map_or("", |(l, _)| l))
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+                    .collect();
+                format!("{name}{{{}}}", labels.join(","))
+            })
+            .collect();
+        let expected = [
+            "mesh_catalog_connected{}",
+            "mesh_certificate_expiry_seconds{service}",
+            "mesh_connection_bytes_total{source,destination,side,direction}",
+            "mesh_connections_active{source,destination,side}",
+            "mesh_connections_closed_total{source,destination,side}",
+            "mesh_connections_opened_total{source,destination,side}",
+            "mesh_denials_total{source,destination,rule,side}",
+            "mesh_ebpf_map_entries{map}",
+            "mesh_handshake_failures_total{side,reason}",
+            "mesh_handshakes_in_progress{}",
+            "mesh_handshakes_total{side,kind}",
+            "mesh_instance_connect_failures_total{service,node}",
+            "mesh_instance_connections_active{service,node}",
+            "mesh_instance_connections_total{service,node}",
+            "mesh_instance_health{service,node}",
+            "mesh_moved_streams_total{side}",
+            "mesh_pooled_connections{}",
+            "mesh_pooled_streams{}",
+        ];
+        assert_eq!(
+            shapes.iter().map(String::as_str).collect::<Vec<_>>(),
+            expected,
+            "{text}"
+        );
+        for value in [
+            "side=\"outbound\"",
+            "side=\"inbound\"",
+            "side=\"source\"",
+            "direction=\"to_destination\"",
+            "direction=\"to_source\"",
+            "kind=\"full\"",
+        ] {
+            assert!(text.contains(value), "{value} in:\n{text}");
+        }
     }
 }

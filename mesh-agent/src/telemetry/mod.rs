@@ -3,6 +3,7 @@
 //! verdicts per (source, destination) pair (`GET /status`), and the access
 //! log, one line per connection under the tracing target `access`.
 
+pub mod labels;
 pub mod metrics;
 
 use std::{
@@ -14,27 +15,10 @@ use std::{
 
 use mesh_common::DenialKey;
 
+pub use labels::{Direction, HandshakeKind, Reporter, Side, Verdict};
 use metrics::{Conn, Metrics};
 
 /// Which end of a call an agent decides for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The caller's node (connect4/6 and the outbound listener).
-    Source,
-    /// The destination's node (the inbound listener): authoritative.
-    Destination,
-}
-
-impl Side {
-    /// The `side` label of `mesh_denials_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Source => "source",
-            Self::Destination => "destination",
-        }
-    }
-}
-
 /// What happened to connections of one (source, destination) pair.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PairStats {
@@ -105,22 +89,21 @@ impl Telemetry {
         rule: &str,
         peer: SocketAddr,
         dialed: SocketAddr,
-        side: Side,
+        side: Reporter,
     ) {
         self.count(src, dst, |s| match side {
-            Side::Source => s.denied_at_source += 1,
-            Side::Destination => s.denied += 1,
+            Reporter::Source => s.denied_at_source += 1,
+            Reporter::Destination => s.denied += 1,
         });
-        self.metrics.denied(src, dst, rule, side.label(), 1);
+        self.metrics.denied(src, dst, rule, side, 1);
         tracing::info!(
             target: "access", %src, %dst, %peer, %dialed, to_destination = 0u64,
-            to_source = 0u64, duration_ms = 0u64, verdict = "denied", %rule, "connection"
+            to_source = 0u64, duration_ms = 0u64, verdict = Verdict::Denied.as_str(), %rule, "connection"
         );
     }
 
-    /// An allowed connection `src -> dst` starts flowing; `side` is
-    /// `outbound` or `inbound`.
-    pub fn opened(&self, src: &str, dst: &str, side: &'static str) -> Open {
+    /// An allowed connection `src -> dst` starts flowing.
+    pub fn opened(&self, src: &str, dst: &str, side: Side) -> Open {
         let conn = Conn {
             source: src.to_owned(),
             destination: dst.to_owned(),
@@ -134,16 +117,15 @@ impl Telemetry {
     }
 
     /// A connection that `opened` is done, with the bytes each way and how
-    /// it ended (`allowed`, `cut` or `error`): metrics and its access-log
-    /// line.
-    pub fn closed(&self, open: Open, to_destination: u64, to_source: u64, verdict: &'static str) {
+    /// it ended: metrics and its access-log line.
+    pub fn closed(&self, open: Open, to_destination: u64, to_source: u64, verdict: Verdict) {
         let Open { conn, started } = open;
         self.metrics.closed(&conn, to_destination, to_source);
         let (src, dst, side) = (&conn.source, &conn.destination, conn.side);
         tracing::info!(
-            target: "access", %src, %dst, side, to_destination, to_source,
+            target: "access", %src, %dst, side = side.as_str(), to_destination, to_source,
             duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            verdict, "connection"
+            verdict = verdict.as_str(), "connection"
         );
     }
 
@@ -164,17 +146,17 @@ impl Telemetry {
     }
 
     /// A TLS handshake completed; `resumed`: from a session ticket.
-    pub fn handshake(&self, side: &'static str, resumed: bool) {
+    pub fn handshake(&self, side: Side, resumed: bool) {
         self.metrics.handshake(side, resumed);
     }
 
     /// A `mesh/2` stream moved to a connection of its own.
-    pub fn moved(&self, side: &'static str) {
+    pub fn moved(&self, side: Side) {
         self.metrics.moved(side);
     }
 
     /// A TLS handshake failed (or was refused a slot), for `reason`.
-    pub fn handshake_failed(&self, side: &'static str, reason: &'static str) {
+    pub fn handshake_failed(&self, side: Side, reason: &'static str) {
         self.metrics.handshake_failed(side, reason);
     }
 
@@ -196,7 +178,7 @@ impl Telemetry {
             }
             let (src, dst, rule) = describe(&key);
             self.metrics
-                .denied(&src, &dst, &rule, Side::Source.label(), new);
+                .denied(&src, &dst, &rule, Reporter::Source, new);
             self.count(&src, &dst, |s| s.denied_at_source += new);
         }
     }
@@ -255,10 +237,17 @@ mod tests {
         let t = Telemetry::default();
         let addr: SocketAddr = "10.0.0.1:5001".parse().unwrap();
         t.allowed("web", "api");
-        let open = t.opened("web", "api", "outbound");
-        t.closed(open, 10, 20, "allowed");
-        t.denied("web", "db", "default policy", addr, addr, Side::Destination);
-        t.denied("web", "db", "default policy", addr, addr, Side::Source);
+        let open = t.opened("web", "api", Side::Outbound);
+        t.closed(open, 10, 20, Verdict::Allowed);
+        t.denied(
+            "web",
+            "db",
+            "default policy",
+            addr,
+            addr,
+            Reporter::Destination,
+        );
+        t.denied("web", "db", "default policy", addr, addr, Reporter::Source);
         t.cut("web", "api");
         let key = DenialKey {
             src: 1,
