@@ -32,6 +32,13 @@ pub struct Denials {
 }
 
 impl Denials {
+    /// Folds the kernel's denial counts into the telemetry before each
+    /// scrape.
+    pub fn register_metrics(&self, reg: &mut crate::telemetry::Registry) {
+        let this = self.clone();
+        reg.before_scrape(move || this.harvest());
+    }
+
     /// Reads `DENIALS` from `kernel`, names its keys with `ids` and the
     /// intentions in `snapshot`, and counts them in `telemetry`.
     pub fn new(

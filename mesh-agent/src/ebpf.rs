@@ -140,6 +140,28 @@ struct ConfigMaps {
 }
 
 impl Kernel {
+    /// Registers `mesh_ebpf_map_entries`, and folds sk_lookup's refusals
+    /// into `telemetry` before each scrape.
+    pub fn register_metrics(
+        self: &Arc<Self>,
+        reg: &mut crate::telemetry::Registry,
+        telemetry: Arc<crate::telemetry::Telemetry>,
+    ) {
+        let this = self.clone();
+        reg.before_scrape(move || telemetry.kernel_refused(this.refused()));
+        let this = self.clone();
+        reg.collect(move |e| {
+            crate::telemetry::registry::gauges(
+                e,
+                "mesh_ebpf_map_entries",
+                "Entries in the agent's eBPF maps",
+                this.map_entries()
+                    .into_iter()
+                    .map(|(map, n)| (crate::telemetry::MapLabels { map }, n)),
+            )
+        });
+    }
+
     /// Loads the object with `params` (reusing the maps pinned in `pins`),
     /// fills the maps from `contents`, puts the inbound listeners into
     /// `LISTENERS`, then attaches connect4/6 and sock_ops to the cgroup2

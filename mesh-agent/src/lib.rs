@@ -11,6 +11,7 @@ pub mod denials;
 pub mod dns;
 pub mod drain;
 pub mod ebpf;
+pub mod endpoint;
 pub mod exec;
 pub mod handover;
 pub mod health;

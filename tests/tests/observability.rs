@@ -10,6 +10,26 @@ fn get(mesh: &Mesh, node: &str, path: &str) -> String {
     run_to_string(&mut cmd, Duration::from_secs(10))
 }
 
+/// `# TYPE` of every family of obb's `/metrics` below, in order (a
+/// family without samples is left out: no denials, moved streams or
+/// instance dials on obb).
+const FAMILIES: [&str; 14] = [
+    "mesh_catalog_connected gauge",
+    "mesh_certificate_expiry_seconds gauge",
+    "mesh_connection_bytes counter",
+    "mesh_connections_active gauge",
+    "mesh_connections_closed counter",
+    "mesh_connections_opened counter",
+    "mesh_ebpf_map_entries gauge",
+    "mesh_handshake_failures counter",
+    "mesh_handshakes counter",
+    "mesh_handshakes_in_progress gauge",
+    "mesh_instance_connections_active gauge",
+    "mesh_instance_health gauge",
+    "mesh_pooled_connections gauge",
+    "mesh_pooled_streams gauge",
+];
+
 #[test]
 fn metrics_config_and_access_log() {
     let mesh = Mesh::nodes(&["oba", "obb"])
@@ -29,6 +49,15 @@ fn metrics_config_and_access_log() {
     assert!(!out.starts_with("OK"), "{out}");
 
     let metrics = get(&mesh, "obb", "/metrics");
+    // Every family keeps its name and type, whichever component registers
+    // it.
+    let families: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(families, FAMILIES, "{metrics}");
     for line in [
         "mesh_connections_opened_total{source=\"web\",destination=\"api\",side=\"inbound\"} 1",
         "mesh_connections_active{source=\"web\",destination=\"api\",side=\"inbound\"} 0",

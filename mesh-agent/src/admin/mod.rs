@@ -1,10 +1,13 @@
 //! The admin endpoint (loopback only, default 127.0.0.1:15000); its
-//! clients are in `client`.
+//! clients are in `client`. The server holds the routes the components
+//! registered (`endpoint::Routes`): it finds one, reads a POST body
+//! (bounded), and writes the reply.
 //!
 //! `GET /ready`: 200 once the agent carries traffic (programs attached,
 //! listeners accepting), 503 while it starts and while it drains; the JSON
 //! body says which ([`Phase`]) and which process answered.
-//! `GET /metrics`: Prometheus text (see `metrics`). `GET /config`: the
+//! `GET /metrics`: Prometheus text (`telemetry::Registry`: each component
+//! registers its families). `GET /config`: the
 //! config in force, as JSON ([`ConfigDoc`]; `mesh-agent exec` reads it back
 //! when the file on disk is broken).
 //! `GET /status`: JSON with the node; per local service its SPIFFE ID,
@@ -39,31 +42,18 @@ mod client;
 pub mod status;
 
 pub use client::{fetch_catalog, fetch_config, fetch_status, send_ttl};
-pub use status::StatusDoc;
-use status::{Expiry, InstanceDoc, LeafDoc, PairDoc};
+pub use status::{Status, StatusDoc};
 
+pub use crate::endpoint::{Call, Caller, Reply, Routes};
 use crate::{
     config::Config,
-    denials::Denials,
-    ebpf::Kernel,
-    health::{
-        Board,
-        doc::{CatalogDoc, TtlUpdate},
-    },
-    identity::Identities,
+    endpoint::{MAX_BODY, Methods},
     policy,
-    proxy::{admission::Admission, balance::Balancer},
     snapshot::Watch,
-    telemetry::{Scrape, Telemetry},
 };
-
-/// The content type of every admin document but `/metrics`.
-const JSON: &str = "application/json";
 
 /// The default admin address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:15000";
-/// The largest request body accepted (a ttl update with its note).
-const MAX_REQUEST_BODY: usize = 16 * 1024;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -268,49 +258,28 @@ const MAX_CONNECTIONS: usize = 256;
 /// nothing is gone after this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The admin endpoint: its listener and what its documents are made of.
+/// Who called, from the kernel's record of the connection from `peer` to
+/// `local`.
+pub type Callers = Box<dyn Fn(SocketAddr, SocketAddr) -> Option<Caller> + Send + Sync>;
+
+/// The admin endpoint: its listener and the routes the components
+/// registered.
 pub struct Admin {
     listener: TcpListener,
     /// Shared with each request's task (the listener is not, so it closes
     /// as soon as `run` is dropped).
-    sources: Arc<Sources>,
-}
-
-/// What the admin documents are made of.
-pub struct Sources {
-    pub node: String,
-    /// `/ready`: the agent's phase.
-    pub readiness: Arc<Readiness>,
-    /// `/config`: the config and intentions in force.
-    pub snapshot: Watch,
-    /// `/status` and `/metrics`: local leaves and the node CA.
-    pub identities: Arc<Identities>,
-    /// `/metrics`: map entries and sk_lookup's refusals.
-    pub kernel: Arc<Kernel>,
-    /// `/metrics`: inbound handshakes in progress.
-    pub admission: Arc<Admission>,
-    /// Folded into `telemetry` before each document.
-    pub denials: Denials,
-    /// `/metrics` and the pairs of `/status`.
-    pub telemetry: Arc<Telemetry>,
-    /// `POST /check`: ttl check updates.
-    pub board: Arc<Board>,
-    /// `POST /check`: the names behind callers' service ids.
-    pub ids: Arc<crate::proxy::ServiceIds>,
-    /// `/metrics`: connections open to each instance.
-    pub balancer: Arc<Balancer>,
-    /// `/metrics`: pooled connections to other agents.
-    pub pool: Arc<crate::proxy::pool::Pool>,
-    /// `/status` and `/metrics`: whether the catalog's store is reachable.
-    pub catalog: Arc<crate::catalog::Reach>,
+    routes: Arc<Routes>,
+    callers: Arc<Callers>,
 }
 
 impl Admin {
-    /// The admin endpoint on `listener` (see [`check_addr`]).
-    pub fn new(listener: TcpListener, sources: Sources) -> Self {
+    /// The admin endpoint on `listener` (see [`check_addr`]), answering
+    /// `routes`; `callers` tells who connected.
+    pub fn new(listener: TcpListener, routes: Routes, callers: Callers) -> Self {
         Self {
             listener,
-            sources: Arc::new(sources),
+            routes: Arc::new(routes),
+            callers: Arc::new(callers),
         }
     }
 
@@ -326,17 +295,17 @@ impl Admin {
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 continue; // full: close it at once
             };
-            let sources = self.sources.clone();
+            let routes = self.routes.clone();
             let caller = stream
                 .local_addr()
                 .ok()
-                .and_then(|local| sources.caller(peer, local));
+                .and_then(|local| (self.callers)(peer, local));
             tokio::spawn(async move {
                 let _slot = slot;
                 let service = service_fn(move |req| {
-                    let sources = sources.clone();
+                    let routes = routes.clone();
                     let caller = caller.clone();
-                    async move { Ok::<_, Infallible>(sources.respond(req, caller.as_ref()).await) }
+                    async move { Ok::<_, Infallible>(respond(&routes, req, caller).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -349,246 +318,66 @@ impl Admin {
     }
 }
 
-/// Who called the admin endpoint, as connect4/6 saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    /// The service whose cgroup (or one below it) the caller runs in.
-    pub service: Option<String>,
+/// Answers `req` with its route; a POST's body is read first (at most
+/// [`MAX_BODY`] bytes).
+async fn respond(
+    routes: &Routes,
+    req: Request<hyper::body::Incoming>,
+    caller: Option<Caller>,
+) -> Response<Full<Bytes>> {
+    let post = req.method() == hyper::Method::POST;
+    let reply = match routes.find(req.uri().path(), post) {
+        None => Reply::error(StatusCode::NOT_FOUND, "not found"),
+        Some((Methods::Any, handler)) => handler(&Call {
+            body: Bytes::new(),
+            caller,
+        }),
+        Some((Methods::Post, handler)) => match body(req).await {
+            Ok(body) => handler(&Call { body, caller }),
+            Err(reply) => reply,
+        },
+    };
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() = reply.status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(reply.content_type),
+    );
+    response
 }
 
-impl Caller {
-    /// Whether it may report `service`'s ttl checks: root, or the
-    /// service's own processes.
-    pub fn may_report(&self, service: &str) -> bool {
-        self.uid == 0 || self.service.as_deref() == Some(service)
-    }
-}
-
-impl Sources {
-    /// The caller of the connection from `peer` to `local`, from the
-    /// kernel's record of its connect.
-    fn caller(&self, peer: SocketAddr, local: SocketAddr) -> Option<Caller> {
-        let record = self.kernel.take_orig(peer, local)?;
-        (record.dst_service == mesh_common::ADMIN_CALLER).then(|| Caller {
-            uid: record.uid,
-            service: self.ids.name(record.src_service),
-        })
-    }
-
-    async fn respond(
-        &self,
-        req: Request<hyper::body::Incoming>,
-        caller: Option<&Caller>,
-    ) -> Response<Full<Bytes>> {
-        let (status, kind, body) = match req.uri().path() {
-            "/catalog" => {
-                let snapshot = self.snapshot.borrow().clone();
-                document(&CatalogDoc::new(&snapshot, &self.node))
-            }
-            "/check" if req.method() == hyper::Method::POST => {
-                let (status, body) = self.ttl_update(req, caller).await;
-                (status, JSON, body.to_string())
-            }
-            "/ready" => {
-                let (status, body) = ready(self.readiness.phase(), &self.node);
-                (status, JSON, body.to_string())
-            }
-            "/status" => document(&self.status()),
-            "/config" => document(&self.config()),
-            "/metrics" => (
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics(),
-            ),
-            _ => (
-                StatusCode::NOT_FOUND,
-                JSON,
-                json!({"error": "not found"}).to_string(),
-            ),
-        };
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static(kind),
-        );
-        response
-    }
-
-    /// `POST /check`: a [`TtlUpdate`] for a local ttl check.
-    async fn ttl_update(
-        &self,
-        req: Request<hyper::body::Incoming>,
-        caller: Option<&Caller>,
-    ) -> (StatusCode, Value) {
-        let body = match http_body_util::Limited::new(req.into_body(), MAX_REQUEST_BODY)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    json!({"error": format!("a ttl update is at most {MAX_REQUEST_BODY} bytes")}),
-                );
-            }
-            Err(e) => return (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
-        };
-        let update: TtlUpdate = match serde_json::from_slice(&body) {
-            Ok(update) => update,
-            Err(e) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": format!("not a ttl update ({{\"service\", \"state\", \"check\", \"note\"}}): {e}")}),
-                );
-            }
-        };
-        if !caller.is_some_and(|c| c.may_report(&update.service)) {
-            let who = caller.map_or("an unknown caller".to_owned(), |c| match &c.service {
-                Some(s) => format!("uid {} in service {s:?}'s cgroup", c.uid),
-                None => format!("uid {} outside any service's cgroup", c.uid),
-            });
-            return (
-                StatusCode::FORBIDDEN,
-                json!({"error": format!(
-                    "only root or service {:?}'s own processes may report its checks, not {who}",
-                    update.service
-                )}),
-            );
-        }
-        match self.board.ttl(
-            &update.service,
-            update.check.as_deref(),
-            update.state,
-            update.note,
-        ) {
-            Ok(()) => (StatusCode::OK, json!({"ok": true})),
-            Err(e) => (StatusCode::NOT_FOUND, json!({"error": e.to_string()})),
-        }
-    }
-
-    /// `/metrics`: Prometheus text.
-    fn metrics(&self) -> String {
-        let now = SystemTime::now();
-        let expiries = self
-            .identities
-            .all()
-            .into_iter()
-            .map(|(name, leaf)| {
-                let secs = match leaf.not_after.duration_since(now) {
-                    Ok(left) => left.as_secs_f64(),
-                    Err(past) => -past.duration().as_secs_f64(),
-                };
-                (name, secs)
-            })
-            .collect();
-        let snapshot = self.snapshot.borrow().clone();
-        let instances = snapshot
-            .config
-            .meshed_instances()
-            .map(|(s, node)| {
-                (
-                    s.name.clone(),
-                    node.to_owned(),
-                    snapshot.health.state(s, node).code(),
-                    self.balancer.active(&s.name, node),
-                )
-            })
-            .collect();
-        self.denials.harvest();
-        self.telemetry.render(Scrape {
-            expiries,
-            maps: self.kernel.map_entries(),
-            kernel_refused: self.kernel.refused(),
-            handshakes_in_progress: self.admission.in_progress(),
-            pooled: self.pool.usage(),
-            instances,
-            catalog_connected: self.catalog.state().connected,
-        })
-    }
-
-    /// `/config`: the config this agent runs with (intentions as in force).
-    fn config(&self) -> ConfigDoc {
-        let snapshot = self.snapshot.borrow().clone();
-        ConfigDoc::new(&snapshot.config, &self.node, &snapshot.policy)
-    }
-
-    /// The `/status` document.
-    fn status(&self) -> StatusDoc {
-        let now = SystemTime::now();
-        let expiry = |not_after: SystemTime| Expiry {
-            not_after: rfc3339(not_after),
-            expires_in_secs: not_after.duration_since(now).unwrap_or_default().as_secs(),
-        };
-        let services = self
-            .identities
-            .all()
-            .into_iter()
-            .map(|(name, leaf)| LeafDoc {
-                name,
-                spiffe_id: leaf.spiffe_id.clone(),
-                serial: leaf.serial.clone(),
-                expiry: expiry(leaf.not_after),
-            })
-            .collect();
-        self.denials.harvest();
-        let connections = self
-            .telemetry
-            .pairs()
-            .into_iter()
-            .map(|((source, destination), s)| PairDoc {
-                source,
-                destination,
-                allowed: s.allowed,
-                denied: s.denied,
-                denied_at_source: s.denied_at_source,
-                cut: s.cut,
-            })
-            .collect();
-        let snapshot = self.snapshot.borrow().clone();
-        let instances = snapshot
-            .config
-            .meshed_instances()
-            .map(|(s, node)| snapshot.health.instance(s, node))
-            .map(|i| InstanceDoc {
-                service: i.service,
-                node: i.node,
-                state: i.state,
-                reason: i.reason,
-            })
-            .collect();
-        let reach = self.catalog.state();
-        StatusDoc {
-            node: self.node.clone(),
-            trust_domain: self.identities.trust_domain().to_owned(),
-            node_ca: expiry(self.identities.ca().not_after()),
-            services,
-            instances,
-            connections,
-            catalog: Some(status::CatalogDoc {
-                store: self.catalog.store.clone(),
-                connected: reach.connected,
-                since: rfc3339(reach.since),
-                error: reach.error,
-            }),
-        }
+/// The body of `req`, at most [`MAX_BODY`] bytes.
+async fn body(req: Request<hyper::body::Incoming>) -> Result<Bytes, Reply> {
+    match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a request body is at most {MAX_BODY} bytes"),
+        )),
+        Err(e) => Err(Reply::error(StatusCode::BAD_REQUEST, e)),
     }
 }
 
-/// A JSON document answered with 200, or its serialization error with 500.
-fn document(doc: &impl Serialize) -> (StatusCode, &'static str, String) {
-    match serde_json::to_string(doc) {
-        Ok(body) => (StatusCode::OK, JSON, body),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            JSON,
-            json!({"error": e.to_string()}).to_string(),
-        ),
-    }
+/// Registers `/ready` (the agent's phase) and `/config` (the config and
+/// intentions in force) of the agent of `node`.
+pub fn routes(routes: &mut Routes, node: &str, readiness: Arc<Readiness>, snapshots: Watch) {
+    let name = node.to_owned();
+    routes.any("/ready", move |_| {
+        let (status, body) = ready(readiness.phase(), &name);
+        Reply::json(status, &body)
+    });
+    let name = node.to_owned();
+    routes.any("/config", move |_| {
+        let snapshot = snapshots.borrow().clone();
+        Reply::document(&ConfigDoc::new(&snapshot.config, &name, &snapshot.policy))
+    });
 }
 
-fn rfc3339(t: SystemTime) -> String {
+/// `t` as RFC 3339, for the documents.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

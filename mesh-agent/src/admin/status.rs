@@ -1,9 +1,92 @@
 //! The `/status` document, served by the agent and read back by
 //! `mesh-agent status` (one type for both), and its table.
 
+use std::{sync::Arc, time::SystemTime};
+
 use serde::{Deserialize, Serialize};
 
-use crate::health::State;
+use super::rfc3339;
+use crate::{
+    denials::Denials, health::State, identity::Identities, snapshot::Watch, telemetry::Telemetry,
+};
+
+/// What the `/status` document is made of.
+pub struct Status {
+    pub node: String,
+    /// Local leaves and the node CA.
+    pub identities: Arc<Identities>,
+    /// Folded into `telemetry` before each document.
+    pub denials: Denials,
+    /// The pairs' verdicts.
+    pub telemetry: Arc<Telemetry>,
+    /// Every instance's health as this agent knows it.
+    pub snapshots: Watch,
+    /// Whether the catalog's store is reachable.
+    pub catalog: Arc<crate::catalog::Reach>,
+}
+
+impl Status {
+    /// The document now.
+    pub fn document(&self) -> StatusDoc {
+        let now = SystemTime::now();
+        let expiry = |not_after: SystemTime| Expiry {
+            not_after: rfc3339(not_after),
+            expires_in_secs: not_after.duration_since(now).unwrap_or_default().as_secs(),
+        };
+        let services = self
+            .identities
+            .all()
+            .into_iter()
+            .map(|(name, leaf)| LeafDoc {
+                name,
+                spiffe_id: leaf.spiffe_id.clone(),
+                serial: leaf.serial.clone(),
+                expiry: expiry(leaf.not_after),
+            })
+            .collect();
+        self.denials.harvest();
+        let connections = self
+            .telemetry
+            .pairs()
+            .into_iter()
+            .map(|((source, destination), s)| PairDoc {
+                source,
+                destination,
+                allowed: s.allowed,
+                denied: s.denied,
+                denied_at_source: s.denied_at_source,
+                cut: s.cut,
+            })
+            .collect();
+        let snapshot = self.snapshots.borrow().clone();
+        let instances = snapshot
+            .config
+            .meshed_instances()
+            .map(|(s, node)| snapshot.health.instance(s, node))
+            .map(|i| InstanceDoc {
+                service: i.service,
+                node: i.node,
+                state: i.state,
+                reason: i.reason,
+            })
+            .collect();
+        let reach = self.catalog.state();
+        StatusDoc {
+            node: self.node.clone(),
+            trust_domain: self.identities.trust_domain().to_owned(),
+            node_ca: expiry(self.identities.ca().not_after()),
+            services,
+            instances,
+            connections,
+            catalog: Some(CatalogDoc {
+                store: self.catalog.store.clone(),
+                connected: reach.connected,
+                since: rfc3339(reach.since),
+                error: reach.error,
+            }),
+        }
+    }
+}
 
 /// `GET /status`: what the agent holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,14 +11,14 @@ use tracing::{info, warn};
 
 use super::{App, AppError, RunOptions, cgroups, kernel, listeners::Sockets, reload};
 use crate::{
-    admin::{Admin, Readiness},
-    catalog::registry::Registration,
+    admin::{self, Admin, Caller, Readiness, Reply, Routes, Status},
+    catalog::{Reach, registry::Registration},
     cgroup::Cgroup2,
     denials::Denials,
     drain::Drain,
     ebpf::Kernel,
     handover::{Offer, Taken},
-    health::{Board, link::Links},
+    health::{self, Board, link::Links},
     identity::Identities,
     proxy::{
         Inbound, Inputs, Outbound, ServiceIds,
@@ -28,7 +28,7 @@ use crate::{
         pool::Pool,
     },
     snapshot::{Publisher, Snapshot, Watch},
-    telemetry::Telemetry,
+    telemetry::{Registry, Telemetry},
     tls::Tls,
 };
 
@@ -368,32 +368,48 @@ impl Parts {
         }
     }
 
-    /// The admin endpoint on `listener`.
+    /// The admin endpoint on `listener`: the routes and metrics each
+    /// component registers.
     fn admin(
         &self,
         opts: &RunOptions,
         listener: TcpListener,
         readiness: Arc<Readiness>,
-        catalog: Arc<crate::catalog::Reach>,
+        catalog: Arc<Reach>,
     ) -> Admin {
-        Admin::new(
-            listener,
-            crate::admin::Sources {
-                node: opts.node.clone(),
-                readiness,
-                snapshot: self.snapshots.clone(),
-                identities: self.identities.clone(),
-                kernel: self.kernel.clone(),
-                admission: self.admission.clone(),
-                denials: self.denials.clone(),
-                telemetry: self.telemetry.clone(),
-                board: self.board.clone(),
-                ids: self.ids.clone(),
-                balancer: self.balancer.clone(),
-                pool: self.pool.clone(),
-                catalog,
-            },
-        )
+        let mut metrics = Registry::default();
+        self.telemetry.register(&mut metrics);
+        self.denials.register_metrics(&mut metrics);
+        self.identities.register_metrics(&mut metrics);
+        self.kernel
+            .register_metrics(&mut metrics, self.telemetry.clone());
+        self.admission.register_metrics(&mut metrics);
+        self.pool.register_metrics(&mut metrics);
+        self.balancer
+            .register_metrics(&mut metrics, self.snapshots.clone());
+        catalog.register_metrics(&mut metrics);
+        let mut routes = Routes::default();
+        metrics.serve_at(&mut routes);
+        admin::routes(&mut routes, &opts.node, readiness, self.snapshots.clone());
+        health::doc::routes(&mut routes, &self.board);
+        let status = Status {
+            node: opts.node.clone(),
+            identities: self.identities.clone(),
+            denials: self.denials.clone(),
+            telemetry: self.telemetry.clone(),
+            snapshots: self.snapshots.clone(),
+            catalog,
+        };
+        routes.any("/status", move |_| Reply::document(&status.document()));
+        let (kernel, ids) = (self.kernel.clone(), self.ids.clone());
+        let callers = move |peer, local| {
+            let record = kernel.take_orig(peer, local)?;
+            (record.dst_service == mesh_common::ADMIN_CALLER).then(|| Caller {
+                uid: record.uid,
+                service: ids.name(record.src_service),
+            })
+        };
+        Admin::new(listener, routes, Box::new(callers))
     }
 
     /// `.mesh` DNS on UDP and TCP, where asked for and bound.

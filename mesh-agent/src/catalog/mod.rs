@@ -136,6 +136,19 @@ pub struct ReachState {
 }
 
 impl Reach {
+    /// Registers `mesh_catalog_connected`.
+    pub fn register_metrics(self: &std::sync::Arc<Self>, reg: &mut crate::telemetry::Registry) {
+        let this = self.clone();
+        reg.collect(move |e| {
+            crate::telemetry::registry::gauge(
+                e,
+                "mesh_catalog_connected",
+                "1 while the catalog's store is reachable, 0 while running on the last good catalog",
+                i64::from(this.state().connected),
+            )
+        });
+    }
+
     pub fn new(store: String) -> Self {
         Self {
             store,

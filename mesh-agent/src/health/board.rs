@@ -83,6 +83,16 @@ impl Board {
         })
     }
 
+    /// The node of this board's agent.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The snapshot in force (config and health).
+    pub fn snapshot(&self) -> Arc<crate::snapshot::Snapshot> {
+        self.publisher.borrow().clone()
+    }
+
     /// This node's reports, as they change.
     pub fn local_reports(&self) -> watch::Receiver<LocalReports> {
         self.local.subscribe()

@@ -2,12 +2,65 @@
 //! catalog services|instances` print) and `POST /check` (what `mesh-agent
 //! check pass|warn|fail` sends).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use super::{CheckReport, State};
-use crate::snapshot::Snapshot;
+use super::{Board, CheckReport, State};
+use crate::{
+    endpoint::{Call, Reply, Routes},
+    snapshot::Snapshot,
+};
+
+/// Registers `GET /catalog` and `POST /check` (a [`TtlUpdate`] for a local
+/// ttl check) of `board`.
+pub fn routes(routes: &mut Routes, board: &Arc<Board>) {
+    let b = board.clone();
+    routes.any("/catalog", move |_| {
+        Reply::document(&CatalogDoc::new(&b.snapshot(), b.node()))
+    });
+    let b = board.clone();
+    routes.post("/check", move |call| ttl_update(&b, call));
+}
+
+/// `POST /check`: applies a [`TtlUpdate`] from root or the service's own
+/// processes.
+fn ttl_update(board: &Board, call: &Call) -> Reply {
+    let update: TtlUpdate = match serde_json::from_slice(&call.body) {
+        Ok(update) => update,
+        Err(e) => {
+            return Reply::error(
+                StatusCode::BAD_REQUEST,
+                format!("not a ttl update ({{\"service\", \"state\", \"check\", \"note\"}}): {e}"),
+            );
+        }
+    };
+    let caller = call.caller.as_ref();
+    if !caller.is_some_and(|c| c.may_report(&update.service)) {
+        let who = caller.map_or("an unknown caller".to_owned(), |c| match &c.service {
+            Some(s) => format!("uid {} in service {s:?}'s cgroup", c.uid),
+            None => format!("uid {} outside any service's cgroup", c.uid),
+        });
+        return Reply::error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "only root or service {:?}'s own processes may report its checks, not {who}",
+                update.service
+            ),
+        );
+    }
+    match board.ttl(
+        &update.service,
+        update.check.as_deref(),
+        update.state,
+        update.note,
+    ) {
+        Ok(()) => Reply::json(StatusCode::OK, &json!({"ok": true})),
+        Err(e) => Reply::error(StatusCode::NOT_FOUND, e),
+    }
+}
 
 /// `GET /catalog`: every service and the health of each instance, as the
 /// agent that answers knows it.

@@ -146,6 +146,28 @@ impl Identities {
         self.renewals.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Registers `mesh_certificate_expiry_seconds` (negative once
+    /// expired).
+    pub fn register_metrics(self: &Arc<Self>, reg: &mut crate::telemetry::Registry) {
+        let this = self.clone();
+        reg.collect(move |e| {
+            let now = std::time::SystemTime::now();
+            let samples = this.all().into_iter().map(|(service, leaf)| {
+                let secs = match leaf.not_after.duration_since(now) {
+                    Ok(left) => left.as_secs_f64(),
+                    Err(past) => -past.duration().as_secs_f64(),
+                };
+                (crate::telemetry::ServiceLabels { service }, secs)
+            });
+            crate::telemetry::registry::gauges(
+                e,
+                "mesh_certificate_expiry_seconds",
+                "Seconds until each local service's certificate expires",
+                samples,
+            )
+        });
+    }
+
     /// Every local service's current leaf, sorted by service name.
     pub fn all(&self) -> Vec<(String, Arc<Current>)> {
         let mut all: Vec<_> = self

@@ -57,6 +57,20 @@ pub struct Slot {
 }
 
 impl Admission {
+    /// Registers `mesh_handshakes_in_progress`.
+    pub fn register_metrics(self: &Arc<Self>, reg: &mut crate::telemetry::Registry) {
+        use crate::telemetry::registry::{count, gauge};
+        let this = self.clone();
+        reg.collect(move |e| {
+            gauge(
+                e,
+                "mesh_handshakes_in_progress",
+                "Inbound TLS handshakes in progress (each holds a slot)",
+                count(this.in_progress()),
+            )
+        });
+    }
+
     /// `max` slots in all; `per_source` for each address once half are taken.
     pub fn new(max: usize, per_source: usize) -> Arc<Self> {
         Arc::new(Self {

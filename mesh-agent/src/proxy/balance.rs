@@ -86,6 +86,45 @@ impl Default for Balancer {
 }
 
 impl Balancer {
+    /// Registers `mesh_instance_health` and
+    /// `mesh_instance_connections_active`: every instance of the catalog in
+    /// `snapshots`, its health as this agent knows it and the connections
+    /// this agent has open to it.
+    pub fn register_metrics(
+        self: &Arc<Self>,
+        reg: &mut crate::telemetry::Registry,
+        snapshots: crate::snapshot::Watch,
+    ) {
+        use crate::telemetry::{
+            instance,
+            registry::{count, gauges},
+        };
+        let this = self.clone();
+        reg.collect(move |e| {
+            let snapshot = snapshots.borrow().clone();
+            let instances: Vec<_> = snapshot.config.meshed_instances().collect();
+            gauges(
+                e,
+                "mesh_instance_health",
+                "Health of each instance as this agent knows it: 0 passing, 1 warning, 2 critical",
+                instances.iter().map(|(s, node)| {
+                    (
+                        instance(&s.name, node),
+                        snapshot.health.state(s, node).code(),
+                    )
+                }),
+            )?;
+            gauges(
+                e,
+                "mesh_instance_connections_active",
+                "Connections this agent has open to each instance now",
+                instances
+                    .iter()
+                    .map(|(s, node)| (instance(&s.name, node), count(this.active(&s.name, node)))),
+            )
+        });
+    }
+
     /// A balancer whose random choices start from `seed`.
     pub fn with_seed(seed: u64) -> Self {
         Self {

@@ -143,6 +143,27 @@ impl Drop for InUse {
 }
 
 impl Pool {
+    /// Registers `mesh_pooled_connections` and `mesh_pooled_streams`.
+    pub fn register_metrics(self: &Arc<Self>, reg: &mut crate::telemetry::Registry) {
+        use crate::telemetry::registry::{count, gauge};
+        let this = self.clone();
+        reg.collect(move |e| {
+            let (connections, streams) = this.usage();
+            gauge(
+                e,
+                "mesh_pooled_connections",
+                "Pooled mesh/2 connections to other agents",
+                count(connections),
+            )?;
+            gauge(
+                e,
+                "mesh_pooled_streams",
+                "App connections on pooled mesh/2 connections now",
+                count(streams),
+            )
+        });
+    }
+
     /// A hop from local service `src` to the instance of `dst` on `host`.
     pub async fn connect(
         &self,

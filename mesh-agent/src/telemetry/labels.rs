@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
 /// An enum of label values: `as_str`, `Display` and `EncodeLabelValue`.
 macro_rules! label_values {
@@ -89,4 +89,16 @@ label_values! {
         /// Ended by an error.
         Error => "error",
     }
+}
+
+/// The labels of a per-service metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+/// The labels of a per-map metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: &'static str,
 }

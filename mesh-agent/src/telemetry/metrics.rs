@@ -27,8 +27,9 @@ use super::labels::{Direction, HandshakeKind, Reporter, Side};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
 };
+
+use super::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Conn {
@@ -71,24 +72,15 @@ struct Denial {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Service {
-    service: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Instance {
     pub service: String,
     pub node: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Map {
-    map: &'static str,
-}
-
-/// The agent's metrics.
+/// The families [`Telemetry`](super::Telemetry) counts into; the other
+/// components register their own (see [`Registry`]).
+#[derive(Default)]
 pub struct Metrics {
-    registry: Registry,
     opened: Family<Conn, Counter>,
     closed: Family<Conn, Counter>,
     active: Family<Conn, Gauge>,
@@ -96,134 +88,62 @@ pub struct Metrics {
     handshakes: Family<Handshake, Counter>,
     failures: Family<Failure, Counter>,
     denials: Family<Denial, Counter>,
-    expiry: Family<Service, Gauge<f64, AtomicU64>>,
-    maps: Family<Map, Gauge>,
-    in_progress: Gauge,
-    pooled_connections: Gauge,
-    pooled_streams: Gauge,
     moved: Family<Moved, Counter>,
-    catalog_connected: Gauge,
-    health: Family<Instance, Gauge>,
     instance_opened: Family<Instance, Counter>,
-    instance_active: Family<Instance, Gauge>,
     instance_failures: Family<Instance, Counter>,
     /// The kernel's `REFUSED` count at the last scrape.
     refused_seen: AtomicU64,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::default();
-        let this = Self {
-            opened: Family::default(),
-            closed: Family::default(),
-            active: Family::default(),
-            bytes: Family::default(),
-            handshakes: Family::default(),
-            failures: Family::default(),
-            denials: Family::default(),
-            expiry: Family::default(),
-            maps: Family::default(),
-            in_progress: Gauge::default(),
-            pooled_connections: Gauge::default(),
-            pooled_streams: Gauge::default(),
-            moved: Family::default(),
-            catalog_connected: Gauge::default(),
-            health: Family::default(),
-            instance_opened: Family::default(),
-            instance_active: Family::default(),
-            instance_failures: Family::default(),
-            refused_seen: AtomicU64::new(0),
-            registry: Registry::default(),
-        };
-        let reg = &mut registry;
+impl Metrics {
+    /// Registers every family.
+    pub fn register(&self, reg: &mut Registry) {
         reg.register(
             "mesh_connections_opened",
             "Connections opened",
-            this.opened.clone(),
+            self.opened.clone(),
         );
         reg.register(
             "mesh_connections_closed",
             "Connections closed",
-            this.closed.clone(),
+            self.closed.clone(),
         );
         reg.register(
             "mesh_connections_active",
             "Connections open now",
-            this.active.clone(),
+            self.active.clone(),
         );
-        reg.register("mesh_connection_bytes", "Bytes proxied", this.bytes.clone());
+        reg.register("mesh_connection_bytes", "Bytes proxied", self.bytes.clone());
         reg.register(
             "mesh_handshakes",
             "TLS handshakes completed, full or resumed",
-            this.handshakes.clone(),
+            self.handshakes.clone(),
         );
         reg.register(
             "mesh_handshake_failures",
             "TLS handshakes that failed, by reason",
-            this.failures.clone(),
-        );
-        reg.register(
-            "mesh_handshakes_in_progress",
-            "Inbound TLS handshakes in progress (each holds a slot)",
-            this.in_progress.clone(),
-        );
-        reg.register(
-            "mesh_pooled_connections",
-            "Pooled mesh/2 connections to other agents",
-            this.pooled_connections.clone(),
-        );
-        reg.register(
-            "mesh_pooled_streams",
-            "App connections on pooled mesh/2 connections now",
-            this.pooled_streams.clone(),
-        );
-        reg.register(
-            "mesh_catalog_connected",
-            "1 while the catalog's store is reachable, 0 while running on the last good catalog",
-            this.catalog_connected.clone(),
+            self.failures.clone(),
         );
         reg.register(
             "mesh_moved_streams",
             "Busy mesh/2 streams that moved to a connection of their own",
-            this.moved.clone(),
+            self.moved.clone(),
         );
         reg.register(
             "mesh_denials",
             "Connections refused by the intentions, by deciding rule",
-            this.denials.clone(),
-        );
-        reg.register(
-            "mesh_certificate_expiry_seconds",
-            "Seconds until each local service's certificate expires",
-            this.expiry.clone(),
-        );
-        reg.register(
-            "mesh_ebpf_map_entries",
-            "Entries in the agent's eBPF maps",
-            this.maps.clone(),
-        );
-        reg.register(
-            "mesh_instance_health",
-            "Health of each instance as this agent knows it: 0 passing, 1 warning, 2 critical",
-            this.health.clone(),
+            self.denials.clone(),
         );
         reg.register(
             "mesh_instance_connections",
             "Connections this agent sent to each instance",
-            this.instance_opened.clone(),
-        );
-        reg.register(
-            "mesh_instance_connections_active",
-            "Connections this agent has open to each instance now",
-            this.instance_active.clone(),
+            self.instance_opened.clone(),
         );
         reg.register(
             "mesh_instance_connect_failures",
             "Failed dials or handshakes to each instance",
-            this.instance_failures.clone(),
+            self.instance_failures.clone(),
         );
-        Self { registry, ..this }
     }
 }
 
@@ -269,11 +189,6 @@ impl Metrics {
         self.failures.get_or_create(&Failure { side, reason }).inc();
     }
 
-    /// Whether the catalog's store is reachable.
-    pub fn catalog_connected(&self, connected: bool) {
-        self.catalog_connected.set(i64::from(connected));
-    }
-
     /// A `mesh/2` stream moved to a connection of its own.
     pub fn moved(&self, side: Side) {
         self.moved.get_or_create(&Moved { side }).inc();
@@ -300,31 +215,6 @@ impl Metrics {
         self.instance_failures.get_or_create(instance).inc();
     }
 
-    /// Every instance of the catalog now: its health code and this agent's
-    /// open connections to it. Instances that left lose their gauges.
-    pub fn instances(&self, now: impl IntoIterator<Item = (Instance, i64, u64)>) {
-        self.health.clear();
-        self.instance_active.clear();
-        for (instance, health, active) in now {
-            self.health.get_or_create(&instance).set(health);
-            self.instance_active
-                .get_or_create(&instance)
-                .set(i64::try_from(active).unwrap_or(i64::MAX));
-        }
-    }
-
-    /// Inbound handshakes holding a slot now.
-    pub fn handshakes_in_progress(&self, n: usize) {
-        self.in_progress.set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-
-    /// Pooled `mesh/2` connections now, and streams on them.
-    pub fn pooled(&self, connections: usize, streams: usize) {
-        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.pooled_connections.set(gauge(connections));
-        self.pooled_streams.set(gauge(streams));
-    }
-
     /// sk_lookup has refused `total` connections from non-mesh sources so
     /// far (the kernel's count); counted as inbound handshake failures.
     pub fn kernel_refused(&self, total: u64) {
@@ -340,30 +230,17 @@ impl Metrics {
                 .inc_by(total - last);
         }
     }
-
-    /// The text exposition, after setting the gauges that are read at
-    /// scrape time.
-    pub fn render(
-        &self,
-        expiries: impl IntoIterator<Item = (String, f64)>,
-        maps: impl IntoIterator<Item = (&'static str, i64)>,
-    ) -> String {
-        for (service, secs) in expiries {
-            self.expiry.get_or_create(&Service { service }).set(secs);
-        }
-        for (map, n) in maps {
-            self.maps.get_or_create(&Map { map }).set(n);
-        }
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render(m: &Metrics) -> String {
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        reg.render()
+    }
 
     #[test]
     fn renders_prometheus_text() {
@@ -381,21 +258,13 @@ mod tests {
         m.denied("web", "db", "default policy", Reporter::Source, 1000);
         m.kernel_refused(5);
         m.kernel_refused(7);
-        m.handshakes_in_progress(3);
-        m.pooled(2, 5);
         let b = Instance {
             service: "api".into(),
             node: "b".into(),
         };
         m.instance_connected(&b);
         m.instance_failed(&b);
-        let gone = Instance {
-            service: "old".into(),
-            node: "b".into(),
-        };
-        m.instances([(gone.clone(), 0, 0)]);
-        m.instances([(b.clone(), 2, 4)]);
-        let text = m.render([("api".to_owned(), 42.5)], [("CONNS", 3)]);
+        let text = render(&m);
         for line in [
             "mesh_connections_opened_total{source=\"web\",destination=\"api\",side=\"inbound\"} 1",
             "mesh_connections_active{source=\"web\",destination=\"api\",side=\"inbound\"} 0",
@@ -405,24 +274,17 @@ mod tests {
             "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\",side=\"destination\"} 1",
             "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\",side=\"source\"} 1000",
             "mesh_handshake_failures_total{side=\"inbound\",reason=\"not_a_mesh_node\"} 7",
-            "mesh_handshakes_in_progress 3",
-            "mesh_pooled_connections 2",
-            "mesh_pooled_streams 5",
-            "mesh_certificate_expiry_seconds{service=\"api\"} 42.5",
-            "mesh_ebpf_map_entries{map=\"CONNS\"} 3",
-            "mesh_instance_health{service=\"api\",node=\"b\"} 2",
             "mesh_instance_connections_total{service=\"api\",node=\"b\"} 1",
-            "mesh_instance_connections_active{service=\"api\",node=\"b\"} 4",
             "mesh_instance_connect_failures_total{service=\"api\",node=\"b\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }
-        assert!(!text.contains("service=\"old\""), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
-    /// The names and label keys of every sample, with every family set:
-    /// `/metrics` keeps its shape whatever moves behind it.
+    /// The names and label keys of every sample of these families (the
+    /// whole `/metrics` is checked against a running agent in the
+    /// observability tests).
     #[test]
     fn every_family_keeps_its_name_and_labels() {
         let m = Metrics::default();
@@ -437,17 +299,13 @@ mod tests {
         m.handshake_failed(Side::Inbound, "no_client_certificate");
         m.moved(Side::Inbound);
         m.denied("web", "db", "default policy", Reporter::Source, 1);
-        m.catalog_connected(true);
         let b = Instance {
             service: "api".into(),
             node: "b".into(),
         };
         m.instance_connected(&b);
         m.instance_failed(&b);
-        m.instances([(b, 0, 1)]);
-        m.handshakes_in_progress(1);
-        m.pooled(1, 1);
-        let text = m.render([("api".to_owned(), 1.0)], [("CONNS", 1)]);
+        let text = render(&m);
         let shapes: std::collections::BTreeSet<String> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -464,24 +322,16 @@ mod tests {
             })
             .collect();
         let expected = [
-            "mesh_catalog_connected{}",
-            "mesh_certificate_expiry_seconds{service}",
             "mesh_connection_bytes_total{source,destination,side,direction}",
             "mesh_connections_active{source,destination,side}",
             "mesh_connections_closed_total{source,destination,side}",
             "mesh_connections_opened_total{source,destination,side}",
             "mesh_denials_total{source,destination,rule,side}",
-            "mesh_ebpf_map_entries{map}",
             "mesh_handshake_failures_total{side,reason}",
-            "mesh_handshakes_in_progress{}",
             "mesh_handshakes_total{side,kind}",
             "mesh_instance_connect_failures_total{service,node}",
-            "mesh_instance_connections_active{service,node}",
             "mesh_instance_connections_total{service,node}",
-            "mesh_instance_health{service,node}",
             "mesh_moved_streams_total{side}",
-            "mesh_pooled_connections{}",
-            "mesh_pooled_streams{}",
         ];
         assert_eq!(
             shapes.iter().map(String::as_str).collect::<Vec<_>>(),

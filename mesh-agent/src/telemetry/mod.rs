@@ -5,6 +5,7 @@
 
 pub mod labels;
 pub mod metrics;
+pub mod registry;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,8 +16,10 @@ use std::{
 
 use mesh_common::DenialKey;
 
-pub use labels::{Direction, HandshakeKind, Reporter, Side, Verdict};
+pub use labels::{Direction, HandshakeKind, MapLabels, Reporter, ServiceLabels, Side, Verdict};
+pub use metrics::Instance;
 use metrics::{Conn, Metrics};
+pub use registry::Registry;
 
 /// Which end of a call an agent decides for.
 /// What happened to connections of one (source, destination) pair.
@@ -42,26 +45,9 @@ pub struct Telemetry {
     kernel_seen: Mutex<HashMap<DenialKey, u64>>,
 }
 
-/// The values `/metrics` reads at scrape time.
-#[derive(Debug, Default)]
-pub struct Scrape {
-    /// Seconds to each local leaf's expiry.
-    pub expiries: Vec<(String, f64)>,
-    /// Entries per eBPF map.
-    pub maps: Vec<(&'static str, i64)>,
-    /// sk_lookup's refusals so far.
-    pub kernel_refused: u64,
-    pub handshakes_in_progress: usize,
-    /// Pooled `mesh/2` connections, and streams on them.
-    pub pooled: (usize, usize),
-    /// Every instance: service, node, health code, connections open to it.
-    pub instances: Vec<(String, String, i64, u64)>,
-    /// Whether the catalog's store is reachable.
-    pub catalog_connected: bool,
-}
-
-fn instance(service: &str, node: &str) -> metrics::Instance {
-    metrics::Instance {
+/// The labels of an instance's metrics.
+pub fn instance(service: &str, node: &str) -> Instance {
+    Instance {
         service: service.to_owned(),
         node: node.to_owned(),
     }
@@ -193,19 +179,15 @@ impl Telemetry {
             .collect()
     }
 
-    /// The Prometheus text, with the values read at scrape time.
-    pub fn render(&self, now: Scrape) -> String {
-        self.metrics.kernel_refused(now.kernel_refused);
-        self.metrics
-            .handshakes_in_progress(now.handshakes_in_progress);
-        self.metrics.pooled(now.pooled.0, now.pooled.1);
-        self.metrics.catalog_connected(now.catalog_connected);
-        self.metrics.instances(
-            now.instances
-                .into_iter()
-                .map(|(service, node, health, active)| (instance(&service, &node), health, active)),
-        );
-        self.metrics.render(now.expiries, now.maps)
+    /// Registers the families this object counts into.
+    pub fn register(&self, reg: &mut Registry) {
+        self.metrics.register(reg);
+    }
+
+    /// sk_lookup has refused `total` connections from non-mesh sources so
+    /// far (the kernel's count): counted as inbound handshake failures.
+    pub fn kernel_refused(&self, total: u64) {
+        self.metrics.kernel_refused(total);
     }
 
     fn count(&self, src: &str, dst: &str, f: impl FnOnce(&mut PairStats)) {
@@ -277,7 +259,9 @@ mod tests {
                 ..PairStats::default()
             }
         );
-        let text = t.render(Scrape::default());
+        let mut reg = Registry::default();
+        t.register(&mut reg);
+        let text = reg.render();
         for line in [
             "mesh_connections_closed_total{source=\"web\",destination=\"api\",side=\"outbound\"} 1",
             "mesh_denials_total{source=\"web\",destination=\"db\",rule=\"default policy\",side=\"source\"} 8",
