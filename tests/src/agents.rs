@@ -10,6 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
 use crate::{ADMIN_PORT, Mesh, bpffs, outcome};
 
 /// The agent binary under test: `$MESH_AGENT_BIN`, else the workspace's
@@ -201,16 +206,13 @@ impl Mesh {
         }
     }
 
-    /// Sends `signal` (e.g. "TERM", "KILL") to the agent of `node` and waits
-    /// for it to exit; returns its exit status. An agent still running 10 s
-    /// after the signal is killed, and the test fails.
-    pub fn stop_agent(&self, node: &str, signal: &str) -> std::process::ExitStatus {
+    /// Sends `signal` (e.g. `SIGTERM`, `SIGKILL`) to the agent of `node` and
+    /// waits for it to exit; returns its exit status. An agent still running
+    /// 10 s after the signal is killed, and the test fails.
+    pub fn stop_agent(&self, node: &str, signal: Signal) -> std::process::ExitStatus {
         let child = self.take_agent(node);
         let (status, in_time) = signal_and_wait(child, signal);
-        assert!(
-            in_time,
-            "agent {node} did not exit within 10 s of SIG{signal}"
-        );
+        assert!(in_time, "agent {node} did not exit within 10 s of {signal}");
         status
     }
 
@@ -258,7 +260,7 @@ impl Mesh {
             .drain(..)
             .collect();
         for (_, child) in agents {
-            signal_and_wait(child, "TERM");
+            signal_and_wait(child, Signal::SIGTERM);
         }
         // What an agent killed by the test left pinned.
         for node in &self.nodes {
@@ -274,14 +276,14 @@ impl Mesh {
 
 /// Sends `signal` to `child` (unless it already exited) and waits up to 10 s,
 /// then SIGKILLs it. Returns its status and whether it exited in time.
-fn signal_and_wait(mut child: Child, signal: &str) -> (std::process::ExitStatus, bool) {
+fn signal_and_wait(mut child: Child, signal: Signal) -> (std::process::ExitStatus, bool) {
     if let Ok(Some(status)) = child.try_wait() {
         return (status, true); // already gone, e.g. after a Ctrl-C in the terminal
     }
     // `ip netns exec` execs the agent, so the child's pid is the agent's.
-    let _ = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status();
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {

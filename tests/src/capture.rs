@@ -3,8 +3,13 @@
 use std::{
     fs,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
 };
 
 use crate::{Mesh, wait_until};
@@ -19,9 +24,9 @@ pub struct Capture {
 impl Capture {
     /// Stops tcpdump (SIGINT, so it flushes) and returns the pcap file.
     pub fn stop(mut self) -> PathBuf {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+        }
         let stopped = wait_until(Duration::from_secs(10), || {
             self.child.try_wait().ok().flatten().is_some()
         });

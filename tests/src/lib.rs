@@ -28,6 +28,7 @@ pub use apps::app;
 pub use bpf::{bpffs, loaded_mesh_links, loaded_mesh_programs};
 pub use capture::Capture;
 pub use netns::{Node, cgroup2_root};
+pub use nix::sys::signal::Signal;
 pub use process::{outcome, output_with_timeout, run_to_string, wait_until};
 pub use topology::Topology;
 

@@ -4,7 +4,7 @@
 use std::{fs, net::IpAddr, time::Duration};
 
 use mesh_tests::{
-    Mesh, app,
+    Mesh, Signal, app,
     etcd::PREFIX,
     health::{answered_by, failed_calls},
     wait_until,
@@ -409,7 +409,7 @@ fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
     assert!(taken_back, "rc left a hand-written key in place of its own");
 
     // A stopped agent's registration goes at once.
-    mesh.stop_agent("rb", "TERM");
+    mesh.stop_agent("rb", Signal::SIGTERM);
     let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
     assert!(!keys.contains(&format!("{agents}nodes/rb")), "{keys}");
     assert!(!keys.contains(&format!("{agents}health/rb/")), "{keys}");
@@ -514,7 +514,7 @@ fn each_node_writes_only_its_own_registration() {
 
     // A stopping agent may revoke its lease (etcd checks write access to
     // every key under it): its registration goes at once.
-    mesh.stop_agent("pc", "TERM");
+    mesh.stop_agent("pc", Signal::SIGTERM);
     let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
     assert!(!keys.contains(&format!("{agents}nodes/pc")), "{keys}");
     assert!(!keys.contains(&format!("{agents}health/pc/")), "{keys}");
@@ -567,7 +567,7 @@ fn with_all_of_etcd_down_the_mesh_keeps_serving() {
         "both instances still take calls: {results:?}"
     );
 
-    mesh.stop_agent("zc", "TERM");
+    mesh.stop_agent("zc", Signal::SIGTERM);
     let run_zc = || {
         let out = mesh_tests::output_with_timeout(
             mesh.cmd("zc", &mesh.agent)

@@ -18,7 +18,7 @@ use std::{
 };
 
 use mesh_tests::{
-    Mesh, Topology,
+    Mesh, Signal, Topology,
     health::{CallResult, answered_by, failed_calls},
     metric_value, output_with_timeout, run_to_string,
 };
@@ -279,7 +279,7 @@ fn a_killed_agent_is_critical_within_3s_and_no_call_fails() {
         assert!(stream.next(CALL_WAIT).is_some(), "call {i} did not end");
     }
     let killed = Instant::now();
-    mesh.stop_agent(c, "KILL");
+    mesh.stop_agent(c, Signal::SIGKILL);
     let took = mesh
         .wait_instance_state(a, "api", c, "critical", Duration::from_secs(10))
         .map(|_| killed.elapsed());

@@ -5,7 +5,7 @@
 use std::{fs, net::IpAddr, time::Duration};
 
 use mesh_tests::{
-    Mesh, app,
+    Mesh, Signal, app,
     health::{answered_by, failed_calls},
     wait_until,
 };
@@ -83,7 +83,7 @@ fn a_pooled_connection_to_a_killed_agent_is_replaced_by_a_fresh_one() {
         "one pooled connection"
     );
 
-    mesh.stop_agent("kb", "KILL");
+    mesh.stop_agent("kb", Signal::SIGKILL);
     mesh.start_agent("kb");
     assert!(
         mesh.wait_instance_state("ka", "api", "kb", "passing", Duration::from_secs(15))
