@@ -32,7 +32,17 @@ pub use nix::sys::signal::Signal;
 pub use process::{outcome, output_with_timeout, run_to_string, wait_until};
 pub use topology::Topology;
 
-use std::{fs, path::PathBuf, process::Child, sync::Mutex};
+use std::{fs, net::IpAddr, path::PathBuf, process::Child, sync::Mutex};
+
+/// The port of the tests' `api` service.
+pub const API_PORT: u16 = 5001;
+/// The VIP of `api` in the tests that share one (others pick their own).
+pub const VIP: &str = "240.0.0.9";
+
+/// [`VIP`] as an address.
+pub fn vip() -> IpAddr {
+    VIP.parse().expect("vip")
+}
 
 /// Whether this process runs as root (effective uid 0).
 pub fn is_root() -> bool {

@@ -6,11 +6,10 @@ use std::{
     time::Duration,
 };
 
-use mesh_tests::{Mesh, Signal, wait_until};
+use mesh_tests::{API_PORT, Mesh, Signal, wait_until};
 
 /// 10 MB each way, as the issue asks.
 const BIG: usize = 10 * 1024 * 1024;
-const API_PORT: u16 = 5001;
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn assert_ok(out: &str, what: &str) {

@@ -1,21 +1,14 @@
 //! The catalog in etcd: a real 3-member cluster in network namespaces,
 //! seeded with `mesh-agent catalog import`, real agents run with
 //! `--catalog`. Need root, and etcd (`cargo xtask setup` installs it).
-use std::{fs, net::IpAddr, time::Duration};
+use std::{fs, time::Duration};
 
 use mesh_tests::{
-    Mesh, Signal, app,
+    API_PORT, Mesh, Signal, VIP, app,
     etcd::PREFIX,
     health::{answered_by, failed_calls},
-    wait_until,
+    vip, wait_until,
 };
-
-const API_PORT: u16 = 5001;
-const VIP: &str = "240.0.0.9";
-
-fn vip() -> IpAddr {
-    VIP.parse().expect("vip")
-}
 
 /// Agents run from the catalog in etcd; a change written to etcd reaches
 /// them as a changed file does: a deny refuses new calls and cuts live

@@ -18,12 +18,11 @@ use std::{
 };
 
 use mesh_tests::{
-    Mesh, Signal, Topology,
+    API_PORT, Mesh, Signal, Topology,
     health::{CallResult, answered_by, failed_calls},
     metric_value, output_with_timeout, run_to_string,
 };
 
-const API_PORT: u16 = 5001;
 const VIP: &str = "240.0.0.71";
 /// The checks' interval in these tests (`interval = "200ms"`).
 const INTERVAL: Duration = Duration::from_millis(200);

@@ -5,17 +5,10 @@
 use std::{fs, net::IpAddr, time::Duration};
 
 use mesh_tests::{
-    Mesh, Signal, app,
+    API_PORT, Mesh, Signal, VIP, app,
     health::{answered_by, failed_calls},
-    wait_until,
+    vip, wait_until,
 };
-
-const API_PORT: u16 = 5001;
-const VIP: &str = "240.0.0.9";
-
-fn vip() -> IpAddr {
-    VIP.parse().expect("vip")
-}
 
 /// Outbound mTLS handshakes (full and resumed) `node`'s agent made: one
 /// per pooled connection, one per app connection in `mesh/1`.
