@@ -6,6 +6,10 @@
 //! namespace per node with a veth to the bridge, addressed from
 //! `10.77.<k>.0/24` and `fd77:0:0:<k>::/64`. Nothing is added to the host's
 //! own network namespace. Everything here needs root.
+//!
+//! `Mesh`'s methods live in `impl Mesh` blocks of the module of their
+//! concern (namespaces, agents, apps, admin queries, captures, etcd,
+//! health); the private modules' public items are re-exported here.
 #![forbid(unsafe_code)]
 
 mod admin;
