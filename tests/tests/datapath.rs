@@ -6,11 +6,10 @@ use std::{
     time::Duration,
 };
 
-use mesh_tests::{Mesh, wait_until};
+use mesh_tests::{API_PORT, Mesh, Signal, wait_until};
 
 /// 10 MB each way, as the issue asks.
 const BIG: usize = 10 * 1024 * 1024;
-const API_PORT: u16 = 5001;
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn assert_ok(out: &str, what: &str) {
@@ -217,7 +216,7 @@ fn a_node_stays_closed_while_its_agent_is_down() {
     assert!(stranger_to_db().starts_with("ERRNO 1 "));
 
     // SIGKILL: everything stays in the kernel.
-    mesh.stop_agent("la", "KILL");
+    mesh.stop_agent("la", Signal::SIGKILL);
     assert_eq!((programs(), links()), (programs0 + 12, links0 + 12));
     let out = stranger_to_db();
     assert!(
@@ -315,7 +314,7 @@ fn a_node_stays_closed_while_its_agent_is_down() {
     );
 
     // SIGTERM: la's programs, pins and cgroups go.
-    let status = mesh.stop_agent("la", "TERM");
+    let status = mesh.stop_agent("la", Signal::SIGTERM);
     assert!(status.success(), "agent exit status {status}");
     assert!(
         wait_until(Duration::from_secs(5), || programs() == programs0 + 6),
@@ -331,7 +330,7 @@ fn a_node_stays_closed_while_its_agent_is_down() {
 
     // SIGKILL, then `mesh-agent down`: the same.
     mesh.start_agent("la");
-    mesh.stop_agent("la", "KILL");
+    mesh.stop_agent("la", Signal::SIGKILL);
     assert_eq!(programs(), programs0 + 12);
     let out = mesh_tests::run_to_string(
         std::process::Command::new(&mesh.agent)

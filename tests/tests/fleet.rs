@@ -1,21 +1,14 @@
 //! The catalog in etcd: a real 3-member cluster in network namespaces,
 //! seeded with `mesh-agent catalog import`, real agents run with
 //! `--catalog`. Need root, and etcd (`cargo xtask setup` installs it).
-use std::{fs, net::IpAddr, time::Duration};
+use std::{fs, time::Duration};
 
 use mesh_tests::{
-    Mesh, app,
+    API_PORT, Mesh, Signal, VIP, app,
     etcd::PREFIX,
     health::{answered_by, failed_calls},
-    wait_until,
+    vip, wait_until,
 };
-
-const API_PORT: u16 = 5001;
-const VIP: &str = "240.0.0.9";
-
-fn vip() -> IpAddr {
-    VIP.parse().expect("vip")
-}
 
 /// Agents run from the catalog in etcd; a change written to etcd reaches
 /// them as a changed file does: a deny refuses new calls and cuts live
@@ -409,7 +402,7 @@ fn registrations_expire_with_their_agent_and_stale_agents_write_nothing() {
     assert!(taken_back, "rc left a hand-written key in place of its own");
 
     // A stopped agent's registration goes at once.
-    mesh.stop_agent("rb", "TERM");
+    mesh.stop_agent("rb", Signal::SIGTERM);
     let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
     assert!(!keys.contains(&format!("{agents}nodes/rb")), "{keys}");
     assert!(!keys.contains(&format!("{agents}health/rb/")), "{keys}");
@@ -514,7 +507,7 @@ fn each_node_writes_only_its_own_registration() {
 
     // A stopping agent may revoke its lease (etcd checks write access to
     // every key under it): its registration goes at once.
-    mesh.stop_agent("pc", "TERM");
+    mesh.stop_agent("pc", Signal::SIGTERM);
     let keys = mesh.etcdctl_ok(&["get", "--prefix", "--keys-only", &agents]);
     assert!(!keys.contains(&format!("{agents}nodes/pc")), "{keys}");
     assert!(!keys.contains(&format!("{agents}health/pc/")), "{keys}");
@@ -567,7 +560,7 @@ fn with_all_of_etcd_down_the_mesh_keeps_serving() {
         "both instances still take calls: {results:?}"
     );
 
-    mesh.stop_agent("zc", "TERM");
+    mesh.stop_agent("zc", Signal::SIGTERM);
     let run_zc = || {
         let out = mesh_tests::output_with_timeout(
             mesh.cmd("zc", &mesh.agent)

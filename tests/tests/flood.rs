@@ -8,9 +8,8 @@ use std::{
     time::Duration,
 };
 
-use mesh_tests::{Mesh, app, run_to_string};
+use mesh_tests::{API_PORT, Mesh, app, run_to_string};
 
-const API_PORT: u16 = 5001;
 const VIP: &str = "240.0.0.21";
 /// Connections a flood keeps open (reopening those the agent closes).
 const FLOOD: usize = 1500;

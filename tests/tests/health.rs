@@ -18,12 +18,11 @@ use std::{
 };
 
 use mesh_tests::{
-    Mesh, Topology,
+    API_PORT, Mesh, Signal, Topology,
     health::{CallResult, answered_by, failed_calls},
     metric_value, output_with_timeout, run_to_string,
 };
 
-const API_PORT: u16 = 5001;
 const VIP: &str = "240.0.0.71";
 /// The checks' interval in these tests (`interval = "200ms"`).
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -279,7 +278,7 @@ fn a_killed_agent_is_critical_within_3s_and_no_call_fails() {
         assert!(stream.next(CALL_WAIT).is_some(), "call {i} did not end");
     }
     let killed = Instant::now();
-    mesh.stop_agent(c, "KILL");
+    mesh.stop_agent(c, Signal::SIGKILL);
     let took = mesh
         .wait_instance_state(a, "api", c, "critical", Duration::from_secs(10))
         .map(|_| killed.elapsed());

@@ -12,9 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh_tests::{Mesh, pki, run_to_string, wait_until};
+use mesh_tests::{API_PORT, Mesh, pki, run_to_string, wait_until};
 
-const API_PORT: u16 = 5001;
 const VIP: &str = "240.0.0.61";
 
 fn vip() -> IpAddr {

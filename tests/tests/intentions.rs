@@ -6,9 +6,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use mesh_tests::{Mesh, app, pki, run_to_string, wait_until};
+use mesh_tests::{API_PORT, Mesh, app, pki, run_to_string, wait_until};
 
-const API_PORT: u16 = 5001;
 const VIP: &str = "240.0.0.11";
 
 fn vip() -> IpAddr {

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use mesh_tests::{Mesh, app, wait_until};
+use mesh_tests::{Mesh, Signal, app, wait_until};
 
 const VIP: &str = "240.0.0.41";
 
@@ -37,7 +37,7 @@ fn sigterm_drains_and_a_restart_never_opens_a_plaintext_path() {
         .expect("clock")
         .as_secs_f64();
     std::thread::scope(|s| {
-        let stopping = s.spawn(|| mesh.stop_agent("lca", "TERM"));
+        let stopping = s.spawn(|| mesh.stop_agent("lca", Signal::SIGTERM));
         std::thread::sleep(Duration::from_millis(500));
         // Draining: a new call is refused at once, not left hanging.
         let started = Instant::now();
@@ -334,7 +334,7 @@ fn upgrade_under_calls(nodes: &[&str], before: impl FnOnce(&Mesh)) {
         "new"
     );
     for (i, node) in ["hoa", "hob"].into_iter().enumerate() {
-        mesh.stop_agent(node, "TERM");
+        mesh.stop_agent(node, Signal::SIGTERM);
         let left = programs0 + 6 * (1 - i);
         assert!(
             wait_until(Duration::from_secs(5), || programs() == left),

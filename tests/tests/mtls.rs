@@ -3,16 +3,9 @@
 use std::{fs, net::IpAddr, path::Path, process::Command, time::Duration};
 
 use mesh_tests::{
-    Mesh, Node, pki, run_to_string, wait_until,
+    API_PORT, Mesh, Node, VIP, pki, run_to_string, vip, wait_until,
     wire::{parse_tls, tcp_conns},
 };
-
-const API_PORT: u16 = 5001;
-const VIP: &str = "240.0.0.9";
-
-fn vip() -> IpAddr {
-    VIP.parse().expect("vip")
-}
 
 /// `mesh/2`: app connections are streams of one pooled TLS connection
 /// between the agents, which still shows TLS 1.3, the destination's SNI,

@@ -5,17 +5,10 @@
 use std::{fs, net::IpAddr, time::Duration};
 
 use mesh_tests::{
-    Mesh, app,
+    API_PORT, Mesh, Signal, VIP, app,
     health::{answered_by, failed_calls},
-    wait_until,
+    vip, wait_until,
 };
-
-const API_PORT: u16 = 5001;
-const VIP: &str = "240.0.0.9";
-
-fn vip() -> IpAddr {
-    VIP.parse().expect("vip")
-}
 
 /// Outbound mTLS handshakes (full and resumed) `node`'s agent made: one
 /// per pooled connection, one per app connection in `mesh/1`.
@@ -83,7 +76,7 @@ fn a_pooled_connection_to_a_killed_agent_is_replaced_by_a_fresh_one() {
         "one pooled connection"
     );
 
-    mesh.stop_agent("kb", "KILL");
+    mesh.stop_agent("kb", Signal::SIGKILL);
     mesh.start_agent("kb");
     assert!(
         mesh.wait_instance_state("ka", "api", "kb", "passing", Duration::from_secs(15))
