@@ -2,14 +2,16 @@
 
 use std::net::SocketAddr;
 
+use clap::ValueEnum;
+
 use mesh_agent::{admin, health};
 
 /// `mesh-agent check`.
 #[derive(Debug, clap::Args)]
 pub struct Check {
     /// `pass`, `warn` or `fail`.
-    #[arg(value_parser = ["pass", "warn", "fail"])]
-    state: String,
+    #[arg(value_enum)]
+    state: TtlState,
     /// The service whose local instance the check is of.
     #[arg(long)]
     service: String,
@@ -24,12 +26,20 @@ pub struct Check {
     admin: SocketAddr,
 }
 
+/// The state a ttl check is reported in: passing, warning or critical.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TtlState {
+    Pass,
+    Warn,
+    Fail,
+}
+
 /// Sends the report (`POST /check`) and prints the check's new state.
 pub fn run(args: Check) -> anyhow::Result<()> {
-    let state = match args.state.as_str() {
-        "pass" => health::State::Passing,
-        "warn" => health::State::Warning,
-        _ => health::State::Critical,
+    let state = match args.state {
+        TtlState::Pass => health::State::Passing,
+        TtlState::Warn => health::State::Warning,
+        TtlState::Fail => health::State::Critical,
     };
     let update = health::doc::TtlUpdate {
         service: args.service,

@@ -75,7 +75,7 @@ pub enum Command {
 impl Command {
     /// Whether log lines are JSON (`run --log-format json`).
     pub fn json_logs(&self) -> bool {
-        matches!(self, Command::Run(run) if run.log_format == "json")
+        matches!(self, Command::Run(run) if run.log_format == run::LogFormat::Json)
     }
 
     /// Runs the command.

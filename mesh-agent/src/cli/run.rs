@@ -1,6 +1,8 @@
 //! `run` and `down`: the agent of a node, and what a stopped one left.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr};
+
+use clap::ValueEnum;
 
 use mesh_agent::{admin, agent, cgroup::Cgroup2, ebpf::pins::Pins, handover};
 
@@ -20,16 +22,16 @@ pub struct Run {
     /// Address of the admin endpoint (loopback only).
     #[arg(long, default_value = admin::DEFAULT_ADDR)]
     admin: SocketAddr,
-    /// Answer DNS for `<service>.mesh` here (UDP), or `off`.
+    /// Answer DNS for `<service>.mesh` here (UDP and TCP), or `off`.
     #[arg(long, default_value = "127.0.0.1:53")]
-    dns: String,
+    dns: Dns,
     /// On SIGTERM or SIGINT, stop accepting and give open connections
     /// this many seconds before closing them.
     #[arg(long, default_value_t = 10.0)]
     drain_seconds: f64,
     /// Log lines (the access log included) as `text` or `json`.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Where to send names outside `.mesh` (default: the first
     /// nameserver of /etc/resolv.conf, unless that is this agent; else
     /// they are refused).
@@ -47,8 +49,8 @@ pub struct Run {
     /// Who may connect to this node's service ports: `nodes` (the
     /// addresses of the config's nodes; others are refused in the
     /// kernel) or `any` (for nodes behind NAT).
-    #[arg(long, default_value = "nodes", value_parser = ["nodes", "any"])]
-    inbound_sources: String,
+    #[arg(long, value_enum, default_value = "nodes")]
+    inbound_sources: InboundSources,
     /// The port agents exchange instance health on, at each node's
     /// address; the same for every agent of the mesh.
     #[arg(long, default_value_t = 15002)]
@@ -75,19 +77,43 @@ pub struct Down {
     bpffs: PathBuf,
 }
 
-/// `--dns`: an address, or `off`.
-fn parse_dns(text: &str) -> anyhow::Result<Option<SocketAddr>> {
-    if text == "off" {
-        return Ok(None);
+/// `--log-format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `--inbound-sources`: `nodes` refuses in the kernel sources that are not
+/// the config's nodes; `any` lets every source in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum InboundSources {
+    Nodes,
+    Any,
+}
+
+/// `--dns`: the address to answer DNS at, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum Dns {
+    Off,
+    At(SocketAddr),
+}
+
+impl FromStr for Dns {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Dns::Off);
+        }
+        text.parse()
+            .map(Dns::At)
+            .map_err(|_| "expected an address like 127.0.0.1:53, or off".to_owned())
     }
-    text.parse().map(Some).map_err(|_| {
-        anyhow::anyhow!("--dns {text:?}: expected an address like 127.0.0.1:53, or off")
-    })
 }
 
 /// Runs the agent on a multi-thread runtime until it stops.
 pub fn run(args: Run) -> anyhow::Result<()> {
-    let dns = parse_dns(&args.dns)?;
     let drain_seconds = args.drain_seconds;
     let drain = std::time::Duration::try_from_secs_f64(drain_seconds)
         .map_err(|_| anyhow::anyhow!("--drain-seconds {drain_seconds}: expected seconds >= 0"))?;
@@ -96,12 +122,15 @@ pub fn run(args: Run) -> anyhow::Result<()> {
         node: args.node,
         outbound_port: args.outbound_port,
         admin: args.admin,
-        dns,
+        dns: match args.dns {
+            Dns::Off => None,
+            Dns::At(addr) => Some(addr),
+        },
         dns_upstream: args.dns_upstream,
         drain,
         max_handshakes: args.max_handshakes as usize,
         max_handshakes_per_source: args.max_handshakes_per_source as usize,
-        only_mesh_sources: args.inbound_sources == "nodes",
+        only_mesh_sources: args.inbound_sources == InboundSources::Nodes,
         link_port: args.link_port,
         multiplex: !args.no_multiplex,
         bpffs: args.bpffs,
@@ -142,4 +171,42 @@ pub fn down(args: &Down) -> anyhow::Result<()> {
     let gone = cg.remove_empty_tree(&std::path::Path::new("/mesh").join(node));
     println!("removed {gone} empty cgroups of node {node}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Dns, InboundSources, LogFormat};
+    use crate::cli::{Cli, Command};
+
+    fn run(args: &[&str]) -> super::Run {
+        let words = ["mesh-agent", "run", "--config", "m.toml", "--node", "a"];
+        let cli = Cli::try_parse_from(words.iter().chain(args)).expect("parses");
+        match cli.command {
+            Command::Run(run) => run,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    /// The defaults and each accepted spelling of the typed flags.
+    #[test]
+    fn typed_flags() {
+        let default = run(&[]);
+        assert_eq!(default.log_format, LogFormat::Text);
+        assert_eq!(default.inbound_sources, InboundSources::Nodes);
+        assert!(matches!(default.dns, Dns::At(a) if a.to_string() == "127.0.0.1:53"));
+        let set = run(&[
+            "--log-format",
+            "json",
+            "--inbound-sources",
+            "any",
+            "--dns",
+            "off",
+        ]);
+        assert_eq!(set.log_format, LogFormat::Json);
+        assert_eq!(set.inbound_sources, InboundSources::Any);
+        assert!(matches!(set.dns, Dns::Off));
+        assert!(matches!(run(&["--dns", "[::1]:5353"]).dns, Dns::At(a) if a.port() == 5353));
+    }
 }
