@@ -4,7 +4,12 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr};
 
 use clap::ValueEnum;
 
-use mesh_agent::{admin, agent, cgroup::Cgroup2, ebpf::pins::Pins, handover};
+use mesh_agent::{
+    admin, agent,
+    cgroup::{Cgroup2, MESH_ROOT},
+    ebpf::pins::{LINK_PREFIX, Pins},
+    handover,
+};
 
 use super::Store;
 
@@ -160,7 +165,10 @@ pub fn down(args: &Down) -> anyhow::Result<()> {
             pins.dir.display()
         );
     } else {
-        let links = removed.iter().filter(|n| n.starts_with("link_")).count();
+        let links = removed
+            .iter()
+            .filter(|n| n.starts_with(LINK_PREFIX))
+            .count();
         println!(
             "removed {links} program links and {} maps pinned for node {node} under {}",
             removed.len() - links,
@@ -168,7 +176,7 @@ pub fn down(args: &Down) -> anyhow::Result<()> {
         );
     }
     let cg = Cgroup2::find_or_mount()?;
-    let gone = cg.remove_empty_tree(&std::path::Path::new("/mesh").join(node));
+    let gone = cg.remove_empty_tree(&std::path::Path::new(MESH_ROOT).join(node));
     println!("removed {gone} empty cgroups of node {node}");
     Ok(())
 }
