@@ -18,18 +18,6 @@ pub enum CatalogCommand {
         #[command(flatten)]
         etcd: Etcd,
     },
-    /// Measure the catalog in etcd at scale (`cargo xtask bench
-    /// --catalog`): load time, memory, propagation to WATCHERS watchers in
-    /// this process. Writes CHANGES changes to one intention. Prints JSON.
-    #[command(hide = true)]
-    Bench {
-        #[arg(long, default_value_t = 50)]
-        watchers: usize,
-        #[arg(long, default_value_t = 20)]
-        changes: usize,
-        #[command(flatten)]
-        etcd: Etcd,
-    },
     /// One line per service: its address and how many instances are
     /// passing, warning and critical.
     Services {
@@ -64,18 +52,6 @@ pub enum CatalogCommand {
 /// Runs a `catalog` command.
 pub fn run(command: CatalogCommand) -> anyhow::Result<()> {
     let (etcd, addr, json) = match &command {
-        CatalogCommand::Bench {
-            watchers,
-            changes,
-            etcd,
-        } => {
-            let options = etcd
-                .options()?
-                .ok_or_else(|| anyhow::anyhow!("catalog bench needs --catalog etcd://..."))?;
-            let report = catalog::scale::measure(&options, *watchers, *changes)?;
-            println!("{}", serde_json::to_string(&report)?);
-            return Ok(());
-        }
         CatalogCommand::Import { file, etcd } => {
             let options = etcd
                 .options()?
@@ -101,7 +77,7 @@ pub fn run(command: CatalogCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     match command {
-        CatalogCommand::Import { .. } | CatalogCommand::Bench { .. } => {}
+        CatalogCommand::Import { .. } => {}
         CatalogCommand::Services { .. } => print!("{}", doc.render_services()),
         CatalogCommand::Instances { service, .. } => {
             let table = doc.render_instances(service.as_deref()).ok_or_else(|| {
