@@ -157,10 +157,14 @@ impl Cgroup2 {
     }
 }
 
+/// The mesh's cgroup, below the cgroup2 root: each node's agent and
+/// services have theirs under `/mesh/<node>/`.
+pub const MESH_ROOT: &str = "/mesh";
+
 /// The agent's own cgroup on `node`: `/mesh/<node>/_agent`. Service names
 /// cannot contain `_`, so it never collides with a service's.
 pub fn agent_path(node: &str) -> PathBuf {
-    Path::new("/mesh").join(node).join("_agent")
+    Path::new(MESH_ROOT).join(node).join("_agent")
 }
 
 /// The cgroup of `service`'s instance on `node`, and whether it is the
@@ -170,7 +174,7 @@ pub fn agent_path(node: &str) -> PathBuf {
 pub fn service_path(service: &crate::config::Service, node: &str) -> (PathBuf, bool) {
     match &service.cgroup {
         Some(p) => (p.clone(), false),
-        None => (Path::new("/mesh").join(node).join(&service.name), true),
+        None => (Path::new(MESH_ROOT).join(node).join(&service.name), true),
     }
 }
 

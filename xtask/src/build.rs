@@ -1,9 +1,9 @@
 //! `cargo xtask build`: builds mesh-agent; its build.rs builds the eBPF object
 //! (aya-build, nightly, bpf-linker) and embeds it.
 
-use std::{env, path::PathBuf};
+use std::{env, path::PathBuf, process::Stdio};
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 
 use crate::cmd;
 
@@ -28,6 +28,32 @@ pub fn agent(release: bool) -> anyhow::Result<PathBuf> {
         binary.display()
     );
     Ok(binary)
+}
+
+/// Builds mesh-agent's `catalog_scale` bench (the bench profile) and
+/// returns the absolute path of its executable, for `cargo xtask bench
+/// --catalog` to run in a network namespace.
+pub fn catalog_bench() -> anyhow::Result<PathBuf> {
+    eprintln!("build: mesh-agent's catalog_scale bench: building");
+    let out = cmd::cargo()
+        .args(["bench", "-p", "mesh-agent", "--bench", "catalog_scale"])
+        .args(["--no-run", "--message-format=json-render-diagnostics"])
+        .env_remove("AYA_BUILD_SKIP")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("failed to run cargo bench --no-run")?;
+    ensure!(
+        out.status.success(),
+        "cargo bench --no-run failed ({})",
+        out.status
+    );
+    // One JSON message a line; the bench's artifact names its executable.
+    let executable = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "catalog_scale")
+        .and_then(|m| m["executable"].as_str().map(PathBuf::from));
+    executable.context("cargo built the catalog_scale bench but named no executable")
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace

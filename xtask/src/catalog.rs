@@ -3,7 +3,8 @@
 //! docs/fleet.md sets up: three members with TLS, client certificates and
 //! RBAC (the test harness's `Topology::etcd_auth`). Each run: a new
 //! cluster; the catalog imported with `mesh-agent catalog import` as etcd
-//! user `admin` (timed); then `mesh-agent catalog bench` as `admin`: one
+//! user `admin` (timed); then mesh-agent's `catalog_scale` bench
+//! (`mesh-agent/benches/catalog_scale.rs`) as `admin`: one
 //! agent's first load (list and judge) and the memory it adds, then
 //! [`WATCHERS`] watching catalogs, each registered as a node of the
 //! catalog as an agent is (node key and its instances' health under a
@@ -42,6 +43,7 @@ const NODE: &str = "catalog-bench";
 pub fn run(runs: usize) -> anyhow::Result<()> {
     setup::ensure()?;
     let agent = build::agent(true)?;
+    let bench = build::catalog_bench()?;
     if !mesh_tests::is_root() {
         bail!(
             "the catalog bench needs root (etcd in network namespaces); try: sudo -E cargo xtask bench --catalog"
@@ -51,7 +53,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     let mut samples: Vec<Value> = Vec::new();
     for run in 0..runs {
         eprintln!("bench: catalog run {}/{runs}", run + 1);
-        samples.push(one_run(&agent)?);
+        samples.push(one_run(&agent, &bench)?);
     }
     let table = table(&samples);
     print!("{table}");
@@ -62,9 +64,9 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One run on a new cluster: `mesh-agent catalog bench`'s report, with
+/// One run on a new cluster: the `catalog_scale` bench's report, with
 /// `import_s`.
-fn one_run(agent: &std::path::Path) -> anyhow::Result<Value> {
+fn one_run(agent: &std::path::Path, bench: &std::path::Path) -> anyhow::Result<Value> {
     let mut mesh = Mesh::nodes(&[NODE])
         .etcd_auth()
         .agent(agent.to_owned())
@@ -91,8 +93,8 @@ fn one_run(agent: &std::path::Path) -> anyhow::Result<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = mesh_tests::output_with_timeout(
-        mesh.cmd(MEMBERS[0], &mesh.agent)
-            .args(["catalog", "bench", "--watchers", &WATCHERS.to_string()])
+        mesh.cmd(MEMBERS[0], bench)
+            .args(["--watchers", &WATCHERS.to_string()])
             .args(["--changes", &CHANGES.to_string()])
             .args(["--catalog", &mesh.etcd_url()])
             .args(mesh.etcd_client_args("admin"))
@@ -100,7 +102,7 @@ fn one_run(agent: &std::path::Path) -> anyhow::Result<Value> {
         Duration::from_secs(600),
     );
     let (ok, text) = mesh_tests::outcome(&out);
-    ensure!(ok, "mesh-agent catalog bench failed: {text}");
+    ensure!(ok, "the catalog_scale bench failed: {text}");
     let line = text
         .lines()
         .find(|l| l.starts_with('{'))
@@ -182,7 +184,8 @@ fn document(table: &str, runs: usize) -> anyhow::Result<String> {
          TLS with client certificates, RBAC on (user `root`; `admin` with readwrite on the prefix; \
          a user per mesh node with read on the prefix and readwrite on its own registration). Raft \
          runs with the harness's short timings (heartbeat 50 ms, election 500 ms).\n\n\
-         `mesh-agent catalog bench` runs in the first member's namespace as `admin`. first \
+         The bench (`mesh-agent/benches/catalog_scale.rs`) runs in the first member's namespace \
+         as `admin`. first \
          snapshot: the first watcher's load (connect, list, judge); RSS growth: the memory that \
          catalog adds to the process. Then {WATCHERS} watchers (`EtcdCatalog`s, as agents run them, \
          without the data path), each also registered as one of the catalog's nodes as an agent is \

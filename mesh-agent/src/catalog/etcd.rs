@@ -528,11 +528,7 @@ async fn write_intention(
 }
 
 /// The `[[intention]]` value of a key.
-pub(super) fn intention_value(
-    source: &str,
-    destination: &str,
-    action: crate::config::Action,
-) -> String {
+pub fn intention_value(source: &str, destination: &str, action: crate::config::Action) -> String {
     let mut table = toml_edit::Table::new();
     table.insert("source", toml_edit::value(source));
     table.insert("destination", toml_edit::value(destination));

@@ -11,7 +11,6 @@ pub mod etcd;
 pub mod file;
 pub mod layout;
 pub mod registry;
-pub mod scale;
 
 use std::{future::Future, pin::Pin};
 

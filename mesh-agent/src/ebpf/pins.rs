@@ -20,6 +20,10 @@ use std::{
 
 use super::EbpfError;
 
+/// The start of a link's pin name: `link_<program>`; maps are pinned by
+/// their names, which never start with it.
+pub const LINK_PREFIX: &str = "link_";
+
 /// bpffs's magic number (`statfs` `f_type`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -215,7 +219,7 @@ impl Pins {
 
     /// The file of `program`'s link.
     pub fn link(&self, program: &str) -> PathBuf {
-        self.dir.join(format!("link_{program}"))
+        self.dir.join(format!("{LINK_PREFIX}{program}"))
     }
 
     /// Unpins everything of the node (links, then maps): the programs are
@@ -236,7 +240,7 @@ impl Pins {
         };
         // Links first: no moment with programs attached and maps gone from
         // the file system (they would live on anyway, held by the programs).
-        names.sort_by_key(|n| !n.starts_with("link_"));
+        names.sort_by_key(|n| !n.starts_with(LINK_PREFIX));
         for name in &names {
             fs::remove_file(self.dir.join(name)).map_err(fail)?;
         }
