@@ -188,10 +188,10 @@ impl Checker<'_> {
     }
 
     /// The `[[service]]` entries that are valid; problems for the others.
-    fn services(
+    fn services<'r>(
         &mut self,
-        raw: &[Spanned<RawService>],
-        raw_nodes: &[Spanned<RawNode>],
+        raw: &'r [Spanned<RawService>],
+        raw_nodes: &'r [Spanned<RawNode>],
     ) -> Vec<Service> {
         let node_names: HashSet<&str> = raw_nodes
             .iter()
@@ -209,132 +209,142 @@ impl Checker<'_> {
                 ))
             })
             .collect();
+        let nodes = Nodes {
+            names: node_names,
+            addresses: node_addresses,
+        };
+        let mut taken = Taken::default();
+        raw.iter()
+            .filter_map(|entry| self.service(entry, &nodes, &mut taken))
+            .collect()
+    }
 
-        let mut services = Vec::new();
-        let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut ports: HashMap<(&str, u16), (&str, usize)> = HashMap::new();
-        let mut cgroups: HashMap<PathBuf, (&str, usize)> = HashMap::new();
-        let mut vips: HashMap<IpAddr, Vip<'_>> = HashMap::new();
-        for entry in raw {
-            let service = entry.get_ref();
-            let name = service.name.get_ref().as_str();
-            let name_ok = self
-                .check(&service.name, |n| values::name("service", n))
-                .is_some();
-            let name_unique = self.unique(&mut names, name, &service.name, || {
-                format!("duplicate service name {name:?}")
-            });
+    /// One `[[service]]` entry, if valid (and unique among those before
+    /// it, recorded in `taken`); else problems.
+    fn service<'r>(
+        &mut self,
+        entry: &'r Spanned<RawService>,
+        nodes: &Nodes<'r>,
+        taken: &mut Taken<'r>,
+    ) -> Option<Service> {
+        let service = entry.get_ref();
+        let name = service.name.get_ref().as_str();
+        let name_ok = self
+            .check(&service.name, |n| values::name("service", n))
+            .is_some();
+        let name_unique = self.unique(&mut taken.names, name, &service.name, || {
+            format!("duplicate service name {name:?}")
+        });
+        let (hosting, hosting_ok) = self.hosting(entry, &nodes.names);
+        let port = self.check(&service.port, values::port);
+        if let Some(port) = port {
+            self.port_unique(service, name, port, &hosting, &mut taken.ports);
+        }
+        let vip = self.vip(entry, name, name_unique);
+        let vip_ok = vip
+            .as_ref()
+            .is_some_and(|vip| self.vip_unique(vip.clone(), &nodes.addresses, &mut taken.vips));
+        let cgroup = self.service_cgroup(service, name, &mut taken.cgroups);
+        let lb = match &service.lb {
+            None => Some(Balance::default()),
+            Some(lb) => self.check(lb, |l| values::balance(l)),
+        };
+        let checks = self.checks(service, port);
+        if !(name_ok && name_unique && vip_ok && hosting_ok) {
+            return None;
+        }
+        Some(Service {
+            name: name.to_owned(),
+            nodes: hosting.into_iter().map(str::to_owned).collect(),
+            port: port?,
+            vip: vip?.address,
+            public: service.public,
+            cgroup: cgroup?,
+            lb: lb?,
+            checks: checks?,
+        })
+    }
 
-            let (hosting, hosting_ok) = self.hosting(entry, &node_names);
-
-            let port = self.check(&service.port, values::port);
-            if let Some(port) = port {
-                let line = self.line(&service.port);
-                for &node in &hosting {
-                    if let Some(&(first, first_line)) = ports.get(&(node, port)) {
-                        self.report(
-                            service.port.span(),
-                            format!(
-                                "port {port} on node {node:?} is already used by service \
-                                 {first:?} (line {first_line}): expected a distinct port per node"
-                            ),
-                        );
-                    } else {
-                        ports.insert((node, port), (name, line));
-                    }
-                }
-            }
-
-            let vip = match &service.vip {
-                Some(vip) => self
-                    .check(vip, |v| values::address("vip", v))
-                    .map(|address| Vip {
-                        service: name,
-                        address,
-                        explicit: true,
-                        span: vip.span(),
-                        line: self.line(vip),
-                    }),
-                // A duplicate name has the same default VIP: no second problem.
-                None if !name_unique => None,
-                None => Some(Vip {
-                    service: name,
-                    address: IpAddr::V4(default_vip(name)),
-                    explicit: false,
-                    span: entry.span(),
-                    line: self.line(entry),
-                }),
-            };
-            let vip_ok = vip
-                .as_ref()
-                .is_some_and(|vip| self.vip_unique(vip.clone(), &node_addresses, &mut vips));
-
-            let cgroup = match &service.cgroup {
-                None => Some(None),
-                Some(cgroup) => match self.check(cgroup, |c| values::cgroup(c)) {
-                    None => None,
-                    // One cgroup is one identity: two services cannot share it.
-                    Some(path) => match cgroups.get(&path) {
-                        Some(&(first, first_line)) => {
-                            self.report(
-                                cgroup.span(),
-                                format!(
-                                    "cgroup {:?} is already the cgroup of service {first:?} \
-                                     (line {first_line}): expected one cgroup per service",
-                                    path.display()
-                                ),
-                            );
-                            None
-                        }
-                        None => {
-                            cgroups.insert(path.clone(), (name, self.line(cgroup)));
-                            Some(Some(path))
-                        }
-                    },
-                },
-            };
-
-            let lb = match &service.lb {
-                None => Some(Balance::default()),
-                Some(lb) => self.check(lb, |l| values::balance(l)),
-            };
-
-            let checks = self.checks(service, port);
-
-            if let (
-                true,
-                true,
-                true,
-                true,
-                Some(port),
-                Some(vip),
-                Some(cgroup),
-                Some(lb),
-                Some(checks),
-            ) = (
-                name_ok,
-                name_unique,
-                vip_ok,
-                hosting_ok,
-                port,
-                vip,
-                cgroup,
-                lb,
-                checks,
-            ) {
-                services.push(Service {
-                    name: name.to_owned(),
-                    nodes: hosting.into_iter().map(str::to_owned).collect(),
-                    port,
-                    vip: vip.address,
-                    public: service.public,
-                    cgroup,
-                    lb,
-                    checks,
-                });
+    /// Reports `port` if another service took it on one of the `hosting`
+    /// nodes; else records it.
+    fn port_unique<'r>(
+        &mut self,
+        service: &'r RawService,
+        name: &'r str,
+        port: u16,
+        hosting: &[&'r str],
+        ports: &mut HashMap<(&'r str, u16), (&'r str, usize)>,
+    ) {
+        let line = self.line(&service.port);
+        for &node in hosting {
+            if let Some(&(first, first_line)) = ports.get(&(node, port)) {
+                self.report(
+                    service.port.span(),
+                    format!(
+                        "port {port} on node {node:?} is already used by service \
+                         {first:?} (line {first_line}): expected a distinct port per node"
+                    ),
+                );
+            } else {
+                ports.insert((node, port), (name, line));
             }
         }
-        services
+    }
+
+    /// The service's VIP: as written, or the default of its name (none for
+    /// a duplicate name: it has the same default, no second problem).
+    fn vip<'r>(
+        &mut self,
+        entry: &'r Spanned<RawService>,
+        name: &'r str,
+        name_unique: bool,
+    ) -> Option<Vip<'r>> {
+        match &entry.get_ref().vip {
+            Some(vip) => self
+                .check(vip, |v| values::address("vip", v))
+                .map(|address| Vip {
+                    service: name,
+                    address,
+                    explicit: true,
+                    span: vip.span(),
+                    line: self.line(vip),
+                }),
+            None if !name_unique => None,
+            None => Some(Vip {
+                service: name,
+                address: IpAddr::V4(default_vip(name)),
+                explicit: false,
+                span: entry.span(),
+                line: self.line(entry),
+            }),
+        }
+    }
+
+    /// The service's cgroup: `Some(None)` for the default, `None` when
+    /// invalid or another service's (one cgroup is one identity).
+    fn service_cgroup<'r>(
+        &mut self,
+        service: &'r RawService,
+        name: &'r str,
+        cgroups: &mut HashMap<PathBuf, (&'r str, usize)>,
+    ) -> Option<Option<PathBuf>> {
+        let Some(cgroup) = &service.cgroup else {
+            return Some(None);
+        };
+        let path = self.check(cgroup, |c| values::cgroup(c))?;
+        if let Some(&(first, first_line)) = cgroups.get(&path) {
+            self.report(
+                cgroup.span(),
+                format!(
+                    "cgroup {:?} is already the cgroup of service {first:?} \
+                     (line {first_line}): expected one cgroup per service",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        cgroups.insert(path.clone(), (name, self.line(cgroup)));
+        Some(Some(path))
     }
 
     /// The nodes hosting an instance of a service, from exactly one of
@@ -530,6 +540,23 @@ impl Checker<'_> {
         seen.insert(name, self.line(at));
         true
     }
+}
+
+/// The declared nodes, as the services' checks see them.
+struct Nodes<'r> {
+    names: HashSet<&'r str>,
+    /// Valid node addresses (canonical), to keep VIPs off them.
+    addresses: HashMap<IpAddr, (&'r str, usize)>,
+}
+
+/// What the services checked so far took, by the first to take it (its
+/// name and line): names, (node, port) pairs, cgroups and VIPs.
+#[derive(Default)]
+struct Taken<'r> {
+    names: HashMap<&'r str, usize>,
+    ports: HashMap<(&'r str, u16), (&'r str, usize)>,
+    cgroups: HashMap<PathBuf, (&'r str, usize)>,
+    vips: HashMap<IpAddr, Vip<'r>>,
 }
 
 /// A service's VIP and where it comes from, for collision messages.
