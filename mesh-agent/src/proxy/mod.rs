@@ -18,7 +18,7 @@ pub mod tunnel;
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
@@ -31,7 +31,7 @@ pub use inbound::Inbound;
 pub use outbound::Outbound;
 
 use crate::{
-    config::{Config, Service},
+    config::{Config, Service, local_addr},
     drain::Drain,
     snapshot::{Snapshot, Watch},
     telemetry::{Side, Telemetry},
@@ -329,11 +329,6 @@ impl ProxyError {
                 | Self::StreamRefused { .. }
         )
     }
-}
-
-/// Where a local service listens: loopback only, by design.
-pub fn local_addr(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
 /// Whether something listens on `127.0.0.1:port`, without connecting to
