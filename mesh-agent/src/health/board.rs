@@ -15,7 +15,11 @@ use std::{
 use tokio::{sync::watch, task::AbortHandle, time::Instant};
 use tracing::info;
 
-use super::{CheckReport, HealthError, InstanceReport, State, View, runner};
+use super::{
+    CheckReport, HealthError, InstanceReport, State, View,
+    reports::{LocalReports, Reports},
+    runner,
+};
 use crate::{
     config::{Check, CheckKind, Config},
     snapshot::Publisher,
@@ -25,9 +29,6 @@ use crate::{
 /// (Consul's `check_update_interval`, there 5 min) is published: every
 /// publication wakes every live connection and goes to every other agent.
 const OUTPUT_REFRESH: Duration = Duration::from_secs(30);
-
-/// This node's reports on its instances, sorted by service.
-pub type LocalReports = Arc<Vec<InstanceReport>>;
 
 /// See the module docs.
 pub struct Board {
@@ -163,13 +164,13 @@ impl Board {
     /// What this agent knows that an upgrade hands to the next agent of
     /// the node: its reports on its own instances, and the latest reports
     /// of every other node's agent.
-    pub fn handover(&self) -> (Vec<InstanceReport>, Vec<super::link::Reports>) {
+    pub fn handover(&self) -> (Vec<InstanceReport>, Vec<Reports>) {
         let local = self.local.borrow().as_ref().clone();
         let inner = self.lock();
         let remote = inner
             .remote
             .iter()
-            .map(|(node, reports)| super::link::Reports {
+            .map(|(node, reports)| Reports {
                 node: node.clone(),
                 instances: reports.values().cloned().collect(),
             })
@@ -185,7 +186,7 @@ impl Board {
     /// ran, and passed enough times, again); other nodes' reports stand
     /// until their agents report to this one (else their checked
     /// instances would be critical until then). Call after [`Board::sync`].
-    pub fn adopt(&self, local: &[InstanceReport], remote: &[super::link::Reports]) {
+    pub fn adopt(&self, local: &[InstanceReport], remote: &[Reports]) {
         let mut inner = self.lock();
         for theirs in remote {
             if theirs.node != self.node && !inner.remote.contains_key(&theirs.node) {
@@ -545,7 +546,7 @@ port = 2
             output: "ok then".into(),
         };
         assert_eq!(state(&watch, "api", "b"), State::Critical, "no report");
-        let remote = super::super::link::Reports {
+        let remote = Reports {
             node: "b".into(),
             instances: vec![InstanceReport::of("api", vec![passing("c")])],
         };
