@@ -19,6 +19,7 @@ pub mod identity;
 pub mod policy;
 pub mod proxy;
 pub mod snapshot;
+pub mod table;
 pub mod telemetry;
 pub mod tls;
 pub mod zone;

@@ -566,7 +566,7 @@ impl Sources {
             services,
             instances,
             connections,
-            catalog: Some(status::CatalogDoc {
+            catalog: Some(status::StoreDoc {
                 store: self.catalog.store.clone(),
                 connected: reach.connected,
                 since: rfc3339(reach.since),

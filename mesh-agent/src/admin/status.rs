@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::State;
+use crate::{health::State, table::table};
 
 /// `GET /status`: what the agent holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,12 +20,12 @@ pub struct StatusDoc {
     pub connections: Vec<PairDoc>,
     /// Where the catalog comes from, and whether it is reachable.
     #[serde(default)]
-    pub catalog: Option<CatalogDoc>,
+    pub catalog: Option<StoreDoc>,
 }
 
 /// The catalog's store as the agent last found it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CatalogDoc {
+pub struct StoreDoc {
     /// `file <path>` or `etcd <members><prefix>`.
     pub store: String,
     /// False while etcd cannot be reached: the agent runs on its last good
@@ -96,41 +96,19 @@ impl StatusDoc {
                 )),
             }
         }
-        let rows: Vec<[String; 4]> = self
-            .services
-            .iter()
-            .map(|leaf| {
-                [
-                    leaf.name.clone(),
-                    leaf.spiffe_id.clone(),
-                    leaf.serial.clone(),
-                    format!(
-                        "{} (in {})",
-                        leaf.expiry.not_after,
-                        human(leaf.expiry.expires_in_secs)
-                    ),
-                ]
-            })
-            .collect();
-        let header = ["SERVICE", "SPIFFE ID", "SERIAL", "EXPIRES"].map(str::to_owned);
-        let widths: Vec<usize> = (0..4)
-            .map(|i| {
-                rows.iter()
-                    .chain([&header])
-                    .map(|r| r[i].len())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for row in [&header].into_iter().chain(&rows) {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
+        let rows = self.services.iter().map(|leaf| {
+            vec![
+                leaf.name.clone(),
+                leaf.spiffe_id.clone(),
+                leaf.serial.clone(),
+                format!(
+                    "{} (in {})",
+                    leaf.expiry.not_after,
+                    human(leaf.expiry.expires_in_secs)
+                ),
+            ]
+        });
+        out.push_str(&table(&["SERVICE", "SPIFFE ID", "SERIAL", "EXPIRES"], rows));
         if !self.connections.is_empty() {
             out.push_str(
                 "\nCONNECTIONS (source -> destination: allowed / denied here / denied at the source / cut by a change)\n",

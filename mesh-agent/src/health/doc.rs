@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{CheckReport, State};
-use crate::snapshot::Snapshot;
+use crate::{snapshot::Snapshot, table::table};
 
 /// `GET /catalog`: every service and the health of each instance, as the
 /// agent that answers knows it.
@@ -161,25 +161,4 @@ impl CatalogDoc {
             rows,
         ))
     }
-}
-
-/// Left-aligned columns two spaces apart, the header first.
-fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
-    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| (*h).to_owned()).collect())
-        .chain(rows)
-        .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
