@@ -21,5 +21,7 @@ pub mod proxy;
 pub mod snapshot;
 pub mod table;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 pub mod zone;
