@@ -299,50 +299,25 @@ pub(crate) mod tests {
     use crate::{
         config::{Check, CheckKind},
         health_view::{CheckReport, InstanceReport, State},
+        testing::{self, NODES, node, service},
     };
-    use std::path::Path;
     use std::time::Duration;
 
     /// `data-api` on four nodes, one of them IPv6-only; `v6` with an IPv6
     /// VIP; `site` public.
-    const MESH: &str = r#"
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[node]]
-name = "c"
-address = "fd77::3"
-
-[[node]]
-name = "d"
-address = "10.0.0.4"
-
-[[service]]
-name = "data-api"
-nodes = ["a", "b", "c", "d"]
-port = 5001
-vip = "240.0.0.2"
-
-[[service]]
-name = "v6"
-node = "c"
-port = 5002
-vip = "fd77::2"
-
-[[service]]
-name = "site"
-node = "a"
-port = 443
-public = true
-"#;
+    pub(crate) fn mesh() -> String {
+        format!(
+            "{NODES}{}{}{}vip = \"240.0.0.2\"\n{}vip = \"fd77::2\"\n{}public = true\n",
+            node("c", "fd77::3"),
+            node("d", "10.0.0.4"),
+            service("data-api", &["a", "b", "c", "d"], 5001),
+            service("v6", &["c"], 5002),
+            service("site", &["a"], 443)
+        )
+    }
 
     pub(crate) fn config() -> Config {
-        Config::parse(MESH, Path::new("/m.toml")).unwrap()
+        testing::config(&mesh())
     }
 
     fn zone() -> Zone {
@@ -598,16 +573,15 @@ public = true
 
     /// A zone with `big` on 40 nodes, each passing (no checks).
     fn forty() -> Zone {
-        let mut text = String::new();
-        for i in 0..40 {
-            text += &format!("[[node]]\nname = \"node-{i:02}\"\naddress = \"10.0.1.{i}\"\n\n");
-        }
-        let nodes: Vec<String> = (0..40).map(|i| format!("\"node-{i:02}\"")).collect();
-        text += &format!(
-            "[[service]]\nname = \"big\"\nnodes = [{}]\nport = 7000\n",
-            nodes.join(", ")
-        );
-        Zone::new(&Config::parse(&text, Path::new("/m.toml")).unwrap())
+        let names: Vec<String> = (0..40).map(|i| format!("node-{i:02}")).collect();
+        let mut text: String = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| node(name, &format!("10.0.1.{i}")))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        text += &service("big", &names, 7000);
+        Zone::new(&testing::config(&text))
     }
 
     #[test]

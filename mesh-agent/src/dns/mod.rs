@@ -293,7 +293,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = config();
-        let (_publisher, snapshots) = crate::snapshot::Snapshot::new(config).publish();
+        let (_publisher, snapshots) = crate::testing::snapshots(config);
         tokio::spawn(serve_tcp(listener, snapshots, None, Default::default()));
         let mut stream = TcpStream::connect(addr).await.unwrap();
         for (id, name) in [(1, "data-api.mesh."), (2, "example.com.")] {
@@ -326,7 +326,7 @@ mod tests {
                 address: ip(&format!("10.0.0.{i}")),
             })
             .collect();
-        let (_publisher, snapshots) = crate::snapshot::Snapshot::new(config).publish();
+        let (_publisher, snapshots) = crate::testing::snapshots(config);
         let limits = TcpLimits {
             clients: 1,
             idle: Duration::from_millis(300),

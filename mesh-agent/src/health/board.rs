@@ -472,30 +472,22 @@ impl LocalCheck {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use std::{path::Path, time::Duration};
+    use std::time::Duration;
 
     use super::*;
-    use crate::snapshot::{Snapshot, Watch};
+    use crate::{
+        snapshot::Watch,
+        testing::{self, NODES, service},
+    };
 
-    const MESH: &str = r#"
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[service]]
-name = "api"
-nodes = ["a", "b"]
-port = 1
-
-[[service]]
-name = "web"
-node = "a"
-port = 2
-"#;
+    /// Nodes a and b; `api` (port 1) on both, `web` (port 2) on a.
+    fn mesh() -> String {
+        format!(
+            "{NODES}{}{}",
+            service("api", &["a", "b"], 1),
+            service("web", &["a"], 2)
+        )
+    }
 
     fn check(name: &str, kind: CheckKind, successes: u32, failures: u32) -> Check {
         Check {
@@ -513,9 +505,9 @@ port = 2
     /// A config where api has `checks`, and a board for node a on it
     /// (also the fixture of `link`'s tests).
     pub(in crate::health) fn board(checks: Vec<Check>) -> (Arc<Board>, Watch, Config) {
-        let mut config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
+        let mut config = testing::config(&mesh());
         config.services[0].checks = checks;
-        let (publisher, watch) = Snapshot::new(config.clone()).publish();
+        let (publisher, watch) = testing::snapshots(config.clone());
         let board = Board::new("a", Arc::new(publisher));
         board.sync(&config);
         (board, watch, config)
