@@ -438,6 +438,16 @@ impl Board {
     }
 }
 
+impl runner::Results for Board {
+    fn record(&self, service: &str, check: &str, state: State, output: String) {
+        Board::record(self, service, check, state, output);
+    }
+
+    fn expire(&self, service: &str, check: &str, now: Instant) -> Option<Instant> {
+        Board::expire(self, service, check, now)
+    }
+}
+
 impl Inner {
     fn check_mut(&mut self, service: &str, check: &str) -> Option<&mut LocalCheck> {
         self.local
