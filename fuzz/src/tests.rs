@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use mesh_agent::testing::{NODES, intention, service};
+use mesh_agent::testing::{FULL, NODES, intention, service};
 
 use crate::{TARGETS, mesh};
 
@@ -108,7 +108,7 @@ fn write_seeds() {
 
 fn config_seeds(mut write: impl FnMut(&str, &[u8])) {
     write("mesh.toml", mesh::text().as_bytes());
-    write("comments.toml", COMMENTED.as_bytes());
+    write("comments.toml", commented().as_bytes());
     write("checks.toml", checks().as_bytes());
 }
 
@@ -140,49 +140,20 @@ interval = "100ms"
 ttl = "30s"   # mesh-agent check pass --service api
 "#;
 
-/// Comments everywhere the editor must keep them, and every field.
-const COMMENTED: &str = r#"# the whole mesh
-[mesh]
-trust_domain = "prod.example"   # lowercase
-default_policy = "allow"
-ca_dir = "pki/root"
-leaf_ttl = "1h30m"
-
-[[node]]
-name = "data-api"
-address = "10.77.0.2"
-
-[[node]]
-name = "edge-1"
-address = "fd00:77::3"
-
-[[service]]
-name = "data-api"
-node = "data-api"
-port = 5001
-vip = "240.0.0.2"
-cgroup = "/system.slice/data-api.service"
-
-[[service]]
-name = "frontend"
-node = "edge-1"
-port = 8080
-public = true
-
-# intentions
-
-# the app may call its data
-[[intention]]
-source = "frontend"
-destination = "data-api"
-action = "allow"  # for now
-
-[[intention]]
-source = "*"
-destination = "data-api"
-action = "deny"
-# the end
-"#;
+/// [`FULL`] without its `metrics` service, with comments everywhere the
+/// editor must keep them.
+fn commented() -> String {
+    let metrics = "[[service]]\nname = \"metrics\"\nnode = \"edge-1\"\nport = 9090\n\
+                   vip = \"fd00:240::9\"\npublic = false\n\n";
+    let text = FULL
+        .replace(
+            "trust_domain = \"prod.example\"\n",
+            "trust_domain = \"prod.example\"   # lowercase\n",
+        )
+        .replace(metrics, "# intentions\n\n# the app may call its data\n")
+        .replace("action = \"allow\"\n", "action = \"allow\"  # for now\n");
+    format!("{text}# the end\n")
+}
 
 /// ClientHellos as an agent sends them (TLS 1.3, ALPN mesh/1), and one
 /// without SNI.

@@ -29,6 +29,55 @@ name = "b"
 address = "10.0.0.2"
 "#;
 
+/// Every field of the file, set: a comment, the `[mesh]` table, an IPv4
+/// and an IPv6 node, services with IPv4 and IPv6 VIPs, a cgroup, public
+/// or not, and intentions.
+pub const FULL: &str = r#"# the whole mesh
+[mesh]
+trust_domain = "prod.example"
+default_policy = "allow"
+ca_dir = "pki/root"
+leaf_ttl = "1h30m"
+
+[[node]]
+name = "data-api"
+address = "10.77.0.2"
+
+[[node]]
+name = "edge-1"
+address = "fd00:77::3"
+
+[[service]]
+name = "data-api"
+node = "data-api"
+port = 5001
+vip = "240.0.0.2"
+cgroup = "/system.slice/data-api.service"
+
+[[service]]
+name = "frontend"
+node = "edge-1"
+port = 8080
+public = true
+
+[[service]]
+name = "metrics"
+node = "edge-1"
+port = 9090
+vip = "fd00:240::9"
+public = false
+
+[[intention]]
+source = "frontend"
+destination = "data-api"
+action = "allow"
+
+[[intention]]
+source = "*"
+destination = "data-api"
+action = "deny"
+"#;
+
 /// A `[[node]]` table.
 pub fn node(name: &str, address: &str) -> String {
     format!("\n[[node]]\nname = \"{name}\"\naddress = \"{address}\"\n")

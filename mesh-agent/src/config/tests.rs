@@ -63,51 +63,7 @@ fn with_service(extra: &str) -> String {
 
 #[test]
 fn full_config_parses_every_field() {
-    let text = r#"# the whole mesh
-[mesh]
-trust_domain = "prod.example"
-default_policy = "allow"
-ca_dir = "pki/root"
-leaf_ttl = "1h30m"
-
-[[node]]
-name = "data-api"
-address = "10.77.0.2"
-
-[[node]]
-name = "edge-1"
-address = "fd00:77::3"
-
-[[service]]
-name = "data-api"
-node = "data-api"
-port = 5001
-vip = "240.0.0.2"
-cgroup = "/system.slice/data-api.service"
-
-[[service]]
-name = "frontend"
-node = "edge-1"
-port = 8080
-public = true
-
-[[service]]
-name = "metrics"
-node = "edge-1"
-port = 9090
-vip = "fd00:240::9"
-public = false
-
-[[intention]]
-source = "frontend"
-destination = "data-api"
-action = "allow"
-
-[[intention]]
-source = "*"
-destination = "data-api"
-action = "deny"
-"#;
+    let text = testing::FULL;
     let config = parse_ok(text);
     let expected = Config {
         path: PathBuf::from(PATH),
