@@ -69,7 +69,7 @@ impl Mesh {
 
     /// The snapshot channel of this mesh's config.
     pub(crate) fn snapshots(&self) -> (crate::snapshot::Publisher, Watch) {
-        Snapshot::new(self.config.clone()).publish()
+        crate::testing::snapshots(self.config.clone())
     }
 
     fn root_issuer(&self) -> Issuer<'static, KeyPair> {
