@@ -4,58 +4,43 @@
 
 use std::{path::Path, sync::OnceLock, time::Duration};
 
-use mesh_agent::{config::Config, proxy::ServiceIds, tls::verify::PeerRules};
+use mesh_agent::{
+    config::Config,
+    proxy::ServiceIds,
+    testing::{intention, node, service},
+    tls::verify::PeerRules,
+};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 pub const TRUST_DOMAIN: &str = "mesh.local";
 pub const PATH: &str = "/fuzz/mesh.toml";
 
 /// Services on both nodes, IPv4 and IPv6 VIPs, a public one.
-pub const TEXT: &str = r#"[mesh]
-trust_domain = "mesh.local"
-leaf_ttl = "1h"
-
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "fd77::2"
-
-[[service]]
-name = "web"
-node = "a"
-port = 80
-vip = "240.0.0.1"
-
-[[service]]
-name = "api"
-node = "b"
-port = 81
-vip = "fd77::100"
-
-[[service]]
-name = "site"
-node = "a"
-port = 443
-public = true
-
-[[intention]]
-source = "web"
-destination = "api"
-action = "allow"
-"#;
+pub fn text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "[mesh]\ntrust_domain = \"mesh.local\"\nleaf_ttl = \"1h\"\n{}{}{}vip = \"240.0.0.1\"\n\
+             {}vip = \"fd77::100\"\n{}public = true\n{}",
+            node("a", "10.0.0.1"),
+            node("b", "fd77::2"),
+            service("web", &["a"], 80),
+            service("api", &["b"], 81),
+            service("site", &["a"], 443),
+            intention("web", "api", "allow")
+        )
+    })
+}
 
 /// The root, node a's CA and a leaf for `web` it signed (`tests::write_seeds`).
 pub const ROOT_DER: &[u8] = include_bytes!("../corpus/certificate/seed-root.der");
 pub const NODE_A_DER: &[u8] = include_bytes!("../corpus/certificate/seed-node-a.der");
 pub const WEB_LEAF_DER: &[u8] = include_bytes!("../corpus/certificate/seed-leaf-web.der");
 
-/// The parsed [`TEXT`].
+/// The parsed [`text`].
 pub fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
-    CONFIG.get_or_init(|| Config::parse(TEXT, Path::new(PATH)).unwrap())
+    CONFIG.get_or_init(|| Config::parse(text(), Path::new(PATH)).unwrap())
 }
 
 /// Kernel ids as the agent gives them: one per service, from 1.

@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use mesh_agent::testing::{FULL, NODES, intention, service};
+
 use crate::{TARGETS, mesh};
 
 /// `<fuzz crate>/<kind>/<target>`.
@@ -78,6 +80,14 @@ fn the_seed_leaf_passes_the_full_check() {
     assert_eq!(service.unwrap(), "web");
 }
 
+#[test]
+fn the_config_seeds_are_the_fixtures() {
+    config_seeds(|name, data| {
+        let committed = fs::read(dir("corpus", "config").join(format!("seed-{name}"))).unwrap();
+        assert_eq!(committed, data, "{name}");
+    });
+}
+
 /// Writes the seeds: `cargo test --lib -- --ignored write_seeds`. The
 /// certificate seeds are the fixture of `mesh` (compiled in): on a fresh
 /// checkout without them, create them empty, run this, and build again.
@@ -97,26 +107,23 @@ fn write_seeds() {
 }
 
 fn config_seeds(mut write: impl FnMut(&str, &[u8])) {
-    write("mesh.toml", mesh::TEXT.as_bytes());
-    write("comments.toml", COMMENTED.as_bytes());
-    write("checks.toml", CHECKS.as_bytes());
+    write("mesh.toml", mesh::text().as_bytes());
+    write("comments.toml", commented().as_bytes());
+    write("checks.toml", checks().as_bytes());
 }
 
 /// A service on two nodes with one check of each kind, defaults and not.
-const CHECKS: &str = r#"[[node]]
-name = "a"
-address = "10.0.0.1"
+fn checks() -> String {
+    format!(
+        "{NODES}{}lb = \"round_robin\"\n{CHECKS}{}{}",
+        service("api", &["a", "b"], 5001),
+        service("web", &["a"], 80),
+        intention("web", "api", "allow")
+    )
+}
 
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[service]]
-name = "api"
-nodes = ["a", "b"]
-port = 5001
-lb = "round_robin"
-
+/// The checks of [`checks`]' `api`.
+const CHECKS: &str = r#"
 [[service.check]]
 name = "api health"
 http = "/health?full=1"
@@ -131,61 +138,22 @@ interval = "100ms"
 
 [[service.check]]
 ttl = "30s"   # mesh-agent check pass --service api
-
-[[service]]
-name = "web"
-node = "a"
-port = 80
-
-[[intention]]
-source = "web"
-destination = "api"
-action = "allow"
 "#;
 
-/// Comments everywhere the editor must keep them, and every field.
-const COMMENTED: &str = r#"# the whole mesh
-[mesh]
-trust_domain = "prod.example"   # lowercase
-default_policy = "allow"
-ca_dir = "pki/root"
-leaf_ttl = "1h30m"
-
-[[node]]
-name = "data-api"
-address = "10.77.0.2"
-
-[[node]]
-name = "edge-1"
-address = "fd00:77::3"
-
-[[service]]
-name = "data-api"
-node = "data-api"
-port = 5001
-vip = "240.0.0.2"
-cgroup = "/system.slice/data-api.service"
-
-[[service]]
-name = "frontend"
-node = "edge-1"
-port = 8080
-public = true
-
-# intentions
-
-# the app may call its data
-[[intention]]
-source = "frontend"
-destination = "data-api"
-action = "allow"  # for now
-
-[[intention]]
-source = "*"
-destination = "data-api"
-action = "deny"
-# the end
-"#;
+/// [`FULL`] without its `metrics` service, with comments everywhere the
+/// editor must keep them.
+fn commented() -> String {
+    let metrics = "[[service]]\nname = \"metrics\"\nnode = \"edge-1\"\nport = 9090\n\
+                   vip = \"fd00:240::9\"\npublic = false\n\n";
+    let text = FULL
+        .replace(
+            "trust_domain = \"prod.example\"\n",
+            "trust_domain = \"prod.example\"   # lowercase\n",
+        )
+        .replace(metrics, "# intentions\n\n# the app may call its data\n")
+        .replace("action = \"allow\"\n", "action = \"allow\"  # for now\n");
+    format!("{text}# the end\n")
+}
 
 /// ClientHellos as an agent sends them (TLS 1.3, ALPN mesh/1), and one
 /// without SNI.
@@ -235,23 +203,21 @@ fn dns_seeds(mut write: impl FnMut(&str, &[u8])) {
 }
 
 /// A root, node a's CA and a leaf for `web`, made by the agent's own CA
-/// code (`identity::ca`) for the mesh of `mesh::TEXT`.
+/// code (`identity::ca`) for the mesh of `mesh::text`.
 fn certificate_seeds(mut write: impl FnMut(&str, &[u8])) {
     use mesh_agent::{
         config::Config,
         identity::{NodeCa, ca},
+        testing::Scratch,
     };
-    let tmp = std::env::temp_dir().join(format!("mesh-fuzz-seeds-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).unwrap();
-    let config = Config::parse(mesh::TEXT, &tmp.join("mesh.toml")).unwrap();
+    let tmp = Scratch::new();
+    let config = Config::parse(mesh::text(), &tmp.file()).unwrap();
     ca::init(&config).unwrap();
     let node = NodeCa::load_or_issue(&config, "a").unwrap();
     let leaf = node.issue_leaf("web", Duration::from_secs(3600)).unwrap();
     write("root.der", node.root());
     write("node-a.der", &leaf.chain[1]);
     write("leaf-web.der", &leaf.chain[0]);
-    fs::remove_dir_all(&tmp).unwrap();
 }
 
 /// One record of each type (`kernel_record::RECORDS`), as the kernel

@@ -188,17 +188,18 @@ fn target(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{self, NODES, service};
 
     /// The `/config` document of the agent of `node`.
     fn doc(node: &str) -> ConfigDoc {
-        let text = "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\
-                    [[node]]\nname = \"b\"\naddress = \"10.0.0.2\"\n\
-                    [[node]]\nname = \"c\"\naddress = \"10.0.0.3\"\n\
-                    [[service]]\nname = \"web\"\nnode = \"a\"\nport = 80\n\
-                    [[service]]\nname = \"api\"\nnode = \"b\"\nport = 81\n\
-                    cgroup = \"/system.slice/api.service\"\n\
-                    [[service]]\nname = \"db\"\nnodes = [\"b\", \"c\"]\nport = 82\n";
-        let config = Config::parse(text, Path::new("/etc/mesh/mesh.toml")).unwrap();
+        let text = format!(
+            "{NODES}{}{}{}cgroup = \"/system.slice/api.service\"\n{}",
+            testing::node("c", "10.0.0.3"),
+            service("web", &["a"], 80),
+            service("api", &["b"], 81),
+            service("db", &["b", "c"], 82)
+        );
+        let config = testing::config(&text);
         ConfigDoc::new(&config, node, &crate::policy::Policy::new(&config))
     }
 

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::health::{Board, InstanceReport, link::Reports};
+use crate::health::{Board, InstanceReport, reports::Reports};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]

@@ -15,9 +15,14 @@ pub mod endpoint;
 pub mod exec;
 pub mod handover;
 pub mod health;
+pub mod health_view;
 pub mod identity;
 pub mod policy;
 pub mod proxy;
 pub mod snapshot;
+pub mod table;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
+pub mod zone;

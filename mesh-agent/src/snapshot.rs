@@ -15,7 +15,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{config::Config, dns::zone::Zone, health, policy::Policy, tls::verify::Hosting};
+use crate::{config::Config, health_view, policy::Policy, tls::verify::Hosting, zone::Zone};
 
 /// The catalog as this agent applies it, and the health of its instances.
 /// Cheap to clone: a health change publishes a new snapshot that shares
@@ -31,7 +31,7 @@ pub struct Snapshot {
     /// Service -> the nodes hosting an instance of it, for the TLS verifier.
     pub hosts: Arc<HashMap<String, BTreeSet<String>>>,
     /// What this agent knows of every instance's health.
-    pub health: Arc<health::View>,
+    pub health: Arc<health_view::View>,
 }
 
 /// The reading end of the snapshot channel.
@@ -61,7 +61,7 @@ impl Snapshot {
     }
 
     /// `self` with the health `health`.
-    pub fn with_health(&self, health: Arc<health::View>) -> Self {
+    pub fn with_health(&self, health: Arc<health_view::View>) -> Self {
         Self {
             health,
             ..self.clone()

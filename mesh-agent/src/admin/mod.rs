@@ -386,6 +386,7 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing;
 
     #[test]
     fn renders_a_table() {
@@ -425,13 +426,16 @@ mod tests {
 
     #[test]
     fn the_config_document_reads_back_as_served() {
-        let text = "[mesh]\ndefault_policy = \"allow\"\n\
-                    [[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\
-                    [[service]]\nname = \"web\"\nnode = \"a\"\nport = 80\n\
-                    [[service]]\nname = \"api\"\nnode = \"a\"\nport = 81\npublic = true\n\
-                    cgroup = \"/system.slice/api.service\"\n\
-                    [[intention]]\nsource = \"*\"\ndestination = \"api\"\naction = \"deny\"\n";
-        let config = Config::parse(text, std::path::Path::new("/etc/mesh/mesh.toml")).unwrap();
+        // The intention's table is on line 20.
+        let text = format!(
+            "[mesh]\ndefault_policy = \"allow\"\n{}{}{}\
+             public = true\ncgroup = \"/system.slice/api.service\"\n{}",
+            testing::node("a", "10.0.0.1"),
+            testing::service("web", &["a"], 80),
+            testing::service("api", &["a"], 81),
+            testing::intention("*", "api", "deny")
+        );
+        let config = testing::config(&text);
         let doc = ConfigDoc::new(&config, "a", &policy::Policy::new(&config));
         let body = serde_json::to_string(&doc).unwrap();
         let back: ConfigDoc = serde_json::from_str(&body).unwrap();
@@ -450,7 +454,7 @@ mod tests {
         assert_eq!(value["intentions"]["default_policy"], "allow");
         assert_eq!(
             value["intentions"]["intentions"][0],
-            json!({"source": "*", "destination": "api", "action": "deny", "line": 16})
+            json!({"source": "*", "destination": "api", "action": "deny", "line": 20})
         );
     }
 

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::rfc3339;
 use crate::{
-    denials::Denials, health::State, identity::Identities, snapshot::Watch, telemetry::Telemetry,
+    denials::Denials, health::State, identity::Identities, snapshot::Watch, table::table,
+    telemetry::Telemetry,
 };
 
 /// What the `/status` document is made of.
@@ -78,7 +79,7 @@ impl Status {
             services,
             instances,
             connections,
-            catalog: Some(CatalogDoc {
+            catalog: Some(StoreDoc {
                 store: self.catalog.store.clone(),
                 connected: reach.connected,
                 since: rfc3339(reach.since),
@@ -103,12 +104,12 @@ pub struct StatusDoc {
     pub connections: Vec<PairDoc>,
     /// Where the catalog comes from, and whether it is reachable.
     #[serde(default)]
-    pub catalog: Option<CatalogDoc>,
+    pub catalog: Option<StoreDoc>,
 }
 
 /// The catalog's store as the agent last found it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CatalogDoc {
+pub struct StoreDoc {
     /// `file <path>` or `etcd <members><prefix>`.
     pub store: String,
     /// False while etcd cannot be reached: the agent runs on its last good
@@ -179,41 +180,19 @@ impl StatusDoc {
                 )),
             }
         }
-        let rows: Vec<[String; 4]> = self
-            .services
-            .iter()
-            .map(|leaf| {
-                [
-                    leaf.name.clone(),
-                    leaf.spiffe_id.clone(),
-                    leaf.serial.clone(),
-                    format!(
-                        "{} (in {})",
-                        leaf.expiry.not_after,
-                        human(leaf.expiry.expires_in_secs)
-                    ),
-                ]
-            })
-            .collect();
-        let header = ["SERVICE", "SPIFFE ID", "SERIAL", "EXPIRES"].map(str::to_owned);
-        let widths: Vec<usize> = (0..4)
-            .map(|i| {
-                rows.iter()
-                    .chain([&header])
-                    .map(|r| r[i].len())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for row in [&header].into_iter().chain(&rows) {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
+        let rows = self.services.iter().map(|leaf| {
+            vec![
+                leaf.name.clone(),
+                leaf.spiffe_id.clone(),
+                leaf.serial.clone(),
+                format!(
+                    "{} (in {})",
+                    leaf.expiry.not_after,
+                    human(leaf.expiry.expires_in_secs)
+                ),
+            ]
+        });
+        out.push_str(&table(&["SERVICE", "SPIFFE ID", "SERIAL", "EXPIRES"], rows));
         if !self.connections.is_empty() {
             out.push_str(
                 "\nCONNECTIONS (source -> destination: allowed / denied here / denied at the source / cut by a change)\n",

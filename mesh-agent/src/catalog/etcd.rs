@@ -726,6 +726,7 @@ impl Catalog for EtcdCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{intention, node, service};
 
     /// A member that cannot answer sends the command to the next one; a
     /// refusal ends it at once, without trying the others.
@@ -800,7 +801,12 @@ mod tests {
     fn rules_from_etcd_name_no_line() {
         let o = EtcdOptions::parse("etcd://h:1", None).unwrap();
         let values = layout::split(
-            "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\n[[service]]\nname = \"web\"\nnode = \"a\"\nport = 80\n\n[[intention]]\nsource = \"*\"\ndestination = \"web\"\naction = \"deny\"\n",
+            &format!(
+                "{}{}{}",
+                node("a", "10.0.0.1"),
+                service("web", &["a"], 80),
+                intention("*", "web", "deny")
+            ),
             &o.prefix,
         )
         .unwrap();
@@ -813,7 +819,8 @@ mod tests {
     fn a_rejected_catalog_names_the_key_of_each_problem() {
         let o = EtcdOptions::parse("etcd://h:1", None).unwrap();
         let mut values = layout::split(
-            "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\n[[service]]\nname = \"web\"\nnode = \"b\"\nport = 80\n",
+            // web on node b, which is not declared.
+            &format!("{}{}", node("a", "10.0.0.1"), service("web", &["b"], 80)),
             &o.prefix,
         )
         .unwrap();

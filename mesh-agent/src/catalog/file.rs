@@ -117,37 +117,10 @@ impl Catalog for FileCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Scratch, node};
 
-    const GOOD: &str = "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n";
-
-    /// A scratch directory with a config file, removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("mesh-catalog-test-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-
-        fn file(&self) -> PathBuf {
-            self.0.join("mesh.toml")
-        }
-
-        /// Replaces the file at once, as editors and the harness do.
-        fn write(&self, text: &str) {
-            let tmp = self.0.join("mesh.toml.tmp");
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, self.file()).unwrap();
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    fn good() -> String {
+        node("a", "10.0.0.1")
     }
 
     async fn next(catalog: &mut FileCatalog) -> Option<Config> {
@@ -158,7 +131,7 @@ mod tests {
 
     #[test]
     fn load_fails_like_the_file() {
-        let dir = Scratch::new("load");
+        let dir = Scratch::new();
         let mut catalog = FileCatalog::new(dir.file());
         assert!(matches!(
             catalog.load(),
@@ -167,14 +140,14 @@ mod tests {
         dir.write("[[node]]\nname = 1\n");
         let e = catalog.load().unwrap_err();
         assert!(e.to_string().contains("mesh.toml:2:8"), "{e}");
-        dir.write(GOOD);
+        dir.write(good());
         assert_eq!(catalog.load().unwrap().nodes[0].name, "a");
     }
 
     #[tokio::test]
     async fn reports_valid_changes_only() {
-        let dir = Scratch::new("changes");
-        dir.write(GOOD);
+        let dir = Scratch::new();
+        dir.write(good());
         let mut catalog = FileCatalog::new(dir.file());
         catalog.load().unwrap();
         // Nothing changed.
@@ -185,7 +158,7 @@ mod tests {
         std::fs::remove_file(dir.file()).unwrap();
         assert!(next(&mut catalog).await.is_none());
         // The next valid file is the change.
-        dir.write(&GOOD.replace("10.0.0.1", "10.0.0.2"));
+        dir.write(good().replace("10.0.0.1", "10.0.0.2"));
         let config = next(&mut catalog).await.expect("a change");
         assert_eq!(config.nodes[0].address.to_string(), "10.0.0.2");
         // Reported once.

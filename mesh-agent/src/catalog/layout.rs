@@ -276,46 +276,27 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::Config;
+    use crate::{
+        config::Config,
+        testing::{NODES, intention, service},
+    };
 
     const PREFIX: &str = "/mesh";
 
-    const MESH: &str = r#"# a comment
-[mesh]
-trust_domain = "mesh.local"
-default_policy = "deny"
-
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[service]]
-name = "api"
-nodes = ["a", "b"]
-port = 5001
-
-[[service.check]]
-tcp = true
-interval = "1s"
-
-[[service]]
-name = "web"
-node = "a"
-port = 8080
-
-[[intention]]
-source = "web"
-destination = "api"
-action = "allow"
-"#;
+    /// A comment first, a check, an intention.
+    fn mesh() -> String {
+        format!(
+            "# a comment\n[mesh]\ntrust_domain = \"mesh.local\"\ndefault_policy = \"deny\"\n\n\
+             {NODES}{}\n[[service.check]]\ntcp = true\ninterval = \"1s\"\n{}{}",
+            service("api", &["a", "b"], 5001),
+            service("web", &["a"], 8080),
+            intention("web", "api", "allow")
+        )
+    }
 
     #[test]
     fn a_file_splits_into_one_key_per_object_and_assembles_into_the_same_catalog() {
-        let values = split(MESH, PREFIX).unwrap();
+        let values = split(&mesh(), PREFIX).unwrap();
         let keys: Vec<&str> = values.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -335,7 +316,7 @@ action = "allow"
         let assembled = assemble(PREFIX, &values);
         let path = Path::new("etcd");
         let from_store = Config::parse(&assembled.text, path).unwrap();
-        let from_file = Config::parse(MESH, path).unwrap();
+        let from_file = Config::parse(&mesh(), path).unwrap();
         assert_eq!(from_store.mesh, from_file.mesh);
         assert_eq!(from_store.nodes, from_file.nodes);
         assert_eq!(from_store.services, from_file.services);
@@ -374,7 +355,7 @@ intention = [{ source = "web", destination = "web", action = "deny" }]
 
     #[test]
     fn a_problem_at_a_line_names_its_key() {
-        let values = split(MESH, PREFIX).unwrap();
+        let values = split(&mesh(), PREFIX).unwrap();
         let assembled = assemble(PREFIX, &values);
         let line = assembled
             .text

@@ -426,49 +426,30 @@ fn write(path: &Path, new: &str) -> Result<(), EditError> {
 mod tests {
     use super::*;
     use crate::config::Match;
+    use crate::testing::{Scratch, intention, node, service};
 
-    const BASE: &str = r#"# the mesh
-[mesh]
-default_policy = "deny"   # deny unless allowed
-
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[service]]
-name = "web"
-node = "a"
-port = 80
-
-[[service]]
-name = "api"
-node = "a"
-port = 81
-"#;
-
-    fn table(source: &str, destination: &str, action: &str) -> String {
+    /// Comments before and after the `[mesh]` table; node a hosting
+    /// `web` (80) and `api` (81); no intentions.
+    fn base() -> String {
         format!(
-            "\n[[intention]]\nsource = \"{source}\"\ndestination = \"{destination}\"\naction = \"{action}\"\n"
+            "# the mesh\n[mesh]\ndefault_policy = \"deny\"   # deny unless allowed\n{}{}{}",
+            node("a", "10.0.0.1"),
+            service("web", &["a"], 80),
+            service("api", &["a"], 81)
         )
     }
 
     /// A temp dir holding `text` as mesh.toml, removed on drop.
     struct File {
-        dir: PathBuf,
+        scratch: Scratch,
         path: PathBuf,
     }
 
     impl File {
         fn new(text: &str) -> Self {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("mesh-edit-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("mesh.toml");
-            fs::write(&path, text).unwrap();
-            Self { dir, path }
+            let scratch = Scratch::with_config(text);
+            let path = scratch.file();
+            Self { scratch, path }
         }
 
         fn text(&self) -> String {
@@ -488,18 +469,12 @@ port = 81
         }
 
         fn names(&self) -> Vec<String> {
-            let mut names: Vec<String> = fs::read_dir(&self.dir)
+            let mut names: Vec<String> = fs::read_dir(self.scratch.dir())
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
             names.sort();
             names
-        }
-    }
-
-    impl Drop for File {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 
@@ -509,43 +484,52 @@ port = 81
 
     #[test]
     fn create_appends_and_keeps_every_other_byte() {
-        let f = File::new(BASE);
+        let base = base();
+        let f = File::new(&base);
         let created = create(&f.path, "web", "api", Action::Deny).unwrap();
         assert_eq!(created, Created::Added);
         let text = f.text();
-        assert_eq!(text, format!("{BASE}{}", table("web", "api", "deny")));
+        assert_eq!(text, format!("{base}{}", intention("web", "api", "deny")));
         assert_eq!(f.pairs(), [(name("web"), name("api"), Action::Deny)]);
 
         // A second one goes after the first, in the same shape.
         create(&f.path, "api", "web", Action::Allow).unwrap();
-        assert_eq!(f.text(), format!("{text}{}", table("api", "web", "allow")));
+        assert_eq!(
+            f.text(),
+            format!("{text}{}", intention("api", "web", "allow"))
+        );
     }
 
     #[test]
     fn create_goes_to_the_end_of_the_file_whatever_the_layout() {
+        let base = base();
         // Intentions first, a trailing comment, no final newline.
         let text = format!(
-            "{}{BASE}\n# the end\n\n",
-            table("web", "api", "allow").trim_start()
+            "{}{base}\n# the end\n\n",
+            intention("web", "api", "allow").trim_start()
         );
         let f = File::new(&text);
         create(&f.path, "*", "*", Action::Deny).unwrap();
         assert_eq!(
             f.text(),
-            format!("{}\n{}", text.trim_end(), table("*", "*", "deny"))
+            format!("{}\n{}", text.trim_end(), intention("*", "*", "deny"))
         );
 
-        let f = File::new(BASE.trim_end());
+        let f = File::new(base.trim_end());
         create(&f.path, "web", "api", Action::Allow).unwrap();
-        assert_eq!(f.text(), format!("{BASE}{}", table("web", "api", "allow")));
+        assert_eq!(
+            f.text(),
+            format!("{base}{}", intention("web", "api", "allow"))
+        );
     }
 
     #[test]
     fn create_for_an_existing_pair_changes_it_in_place() {
+        let base = base();
         let text = format!(
-            "{BASE}\n# web may call api\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\n\
+            "{base}\n# web may call api\n[[intention]]\nsource = \"web\"\ndestination = \"api\"\n\
              action = \"allow\"  # for now\n{}",
-            table("api", "web", "deny")
+            intention("api", "web", "deny")
         );
         let f = File::new(&text);
         let created = create(&f.path, "web", "api", Action::Deny).unwrap();
@@ -577,8 +561,9 @@ port = 81
 
     #[test]
     fn delete_removes_exactly_that_intention() {
+        let base = base();
         let text = format!(
-            "{BASE}\n# intentions\n\n# web may call api\n[[intention]]\nsource = \"web\"\n\
+            "{base}\n# intentions\n\n# web may call api\n[[intention]]\nsource = \"web\"\n\
              destination = \"api\"\naction = \"allow\"  # for now\n\n# keep this\n[[intention]]\n\
              source = \"*\"\ndestination = \"api\"\naction = \"deny\"\n# the end\n"
         );
@@ -587,7 +572,7 @@ port = 81
         assert_eq!(
             f.text(),
             format!(
-                "{BASE}\n# intentions\n\n# keep this\n[[intention]]\nsource = \"*\"\n\
+                "{base}\n# intentions\n\n# keep this\n[[intention]]\nsource = \"*\"\n\
                  destination = \"api\"\naction = \"deny\"\n# the end\n"
             )
         );
@@ -601,13 +586,14 @@ port = 81
 
         // The last one: the section comment stays, the file is still valid.
         delete(&f.path, "*", "api").unwrap();
-        assert_eq!(f.text(), format!("{BASE}\n# intentions\n# the end\n"));
+        assert_eq!(f.text(), format!("{base}\n# intentions\n# the end\n"));
         assert!(f.config().intentions.is_empty());
     }
 
     #[test]
     fn create_then_delete_gives_back_the_original() {
-        let f = File::new(BASE);
+        let base = base();
+        let f = File::new(&base);
         create(&f.path, "web", "*", Action::Allow).unwrap();
         create(&f.path, "*", "api", Action::Deny).unwrap();
         assert_eq!(
@@ -618,22 +604,26 @@ port = 81
             ]
         );
         delete(&f.path, "web", "*").unwrap();
-        assert_eq!(f.text(), format!("{BASE}{}", table("*", "api", "deny")));
+        assert_eq!(f.text(), format!("{base}{}", intention("*", "api", "deny")));
         delete(&f.path, "*", "api").unwrap();
-        assert_eq!(f.text(), BASE);
+        assert_eq!(f.text(), base);
     }
 
     #[test]
     fn checks_stay_with_their_service_through_edits() {
+        let base = base();
         let checks = |f: &File| f.config().service("api").unwrap().checks.clone();
         // The file ends with a check of the last service: the intention goes
         // after it, at the top level, and comes back out cleanly.
-        let text = format!("{BASE}\n[[service.check]]\nhttp = \"/health\"  # the app's own\n");
+        let text = format!("{base}\n[[service.check]]\nhttp = \"/health\"  # the app's own\n");
         let f = File::new(&text);
         let before = checks(&f);
         assert_eq!(before.len(), 1);
         create(&f.path, "web", "api", Action::Allow).unwrap();
-        assert_eq!(f.text(), format!("{text}{}", table("web", "api", "allow")));
+        assert_eq!(
+            f.text(),
+            format!("{text}{}", intention("web", "api", "allow"))
+        );
         assert_eq!(checks(&f), before);
         delete(&f.path, "web", "api").unwrap();
         assert_eq!(f.text(), text);
@@ -641,22 +631,23 @@ port = 81
         // An intention between a service and a later check of it (valid
         // TOML: the check belongs to the last [[service]]).
         let text = format!(
-            "{BASE}{}\n# api's check\n\n[[service.check]]\ntcp = true\n",
-            table("web", "api", "allow")
+            "{base}{}\n# api's check\n\n[[service.check]]\ntcp = true\n",
+            intention("web", "api", "allow")
         );
         let f = File::new(&text);
         assert_eq!(checks(&f)[0].kind, crate::config::CheckKind::Tcp);
         delete(&f.path, "web", "api").unwrap();
         assert_eq!(
             f.text(),
-            format!("{BASE}\n# api's check\n\n[[service.check]]\ntcp = true\n")
+            format!("{base}\n# api's check\n\n[[service.check]]\ntcp = true\n")
         );
         assert_eq!(checks(&f)[0].name, "tcp");
     }
 
     #[test]
     fn an_edit_that_would_not_validate_leaves_the_file_alone() {
-        let f = File::new(BASE);
+        let base = base();
+        let f = File::new(&base);
         let result = create(&f.path, "web", "ghost", Action::Allow);
         let Err(EditError::Invalid(e)) = &result else {
             panic!("{result:?}");
@@ -665,12 +656,13 @@ port = 81
         let message = result.unwrap_err().to_string();
         assert!(message.contains("\"ghost\""), "{message}");
         assert!(message.contains("mesh.toml:21:"), "{message}");
-        assert_eq!(f.text(), BASE);
+        assert_eq!(f.text(), base);
         assert_eq!(f.names(), ["mesh.toml"]);
     }
 
     #[test]
     fn files_that_cannot_be_edited_are_left_alone() {
+        let base = base();
         let f = File::new("[mesh\n");
         let result = create(&f.path, "web", "api", Action::Allow);
         let Err(EditError::Invalid(e)) = &result else {
@@ -680,7 +672,7 @@ port = 81
         assert_eq!(e.problems(), expected.problems(), "{e}");
         assert_eq!((e.problems()[0].line, e.problems()[0].column), (1, 6));
 
-        let text = format!("{BASE}[intention]\nsource = \"web\"\n");
+        let text = format!("{base}[intention]\nsource = \"web\"\n");
         let f = File::new(&text);
         let result = delete(&f.path, "web", "api");
         let Err(EditError::Invalid(e)) = &result else {
@@ -689,7 +681,7 @@ port = 81
         assert_eq!(e.problems()[0].line, 18, "{e}");
         assert_eq!(f.text(), text);
 
-        let text = format!("{BASE}{}", table("web", "api", "alow"));
+        let text = format!("{base}{}", intention("web", "api", "alow"));
         let f = File::new(&text);
         let result = create(&f.path, "web", "api", Action::Allow);
         let Err(EditError::Invalid(e)) = &result else {
@@ -706,7 +698,8 @@ port = 81
 
     #[test]
     fn the_mode_is_kept_and_no_temp_file_is_left() {
-        let f = File::new(BASE);
+        let base = base();
+        let f = File::new(&base);
         fs::set_permissions(&f.path, fs::Permissions::from_mode(0o640)).unwrap();
         create(&f.path, "web", "*", Action::Allow).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
@@ -721,8 +714,9 @@ port = 81
 
     #[test]
     fn a_symlinked_config_stays_a_symlink() {
-        let f = File::new(BASE);
-        let link = f.dir.join("link.toml");
+        let base = base();
+        let f = File::new(&base);
+        let link = f.scratch.dir().join("link.toml");
         std::os::unix::fs::symlink("mesh.toml", &link).unwrap();
         create(&link, "web", "api", Action::Allow).unwrap();
         assert!(
@@ -731,7 +725,10 @@ port = 81
                 .file_type()
                 .is_symlink()
         );
-        assert_eq!(f.text(), format!("{BASE}{}", table("web", "api", "allow")));
+        assert_eq!(
+            f.text(),
+            format!("{base}{}", intention("web", "api", "allow"))
+        );
         assert_eq!(f.names(), ["link.toml", "mesh.toml"]);
     }
 }

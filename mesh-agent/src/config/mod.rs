@@ -19,9 +19,14 @@ mod tests;
 pub use error::{ConfigError, Problem};
 pub use vip::default_vip;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Where a local service listens: loopback only, by design.
+pub fn local_addr(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
 
 /// A parsed and validated mesh configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

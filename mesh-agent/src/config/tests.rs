@@ -3,18 +3,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use crate::testing::{self, NODES, Scratch};
 
 const PATH: &str = "/etc/mesh/mesh.toml";
-
-/// Two nodes on lines 1-7; text appended to it starts on line 8.
-const NODES: &str = r#"[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "10.0.0.2"
-"#;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new(PATH))
@@ -67,56 +58,12 @@ fn assert_at(problem: &Problem, line: usize, column: usize, needles: &[&str]) {
 /// NODES plus one service `s` on node `a`: its entry is on line 9, `name`
 /// on 10, `node` on 11, `port` on 12 and `extra` starts on line 13.
 fn with_service(extra: &str) -> String {
-    format!("{NODES}\n[[service]]\nname = \"s\"\nnode = \"a\"\nport = 80\n{extra}")
+    format!("{NODES}{}{extra}", testing::service("s", &["a"], 80))
 }
 
 #[test]
 fn full_config_parses_every_field() {
-    let text = r#"# the whole mesh
-[mesh]
-trust_domain = "prod.example"
-default_policy = "allow"
-ca_dir = "pki/root"
-leaf_ttl = "1h30m"
-
-[[node]]
-name = "data-api"
-address = "10.77.0.2"
-
-[[node]]
-name = "edge-1"
-address = "fd00:77::3"
-
-[[service]]
-name = "data-api"
-node = "data-api"
-port = 5001
-vip = "240.0.0.2"
-cgroup = "/system.slice/data-api.service"
-
-[[service]]
-name = "frontend"
-node = "edge-1"
-port = 8080
-public = true
-
-[[service]]
-name = "metrics"
-node = "edge-1"
-port = 9090
-vip = "fd00:240::9"
-public = false
-
-[[intention]]
-source = "frontend"
-destination = "data-api"
-action = "allow"
-
-[[intention]]
-source = "*"
-destination = "data-api"
-action = "deny"
-"#;
+    let text = testing::FULL;
     let config = parse_ok(text);
     let expected = Config {
         path: PathBuf::from(PATH),
@@ -277,9 +224,9 @@ fn ca_dir_is_resolved_against_the_file_directory() {
 
 #[test]
 fn load_reads_the_file_and_reports_io_errors() {
-    let dir = std::env::temp_dir().join(format!("mesh-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("mesh.toml");
+    let scratch = Scratch::new();
+    let dir = scratch.dir().to_owned();
+    let path = scratch.file();
     std::fs::write(&path, with_service("")).unwrap();
     let config = Config::load(&path).unwrap();
     assert_eq!(config.path, path);
@@ -293,7 +240,7 @@ fn load_reads_the_file_and_reports_io_errors() {
         err.to_string()
             .starts_with(&format!("{}:2:12: ", path.display()))
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(scratch);
 
     let err = Config::load(&path).unwrap_err();
     assert!(matches!(err, ConfigError::Io { .. }));
@@ -1045,36 +992,6 @@ fn a_byte_order_mark_is_skipped_everywhere() {
     one_problem(&format!("{NODES}\u{feff}[mesh]\n"), 8, 1, &[]);
 }
 
-/// A temp dir holding `bytes` as mesh.toml, removed on drop.
-struct TempConfig {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl TempConfig {
-    fn new(bytes: &[u8]) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("mesh-accept-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("mesh.toml");
-        std::fs::write(&path, bytes).unwrap();
-        Self { dir, path }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        std::fs::read(&self.path).unwrap()
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn load_and_the_editor_refuse_the_same_files() {
     let service = with_service("");
@@ -1091,20 +1008,20 @@ fn load_and_the_editor_refuse_the_same_files() {
         ("unknown node", b"[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[service]]\nname = \"s\"\nnode = \"b\"\nport = 80\n", false),
     ];
     for (what, bytes, same) in cases {
-        let file = TempConfig::new(bytes);
-        let loaded = Config::load(&file.path).unwrap_err();
-        let direct = Config::from_bytes(bytes, &file.path).unwrap_err();
+        let file = Scratch::with_config(bytes);
+        let loaded = Config::load(&file.file()).unwrap_err();
+        let direct = Config::from_bytes(bytes, &file.file()).unwrap_err();
         assert_eq!(loaded.problems(), direct.problems(), "{what}");
         assert!(!loaded.problems().is_empty(), "{what}: {loaded}");
 
-        let created = edit::create(&file.path, "s", "s", Action::Deny);
+        let created = edit::create(&file.file(), "s", "s", Action::Deny);
         let Err(edit::EditError::Invalid(e)) = &created else {
             panic!("{what}: the editor did not refuse: {created:?}");
         };
         if same {
             assert_eq!(e.problems(), loaded.problems(), "{what}");
         }
-        let deleted = edit::delete(&file.path, "s", "s");
+        let deleted = edit::delete(&file.file(), "s", "s");
         match &deleted {
             Err(edit::EditError::Invalid(e)) if same => {
                 assert_eq!(e.problems(), loaded.problems(), "{what}");
@@ -1113,19 +1030,23 @@ fn load_and_the_editor_refuse_the_same_files() {
             Err(edit::EditError::NotFound { .. }) if !same => {}
             _ => panic!("{what}: {deleted:?}"),
         }
-        assert_eq!(file.bytes(), bytes, "{what}: the file changed");
+        assert_eq!(
+            std::fs::read(file.file()).unwrap(),
+            bytes,
+            "{what}: the file changed"
+        );
     }
 }
 
 #[test]
 fn the_editor_keeps_a_byte_order_mark() {
     let text = format!("\u{feff}{}", with_service(""));
-    let file = TempConfig::new(text.as_bytes());
-    edit::create(&file.path, "s", "s", Action::Deny).unwrap();
-    let after = String::from_utf8(file.bytes()).unwrap();
+    let file = Scratch::with_config(&text);
+    edit::create(&file.file(), "s", "s", Action::Deny).unwrap();
+    let after = String::from_utf8(std::fs::read(file.file()).unwrap()).unwrap();
     assert!(after.starts_with(&text), "{after:?}");
     assert_eq!(after.matches('\u{feff}').count(), 1, "{after:?}");
-    let config = Config::load(&file.path).unwrap();
+    let config = Config::load(&file.file()).unwrap();
     assert_eq!(config.intentions.len(), 1);
     assert_eq!(config.intentions[0].line, 14);
 }
@@ -1543,8 +1464,9 @@ http = "http://localhost/health"
 
 #[test]
 fn settings_set_up_at_start_need_a_restart() {
-    let base = "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n";
-    let parse = |mesh: &str| Config::parse(&format!("{mesh}{base}"), Path::new("/m.toml")).unwrap();
+    let base = testing::node("a", "10.0.0.1");
+    // Parsed as read from /m.toml: the default ca_dir is /ca.
+    let parse = |mesh: &str| testing::config(&format!("{mesh}{base}"));
     let old = parse("");
     assert!(
         old.mesh

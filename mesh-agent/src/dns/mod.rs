@@ -24,8 +24,9 @@
 //! TCP, where the whole answer fits. SRV records come in an order rotated
 //! by the query's id, so truncated replies do not all name the same
 //! instances.
-
-pub mod zone;
+//!
+//! The zone itself (names and replies) is `crate::zone`, below the snapshot
+//! that holds it.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -39,8 +40,8 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use zone::refused;
-pub use zone::{Handling, MAX_UDP_PAYLOAD, Transport, Zone};
+use crate::zone::refused;
+pub use crate::zone::{Handling, MAX_UDP_PAYLOAD, Transport, Zone};
 
 /// How long a forwarded query may take.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
@@ -278,4 +279,89 @@ async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
         Ok(buf)
     };
     ask_upstream(query, upstream, Transport::Udp, exchange).await
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::{op::ResponseCode, rr::RecordType};
+
+    use super::*;
+    use crate::zone::tests::{ask_with, config, ip, reply};
+
+    #[tokio::test]
+    async fn tcp_clients_ask_several_questions_on_one_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = config();
+        let (_publisher, snapshots) = crate::testing::snapshots(config);
+        tokio::spawn(serve_tcp(listener, snapshots, None, Default::default()));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        for (id, name) in [(1, "data-api.mesh."), (2, "example.com.")] {
+            write_message(&mut stream, &ask_with(name, RecordType::A, id, None))
+                .await
+                .unwrap();
+            let r = reply(Some(read_message(&mut stream).await.unwrap()));
+            assert_eq!(r.metadata.id, id);
+            let code = if id == 1 {
+                ResponseCode::NoError
+            } else {
+                ResponseCode::Refused
+            };
+            assert_eq!(r.metadata.response_code, code, "{name}");
+        }
+    }
+
+    /// A client that never reads its replies, one that says nothing, and
+    /// one past the slots are all let go: with one slot, a later client is
+    /// still answered.
+    #[tokio::test]
+    async fn tcp_clients_cannot_hold_their_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = config();
+        config.services[0].nodes = (0..40).map(|i| format!("node-{i:02}")).collect();
+        config.nodes = (0..40)
+            .map(|i| crate::config::Node {
+                name: format!("node-{i:02}"),
+                address: ip(&format!("10.0.0.{i}")),
+            })
+            .collect();
+        let (_publisher, snapshots) = crate::testing::snapshots(config);
+        let limits = TcpLimits {
+            clients: 1,
+            idle: Duration::from_millis(300),
+            queries: 1_000_000,
+        };
+        tokio::spawn(serve_tcp(listener, snapshots, None, limits));
+        let answered = |mut stream: TcpStream| async move {
+            let query = ask_with("data-api.mesh.", RecordType::A, 9, None);
+            write_message(&mut stream, &query).await.ok()?;
+            read_message(&mut stream).await.ok()
+        };
+        // A silent client holds the one slot: a client past it is closed
+        // at once; the silent one is let go after the idle bound.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let extra = TcpStream::connect(addr).await.unwrap();
+        assert!(answered(extra).await.is_none());
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut byte)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+        // A client that never reads: once the buffers are full the server
+        // cannot write, lets it go, and the client's writes fail.
+        let mut deaf = TcpStream::connect(addr).await.unwrap();
+        let query = ask_with("data-api.mesh.", RecordType::SRV, 1, None);
+        let let_go = tokio::time::timeout(Duration::from_secs(10), async {
+            for _ in 0..200_000 {
+                if write_message(&mut deaf, &query).await.is_err() {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(matches!(let_go, Ok(true)), "{let_go:?}");
+        let later = TcpStream::connect(addr).await.unwrap();
+        assert!(answered(later).await.is_some());
+    }
 }

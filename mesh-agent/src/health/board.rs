@@ -15,7 +15,11 @@ use std::{
 use tokio::{sync::watch, task::AbortHandle, time::Instant};
 use tracing::info;
 
-use super::{CheckReport, HealthError, InstanceReport, State, View, runner};
+use super::{
+    CheckReport, HealthError, InstanceReport, State, View,
+    reports::{LocalReports, Reports},
+    runner,
+};
 use crate::{
     config::{Check, CheckKind, Config},
     snapshot::Publisher,
@@ -25,9 +29,6 @@ use crate::{
 /// (Consul's `check_update_interval`, there 5 min) is published: every
 /// publication wakes every live connection and goes to every other agent.
 const OUTPUT_REFRESH: Duration = Duration::from_secs(30);
-
-/// This node's reports on its instances, sorted by service.
-pub type LocalReports = Arc<Vec<InstanceReport>>;
 
 /// See the module docs.
 pub struct Board {
@@ -173,13 +174,13 @@ impl Board {
     /// What this agent knows that an upgrade hands to the next agent of
     /// the node: its reports on its own instances, and the latest reports
     /// of every other node's agent.
-    pub fn handover(&self) -> (Vec<InstanceReport>, Vec<super::link::Reports>) {
+    pub fn handover(&self) -> (Vec<InstanceReport>, Vec<Reports>) {
         let local = self.local.borrow().as_ref().clone();
         let inner = self.lock();
         let remote = inner
             .remote
             .iter()
-            .map(|(node, reports)| super::link::Reports {
+            .map(|(node, reports)| Reports {
                 node: node.clone(),
                 instances: reports.values().cloned().collect(),
             })
@@ -195,7 +196,7 @@ impl Board {
     /// ran, and passed enough times, again); other nodes' reports stand
     /// until their agents report to this one (else their checked
     /// instances would be critical until then). Call after [`Board::sync`].
-    pub fn adopt(&self, local: &[InstanceReport], remote: &[super::link::Reports]) {
+    pub fn adopt(&self, local: &[InstanceReport], remote: &[Reports]) {
         let mut inner = self.lock();
         for theirs in remote {
             if theirs.node != self.node && !inner.remote.contains_key(&theirs.node) {
@@ -447,6 +448,16 @@ impl Board {
     }
 }
 
+impl runner::Results for Board {
+    fn record(&self, service: &str, check: &str, state: State, output: String) {
+        Board::record(self, service, check, state, output);
+    }
+
+    fn expire(&self, service: &str, check: &str, now: Instant) -> Option<Instant> {
+        Board::expire(self, service, check, now)
+    }
+}
+
 impl Inner {
     fn check_mut(&mut self, service: &str, check: &str) -> Option<&mut LocalCheck> {
         self.local
@@ -481,30 +492,22 @@ impl LocalCheck {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use std::{path::Path, time::Duration};
+    use std::time::Duration;
 
     use super::*;
-    use crate::snapshot::{Snapshot, Watch};
+    use crate::{
+        snapshot::Watch,
+        testing::{self, NODES, service},
+    };
 
-    const MESH: &str = r#"
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[service]]
-name = "api"
-nodes = ["a", "b"]
-port = 1
-
-[[service]]
-name = "web"
-node = "a"
-port = 2
-"#;
+    /// Nodes a and b; `api` (port 1) on both, `web` (port 2) on a.
+    fn mesh() -> String {
+        format!(
+            "{NODES}{}{}",
+            service("api", &["a", "b"], 1),
+            service("web", &["a"], 2)
+        )
+    }
 
     fn check(name: &str, kind: CheckKind, successes: u32, failures: u32) -> Check {
         Check {
@@ -522,9 +525,9 @@ port = 2
     /// A config where api has `checks`, and a board for node a on it
     /// (also the fixture of `link`'s tests).
     pub(in crate::health) fn board(checks: Vec<Check>) -> (Arc<Board>, Watch, Config) {
-        let mut config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
+        let mut config = testing::config(&mesh());
         config.services[0].checks = checks;
-        let (publisher, watch) = Snapshot::new(config.clone()).publish();
+        let (publisher, watch) = testing::snapshots(config.clone());
         let board = Board::new("a", Arc::new(publisher));
         board.sync(&config);
         (board, watch, config)
@@ -555,7 +558,7 @@ port = 2
             output: "ok then".into(),
         };
         assert_eq!(state(&watch, "api", "b"), State::Critical, "no report");
-        let remote = super::super::link::Reports {
+        let remote = Reports {
             node: "b".into(),
             instances: vec![InstanceReport::of("api", vec![passing("c")])],
         };

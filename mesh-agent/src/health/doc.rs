@@ -12,6 +12,7 @@ use super::{Board, CheckReport, State};
 use crate::{
     endpoint::{Call, Reply, Routes},
     snapshot::Snapshot,
+    table::table,
 };
 
 /// Registers `GET /catalog` and `POST /check` (a [`TtlUpdate`] for a local
@@ -214,25 +215,4 @@ impl CatalogDoc {
             rows,
         ))
     }
-}
-
-/// Left-aligned columns two spaces apart, the header first.
-fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
-    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| (*h).to_owned()).collect())
-        .chain(rows)
-        .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }

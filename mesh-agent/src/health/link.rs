@@ -20,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
@@ -30,7 +29,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Board, InstanceReport, board::LocalReports};
+use super::{
+    Board,
+    reports::{LocalReports, Reports},
+};
 use crate::{config::Config, snapshot::Watch, tls::link::Link};
 
 /// Between two lines from a followed agent, at most.
@@ -46,13 +48,6 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest report line accepted (a node with thousands of instances
 /// and long check outputs stays far below).
 const MAX_LINE: usize = 4 << 20;
-
-/// One report line: what a node's agent says about its instances.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reports {
-    pub node: String,
-    pub instances: Vec<InstanceReport>,
-}
 
 /// The followed side: sends `node`'s reports on `out` as they change, with
 /// heartbeats, until writing fails or the reports are gone.
@@ -402,7 +397,7 @@ async fn read_line<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{CheckReport, State};
+    use crate::health::{CheckReport, InstanceReport, State};
 
     use crate::health::board::tests::{board, state};
 

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::State;
-use crate::proxy::local_addr;
+use crate::config::local_addr;
 
 /// How much of an http check's response body goes into its output.
 const BODY_SHOWN: usize = 256;

@@ -1,18 +1,27 @@
 //! Runs one local check forever: `http` and `tcp` every `interval` (the
 //! first run at once), `ttl` by expiring it when no update came in time.
-//! Results go to the [`Board`]; the board aborts the task when the check
-//! or its instance goes.
+//! Results go to the [`Results`] (the `Board`); the board aborts the task
+//! when the check or its instance goes.
 
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{Board, probe};
+use super::{State, probe};
 use crate::config::{Check, CheckKind};
+
+/// Where a check's results go: the `Board`, which spawns the runners.
+pub trait Results: Send + Sync + 'static {
+    /// Records one run of the check `check` of `service`.
+    fn record(&self, service: &str, check: &str, state: State, output: String);
+    /// Turns the ttl check `check` of `service` critical if its deadline
+    /// passed at `now`; when to look again (`None`: the check is gone).
+    fn expire(&self, service: &str, check: &str, now: Instant) -> Option<Instant>;
+}
 
 /// The task of the check `check` of the local instance of `service`
 /// (listening on `127.0.0.1:port`).
-pub async fn run(board: Arc<Board>, service: String, port: u16, check: Check) {
+pub async fn run<R: Results>(board: Arc<R>, service: String, port: u16, check: Check) {
     match &check.kind {
         CheckKind::Ttl(_) => loop {
             let Some(next) = board.expire(&service, &check.name, Instant::now()) else {

@@ -676,15 +676,15 @@ mod tests {
 
     #[tokio::test]
     async fn follow_health_forgets_ejections_of_instances_back_from_critical() {
-        let config = crate::config::Config::parse(
-            "[[node]]\nname = \"b\"\naddress = \"10.0.0.2\"\n\n\
-             [[node]]\nname = \"c\"\naddress = \"10.0.0.3\"\n\n\
-             [[service]]\nname = \"api\"\nnodes = [\"b\", \"c\"]\nport = 5001\n",
-            std::path::Path::new("/m.toml"),
-        )
-        .unwrap();
+        use crate::testing::{self, node, service};
+        let config = testing::config(&format!(
+            "{}{}{}",
+            node("b", "10.0.0.2"),
+            node("c", "10.0.0.3"),
+            service("api", &["b", "c"], 5001)
+        ));
         let s = config.services[0].clone();
-        let (publisher, watch) = crate::snapshot::Snapshot::new(config).publish();
+        let (publisher, watch) = testing::snapshots(config);
         let publish = |view: View| {
             publisher.send_modify(|snap| *snap = Arc::new(snap.with_health(Arc::new(view))));
         };

@@ -28,12 +28,12 @@ use tracing::{debug, info, warn};
 use super::{
     Inputs, ProxyError,
     admission::{Admission, Slot},
-    dial, local_addr, lock,
+    dial, lock,
     relay::{Mover, Progress},
     tunnel::{self, Connect, MOVE_ACK},
 };
 use crate::{
-    config::{Config, Service},
+    config::{Config, Service, local_addr},
     telemetry::{Reporter, Side},
     tls::{Protocol, Transport},
 };

@@ -18,7 +18,7 @@ pub mod tunnel;
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
@@ -31,7 +31,7 @@ pub use inbound::Inbound;
 pub use outbound::Outbound;
 
 use crate::{
-    config::{Config, Service},
+    config::{Config, Service, local_addr},
     drain::Drain,
     snapshot::{Snapshot, Watch},
     telemetry::{Reporter, Side, Telemetry, Verdict},
@@ -331,11 +331,6 @@ impl ProxyError {
     }
 }
 
-/// Where a local service listens: loopback only, by design.
-pub fn local_addr(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
-}
-
 /// Whether something listens on `127.0.0.1:port`, without connecting to
 /// it (the service would see a connection): a bind with `SO_REUSEADDR`
 /// fails with `EADDRINUSE` only if a socket listens there (or one is bound
@@ -369,22 +364,17 @@ pub async fn dial(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{self, node, service};
 
-    const MESH: &str = r#"
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[service]]
-name = "web"
-node = "a"
-port = 80
-
-[[service]]
-name = "api"
-node = "a"
-port = 81
-"#;
+    /// Node a hosting `web` (port 80) and `api` (port 81).
+    fn mesh() -> String {
+        format!(
+            "{}{}{}",
+            node("a", "10.0.0.1"),
+            service("web", &["a"], 80),
+            service("api", &["a"], 81)
+        )
+    }
 
     fn record(src_service: u32, dst_service: u32) -> OrigDst {
         OrigDst {
@@ -412,8 +402,7 @@ port = 81
 
     #[test]
     fn a_record_names_services_by_their_kernel_ids() {
-        let path = std::path::Path::new("/nonexistent/mesh.toml");
-        let config = Config::parse(MESH, path).unwrap();
+        let config = testing::config(&mesh());
         let ids = ServiceIds::default();
         let (web, api) = (ids.id("web"), ids.id("api"));
         let r = Redirect::from_record(&record(web, api), &ids, &config).unwrap();

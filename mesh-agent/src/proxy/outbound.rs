@@ -16,12 +16,12 @@ use tracing::{debug, info, warn};
 use super::{
     Inputs, ProxyError, Redirect, ServiceIds,
     balance::{Active, Balancer},
-    dial, local_addr,
+    dial,
     pool::{Hop, Pool},
     relay,
 };
 use crate::{
-    config::{Node, Service},
+    config::{Node, Service, local_addr},
     ebpf::Kernel,
     snapshot::Snapshot,
     telemetry::{Reporter, Side},

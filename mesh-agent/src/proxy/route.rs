@@ -30,37 +30,21 @@ pub fn instance<'c>(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
+    use crate::testing::{self, NODES, node, service};
 
-    const MESH: &str = r#"
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[node]]
-name = "c"
-address = "10.0.0.3"
-
-[[service]]
-name = "api"
-nodes = ["b", "c"]
-port = 5001
-vip = "240.0.0.2"
-
-[[service]]
-name = "web"
-node = "a"
-port = 80
-"#;
+    /// `api` on b and c (10.0.0.2, 10.0.0.3), none on a (10.0.0.1).
+    fn mesh() -> String {
+        format!(
+            "{NODES}{}{}vip = \"240.0.0.2\"\n{}",
+            node("c", "10.0.0.3"),
+            service("api", &["b", "c"], 5001),
+            service("web", &["a"], 80)
+        )
+    }
 
     fn route(dialed: &str) -> Result<String, ProxyError> {
-        let config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
+        let config = testing::config(&mesh());
         let api = config.service("api").unwrap();
         instance(&config, api, dialed.parse().unwrap()).map(|n| n.name.clone())
     }

@@ -22,53 +22,21 @@ use crate::{
     config::Config,
     identity::{Identities, NodeCa, ca},
     snapshot::{Snapshot, Watch},
+    testing::{NODES, Scratch, mesh_text, node, service},
 };
-
-/// Node a hosts `web` (port 80), node b `api` on `api_port`.
-pub(crate) fn mesh_text(api_port: u16) -> String {
-    format!(
-        r#"
-[mesh]
-trust_domain = "mesh.local"
-leaf_ttl = "1h"
-
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[service]]
-name = "web"
-node = "a"
-port = 80
-
-[[service]]
-name = "api"
-node = "b"
-port = {api_port}
-"#
-    )
-}
 
 /// A mesh config with its root CA, in a fresh temp dir (removed on drop).
 pub(crate) struct Mesh {
-    dir: PathBuf,
+    scratch: Scratch,
     pub(crate) config: Config,
 }
 
 impl Mesh {
     pub(crate) fn new(text: &str) -> Self {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("mesh-tls-test-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = Config::parse(text, &dir.join("mesh.toml")).unwrap();
+        let scratch = Scratch::new();
+        let config = Config::parse(text, &scratch.file()).unwrap();
         ca::init(&config).unwrap();
-        Self { dir, config }
+        Self { scratch, config }
     }
 
     fn node(&self, node: &str) -> NodeCa {
@@ -101,19 +69,13 @@ impl Mesh {
 
     /// The snapshot channel of this mesh's config.
     pub(crate) fn snapshots(&self) -> (crate::snapshot::Publisher, Watch) {
-        Snapshot::new(self.config.clone()).publish()
+        crate::testing::snapshots(self.config.clone())
     }
 
     fn root_issuer(&self) -> Issuer<'static, KeyPair> {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
-        let key = KeyPair::from_pem(&read(&self.dir.join("ca/root.key"))).unwrap();
-        Issuer::from_ca_cert_pem(&read(&self.dir.join("ca/root.crt")), key).unwrap()
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let key = KeyPair::from_pem(&read(&self.scratch.dir().join("ca/root.key"))).unwrap();
+        Issuer::from_ca_cert_pem(&read(&self.scratch.dir().join("ca/root.crt")), key).unwrap()
     }
 }
 
@@ -214,36 +176,18 @@ fn a_leaf_signed_by_a_node_that_does_not_host_the_service_is_refused() {
 }
 
 /// Three nodes; api has an instance on b and on c, none on a.
-const INSTANCES: &str = r#"
-[mesh]
-trust_domain = "mesh.local"
-
-[[node]]
-name = "a"
-address = "10.0.0.1"
-
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[node]]
-name = "c"
-address = "10.0.0.3"
-
-[[service]]
-name = "web"
-node = "a"
-port = 80
-
-[[service]]
-name = "api"
-nodes = ["b", "c"]
-port = 81
-"#;
+pub(crate) fn instances() -> String {
+    format!(
+        "[mesh]\ntrust_domain = \"mesh.local\"\n\n{NODES}{}{}{}",
+        node("c", "10.0.0.3"),
+        service("web", &["a"], 80),
+        service("api", &["b", "c"], 81)
+    )
+}
 
 #[test]
 fn a_leaf_is_accepted_from_every_node_hosting_an_instance_and_no_other() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let rules = mesh.rules();
     let ttl = Duration::from_secs(60);
     for node in ["b", "c"] {
@@ -333,8 +277,9 @@ fn signed_by_node_a_with_key(mesh: &Mesh, sans: Vec<SanType>) -> ca::Leaf {
         .clone();
     // Node a's key as an rcgen issuer, read from its files.
     let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
-    let key = KeyPair::from_pem(&read(mesh.dir.join("ca/nodes/a.key"))).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&read(mesh.dir.join("ca/nodes/a.crt")), key).unwrap();
+    let key = KeyPair::from_pem(&read(mesh.scratch.dir().join("ca/nodes/a.key"))).unwrap();
+    let issuer =
+        Issuer::from_ca_cert_pem(&read(mesh.scratch.dir().join("ca/nodes/a.crt")), key).unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.subject_alt_names = sans;
     params.is_ca = IsCa::ExplicitNoCa;
@@ -542,8 +487,8 @@ fn the_self_check_catches_a_key_that_does_not_match_its_node_certificate() {
     let _ = mesh.node("b");
     // Node a's certificate with node b's key.
     std::fs::copy(
-        mesh.dir.join("ca/nodes/b.key"),
-        mesh.dir.join("ca/nodes/a.key"),
+        mesh.scratch.dir().join("ca/nodes/b.key"),
+        mesh.scratch.dir().join("ca/nodes/a.key"),
     )
     .unwrap();
     let wrong = mesh.node("a");
@@ -556,7 +501,7 @@ fn a_node_key_others_can_read_is_refused() {
     use std::os::unix::fs::PermissionsExt as _;
     let mesh = Mesh::new(&mesh_text(81));
     let _ = mesh.node("a");
-    let key = mesh.dir.join("ca/nodes/a.key");
+    let key = mesh.scratch.dir().join("ca/nodes/a.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let r = NodeCa::load_or_issue(&mesh.config, "a");
     assert!(
@@ -656,7 +601,7 @@ async fn a_second_connection_resumes_with_the_same_identity() {
 async fn connections_alternating_between_instances_each_resume() {
     // api on b and c: one server name, two agents, each of which only
     // takes its own tickets.
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let tls = |node: &str| {
         Arc::new(Tls::new(mesh.identities(node), Arc::new(snapshots.clone())).unwrap())
@@ -687,7 +632,7 @@ async fn a_resumed_session_is_held_to_the_rules_in_force() {
             "name = \"web\"\nnode = \"a\"",
             "name = \"web\"\nnode = \"b\"",
         ),
-        &mesh.dir.join("mesh.toml"),
+        &mesh.scratch.file(),
     )
     .unwrap();
     publisher.send_replace(Arc::new(Snapshot::new(moved)));
@@ -700,7 +645,7 @@ async fn a_resumed_session_is_held_to_the_rules_in_force() {
 
 /// `mesh_text(81)` as `mesh.toml` of `mesh`, changed by `edit`.
 fn changed(mesh: &Mesh, edit: impl FnOnce(&str) -> String) -> Config {
-    Config::parse(&edit(&mesh_text(81)), &mesh.dir.join("mesh.toml")).unwrap()
+    Config::parse(&edit(&mesh_text(81)), &mesh.scratch.file()).unwrap()
 }
 
 #[tokio::test]

@@ -19,10 +19,8 @@ use crate::{
         Server,
         tests::{echo, within},
     },
-    tls::{
-        Tls,
-        tests::{Mesh, mesh_text},
-    },
+    testing::mesh_text,
+    tls::{Tls, tests::Mesh},
 };
 
 const AUTHORITY: &str = "api.svc.mesh.local:81";

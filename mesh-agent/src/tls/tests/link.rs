@@ -12,7 +12,7 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::{INSTANCES, Mesh, dns, now, signed_by_node_a_with_key, uri};
+use super::{Mesh, dns, instances, now, signed_by_node_a_with_key, uri};
 use crate::{
     identity::{Identities, ca},
     snapshot::Watch,
@@ -125,7 +125,7 @@ fn assert_refused<T: std::fmt::Debug>(r: Result<T, TlsError>, reason: &str) {
 
 #[test]
 fn an_agent_leaf_is_accepted_as_its_own_node_only_and_never_as_a_service() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let rules = rules(&mesh, &snapshots);
     let leaf = mesh.node("b").issue_agent_leaf(TTL).unwrap();
@@ -175,7 +175,7 @@ fn an_agent_leaf_is_accepted_as_its_own_node_only_and_never_as_a_service() {
 
 #[test]
 fn an_agent_leaf_names_itself_and_nothing_else() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let rules = rules(&mesh, &snapshots);
     let verify = |chain: &[rustls_pki_types::CertificateDer<'static>]| {
@@ -206,7 +206,7 @@ fn an_agent_leaf_names_itself_and_nothing_else() {
 
 #[tokio::test]
 async fn agents_link_and_learn_each_others_node() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let (b, c) = (link(&mesh, &snapshots, "b"), link(&mesh, &snapshots, "c"));
     let rules = rules(&mesh, &snapshots);
@@ -241,7 +241,7 @@ async fn agents_link_and_learn_each_others_node() {
 
 #[tokio::test]
 async fn a_link_presents_the_renewed_agent_leaf() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let (ib, b) = agent(&mesh, &snapshots, "b");
     let c = link(&mesh, &snapshots, "c");
@@ -264,7 +264,7 @@ async fn a_link_presents_the_renewed_agent_leaf() {
 
 #[tokio::test]
 async fn an_agent_leaf_signed_by_another_nodes_ca_is_refused() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     // Node b's agent ID, signed by node a's CA.
     let forged = || {
@@ -315,7 +315,7 @@ async fn an_agent_leaf_signed_by_another_nodes_ca_is_refused() {
 /// the hello bound, not the whole handshake's.
 #[tokio::test]
 async fn a_silent_peer_is_let_go_at_the_hello_bound() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let c = link(&mesh, &snapshots, "c");
     let started = std::time::Instant::now();
@@ -336,7 +336,7 @@ async fn a_silent_peer_is_let_go_at_the_hello_bound() {
 
 #[tokio::test]
 async fn a_service_leaf_is_refused_on_a_link() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let rules = rules(&mesh, &snapshots);
     let api = || mesh.node("b").issue_leaf("api", TTL).unwrap();
@@ -366,7 +366,7 @@ async fn a_service_leaf_is_refused_on_a_link() {
 
 #[tokio::test]
 async fn an_agent_leaf_is_refused_as_a_service() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let rules = rules(&mesh, &snapshots);
     let agent_b = || mesh.node("b").issue_agent_leaf(TTL).unwrap();
@@ -402,7 +402,7 @@ async fn an_agent_leaf_is_refused_as_a_service() {
 
 #[tokio::test]
 async fn a_link_to_node_c_answered_by_node_b_is_refused() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     // Whatever answers at c's address presents node b's agent leaf.
     let a = link(&mesh, &snapshots, "a");
@@ -436,7 +436,7 @@ async fn a_link_to_node_c_answered_by_node_b_is_refused() {
 
 #[tokio::test]
 async fn an_agent_of_a_node_outside_the_catalog_is_refused() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     // Node d has a CA of this mesh's root, but no place in the catalog.
     let (c, d) = (link(&mesh, &snapshots, "c"), link(&mesh, &snapshots, "d"));
@@ -465,7 +465,7 @@ async fn an_agent_of_a_node_outside_the_catalog_is_refused() {
 
 #[tokio::test]
 async fn a_link_to_an_invalid_node_name_is_refused_before_any_byte() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let a = link(&mesh, &snapshots, "a");
     for node in ["C", "c.agent", "", "c d"] {
@@ -485,7 +485,7 @@ async fn a_link_to_an_invalid_node_name_is_refused_before_any_byte() {
 
 #[tokio::test]
 async fn a_link_speaks_only_its_own_alpn() {
-    let mesh = Mesh::new(INSTANCES);
+    let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let rules = rules(&mesh, &snapshots);
     let c = link(&mesh, &snapshots, "c");

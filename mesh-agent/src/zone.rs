@@ -1,5 +1,5 @@
-//! The `.mesh` zone of a config and the replies it gives (see the parent
-//! module for what it answers and how it truncates).
+//! The `.mesh` zone of a config and the replies it gives (see `dns` for
+//! what it answers and how it truncates).
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -13,7 +13,7 @@ use hickory_proto::{
 
 use crate::{
     config::{Config, Service},
-    health::View,
+    health_view::View,
 };
 
 /// TTL of `.mesh` addresses (VIPs, nodes): short, as services, VIPs and
@@ -294,60 +294,30 @@ pub(super) fn refused(query: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::{read_message, serve_tcp, write_message};
+pub(crate) mod tests {
     use super::*;
     use crate::{
         config::{Check, CheckKind},
-        health::{CheckReport, InstanceReport, State},
+        health_view::{CheckReport, InstanceReport, State},
+        testing::{self, NODES, node, service},
     };
-    use std::path::Path;
     use std::time::Duration;
-    use tokio::{
-        io::AsyncReadExt,
-        net::{TcpListener, TcpStream},
-    };
 
     /// `data-api` on four nodes, one of them IPv6-only; `v6` with an IPv6
     /// VIP; `site` public.
-    const MESH: &str = r#"
-[[node]]
-name = "a"
-address = "10.0.0.1"
+    pub(crate) fn mesh() -> String {
+        format!(
+            "{NODES}{}{}{}vip = \"240.0.0.2\"\n{}vip = \"fd77::2\"\n{}public = true\n",
+            node("c", "fd77::3"),
+            node("d", "10.0.0.4"),
+            service("data-api", &["a", "b", "c", "d"], 5001),
+            service("v6", &["c"], 5002),
+            service("site", &["a"], 443)
+        )
+    }
 
-[[node]]
-name = "b"
-address = "10.0.0.2"
-
-[[node]]
-name = "c"
-address = "fd77::3"
-
-[[node]]
-name = "d"
-address = "10.0.0.4"
-
-[[service]]
-name = "data-api"
-nodes = ["a", "b", "c", "d"]
-port = 5001
-vip = "240.0.0.2"
-
-[[service]]
-name = "v6"
-node = "c"
-port = 5002
-vip = "fd77::2"
-
-[[service]]
-name = "site"
-node = "a"
-port = 443
-public = true
-"#;
-
-    fn config() -> Config {
-        Config::parse(MESH, Path::new("/m.toml")).unwrap()
+    pub(crate) fn config() -> Config {
+        testing::config(&mesh())
     }
 
     fn zone() -> Zone {
@@ -387,7 +357,7 @@ public = true
     }
 
     /// A query with `id`, and an OPT record advertising `payload` if some.
-    fn ask_with(name: &str, kind: RecordType, id: u16, payload: Option<u16>) -> Vec<u8> {
+    pub(crate) fn ask_with(name: &str, kind: RecordType, id: u16, payload: Option<u16>) -> Vec<u8> {
         let mut q = Message::query();
         q.metadata.id = id;
         q.metadata.recursion_desired = true;
@@ -403,7 +373,7 @@ public = true
         q.to_vec().unwrap()
     }
 
-    fn reply(bytes: Option<Vec<u8>>) -> Message {
+    pub(crate) fn reply(bytes: Option<Vec<u8>>) -> Message {
         Message::from_vec(&bytes.expect("an answer")).unwrap()
     }
 
@@ -443,7 +413,7 @@ public = true
         found
     }
 
-    fn ip(text: &str) -> IpAddr {
+    pub(crate) fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
     }
 
@@ -603,16 +573,15 @@ public = true
 
     /// A zone with `big` on 40 nodes, each passing (no checks).
     fn forty() -> Zone {
-        let mut text = String::new();
-        for i in 0..40 {
-            text += &format!("[[node]]\nname = \"node-{i:02}\"\naddress = \"10.0.1.{i}\"\n\n");
-        }
-        let nodes: Vec<String> = (0..40).map(|i| format!("\"node-{i:02}\"")).collect();
-        text += &format!(
-            "[[service]]\nname = \"big\"\nnodes = [{}]\nport = 7000\n",
-            nodes.join(", ")
-        );
-        Zone::new(&Config::parse(&text, Path::new("/m.toml")).unwrap())
+        let names: Vec<String> = (0..40).map(|i| format!("node-{i:02}")).collect();
+        let mut text: String = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| node(name, &format!("10.0.1.{i}")))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        text += &service("big", &names, 7000);
+        Zone::new(&testing::config(&text))
     }
 
     #[test]
@@ -661,83 +630,6 @@ public = true
         assert!(!r.metadata.truncation);
         assert_eq!(srv_targets(&r).len(), 40);
         assert_eq!(additionals(&r).len(), 40);
-    }
-
-    #[tokio::test]
-    async fn tcp_clients_ask_several_questions_on_one_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
-        let (_publisher, snapshots) = crate::snapshot::Snapshot::new(config).publish();
-        tokio::spawn(serve_tcp(listener, snapshots, None, Default::default()));
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        for (id, name) in [(1, "data-api.mesh."), (2, "example.com.")] {
-            write_message(&mut stream, &ask_with(name, RecordType::A, id, None))
-                .await
-                .unwrap();
-            let r = reply(Some(read_message(&mut stream).await.unwrap()));
-            assert_eq!(r.metadata.id, id);
-            let code = if id == 1 {
-                ResponseCode::NoError
-            } else {
-                ResponseCode::Refused
-            };
-            assert_eq!(r.metadata.response_code, code, "{name}");
-        }
-    }
-
-    /// A client that never reads its replies, one that says nothing, and
-    /// one past the slots are all let go: with one slot, a later client is
-    /// still answered.
-    #[tokio::test]
-    async fn tcp_clients_cannot_hold_their_slot() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config = Config::parse(MESH, Path::new("/m.toml")).unwrap();
-        config.services[0].nodes = (0..40).map(|i| format!("node-{i:02}")).collect();
-        config.nodes = (0..40)
-            .map(|i| crate::config::Node {
-                name: format!("node-{i:02}"),
-                address: ip(&format!("10.0.0.{i}")),
-            })
-            .collect();
-        let (_publisher, snapshots) = crate::snapshot::Snapshot::new(config).publish();
-        let limits = super::super::TcpLimits {
-            clients: 1,
-            idle: Duration::from_millis(300),
-            queries: 1_000_000,
-        };
-        tokio::spawn(serve_tcp(listener, snapshots, None, limits));
-        let answered = |mut stream: TcpStream| async move {
-            let query = ask_with("data-api.mesh.", RecordType::A, 9, None);
-            write_message(&mut stream, &query).await.ok()?;
-            read_message(&mut stream).await.ok()
-        };
-        // A silent client holds the one slot: a client past it is closed
-        // at once; the silent one is let go after the idle bound.
-        let mut silent = TcpStream::connect(addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let extra = TcpStream::connect(addr).await.unwrap();
-        assert!(answered(extra).await.is_none());
-        let mut byte = [0u8; 1];
-        let closed = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut byte)).await;
-        assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
-        // A client that never reads: once the buffers are full the server
-        // cannot write, lets it go, and the client's writes fail.
-        let mut deaf = TcpStream::connect(addr).await.unwrap();
-        let query = ask_with("data-api.mesh.", RecordType::SRV, 1, None);
-        let let_go = tokio::time::timeout(Duration::from_secs(10), async {
-            for _ in 0..200_000 {
-                if write_message(&mut deaf, &query).await.is_err() {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert!(matches!(let_go, Ok(true)), "{let_go:?}");
-        let later = TcpStream::connect(addr).await.unwrap();
-        assert!(answered(later).await.is_some());
     }
 
     #[test]
