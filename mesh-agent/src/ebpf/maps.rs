@@ -1,90 +1,16 @@
-//! Loading, attaching and feeding the kernel programs of `mesh-ebpf`.
-//!
-//! Programs are attached with bpf links pinned in bpffs with the maps
-//! (`pins`): they stay when the agent dies, so the node stays closed (the
-//! loopback guard refuses, apps' calls to mesh destinations are redirected
-//! to a closed port). A starting agent adopts what it finds: it reuses the
-//! pinned maps and swaps its freshly loaded programs into the pinned links
-//! (`BPF_LINK_UPDATE`, atomic: no moment without the guard). A deliberate
-//! stop ([`Kernel::unpin`]) or `mesh-agent down` removes the pins.
+//! What the agent writes into the maps and reads from them: the
+//! config-derived maps, `CONNS` records, denials and refusals.
 
-pub mod pins;
+use std::{collections::HashSet, net::SocketAddr, sync::Arc};
 
-use std::{
-    collections::HashSet,
-    fs::File,
-    net::SocketAddr,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
-    path::Path,
-    sync::{Arc, Mutex},
-};
-
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, SockMap},
-    programs::ProgramError,
-};
+use aya::maps::{HashMap, MapData, RingBuf};
 use mesh_common::{
-    ConnKey, DenialCount, DenialEvent, DenialKey, LISTENER_V4, LISTENER_V6, MAX_RECORD_AGE_NS,
-    OrigDst, PairKey, ServiceId, ServiceName, SockAddr, names,
+    ConnKey, DenialEvent, DenialKey, MAX_RECORD_AGE_NS, OrigDst, PairKey, ServiceId, ServiceName,
+    SockAddr, names,
 };
 use tokio::io::unix::AsyncFd;
 
-/// Errors of this module.
-#[derive(Debug, thiserror::Error)]
-pub enum EbpfError {
-    #[error("failed to load the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("eBPF program {0} missing from the object")]
-    MissingProgram(&'static str),
-    #[error("eBPF map {0} missing from the object")]
-    MissingMap(&'static str),
-    #[error("eBPF program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: ProgramError,
-    },
-    #[error("eBPF map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
-    #[error("failed to open {path}: {source}")]
-    Open {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("eBPF program {name}: failed to attach it with a link pinned at {path}: {source}")]
-    Link {
-        name: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("bpffs at {path}: {source}")]
-    Pins {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("failed to watch the ring buffer {name}: {source}")]
-    Poll {
-        name: &'static str,
-        source: std::io::Error,
-    },
-}
-
-/// The object file built by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh"));
-
-/// What the programs need to know at load time.
-pub struct LoadParams {
-    pub netns_cookie: u64,
-    pub agent_cgroup: u64,
-    pub outbound_port: u16,
-    /// Whether sk_lookup refuses sources that are not mesh nodes (`PEERS`).
-    pub check_peers: bool,
-    /// The admin endpoint's port (bind4/6 keep it for root).
-    pub admin_port: u16,
-}
+use super::{EbpfError, Kernel, pins};
 
 /// What the agent puts into the maps for its node.
 #[derive(Debug, Default, Clone)]
@@ -104,183 +30,19 @@ pub struct MapContents {
     pub peers: Vec<std::net::IpAddr>,
 }
 
-/// The loaded programs and the maps the agent writes at run time.
-pub struct Kernel {
-    ebpf: Ebpf,
-    conns: Mutex<HashMap<MapData, ConnKey, OrigDst>>,
-    refused: PerCpuArray<MapData, u64>,
-    denials: Mutex<PerCpuHashMap<MapData, DenialKey, DenialCount>>,
-    /// Taken once by `denial_events`.
-    denial_events: Mutex<Option<RingBuf<MapData>>>,
-    /// The maps derived from the config, rewritten on every change.
-    config_maps: Mutex<ConfigMaps>,
-    /// While set, `update` only remembers what to write (a handover is
-    /// under way: the next agent writes the maps).
-    frozen: std::sync::atomic::AtomicBool,
-    /// The same for reading `DENIAL_EVENTS`.
-    paused: Arc<std::sync::atomic::AtomicBool>,
-    /// Where the links and maps are pinned.
-    pins: pins::Pins,
-    /// This agent's programs' ids, by name.
-    programs: Vec<(&'static str, u32)>,
-    /// The links, held while the agent runs (pinned too).
-    _links: Vec<OwnedFd>,
-}
-
 /// The maps whose contents come from the config.
-struct ConfigMaps {
-    names: HashMap<MapData, ServiceId, ServiceName>,
-    services: HashMap<MapData, SockAddr, ServiceId>,
-    cgroups: HashMap<MapData, u64, ServiceId>,
-    local_ports: HashMap<MapData, u32, ServiceId>,
-    denied: HashMap<MapData, PairKey, u32>,
-    peers: HashMap<MapData, SockAddr, u32>,
+pub(super) struct ConfigMaps {
+    pub(super) names: HashMap<MapData, ServiceId, ServiceName>,
+    pub(super) services: HashMap<MapData, SockAddr, ServiceId>,
+    pub(super) cgroups: HashMap<MapData, u64, ServiceId>,
+    pub(super) local_ports: HashMap<MapData, u32, ServiceId>,
+    pub(super) denied: HashMap<MapData, PairKey, u32>,
+    pub(super) peers: HashMap<MapData, SockAddr, u32>,
     /// What was last asked for.
-    last: MapContents,
+    pub(super) last: MapContents,
 }
 
 impl Kernel {
-    /// Loads the object with `params` (reusing the maps pinned in `pins`),
-    /// fills the maps from `contents`, puts the inbound listeners into
-    /// `LISTENERS`, then attaches connect4/6 and sock_ops to the cgroup2
-    /// root and sk_lookup to this netns, each through the link pinned in
-    /// `pins` (its program swapped for the new one) or a new pinned link.
-    pub fn start(
-        params: &LoadParams,
-        contents: &MapContents,
-        inbound_v4: &impl AsRawFd,
-        inbound_v6: Option<&impl AsRawFd>,
-        cgroup_root: &Path,
-        pins: &pins::Pins,
-    ) -> Result<Self, EbpfError> {
-        std::fs::create_dir_all(&pins.dir).map_err(|source| EbpfError::Pins {
-            path: pins.dir.display().to_string(),
-            source,
-        })?;
-        let adopting = pins.link("mesh_connect4").exists();
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::NETNS_COOKIE, &params.netns_cookie, true)
-            .override_global(names::AGENT_CGROUP, &params.agent_cgroup, true)
-            .override_global(names::OUTBOUND_PORT, &params.outbound_port, true)
-            .override_global(names::CHECK_PEERS, &u8::from(params.check_peers), true)
-            .override_global(names::ADMIN_PORT, &params.admin_port, true)
-            .default_map_pin_directory(&pins.dir)
-            .load(OBJECT)?;
-        start_logger(&mut ebpf);
-
-        let mut config_maps = ConfigMaps {
-            names: take_map(&mut ebpf, names::SERVICE_NAMES)?,
-            services: take_map(&mut ebpf, names::SERVICES)?,
-            cgroups: take_map(&mut ebpf, names::CGROUPS)?,
-            local_ports: take_map(&mut ebpf, names::LOCAL_PORTS)?,
-            denied: take_map(&mut ebpf, names::DENIED)?,
-            peers: take_map(&mut ebpf, names::PEERS)?,
-            last: MapContents::default(),
-        };
-        config_maps.sync(contents)?;
-        let mut listeners: SockMap<_> = map(&mut ebpf, names::LISTENERS)?;
-        listeners
-            .set(LISTENER_V4, inbound_v4, 0)
-            .map_err(|source| EbpfError::Map {
-                name: names::LISTENERS,
-                source,
-            })?;
-        if let Some(v6) = inbound_v6 {
-            listeners
-                .set(LISTENER_V6, v6, 0)
-                .map_err(|source| EbpfError::Map {
-                    name: names::LISTENERS,
-                    source,
-                })?;
-        }
-
-        let cgroup = open(cgroup_root)?;
-        let netns = open(Path::new("/proc/self/ns/net"))?;
-        // Every program loaded (verified) first: one the kernel refuses
-        // leaves the pinned ones, and a running agent, untouched.
-        let load = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), EbpfError> {
-            let prog = ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::MissingProgram(name))?;
-            let loaded = match prog {
-                aya::programs::Program::SockOps(p) => p.load(),
-                aya::programs::Program::CgroupSockAddr(p) => p.load(),
-                aya::programs::Program::SkLookup(p) => p.load(),
-                _ => return Err(EbpfError::MissingProgram(name)),
-            };
-            loaded.map_err(|source| EbpfError::Program { name, source })
-        };
-        // sock_ops first: a connect redirected before it is attached would
-        // reach the agent without a record.
-        let plan = [
-            ("mesh_sock_ops", cgroup.as_fd(), pins::BPF_CGROUP_SOCK_OPS),
-            (
-                "mesh_connect4",
-                cgroup.as_fd(),
-                pins::BPF_CGROUP_INET4_CONNECT,
-            ),
-            (
-                "mesh_connect6",
-                cgroup.as_fd(),
-                pins::BPF_CGROUP_INET6_CONNECT,
-            ),
-            ("mesh_sk_lookup", netns.as_fd(), pins::BPF_SK_LOOKUP),
-            ("mesh_bind4", cgroup.as_fd(), pins::BPF_CGROUP_INET4_BIND),
-            ("mesh_bind6", cgroup.as_fd(), pins::BPF_CGROUP_INET6_BIND),
-        ];
-        for (name, _, _) in &plan {
-            load(&mut ebpf, name)?;
-        }
-        let mut links = Vec::new();
-        let mut programs = Vec::new();
-        for (name, target, attach_type) in plan {
-            let prog = ebpf.program(name).ok_or(EbpfError::MissingProgram(name))?;
-            let fail = |source| EbpfError::Program { name, source };
-            let id = prog.info().map_err(fail)?.id();
-            let fd = prog.fd().map_err(fail)?;
-            links.push(attach(pins, name, fd.as_fd(), target, attach_type)?);
-            programs.push((name, id));
-        }
-        if adopting {
-            tracing::info!(pins = %pins.dir.display(), "adopted the pinned programs and maps");
-        }
-
-        let conns = Mutex::new(take_map(&mut ebpf, names::CONNS)?);
-        Ok(Self {
-            conns,
-            refused: take_map(&mut ebpf, names::REFUSED)?,
-            denials: Mutex::new(take_map(&mut ebpf, names::DENIALS)?),
-            denial_events: Mutex::new(Some(take_map(&mut ebpf, names::DENIAL_EVENTS)?)),
-            config_maps: Mutex::new(config_maps),
-            frozen: std::sync::atomic::AtomicBool::new(false),
-            paused: Arc::default(),
-            pins: pins.clone(),
-            programs,
-            _links: links,
-            ebpf,
-        })
-    }
-
-    /// Whether the pinned links still run this agent's programs (another
-    /// agent of the node may have adopted them since).
-    pub fn owns_pins(&self) -> bool {
-        self.programs.iter().all(|(name, id)| {
-            pins::get(&self.pins.link(name))
-                .and_then(|link| pins::link_program(link.as_fd()))
-                .is_ok_and(|running| running == *id)
-        })
-    }
-
-    /// Removes the pins (a deliberate stop) if they are still this
-    /// agent's: the programs are detached when this process lets go of
-    /// their links, at the latest when it exits. Returns whether it did.
-    pub fn unpin(&self) -> Result<bool, EbpfError> {
-        if !self.owns_pins() {
-            return Ok(false);
-        }
-        self.pins.remove().map(|_| true)
-    }
-
     /// Connections to service ports that sk_lookup refused because their
     /// source is not a mesh node, since the programs were loaded.
     pub fn refused(&self) -> u64 {
@@ -416,15 +178,6 @@ impl Kernel {
         }
         stale.len()
     }
-
-    /// Detaches every program (by dropping the links) and closes the maps.
-    pub fn stop(self) {
-        drop(self.conns);
-        drop(self.denials);
-        drop(self.denial_events);
-        drop(self.config_maps);
-        drop(self.ebpf);
-    }
 }
 
 /// The `DENIAL_EVENTS` ring buffer, readable from async code.
@@ -543,7 +296,7 @@ fn service_name(name: &str) -> ServiceName {
 }
 
 impl ConfigMaps {
-    fn sync(&mut self, c: &MapContents) -> Result<(), EbpfError> {
+    pub(super) fn sync(&mut self, c: &MapContents) -> Result<(), EbpfError> {
         self.last = c.clone();
         let names = c
             .names
@@ -606,99 +359,6 @@ where
         map.remove(k).map_err(err)?;
     }
     Ok(())
-}
-
-fn map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, EbpfError>
-where
-    T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
-{
-    let m = ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
-    T::try_from(m).map_err(|source| EbpfError::Map { name, source })
-}
-
-fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
-where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    let m = ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))?;
-    T::try_from(m).map_err(|source| EbpfError::Map { name, source })
-}
-
-/// Runs `prog` through the link pinned for `name`: the pinned link with
-/// its program swapped for `prog` if there is one that takes it, else a new
-/// link to `target`, pinned. Returns the link.
-fn attach(
-    pins: &pins::Pins,
-    name: &'static str,
-    prog: std::os::fd::BorrowedFd<'_>,
-    target: std::os::fd::BorrowedFd<'_>,
-    attach_type: u32,
-) -> Result<OwnedFd, EbpfError> {
-    let path = pins.link(name);
-    let fail = |source| EbpfError::Link {
-        name,
-        path: path.display().to_string(),
-        source,
-    };
-    if path.exists() {
-        let adopted =
-            pins::get(&path).and_then(|link| pins::link_update(link.as_fd(), prog).map(|()| link));
-        match adopted {
-            Ok(link) => return Ok(link),
-            // A link whose netns is gone: replace it. Anything else fails
-            // the start, the pinned link left as it is.
-            Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
-                tracing::info!(
-                    program = name,
-                    "replacing a pinned link whose network namespace is gone"
-                );
-                std::fs::remove_file(&path).map_err(fail)?;
-            }
-            Err(e) => return Err(fail(e)),
-        }
-    }
-    let link = pins::link_create(prog, target, attach_type).map_err(fail)?;
-    pins::pin(link.as_fd(), &path).map_err(fail)?;
-    Ok(link)
-}
-
-fn open(path: &Path) -> Result<File, EbpfError> {
-    File::open(path).map_err(|source| EbpfError::Open {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// Forwards the programs' aya-log records to `log`, which tracing-subscriber
-/// turns into tracing events. The logger must live as long as the programs.
-fn start_logger(ebpf: &mut Ebpf) {
-    let logger = match aya_log::EbpfLogger::init(ebpf) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(error = %e, "eBPF logs unavailable");
-            return;
-        }
-    };
-    // SAFETY: the AsyncFd owns the logger, which owns the ring buffer's fd,
-    // so the fd stays open for as long as it is registered.
-    let registered =
-        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
-    let mut fd = match registered {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::warn!(error = %e, "eBPF logs unavailable");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
 }
 
 #[cfg(test)]
