@@ -53,7 +53,7 @@ impl Kernel {
             path: pins.dir.display().to_string(),
             source,
         })?;
-        let adopting = pins.link("mesh_connect4").exists();
+        let adopting = pins.link(names::PROG_CONNECT4).exists();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::NETNS_COOKIE, &params.netns_cookie, true)
             .override_global(names::AGENT_CGROUP, &params.agent_cgroup, true)
@@ -109,20 +109,32 @@ impl Kernel {
         // sock_ops first: a connect redirected before it is attached would
         // reach the agent without a record.
         let plan = [
-            ("mesh_sock_ops", cgroup.as_fd(), pins::BPF_CGROUP_SOCK_OPS),
             (
-                "mesh_connect4",
+                names::PROG_SOCK_OPS,
+                cgroup.as_fd(),
+                pins::BPF_CGROUP_SOCK_OPS,
+            ),
+            (
+                names::PROG_CONNECT4,
                 cgroup.as_fd(),
                 pins::BPF_CGROUP_INET4_CONNECT,
             ),
             (
-                "mesh_connect6",
+                names::PROG_CONNECT6,
                 cgroup.as_fd(),
                 pins::BPF_CGROUP_INET6_CONNECT,
             ),
-            ("mesh_sk_lookup", netns.as_fd(), pins::BPF_SK_LOOKUP),
-            ("mesh_bind4", cgroup.as_fd(), pins::BPF_CGROUP_INET4_BIND),
-            ("mesh_bind6", cgroup.as_fd(), pins::BPF_CGROUP_INET6_BIND),
+            (names::PROG_SK_LOOKUP, netns.as_fd(), pins::BPF_SK_LOOKUP),
+            (
+                names::PROG_BIND4,
+                cgroup.as_fd(),
+                pins::BPF_CGROUP_INET4_BIND,
+            ),
+            (
+                names::PROG_BIND6,
+                cgroup.as_fd(),
+                pins::BPF_CGROUP_INET6_BIND,
+            ),
         ];
         for (name, _, _) in &plan {
             load(&mut ebpf, name)?;
@@ -249,4 +261,19 @@ fn start_logger(ebpf: &mut Ebpf) {
             guard.clear_ready();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_program_names_are_the_objects() {
+        let object = aya_obj::Object::parse(OBJECT).unwrap();
+        let mut found: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        let mut named = names::PROGRAMS.to_vec();
+        found.sort_unstable();
+        named.sort_unstable();
+        assert_eq!(found, named);
+    }
 }
