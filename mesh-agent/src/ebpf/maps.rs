@@ -180,6 +180,12 @@ impl Kernel {
     }
 }
 
+impl crate::proxy::OrigDstAddr for Kernel {
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
+        self.take_orig(peer, local)
+    }
+}
+
 /// The `DENIAL_EVENTS` ring buffer, readable from async code.
 pub struct DenialEvents {
     ring: AsyncFd<RingBuf<MapData>>,

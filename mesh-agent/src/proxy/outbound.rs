@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use super::{
-    Inputs, ProxyError, Redirect, ServiceIds,
+    Inputs, OrigDstAddr, ProxyError, Redirect, ServiceIds,
     balance::{Active, Balancer},
     dial, local_addr,
     pool::{Hop, Pool},
@@ -22,7 +22,6 @@ use super::{
 };
 use crate::{
     config::{Node, Service},
-    ebpf::Kernel,
     snapshot::Snapshot,
     telemetry::Side,
 };
@@ -45,8 +44,8 @@ pub struct Outbound {
 /// so it closes as soon as `run` is dropped).
 struct Handler {
     pi: Arc<Inputs>,
-    /// `CONNS`, where each connection's record waits.
-    kernel: Arc<Kernel>,
+    /// Where each connection's record waits (the kernel's `CONNS`).
+    orig: Arc<dyn OrigDstAddr>,
     /// The names behind the records' service ids.
     ids: Arc<ServiceIds>,
     /// The pick of an instance, and what it knows of each.
@@ -68,7 +67,7 @@ impl Outbound {
     pub fn new(
         listener: TcpListener,
         pi: Arc<Inputs>,
-        kernel: Arc<Kernel>,
+        orig: Arc<dyn OrigDstAddr>,
         ids: Arc<ServiceIds>,
         balancer: Arc<Balancer>,
         pool: Arc<Pool>,
@@ -77,7 +76,7 @@ impl Outbound {
             listener,
             handler: Arc::new(Handler {
                 pi,
-                kernel,
+                orig,
                 ids,
                 balancer,
                 pool,
@@ -119,8 +118,8 @@ impl Handler {
         let peer = app.peer_addr()?;
         let local = app.local_addr()?;
         let orig = self
-            .kernel
-            .take_orig(peer, local)
+            .orig
+            .take(peer, local)
             .ok_or(ProxyError::NoRecord { peer })?;
         app.set_nodelay(true)?;
         let snapshot = pi.snapshot();
