@@ -9,6 +9,8 @@
 
 pub mod admission;
 pub mod balance;
+#[cfg(test)]
+pub(crate) mod fixture;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
