@@ -1,5 +1,5 @@
 //! Builds the eBPF object (`mesh-ebpf`, bin `mesh`) with the nightly toolchain
-//! and bpf-linker, into OUT_DIR, where `ebpf.rs` includes it.
+//! and bpf-linker, into OUT_DIR, where `ebpf/loader.rs` includes it.
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {

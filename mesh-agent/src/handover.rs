@@ -125,6 +125,20 @@ pub fn take(node: &str) -> Result<Option<Taken>, HandoverError> {
             owner.pid()
         )));
     }
+    receive(node, stream).map(Some)
+}
+
+/// Asks the running agent of `node` on `stream` for its sockets and takes
+/// them with its manifest.
+fn receive(node: &str, stream: UnixStream) -> Result<Taken, HandoverError> {
+    let io = |source| HandoverError::Io {
+        node: node.to_owned(),
+        source,
+    };
+    let protocol = |why: String| HandoverError::Protocol {
+        node: node.to_owned(),
+        why,
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
@@ -166,14 +180,14 @@ pub fn take(node: &str) -> Result<Option<Taken>, HandoverError> {
             fds.len()
         )));
     }
-    Ok(Some(Taken {
+    Ok(Taken {
         node: node.to_owned(),
         stream,
         pid: manifest.pid,
         sockets: manifest.names.into_iter().zip(fds).collect(),
         reports: manifest.reports,
         remote: manifest.remote,
-    }))
+    })
 }
 
 impl Taken {
@@ -295,19 +309,20 @@ impl Offer {
         let kernel = kernel.clone();
         let health = self.board.handover();
         tokio::task::spawn_blocking(move || {
-            hand_blocking(stream, &sockets, health, &kernel).map(|()| pid)
+            hand_blocking(stream, &sockets, health, || kernel.freeze()).map(|()| pid)
         })
         .await
         .map_err(|e| e.to_string())?
     }
 }
 
-/// The blocking part of [`Offer::hand`].
+/// The blocking part of [`Offer::hand`]; `freeze` stops this agent's map
+/// writes (`Kernel::freeze`) just before the sockets go.
 fn hand_blocking(
     stream: UnixStream,
     sockets: &[(String, OwnedFd)],
     health: (Vec<InstanceReport>, Vec<Reports>),
-    kernel: &crate::ebpf::Kernel,
+    freeze: impl FnOnce(),
 ) -> Result<(), String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -321,7 +336,7 @@ fn hand_blocking(
     let body = manifest(sockets.iter().map(|(n, _)| n.clone()).collect(), health)?;
     let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     // From here on the next agent writes the maps.
-    kernel.freeze();
+    freeze();
     sendmsg::<()>(
         stream.as_raw_fd(),
         &[IoSlice::new(&body)],
@@ -389,4 +404,199 @@ fn read_line(reader: &mut impl BufRead, line: &mut String) -> Result<(), String>
         .read_line(line)
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::TcpListener,
+        os::fd::AsFd,
+        sync::atomic::{AtomicBool, Ordering},
+        thread::JoinHandle,
+    };
+
+    use super::*;
+    use crate::health::{CheckReport, State};
+
+    /// The running agent's side of one handover on `stream`, in a thread:
+    /// hands over a duplicate of `listener` as `outbound-v4`, and `health`.
+    /// Its verdict, and whether it froze the maps.
+    fn hand_in_thread(
+        stream: UnixStream,
+        listener: &TcpListener,
+        health: (Vec<InstanceReport>, Vec<Reports>),
+    ) -> JoinHandle<(Result<(), String>, bool)> {
+        let fd = listener.as_fd().try_clone_to_owned().unwrap();
+        std::thread::spawn(move || {
+            let frozen = AtomicBool::new(false);
+            let sockets = [("outbound-v4".to_owned(), fd)];
+            let verdict = hand_blocking(stream, &sockets, health, || {
+                frozen.store(true, Ordering::SeqCst);
+            });
+            (verdict, frozen.load(Ordering::SeqCst))
+        })
+    }
+
+    fn report(service: &str, output: &str) -> InstanceReport {
+        InstanceReport::of(
+            service,
+            vec![CheckReport {
+                name: "tcp".to_owned(),
+                state: State::Passing,
+                output: output.to_owned(),
+            }],
+        )
+    }
+
+    #[test]
+    fn the_sockets_and_reports_go_over_and_ready_ends_the_handover() {
+        let (new, old) = UnixStream::pair().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let remote = Reports {
+            node: "b".to_owned(),
+            instances: vec![report("api", "ok")],
+        };
+        let health = (vec![report("web", "200 OK")], vec![remote.clone()]);
+        let old = hand_in_thread(old, &listener, health);
+        let taken = receive("a", new).unwrap();
+        assert_eq!(taken.pid, std::process::id());
+        assert_eq!(taken.reports, [report("web", "200 OK")]);
+        assert_eq!(
+            (taken.remote.len(), taken.remote[0].instances.clone()),
+            (1, remote.instances)
+        );
+        // The very socket, not a copy of its address.
+        let names: Vec<&String> = taken.sockets.keys().collect();
+        assert_eq!(names, ["outbound-v4"]);
+        let received = TcpListener::from(taken.sockets["outbound-v4"].try_clone().unwrap());
+        assert_eq!(
+            received.local_addr().unwrap(),
+            listener.local_addr().unwrap()
+        );
+        taken.ready().unwrap();
+        assert_eq!(old.join().unwrap(), (Ok(()), true));
+    }
+
+    #[test]
+    fn a_new_agent_that_ends_before_ready_aborts_the_handover() {
+        let (new, old) = UnixStream::pair().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let old = hand_in_thread(old, &listener, Default::default());
+        drop(receive("a", new).unwrap());
+        let (verdict, frozen) = old.join().unwrap();
+        // Frozen when the sockets went: the caller thaws on the error.
+        assert!(frozen);
+        assert!(verdict.unwrap_err().contains("stopped before it was ready"));
+    }
+
+    /// What the running agent says to `request`, a refused one: its
+    /// verdict, whether it froze, and what the asking side received.
+    fn answer_to(request: &[u8]) -> (Result<(), String>, bool, Vec<u8>) {
+        let (mut new, old) = UnixStream::pair().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let old = hand_in_thread(old, &listener, Default::default());
+        // It may stop reading (and close) before all is written.
+        let _ = new.write_all(request);
+        new.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        // Its end closed with the request unread: a reset, or the end.
+        if let Err(e) = new.read_to_end(&mut got) {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        }
+        let (verdict, frozen) = old.join().unwrap();
+        (verdict, frozen, got)
+    }
+
+    #[test]
+    fn a_request_that_is_not_the_ask_line_gets_nothing() {
+        let padded: Vec<u8> = [b' '; 60]
+            .iter()
+            .chain(b"mesh-handover v1\n")
+            .copied()
+            .collect();
+        for request in [
+            &b"GET / HTTP/1.1\n"[..],
+            b"mesh-handover v2\n",
+            // The right words, not at the start of the line.
+            &padded,
+            // 64 KiB with no newline: cut at 64 bytes, not buffered.
+            &[b'x'; 64 * 1024],
+        ] {
+            let (verdict, frozen, got) = answer_to(request);
+            let text = String::from_utf8_lossy(&request[..request.len().min(20)]);
+            assert!(
+                verdict
+                    .as_ref()
+                    .is_err_and(|e| e.contains("unexpected request")),
+                "{text}: {verdict:?}"
+            );
+            assert!(!frozen && got.is_empty(), "{text}");
+        }
+    }
+
+    /// What [`receive`] makes of a running agent's `body` with `fds`.
+    fn received(body: &[u8], fds: &[RawFd]) -> Result<Taken, HandoverError> {
+        let (new, old) = UnixStream::pair().unwrap();
+        sendmsg::<()>(
+            old.as_raw_fd(),
+            &[IoSlice::new(body)],
+            &[ControlMessage::ScmRights(fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        receive("a", new)
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_decode_or_match_its_sockets_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = [listener.as_raw_fd()];
+        let why = |r: Result<Taken, HandoverError>| match r {
+            Err(HandoverError::Protocol { why, .. }) => why,
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("taken"),
+        };
+        assert!(why(received(b"not json", &fd)).starts_with("bad manifest"));
+        let two = br#"{"pid":1,"names":["outbound-v4","inbound-v4"]}"#;
+        assert_eq!(why(received(two, &fd)), "2 names for 1 sockets");
+        let one = br#"{"pid":7,"names":["outbound-v4"]}"#;
+        let taken = received(one, &fd).unwrap();
+        // Reports are optional (an agent without checks).
+        assert_eq!((taken.pid, taken.reports.len()), (7, 0));
+        // More than it has room for: refused (nix reports the cut control
+        // message as ENOBUFS before `MSG_CTRUNC` is looked at).
+        let many = [listener.as_raw_fd(); MAX_SOCKETS + 1];
+        assert!(received(one, &many).is_err());
+    }
+
+    #[test]
+    fn a_large_manifest_sheds_outputs_then_reports_to_fit() {
+        let names = vec!["outbound-v4".to_owned()];
+        let decode = |body: Vec<u8>| -> Manifest {
+            assert!(body.len() <= MAX_MANIFEST, "{}", body.len());
+            serde_json::from_slice(&body).unwrap()
+        };
+        let small = || vec![report("web", "200 OK")];
+        let m = decode(manifest(names.clone(), (small(), Vec::new())).unwrap());
+        assert_eq!(m.reports, small());
+        // Long outputs: the reports go without them.
+        let long = vec![report("web", &"x".repeat(MAX_MANIFEST))];
+        let m = decode(manifest(names.clone(), (long, Vec::new())).unwrap());
+        assert_eq!(m.reports, [report("web", "")]);
+        // Too many other nodes' reports: this node's still go, without
+        // outputs (they were shed first).
+        let remote: Vec<Reports> = (0..2000)
+            .map(|i| Reports {
+                node: format!("node-{i}"),
+                instances: vec![report("api", "")],
+            })
+            .collect();
+        let m = decode(manifest(names.clone(), (small(), remote)).unwrap());
+        assert_eq!((m.reports, m.remote.len()), (vec![report("web", "")], 0));
+        // Too many of this node's: none.
+        let local: Vec<InstanceReport> = (0..2000).map(|i| report(&format!("s{i}"), "")).collect();
+        let m = decode(manifest(names, (local, Vec::new())).unwrap());
+        assert!(m.reports.is_empty() && m.names == ["outbound-v4"]);
+    }
 }

@@ -47,6 +47,31 @@ pub mod names {
     pub const CHECK_PEERS: &str = "CHECK_PEERS";
     /// Global (u16): port of the agent's admin endpoint (loopback).
     pub const ADMIN_PORT: &str = "ADMIN_PORT";
+
+    // Programs. aya's program macros name a program after its function, so
+    // these must equal the function names in `mesh-ebpf` (checked against
+    // the built object by a unit test of `mesh-agent`'s `ebpf::loader`).
+    /// cgroup/connect4: redirect to the agent, loopback guard.
+    pub const PROG_CONNECT4: &str = "mesh_connect4";
+    /// cgroup/connect6: the same for AF_INET6 sockets.
+    pub const PROG_CONNECT6: &str = "mesh_connect6";
+    /// sock_ops: hands the original destination to the agent (`CONNS`).
+    pub const PROG_SOCK_OPS: &str = "mesh_sock_ops";
+    /// sk_lookup: steers service ports to the inbound listener.
+    pub const PROG_SK_LOOKUP: &str = "mesh_sk_lookup";
+    /// cgroup/bind4: only root binds the agent's outbound and admin ports.
+    pub const PROG_BIND4: &str = "mesh_bind4";
+    /// cgroup/bind6: the same for AF_INET6 sockets.
+    pub const PROG_BIND6: &str = "mesh_bind6";
+    /// Every program of the object.
+    pub const PROGRAMS: [&str; 6] = [
+        PROG_CONNECT4,
+        PROG_CONNECT6,
+        PROG_SOCK_OPS,
+        PROG_SK_LOOKUP,
+        PROG_BIND4,
+        PROG_BIND6,
+    ];
 }
 
 /// Index of the IPv4 inbound listener in `LISTENERS`.

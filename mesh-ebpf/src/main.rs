@@ -11,6 +11,9 @@
 //! | `mesh_bind6`     | cgroup/bind6                  | the same for AF_INET6 sockets                   |
 //!
 //! Program names carry the `mesh_` prefix so `bpftool prog` shows whose they are.
+//! A program's name is its function's (aya's macros take no other): the
+//! agent knows them as `mesh_common::names::PROG_*`; rename both together
+//! (a unit test of `mesh-agent` checks the built object against those).
 #![no_std]
 #![no_main]
 

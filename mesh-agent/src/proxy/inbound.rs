@@ -447,3 +447,125 @@ impl Drop for Arrival {
         lock(&self.moves.expected).remove(&self.token);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls::ClientConfig;
+    use rustls_pki_types::ServerName;
+    use tokio_rustls::TlsConnector;
+
+    use super::*;
+    use crate::{
+        identity::NodeCa,
+        proxy::fixture::{B, Fixture, eventually, web_to_api},
+        tls::{
+            ALPN, Offer, Tls,
+            verify::{Peer, PeerRules, ServerVerifier},
+        },
+    };
+
+    /// Node b's inbound listener, as the kernel would steer a connection
+    /// to `<node b>:<api port>` there.
+    fn inbound_addr(f: &Fixture) -> SocketAddr {
+        SocketAddr::new(B, f.port)
+    }
+
+    /// Sends `hello` on `conn`, half-closes, and returns what came back
+    /// (nothing if the agent closed it or failed it).
+    async fn exchange<S>(mut conn: S) -> Vec<u8>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut answer = Vec::new();
+        let talk = async {
+            conn.write_all(b"hello").await?;
+            conn.shutdown().await?;
+            conn.read_to_end(&mut answer).await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), talk)
+            .await
+            .expect("the agent neither answered nor closed the connection");
+        answer
+    }
+
+    /// Node a's agent's TLS, connecting as `web` to `api` on node b
+    /// (`mesh/1`: the TLS connection is the app connection).
+    async fn as_web(f: &Fixture) -> Result<Vec<u8>, crate::tls::TlsError> {
+        let tls = Tls::new(f.mesh.identities("a"), Arc::new(f.snapshots.clone())).unwrap();
+        let tcp = TcpStream::connect(inbound_addr(f)).await.unwrap();
+        let conn = tls.connect(tcp, "web", "api", "b", Offer::Single).await?;
+        Ok(exchange(conn).await)
+    }
+
+    #[tokio::test]
+    async fn a_mesh_client_reaches_the_local_service() {
+        let f = Fixture::new(true).await;
+        let b = f.inbound().await;
+        assert_eq!(as_web(&f).await.unwrap(), b"hello");
+        assert_eq!(f.api_accepted(), 1);
+        assert_eq!(web_to_api(&b).allowed, 1);
+        let opened =
+            "mesh_connections_opened_total{source=\"web\",destination=\"api\",side=\"inbound\"} 1";
+        let metrics = b.render();
+        assert!(metrics.contains(opened), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn a_client_without_a_mesh_certificate_is_refused() {
+        let f = Fixture::new(true).await;
+        let b = f.inbound().await;
+        // Takes node b's server certificate as a mesh client would, but
+        // presents none of its own.
+        let root = NodeCa::load_or_issue(&f.mesh.config, "a")
+            .unwrap()
+            .root()
+            .clone();
+        let rules = PeerRules::new("mesh.local", &root, Arc::new(f.snapshots.clone())).unwrap();
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ServerVerifier::new(
+                    Arc::new(rules),
+                    Peer::Service,
+                )))
+                .with_no_client_auth();
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        let tcp = TcpStream::connect(inbound_addr(&f)).await.unwrap();
+        let name = ServerName::try_from("api.svc.mesh.local").unwrap();
+        // TLS 1.3: the client's side of the handshake may finish before
+        // the server refuses it.
+        if let Ok(conn) = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+        {
+            assert_eq!(exchange(conn).await, b"");
+        }
+        let refused =
+            "mesh_handshake_failures_total{side=\"inbound\",reason=\"no_client_certificate\"} 1";
+        assert!(eventually(|| b.render().contains(refused)).await);
+        assert_eq!(f.api_accepted(), 0);
+        assert!(b.pairs().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_denied_pair_is_refused_by_the_destination() {
+        let f = Fixture::new(false).await;
+        let b = f.inbound().await;
+        // The handshake passes (a mesh identity); the intentions refuse.
+        assert_eq!(as_web(&f).await.unwrap(), b"");
+        assert_eq!(f.api_accepted(), 0);
+        assert_eq!(web_to_api(&b).denied, 1);
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_client_is_closed_before_the_service() {
+        let f = Fixture::new(true).await;
+        let b = f.inbound().await;
+        let tcp = TcpStream::connect(inbound_addr(&f)).await.unwrap();
+        assert_eq!(exchange(tcp).await, b"");
+        assert_eq!(f.api_accepted(), 0);
+        assert!(b.pairs().is_empty());
+    }
+}

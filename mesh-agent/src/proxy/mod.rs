@@ -9,6 +9,8 @@
 
 pub mod admission;
 pub mod balance;
+#[cfg(test)]
+pub(crate) mod fixture;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
@@ -37,6 +39,15 @@ use crate::{
     telemetry::{Reporter, Side, Telemetry, Verdict},
     tls::Tls,
 };
+
+/// Where redirected app connections were going: the outbound listener's
+/// one view of the kernel (`ebpf::Kernel` reads the records sock_ops left
+/// in `CONNS`).
+pub trait OrigDstAddr: Send + Sync + 'static {
+    /// Takes the record of the connection from `peer` accepted on `local`:
+    /// `None` if there is none, or none fresh; a record is taken once.
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst>;
+}
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]

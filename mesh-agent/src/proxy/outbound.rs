@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use super::{
-    Inputs, ProxyError, Redirect, ServiceIds,
+    Inputs, OrigDstAddr, ProxyError, Redirect, ServiceIds,
     balance::{Active, Balancer},
     dial,
     pool::{Hop, Pool},
@@ -22,7 +22,6 @@ use super::{
 };
 use crate::{
     config::{Node, Service, local_addr},
-    ebpf::Kernel,
     snapshot::Snapshot,
     telemetry::{Reporter, Side},
 };
@@ -45,8 +44,8 @@ pub struct Outbound {
 /// so it closes as soon as `run` is dropped).
 struct Handler {
     pi: Arc<Inputs>,
-    /// `CONNS`, where each connection's record waits.
-    kernel: Arc<Kernel>,
+    /// Where each connection's record waits (the kernel's `CONNS`).
+    orig: Arc<dyn OrigDstAddr>,
     /// The names behind the records' service ids.
     ids: Arc<ServiceIds>,
     /// The pick of an instance, and what it knows of each.
@@ -68,7 +67,7 @@ impl Outbound {
     pub fn new(
         listener: TcpListener,
         pi: Arc<Inputs>,
-        kernel: Arc<Kernel>,
+        orig: Arc<dyn OrigDstAddr>,
         ids: Arc<ServiceIds>,
         balancer: Arc<Balancer>,
         pool: Arc<Pool>,
@@ -77,7 +76,7 @@ impl Outbound {
             listener,
             handler: Arc::new(Handler {
                 pi,
-                kernel,
+                orig,
                 ids,
                 balancer,
                 pool,
@@ -119,8 +118,8 @@ impl Handler {
         let peer = app.peer_addr()?;
         let local = app.local_addr()?;
         let orig = self
-            .kernel
-            .take_orig(peer, local)
+            .orig
+            .take(peer, local)
             .ok_or(ProxyError::NoRecord { peer })?;
         app.set_nodelay(true)?;
         let snapshot = pi.snapshot();
@@ -250,5 +249,138 @@ impl Handler {
         debug!(src = %src.name, dst = %dst.name, node = %host.name, "outbound, to remote agent");
         let hop = self.pool.connect(pi, src, dst, host).await?;
         Ok(Upstream::Remote(hop))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_common::OrigDst;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::{
+        proxy::fixture::{B, Fixture, OneRecord, eventually, web_to_api},
+        telemetry::Telemetry,
+    };
+
+    /// Node a's outbound listener, running; its first connection's record
+    /// (if `dialed`) says `web` dialed `dialed` for `api`. Its address and
+    /// telemetry.
+    async fn outbound(f: &Fixture, dialed: Option<SocketAddr>) -> (SocketAddr, Arc<Telemetry>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (pi, telemetry) = f.inputs("a");
+        let ids = Arc::new(ServiceIds::default());
+        let record = dialed.map(|dialed| OrigDst {
+            dst: crate::ebpf::sock_addr(dialed),
+            src_service: ids.id("web"),
+            dst_service: ids.id("api"),
+            uid: 1000,
+            created_ns: 0,
+        });
+        let outbound = Outbound::new(
+            listener,
+            pi,
+            Arc::new(OneRecord(record.into())),
+            ids,
+            Arc::default(),
+            Arc::default(),
+        );
+        tokio::spawn(outbound.run());
+        (addr, telemetry)
+    }
+
+    /// What the app reads back after sending `hello` and half-closing
+    /// (nothing if the agent closed it).
+    async fn call(outbound: SocketAddr) -> Vec<u8> {
+        let mut app = TcpStream::connect(outbound).await.unwrap();
+        let mut answer = Vec::new();
+        let exchange = async {
+            app.write_all(b"hello").await?;
+            app.shutdown().await?;
+            app.read_to_end(&mut answer).await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("the agent neither answered nor closed the connection");
+        answer
+    }
+
+    fn vip(f: &Fixture) -> SocketAddr {
+        let api = f.snapshots.borrow().config.service("api").unwrap().vip;
+        SocketAddr::new(api, f.port)
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_record_is_closed() {
+        let f = Fixture::new(true).await;
+        let b = f.inbound().await;
+        let (addr, a) = outbound(&f, None).await;
+        assert_eq!(call(addr).await, b"");
+        assert_eq!(f.api_accepted(), 0);
+        assert!(a.pairs().is_empty() && b.pairs().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_call_to_the_vip_goes_over_mtls_to_the_destination_agent() {
+        let f = Fixture::new(true).await;
+        let b = f.inbound().await;
+        let (addr, a) = outbound(&f, Some(vip(&f))).await;
+        assert_eq!(call(addr).await, b"hello");
+        assert_eq!(f.api_accepted(), 1);
+        // Decided on both sides, each counting its own.
+        assert_eq!((web_to_api(&a).allowed, web_to_api(&b).allowed), (1, 1));
+        let metrics = a.render();
+        for line in [
+            "mesh_handshakes_total{side=\"outbound\",kind=\"full\"} 1",
+            "mesh_instance_connections_total{service=\"api\",node=\"b\"} 1",
+        ] {
+            assert!(metrics.contains(line), "{line} not in\n{metrics}");
+        }
+        let closed =
+            "mesh_connections_closed_total{source=\"web\",destination=\"api\",side=\"outbound\"} 1";
+        assert!(eventually(|| a.render().contains(closed)).await);
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_catalog_address_goes_to_that_nodes_instance_only() {
+        let f = Fixture::new(true).await;
+        let b = f.inbound().await;
+        let (addr, _) = outbound(&f, Some(SocketAddr::new(B, f.port))).await;
+        assert_eq!(call(addr).await, b"hello");
+        assert_eq!(web_to_api(&b).allowed, 1);
+        // Node a's address: it hosts no instance of api.
+        let a_address = SocketAddr::new("10.0.0.1".parse().unwrap(), f.port);
+        let (addr, a) = outbound(&f, Some(a_address)).await;
+        assert_eq!(call(addr).await, b"");
+        assert_eq!(f.api_accepted(), 1);
+        assert_eq!(web_to_api(&b).allowed, 1);
+        assert!(!a.render().contains("mesh_instance_connections_total"));
+    }
+
+    #[tokio::test]
+    async fn a_denied_pair_is_closed_at_the_source() {
+        let f = Fixture::new(false).await;
+        let b = f.inbound().await;
+        let (addr, a) = outbound(&f, Some(vip(&f))).await;
+        assert_eq!(call(addr).await, b"");
+        assert_eq!(f.api_accepted(), 0);
+        assert_eq!(web_to_api(&a).denied_at_source, 1);
+        // Nothing reached the destination's agent.
+        assert!(b.pairs().is_empty());
+        let metrics = a.render();
+        assert!(!metrics.contains("mesh_handshakes_total{"), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn an_instance_whose_agent_is_down_fails_the_call_and_is_counted() {
+        let f = Fixture::new(true).await;
+        // No inbound listener on node b: the dial is refused.
+        let (addr, a) = outbound(&f, Some(vip(&f))).await;
+        assert_eq!(call(addr).await, b"");
+        assert_eq!(f.api_accepted(), 0);
+        let failed = "mesh_instance_connect_failures_total{service=\"api\",node=\"b\"} 1";
+        let metrics = a.render();
+        assert!(metrics.contains(failed), "{metrics}");
     }
 }

@@ -184,6 +184,14 @@ impl Telemetry {
         self.metrics.register(reg);
     }
 
+    /// The text of this object's families alone (tests).
+    #[cfg(test)]
+    pub fn render(&self) -> String {
+        let mut reg = Registry::default();
+        self.register(&mut reg);
+        reg.render()
+    }
+
     /// sk_lookup has refused `total` connections from non-mesh sources so
     /// far (the kernel's count): counted as inbound handshake failures.
     pub fn kernel_refused(&self, total: u64) {

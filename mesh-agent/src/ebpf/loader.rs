@@ -1,0 +1,279 @@
+//! Loading the object, attaching its programs through pinned links, and
+//! adopting the links and maps a previous agent of the node left pinned.
+
+use std::{
+    fs::File,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapError, SockMap},
+};
+use mesh_common::{LISTENER_V4, LISTENER_V6, names};
+use tokio::io::unix::AsyncFd;
+
+use super::{
+    EbpfError, Kernel,
+    maps::{ConfigMaps, MapContents},
+    pins,
+};
+
+/// The object file built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh"));
+
+/// What the programs need to know at load time.
+pub struct LoadParams {
+    pub netns_cookie: u64,
+    pub agent_cgroup: u64,
+    pub outbound_port: u16,
+    /// Whether sk_lookup refuses sources that are not mesh nodes (`PEERS`).
+    pub check_peers: bool,
+    /// The admin endpoint's port (bind4/6 keep it for root).
+    pub admin_port: u16,
+}
+
+impl Kernel {
+    /// Loads the object with `params` (reusing the maps pinned in `pins`),
+    /// fills the maps from `contents`, puts the inbound listeners into
+    /// `LISTENERS`, then attaches connect4/6 and sock_ops to the cgroup2
+    /// root and sk_lookup to this netns, each through the link pinned in
+    /// `pins` (its program swapped for the new one) or a new pinned link.
+    pub fn start(
+        params: &LoadParams,
+        contents: &MapContents,
+        inbound_v4: &impl AsRawFd,
+        inbound_v6: Option<&impl AsRawFd>,
+        cgroup_root: &Path,
+        pins: &pins::Pins,
+    ) -> Result<Self, EbpfError> {
+        std::fs::create_dir_all(&pins.dir).map_err(|source| EbpfError::Pins {
+            path: pins.dir.display().to_string(),
+            source,
+        })?;
+        let adopting = pins.link(names::PROG_CONNECT4).exists();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::NETNS_COOKIE, &params.netns_cookie, true)
+            .override_global(names::AGENT_CGROUP, &params.agent_cgroup, true)
+            .override_global(names::OUTBOUND_PORT, &params.outbound_port, true)
+            .override_global(names::CHECK_PEERS, &u8::from(params.check_peers), true)
+            .override_global(names::ADMIN_PORT, &params.admin_port, true)
+            .default_map_pin_directory(&pins.dir)
+            .load(OBJECT)?;
+        start_logger(&mut ebpf);
+
+        let mut config_maps = ConfigMaps {
+            names: take_map(&mut ebpf, names::SERVICE_NAMES)?,
+            services: take_map(&mut ebpf, names::SERVICES)?,
+            cgroups: take_map(&mut ebpf, names::CGROUPS)?,
+            local_ports: take_map(&mut ebpf, names::LOCAL_PORTS)?,
+            denied: take_map(&mut ebpf, names::DENIED)?,
+            peers: take_map(&mut ebpf, names::PEERS)?,
+            last: MapContents::default(),
+        };
+        config_maps.sync(contents)?;
+        let mut listeners: SockMap<_> = map(&mut ebpf, names::LISTENERS)?;
+        listeners
+            .set(LISTENER_V4, inbound_v4, 0)
+            .map_err(|source| EbpfError::Map {
+                name: names::LISTENERS,
+                source,
+            })?;
+        if let Some(v6) = inbound_v6 {
+            listeners
+                .set(LISTENER_V6, v6, 0)
+                .map_err(|source| EbpfError::Map {
+                    name: names::LISTENERS,
+                    source,
+                })?;
+        }
+
+        let cgroup = open(cgroup_root)?;
+        let netns = open(Path::new("/proc/self/ns/net"))?;
+        // Every program loaded (verified) first: one the kernel refuses
+        // leaves the pinned ones, and a running agent, untouched.
+        let load = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), EbpfError> {
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::MissingProgram(name))?;
+            let loaded = match prog {
+                aya::programs::Program::SockOps(p) => p.load(),
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::SkLookup(p) => p.load(),
+                _ => return Err(EbpfError::MissingProgram(name)),
+            };
+            loaded.map_err(|source| EbpfError::Program { name, source })
+        };
+        // sock_ops first: a connect redirected before it is attached would
+        // reach the agent without a record.
+        let plan = [
+            (
+                names::PROG_SOCK_OPS,
+                cgroup.as_fd(),
+                pins::BPF_CGROUP_SOCK_OPS,
+            ),
+            (
+                names::PROG_CONNECT4,
+                cgroup.as_fd(),
+                pins::BPF_CGROUP_INET4_CONNECT,
+            ),
+            (
+                names::PROG_CONNECT6,
+                cgroup.as_fd(),
+                pins::BPF_CGROUP_INET6_CONNECT,
+            ),
+            (names::PROG_SK_LOOKUP, netns.as_fd(), pins::BPF_SK_LOOKUP),
+            (
+                names::PROG_BIND4,
+                cgroup.as_fd(),
+                pins::BPF_CGROUP_INET4_BIND,
+            ),
+            (
+                names::PROG_BIND6,
+                cgroup.as_fd(),
+                pins::BPF_CGROUP_INET6_BIND,
+            ),
+        ];
+        for (name, _, _) in &plan {
+            load(&mut ebpf, name)?;
+        }
+        let mut links = Vec::new();
+        let mut programs = Vec::new();
+        for (name, target, attach_type) in plan {
+            let prog = ebpf.program(name).ok_or(EbpfError::MissingProgram(name))?;
+            let fail = |source| EbpfError::Program { name, source };
+            let id = prog.info().map_err(fail)?.id();
+            let fd = prog.fd().map_err(fail)?;
+            links.push(attach(pins, name, fd.as_fd(), target, attach_type)?);
+            programs.push((name, id));
+        }
+        if adopting {
+            tracing::info!(pins = %pins.dir.display(), "adopted the pinned programs and maps");
+        }
+
+        let conns = Mutex::new(take_map(&mut ebpf, names::CONNS)?);
+        Ok(Self {
+            conns,
+            refused: take_map(&mut ebpf, names::REFUSED)?,
+            denials: Mutex::new(take_map(&mut ebpf, names::DENIALS)?),
+            denial_events: Mutex::new(Some(take_map(&mut ebpf, names::DENIAL_EVENTS)?)),
+            config_maps: Mutex::new(config_maps),
+            frozen: std::sync::atomic::AtomicBool::new(false),
+            paused: Arc::default(),
+            pins: pins.clone(),
+            programs,
+            _links: links,
+            ebpf,
+        })
+    }
+}
+
+fn map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+{
+    let m = ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
+    T::try_from(m).map_err(|source| EbpfError::Map { name, source })
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let m = ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))?;
+    T::try_from(m).map_err(|source| EbpfError::Map { name, source })
+}
+
+/// Runs `prog` through the link pinned for `name`: the pinned link with
+/// its program swapped for `prog` if there is one that takes it, else a new
+/// link to `target`, pinned. Returns the link.
+fn attach(
+    pins: &pins::Pins,
+    name: &'static str,
+    prog: std::os::fd::BorrowedFd<'_>,
+    target: std::os::fd::BorrowedFd<'_>,
+    attach_type: u32,
+) -> Result<OwnedFd, EbpfError> {
+    let path = pins.link(name);
+    let fail = |source| EbpfError::Link {
+        name,
+        path: path.display().to_string(),
+        source,
+    };
+    if path.exists() {
+        let adopted =
+            pins::get(&path).and_then(|link| pins::link_update(link.as_fd(), prog).map(|()| link));
+        match adopted {
+            Ok(link) => return Ok(link),
+            // A link whose netns is gone: replace it. Anything else fails
+            // the start, the pinned link left as it is.
+            Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+                tracing::info!(
+                    program = name,
+                    "replacing a pinned link whose network namespace is gone"
+                );
+                std::fs::remove_file(&path).map_err(fail)?;
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    let link = pins::link_create(prog, target, attach_type).map_err(fail)?;
+    pins::pin(link.as_fd(), &path).map_err(fail)?;
+    Ok(link)
+}
+
+fn open(path: &Path) -> Result<File, EbpfError> {
+    File::open(path).map_err(|source| EbpfError::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Forwards the programs' aya-log records to `log`, which tracing-subscriber
+/// turns into tracing events. The logger must live as long as the programs.
+fn start_logger(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF logs unavailable");
+            return;
+        }
+    };
+    // SAFETY: the AsyncFd owns the logger, which owns the ring buffer's fd,
+    // so the fd stays open for as long as it is registered.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF logs unavailable");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_program_names_are_the_objects() {
+        let object = aya_obj::Object::parse(OBJECT).unwrap();
+        let mut found: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        let mut named = names::PROGRAMS.to_vec();
+        found.sort_unstable();
+        named.sort_unstable();
+        assert_eq!(found, named);
+    }
+}

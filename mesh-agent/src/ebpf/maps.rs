@@ -1,0 +1,408 @@
+//! What the agent writes into the maps and reads from them: the
+//! config-derived maps, `CONNS` records, denials and refusals.
+
+use std::{collections::HashSet, net::SocketAddr, sync::Arc};
+
+use aya::maps::{HashMap, MapData, RingBuf};
+use mesh_common::{
+    ConnKey, DenialEvent, DenialKey, MAX_RECORD_AGE_NS, OrigDst, PairKey, ServiceId, ServiceName,
+    SockAddr, names,
+};
+use tokio::io::unix::AsyncFd;
+
+use super::{EbpfError, Kernel, pins};
+
+/// What the agent puts into the maps for its node.
+#[derive(Debug, Default, Clone)]
+pub struct MapContents {
+    /// Every service id given so far and its name (`SERVICE_NAMES`).
+    pub names: Vec<(ServiceId, String)>,
+    /// Mesh destinations: VIP:port and node-address:port of every meshed service.
+    pub services: Vec<(SocketAddr, ServiceId)>,
+    /// cgroup id -> local service.
+    pub cgroups: Vec<(u64, ServiceId)>,
+    /// Port -> local non-public service: the loopback guard, and what
+    /// sk_lookup steers to the inbound listener.
+    pub local_ports: Vec<(u16, ServiceId)>,
+    /// (source, destination) pairs the intentions deny.
+    pub denied: HashSet<(ServiceId, ServiceId)>,
+    /// Addresses of the mesh's nodes: who may connect to a service port.
+    pub peers: Vec<std::net::IpAddr>,
+}
+
+/// The maps whose contents come from the config.
+pub(super) struct ConfigMaps {
+    pub(super) names: HashMap<MapData, ServiceId, ServiceName>,
+    pub(super) services: HashMap<MapData, SockAddr, ServiceId>,
+    pub(super) cgroups: HashMap<MapData, u64, ServiceId>,
+    pub(super) local_ports: HashMap<MapData, u32, ServiceId>,
+    pub(super) denied: HashMap<MapData, PairKey, u32>,
+    pub(super) peers: HashMap<MapData, SockAddr, u32>,
+    /// What was last asked for.
+    pub(super) last: MapContents,
+}
+
+impl Kernel {
+    /// Connections to service ports that sk_lookup refused because their
+    /// source is not a mesh node, since the programs were loaded.
+    pub fn refused(&self) -> u64 {
+        self.refused
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Every EPERM connect4/6 returned so far, per (source, destination,
+    /// reason). The least recently refused keys may have been evicted.
+    pub fn denials(&self) -> Vec<(DenialKey, u64)> {
+        let denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+        denials
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, per_cpu.iter().map(|v| v.count).sum()))
+            .collect()
+    }
+
+    /// The programs' reports of refused connects; `None` after the first call.
+    pub fn denial_events(&self) -> Result<Option<DenialEvents>, EbpfError> {
+        let Some(ring) = self
+            .denial_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Ok(None);
+        };
+        // SAFETY: the AsyncFd owns the ring buffer, which owns its fd, so
+        // the fd stays open for as long as it is registered.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| EbpfError::Poll {
+                name: names::DENIAL_EVENTS,
+                source: e.into(),
+            })?;
+        Ok(Some(DenialEvents {
+            ring: fd,
+            paused: self.paused.clone(),
+        }))
+    }
+
+    /// Takes (looks up and deletes) the record sock_ops left for a connection
+    /// accepted on the outbound listener. A record older than
+    /// `MAX_RECORD_AGE_NS` is dropped, not returned: its 4-tuple may since
+    /// have been reused by someone else.
+    pub fn take_orig(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
+        let key = ConnKey {
+            peer: sock_addr(peer),
+            local: sock_addr(local),
+        };
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let orig = conns.get(&key, 0).ok()?;
+        let _ = conns.remove(&key);
+        fresh(&orig, monotonic_ns()).then_some(orig)
+    }
+
+    /// Makes the config-derived maps hold exactly `contents`. New entries go
+    /// in before stale ones come out, so nothing that stays is ever briefly
+    /// missing (a denied pair is never briefly allowed).
+    pub fn update(&self, contents: &MapContents) -> Result<(), EbpfError> {
+        let mut maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
+        if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            maps.last = contents.clone();
+            return Ok(());
+        }
+        maps.sync(contents)
+    }
+
+    /// Stops writing the maps (the next agent of the node is taking over
+    /// and writes them); `thaw` writes what was last asked for.
+    pub fn freeze(&self) {
+        let _maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Writes the maps again (a handover failed): what this agent last
+    /// asked for, over whatever the other agent wrote.
+    pub fn thaw(&self) -> Result<(), EbpfError> {
+        let mut maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let last = maps.last.clone();
+        maps.sync(&last)
+    }
+
+    /// Entries in the maps the agent holds, for metrics.
+    pub fn map_entries(&self) -> Vec<(&'static str, i64)> {
+        let conns = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .count();
+        let denials = self
+            .denials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .count();
+        let maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
+        [
+            (names::CONNS, conns),
+            (names::DENIALS, denials),
+            (names::PEERS, maps.peers.keys().count()),
+            (names::DENIED, maps.denied.keys().count()),
+            (names::SERVICES, maps.services.keys().count()),
+            (names::CGROUPS, maps.cgroups.keys().count()),
+            (names::LOCAL_PORTS, maps.local_ports.keys().count()),
+        ]
+        .into_iter()
+        .map(|(name, n)| (name, i64::try_from(n).unwrap_or(i64::MAX)))
+        .collect()
+    }
+
+    /// Removes `CONNS` records too old to be claimed (their connection died
+    /// before accept()). Returns how many.
+    pub fn sweep_stale(&self) -> usize {
+        let now = monotonic_ns();
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let stale: Vec<ConnKey> = conns
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, orig)| !fresh(orig, now))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &stale {
+            let _ = conns.remove(key);
+        }
+        stale.len()
+    }
+}
+
+impl crate::proxy::OrigDstAddr for Kernel {
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
+        self.take_orig(peer, local)
+    }
+}
+
+/// The `DENIAL_EVENTS` ring buffer, readable from async code.
+pub struct DenialEvents {
+    ring: AsyncFd<RingBuf<MapData>>,
+    /// Set while frozen for a handover: the ring is pinned and the next
+    /// agent reads it then (two readers would share one read position).
+    paused: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DenialEvents {
+    /// Waits for the next batch of reports and returns it (records that do
+    /// not decode are skipped).
+    pub async fn next_batch(&mut self) -> Result<Vec<DenialEvent>, EbpfError> {
+        loop {
+            if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            let mut guard = self
+                .ring
+                .readable_mut()
+                .await
+                .map_err(|source| EbpfError::Poll {
+                    name: names::DENIAL_EVENTS,
+                    source,
+                })?;
+            if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                // Frozen while this reader waited: leave the records (and
+                // the readiness) to whoever reads next.
+                drop(guard);
+                continue;
+            }
+            let ring = guard.get_inner_mut();
+            let mut batch = Vec::new();
+            while let Some(item) = ring.next() {
+                batch.extend(DenialEvent::from_bytes(&item));
+            }
+            guard.clear_ready();
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+    }
+}
+
+/// Whether a record filed at `orig.created_ns` may still be claimed at `now`
+/// (CLOCK_MONOTONIC nanoseconds).
+pub fn fresh(orig: &OrigDst, now: u64) -> bool {
+    now.saturating_sub(orig.created_ns) <= MAX_RECORD_AGE_NS
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// A kernel `SockAddr` as a socket address (IPv4-mapped back to IPv4): the
+/// inverse of `sock_addr`.
+pub fn socket_addr(addr: &SockAddr) -> SocketAddr {
+    let mut octets = [0u8; 16];
+    for (i, word) in addr.addr.iter().enumerate() {
+        octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    SocketAddr::new(std::net::Ipv6Addr::from(octets).to_canonical(), addr.port)
+}
+
+/// `addr` as the kernel programs see it (IPv4 mapped into IPv6).
+pub fn sock_addr(addr: SocketAddr) -> SockAddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    let o = ip.octets();
+    let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    SockAddr {
+        addr: [word(0), word(4), word(8), word(12)],
+        port: addr.port(),
+        _pad: 0,
+    }
+}
+
+/// The service ids the last agent of the node gave (its pinned
+/// `SERVICE_NAMES`), so this one keeps them; none if nothing is pinned.
+pub fn pinned_service_names(pins: &pins::Pins) -> Vec<(ServiceId, String)> {
+    let path = pins.dir.join(names::SERVICE_NAMES);
+    let Ok(data) = MapData::from_pin(&path) else {
+        return Vec::new();
+    };
+    let Ok(map) = HashMap::<_, ServiceId, ServiceName>::try_from(aya::maps::Map::HashMap(data))
+    else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter_map(Result::ok)
+        .filter_map(|(id, name)| {
+            let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+            let name = std::str::from_utf8(&name[..end]).ok()?;
+            (!name.is_empty()).then(|| (id, name.to_owned()))
+        })
+        .collect()
+}
+
+/// `name` as `SERVICE_NAMES` holds it (zero-padded; longer names, which
+/// the config refuses, are cut).
+fn service_name(name: &str) -> ServiceName {
+    let mut out = [0u8; 64];
+    let n = name.len().min(out.len() - 1);
+    out[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out
+}
+
+impl ConfigMaps {
+    pub(super) fn sync(&mut self, c: &MapContents) -> Result<(), EbpfError> {
+        self.last = c.clone();
+        let names = c
+            .names
+            .iter()
+            .map(|(id, name)| (*id, service_name(name)))
+            .collect();
+        sync_map(&mut self.names, names::SERVICE_NAMES, &names)?;
+        let services = c
+            .services
+            .iter()
+            .map(|(a, id)| (sock_addr(*a), *id))
+            .collect();
+        sync_map(&mut self.services, names::SERVICES, &services)?;
+        let cgroups = c.cgroups.iter().copied().collect();
+        sync_map(&mut self.cgroups, names::CGROUPS, &cgroups)?;
+        let ports = c
+            .local_ports
+            .iter()
+            .map(|(p, id)| (u32::from(*p), *id))
+            .collect();
+        sync_map(&mut self.local_ports, names::LOCAL_PORTS, &ports)?;
+        let denied = c
+            .denied
+            .iter()
+            .map(|&(src, dst)| (PairKey { src, dst }, 1))
+            .collect();
+        sync_map(&mut self.denied, names::DENIED, &denied)?;
+        let peers = c
+            .peers
+            .iter()
+            .map(|ip| (sock_addr(SocketAddr::new(*ip, 0)), 1))
+            .collect();
+        sync_map(&mut self.peers, names::PEERS, &peers)
+    }
+}
+
+/// Makes `map` hold exactly `want`: inserts (or overwrites) first, then
+/// removes keys not wanted.
+fn sync_map<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    want: &std::collections::HashMap<K, V>,
+) -> Result<(), EbpfError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    let err = |source| EbpfError::Map { name, source };
+    for (k, v) in want {
+        if map.get(k, 0).ok().as_ref() != Some(v) {
+            map.insert(k, v, 0).map_err(err)?;
+        }
+    }
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
+    for k in &stale {
+        map.remove(k).map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sock_addr_maps_ipv4_like_the_kernel() {
+        let a = sock_addr("10.77.0.2:5001".parse().unwrap());
+        assert_eq!(
+            a,
+            SockAddr::from_v4(u32::from_ne_bytes([10, 77, 0, 2]), 5001)
+        );
+        let b = sock_addr("[::1]:80".parse().unwrap());
+        assert!(b.reaches_loopback() && !b.is_v4());
+    }
+
+    #[test]
+    fn socket_addr_inverts_sock_addr() {
+        for text in ["10.77.0.2:5001", "[fd77::2]:443", "[::1]:80", "240.0.0.2:1"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(socket_addr(&sock_addr(addr)), addr, "{text}");
+        }
+    }
+
+    #[test]
+    fn old_records_are_not_fresh() {
+        let orig = |created_ns| OrigDst {
+            dst: sock_addr("10.0.0.1:1".parse().unwrap()),
+            src_service: 1,
+            dst_service: 2,
+            uid: 0,
+            created_ns,
+        };
+        let now = 10 * MAX_RECORD_AGE_NS;
+        assert!(fresh(&orig(now - 1000), now));
+        assert!(!fresh(&orig(now - MAX_RECORD_AGE_NS - 1), now));
+        // The monotonic clock is the kernel's: a record made now is fresh.
+        assert!(fresh(&orig(monotonic_ns()), monotonic_ns()));
+    }
+}
