@@ -157,9 +157,7 @@ impl Cgroup2 {
     }
 }
 
-/// The mesh's cgroup, below the cgroup2 root: each node's agent and
-/// services have theirs under `/mesh/<node>/`.
-pub const MESH_ROOT: &str = "/mesh";
+pub use crate::config::MESH_ROOT;
 
 /// The agent's own cgroup on `node`: `/mesh/<node>/_agent`. Service names
 /// cannot contain `_`, so it never collides with a service's.

@@ -19,6 +19,11 @@ mod tests;
 pub use error::{ConfigError, Problem};
 pub use vip::default_vip;
 
+/// The mesh's cgroup, below the cgroup2 root: each node's agent and
+/// services have theirs under `/mesh/<node>/` (a service's default; the
+/// agent's always).
+pub const MESH_ROOT: &str = "/mesh";
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

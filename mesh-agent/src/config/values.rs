@@ -359,9 +359,7 @@ pub(super) fn cgroup(text: &str) -> Result<PathBuf, String> {
             "cgroup {text:?} is the root cgroup: expected the service's own cgroup"
         ));
     }
-    if path.starts_with(crate::cgroup::MESH_ROOT)
-        && path.components().any(|c| c.as_os_str() == "_agent")
-    {
+    if path.starts_with(super::MESH_ROOT) && path.components().any(|c| c.as_os_str() == "_agent") {
         return Err(format!(
             "cgroup {text:?} is an agent's cgroup: expected the service's own cgroup"
         ));

@@ -74,81 +74,8 @@ impl Kernel {
             last: MapContents::default(),
         };
         config_maps.sync(contents)?;
-        let mut listeners: SockMap<_> = map(&mut ebpf, names::LISTENERS)?;
-        listeners
-            .set(LISTENER_V4, inbound_v4, 0)
-            .map_err(|source| EbpfError::Map {
-                name: names::LISTENERS,
-                source,
-            })?;
-        if let Some(v6) = inbound_v6 {
-            listeners
-                .set(LISTENER_V6, v6, 0)
-                .map_err(|source| EbpfError::Map {
-                    name: names::LISTENERS,
-                    source,
-                })?;
-        }
-
-        let cgroup = open(cgroup_root)?;
-        let netns = open(Path::new("/proc/self/ns/net"))?;
-        // Every program loaded (verified) first: one the kernel refuses
-        // leaves the pinned ones, and a running agent, untouched.
-        let load = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), EbpfError> {
-            let prog = ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::MissingProgram(name))?;
-            let loaded = match prog {
-                aya::programs::Program::SockOps(p) => p.load(),
-                aya::programs::Program::CgroupSockAddr(p) => p.load(),
-                aya::programs::Program::SkLookup(p) => p.load(),
-                _ => return Err(EbpfError::MissingProgram(name)),
-            };
-            loaded.map_err(|source| EbpfError::Program { name, source })
-        };
-        // sock_ops first: a connect redirected before it is attached would
-        // reach the agent without a record.
-        let plan = [
-            (
-                names::PROG_SOCK_OPS,
-                cgroup.as_fd(),
-                pins::BPF_CGROUP_SOCK_OPS,
-            ),
-            (
-                names::PROG_CONNECT4,
-                cgroup.as_fd(),
-                pins::BPF_CGROUP_INET4_CONNECT,
-            ),
-            (
-                names::PROG_CONNECT6,
-                cgroup.as_fd(),
-                pins::BPF_CGROUP_INET6_CONNECT,
-            ),
-            (names::PROG_SK_LOOKUP, netns.as_fd(), pins::BPF_SK_LOOKUP),
-            (
-                names::PROG_BIND4,
-                cgroup.as_fd(),
-                pins::BPF_CGROUP_INET4_BIND,
-            ),
-            (
-                names::PROG_BIND6,
-                cgroup.as_fd(),
-                pins::BPF_CGROUP_INET6_BIND,
-            ),
-        ];
-        for (name, _, _) in &plan {
-            load(&mut ebpf, name)?;
-        }
-        let mut links = Vec::new();
-        let mut programs = Vec::new();
-        for (name, target, attach_type) in plan {
-            let prog = ebpf.program(name).ok_or(EbpfError::MissingProgram(name))?;
-            let fail = |source| EbpfError::Program { name, source };
-            let id = prog.info().map_err(fail)?.id();
-            let fd = prog.fd().map_err(fail)?;
-            links.push(attach(pins, name, fd.as_fd(), target, attach_type)?);
-            programs.push((name, id));
-        }
+        set_listeners(&mut ebpf, inbound_v4, inbound_v6)?;
+        let (links, programs) = load_and_attach(&mut ebpf, cgroup_root, pins)?;
         if adopting {
             tracing::info!(pins = %pins.dir.display(), "adopted the pinned programs and maps");
         }
@@ -168,6 +95,98 @@ impl Kernel {
             ebpf,
         })
     }
+}
+
+/// Puts the inbound listeners into `LISTENERS` (sk_lookup steers to them).
+fn set_listeners(
+    ebpf: &mut Ebpf,
+    inbound_v4: &impl AsRawFd,
+    inbound_v6: Option<&impl AsRawFd>,
+) -> Result<(), EbpfError> {
+    let mut listeners: SockMap<_> = map(ebpf, names::LISTENERS)?;
+    let fail = |source| EbpfError::Map {
+        name: names::LISTENERS,
+        source,
+    };
+    listeners.set(LISTENER_V4, inbound_v4, 0).map_err(fail)?;
+    if let Some(v6) = inbound_v6 {
+        listeners.set(LISTENER_V6, v6, 0).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// The programs attached: their links, and each one's name and id.
+type Attached = (Vec<OwnedFd>, Vec<(&'static str, u32)>);
+
+/// Loads (verifies) every program, then attaches each through its pinned
+/// link (swapping the program) or a new one.
+fn load_and_attach(
+    ebpf: &mut Ebpf,
+    cgroup_root: &Path,
+    pins: &pins::Pins,
+) -> Result<Attached, EbpfError> {
+    let cgroup = open(cgroup_root)?;
+    let netns = open(Path::new("/proc/self/ns/net"))?;
+    // sock_ops first: a connect redirected before it is attached would
+    // reach the agent without a record.
+    let plan = [
+        (
+            names::PROG_SOCK_OPS,
+            cgroup.as_fd(),
+            pins::BPF_CGROUP_SOCK_OPS,
+        ),
+        (
+            names::PROG_CONNECT4,
+            cgroup.as_fd(),
+            pins::BPF_CGROUP_INET4_CONNECT,
+        ),
+        (
+            names::PROG_CONNECT6,
+            cgroup.as_fd(),
+            pins::BPF_CGROUP_INET6_CONNECT,
+        ),
+        (names::PROG_SK_LOOKUP, netns.as_fd(), pins::BPF_SK_LOOKUP),
+        (
+            names::PROG_BIND4,
+            cgroup.as_fd(),
+            pins::BPF_CGROUP_INET4_BIND,
+        ),
+        (
+            names::PROG_BIND6,
+            cgroup.as_fd(),
+            pins::BPF_CGROUP_INET6_BIND,
+        ),
+    ];
+    // Every program loaded (verified) first: one the kernel refuses
+    // leaves the pinned ones, and a running agent, untouched.
+    for (name, _, _) in &plan {
+        load(ebpf, name)?;
+    }
+    let mut links = Vec::new();
+    let mut programs = Vec::new();
+    for (name, target, attach_type) in plan {
+        let prog = ebpf.program(name).ok_or(EbpfError::MissingProgram(name))?;
+        let fail = |source| EbpfError::Program { name, source };
+        let id = prog.info().map_err(fail)?.id();
+        let fd = prog.fd().map_err(fail)?;
+        links.push(attach(pins, name, fd.as_fd(), target, attach_type)?);
+        programs.push((name, id));
+    }
+    Ok((links, programs))
+}
+
+/// Loads (verifies) the program `name`.
+fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), EbpfError> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?;
+    let loaded = match prog {
+        aya::programs::Program::SockOps(p) => p.load(),
+        aya::programs::Program::CgroupSockAddr(p) => p.load(),
+        aya::programs::Program::SkLookup(p) => p.load(),
+        _ => return Err(EbpfError::MissingProgram(name)),
+    };
+    loaded.map_err(|source| EbpfError::Program { name, source })
 }
 
 fn map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, EbpfError>

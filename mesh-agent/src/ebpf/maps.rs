@@ -180,7 +180,7 @@ impl Kernel {
     }
 }
 
-impl crate::proxy::OrigDstAddr for Kernel {
+impl super::OrigDstAddr for Kernel {
     fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
         self.take_orig(peer, local)
     }

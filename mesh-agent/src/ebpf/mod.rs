@@ -28,6 +28,19 @@ pub use loader::LoadParams;
 use maps::ConfigMaps;
 pub use maps::{DenialEvents, MapContents, fresh, pinned_service_names, sock_addr, socket_addr};
 
+/// Where redirected app connections were going: the outbound listener's
+/// one view of the kernel ([`Kernel`] reads the records sock_ops left in
+/// `CONNS`), so the data path has tests without one.
+pub trait OrigDstAddr: Send + Sync + 'static {
+    /// Takes the record of the connection from `peer` accepted on `local`:
+    /// `None` if there is none, or none fresh; a record is taken once.
+    fn take(
+        &self,
+        peer: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+    ) -> Option<mesh_common::OrigDst>;
+}
+
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {

@@ -40,14 +40,7 @@ use crate::{
     tls::Tls,
 };
 
-/// Where redirected app connections were going: the outbound listener's
-/// one view of the kernel (`ebpf::Kernel` reads the records sock_ops left
-/// in `CONNS`).
-pub trait OrigDstAddr: Send + Sync + 'static {
-    /// Takes the record of the connection from `peer` accepted on `local`:
-    /// `None` if there is none, or none fresh; a record is taken once.
-    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst>;
-}
+pub use crate::ebpf::OrigDstAddr;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
