@@ -56,7 +56,65 @@ const READY: &str = "ready";
 /// Most sockets one handover carries.
 const MAX_SOCKETS: usize = 16;
 
-/// The names of the sockets that follow, in the order of their fds, and
+/// A listening socket of an agent, as named in the handover manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SocketName {
+    /// The outbound listener on 127.0.0.1 and on ::1.
+    Out4,
+    Out6,
+    /// The inbound listener on 127.0.0.1 and on ::1 (sk_lookup steers to
+    /// them).
+    In4,
+    In6,
+    Admin,
+    /// `<node address>:<link port>`.
+    Link,
+    /// `.mesh` DNS over UDP, and over TCP.
+    Dns,
+    DnsTcp,
+}
+
+impl SocketName {
+    /// Every socket name.
+    pub const ALL: [Self; 8] = [
+        Self::Out4,
+        Self::Out6,
+        Self::In4,
+        Self::In6,
+        Self::Admin,
+        Self::Link,
+        Self::Dns,
+        Self::DnsTcp,
+    ];
+
+    /// Its name in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Out4 => "out4",
+            Self::Out6 => "out6",
+            Self::In4 => "in4",
+            Self::In6 => "in6",
+            Self::Admin => "admin",
+            Self::Link => "link",
+            Self::Dns => "dns",
+            Self::DnsTcp => "dns_tcp",
+        }
+    }
+
+    /// The socket called `name` in a manifest, if this agent knows it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for SocketName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The names of the sockets that follow, in the order of their fds (as
+/// words: an agent skips those it does not know), and
 /// the old agent's reports on its instances (so the next one does not
 /// start its checks over: critical until they run, and pass, again).
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,7 +150,7 @@ pub struct Taken {
     stream: UnixStream,
     /// The old agent's pid.
     pub pid: u32,
-    pub sockets: BTreeMap<String, OwnedFd>,
+    pub sockets: BTreeMap<SocketName, OwnedFd>,
     /// The old agent's reports on this node's instances, and its latest
     /// reports from the other nodes' agents.
     pub reports: Vec<InstanceReport>,
@@ -184,10 +242,25 @@ fn receive(node: &str, stream: UnixStream) -> Result<Taken, HandoverError> {
         node: node.to_owned(),
         stream,
         pid: manifest.pid,
-        sockets: manifest.names.into_iter().zip(fds).collect(),
+        sockets: known(manifest.names, fds),
         reports: manifest.reports,
         remote: manifest.remote,
     })
+}
+
+/// The sockets whose names this agent knows; the others are closed.
+fn known(names: Vec<String>, fds: Vec<OwnedFd>) -> BTreeMap<SocketName, OwnedFd> {
+    names
+        .into_iter()
+        .zip(fds)
+        .filter_map(|(name, fd)| match SocketName::parse(&name) {
+            Some(socket) => Some((socket, fd)),
+            None => {
+                warn!(socket = %name, "the running agent handed a socket this one does not know: closed");
+                None
+            }
+        })
+        .collect()
 }
 
 impl Taken {
@@ -207,7 +280,7 @@ impl Taken {
 pub struct Offer {
     node: String,
     /// Duplicates of the listening sockets, by name.
-    sockets: Arc<Vec<(String, OwnedFd)>>,
+    sockets: Arc<Vec<(SocketName, OwnedFd)>>,
     /// What is known of every instance's health, handed over with the
     /// sockets.
     board: Arc<Board>,
@@ -216,7 +289,7 @@ pub struct Offer {
 }
 
 impl Offer {
-    pub fn new(node: &str, sockets: Vec<(String, OwnedFd)>, board: Arc<Board>) -> Self {
+    pub fn new(node: &str, sockets: Vec<(SocketName, OwnedFd)>, board: Arc<Board>) -> Self {
         Self {
             node: node.to_owned(),
             sockets: Arc::new(sockets),
@@ -320,7 +393,7 @@ impl Offer {
 /// writes (`Kernel::freeze`) just before the sockets go.
 fn hand_blocking(
     stream: UnixStream,
-    sockets: &[(String, OwnedFd)],
+    sockets: &[(SocketName, OwnedFd)],
     health: (Vec<InstanceReport>, Vec<Reports>),
     freeze: impl FnOnce(),
 ) -> Result<(), String> {
@@ -333,7 +406,8 @@ fn hand_blocking(
     if line.trim_end() != ASK {
         return Err(format!("unexpected request {:?}", line.trim_end()));
     }
-    let body = manifest(sockets.iter().map(|(n, _)| n.clone()).collect(), health)?;
+    let names = sockets.iter().map(|(n, _)| n.as_str().to_owned()).collect();
+    let body = manifest(names, health)?;
     let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     // From here on the next agent writes the maps.
     freeze();
@@ -419,7 +493,7 @@ mod tests {
     use crate::health::{CheckReport, State};
 
     /// The running agent's side of one handover on `stream`, in a thread:
-    /// hands over a duplicate of `listener` as `outbound-v4`, and `health`.
+    /// hands over a duplicate of `listener` as `out4`, and `health`.
     /// Its verdict, and whether it froze the maps.
     fn hand_in_thread(
         stream: UnixStream,
@@ -429,7 +503,7 @@ mod tests {
         let fd = listener.as_fd().try_clone_to_owned().unwrap();
         std::thread::spawn(move || {
             let frozen = AtomicBool::new(false);
-            let sockets = [("outbound-v4".to_owned(), fd)];
+            let sockets = [(SocketName::Out4, fd)];
             let verdict = hand_blocking(stream, &sockets, health, || {
                 frozen.store(true, Ordering::SeqCst);
             });
@@ -466,9 +540,9 @@ mod tests {
             (1, remote.instances)
         );
         // The very socket, not a copy of its address.
-        let names: Vec<&String> = taken.sockets.keys().collect();
-        assert_eq!(names, ["outbound-v4"]);
-        let received = TcpListener::from(taken.sockets["outbound-v4"].try_clone().unwrap());
+        let names: Vec<&SocketName> = taken.sockets.keys().collect();
+        assert_eq!(names, [&SocketName::Out4]);
+        let received = TcpListener::from(taken.sockets[&SocketName::Out4].try_clone().unwrap());
         assert_eq!(
             received.local_addr().unwrap(),
             listener.local_addr().unwrap()
@@ -558,9 +632,9 @@ mod tests {
             Ok(_) => panic!("taken"),
         };
         assert!(why(received(b"not json", &fd)).starts_with("bad manifest"));
-        let two = br#"{"pid":1,"names":["outbound-v4","inbound-v4"]}"#;
+        let two = br#"{"pid":1,"names":["out4","in4"]}"#;
         assert_eq!(why(received(two, &fd)), "2 names for 1 sockets");
-        let one = br#"{"pid":7,"names":["outbound-v4"]}"#;
+        let one = br#"{"pid":7,"names":["out4"]}"#;
         let taken = received(one, &fd).unwrap();
         // Reports are optional (an agent without checks).
         assert_eq!((taken.pid, taken.reports.len()), (7, 0));
@@ -572,7 +646,7 @@ mod tests {
 
     #[test]
     fn a_large_manifest_sheds_outputs_then_reports_to_fit() {
-        let names = vec!["outbound-v4".to_owned()];
+        let names = vec!["out4".to_owned()];
         let decode = |body: Vec<u8>| -> Manifest {
             assert!(body.len() <= MAX_MANIFEST, "{}", body.len());
             serde_json::from_slice(&body).unwrap()
@@ -597,6 +671,21 @@ mod tests {
         // Too many of this node's: none.
         let local: Vec<InstanceReport> = (0..2000).map(|i| report(&format!("s{i}"), "")).collect();
         let m = decode(manifest(names, (local, Vec::new())).unwrap());
-        assert!(m.reports.is_empty() && m.names == ["outbound-v4"]);
+        assert!(m.reports.is_empty() && m.names == ["out4"]);
+    }
+
+    #[test]
+    fn socket_names_read_back_and_unknown_ones_are_closed() {
+        for socket in SocketName::ALL {
+            assert_eq!(SocketName::parse(socket.as_str()), Some(socket));
+        }
+        assert_eq!(SocketName::parse("outbound-v4"), None);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = || listener.as_fd().try_clone_to_owned().unwrap();
+        let got = known(
+            vec!["in4".to_owned(), "future".to_owned()],
+            vec![fd(), fd()],
+        );
+        assert_eq!(got.keys().collect::<Vec<_>>(), [&SocketName::In4]);
     }
 }

@@ -10,7 +10,10 @@ use tokio::net::{TcpListener, UdpSocket};
 use tracing::warn;
 
 use super::{AppError, RunOptions};
-use crate::{config::Config, handover::Taken};
+use crate::{
+    config::Config,
+    handover::{SocketName, Taken},
+};
 
 /// The agent's listening sockets (non-blocking, not yet registered with
 /// tokio: bound before the runtime starts).
@@ -59,8 +62,8 @@ impl Listeners {
     /// The sockets the running agent handed over; each must be where
     /// `opts` would bind it (a DNS socket is bound if it handed none).
     pub(super) fn taken(taken: &mut Taken, opts: &RunOptions) -> Result<Self, AppError> {
-        let mut tcp = |name: &'static str| {
-            taken.sockets.remove(name).map(|fd| {
+        let mut tcp = |name: SocketName| {
+            taken.sockets.remove(&name).map(|fd| {
                 let l = std::net::TcpListener::from(fd);
                 let _ = l.set_nonblocking(true);
                 l
@@ -71,18 +74,18 @@ impl Listeners {
             running: "nothing".to_owned(),
             wanted: what.to_owned(),
         };
-        let out4 = tcp("out4").ok_or_else(|| missing("outbound listener"))?;
-        let out6 = tcp("out6");
-        let in4 = tcp("in4").ok_or_else(|| missing("inbound listener"))?;
-        let in6 = tcp("in6");
-        let admin = tcp("admin").ok_or_else(|| missing("admin endpoint"))?;
-        let link = tcp("link").ok_or_else(|| missing("link listener"))?;
-        let dns_tcp = match (tcp("dns_tcp"), opts.dns) {
+        let out4 = tcp(SocketName::Out4).ok_or_else(|| missing("outbound listener"))?;
+        let out6 = tcp(SocketName::Out6);
+        let in4 = tcp(SocketName::In4).ok_or_else(|| missing("inbound listener"))?;
+        let in6 = tcp(SocketName::In6);
+        let admin = tcp(SocketName::Admin).ok_or_else(|| missing("admin endpoint"))?;
+        let link = tcp(SocketName::Link).ok_or_else(|| missing("link listener"))?;
+        let dns_tcp = match (tcp(SocketName::DnsTcp), opts.dns) {
             (Some(l), Some(_)) => Some(l),
             (None, Some(_)) => dns_listener(opts),
             (_, None) => None,
         };
-        let dns = match (taken.sockets.remove("dns"), opts.dns) {
+        let dns = match (taken.sockets.remove(&SocketName::Dns), opts.dns) {
             (Some(fd), Some(_)) => Some(std::net::UdpSocket::from(fd)),
             (None, Some(_)) => dns_socket(opts),
             (_, None) => None,
@@ -144,31 +147,31 @@ impl Listeners {
     }
 
     /// Duplicates of every socket, by name, for the next agent.
-    pub(super) fn duplicates(&self) -> Vec<(String, OwnedFd)> {
-        let mut all: Vec<(&str, BorrowedFd<'_>)> = vec![
-            ("out4", self.out4.as_fd()),
-            ("in4", self.in4.as_fd()),
-            ("admin", self.admin.as_fd()),
-            ("link", self.link.as_fd()),
+    pub(super) fn duplicates(&self) -> Vec<(SocketName, OwnedFd)> {
+        let mut all: Vec<(SocketName, BorrowedFd<'_>)> = vec![
+            (SocketName::Out4, self.out4.as_fd()),
+            (SocketName::In4, self.in4.as_fd()),
+            (SocketName::Admin, self.admin.as_fd()),
+            (SocketName::Link, self.link.as_fd()),
         ];
         if let Some(l) = &self.out6 {
-            all.push(("out6", l.as_fd()));
+            all.push((SocketName::Out6, l.as_fd()));
         }
         if let Some(l) = &self.in6 {
-            all.push(("in6", l.as_fd()));
+            all.push((SocketName::In6, l.as_fd()));
         }
         if let Some(s) = &self.dns {
-            all.push(("dns", s.as_fd()));
+            all.push((SocketName::Dns, s.as_fd()));
         }
         if let Some(l) = &self.dns_tcp {
-            all.push(("dns_tcp", l.as_fd()));
+            all.push((SocketName::DnsTcp, l.as_fd()));
         }
         all.into_iter()
             .filter_map(|(name, fd)| {
                 fd.try_clone_to_owned()
-                    .inspect_err(|e| warn!(socket = name, error = %e, "cannot keep this socket for a handover"))
+                    .inspect_err(|e| warn!(socket = %name, error = %e, "cannot keep this socket for a handover"))
                     .ok()
-                    .map(|fd| (name.to_owned(), fd))
+                    .map(|fd| (name, fd))
             })
             .collect()
     }
