@@ -27,10 +27,10 @@ pub enum Refusal {
 
 impl Refusal {
     /// The `reason` label of `mesh_handshake_failures_total`.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> crate::telemetry::Refusal {
         match self {
-            Self::Full => "too_many_handshakes",
-            Self::SourceFull => "too_many_from_source",
+            Self::Full => crate::telemetry::Refusal::TooManyHandshakes,
+            Self::SourceFull => crate::telemetry::Refusal::TooManyFromSource,
         }
     }
 }

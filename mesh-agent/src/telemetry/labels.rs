@@ -102,3 +102,34 @@ pub struct ServiceLabels {
 pub struct MapLabels {
     pub map: &'static str,
 }
+
+label_values! {
+    /// Why a TLS handshake, or a connection before it, was refused
+    /// (`reason` of `mesh_handshake_failures_total`).
+    pub enum Refusal {
+        Expired => "expired",
+        UnknownIssuer => "unknown_issuer",
+        BadCertificate => "bad_certificate",
+        BadChain => "bad_chain",
+        /// Not the SPIFFE ID a leaf of its kind must carry.
+        BadIdentity => "bad_identity",
+        UnknownService => "unknown_service",
+        UnknownNode => "unknown_node",
+        /// Signed by a node that cannot vouch for it.
+        WrongNode => "wrong_node",
+        UnexpectedIdentity => "unexpected_identity",
+        WrongSni => "wrong_sni",
+        NotTls => "not_tls",
+        Alpn => "alpn",
+        Timeout => "timeout",
+        HelloTimeout => "hello_timeout",
+        NoClientCertificate => "no_client_certificate",
+        /// Every handshake slot taken.
+        TooManyHandshakes => "too_many_handshakes",
+        /// The source's share of the slots taken.
+        TooManyFromSource => "too_many_from_source",
+        /// Refused in the kernel (sk_lookup), before any handshake.
+        NotAMeshNode => "not_a_mesh_node",
+        Other => "other",
+    }
+}

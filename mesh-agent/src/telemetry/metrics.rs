@@ -23,7 +23,7 @@
 
 use std::sync::atomic::AtomicU64;
 
-use super::labels::{Direction, HandshakeKind, Reporter, Side};
+use super::labels::{Direction, HandshakeKind, Refusal, Reporter, Side};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -54,7 +54,7 @@ struct Bytes {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Failure {
     side: Side,
-    reason: &'static str,
+    reason: Refusal,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -185,7 +185,7 @@ impl Metrics {
     }
 
     /// A TLS handshake failed.
-    pub fn handshake_failed(&self, side: Side, reason: &'static str) {
+    pub fn handshake_failed(&self, side: Side, reason: Refusal) {
         self.failures.get_or_create(&Failure { side, reason }).inc();
     }
 
@@ -225,7 +225,7 @@ impl Metrics {
             self.failures
                 .get_or_create(&Failure {
                     side: Side::Inbound,
-                    reason: "not_a_mesh_node",
+                    reason: Refusal::NotAMeshNode,
                 })
                 .inc_by(total - last);
         }
@@ -252,7 +252,7 @@ mod tests {
         };
         m.opened(&conn);
         m.closed(&conn, 10, 20);
-        m.handshake_failed(Side::Inbound, "no_client_certificate");
+        m.handshake_failed(Side::Inbound, Refusal::NoClientCertificate);
         m.handshake(Side::Outbound, true);
         m.denied("web", "db", "default policy", Reporter::Destination, 1);
         m.denied("web", "db", "default policy", Reporter::Source, 1000);
@@ -296,7 +296,7 @@ mod tests {
         m.opened(&conn);
         m.closed(&conn, 1, 2);
         m.handshake(Side::Inbound, false);
-        m.handshake_failed(Side::Inbound, "no_client_certificate");
+        m.handshake_failed(Side::Inbound, Refusal::NoClientCertificate);
         m.moved(Side::Inbound);
         m.denied("web", "db", "default policy", Reporter::Source, 1);
         let b = Instance {

@@ -16,7 +16,9 @@ use std::{
 
 use mesh_common::DenialKey;
 
-pub use labels::{Direction, HandshakeKind, MapLabels, Reporter, ServiceLabels, Side, Verdict};
+pub use labels::{
+    Direction, HandshakeKind, MapLabels, Refusal, Reporter, ServiceLabels, Side, Verdict,
+};
 pub use metrics::Instance;
 use metrics::{Conn, Metrics};
 pub use registry::Registry;
@@ -142,7 +144,7 @@ impl Telemetry {
     }
 
     /// A TLS handshake failed (or was refused a slot), for `reason`.
-    pub fn handshake_failed(&self, side: Side, reason: &'static str) {
+    pub fn handshake_failed(&self, side: Side, reason: Refusal) {
         self.metrics.handshake_failed(side, reason);
     }
 

@@ -33,7 +33,10 @@ use rustls_pki_types::{ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector, client, server};
 
-use crate::identity::{Current, Identities, spiffe};
+use crate::{
+    identity::{Current, Identities, spiffe},
+    telemetry::Refusal,
+};
 pub use transport::Transport;
 use verify::{ClientVerifier, Hosting, Peer, PeerRules, ServerVerifier, VerifyError};
 
@@ -85,8 +88,8 @@ pub enum TlsError {
     NoLocalService(String),
     #[error("TLS handshake failed: {message}")]
     Handshake {
-        /// A short label for metrics (see `TlsError::reason`).
-        reason: &'static str,
+        /// Why, for metrics (see `TlsError::reason`).
+        reason: Refusal,
         message: String,
     },
     #[error("TLS handshake timed out after {0:?}")]
@@ -456,34 +459,34 @@ fn handshake_error(e: std::io::Error) -> TlsError {
     let (reason, message) = match (ours, rustls_error) {
         (Some(v), _) => (v.reason(), format!("invalid peer certificate: {v}")),
         (None, Some(rustls::Error::NoCertificatesPresented)) => {
-            ("no_client_certificate", e.to_string())
+            (Refusal::NoClientCertificate, e.to_string())
         }
         (None, Some(rustls::Error::InvalidCertificate(c))) => (
             match c {
-                rustls::CertificateError::Expired => "expired",
-                rustls::CertificateError::UnknownIssuer => "unknown_issuer",
-                _ => "bad_certificate",
+                rustls::CertificateError::Expired => Refusal::Expired,
+                rustls::CertificateError::UnknownIssuer => Refusal::UnknownIssuer,
+                _ => Refusal::BadCertificate,
             },
             e.to_string(),
         ),
-        _ => ("other", e.to_string()),
+        _ => (Refusal::Other, e.to_string()),
     };
     TlsError::Handshake { reason, message }
 }
 
 impl TlsError {
     /// A short label for the `mesh_handshake_failures_total` metric.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Refusal {
         match self {
-            Self::Handshake { reason, .. } => reason,
+            Self::Handshake { reason, .. } => *reason,
             Self::Rules(v) => v.reason(),
-            Self::NotTls => "not_tls",
-            Self::WrongSni { .. } => "wrong_sni",
-            Self::Alpn { .. } => "alpn",
-            Self::Timeout(_) => "timeout",
-            Self::HelloTimeout(_) => "hello_timeout",
-            Self::NoPeerCertificate => "no_client_certificate",
-            Self::Setup(_) | Self::NoLocalService(_) | Self::Random => "other",
+            Self::NotTls => Refusal::NotTls,
+            Self::WrongSni { .. } => Refusal::WrongSni,
+            Self::Alpn { .. } => Refusal::Alpn,
+            Self::Timeout(_) => Refusal::Timeout,
+            Self::HelloTimeout(_) => Refusal::HelloTimeout,
+            Self::NoPeerCertificate => Refusal::NoClientCertificate,
+            Self::Setup(_) | Self::NoLocalService(_) | Self::Random => Refusal::Other,
         }
     }
 }

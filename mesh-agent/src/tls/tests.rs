@@ -172,7 +172,7 @@ fn a_leaf_signed_by_a_node_that_does_not_host_the_service_is_refused() {
             if service == "web" && signer == "b" && hosts == &["a"]),
         "{r:?}"
     );
-    assert_eq!(r.err().map(|e| e.reason()), Some("wrong_node"));
+    assert_eq!(r.err().map(|e| e.reason().as_str()), Some("wrong_node"));
 }
 
 /// Three nodes; api has an instance on b and on c, none on a.
@@ -309,7 +309,7 @@ fn refused_as_bad_identity(sans: Vec<SanType>) -> VerifyError {
     let what = format!("{sans:?}");
     let r = client(&mesh.rules(), &signed_by_node_a(&mesh, sans));
     let e = r.expect_err(&what);
-    assert_eq!(e.reason(), "bad_identity", "{what}: {e:?}");
+    assert_eq!(e.reason().as_str(), "bad_identity", "{what}: {e:?}");
     e
 }
 
@@ -476,7 +476,7 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
     );
     let r = server.await.unwrap();
     assert!(matches!(r, Err(TlsError::WrongSni { .. })), "{r:?}");
-    assert_eq!(r.err().map(|e| e.reason()), Some("wrong_sni"));
+    assert_eq!(r.err().map(|e| e.reason().as_str()), Some("wrong_sni"));
 }
 
 #[test]

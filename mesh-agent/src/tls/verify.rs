@@ -32,7 +32,10 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use x509_parser::extensions::GeneralName;
 
-use crate::identity::{other_sans, spiffe, uri_sans};
+use crate::{
+    identity::{other_sans, spiffe, uri_sans},
+    telemetry::Refusal,
+};
 
 /// Why a peer certificate was refused.
 #[derive(Debug, thiserror::Error)]
@@ -94,23 +97,25 @@ impl From<VerifyError> for rustls::Error {
 
 impl VerifyError {
     /// A short label for the `mesh_handshake_failures_total` metric.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Refusal {
         match self {
-            Self::Chain(webpki::Error::CertExpired { .. }) | Self::NoLongerValid => "expired",
-            Self::Chain(webpki::Error::UnknownIssuer) => "unknown_issuer",
-            Self::Chain(_) | Self::Intermediates(_) => "bad_chain",
-            Self::Parse(_) => "bad_certificate",
+            Self::Chain(webpki::Error::CertExpired { .. }) | Self::NoLongerValid => {
+                Refusal::Expired
+            }
+            Self::Chain(webpki::Error::UnknownIssuer) => Refusal::UnknownIssuer,
+            Self::Chain(_) | Self::Intermediates(_) => Refusal::BadChain,
+            Self::Parse(_) => Refusal::BadCertificate,
             Self::NotService(_)
             | Self::NotAgent(_)
             | Self::NotNode(_)
-            | Self::ExtraNames { .. } => "bad_identity",
-            Self::UnknownService(_) => "unknown_service",
-            Self::UnknownNode(_) => "unknown_node",
+            | Self::ExtraNames { .. } => Refusal::BadIdentity,
+            Self::UnknownService(_) => Refusal::UnknownService,
+            Self::UnknownNode(_) => Refusal::UnknownNode,
             // The same failure for either kind of leaf: signed by a node
             // that cannot vouch for it.
-            Self::WrongNode { .. } | Self::ForeignAgent { .. } => "wrong_node",
-            Self::Unexpected { .. } => "unexpected_identity",
-            Self::ServerName(_) => "wrong_sni",
+            Self::WrongNode { .. } | Self::ForeignAgent { .. } => Refusal::WrongNode,
+            Self::Unexpected { .. } => Refusal::UnexpectedIdentity,
+            Self::ServerName(_) => Refusal::WrongSni,
         }
     }
 }

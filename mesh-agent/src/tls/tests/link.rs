@@ -120,7 +120,7 @@ async fn present(client: TlsConnector, sni: &str, tcp: TcpStream) {
 #[track_caller]
 fn assert_refused<T: std::fmt::Debug>(r: Result<T, TlsError>, reason: &str) {
     let e = r.expect_err(reason);
-    assert_eq!(e.reason(), reason, "{e:?}");
+    assert_eq!(e.reason().as_str(), reason, "{e:?}");
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn an_agent_leaf_is_accepted_as_its_own_node_only_and_never_as_a_service() {
         matches!(&r, Err(VerifyError::NotService(uris)) if uris == &["spiffe://mesh.local/agent/b"]),
         "{r:?}"
     );
-    assert_eq!(r.err().map(|e| e.reason()), Some("bad_identity"));
+    assert_eq!(r.err().map(|e| e.reason().as_str()), Some("bad_identity"));
     assert!(rules.service_of(&leaf.chain[0]).is_err());
     assert!(rules.recheck(&leaf.chain, now(), None).is_err());
     // And a service leaf is no agent leaf.
@@ -289,7 +289,7 @@ async fn an_agent_leaf_signed_by_another_nodes_ca_is_refused() {
         matches!(&r, Err(VerifyError::ForeignAgent { agent, signer }) if agent == "b" && signer == "a"),
         "{r:?}"
     );
-    assert_eq!(r.err().map(|e| e.reason()), Some("wrong_node"));
+    assert_eq!(r.err().map(|e| e.reason().as_str()), Some("wrong_node"));
 
     // On a link, as the client...
     let c = link(&mesh, &snapshots, "c");
