@@ -48,3 +48,74 @@ pub(super) fn contents(
     c.names = ids.all();
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::testing::{NODES, config, intention, service};
+
+    /// Node a hosts web and cron; b hosts api (VIP 240.0.0.9) and the
+    /// public docs; only web may call api.
+    fn mesh() -> Config {
+        config(&format!(
+            "[mesh]\ndefault_policy = \"deny\"\n{NODES}{}{}{}vip = \"240.0.0.9\"\n{}public = true\n{}",
+            service("web", &["a"], 80),
+            service("cron", &["a"], 81),
+            service("api", &["b"], 5001),
+            service("docs", &["b"], 8000),
+            intention("web", "api", "allow"),
+        ))
+    }
+
+    fn cgroup(id: u64) -> ServiceCgroup {
+        ServiceCgroup {
+            path: PathBuf::from(format!("/mesh/a/{id}")),
+            id,
+            ours: true,
+        }
+    }
+
+    #[test]
+    fn the_maps_of_node_a() {
+        let config = mesh();
+        let ids = ServiceIds::default();
+        let local = BTreeMap::from([
+            ("web".to_owned(), cgroup(7)),
+            ("cron".to_owned(), cgroup(8)),
+        ]);
+        let c = contents(&config, "a", &ids, &local, &Policy::new(&config));
+        let id = |name| ids.id(name);
+        // Every meshed service by VIP and by its instances' addresses; the
+        // public one by neither.
+        let api_vip: SocketAddr = "240.0.0.9:5001".parse().unwrap();
+        let api_on_b: SocketAddr = "10.0.0.2:5001".parse().unwrap();
+        assert!(c.services.contains(&(api_vip, id("api"))));
+        assert!(c.services.contains(&(api_on_b, id("api"))));
+        assert!(!c.services.iter().any(|(_, s)| *s == id("docs")));
+        // Local callers by cgroup; local ports of a only.
+        assert_eq!(c.cgroups, [(8, id("cron")), (7, id("web"))]);
+        let mut ports = c.local_ports.clone();
+        ports.sort_unstable();
+        assert_eq!(ports, [(80, id("web")), (81, id("cron"))]);
+        // Every local caller x every meshed service, but web -> api.
+        assert!(!c.denied.contains(&(id("web"), id("api"))));
+        assert!(c.denied.contains(&(id("cron"), id("api"))));
+        assert!(c.denied.contains(&(id("web"), id("cron"))));
+        assert!(!c.denied.iter().any(|(_, d)| *d == id("docs")));
+        assert_eq!(c.denied.len(), 2 * 3 - 1);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.names, ids.all());
+    }
+
+    #[test]
+    fn node_b_has_no_local_callers_without_cgroups() {
+        let config = mesh();
+        let ids = ServiceIds::default();
+        let c = contents(&config, "b", &ids, &BTreeMap::new(), &Policy::new(&config));
+        assert!(c.cgroups.is_empty());
+        // api's port, not the public docs' (the loopback guard skips it).
+        assert_eq!(c.local_ports, [(5001, ids.id("api"))]);
+    }
+}

@@ -121,3 +121,35 @@ pub(super) fn check_link_port(config: &Config, node: &str, port: u16) -> Result<
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{NODES, config, service};
+
+    #[test]
+    fn a_local_service_on_the_link_port_is_refused() {
+        let config = config(&format!(
+            "{NODES}{}{}",
+            service("web", &["a"], 15002),
+            service("api", &["b"], 80)
+        ));
+        let err = check_link_port(&config, "a", 15002).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("service \"web\" listens on port 15002 of node \"a\""),
+            "{err}"
+        );
+        // Another node's service may use it: its agent is elsewhere.
+        assert!(check_link_port(&config, "b", 15002).is_ok());
+        assert!(check_link_port(&config, "a", 15003).is_ok());
+    }
+
+    #[test]
+    fn an_undeclared_node_is_refused() {
+        let config = config(NODES);
+        assert!(check_node(&config, "a").is_ok());
+        let err = check_node(&config, "c").unwrap_err();
+        assert_eq!(err.to_string(), "node \"c\" is not declared in /m.toml");
+    }
+}
