@@ -1,5 +1,15 @@
-//! `mesh-agent`: the node agent of the mesh, as a library; `main.rs` is
-//! its command line. See ARCHITECTURE.md for how the pieces fit together.
+//! `mesh-agent`: the node agent of the mesh, as a library; `main.rs` and
+//! `cli/` are its command line. See ARCHITECTURE.md for how the pieces fit
+//! together.
+//!
+//! From the top: [`app`] builds and runs one agent (`App::build`,
+//! `App::spawn`, `Running::stop`) out of the components: the data path
+//! ([`proxy`], over [`tls`] and [`identity`]), the kernel side ([`ebpf`],
+//! [`cgroup`], [`denials`], [`handover`]), the catalog ([`catalog`],
+//! [`config`]) and what is derived from it ([`snapshot`], [`policy`],
+//! [`zone`], [`health`]), and what is seen of it ([`admin`] serving the
+//! [`endpoint`] routes the components register, [`telemetry`]). No module
+//! imports one that imports it back (`tests/layers.rs`).
 
 pub mod admin;
 pub mod app;
