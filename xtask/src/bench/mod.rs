@@ -45,7 +45,7 @@
 //! full run (no `--only`, no `--smoke`) the whole report, explanations
 //! included, in docs/benchmarks.md.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::bail;
 
@@ -53,6 +53,7 @@ use crate::{build, cmd, setup};
 
 mod ebpf;
 mod host;
+mod measure;
 mod mesh;
 mod provenance;
 mod report;
@@ -62,9 +63,10 @@ mod targets;
 mod tests;
 mod units;
 
-use ebpf::{BpfStats, BpfWindow, bpf_counters};
+use ebpf::{BpfStats, BpfWindow};
 use host::hold_cpu_dma_latency;
-use mesh::{Bench, caller, field};
+use measure::Sizes;
+use mesh::Bench;
 pub use provenance::provenance;
 use report::report;
 use units::unit_bench;
@@ -163,6 +165,33 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             return report(&Samples::units(units), 1, opts);
         }
     }
+    let (agent, meshbench) = binaries()?;
+    if !mesh_tests::is_root() {
+        bail!(
+            "the benchmark needs root (network namespaces, eBPF); try: sudo -E cargo xtask bench"
+        );
+    }
+    // Idle virtual CPUs inflate latency: ask for no C-state latency while we
+    // run (held as long as the file is open).
+    let _dma = hold_cpu_dma_latency();
+    let _stats = BpfStats::enable()?;
+
+    let bench = Bench::start(agent, meshbench, opts.smoke)?;
+    let sizes = Sizes::of(opts);
+    let mut all = Samples::units(units);
+    for run in 0..sizes.runs {
+        measure::one_run(&bench, opts, &sizes, run, &mut all)?;
+    }
+    all.spread = measure::spread(&bench, &all);
+    all.extra = measure::memory(&bench, opts, &sizes)?;
+    all.stunnel_configs = bench.stunnel_configs.clone();
+    all.stunnel_handshakes = bench.stunnel_handshakes.clone();
+    report(&all, sizes.runs, opts)
+}
+
+/// The machine set up, the agent and meshbench built (release): their
+/// paths.
+fn binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
     setup::ensure()?;
     let agent = build::agent(true)?;
     eprintln!("bench: building meshbench (release)");
@@ -175,209 +204,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "meshbench",
     ]))?;
     let meshbench = agent.with_file_name("meshbench");
-    if !mesh_tests::is_root() {
-        bail!(
-            "the benchmark needs root (network namespaces, eBPF); try: sudo -E cargo xtask bench"
-        );
-    }
-    // Idle virtual CPUs inflate latency: ask for no C-state latency while we
-    // run (held as long as the file is open).
-    let _dma = hold_cpu_dma_latency();
-    let _stats = BpfStats::enable()?;
-
-    let bench = Bench::start(agent, meshbench, opts.smoke)?;
-    let (secs, rr_count, conns, idle) = if opts.smoke {
-        (1, 200, 100, vec![100])
-    } else {
-        (BULK_SECS, RR_COUNT, CONNS, IDLE_COUNTS.to_vec())
-    };
-    let runs = if opts.smoke { 1 } else { opts.runs.max(1) };
-    let mut samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
-    let mut flood_samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
-    let mut instance_samples: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
-    let mut bpf = BpfWindow::default();
-    for run in 0..runs {
-        // Part by part, the modes back to back within each: every mode of a
-        // part meets the same conditions (a part's figures drift with what
-        // ran a few seconds before: see docs/benchmarks.md).
-        let parts = ["bulk", "rr", "connrate"];
-        for (part, mode) in parts
-            .into_iter()
-            .filter(|p| opts.wants(p))
-            .flat_map(|part| MODES.into_iter().map(move |mode| (part, mode)))
-            .filter(|(part, mode)| measures(part, mode))
-        {
-            eprintln!("bench: run {}/{runs}: {part}, {mode}", run + 1);
-            // The eBPF window: the default mesh's runs.
-            let bpf_before = (mode == "mesh").then(bpf_counters).transpose()?;
-            let mut app_conns = 0;
-            let mut put = |metric: &str, v: f64| {
-                samples
-                    .entry((metric.to_owned(), mode))
-                    .or_default()
-                    .push(v);
-            };
-            if part == "bulk" {
-                let cpu_before = bench.cpu_seconds(mode)?;
-                let bulk = bench.client(mode, &["bulk", "--secs", &secs.to_string()])?;
-                let cpu_after = bench.cpu_seconds(mode)?;
-                app_conns += 1;
-                let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
-                let bytes = field(&bulk, "bytes")?;
-                put("bulk Gbit/s", field(&bulk, "gbit_per_s")?);
-                if mode != "direct" && bytes > 0.0 {
-                    put(
-                        "proxy CPU s per GB (both ends)",
-                        (user + system) / (bytes / 1e9),
-                    );
-                    // The kernel's share: socket copies and TCP, which any
-                    // userspace proxy pays per byte.
-                    put(
-                        "proxy system CPU s per GB (both ends)",
-                        system / (bytes / 1e9),
-                    );
-                }
-            }
-            for size in ["1", "1024"].into_iter().filter(|_| part == "rr") {
-                let rr = bench.client(
-                    mode,
-                    &["rr", "--size", size, "--count", &rr_count.to_string()],
-                )?;
-                app_conns += 1;
-                put(&format!("rr {size} B p50 us"), field(&rr, "p50_us")?);
-                put(&format!("rr {size} B p99 us"), field(&rr, "p99_us")?);
-            }
-            if part == "connrate" {
-                let before = bench.outbound_handshakes(caller(mode));
-                let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
-                let after = bench.outbound_handshakes(caller(mode));
-                put("new conns per s", field(&cr, "per_s")?);
-                put("new conn p50 us", field(&cr, "p50_us")?);
-                put("new conn p99 us", field(&cr, "p99_us")?);
-                // Shows which hop a mesh mode used: mesh/1 makes one
-                // handshake per connection, mesh/2 reuses its pool.
-                if mode.starts_with("mesh") {
-                    let (full, resumed) = (after.0 - before.0, after.1 - before.1);
-                    put(
-                        "caller agent handshakes per new conn",
-                        (full + resumed) / conns as f64,
-                    );
-                    if full + resumed > 0.0 {
-                        put(
-                            "caller agent handshakes resumed %",
-                            100.0 * resumed / (full + resumed),
-                        );
-                    }
-                }
-                let cr = bench.client(
-                    mode,
-                    &[
-                        "connrate",
-                        "--count",
-                        &(2 * conns).to_string(),
-                        "--parallel",
-                        &PARALLEL.to_string(),
-                    ],
-                )?;
-                app_conns += 3 * conns;
-                put(
-                    &format!("new conns per s ({PARALLEL} at a time)"),
-                    field(&cr, "per_s")?,
-                );
-            }
-            if let Some(before) = bpf_before {
-                bpf.add(&before, &bpf_counters()?, app_conns);
-            }
-        }
-        if opts.wants("flood") {
-            eprintln!("bench: run {}/{runs}: mesh under flood", run + 1);
-            for flood in FLOODS {
-                let flooding = bench.flood(flood)?;
-                let rr = bench.client(
-                    "mesh",
-                    &["rr", "--size", "1", "--count", &rr_count.to_string()],
-                )?;
-                let cr = bench.client("mesh", &["connrate", "--count", &conns.to_string()])?;
-                drop(flooding);
-                let mut put = |metric: &str, v: f64| {
-                    flood_samples
-                        .entry((metric.to_owned(), flood))
-                        .or_default()
-                        .push(v);
-                };
-                put("rr 1 B p50 us", field(&rr, "p50_us")?);
-                put("new conns per s", field(&cr, "per_s")?);
-            }
-        }
-        if opts.wants("instances") {
-            eprintln!("bench: run {}/{runs}: 1 vs 2 instances", run + 1);
-            // Alternate which goes first, so neither always follows the
-            // other's teardown.
-            let mut order = INSTANCES;
-            if run % 2 == 1 {
-                order.reverse();
-            }
-            for (column, mode) in order {
-                let before = bench.outbound_handshakes("bench-a");
-                let rr = bench.client(
-                    mode,
-                    &["rr", "--size", "1", "--count", &rr_count.to_string()],
-                )?;
-                let cr = bench.client(mode, &["connrate", "--count", &conns.to_string()])?;
-                let after = bench.outbound_handshakes("bench-a");
-                let (full, resumed) = (after.0 - before.0, after.1 - before.1);
-                let mut put = |metric: &str, v: f64| {
-                    instance_samples
-                        .entry((metric.to_owned(), column))
-                        .or_default()
-                        .push(v);
-                };
-                put("new conns per s", field(&cr, "per_s")?);
-                put("rr 1 B p50 us", field(&rr, "p50_us")?);
-                // What a new connection costs depends most on this: a
-                // full handshake signs and verifies, a resumed one not.
-                if full + resumed > 0.0 {
-                    put("handshakes resumed %", 100.0 * resumed / (full + resumed));
-                }
-            }
-        }
-    }
-    // Where the two-instance connections went, as bench-a's agent counted.
-    let spread: Vec<(String, f64)> = if instance_samples.is_empty() {
-        Vec::new()
-    } else {
-        ["bench-b", "bench-c"]
-            .iter()
-            .map(|n| (format!("connections to {n}"), bench.server2_connections(n)))
-            .collect()
-    };
-    let mut extra = BTreeMap::new();
-    extra.insert(
-        "agents RSS idle MiB".to_owned(),
-        bench.agents_rss_kib()? / 1024.0,
-    );
-    for n in idle.into_iter().filter(|_| opts.wants("idle")) {
-        let per_conn = bench.idle_kib_per_conn(n)?;
-        extra.insert(
-            format!("KiB per idle proxied conn ({n} open, both agents)"),
-            per_conn,
-        );
-    }
-    report(
-        &Samples {
-            modes: samples,
-            floods: flood_samples,
-            instances: instance_samples,
-            spread,
-            extra,
-            bpf,
-            units,
-            stunnel_configs: bench.stunnel_configs.clone(),
-            stunnel_handshakes: bench.stunnel_handshakes.clone(),
-        },
-        runs,
-        opts,
-    )
+    Ok((agent, meshbench))
 }
 
 /// Everything a run measured, for [`report()`].
@@ -402,7 +229,8 @@ struct Samples<'a> {
 }
 
 impl Samples<'_> {
-    /// A run of the unit benches alone.
+    /// The unit benches' rows and nothing else (a run of them alone, or
+    /// the start of a full run's samples).
     fn units(units: Vec<String>) -> Self {
         Self {
             modes: BTreeMap::new(),
