@@ -57,6 +57,7 @@ mod measure;
 mod mesh;
 mod provenance;
 mod report;
+mod sections;
 mod stunnel;
 mod targets;
 #[cfg(test)]

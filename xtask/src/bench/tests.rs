@@ -6,7 +6,8 @@ use super::{
     FLOODS, INSTANCES, MODES, Options, PARALLEL, Samples,
     ebpf::{BPF_PROGRAMS, BpfWindow},
     measures,
-    report::{document, sections},
+    report::document,
+    sections::sections,
 };
 
 /// Made-up samples of every part.
