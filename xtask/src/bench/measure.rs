@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    BULK_SECS, CONNS, FLOODS, IDLE_COUNTS, INSTANCES, MODES, Options, PARALLEL, RR_COUNT, Samples,
+    BULK_SECS, CONNS, FLOODS, IDLE_COUNTS, INSTANCES, MODES, Options, PARALLEL, PARALLEL_RATE,
+    RR_COUNT, Samples,
     ebpf::bpf_counters,
     measures,
     mesh::{Bench, caller, field},
@@ -199,10 +200,7 @@ fn connrate(bench: &Bench, sizes: &Sizes, mode: &str, out: &mut Column) -> anyho
             &PARALLEL.to_string(),
         ],
     )?;
-    out.put(
-        &format!("new conns per s ({PARALLEL} at a time)"),
-        field(&cr, "per_s")?,
-    );
+    out.put(PARALLEL_RATE, field(&cr, "per_s")?);
     Ok(3 * conns)
 }
 

@@ -112,6 +112,8 @@ const MODES: [&str; 6] = [
 ];
 /// Concurrent clients in the connection-rate capacity run.
 const PARALLEL: usize = 8;
+/// The metric of the connection rate with [`PARALLEL`] clients.
+const PARALLEL_RATE: &str = "new conns per s (8 at a time)";
 /// The mesh with no flood, under the two floods, and beside a control
 /// flood: the stranger's, at a port of bench-b that is no service (the
 /// kernel resets it, the mesh is not involved): what the flood client's

@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path};
 use serde_json::Value;
 
 use super::{
-    FLOODS, INSTANCES, MODES, Options, PARALLEL, Samples,
+    FLOODS, INSTANCES, MODES, Options, PARALLEL, PARALLEL_RATE, Samples,
     ebpf::{BPF_PROGRAMS, BpfWindow},
     measures,
     report::document,
@@ -204,6 +204,14 @@ fn report_text_is_unchanged() {
     }
     let want = fs::read_to_string(&path).unwrap();
     assert!(got == want, "the report differs from {}", path.display());
+}
+
+#[test]
+fn the_parallel_rate_names_its_clients() {
+    assert_eq!(
+        PARALLEL_RATE,
+        format!("new conns per s ({PARALLEL} at a time)")
+    );
 }
 
 #[test]
