@@ -4,16 +4,22 @@
 use std::{
     collections::BTreeMap,
     fs,
-    path::PathBuf,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
-use mesh_tests::{Mesh, pki, run_to_string};
+use mesh_tests::{Mesh, run_to_string};
 use serde_json::Value;
 
-use super::{FLOOD_CONNS, IDLE_HOLD_SECS, host::cpu_of, host::rss_kib, stunnel::STUNNELS};
+use super::{
+    FLOOD_CONNS, IDLE_HOLD_SECS,
+    host::cpu_of,
+    host::rss_kib,
+    stunnel::{STUNNELS, stunnels},
+};
 
 pub(super) const VIP: &str = "240.0.0.99";
 
@@ -53,147 +59,20 @@ pub(super) struct Bench {
 
 impl Bench {
     pub(super) fn start(agent: PathBuf, meshbench: PathBuf, smoke: bool) -> anyhow::Result<Self> {
-        // bench-c floods as a mesh node (from outside any service cgroup,
-        // so its agent leaves the flood alone) and hosts server2's second
-        // instance; bench-x floods as a stranger (not in the config).
-        // bench-d is the `mesh/1` caller (see the module doc).
-        let mut mesh = Mesh::nodes(&["bench-a", "bench-b", "bench-c", "bench-d"])
-            .stranger("bench-x")
-            .agent(agent)
-            .default_policy("allow")
-            .service("client", "bench-a", 8080)
-            .service("client1", "bench-d", 8081)
-            .service_with("server", "bench-b", 5001, |s| s.vip(VIP))
-            .service_on_with("server2", &["bench-b", "bench-c"], 5002, |s| s.vip(VIP2))
-            .service_on_with("server3", &["bench-b", "bench-c"], 5003, |s| {
-                s.vip(VIP3).check("ttl = \"24h\"")
-            })
-            .build();
-        // Quiet: the harness learns readiness from `/ready`, not the log.
-        mesh.log_filter = "warn".to_owned();
-        for node in ["bench-a", "bench-b", "bench-c"] {
-            mesh.start_agent(node);
-        }
-        // Not the builder's `agent_args`: only `Topology::start` reads
-        // them, and that would start the agents before `log_filter` is set.
-        mesh.start_agent_with("bench-d", &MESH1_AGENT_ARGS);
+        let mesh = topology(agent);
         let b = mesh.node("bench-b").v4;
-
-        let serve = |bind: String, service: Option<&str>| {
-            let mut c = match service {
-                Some(s) => mesh.cmd_as("bench-b", s, &meshbench),
-                None => mesh.cmd("bench-b", &meshbench),
-            };
-            c.args(["serve", "--bind", &bind]);
-            c
-        };
-        mesh.spawn_app(serve("127.0.0.1:5001".into(), Some("server")), "serve-mesh");
-        mesh.spawn_app(
-            serve("127.0.0.1:5002".into(), Some("server2")),
-            "serve-mesh2-b",
-        );
-        let mut c = mesh.cmd_as("bench-c", "server2", &meshbench);
-        c.args(["serve", "--bind", "127.0.0.1:5002"]);
-        mesh.spawn_app(c, "serve-mesh2-c");
-        mesh.wait_listening("bench-c", 5002);
-        mesh.spawn_app(serve(format!("{b}:7001"), None), "serve-direct");
-        mesh.spawn_app(serve("127.0.0.1:7002".into(), None), "serve-stunnel");
-        mesh.spawn_app(serve("127.0.0.1:7005".into(), None), "serve-relay");
-        mesh.spawn_app(
-            serve("127.0.0.1:5003".into(), Some("server3")),
-            "serve-mesh3-b",
-        );
-        for port in [5001, 5002, 5003, 7001, 7002, 7005] {
-            mesh.wait_listening("bench-b", port);
-        }
-        // server3 passes on bench-b only (its ttl check on bench-c is never
-        // reported, so that instance stays critical).
-        let mut pass = mesh.cmd("bench-b", &mesh.agent);
-        pass.args(["check", "pass", "--service", "server3"]);
-        run_to_string(&mut pass, Duration::from_secs(10));
-        // Both instances of server2 passing in the caller's view (bench-c's
-        // health reaches bench-a over their agent link), or the pick would
-        // skip one and the two-instance figures would measure one.
-        let health = |service: &str, node: &str| {
-            let series = format!("mesh_instance_health{{service=\"{service}\",node=\"{node}\"}}");
-            mesh_tests::metric_value(&mesh.metrics("bench-a"), &series)
-        };
-        if !mesh_tests::wait_until(Duration::from_secs(10), || {
-            health("server2", "bench-b") == Some(0.0)
-                && health("server2", "bench-c") == Some(0.0)
-                && health("server3", "bench-b") == Some(0.0)
-                && health("server3", "bench-c") == Some(2.0)
-        }) {
-            bail!(
-                "bench-a does not see server2 on both nodes and server3 on bench-b only passing: {}",
-                mesh.metrics("bench-a")
-            );
-        }
-        // The plain relay: a -> 127.0.0.1:7007 -> socat -> b:7006 -> socat -> 127.0.0.1:7005.
-        let socat = |node: &str, listen: String, to: String| {
-            let mut c = mesh.cmd(node, "socat");
-            c.args([
-                "-b262144",
-                &format!("TCP-LISTEN:{listen},reuseaddr,fork,nodelay"),
-                &format!("TCP:{to},nodelay"),
-            ]);
-            c
-        };
-        let relay_b = mesh.spawn_app(
-            socat("bench-b", format!("7006,bind={b}"), "127.0.0.1:7005".into()),
-            "relay-b",
-        );
-        let relay_a = mesh.spawn_app(
-            socat("bench-a", "7007,bind=127.0.0.1".into(), format!("{b}:7006")),
-            "relay-a",
-        );
-        mesh.wait_listening("bench-b", 7006);
-        mesh.wait_listening("bench-a", 7007);
-
-        // stunnel: TLS 1.3, client certificates, ECDSA P-256, one small CA,
-        // the agents' cipher suite ([`STUNNEL_SUITE`]).
-        let dir = mesh.dir.join("stunnel");
-        fs::create_dir_all(&dir)?;
-        let root = pki::Ca::new_root("bench.local");
-        root.save(&dir.join("ca"));
-        let certs = [
-            ("a", "spiffe://bench.local/svc/a"),
-            ("b", "spiffe://bench.local/svc/b"),
-        ]
-        .map(|(name, uri)| pki::write_leaf(&dir, name, &root, &pki::Leaf::valid_now(uri)));
-        let mut stunnel = BTreeMap::new();
-        let mut stunnel_configs = Vec::new();
-        let mut stunnel_handshakes = Vec::new();
-        for pair in &STUNNELS {
-            let handshakes = pair.check(&mesh, &meshbench, &dir, b, &certs)?;
-            stunnel_handshakes.push((pair.mode, handshakes.0, handshakes.1));
-            let [client, server] = pair.configs(&dir, b, &certs, false);
-            let pids = [
-                ("client", "bench-a", &client),
-                ("server", "bench-b", &server),
-            ]
-            .map(|(side, node, text)| {
-                let path = dir.join(format!("{}-{side}.conf", pair.client_port));
-                fs::write(&path, text)?;
-                let mut c = mesh.cmd(node, "stunnel4");
-                c.arg(&path);
-                anyhow::Ok(mesh.spawn_app(c, &format!("stunnel-{}-{side}", pair.client_port)))
-            });
-            let [cli, srv] = pids;
-            stunnel.insert(pair.mode, [cli?, srv?]);
-            mesh.wait_listening("bench-b", pair.server_port);
-            mesh.wait_listening("bench-a", pair.client_port);
-            stunnel_configs.push((format!("{}, client (bench-a)", pair.mode), client));
-            stunnel_configs.push((format!("{}, server (bench-b)", pair.mode), server));
-        }
+        serve(&mesh, &meshbench, b);
+        wait_health(&mesh)?;
+        let relay = relays(&mesh, b);
+        let stunnels = stunnels(&mesh, &meshbench, b)?;
         Ok(Self {
             mesh,
             meshbench,
             smoke,
-            stunnel,
-            stunnel_configs,
-            stunnel_handshakes,
-            relay: [relay_a, relay_b],
+            stunnel: stunnels.pids,
+            stunnel_configs: stunnels.configs,
+            stunnel_handshakes: stunnels.handshakes,
+            relay,
         })
     }
 
@@ -364,6 +243,122 @@ impl Bench {
         );
         Ok(((after - before) / n as f64).max(0.0))
     }
+}
+
+/// The mesh of four nodes and a stranger, its agents started (bench-d's
+/// with [`MESH1_AGENT_ARGS`]).
+fn topology(agent: PathBuf) -> Mesh {
+    // bench-c floods as a mesh node (from outside any service cgroup,
+    // so its agent leaves the flood alone) and hosts server2's second
+    // instance; bench-x floods as a stranger (not in the config).
+    // bench-d is the `mesh/1` caller (see the module doc).
+    let mut mesh = Mesh::nodes(&["bench-a", "bench-b", "bench-c", "bench-d"])
+        .stranger("bench-x")
+        .agent(agent)
+        .default_policy("allow")
+        .service("client", "bench-a", 8080)
+        .service("client1", "bench-d", 8081)
+        .service_with("server", "bench-b", 5001, |s| s.vip(VIP))
+        .service_on_with("server2", &["bench-b", "bench-c"], 5002, |s| s.vip(VIP2))
+        .service_on_with("server3", &["bench-b", "bench-c"], 5003, |s| {
+            s.vip(VIP3).check("ttl = \"24h\"")
+        })
+        .build();
+    // Quiet: the harness learns readiness from `/ready`, not the log.
+    mesh.log_filter = "warn".to_owned();
+    for node in ["bench-a", "bench-b", "bench-c"] {
+        mesh.start_agent(node);
+    }
+    // Not the builder's `agent_args`: only `Topology::start` reads
+    // them, and that would start the agents before `log_filter` is set.
+    mesh.start_agent_with("bench-d", &MESH1_AGENT_ARGS);
+    mesh
+}
+
+/// The `meshbench serve` copies on bench-b (and server2's second instance
+/// on bench-c), listening when this returns.
+fn serve(mesh: &Mesh, meshbench: &Path, b: Ipv4Addr) {
+    let serve = |bind: String, service: Option<&str>| {
+        let mut c = match service {
+            Some(s) => mesh.cmd_as("bench-b", s, meshbench),
+            None => mesh.cmd("bench-b", meshbench),
+        };
+        c.args(["serve", "--bind", &bind]);
+        c
+    };
+    mesh.spawn_app(serve("127.0.0.1:5001".into(), Some("server")), "serve-mesh");
+    mesh.spawn_app(
+        serve("127.0.0.1:5002".into(), Some("server2")),
+        "serve-mesh2-b",
+    );
+    let mut c = mesh.cmd_as("bench-c", "server2", meshbench);
+    c.args(["serve", "--bind", "127.0.0.1:5002"]);
+    mesh.spawn_app(c, "serve-mesh2-c");
+    mesh.wait_listening("bench-c", 5002);
+    mesh.spawn_app(serve(format!("{b}:7001"), None), "serve-direct");
+    mesh.spawn_app(serve("127.0.0.1:7002".into(), None), "serve-stunnel");
+    mesh.spawn_app(serve("127.0.0.1:7005".into(), None), "serve-relay");
+    mesh.spawn_app(
+        serve("127.0.0.1:5003".into(), Some("server3")),
+        "serve-mesh3-b",
+    );
+    for port in [5001, 5002, 5003, 7001, 7002, 7005] {
+        mesh.wait_listening("bench-b", port);
+    }
+}
+
+/// Marks server3 passing on bench-b and waits until bench-a sees server2
+/// passing on both nodes and server3 on bench-b only.
+fn wait_health(mesh: &Mesh) -> anyhow::Result<()> {
+    // server3 passes on bench-b only (its ttl check on bench-c is never
+    // reported, so that instance stays critical).
+    let mut pass = mesh.cmd("bench-b", &mesh.agent);
+    pass.args(["check", "pass", "--service", "server3"]);
+    run_to_string(&mut pass, Duration::from_secs(10));
+    // Both instances of server2 passing in the caller's view (bench-c's
+    // health reaches bench-a over their agent link), or the pick would
+    // skip one and the two-instance figures would measure one.
+    let health = |service: &str, node: &str| {
+        let series = format!("mesh_instance_health{{service=\"{service}\",node=\"{node}\"}}");
+        mesh_tests::metric_value(&mesh.metrics("bench-a"), &series)
+    };
+    if !mesh_tests::wait_until(Duration::from_secs(10), || {
+        health("server2", "bench-b") == Some(0.0)
+            && health("server2", "bench-c") == Some(0.0)
+            && health("server3", "bench-b") == Some(0.0)
+            && health("server3", "bench-c") == Some(2.0)
+    }) {
+        bail!(
+            "bench-a does not see server2 on both nodes and server3 on bench-b only passing: {}",
+            mesh.metrics("bench-a")
+        );
+    }
+    Ok(())
+}
+
+/// The plain relay: a -> 127.0.0.1:7007 -> socat -> b:7006 -> socat ->
+/// 127.0.0.1:7005; the pids of its socats (node a, node b).
+fn relays(mesh: &Mesh, b: Ipv4Addr) -> [u32; 2] {
+    let socat = |node: &str, listen: String, to: String| {
+        let mut c = mesh.cmd(node, "socat");
+        c.args([
+            "-b262144",
+            &format!("TCP-LISTEN:{listen},reuseaddr,fork,nodelay"),
+            &format!("TCP:{to},nodelay"),
+        ]);
+        c
+    };
+    let relay_b = mesh.spawn_app(
+        socat("bench-b", format!("7006,bind={b}"), "127.0.0.1:7005".into()),
+        "relay-b",
+    );
+    let relay_a = mesh.spawn_app(
+        socat("bench-a", "7007,bind=127.0.0.1".into(), format!("{b}:7006")),
+        "relay-a",
+    );
+    mesh.wait_listening("bench-b", 7006);
+    mesh.wait_listening("bench-a", 7007);
+    [relay_a, relay_b]
 }
 
 /// The node `mode`'s clients run on: bench-d for `mesh/1`, else bench-a.

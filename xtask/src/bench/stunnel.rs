@@ -1,6 +1,6 @@
 //! The stunnel baselines: their configs and the check of their handshakes.
 
-use std::{fs, net::Ipv4Addr, path::Path, time::Duration};
+use std::{collections::BTreeMap, fs, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::ensure;
 use mesh_tests::{Mesh, pki};
@@ -39,6 +39,61 @@ pub(super) const STUNNEL_CHECK_CONNS: usize = 4;
 /// The cipher suite the agents negotiate (rustls prefers it on x86 with
 /// AES-NI); stunnel's default would be TLS_AES_256_GCM_SHA384.
 pub(super) const STUNNEL_SUITE: &str = "TLS_AES_128_GCM_SHA256";
+
+/// The stunnel pairs of [`STUNNELS`], running.
+pub(super) struct Stunnels {
+    /// Each mode's client (node a) and server (node b) pids.
+    pub(super) pids: BTreeMap<&'static str, [u32; 2]>,
+    /// (title, text) of each config.
+    pub(super) configs: Vec<(String, String)>,
+    /// (mode, full, resumed) handshakes of each pair's check.
+    pub(super) handshakes: Vec<(&'static str, usize, usize)>,
+}
+
+/// Checks and starts each of [`STUNNELS`].
+pub(super) fn stunnels(mesh: &Mesh, meshbench: &Path, b: Ipv4Addr) -> anyhow::Result<Stunnels> {
+    // stunnel: TLS 1.3, client certificates, ECDSA P-256, one small CA,
+    // the agents' cipher suite ([`STUNNEL_SUITE`]).
+    let dir = mesh.dir.join("stunnel");
+    fs::create_dir_all(&dir)?;
+    let root = pki::Ca::new_root("bench.local");
+    root.save(&dir.join("ca"));
+    let certs = [
+        ("a", "spiffe://bench.local/svc/a"),
+        ("b", "spiffe://bench.local/svc/b"),
+    ]
+    .map(|(name, uri)| pki::write_leaf(&dir, name, &root, &pki::Leaf::valid_now(uri)));
+    let mut stunnel = BTreeMap::new();
+    let mut stunnel_configs = Vec::new();
+    let mut stunnel_handshakes = Vec::new();
+    for pair in &STUNNELS {
+        let handshakes = pair.check(mesh, meshbench, &dir, b, &certs)?;
+        stunnel_handshakes.push((pair.mode, handshakes.0, handshakes.1));
+        let [client, server] = pair.configs(&dir, b, &certs, false);
+        let pids = [
+            ("client", "bench-a", &client),
+            ("server", "bench-b", &server),
+        ]
+        .map(|(side, node, text)| {
+            let path = dir.join(format!("{}-{side}.conf", pair.client_port));
+            fs::write(&path, text)?;
+            let mut c = mesh.cmd(node, "stunnel4");
+            c.arg(&path);
+            anyhow::Ok(mesh.spawn_app(c, &format!("stunnel-{}-{side}", pair.client_port)))
+        });
+        let [cli, srv] = pids;
+        stunnel.insert(pair.mode, [cli?, srv?]);
+        mesh.wait_listening("bench-b", pair.server_port);
+        mesh.wait_listening("bench-a", pair.client_port);
+        stunnel_configs.push((format!("{}, client (bench-a)", pair.mode), client));
+        stunnel_configs.push((format!("{}, server (bench-b)", pair.mode), server));
+    }
+    Ok(Stunnels {
+        pids: stunnel,
+        configs: stunnel_configs,
+        handshakes: stunnel_handshakes,
+    })
+}
 
 impl Stunnel {
     /// The client's and the server's config. Tuned as the agents are:
