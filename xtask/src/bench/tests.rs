@@ -88,68 +88,10 @@ fn report_names_how_it_was_made_and_explains_every_table() {
 /// Made-up figures for every metric each part measures, each mode,
 /// flood and column with its own values; one cell left out.
 fn full_samples() -> Samples<'static> {
-    let parallel = format!("new conns per s ({PARALLEL} at a time)");
-    let mode_metrics = [
-        ("bulk", "bulk Gbit/s"),
-        ("bulk", "proxy CPU s per GB (both ends)"),
-        ("bulk", "proxy system CPU s per GB (both ends)"),
-        ("rr", "rr 1 B p50 us"),
-        ("rr", "rr 1 B p99 us"),
-        ("rr", "rr 1024 B p50 us"),
-        ("rr", "rr 1024 B p99 us"),
-        ("connrate", "new conns per s"),
-        ("connrate", "new conn p50 us"),
-        ("connrate", "new conn p99 us"),
-        ("connrate", "caller agent handshakes per new conn"),
-        ("connrate", "caller agent handshakes resumed %"),
-        ("connrate", parallel.as_str()),
-    ];
-    let runs = |base: f64| vec![base * 1.1, base * 0.9, base, base * 1.25];
-    let mut modes = BTreeMap::new();
-    for (i, (part, metric)) in mode_metrics.iter().enumerate() {
-        for (j, mode) in MODES.into_iter().enumerate() {
-            let skip = (metric.starts_with("proxy") && mode == "direct")
-                || (metric.starts_with("caller") && !mode.starts_with("mesh"))
-                || (*metric == "rr 1 B p99 us" && mode == "mesh/1");
-            if measures(part, mode) && !skip {
-                let base = (i as f64 + 1.0) * 13.7 + j as f64 * 4.3;
-                modes.insert(((*metric).to_owned(), mode), runs(base));
-            }
-        }
-    }
-    let mut floods = BTreeMap::new();
-    for (j, flood) in FLOODS.into_iter().enumerate() {
-        floods.insert(("rr 1 B p50 us".to_owned(), flood), runs(60.0 + j as f64));
-        floods.insert(
-            ("new conns per s".to_owned(), flood),
-            runs(900.0 - 20.0 * j as f64),
-        );
-    }
-    let mut instances = BTreeMap::new();
-    for (j, (column, _)) in INSTANCES.into_iter().enumerate() {
-        instances.insert(
-            ("new conns per s".to_owned(), column),
-            runs(950.0 - 7.0 * j as f64),
-        );
-        instances.insert(
-            ("rr 1 B p50 us".to_owned(), column),
-            runs(55.0 + 1.5 * j as f64),
-        );
-        instances.insert(
-            ("handshakes resumed %".to_owned(), column),
-            runs(90.0 + j as f64),
-        );
-    }
-    let mut bpf = BpfWindow::default();
-    let mut after = [(0.0, 0.0); BPF_PROGRAMS.len()];
-    for (i, slot) in after.iter_mut().enumerate().skip(1) {
-        *slot = (1234.5 * i as f64, 7.0 * i as f64);
-    }
-    bpf.add(&[(0.0, 0.0); BPF_PROGRAMS.len()], &after, 4003);
     Samples {
-        modes,
-        floods,
-        instances,
+        modes: mode_samples(),
+        floods: flood_samples(),
+        instances: instance_samples(),
         spread: vec![
             ("connections to bench-b".to_owned(), 2001.0),
             ("connections to bench-c".to_owned(), 1999.0),
@@ -166,7 +108,7 @@ fn full_samples() -> Samples<'static> {
             ),
         ]
         .into(),
-        bpf,
+        bpf: bpf_window(),
         units: vec![
             "| pick among 1000 instances, lb random | 40.0 | ns per pick |".to_owned(),
             "| mesh/2 stream p50 | 12.5 | us |".to_owned(),
@@ -180,6 +122,89 @@ fn full_samples() -> Samples<'static> {
         ],
         stunnel_handshakes: vec![("stunnel", 4, 0), ("stunnel resumed", 1, 3)],
     }
+}
+
+/// Made-up samples: four runs around `base`.
+fn runs(base: f64) -> Vec<f64> {
+    vec![base * 1.1, base * 0.9, base, base * 1.25]
+}
+
+/// Made-up samples of each metric of each mode that measures it, but
+/// one.
+fn mode_samples() -> BTreeMap<(String, &'static str), Vec<f64>> {
+    let parallel = format!("new conns per s ({PARALLEL} at a time)");
+    let mode_metrics = [
+        ("bulk", "bulk Gbit/s"),
+        ("bulk", "proxy CPU s per GB (both ends)"),
+        ("bulk", "proxy system CPU s per GB (both ends)"),
+        ("rr", "rr 1 B p50 us"),
+        ("rr", "rr 1 B p99 us"),
+        ("rr", "rr 1024 B p50 us"),
+        ("rr", "rr 1024 B p99 us"),
+        ("connrate", "new conns per s"),
+        ("connrate", "new conn p50 us"),
+        ("connrate", "new conn p99 us"),
+        ("connrate", "caller agent handshakes per new conn"),
+        ("connrate", "caller agent handshakes resumed %"),
+        ("connrate", parallel.as_str()),
+    ];
+    let mut modes = BTreeMap::new();
+    for (i, (part, metric)) in mode_metrics.iter().enumerate() {
+        for (j, mode) in MODES.into_iter().enumerate() {
+            let skip = (metric.starts_with("proxy") && mode == "direct")
+                || (metric.starts_with("caller") && !mode.starts_with("mesh"))
+                || (*metric == "rr 1 B p99 us" && mode == "mesh/1");
+            if measures(part, mode) && !skip {
+                let base = (i as f64 + 1.0) * 13.7 + j as f64 * 4.3;
+                modes.insert(((*metric).to_owned(), mode), runs(base));
+            }
+        }
+    }
+    modes
+}
+
+/// Made-up samples of each flood.
+fn flood_samples() -> BTreeMap<(String, &'static str), Vec<f64>> {
+    let mut floods = BTreeMap::new();
+    for (j, flood) in FLOODS.into_iter().enumerate() {
+        floods.insert(("rr 1 B p50 us".to_owned(), flood), runs(60.0 + j as f64));
+        floods.insert(
+            ("new conns per s".to_owned(), flood),
+            runs(900.0 - 20.0 * j as f64),
+        );
+    }
+    floods
+}
+
+/// Made-up samples of each instances column.
+fn instance_samples() -> BTreeMap<(String, &'static str), Vec<f64>> {
+    let mut instances = BTreeMap::new();
+    for (j, (column, _)) in INSTANCES.into_iter().enumerate() {
+        instances.insert(
+            ("new conns per s".to_owned(), column),
+            runs(950.0 - 7.0 * j as f64),
+        );
+        instances.insert(
+            ("rr 1 B p50 us".to_owned(), column),
+            runs(55.0 + 1.5 * j as f64),
+        );
+        instances.insert(
+            ("handshakes resumed %".to_owned(), column),
+            runs(90.0 + j as f64),
+        );
+    }
+    instances
+}
+
+/// A made-up eBPF window in which the first program did not run.
+fn bpf_window() -> BpfWindow {
+    let mut bpf = BpfWindow::default();
+    let mut after = [(0.0, 0.0); BPF_PROGRAMS.len()];
+    for (i, slot) in after.iter_mut().enumerate().skip(1) {
+        *slot = (1234.5 * i as f64, 7.0 * i as f64);
+    }
+    bpf.add(&[(0.0, 0.0); BPF_PROGRAMS.len()], &after, 4003);
+    bpf
 }
 
 /// The report's sections as [`document`] writes them, and the JSON.
