@@ -174,7 +174,7 @@ pub struct Intention {
 /// Whether `name` is a valid node or service name: 1 to 63 lowercase ASCII
 /// letters, digits and '-', not starting or ending with '-'.
 pub fn is_name(name: &str) -> bool {
-    values::name("service", name).is_ok()
+    name.parse::<crate::names::ServiceName>().is_ok()
 }
 
 impl Config {

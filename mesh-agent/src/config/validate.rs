@@ -156,9 +156,7 @@ impl Checker<'_> {
         for entry in raw {
             let node = entry.get_ref();
             let name = node.name.get_ref().as_str();
-            let name_ok = self
-                .check(&node.name, |n| values::name("node", n))
-                .is_some();
+            let name_ok = self.check(&node.name, |n| values::node_name(n)).is_some();
             let name_unique = self.unique(&mut names, name, &node.name, || {
                 format!("duplicate node name {name:?}")
             });
@@ -230,7 +228,7 @@ impl Checker<'_> {
         let service = entry.get_ref();
         let name = service.name.get_ref().as_str();
         let name_ok = self
-            .check(&service.name, |n| values::name("service", n))
+            .check(&service.name, |n| values::service_name(n))
             .is_some();
         let name_unique = self.unique(&mut taken.names, name, &service.name, || {
             format!("duplicate service name {name:?}")
