@@ -18,6 +18,7 @@ use crate::{
     admin::{self, AdminError, ConfigDoc},
     cgroup::{Cgroup2, CgroupError},
     config::{Config, ConfigError},
+    names::NodeName,
 };
 
 /// Errors of this module.
@@ -34,7 +35,7 @@ pub enum ExecError {
     #[error("service {service:?} runs on nodes {actual:?}, not on {asked:?}")]
     WrongNode {
         service: String,
-        actual: Vec<String>,
+        actual: Vec<NodeName>,
         asked: String,
     },
     #[error("the agent at {addr} runs node {actual:?}, not {asked:?}")]
@@ -167,7 +168,7 @@ fn in_agent_config(
 /// `asked`, where its cgroup is `cgroup`.
 fn target(
     service: &str,
-    actual: &[String],
+    actual: &[NodeName],
     asked: &str,
     cgroup: PathBuf,
 ) -> Result<Target, ExecError> {

@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Service;
+use crate::names::{NodeName, ServiceName};
 
 /// A check's or an instance's state. Ordered from best to worst.
 #[derive(
@@ -97,8 +98,8 @@ pub struct View {
 /// The health of one instance, as `/status` and `catalog instances` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
-    pub service: String,
-    pub node: String,
+    pub service: ServiceName,
+    pub node: NodeName,
     pub state: State,
     /// Why, in a few words, when no check says it (unreachable agent, no
     /// report yet).
@@ -112,8 +113,8 @@ impl View {
     /// agent cannot be reached; else its latest report; else passing if
     /// the service has no checks, critical if it has (none ran yet).
     /// Read at every pick: two map lookups, no allocation.
-    pub fn state(&self, service: &Service, node: &str) -> State {
-        if self.unreachable.contains_key(node) || !self.registered(node) {
+    pub fn state(&self, service: &Service, node: &NodeName) -> State {
+        if self.unreachable.contains_key(node.as_str()) || !self.registered(node) {
             return State::Critical;
         }
         match self.report(service, node) {
@@ -124,9 +125,9 @@ impl View {
     }
 
     /// [`View::state`] with its checks and reason.
-    pub fn instance(&self, service: &Service, node: &str) -> Instance {
+    pub fn instance(&self, service: &Service, node: &NodeName) -> Instance {
         let report = self.report(service, node);
-        let reason = match (self.unreachable.get(node), report) {
+        let reason = match (self.unreachable.get(node.as_str()), report) {
             (Some(why), _) => Some(format!("agent of node {node:?} unreachable: {why}")),
             _ if !self.registered(node) => Some(format!(
                 "node {node:?} has no live registration in etcd (its agent is down or cut off from etcd)"
@@ -136,7 +137,7 @@ impl View {
         };
         Instance {
             service: service.name.clone(),
-            node: node.to_owned(),
+            node: node.clone(),
             state: self.state(service, node),
             reason,
             checks: report.map(|r| r.checks.clone()).unwrap_or_default(),
@@ -144,12 +145,14 @@ impl View {
     }
 
     /// Whether `node`'s agent counts as registered (always, without etcd).
-    fn registered(&self, node: &str) -> bool {
-        self.registered.as_ref().is_none_or(|r| r.contains(node))
+    fn registered(&self, node: &NodeName) -> bool {
+        self.registered
+            .as_ref()
+            .is_none_or(|r| r.contains(node.as_str()))
     }
 
     /// The latest report of `node` on its instance of `service`.
-    fn report(&self, service: &Service, node: &str) -> Option<&InstanceReport> {
-        self.reports.get(node)?.get(&service.name)
+    fn report(&self, service: &Service, node: &NodeName) -> Option<&InstanceReport> {
+        self.reports.get(node.as_str())?.get(service.name.as_str())
     }
 }

@@ -14,6 +14,7 @@ use hickory_proto::{
 use crate::{
     config::{Config, Service},
     health_view::View,
+    names::{NodeName, ServiceName},
 };
 
 /// TTL of `.mesh` addresses (VIPs, nodes): short, as services, VIPs and
@@ -52,9 +53,9 @@ pub enum Handling {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Zone {
     /// Every meshed (non-public) service, by name.
-    services: HashMap<String, Service>,
+    services: HashMap<ServiceName, Service>,
     /// Every node's address, by name.
-    nodes: HashMap<String, IpAddr>,
+    nodes: HashMap<NodeName, IpAddr>,
 }
 
 impl Zone {

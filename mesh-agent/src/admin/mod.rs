@@ -48,6 +48,7 @@ pub use crate::endpoint::{Call, Caller, Reply, Routes};
 use crate::{
     config::Config,
     endpoint::{MAX_BODY, Methods},
+    names::{NodeName, ServiceName},
     policy,
     snapshot::Watch,
 };
@@ -111,16 +112,16 @@ pub struct ConfigDoc {
 /// A node of a [`ConfigDoc`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeDoc {
-    pub name: String,
+    pub name: NodeName,
     pub address: IpAddr,
 }
 
 /// A service of a [`ConfigDoc`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceDoc {
-    pub name: String,
+    pub name: ServiceName,
     /// The nodes hosting an instance, in file order.
-    pub nodes: Vec<String>,
+    pub nodes: Vec<NodeName>,
     pub port: u16,
     pub vip: IpAddr,
     pub public: bool,

@@ -11,6 +11,7 @@ use tracing::warn;
 use crate::{
     cgroup::{self, Cgroup2, CgroupError},
     config::Config,
+    names::ServiceName,
 };
 
 /// The cgroup of one local service.
@@ -33,7 +34,7 @@ pub(super) struct Cgroups {
     /// Where the agent came from; it moves back there on exit.
     origin: Option<PathBuf>,
     /// Per local service, by name.
-    pub services: BTreeMap<String, ServiceCgroup>,
+    pub services: BTreeMap<ServiceName, ServiceCgroup>,
     /// Our cgroups of services that left the config, to remove at exit if
     /// they were still busy then.
     gone: Vec<PathBuf>,

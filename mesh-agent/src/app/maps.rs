@@ -3,7 +3,9 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use super::cgroups::ServiceCgroup;
-use crate::{config::Config, ebpf::MapContents, policy::Policy, proxy::ServiceIds};
+use crate::{
+    config::Config, ebpf::MapContents, names::ServiceName, policy::Policy, proxy::ServiceIds,
+};
 
 /// Everything the config-derived kernel maps hold for `node`: mesh
 /// destinations, local callers by cgroup, local ports, the pairs the
@@ -13,7 +15,7 @@ pub(super) fn contents(
     config: &Config,
     node: &str,
     ids: &ServiceIds,
-    cgroups: &BTreeMap<String, ServiceCgroup>,
+    cgroups: &BTreeMap<ServiceName, ServiceCgroup>,
     policy: &Policy,
 ) -> MapContents {
     let mut c = MapContents {

@@ -30,6 +30,7 @@ use crate::{
     config::Config,
     ebpf::EbpfError,
     identity::{Identities, IdentityError, NodeCa},
+    names::ServiceName,
     tls::TlsError,
 };
 
@@ -65,7 +66,7 @@ pub enum AppError {
         "service {service:?} listens on port {port} of node {node:?}, the agents' link port: give it another port, or run every agent with another --link-port"
     )]
     LinkPort {
-        service: String,
+        service: ServiceName,
         node: String,
         port: u16,
     },

@@ -12,6 +12,7 @@ use crate::{
     ebpf::Kernel,
     health::{Board, link::Links},
     identity::Identities,
+    names::{NodeName, ServiceName},
     proxy::ServiceIds,
     snapshot::Publisher,
 };
@@ -68,7 +69,7 @@ impl Reload {
         if !changed.is_empty() {
             return Err(AppError::NeedsRestart(changed));
         }
-        let local: Vec<String> = new.services_on(node).map(|s| s.name.clone()).collect();
+        let local: Vec<ServiceName> = new.services_on(node).map(|s| s.name.clone()).collect();
         let mut cgroups = self.cgroups.lock();
         cgroups.sync(&self.cg, &new, node)?;
         self.identities.sync(&local)?;
@@ -98,10 +99,10 @@ impl Reload {
     }
 }
 
-/// Fails unless `config` declares `node`.
-pub(super) fn check_node(config: &Config, node: &str) -> Result<(), AppError> {
+/// The name of `node` as `config` declares it; fails if it does not.
+pub(super) fn check_node(config: &Config, node: &str) -> Result<NodeName, AppError> {
     match config.node(node) {
-        Some(_) => Ok(()),
+        Some(declared) => Ok(declared.name.clone()),
         None => Err(AppError::UnknownNode {
             node: node.to_owned(),
             path: config.path.clone(),

@@ -211,7 +211,7 @@ fn build(
     let telemetry = Arc::new(Telemetry::default());
     let drain = Drain::default();
     let inputs = Inputs::new(
-        opts.node.clone(),
+        super::reload::check_node(&snapshot.config, &opts.node)?,
         snapshots.clone(),
         tls,
         telemetry.clone(),

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     config::{Check, CheckKind, Config},
+    names::ServiceName,
     snapshot::Publisher,
 };
 
@@ -41,14 +42,14 @@ pub struct Board {
 #[derive(Default)]
 struct Inner {
     /// Local service -> its checks, in config order.
-    local: BTreeMap<String, Vec<LocalCheck>>,
+    local: BTreeMap<ServiceName, Vec<LocalCheck>>,
     /// Node -> its latest reports (not this node).
     remote: HashMap<String, HashMap<String, InstanceReport>>,
     unreachable: HashMap<String, String>,
     /// See [`View::registered`].
     registered: Option<std::collections::BTreeSet<String>>,
     /// The task running each local check, by (service, check name).
-    tasks: HashMap<(String, String), Task>,
+    tasks: HashMap<(ServiceName, String), Task>,
 }
 
 /// One local check and where it stands.
@@ -109,7 +110,10 @@ impl Board {
         let mut local = BTreeMap::new();
         let mut want = HashMap::new();
         for service in config.services_on(&self.node) {
-            let old = inner.local.remove(&service.name).unwrap_or_default();
+            let old = inner
+                .local
+                .remove(service.name.as_str())
+                .unwrap_or_default();
             let mut checks = Vec::new();
             for check in &service.checks {
                 let kept = old.iter().find(|c| c.check == *check);
@@ -536,7 +540,7 @@ pub(super) mod tests {
     pub(in crate::health) fn state(watch: &Watch, service: &str, node: &str) -> State {
         let snapshot = watch.borrow().clone();
         let s = snapshot.config.service(service).unwrap();
-        snapshot.health.state(s, node)
+        snapshot.health.state(s, &node.parse().unwrap())
     }
 
     /// An upgrade's new agent takes over the old one's check states: no
@@ -641,7 +645,9 @@ pub(super) mod tests {
         let output = |watch: &Watch| {
             let snapshot = watch.borrow().clone();
             let api = snapshot.config.service("api").unwrap();
-            snapshot.health.instance(api, "a").checks[0].output.clone()
+            snapshot.health.instance(api, &"a".parse().unwrap()).checks[0]
+                .output
+                .clone()
         };
         board.record("api", "c", State::Passing, "t=1".into());
         assert_eq!(output(&watch), "t=1", "a state change goes out at once");
@@ -705,7 +711,7 @@ pub(super) mod tests {
         assert_eq!(state(&watch, "api", "a"), State::Critical);
         let snapshot = watch.borrow().clone();
         let api = snapshot.config.service("api").unwrap();
-        let output = &snapshot.health.instance(api, "a").checks[0].output;
+        let output = &snapshot.health.instance(api, &"a".parse().unwrap()).checks[0].output;
         assert!(output.contains("TTL expired"), "{output}");
         board.stop();
     }

@@ -33,7 +33,7 @@ use super::{
     Board,
     reports::{LocalReports, Reports},
 };
-use crate::{config::Config, snapshot::Watch, tls::link::Link};
+use crate::{config::Config, names::NodeName, snapshot::Watch, tls::link::Link};
 
 /// Between two lines from a followed agent, at most.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -138,7 +138,7 @@ pub struct Links {
     /// Who may open a link to this agent.
     followers: Followers,
     /// Per followed node: the address followed and its task.
-    following: Mutex<HashMap<String, (SocketAddr, AbortHandle)>>,
+    following: Mutex<HashMap<NodeName, (SocketAddr, AbortHandle)>>,
 }
 
 impl Links {
@@ -169,7 +169,7 @@ impl Links {
     /// the new ones, stops following those that left or moved.
     pub fn sync(self: &Arc<Self>, config: &Config) {
         let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
-        let want: HashMap<String, SocketAddr> = config
+        let want: HashMap<NodeName, SocketAddr> = config
             .nodes
             .iter()
             .filter(|n| n.name != self.node)
@@ -208,7 +208,7 @@ impl Links {
     /// fails (a dead agent's port refuses at once) or that link closes too
     /// is the node unreachable. A silent link is not redialed first: the
     /// node was silent for [`SILENCE`] already.
-    async fn follow(self: Arc<Self>, node: String, addr: SocketAddr) {
+    async fn follow(self: Arc<Self>, node: NodeName, addr: SocketAddr) {
         let started = Instant::now();
         let mut reached = false;
         let mut redialing = false;

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{State, probe};
 use crate::config::{Check, CheckKind};
+use crate::names::ServiceName;
 
 /// Where a check's results go: the `Board`, which spawns the runners.
 pub trait Results: Send + Sync + 'static {
@@ -21,7 +22,7 @@ pub trait Results: Send + Sync + 'static {
 
 /// The task of the check `check` of the local instance of `service`
 /// (listening on `127.0.0.1:port`).
-pub async fn run<R: Results>(board: Arc<R>, service: String, port: u16, check: Check) {
+pub async fn run<R: Results>(board: Arc<R>, service: ServiceName, port: u16, check: Check) {
     match &check.kind {
         CheckKind::Ttl(_) => loop {
             let Some(next) = board.expire(&service, &check.name, Instant::now()) else {

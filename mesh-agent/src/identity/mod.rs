@@ -17,6 +17,8 @@ use x509_parser::extensions::GeneralName;
 
 pub use ca::NodeCa;
 
+use crate::names::ServiceName;
+
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -73,7 +75,7 @@ pub struct Identities {
     trust_domain: String,
     ca: NodeCa,
     ttl: Duration,
-    leaves: RwLock<HashMap<String, Arc<Current>>>,
+    leaves: RwLock<HashMap<ServiceName, Arc<Current>>>,
     /// The agent's own leaf (`spiffe://<td>/agent/<node>`).
     agent: RwLock<Arc<Current>>,
     /// Counts service leaf renewals (TLS ends resumable sessions when it
@@ -88,7 +90,7 @@ impl Identities {
         trust_domain: &str,
         ca: NodeCa,
         ttl: Duration,
-        services: impl IntoIterator<Item = String>,
+        services: impl IntoIterator<Item = ServiceName>,
     ) -> Result<Self, IdentityError> {
         let agent = issue_agent(&ca, trust_domain, ttl)?;
         let this = Self {
@@ -157,6 +159,7 @@ impl Identities {
                     Ok(left) => left.as_secs_f64(),
                     Err(past) => -past.duration().as_secs_f64(),
                 };
+                let service = service.to_string();
                 (crate::telemetry::ServiceLabels { service }, secs)
             });
             crate::telemetry::registry::gauges(
@@ -169,7 +172,7 @@ impl Identities {
     }
 
     /// Every local service's current leaf, sorted by service name.
-    pub fn all(&self) -> Vec<(String, Arc<Current>)> {
+    pub fn all(&self) -> Vec<(ServiceName, Arc<Current>)> {
         let mut all: Vec<_> = self
             .leaves
             .read()
@@ -182,7 +185,7 @@ impl Identities {
     }
 
     /// Issues a new leaf for `service` and makes it current.
-    pub fn renew(&self, service: &str) -> Result<Arc<Current>, IdentityError> {
+    pub fn renew(&self, service: &ServiceName) -> Result<Arc<Current>, IdentityError> {
         let leaf = self.ca.issue_leaf(service, self.ttl)?;
         let current = Arc::new(current(
             leaf,
@@ -191,7 +194,7 @@ impl Identities {
         self.leaves
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(service.to_owned(), current.clone());
+            .insert(service.clone(), current.clone());
         self.renewals
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(current)
@@ -199,7 +202,7 @@ impl Identities {
 
     /// Makes the leaves exactly those of `services`: issues the missing,
     /// drops the others.
-    pub fn sync(&self, services: &[String]) -> Result<(), IdentityError> {
+    pub fn sync(&self, services: &[ServiceName]) -> Result<(), IdentityError> {
         for service in services {
             if self.current(service).is_none() {
                 self.renew(service)?;

@@ -35,6 +35,7 @@ pub use outbound::Outbound;
 use crate::{
     config::{Config, Service, local_addr},
     drain::Drain,
+    names::{NodeName, ServiceName},
     snapshot::{Snapshot, Watch},
     telemetry::{Reporter, Side, Telemetry, Verdict},
     tls::Tls,
@@ -50,14 +51,17 @@ pub enum ProxyError {
     #[error("unknown service id {0} in a kernel record")]
     UnknownService(u32),
     #[error("no instance of {service:?} for {dialed}")]
-    NoInstance { service: String, dialed: SocketAddr },
+    NoInstance {
+        service: ServiceName,
+        dialed: SocketAddr,
+    },
     #[error("connecting to the instance on node {node:?} took over {after:?}")]
     SlowConnect {
-        node: String,
+        node: NodeName,
         after: std::time::Duration,
     },
     #[error("instance of {service:?} down: nothing listens on 127.0.0.1:{port}")]
-    InstanceDown { service: String, port: u16 },
+    InstanceDown { service: ServiceName, port: u16 },
     #[error("no local service behind port {0}")]
     NoLocalService(u16),
     #[error("failed to connect to {addr}: {source}")]
@@ -80,7 +84,10 @@ pub enum ProxyError {
         rule: crate::policy::Rule,
     },
     #[error("a mesh/2 stream asked for {authority:?} on a connection for {service:?}")]
-    WrongAuthority { authority: String, service: String },
+    WrongAuthority {
+        authority: String,
+        service: ServiceName,
+    },
     #[error("the peer's agent negotiated mesh/2 but sent no HTTP/2 preface within {0:?}")]
     NoPreface(std::time::Duration),
     #[error("the destination agent refused the stream with status {status}")]
@@ -99,7 +106,7 @@ pub enum ProxyError {
 /// the snapshot in force, TLS, the telemetry and the drain; and, per
 /// connection, the verdict on its pair and the relay that holds to it.
 pub struct Inputs {
-    node: String,
+    node: NodeName,
     snapshot: Watch,
     tls: Arc<Tls>,
     telemetry: Arc<Telemetry>,
@@ -109,7 +116,7 @@ pub struct Inputs {
 impl Inputs {
     /// The inputs of the agent of `node`.
     pub fn new(
-        node: String,
+        node: NodeName,
         snapshot: Watch,
         tls: Tls,
         telemetry: Arc<Telemetry>,

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     config::{Node, Service, local_addr},
+    names::NodeName,
     snapshot::Snapshot,
     telemetry::{Reporter, Side},
 };
@@ -173,9 +174,9 @@ impl Handler {
         src: &Service,
         dst: &Service,
         dialed: SocketAddr,
-    ) -> Result<(String, Upstream, Active), ProxyError> {
+    ) -> Result<(NodeName, Upstream, Active), ProxyError> {
         let deadline = Instant::now() + FAILOVER_BUDGET;
-        let mut tried: Vec<String> = Vec::new();
+        let mut tried: Vec<NodeName> = Vec::new();
         let mut last = None;
         while tried.len() < TRIES {
             let Some(name) =

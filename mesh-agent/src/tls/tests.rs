@@ -62,7 +62,10 @@ impl Mesh {
             .config
             .services
             .iter()
-            .map(|s| (s.name.clone(), s.nodes.iter().cloned().collect()))
+            .map(|s| {
+                let nodes = s.nodes.iter().map(ToString::to_string).collect();
+                (s.name.to_string(), nodes)
+            })
             .collect();
         PeerRules::new("mesh.local", self.node("a").root(), Arc::new(hosts)).unwrap()
     }
@@ -720,11 +723,11 @@ async fn a_renewed_leaf_on_either_side_ends_resumption() {
     assert_eq!(kind(connect_once(&a, b.clone()).await), Full);
     assert_eq!(kind(connect_once(&a, b.clone()).await), Resumed);
     // The caller's leaf renews: its tickets carried the old one.
-    ia.renew("web").unwrap();
+    ia.renew(&"web".parse().unwrap()).unwrap();
     assert_eq!(kind(connect_once(&a, b.clone()).await), Full);
     assert_eq!(kind(connect_once(&a, b.clone()).await), Resumed);
     // The destination's leaf renews: sessions it holds end too.
-    ib.renew("api").unwrap();
+    ib.renew(&"api".parse().unwrap()).unwrap();
     assert_eq!(kind(connect_once(&a, b.clone()).await), Full);
 }
 
