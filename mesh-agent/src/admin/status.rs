@@ -9,7 +9,7 @@ use super::rfc3339;
 use crate::{
     denials::Denials,
     health::State,
-    identity::Identities,
+    identity::{Identities, spiffe::SpiffeId},
     names::{NodeName, ServiceName},
     snapshot::Watch,
     table::table,
@@ -137,7 +137,7 @@ pub struct Expiry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeafDoc {
     pub name: ServiceName,
-    pub spiffe_id: String,
+    pub spiffe_id: SpiffeId,
     pub serial: String,
     #[serde(flatten)]
     pub expiry: Expiry,
@@ -188,7 +188,7 @@ impl StatusDoc {
         let rows = self.services.iter().map(|leaf| {
             vec![
                 leaf.name.to_string(),
-                leaf.spiffe_id.clone(),
+                leaf.spiffe_id.to_string(),
                 leaf.serial.clone(),
                 format!(
                     "{} (in {})",

@@ -30,7 +30,7 @@ use crate::{
     config::Config,
     ebpf::EbpfError,
     identity::{Identities, IdentityError, NodeCa},
-    names::ServiceName,
+    names::{NodeName, ServiceName},
     tls::TlsError,
 };
 
@@ -148,7 +148,7 @@ impl App {
         raise_fd_limit();
         let mut catalog: Box<dyn Catalog> = opts.catalog.open();
         let config = catalog.load()?;
-        reload::check_node(&config, &opts.node)?;
+        let node = reload::check_node(&config, &opts.node)?;
         reload::check_link_port(&config, &opts.node, opts.link_port)?;
         // An agent of this node already runs: take its sockets over (an
         // upgrade) instead of binding them.
@@ -163,7 +163,7 @@ impl App {
                 "taking over from the running agent of this node"
             );
         }
-        let ca = node_ca(&config, &opts.node)?;
+        let ca = node_ca(&config, &node)?;
         let local = config.services_on(&opts.node).map(|s| s.name.clone());
         let identities =
             Identities::new(&config.mesh.trust_domain, ca, config.mesh.leaf_ttl, local)?;
@@ -201,11 +201,11 @@ impl App {
 
 /// The node CA of `node`, checked against the root; warns when it expires
 /// within 30 days.
-fn node_ca(config: &Config, node: &str) -> Result<NodeCa, AppError> {
+fn node_ca(config: &Config, node: &NodeName) -> Result<NodeCa, AppError> {
     let ca = NodeCa::load_or_issue(config, node)?;
     crate::tls::verify::self_check(&ca, &config.mesh.trust_domain, node).map_err(|why| {
         AppError::NodeCa {
-            node: node.to_owned(),
+            node: node.to_string(),
             why,
         }
     })?;
@@ -215,7 +215,7 @@ fn node_ca(config: &Config, node: &str) -> Result<NodeCa, AppError> {
         .unwrap_or_default();
     if left < Duration::from_secs(30 * 24 * 3600) {
         warn!(
-            node,
+            node = node.as_str(),
             days_left = left.as_secs() / 86400,
             "the node CA expires soon: issue a new one with `mesh-agent ca issue-node` (leaves cannot outlive it)"
         );

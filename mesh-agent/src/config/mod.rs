@@ -179,6 +179,12 @@ pub fn is_name(name: &str) -> bool {
     name.parse::<crate::names::ServiceName>().is_ok()
 }
 
+/// Whether `domain` is a valid trust domain: a lowercase DNS name of
+/// letters, digits, '-' and '.' (as `[mesh] trust_domain` accepts).
+pub fn is_trust_domain(domain: &str) -> bool {
+    values::trust_domain(domain).is_ok()
+}
+
 impl Config {
     /// Reads the file at `path` and parses it with [`Config::from_bytes`].
     ///

@@ -17,7 +17,8 @@ use x509_parser::extensions::GeneralName;
 
 pub use ca::NodeCa;
 
-use crate::names::ServiceName;
+use crate::names::{NodeName, ServiceName};
+use spiffe::SpiffeId;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +62,7 @@ pub enum IdentityError {
 /// The current certificate of a local service, or of this node's agent.
 pub struct Current {
     pub key: Arc<CertifiedKey>,
-    pub spiffe_id: String,
+    pub spiffe_id: SpiffeId,
     pub serial: String,
     pub not_after: SystemTime,
     /// When this agent issued it.
@@ -113,7 +114,7 @@ impl Identities {
     }
 
     /// This node's name (its CA's).
-    pub fn node(&self) -> &str {
+    pub fn node(&self) -> &NodeName {
         self.ca.node()
     }
 
@@ -189,7 +190,7 @@ impl Identities {
         let leaf = self.ca.issue_leaf(service, self.ttl)?;
         let current = Arc::new(current(
             leaf,
-            spiffe::service_id(&self.trust_domain, service),
+            SpiffeId::service(&self.trust_domain, service),
         )?);
         self.leaves
             .write()
@@ -249,12 +250,12 @@ impl Identities {
 fn issue_agent(ca: &NodeCa, trust_domain: &str, ttl: Duration) -> Result<Current, IdentityError> {
     current(
         ca.issue_agent_leaf(ttl)?,
-        spiffe::agent_id(trust_domain, ca.node()),
+        SpiffeId::agent(trust_domain, ca.node()),
     )
 }
 
 /// `leaf`, naming `spiffe_id`, with its key loaded into rustls.
-fn current(leaf: ca::Leaf, spiffe_id: String) -> Result<Current, IdentityError> {
+fn current(leaf: ca::Leaf, spiffe_id: SpiffeId) -> Result<Current, IdentityError> {
     let signer = rustls::crypto::ring::default_provider()
         .key_provider
         .load_private_key(leaf.key)

@@ -516,7 +516,7 @@ mod tests {
         let b = f.inbound().await;
         // Takes node b's server certificate as a mesh client would, but
         // presents none of its own.
-        let root = NodeCa::load_or_issue(&f.mesh.config, "a")
+        let root = NodeCa::load_or_issue(&f.mesh.config, &"a".parse().unwrap())
             .unwrap()
             .root()
             .clone();

@@ -40,7 +40,7 @@ impl Mesh {
     }
 
     fn node(&self, node: &str) -> NodeCa {
-        NodeCa::load_or_issue(&self.config, node).unwrap()
+        NodeCa::load_or_issue(&self.config, &node.parse().unwrap()).unwrap()
     }
 
     /// The leaves of the services on `node` (60 s), issued by its CA.
@@ -90,7 +90,10 @@ fn now() -> UnixTime {
 fn web_leaf(ttl: Duration) -> (Mesh, PeerRules, crate::identity::ca::Leaf) {
     let mesh = Mesh::new(&mesh_text(81));
     let rules = mesh.rules();
-    let leaf = mesh.node("a").issue_leaf("web", ttl).unwrap();
+    let leaf = mesh
+        .node("a")
+        .issue_leaf(&"web".parse().unwrap(), ttl)
+        .unwrap();
     (mesh, rules, leaf)
 }
 
@@ -155,7 +158,7 @@ fn a_leaf_from_another_trust_domain_is_refused() {
     let other = Mesh::new(&mesh_text(81).replace("mesh.local", "other.td"));
     let leaf = other
         .node("a")
-        .issue_leaf("web", Duration::from_secs(60))
+        .issue_leaf(&"web".parse().unwrap(), Duration::from_secs(60))
         .unwrap();
     let r = client(&mesh.rules(), &leaf.chain);
     assert!(matches!(r, Err(VerifyError::Chain(_))), "{r:?}");
@@ -167,7 +170,7 @@ fn a_leaf_signed_by_a_node_that_does_not_host_the_service_is_refused() {
     // Node b's CA signs a leaf for web, which runs on node a.
     let leaf = mesh
         .node("b")
-        .issue_leaf("web", Duration::from_secs(60))
+        .issue_leaf(&"web".parse().unwrap(), Duration::from_secs(60))
         .unwrap();
     let r = client(&mesh.rules(), &leaf.chain);
     assert!(
@@ -194,7 +197,10 @@ fn a_leaf_is_accepted_from_every_node_hosting_an_instance_and_no_other() {
     let rules = mesh.rules();
     let ttl = Duration::from_secs(60);
     for node in ["b", "c"] {
-        let leaf = mesh.node(node).issue_leaf("api", ttl).unwrap();
+        let leaf = mesh
+            .node(node)
+            .issue_leaf(&"api".parse().unwrap(), ttl)
+            .unwrap();
         assert_eq!(
             client(&rules, &leaf.chain).unwrap(),
             "api",
@@ -210,7 +216,10 @@ fn a_leaf_is_accepted_from_every_node_hosting_an_instance_and_no_other() {
         assert_eq!(server.unwrap(), "api", "signed by {node}");
     }
     // Node a hosts no api: it cannot vouch for it.
-    let leaf = mesh.node("a").issue_leaf("api", ttl).unwrap();
+    let leaf = mesh
+        .node("a")
+        .issue_leaf(&"api".parse().unwrap(), ttl)
+        .unwrap();
     let r = client(&rules, &leaf.chain);
     assert!(
         matches!(&r, Err(VerifyError::WrongNode { service, signer, hosts })
@@ -224,7 +233,7 @@ fn a_leaf_for_an_unknown_service_is_refused() {
     let mesh = Mesh::new(&mesh_text(81));
     let leaf = mesh
         .node("a")
-        .issue_leaf("ghost", Duration::from_secs(60))
+        .issue_leaf(&"ghost".parse().unwrap(), Duration::from_secs(60))
         .unwrap();
     let r = client(&mesh.rules(), &leaf.chain);
     assert!(
@@ -274,7 +283,7 @@ fn signed_by_node_a(mesh: &Mesh, sans: Vec<SanType>) -> Vec<CertificateDer<'stat
 fn signed_by_node_a_with_key(mesh: &Mesh, sans: Vec<SanType>) -> ca::Leaf {
     let node_ca = mesh
         .node("a")
-        .issue_leaf("web", Duration::from_secs(60))
+        .issue_leaf(&"web".parse().unwrap(), Duration::from_secs(60))
         .unwrap()
         .chain[1]
         .clone();
@@ -506,7 +515,7 @@ fn a_node_key_others_can_read_is_refused() {
     let _ = mesh.node("a");
     let key = mesh.scratch.dir().join("ca/nodes/a.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let r = NodeCa::load_or_issue(&mesh.config, "a");
+    let r = NodeCa::load_or_issue(&mesh.config, &"a".parse().unwrap());
     assert!(
         matches!(
             &r,

@@ -422,8 +422,11 @@ pub fn self_check(
     node: &str,
 ) -> Result<(), String> {
     const PROBE: &str = "self-check";
+    let probe = PROBE
+        .parse()
+        .map_err(|e: crate::names::NameError| e.to_string())?;
     let leaf = ca
-        .issue_leaf(PROBE, std::time::Duration::from_secs(60))
+        .issue_leaf(&probe, std::time::Duration::from_secs(60))
         .map_err(|e| e.to_string())?;
     let hosts: HashMap<String, BTreeSet<String>> =
         [(PROBE.to_owned(), [node.to_owned()].into())].into();

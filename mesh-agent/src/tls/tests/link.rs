@@ -162,7 +162,10 @@ fn an_agent_leaf_is_accepted_as_its_own_node_only_and_never_as_a_service() {
     assert!(rules.service_of(&leaf.chain[0]).is_err());
     assert!(rules.recheck(&leaf.chain, now(), None).is_err());
     // And a service leaf is no agent leaf.
-    let api = mesh.node("b").issue_leaf("api", TTL).unwrap();
+    let api = mesh
+        .node("b")
+        .issue_leaf(&"api".parse().unwrap(), TTL)
+        .unwrap();
     let r = rules.verify_agent(
         &api.chain[0],
         &api.chain[1..],
@@ -339,7 +342,11 @@ async fn a_service_leaf_is_refused_on_a_link() {
     let mesh = Mesh::new(&instances());
     let (_publisher, snapshots) = mesh.snapshots();
     let rules = rules(&mesh, &snapshots);
-    let api = || mesh.node("b").issue_leaf("api", TTL).unwrap();
+    let api = || {
+        mesh.node("b")
+            .issue_leaf(&"api".parse().unwrap(), TTL)
+            .unwrap()
+    };
 
     let c = link(&mesh, &snapshots, "c");
     let client = presenting(rules.clone(), Peer::Agent, api(), ALPN);
