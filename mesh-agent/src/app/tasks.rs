@@ -180,8 +180,9 @@ fn build(
     let (publisher, snapshots) = Snapshot::new(config).publish();
     let publisher = Arc::new(publisher);
     let snapshot = publisher.borrow().clone();
+    let node = super::reload::check_node(&snapshot.config, &opts.node)?;
     // Runs this node's checks; every agent's view of every instance.
-    let board = Board::new(&opts.node, publisher.clone());
+    let board = Board::new(&node, publisher.clone());
     board.sync(&snapshot.config);
     if let Some(taken) = taken {
         board.adopt(&taken.reports, &taken.remote);
@@ -201,7 +202,7 @@ fn build(
     } = kernel::start(opts, &snapshot, cg, cgroups, &sockets)?;
     // Other agents' health, and ours to them.
     let links = Links::new(
-        &opts.node,
+        &node,
         tls.link(),
         board.clone(),
         opts.link_port,
@@ -211,7 +212,7 @@ fn build(
     let telemetry = Arc::new(Telemetry::default());
     let drain = Drain::default();
     let inputs = Inputs::new(
-        super::reload::check_node(&snapshot.config, &opts.node)?,
+        node,
         snapshots.clone(),
         tls,
         telemetry.clone(),

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     config::{Check, CheckKind, Config},
-    names::ServiceName,
+    names::{NodeName, ServiceName},
     snapshot::Publisher,
 };
 
@@ -33,7 +33,7 @@ const OUTPUT_REFRESH: Duration = Duration::from_secs(30);
 
 /// See the module docs.
 pub struct Board {
-    node: String,
+    node: NodeName,
     publisher: Arc<Publisher>,
     inner: Mutex<Inner>,
     local: watch::Sender<LocalReports>,
@@ -76,9 +76,9 @@ struct Task {
 
 impl Board {
     /// A board for the agent of `node`, publishing through `publisher`.
-    pub fn new(node: &str, publisher: Arc<Publisher>) -> Arc<Self> {
+    pub fn new(node: &NodeName, publisher: Arc<Publisher>) -> Arc<Self> {
         Arc::new(Self {
-            node: node.to_owned(),
+            node: node.clone(),
             publisher,
             inner: Mutex::default(),
             local: watch::channel(Arc::default()).0,
@@ -86,7 +86,7 @@ impl Board {
     }
 
     /// The node of this board's agent.
-    pub fn node(&self) -> &str {
+    pub fn node(&self) -> &NodeName {
         &self.node
     }
 
@@ -305,7 +305,7 @@ impl Board {
         let Some(checks) = inner.local.get_mut(service) else {
             return Err(HealthError::NotHere {
                 service: service.to_owned(),
-                node: self.node.clone(),
+                node: self.node.to_string(),
             });
         };
         let mut ttls: Vec<(Duration, &mut LocalCheck)> = checks
@@ -367,11 +367,11 @@ impl Board {
     }
 
     /// The latest reports of `node`'s agent; it is reachable.
-    pub fn remote(&self, node: &str, reports: Vec<InstanceReport>) {
+    pub fn remote(&self, node: &NodeName, reports: Vec<InstanceReport>) {
         let mut inner = self.lock();
-        inner.unreachable.remove(node);
+        inner.unreachable.remove(node.as_str());
         inner.remote.insert(
-            node.to_owned(),
+            node.to_string(),
             reports
                 .into_iter()
                 .map(|r| (r.service.clone(), r))
@@ -382,13 +382,13 @@ impl Board {
 
     /// `node`'s agent cannot be reached: its instances are critical until
     /// it reports again.
-    pub fn unreachable(&self, node: &str, why: String) {
+    pub fn unreachable(&self, node: &NodeName, why: String) {
         let mut inner = self.lock();
-        if inner.unreachable.contains_key(node) {
+        if inner.unreachable.contains_key(node.as_str()) {
             return;
         }
         info!(%node, %why, "agent unreachable: its instances are critical");
-        inner.unreachable.insert(node.to_owned(), why);
+        inner.unreachable.insert(node.to_string(), why);
         self.publish(&mut inner);
     }
 
@@ -396,7 +396,7 @@ impl Board {
     /// `catalog::registry`); instances on other nodes are critical.
     pub fn registered(&self, mut nodes: std::collections::BTreeSet<String>) {
         let mut inner = self.lock();
-        nodes.insert(self.node.clone());
+        nodes.insert(self.node.to_string());
         if inner.registered.as_ref() == Some(&nodes) {
             return;
         }
@@ -434,7 +434,7 @@ impl Board {
         });
         let mut reports = inner.remote.clone();
         reports.insert(
-            self.node.clone(),
+            self.node.to_string(),
             local.into_iter().map(|r| (r.service.clone(), r)).collect(),
         );
         let view = View {
@@ -532,7 +532,7 @@ pub(super) mod tests {
         let mut config = testing::config(&mesh());
         config.services[0].checks = checks;
         let (publisher, watch) = testing::snapshots(config.clone());
-        let board = Board::new("a", Arc::new(publisher));
+        let board = Board::new(&"a".parse().unwrap(), Arc::new(publisher));
         board.sync(&config);
         (board, watch, config)
     }
@@ -776,9 +776,12 @@ pub(super) mod tests {
             State::Passing,
             "no checks, no report needed"
         );
-        board.unreachable("b", "connection refused".into());
+        board.unreachable(&"b".parse().unwrap(), "connection refused".into());
         assert_eq!(state(&watch, "api", "b"), State::Critical);
-        board.remote("b", vec![InstanceReport::of("api", Vec::new())]);
+        board.remote(
+            &"b".parse().unwrap(),
+            vec![InstanceReport::of("api", Vec::new())],
+        );
         assert_eq!(
             state(&watch, "api", "b"),
             State::Passing,
@@ -789,7 +792,10 @@ pub(super) mod tests {
             state: State::Warning,
             output: "busy".into(),
         };
-        board.remote("b", vec![InstanceReport::of("api", vec![warning])]);
+        board.remote(
+            &"b".parse().unwrap(),
+            vec![InstanceReport::of("api", vec![warning])],
+        );
         assert_eq!(state(&watch, "api", "b"), State::Warning);
         board.stop();
     }

@@ -94,7 +94,11 @@ pub struct Ended {
 /// The following side: hands each report line of `node` read from `input`
 /// to `board`, until the stream ends, fails, is silent for [`SILENCE`] or
 /// sends something that is not a report of `node`. Returns why it ended.
-pub async fn follow_reports<R: AsyncRead + Unpin>(input: R, node: &str, board: &Board) -> Ended {
+pub async fn follow_reports<R: AsyncRead + Unpin>(
+    input: R,
+    node: &NodeName,
+    board: &Board,
+) -> Ended {
     let mut input = BufReader::new(input);
     let ended = |why: String| Ended { why, silent: false };
     loop {
@@ -109,7 +113,7 @@ pub async fn follow_reports<R: AsyncRead + Unpin>(input: R, node: &str, board: &
             Ok(Err(e)) => return ended(e.to_string()),
             Ok(Ok(Some(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
             Ok(Ok(Some(line))) => match serde_json::from_slice::<Reports>(&line) {
-                Ok(reports) if reports.node == node => board.remote(node, reports.instances),
+                Ok(reports) if *node == reports.node => board.remote(node, reports.instances),
                 Ok(reports) => {
                     return ended(format!("sent reports of node {:?}", reports.node));
                 }
@@ -131,7 +135,7 @@ const MAX_PER_SOURCE: usize = 4;
 /// This agent's side of the exchange: who follows it (`serve`), and whom
 /// it follows (one task per other node of the catalog, `sync`).
 pub struct Links {
-    node: String,
+    node: NodeName,
     link: Arc<Link>,
     board: Arc<Board>,
     port: u16,
@@ -146,14 +150,14 @@ impl Links {
     /// `port` through `link`, with what it learns going to `board`; with
     /// `nodes_only`, only the node addresses of its config may follow it.
     pub fn new(
-        node: &str,
+        node: &NodeName,
         link: Arc<Link>,
         board: Arc<Board>,
         port: u16,
         nodes_only: Option<Watch>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            node: node.to_owned(),
+            node: node.clone(),
             link,
             board,
             port,
@@ -418,7 +422,7 @@ mod tests {
         let sender = tokio::spawn(async move { send_reports(theirs, "b", rx).await });
         let follower = {
             let board = board.clone();
-            tokio::spawn(async move { follow_reports(ours, "b", &board).await })
+            tokio::spawn(async move { follow_reports(ours, &"b".parse().unwrap(), &board).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(state(&watch, "api", "b"), State::Warning);
@@ -481,11 +485,11 @@ mod tests {
             (&b"not json\n"[..], "bad report"),
             (&b""[..], "connection closed"),
         ] {
-            let ended = follow_reports(input, "b", &board).await;
+            let ended = follow_reports(input, &"b".parse().unwrap(), &board).await;
             assert!(ended.why.contains(expected) && !ended.silent, "{ended:?}");
         }
         let long = vec![b'x'; MAX_LINE + 10];
-        let ended = follow_reports(&long[..], "b", &board).await;
+        let ended = follow_reports(&long[..], &"b".parse().unwrap(), &board).await;
         assert!(ended.why.contains("longer than"), "{ended:?}");
         board.stop();
     }
