@@ -493,7 +493,15 @@ mod tests {
     async fn as_web(f: &Fixture) -> Result<Vec<u8>, crate::tls::TlsError> {
         let tls = Tls::new(f.mesh.identities("a"), Arc::new(f.snapshots.clone())).unwrap();
         let tcp = TcpStream::connect(inbound_addr(f)).await.unwrap();
-        let conn = tls.connect(tcp, "web", "api", "b", Offer::Single).await?;
+        let conn = tls
+            .connect(
+                tcp,
+                &"web".parse().unwrap(),
+                &"api".parse().unwrap(),
+                &"b".parse().unwrap(),
+                Offer::Single,
+            )
+            .await?;
         Ok(exchange(conn).await)
     }
 

@@ -455,7 +455,13 @@ async fn agents_handshake_with_each_others_identity() {
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut s = a
-        .connect(tcp, "web", "api", "b", Offer::Default)
+        .connect(
+            tcp,
+            &"web".parse().unwrap(),
+            &"api".parse().unwrap(),
+            &"b".parse().unwrap(),
+            Offer::Default,
+        )
         .await
         .unwrap();
     s.write_all(b"hello").await.unwrap();
@@ -482,9 +488,15 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
     assert!(
-        a.connect(tcp, "web", "api", "b", Offer::Default)
-            .await
-            .is_err()
+        a.connect(
+            tcp,
+            &"web".parse().unwrap(),
+            &"api".parse().unwrap(),
+            &"b".parse().unwrap(),
+            Offer::Default
+        )
+        .await
+        .is_err()
     );
     let r = server.await.unwrap();
     assert!(matches!(r, Err(TlsError::WrongSni { .. })), "{r:?}");
@@ -577,7 +589,16 @@ async fn connect_once_to(
         }
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let client = match a.connect(tcp, "web", "api", node, Offer::Default).await {
+    let client = match a
+        .connect(
+            tcp,
+            &"web".parse().unwrap(),
+            &"api".parse().unwrap(),
+            &node.parse().unwrap(),
+            Offer::Default,
+        )
+        .await
+    {
         Ok(mut s) => {
             // Reading to the end also takes in the ticket for the next time.
             let _ = s.write_all(b"hello").await;

@@ -398,9 +398,15 @@ async fn an_agent_leaf_is_refused_as_a_service() {
     let ((), client) = over_loopback(
         move |tcp| serve_once(server, tcp),
         |tcp| async move {
-            a.connect(tcp, "web", "api", "b", crate::tls::Offer::Default)
-                .await
-                .map(drop)
+            a.connect(
+                tcp,
+                &"web".parse().unwrap(),
+                &"api".parse().unwrap(),
+                &"b".parse().unwrap(),
+                crate::tls::Offer::Default,
+            )
+            .await
+            .map(drop)
         },
     )
     .await;
