@@ -4,7 +4,11 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use super::cgroups::ServiceCgroup;
 use crate::{
-    config::Config, ebpf::MapContents, names::ServiceName, policy::Policy, proxy::ServiceIds,
+    config::Config,
+    ebpf::MapContents,
+    names::{NodeName, ServiceName},
+    policy::Policy,
+    proxy::ServiceIds,
 };
 
 /// Everything the config-derived kernel maps hold for `node`: mesh
@@ -13,7 +17,7 @@ use crate::{
 /// nodes' addresses. `cgroups`: the local services' cgroups, by name.
 pub(super) fn contents(
     config: &Config,
-    node: &str,
+    node: &NodeName,
     ids: &ServiceIds,
     cgroups: &BTreeMap<ServiceName, ServiceCgroup>,
     policy: &Policy,

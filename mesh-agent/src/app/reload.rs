@@ -32,7 +32,7 @@ pub(super) async fn follow(mut catalog: Box<dyn Catalog>, reload: Reload) {
 /// What a reload changes: the snapshot, and its side effects (cgroups,
 /// leaves, kernel maps).
 pub(super) struct Reload {
-    pub node: String,
+    pub node: NodeName,
     /// The writer of the snapshot channel's config (the board writes its
     /// health).
     pub publisher: Arc<Publisher>,
@@ -112,11 +112,11 @@ pub(super) fn check_node(config: &Config, node: &str) -> Result<NodeName, AppErr
 
 /// Fails if a service of `node` listens on `port`, the link port: sk_lookup
 /// would steer other agents' links to it to the inbound listener.
-pub(super) fn check_link_port(config: &Config, node: &str, port: u16) -> Result<(), AppError> {
+pub(super) fn check_link_port(config: &Config, node: &NodeName, port: u16) -> Result<(), AppError> {
     match config.services_on(node).find(|s| s.port == port) {
         Some(s) => Err(AppError::LinkPort {
             service: s.name.clone(),
-            node: node.to_owned(),
+            node: node.clone(),
             port,
         }),
         None => Ok(()),

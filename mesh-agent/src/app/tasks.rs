@@ -86,6 +86,7 @@ struct Parts {
 pub(super) async fn start(app: App, cgroups: cgroups::Shared) -> Result<Running, AppError> {
     let App {
         opts,
+        node: _,
         catalog,
         config,
         cgroup2: cg,
@@ -180,7 +181,8 @@ fn build(
     let (publisher, snapshots) = Snapshot::new(config).publish();
     let publisher = Arc::new(publisher);
     let snapshot = publisher.borrow().clone();
-    let node = super::reload::check_node(&snapshot.config, &opts.node)?;
+    // Its CA's node, which `App::build` checked against the config.
+    let node = identities.node().clone();
     // Runs this node's checks; every agent's view of every instance.
     let board = Board::new(&node, publisher.clone());
     board.sync(&snapshot.config);
@@ -199,7 +201,7 @@ fn build(
         kernel,
         ids,
         contents,
-    } = kernel::start(opts, &snapshot, cg, cgroups, &sockets)?;
+    } = kernel::start(opts, &node, &snapshot, cg, cgroups, &sockets)?;
     // Other agents' health, and ours to them.
     let links = Links::new(
         &node,
@@ -356,7 +358,7 @@ impl Parts {
         cgroups: &cgroups::Shared,
     ) -> reload::Reload {
         reload::Reload {
-            node: opts.node.clone(),
+            node: self.board.node().clone(),
             publisher: self.publisher.clone(),
             board: self.board.clone(),
             links: self.links.clone(),
