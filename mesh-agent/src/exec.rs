@@ -41,7 +41,7 @@ pub enum ExecError {
     #[error("the agent at {addr} runs node {actual:?}, not {asked:?}")]
     OtherAgent {
         addr: SocketAddr,
-        actual: String,
+        actual: NodeName,
         asked: String,
     },
     #[error(transparent)]
@@ -201,7 +201,11 @@ mod tests {
             service("db", &["b", "c"], 82)
         );
         let config = testing::config(&text);
-        ConfigDoc::new(&config, node, &crate::policy::Policy::new(&config))
+        ConfigDoc::new(
+            &config,
+            &node.parse().unwrap(),
+            &crate::policy::Policy::new(&config),
+        )
     }
 
     #[test]

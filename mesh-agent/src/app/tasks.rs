@@ -393,7 +393,12 @@ impl Parts {
         catalog.register_metrics(&mut metrics);
         let mut routes = Routes::default();
         metrics.serve_at(&mut routes);
-        admin::routes(&mut routes, &opts.node, readiness, self.snapshots.clone());
+        admin::routes(
+            &mut routes,
+            self.board.node(),
+            readiness,
+            self.snapshots.clone(),
+        );
         health::doc::routes(&mut routes, &self.board);
         let status = Status {
             node: opts.node.clone(),

@@ -169,7 +169,7 @@ impl Balancer {
     }
 
     /// The connections open now to the instance of `service` on `node`.
-    pub fn active(&self, service: &str, node: &str) -> u64 {
+    pub fn active(&self, service: &ServiceName, node: &NodeName) -> u64 {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let Some(pool) = pools.get(service) else {
             return 0;
