@@ -34,6 +34,7 @@ use super::{
 };
 use crate::{
     config::{Config, Service, local_addr},
+    names::ServiceName,
     telemetry::{Reporter, Side},
     tls::{Protocol, Transport},
 };
@@ -210,7 +211,7 @@ async fn handle(
 struct Streams {
     pi: Arc<Inputs>,
     moves: Arc<Moves>,
-    peer: String,
+    peer: ServiceName,
     dst: Service,
     /// The caller's agent, and the address it dialed.
     from: SocketAddr,

@@ -73,14 +73,14 @@ pub enum ProxyError {
     Tls(#[from] crate::tls::TlsError),
     #[error("intentions deny {src} -> {dst} ({rule})")]
     Denied {
-        src: String,
-        dst: String,
+        src: ServiceName,
+        dst: ServiceName,
         rule: crate::policy::Rule,
     },
     #[error("connection cut: intentions now deny {src} -> {dst} ({rule})")]
     Cut {
-        src: String,
-        dst: String,
+        src: ServiceName,
+        dst: ServiceName,
         rule: crate::policy::Rule,
     },
     #[error("a mesh/2 stream asked for {authority:?} on a connection for {service:?}")]
@@ -141,8 +141,8 @@ impl Inputs {
     /// deciding rule.
     fn authorize(
         &self,
-        src: &str,
-        dst: &str,
+        src: &ServiceName,
+        dst: &ServiceName,
         peer: SocketAddr,
         dialed: SocketAddr,
         side: Reporter,
@@ -156,8 +156,8 @@ impl Inputs {
         let rule = decision.rule.to_string();
         self.telemetry.denied(src, dst, &rule, peer, dialed, side);
         Err(ProxyError::Denied {
-            src: src.to_owned(),
-            dst: dst.to_owned(),
+            src: src.clone(),
+            dst: dst.clone(),
             rule: decision.rule,
         })
     }
@@ -170,8 +170,8 @@ impl Inputs {
     async fn splice_while_allowed(
         &self,
         copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
-        src: &str,
-        dst: &str,
+        src: &ServiceName,
+        dst: &ServiceName,
         side: Side,
     ) -> Result<(u64, u64), ProxyError> {
         let open = self.telemetry.opened(src, dst, side);
@@ -189,8 +189,8 @@ impl Inputs {
     async fn splice_until_denied(
         &self,
         copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
-        src: &str,
-        dst: &str,
+        src: &ServiceName,
+        dst: &ServiceName,
     ) -> Result<(u64, u64), ProxyError> {
         // Like a new subscription: only reloads from now on count.
         let mut snapshot = self.snapshot.clone();
@@ -208,8 +208,8 @@ impl Inputs {
                     if !decision.allowed() {
                         self.telemetry.cut(src, dst);
                         return Err(ProxyError::Cut {
-                            src: src.to_owned(),
-                            dst: dst.to_owned(),
+                            src: src.clone(),
+                            dst: dst.clone(),
                             rule: decision.rule,
                         });
                     }

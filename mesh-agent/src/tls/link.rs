@@ -28,6 +28,7 @@ use super::{
     verify::{ClientVerifier, Peer, PeerRules, ServerVerifier, VerifyError},
 };
 use crate::identity::{Identities, spiffe};
+use crate::names::NodeName;
 
 /// The application protocol of agent links.
 pub const ALPN: &[u8] = b"mesh-link/1";
@@ -109,7 +110,7 @@ impl Link {
     pub async fn accept(
         &self,
         tcp: TcpStream,
-    ) -> Result<(server::TlsStream<TcpStream>, String), TlsError> {
+    ) -> Result<(server::TlsStream<TcpStream>, NodeName), TlsError> {
         let handshake = async {
             // A peer that says nothing lets go of its connection within
             // the hello bound, as on the service ports.

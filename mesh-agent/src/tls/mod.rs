@@ -321,7 +321,7 @@ impl Tls {
         &self,
         tcp: TcpStream,
         dst: &str,
-    ) -> Result<(server::TlsStream<Transport>, String), TlsError> {
+    ) -> Result<(server::TlsStream<Transport>, ServiceName), TlsError> {
         // A local leaf was renewed since: end the sessions made with the old.
         let renewals = self.identities.renewals();
         if self

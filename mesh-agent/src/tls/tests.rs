@@ -106,13 +106,15 @@ fn in_a_minute() -> UnixTime {
 }
 
 fn client(rules: &PeerRules, chain: &[CertificateDer<'static>]) -> Result<String, VerifyError> {
-    rules.verify(
-        &chain[0],
-        &chain[1..],
-        now(),
-        webpki::KeyUsage::client_auth(),
-        None,
-    )
+    rules
+        .verify(
+            &chain[0],
+            &chain[1..],
+            now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+        )
+        .map(|service| service.to_string())
 }
 
 #[test]
@@ -583,7 +585,7 @@ async fn connect_once_to(
                     s.write_all(b"world").await.unwrap();
                     s.shutdown().await.unwrap();
                 }
-                (Ok(peer), kind)
+                (Ok(peer.to_string()), kind)
             }
             Err(e) => (Err(e), None),
         }
