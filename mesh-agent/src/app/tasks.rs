@@ -332,7 +332,7 @@ impl Parts {
         };
         let r = Registration::new(
             options.clone(),
-            &opts.node,
+            self.board.node(),
             self.board.clone(),
             self.snapshots.clone(),
         );

@@ -53,13 +53,13 @@ const MAX_LINE: usize = 4 << 20;
 /// heartbeats, until writing fails or the reports are gone.
 pub async fn send_reports<W: AsyncWrite + Unpin>(
     mut out: W,
-    node: &str,
+    node: &NodeName,
     mut reports: watch::Receiver<LocalReports>,
 ) -> std::io::Result<()> {
     loop {
         let current = reports.borrow_and_update().clone();
         let line = Reports {
-            node: node.to_owned(),
+            node: node.to_string(),
             instances: current.as_ref().clone(),
         };
         let mut bytes = serde_json::to_vec(&line)?;
@@ -419,7 +419,8 @@ mod tests {
         let (board, watch, _) = board(Vec::new());
         let (tx, rx) = watch::channel(report(State::Warning));
         let (theirs, ours) = tokio::io::duplex(1 << 16);
-        let sender = tokio::spawn(async move { send_reports(theirs, "b", rx).await });
+        let sender =
+            tokio::spawn(async move { send_reports(theirs, &"b".parse().unwrap(), rx).await });
         let follower = {
             let board = board.clone();
             tokio::spawn(async move { follow_reports(ours, &"b".parse().unwrap(), &board).await })

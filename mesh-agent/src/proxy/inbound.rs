@@ -360,19 +360,19 @@ type Moved = tokio_rustls::server::TlsStream<Transport>;
 
 /// Who may take a stream over, and where its connection goes.
 struct Expected {
-    src: String,
-    dst: String,
+    src: ServiceName,
+    dst: ServiceName,
     to: oneshot::Sender<Moved>,
 }
 
 impl Moves {
     /// Expects a move of a stream from `src` to `dst` presenting `token`,
     /// until the returned [`Arrival`] is dropped.
-    fn expect(self: &Arc<Self>, token: u128, src: &str, dst: &str) -> Arrival {
+    fn expect(self: &Arc<Self>, token: u128, src: &ServiceName, dst: &ServiceName) -> Arrival {
         let (to, from) = oneshot::channel();
         let expected = Expected {
-            src: src.to_owned(),
-            dst: dst.to_owned(),
+            src: src.clone(),
+            dst: dst.clone(),
             to,
         };
         lock(&self.expected).insert(token, expected);
@@ -387,7 +387,12 @@ impl Moves {
     /// and if it names a stream of that pair, answers [`MOVE_ACK`] and
     /// hands the connection to the stream. Returns whether the stream took
     /// it (it may have ended meanwhile).
-    async fn arrive(&self, mut conn: Moved, src: &str, dst: &str) -> Result<bool, ProxyError> {
+    async fn arrive(
+        &self,
+        mut conn: Moved,
+        src: &ServiceName,
+        dst: &ServiceName,
+    ) -> Result<bool, ProxyError> {
         let bound = crate::tls::HANDSHAKE_TIMEOUT;
         let mut token = [0u8; 16];
         tokio::time::timeout(bound, conn.read_exact(&mut token))
@@ -397,14 +402,14 @@ impl Moves {
         let expected = {
             let mut expected = lock(&self.expected);
             match expected.get(&token) {
-                Some(e) if e.src == src && e.dst == dst => expected.remove(&token),
+                Some(e) if e.src == *src && e.dst == *dst => expected.remove(&token),
                 _ => None,
             }
         };
         let Some(expected) = expected else {
             return Err(ProxyError::UnknownMove {
-                src: src.to_owned(),
-                dst: dst.to_owned(),
+                src: src.clone(),
+                dst: dst.clone(),
             });
         };
         // The source commits to the move only once it has this.

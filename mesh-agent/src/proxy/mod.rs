@@ -97,7 +97,7 @@ pub enum ProxyError {
     #[error("a mesh/move connection sent no token within {0:?}")]
     NoMoveToken(std::time::Duration),
     #[error("a mesh/move connection from {src} to {dst} named no stream of that pair")]
-    UnknownMove { src: String, dst: String },
+    UnknownMove { src: ServiceName, dst: ServiceName },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -89,12 +89,12 @@ impl Link {
     pub async fn connect(
         &self,
         tcp: TcpStream,
-        node: &str,
+        node: &NodeName,
     ) -> Result<client::TlsStream<TcpStream>, TlsError> {
         let sni = spiffe::agent_sni(&self.trust_domain, node);
         // Only a valid node name round-trips: the verifier reads the node it
         // expects back from the SNI.
-        if spiffe::node_from_agent_sni(&self.trust_domain, &sni) != Some(node) {
+        if spiffe::node_from_agent_sni(&self.trust_domain, &sni) != Some(node.as_str()) {
             return Err(VerifyError::ServerName(sni).into());
         }
         let name = ServerName::try_from(sni.clone()).map_err(|_| VerifyError::ServerName(sni))?;
