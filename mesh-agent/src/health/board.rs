@@ -251,7 +251,7 @@ impl Board {
     /// after `success_before_passing` in a row, a failure turns it critical
     /// after `failures_before_critical` in a row; until then it keeps its
     /// state, and its output says what it waits for.
-    pub fn record(&self, service: &str, check: &str, state: State, output: String) {
+    pub fn record(&self, service: &ServiceName, check: &str, state: State, output: String) {
         let mut inner = self.lock();
         let Some(c) = inner.check_mut(service, check) else {
             return;
@@ -345,7 +345,7 @@ impl Board {
     /// Turns the local ttl check `check` of `service` critical if its
     /// deadline passed at `now`. Returns when to look again (`None`: the
     /// check is gone).
-    pub fn expire(&self, service: &str, check: &str, now: Instant) -> Option<Instant> {
+    pub fn expire(&self, service: &ServiceName, check: &str, now: Instant) -> Option<Instant> {
         let mut inner = self.lock();
         let c = inner.check_mut(service, check)?;
         let CheckKind::Ttl(ttl) = c.check.kind else {
@@ -453,11 +453,11 @@ impl Board {
 }
 
 impl runner::Results for Board {
-    fn record(&self, service: &str, check: &str, state: State, output: String) {
+    fn record(&self, service: &ServiceName, check: &str, state: State, output: String) {
         Board::record(self, service, check, state, output);
     }
 
-    fn expire(&self, service: &str, check: &str, now: Instant) -> Option<Instant> {
+    fn expire(&self, service: &ServiceName, check: &str, now: Instant) -> Option<Instant> {
         Board::expire(self, service, check, now)
     }
 }
@@ -577,14 +577,23 @@ pub(super) mod tests {
         assert_eq!(state(&watch, "api", "a"), State::Passing);
         assert_eq!(state(&watch, "api", "b"), State::Passing, "b's last report");
         // One failure of the 2 it takes: still passing.
-        board.record("api", "c", State::Critical, "refused".into());
+        board.record(
+            &"api".parse().unwrap(),
+            "c",
+            State::Critical,
+            "refused".into(),
+        );
         assert_eq!(state(&watch, "api", "a"), State::Passing);
         // The ttl check lasts its whole ttl from the takeover.
         tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(board.expire("api", "t", Instant::now()).is_some());
+        assert!(
+            board
+                .expire(&"api".parse().unwrap(), "t", Instant::now())
+                .is_some()
+        );
         assert_eq!(state(&watch, "api", "a"), State::Passing);
         tokio::time::advance(Duration::from_secs(2)).await;
-        board.expire("api", "t", Instant::now());
+        board.expire(&"api".parse().unwrap(), "t", Instant::now());
         assert_eq!(state(&watch, "api", "a"), State::Critical);
     }
 
@@ -615,23 +624,23 @@ pub(super) mod tests {
                 "after {} successes",
                 n - 1
             );
-            board.record("api", "c", State::Passing, "ok".into());
+            board.record(&"api".parse().unwrap(), "c", State::Passing, "ok".into());
         }
         assert_eq!(state(&watch, "api", "a"), State::Passing);
-        board.record("api", "c", State::Critical, "down".into());
+        board.record(&"api".parse().unwrap(), "c", State::Critical, "down".into());
         assert_eq!(state(&watch, "api", "a"), State::Passing, "1 of 2 failures");
-        board.record("api", "c", State::Passing, "ok".into());
-        board.record("api", "c", State::Critical, "down".into());
+        board.record(&"api".parse().unwrap(), "c", State::Passing, "ok".into());
+        board.record(&"api".parse().unwrap(), "c", State::Critical, "down".into());
         assert_eq!(
             state(&watch, "api", "a"),
             State::Passing,
             "the count restarted"
         );
-        board.record("api", "c", State::Critical, "down".into());
+        board.record(&"api".parse().unwrap(), "c", State::Critical, "down".into());
         assert_eq!(state(&watch, "api", "a"), State::Critical);
         // Warning counts as a success.
         for _ in 0..3 {
-            board.record("api", "c", State::Warning, "busy".into());
+            board.record(&"api".parse().unwrap(), "c", State::Warning, "busy".into());
         }
         assert_eq!(state(&watch, "api", "a"), State::Warning);
         board.stop();
@@ -649,14 +658,14 @@ pub(super) mod tests {
                 .output
                 .clone()
         };
-        board.record("api", "c", State::Passing, "t=1".into());
+        board.record(&"api".parse().unwrap(), "c", State::Passing, "t=1".into());
         assert_eq!(output(&watch), "t=1", "a state change goes out at once");
-        board.record("api", "c", State::Passing, "t=2".into());
+        board.record(&"api".parse().unwrap(), "c", State::Passing, "t=2".into());
         assert_eq!(output(&watch), "t=1", "the same state, a new output: held");
         tokio::time::sleep(OUTPUT_REFRESH).await;
-        board.record("api", "c", State::Passing, "t=3".into());
+        board.record(&"api".parse().unwrap(), "c", State::Passing, "t=3".into());
         assert_eq!(output(&watch), "t=3", "after OUTPUT_REFRESH");
-        board.record("api", "c", State::Critical, "down".into());
+        board.record(&"api".parse().unwrap(), "c", State::Critical, "down".into());
         assert_eq!(output(&watch), "down");
         board.stop();
     }
@@ -664,9 +673,9 @@ pub(super) mod tests {
     #[tokio::test]
     async fn zero_thresholds_follow_each_result() {
         let (board, watch, _) = board(vec![check("c", CheckKind::Tcp, 0, 0)]);
-        board.record("api", "c", State::Passing, "ok".into());
+        board.record(&"api".parse().unwrap(), "c", State::Passing, "ok".into());
         assert_eq!(state(&watch, "api", "a"), State::Passing);
-        board.record("api", "c", State::Critical, "down".into());
+        board.record(&"api".parse().unwrap(), "c", State::Critical, "down".into());
         assert_eq!(state(&watch, "api", "a"), State::Critical);
         board.stop();
     }
@@ -677,13 +686,18 @@ pub(super) mod tests {
             check("one", CheckKind::Tcp, 0, 0),
             check("two", CheckKind::Tcp, 0, 0),
         ]);
-        board.record("api", "one", State::Passing, "ok".into());
+        board.record(&"api".parse().unwrap(), "one", State::Passing, "ok".into());
         assert_eq!(
             state(&watch, "api", "a"),
             State::Critical,
             "two has not passed"
         );
-        board.record("api", "two", State::Warning, "busy".into());
+        board.record(
+            &"api".parse().unwrap(),
+            "two",
+            State::Warning,
+            "busy".into(),
+        );
         assert_eq!(state(&watch, "api", "a"), State::Warning);
         board.stop();
     }
@@ -749,8 +763,13 @@ pub(super) mod tests {
             check("keep", CheckKind::Tcp, 0, 0),
             check("change", CheckKind::Tcp, 0, 0),
         ]);
-        board.record("api", "keep", State::Passing, "ok".into());
-        board.record("api", "change", State::Passing, "ok".into());
+        board.record(&"api".parse().unwrap(), "keep", State::Passing, "ok".into());
+        board.record(
+            &"api".parse().unwrap(),
+            "change",
+            State::Passing,
+            "ok".into(),
+        );
         assert_eq!(state(&watch, "api", "a"), State::Passing);
         config.services[0].checks[1].failures_before_critical = 5;
         board.sync(&config);
@@ -759,7 +778,12 @@ pub(super) mod tests {
             State::Critical,
             "a changed check starts over"
         );
-        board.record("api", "change", State::Passing, "ok".into());
+        board.record(
+            &"api".parse().unwrap(),
+            "change",
+            State::Passing,
+            "ok".into(),
+        );
         assert_eq!(
             state(&watch, "api", "a"),
             State::Passing,

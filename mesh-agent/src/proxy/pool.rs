@@ -289,7 +289,7 @@ impl Pool {
         lock(&self.keys).entry(key.clone()).or_default().clone()
     }
 
-    fn speaks_single(&self, node: &str) -> bool {
+    fn speaks_single(&self, node: &NodeName) -> bool {
         let mut single = lock(&self.single);
         match single.get(node) {
             Some(since) if since.elapsed() < SINGLE_FOR => true,

@@ -354,7 +354,7 @@ async fn a_destination_speaking_only_mesh_1_gets_single_hops_and_is_remembered()
             panic!("a stream, from a mesh/1 agent")
         };
         echoes(tls).await;
-        assert!(pool.speaks_single("b"));
+        assert!(pool.speaks_single(&"b".parse().unwrap()));
     }
     // Each app connection had its own TLS connection; none was pooled.
     assert_eq!(agents.handshakes(), 2);
