@@ -86,9 +86,9 @@ impl InstanceReport {
 pub struct View {
     /// Node -> service -> the node's latest report on that instance (this
     /// node's own checks included).
-    pub reports: HashMap<String, HashMap<String, InstanceReport>>,
+    pub reports: HashMap<NodeName, HashMap<ServiceName, InstanceReport>>,
     /// Nodes whose agent this agent cannot reach, and why.
-    pub unreachable: HashMap<String, String>,
+    pub unreachable: HashMap<NodeName, String>,
     /// With the catalog in etcd: the nodes whose agent holds a live
     /// registration there (this node always counts). An instance on any
     /// other node is critical. `None` with a catalog file.
@@ -114,7 +114,7 @@ impl View {
     /// the service has no checks, critical if it has (none ran yet).
     /// Read at every pick: two map lookups, no allocation.
     pub fn state(&self, service: &Service, node: &NodeName) -> State {
-        if self.unreachable.contains_key(node.as_str()) || !self.registered(node) {
+        if self.unreachable.contains_key(node) || !self.registered(node) {
             return State::Critical;
         }
         match self.report(service, node) {
@@ -127,7 +127,7 @@ impl View {
     /// [`View::state`] with its checks and reason.
     pub fn instance(&self, service: &Service, node: &NodeName) -> Instance {
         let report = self.report(service, node);
-        let reason = match (self.unreachable.get(node.as_str()), report) {
+        let reason = match (self.unreachable.get(node), report) {
             (Some(why), _) => Some(format!("agent of node {node:?} unreachable: {why}")),
             _ if !self.registered(node) => Some(format!(
                 "node {node:?} has no live registration in etcd (its agent is down or cut off from etcd)"
@@ -153,6 +153,6 @@ impl View {
 
     /// The latest report of `node` on its instance of `service`.
     fn report(&self, service: &Service, node: &NodeName) -> Option<&InstanceReport> {
-        self.reports.get(node.as_str())?.get(service.name.as_str())
+        self.reports.get(node)?.get(&service.name)
     }
 }

@@ -158,10 +158,19 @@ impl Registrations {
     /// registered nodes' instances counting.
     pub fn view(&self) -> crate::health::View {
         crate::health::View {
+            // Keys that are not valid names name no instance of any config.
             reports: self
                 .reports
                 .iter()
-                .map(|(node, r)| (node.clone(), r.clone().into_iter().collect()))
+                .filter_map(|(node, r)| {
+                    let by_service = r
+                        .iter()
+                        .filter_map(|(service, report)| {
+                            Some((service.parse().ok()?, report.clone()))
+                        })
+                        .collect();
+                    Some((node.parse().ok()?, by_service))
+                })
                 .collect(),
             unreachable: Default::default(),
             registered: Some(self.nodes.keys().cloned().collect()),

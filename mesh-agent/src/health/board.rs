@@ -44,8 +44,8 @@ struct Inner {
     /// Local service -> its checks, in config order.
     local: BTreeMap<ServiceName, Vec<LocalCheck>>,
     /// Node -> its latest reports (not this node).
-    remote: HashMap<String, HashMap<String, InstanceReport>>,
-    unreachable: HashMap<String, String>,
+    remote: HashMap<NodeName, HashMap<ServiceName, InstanceReport>>,
+    unreachable: HashMap<NodeName, String>,
     /// See [`View::registered`].
     registered: Option<std::collections::BTreeSet<String>>,
     /// The task running each local check, by (service, check name).
@@ -185,7 +185,7 @@ impl Board {
             .remote
             .iter()
             .map(|(node, reports)| Reports {
-                node: node.clone(),
+                node: node.to_string(),
                 instances: reports.values().cloned().collect(),
             })
             .collect();
@@ -203,12 +203,13 @@ impl Board {
     pub fn adopt(&self, local: &[InstanceReport], remote: &[Reports]) {
         let mut inner = self.lock();
         for theirs in remote {
-            if theirs.node != self.node && !inner.remote.contains_key(&theirs.node) {
-                let reports = theirs
-                    .instances
-                    .iter()
-                    .map(|r| (r.service.clone(), r.clone()));
-                inner.remote.insert(theirs.node.clone(), reports.collect());
+            // Names that do not parse name no instance of any config.
+            let Ok(node) = theirs.node.parse::<NodeName>() else {
+                continue;
+            };
+            if node != self.node && !inner.remote.contains_key(&node) {
+                let reports = by_service(theirs.instances.iter().cloned());
+                inner.remote.insert(node, reports);
             }
         }
         let now = Instant::now();
@@ -369,14 +370,8 @@ impl Board {
     /// The latest reports of `node`'s agent; it is reachable.
     pub fn remote(&self, node: &NodeName, reports: Vec<InstanceReport>) {
         let mut inner = self.lock();
-        inner.unreachable.remove(node.as_str());
-        inner.remote.insert(
-            node.to_string(),
-            reports
-                .into_iter()
-                .map(|r| (r.service.clone(), r))
-                .collect(),
-        );
+        inner.unreachable.remove(node);
+        inner.remote.insert(node.clone(), by_service(reports));
         self.publish(&mut inner);
     }
 
@@ -384,11 +379,11 @@ impl Board {
     /// it reports again.
     pub fn unreachable(&self, node: &NodeName, why: String) {
         let mut inner = self.lock();
-        if inner.unreachable.contains_key(node.as_str()) {
+        if inner.unreachable.contains_key(node) {
             return;
         }
         info!(%node, %why, "agent unreachable: its instances are critical");
-        inner.unreachable.insert(node.to_string(), why);
+        inner.unreachable.insert(node.clone(), why);
         self.publish(&mut inner);
     }
 
@@ -434,8 +429,8 @@ impl Board {
         });
         let mut reports = inner.remote.clone();
         reports.insert(
-            self.node.to_string(),
-            local.into_iter().map(|r| (r.service.clone(), r)).collect(),
+            self.node.clone(),
+            inner.local.keys().cloned().zip(local).collect(),
         );
         let view = View {
             reports,
@@ -450,6 +445,17 @@ impl Board {
             changed
         });
     }
+}
+
+/// `reports` by service; a report whose service is not a valid name (no
+/// agent sends one) is left out: no config has that service.
+fn by_service(
+    reports: impl IntoIterator<Item = InstanceReport>,
+) -> HashMap<ServiceName, InstanceReport> {
+    reports
+        .into_iter()
+        .filter_map(|r| Some((r.service.parse().ok()?, r)))
+        .collect()
 }
 
 impl runner::Results for Board {

@@ -401,9 +401,9 @@ pub fn bench_ns_per_pick(lb: Balance, instances: usize, picks: u32) -> Result<f6
         };
         health
             .reports
-            .entry(node.to_string())
+            .entry(node.clone())
             .or_default()
-            .insert(s.name.to_string(), report);
+            .insert(s.name.clone(), report);
     }
     let elsewhere = "elsewhere".parse()?;
     let now = Instant::now();
@@ -619,9 +619,9 @@ mod tests {
                 checks: Vec::new(),
             };
             view.reports
-                .entry(node.to_string())
+                .entry(node.clone())
                 .or_default()
-                .insert(s.name.to_string(), report);
+                .insert(s.name.clone(), report);
         }
         view
     }
@@ -644,12 +644,12 @@ mod tests {
             );
             // An unreachable agent's instances are critical too.
             let mut view = view;
-            view.unreachable.insert("b".into(), "gone".into());
+            view.unreachable.insert(nn("b"), "gone".into());
             assert_eq!(
                 b.pick(&s, &nn("a"), &[], Instant::now(), &view),
                 Some(nn("c"))
             );
-            view.unreachable.insert("c".into(), "gone".into());
+            view.unreachable.insert(nn("c"), "gone".into());
             assert_eq!(b.pick(&s, &nn("a"), &[], Instant::now(), &view), None);
         }
     }
