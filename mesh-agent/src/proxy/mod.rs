@@ -266,14 +266,14 @@ impl ServiceIds {
     }
 
     /// The id of `name`, assigned on first use (ids start at 1).
-    pub fn id(&self, name: &str) -> u32 {
+    pub fn id(&self, name: &ServiceName) -> u32 {
         let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = assigned.by_name.get(name) {
+        if let Some(id) = assigned.by_name.get(name.as_str()) {
             return *id;
         }
-        assigned.names.push(name.to_owned());
+        assigned.names.push(name.to_string());
         let id = u32::try_from(assigned.names.len()).unwrap_or(u32::MAX);
-        assigned.by_name.insert(name.to_owned(), id);
+        assigned.by_name.insert(name.to_string(), id);
         id
     }
 
@@ -400,9 +400,15 @@ mod tests {
     #[test]
     fn a_seeded_table_keeps_every_id_and_numbers_on_after_the_highest() {
         let ids = ServiceIds::seeded(vec![(3, "db".into()), (1, "web".into())]);
-        assert_eq!((ids.id("web"), ids.id("db")), (1, 3));
+        assert_eq!(
+            (
+                ids.id(&"web".parse().unwrap()),
+                ids.id(&"db".parse().unwrap())
+            ),
+            (1, 3)
+        );
         assert_eq!((ids.name(2), ids.name(3).as_deref()), (None, Some("db")));
-        assert_eq!(ids.id("new"), 4);
+        assert_eq!(ids.id(&"new".parse().unwrap()), 4);
         let mut all = ids.all();
         all.sort();
         assert_eq!(
@@ -415,7 +421,10 @@ mod tests {
     fn a_record_names_services_by_their_kernel_ids() {
         let config = testing::config(&mesh());
         let ids = ServiceIds::default();
-        let (web, api) = (ids.id("web"), ids.id("api"));
+        let (web, api) = (
+            ids.id(&"web".parse().unwrap()),
+            ids.id(&"api".parse().unwrap()),
+        );
         let r = Redirect::from_record(&record(web, api), &ids, &config).unwrap();
         assert_eq!(
             (r.src.name.as_str(), r.dst.name.as_str(), r.dialed),
@@ -424,7 +433,7 @@ mod tests {
         // Never given, or given to a service that has left the config.
         let r = Redirect::from_record(&record(web, 0), &ids, &config);
         assert!(matches!(r, Err(ProxyError::UnknownService(0))), "{r:?}");
-        let gone = ids.id("gone");
+        let gone = ids.id(&"gone".parse().unwrap());
         let r = Redirect::from_record(&record(gone, api), &ids, &config);
         assert!(
             matches!(r, Err(ProxyError::UnknownService(id)) if id == gone),

@@ -274,8 +274,8 @@ mod tests {
         let ids = Arc::new(ServiceIds::default());
         let record = dialed.map(|dialed| OrigDst {
             dst: crate::ebpf::sock_addr(dialed),
-            src_service: ids.id("web"),
-            dst_service: ids.id("api"),
+            src_service: ids.id(&"web".parse().unwrap()),
+            dst_service: ids.id(&"api".parse().unwrap()),
             uid: 1000,
             created_ns: 0,
         });
