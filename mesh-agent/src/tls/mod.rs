@@ -225,7 +225,7 @@ impl Tls {
 
     /// The current leaf of local service `service`: a connection made
     /// with another retires (see `proxy::pool`).
-    pub fn leaf(&self, service: &str) -> Option<Arc<Current>> {
+    pub fn leaf(&self, service: &ServiceName) -> Option<Arc<Current>> {
         self.identities.current(service)
     }
 
@@ -320,7 +320,7 @@ impl Tls {
     pub async fn accept(
         &self,
         tcp: TcpStream,
-        dst: &str,
+        dst: &ServiceName,
     ) -> Result<(server::TlsStream<Transport>, ServiceName), TlsError> {
         // A local leaf was renewed since: end the sessions made with the old.
         let renewals = self.identities.renewals();

@@ -448,7 +448,7 @@ async fn agents_handshake_with_each_others_identity() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let (mut s, peer) = b.accept(tcp, "api").await.unwrap();
+        let (mut s, peer) = b.accept(tcp, &"api".parse().unwrap()).await.unwrap();
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).await.unwrap();
         s.write_all(b"world").await.unwrap();
@@ -486,7 +486,9 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         // This port serves `web`, but the client asks for `api`.
-        b.accept(tcp, "web").await.map(|(_, peer)| peer)
+        b.accept(tcp, &"web".parse().unwrap())
+            .await
+            .map(|(_, peer)| peer)
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
     assert!(
@@ -509,7 +511,10 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
 fn the_self_check_catches_a_key_that_does_not_match_its_node_certificate() {
     let mesh = Mesh::new(&mesh_text(81));
     let a = mesh.node("a");
-    assert_eq!(super::verify::self_check(&a, "mesh.local", "a"), Ok(()));
+    assert_eq!(
+        super::verify::self_check(&a, "mesh.local", &"a".parse().unwrap()),
+        Ok(())
+    );
     let _ = mesh.node("b");
     // Node a's certificate with node b's key.
     std::fs::copy(
@@ -518,7 +523,7 @@ fn the_self_check_catches_a_key_that_does_not_match_its_node_certificate() {
     )
     .unwrap();
     let wrong = mesh.node("a");
-    let r = super::verify::self_check(&wrong, "mesh.local", "a");
+    let r = super::verify::self_check(&wrong, "mesh.local", &"a".parse().unwrap());
     assert!(r.is_err(), "{r:?}");
 }
 
@@ -576,7 +581,7 @@ async fn connect_once_to(
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        match b.accept(tcp, "api").await {
+        match b.accept(tcp, &"api".parse().unwrap()).await {
             Ok((mut s, peer)) => {
                 let kind = s.get_ref().1.handshake_kind();
                 // The client may have refused the server after its handshake.

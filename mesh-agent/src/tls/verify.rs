@@ -430,7 +430,7 @@ fn parse_x509(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_
 pub fn self_check(
     ca: &crate::identity::NodeCa,
     trust_domain: &str,
-    node: &str,
+    node: &NodeName,
 ) -> Result<(), String> {
     const PROBE: &str = "self-check";
     let probe = PROBE
@@ -440,7 +440,7 @@ pub fn self_check(
         .issue_leaf(&probe, std::time::Duration::from_secs(60))
         .map_err(|e| e.to_string())?;
     let hosts: HashMap<String, BTreeSet<String>> =
-        [(PROBE.to_owned(), [node.to_owned()].into())].into();
+        [(PROBE.to_owned(), [node.to_string()].into())].into();
     let rules =
         PeerRules::new(trust_domain, ca.root(), Arc::new(hosts)).map_err(|e| e.to_string())?;
     rules

@@ -250,7 +250,7 @@ impl Agents {
                     let (tcp, _) = listener.accept().await.unwrap();
                     let (b, handshakes) = (b.clone(), handshakes.clone());
                     lock(&conns).push(tokio::spawn(async move {
-                        let (tls, _) = b.accept(tcp, "api").await.unwrap();
+                        let (tls, _) = b.accept(tcp, &"api".parse().unwrap()).await.unwrap();
                         handshakes.fetch_add(1, Ordering::SeqCst);
                         if crate::tls::protocol(tls.get_ref().1) == Protocol::Multiplexed {
                             let _ = tunnel::serve(tls, echo).await;

@@ -382,7 +382,11 @@ async fn an_agent_leaf_is_refused_as_a_service() {
     let c = Arc::new(agent(&mesh, &snapshots, "c").1);
     let client = presenting(rules.clone(), Peer::Service, agent_b(), SERVICE_ALPN);
     let (server, ()) = over_loopback(
-        move |tcp| async move { c.accept(tcp, "api").await.map(|(_, peer)| peer) },
+        move |tcp| async move {
+            c.accept(tcp, &"api".parse().unwrap())
+                .await
+                .map(|(_, peer)| peer)
+        },
         |tcp| present(client, "api.svc.mesh.local", tcp),
     )
     .await;
