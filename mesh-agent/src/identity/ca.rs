@@ -340,7 +340,7 @@ pub fn hex(bytes: &[u8]) -> String {
 fn check_node_cert(
     cert: &CertificateDer<'_>,
     trust_domain: &str,
-    node: &str,
+    node: &NodeName,
     path: &Path,
 ) -> Result<OffsetDateTime, IdentityError> {
     let bad = |why: String| IdentityError::BadNodeCa {
@@ -349,7 +349,7 @@ fn check_node_cert(
     };
     let (_, parsed) =
         x509_parser::parse_x509_certificate(cert).map_err(|e| bad(format!("not X.509: {e}")))?;
-    let want = spiffe::node_id(trust_domain, node);
+    let want = SpiffeId::node(trust_domain, node).to_string();
     let uris = super::uri_sans(&parsed);
     if uris != [want.as_str()] {
         return Err(bad(format!(
