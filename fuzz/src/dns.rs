@@ -45,11 +45,16 @@ fn health() -> View {
         state: State::Warning,
         output: "busy".into(),
     };
+    let name = "a valid name";
     view.reports
-        .entry("a".into())
+        .entry("a".parse().expect(name))
         .or_default()
-        .insert("web".into(), InstanceReport::of("web", vec![check]));
-    view.unreachable.insert("b".into(), "timed out".into());
+        .insert(
+            "web".parse().expect(name),
+            InstanceReport::of("web", vec![check]),
+        );
+    view.unreachable
+        .insert("b".parse().expect(name), "timed out".into());
     view
 }
 

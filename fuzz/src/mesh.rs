@@ -69,7 +69,10 @@ pub fn pki() -> &'static Pki {
         let hosts: std::collections::HashMap<String, std::collections::BTreeSet<String>> = config()
             .services
             .iter()
-            .map(|s| (s.name.clone(), s.nodes.iter().cloned().collect()))
+            .map(|s| {
+                let nodes = s.nodes.iter().map(ToString::to_string).collect();
+                (s.name.to_string(), nodes)
+            })
             .collect();
         let root = CertificateDer::from(ROOT_DER);
         let rules = PeerRules::new(TRUST_DOMAIN, &root, std::sync::Arc::new(hosts)).unwrap();

@@ -122,7 +122,7 @@ fn measure(options: &EtcdOptions, watchers: usize, changes: usize) -> Result<Rep
     let rss_growth_mib = rss_bytes().saturating_sub(before) as f64 / (1 << 20) as f64;
     let keys = first.len();
     let (source, destination) = match &config.services[..] {
-        [a, b, ..] => (a.name.clone(), b.name.clone()),
+        [a, b, ..] => (a.name.to_string(), b.name.to_string()),
         _ => return Err("the bench needs two services".into()),
     };
     // Each change must differ from what the catalog holds (a put of the

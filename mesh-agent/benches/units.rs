@@ -43,7 +43,11 @@ fn main() -> Result<(), String> {
             (Balance::Random, "random"),
             (Balance::RoundRobin, "round_robin"),
         ] {
-            let ns = median((0..REPEATS).map(|_| bench_ns_per_pick(lb, INSTANCES, PICKS)));
+            let runs = (0..REPEATS)
+                .map(|_| bench_ns_per_pick(lb, INSTANCES, PICKS))
+                .collect::<Result<Vec<f64>, _>>()
+                .map_err(|e| format!("pick: {e}"))?;
+            let ns = median(runs);
             println!("| pick among {INSTANCES} instances, lb {name} | {ns:.1} | ns per pick |");
         }
     }

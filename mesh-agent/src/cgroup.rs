@@ -172,7 +172,10 @@ pub fn agent_path(node: &str) -> PathBuf {
 pub fn service_path(service: &crate::config::Service, node: &str) -> (PathBuf, bool) {
     match &service.cgroup {
         Some(p) => (p.clone(), false),
-        None => (Path::new(MESH_ROOT).join(node).join(&service.name), true),
+        None => (
+            Path::new(MESH_ROOT).join(node).join(service.name.as_str()),
+            true,
+        ),
     }
 }
 
@@ -233,8 +236,8 @@ mod tests {
     fn the_mesh_layout() {
         assert_eq!(agent_path("b"), PathBuf::from("/mesh/b/_agent"));
         let mut api = crate::config::Service {
-            name: "api".into(),
-            nodes: vec!["b".into(), "c".into()],
+            name: "api".parse().unwrap(),
+            nodes: vec!["b".parse().unwrap(), "c".parse().unwrap()],
             port: 5001,
             vip: "240.0.0.2".parse().unwrap(),
             public: false,

@@ -18,6 +18,7 @@ use crate::{
     admin::{self, AdminError, ConfigDoc},
     cgroup::{Cgroup2, CgroupError},
     config::{Config, ConfigError},
+    names::NodeName,
 };
 
 /// Errors of this module.
@@ -34,13 +35,13 @@ pub enum ExecError {
     #[error("service {service:?} runs on nodes {actual:?}, not on {asked:?}")]
     WrongNode {
         service: String,
-        actual: Vec<String>,
+        actual: Vec<NodeName>,
         asked: String,
     },
     #[error("the agent at {addr} runs node {actual:?}, not {asked:?}")]
     OtherAgent {
         addr: SocketAddr,
-        actual: String,
+        actual: NodeName,
         asked: String,
     },
     #[error(transparent)]
@@ -167,7 +168,7 @@ fn in_agent_config(
 /// `asked`, where its cgroup is `cgroup`.
 fn target(
     service: &str,
-    actual: &[String],
+    actual: &[NodeName],
     asked: &str,
     cgroup: PathBuf,
 ) -> Result<Target, ExecError> {
@@ -200,7 +201,11 @@ mod tests {
             service("db", &["b", "c"], 82)
         );
         let config = testing::config(&text);
-        ConfigDoc::new(&config, node, &crate::policy::Policy::new(&config))
+        ConfigDoc::new(
+            &config,
+            &node.parse().unwrap(),
+            &crate::policy::Policy::new(&config),
+        )
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Service;
+use crate::names::{NodeName, ServiceName};
 
 /// A check's or an instance's state. Ordered from best to worst.
 #[derive(
@@ -85,9 +86,9 @@ impl InstanceReport {
 pub struct View {
     /// Node -> service -> the node's latest report on that instance (this
     /// node's own checks included).
-    pub reports: HashMap<String, HashMap<String, InstanceReport>>,
+    pub reports: HashMap<NodeName, HashMap<ServiceName, InstanceReport>>,
     /// Nodes whose agent this agent cannot reach, and why.
-    pub unreachable: HashMap<String, String>,
+    pub unreachable: HashMap<NodeName, String>,
     /// With the catalog in etcd: the nodes whose agent holds a live
     /// registration there (this node always counts). An instance on any
     /// other node is critical. `None` with a catalog file.
@@ -97,8 +98,8 @@ pub struct View {
 /// The health of one instance, as `/status` and `catalog instances` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
-    pub service: String,
-    pub node: String,
+    pub service: ServiceName,
+    pub node: NodeName,
     pub state: State,
     /// Why, in a few words, when no check says it (unreachable agent, no
     /// report yet).
@@ -112,7 +113,7 @@ impl View {
     /// agent cannot be reached; else its latest report; else passing if
     /// the service has no checks, critical if it has (none ran yet).
     /// Read at every pick: two map lookups, no allocation.
-    pub fn state(&self, service: &Service, node: &str) -> State {
+    pub fn state(&self, service: &Service, node: &NodeName) -> State {
         if self.unreachable.contains_key(node) || !self.registered(node) {
             return State::Critical;
         }
@@ -124,7 +125,7 @@ impl View {
     }
 
     /// [`View::state`] with its checks and reason.
-    pub fn instance(&self, service: &Service, node: &str) -> Instance {
+    pub fn instance(&self, service: &Service, node: &NodeName) -> Instance {
         let report = self.report(service, node);
         let reason = match (self.unreachable.get(node), report) {
             (Some(why), _) => Some(format!("agent of node {node:?} unreachable: {why}")),
@@ -136,7 +137,7 @@ impl View {
         };
         Instance {
             service: service.name.clone(),
-            node: node.to_owned(),
+            node: node.clone(),
             state: self.state(service, node),
             reason,
             checks: report.map(|r| r.checks.clone()).unwrap_or_default(),
@@ -144,12 +145,14 @@ impl View {
     }
 
     /// Whether `node`'s agent counts as registered (always, without etcd).
-    fn registered(&self, node: &str) -> bool {
-        self.registered.as_ref().is_none_or(|r| r.contains(node))
+    fn registered(&self, node: &NodeName) -> bool {
+        self.registered
+            .as_ref()
+            .is_none_or(|r| r.contains(node.as_str()))
     }
 
     /// The latest report of `node` on its instance of `service`.
-    fn report(&self, service: &Service, node: &str) -> Option<&InstanceReport> {
+    fn report(&self, service: &Service, node: &NodeName) -> Option<&InstanceReport> {
         self.reports.get(node)?.get(&service.name)
     }
 }

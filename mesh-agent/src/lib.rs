@@ -27,6 +27,7 @@ pub mod handover;
 pub mod health;
 pub mod health_view;
 pub mod identity;
+pub mod names;
 pub mod policy;
 pub mod proxy;
 pub mod snapshot;

@@ -173,7 +173,7 @@ mod tests {
         if s == "*" {
             Match::Any
         } else {
-            Match::Name(s.into())
+            Match::Name(s.parse().unwrap())
         }
     }
 

@@ -15,7 +15,14 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{config::Config, health_view, policy::Policy, tls::verify::Hosting, zone::Zone};
+use crate::{
+    config::Config,
+    health_view,
+    names::{NodeName, ServiceName},
+    policy::Policy,
+    tls::verify::Hosting,
+    zone::Zone,
+};
 
 /// The catalog as this agent applies it, and the health of its instances.
 /// Cheap to clone: a health change publishes a new snapshot that shares
@@ -29,7 +36,7 @@ pub struct Snapshot {
     /// Its `.mesh` names.
     pub zone: Arc<Zone>,
     /// Service -> the nodes hosting an instance of it, for the TLS verifier.
-    pub hosts: Arc<HashMap<String, BTreeSet<String>>>,
+    pub hosts: Arc<HashMap<ServiceName, BTreeSet<NodeName>>>,
     /// What this agent knows of every instance's health.
     pub health: Arc<health_view::View>,
 }
@@ -79,7 +86,8 @@ impl Snapshot {
 impl Hosting for Watch {
     fn hosts(&self, service: &str) -> Option<BTreeSet<String>> {
         let snapshot = self.borrow().clone();
-        snapshot.hosts.get(service).cloned()
+        let nodes = snapshot.hosts.get(service)?;
+        Some(nodes.iter().map(ToString::to_string).collect())
     }
 
     fn is_node(&self, node: &str) -> bool {
@@ -91,7 +99,7 @@ impl Hosting for Watch {
 /// Service -> nodes of every service: public services are never
 /// destinations, but they can call others, so their leaves are valid
 /// client identities.
-fn hosts(config: &Config) -> HashMap<String, BTreeSet<String>> {
+fn hosts(config: &Config) -> HashMap<ServiceName, BTreeSet<NodeName>> {
     config
         .services
         .iter()

@@ -14,6 +14,7 @@ use hickory_proto::{
 use crate::{
     config::{Config, Service},
     health_view::View,
+    names::{NodeName, ServiceName},
 };
 
 /// TTL of `.mesh` addresses (VIPs, nodes): short, as services, VIPs and
@@ -52,9 +53,9 @@ pub enum Handling {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Zone {
     /// Every meshed (non-public) service, by name.
-    services: HashMap<String, Service>,
+    services: HashMap<ServiceName, Service>,
     /// Every node's address, by name.
-    nodes: HashMap<String, IpAddr>,
+    nodes: HashMap<NodeName, IpAddr>,
 }
 
 impl Zone {
@@ -347,9 +348,12 @@ pub(crate) mod tests {
             output: String::new(),
         };
         view.reports
-            .entry(node.into())
+            .entry(node.parse().unwrap())
             .or_default()
-            .insert(service.into(), InstanceReport::of(service, vec![check]));
+            .insert(
+                service.parse().unwrap(),
+                InstanceReport::of(service, vec![check]),
+            );
     }
 
     fn ask(name: &str, kind: RecordType) -> Vec<u8> {
@@ -472,7 +476,8 @@ pub(crate) mod tests {
         report(&mut view, "c", "data-api", State::Critical);
         // Passing, by its agent's last word, but that agent is unreachable.
         report(&mut view, "d", "data-api", State::Passing);
-        view.unreachable.insert("d".into(), "timed out".into());
+        view.unreachable
+            .insert("d".parse().unwrap(), "timed out".into());
         for name in ["data-api.mesh.", "_data-api._tcp.mesh."] {
             let r = reply(checked_zone().answer(&ask(name, RecordType::SRV), &view));
             assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{name}");

@@ -48,6 +48,7 @@ pub use crate::endpoint::{Call, Caller, Reply, Routes};
 use crate::{
     config::Config,
     endpoint::{MAX_BODY, Methods},
+    names::{NodeName, ServiceName},
     policy,
     snapshot::Watch,
 };
@@ -99,7 +100,7 @@ pub struct ConfigDoc {
     /// The file the agent loads, as given to it.
     pub path: String,
     /// The node this agent runs.
-    pub node: String,
+    pub node: NodeName,
     pub trust_domain: String,
     pub leaf_ttl_secs: u64,
     pub nodes: Vec<NodeDoc>,
@@ -111,16 +112,16 @@ pub struct ConfigDoc {
 /// A node of a [`ConfigDoc`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeDoc {
-    pub name: String,
+    pub name: NodeName,
     pub address: IpAddr,
 }
 
 /// A service of a [`ConfigDoc`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceDoc {
-    pub name: String,
+    pub name: ServiceName,
     /// The nodes hosting an instance, in file order.
-    pub nodes: Vec<String>,
+    pub nodes: Vec<NodeName>,
     pub port: u16,
     pub vip: IpAddr,
     pub public: bool,
@@ -133,10 +134,10 @@ pub struct ServiceDoc {
 impl ConfigDoc {
     /// The document of `config` as run by the agent of `node`, with the
     /// intentions of `policy` (the ones in force).
-    pub fn new(config: &Config, node: &str, policy: &policy::Policy) -> Self {
+    pub fn new(config: &Config, node: &NodeName, policy: &policy::Policy) -> Self {
         Self {
             path: config.path.display().to_string(),
-            node: node.to_owned(),
+            node: node.clone(),
             trust_domain: config.mesh.trust_domain.clone(),
             leaf_ttl_secs: config.mesh.leaf_ttl.as_secs(),
             nodes: config
@@ -227,7 +228,7 @@ impl Readiness {
 
 /// The answer to `GET /ready` in `phase`: 200 when ready, else 503; the
 /// body names the phase, the node and this process.
-fn ready(phase: Phase, node: &str) -> (StatusCode, Value) {
+fn ready(phase: Phase, node: &NodeName) -> (StatusCode, Value) {
     let status = if phase == Phase::Ready {
         StatusCode::OK
     } else {
@@ -363,13 +364,13 @@ async fn body(req: Request<hyper::body::Incoming>) -> Result<Bytes, Reply> {
 
 /// Registers `/ready` (the agent's phase) and `/config` (the config and
 /// intentions in force) of the agent of `node`.
-pub fn routes(routes: &mut Routes, node: &str, readiness: Arc<Readiness>, snapshots: Watch) {
-    let name = node.to_owned();
+pub fn routes(routes: &mut Routes, node: &NodeName, readiness: Arc<Readiness>, snapshots: Watch) {
+    let name = node.clone();
     routes.any("/ready", move |_| {
         let (status, body) = ready(readiness.phase(), &name);
         Reply::json(status, &body)
     });
-    let name = node.to_owned();
+    let name = node.clone();
     routes.any("/config", move |_| {
         let snapshot = snapshots.borrow().clone();
         Reply::document(&ConfigDoc::new(&snapshot.config, &name, &snapshot.policy))
@@ -436,7 +437,11 @@ mod tests {
             testing::intention("*", "api", "deny")
         );
         let config = testing::config(&text);
-        let doc = ConfigDoc::new(&config, "a", &policy::Policy::new(&config));
+        let doc = ConfigDoc::new(
+            &config,
+            &"a".parse().unwrap(),
+            &policy::Policy::new(&config),
+        );
         let body = serde_json::to_string(&doc).unwrap();
         let back: ConfigDoc = serde_json::from_str(&body).unwrap();
         assert_eq!(back, doc);
@@ -462,7 +467,7 @@ mod tests {
     fn ready_only_between_start_and_drain() {
         let readiness = Readiness::default();
         let answer = |r: &Readiness| {
-            let (status, body) = ready(r.phase(), "b");
+            let (status, body) = ready(r.phase(), &"b".parse().unwrap());
             (
                 status.as_u16(),
                 body["phase"].clone(),
@@ -478,7 +483,7 @@ mod tests {
         readiness.ready();
         assert_eq!(readiness.phase(), Phase::Draining);
 
-        let (_, body) = ready(Phase::Ready, "b");
+        let (_, body) = ready(Phase::Ready, &"b".parse().unwrap());
         assert_eq!(body["node"], "b");
         assert_eq!(body["pid"], std::process::id());
     }

@@ -7,7 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::rfc3339;
 use crate::{
-    denials::Denials, health::State, identity::Identities, snapshot::Watch, table::table,
+    denials::Denials,
+    health::State,
+    identity::{Identities, spiffe::SpiffeId},
+    names::{NodeName, ServiceName},
+    snapshot::Watch,
+    table::table,
     telemetry::Telemetry,
 };
 
@@ -131,8 +136,8 @@ pub struct Expiry {
 /// A local service's leaf.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeafDoc {
-    pub name: String,
-    pub spiffe_id: String,
+    pub name: ServiceName,
+    pub spiffe_id: SpiffeId,
     pub serial: String,
     #[serde(flatten)]
     pub expiry: Expiry,
@@ -141,8 +146,8 @@ pub struct LeafDoc {
 /// An instance's health.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceDoc {
-    pub service: String,
-    pub node: String,
+    pub service: ServiceName,
+    pub node: NodeName,
     pub state: State,
     /// Why, when no check says it (unreachable agent, no result yet).
     pub reason: Option<String>,
@@ -182,8 +187,8 @@ impl StatusDoc {
         }
         let rows = self.services.iter().map(|leaf| {
             vec![
-                leaf.name.clone(),
-                leaf.spiffe_id.clone(),
+                leaf.name.to_string(),
+                leaf.spiffe_id.to_string(),
                 leaf.serial.clone(),
                 format!(
                     "{} (in {})",

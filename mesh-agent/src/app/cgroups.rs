@@ -11,6 +11,7 @@ use tracing::warn;
 use crate::{
     cgroup::{self, Cgroup2, CgroupError},
     config::Config,
+    names::{NodeName, ServiceName},
 };
 
 /// The cgroup of one local service.
@@ -33,7 +34,7 @@ pub(super) struct Cgroups {
     /// Where the agent came from; it moves back there on exit.
     origin: Option<PathBuf>,
     /// Per local service, by name.
-    pub services: BTreeMap<String, ServiceCgroup>,
+    pub services: BTreeMap<ServiceName, ServiceCgroup>,
     /// Our cgroups of services that left the config, to remove at exit if
     /// they were still busy then.
     gone: Vec<PathBuf>,
@@ -42,7 +43,7 @@ pub(super) struct Cgroups {
 impl Cgroups {
     /// Creates the agent's cgroup and moves this process into it, then
     /// creates those of `node`'s services.
-    pub fn enter(cg: &Cgroup2, config: &Config, node: &str) -> Result<Self, CgroupError> {
+    pub fn enter(cg: &Cgroup2, config: &Config, node: &NodeName) -> Result<Self, CgroupError> {
         let origin = cgroup::current();
         let agent = cgroup::agent_path(node);
         let agent_id = cg.create(&agent)?;
@@ -60,7 +61,12 @@ impl Cgroups {
 
     /// Creates the cgroups of `node`'s services that are missing and lets go
     /// of those of services no longer there (removing ours, where empty).
-    pub fn sync(&mut self, cg: &Cgroup2, config: &Config, node: &str) -> Result<(), CgroupError> {
+    pub fn sync(
+        &mut self,
+        cg: &Cgroup2,
+        config: &Config,
+        node: &NodeName,
+    ) -> Result<(), CgroupError> {
         let mut want = BTreeMap::new();
         for s in config.services_on(node) {
             let (path, ours) = cgroup::service_path(s, node);

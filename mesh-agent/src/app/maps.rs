@@ -3,7 +3,13 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use super::cgroups::ServiceCgroup;
-use crate::{config::Config, ebpf::MapContents, policy::Policy, proxy::ServiceIds};
+use crate::{
+    config::Config,
+    ebpf::MapContents,
+    names::{NodeName, ServiceName},
+    policy::Policy,
+    proxy::ServiceIds,
+};
 
 /// Everything the config-derived kernel maps hold for `node`: mesh
 /// destinations, local callers by cgroup, local ports, the pairs the
@@ -11,9 +17,9 @@ use crate::{config::Config, ebpf::MapContents, policy::Policy, proxy::ServiceIds
 /// nodes' addresses. `cgroups`: the local services' cgroups, by name.
 pub(super) fn contents(
     config: &Config,
-    node: &str,
+    node: &NodeName,
     ids: &ServiceIds,
-    cgroups: &BTreeMap<String, ServiceCgroup>,
+    cgroups: &BTreeMap<ServiceName, ServiceCgroup>,
     policy: &Policy,
 ) -> MapContents {
     let mut c = MapContents {
@@ -56,6 +62,10 @@ mod tests {
     use super::*;
     use crate::testing::{NODES, config, intention, service};
 
+    fn name(s: &str) -> ServiceName {
+        s.parse().unwrap()
+    }
+
     /// Node a hosts web and cron; b hosts api (VIP 240.0.0.9) and the
     /// public docs; only web may call api.
     fn mesh() -> Config {
@@ -81,12 +91,10 @@ mod tests {
     fn the_maps_of_node_a() {
         let config = mesh();
         let ids = ServiceIds::default();
-        let local = BTreeMap::from([
-            ("web".to_owned(), cgroup(7)),
-            ("cron".to_owned(), cgroup(8)),
-        ]);
-        let c = contents(&config, "a", &ids, &local, &Policy::new(&config));
-        let id = |name| ids.id(name);
+        let local = BTreeMap::from([(name("web"), cgroup(7)), (name("cron"), cgroup(8))]);
+        let a: NodeName = "a".parse().unwrap();
+        let c = contents(&config, &a, &ids, &local, &Policy::new(&config));
+        let id = |s: &str| ids.id(&name(s));
         // Every meshed service by VIP and by its instances' addresses; the
         // public one by neither.
         let api_vip: SocketAddr = "240.0.0.9:5001".parse().unwrap();
@@ -113,9 +121,10 @@ mod tests {
     fn node_b_has_no_local_callers_without_cgroups() {
         let config = mesh();
         let ids = ServiceIds::default();
-        let c = contents(&config, "b", &ids, &BTreeMap::new(), &Policy::new(&config));
+        let b: NodeName = "b".parse().unwrap();
+        let c = contents(&config, &b, &ids, &BTreeMap::new(), &Policy::new(&config));
         assert!(c.cgroups.is_empty());
         // api's port, not the public docs' (the loopback guard skips it).
-        assert_eq!(c.local_ports, [(5001, ids.id("api"))]);
+        assert_eq!(c.local_ports, [(5001, ids.id(&name("api")))]);
     }
 }

@@ -30,6 +30,7 @@ use crate::{
     config::Config,
     ebpf::EbpfError,
     identity::{Identities, IdentityError, NodeCa},
+    names::{NodeName, ServiceName},
     tls::TlsError,
 };
 
@@ -65,8 +66,8 @@ pub enum AppError {
         "service {service:?} listens on port {port} of node {node:?}, the agents' link port: give it another port, or run every agent with another --link-port"
     )]
     LinkPort {
-        service: String,
-        node: String,
+        service: ServiceName,
+        node: NodeName,
         port: u16,
     },
     #[error(
@@ -127,6 +128,8 @@ pub struct RunOptions {
 /// What [`App::build`] sets up before the async runtime starts.
 pub struct App {
     opts: RunOptions,
+    /// The node it runs as, as the config declares it.
+    node: NodeName,
     /// Where the config comes from; followed for changes once running.
     catalog: Box<dyn Catalog>,
     /// Its contents at start.
@@ -147,8 +150,8 @@ impl App {
         raise_fd_limit();
         let mut catalog: Box<dyn Catalog> = opts.catalog.open();
         let config = catalog.load()?;
-        reload::check_node(&config, &opts.node)?;
-        reload::check_link_port(&config, &opts.node, opts.link_port)?;
+        let node = reload::check_node(&config, &opts.node)?;
+        reload::check_link_port(&config, &node, opts.link_port)?;
         // An agent of this node already runs: take its sockets over (an
         // upgrade) instead of binding them.
         let mut taken = crate::handover::take(&opts.node)?;
@@ -162,8 +165,8 @@ impl App {
                 "taking over from the running agent of this node"
             );
         }
-        let ca = node_ca(&config, &opts.node)?;
-        let local = config.services_on(&opts.node).map(|s| s.name.clone());
+        let ca = node_ca(&config, &node)?;
+        let local = config.services_on(&node).map(|s| s.name.clone());
         let identities =
             Identities::new(&config.mesh.trust_domain, ca, config.mesh.leaf_ttl, local)?;
         Ok(Self {
@@ -174,6 +177,7 @@ impl App {
             config,
             taken,
             opts,
+            node,
         })
     }
 
@@ -191,7 +195,7 @@ impl App {
     /// On failure the cgroups are left as they were found.
     pub async fn spawn(self) -> Result<Running, AppError> {
         let cg = self.cgroup2.clone();
-        let cgroups = cgroups::Shared::new(Cgroups::enter(&cg, &self.config, &self.opts.node)?);
+        let cgroups = cgroups::Shared::new(Cgroups::enter(&cg, &self.config, &self.node)?);
         tasks::start(self, cgroups.clone())
             .await
             .inspect_err(|_| cgroups.lock().leave(&cg))
@@ -200,11 +204,11 @@ impl App {
 
 /// The node CA of `node`, checked against the root; warns when it expires
 /// within 30 days.
-fn node_ca(config: &Config, node: &str) -> Result<NodeCa, AppError> {
+fn node_ca(config: &Config, node: &NodeName) -> Result<NodeCa, AppError> {
     let ca = NodeCa::load_or_issue(config, node)?;
     crate::tls::verify::self_check(&ca, &config.mesh.trust_domain, node).map_err(|why| {
         AppError::NodeCa {
-            node: node.to_owned(),
+            node: node.to_string(),
             why,
         }
     })?;
@@ -214,7 +218,7 @@ fn node_ca(config: &Config, node: &str) -> Result<NodeCa, AppError> {
         .unwrap_or_default();
     if left < Duration::from_secs(30 * 24 * 3600) {
         warn!(
-            node,
+            node = node.as_str(),
             days_left = left.as_secs() / 86400,
             "the node CA expires soon: issue a new one with `mesh-agent ca issue-node` (leaves cannot outlive it)"
         );

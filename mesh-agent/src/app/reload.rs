@@ -12,6 +12,7 @@ use crate::{
     ebpf::Kernel,
     health::{Board, link::Links},
     identity::Identities,
+    names::{NodeName, ServiceName},
     proxy::ServiceIds,
     snapshot::Publisher,
 };
@@ -31,7 +32,7 @@ pub(super) async fn follow(mut catalog: Box<dyn Catalog>, reload: Reload) {
 /// What a reload changes: the snapshot, and its side effects (cgroups,
 /// leaves, kernel maps).
 pub(super) struct Reload {
-    pub node: String,
+    pub node: NodeName,
     /// The writer of the snapshot channel's config (the board writes its
     /// health).
     pub publisher: Arc<Publisher>,
@@ -68,7 +69,7 @@ impl Reload {
         if !changed.is_empty() {
             return Err(AppError::NeedsRestart(changed));
         }
-        let local: Vec<String> = new.services_on(node).map(|s| s.name.clone()).collect();
+        let local: Vec<ServiceName> = new.services_on(node).map(|s| s.name.clone()).collect();
         let mut cgroups = self.cgroups.lock();
         cgroups.sync(&self.cg, &new, node)?;
         self.identities.sync(&local)?;
@@ -98,10 +99,10 @@ impl Reload {
     }
 }
 
-/// Fails unless `config` declares `node`.
-pub(super) fn check_node(config: &Config, node: &str) -> Result<(), AppError> {
+/// The name of `node` as `config` declares it; fails if it does not.
+pub(super) fn check_node(config: &Config, node: &str) -> Result<NodeName, AppError> {
     match config.node(node) {
-        Some(_) => Ok(()),
+        Some(declared) => Ok(declared.name.clone()),
         None => Err(AppError::UnknownNode {
             node: node.to_owned(),
             path: config.path.clone(),
@@ -111,11 +112,11 @@ pub(super) fn check_node(config: &Config, node: &str) -> Result<(), AppError> {
 
 /// Fails if a service of `node` listens on `port`, the link port: sk_lookup
 /// would steer other agents' links to it to the inbound listener.
-pub(super) fn check_link_port(config: &Config, node: &str, port: u16) -> Result<(), AppError> {
+pub(super) fn check_link_port(config: &Config, node: &NodeName, port: u16) -> Result<(), AppError> {
     match config.services_on(node).find(|s| s.port == port) {
         Some(s) => Err(AppError::LinkPort {
             service: s.name.clone(),
-            node: node.to_owned(),
+            node: node.clone(),
             port,
         }),
         None => Ok(()),
@@ -134,15 +135,16 @@ mod tests {
             service("web", &["a"], 15002),
             service("api", &["b"], 80)
         ));
-        let err = check_link_port(&config, "a", 15002).unwrap_err();
+        let (a, b): (NodeName, NodeName) = ("a".parse().unwrap(), "b".parse().unwrap());
+        let err = check_link_port(&config, &a, 15002).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("service \"web\" listens on port 15002 of node \"a\""),
             "{err}"
         );
         // Another node's service may use it: its agent is elsewhere.
-        assert!(check_link_port(&config, "b", 15002).is_ok());
-        assert!(check_link_port(&config, "a", 15003).is_ok());
+        assert!(check_link_port(&config, &b, 15002).is_ok());
+        assert!(check_link_port(&config, &a, 15003).is_ok());
     }
 
     #[test]

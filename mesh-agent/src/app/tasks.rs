@@ -86,6 +86,7 @@ struct Parts {
 pub(super) async fn start(app: App, cgroups: cgroups::Shared) -> Result<Running, AppError> {
     let App {
         opts,
+        node: _,
         catalog,
         config,
         cgroup2: cg,
@@ -180,8 +181,10 @@ fn build(
     let (publisher, snapshots) = Snapshot::new(config).publish();
     let publisher = Arc::new(publisher);
     let snapshot = publisher.borrow().clone();
+    // Its CA's node, which `App::build` checked against the config.
+    let node = identities.node().clone();
     // Runs this node's checks; every agent's view of every instance.
-    let board = Board::new(&opts.node, publisher.clone());
+    let board = Board::new(&node, publisher.clone());
     board.sync(&snapshot.config);
     if let Some(taken) = taken {
         board.adopt(&taken.reports, &taken.remote);
@@ -198,10 +201,10 @@ fn build(
         kernel,
         ids,
         contents,
-    } = kernel::start(opts, &snapshot, cg, cgroups, &sockets)?;
+    } = kernel::start(opts, &node, &snapshot, cg, cgroups, &sockets)?;
     // Other agents' health, and ours to them.
     let links = Links::new(
-        &opts.node,
+        &node,
         tls.link(),
         board.clone(),
         opts.link_port,
@@ -211,7 +214,7 @@ fn build(
     let telemetry = Arc::new(Telemetry::default());
     let drain = Drain::default();
     let inputs = Inputs::new(
-        opts.node.clone(),
+        node,
         snapshots.clone(),
         tls,
         telemetry.clone(),
@@ -329,7 +332,7 @@ impl Parts {
         };
         let r = Registration::new(
             options.clone(),
-            &opts.node,
+            self.board.node(),
             self.board.clone(),
             self.snapshots.clone(),
         );
@@ -355,7 +358,7 @@ impl Parts {
         cgroups: &cgroups::Shared,
     ) -> reload::Reload {
         reload::Reload {
-            node: opts.node.clone(),
+            node: self.board.node().clone(),
             publisher: self.publisher.clone(),
             board: self.board.clone(),
             links: self.links.clone(),
@@ -390,7 +393,12 @@ impl Parts {
         catalog.register_metrics(&mut metrics);
         let mut routes = Routes::default();
         metrics.serve_at(&mut routes);
-        admin::routes(&mut routes, &opts.node, readiness, self.snapshots.clone());
+        admin::routes(
+            &mut routes,
+            self.board.node(),
+            readiness,
+            self.snapshots.clone(),
+        );
         health::doc::routes(&mut routes, &self.board);
         let status = Status {
             node: opts.node.clone(),

@@ -44,6 +44,7 @@ use super::{
 };
 use crate::{
     health::{Board, InstanceReport, doc::CatalogDoc},
+    names::NodeName,
     snapshot::Watch,
 };
 
@@ -157,10 +158,19 @@ impl Registrations {
     /// registered nodes' instances counting.
     pub fn view(&self) -> crate::health::View {
         crate::health::View {
+            // Keys that are not valid names name no instance of any config.
             reports: self
                 .reports
                 .iter()
-                .map(|(node, r)| (node.clone(), r.clone().into_iter().collect()))
+                .filter_map(|(node, r)| {
+                    let by_service = r
+                        .iter()
+                        .filter_map(|(service, report)| {
+                            Some((service.parse().ok()?, report.clone()))
+                        })
+                        .collect();
+                    Some((node.parse().ok()?, by_service))
+                })
                 .collect(),
             unreachable: Default::default(),
             registered: Some(self.nodes.keys().cloned().collect()),
@@ -223,7 +233,7 @@ async fn list_keys(
 /// docs.
 pub struct Registration {
     options: EtcdOptions,
-    node: String,
+    node: NodeName,
     board: Arc<Board>,
     snapshots: Watch,
     /// The lease this agent's keys are under, while it holds one.
@@ -246,10 +256,15 @@ enum Refused {
 }
 
 impl Registration {
-    pub fn new(options: EtcdOptions, node: &str, board: Arc<Board>, snapshots: Watch) -> Arc<Self> {
+    pub fn new(
+        options: EtcdOptions,
+        node: &NodeName,
+        board: Arc<Board>,
+        snapshots: Watch,
+    ) -> Arc<Self> {
         Arc::new(Self {
             options,
-            node: node.to_owned(),
+            node: node.clone(),
             board,
             snapshots,
             lease: Mutex::new(None),
@@ -287,7 +302,7 @@ impl Registration {
                 let message = e.to_string();
                 if state.down.is_none() {
                     if message.contains("permission denied") {
-                        tracing::error!(error = %message, node = %self.node, "etcd refuses this node's registration: its etcd user needs readwrite on {} and the prefix {}; retrying", self.node_key(), Key::Health { node: self.node.clone(), service: String::new() }.key(&self.options.prefix));
+                        tracing::error!(error = %message, node = %self.node, "etcd refuses this node's registration: its etcd user needs readwrite on {} and the prefix {}; retrying", self.node_key(), Key::Health { node: self.node.to_string(), service: String::new() }.key(&self.options.prefix));
                     } else {
                         warn!(error = %message, "cannot keep this node's registration in etcd; retrying");
                     }
@@ -465,7 +480,7 @@ impl Registration {
     }
 
     fn node_key(&self) -> String {
-        Key::Node(self.node.clone()).key(&self.options.prefix)
+        Key::Node(self.node.to_string()).key(&self.options.prefix)
     }
 
     /// The registration lost: its key gone, or taken by another agent.
@@ -497,7 +512,7 @@ impl Registration {
         let mut wanted = BTreeMap::from([(node_key.clone(), self.node_value())]);
         for report in self.board.local_reports().borrow().iter() {
             let key = Key::Health {
-                node: self.node.clone(),
+                node: self.node.to_string(),
                 service: report.service.clone(),
             }
             .key(&self.options.prefix);

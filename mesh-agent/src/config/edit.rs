@@ -479,7 +479,7 @@ mod tests {
     }
 
     fn name(s: &str) -> Match {
-        Match::Name(s.to_owned())
+        Match::Name(s.parse().unwrap())
     }
 
     #[test]

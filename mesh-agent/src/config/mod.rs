@@ -28,6 +28,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::names::{NodeName, ServiceName};
+
 /// Where a local service listens: loopback only, by design.
 pub fn local_addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
@@ -64,7 +66,7 @@ pub struct Mesh {
 /// A `[[node]]`: a host running an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
-    pub name: String,
+    pub name: NodeName,
     /// The address other nodes reach it at.
     pub address: IpAddr,
 }
@@ -73,10 +75,10 @@ pub struct Node {
 /// hosts one of its instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
-    pub name: String,
+    pub name: ServiceName,
     /// The [`Node`]s hosting an instance, in file order: never empty, no
     /// duplicates, each a declared node (`node = "b"` is `["b"]`).
-    pub nodes: Vec<String>,
+    pub nodes: Vec<NodeName>,
     /// In `1..=65535`.
     pub port: u16,
     /// The address clients dial: explicit, or [`default_vip`] of the name.
@@ -158,7 +160,7 @@ pub enum Match {
     /// `"*"`: every service.
     Any,
     /// One declared service.
-    Name(String),
+    Name(ServiceName),
 }
 
 /// An `[[intention]]`: allow or deny connections from one service to another.
@@ -174,7 +176,13 @@ pub struct Intention {
 /// Whether `name` is a valid node or service name: 1 to 63 lowercase ASCII
 /// letters, digits and '-', not starting or ending with '-'.
 pub fn is_name(name: &str) -> bool {
-    values::name("service", name).is_ok()
+    name.parse::<crate::names::ServiceName>().is_ok()
+}
+
+/// Whether `domain` is a valid trust domain: a lowercase DNS name of
+/// letters, digits, '-' and '.' (as `[mesh] trust_domain` accepts).
+pub fn is_trust_domain(domain: &str) -> bool {
+    values::trust_domain(domain).is_ok()
 }
 
 impl Config {
@@ -233,11 +241,11 @@ impl Config {
 
     /// Every instance of a meshed (non-public) service, as (service, node
     /// name), in file order.
-    pub fn meshed_instances(&self) -> impl Iterator<Item = (&Service, &str)> + '_ {
+    pub fn meshed_instances(&self) -> impl Iterator<Item = (&Service, &NodeName)> + '_ {
         self.services
             .iter()
             .filter(|s| !s.public)
-            .flat_map(|s| s.nodes.iter().map(move |node| (s, node.as_str())))
+            .flat_map(|s| s.nodes.iter().map(move |node| (s, node)))
     }
 
     /// The nodes hosting an instance of `service`, in its `nodes` order.

@@ -75,18 +75,18 @@ fn full_config_parses_every_field() {
         },
         nodes: vec![
             Node {
-                name: "data-api".to_owned(),
+                name: "data-api".parse().unwrap(),
                 address: IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)),
             },
             Node {
-                name: "edge-1".to_owned(),
+                name: "edge-1".parse().unwrap(),
                 address: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 3)),
             },
         ],
         services: vec![
             Service {
-                name: "data-api".to_owned(),
-                nodes: vec!["data-api".to_owned()],
+                name: "data-api".parse().unwrap(),
+                nodes: vec!["data-api".parse().unwrap()],
                 port: 5001,
                 vip: IpAddr::V4(Ipv4Addr::new(240, 0, 0, 2)),
                 public: false,
@@ -95,8 +95,8 @@ fn full_config_parses_every_field() {
                 checks: Vec::new(),
             },
             Service {
-                name: "frontend".to_owned(),
-                nodes: vec!["edge-1".to_owned()],
+                name: "frontend".parse().unwrap(),
+                nodes: vec!["edge-1".parse().unwrap()],
                 port: 8080,
                 vip: IpAddr::V4(default_vip("frontend")),
                 public: true,
@@ -105,8 +105,8 @@ fn full_config_parses_every_field() {
                 checks: Vec::new(),
             },
             Service {
-                name: "metrics".to_owned(),
-                nodes: vec!["edge-1".to_owned()],
+                name: "metrics".parse().unwrap(),
+                nodes: vec!["edge-1".parse().unwrap()],
                 port: 9090,
                 vip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x240, 0, 0, 0, 0, 0, 9)),
                 public: false,
@@ -117,14 +117,14 @@ fn full_config_parses_every_field() {
         ],
         intentions: vec![
             Intention {
-                source: Match::Name("frontend".to_owned()),
-                destination: Match::Name("data-api".to_owned()),
+                source: Match::Name("frontend".parse().unwrap()),
+                destination: Match::Name("data-api".parse().unwrap()),
                 action: Action::Allow,
                 line: 36,
             },
             Intention {
                 source: Match::Any,
-                destination: Match::Name("data-api".to_owned()),
+                destination: Match::Name("data-api".parse().unwrap()),
                 action: Action::Deny,
                 line: 41,
             },

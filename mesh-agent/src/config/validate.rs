@@ -156,9 +156,7 @@ impl Checker<'_> {
         for entry in raw {
             let node = entry.get_ref();
             let name = node.name.get_ref().as_str();
-            let name_ok = self
-                .check(&node.name, |n| values::name("node", n))
-                .is_some();
+            let typed = self.check(&node.name, |n| values::node_name(n));
             let name_unique = self.unique(&mut names, name, &node.name, || {
                 format!("duplicate node name {name:?}")
             });
@@ -177,11 +175,8 @@ impl Checker<'_> {
                     addresses.insert(address.to_canonical(), (name, line));
                 }
             }
-            if let (true, true, Some(address)) = (name_ok, name_unique, address) {
-                nodes.push(Node {
-                    name: name.to_owned(),
-                    address,
-                });
+            if let (Some(name), true, Some(address)) = (typed, name_unique, address) {
+                nodes.push(Node { name, address });
             }
         }
         nodes
@@ -229,9 +224,7 @@ impl Checker<'_> {
     ) -> Option<Service> {
         let service = entry.get_ref();
         let name = service.name.get_ref().as_str();
-        let name_ok = self
-            .check(&service.name, |n| values::name("service", n))
-            .is_some();
+        let typed = self.check(&service.name, |n| values::service_name(n));
         let name_unique = self.unique(&mut taken.names, name, &service.name, || {
             format!("duplicate service name {name:?}")
         });
@@ -250,12 +243,17 @@ impl Checker<'_> {
             Some(lb) => self.check(lb, |l| values::balance(l)),
         };
         let checks = self.checks(service, port);
-        if !(name_ok && name_unique && vip_ok && hosting_ok) {
+        if !(name_unique && vip_ok && hosting_ok) {
             return None;
         }
+        // A node name that is not valid was reported at its [[node]].
+        let nodes = hosting
+            .into_iter()
+            .map(|n| n.parse().ok())
+            .collect::<Option<_>>()?;
         Some(Service {
-            name: name.to_owned(),
-            nodes: hosting.into_iter().map(str::to_owned).collect(),
+            name: typed?,
+            nodes,
             port: port?,
             vip: vip?.address,
             public: service.public,
@@ -483,12 +481,16 @@ impl Checker<'_> {
         for entry in raw {
             let intention = entry.get_ref();
             let line = self.line(entry);
-            let source = self.check(&intention.source, |s| {
-                service_match("source", s, &service_names)
-            });
-            let destination = self.check(&intention.destination, |d| {
-                service_match("destination", d, &service_names)
-            });
+            let source = self
+                .check(&intention.source, |s| {
+                    service_match("source", s, &service_names)
+                })
+                .flatten();
+            let destination = self
+                .check(&intention.destination, |d| {
+                    service_match("destination", d, &service_names)
+                })
+                .flatten();
             let action = self.check(&intention.action, |a| values::action("action", a));
 
             let pair = (
@@ -571,12 +573,17 @@ struct Vip<'a> {
     line: usize,
 }
 
-/// An intention's source or destination: "*" or a declared service's name.
-fn service_match(what: &str, text: &str, services: &HashSet<&str>) -> Result<Match, String> {
+/// An intention's source or destination: "*" or a declared service's name;
+/// `None` for a declared name that is not valid (reported at its service).
+fn service_match(
+    what: &str,
+    text: &str,
+    services: &HashSet<&str>,
+) -> Result<Option<Match>, String> {
     if text == "*" {
-        Ok(Match::Any)
+        Ok(Some(Match::Any))
     } else if services.contains(text) {
-        Ok(Match::Name(text.to_owned()))
+        Ok(text.parse().ok().map(Match::Name))
     } else {
         Err(format!(
             "unknown service {text:?} in intention {what}: \

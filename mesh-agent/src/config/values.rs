@@ -6,45 +6,19 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::{Action, Balance};
+use crate::names::{MAX_LEN as MAX_NAME_LEN, NameError, NodeName, ServiceName};
 
-/// Longest node or service name (a DNS label).
-const MAX_NAME_LEN: usize = 63;
 /// Longest trust domain (a DNS name).
 const MAX_DOMAIN_LEN: usize = 253;
 
-/// A node or service name: 1 to 63 lowercase ASCII letters, digits and
-/// '-', not starting or ending with '-'. `kind` is "node" or "service".
-pub(super) fn name(kind: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err(format!(
-            "{kind} name must not be empty: expected lowercase letters, digits and '-'"
-        ));
-    }
-    if kind == "service" && name == "*" {
-        return Err(
-            "service name must not be \"*\": it means \"any service\" in intentions".to_owned(),
-        );
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(format!(
-            "invalid {kind} name {name:?}: expected only lowercase ascii letters, digits and '-'"
-        ));
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return Err(format!(
-            "invalid {kind} name {name:?}: must not start or end with '-'"
-        ));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "{kind} name {name:?} is {} characters long: expected at most {MAX_NAME_LEN}",
-            name.len()
-        ));
-    }
-    Ok(())
+/// A service's name (see [`crate::names`]).
+pub(super) fn service_name(text: &str) -> Result<ServiceName, String> {
+    text.parse().map_err(|e: NameError| e.to_string())
+}
+
+/// A node's name (see [`crate::names`]).
+pub(super) fn node_name(text: &str) -> Result<NodeName, String> {
+    text.parse().map_err(|e: NameError| e.to_string())
 }
 
 /// A lowercase DNS-like name: dot-separated labels of letters, digits and

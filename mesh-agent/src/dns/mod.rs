@@ -319,10 +319,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = config();
-        config.services[0].nodes = (0..40).map(|i| format!("node-{i:02}")).collect();
+        config.services[0].nodes = (0..40)
+            .map(|i| format!("node-{i:02}").parse().unwrap())
+            .collect();
         config.nodes = (0..40)
             .map(|i| crate::config::Node {
-                name: format!("node-{i:02}"),
+                name: format!("node-{i:02}").parse().unwrap(),
                 address: ip(&format!("10.0.0.{i}")),
             })
             .collect();

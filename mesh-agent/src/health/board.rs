@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     config::{Check, CheckKind, Config},
+    names::{NodeName, ServiceName},
     snapshot::Publisher,
 };
 
@@ -32,7 +33,7 @@ const OUTPUT_REFRESH: Duration = Duration::from_secs(30);
 
 /// See the module docs.
 pub struct Board {
-    node: String,
+    node: NodeName,
     publisher: Arc<Publisher>,
     inner: Mutex<Inner>,
     local: watch::Sender<LocalReports>,
@@ -41,14 +42,14 @@ pub struct Board {
 #[derive(Default)]
 struct Inner {
     /// Local service -> its checks, in config order.
-    local: BTreeMap<String, Vec<LocalCheck>>,
+    local: BTreeMap<ServiceName, Vec<LocalCheck>>,
     /// Node -> its latest reports (not this node).
-    remote: HashMap<String, HashMap<String, InstanceReport>>,
-    unreachable: HashMap<String, String>,
+    remote: HashMap<NodeName, HashMap<ServiceName, InstanceReport>>,
+    unreachable: HashMap<NodeName, String>,
     /// See [`View::registered`].
     registered: Option<std::collections::BTreeSet<String>>,
     /// The task running each local check, by (service, check name).
-    tasks: HashMap<(String, String), Task>,
+    tasks: HashMap<(ServiceName, String), Task>,
 }
 
 /// One local check and where it stands.
@@ -75,9 +76,9 @@ struct Task {
 
 impl Board {
     /// A board for the agent of `node`, publishing through `publisher`.
-    pub fn new(node: &str, publisher: Arc<Publisher>) -> Arc<Self> {
+    pub fn new(node: &NodeName, publisher: Arc<Publisher>) -> Arc<Self> {
         Arc::new(Self {
-            node: node.to_owned(),
+            node: node.clone(),
             publisher,
             inner: Mutex::default(),
             local: watch::channel(Arc::default()).0,
@@ -85,7 +86,7 @@ impl Board {
     }
 
     /// The node of this board's agent.
-    pub fn node(&self) -> &str {
+    pub fn node(&self) -> &NodeName {
         &self.node
     }
 
@@ -109,7 +110,10 @@ impl Board {
         let mut local = BTreeMap::new();
         let mut want = HashMap::new();
         for service in config.services_on(&self.node) {
-            let old = inner.local.remove(&service.name).unwrap_or_default();
+            let old = inner
+                .local
+                .remove(service.name.as_str())
+                .unwrap_or_default();
             let mut checks = Vec::new();
             for check in &service.checks {
                 let kept = old.iter().find(|c| c.check == *check);
@@ -181,7 +185,7 @@ impl Board {
             .remote
             .iter()
             .map(|(node, reports)| Reports {
-                node: node.clone(),
+                node: node.to_string(),
                 instances: reports.values().cloned().collect(),
             })
             .collect();
@@ -199,12 +203,13 @@ impl Board {
     pub fn adopt(&self, local: &[InstanceReport], remote: &[Reports]) {
         let mut inner = self.lock();
         for theirs in remote {
-            if theirs.node != self.node && !inner.remote.contains_key(&theirs.node) {
-                let reports = theirs
-                    .instances
-                    .iter()
-                    .map(|r| (r.service.clone(), r.clone()));
-                inner.remote.insert(theirs.node.clone(), reports.collect());
+            // Names that do not parse name no instance of any config.
+            let Ok(node) = theirs.node.parse::<NodeName>() else {
+                continue;
+            };
+            if node != self.node && !inner.remote.contains_key(&node) {
+                let reports = by_service(theirs.instances.iter().cloned());
+                inner.remote.insert(node, reports);
             }
         }
         let now = Instant::now();
@@ -247,7 +252,7 @@ impl Board {
     /// after `success_before_passing` in a row, a failure turns it critical
     /// after `failures_before_critical` in a row; until then it keeps its
     /// state, and its output says what it waits for.
-    pub fn record(&self, service: &str, check: &str, state: State, output: String) {
+    pub fn record(&self, service: &ServiceName, check: &str, state: State, output: String) {
         let mut inner = self.lock();
         let Some(c) = inner.check_mut(service, check) else {
             return;
@@ -301,7 +306,7 @@ impl Board {
         let Some(checks) = inner.local.get_mut(service) else {
             return Err(HealthError::NotHere {
                 service: service.to_owned(),
-                node: self.node.clone(),
+                node: self.node.to_string(),
             });
         };
         let mut ttls: Vec<(Duration, &mut LocalCheck)> = checks
@@ -341,7 +346,7 @@ impl Board {
     /// Turns the local ttl check `check` of `service` critical if its
     /// deadline passed at `now`. Returns when to look again (`None`: the
     /// check is gone).
-    pub fn expire(&self, service: &str, check: &str, now: Instant) -> Option<Instant> {
+    pub fn expire(&self, service: &ServiceName, check: &str, now: Instant) -> Option<Instant> {
         let mut inner = self.lock();
         let c = inner.check_mut(service, check)?;
         let CheckKind::Ttl(ttl) = c.check.kind else {
@@ -363,28 +368,22 @@ impl Board {
     }
 
     /// The latest reports of `node`'s agent; it is reachable.
-    pub fn remote(&self, node: &str, reports: Vec<InstanceReport>) {
+    pub fn remote(&self, node: &NodeName, reports: Vec<InstanceReport>) {
         let mut inner = self.lock();
         inner.unreachable.remove(node);
-        inner.remote.insert(
-            node.to_owned(),
-            reports
-                .into_iter()
-                .map(|r| (r.service.clone(), r))
-                .collect(),
-        );
+        inner.remote.insert(node.clone(), by_service(reports));
         self.publish(&mut inner);
     }
 
     /// `node`'s agent cannot be reached: its instances are critical until
     /// it reports again.
-    pub fn unreachable(&self, node: &str, why: String) {
+    pub fn unreachable(&self, node: &NodeName, why: String) {
         let mut inner = self.lock();
         if inner.unreachable.contains_key(node) {
             return;
         }
         info!(%node, %why, "agent unreachable: its instances are critical");
-        inner.unreachable.insert(node.to_owned(), why);
+        inner.unreachable.insert(node.clone(), why);
         self.publish(&mut inner);
     }
 
@@ -392,7 +391,7 @@ impl Board {
     /// `catalog::registry`); instances on other nodes are critical.
     pub fn registered(&self, mut nodes: std::collections::BTreeSet<String>) {
         let mut inner = self.lock();
-        nodes.insert(self.node.clone());
+        nodes.insert(self.node.to_string());
         if inner.registered.as_ref() == Some(&nodes) {
             return;
         }
@@ -431,7 +430,7 @@ impl Board {
         let mut reports = inner.remote.clone();
         reports.insert(
             self.node.clone(),
-            local.into_iter().map(|r| (r.service.clone(), r)).collect(),
+            inner.local.keys().cloned().zip(local).collect(),
         );
         let view = View {
             reports,
@@ -448,12 +447,23 @@ impl Board {
     }
 }
 
+/// `reports` by service; a report whose service is not a valid name (no
+/// agent sends one) is left out: no config has that service.
+fn by_service(
+    reports: impl IntoIterator<Item = InstanceReport>,
+) -> HashMap<ServiceName, InstanceReport> {
+    reports
+        .into_iter()
+        .filter_map(|r| Some((r.service.parse().ok()?, r)))
+        .collect()
+}
+
 impl runner::Results for Board {
-    fn record(&self, service: &str, check: &str, state: State, output: String) {
+    fn record(&self, service: &ServiceName, check: &str, state: State, output: String) {
         Board::record(self, service, check, state, output);
     }
 
-    fn expire(&self, service: &str, check: &str, now: Instant) -> Option<Instant> {
+    fn expire(&self, service: &ServiceName, check: &str, now: Instant) -> Option<Instant> {
         Board::expire(self, service, check, now)
     }
 }
@@ -528,7 +538,7 @@ pub(super) mod tests {
         let mut config = testing::config(&mesh());
         config.services[0].checks = checks;
         let (publisher, watch) = testing::snapshots(config.clone());
-        let board = Board::new("a", Arc::new(publisher));
+        let board = Board::new(&"a".parse().unwrap(), Arc::new(publisher));
         board.sync(&config);
         (board, watch, config)
     }
@@ -536,7 +546,7 @@ pub(super) mod tests {
     pub(in crate::health) fn state(watch: &Watch, service: &str, node: &str) -> State {
         let snapshot = watch.borrow().clone();
         let s = snapshot.config.service(service).unwrap();
-        snapshot.health.state(s, node)
+        snapshot.health.state(s, &node.parse().unwrap())
     }
 
     /// An upgrade's new agent takes over the old one's check states: no
@@ -573,14 +583,23 @@ pub(super) mod tests {
         assert_eq!(state(&watch, "api", "a"), State::Passing);
         assert_eq!(state(&watch, "api", "b"), State::Passing, "b's last report");
         // One failure of the 2 it takes: still passing.
-        board.record("api", "c", State::Critical, "refused".into());
+        board.record(
+            &"api".parse().unwrap(),
+            "c",
+            State::Critical,
+            "refused".into(),
+        );
         assert_eq!(state(&watch, "api", "a"), State::Passing);
         // The ttl check lasts its whole ttl from the takeover.
         tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(board.expire("api", "t", Instant::now()).is_some());
+        assert!(
+            board
+                .expire(&"api".parse().unwrap(), "t", Instant::now())
+                .is_some()
+        );
         assert_eq!(state(&watch, "api", "a"), State::Passing);
         tokio::time::advance(Duration::from_secs(2)).await;
-        board.expire("api", "t", Instant::now());
+        board.expire(&"api".parse().unwrap(), "t", Instant::now());
         assert_eq!(state(&watch, "api", "a"), State::Critical);
     }
 
@@ -611,23 +630,23 @@ pub(super) mod tests {
                 "after {} successes",
                 n - 1
             );
-            board.record("api", "c", State::Passing, "ok".into());
+            board.record(&"api".parse().unwrap(), "c", State::Passing, "ok".into());
         }
         assert_eq!(state(&watch, "api", "a"), State::Passing);
-        board.record("api", "c", State::Critical, "down".into());
+        board.record(&"api".parse().unwrap(), "c", State::Critical, "down".into());
         assert_eq!(state(&watch, "api", "a"), State::Passing, "1 of 2 failures");
-        board.record("api", "c", State::Passing, "ok".into());
-        board.record("api", "c", State::Critical, "down".into());
+        board.record(&"api".parse().unwrap(), "c", State::Passing, "ok".into());
+        board.record(&"api".parse().unwrap(), "c", State::Critical, "down".into());
         assert_eq!(
             state(&watch, "api", "a"),
             State::Passing,
             "the count restarted"
         );
-        board.record("api", "c", State::Critical, "down".into());
+        board.record(&"api".parse().unwrap(), "c", State::Critical, "down".into());
         assert_eq!(state(&watch, "api", "a"), State::Critical);
         // Warning counts as a success.
         for _ in 0..3 {
-            board.record("api", "c", State::Warning, "busy".into());
+            board.record(&"api".parse().unwrap(), "c", State::Warning, "busy".into());
         }
         assert_eq!(state(&watch, "api", "a"), State::Warning);
         board.stop();
@@ -641,16 +660,18 @@ pub(super) mod tests {
         let output = |watch: &Watch| {
             let snapshot = watch.borrow().clone();
             let api = snapshot.config.service("api").unwrap();
-            snapshot.health.instance(api, "a").checks[0].output.clone()
+            snapshot.health.instance(api, &"a".parse().unwrap()).checks[0]
+                .output
+                .clone()
         };
-        board.record("api", "c", State::Passing, "t=1".into());
+        board.record(&"api".parse().unwrap(), "c", State::Passing, "t=1".into());
         assert_eq!(output(&watch), "t=1", "a state change goes out at once");
-        board.record("api", "c", State::Passing, "t=2".into());
+        board.record(&"api".parse().unwrap(), "c", State::Passing, "t=2".into());
         assert_eq!(output(&watch), "t=1", "the same state, a new output: held");
         tokio::time::sleep(OUTPUT_REFRESH).await;
-        board.record("api", "c", State::Passing, "t=3".into());
+        board.record(&"api".parse().unwrap(), "c", State::Passing, "t=3".into());
         assert_eq!(output(&watch), "t=3", "after OUTPUT_REFRESH");
-        board.record("api", "c", State::Critical, "down".into());
+        board.record(&"api".parse().unwrap(), "c", State::Critical, "down".into());
         assert_eq!(output(&watch), "down");
         board.stop();
     }
@@ -658,9 +679,9 @@ pub(super) mod tests {
     #[tokio::test]
     async fn zero_thresholds_follow_each_result() {
         let (board, watch, _) = board(vec![check("c", CheckKind::Tcp, 0, 0)]);
-        board.record("api", "c", State::Passing, "ok".into());
+        board.record(&"api".parse().unwrap(), "c", State::Passing, "ok".into());
         assert_eq!(state(&watch, "api", "a"), State::Passing);
-        board.record("api", "c", State::Critical, "down".into());
+        board.record(&"api".parse().unwrap(), "c", State::Critical, "down".into());
         assert_eq!(state(&watch, "api", "a"), State::Critical);
         board.stop();
     }
@@ -671,13 +692,18 @@ pub(super) mod tests {
             check("one", CheckKind::Tcp, 0, 0),
             check("two", CheckKind::Tcp, 0, 0),
         ]);
-        board.record("api", "one", State::Passing, "ok".into());
+        board.record(&"api".parse().unwrap(), "one", State::Passing, "ok".into());
         assert_eq!(
             state(&watch, "api", "a"),
             State::Critical,
             "two has not passed"
         );
-        board.record("api", "two", State::Warning, "busy".into());
+        board.record(
+            &"api".parse().unwrap(),
+            "two",
+            State::Warning,
+            "busy".into(),
+        );
         assert_eq!(state(&watch, "api", "a"), State::Warning);
         board.stop();
     }
@@ -705,7 +731,7 @@ pub(super) mod tests {
         assert_eq!(state(&watch, "api", "a"), State::Critical);
         let snapshot = watch.borrow().clone();
         let api = snapshot.config.service("api").unwrap();
-        let output = &snapshot.health.instance(api, "a").checks[0].output;
+        let output = &snapshot.health.instance(api, &"a".parse().unwrap()).checks[0].output;
         assert!(output.contains("TTL expired"), "{output}");
         board.stop();
     }
@@ -743,8 +769,13 @@ pub(super) mod tests {
             check("keep", CheckKind::Tcp, 0, 0),
             check("change", CheckKind::Tcp, 0, 0),
         ]);
-        board.record("api", "keep", State::Passing, "ok".into());
-        board.record("api", "change", State::Passing, "ok".into());
+        board.record(&"api".parse().unwrap(), "keep", State::Passing, "ok".into());
+        board.record(
+            &"api".parse().unwrap(),
+            "change",
+            State::Passing,
+            "ok".into(),
+        );
         assert_eq!(state(&watch, "api", "a"), State::Passing);
         config.services[0].checks[1].failures_before_critical = 5;
         board.sync(&config);
@@ -753,7 +784,12 @@ pub(super) mod tests {
             State::Critical,
             "a changed check starts over"
         );
-        board.record("api", "change", State::Passing, "ok".into());
+        board.record(
+            &"api".parse().unwrap(),
+            "change",
+            State::Passing,
+            "ok".into(),
+        );
         assert_eq!(
             state(&watch, "api", "a"),
             State::Passing,
@@ -770,9 +806,12 @@ pub(super) mod tests {
             State::Passing,
             "no checks, no report needed"
         );
-        board.unreachable("b", "connection refused".into());
+        board.unreachable(&"b".parse().unwrap(), "connection refused".into());
         assert_eq!(state(&watch, "api", "b"), State::Critical);
-        board.remote("b", vec![InstanceReport::of("api", Vec::new())]);
+        board.remote(
+            &"b".parse().unwrap(),
+            vec![InstanceReport::of("api", Vec::new())],
+        );
         assert_eq!(
             state(&watch, "api", "b"),
             State::Passing,
@@ -783,7 +822,10 @@ pub(super) mod tests {
             state: State::Warning,
             output: "busy".into(),
         };
-        board.remote("b", vec![InstanceReport::of("api", vec![warning])]);
+        board.remote(
+            &"b".parse().unwrap(),
+            vec![InstanceReport::of("api", vec![warning])],
+        );
         assert_eq!(state(&watch, "api", "b"), State::Warning);
         board.stop();
     }

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::{Board, CheckReport, State};
 use crate::{
     endpoint::{Call, Reply, Routes},
+    names::{NodeName, ServiceName},
     snapshot::Snapshot,
     table::table,
 };
@@ -78,7 +79,7 @@ pub struct CatalogDoc {
 /// A service of a [`CatalogDoc`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceHealth {
-    pub name: String,
+    pub name: ServiceName,
     pub vip: IpAddr,
     pub port: u16,
     pub public: bool,
@@ -90,7 +91,7 @@ pub struct ServiceHealth {
 /// An instance of a [`ServiceHealth`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceHealth {
-    pub node: String,
+    pub node: NodeName,
     pub address: IpAddr,
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -150,7 +151,7 @@ impl CatalogDoc {
         let rows = self.services.iter().map(|s| {
             let count = |state| s.instances.iter().filter(|i| i.state == state).count();
             vec![
-                s.name.clone(),
+                s.name.to_string(),
                 s.vip.to_string(),
                 s.port.to_string(),
                 s.instances.len().to_string(),
@@ -202,8 +203,8 @@ impl CatalogDoc {
                             .join("; "),
                     };
                     vec![
-                        s.name.clone(),
-                        i.node.clone(),
+                        s.name.to_string(),
+                        i.node.to_string(),
                         format!("{}", std::net::SocketAddr::new(i.address, s.port)),
                         i.state.to_string(),
                         output,

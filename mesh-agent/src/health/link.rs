@@ -33,7 +33,7 @@ use super::{
     Board,
     reports::{LocalReports, Reports},
 };
-use crate::{config::Config, snapshot::Watch, tls::link::Link};
+use crate::{config::Config, names::NodeName, snapshot::Watch, tls::link::Link};
 
 /// Between two lines from a followed agent, at most.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -53,13 +53,13 @@ const MAX_LINE: usize = 4 << 20;
 /// heartbeats, until writing fails or the reports are gone.
 pub async fn send_reports<W: AsyncWrite + Unpin>(
     mut out: W,
-    node: &str,
+    node: &NodeName,
     mut reports: watch::Receiver<LocalReports>,
 ) -> std::io::Result<()> {
     loop {
         let current = reports.borrow_and_update().clone();
         let line = Reports {
-            node: node.to_owned(),
+            node: node.to_string(),
             instances: current.as_ref().clone(),
         };
         let mut bytes = serde_json::to_vec(&line)?;
@@ -94,7 +94,11 @@ pub struct Ended {
 /// The following side: hands each report line of `node` read from `input`
 /// to `board`, until the stream ends, fails, is silent for [`SILENCE`] or
 /// sends something that is not a report of `node`. Returns why it ended.
-pub async fn follow_reports<R: AsyncRead + Unpin>(input: R, node: &str, board: &Board) -> Ended {
+pub async fn follow_reports<R: AsyncRead + Unpin>(
+    input: R,
+    node: &NodeName,
+    board: &Board,
+) -> Ended {
     let mut input = BufReader::new(input);
     let ended = |why: String| Ended { why, silent: false };
     loop {
@@ -109,7 +113,7 @@ pub async fn follow_reports<R: AsyncRead + Unpin>(input: R, node: &str, board: &
             Ok(Err(e)) => return ended(e.to_string()),
             Ok(Ok(Some(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
             Ok(Ok(Some(line))) => match serde_json::from_slice::<Reports>(&line) {
-                Ok(reports) if reports.node == node => board.remote(node, reports.instances),
+                Ok(reports) if *node == reports.node => board.remote(node, reports.instances),
                 Ok(reports) => {
                     return ended(format!("sent reports of node {:?}", reports.node));
                 }
@@ -131,14 +135,14 @@ const MAX_PER_SOURCE: usize = 4;
 /// This agent's side of the exchange: who follows it (`serve`), and whom
 /// it follows (one task per other node of the catalog, `sync`).
 pub struct Links {
-    node: String,
+    node: NodeName,
     link: Arc<Link>,
     board: Arc<Board>,
     port: u16,
     /// Who may open a link to this agent.
     followers: Followers,
     /// Per followed node: the address followed and its task.
-    following: Mutex<HashMap<String, (SocketAddr, AbortHandle)>>,
+    following: Mutex<HashMap<NodeName, (SocketAddr, AbortHandle)>>,
 }
 
 impl Links {
@@ -146,14 +150,14 @@ impl Links {
     /// `port` through `link`, with what it learns going to `board`; with
     /// `nodes_only`, only the node addresses of its config may follow it.
     pub fn new(
-        node: &str,
+        node: &NodeName,
         link: Arc<Link>,
         board: Arc<Board>,
         port: u16,
         nodes_only: Option<Watch>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            node: node.to_owned(),
+            node: node.clone(),
             link,
             board,
             port,
@@ -169,7 +173,7 @@ impl Links {
     /// the new ones, stops following those that left or moved.
     pub fn sync(self: &Arc<Self>, config: &Config) {
         let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
-        let want: HashMap<String, SocketAddr> = config
+        let want: HashMap<NodeName, SocketAddr> = config
             .nodes
             .iter()
             .filter(|n| n.name != self.node)
@@ -208,7 +212,7 @@ impl Links {
     /// fails (a dead agent's port refuses at once) or that link closes too
     /// is the node unreachable. A silent link is not redialed first: the
     /// node was silent for [`SILENCE`] already.
-    async fn follow(self: Arc<Self>, node: String, addr: SocketAddr) {
+    async fn follow(self: Arc<Self>, node: NodeName, addr: SocketAddr) {
         let started = Instant::now();
         let mut reached = false;
         let mut redialing = false;
@@ -415,10 +419,11 @@ mod tests {
         let (board, watch, _) = board(Vec::new());
         let (tx, rx) = watch::channel(report(State::Warning));
         let (theirs, ours) = tokio::io::duplex(1 << 16);
-        let sender = tokio::spawn(async move { send_reports(theirs, "b", rx).await });
+        let sender =
+            tokio::spawn(async move { send_reports(theirs, &"b".parse().unwrap(), rx).await });
         let follower = {
             let board = board.clone();
-            tokio::spawn(async move { follow_reports(ours, "b", &board).await })
+            tokio::spawn(async move { follow_reports(ours, &"b".parse().unwrap(), &board).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(state(&watch, "api", "b"), State::Warning);
@@ -481,11 +486,11 @@ mod tests {
             (&b"not json\n"[..], "bad report"),
             (&b""[..], "connection closed"),
         ] {
-            let ended = follow_reports(input, "b", &board).await;
+            let ended = follow_reports(input, &"b".parse().unwrap(), &board).await;
             assert!(ended.why.contains(expected) && !ended.silent, "{ended:?}");
         }
         let long = vec![b'x'; MAX_LINE + 10];
-        let ended = follow_reports(&long[..], "b", &board).await;
+        let ended = follow_reports(&long[..], &"b".parse().unwrap(), &board).await;
         assert!(ended.why.contains("longer than"), "{ended:?}");
         board.stop();
     }

@@ -9,19 +9,20 @@ use tokio::time::Instant;
 
 use super::{State, probe};
 use crate::config::{Check, CheckKind};
+use crate::names::ServiceName;
 
 /// Where a check's results go: the `Board`, which spawns the runners.
 pub trait Results: Send + Sync + 'static {
     /// Records one run of the check `check` of `service`.
-    fn record(&self, service: &str, check: &str, state: State, output: String);
+    fn record(&self, service: &ServiceName, check: &str, state: State, output: String);
     /// Turns the ttl check `check` of `service` critical if its deadline
     /// passed at `now`; when to look again (`None`: the check is gone).
-    fn expire(&self, service: &str, check: &str, now: Instant) -> Option<Instant>;
+    fn expire(&self, service: &ServiceName, check: &str, now: Instant) -> Option<Instant>;
 }
 
 /// The task of the check `check` of the local instance of `service`
 /// (listening on `127.0.0.1:port`).
-pub async fn run<R: Results>(board: Arc<R>, service: String, port: u16, check: Check) {
+pub async fn run<R: Results>(board: Arc<R>, service: ServiceName, port: u16, check: Check) {
     match &check.kind {
         CheckKind::Ttl(_) => loop {
             let Some(next) = board.expire(&service, &check.name, Instant::now()) else {

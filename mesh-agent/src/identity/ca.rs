@@ -21,8 +21,9 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
-use super::{IdentityError, spiffe};
+use super::{IdentityError, spiffe, spiffe::SpiffeId};
 use crate::config::Config;
+use crate::names::{NodeName, ServiceName};
 
 /// Validity of a root CA.
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -127,7 +128,7 @@ pub fn issue_node(config: &Config, node: &str) -> Result<Vec<PathBuf>, IdentityE
 pub struct NodeCa {
     trust_domain: String,
     /// The node it belongs to (its URI SAN, checked at load).
-    node: String,
+    node: NodeName,
     issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
     root: CertificateDer<'static>,
@@ -148,7 +149,7 @@ pub struct Leaf {
 impl NodeCa {
     /// Loads the intermediate of `node` from `ca_dir`; when it is missing and
     /// the root key is there, issues it first (single-machine setups).
-    pub fn load_or_issue(config: &Config, node: &str) -> Result<Self, IdentityError> {
+    pub fn load_or_issue(config: &Config, node: &NodeName) -> Result<Self, IdentityError> {
         let dir = CaDir::of(config);
         if !dir.root_cert().exists() {
             return Err(IdentityError::NoRoot(dir.root_cert()));
@@ -156,12 +157,12 @@ impl NodeCa {
         if !dir.node_cert(node).exists() {
             if !dir.root_key().exists() {
                 return Err(IdentityError::NoNodeCa {
-                    node: node.to_owned(),
+                    node: node.to_string(),
                     path: dir.node_cert(node),
                 });
             }
             issue_node(config, node)?;
-            tracing::info!(node, path = %dir.node_cert(node).display(), "issued the node CA");
+            tracing::info!(node = node.as_str(), path = %dir.node_cert(node).display(), "issued the node CA");
         }
         let td = config.mesh.trust_domain.clone();
         let cert_pem = read(&dir.node_cert(node))?;
@@ -182,7 +183,7 @@ impl NodeCa {
         let root = pem_cert(&read(&dir.root_cert())?, &dir.root_cert())?;
         Ok(Self {
             trust_domain: td,
-            node: node.to_owned(),
+            node: node.clone(),
             issuer,
             cert,
             root,
@@ -196,7 +197,7 @@ impl NodeCa {
     }
 
     /// The node this CA belongs to.
-    pub fn node(&self) -> &str {
+    pub fn node(&self) -> &NodeName {
         &self.node
     }
 
@@ -207,11 +208,11 @@ impl NodeCa {
 
     /// Issues a leaf for `service`, valid for `ttl` (from 30 s ago, and no
     /// longer than the node CA).
-    pub fn issue_leaf(&self, service: &str, ttl: Duration) -> Result<Leaf, IdentityError> {
+    pub fn issue_leaf(&self, service: &ServiceName, ttl: Duration) -> Result<Leaf, IdentityError> {
         let td = &self.trust_domain;
         self.issue(
             service,
-            &spiffe::service_id(td, service),
+            &SpiffeId::service(td, service),
             spiffe::sni(td, service),
             ttl,
         )
@@ -225,7 +226,7 @@ impl NodeCa {
         let node = &self.node;
         self.issue(
             &format!("mesh agent {node}"),
-            &spiffe::agent_id(td, node),
+            &SpiffeId::agent(td, node),
             spiffe::agent_sni(td, node),
             ttl,
         )
@@ -236,7 +237,7 @@ impl NodeCa {
     fn issue(
         &self,
         common_name: &str,
-        id: &str,
+        id: &SpiffeId,
         dns: String,
         ttl: Duration,
     ) -> Result<Leaf, IdentityError> {
@@ -244,7 +245,7 @@ impl NodeCa {
         let mut params = params(common_name, ttl)?;
         params.not_after = params.not_after.min(self.not_after);
         params.subject_alt_names = vec![
-            uri_san(id)?,
+            uri_san(&id.to_string())?,
             SanType::DnsName(dns.try_into().map_err(|source| IdentityError::Rcgen {
                 what: "make the DNS SAN",
                 source,
@@ -339,7 +340,7 @@ pub fn hex(bytes: &[u8]) -> String {
 fn check_node_cert(
     cert: &CertificateDer<'_>,
     trust_domain: &str,
-    node: &str,
+    node: &NodeName,
     path: &Path,
 ) -> Result<OffsetDateTime, IdentityError> {
     let bad = |why: String| IdentityError::BadNodeCa {
@@ -348,7 +349,7 @@ fn check_node_cert(
     };
     let (_, parsed) =
         x509_parser::parse_x509_certificate(cert).map_err(|e| bad(format!("not X.509: {e}")))?;
-    let want = spiffe::node_id(trust_domain, node);
+    let want = SpiffeId::node(trust_domain, node).to_string();
     let uris = super::uri_sans(&parsed);
     if uris != [want.as_str()] {
         return Err(bad(format!(

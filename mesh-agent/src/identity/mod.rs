@@ -17,6 +17,9 @@ use x509_parser::extensions::GeneralName;
 
 pub use ca::NodeCa;
 
+use crate::names::{NodeName, ServiceName};
+use spiffe::SpiffeId;
+
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -59,7 +62,7 @@ pub enum IdentityError {
 /// The current certificate of a local service, or of this node's agent.
 pub struct Current {
     pub key: Arc<CertifiedKey>,
-    pub spiffe_id: String,
+    pub spiffe_id: SpiffeId,
     pub serial: String,
     pub not_after: SystemTime,
     /// When this agent issued it.
@@ -73,7 +76,7 @@ pub struct Identities {
     trust_domain: String,
     ca: NodeCa,
     ttl: Duration,
-    leaves: RwLock<HashMap<String, Arc<Current>>>,
+    leaves: RwLock<HashMap<ServiceName, Arc<Current>>>,
     /// The agent's own leaf (`spiffe://<td>/agent/<node>`).
     agent: RwLock<Arc<Current>>,
     /// Counts service leaf renewals (TLS ends resumable sessions when it
@@ -88,7 +91,7 @@ impl Identities {
         trust_domain: &str,
         ca: NodeCa,
         ttl: Duration,
-        services: impl IntoIterator<Item = String>,
+        services: impl IntoIterator<Item = ServiceName>,
     ) -> Result<Self, IdentityError> {
         let agent = issue_agent(&ca, trust_domain, ttl)?;
         let this = Self {
@@ -111,7 +114,7 @@ impl Identities {
     }
 
     /// This node's name (its CA's).
-    pub fn node(&self) -> &str {
+    pub fn node(&self) -> &NodeName {
         self.ca.node()
     }
 
@@ -157,6 +160,7 @@ impl Identities {
                     Ok(left) => left.as_secs_f64(),
                     Err(past) => -past.duration().as_secs_f64(),
                 };
+                let service = service.to_string();
                 (crate::telemetry::ServiceLabels { service }, secs)
             });
             crate::telemetry::registry::gauges(
@@ -169,7 +173,7 @@ impl Identities {
     }
 
     /// Every local service's current leaf, sorted by service name.
-    pub fn all(&self) -> Vec<(String, Arc<Current>)> {
+    pub fn all(&self) -> Vec<(ServiceName, Arc<Current>)> {
         let mut all: Vec<_> = self
             .leaves
             .read()
@@ -182,16 +186,16 @@ impl Identities {
     }
 
     /// Issues a new leaf for `service` and makes it current.
-    pub fn renew(&self, service: &str) -> Result<Arc<Current>, IdentityError> {
+    pub fn renew(&self, service: &ServiceName) -> Result<Arc<Current>, IdentityError> {
         let leaf = self.ca.issue_leaf(service, self.ttl)?;
         let current = Arc::new(current(
             leaf,
-            spiffe::service_id(&self.trust_domain, service),
+            SpiffeId::service(&self.trust_domain, service),
         )?);
         self.leaves
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(service.to_owned(), current.clone());
+            .insert(service.clone(), current.clone());
         self.renewals
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(current)
@@ -199,7 +203,7 @@ impl Identities {
 
     /// Makes the leaves exactly those of `services`: issues the missing,
     /// drops the others.
-    pub fn sync(&self, services: &[String]) -> Result<(), IdentityError> {
+    pub fn sync(&self, services: &[ServiceName]) -> Result<(), IdentityError> {
         for service in services {
             if self.current(service).is_none() {
                 self.renew(service)?;
@@ -246,12 +250,12 @@ impl Identities {
 fn issue_agent(ca: &NodeCa, trust_domain: &str, ttl: Duration) -> Result<Current, IdentityError> {
     current(
         ca.issue_agent_leaf(ttl)?,
-        spiffe::agent_id(trust_domain, ca.node()),
+        SpiffeId::agent(trust_domain, ca.node()),
     )
 }
 
 /// `leaf`, naming `spiffe_id`, with its key loaded into rustls.
-fn current(leaf: ca::Leaf, spiffe_id: String) -> Result<Current, IdentityError> {
+fn current(leaf: ca::Leaf, spiffe_id: SpiffeId) -> Result<Current, IdentityError> {
     let signer = rustls::crypto::ring::default_provider()
         .key_provider
         .load_private_key(leaf.key)

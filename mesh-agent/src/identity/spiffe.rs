@@ -14,15 +14,148 @@
 //! name in another case, an extra segment, a query or a fragment is not
 //! "the same ID written differently": it is not one of ours, and refused.
 
-use crate::config::is_name;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::config::{is_name, is_trust_domain};
+use crate::names::{NodeName, ServiceName};
 
 /// What a mesh SPIFFE ID names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Service,
     /// The agent of a node, as a peer on an agent-to-agent link.
     Agent,
     Node,
+}
+
+impl Kind {
+    /// Its path segment: `svc`, `agent` or `node`.
+    fn segment(self) -> &'static str {
+        match self {
+            Kind::Service => "svc",
+            Kind::Agent => "agent",
+            Kind::Node => "node",
+        }
+    }
+}
+
+/// Why a text is not a mesh SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpiffeError {
+    #[error(
+        "{0:?} is not a mesh SPIFFE ID: expected spiffe://<trust domain>/<svc|agent|node>/<name>"
+    )]
+    Form(String),
+}
+
+/// A mesh SPIFFE ID of a service, a node's agent or a node's CA (the forms
+/// in the module docs). Built from a typed name, or parsed ([`FromStr`],
+/// serde) in exactly the form [`fmt::Display`] writes; cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SpiffeId {
+    trust_domain: Arc<str>,
+    kind: Kind,
+    name: Arc<str>,
+}
+
+impl SpiffeId {
+    /// The ID of `service` in `trust_domain`.
+    pub fn service(trust_domain: &str, service: &ServiceName) -> Self {
+        Self::new(trust_domain, Kind::Service, service)
+    }
+
+    /// The ID of the agent of `node` in `trust_domain`.
+    pub fn agent(trust_domain: &str, node: &NodeName) -> Self {
+        Self::new(trust_domain, Kind::Agent, node)
+    }
+
+    /// The ID of the intermediate CA of `node` in `trust_domain`.
+    pub fn node(trust_domain: &str, node: &NodeName) -> Self {
+        Self::new(trust_domain, Kind::Node, node)
+    }
+
+    fn new(trust_domain: &str, kind: Kind, name: &str) -> Self {
+        Self {
+            trust_domain: Arc::from(trust_domain),
+            kind,
+            name: Arc::from(name),
+        }
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The service's or node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (td, kind, name) = (&self.trust_domain, self.kind.segment(), &self.name);
+        write!(f, "spiffe://{td}/{kind}/{name}")
+    }
+}
+
+/// As the URI's `Debug` (quoted).
+impl fmt::Debug for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+/// Accepts exactly what [`fmt::Display`] writes for a valid trust domain
+/// and name; the trust domain is any valid one (compare it to yours).
+impl FromStr for SpiffeId {
+    type Err = SpiffeError;
+
+    fn from_str(uri: &str) -> Result<Self, SpiffeError> {
+        let refused = || SpiffeError::Form(uri.to_owned());
+        let rest = uri.strip_prefix("spiffe://").ok_or_else(refused)?;
+        let (trust_domain, path) = rest.split_once('/').ok_or_else(refused)?;
+        let (segment, name) = path.split_once('/').ok_or_else(refused)?;
+        let kind = [Kind::Service, Kind::Agent, Kind::Node]
+            .into_iter()
+            .find(|k| k.segment() == segment)
+            .ok_or_else(refused)?;
+        if !is_trust_domain(trust_domain) || !is_name(name) {
+            return Err(refused());
+        }
+        Ok(Self::new(trust_domain, kind, name))
+    }
+}
+
+impl PartialEq<&str> for SpiffeId {
+    fn eq(&self, other: &&str) -> bool {
+        other
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.strip_prefix(&*self.trust_domain))
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|rest| rest.strip_prefix(self.kind.segment()))
+            .and_then(|rest| rest.strip_prefix('/'))
+            == Some(&*self.name)
+    }
+}
+
+impl serde::Serialize for SpiffeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SpiffeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The SPIFFE ID of a service.
@@ -143,6 +276,66 @@ mod tests {
             node_from_agent_sni("mesh.local", "b_c.agent.mesh.local"),
             None
         );
+    }
+
+    #[test]
+    fn spiffe_ids_show_parse_and_serialize_in_one_form() {
+        let api: ServiceName = "api".parse().unwrap();
+        let b: NodeName = "b".parse().unwrap();
+        let id = SpiffeId::service("mesh.local", &api);
+        assert_eq!(id.to_string(), service_id("mesh.local", "api"));
+        assert_eq!(
+            SpiffeId::agent("mesh.local", &b).to_string(),
+            agent_id("mesh.local", "b")
+        );
+        assert_eq!(
+            SpiffeId::node("mesh.local", &b).to_string(),
+            node_id("mesh.local", "b")
+        );
+        for id in [
+            id.clone(),
+            SpiffeId::agent("mesh.local", &b),
+            SpiffeId::node("x.y", &b),
+        ] {
+            assert_eq!(id.to_string().parse::<SpiffeId>().unwrap(), id);
+        }
+        assert!(id == "spiffe://mesh.local/svc/api");
+        assert!(id != "spiffe://mesh.local/svc/ap" && id != "spiffe://mesh.local/agent/api");
+        let parsed: SpiffeId = "spiffe://mesh.local/svc/api".parse().unwrap();
+        assert_eq!(
+            (parsed.trust_domain(), parsed.kind(), parsed.name()),
+            ("mesh.local", Kind::Service, "api")
+        );
+        assert_eq!(format!("{id:?}"), "\"spiffe://mesh.local/svc/api\"");
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"spiffe://mesh.local/svc/api\"");
+        assert_eq!(serde_json::from_str::<SpiffeId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<SpiffeId>("\"spiffe://mesh.local/svc/API\"").is_err());
+    }
+
+    #[test]
+    fn only_the_exact_form_parses_as_a_spiffe_id() {
+        for uri in [
+            "spiffe://mesh.local/svc/api\0.evil",
+            "spiffe://mesh.local/svc/api?x",
+            "spiffe://mesh.local/svc/api#x",
+            "spiffe://mesh.local/svc/API",
+            "spiffe://mesh.local/svc/a%70i",
+            "spiffe://mesh.local/svc/a/b",
+            "spiffe://mesh.local/svc/",
+            "spiffe://mesh.local/agent//b",
+            "spiffe://mesh.local/AGENT/b",
+            "spiffe://mesh.local/agents/b",
+            "spiffe://mesh.local:443/svc/api",
+            "spiffe://MESH.LOCAL/svc/api",
+            "spiffe:///svc/api",
+            "spiffe://mesh.local",
+            "spiffe://mesh.local/svc",
+            "SPIFFE://mesh.local/svc/api",
+            "https://mesh.local/svc/api",
+        ] {
+            assert!(uri.parse::<SpiffeId>().is_err(), "{uri:?}");
+        }
     }
 
     #[test]

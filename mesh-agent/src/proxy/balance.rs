@@ -25,6 +25,7 @@ use tracing::warn;
 use crate::{
     config::{Balance, Service},
     health::View,
+    names::{NameError, NodeName, ServiceName},
     snapshot::Watch,
 };
 
@@ -42,7 +43,7 @@ const DRAWS: usize = 8;
 /// keyed by (service, node), so they survive a reload that keeps them.
 #[derive(Debug)]
 pub struct Balancer {
-    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    pools: Mutex<HashMap<ServiceName, Arc<Pool>>>,
     rng: AtomicU64,
 }
 
@@ -57,7 +58,7 @@ pub struct Active {
 struct Pool {
     /// The next round robin position.
     next: AtomicUsize,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<NodeName, Arc<Slot>>>,
 }
 
 /// One instance.
@@ -141,11 +142,11 @@ impl Balancer {
     pub fn pick(
         &self,
         service: &Service,
-        here: &str,
-        tried: &[String],
+        here: &NodeName,
+        tried: &[NodeName],
         now: Instant,
         health: &View,
-    ) -> Option<String> {
+    ) -> Option<NodeName> {
         let pool = self.pool(&service.name);
         let nodes = &service.nodes;
         let open = |i: usize| {
@@ -161,14 +162,14 @@ impl Balancer {
 
     /// Counts a connection to the instance of `service` on `node` as
     /// active until the guard is dropped.
-    pub fn started(&self, service: &str, node: &str) -> Active {
+    pub fn started(&self, service: &ServiceName, node: &NodeName) -> Active {
         let slot = self.pool(service).slot(node);
         slot.active.fetch_add(1, Ordering::Relaxed);
         Active { slot }
     }
 
     /// The connections open now to the instance of `service` on `node`.
-    pub fn active(&self, service: &str, node: &str) -> u64 {
+    pub fn active(&self, service: &ServiceName, node: &NodeName) -> u64 {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let Some(pool) = pools.get(service) else {
             return 0;
@@ -183,7 +184,7 @@ impl Balancer {
     /// `node`: the [`EJECT_AFTER`]th in a row ejects it until `now` +
     /// [`EJECTION`] (doubled for each ejection since the last success, at
     /// most [`MAX_EJECTION`]). Returns whether this failure ejected it.
-    pub fn failed(&self, service: &str, node: &str, now: Instant) -> bool {
+    pub fn failed(&self, service: &ServiceName, node: &NodeName, now: Instant) -> bool {
         let slot = self.pool(service).slot(node);
         let mut e = slot.ejection.lock().unwrap_or_else(|e| e.into_inner());
         e.failures = e.failures.saturating_add(1);
@@ -200,7 +201,7 @@ impl Balancer {
 
     /// Records a successful connect: the instance's failures and
     /// ejections are forgotten.
-    pub fn succeeded(&self, service: &str, node: &str) {
+    pub fn succeeded(&self, service: &ServiceName, node: &NodeName) {
         let slot = self.pool(service).slot(node);
         let mut e = slot.ejection.lock().unwrap_or_else(|e| e.into_inner());
         *e = Ejection::default();
@@ -229,7 +230,7 @@ impl Balancer {
     fn choose(
         &self,
         service: &Service,
-        here: &str,
+        here: &NodeName,
         pool: &Pool,
         ok: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
@@ -286,9 +287,9 @@ impl Balancer {
         (z % n as u64) as usize
     }
 
-    fn pool(&self, service: &str) -> Arc<Pool> {
+    fn pool(&self, service: &ServiceName) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.entry(service.to_owned()).or_default().clone()
+        pools.entry(service.clone()).or_default().clone()
     }
 
     /// Forgets the instances `services` no longer has (their counts and
@@ -316,7 +317,7 @@ impl Balancer {
                 let slots = pool.slots.lock().unwrap_or_else(|e| e.into_inner());
                 slots
                     .keys()
-                    .map(|node| (name.clone(), node.clone()))
+                    .map(|node| (name.to_string(), node.to_string()))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -345,13 +346,13 @@ pub async fn follow_health(balancer: Arc<Balancer>, mut snapshots: Watch) {
 }
 
 impl Pool {
-    fn slot(&self, node: &str) -> Arc<Slot> {
+    fn slot(&self, node: &NodeName) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = slots.get(node) {
             return slot.clone();
         }
         let slot = Arc::new(Slot::default());
-        slots.insert(node.to_owned(), slot.clone());
+        slots.insert(node.clone(), slot.clone());
         slot
     }
 }
@@ -374,10 +375,12 @@ impl Drop for Active {
 /// warmed as a running agent has them. For `benches/units.rs`
 /// (`cargo xtask bench --only pick`).
 #[doc(hidden)]
-pub fn bench_ns_per_pick(lb: Balance, instances: usize, picks: u32) -> f64 {
+pub fn bench_ns_per_pick(lb: Balance, instances: usize, picks: u32) -> Result<f64, NameError> {
     let s = Service {
-        name: "api".into(),
-        nodes: (0..instances).map(|i| format!("n{i}")).collect(),
+        name: "api".parse()?,
+        nodes: (0..instances)
+            .map(|i| format!("n{i}").parse())
+            .collect::<Result<_, _>>()?,
         port: 5001,
         vip: std::net::IpAddr::from([240, 0, 0, 2]),
         public: false,
@@ -392,7 +395,7 @@ pub fn bench_ns_per_pick(lb: Balance, instances: usize, picks: u32) -> f64 {
     let mut health = View::default();
     for node in &s.nodes {
         let report = crate::health::InstanceReport {
-            service: s.name.clone(),
+            service: s.name.to_string(),
             state: crate::health::State::Passing,
             checks: Vec::new(),
         };
@@ -402,12 +405,13 @@ pub fn bench_ns_per_pick(lb: Balance, instances: usize, picks: u32) -> f64 {
             .or_default()
             .insert(s.name.clone(), report);
     }
+    let elsewhere = "elsewhere".parse()?;
     let now = Instant::now();
     let start = Instant::now();
     for _ in 0..picks {
-        std::hint::black_box(b.pick(&s, "elsewhere", &[], now, &health));
+        std::hint::black_box(b.pick(&s, &elsewhere, &[], now, &health));
     }
-    start.elapsed().as_nanos() as f64 / f64::from(picks)
+    Ok(start.elapsed().as_nanos() as f64 / f64::from(picks))
 }
 
 #[cfg(test)]
@@ -415,10 +419,18 @@ mod tests {
     use super::*;
     use crate::health::{InstanceReport, State};
 
+    fn nn(name: &str) -> NodeName {
+        name.parse().unwrap()
+    }
+
+    fn sn(name: &str) -> ServiceName {
+        name.parse().unwrap()
+    }
+
     fn service(nodes: &[&str], lb: Balance) -> Service {
         Service {
-            name: "api".into(),
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            name: sn("api"),
+            nodes: nodes.iter().map(|n| nn(n)).collect(),
             port: 5001,
             vip: "240.0.0.2".parse().unwrap(),
             public: false,
@@ -433,9 +445,9 @@ mod tests {
         let mut counts = HashMap::new();
         for _ in 0..picks {
             let node = b
-                .pick(s, here, &[], Instant::now(), &View::default())
+                .pick(s, &nn(here), &[], Instant::now(), &View::default())
                 .unwrap();
-            *counts.entry(node).or_default() += 1;
+            *counts.entry(node.to_string()).or_default() += 1;
         }
         counts
     }
@@ -459,7 +471,7 @@ mod tests {
         let s = service(&["b", "c"], Balance::LeastRequest);
         assert_eq!(spread(&b, &s, "c", 100).get("c"), Some(&100));
         // Even when it is the busier one.
-        let _busy: Vec<Active> = (0..5).map(|_| b.started("api", "c")).collect();
+        let _busy: Vec<Active> = (0..5).map(|_| b.started(&sn("api"), &nn("c"))).collect();
         assert_eq!(spread(&b, &s, "c", 100).get("c"), Some(&100));
         // Random and round robin do not prefer it.
         let s = service(&["b", "c"], Balance::Random);
@@ -472,8 +484,9 @@ mod tests {
         let s = service(&["b", "c", "d"], Balance::RoundRobin);
         let picks: Vec<String> = (0..6)
             .map(|_| {
-                b.pick(&s, "b", &[], Instant::now(), &View::default())
+                b.pick(&s, &nn("b"), &[], Instant::now(), &View::default())
                     .unwrap()
+                    .to_string()
             })
             .collect();
         assert_eq!(picks, ["b", "c", "d", "b", "c", "d"]);
@@ -483,11 +496,11 @@ mod tests {
     fn least_request_prefers_the_less_loaded() {
         let b = Balancer::with_seed(3);
         let s = service(&["b", "c"], Balance::LeastRequest);
-        let busy: Vec<Active> = (0..3).map(|_| b.started("api", "b")).collect();
+        let busy: Vec<Active> = (0..3).map(|_| b.started(&sn("api"), &nn("b"))).collect();
         assert_eq!(spread(&b, &s, "a", 100).get("c"), Some(&100));
         // Ended connections no longer count.
         drop(busy);
-        let _c = b.started("api", "c");
+        let _c = b.started(&sn("api"), &nn("c"));
         assert_eq!(spread(&b, &s, "a", 100).get("b"), Some(&100));
     }
 
@@ -496,17 +509,17 @@ mod tests {
         let b = Balancer::with_seed(5);
         for lb in [Balance::LeastRequest, Balance::Random, Balance::RoundRobin] {
             let s = service(&["b", "c", "d"], lb);
-            let tried = ["b".to_string(), "d".to_string()];
+            let tried = [nn("b"), nn("d")];
             for _ in 0..50 {
                 assert_eq!(
-                    b.pick(&s, "b", &tried, Instant::now(), &View::default())
+                    b.pick(&s, &nn("b"), &tried, Instant::now(), &View::default())
                         .unwrap(),
                     "c"
                 );
             }
-            let all = ["b", "c", "d"].map(String::from);
+            let all = ["b", "c", "d"].map(nn);
             assert_eq!(
-                b.pick(&s, "a", &all, Instant::now(), &View::default()),
+                b.pick(&s, &nn("a"), &all, Instant::now(), &View::default()),
                 None
             );
         }
@@ -517,10 +530,10 @@ mod tests {
         let b = Balancer::with_seed(9);
         let s = service(&["b", "c"], Balance::LeastRequest);
         let t0 = Instant::now();
-        assert!(!b.failed("api", "c", t0));
-        assert!(!b.failed("api", "c", t0));
-        assert!(b.failed("api", "c", t0));
-        let at = |d: Duration| b.pick(&s, "c", &[], t0 + d, &View::default()).unwrap();
+        assert!(!b.failed(&sn("api"), &nn("c"), t0));
+        assert!(!b.failed(&sn("api"), &nn("c"), t0));
+        assert!(b.failed(&sn("api"), &nn("c"), t0));
+        let at = |d: Duration| b.pick(&s, &nn("c"), &[], t0 + d, &View::default()).unwrap();
         // Skipped, local preference included.
         for _ in 0..50 {
             assert_eq!(at(Duration::ZERO), "b");
@@ -528,12 +541,12 @@ mod tests {
         assert_eq!(at(EJECTION - Duration::from_millis(1)), "b");
         assert_eq!(at(EJECTION), "c");
         // Failing again right after doubles the time.
-        assert!(b.failed("api", "c", t0 + EJECTION));
+        assert!(b.failed(&sn("api"), &nn("c"), t0 + EJECTION));
         assert_eq!(at(EJECTION * 3 - Duration::from_millis(1)), "b");
         assert_eq!(at(EJECTION * 3), "c");
         // A success forgets it all.
-        b.succeeded("api", "c");
-        assert!(!b.failed("api", "c", t0));
+        b.succeeded(&sn("api"), &nn("c"));
+        assert!(!b.failed(&sn("api"), &nn("c"), t0));
         assert_eq!(at(Duration::ZERO), "c");
     }
 
@@ -543,26 +556,32 @@ mod tests {
         let s = service(&["b", "c"], Balance::Random);
         let mut now = Instant::now();
         for _ in 0..EJECT_AFTER - 1 {
-            b.failed("api", "b", now);
+            b.failed(&sn("api"), &nn("b"), now);
         }
         for _ in 0..10 {
-            assert!(b.failed("api", "b", now));
+            assert!(b.failed(&sn("api"), &nn("b"), now));
             now += MAX_EJECTION;
         }
         assert_eq!(
             b.pick(
                 &s,
-                "a",
-                &["c".into()],
+                &nn("a"),
+                &[nn("c")],
                 now - Duration::from_secs(1),
                 &View::default()
             ),
-            Some("b".into()),
+            Some(nn("b")),
             "ejected: used as the last one left"
         );
         let ejected = (0..50).all(|_| {
-            b.pick(&s, "a", &[], now - Duration::from_secs(1), &View::default())
-                .unwrap()
+            b.pick(
+                &s,
+                &nn("a"),
+                &[],
+                now - Duration::from_secs(1),
+                &View::default(),
+            )
+            .unwrap()
                 == "c"
         });
         assert!(ejected);
@@ -575,13 +594,13 @@ mod tests {
         let now = Instant::now();
         for node in ["b", "c"] {
             for _ in 0..EJECT_AFTER {
-                b.failed("api", node, now);
+                b.failed(&sn("api"), &nn(node), now);
             }
         }
-        assert!(b.pick(&s, "a", &[], now, &View::default()).is_some());
+        assert!(b.pick(&s, &nn("a"), &[], now, &View::default()).is_some());
         assert_eq!(
-            b.pick(&s, "a", &["b".into()], now, &View::default()),
-            Some("c".into())
+            b.pick(&s, &nn("a"), &[nn("b")], now, &View::default()),
+            Some(nn("c"))
         );
     }
 
@@ -595,7 +614,7 @@ mod tests {
                 .find(|(n, _)| n == node)
                 .map_or(State::Passing, |(_, state)| *state);
             let report = InstanceReport {
-                service: s.name.clone(),
+                service: s.name.to_string(),
                 state,
                 checks: Vec::new(),
             };
@@ -615,7 +634,7 @@ mod tests {
             let view = health(&s, &[("a", State::Critical), ("b", State::Warning)]);
             let mut counts = HashMap::new();
             for _ in 0..300 {
-                let node = b.pick(&s, "a", &[], Instant::now(), &view).unwrap();
+                let node = b.pick(&s, &nn("a"), &[], Instant::now(), &view).unwrap();
                 *counts.entry(node).or_insert(0) += 1;
             }
             assert_eq!(counts.get("a"), None, "{lb:?}: {counts:?}");
@@ -625,13 +644,13 @@ mod tests {
             );
             // An unreachable agent's instances are critical too.
             let mut view = view;
-            view.unreachable.insert("b".into(), "gone".into());
+            view.unreachable.insert(nn("b"), "gone".into());
             assert_eq!(
-                b.pick(&s, "a", &[], Instant::now(), &view),
-                Some("c".into())
+                b.pick(&s, &nn("a"), &[], Instant::now(), &view),
+                Some(nn("c"))
             );
-            view.unreachable.insert("c".into(), "gone".into());
-            assert_eq!(b.pick(&s, "a", &[], Instant::now(), &view), None);
+            view.unreachable.insert(nn("c"), "gone".into());
+            assert_eq!(b.pick(&s, &nn("a"), &[], Instant::now(), &view), None);
         }
     }
 
@@ -641,7 +660,7 @@ mod tests {
         let s = service(&["b", "c"], Balance::LeastRequest);
         let now = Instant::now();
         for _ in 0..EJECT_AFTER {
-            b.failed("api", "c", now);
+            b.failed(&sn("api"), &nn("c"), now);
         }
         let passing = health(&s, &[]);
         let c_critical = health(&s, &[("c", State::Critical)]);
@@ -649,10 +668,10 @@ mod tests {
         // No transition from critical: the ejection holds.
         b.health_changed(&services, &passing, &passing);
         b.health_changed(&services, &passing, &c_critical);
-        assert_eq!(b.pick(&s, "c", &[], now, &passing), Some("b".into()));
+        assert_eq!(b.pick(&s, &nn("c"), &[], now, &passing), Some(nn("b")));
         // Critical, then passing: the check vouches for it again.
         b.health_changed(&services, &c_critical, &passing);
-        assert_eq!(b.pick(&s, "c", &[], now, &passing), Some("c".into()));
+        assert_eq!(b.pick(&s, &nn("c"), &[], now, &passing), Some(nn("c")));
     }
 
     #[test]
@@ -660,12 +679,12 @@ mod tests {
         let b = Balancer::with_seed(5);
         let api = service(&["b", "c"], Balance::LeastRequest);
         let mut web = service(&["a"], Balance::LeastRequest);
-        web.name = "web".into();
+        web.name = sn("web");
         for node in ["b", "c"] {
-            b.failed("api", node, Instant::now());
+            b.failed(&sn("api"), &nn(node), Instant::now());
         }
-        b.failed("web", "a", Instant::now());
-        let open = b.started("api", "c");
+        b.failed(&sn("web"), &nn("a"), Instant::now());
+        let open = b.started(&sn("api"), &nn("c"));
         let api_on_b = service(&["b"], Balance::LeastRequest);
         b.retain(&[api_on_b]);
         assert_eq!(b.kept(), [("api".to_owned(), "b".to_owned())]);
@@ -694,11 +713,11 @@ mod tests {
         tokio::task::yield_now().await;
         let now = Instant::now();
         for _ in 0..EJECT_AFTER {
-            b.failed("api", "c", now);
+            b.failed(&sn("api"), &nn("c"), now);
         }
         publish(health(&s, &[]));
         let unejected = async {
-            while b.pick(&s, "c", &[], now, &health(&s, &[])) != Some("c".into()) {
+            while b.pick(&s, &nn("c"), &[], now, &health(&s, &[])) != Some(nn("c")) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         };

@@ -78,7 +78,7 @@ impl Fixture {
         let tls = Tls::new(self.mesh.identities(node), Arc::new(self.snapshots.clone())).unwrap();
         let telemetry = Arc::new(Telemetry::default());
         let pi = Inputs::new(
-            node.to_owned(),
+            node.parse().unwrap(),
             self.snapshots.clone(),
             tls,
             telemetry.clone(),

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::{
     config::{Config, Service, local_addr},
+    names::ServiceName,
     telemetry::{Reporter, Side},
     tls::{Protocol, Transport},
 };
@@ -210,7 +211,7 @@ async fn handle(
 struct Streams {
     pi: Arc<Inputs>,
     moves: Arc<Moves>,
-    peer: String,
+    peer: ServiceName,
     dst: Service,
     /// The caller's agent, and the address it dialed.
     from: SocketAddr,
@@ -359,19 +360,19 @@ type Moved = tokio_rustls::server::TlsStream<Transport>;
 
 /// Who may take a stream over, and where its connection goes.
 struct Expected {
-    src: String,
-    dst: String,
+    src: ServiceName,
+    dst: ServiceName,
     to: oneshot::Sender<Moved>,
 }
 
 impl Moves {
     /// Expects a move of a stream from `src` to `dst` presenting `token`,
     /// until the returned [`Arrival`] is dropped.
-    fn expect(self: &Arc<Self>, token: u128, src: &str, dst: &str) -> Arrival {
+    fn expect(self: &Arc<Self>, token: u128, src: &ServiceName, dst: &ServiceName) -> Arrival {
         let (to, from) = oneshot::channel();
         let expected = Expected {
-            src: src.to_owned(),
-            dst: dst.to_owned(),
+            src: src.clone(),
+            dst: dst.clone(),
             to,
         };
         lock(&self.expected).insert(token, expected);
@@ -386,7 +387,12 @@ impl Moves {
     /// and if it names a stream of that pair, answers [`MOVE_ACK`] and
     /// hands the connection to the stream. Returns whether the stream took
     /// it (it may have ended meanwhile).
-    async fn arrive(&self, mut conn: Moved, src: &str, dst: &str) -> Result<bool, ProxyError> {
+    async fn arrive(
+        &self,
+        mut conn: Moved,
+        src: &ServiceName,
+        dst: &ServiceName,
+    ) -> Result<bool, ProxyError> {
         let bound = crate::tls::HANDSHAKE_TIMEOUT;
         let mut token = [0u8; 16];
         tokio::time::timeout(bound, conn.read_exact(&mut token))
@@ -396,14 +402,14 @@ impl Moves {
         let expected = {
             let mut expected = lock(&self.expected);
             match expected.get(&token) {
-                Some(e) if e.src == src && e.dst == dst => expected.remove(&token),
+                Some(e) if e.src == *src && e.dst == *dst => expected.remove(&token),
                 _ => None,
             }
         };
         let Some(expected) = expected else {
             return Err(ProxyError::UnknownMove {
-                src: src.to_owned(),
-                dst: dst.to_owned(),
+                src: src.clone(),
+                dst: dst.clone(),
             });
         };
         // The source commits to the move only once it has this.
@@ -493,7 +499,15 @@ mod tests {
     async fn as_web(f: &Fixture) -> Result<Vec<u8>, crate::tls::TlsError> {
         let tls = Tls::new(f.mesh.identities("a"), Arc::new(f.snapshots.clone())).unwrap();
         let tcp = TcpStream::connect(inbound_addr(f)).await.unwrap();
-        let conn = tls.connect(tcp, "web", "api", "b", Offer::Single).await?;
+        let conn = tls
+            .connect(
+                tcp,
+                &"web".parse().unwrap(),
+                &"api".parse().unwrap(),
+                &"b".parse().unwrap(),
+                Offer::Single,
+            )
+            .await?;
         Ok(exchange(conn).await)
     }
 
@@ -516,7 +530,7 @@ mod tests {
         let b = f.inbound().await;
         // Takes node b's server certificate as a mesh client would, but
         // presents none of its own.
-        let root = NodeCa::load_or_issue(&f.mesh.config, "a")
+        let root = NodeCa::load_or_issue(&f.mesh.config, &"a".parse().unwrap())
             .unwrap()
             .root()
             .clone();

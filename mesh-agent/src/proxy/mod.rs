@@ -35,6 +35,7 @@ pub use outbound::Outbound;
 use crate::{
     config::{Config, Service, local_addr},
     drain::Drain,
+    names::{NodeName, ServiceName},
     snapshot::{Snapshot, Watch},
     telemetry::{Reporter, Side, Telemetry, Verdict},
     tls::Tls,
@@ -50,14 +51,17 @@ pub enum ProxyError {
     #[error("unknown service id {0} in a kernel record")]
     UnknownService(u32),
     #[error("no instance of {service:?} for {dialed}")]
-    NoInstance { service: String, dialed: SocketAddr },
+    NoInstance {
+        service: ServiceName,
+        dialed: SocketAddr,
+    },
     #[error("connecting to the instance on node {node:?} took over {after:?}")]
     SlowConnect {
-        node: String,
+        node: NodeName,
         after: std::time::Duration,
     },
     #[error("instance of {service:?} down: nothing listens on 127.0.0.1:{port}")]
-    InstanceDown { service: String, port: u16 },
+    InstanceDown { service: ServiceName, port: u16 },
     #[error("no local service behind port {0}")]
     NoLocalService(u16),
     #[error("failed to connect to {addr}: {source}")]
@@ -69,18 +73,21 @@ pub enum ProxyError {
     Tls(#[from] crate::tls::TlsError),
     #[error("intentions deny {src} -> {dst} ({rule})")]
     Denied {
-        src: String,
-        dst: String,
+        src: ServiceName,
+        dst: ServiceName,
         rule: crate::policy::Rule,
     },
     #[error("connection cut: intentions now deny {src} -> {dst} ({rule})")]
     Cut {
-        src: String,
-        dst: String,
+        src: ServiceName,
+        dst: ServiceName,
         rule: crate::policy::Rule,
     },
     #[error("a mesh/2 stream asked for {authority:?} on a connection for {service:?}")]
-    WrongAuthority { authority: String, service: String },
+    WrongAuthority {
+        authority: String,
+        service: ServiceName,
+    },
     #[error("the peer's agent negotiated mesh/2 but sent no HTTP/2 preface within {0:?}")]
     NoPreface(std::time::Duration),
     #[error("the destination agent refused the stream with status {status}")]
@@ -90,7 +97,7 @@ pub enum ProxyError {
     #[error("a mesh/move connection sent no token within {0:?}")]
     NoMoveToken(std::time::Duration),
     #[error("a mesh/move connection from {src} to {dst} named no stream of that pair")]
-    UnknownMove { src: String, dst: String },
+    UnknownMove { src: ServiceName, dst: ServiceName },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -99,7 +106,7 @@ pub enum ProxyError {
 /// the snapshot in force, TLS, the telemetry and the drain; and, per
 /// connection, the verdict on its pair and the relay that holds to it.
 pub struct Inputs {
-    node: String,
+    node: NodeName,
     snapshot: Watch,
     tls: Arc<Tls>,
     telemetry: Arc<Telemetry>,
@@ -109,7 +116,7 @@ pub struct Inputs {
 impl Inputs {
     /// The inputs of the agent of `node`.
     pub fn new(
-        node: String,
+        node: NodeName,
         snapshot: Watch,
         tls: Tls,
         telemetry: Arc<Telemetry>,
@@ -134,8 +141,8 @@ impl Inputs {
     /// deciding rule.
     fn authorize(
         &self,
-        src: &str,
-        dst: &str,
+        src: &ServiceName,
+        dst: &ServiceName,
         peer: SocketAddr,
         dialed: SocketAddr,
         side: Reporter,
@@ -149,8 +156,8 @@ impl Inputs {
         let rule = decision.rule.to_string();
         self.telemetry.denied(src, dst, &rule, peer, dialed, side);
         Err(ProxyError::Denied {
-            src: src.to_owned(),
-            dst: dst.to_owned(),
+            src: src.clone(),
+            dst: dst.clone(),
             rule: decision.rule,
         })
     }
@@ -163,8 +170,8 @@ impl Inputs {
     async fn splice_while_allowed(
         &self,
         copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
-        src: &str,
-        dst: &str,
+        src: &ServiceName,
+        dst: &ServiceName,
         side: Side,
     ) -> Result<(u64, u64), ProxyError> {
         let open = self.telemetry.opened(src, dst, side);
@@ -182,8 +189,8 @@ impl Inputs {
     async fn splice_until_denied(
         &self,
         copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
-        src: &str,
-        dst: &str,
+        src: &ServiceName,
+        dst: &ServiceName,
     ) -> Result<(u64, u64), ProxyError> {
         // Like a new subscription: only reloads from now on count.
         let mut snapshot = self.snapshot.clone();
@@ -201,8 +208,8 @@ impl Inputs {
                     if !decision.allowed() {
                         self.telemetry.cut(src, dst);
                         return Err(ProxyError::Cut {
-                            src: src.to_owned(),
-                            dst: dst.to_owned(),
+                            src: src.clone(),
+                            dst: dst.clone(),
                             rule: decision.rule,
                         });
                     }
@@ -259,14 +266,14 @@ impl ServiceIds {
     }
 
     /// The id of `name`, assigned on first use (ids start at 1).
-    pub fn id(&self, name: &str) -> u32 {
+    pub fn id(&self, name: &ServiceName) -> u32 {
         let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = assigned.by_name.get(name) {
+        if let Some(id) = assigned.by_name.get(name.as_str()) {
             return *id;
         }
-        assigned.names.push(name.to_owned());
+        assigned.names.push(name.to_string());
         let id = u32::try_from(assigned.names.len()).unwrap_or(u32::MAX);
-        assigned.by_name.insert(name.to_owned(), id);
+        assigned.by_name.insert(name.to_string(), id);
         id
     }
 
@@ -393,9 +400,15 @@ mod tests {
     #[test]
     fn a_seeded_table_keeps_every_id_and_numbers_on_after_the_highest() {
         let ids = ServiceIds::seeded(vec![(3, "db".into()), (1, "web".into())]);
-        assert_eq!((ids.id("web"), ids.id("db")), (1, 3));
+        assert_eq!(
+            (
+                ids.id(&"web".parse().unwrap()),
+                ids.id(&"db".parse().unwrap())
+            ),
+            (1, 3)
+        );
         assert_eq!((ids.name(2), ids.name(3).as_deref()), (None, Some("db")));
-        assert_eq!(ids.id("new"), 4);
+        assert_eq!(ids.id(&"new".parse().unwrap()), 4);
         let mut all = ids.all();
         all.sort();
         assert_eq!(
@@ -408,7 +421,10 @@ mod tests {
     fn a_record_names_services_by_their_kernel_ids() {
         let config = testing::config(&mesh());
         let ids = ServiceIds::default();
-        let (web, api) = (ids.id("web"), ids.id("api"));
+        let (web, api) = (
+            ids.id(&"web".parse().unwrap()),
+            ids.id(&"api".parse().unwrap()),
+        );
         let r = Redirect::from_record(&record(web, api), &ids, &config).unwrap();
         assert_eq!(
             (r.src.name.as_str(), r.dst.name.as_str(), r.dialed),
@@ -417,7 +433,7 @@ mod tests {
         // Never given, or given to a service that has left the config.
         let r = Redirect::from_record(&record(web, 0), &ids, &config);
         assert!(matches!(r, Err(ProxyError::UnknownService(0))), "{r:?}");
-        let gone = ids.id("gone");
+        let gone = ids.id(&"gone".parse().unwrap());
         let r = Redirect::from_record(&record(gone, api), &ids, &config);
         assert!(
             matches!(r, Err(ProxyError::UnknownService(id)) if id == gone),

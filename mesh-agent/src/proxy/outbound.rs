@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     config::{Node, Service, local_addr},
+    names::NodeName,
     snapshot::Snapshot,
     telemetry::{Reporter, Side},
 };
@@ -173,9 +174,9 @@ impl Handler {
         src: &Service,
         dst: &Service,
         dialed: SocketAddr,
-    ) -> Result<(String, Upstream, Active), ProxyError> {
+    ) -> Result<(NodeName, Upstream, Active), ProxyError> {
         let deadline = Instant::now() + FAILOVER_BUDGET;
-        let mut tried: Vec<String> = Vec::new();
+        let mut tried: Vec<NodeName> = Vec::new();
         let mut last = None;
         while tried.len() < TRIES {
             let Some(name) =
@@ -273,8 +274,8 @@ mod tests {
         let ids = Arc::new(ServiceIds::default());
         let record = dialed.map(|dialed| OrigDst {
             dst: crate::ebpf::sock_addr(dialed),
-            src_service: ids.id("web"),
-            dst_service: ids.id("api"),
+            src_service: ids.id(&"web".parse().unwrap()),
+            dst_service: ids.id(&"api".parse().unwrap()),
             uid: 1000,
             created_ns: 0,
         });

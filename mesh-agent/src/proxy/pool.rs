@@ -55,6 +55,7 @@ use super::{
 use crate::{
     config::{Node, Service},
     identity::Current,
+    names::{NodeName, ServiceName},
     telemetry::{Side, Telemetry},
     tls::{Offer, Protocol, Tls, TlsError, Transport},
 };
@@ -85,14 +86,14 @@ pub const MOVE_AFTER_READS: u64 = 1000;
 pub struct Pool {
     keys: Mutex<HashMap<Key, Arc<Entry>>>,
     /// Nodes that answered `mesh/1`, and when.
-    single: Mutex<HashMap<String, Instant>>,
+    single: Mutex<HashMap<NodeName, Instant>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
-    src: String,
-    dst: String,
-    node: String,
+    src: ServiceName,
+    dst: ServiceName,
+    node: NodeName,
 }
 
 /// One key's connections.
@@ -200,7 +201,7 @@ impl Pool {
         let leaf = pi
             .tls
             .leaf(&src.name)
-            .ok_or_else(|| TlsError::NoLocalService(src.name.clone()))?;
+            .ok_or_else(|| TlsError::NoLocalService(src.name.to_string()))?;
         let authority = tunnel::authority(&dst.name, pi.tls.trust_domain(), dst.port);
         let key = Key {
             src: src.name.clone(),
@@ -288,7 +289,7 @@ impl Pool {
         lock(&self.keys).entry(key.clone()).or_default().clone()
     }
 
-    fn speaks_single(&self, node: &str) -> bool {
+    fn speaks_single(&self, node: &NodeName) -> bool {
         let mut single = lock(&self.single);
         match single.get(node) {
             Some(since) if since.elapsed() < SINGLE_FOR => true,
@@ -449,9 +450,9 @@ struct Plan {
     tls: Arc<Tls>,
     telemetry: Arc<Telemetry>,
     addr: SocketAddr,
-    src: String,
-    dst: String,
-    node: String,
+    src: ServiceName,
+    dst: ServiceName,
+    node: NodeName,
 }
 
 impl Dialer {

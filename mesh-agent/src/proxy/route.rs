@@ -46,7 +46,7 @@ mod tests {
     fn route(dialed: &str) -> Result<String, ProxyError> {
         let config = testing::config(&mesh());
         let api = config.service("api").unwrap();
-        instance(&config, api, dialed.parse().unwrap()).map(|n| n.name.clone())
+        instance(&config, api, dialed.parse().unwrap()).map(|n| n.name.to_string())
     }
 
     #[test]

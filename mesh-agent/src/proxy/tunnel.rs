@@ -104,7 +104,7 @@ impl TunnelError {
 }
 
 /// `<service>.svc.<trust domain>:<port>`, the `:authority` of a CONNECT.
-pub fn authority(service: &str, trust_domain: &str, port: u16) -> String {
+pub fn authority(service: &crate::names::ServiceName, trust_domain: &str, port: u16) -> String {
     format!("{service}.svc.{trust_domain}:{port}")
 }
 

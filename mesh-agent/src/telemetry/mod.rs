@@ -16,6 +16,8 @@ use std::{
 
 use mesh_common::DenialKey;
 
+use crate::names::{NodeName, ServiceName};
+
 pub use labels::{
     Direction, HandshakeKind, MapLabels, Refusal, Reporter, ServiceLabels, Side, Verdict,
 };
@@ -48,10 +50,10 @@ pub struct Telemetry {
 }
 
 /// The labels of an instance's metrics.
-pub fn instance(service: &str, node: &str) -> Instance {
+pub fn instance(service: &ServiceName, node: &NodeName) -> Instance {
     Instance {
-        service: service.to_owned(),
-        node: node.to_owned(),
+        service: service.to_string(),
+        node: node.to_string(),
     }
 }
 
@@ -64,7 +66,7 @@ pub struct Open {
 
 impl Telemetry {
     /// The intentions allowed `src -> dst`.
-    pub fn allowed(&self, src: &str, dst: &str) {
+    pub fn allowed(&self, src: &ServiceName, dst: &ServiceName) {
         self.count(src, dst, |s| s.allowed += 1);
     }
 
@@ -91,10 +93,10 @@ impl Telemetry {
     }
 
     /// An allowed connection `src -> dst` starts flowing.
-    pub fn opened(&self, src: &str, dst: &str, side: Side) -> Open {
+    pub fn opened(&self, src: &ServiceName, dst: &ServiceName, side: Side) -> Open {
         let conn = Conn {
-            source: src.to_owned(),
-            destination: dst.to_owned(),
+            source: src.to_string(),
+            destination: dst.to_string(),
             side,
         };
         self.metrics.opened(&conn);
@@ -119,17 +121,17 @@ impl Telemetry {
 
     /// A live connection `src -> dst` was closed because the intentions
     /// now deny it.
-    pub fn cut(&self, src: &str, dst: &str) {
+    pub fn cut(&self, src: &ServiceName, dst: &ServiceName) {
         self.count(src, dst, |s| s.cut += 1);
     }
 
     /// A connection went to the instance of `service` on `node`.
-    pub fn instance_connected(&self, service: &str, node: &str) {
+    pub fn instance_connected(&self, service: &ServiceName, node: &NodeName) {
         self.metrics.instance_connected(&instance(service, node));
     }
 
     /// A dial or handshake to the instance of `service` on `node` failed.
-    pub fn instance_failed(&self, service: &str, node: &str) {
+    pub fn instance_failed(&self, service: &ServiceName, node: &NodeName) {
         self.metrics.instance_failed(&instance(service, node));
     }
 
@@ -228,8 +230,12 @@ mod tests {
     fn one_object_counts_verdicts_and_metrics() {
         let t = Telemetry::default();
         let addr: SocketAddr = "10.0.0.1:5001".parse().unwrap();
-        t.allowed("web", "api");
-        let open = t.opened("web", "api", Side::Outbound);
+        t.allowed(&"web".parse().unwrap(), &"api".parse().unwrap());
+        let open = t.opened(
+            &"web".parse().unwrap(),
+            &"api".parse().unwrap(),
+            Side::Outbound,
+        );
         t.closed(open, 10, 20, Verdict::Allowed);
         t.denied(
             "web",
@@ -240,7 +246,7 @@ mod tests {
             Reporter::Destination,
         );
         t.denied("web", "db", "default policy", addr, addr, Reporter::Source);
-        t.cut("web", "api");
+        t.cut(&"web".parse().unwrap(), &"api".parse().unwrap());
         let key = DenialKey {
             src: 1,
             dst: 2,

@@ -28,6 +28,7 @@ use super::{
     verify::{ClientVerifier, Peer, PeerRules, ServerVerifier, VerifyError},
 };
 use crate::identity::{Identities, spiffe};
+use crate::names::NodeName;
 
 /// The application protocol of agent links.
 pub const ALPN: &[u8] = b"mesh-link/1";
@@ -88,12 +89,12 @@ impl Link {
     pub async fn connect(
         &self,
         tcp: TcpStream,
-        node: &str,
+        node: &NodeName,
     ) -> Result<client::TlsStream<TcpStream>, TlsError> {
         let sni = spiffe::agent_sni(&self.trust_domain, node);
         // Only a valid node name round-trips: the verifier reads the node it
         // expects back from the SNI.
-        if spiffe::node_from_agent_sni(&self.trust_domain, &sni) != Some(node) {
+        if spiffe::node_from_agent_sni(&self.trust_domain, &sni) != Some(node.as_str()) {
             return Err(VerifyError::ServerName(sni).into());
         }
         let name = ServerName::try_from(sni.clone()).map_err(|_| VerifyError::ServerName(sni))?;
@@ -109,7 +110,7 @@ impl Link {
     pub async fn accept(
         &self,
         tcp: TcpStream,
-    ) -> Result<(server::TlsStream<TcpStream>, String), TlsError> {
+    ) -> Result<(server::TlsStream<TcpStream>, NodeName), TlsError> {
         let handshake = async {
             // A peer that says nothing lets go of its connection within
             // the hello bound, as on the service ports.

@@ -33,6 +33,7 @@ use rustls_pki_types::{ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector, client, server};
 
+use crate::names::{NodeName, ServiceName};
 use crate::{
     identity::{Current, Identities, spiffe},
     telemetry::Refusal,
@@ -129,7 +130,7 @@ pub struct Tls {
     /// presents the service's leaf (and holds its tickets for that node),
     /// made on first use and again after each renewal of that leaf, so no
     /// ticket outlives the leaf it was made with.
-    clients: std::sync::RwLock<HashMap<(String, String), ClientFor>>,
+    clients: std::sync::RwLock<HashMap<(ServiceName, NodeName), ClientFor>>,
     /// This node's agent links.
     link: Arc<link::Link>,
     /// What this agent offers as a client, first preferred.
@@ -227,7 +228,7 @@ impl Tls {
 
     /// The current leaf of local service `service`: a connection made
     /// with another retires (see `proxy::pool`).
-    pub fn leaf(&self, service: &str) -> Option<Arc<Current>> {
+    pub fn leaf(&self, service: &ServiceName) -> Option<Arc<Current>> {
         self.identities.current(service)
     }
 
@@ -243,20 +244,20 @@ impl Tls {
     /// per node keeps each instance's tickets apart.
     fn client(
         &self,
-        service: &str,
-        node: &str,
+        service: &ServiceName,
+        node: &NodeName,
         offer: Offer,
     ) -> Result<Arc<ClientConfig>, TlsError> {
         let form = offer as usize;
         let leaf = self
             .identities
             .current(service)
-            .ok_or_else(|| TlsError::NoLocalService(service.to_owned()))?;
+            .ok_or_else(|| TlsError::NoLocalService(service.to_string()))?;
         if let Some((c, made_with)) = self
             .clients
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(service.to_owned(), node.to_owned()))
+            .get(&(service.clone(), node.clone()))
             && Arc::ptr_eq(made_with, &leaf)
         {
             return Ok(c[form].clone());
@@ -270,7 +271,7 @@ impl Tls {
             )))
             .with_client_cert_resolver(Arc::new(AsService {
                 identities: self.identities.clone(),
-                service: service.to_owned(),
+                service: service.clone(),
             }));
         client.alpn_protocols = self.protocols.clone();
         // Tickets per destination service on this node (rustls keeps up to
@@ -285,7 +286,7 @@ impl Tls {
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((service.to_owned(), node.to_owned()), (forms, leaf));
+            .insert((service.clone(), node.clone()), (forms, leaf));
         Ok(chosen)
     }
 
@@ -295,14 +296,14 @@ impl Tls {
     pub async fn connect(
         &self,
         tcp: TcpStream,
-        src: &str,
-        dst: &str,
-        node: &str,
+        src: &ServiceName,
+        dst: &ServiceName,
+        node: &NodeName,
         offer: Offer,
     ) -> Result<client::TlsStream<Transport>, TlsError> {
         let config = self.client(src, node, offer)?;
         let name = ServerName::try_from(spiffe::sni(&self.trust_domain, dst))
-            .map_err(|_| VerifyError::ServerName(dst.to_owned()))?;
+            .map_err(|_| VerifyError::ServerName(dst.to_string()))?;
         let connect = TlsConnector::from(config.clone()).connect(name, Transport::new(tcp));
         let stream = bounded(async { connect.await.map_err(handshake_error) }).await?;
         let conn = stream.get_ref().1;
@@ -322,8 +323,8 @@ impl Tls {
     pub async fn accept(
         &self,
         tcp: TcpStream,
-        dst: &str,
-    ) -> Result<(server::TlsStream<Transport>, String), TlsError> {
+        dst: &ServiceName,
+    ) -> Result<(server::TlsStream<Transport>, ServiceName), TlsError> {
         // A local leaf was renewed since: end the sessions made with the old.
         let renewals = self.identities.renewals();
         if self
@@ -524,7 +525,7 @@ impl ResolvesServerCert for BySni {
 #[derive(Debug)]
 struct AsService {
     identities: Arc<Identities>,
-    service: String,
+    service: ServiceName,
 }
 
 impl ResolvesClientCert for AsService {

@@ -40,7 +40,7 @@ impl Mesh {
     }
 
     fn node(&self, node: &str) -> NodeCa {
-        NodeCa::load_or_issue(&self.config, node).unwrap()
+        NodeCa::load_or_issue(&self.config, &node.parse().unwrap()).unwrap()
     }
 
     /// The leaves of the services on `node` (60 s), issued by its CA.
@@ -62,7 +62,10 @@ impl Mesh {
             .config
             .services
             .iter()
-            .map(|s| (s.name.clone(), s.nodes.iter().cloned().collect()))
+            .map(|s| {
+                let nodes = s.nodes.iter().map(ToString::to_string).collect();
+                (s.name.to_string(), nodes)
+            })
             .collect();
         PeerRules::new("mesh.local", self.node("a").root(), Arc::new(hosts)).unwrap()
     }
@@ -87,7 +90,10 @@ fn now() -> UnixTime {
 fn web_leaf(ttl: Duration) -> (Mesh, PeerRules, crate::identity::ca::Leaf) {
     let mesh = Mesh::new(&mesh_text(81));
     let rules = mesh.rules();
-    let leaf = mesh.node("a").issue_leaf("web", ttl).unwrap();
+    let leaf = mesh
+        .node("a")
+        .issue_leaf(&"web".parse().unwrap(), ttl)
+        .unwrap();
     (mesh, rules, leaf)
 }
 
@@ -100,13 +106,15 @@ fn in_a_minute() -> UnixTime {
 }
 
 fn client(rules: &PeerRules, chain: &[CertificateDer<'static>]) -> Result<String, VerifyError> {
-    rules.verify(
-        &chain[0],
-        &chain[1..],
-        now(),
-        webpki::KeyUsage::client_auth(),
-        None,
-    )
+    rules
+        .verify(
+            &chain[0],
+            &chain[1..],
+            now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+        )
+        .map(|service| service.to_string())
 }
 
 #[test]
@@ -152,7 +160,7 @@ fn a_leaf_from_another_trust_domain_is_refused() {
     let other = Mesh::new(&mesh_text(81).replace("mesh.local", "other.td"));
     let leaf = other
         .node("a")
-        .issue_leaf("web", Duration::from_secs(60))
+        .issue_leaf(&"web".parse().unwrap(), Duration::from_secs(60))
         .unwrap();
     let r = client(&mesh.rules(), &leaf.chain);
     assert!(matches!(r, Err(VerifyError::Chain(_))), "{r:?}");
@@ -164,7 +172,7 @@ fn a_leaf_signed_by_a_node_that_does_not_host_the_service_is_refused() {
     // Node b's CA signs a leaf for web, which runs on node a.
     let leaf = mesh
         .node("b")
-        .issue_leaf("web", Duration::from_secs(60))
+        .issue_leaf(&"web".parse().unwrap(), Duration::from_secs(60))
         .unwrap();
     let r = client(&mesh.rules(), &leaf.chain);
     assert!(
@@ -191,7 +199,10 @@ fn a_leaf_is_accepted_from_every_node_hosting_an_instance_and_no_other() {
     let rules = mesh.rules();
     let ttl = Duration::from_secs(60);
     for node in ["b", "c"] {
-        let leaf = mesh.node(node).issue_leaf("api", ttl).unwrap();
+        let leaf = mesh
+            .node(node)
+            .issue_leaf(&"api".parse().unwrap(), ttl)
+            .unwrap();
         assert_eq!(
             client(&rules, &leaf.chain).unwrap(),
             "api",
@@ -207,7 +218,10 @@ fn a_leaf_is_accepted_from_every_node_hosting_an_instance_and_no_other() {
         assert_eq!(server.unwrap(), "api", "signed by {node}");
     }
     // Node a hosts no api: it cannot vouch for it.
-    let leaf = mesh.node("a").issue_leaf("api", ttl).unwrap();
+    let leaf = mesh
+        .node("a")
+        .issue_leaf(&"api".parse().unwrap(), ttl)
+        .unwrap();
     let r = client(&rules, &leaf.chain);
     assert!(
         matches!(&r, Err(VerifyError::WrongNode { service, signer, hosts })
@@ -221,7 +235,7 @@ fn a_leaf_for_an_unknown_service_is_refused() {
     let mesh = Mesh::new(&mesh_text(81));
     let leaf = mesh
         .node("a")
-        .issue_leaf("ghost", Duration::from_secs(60))
+        .issue_leaf(&"ghost".parse().unwrap(), Duration::from_secs(60))
         .unwrap();
     let r = client(&mesh.rules(), &leaf.chain);
     assert!(
@@ -271,7 +285,7 @@ fn signed_by_node_a(mesh: &Mesh, sans: Vec<SanType>) -> Vec<CertificateDer<'stat
 fn signed_by_node_a_with_key(mesh: &Mesh, sans: Vec<SanType>) -> ca::Leaf {
     let node_ca = mesh
         .node("a")
-        .issue_leaf("web", Duration::from_secs(60))
+        .issue_leaf(&"web".parse().unwrap(), Duration::from_secs(60))
         .unwrap()
         .chain[1]
         .clone();
@@ -434,7 +448,7 @@ async fn agents_handshake_with_each_others_identity() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let (mut s, peer) = b.accept(tcp, "api").await.unwrap();
+        let (mut s, peer) = b.accept(tcp, &"api".parse().unwrap()).await.unwrap();
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).await.unwrap();
         s.write_all(b"world").await.unwrap();
@@ -443,7 +457,13 @@ async fn agents_handshake_with_each_others_identity() {
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut s = a
-        .connect(tcp, "web", "api", "b", Offer::Default)
+        .connect(
+            tcp,
+            &"web".parse().unwrap(),
+            &"api".parse().unwrap(),
+            &"b".parse().unwrap(),
+            Offer::Default,
+        )
         .await
         .unwrap();
     s.write_all(b"hello").await.unwrap();
@@ -466,13 +486,21 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         // This port serves `web`, but the client asks for `api`.
-        b.accept(tcp, "web").await.map(|(_, peer)| peer)
+        b.accept(tcp, &"web".parse().unwrap())
+            .await
+            .map(|(_, peer)| peer)
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
     assert!(
-        a.connect(tcp, "web", "api", "b", Offer::Default)
-            .await
-            .is_err()
+        a.connect(
+            tcp,
+            &"web".parse().unwrap(),
+            &"api".parse().unwrap(),
+            &"b".parse().unwrap(),
+            Offer::Default
+        )
+        .await
+        .is_err()
     );
     let r = server.await.unwrap();
     assert!(matches!(r, Err(TlsError::WrongSni { .. })), "{r:?}");
@@ -483,7 +511,10 @@ async fn a_hello_for_another_service_is_refused_before_any_certificate() {
 fn the_self_check_catches_a_key_that_does_not_match_its_node_certificate() {
     let mesh = Mesh::new(&mesh_text(81));
     let a = mesh.node("a");
-    assert_eq!(super::verify::self_check(&a, "mesh.local", "a"), Ok(()));
+    assert_eq!(
+        super::verify::self_check(&a, "mesh.local", &"a".parse().unwrap()),
+        Ok(())
+    );
     let _ = mesh.node("b");
     // Node a's certificate with node b's key.
     std::fs::copy(
@@ -492,7 +523,7 @@ fn the_self_check_catches_a_key_that_does_not_match_its_node_certificate() {
     )
     .unwrap();
     let wrong = mesh.node("a");
-    let r = super::verify::self_check(&wrong, "mesh.local", "a");
+    let r = super::verify::self_check(&wrong, "mesh.local", &"a".parse().unwrap());
     assert!(r.is_err(), "{r:?}");
 }
 
@@ -503,7 +534,7 @@ fn a_node_key_others_can_read_is_refused() {
     let _ = mesh.node("a");
     let key = mesh.scratch.dir().join("ca/nodes/a.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let r = NodeCa::load_or_issue(&mesh.config, "a");
+    let r = NodeCa::load_or_issue(&mesh.config, &"a".parse().unwrap());
     assert!(
         matches!(
             &r,
@@ -550,7 +581,7 @@ async fn connect_once_to(
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        match b.accept(tcp, "api").await {
+        match b.accept(tcp, &"api".parse().unwrap()).await {
             Ok((mut s, peer)) => {
                 let kind = s.get_ref().1.handshake_kind();
                 // The client may have refused the server after its handshake.
@@ -559,13 +590,22 @@ async fn connect_once_to(
                     s.write_all(b"world").await.unwrap();
                     s.shutdown().await.unwrap();
                 }
-                (Ok(peer), kind)
+                (Ok(peer.to_string()), kind)
             }
             Err(e) => (Err(e), None),
         }
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let client = match a.connect(tcp, "web", "api", node, Offer::Default).await {
+    let client = match a
+        .connect(
+            tcp,
+            &"web".parse().unwrap(),
+            &"api".parse().unwrap(),
+            &node.parse().unwrap(),
+            Offer::Default,
+        )
+        .await
+    {
         Ok(mut s) => {
             // Reading to the end also takes in the ticket for the next time.
             let _ = s.write_all(b"hello").await;
@@ -720,11 +760,11 @@ async fn a_renewed_leaf_on_either_side_ends_resumption() {
     assert_eq!(kind(connect_once(&a, b.clone()).await), Full);
     assert_eq!(kind(connect_once(&a, b.clone()).await), Resumed);
     // The caller's leaf renews: its tickets carried the old one.
-    ia.renew("web").unwrap();
+    ia.renew(&"web".parse().unwrap()).unwrap();
     assert_eq!(kind(connect_once(&a, b.clone()).await), Full);
     assert_eq!(kind(connect_once(&a, b.clone()).await), Resumed);
     // The destination's leaf renews: sessions it holds end too.
-    ib.renew("api").unwrap();
+    ib.renew(&"api".parse().unwrap()).unwrap();
     assert_eq!(kind(connect_once(&a, b.clone()).await), Full);
 }
 

@@ -32,6 +32,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use x509_parser::extensions::GeneralName;
 
+use crate::names::{NodeName, ServiceName};
 use crate::{
     identity::{other_sans, spiffe, uri_sans},
     telemetry::Refusal,
@@ -190,7 +191,7 @@ impl PeerRules {
         now: UnixTime,
         usage: webpki::KeyUsage,
         expected: Option<&str>,
-    ) -> Result<String, VerifyError> {
+    ) -> Result<ServiceName, VerifyError> {
         let signer = self.chain(end_entity, intermediates, now, usage)?;
         self.identify_service(end_entity, signer, expected)
     }
@@ -204,12 +205,12 @@ impl PeerRules {
         now: UnixTime,
         usage: webpki::KeyUsage,
         expected: Option<&str>,
-    ) -> Result<String, VerifyError> {
+    ) -> Result<NodeName, VerifyError> {
         let signer = self.chain(end_entity, intermediates, now, usage)?;
         self.identify_agent(end_entity, signer, expected)
     }
 
-    /// `verify` or `verify_agent`, as `peer` says.
+    /// `verify` or `verify_agent`, as `peer` says, for its verdict only.
     fn verify_peer(
         &self,
         peer: Peer,
@@ -218,10 +219,14 @@ impl PeerRules {
         now: UnixTime,
         usage: webpki::KeyUsage,
         expected: Option<&str>,
-    ) -> Result<String, VerifyError> {
+    ) -> Result<(), VerifyError> {
         match peer {
-            Peer::Service => self.verify(end_entity, intermediates, now, usage, expected),
-            Peer::Agent => self.verify_agent(end_entity, intermediates, now, usage, expected),
+            Peer::Service => self
+                .verify(end_entity, intermediates, now, usage, expected)
+                .map(drop),
+            Peer::Agent => self
+                .verify_agent(end_entity, intermediates, now, usage, expected)
+                .map(drop),
         }
     }
 
@@ -232,7 +237,7 @@ impl PeerRules {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
         usage: webpki::KeyUsage,
-    ) -> Result<String, VerifyError> {
+    ) -> Result<NodeName, VerifyError> {
         let leaf = webpki::EndEntityCert::try_from(end_entity).map_err(VerifyError::Chain)?;
         let path = leaf
             .verify_for_usage(
@@ -268,7 +273,7 @@ impl PeerRules {
         chain: &[CertificateDer<'_>],
         now: UnixTime,
         expected: Option<&str>,
-    ) -> Result<String, VerifyError> {
+    ) -> Result<ServiceName, VerifyError> {
         // `verify` accepted exactly [leaf, node CA] when the session began.
         let [end_entity, node_ca_der] = chain else {
             return Err(VerifyError::Intermediates(chain.len().saturating_sub(1)));
@@ -290,7 +295,7 @@ impl PeerRules {
     }
 
     /// The node named by a (verified) node CA: the rest of rule 1.
-    fn signer(&self, node_ca: &CertificateDer<'_>) -> Result<String, VerifyError> {
+    fn signer(&self, node_ca: &CertificateDer<'_>) -> Result<NodeName, VerifyError> {
         self.named(node_ca, spiffe::Kind::Node, VerifyError::NotNode)
     }
 
@@ -298,18 +303,18 @@ impl PeerRules {
     fn identify_service(
         &self,
         end_entity: &CertificateDer<'_>,
-        signer: String,
+        signer: NodeName,
         expected: Option<&str>,
-    ) -> Result<String, VerifyError> {
+    ) -> Result<ServiceName, VerifyError> {
         let service = self.service_of(end_entity)?;
         let hosts = self
             .hosts
             .hosts(&service)
-            .ok_or_else(|| VerifyError::UnknownService(service.clone()))?;
-        if !hosts.contains(&signer) {
+            .ok_or_else(|| VerifyError::UnknownService(service.to_string()))?;
+        if !hosts.contains(signer.as_str()) {
             return Err(VerifyError::WrongNode {
-                service,
-                signer,
+                service: service.to_string(),
+                signer: signer.to_string(),
                 hosts: hosts.into_iter().collect(),
             });
         }
@@ -328,15 +333,18 @@ impl PeerRules {
     fn identify_agent(
         &self,
         end_entity: &CertificateDer<'_>,
-        signer: String,
+        signer: NodeName,
         expected: Option<&str>,
-    ) -> Result<String, VerifyError> {
+    ) -> Result<NodeName, VerifyError> {
         let agent = self.agent_of(end_entity)?;
         if agent != signer {
-            return Err(VerifyError::ForeignAgent { agent, signer });
+            return Err(VerifyError::ForeignAgent {
+                agent: agent.to_string(),
+                signer: signer.to_string(),
+            });
         }
         if !self.hosts.is_node(&agent) {
-            return Err(VerifyError::UnknownNode(agent));
+            return Err(VerifyError::UnknownNode(agent.to_string()));
         }
         if let Some(expected) = expected
             && agent != expected
@@ -350,12 +358,12 @@ impl PeerRules {
     }
 
     /// The service a (verified) leaf names.
-    pub fn service_of(&self, cert: &CertificateDer<'_>) -> Result<String, VerifyError> {
+    pub fn service_of(&self, cert: &CertificateDer<'_>) -> Result<ServiceName, VerifyError> {
         self.named(cert, spiffe::Kind::Service, VerifyError::NotService)
     }
 
     /// The node whose agent a (verified) leaf names.
-    pub fn agent_of(&self, cert: &CertificateDer<'_>) -> Result<String, VerifyError> {
+    pub fn agent_of(&self, cert: &CertificateDer<'_>) -> Result<NodeName, VerifyError> {
         self.named(cert, spiffe::Kind::Agent, VerifyError::NotAgent)
     }
 
@@ -365,20 +373,23 @@ impl PeerRules {
     /// `<node>.agent.<trust domain>`: a certificate that also names anything
     /// else (a wildcard, another service, an IP) could pass for it with
     /// clients that read those names.
-    fn named(
+    fn named<N: std::str::FromStr>(
         &self,
         cert: &CertificateDer<'_>,
         kind: spiffe::Kind,
         wrong: fn(Vec<String>) -> VerifyError,
-    ) -> Result<String, VerifyError> {
+    ) -> Result<N, VerifyError> {
         let (_, parsed) = x509_parser::parse_x509_certificate(cert)
             .map_err(|e| VerifyError::Parse(e.to_string()))?;
         let uris = uri_sans(&parsed);
         let [uri] = uris.as_slice() else {
             return Err(wrong(uris.iter().map(|u| (*u).to_owned()).collect()));
         };
-        let name = match spiffe::parse(&self.trust_domain, uri) {
-            Some((k, name)) if k == kind => name,
+        let (name, typed) = match spiffe::parse(&self.trust_domain, uri) {
+            Some((k, name)) if k == kind => match name.parse::<N>() {
+                Ok(typed) => (name, typed),
+                Err(_) => return Err(wrong(vec![(*uri).to_owned()])),
+            },
             _ => return Err(wrong(vec![(*uri).to_owned()])),
         };
         let own_dns = match kind {
@@ -397,7 +408,7 @@ impl PeerRules {
                 names: extra,
             });
         }
-        Ok(name.to_owned())
+        Ok(typed)
     }
 
     fn tls13_signature(
@@ -424,14 +435,17 @@ fn parse_x509(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_
 pub fn self_check(
     ca: &crate::identity::NodeCa,
     trust_domain: &str,
-    node: &str,
+    node: &NodeName,
 ) -> Result<(), String> {
     const PROBE: &str = "self-check";
+    let probe = PROBE
+        .parse()
+        .map_err(|e: crate::names::NameError| e.to_string())?;
     let leaf = ca
-        .issue_leaf(PROBE, std::time::Duration::from_secs(60))
+        .issue_leaf(&probe, std::time::Duration::from_secs(60))
         .map_err(|e| e.to_string())?;
     let hosts: HashMap<String, BTreeSet<String>> =
-        [(PROBE.to_owned(), [node.to_owned()].into())].into();
+        [(PROBE.to_owned(), [node.to_string()].into())].into();
     let rules =
         PeerRules::new(trust_domain, ca.root(), Arc::new(hosts)).map_err(|e| e.to_string())?;
     rules

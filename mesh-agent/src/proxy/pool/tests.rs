@@ -34,9 +34,9 @@ fn web_identities() -> (Mesh, Arc<Identities>) {
 
 fn key(node: &str) -> Key {
     Key {
-        src: "web".into(),
-        dst: "api".into(),
-        node: node.into(),
+        src: "web".parse().unwrap(),
+        dst: "api".parse().unwrap(),
+        node: node.parse().unwrap(),
     }
 }
 
@@ -162,7 +162,7 @@ async fn pick_drops_a_connection_made_with_a_leaf_since_renewed() {
     let (c, _far) = conn(&old).await;
     lock(&entry.conns).push(c);
     assert!(pick(&entry, &old).is_some());
-    let renewed = ids.renew("web").unwrap();
+    let renewed = ids.renew(&"web".parse().unwrap()).unwrap();
     assert!(pick(&entry, &renewed).is_none());
     assert!(lock(&entry.conns).is_empty());
 }
@@ -234,7 +234,13 @@ impl Agents {
             Tls::with_multiplex(mesh.identities("b"), Arc::new(snapshots.clone()), multiplex)
                 .unwrap(),
         );
-        let pi = Inputs::new("a".into(), snapshots, a, Arc::default(), Drain::default());
+        let pi = Inputs::new(
+            "a".parse().unwrap(),
+            snapshots,
+            a,
+            Arc::default(),
+            Drain::default(),
+        );
         let handshakes = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(Mutex::new(Vec::new()));
         let accept = tokio::spawn({
@@ -244,7 +250,7 @@ impl Agents {
                     let (tcp, _) = listener.accept().await.unwrap();
                     let (b, handshakes) = (b.clone(), handshakes.clone());
                     lock(&conns).push(tokio::spawn(async move {
-                        let (tls, _) = b.accept(tcp, "api").await.unwrap();
+                        let (tls, _) = b.accept(tcp, &"api".parse().unwrap()).await.unwrap();
                         handshakes.fetch_add(1, Ordering::SeqCst);
                         if crate::tls::protocol(tls.get_ref().1) == Protocol::Multiplexed {
                             let _ = tunnel::serve(tls, echo).await;
@@ -273,7 +279,7 @@ impl Agents {
         let config = &self.mesh.config;
         // Node addresses cannot be loopback in a config: b's is replaced.
         let b = Node {
-            name: "b".into(),
+            name: "b".parse().unwrap(),
             address: Ipv4Addr::LOCALHOST.into(),
         };
         let (web, api) = (config.service("web"), config.service("api"));
@@ -348,7 +354,7 @@ async fn a_destination_speaking_only_mesh_1_gets_single_hops_and_is_remembered()
             panic!("a stream, from a mesh/1 agent")
         };
         echoes(tls).await;
-        assert!(pool.speaks_single("b"));
+        assert!(pool.speaks_single(&"b".parse().unwrap()));
     }
     // Each app connection had its own TLS connection; none was pooled.
     assert_eq!(agents.handshakes(), 2);

@@ -397,7 +397,7 @@ async fn opens_over_the_stream_limit_wait_for_a_slot() {
 
 #[test]
 fn authorities_round_trip() {
-    let a = authority("api", "mesh.test", 5001);
+    let a = authority(&"api".parse().unwrap(), "mesh.test", 5001);
     assert_eq!(a, AUTHORITY);
     assert_eq!(parse_authority(&a, "mesh.test"), Some(("api", 5001)));
     assert_eq!(parse_authority(&a, "other.test"), None);
