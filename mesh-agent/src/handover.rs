@@ -33,18 +33,21 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::health::{Board, InstanceReport, reports::Reports};
+use crate::{
+    health::{Board, InstanceReport, reports::Reports},
+    names::NodeName,
+};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
     #[error("handover with the running agent of node {node}: {source}")]
     Io {
-        node: String,
+        node: NodeName,
         source: std::io::Error,
     },
     #[error("handover with the running agent of node {node}: {why}")]
-    Protocol { node: String, why: String },
+    Protocol { node: NodeName, why: String },
 }
 
 /// What a starting agent sends first.
@@ -133,20 +136,20 @@ struct Manifest {
 /// the other nodes' reports, then this node's.
 const MAX_MANIFEST: usize = 48 * 1024;
 
-fn address(node: &str) -> std::io::Result<UnixAddr> {
+fn address(node: &NodeName) -> std::io::Result<UnixAddr> {
     UnixAddr::from_abstract_name(format!("mesh-agent/{node}"))
 }
 
 /// Whether an agent of `node` runs in this network namespace (answers on
 /// its handover socket).
-pub fn running(node: &str) -> bool {
+pub fn running(node: &NodeName) -> bool {
     address(node).is_ok_and(|a| UnixStream::connect_addr(&a).is_ok())
 }
 
 /// Sockets received from the running agent, by name; answer with
 /// [`Taken::ready`] once serving on them.
 pub struct Taken {
-    node: String,
+    node: NodeName,
     stream: UnixStream,
     /// The old agent's pid.
     pub pid: u32,
@@ -160,7 +163,7 @@ pub struct Taken {
 /// Asks the running agent of `node`, if there is one in this network
 /// namespace, for its listening sockets. `Ok(None)`: no agent answers.
 /// Blocking: runs before the async runtime starts.
-pub fn take(node: &str) -> Result<Option<Taken>, HandoverError> {
+pub fn take(node: &NodeName) -> Result<Option<Taken>, HandoverError> {
     let io = |source| HandoverError::Io {
         node: node.to_owned(),
         source,
@@ -188,7 +191,7 @@ pub fn take(node: &str) -> Result<Option<Taken>, HandoverError> {
 
 /// Asks the running agent of `node` on `stream` for its sockets and takes
 /// them with its manifest.
-fn receive(node: &str, stream: UnixStream) -> Result<Taken, HandoverError> {
+fn receive(node: &NodeName, stream: UnixStream) -> Result<Taken, HandoverError> {
     let io = |source| HandoverError::Io {
         node: node.to_owned(),
         source,
@@ -278,7 +281,7 @@ impl Taken {
 /// The running agent's side: hands its sockets to the next agent of its
 /// node. See the module docs.
 pub struct Offer {
-    node: String,
+    node: NodeName,
     /// Duplicates of the listening sockets, by name.
     sockets: Arc<Vec<(SocketName, OwnedFd)>>,
     /// What is known of every instance's health, handed over with the
@@ -289,7 +292,7 @@ pub struct Offer {
 }
 
 impl Offer {
-    pub fn new(node: &str, sockets: Vec<(SocketName, OwnedFd)>, board: Arc<Board>) -> Self {
+    pub fn new(node: &NodeName, sockets: Vec<(SocketName, OwnedFd)>, board: Arc<Board>) -> Self {
         Self {
             node: node.to_owned(),
             sockets: Arc::new(sockets),
@@ -532,7 +535,7 @@ mod tests {
         };
         let health = (vec![report("web", "200 OK")], vec![remote.clone()]);
         let old = hand_in_thread(old, &listener, health);
-        let taken = receive("a", new).unwrap();
+        let taken = receive(&"a".parse().unwrap(), new).unwrap();
         assert_eq!(taken.pid, std::process::id());
         assert_eq!(taken.reports, [report("web", "200 OK")]);
         assert_eq!(
@@ -556,7 +559,7 @@ mod tests {
         let (new, old) = UnixStream::pair().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let old = hand_in_thread(old, &listener, Default::default());
-        drop(receive("a", new).unwrap());
+        drop(receive(&"a".parse().unwrap(), new).unwrap());
         let (verdict, frozen) = old.join().unwrap();
         // Frozen when the sockets went: the caller thaws on the error.
         assert!(frozen);
@@ -619,7 +622,7 @@ mod tests {
             None,
         )
         .unwrap();
-        receive("a", new)
+        receive(&"a".parse().unwrap(), new)
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub enum AppError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error("node {node:?} is not declared in {path}")]
-    UnknownNode { node: String, path: PathBuf },
+    UnknownNode { node: NodeName, path: PathBuf },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -97,7 +97,7 @@ pub enum AppError {
 pub struct RunOptions {
     /// Where the catalog is.
     pub catalog: crate::catalog::Source,
-    pub node: String,
+    pub node: NodeName,
     pub outbound_port: u16,
     /// The admin endpoint's address (loopback only).
     pub admin: SocketAddr,

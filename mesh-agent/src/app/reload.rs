@@ -100,7 +100,7 @@ impl Reload {
 }
 
 /// The name of `node` as `config` declares it; fails if it does not.
-pub(super) fn check_node(config: &Config, node: &str) -> Result<NodeName, AppError> {
+pub(super) fn check_node(config: &Config, node: &NodeName) -> Result<NodeName, AppError> {
     match config.node(node) {
         Some(declared) => Ok(declared.name.clone()),
         None => Err(AppError::UnknownNode {
@@ -150,8 +150,8 @@ mod tests {
     #[test]
     fn an_undeclared_node_is_refused() {
         let config = config(NODES);
-        assert!(check_node(&config, "a").is_ok());
-        let err = check_node(&config, "c").unwrap_err();
+        assert!(check_node(&config, &"a".parse().unwrap()).is_ok());
+        let err = check_node(&config, &"c".parse().unwrap()).unwrap_err();
         assert_eq!(err.to_string(), "node \"c\" is not declared in /m.toml");
     }
 }

@@ -401,7 +401,7 @@ impl Parts {
         );
         health::doc::routes(&mut routes, &self.board);
         let status = Status {
-            node: opts.node.clone(),
+            node: opts.node.to_string(),
             identities: self.identities.clone(),
             denials: self.denials.clone(),
             telemetry: self.telemetry.clone(),

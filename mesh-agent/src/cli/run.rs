@@ -9,6 +9,7 @@ use mesh_agent::{
     cgroup::{Cgroup2, MESH_ROOT},
     ebpf::pins::{LINK_PREFIX, Pins},
     handover,
+    names::NodeName,
 };
 
 use super::Store;
@@ -20,7 +21,7 @@ pub struct Run {
     store: Store,
     /// Which node of the config this agent is.
     #[arg(long)]
-    node: String,
+    node: NodeName,
     /// Port of the outbound listener on 127.0.0.1 and ::1.
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
@@ -76,7 +77,7 @@ pub struct Run {
 #[derive(Debug, clap::Args)]
 pub struct Down {
     #[arg(long)]
-    node: String,
+    node: NodeName,
     /// As given to `run --bpffs`.
     #[arg(long, default_value = "/sys/fs/bpf")]
     bpffs: PathBuf,
@@ -176,7 +177,7 @@ pub fn down(args: &Down) -> anyhow::Result<()> {
         );
     }
     let cg = Cgroup2::find_or_mount()?;
-    let gone = cg.remove_empty_tree(&std::path::Path::new(MESH_ROOT).join(node));
+    let gone = cg.remove_empty_tree(&std::path::Path::new(MESH_ROOT).join(node.as_str()));
     println!("removed {gone} empty cgroups of node {node}");
     Ok(())
 }
@@ -216,5 +217,26 @@ mod tests {
         assert_eq!(set.inbound_sources, InboundSources::Any);
         assert!(matches!(set.dns, Dns::Off));
         assert!(matches!(run(&["--dns", "[::1]:5353"]).dns, Dns::At(a) if a.port() == 5353));
+    }
+
+    /// `--node` is a node name: it becomes part of the pin and cgroup
+    /// paths `down` removes, so a path is refused before anything runs.
+    #[test]
+    fn node_is_a_name_not_a_path() {
+        for node in ["../etc", "a/b", "", "A"] {
+            for command in ["run", "down"] {
+                let words = ["mesh-agent", command, "--config", "m.toml", "--node", node];
+                let words = if command == "down" {
+                    vec!["mesh-agent", "down", "--node", node]
+                } else {
+                    words.to_vec()
+                };
+                assert!(
+                    Cli::try_parse_from(words).is_err(),
+                    "{command} --node {node:?}"
+                );
+            }
+        }
+        assert_eq!(run(&[]).node.as_str(), "a");
     }
 }
