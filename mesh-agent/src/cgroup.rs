@@ -161,8 +161,8 @@ pub use crate::config::MESH_ROOT;
 
 /// The agent's own cgroup on `node`: `/mesh/<node>/_agent`. Service names
 /// cannot contain `_`, so it never collides with a service's.
-pub fn agent_path(node: &str) -> PathBuf {
-    Path::new(MESH_ROOT).join(node).join("_agent")
+pub fn agent_path(node: &crate::names::NodeName) -> PathBuf {
+    Path::new(MESH_ROOT).join(node.as_str()).join("_agent")
 }
 
 /// The cgroup of `service`'s instance on `node`, and whether it is the
@@ -234,7 +234,10 @@ mod tests {
 
     #[test]
     fn the_mesh_layout() {
-        assert_eq!(agent_path("b"), PathBuf::from("/mesh/b/_agent"));
+        assert_eq!(
+            agent_path(&"b".parse().unwrap()),
+            PathBuf::from("/mesh/b/_agent")
+        );
         let mut api = crate::config::Service {
             name: "api".parse().unwrap(),
             nodes: vec!["b".parse().unwrap(), "c".parse().unwrap()],

@@ -19,6 +19,7 @@ use std::{
 };
 
 use super::EbpfError;
+use crate::names::NodeName;
 
 /// The start of a link's pin name: `link_<program>`; maps are pinned by
 /// their names, which never start with it.
@@ -190,7 +191,7 @@ impl Pins {
     /// The pins of `node` under the bpffs at `bpffs`, mounting bpffs there
     /// first if it is not mounted (in this process's mount namespace: pins
     /// outlive the agent only if that is the host's).
-    pub fn open(bpffs: &Path, node: &str) -> Result<Self, EbpfError> {
+    pub fn open(bpffs: &Path, node: &NodeName) -> Result<Self, EbpfError> {
         let fail = |source| EbpfError::Pins {
             path: bpffs.display().to_string(),
             source,
@@ -210,10 +211,11 @@ impl Pins {
         Ok(Self::at(bpffs, node))
     }
 
-    /// The pins of `node` under `bpffs`, without mounting anything.
-    pub fn at(bpffs: &Path, node: &str) -> Self {
+    /// The pins of `node` under `bpffs`, without mounting anything (a
+    /// node name is one path component).
+    pub fn at(bpffs: &Path, node: &NodeName) -> Self {
         Self {
-            dir: bpffs.join("mesh").join(node),
+            dir: bpffs.join("mesh").join(node.as_str()),
         }
     }
 
