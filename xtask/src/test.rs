@@ -8,10 +8,10 @@ use anyhow::ensure;
 
 use crate::{build, cmd, setup};
 
-/// Checks fmt and clippy (of the fuzz crate too), runs a smoke run of the
-/// benchmark, builds the debug agent and runs every test serially
-/// (they share cgroups and namespaces), passing `extra` to the test binaries,
-/// then replays the fuzz regressions and runs each fuzz target for
+/// Checks fmt, clippy (of the fuzz crate too) and the doc links, runs a
+/// smoke run of the benchmark, builds the debug agent and runs every test
+/// serially (they share cgroups and namespaces), passing `extra` to the test
+/// binaries, then replays the fuzz regressions and runs each fuzz target for
 /// `FUZZ_SECONDS`. Fails at once if not root, and on the first failing step.
 pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
     ensure!(
@@ -32,6 +32,13 @@ pub fn run(extra: &[OsString]) -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ])
+            .env_remove("AYA_BUILD_SKIP"),
+    )?;
+    // The docs' links must resolve (a moved item breaks them silently).
+    cmd::run(
+        cmd::cargo()
+            .args(["doc", "--workspace", "--exclude", "mesh-ebpf", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings")
             .env_remove("AYA_BUILD_SKIP"),
     )?;
     // The fuzz crate is outside the workspace: lint it on its own (stable).

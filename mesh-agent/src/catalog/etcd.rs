@@ -40,7 +40,7 @@ pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a one-shot read or edit ([`EtcdOptions::on_any_member`]: the
 /// CLI, an agent's first listing) keeps trying the members: past an
 /// election, and past one round of members that do not answer at all
-/// ([`TIMEOUT`] each).
+/// (`TIMEOUT` each).
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Where the catalog is: members, key prefix, TLS files.
@@ -106,7 +106,7 @@ impl EtcdOptions {
         format!("{}/{}/", self.prefix, layout::VERSION)
     }
 
-    /// A client; fails if no member answers within [`TIMEOUT`].
+    /// A client; fails if no member answers within `TIMEOUT`.
     pub async fn connect(&self) -> Result<Client, CatalogError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(TIMEOUT)

@@ -21,15 +21,8 @@ pub enum CatalogCommand {
     /// One line per service: its address and how many instances are
     /// passing, warning and critical.
     Services {
-        #[arg(long, default_value = admin::DEFAULT_ADDR)]
-        admin: SocketAddr,
-        /// Print the raw JSON document.
-        #[arg(long)]
-        json: bool,
-        /// Read the catalog and the agents' registrations in etcd instead
-        /// of asking the local agent.
         #[command(flatten)]
-        etcd: Etcd,
+        from: Lookup,
     },
     /// One line per instance: node, address, state and the last output of
     /// each check.
@@ -37,16 +30,23 @@ pub enum CatalogCommand {
         /// Only this service's instances.
         #[arg(long)]
         service: Option<String>,
-        #[arg(long, default_value = admin::DEFAULT_ADDR)]
-        admin: SocketAddr,
-        /// Print the raw JSON document.
-        #[arg(long)]
-        json: bool,
-        /// Read the catalog and the agents' registrations in etcd instead
-        /// of asking the local agent.
         #[command(flatten)]
-        etcd: Etcd,
+        from: Lookup,
     },
+}
+
+/// Where `catalog services` and `instances` read, and how they print.
+#[derive(Debug, clap::Args)]
+pub struct Lookup {
+    #[arg(long, default_value = admin::DEFAULT_ADDR)]
+    admin: SocketAddr,
+    /// Print the raw JSON document.
+    #[arg(long)]
+    json: bool,
+    /// Read the catalog and the agents' registrations in etcd instead
+    /// of asking the local agent.
+    #[command(flatten)]
+    etcd: Etcd,
 }
 
 /// Runs a `catalog` command.
@@ -60,10 +60,9 @@ pub fn run(command: CatalogCommand) -> anyhow::Result<()> {
             print!("{report}");
             return Ok(());
         }
-        CatalogCommand::Services { admin, json, etcd }
-        | CatalogCommand::Instances {
-            admin, json, etcd, ..
-        } => (etcd.options()?, *admin, *json),
+        CatalogCommand::Services { from } | CatalogCommand::Instances { from, .. } => {
+            (from.etcd.options()?, from.admin, from.json)
+        }
     };
     let doc = match etcd {
         Some(options) => super::block_on(catalog::registry::catalog_doc(&options))??,

@@ -10,7 +10,7 @@
 //! Between a socket and a `mesh/2` stream ([`relay_tunnel`]) the bytes are
 //! not copied in user space: a read from the socket is handed to HTTP/2 as
 //! it is, and what HTTP/2 received is written to the socket from its own
-//! buffers (one vectored write for up to [`CHUNK`] bytes).
+//! buffers (one vectored write for up to `CHUNK` bytes).
 
 use std::{
     future::poll_fn,
