@@ -7,7 +7,6 @@ use super::{AppError, RunOptions, cgroups, listeners::Sockets, maps};
 use crate::{
     cgroup::Cgroup2,
     ebpf::{Kernel, LoadParams, MapContents, pins::Pins},
-    names::NodeName,
     proxy::ServiceIds,
     snapshot::Snapshot,
 };
@@ -25,20 +24,19 @@ pub(super) struct Started {
 /// `snapshot`; the inbound listeners go in the sk_lookup socket map.
 pub(super) fn start(
     opts: &RunOptions,
-    node: &NodeName,
     snapshot: &Snapshot,
     cg: &Cgroup2,
     cgroups: &cgroups::Shared,
     sockets: &Sockets,
 ) -> Result<Started, AppError> {
     // The ids the last agent of this node gave, if it left them pinned.
-    let pins = Pins::open(&opts.bpffs, node)?;
+    let pins = Pins::open(&opts.bpffs, &opts.node)?;
     let ids = Arc::new(ServiceIds::seeded(crate::ebpf::pinned_service_names(&pins)));
     let (contents, agent_cgroup) = {
         let cgroups = cgroups.lock();
         let contents = maps::contents(
             &snapshot.config,
-            node,
+            &opts.node,
             &ids,
             &cgroups.services,
             &snapshot.policy,

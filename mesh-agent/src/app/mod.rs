@@ -128,8 +128,6 @@ pub struct RunOptions {
 /// What [`App::build`] sets up before the async runtime starts.
 pub struct App {
     opts: RunOptions,
-    /// The node it runs as, as the config declares it.
-    node: NodeName,
     /// Where the config comes from; followed for changes once running.
     catalog: Box<dyn Catalog>,
     /// Its contents at start.
@@ -150,8 +148,8 @@ impl App {
         raise_fd_limit();
         let mut catalog: Box<dyn Catalog> = opts.catalog.open();
         let config = catalog.load()?;
-        let node = reload::check_node(&config, &opts.node)?;
-        reload::check_link_port(&config, &node, opts.link_port)?;
+        reload::check_node(&config, &opts.node)?;
+        reload::check_link_port(&config, &opts.node, opts.link_port)?;
         // An agent of this node already runs: take its sockets over (an
         // upgrade) instead of binding them.
         let mut taken = crate::handover::take(&opts.node)?;
@@ -165,8 +163,8 @@ impl App {
                 "taking over from the running agent of this node"
             );
         }
-        let ca = node_ca(&config, &node)?;
-        let local = config.services_on(&node).map(|s| s.name.clone());
+        let ca = node_ca(&config, &opts.node)?;
+        let local = config.services_on(&opts.node).map(|s| s.name.clone());
         let identities =
             Identities::new(&config.mesh.trust_domain, ca, config.mesh.leaf_ttl, local)?;
         Ok(Self {
@@ -177,7 +175,6 @@ impl App {
             config,
             taken,
             opts,
-            node,
         })
     }
 
@@ -195,7 +192,7 @@ impl App {
     /// On failure the cgroups are left as they were found.
     pub async fn spawn(self) -> Result<Running, AppError> {
         let cg = self.cgroup2.clone();
-        let cgroups = cgroups::Shared::new(Cgroups::enter(&cg, &self.config, &self.node)?);
+        let cgroups = cgroups::Shared::new(Cgroups::enter(&cg, &self.config, &self.opts.node)?);
         tasks::start(self, cgroups.clone())
             .await
             .inspect_err(|_| cgroups.lock().leave(&cg))

@@ -99,10 +99,10 @@ impl Reload {
     }
 }
 
-/// The name of `node` as `config` declares it; fails if it does not.
-pub(super) fn check_node(config: &Config, node: &NodeName) -> Result<NodeName, AppError> {
+/// Fails unless `config` declares `node`.
+pub(super) fn check_node(config: &Config, node: &NodeName) -> Result<(), AppError> {
     match config.node(node) {
-        Some(declared) => Ok(declared.name.clone()),
+        Some(_) => Ok(()),
         None => Err(AppError::UnknownNode {
             node: node.to_owned(),
             path: config.path.clone(),

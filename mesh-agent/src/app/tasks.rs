@@ -86,7 +86,6 @@ struct Parts {
 pub(super) async fn start(app: App, cgroups: cgroups::Shared) -> Result<Running, AppError> {
     let App {
         opts,
-        node: _,
         catalog,
         config,
         cgroup2: cg,
@@ -181,10 +180,8 @@ fn build(
     let (publisher, snapshots) = Snapshot::new(config).publish();
     let publisher = Arc::new(publisher);
     let snapshot = publisher.borrow().clone();
-    // Its CA's node, which `App::build` checked against the config.
-    let node = identities.node().clone();
     // Runs this node's checks; every agent's view of every instance.
-    let board = Board::new(&node, publisher.clone());
+    let board = Board::new(&opts.node, publisher.clone());
     board.sync(&snapshot.config);
     if let Some(taken) = taken {
         board.adopt(&taken.reports, &taken.remote);
@@ -201,10 +198,10 @@ fn build(
         kernel,
         ids,
         contents,
-    } = kernel::start(opts, &node, &snapshot, cg, cgroups, &sockets)?;
+    } = kernel::start(opts, &snapshot, cg, cgroups, &sockets)?;
     // Other agents' health, and ours to them.
     let links = Links::new(
-        &node,
+        &opts.node,
         tls.link(),
         board.clone(),
         opts.link_port,
@@ -214,7 +211,7 @@ fn build(
     let telemetry = Arc::new(Telemetry::default());
     let drain = Drain::default();
     let inputs = Inputs::new(
-        node,
+        opts.node.clone(),
         snapshots.clone(),
         tls,
         telemetry.clone(),
