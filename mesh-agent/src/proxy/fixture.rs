@@ -138,6 +138,24 @@ pub(crate) fn web_to_api(telemetry: &Telemetry) -> PairStats {
         .unwrap_or_default()
 }
 
+/// Sends `hello` on `conn`, half-closes, and returns what came back
+/// (nothing if the agent closed it or failed it).
+pub(crate) async fn exchange<S>(mut conn: S) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut answer = Vec::new();
+    let talk = async {
+        conn.write_all(b"hello").await?;
+        conn.shutdown().await?;
+        conn.read_to_end(&mut answer).await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), talk)
+        .await
+        .expect("the agent neither answered nor closed the connection");
+    answer
+}
+
 /// Waits (up to 2 s) until `done` holds; whether it did.
 pub(crate) async fn eventually(mut done: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {

@@ -463,7 +463,7 @@ mod tests {
     use super::*;
     use crate::{
         identity::NodeCa,
-        proxy::fixture::{B, Fixture, eventually, web_to_api},
+        proxy::fixture::{B, Fixture, eventually, exchange, web_to_api},
         tls::{
             ALPN, Offer, Tls,
             verify::{Peer, PeerRules, ServerVerifier},
@@ -474,24 +474,6 @@ mod tests {
     /// to `<node b>:<api port>` there.
     fn inbound_addr(f: &Fixture) -> SocketAddr {
         SocketAddr::new(B, f.port)
-    }
-
-    /// Sends `hello` on `conn`, half-closes, and returns what came back
-    /// (nothing if the agent closed it or failed it).
-    async fn exchange<S>(mut conn: S) -> Vec<u8>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        let mut answer = Vec::new();
-        let talk = async {
-            conn.write_all(b"hello").await?;
-            conn.shutdown().await?;
-            conn.read_to_end(&mut answer).await
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(10), talk)
-            .await
-            .expect("the agent neither answered nor closed the connection");
-        answer
     }
 
     /// Node a's agent's TLS, connecting as `web` to `api` on node b

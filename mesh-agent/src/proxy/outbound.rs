@@ -256,11 +256,10 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use mesh_common::OrigDst;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
     use crate::{
-        proxy::fixture::{B, Fixture, OneRecord, eventually, web_to_api},
+        proxy::fixture::{B, Fixture, OneRecord, eventually, exchange, web_to_api},
         telemetry::Telemetry,
     };
 
@@ -294,17 +293,7 @@ mod tests {
     /// What the app reads back after sending `hello` and half-closing
     /// (nothing if the agent closed it).
     async fn call(outbound: SocketAddr) -> Vec<u8> {
-        let mut app = TcpStream::connect(outbound).await.unwrap();
-        let mut answer = Vec::new();
-        let exchange = async {
-            app.write_all(b"hello").await?;
-            app.shutdown().await?;
-            app.read_to_end(&mut answer).await
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(10), exchange)
-            .await
-            .expect("the agent neither answered nor closed the connection");
-        answer
+        exchange(TcpStream::connect(outbound).await.unwrap()).await
     }
 
     fn vip(f: &Fixture) -> SocketAddr {
