@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::{Action, Balance};
-use crate::names::{MAX_LEN as MAX_NAME_LEN, NameError, NodeName, ServiceName};
+use crate::names::{NameError, NodeName, ServiceName};
 
 /// Longest trust domain (a DNS name).
 const MAX_DOMAIN_LEN: usize = 253;
@@ -29,15 +29,8 @@ pub(super) fn trust_domain(domain: &str) -> Result<(), String> {
     if domain.is_empty() {
         return Err(format!("trust_domain must not be empty: {expected}"));
     }
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= MAX_NAME_LEN
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
+    // Each label is what a node name is: one DNS label.
+    let label_ok = |label: &str| label.parse::<NodeName>().is_ok();
     if domain.len() > MAX_DOMAIN_LEN || !domain.split('.').all(label_ok) {
         return Err(format!("invalid trust_domain {domain:?}: {expected}"));
     }
