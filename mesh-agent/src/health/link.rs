@@ -205,13 +205,15 @@ impl Links {
 
     /// Follows the agent of `node` at `addr` until aborted (module docs).
     ///
-    /// A link that closed after serving at least [`SILENCE`] is dialed
-    /// again at once, before the node counts as unreachable: an agent
-    /// handing over to a newer one closes its links as it exits, and the
-    /// newer one answers on the same listening socket. Only if that dial
-    /// fails (a dead agent's port refuses at once) or that link closes too
-    /// is the node unreachable. A silent link is not redialed first: the
-    /// node was silent for [`SILENCE`] already.
+    /// A link that closed after serving (however briefly: this agent may
+    /// have started just before) is dialed again at once, before the node
+    /// counts as unreachable: an agent handing over to a newer one closes
+    /// its links as it exits, and the newer one answers on the same
+    /// listening socket. Only if that dial fails (a dead agent's port
+    /// refuses at once) or that link closes too is the node unreachable
+    /// (so a peer that closes every link is redialed at once only every
+    /// other time). A silent link is not redialed first: the node was
+    /// silent for [`SILENCE`] already.
     async fn follow(self: Arc<Self>, node: NodeName, addr: SocketAddr) {
         let started = Instant::now();
         let mut reached = false;
@@ -235,7 +237,7 @@ impl Links {
                     }
                 },
             };
-            let closed_after_serving = matches!(served, Some((lasted, false)) if lasted >= SILENCE);
+            let closed_after_serving = matches!(served, Some((_, false)));
             if closed_after_serving && !redialing {
                 debug!(%node, %addr, %why, "link closed; dialing again before counting the node unreachable");
                 redialing = true;
