@@ -111,6 +111,7 @@ fn read_conn_key(b: &mut Bytes<'_>) -> Option<ConnKey> {
     Some(ConnKey {
         peer: read_sock_addr(b)?,
         local: read_sock_addr(b)?,
+        netns: b.u64()?,
     })
 }
 
@@ -128,7 +129,7 @@ fn read_orig_dst(b: &mut Bytes<'_>) -> Option<OrigDst> {
 /// field added to `mesh-common` fails here until its decoder reads it.
 const _: () = {
     assert!(size_of::<SockAddr>() == 4 * 4 + 2 + 2);
-    assert!(size_of::<ConnKey>() == 2 * size_of::<SockAddr>());
+    assert!(size_of::<ConnKey>() == 2 * size_of::<SockAddr>() + 8);
     assert!(size_of::<OrigDst>() == size_of::<SockAddr>() + 3 * 4 + 8);
 };
 

@@ -147,7 +147,7 @@ fn measure(options: &EtcdOptions, watchers: usize, changes: usize) -> Result<Rep
         let mut registrations = Vec::new();
         for node in config.nodes.iter().take(watchers) {
             let (publisher, snapshots) = Snapshot::new(config.clone()).publish();
-            let board = Board::new(&node.name, Arc::new(publisher));
+            let board = Board::new(&node.name, Arc::new(publisher), Arc::default());
             board.sync(&config);
             let r = registry::Registration::new(options.clone(), &node.name, board, snapshots);
             tokio::spawn(r.clone().keep());

@@ -56,8 +56,11 @@ const ASK: &str = "mesh-handover v1";
 /// for it with no bound (the new agent may load its catalog from etcd):
 /// only the new agent's end (its socket closes) aborts the handover.
 const READY: &str = "ready";
-/// Most sockets one handover carries.
+/// Most sockets of the agent's own one handover carries (its first message).
 const MAX_SOCKETS: usize = 16;
+/// Most containers' sockets one further message carries (the kernel takes
+/// at most 253 fds per message).
+const MAX_BATCH: usize = 64;
 
 /// A listening socket of an agent, as named in the handover manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -129,6 +132,10 @@ struct Manifest {
     /// Its latest reports from every other node's agent.
     #[serde(default)]
     remote: Vec<Reports>,
+    /// How many containers' sockets follow, in further messages of at
+    /// most [`MAX_BATCH`] (each a JSON list of their names, and the fds).
+    #[serde(default)]
+    containers: usize,
 }
 
 /// The largest manifest sent (it goes in one message with the fds, read
@@ -158,6 +165,9 @@ pub struct Taken {
     /// reports from the other nodes' agents.
     pub reports: Vec<InstanceReport>,
     pub remote: Vec<Reports>,
+    /// The listening sockets the old agent held in containers' network
+    /// namespaces (which one: ask the socket), by name.
+    pub containers: Vec<(SocketName, OwnedFd)>,
 }
 
 /// Asks the running agent of `node`, if there is one in this network
@@ -207,17 +217,73 @@ fn receive(node: &NodeName, stream: UnixStream) -> Result<Taken, HandoverError> 
         .write_all(format!("{ASK}\n").as_bytes())
         .map_err(io)?;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut space = nix::cmsg_space!([RawFd; MAX_SOCKETS]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
+    let (len, fds) = receive_one::<MAX_SOCKETS>(&stream, &mut buf).map_err(|e| match e {
+        Received::Io(e) => io(e),
+        Received::Truncated => protocol("more sockets than expected".to_owned()),
+    })?;
+    let manifest: Manifest =
+        serde_json::from_slice(&buf[..len]).map_err(|e| protocol(format!("bad manifest: {e}")))?;
+    if manifest.names.len() != fds.len() {
+        return Err(protocol(format!(
+            "{} names for {} sockets",
+            manifest.names.len(),
+            fds.len()
+        )));
+    }
+    let mut containers = Vec::new();
+    let mut left = manifest.containers;
+    while left > 0 {
+        let (len, fds) = receive_one::<MAX_BATCH>(&stream, &mut buf).map_err(|e| match e {
+            Received::Io(e) => io(e),
+            Received::Truncated => protocol("more container sockets than expected".to_owned()),
+        })?;
+        let names: Vec<String> = serde_json::from_slice(&buf[..len])
+            .map_err(|e| protocol(format!("bad list of container sockets: {e}")))?;
+        if names.len() != fds.len() || names.is_empty() || names.len() > left {
+            return Err(protocol(format!(
+                "{} names for {} container sockets ({left} announced)",
+                names.len(),
+                fds.len()
+            )));
+        }
+        left -= names.len();
+        containers.extend(known(names, fds));
+    }
+    Ok(Taken {
+        node: node.to_owned(),
+        stream,
+        pid: manifest.pid,
+        sockets: known(manifest.names, fds).into_iter().collect(),
+        reports: manifest.reports,
+        remote: manifest.remote,
+        containers,
+    })
+}
+
+/// Why a message of the handover was not received.
+enum Received {
+    Io(std::io::Error),
+    /// It carried more than `N` fds.
+    Truncated,
+}
+
+/// One message on `stream` into `buf`, with at most `N` fds: its length
+/// and the fds.
+fn receive_one<const N: usize>(
+    stream: &UnixStream,
+    buf: &mut [u8],
+) -> Result<(usize, Vec<OwnedFd>), Received> {
+    let mut space = nix::cmsg_space!([RawFd; N]);
+    let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         stream.as_raw_fd(),
         &mut iov,
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .map_err(|e| io(e.into()))?;
+    .map_err(|e| Received::Io(e.into()))?;
     let mut fds = Vec::new();
-    for cmsg in msg.cmsgs().map_err(|e| io(e.into()))? {
+    for cmsg in msg.cmsgs().map_err(|e| Received::Io(e.into()))? {
         if let ControlMessageOwned::ScmRights(received) = cmsg {
             // SAFETY: the kernel just installed these fds in this process
             // for us; nothing else owns them.
@@ -228,31 +294,14 @@ fn receive(node: &NodeName, stream: UnixStream) -> Result<Taken, HandoverError> 
             );
         }
     }
-    let len = msg.bytes;
     if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(protocol("more sockets than expected".to_owned()));
+        return Err(Received::Truncated);
     }
-    let manifest: Manifest =
-        serde_json::from_slice(&buf[..len]).map_err(|e| protocol(format!("bad manifest: {e}")))?;
-    if manifest.names.len() != fds.len() {
-        return Err(protocol(format!(
-            "{} names for {} sockets",
-            manifest.names.len(),
-            fds.len()
-        )));
-    }
-    Ok(Taken {
-        node: node.to_owned(),
-        stream,
-        pid: manifest.pid,
-        sockets: known(manifest.names, fds),
-        reports: manifest.reports,
-        remote: manifest.remote,
-    })
+    Ok((msg.bytes, fds))
 }
 
 /// The sockets whose names this agent knows; the others are closed.
-fn known(names: Vec<String>, fds: Vec<OwnedFd>) -> BTreeMap<SocketName, OwnedFd> {
+fn known(names: Vec<String>, fds: Vec<OwnedFd>) -> Vec<(SocketName, OwnedFd)> {
     names
         .into_iter()
         .zip(fds)
@@ -284,6 +333,9 @@ pub struct Offer {
     node: NodeName,
     /// Duplicates of the listening sockets, by name.
     sockets: Arc<Vec<(SocketName, OwnedFd)>>,
+    /// Duplicates of the containers' listening sockets at the moment of a
+    /// handover (they come and go).
+    containers: Arc<dyn Fn() -> Vec<(SocketName, OwnedFd)> + Send + Sync>,
     /// What is known of every instance's health, handed over with the
     /// sockets.
     board: Arc<Board>,
@@ -296,9 +348,20 @@ impl Offer {
         Self {
             node: node.to_owned(),
             sockets: Arc::new(sockets),
+            containers: Arc::new(Vec::new),
             board,
             handed: Arc::new(Notify::new()),
         }
+    }
+
+    /// Hands over, besides the agent's own sockets, what `containers`
+    /// gives at that moment: the containers' listening sockets.
+    pub fn with_containers(
+        mut self,
+        containers: impl Fn() -> Vec<(SocketName, OwnedFd)> + Send + Sync + 'static,
+    ) -> Self {
+        self.containers = Arc::new(containers);
+        self
     }
 
     /// Listens for the next agent of the node and hands over to the first
@@ -382,10 +445,11 @@ impl Offer {
         // Owned by the blocking task too: an abort of this one (SIGTERM)
         // cannot close them under it.
         let sockets = self.sockets.clone();
+        let containers = (self.containers)();
         let kernel = kernel.clone();
         let health = self.board.handover();
         tokio::task::spawn_blocking(move || {
-            hand_blocking(stream, &sockets, health, || kernel.freeze()).map(|()| pid)
+            hand_blocking(stream, &sockets, &containers, health, || kernel.freeze()).map(|()| pid)
         })
         .await
         .map_err(|e| e.to_string())?
@@ -397,6 +461,7 @@ impl Offer {
 fn hand_blocking(
     stream: UnixStream,
     sockets: &[(SocketName, OwnedFd)],
+    containers: &[(SocketName, OwnedFd)],
     health: (Vec<InstanceReport>, Vec<Reports>),
     freeze: impl FnOnce(),
 ) -> Result<(), String> {
@@ -410,7 +475,7 @@ fn hand_blocking(
         return Err(format!("unexpected request {:?}", line.trim_end()));
     }
     let names = sockets.iter().map(|(n, _)| n.as_str().to_owned()).collect();
-    let body = manifest(names, health)?;
+    let body = manifest(names, health, containers.len())?;
     let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     // From here on the next agent writes the maps.
     freeze();
@@ -422,6 +487,19 @@ fn hand_blocking(
         None,
     )
     .map_err(|e| e.to_string())?;
+    for batch in containers.chunks(MAX_BATCH) {
+        let names: Vec<&str> = batch.iter().map(|(n, _)| n.as_str()).collect();
+        let body = serde_json::to_vec(&names).map_err(|e| e.to_string())?;
+        let fds: Vec<RawFd> = batch.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        sendmsg::<()>(
+            stream.as_raw_fd(),
+            &[IoSlice::new(&body)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+    }
     stream.set_read_timeout(None).map_err(|e| e.to_string())?;
     line.clear();
     read_line(&mut reader, &mut line)?;
@@ -439,6 +517,7 @@ fn hand_blocking(
 fn manifest(
     names: Vec<String>,
     (mut reports, mut remote): (Vec<InstanceReport>, Vec<Reports>),
+    containers: usize,
 ) -> Result<Vec<u8>, String> {
     let encode = |reports: &[InstanceReport], remote: &[Reports]| {
         let manifest = Manifest {
@@ -446,6 +525,7 @@ fn manifest(
             names: names.clone(),
             reports: reports.to_vec(),
             remote: remote.to_vec(),
+            containers,
         };
         serde_json::to_vec(&manifest).map_err(|e| e.to_string())
     };
@@ -507,7 +587,7 @@ mod tests {
         std::thread::spawn(move || {
             let frozen = AtomicBool::new(false);
             let sockets = [(SocketName::Out4, fd)];
-            let verdict = hand_blocking(stream, &sockets, health, || {
+            let verdict = hand_blocking(stream, &sockets, &[], health, || {
                 frozen.store(true, Ordering::SeqCst);
             });
             (verdict, frozen.load(Ordering::SeqCst))
@@ -552,6 +632,40 @@ mod tests {
         );
         taken.ready().unwrap();
         assert_eq!(old.join().unwrap(), (Ok(()), true));
+    }
+
+    #[test]
+    fn containers_sockets_follow_in_batches() {
+        let (new, old) = UnixStream::pair().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = || listener.as_fd().try_clone_to_owned().unwrap();
+        // More than one batch, and a name this agent does not know.
+        let n = MAX_BATCH + 6;
+        let names = [
+            SocketName::Out4,
+            SocketName::Out6,
+            SocketName::Dns,
+            SocketName::DnsTcp,
+        ];
+        let containers: Vec<(SocketName, OwnedFd)> =
+            (0..n).map(|i| (names[i % names.len()], fd())).collect();
+        let own = [(SocketName::In4, fd())];
+        let old = std::thread::spawn(move || {
+            hand_blocking(old, &own, &containers, (Vec::new(), Vec::new()), || {})
+        });
+        let taken = receive(&"a".parse().unwrap(), new).unwrap();
+        assert_eq!(taken.sockets.len(), 1);
+        assert_eq!(taken.containers.len(), n);
+        let got: Vec<SocketName> = taken.containers.iter().map(|(n, _)| *n).collect();
+        let want: Vec<SocketName> = (0..n).map(|i| names[i % names.len()]).collect();
+        assert_eq!(got, want);
+        let received = TcpListener::from(taken.containers[n - 1].1.try_clone().unwrap());
+        assert_eq!(
+            received.local_addr().unwrap(),
+            listener.local_addr().unwrap()
+        );
+        taken.ready().unwrap();
+        assert_eq!(old.join().unwrap(), Ok(()));
     }
 
     #[test]
@@ -655,11 +769,11 @@ mod tests {
             serde_json::from_slice(&body).unwrap()
         };
         let small = || vec![report("web", "200 OK")];
-        let m = decode(manifest(names.clone(), (small(), Vec::new())).unwrap());
+        let m = decode(manifest(names.clone(), (small(), Vec::new()), 0).unwrap());
         assert_eq!(m.reports, small());
         // Long outputs: the reports go without them.
         let long = vec![report("web", &"x".repeat(MAX_MANIFEST))];
-        let m = decode(manifest(names.clone(), (long, Vec::new())).unwrap());
+        let m = decode(manifest(names.clone(), (long, Vec::new()), 0).unwrap());
         assert_eq!(m.reports, [report("web", "")]);
         // Too many other nodes' reports: this node's still go, without
         // outputs (they were shed first).
@@ -669,11 +783,11 @@ mod tests {
                 instances: vec![report("api", "")],
             })
             .collect();
-        let m = decode(manifest(names.clone(), (small(), remote)).unwrap());
+        let m = decode(manifest(names.clone(), (small(), remote), 0).unwrap());
         assert_eq!((m.reports, m.remote.len()), (vec![report("web", "")], 0));
         // Too many of this node's: none.
         let local: Vec<InstanceReport> = (0..2000).map(|i| report(&format!("s{i}"), "")).collect();
-        let m = decode(manifest(names, (local, Vec::new())).unwrap());
+        let m = decode(manifest(names, (local, Vec::new()), 0).unwrap());
         assert!(m.reports.is_empty() && m.names == ["out4"]);
     }
 
@@ -689,6 +803,7 @@ mod tests {
             vec!["in4".to_owned(), "future".to_owned()],
             vec![fd(), fd()],
         );
-        assert_eq!(got.keys().collect::<Vec<_>>(), [&SocketName::In4]);
+        let names: Vec<SocketName> = got.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, [SocketName::In4]);
     }
 }

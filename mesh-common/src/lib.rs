@@ -157,7 +157,7 @@ pub struct PairKey {
 /// Maximum entries of `DENIED`.
 pub const MAX_DENIED_PAIRS: u32 = 65536;
 
-/// Key of `CONNS`: a connection to the outbound listener as the agent sees it
+/// Key of `CONNS`: a connection to an outbound listener as the agent sees it
 /// after `accept()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -166,6 +166,9 @@ pub struct ConnKey {
     pub peer: SockAddr,
     /// The listener's end (the agent's `local_addr()`).
     pub local: SockAddr,
+    /// The network namespace of both ends (its cookie): every container
+    /// has its own `127.0.0.1:15001`, so the addresses alone may repeat.
+    pub netns: u64,
 }
 
 /// What connect4/6 learned about a redirected connection.
@@ -299,7 +302,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<SockAddr>(), 20);
-        assert_eq!(core::mem::size_of::<ConnKey>(), 40);
+        assert_eq!(core::mem::size_of::<ConnKey>(), 48);
         assert_eq!(core::mem::size_of::<OrigDst>(), 40);
         assert_eq!(core::mem::size_of::<PairKey>(), 8);
         assert_eq!(core::mem::size_of::<DenialKey>(), 16);

@@ -1,5 +1,7 @@
 //! The mesh's kernel programs. One agent loads one copy of this object per
-//! node; the copy acts only for sockets in that node's network namespace.
+//! node; the copy acts only for sockets in that node's network namespace,
+//! and for callers with a mesh identity of that node in any other network
+//! namespace (containers: see `decide`).
 //!
 //! | program          | hook                          | decides                                         |
 //! |------------------|-------------------------------|-------------------------------------------------|
@@ -105,7 +107,7 @@ pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
         let sa = &*ctx.sock_addr;
         (sa.protocol, sa.user_ip4, sa.user_port)
     };
-    if protocol != IPPROTO_TCP || !this_node(&ctx) {
+    if protocol != IPPROTO_TCP {
         return CONNECT_ALLOW;
     }
     let dst = SockAddr::from_v4(ip4, u16::from_be(port as u16));
@@ -135,7 +137,7 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
         let sa = &*ctx.sock_addr;
         (sa.protocol, ctx_ip6(&raw const sa.user_ip6), sa.user_port)
     };
-    if protocol != IPPROTO_TCP || !this_node(&ctx) {
+    if protocol != IPPROTO_TCP {
         return CONNECT_ALLOW;
     }
     let dst = SockAddr {
@@ -172,6 +174,9 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
 /// agent's outbound or admin port: while no agent runs (its programs stay
 /// pinned), apps are still redirected to the outbound port, and `exec`
 /// asks the admin port for the config; neither may be taken by a user.
+/// In another netns (a container), refuses any process with a mesh
+/// identity of this node, root or not, the outbound port: its connects are
+/// redirected there, to the agent's listener in that netns.
 #[cgroup_sock_addr(bind4)]
 pub fn mesh_bind4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid `bpf_sock_addr`.
@@ -190,10 +195,21 @@ pub fn mesh_bind6(ctx: SockAddrContext) -> i32 {
 /// The decision of bind4/6 for a bind to `port` (network order).
 #[inline(always)]
 fn bind_guard(ctx: &SockAddrContext, port: u32) -> i32 {
-    if !this_node(ctx) {
-        return CONNECT_ALLOW;
-    }
     let port = u16::from_be(port as u16);
+    if !this_node(ctx) {
+        if port != outbound_port() {
+            return CONNECT_ALLOW;
+        }
+        // SAFETY: helper without arguments.
+        let cgroup = unsafe { bpf_get_current_cgroup_id() };
+        // SAFETY: reading a load-time constant.
+        if cgroup == unsafe { core::ptr::read_volatile(&AGENT_CGROUP) }
+            || identity(cgroup).is_none()
+        {
+            return CONNECT_ALLOW;
+        }
+        return CONNECT_DENY;
+    }
     // SAFETY: reading a load-time constant.
     let admin = unsafe { core::ptr::read_volatile(&ADMIN_PORT) };
     if port != outbound_port() && port != admin {
@@ -210,12 +226,13 @@ fn bind_guard(ctx: &SockAddrContext, port: u32) -> i32 {
 /// sock_ops, attached to the cgroup2 root; kernel 5.15+ (netns cookie in sock_ops).
 ///
 /// On an active connection becoming established, moves the `SOCKETS` record
-/// of a redirected socket to `CONNS`, keyed by the 4-tuple the agent sees
-/// after `accept()`. The callback runs before the final ACK is sent, so the
+/// of a redirected socket (this node's connect4/6 made it, in whatever
+/// netns) to `CONNS`, keyed by the 4-tuple the agent sees after `accept()`
+/// and the netns. The callback runs before the final ACK is sent, so the
 /// record is there before the agent can accept the connection.
 #[sock_ops]
 pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || !this_node(&ctx) {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         return 0;
     }
     // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
@@ -234,10 +251,13 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
     // port in its upper 16 bits on little-endian machines.
     let local_port = ctx.local_port() as u16;
     let remote_port = u32::from_be(ctx.remote_port()) as u16;
+    // SAFETY: bpf_get_netns_cookie accepts a sock_ops context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let key = match ctx.family() {
         AF_INET => ConnKey {
             peer: SockAddr::from_v4(ctx.local_ip4(), local_port),
             local: SockAddr::from_v4(ctx.remote_ip4(), remote_port),
+            netns,
         },
         AF_INET6 => ConnKey {
             peer: SockAddr {
@@ -252,6 +272,7 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
                 port: remote_port,
                 _pad: 0,
             },
+            netns,
         },
         _ => return 0,
     };
@@ -346,6 +367,14 @@ enum Verdict {
 /// The shared decision of connect4/6 for a TCP connect to `dst`. The
 /// caller's identity is looked up only for a guarded loopback port or a mesh
 /// destination: other connects cost a map lookup or two.
+///
+/// In this node's netns: the loopback guard, then the mesh destinations.
+/// In any other netns (a container below a service's cgroup): only mesh
+/// destinations of callers with an identity of this node (no other node's
+/// copy finds them in its `CGROUPS`); their redirect goes to
+/// 127.0.0.1:`outbound_port` of *their* netns, where the agent listens
+/// once it has enrolled the container (until then: ECONNREFUSED, fail
+/// closed). A container's loopback is its own: no guard there.
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
     // SAFETY: helper without arguments.
@@ -354,7 +383,11 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
     if cgroup == unsafe { core::ptr::read_volatile(&AGENT_CGROUP) } {
         return Verdict::Untouched;
     }
+    let own = this_node(ctx);
     if dst.reaches_loopback() {
+        if !own {
+            return Verdict::Untouched;
+        }
         // SAFETY: reading a load-time constant.
         if dst.port == unsafe { core::ptr::read_volatile(&ADMIN_PORT) } {
             // Who calls the admin endpoint: its `POST /check` takes ttl

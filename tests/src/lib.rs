@@ -17,6 +17,7 @@ mod agents;
 mod apps;
 mod bpf;
 mod capture;
+pub mod containers;
 pub mod etcd;
 pub mod health;
 mod netns;
@@ -31,6 +32,7 @@ pub use agents::{READY_TIMEOUT, agent_bin, workspace_root};
 pub use apps::app;
 pub use bpf::{bpffs, loaded_mesh_links, loaded_mesh_programs};
 pub use capture::Capture;
+pub use containers::Container;
 pub use netns::{Node, cgroup2_root};
 pub use nix::sys::signal::Signal;
 pub use process::{outcome, output_with_timeout, run_to_string, wait_until};
@@ -85,4 +87,6 @@ pub struct Mesh {
     switch: String,
     agents: Mutex<Vec<(String, Child)>>,
     apps: Mutex<Vec<Child>>,
+    /// Podman containers started in the nodes.
+    containers: Mutex<Vec<Container>>,
 }

@@ -81,6 +81,7 @@ impl Mesh {
             switch: switch.clone(),
             agents: Mutex::new(Vec::new()),
             apps: Mutex::new(Vec::new()),
+            containers: Mutex::new(Vec::new()),
         };
         ip(&["netns", "add", &switch]);
         ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
@@ -235,6 +236,7 @@ impl Mesh {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
+        self.remove_containers();
         self.kill_all();
         if thread::panicking() {
             // Show what the agents said; it is what one needs to debug.

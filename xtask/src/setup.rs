@@ -34,6 +34,15 @@ const PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // Containers with their own network namespace: rootful podman with the
+    // cgroupfs manager, runc (crun refuses this machine's hybrid cgroups),
+    // the bridge network (netavark, with iptables) and its DNS.
+    "podman",
+    "runc",
+    "netavark",
+    "aardvark-dns",
+    "containernetworking-plugins",
+    "iptables",
 ];
 
 /// Packages whose install would start (and enable) a system service the
@@ -283,6 +292,16 @@ const CAPABILITIES: &[Capability] = &[
         what: "openssl",
         check: || runs("openssl", &["version"], None),
         from: "apt-get install openssl",
+    },
+    Capability {
+        what: "podman",
+        check: || runs("podman", &["--version"], Some("podman version")),
+        from: "apt-get install podman",
+    },
+    Capability {
+        what: "runc",
+        check: || runs("runc", &["--version"], Some("runc version")),
+        from: "apt-get install runc",
     },
     Capability {
         what: "python3",

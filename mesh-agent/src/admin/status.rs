@@ -29,6 +29,8 @@ pub struct Status {
     pub snapshots: Watch,
     /// Whether the catalog's store is reachable.
     pub catalog: Arc<crate::catalog::Reach>,
+    /// The containers served.
+    pub containers: Arc<crate::containers::Containers>,
 }
 
 impl Status {
@@ -77,6 +79,21 @@ impl Status {
             })
             .collect();
         let reach = self.catalog.state();
+        let containers = self
+            .containers
+            .all()
+            .iter()
+            .map(|c| ContainerDoc {
+                service: c.service.clone(),
+                cgroup: c.cgroup.display().to_string(),
+                netns: c.netns.inode,
+                pid: c.pid,
+                since: rfc3339(c.since),
+                dns: c.dns,
+                connections_from: c.connections_from(),
+                connections_into: c.connections_into(),
+            })
+            .collect();
         StatusDoc {
             node: self.node.clone(),
             trust_domain: self.identities.trust_domain().to_owned(),
@@ -90,6 +107,7 @@ impl Status {
                 since: rfc3339(reach.since),
                 error: reach.error,
             }),
+            containers,
         }
     }
 }
@@ -110,6 +128,27 @@ pub struct StatusDoc {
     /// Where the catalog comes from, and whether it is reachable.
     #[serde(default)]
     pub catalog: Option<StoreDoc>,
+    /// The local services' containers this agent serves.
+    #[serde(default)]
+    pub containers: Vec<ContainerDoc>,
+}
+
+/// A container served: one network namespace of a local service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDoc {
+    pub service: ServiceName,
+    /// Its cgroup, below the cgroup2 root.
+    pub cgroup: String,
+    /// Its network namespace (nsfs inode, as `ls -L -i /proc/<pid>/ns/net`).
+    pub netns: u64,
+    /// The process it was found through.
+    pub pid: u32,
+    /// RFC 3339: since when it is served.
+    pub since: String,
+    /// Whether the agent answers DNS in it.
+    pub dns: bool,
+    pub connections_from: u64,
+    pub connections_into: u64,
 }
 
 /// The catalog's store as the agent last found it.
@@ -208,6 +247,30 @@ impl StatusDoc {
                     p.source, p.destination, p.allowed, p.denied, p.denied_at_source, p.cut
                 ));
             }
+        }
+        if !self.containers.is_empty() {
+            out.push('\n');
+            let rows = self.containers.iter().map(|c| {
+                vec![
+                    c.service.to_string(),
+                    c.cgroup.clone(),
+                    c.netns.to_string(),
+                    if c.dns { "yes" } else { "no" }.to_owned(),
+                    c.connections_from.to_string(),
+                    c.connections_into.to_string(),
+                ]
+            });
+            out.push_str(&table(
+                &[
+                    "CONTAINER OF",
+                    "CGROUP",
+                    "NETNS",
+                    "DNS",
+                    "CONNS FROM",
+                    "CONNS INTO",
+                ],
+                rows,
+            ));
         }
         if !self.instances.is_empty() {
             out.push_str("\nINSTANCES (service on node: health as this agent knows it)\n");

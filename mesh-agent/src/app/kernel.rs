@@ -44,7 +44,7 @@ pub(super) fn start(
         (contents, cgroups.agent_id)
     };
     let params = LoadParams {
-        netns_cookie: netns_cookie(&sockets.in4)?,
+        netns_cookie: crate::netns::cookie(&sockets.in4)?,
         agent_cgroup,
         outbound_port: opts.outbound_port,
         check_peers: opts.only_mesh_sources,
@@ -75,25 +75,4 @@ pub(super) async fn sweep(kernel: Arc<Kernel>) {
             tracing::debug!(records = n, "dropped stale connection records");
         }
     }
-}
-
-/// The cookie of the network namespace `socket` lives in.
-fn netns_cookie(socket: &impl std::os::fd::AsRawFd) -> Result<u64, AppError> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `cookie` and `len` are valid for writes of the sizes given, and
-    // the fd is an open socket for the duration of the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(AppError::NetnsCookie(std::io::Error::last_os_error()));
-    }
-    Ok(cookie)
 }

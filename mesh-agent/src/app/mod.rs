@@ -12,6 +12,7 @@
 //! redirected before someone is listening.
 
 mod cgroups;
+mod enroll;
 mod kernel;
 mod listeners;
 mod maps;
@@ -76,8 +77,8 @@ pub enum AppError {
         if .0.len() == 1 { "it" } else { "them" }
     )]
     NeedsRestart(Vec<String>),
-    #[error("failed to read the netns cookie: {0}")]
-    NetnsCookie(std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
     #[error("failed to install signal handlers: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]

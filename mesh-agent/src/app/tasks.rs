@@ -9,11 +9,12 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{App, AppError, RunOptions, cgroups, kernel, listeners::Sockets, reload};
+use super::{App, AppError, RunOptions, cgroups, enroll, kernel, listeners::Sockets, reload};
 use crate::{
     admin::{self, Admin, Caller, Readiness, Reply, Routes, Status},
     catalog::{Reach, registry::Registration},
     cgroup::Cgroup2,
+    containers::Containers,
     denials::Denials,
     drain::Drain,
     ebpf::Kernel,
@@ -25,6 +26,7 @@ use crate::{
         admission::Admission,
         balance::{self, Balancer},
         inbound::Moves,
+        outbound::Origin,
         pool::Pool,
     },
     snapshot::{Publisher, Snapshot, Watch},
@@ -79,6 +81,10 @@ struct Parts {
     /// One for both outbound listeners: connections to other agents.
     pool: Arc<Pool>,
     inputs: Arc<Inputs>,
+    /// The local services' containers being served.
+    containers: Arc<Containers>,
+    /// Their sockets, for the next agent.
+    handed: enroll::Handed,
 }
 
 /// Starts everything of `app` in order (see the module docs of `app`) and
@@ -91,8 +97,13 @@ pub(super) async fn start(app: App, cgroups: cgroups::Shared) -> Result<Running,
         cgroup2: cg,
         listeners,
         identities,
-        taken,
+        mut taken,
     } = app;
+    // The containers' sockets the previous agent held, for `enroll`.
+    let adopted = taken
+        .as_mut()
+        .map(|t| std::mem::take(&mut t.containers))
+        .unwrap_or_default();
     let built = build(
         &opts,
         config,
@@ -125,6 +136,7 @@ pub(super) async fn start(app: App, cgroups: cgroups::Shared) -> Result<Running,
     let admin = parts.admin(&opts, sockets.admin, readiness.clone(), reach);
     let admin = tokio::spawn(admin.run());
     parts.spawn_dns(&opts, &mut tasks, sockets.dns, sockets.dns_tcp);
+    parts.spawn_enroll(&opts, &mut tasks, &cg, &cgroups, adopted)?;
     tasks.spawn(parts.identities.clone().renew_forever());
     tasks.spawn(offer.serve(parts.kernel.clone()));
     for (service, leaf) in parts.identities.all() {
@@ -181,13 +193,19 @@ fn build(
     let publisher = Arc::new(publisher);
     let snapshot = publisher.borrow().clone();
     // Runs this node's checks; every agent's view of every instance.
-    let board = Board::new(&opts.node, publisher.clone());
+    let containers = Arc::new(Containers::default());
+    let board = Board::new(&opts.node, publisher.clone(), containers.clone());
     board.sync(&snapshot.config);
     if let Some(taken) = taken {
         board.adopt(&taken.reports, &taken.remote);
     }
     // For the next agent of this node (an upgrade).
-    let offer = Offer::new(&opts.node, listeners.duplicates(), board.clone());
+    let handed = enroll::Handed::default();
+    let offer = {
+        let handed = handed.clone();
+        Offer::new(&opts.node, listeners.duplicates(), board.clone())
+            .with_containers(move || handed.duplicates())
+    };
     let tls = Tls::with_multiplex(
         identities.clone(),
         Arc::new(snapshots.clone()),
@@ -216,6 +234,7 @@ fn build(
         tls,
         telemetry.clone(),
         drain.clone(),
+        containers.clone(),
     );
     let denials = Denials::new(
         kernel.clone(),
@@ -238,6 +257,8 @@ fn build(
         drain,
         denials,
         inputs,
+        containers,
+        handed,
     };
     Ok(Built {
         parts,
@@ -295,6 +316,10 @@ impl Parts {
         ));
         tasks.spawn(self.pool.clone().sweep_forever());
         for l in outbound.into_iter().flatten() {
+            let origin = Origin {
+                netns: self.kernel.netns_cookie(),
+                container: None,
+            };
             let outbound = Outbound::new(
                 l,
                 self.inputs.clone(),
@@ -302,6 +327,7 @@ impl Parts {
                 self.ids.clone(),
                 self.balancer.clone(),
                 self.pool.clone(),
+                origin,
             );
             tasks.spawn(outbound.run());
         }
@@ -388,6 +414,7 @@ impl Parts {
         self.balancer
             .register_metrics(&mut metrics, self.snapshots.clone());
         catalog.register_metrics(&mut metrics);
+        self.containers.register_metrics(&mut metrics);
         let mut routes = Routes::default();
         metrics.serve_at(&mut routes);
         admin::routes(
@@ -404,17 +431,49 @@ impl Parts {
             telemetry: self.telemetry.clone(),
             snapshots: self.snapshots.clone(),
             catalog,
+            containers: self.containers.clone(),
         };
         routes.any("/status", move |_| Reply::document(&status.document()));
         let (kernel, ids) = (self.kernel.clone(), self.ids.clone());
         let callers = move |peer, local| {
-            let record = kernel.take_orig(peer, local)?;
+            let record = kernel.take_orig(peer, local, kernel.netns_cookie())?;
             (record.dst_service == mesh_common::ADMIN_CALLER).then(|| Caller {
                 uid: record.uid,
                 service: ids.name(record.src_service),
             })
         };
         Admin::new(listener, routes, Box::new(callers))
+    }
+
+    /// The enrollment of containers (`enroll`).
+    fn spawn_enroll(
+        &self,
+        opts: &RunOptions,
+        tasks: &mut JoinSet<()>,
+        cg: &Cgroup2,
+        cgroups: &cgroups::Shared,
+        adopted: Vec<(crate::handover::SocketName, std::os::fd::OwnedFd)>,
+    ) -> Result<(), AppError> {
+        let serve = enroll::Serve {
+            inputs: self.inputs.clone(),
+            kernel: self.kernel.clone(),
+            ids: self.ids.clone(),
+            balancer: self.balancer.clone(),
+            pool: self.pool.clone(),
+            snapshots: self.snapshots.clone(),
+            outbound_port: opts.outbound_port,
+            dns: opts.dns.map(|addr| (addr.port(), dns_upstream(opts, addr))),
+        };
+        let enroll = enroll::Enroll::new(
+            self.containers.clone(),
+            cgroups.clone(),
+            cg.root().to_owned(),
+            serve,
+            adopted,
+            self.handed.clone(),
+        )?;
+        tasks.spawn(enroll.run());
+        Ok(())
     }
 
     /// `.mesh` DNS on UDP and TCP, where asked for and bound.
@@ -428,9 +487,7 @@ impl Parts {
         let Some(addr) = opts.dns else {
             return;
         };
-        let upstream = opts
-            .dns_upstream
-            .or_else(|| crate::dns::previous_resolver(addr));
+        let upstream = dns_upstream(opts, addr);
         info!(%addr, upstream = ?upstream, udp = dns.is_some(), tcp = dns_tcp.is_some(), "answering DNS for .mesh");
         if let Some(listener) = dns_tcp {
             let limits = crate::dns::TcpLimits::default();
@@ -445,6 +502,12 @@ impl Parts {
             tasks.spawn(crate::dns::serve(socket, self.snapshots.clone(), upstream));
         }
     }
+}
+
+/// Where DNS answered at `addr` sends names outside `.mesh`.
+fn dns_upstream(opts: &RunOptions, addr: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    opts.dns_upstream
+        .or_else(|| crate::dns::previous_resolver(addr))
 }
 
 impl Running {

@@ -90,6 +90,7 @@ impl Kernel {
             frozen: std::sync::atomic::AtomicBool::new(false),
             paused: Arc::default(),
             pins: pins.clone(),
+            netns_cookie: params.netns_cookie,
             programs,
             _links: links,
             ebpf,

@@ -87,13 +87,14 @@ impl Kernel {
     }
 
     /// Takes (looks up and deletes) the record sock_ops left for a connection
-    /// accepted on the outbound listener. A record older than
-    /// `MAX_RECORD_AGE_NS` is dropped, not returned: its 4-tuple may since
-    /// have been reused by someone else.
-    pub fn take_orig(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
+    /// accepted on an outbound listener in the network namespace `netns`
+    /// (its cookie). A record older than `MAX_RECORD_AGE_NS` is dropped, not
+    /// returned: its 4-tuple may since have been reused by someone else.
+    pub fn take_orig(&self, peer: SocketAddr, local: SocketAddr, netns: u64) -> Option<OrigDst> {
         let key = ConnKey {
             peer: sock_addr(peer),
             local: sock_addr(local),
+            netns,
         };
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let orig = conns.get(&key, 0).ok()?;
@@ -181,8 +182,8 @@ impl Kernel {
 }
 
 impl super::OrigDstAddr for Kernel {
-    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
-        self.take_orig(peer, local)
+    fn take(&self, peer: SocketAddr, local: SocketAddr, netns: u64) -> Option<OrigDst> {
+        self.take_orig(peer, local, netns)
     }
 }
 

@@ -32,12 +32,14 @@ pub use maps::{DenialEvents, MapContents, fresh, pinned_service_names, sock_addr
 /// one view of the kernel ([`Kernel`] reads the records sock_ops left in
 /// `CONNS`), so the data path has tests without one.
 pub trait OrigDstAddr: Send + Sync + 'static {
-    /// Takes the record of the connection from `peer` accepted on `local`:
-    /// `None` if there is none, or none fresh; a record is taken once.
+    /// Takes the record of the connection from `peer` accepted on `local`
+    /// in the network namespace with cookie `netns`: `None` if there is
+    /// none, or none fresh; a record is taken once.
     fn take(
         &self,
         peer: std::net::SocketAddr,
         local: std::net::SocketAddr,
+        netns: u64,
     ) -> Option<mesh_common::OrigDst>;
 }
 
@@ -100,6 +102,8 @@ pub struct Kernel {
     paused: Arc<std::sync::atomic::AtomicBool>,
     /// Where the links and maps are pinned.
     pins: pins::Pins,
+    /// The node's network namespace (its cookie).
+    netns_cookie: u64,
     /// This agent's programs' ids, by name.
     programs: Vec<(&'static str, u32)>,
     /// The links, held while the agent runs (pinned too).
@@ -127,6 +131,11 @@ impl Kernel {
                     .map(|(map, n)| (crate::telemetry::MapLabels { map }, n)),
             )
         });
+    }
+
+    /// The cookie of the node's network namespace (its listeners').
+    pub fn netns_cookie(&self) -> u64 {
+        self.netns_cookie
     }
 
     /// Whether the pinned links still run this agent's programs (another

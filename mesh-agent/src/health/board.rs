@@ -37,6 +37,8 @@ pub struct Board {
     publisher: Arc<Publisher>,
     inner: Mutex<Inner>,
     local: watch::Sender<LocalReports>,
+    /// Where local services run, when in containers (the probes go there).
+    containers: Arc<crate::containers::Containers>,
 }
 
 #[derive(Default)]
@@ -75,11 +77,17 @@ struct Task {
 }
 
 impl Board {
-    /// A board for the agent of `node`, publishing through `publisher`.
-    pub fn new(node: &NodeName, publisher: Arc<Publisher>) -> Arc<Self> {
+    /// A board for the agent of `node`, publishing through `publisher`;
+    /// checks probe local services in their `containers`, if any.
+    pub fn new(
+        node: &NodeName,
+        publisher: Arc<Publisher>,
+        containers: Arc<crate::containers::Containers>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             node: node.clone(),
             publisher,
+            containers,
             inner: Mutex::default(),
             local: watch::channel(Arc::default()).0,
         })
@@ -155,6 +163,7 @@ impl Board {
                 key.0.clone(),
                 port,
                 check.clone(),
+                self.containers.clone(),
             ))
             .abort_handle();
             inner.tasks.insert(
@@ -538,7 +547,7 @@ pub(super) mod tests {
         let mut config = testing::config(&mesh());
         config.services[0].checks = checks;
         let (publisher, watch) = testing::snapshots(config.clone());
-        let board = Board::new(&"a".parse().unwrap(), Arc::new(publisher));
+        let board = Board::new(&"a".parse().unwrap(), Arc::new(publisher), Arc::default());
         board.sync(&config);
         (board, watch, config)
     }

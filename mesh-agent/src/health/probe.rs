@@ -1,8 +1,9 @@
 //! One run of an `http` or `tcp` check against an instance on this node.
 //! The agent runs it from its own cgroup, so the loopback guard lets it
-//! through (ARCHITECTURE.md, the loopback guard).
+//! through (ARCHITECTURE.md, the loopback guard). A service with
+//! containers is probed in each ([`instance`]).
 
-use std::time::Duration;
+use std::{io, time::Duration};
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::{Request, StatusCode, body::Bytes};
@@ -10,7 +11,61 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::State;
-use crate::config::local_addr;
+use crate::{
+    config::{CheckKind, local_addr},
+    containers::{Container, Containers},
+    names::ServiceName,
+};
+
+/// Where a probe connects to `127.0.0.1:<port>`.
+#[derive(Clone, Copy, Debug)]
+pub enum Place<'a> {
+    /// The node's own loopback.
+    Node,
+    /// A container's.
+    Container(&'a Container),
+}
+
+impl Place<'_> {
+    async fn connect(self, port: u16) -> io::Result<TcpStream> {
+        match self {
+            Place::Node => TcpStream::connect(local_addr(port)).await,
+            Place::Container(c) => c.dial(port).await,
+        }
+    }
+}
+
+/// One run of the `http` or `tcp` check `kind` against the local instance
+/// of `service` on `127.0.0.1:port`: on the node, or, if the service has
+/// containers, in each of them. The instance is as good as its best
+/// container (the data path skips one that refuses); the output names
+/// each container's result.
+pub async fn instance(
+    kind: &CheckKind,
+    containers: &Containers,
+    service: &ServiceName,
+    port: u16,
+    timeout: Duration,
+) -> (State, String) {
+    let once = |place| async move {
+        match kind {
+            CheckKind::Http { path } => http_at(place, port, path, timeout).await,
+            _ => tcp_at(place, port, timeout).await,
+        }
+    };
+    let replicas = containers.replicas(service);
+    if replicas.is_empty() {
+        return once(Place::Node).await;
+    }
+    let mut best = State::Critical;
+    let mut outputs = Vec::new();
+    for c in &replicas {
+        let (state, output) = once(Place::Container(c)).await;
+        best = best.min(state);
+        outputs.push(format!("container {}: {output}", c.cgroup.display()));
+    }
+    (best, outputs.join("; "))
+}
 
 /// How much of an http check's response body goes into its output.
 const BODY_SHOWN: usize = 256;
@@ -21,8 +76,18 @@ const BODY_READ: usize = 4096;
 /// warning, anything else, an error or no full answer in time critical.
 /// Returns the state and a one-line output (status and body start).
 pub async fn http(port: u16, path: &str, timeout: Duration) -> (State, String) {
+    http_at(Place::Node, port, path, timeout).await
+}
+
+/// [`http()`] at `place`.
+pub async fn http_at(
+    place: Place<'_>,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> (State, String) {
     let url = format!("http://{}{path}", local_addr(port));
-    match tokio::time::timeout(timeout, get(port, path)).await {
+    match tokio::time::timeout(timeout, get(place, port, path)).await {
         Ok(Ok((status, body))) => {
             let state = if status.is_success() {
                 State::Passing
@@ -51,9 +116,9 @@ pub async fn http(port: u16, path: &str, timeout: Duration) -> (State, String) {
     }
 }
 
-async fn get(port: u16, path: &str) -> Result<(StatusCode, Bytes), String> {
+async fn get(place: Place<'_>, port: u16, path: &str) -> Result<(StatusCode, Bytes), String> {
     let addr = local_addr(port);
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let stream = place.connect(port).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -84,8 +149,13 @@ async fn get(port: u16, path: &str) -> Result<(StatusCode, Bytes), String> {
 
 /// Connect to `127.0.0.1:<port>` within `timeout`: passing if accepted.
 pub async fn tcp(port: u16, timeout: Duration) -> (State, String) {
+    tcp_at(Place::Node, port, timeout).await
+}
+
+/// [`tcp()`] at `place`.
+pub async fn tcp_at(place: Place<'_>, port: u16, timeout: Duration) -> (State, String) {
     let addr = local_addr(port);
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    match tokio::time::timeout(timeout, place.connect(port)).await {
         Ok(Ok(_)) => (State::Passing, format!("TCP connect {addr}: Success")),
         Ok(Err(e)) => (State::Critical, format!("TCP connect {addr}: {e}")),
         Err(_) => (

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{State, probe};
 use crate::config::{Check, CheckKind};
+use crate::containers::Containers;
 use crate::names::ServiceName;
 
 /// Where a check's results go: the `Board`, which spawns the runners.
@@ -22,7 +23,13 @@ pub trait Results: Send + Sync + 'static {
 
 /// The task of the check `check` of the local instance of `service`
 /// (listening on `127.0.0.1:port`).
-pub async fn run<R: Results>(board: Arc<R>, service: ServiceName, port: u16, check: Check) {
+pub async fn run<R: Results>(
+    board: Arc<R>,
+    service: ServiceName,
+    port: u16,
+    check: Check,
+    containers: Arc<Containers>,
+) {
     match &check.kind {
         CheckKind::Ttl(_) => loop {
             let Some(next) = board.expire(&service, &check.name, Instant::now()) else {
@@ -36,10 +43,8 @@ pub async fn run<R: Results>(board: Arc<R>, service: ServiceName, port: u16, che
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                let (state, output) = match kind {
-                    CheckKind::Http { path } => probe::http(port, path, check.timeout).await,
-                    _ => probe::tcp(port, check.timeout).await,
-                };
+                let (state, output) =
+                    probe::instance(kind, &containers, &service, port, check.timeout).await;
                 board.record(&service, &check.name, state, output);
             }
         }

@@ -83,6 +83,7 @@ impl Fixture {
             tls,
             telemetry.clone(),
             Drain::default(),
+            Arc::default(),
         );
         (pi, telemetry)
     }
@@ -123,7 +124,7 @@ async fn echo(listener: TcpListener, accepted: Arc<AtomicUsize>) {
 pub(crate) struct OneRecord(pub(crate) Mutex<Option<OrigDst>>);
 
 impl OrigDstAddr for OneRecord {
-    fn take(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<OrigDst> {
+    fn take(&self, _peer: SocketAddr, _local: SocketAddr, _netns: u64) -> Option<OrigDst> {
         self.0.lock().unwrap().take()
     }
 }

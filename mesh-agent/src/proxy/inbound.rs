@@ -28,12 +28,12 @@ use tracing::{debug, info, warn};
 use super::{
     Inputs, ProxyError,
     admission::{Admission, Slot},
-    dial, lock,
+    lock,
     relay::{Mover, Progress},
     tunnel::{self, Connect, MOVE_ACK},
 };
 use crate::{
-    config::{Config, Service, local_addr},
+    config::{Config, Service},
     names::ServiceName,
     telemetry::{Reporter, Side},
     tls::{Protocol, Transport},
@@ -139,8 +139,8 @@ fn local_service<'c>(
 /// `dst`, so the caller's agent can still try another instance. Only where
 /// there is another instance: the probe binds the port for an instant (see
 /// `listening`), which a single instance need not risk.
-fn check_listening(dst: &Service) -> Result<(), ProxyError> {
-    if dst.nodes.len() > 1 && !super::listening(dst.port) {
+async fn check_listening(pi: &Inputs, dst: &Service) -> Result<(), ProxyError> {
+    if dst.nodes.len() > 1 && !pi.local_listening(dst).await {
         return Err(ProxyError::InstanceDown {
             service: dst.name.clone(),
             port: dst.port,
@@ -161,7 +161,7 @@ async fn handle(
     let from = stream.peer_addr()?;
     // Refused before the handshake, the caller's agent can still try
     // another instance; after it, the caller's app would see the failure.
-    check_listening(&dst)?;
+    check_listening(&pi, &dst).await?;
     let leaf = pi.tls.leaf(&dst.name);
     let (mut remote, peer) = pi.tls.accept(stream, &dst.name).await.inspect_err(|e| {
         pi.telemetry.handshake_failed(Side::Inbound, e.reason());
@@ -193,16 +193,21 @@ async fn handle(
     }
     // The destination agent is authoritative, on the verified identity.
     pi.authorize(&peer, &dst.name, from, dialed, Reporter::Destination)?;
-    let mut svc = dial(local_addr(dst.port)).await?;
+    let (mut svc, container) = pi.dial_local(&dst).await?;
     let (received, sent) = pi
         .splice_while_allowed(
             super::relay::relay(&mut remote, &mut svc),
             &peer,
             &dst.name,
             Side::Inbound,
+            container.as_ref(),
         )
         .await?;
-    info!(src = %peer, dst = %dst.name, sent, received, "inbound connection done");
+    info!(
+        src = %peer, dst = %dst.name, sent, received,
+        container = container.as_ref().map(|c| c.labels.cgroup.as_str()),
+        "inbound connection done"
+    );
     Ok(())
 }
 
@@ -323,11 +328,11 @@ impl Streams {
             return Err(e);
         }
         // Refused before the 200, the caller's agent can try another instance.
-        let svc = match check_listening(dst) {
-            Ok(()) => dial(local_addr(dst.port)).await,
+        let svc = match check_listening(pi, dst).await {
+            Ok(()) => pi.dial_local(dst).await,
             Err(e) => Err(e),
         };
-        let mut svc = match svc {
+        let (mut svc, container) = match svc {
             Ok(svc) => svc,
             Err(e) => {
                 connect.refuse(StatusCode::SERVICE_UNAVAILABLE);
@@ -343,9 +348,13 @@ impl Streams {
             Ok((received, sent))
         };
         let (received, sent) = pi
-            .splice_while_allowed(copy, peer, &dst.name, Side::Inbound)
+            .splice_while_allowed(copy, peer, &dst.name, Side::Inbound, container.as_ref())
             .await?;
-        info!(src = %peer, dst = %dst.name, sent, received, alpn = "mesh/2", "inbound connection done");
+        info!(
+            src = %peer, dst = %dst.name, sent, received, alpn = "mesh/2",
+            container = container.as_ref().map(|c| c.labels.cgroup.as_str()),
+            "inbound connection done"
+        );
         Ok(())
     }
 }

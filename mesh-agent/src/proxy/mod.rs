@@ -34,6 +34,7 @@ pub use outbound::Outbound;
 
 use crate::{
     config::{Config, Service, local_addr},
+    containers::{Container, Containers},
     drain::Drain,
     names::{NodeName, ServiceName},
     snapshot::{Snapshot, Watch},
@@ -111,6 +112,8 @@ pub struct Inputs {
     tls: Arc<Tls>,
     telemetry: Arc<Telemetry>,
     drain: Drain,
+    /// Local services' containers: where a local service is dialed.
+    containers: Arc<Containers>,
 }
 
 impl Inputs {
@@ -121,6 +124,7 @@ impl Inputs {
         tls: Tls,
         telemetry: Arc<Telemetry>,
         drain: Drain,
+        containers: Arc<Containers>,
     ) -> Arc<Self> {
         Arc::new(Self {
             node,
@@ -128,7 +132,35 @@ impl Inputs {
             tls: Arc::new(tls),
             telemetry,
             drain,
+            containers,
         })
+    }
+
+    /// Connects to the local service `dst` on `127.0.0.1:<port>`: in one
+    /// of its containers (in turn, skipping one that refuses), or on the
+    /// node's own loopback if it has none. Returns the container too.
+    async fn dial_local(
+        &self,
+        dst: &Service,
+    ) -> Result<(TcpStream, Option<Arc<Container>>), ProxyError> {
+        let Some(replica) = self.containers.connect(&dst.name, dst.port).await else {
+            return Ok((dial(local_addr(dst.port)).await?, None));
+        };
+        let (stream, container) = replica.map_err(|source| ProxyError::Connect {
+            addr: local_addr(dst.port),
+            source,
+        })?;
+        stream.set_nodelay(true)?;
+        Ok((stream, Some(container)))
+    }
+
+    /// Whether something listens behind the local service `dst` (in any of
+    /// its containers, else on the node's loopback); see [`listening`].
+    async fn local_listening(&self, dst: &Service) -> bool {
+        match self.containers.listening(&dst.name, dst.port).await {
+            Some(listening) => listening,
+            None => listening(dst.port),
+        }
     }
 
     /// The snapshot in force.
@@ -173,8 +205,10 @@ impl Inputs {
         src: &ServiceName,
         dst: &ServiceName,
         side: Side,
+        container: Option<&Arc<Container>>,
     ) -> Result<(u64, u64), ProxyError> {
-        let open = self.telemetry.opened(src, dst, side);
+        let labels = container.map(|c| c.labels.clone());
+        let open = self.telemetry.opened(src, dst, side, labels);
         let result = self.splice_until_denied(copy, src, dst).await;
         let ((to_destination, to_source), verdict) = match &result {
             Ok(bytes) => (*bytes, Verdict::Allowed),

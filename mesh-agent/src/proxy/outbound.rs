@@ -16,12 +16,12 @@ use tracing::{debug, info, warn};
 use super::{
     Inputs, OrigDstAddr, ProxyError, Redirect, ServiceIds,
     balance::{Active, Balancer},
-    dial,
     pool::{Hop, Pool},
     relay,
 };
 use crate::{
-    config::{Node, Service, local_addr},
+    config::{Node, Service},
+    containers::Container,
     names::NodeName,
     snapshot::Snapshot,
     telemetry::{Reporter, Side},
@@ -41,6 +41,16 @@ pub struct Outbound {
     handler: Arc<Handler>,
 }
 
+/// Where an outbound listener listens: the node's network namespace or a
+/// container's.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The namespace's cookie: the kernel's records are keyed by it.
+    pub netns: u64,
+    /// The container, if not the node.
+    pub container: Option<Arc<Container>>,
+}
+
 /// What each connection uses; shared with its task (the listener is not,
 /// so it closes as soon as `run` is dropped).
 struct Handler {
@@ -53,6 +63,7 @@ struct Handler {
     balancer: Arc<Balancer>,
     /// Connections to other agents, shared by app connections.
     pool: Arc<Pool>,
+    origin: Origin,
 }
 
 /// A connection to one instance.
@@ -64,7 +75,7 @@ enum Upstream {
 }
 
 impl Outbound {
-    /// The outbound listener on `listener`.
+    /// The outbound listener on `listener`, in `origin`.
     pub fn new(
         listener: TcpListener,
         pi: Arc<Inputs>,
@@ -72,6 +83,7 @@ impl Outbound {
         ids: Arc<ServiceIds>,
         balancer: Arc<Balancer>,
         pool: Arc<Pool>,
+        origin: Origin,
     ) -> Self {
         Self {
             listener,
@@ -81,6 +93,7 @@ impl Outbound {
                 ids,
                 balancer,
                 pool,
+                origin,
             }),
         }
     }
@@ -120,8 +133,12 @@ impl Handler {
         let local = app.local_addr()?;
         let orig = self
             .orig
-            .take(peer, local)
+            .take(peer, local, self.origin.netns)
             .ok_or(ProxyError::NoRecord { peer })?;
+        let container = self.origin.container.as_ref();
+        if let Some(c) = container {
+            c.accepted();
+        }
         app.set_nodelay(true)?;
         let snapshot = pi.snapshot();
         let Redirect { src, dst, dialed } =
@@ -145,21 +162,25 @@ impl Handler {
         let (sent, received) = match upstream {
             Upstream::Local(mut svc) => {
                 let copy = relay::relay(&mut app, &mut svc);
-                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound)
+                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound, container)
                     .await?
             }
             Upstream::Remote(Hop::Single(mut remote)) => {
                 let copy = relay::relay(&mut app, &mut *remote);
-                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound)
+                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound, container)
                     .await?
             }
             Upstream::Remote(Hop::Stream(mut stream, mut dialer)) => {
                 let copy = relay::relay_tunnel(&mut app, &mut stream, &mut dialer);
-                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound)
+                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound, container)
                     .await?
             }
         };
-        info!(src = %src.name, dst = %dst.name, %node, sent, received, "outbound connection done");
+        info!(
+            src = %src.name, dst = %dst.name, %node, sent, received,
+            container = container.map(|c| c.labels.cgroup.as_str()),
+            "outbound connection done"
+        );
         Ok(())
     }
 
@@ -245,7 +266,7 @@ impl Handler {
         let pi = &self.pi;
         if host.name == pi.node {
             debug!(src = %src.name, dst = %dst.name, "outbound, same node");
-            return Ok(Upstream::Local(dial(local_addr(dst.port)).await?));
+            return Ok(Upstream::Local(pi.dial_local(dst).await?.0));
         }
         debug!(src = %src.name, dst = %dst.name, node = %host.name, "outbound, to remote agent");
         let hop = self.pool.connect(pi, src, dst, host).await?;
@@ -285,6 +306,10 @@ mod tests {
             ids,
             Arc::default(),
             Arc::default(),
+            Origin {
+                netns: 0,
+                container: None,
+            },
         );
         tokio::spawn(outbound.run());
         (addr, telemetry)

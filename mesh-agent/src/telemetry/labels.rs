@@ -97,6 +97,37 @@ pub struct ServiceLabels {
     pub service: String,
 }
 
+/// A container the agent serves: its service, its cgroup (below the
+/// cgroup2 root) and its network namespace (nsfs inode). Also the
+/// access log's `container` and `netns`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContainerLabels {
+    pub service: String,
+    pub cgroup: String,
+    pub netns: String,
+}
+
+impl ContainerLabels {
+    /// These labels and `side`.
+    pub fn with_side(self, side: Side) -> ContainerSideLabels {
+        ContainerSideLabels {
+            service: self.service,
+            cgroup: self.cgroup,
+            netns: self.netns,
+            side,
+        }
+    }
+}
+
+/// [`ContainerLabels`] and a [`Side`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContainerSideLabels {
+    pub service: String,
+    pub cgroup: String,
+    pub netns: String,
+    pub side: Side,
+}
+
 /// The labels of a per-map metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabels {

@@ -19,7 +19,8 @@ use mesh_common::DenialKey;
 use crate::names::{NodeName, ServiceName};
 
 pub use labels::{
-    Direction, HandshakeKind, MapLabels, Refusal, Reporter, ServiceLabels, Side, Verdict,
+    ContainerLabels, Direction, HandshakeKind, MapLabels, Refusal, Reporter, ServiceLabels, Side,
+    Verdict,
 };
 pub use metrics::Instance;
 use metrics::{Conn, Metrics};
@@ -62,6 +63,8 @@ pub fn instance(service: &ServiceName, node: &NodeName) -> Instance {
 pub struct Open {
     conn: Conn,
     started: Instant,
+    /// The container at this node's end, if not the node itself.
+    container: Option<std::sync::Arc<ContainerLabels>>,
 }
 
 impl Telemetry {
@@ -92,8 +95,16 @@ impl Telemetry {
         );
     }
 
-    /// An allowed connection `src -> dst` starts flowing.
-    pub fn opened(&self, src: &ServiceName, dst: &ServiceName, side: Side) -> Open {
+    /// An allowed connection `src -> dst` starts flowing; `container`:
+    /// the container at this node's end (the caller's on the outbound
+    /// side, the destination's on the inbound side), if not the node.
+    pub fn opened(
+        &self,
+        src: &ServiceName,
+        dst: &ServiceName,
+        side: Side,
+        container: Option<std::sync::Arc<ContainerLabels>>,
+    ) -> Open {
         let conn = Conn {
             source: src.to_string(),
             destination: dst.to_string(),
@@ -103,19 +114,27 @@ impl Telemetry {
         Open {
             conn,
             started: Instant::now(),
+            container,
         }
     }
 
     /// A connection that `opened` is done, with the bytes each way and how
     /// it ended: metrics and its access-log line.
     pub fn closed(&self, open: Open, to_destination: u64, to_source: u64, verdict: Verdict) {
-        let Open { conn, started } = open;
+        let Open {
+            conn,
+            started,
+            container,
+        } = open;
         self.metrics.closed(&conn, to_destination, to_source);
         let (src, dst, side) = (&conn.source, &conn.destination, conn.side);
         tracing::info!(
             target: "access", %src, %dst, side = side.as_str(), to_destination, to_source,
             duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            verdict = verdict.as_str(), "connection"
+            verdict = verdict.as_str(),
+            container = container.as_ref().map(|c| c.cgroup.as_str()),
+            netns = container.as_ref().map(|c| c.netns.as_str()),
+            "connection"
         );
     }
 
@@ -235,6 +254,7 @@ mod tests {
             &"web".parse().unwrap(),
             &"api".parse().unwrap(),
             Side::Outbound,
+            None,
         );
         t.closed(open, 10, 20, Verdict::Allowed);
         t.denied(

@@ -240,6 +240,7 @@ impl Agents {
             a,
             Arc::default(),
             Drain::default(),
+            Arc::default(),
         );
         let handshakes = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(Mutex::new(Vec::new()));
