@@ -29,6 +29,8 @@ pub struct Denials {
     /// The intentions in force, for the deciding rule.
     snapshot: Watch,
     telemetry: Arc<Telemetry>,
+    /// To name the container a refused caller is in.
+    containers: Arc<crate::containers::Containers>,
 }
 
 impl Denials {
@@ -40,18 +42,21 @@ impl Denials {
     }
 
     /// Reads `DENIALS` from `kernel`, names its keys with `ids` and the
-    /// intentions in `snapshot`, and counts them in `telemetry`.
+    /// intentions in `snapshot`, and counts them in `telemetry`; a caller
+    /// in one of `containers` is named with it in the log.
     pub fn new(
         kernel: Arc<Kernel>,
         ids: Arc<ServiceIds>,
         snapshot: Watch,
         telemetry: Arc<Telemetry>,
+        containers: Arc<crate::containers::Containers>,
     ) -> Self {
         Self {
             kernel,
             ids,
             snapshot,
             telemetry,
+            containers,
         }
     }
 
@@ -120,14 +125,19 @@ impl Denials {
         let dialed = socket_addr(&event.dst);
         let comm = comm(&event.comm);
         let pid = event.pid;
+        // The caller's container, if it still runs in one (by its netns).
+        let container = crate::netns::inode_of_pid(pid)
+            .ok()
+            .and_then(|inode| self.containers.get(inode));
+        let container = container.as_ref().map(|c| c.labels.cgroup.as_str());
         if event.key.reason == DENIED_BY_LOOPBACK_GUARD {
             warn!(
-                %src, %dst, %dialed, %rule, pid, %comm, cgroup = event.cgroup, refused,
+                %src, %dst, %dialed, %rule, pid, %comm, cgroup = event.cgroup, container, refused,
                 "connect() refused with EPERM: only {dst} itself may use its loopback port"
             );
         } else {
             warn!(
-                %src, %dst, %dialed, %rule, pid, %comm, cgroup = event.cgroup, refused,
+                %src, %dst, %dialed, %rule, pid, %comm, cgroup = event.cgroup, container, refused,
                 "connect() refused with EPERM: intentions deny {src} -> {dst}"
             );
         }

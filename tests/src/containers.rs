@@ -68,22 +68,43 @@ impl Mesh {
     /// (`--dns 127.0.0.1`), with the test apps at `/apps` and this mesh's
     /// directory at `/mesh` (logs). Returns it once running.
     pub fn run_container(&self, node: &str, service: &str, command: &[&str]) -> Container {
-        self.start_container(node, Some(service), command)
+        self.start_container(node, Some(service), &[], command)
+    }
+
+    /// Like [`Mesh::run_container`], with each (host directory, container
+    /// path) of `mounts` mounted read-only too.
+    pub fn run_container_mounting(
+        &self,
+        node: &str,
+        service: &str,
+        mounts: &[(&Path, &str)],
+        command: &[&str],
+    ) -> Container {
+        self.start_container(node, Some(service), mounts, command)
     }
 
     /// Like [`Mesh::run_container`], in no service's cgroup (podman's
     /// default): a container that is not in the mesh.
     pub fn run_container_anywhere(&self, node: &str, command: &[&str]) -> Container {
-        self.start_container(node, None, command)
+        self.start_container(node, None, &[], command)
     }
 
-    fn start_container(&self, node: &str, service: Option<&str>, command: &[&str]) -> Container {
+    fn start_container(
+        &self,
+        node: &str,
+        service: Option<&str>,
+        mounts: &[(&Path, &str)],
+        command: &[&str],
+    ) -> Container {
         let apps = crate::app("");
         let mut cmd = self.podman(node);
         cmd.args(["run", "-d"]);
         if let Some(service) = service {
             cmd.arg("--cgroup-parent")
                 .arg(format!("/mesh/{node}/{service}"));
+        }
+        for (host, path) in mounts {
+            cmd.arg("-v").arg(format!("{}:{path}:ro", host.display()));
         }
         cmd.args([
             "--ulimit",
@@ -263,7 +284,12 @@ impl Mesh {
     /// namespace of its own: it joins the service's cgroup, then
     /// `unshare --net` (its loopback is down; the agent sets it up).
     pub fn cmd_own_netns(&self, node: &str, service: &str, program: &str) -> Command {
-        let dir = cgroup2_root().join(format!("mesh/{node}/{service}/bare"));
+        self.cmd_own_netns_in(node, service, "bare", program)
+    }
+
+    /// Like [`Mesh::cmd_own_netns`], in the cgroup `sub` below the service's.
+    pub fn cmd_own_netns_in(&self, node: &str, service: &str, sub: &str, program: &str) -> Command {
+        let dir = cgroup2_root().join(format!("mesh/{node}/{service}/{sub}"));
         let mut c = Command::new("sh");
         c.arg("-c")
             .arg(r#"d=$1; shift; mkdir -p "$d" && echo $$ > "$d/cgroup.procs" && exec unshare --net "$@""#)

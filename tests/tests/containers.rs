@@ -189,6 +189,22 @@ fn a_container_calls_a_container_on_another_node_over_mtls() {
         err.contains("PermissionError") || err.contains("Operation not permitted")
     });
     assert!(denied, "the deny did not reach the container's connect()");
+    // Logged by the caller's agent, naming the container.
+    let logged = wait_until(Duration::from_secs(5), || {
+        fs::read_to_string(mesh.agent_log("pa")).is_ok_and(|log| {
+            log.lines().any(|l| {
+                l.contains("connect() refused with EPERM: intentions deny frontend -> api")
+                    && l.contains(&format!("container=\"{fe_cgroup}\""))
+            })
+        })
+    });
+    assert!(logged, "no denial line naming the container");
+    let metrics = mesh.metrics("pa");
+    let counted = metrics.lines().any(|l| {
+        l.starts_with("mesh_denials_total{source=\"frontend\",destination=\"api\"")
+            && l.contains("side=\"source\"")
+    });
+    assert!(counted, "the kernel's denial is not counted: {metrics}");
 }
 
 /// A service in a container binding 127.0.0.1 is reached through the
@@ -458,5 +474,84 @@ fn bad_containers_are_logged_and_the_node_serves_on() {
     assert_eq!(
         mesh.echo("ba", "web", mesh_tests::vip(), API_PORT, "still"),
         "still"
+    );
+}
+
+/// What a container costs the agent is bounded: 20 bare namespaces, each
+/// in a cgroup of its own, cost at most 5 fds each (listeners, DNS, the
+/// namespace), and all of them are given back when they go.
+#[test]
+fn a_container_costs_a_few_fds_and_gives_them_back() {
+    let mesh = Mesh::nodes(&["fa"])
+        .default_policy("allow")
+        .service("web", "fa", 8080)
+        .start();
+    let pid = mesh.agent_pid("fa").expect("agent pid");
+    let fds = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = fds();
+    let n = 20;
+    let pids: Vec<u32> = (0..n)
+        .map(|i| {
+            let mut c = mesh.cmd_own_netns_in("fa", "web", &format!("c{i}"), "sleep");
+            c.arg("600");
+            mesh.spawn_app(c, &format!("ns-{i}"))
+        })
+        .collect();
+    served(&mesh, "fa", "web", n, Duration::from_secs(10));
+    let during = fds();
+    assert!(
+        during <= before + 5 * n,
+        "{before} fds before, {during} with {n} containers"
+    );
+    for pid in pids {
+        mesh.stop_app(pid);
+    }
+    served(&mesh, "fa", "web", 0, Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(5), || fds() <= before),
+        "fds: {before} before, {} after",
+        fds()
+    );
+}
+
+/// Containers of two services on one node: the caller's agent delivers
+/// into the other container itself (bytes never leave the node), by name,
+/// VIP and catalog address; a deny still gives EPERM.
+#[test]
+fn containers_of_two_services_on_one_node_call_each_other() {
+    let mesh = Mesh::nodes(&["sa"])
+        .default_policy("deny")
+        .service("web", "sa", 8080)
+        .service_with("api", "sa", API_PORT, |s| s.vip(VIP))
+        .intention("web", "api", "allow")
+        .start();
+    let (api, accepts) = mesh.container_echo_server("sa", "api", API_PORT, "api");
+    let web = mesh.run_container("sa", "web", &["sleep", "600"]);
+    served(&mesh, "sa", "web", 1, Duration::from_secs(5));
+    served(&mesh, "sa", "api", 1, Duration::from_secs(5));
+    let catalog = mesh.node("sa").addr(false).to_string();
+    for host in ["api.mesh", VIP, catalog.as_str()] {
+        let (echo, err) = mesh.container_echo(&web, host, API_PORT, "same-node");
+        assert_eq!(echo, "same-node", "web -> {host}: {err}");
+    }
+    assert_eq!(
+        fs::read_to_string(&accepts)
+            .unwrap_or_default()
+            .lines()
+            .count(),
+        3
+    );
+    let log = fs::read_to_string(mesh.agent_log("sa")).expect("log");
+    assert_eq!(log.matches("outbound, same node").count(), 3, "{log}");
+    // api may not call web (no intention): EPERM in api's container.
+    let (echo, err) = mesh.container_echo(&api, "web.mesh", 8080, "x");
+    assert!(
+        echo.is_empty() && err.contains("PermissionError"),
+        "api -> web: {echo} {err}"
     );
 }

@@ -59,11 +59,13 @@ enum Task {
         /// Measure only these parts (repeatable; prints only): bulk, rr,
         /// connrate, idle, flood (rr and connrate of the mesh under a
         /// handshake flood), instances (rr and connrate to a service with 2
-        /// instances vs 1), pick (ns per pick of an instance among 1,000),
+        /// instances vs 1), container (rr and connrate into a container vs
+        /// on the host; the agent's RSS and fds with 100 containers), pick
+        /// (ns per pick of an instance among 1,000),
         /// tunnel (us per mesh/2 stream: open, 1 byte each way, close);
         /// these two are `cargo bench -p mesh-agent --bench units`, not in
         /// --smoke.
-        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "instances", "pick", "tunnel"])]
+        #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "instances", "container", "pick", "tunnel"])]
         only: Vec<String>,
         /// Measure only the catalog in etcd at scale (1,000 services,
         /// 10,000 instances, 2,000 intentions) on 3 etcd members with TLS

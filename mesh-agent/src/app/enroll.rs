@@ -62,25 +62,22 @@ pub(super) struct Serve {
     pub dns: Option<(u16, Option<SocketAddr>)>,
 }
 
-/// Duplicates of every served container's listening sockets, by
-/// namespace: what a handover gives the next agent.
+/// Every served container's listening sockets (shared with their accept
+/// loops), by namespace: what a handover gives the next agent.
 #[derive(Clone, Default)]
-pub(super) struct Handed(Arc<Mutex<BTreeMap<u64, Named>>>);
+pub(super) struct Handed(Arc<Mutex<BTreeMap<u64, Sockets>>>);
 
 /// Listening sockets by their handover names.
 type Named = Vec<(SocketName, OwnedFd)>;
 
 impl Handed {
     /// Duplicates of them all, now.
-    pub fn duplicates(&self) -> Vec<(SocketName, OwnedFd)> {
+    pub fn duplicates(&self) -> Named {
         let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        all.values()
-            .flatten()
-            .filter_map(|(name, fd)| Some((*name, fd.try_clone().ok()?)))
-            .collect()
+        all.values().flat_map(Sockets::duplicates).collect()
     }
 
-    fn set(&self, inode: u64, sockets: Option<Named>) {
+    fn set(&self, inode: u64, sockets: Option<Sockets>) {
         let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match sockets {
             Some(s) => all.insert(inode, s),
@@ -90,10 +87,11 @@ impl Handed {
 }
 
 /// The agent's sockets in one container.
+#[derive(Clone)]
 struct Sockets {
-    out4: TcpListener,
-    out6: Option<TcpListener>,
-    dns: Option<(UdpSocket, TcpListener)>,
+    out4: Arc<TcpListener>,
+    out6: Option<Arc<TcpListener>>,
+    dns: Option<(Arc<UdpSocket>, Arc<TcpListener>)>,
 }
 
 impl Sockets {
@@ -298,8 +296,8 @@ impl Enroll {
             Some(sockets) => sockets,
             None => self.open(&netns).await?,
         };
-        let cookie = netns::cookie(&sockets.out4)?;
-        self.handed.set(netns.inode, Some(sockets.duplicates()));
+        let cookie = netns::cookie(&*sockets.out4)?;
+        self.handed.set(netns.inode, Some(sockets.clone()));
         let Sockets { out4, out6, dns } = sockets;
         let container = Arc::new(Container::new(
             sighting.service.clone(),
@@ -361,9 +359,9 @@ impl Enroll {
             }
         }
         let sockets = Sockets {
-            out4: out4?,
-            out6,
-            dns: udp.zip(tcp),
+            out4: Arc::new(out4?),
+            out6: out6.map(Arc::new),
+            dns: udp.zip(tcp).map(|(u, t)| (Arc::new(u), Arc::new(t))),
         };
         info!(
             netns = inode,
@@ -398,7 +396,11 @@ impl Enroll {
             },
             None => None,
         };
-        Ok(Sockets { out4, out6, dns })
+        Ok(Sockets {
+            out4: Arc::new(out4),
+            out6: out6.map(Arc::new),
+            dns: dns.map(|(u, t)| (Arc::new(u), Arc::new(t))),
+        })
     }
 }
 

@@ -241,6 +241,7 @@ fn build(
         ids.clone(),
         snapshots.clone(),
         telemetry.clone(),
+        containers.clone(),
     );
     let parts = Parts {
         admission: Admission::new(opts.max_handshakes, opts.max_handshakes_per_source),

@@ -154,6 +154,11 @@ impl Containers {
         self.write().remove(&inode)
     }
 
+    /// The container in network namespace `inode`, if enrolled.
+    pub fn get(&self, inode: u64) -> Option<Arc<Container>> {
+        self.read().get(&inode).cloned()
+    }
+
     /// Every enrolled container.
     pub fn all(&self) -> Vec<Arc<Container>> {
         self.read().values().cloned().collect()

@@ -76,13 +76,14 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, DnsError> {
 }
 
 /// Answers queries on `socket` from the zone and the health of the
-/// snapshot in force, until the task is dropped.
+/// snapshot in force, until the task is dropped (`socket` may be shared:
+/// it closes with its last holder).
 pub async fn serve(
-    socket: UdpSocket,
+    socket: impl Into<Arc<UdpSocket>>,
     snapshot: crate::snapshot::Watch,
     upstream: Option<SocketAddr>,
 ) {
-    let socket = Arc::new(socket);
+    let socket: Arc<UdpSocket> = socket.into();
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((len, client)) = socket.recv_from(&mut buf).await else {
@@ -149,11 +150,12 @@ impl Default for TcpLimits {
 /// message, several queries per connection), as [`serve`] does over UDP,
 /// within `limits`, until the task is dropped (its clients with it).
 pub async fn serve_tcp(
-    listener: TcpListener,
+    listener: impl Into<Arc<TcpListener>>,
     snapshot: crate::snapshot::Watch,
     upstream: Option<SocketAddr>,
     limits: TcpLimits,
 ) {
+    let listener: Arc<TcpListener> = listener.into();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.clients));
     let mut clients = tokio::task::JoinSet::new();
     loop {

@@ -37,7 +37,9 @@ pub const FAILOVER_BUDGET: Duration = Duration::from_secs(2);
 
 /// The outbound listener and what its connections use.
 pub struct Outbound {
-    listener: TcpListener,
+    /// Shared with a container's record of its sockets (for a handover):
+    /// it closes with its last holder.
+    listener: Arc<TcpListener>,
     handler: Arc<Handler>,
 }
 
@@ -77,7 +79,7 @@ enum Upstream {
 impl Outbound {
     /// The outbound listener on `listener`, in `origin`.
     pub fn new(
-        listener: TcpListener,
+        listener: impl Into<Arc<TcpListener>>,
         pi: Arc<Inputs>,
         orig: Arc<dyn OrigDstAddr>,
         ids: Arc<ServiceIds>,
@@ -86,7 +88,7 @@ impl Outbound {
         origin: Origin,
     ) -> Self {
         Self {
-            listener,
+            listener: listener.into(),
             handler: Arc::new(Handler {
                 pi,
                 orig,

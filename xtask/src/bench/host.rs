@@ -36,6 +36,15 @@ pub(super) fn rss_kib(pid: u32) -> anyhow::Result<f64> {
         .with_context(|| format!("{path} has no VmRSS"))
 }
 
+/// Open file descriptors of `pid`.
+pub(super) fn fds_of(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/fd");
+    let n = fs::read_dir(&path)
+        .with_context(|| format!("failed to read {path}"))?
+        .count();
+    Ok(n as f64)
+}
+
 /// Writes 0 to /dev/cpu_dma_latency and keeps it open (the kernel holds the
 /// request while the file is open).
 pub(super) fn hold_cpu_dma_latency() -> Option<fs::File> {

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    BULK_SECS, CONNS, FLOODS, IDLE_COUNTS, INSTANCES, MODES, Options, PARALLEL, PARALLEL_RATE,
-    RR_COUNT, Samples,
+    BULK_SECS, CONNS, CONTAINER_COUNTS, CONTAINERS, FLOODS, IDLE_COUNTS, INSTANCES, MODES, Options,
+    PARALLEL, PARALLEL_RATE, RR_COUNT, Samples,
     ebpf::bpf_counters,
     measures,
     mesh::{Bench, caller, field},
@@ -23,6 +23,8 @@ pub(super) struct Sizes {
     pub(super) idle: Vec<usize>,
     /// Runs of every part.
     pub(super) runs: usize,
+    /// Containers whose cost to the agent is measured.
+    pub(super) containers: usize,
 }
 
 impl Sizes {
@@ -34,6 +36,7 @@ impl Sizes {
                 conns: 100,
                 idle: vec![100],
                 runs: 1,
+                containers: CONTAINER_COUNTS[1],
             }
         } else {
             Self {
@@ -42,6 +45,7 @@ impl Sizes {
                 conns: CONNS,
                 idle: IDLE_COUNTS.to_vec(),
                 runs: opts.runs.max(1),
+                containers: CONTAINER_COUNTS[0],
             }
         }
     }
@@ -93,7 +97,14 @@ pub(super) fn one_run(
     }
     if opts.wants("instances") {
         eprintln!("bench: run {}/{runs}: 1 vs 2 instances", run + 1);
-        instances(bench, sizes, run, &mut all.instances)?;
+        side_by_side(bench, sizes, run, INSTANCES, &mut all.instances)?;
+    }
+    if opts.wants("container") {
+        eprintln!(
+            "bench: run {}/{runs}: on the host vs in a container",
+            run + 1
+        );
+        side_by_side(bench, sizes, run, CONTAINERS, &mut all.containers)?;
     }
     Ok(())
 }
@@ -228,17 +239,19 @@ fn floods(
     Ok(())
 }
 
-/// The mesh's rr and connection rate to each of [`INSTANCES`], and the
-/// share of bench-a's handshakes that resumed.
-fn instances(
+/// The mesh's rr and connection rate to each of `columns` ([`INSTANCES`],
+/// [`CONTAINERS`]: (column, client mode)), and the share of bench-a's
+/// handshakes that resumed.
+fn side_by_side<const N: usize>(
     bench: &Bench,
     sizes: &Sizes,
     run: usize,
+    columns: [(&'static str, &'static str); N],
     samples: &mut BTreeMap<(String, &'static str), Vec<f64>>,
 ) -> anyhow::Result<()> {
-    // Alternate which goes first, so neither always follows the
+    // Alternate which goes first, so none always follows the
     // other's teardown.
-    let mut order = INSTANCES;
+    let mut order = columns;
     if run % 2 == 1 {
         order.reverse();
     }
@@ -293,6 +306,16 @@ pub(super) fn memory(
             format!("KiB per idle proxied conn ({n} open, both agents)"),
             per_conn,
         );
+    }
+    if opts.wants("container") {
+        let n = sizes.containers;
+        let cost = bench.container_cost(n)?;
+        extra.insert(
+            format!("agent RSS KiB per container ({n} served)"),
+            cost.rss_kib,
+        );
+        extra.insert(format!("agent fds per container ({n} served)"), cost.fds);
+        extra.insert(format!("agent fds left after the {n} went"), cost.fds_left);
     }
     Ok(extra)
 }

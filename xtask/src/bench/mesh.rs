@@ -16,8 +16,7 @@ use serde_json::Value;
 
 use super::{
     FLOOD_CONNS, IDLE_HOLD_SECS,
-    host::cpu_of,
-    host::rss_kib,
+    host::{cpu_of, fds_of, rss_kib},
     stunnel::{STUNNELS, stunnels},
 };
 
@@ -31,6 +30,18 @@ pub(super) const MESH1_AGENT_ARGS: [&str; 1] = ["--no-multiplex"];
 
 /// The VIP of `server3` (see [`INSTANCES`](super::INSTANCES)).
 pub(super) const VIP3: &str = "240.0.0.97";
+
+/// The VIP of `server4`, served from a container on bench-b (see
+/// [`CONTAINERS`](super::CONTAINERS)).
+pub(super) const VIP4: &str = "240.0.0.96";
+
+/// What `n` served containers cost bench-b's agent: per container, RSS
+/// and fds; and the fds above where it started once they are gone.
+pub(super) struct ContainerCost {
+    pub(super) rss_kib: f64,
+    pub(super) fds: f64,
+    pub(super) fds_left: f64,
+}
 
 /// The number `name` of meshbench's JSON answer: a field that is missing
 /// or not a number is an error, never a 0.
@@ -62,6 +73,7 @@ impl Bench {
         let mesh = topology(agent);
         let b = mesh.node("bench-b").v4;
         serve(&mesh, &meshbench, b);
+        serve_in_container(&mesh, &meshbench)?;
         wait_health(&mesh)?;
         let relay = relays(&mesh, b);
         let stunnels = stunnels(&mesh, &meshbench, b)?;
@@ -87,6 +99,7 @@ impl Bench {
             "mesh" => (format!("{VIP}:5001"), Some("client")),
             "mesh 2 instances" => (format!("{VIP2}:5002"), Some("client")),
             "mesh 2 instances 1 passing" => (format!("{VIP3}:5003"), Some("client")),
+            "mesh container" => (format!("{VIP4}:5004"), Some("client")),
             _ => match STUNNELS.iter().find(|s| s.mode == mode) {
                 Some(s) => (format!("127.0.0.1:{}", s.client_port), None),
                 None => bail!("no client mode {mode:?}"),
@@ -200,6 +213,49 @@ impl Bench {
             .sum()
     }
 
+    /// Starts `n` bare network namespaces (`unshare --net sleep`), each in
+    /// a cgroup of its own below the `idle` service's on bench-b, waits
+    /// until bench-b's agent serves them all, reads its RSS and fds, stops
+    /// them and waits until it has forgotten them.
+    pub(super) fn container_cost(&self, n: usize) -> anyhow::Result<ContainerCost> {
+        let pid = self.agent_pid("bench-b")?;
+        let served = || {
+            self.mesh.status("bench-b")["containers"]
+                .as_array()
+                .map_or(0, |all| {
+                    all.iter().filter(|c| c["service"] == "idle").count()
+                })
+        };
+        let (rss_before, fds_before) = (rss_kib(pid)?, fds_of(pid)?);
+        let mut held = Vec::new();
+        for i in 0..n {
+            let mut c = self
+                .mesh
+                .cmd_own_netns_in("bench-b", "idle", &format!("c{i}"), "sleep");
+            c.arg("600").stdin(Stdio::null()).stdout(Stdio::null());
+            held.push(Killed(c.spawn().context("start a bare namespace")?));
+        }
+        ensure!(
+            mesh_tests::wait_until(Duration::from_secs(60), || served() == n),
+            "bench-b's agent serves {} of {n} containers",
+            served()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let (rss_after, fds_after) = (rss_kib(pid)?, fds_of(pid)?);
+        drop(held);
+        ensure!(
+            mesh_tests::wait_until(Duration::from_secs(30), || served() == 0),
+            "bench-b's agent still serves {} containers after they went",
+            served()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(ContainerCost {
+            rss_kib: ((rss_after - rss_before) / n as f64).max(0.0),
+            fds: (fds_after - fds_before) / n as f64,
+            fds_left: fds_of(pid)? - fds_before,
+        })
+    }
+
     /// Opens `n` idle connections through the mesh; KiB of agent RSS each.
     /// meshbench then checks, after [`IDLE_HOLD_SECS`], that every one
     /// still echoes: one that does not fails the run.
@@ -263,6 +319,8 @@ fn topology(agent: PathBuf) -> Mesh {
         .service_on_with("server3", &["bench-b", "bench-c"], 5003, |s| {
             s.vip(VIP3).check("ttl = \"24h\"")
         })
+        .service_with("server4", "bench-b", 5004, |s| s.vip(VIP4))
+        .service("idle", "bench-b", 5009)
         .build();
     // Quiet: the harness learns readiness from `/ready`, not the log.
     mesh.log_filter = "warn".to_owned();
@@ -305,6 +363,30 @@ fn serve(mesh: &Mesh, meshbench: &Path, b: Ipv4Addr) {
     for port in [5001, 5002, 5003, 7001, 7002, 7005] {
         mesh.wait_listening("bench-b", port);
     }
+}
+
+/// `meshbench serve` as `server4` in a podman container on bench-b (its
+/// directory mounted), listening and served by bench-b's agent when this
+/// returns.
+fn serve_in_container(mesh: &Mesh, meshbench: &Path) -> anyhow::Result<()> {
+    let dir = meshbench.parent().context("meshbench has no directory")?;
+    let c = mesh.run_container_mounting(
+        "bench-b",
+        "server4",
+        &[(dir, "/bench")],
+        &["/bench/meshbench", "serve", "--bind", "127.0.0.1:5004"],
+    );
+    mesh.wait_container_listening(&c, 5004);
+    let served = || {
+        mesh.status("bench-b")["containers"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|c| c["service"] == "server4"))
+    };
+    ensure!(
+        mesh_tests::wait_until(Duration::from_secs(10), served),
+        "bench-b's agent does not serve server4's container"
+    );
+    Ok(())
 }
 
 /// Marks server3 passing on bench-b and waits until bench-a sees server2

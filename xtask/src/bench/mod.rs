@@ -41,6 +41,12 @@
 //! handshakes resumed a TLS session, which sets most of a new connection's
 //! cost.
 //!
+//! Containers: the mesh's rr and connection rate to `server` (on bench-b's
+//! own loopback) and to `server4` (the same `meshbench serve` in a podman
+//! container on bench-b, under server4's cgroup), side by side in each
+//! run; and what 100 enrolled containers cost bench-b's agent (RSS and
+//! fds; bare `unshare --net` namespaces under the `idle` service's cgroup).
+//!
 //! Results: Markdown tables on stdout, JSON in target/bench/, and from a
 //! full run (no `--only`, no `--smoke`) the whole report, explanations
 //! included, in docs/benchmarks.md.
@@ -78,7 +84,7 @@ pub struct Options {
     /// Seconds-long run of everything, for `cargo xtask test`.
     pub smoke: bool,
     /// Parts to measure (bulk, rr, connrate, idle, flood, instances,
-    /// pick, tunnel); empty: all.
+    /// container, pick, tunnel); empty: all.
     pub only: Vec<String>,
 }
 
@@ -134,6 +140,15 @@ const INSTANCES: [(&str, &str); 3] = [
     ("2 instances", "mesh 2 instances"),
     ("2 instances, 1 passing", "mesh 2 instances 1 passing"),
 ];
+/// The containers part's columns: the mesh to `server` on bench-b's own
+/// loopback, and to `server4` in a container on bench-b.
+const CONTAINERS: [(&str, &str); 2] = [
+    ("on the host", "mesh"),
+    ("in a container", "mesh container"),
+];
+/// Containers (bare network namespaces) whose cost to the agent is
+/// measured; a smoke run's count.
+const CONTAINER_COUNTS: [usize; 2] = [100, 5];
 /// A full run's sizes: seconds of bulk, rr round trips, connections one
 /// after another (twice as many in the parallel run), idle connections.
 const BULK_SECS: u64 = 5;
@@ -218,6 +233,8 @@ struct Samples<'a> {
     floods: BTreeMap<(String, &'a str), Vec<f64>>,
     /// (metric, column) of [`INSTANCES`].
     instances: BTreeMap<(String, &'a str), Vec<f64>>,
+    /// (metric, column) of [`CONTAINERS`].
+    containers: BTreeMap<(String, &'a str), Vec<f64>>,
     /// `server2`'s connections per instance, as bench-a's agent counted.
     spread: Vec<(String, f64)>,
     /// Single figures (memory).
@@ -239,6 +256,7 @@ impl Samples<'_> {
             modes: BTreeMap::new(),
             floods: BTreeMap::new(),
             instances: BTreeMap::new(),
+            containers: BTreeMap::new(),
             spread: Vec::new(),
             extra: BTreeMap::new(),
             bpf: BpfWindow::default(),

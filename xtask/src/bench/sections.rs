@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde_json::{Map, Value, json};
 
 use super::{
-    BULK_SECS, CONNS, FLOOD_CONNS, FLOODS, IDLE_HOLD_SECS, INSTANCES, MODES, PARALLEL, RR_COUNT,
-    Samples,
+    BULK_SECS, CONNS, CONTAINERS, FLOOD_CONNS, FLOODS, IDLE_HOLD_SECS, INSTANCES, MODES, PARALLEL,
+    RR_COUNT, Samples,
     ebpf::BPF_PROGRAMS,
     stunnel::{STUNNEL_CHECK_CONNS, STUNNEL_SUITE},
     targets::targets,
@@ -34,13 +34,14 @@ pub(super) fn sections(all: &Samples, runs: usize) -> (Vec<Section>, Map<String,
 /// The report's sections in order: each from the samples, `None` if it
 /// has nothing to show; each adds its samples to the JSON.
 type SectionFn = fn(&Samples, usize, &mut Map<String, Value>) -> Option<Section>;
-const SECTIONS: [SectionFn; 8] = [
+const SECTIONS: [SectionFn; 9] = [
     modes,
     stunnel_configs,
     ebpf,
     memory,
     floods,
     instances,
+    containers,
     units,
     targets_section,
 ];
@@ -221,7 +222,10 @@ fn memory(all: &Samples, _: usize, json: &mut Map<String, Value>) -> Option<Sect
              growth per connection while `meshbench idle` holds that many open through the mesh, \
              read one second after they opened; after {IDLE_HOLD_SECS} s meshbench checks that every \
              one still echoes (one that does not fails the run). 10,000 would need over 20,000 \
-             descriptors in one agent (two sockets per proxied connection)."
+             descriptors in one agent (two sockets per proxied connection). Per container: \
+             bench-b's agent's RSS and open fds once it serves that many containers (bare network \
+             namespaces, see below), over what it had before, per container; and its fds once they \
+             are gone and forgotten, over what it had before (0: nothing left)."
         ),
         table,
     })
@@ -333,6 +337,43 @@ fn instances(all: &Samples, runs: usize, json: &mut Map<String, Value>) -> Optio
     })
 }
 
+/// The mesh to a service on the host and to one in a container.
+fn containers(all: &Samples, runs: usize, json: &mut Map<String, Value>) -> Option<Section> {
+    let samples = &all.containers;
+    if samples.is_empty() {
+        return None;
+    }
+    let mut table = "| mesh to a service | on the host | in a container | container/host |\n|---|---|---|---|\n".to_owned();
+    let columns = CONTAINERS.map(|(column, _)| column);
+    let mut section = serde_json::Map::new();
+    for metric in metrics_of(samples) {
+        let [host, container] = columns.map(|column| stats_of(samples, &metric, column));
+        let _ = writeln!(
+            table,
+            "| {metric} | {} | {} | {} |",
+            fmt(host, runs),
+            fmt(container, runs),
+            ratio(container, host)
+        );
+        section.insert(metric.clone(), by_column(samples, &metric, &columns));
+    }
+    json.insert("containers".to_owned(), Value::Object(section));
+    Some(Section {
+        title: "Into a container vs on the host".to_owned(),
+        prose: format!(
+            "The mesh's connection rate ({CONNS} one after another) and rr p50 (1 B, {RR_COUNT} round \
+             trips over one connection) from bench-a to `server` (`meshbench serve` on bench-b's own \
+             loopback) and to `server4` (the same server in a podman container on bench-b, its own \
+             network namespace, under server4's cgroup: bench-b's agent connects to it with a socket \
+             made in the container's namespace), both in each run, the order swapped every other \
+             run. What many containers cost the agent is in \"Memory\" (bare `unshare --net` \
+             namespaces, each in a cgroup of its own below a service's: the agent's work per \
+             container does not depend on the runtime)."
+        ),
+        table,
+    })
+}
+
 /// The unit benches' rows.
 fn units(all: &Samples, _: usize, json: &mut Map<String, Value>) -> Option<Section> {
     let Samples { units, .. } = all;
@@ -364,6 +405,7 @@ fn targets_section(all: &Samples, _: usize, _: &mut Map<String, Value>) -> Optio
         &|metric, mode| median(&all.modes, metric, mode),
         &|metric, flood| median(&all.floods, metric, flood),
         &|metric, column| median(&all.instances, metric, column),
+        &|metric, column| median(&all.containers, metric, column),
         &all.extra,
         &all.bpf,
     );

@@ -47,6 +47,8 @@ enum Figure {
     Under(&'static str, &'static str),
     /// A metric in an instances column over the same to one instance.
     OverOne(&'static str, &'static str),
+    /// A metric into a container over the same on the host.
+    InContainer(&'static str),
 }
 
 /// The medians a run measured, as [`targets`] takes them.
@@ -54,6 +56,7 @@ struct Medians<'a> {
     median: &'a dyn Fn(&str, &str) -> Option<f64>,
     flooded: &'a dyn Fn(&str, &str) -> Option<f64>,
     instances: &'a dyn Fn(&str, &str) -> Option<f64>,
+    containers: &'a dyn Fn(&str, &str) -> Option<f64>,
     extra: &'a BTreeMap<String, f64>,
     bpf: &'a BpfWindow,
 }
@@ -86,14 +89,17 @@ impl Figure {
             Self::OverOne(metric, column) => {
                 Some((m.instances)(metric, column)? / (m.instances)(metric, "1 instance")?)
             }
+            Self::InContainer(metric) => Some(
+                (m.containers)(metric, "in a container")? / (m.containers)(metric, "on the host")?,
+            ),
         }
     }
 }
 
 /// The issues' targets, in the report's order: name, what is wanted, the
 /// figure.
-const TARGETS: [(&str, Want, Figure); 27] = {
-    use Figure::{Added, Mesh, Most, NsPerCall, OverOne, Ratio, Under};
+const TARGETS: [(&str, Want, Figure); 29] = {
+    use Figure::{Added, InContainer, Mesh, Most, NsPerCall, OverOne, Ratio, Under};
     use Want::{AtLeast, AtMost};
     const CPU: &str = "proxy CPU s per GB (both ends)";
     [
@@ -231,6 +237,17 @@ const TARGETS: [(&str, Want, Figure); 27] = {
             AtMost(1.05),
             OverOne("rr 1 B p50 us", "2 instances, 1 passing"),
         ),
+        // Into a container within 10% of on the host.
+        (
+            "new conns per s, into a container / on the host",
+            AtLeast(0.9),
+            InContainer("new conns per s"),
+        ),
+        (
+            "rr 1 B p50, into a container / on the host",
+            AtMost(1.1),
+            InContainer("rr 1 B p50 us"),
+        ),
     ]
 };
 
@@ -241,6 +258,7 @@ pub(super) fn targets(
     median: &dyn Fn(&str, &str) -> Option<f64>,
     flooded: &dyn Fn(&str, &str) -> Option<f64>,
     instances: &dyn Fn(&str, &str) -> Option<f64>,
+    containers: &dyn Fn(&str, &str) -> Option<f64>,
     extra: &BTreeMap<String, f64>,
     bpf: &BpfWindow,
 ) -> String {
@@ -248,6 +266,7 @@ pub(super) fn targets(
         median,
         flooded,
         instances,
+        containers,
         extra,
         bpf,
     };

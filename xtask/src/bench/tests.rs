@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path};
 use serde_json::Value;
 
 use super::{
-    FLOODS, INSTANCES, MODES, Options, PARALLEL, PARALLEL_RATE, Samples,
+    CONTAINERS, FLOODS, INSTANCES, MODES, Options, PARALLEL, PARALLEL_RATE, Samples,
     ebpf::{BPF_PROGRAMS, BpfWindow},
     measures,
     report::document,
@@ -25,6 +25,10 @@ fn samples() -> Samples<'static> {
         .iter()
         .map(|(c, _)| (("new conns per s".to_owned(), *c), three.clone()))
         .collect();
+    let containers = CONTAINERS
+        .iter()
+        .map(|(c, _)| (("new conns per s".to_owned(), *c), three.clone()))
+        .collect();
     let mut bpf = BpfWindow::default();
     let mut after = [(0.0, 0.0); BPF_PROGRAMS.len()];
     after[0] = (3000.0, 10.0);
@@ -33,6 +37,7 @@ fn samples() -> Samples<'static> {
         modes,
         floods,
         instances,
+        containers,
         spread: vec![("connections to bench-b".to_owned(), 3.0)],
         extra: [("agents RSS idle MiB".to_owned(), 20.0)].into(),
         bpf,
@@ -65,6 +70,7 @@ fn report_names_how_it_was_made_and_explains_every_table() {
             "Memory",
             "Under a handshake flood",
             "Two instances vs one",
+            "Into a container vs on the host",
             "Unit costs",
             "Targets",
         ]
@@ -92,6 +98,7 @@ fn full_samples() -> Samples<'static> {
         modes: mode_samples(),
         floods: flood_samples(),
         instances: instance_samples(),
+        containers: container_samples(),
         spread: vec![
             ("connections to bench-b".to_owned(), 2001.0),
             ("connections to bench-c".to_owned(), 1999.0),
@@ -106,6 +113,9 @@ fn full_samples() -> Samples<'static> {
                 "KiB per idle proxied conn (5000 open, both agents)".to_owned(),
                 8.75,
             ),
+            ("agent RSS KiB per container (100 served)".to_owned(), 41.5),
+            ("agent fds per container (100 served)".to_owned(), 4.0),
+            ("agent fds left after the 100 went".to_owned(), 0.0),
         ]
         .into(),
         bpf: bpf_window(),
@@ -194,6 +204,22 @@ fn instance_samples() -> BTreeMap<(String, &'static str), Vec<f64>> {
         );
     }
     instances
+}
+
+/// Made-up samples of each containers column.
+fn container_samples() -> BTreeMap<(String, &'static str), Vec<f64>> {
+    let mut containers = BTreeMap::new();
+    for (j, (column, _)) in CONTAINERS.into_iter().enumerate() {
+        containers.insert(
+            ("new conns per s".to_owned(), column),
+            runs(940.0 - 30.0 * j as f64),
+        );
+        containers.insert(
+            ("rr 1 B p50 us".to_owned(), column),
+            runs(56.0 + 2.5 * j as f64),
+        );
+    }
+    containers
 }
 
 /// A made-up eBPF window in which the first program did not run.
