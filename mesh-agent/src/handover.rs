@@ -476,29 +476,13 @@ fn hand_blocking(
     }
     let names = sockets.iter().map(|(n, _)| n.as_str().to_owned()).collect();
     let body = manifest(names, health, containers.len())?;
-    let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     // From here on the next agent writes the maps.
     freeze();
-    sendmsg::<()>(
-        stream.as_raw_fd(),
-        &[IoSlice::new(&body)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    send_one(&stream, &body, sockets)?;
     for batch in containers.chunks(MAX_BATCH) {
         let names: Vec<&str> = batch.iter().map(|(n, _)| n.as_str()).collect();
         let body = serde_json::to_vec(&names).map_err(|e| e.to_string())?;
-        let fds: Vec<RawFd> = batch.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-        sendmsg::<()>(
-            stream.as_raw_fd(),
-            &[IoSlice::new(&body)],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
-            None,
-        )
-        .map_err(|e| e.to_string())?;
+        send_one(&stream, &body, batch)?;
     }
     stream.set_read_timeout(None).map_err(|e| e.to_string())?;
     line.clear();
@@ -510,6 +494,24 @@ fn hand_blocking(
         ));
     }
     Ok(())
+}
+
+/// One message: `body`, and `sockets` as `SCM_RIGHTS`.
+fn send_one(
+    stream: &UnixStream,
+    body: &[u8],
+    sockets: &[(SocketName, OwnedFd)],
+) -> Result<(), String> {
+    let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(body)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+    .map_err(|e| e.to_string())
 }
 
 /// The manifest of this agent's sockets `names` and what it knows of

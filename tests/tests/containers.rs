@@ -37,6 +37,18 @@ fn served(
     last
 }
 
+/// The number of open fds of `node`'s agent, as a function, once the
+/// agent is at rest (its own connections and tasks settled).
+fn agent_fds(mesh: &Mesh, node: &str) -> impl Fn() -> usize {
+    let pid = mesh.agent_pid(node).expect("agent pid");
+    std::thread::sleep(Duration::from_millis(500));
+    move || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
 /// A command run as `service` on `node` inside the network namespace of
 /// process `pid` (joining the service's cgroup first), as a second process
 /// of a running container would.
@@ -309,14 +321,7 @@ fn fifty_containers_come_and_go_and_leave_nothing_behind() {
         .default_policy("allow")
         .service("web", "ca", 8080)
         .start();
-    let pid = mesh.agent_pid("ca").expect("agent pid");
-    let fds = || {
-        fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
-    // Settle: the agent's own connections and tasks at rest.
-    std::thread::sleep(Duration::from_millis(500));
+    let fds = agent_fds(&mesh, "ca");
     let before = fds();
     for i in 0..50 {
         let c = mesh.run_container("ca", "web", &["sleep", "600"]);
@@ -486,13 +491,7 @@ fn a_container_costs_a_few_fds_and_gives_them_back() {
         .default_policy("allow")
         .service("web", "fa", 8080)
         .start();
-    let pid = mesh.agent_pid("fa").expect("agent pid");
-    let fds = || {
-        fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
-    std::thread::sleep(Duration::from_millis(500));
+    let fds = agent_fds(&mesh, "fa");
     let before = fds();
     let n = 20;
     let pids: Vec<u32> = (0..n)
