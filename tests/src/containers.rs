@@ -162,6 +162,16 @@ impl Mesh {
         (c, self.dir.join(log))
     }
 
+    /// Starts `command` in container `c` in the background (`podman exec
+    /// -d`), its output appended to `<mesh dir>/<log>`; returns that file.
+    pub fn container_spawn(&self, c: &Container, log: &str, command: &str) -> PathBuf {
+        let line = format!("{command} >> /mesh/{log} 2>&1");
+        run(self
+            .podman(&c.node)
+            .args(["exec", "-d", &c.id, "sh", "-c", &line]));
+        self.dir.join(log)
+    }
+
     /// What container `c` printed so far (`podman logs`).
     pub fn container_logs(&self, c: &Container) -> String {
         let out = output_with_timeout(

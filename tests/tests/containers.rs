@@ -188,7 +188,20 @@ fn a_container_calls_a_container_on_another_node_over_mtls() {
         mesh.metrics("pb")
     );
 
-    // A deny: EPERM inside the container, before any packet leaves.
+    // A live connection from the container, open before the deny.
+    let hold = mesh.container_spawn(
+        &frontend,
+        "hold.log",
+        &format!("python3 /apps/hold_client.py {VIP} {API_PORT} 20"),
+    );
+    let said = |what: &str| fs::read_to_string(&hold).unwrap_or_default().contains(what);
+    assert!(
+        wait_until(Duration::from_secs(10), || said("OPEN")),
+        "the hold client did not connect"
+    );
+
+    // A deny: the live connection is cut; the next connect() fails with
+    // EPERM inside the container, before any packet leaves.
     let toml = Mesh::nodes(&["pa", "pb"])
         .default_policy("deny")
         .service("frontend", "pa", 8080)
@@ -201,6 +214,10 @@ fn a_container_calls_a_container_on_another_node_over_mtls() {
         err.contains("PermissionError") || err.contains("Operation not permitted")
     });
     assert!(denied, "the deny did not reach the container's connect()");
+    assert!(
+        wait_until(Duration::from_secs(3), || said("CLOSED")),
+        "the live connection was not cut"
+    );
     // Logged by the caller's agent, naming the container.
     let logged = wait_until(Duration::from_secs(5), || {
         fs::read_to_string(mesh.agent_log("pa")).is_ok_and(|log| {

@@ -399,7 +399,10 @@ mod tests {
             "instances": [{"service": "api", "node": "c", "state": "critical",
                 "reason": "agent of node \"c\" unreachable: connection closed"}],
             "connections": [{"source": "web", "destination": "api", "allowed": 3,
-                "denied": 1, "denied_at_source": 2, "cut": 0}]
+                "denied": 1, "denied_at_source": 2, "cut": 0}],
+            "containers": [{"service": "api", "cgroup": "/mesh/b/api/libpod-1", "netns": 4026532448_u64,
+                "pid": 42, "since": "2026-12-07T00:00:00Z", "dns": true,
+                "connections_from": 5, "connections_into": 7}]
         }))
         .unwrap();
         // The document reads back as served.
@@ -417,6 +420,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("(in 1h1m)"), "{text}");
+        assert!(
+            text.contains("api           /mesh/b/api/libpod-1  4026532448  yes  5           7"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "api on c: critical (agent of node \"c\" unreachable: connection closed)"

@@ -300,13 +300,8 @@ pub(super) fn memory(
         "agents RSS idle MiB".to_owned(),
         bench.agents_rss_kib()? / 1024.0,
     );
-    for &n in sizes.idle.iter().filter(|_| opts.wants("idle")) {
-        let per_conn = bench.idle_kib_per_conn(n)?;
-        extra.insert(
-            format!("KiB per idle proxied conn ({n} open, both agents)"),
-            per_conn,
-        );
-    }
+    // Before the idle connections: their sockets take a while to go,
+    // and the heap they leave would hide what containers take.
     if opts.wants("container") {
         let n = sizes.containers;
         let cost = bench.container_cost(n)?;
@@ -316,6 +311,13 @@ pub(super) fn memory(
         );
         extra.insert(format!("agent fds per container ({n} served)"), cost.fds);
         extra.insert(format!("agent fds left after the {n} went"), cost.fds_left);
+    }
+    for &n in sizes.idle.iter().filter(|_| opts.wants("idle")) {
+        let per_conn = bench.idle_kib_per_conn(n)?;
+        extra.insert(
+            format!("KiB per idle proxied conn ({n} open, both agents)"),
+            per_conn,
+        );
     }
     Ok(extra)
 }

@@ -226,7 +226,7 @@ impl Bench {
                     all.iter().filter(|c| c["service"] == "idle").count()
                 })
         };
-        let (rss_before, fds_before) = (rss_kib(pid)?, fds_of(pid)?);
+        let (rss_before, fds_before) = (rss_kib(pid)?, settled_fds(pid)?);
         let mut held = Vec::new();
         for i in 0..n {
             let mut c = self
@@ -240,19 +240,17 @@ impl Bench {
             "bench-b's agent serves {} of {n} containers",
             served()
         );
-        std::thread::sleep(Duration::from_secs(1));
-        let (rss_after, fds_after) = (rss_kib(pid)?, fds_of(pid)?);
+        let (rss_after, fds_after) = (rss_kib(pid)?, settled_fds(pid)?);
         drop(held);
         ensure!(
             mesh_tests::wait_until(Duration::from_secs(30), || served() == 0),
             "bench-b's agent still serves {} containers after they went",
             served()
         );
-        std::thread::sleep(Duration::from_secs(1));
         Ok(ContainerCost {
             rss_kib: ((rss_after - rss_before) / n as f64).max(0.0),
             fds: (fds_after - fds_before) / n as f64,
-            fds_left: fds_of(pid)? - fds_before,
+            fds_left: settled_fds(pid)? - fds_before,
         })
     }
 
@@ -299,6 +297,21 @@ impl Bench {
         );
         Ok(((after - before) / n as f64).max(0.0))
     }
+}
+
+/// The open fds of `pid` once they hold still: the same in two reads 1 s
+/// apart (at most 10 s).
+fn settled_fds(pid: u32) -> anyhow::Result<f64> {
+    let mut last = fds_of(pid)?;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = fds_of(pid)?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
 }
 
 /// The mesh of four nodes and a stranger, its agents started (bench-d's

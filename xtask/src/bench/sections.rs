@@ -224,8 +224,9 @@ fn memory(all: &Samples, _: usize, json: &mut Map<String, Value>) -> Option<Sect
              one still echoes (one that does not fails the run). 10,000 would need over 20,000 \
              descriptors in one agent (two sockets per proxied connection). Per container: \
              bench-b's agent's RSS and open fds once it serves that many containers (bare network \
-             namespaces, see below), over what it had before, per container; and its fds once they \
-             are gone and forgotten, over what it had before (0: nothing left)."
+             namespaces, see below), over what it had before, per container, read before the idle \
+             connections (fds once they hold still for 1 s); and its fds once the containers are \
+             gone and forgotten, over what it had before (0: nothing left)."
         ),
         table,
     })
