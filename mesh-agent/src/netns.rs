@@ -110,6 +110,12 @@ impl Netns {
     }
 }
 
+impl AsFd for Netns {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 /// The inode of the network namespace of process `pid`, without opening it.
 pub fn inode_of_pid(pid: u32) -> io::Result<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino())

@@ -235,6 +235,16 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
     if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         return 0;
     }
+    // remote_port holds the network-order port in its upper 16 bits on
+    // little-endian machines. A recorded socket connects to the outbound
+    // port (redirected, in whatever netns) or to the admin port (its
+    // caller recorded): others need no lookup.
+    let remote_port = u32::from_be(ctx.remote_port()) as u16;
+    // SAFETY: reading a load-time constant.
+    let admin = unsafe { core::ptr::read_volatile(&ADMIN_PORT) };
+    if remote_port != outbound_port() && remote_port != admin {
+        return 0;
+    }
     // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once; nothing else writes this key.
@@ -247,10 +257,8 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
         created_ns: unsafe { bpf_ktime_get_ns() },
         ..orig
     };
-    // local_port is in host byte order; remote_port holds the network-order
-    // port in its upper 16 bits on little-endian machines.
+    // local_port is in host byte order.
     let local_port = ctx.local_port() as u16;
-    let remote_port = u32::from_be(ctx.remote_port()) as u16;
     // SAFETY: bpf_get_netns_cookie accepts a sock_ops context.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let key = match ctx.family() {

@@ -146,6 +146,19 @@ impl Mesh {
         port: u16,
         tag: &str,
     ) -> (Container, PathBuf) {
+        self.container_echo_server_on(node, service, "127.0.0.1", port, tag)
+    }
+
+    /// Like [`Mesh::container_echo_server`], listening on `bind` (e.g.
+    /// `0.0.0.0`, as a careless service would).
+    pub fn container_echo_server_on(
+        &self,
+        node: &str,
+        service: &str,
+        bind: &str,
+        port: u16,
+        tag: &str,
+    ) -> (Container, PathBuf) {
         let log = format!("accepts-{tag}.log");
         let _ = fs::write(self.dir.join(&log), "");
         let c = self.run_container(
@@ -156,6 +169,7 @@ impl Mesh {
                 "/apps/echo_server.py",
                 &port.to_string(),
                 &format!("/mesh/{log}"),
+                bind,
             ],
         );
         self.wait_container_listening(&c, port);

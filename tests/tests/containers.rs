@@ -241,24 +241,36 @@ fn a_container_calls_a_container_on_another_node_over_mtls() {
 /// the bridge, not from a node without mTLS.
 #[test]
 fn a_container_service_is_reachable_only_through_the_mesh() {
-    let mesh = Mesh::nodes(&["ra", "rb"])
+    reachable_only_through_the_mesh("127.0.0.1", ["ra", "rb", "rx"]);
+}
+
+/// The same for a service that binds 0.0.0.0 in its container by
+/// mistake: the agent's sk_lookup program in the container's namespace
+/// refuses its port on the container's own addresses.
+#[test]
+fn a_container_service_bound_to_any_address_is_still_only_reachable_through_the_mesh() {
+    reachable_only_through_the_mesh("0.0.0.0", ["qa", "qb", "qx"]);
+}
+
+fn reachable_only_through_the_mesh(bind: &str, [a, b, x]: [&str; 3]) {
+    let mesh = Mesh::nodes(&[a, b])
         .default_policy("allow")
-        .service("web", "ra", 8080)
-        .service_with("api", "rb", API_PORT, |s| s.vip(VIP))
-        .stranger("rx")
+        .service("web", a, 8080)
+        .service_with("api", b, API_PORT, |s| s.vip(VIP))
+        .stranger(x)
         .start();
-    let (api, accepts) = mesh.container_echo_server("rb", "api", API_PORT, "api");
-    served(&mesh, "rb", "api", 1, Duration::from_secs(5));
+    let (api, accepts) = mesh.container_echo_server_on(b, "api", bind, API_PORT, "api");
+    served(&mesh, b, "api", 1, Duration::from_secs(5));
     let ip: IpAddr = mesh.container_ip(&api);
     let port = API_PORT.to_string();
-    // From node rb itself, to the container's bridge address.
-    let mut cmd = mesh.cmd("rb", "python3");
+    // From node b itself, to the container's bridge address.
+    let mut cmd = mesh.cmd(b, "python3");
     cmd.arg(mesh_tests::app("echo_client.py"))
         .args([&ip.to_string(), &port, "x"]);
     let (ok, text) = outcome(&output_with_timeout(&mut cmd, Duration::from_secs(30)));
     assert!(!ok && text.contains("refused"), "from the node: {text}");
     // From another container on the bridge (no service's cgroup).
-    let other = mesh.run_container_anywhere("rb", &["sleep", "600"]);
+    let other = mesh.run_container_anywhere(b, &["sleep", "600"]);
     let (echo, err) = mesh.container_echo(&other, &ip.to_string(), API_PORT, "x");
     assert!(
         echo.is_empty() && err.contains("refused"),
@@ -266,9 +278,9 @@ fn a_container_service_is_reachable_only_through_the_mesh() {
     );
     // From a node without mTLS, to the catalog address: sk_lookup steers
     // it to the agent, which wants a TLS handshake.
-    let mut cmd = mesh.cmd("rx", "python3");
+    let mut cmd = mesh.cmd(x, "python3");
     cmd.arg(mesh_tests::app("echo_client.py")).args([
-        &mesh.node("rb").addr(false).to_string(),
+        &mesh.node(b).addr(false).to_string(),
         &port,
         "plain",
     ]);
@@ -284,7 +296,7 @@ fn a_container_service_is_reachable_only_through_the_mesh() {
     );
     // Through the mesh it works.
     assert_eq!(
-        mesh.echo("ra", "web", mesh_tests::vip(), API_PORT, "mesh"),
+        mesh.echo(a, "web", mesh_tests::vip(), API_PORT, "mesh"),
         "mesh"
     );
 }
@@ -419,28 +431,30 @@ fn containers_keep_working_across_a_restart_and_an_upgrade() {
     assert_eq!(call("after-upgrade").0, "after-upgrade");
 }
 
-/// What a container of `web` runs to squat the agent's ports before it is
-/// served: DNS (53, UDP and TCP) and the outbound port (refused by the
-/// kernel: EPERM, root or not); then sleeps.
+/// Binds the agent's ports in its network namespace, printing what each
+/// bind did: the outbound port (15001, TCP) and DNS (53, UDP and TCP);
+/// prints "bound" and sleeps. A process of a service that is in the
+/// service's cgroup is refused 15001 by the kernel (EPERM, root or not).
 const SQUAT: &str = r#"
 import socket, time
-for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+keep = []
+for port, kind in ((15001, socket.SOCK_STREAM), (53, socket.SOCK_DGRAM), (53, socket.SOCK_STREAM)):
     s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 53))
-    if kind == socket.SOCK_STREAM:
-        s.listen()
-    globals()["keep%d" % kind] = s
-try:
-    o = socket.socket()
-    o.bind(("127.0.0.1", 15001))
-    print("outbound port taken", flush=True)
-except OSError as e:
-    print("outbound port refused:", e, flush=True)
+    try:
+        s.bind(("127.0.0.1", port))
+        if kind == socket.SOCK_STREAM:
+            s.listen()
+        keep.append(s)
+        print("port", port, "taken", flush=True)
+    except OSError as e:
+        print("port", port, "refused:", e, flush=True)
+print("bound", flush=True)
 time.sleep(600)
 "#;
 
-/// Bad input: a container that binds the agent's ports first, a cgroup
-/// with processes in two namespaces, namespaces that vanish while being
+/// Bad input: a container that tries to bind the agent's ports, one that
+/// bound them before it joined its service's cgroup, a cgroup with
+/// processes in two namespaces, namespaces that vanish while being
 /// enrolled: a clear log line each, no crash, the node serves on.
 #[test]
 fn bad_containers_are_logged_and_the_node_serves_on() {
@@ -453,25 +467,52 @@ fn bad_containers_are_logged_and_the_node_serves_on() {
     let agent = mesh.agent_pid("ba").expect("agent");
     let log = || fs::read_to_string(mesh.agent_log("ba")).unwrap_or_default();
 
-    // Squatting: the outbound port is refused, DNS is left to it (logged);
-    // calls by VIP still go through the agent.
+    // A container of web trying the agent's ports: the outbound port is
+    // refused (whether or not the agent was first); calls by VIP go
+    // through the agent.
     let squat = mesh.run_container("ba", "web", &["python3", "-c", SQUAT]);
     served(&mesh, "ba", "web", 1, Duration::from_secs(5));
-    assert!(
-        wait_until(Duration::from_secs(5), || log()
-            .contains("no DNS for .mesh in the container")),
-        "{}",
-        log()
-    );
+    assert!(wait_until(Duration::from_secs(5), || mesh
+        .container_logs(&squat)
+        .contains("bound")));
     let said = mesh.container_logs(&squat);
     assert!(
-        said.contains("outbound port refused") && said.contains("Operation not permitted"),
+        said.contains("port 15001 refused: [Errno 1] Operation not permitted"),
         "{said}"
     );
     assert_eq!(
         mesh.container_echo(&squat, VIP, API_PORT, "squat").0,
         "squat"
     );
+
+    // A process that bound both ports in its own namespace before it
+    // joined web's cgroup: the agent cannot listen there and says so; DNS
+    // is left to it too.
+    let early = mesh.dir.join("early.log");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "sh", "-c"]).arg(format!(
+        "ip link set lo up && exec python3 -c '{}' > {} 2>&1",
+        SQUAT.replace('\'', "\""),
+        early.display()
+    ));
+    let pid = mesh.spawn_app(cmd, "early");
+    assert!(wait_until(Duration::from_secs(10), || fs::read_to_string(
+        &early
+    )
+    .unwrap_or_default()
+    .contains("bound")));
+    let dir = cgroup2_root().join("mesh/ba/web/early");
+    fs::create_dir_all(&dir).expect("cgroup");
+    fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("join the cgroup");
+    assert!(
+        wait_until(Duration::from_secs(5), || log()
+            .contains("container not served")
+            && log().contains("cannot listen on 127.0.0.1:15001")),
+        "{}",
+        log()
+    );
+    served(&mesh, "ba", "web", 1, Duration::from_secs(5));
+    mesh.stop_app(pid);
 
     // Two namespaces in one cgroup: both served, said once.
     for _ in 0..2 {
@@ -500,8 +541,9 @@ fn bad_containers_are_logged_and_the_node_serves_on() {
 }
 
 /// What a container costs the agent is bounded: 20 bare namespaces, each
-/// in a cgroup of its own, cost at most 5 fds each (listeners, DNS, the
-/// namespace), and all of them are given back when they go.
+/// in a cgroup of its own, cost at most 6 fds each (outbound listeners
+/// on 127.0.0.1 and ::1, DNS over UDP and TCP, the namespace, the
+/// sk_lookup link), and all of them are given back when they go.
 #[test]
 fn a_container_costs_a_few_fds_and_gives_them_back() {
     let mesh = Mesh::nodes(&["fa"])
@@ -521,7 +563,7 @@ fn a_container_costs_a_few_fds_and_gives_them_back() {
     served(&mesh, "fa", "web", n, Duration::from_secs(10));
     let during = fds();
     assert!(
-        during <= before + 5 * n,
+        during <= before + 6 * n,
         "{before} fds before, {during} with {n} containers"
     );
     for pid in pids {

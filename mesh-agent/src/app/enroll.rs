@@ -136,6 +136,8 @@ pub(super) struct Enroll {
 
 struct Served {
     _tasks: JoinSet<()>,
+    /// The sk_lookup link in its namespace (detached when dropped).
+    _guard: Option<OwnedFd>,
     missed: u8,
 }
 
@@ -242,12 +244,13 @@ impl Enroll {
                 continue;
             }
             match self.enroll(&sighting).await {
-                Ok(tasks) => {
+                Ok((tasks, guard)) => {
                     self.failed.remove(&inode);
                     self.served.insert(
                         inode,
                         Served {
                             _tasks: tasks,
+                            _guard: guard,
                             missed: 0,
                         },
                     );
@@ -283,8 +286,13 @@ impl Enroll {
     }
 
     /// Opens the agent's listeners in the namespace of `sighting` and
-    /// serves them.
-    async fn enroll(&mut self, sighting: &Sighting) -> Result<JoinSet<()>, EnrollError> {
+    /// serves them; guards its addresses with sk_lookup (the link, if it
+    /// could be attached: else the container is served unguarded, said in
+    /// the log).
+    async fn enroll(
+        &mut self,
+        sighting: &Sighting,
+    ) -> Result<(JoinSet<()>, Option<OwnedFd>), EnrollError> {
         let netns = Netns::of_pid(sighting.pid)?;
         if netns.inode != sighting.inode {
             return Err(EnrollError::Moved {
@@ -297,6 +305,15 @@ impl Enroll {
             None => self.open(&netns).await?,
         };
         let cookie = netns::cookie(&*sockets.out4)?;
+        let guard = self
+            .serve
+            .kernel
+            .guard_netns(netns.as_fd())
+            .inspect_err(|e| {
+                warn!(netns = netns.inode, error = %e,
+                    "the container's own addresses are not guarded: a service binding 0.0.0.0 in it is reachable on them")
+            })
+            .ok();
         self.handed.set(netns.inode, Some(sockets.clone()));
         let Sockets { out4, out6, dns } = sockets;
         let container = Arc::new(Container::new(
@@ -339,7 +356,7 @@ impl Enroll {
             netns = container.netns.inode, pid = container.pid, dns = container.dns,
             "container served");
         self.containers.insert(container);
-        Ok(tasks)
+        Ok((tasks, guard))
     }
 
     /// The sockets the previous agent held in namespace `inode`, if it

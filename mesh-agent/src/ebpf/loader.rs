@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::Path,
     sync::{Arc, Mutex},
 };
@@ -174,6 +174,32 @@ fn load_and_attach(
         programs.push((name, id));
     }
     Ok((links, programs))
+}
+
+impl Kernel {
+    /// Attaches this agent's sk_lookup program to the network namespace
+    /// `netns` (a container's) through a new link, not pinned: it lasts
+    /// while the returned fd is open (or the namespace lives). There it
+    /// refuses connections to a local service's port on any address but
+    /// loopback, so a service that binds `0.0.0.0` in its container is not
+    /// reachable on the container's own addresses either.
+    pub fn guard_netns(&self, netns: BorrowedFd<'_>) -> Result<OwnedFd, EbpfError> {
+        let name = names::PROG_SK_LOOKUP;
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(EbpfError::MissingProgram(name))?;
+        let fd = prog
+            .fd()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        pins::link_create(fd.as_fd(), netns, pins::BPF_SK_LOOKUP).map_err(|source| {
+            EbpfError::Link {
+                name,
+                path: "(a container's network namespace, not pinned)".to_owned(),
+                source,
+            }
+        })
+    }
 }
 
 /// Loads (verifies) the program `name`.
