@@ -125,10 +125,13 @@ impl Denials {
         let dialed = socket_addr(&event.dst);
         let comm = comm(&event.comm);
         let pid = event.pid;
-        // The caller's container, if it still runs in one (by its netns).
-        let container = crate::netns::inode_of_pid(pid)
-            .ok()
-            .and_then(|inode| self.containers.get(inode));
+        // The caller's container: by its cgroup, else (a process in a
+        // cgroup below the container's) by its netns if it still runs.
+        let container = self.containers.by_cgroup(event.cgroup).or_else(|| {
+            crate::netns::inode_of_pid(pid)
+                .ok()
+                .and_then(|inode| self.containers.get(inode))
+        });
         let container = container.as_ref().map(|c| c.labels.cgroup.as_str());
         if event.key.reason == DENIED_BY_LOOPBACK_GUARD {
             warn!(

@@ -264,10 +264,16 @@ fn reachable_only_through_the_mesh(bind: &str, [a, b, x]: [&str; 3]) {
     let ip: IpAddr = mesh.container_ip(&api);
     let port = API_PORT.to_string();
     // From node b itself, to the container's bridge address.
-    let mut cmd = mesh.cmd(b, "python3");
-    cmd.arg(mesh_tests::app("echo_client.py"))
-        .args([&ip.to_string(), &port, "x"]);
-    let (ok, text) = outcome(&output_with_timeout(&mut cmd, Duration::from_secs(30)));
+    let from_node = || {
+        let mut cmd = mesh.cmd(b, "python3");
+        cmd.arg(mesh_tests::app("echo_client.py"))
+            .args([&ip.to_string(), &port, "x"]);
+        cmd
+    };
+    let (ok, text) = outcome(&output_with_timeout(
+        &mut from_node(),
+        Duration::from_secs(30),
+    ));
     assert!(!ok && text.contains("refused"), "from the node: {text}");
     // From another container on the bridge (no service's cgroup).
     let other = mesh.run_container_anywhere(b, &["sleep", "600"]);
@@ -299,6 +305,19 @@ fn reachable_only_through_the_mesh(bind: &str, [a, b, x]: [&str; 3]) {
         mesh.echo(a, "web", mesh_tests::vip(), API_PORT, "mesh"),
         "mesh"
     );
+    // And the container's guard stays while no agent runs (it is pinned).
+    mesh.stop_agent(b, mesh_tests::Signal::SIGKILL);
+    let (ok, text) = outcome(&output_with_timeout(
+        &mut from_node(),
+        Duration::from_secs(30),
+    ));
+    assert!(
+        !ok && text.contains("refused"),
+        "from the node, agent down: {text}"
+    );
+    // The service saw the mesh's call only.
+    let seen = fs::read_to_string(&accepts).unwrap_or_default();
+    assert_eq!(seen.lines().count(), 1, "{seen}");
 }
 
 /// Two replicas of one service on one node (two containers, two network
@@ -371,6 +390,15 @@ fn fifty_containers_come_and_go_and_leave_nothing_behind() {
         fds()
     );
     assert_eq!(mesh.metric("ca", "mesh_containers{service=\"web\"}"), None);
+    // No container's guard left pinned.
+    let pins = mesh_tests::bpffs().join("mesh/ca");
+    let left: Vec<String> = fs::read_dir(&pins)
+        .expect("the node's pins")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("link_netns_"))
+        .collect();
+    assert!(left.is_empty(), "guards left pinned: {left:?}");
     let log = fs::read_to_string(mesh.agent_log("ca")).expect("log");
     assert_eq!(log.matches("container served").count(), 50);
     assert_eq!(log.matches("container gone").count(), 50);

@@ -132,12 +132,13 @@ pub(super) struct Enroll {
     /// claimed by the first scan are closed.
     adopted: BTreeMap<u64, Named>,
     handed: Handed,
+    /// Whether the guards of containers gone before the first scan were
+    /// unpinned.
+    pruned: bool,
 }
 
 struct Served {
     _tasks: JoinSet<()>,
-    /// The sk_lookup link in its namespace (detached when dropped).
-    _guard: Option<OwnedFd>,
     missed: u8,
 }
 
@@ -194,6 +195,7 @@ impl Enroll {
             mixed: BTreeSet::new(),
             adopted: by_netns,
             handed,
+            pruned: false,
         })
     }
 
@@ -244,13 +246,12 @@ impl Enroll {
                 continue;
             }
             match self.enroll(&sighting).await {
-                Ok((tasks, guard)) => {
+                Ok(tasks) => {
                     self.failed.remove(&inode);
                     self.served.insert(
                         inode,
                         Served {
                             _tasks: tasks,
-                            _guard: guard,
                             missed: 0,
                         },
                     );
@@ -274,6 +275,7 @@ impl Enroll {
         for inode in gone {
             self.served.remove(&inode);
             self.handed.set(inode, None);
+            self.serve.kernel.unguard_netns(inode);
             if let Some(c) = self.containers.remove(inode) {
                 info!(service = %c.service, cgroup = %c.cgroup.display(), netns = inode,
                     "container gone: its listeners are closed");
@@ -281,18 +283,23 @@ impl Enroll {
         }
         // Logged again if it comes back (a new namespace may reuse the inode).
         self.failed.retain(|inode| seen.contains(inode));
-        // Containers that went away during the handover.
+        // Containers that went away during the handover, or while no agent
+        // ran (their guards' links outlived them).
         self.adopted.clear();
+        if !self.pruned {
+            self.pruned = true;
+            for inode in self.serve.kernel.guarded_netns() {
+                if !self.served.contains_key(&inode) {
+                    self.serve.kernel.unguard_netns(inode);
+                }
+            }
+        }
     }
 
     /// Opens the agent's listeners in the namespace of `sighting` and
-    /// serves them; guards its addresses with sk_lookup (the link, if it
-    /// could be attached: else the container is served unguarded, said in
-    /// the log).
-    async fn enroll(
-        &mut self,
-        sighting: &Sighting,
-    ) -> Result<(JoinSet<()>, Option<OwnedFd>), EnrollError> {
+    /// serves them; guards its addresses with sk_lookup (if that fails, the
+    /// container is served unguarded, said in the log).
+    async fn enroll(&mut self, sighting: &Sighting) -> Result<JoinSet<()>, EnrollError> {
         let netns = Netns::of_pid(sighting.pid)?;
         if netns.inode != sighting.inode {
             return Err(EnrollError::Moved {
@@ -305,22 +312,17 @@ impl Enroll {
             None => self.open(&netns).await?,
         };
         let cookie = netns::cookie(&*sockets.out4)?;
-        let guard = self
-            .serve
-            .kernel
-            .guard_netns(netns.as_fd())
-            .inspect_err(|e| {
-                warn!(netns = netns.inode, error = %e,
-                    "the container's own addresses are not guarded: a service binding 0.0.0.0 in it is reachable on them")
-            })
-            .ok();
+        if let Err(e) = self.serve.kernel.guard_netns(netns.as_fd(), netns.inode) {
+            warn!(netns = netns.inode, error = %e,
+                "the container's own addresses are not guarded: a service binding 0.0.0.0 in it is reachable on them");
+        }
         self.handed.set(netns.inode, Some(sockets.clone()));
         let Sockets { out4, out6, dns } = sockets;
         let container = Arc::new(Container::new(
             sighting.service.clone(),
             netns,
             cookie,
-            sighting.cgroup.clone(),
+            (sighting.cgroup.clone(), self.cgroup_id(&sighting.cgroup)),
             sighting.pid,
             dns.is_some(),
         ));
@@ -356,7 +358,13 @@ impl Enroll {
             netns = container.netns.inode, pid = container.pid, dns = container.dns,
             "container served");
         self.containers.insert(container);
-        Ok((tasks, guard))
+        Ok(tasks)
+    }
+
+    /// The id of `cgroup` (below the cgroup2 root), if it is there.
+    fn cgroup_id(&self, cgroup: &std::path::Path) -> Option<u64> {
+        let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+        crate::cgroup::id_of(&self.root.join(rel)).ok()
     }
 
     /// The sockets the previous agent held in namespace `inode`, if it

@@ -39,6 +39,8 @@ pub struct Container {
     pub cookie: u64,
     /// The cgroup it was found in (below the cgroup2 root).
     pub cgroup: PathBuf,
+    /// That cgroup's id (what the kernel reports of a caller).
+    pub cgroup_id: Option<u64>,
     /// A process of it, when found.
     pub pid: u32,
     pub since: SystemTime,
@@ -57,7 +59,7 @@ impl Container {
         service: ServiceName,
         netns: Netns,
         cookie: u64,
-        cgroup: PathBuf,
+        (cgroup, cgroup_id): (PathBuf, Option<u64>),
         pid: u32,
         dns: bool,
     ) -> Self {
@@ -72,6 +74,7 @@ impl Container {
             netns,
             cookie,
             cgroup,
+            cgroup_id,
             pid,
             since: SystemTime::now(),
             dns,
@@ -157,6 +160,14 @@ impl Containers {
     /// The container in network namespace `inode`, if enrolled.
     pub fn get(&self, inode: u64) -> Option<Arc<Container>> {
         self.read().get(&inode).cloned()
+    }
+
+    /// The container whose cgroup has id `cgroup`, if enrolled.
+    pub fn by_cgroup(&self, cgroup: u64) -> Option<Arc<Container>> {
+        self.read()
+            .values()
+            .find(|c| c.cgroup_id == Some(cgroup))
+            .cloned()
     }
 
     /// Every enrolled container.

@@ -177,13 +177,14 @@ fn load_and_attach(
 }
 
 impl Kernel {
-    /// Attaches this agent's sk_lookup program to the network namespace
-    /// `netns` (a container's) through a new link, not pinned: it lasts
-    /// while the returned fd is open (or the namespace lives). There it
-    /// refuses connections to a local service's port on any address but
-    /// loopback, so a service that binds `0.0.0.0` in its container is not
-    /// reachable on the container's own addresses either.
-    pub fn guard_netns(&self, netns: BorrowedFd<'_>) -> Result<OwnedFd, EbpfError> {
+    /// Runs this agent's sk_lookup program in the network namespace
+    /// `netns` (a container's, nsfs inode `inode`) too, through a link
+    /// pinned beside the node's (`pins::Pins::guard`; adopted, its program
+    /// swapped, if pinned already): like the node's, it stays while no
+    /// agent runs. There it refuses connections to a local service's port
+    /// on any address but loopback, so a service that binds `0.0.0.0` in
+    /// its container is not reachable on the container's own addresses.
+    pub fn guard_netns(&self, netns: BorrowedFd<'_>, inode: u64) -> Result<(), EbpfError> {
         let name = names::PROG_SK_LOOKUP;
         let prog = self
             .ebpf
@@ -192,13 +193,25 @@ impl Kernel {
         let fd = prog
             .fd()
             .map_err(|source| EbpfError::Program { name, source })?;
-        pins::link_create(fd.as_fd(), netns, pins::BPF_SK_LOOKUP).map_err(|source| {
-            EbpfError::Link {
-                name,
-                path: "(a container's network namespace, not pinned)".to_owned(),
-                source,
-            }
-        })
+        let path = self.pins.guard(inode);
+        attach_at(&path, name, fd.as_fd(), netns, pins::BPF_SK_LOOKUP).map(drop)
+    }
+
+    /// Unpins the guard of the container namespace `inode` (it is gone, or
+    /// no longer a container of this node): its link is detached once no
+    /// process holds it.
+    pub fn unguard_netns(&self, inode: u64) {
+        let path = self.pins.guard(inode);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not unpin a container's guard");
+        }
+    }
+
+    /// The container namespaces (inodes) with a guard pinned.
+    pub fn guarded_netns(&self) -> Vec<u64> {
+        self.pins.guards()
     }
 }
 
@@ -242,7 +255,17 @@ fn attach(
     target: std::os::fd::BorrowedFd<'_>,
     attach_type: u32,
 ) -> Result<OwnedFd, EbpfError> {
-    let path = pins.link(name);
+    attach_at(&pins.link(name), name, prog, target, attach_type)
+}
+
+/// [`attach`] through the link pinned at `path`.
+fn attach_at(
+    path: &Path,
+    name: &'static str,
+    prog: std::os::fd::BorrowedFd<'_>,
+    target: std::os::fd::BorrowedFd<'_>,
+    attach_type: u32,
+) -> Result<OwnedFd, EbpfError> {
     let fail = |source| EbpfError::Link {
         name,
         path: path.display().to_string(),
@@ -250,7 +273,7 @@ fn attach(
     };
     if path.exists() {
         let adopted =
-            pins::get(&path).and_then(|link| pins::link_update(link.as_fd(), prog).map(|()| link));
+            pins::get(path).and_then(|link| pins::link_update(link.as_fd(), prog).map(|()| link));
         match adopted {
             Ok(link) => return Ok(link),
             // A link whose netns is gone: replace it. Anything else fails
@@ -260,13 +283,13 @@ fn attach(
                     program = name,
                     "replacing a pinned link whose network namespace is gone"
                 );
-                std::fs::remove_file(&path).map_err(fail)?;
+                std::fs::remove_file(path).map_err(fail)?;
             }
             Err(e) => return Err(fail(e)),
         }
     }
     let link = pins::link_create(prog, target, attach_type).map_err(fail)?;
-    pins::pin(link.as_fd(), &path).map_err(fail)?;
+    pins::pin(link.as_fd(), path).map_err(fail)?;
     Ok(link)
 }
 

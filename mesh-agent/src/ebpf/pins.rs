@@ -6,6 +6,7 @@
 //! | file | what |
 //! |---|---|
 //! | `link_<program>` | the bpf link attaching `<program>` (cgroup root or netns) |
+//! | `link_netns_<inode>` | the link attaching sk_lookup to the container network namespace `<inode>` |
 //! | `<MAP>` | each map, by name (aya pins them: `default_map_pin_directory`) |
 
 use std::{
@@ -24,6 +25,10 @@ use crate::names::NodeName;
 /// The start of a link's pin name: `link_<program>`; maps are pinned by
 /// their names, which never start with it.
 pub const LINK_PREFIX: &str = "link_";
+
+/// The start of a container guard's program name in its link's pin name:
+/// `link_netns_<inode>`.
+const GUARD_PREFIX: &str = "netns_";
 
 /// bpffs's magic number (`statfs` `f_type`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -222,6 +227,25 @@ impl Pins {
     /// The file of `program`'s link.
     pub fn link(&self, program: &str) -> PathBuf {
         self.dir.join(format!("{LINK_PREFIX}{program}"))
+    }
+
+    /// The file of the link of sk_lookup in the container namespace
+    /// `inode` (a link like the others: removed with them).
+    pub fn guard(&self, inode: u64) -> PathBuf {
+        self.link(&format!("{GUARD_PREFIX}{inode}"))
+    }
+
+    /// The container namespaces (inodes) with a guard pinned.
+    pub fn guards(&self) -> Vec<u64> {
+        let prefix = format!("{LINK_PREFIX}{GUARD_PREFIX}");
+        fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix)?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Unpins everything of the node (links, then maps): the programs are
