@@ -17,7 +17,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, IoSlice, IoSliceMut, Read as _, Write},
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
         linux::net::SocketAddrExt,
         unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream},
     },
@@ -117,6 +117,24 @@ impl std::fmt::Display for SocketName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Duplicates of `sockets`, by name, to hand over; one that cannot be
+/// duplicated (out of fds) is left out, with a warning.
+pub fn duplicates<'a>(
+    sockets: impl IntoIterator<Item = (SocketName, BorrowedFd<'a>)>,
+) -> Vec<(SocketName, OwnedFd)> {
+    sockets
+        .into_iter()
+        .filter_map(|(name, fd)| {
+            fd.try_clone_to_owned()
+                .inspect_err(
+                    |e| warn!(socket = %name, error = %e, "cannot keep this socket for a handover"),
+                )
+                .ok()
+                .map(|fd| (name, fd))
+        })
+        .collect()
 }
 
 /// The names of the sockets that follow, in the order of their fds (as

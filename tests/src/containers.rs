@@ -276,6 +276,18 @@ impl Mesh {
             .ino()
     }
 
+    /// The containers of `service` `node`'s agent serves, as its status
+    /// lists them.
+    pub fn containers_served(&self, node: &str, service: &str) -> Vec<serde_json::Value> {
+        self.status(node)["containers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c["service"] == service)
+            .collect()
+    }
+
     /// Stops and removes container `c` at once.
     pub fn remove_container(&self, c: &Container) {
         let _ = output_with_timeout(

@@ -20,14 +20,7 @@ fn served(
 ) -> Vec<serde_json::Value> {
     let mut last = Vec::new();
     let ok = wait_until(timeout, || {
-        let status = mesh.status(node);
-        last = status["containers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| c["service"] == service)
-            .collect();
+        last = mesh.containers_served(node, service);
         last.len() == n
     });
     assert!(
@@ -47,6 +40,11 @@ fn agent_fds(mesh: &Mesh, node: &str) -> impl Fn() -> usize {
             .map(|d| d.count())
             .unwrap_or(0)
     }
+}
+
+/// The lines of the (accept) log at `path`; 0 if there is none.
+fn lines(path: &std::path::Path) -> usize {
+    fs::read_to_string(path).unwrap_or_default().lines().count()
 }
 
 /// A command run as `service` on `node` inside the network namespace of
@@ -152,13 +150,7 @@ fn a_container_calls_a_container_on_another_node_over_mtls() {
             .expect("a ClientHello");
         assert_eq!(hello.supported_versions, [0x0304], "TLS 1.3 only");
     }
-    assert_eq!(
-        fs::read_to_string(&accepts)
-            .unwrap_or_default()
-            .lines()
-            .count(),
-        2
-    );
+    assert_eq!(lines(&accepts), 2);
 
     // Named in the access log, status and metrics of both sides.
     let log_a = fs::read_to_string(mesh.agent_log("pa")).expect("log");
@@ -340,13 +332,12 @@ fn two_replicas_on_one_node_share_its_connections() {
             text
         );
     }
-    let count = |log: &std::path::Path| fs::read_to_string(log).unwrap_or_default().lines().count();
-    assert_eq!(count(&first_log) + count(&second_log), 10);
+    assert_eq!(lines(&first_log) + lines(&second_log), 10);
     assert!(
-        count(&first_log) >= 3 && count(&second_log) >= 3,
+        lines(&first_log) >= 3 && lines(&second_log) >= 3,
         "{} / {}",
-        count(&first_log),
-        count(&second_log)
+        lines(&first_log),
+        lines(&second_log)
     );
     // One replica gone: every call goes to the other, none fails.
     mesh.remove_container(&first);
@@ -625,13 +616,7 @@ fn containers_of_two_services_on_one_node_call_each_other() {
         let (echo, err) = mesh.container_echo(&web, host, API_PORT, "same-node");
         assert_eq!(echo, "same-node", "web -> {host}: {err}");
     }
-    assert_eq!(
-        fs::read_to_string(&accepts)
-            .unwrap_or_default()
-            .lines()
-            .count(),
-        3
-    );
+    assert_eq!(lines(&accepts), 3);
     let log = fs::read_to_string(mesh.agent_log("sa")).expect("log");
     assert_eq!(log.matches("outbound, same node").count(), 3, "{log}");
     // api may not call web (no intention): EPERM in api's container.

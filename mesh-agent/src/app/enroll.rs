@@ -96,18 +96,16 @@ struct Sockets {
 
 impl Sockets {
     /// Duplicates, for a handover.
-    fn duplicates(&self) -> Vec<(SocketName, OwnedFd)> {
-        let mut all = vec![(SocketName::Out4, self.out4.as_fd().try_clone_to_owned())];
+    fn duplicates(&self) -> Named {
+        let mut all = vec![(SocketName::Out4, self.out4.as_fd())];
         if let Some(l) = &self.out6 {
-            all.push((SocketName::Out6, l.as_fd().try_clone_to_owned()));
+            all.push((SocketName::Out6, l.as_fd()));
         }
         if let Some((udp, tcp)) = &self.dns {
-            all.push((SocketName::Dns, udp.as_fd().try_clone_to_owned()));
-            all.push((SocketName::DnsTcp, tcp.as_fd().try_clone_to_owned()));
+            all.push((SocketName::Dns, udp.as_fd()));
+            all.push((SocketName::DnsTcp, tcp.as_fd()));
         }
-        all.into_iter()
-            .filter_map(|(name, fd)| Some((name, fd.ok()?)))
-            .collect()
+        crate::handover::duplicates(all)
     }
 }
 
@@ -132,9 +130,9 @@ pub(super) struct Enroll {
     /// claimed by the first scan are closed.
     adopted: BTreeMap<u64, Named>,
     handed: Handed,
-    /// Whether the guards of containers gone before the first scan were
-    /// unpinned.
-    pruned: bool,
+    /// Whether a scan ran (and what it left of `adopted` and the guards
+    /// was let go).
+    scanned: bool,
 }
 
 struct Served {
@@ -195,7 +193,7 @@ impl Enroll {
             mixed: BTreeSet::new(),
             adopted: by_netns,
             handed,
-            pruned: false,
+            scanned: false,
         })
     }
 
@@ -283,11 +281,12 @@ impl Enroll {
         }
         // Logged again if it comes back (a new namespace may reuse the inode).
         self.failed.retain(|inode| seen.contains(inode));
-        // Containers that went away during the handover, or while no agent
-        // ran (their guards' links outlived them).
-        self.adopted.clear();
-        if !self.pruned {
-            self.pruned = true;
+        // After the first scan: containers that went away during the
+        // handover (their sockets), or while no agent ran (their guards'
+        // links outlived them).
+        if !self.scanned {
+            self.scanned = true;
+            self.adopted.clear();
             for inode in self.serve.kernel.guarded_netns() {
                 if !self.served.contains_key(&inode) {
                     self.serve.kernel.unguard_netns(inode);
@@ -321,7 +320,6 @@ impl Enroll {
         let container = Arc::new(Container::new(
             sighting.service.clone(),
             netns,
-            cookie,
             (sighting.cgroup.clone(), self.cgroup_id(&sighting.cgroup)),
             sighting.pid,
             dns.is_some(),

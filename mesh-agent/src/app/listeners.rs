@@ -166,14 +166,7 @@ impl Listeners {
         if let Some(l) = &self.dns_tcp {
             all.push((SocketName::DnsTcp, l.as_fd()));
         }
-        all.into_iter()
-            .filter_map(|(name, fd)| {
-                fd.try_clone_to_owned()
-                    .inspect_err(|e| warn!(socket = %name, error = %e, "cannot keep this socket for a handover"))
-                    .ok()
-                    .map(|fd| (name, fd))
-            })
-            .collect()
+        crate::handover::duplicates(all)
     }
 
     /// Registers every socket with tokio (inside the runtime).

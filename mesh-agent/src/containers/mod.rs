@@ -35,8 +35,6 @@ pub struct Container {
     pub labels: Arc<ContainerLabels>,
     pub service: ServiceName,
     pub netns: Netns,
-    /// The namespace's cookie (`bpf_get_netns_cookie`).
-    pub cookie: u64,
     /// The cgroup it was found in (below the cgroup2 root).
     pub cgroup: PathBuf,
     /// That cgroup's id (what the kernel reports of a caller).
@@ -53,12 +51,11 @@ pub struct Container {
 }
 
 impl Container {
-    /// A container of `service` found in `cgroup` through process `pid`,
-    /// in `netns` (cookie `cookie`).
+    /// A container of `service` found in `cgroup` (id `cgroup_id`) through
+    /// process `pid`, in `netns`.
     pub fn new(
         service: ServiceName,
         netns: Netns,
-        cookie: u64,
         (cgroup, cgroup_id): (PathBuf, Option<u64>),
         pid: u32,
         dns: bool,
@@ -72,7 +69,6 @@ impl Container {
             labels,
             service,
             netns,
-            cookie,
             cgroup,
             cgroup_id,
             pid,
@@ -116,16 +112,9 @@ impl Container {
     }
 
     /// Whether something listens on `127.0.0.1:port` in this container,
-    /// without connecting (as `proxy::listening` on the host: a bind with
-    /// `SO_REUSEADDR` fails with `EADDRINUSE` only then).
+    /// without connecting (see [`listening_on`]).
     pub async fn listening(&self, port: u16) -> bool {
-        let Ok(socket) = self.tcp_socket().await else {
-            return true;
-        };
-        let probe = socket
-            .set_reuseaddr(true)
-            .and_then(|()| socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
-        probe.is_err()
+        listening_on(self.tcp_socket().await, port)
     }
 
     async fn tcp_socket(&self) -> io::Result<TcpSocket> {
@@ -136,6 +125,23 @@ impl Container {
             .map_err(io::Error::other)?;
         Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(fd)))
     }
+}
+
+/// Whether something listens on `127.0.0.1:port` in the network namespace
+/// of `socket` (a fresh IPv4 TCP socket), without connecting to it (the
+/// service would see a connection): a bind with `SO_REUSEADDR` fails with
+/// `EADDRINUSE` only if a socket listens there (or one is bound there
+/// without `SO_REUSEADDR`). The probe socket is closed at once; a service
+/// starting that very instant without `SO_REUSEADDR` could see
+/// `EADDRINUSE` on its own bind. Any other failure (no socket made
+/// included) counts as listening, so the probe never refuses what the dial
+/// would have taken.
+pub fn listening_on(socket: io::Result<TcpSocket>, port: u16) -> bool {
+    let probe = socket.and_then(|socket| {
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    });
+    probe.is_err()
 }
 
 /// The enrolled containers, by namespace inode.
@@ -186,7 +192,7 @@ impl Containers {
     }
 
     /// Connects to `service` on `127.0.0.1:port` of one of its containers,
-    /// taking them in turn and skipping one that refuses. `Ok(None)`: the
+    /// taking them in turn and skipping one that refuses. `None`: the
     /// service has no container (dial the node's own loopback); the last
     /// error if none took it.
     pub async fn connect(

@@ -49,8 +49,8 @@ pub async fn instance(
 ) -> (State, String) {
     let once = |place| async move {
         match kind {
-            CheckKind::Http { path } => http_at(place, port, path, timeout).await,
-            _ => tcp_at(place, port, timeout).await,
+            CheckKind::Http { path } => http(place, port, path, timeout).await,
+            _ => tcp(place, port, timeout).await,
         }
     };
     let replicas = containers.replicas(service);
@@ -72,20 +72,11 @@ const BODY_SHOWN: usize = 256;
 /// How much of the body is read at most.
 const BODY_READ: usize = 4096;
 
-/// GET `http://127.0.0.1:<port><path>` within `timeout`: 2xx passing, 429
-/// warning, anything else, an error or no full answer in time critical.
-/// Returns the state and a one-line output (status and body start).
-pub async fn http(port: u16, path: &str, timeout: Duration) -> (State, String) {
-    http_at(Place::Node, port, path, timeout).await
-}
-
-/// [`http()`] at `place`.
-pub async fn http_at(
-    place: Place<'_>,
-    port: u16,
-    path: &str,
-    timeout: Duration,
-) -> (State, String) {
+/// GET `http://127.0.0.1:<port><path>` at `place` within `timeout`: 2xx
+/// passing, 429 warning, anything else, an error or no full answer in time
+/// critical. Returns the state and a one-line output (status and body
+/// start).
+pub async fn http(place: Place<'_>, port: u16, path: &str, timeout: Duration) -> (State, String) {
     let url = format!("http://{}{path}", local_addr(port));
     match tokio::time::timeout(timeout, get(place, port, path)).await {
         Ok(Ok((status, body))) => {
@@ -147,13 +138,9 @@ async fn get(place: Place<'_>, port: u16, path: &str) -> Result<(StatusCode, Byt
     result
 }
 
-/// Connect to `127.0.0.1:<port>` within `timeout`: passing if accepted.
-pub async fn tcp(port: u16, timeout: Duration) -> (State, String) {
-    tcp_at(Place::Node, port, timeout).await
-}
-
-/// [`tcp()`] at `place`.
-pub async fn tcp_at(place: Place<'_>, port: u16, timeout: Duration) -> (State, String) {
+/// Connect to `127.0.0.1:<port>` at `place` within `timeout`: passing if
+/// accepted.
+pub async fn tcp(place: Place<'_>, port: u16, timeout: Duration) -> (State, String) {
     let addr = local_addr(port);
     match tokio::time::timeout(timeout, place.connect(port)).await {
         Ok(Ok(_)) => (State::Passing, format!("TCP connect {addr}: Success")),
@@ -189,16 +176,25 @@ mod tests {
     async fn http_status_maps_to_consul_states() {
         let t = Duration::from_secs(2);
         let ok = server("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        let (state, output) = http(ok, "/health", t).await;
+        let (state, output) = http(Place::Node, ok, "/health", t).await;
         assert_eq!(state, State::Passing, "{output}");
         assert!(output.contains("200 OK Output: ok"), "{output}");
         let busy = server("HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\n\r\n").await;
-        assert_eq!(http(busy, "/health", t).await.0, State::Warning);
+        assert_eq!(
+            http(Place::Node, busy, "/health", t).await.0,
+            State::Warning
+        );
         let bad = server("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
-        assert_eq!(http(bad, "/health", t).await.0, State::Critical);
+        assert_eq!(
+            http(Place::Node, bad, "/health", t).await.0,
+            State::Critical
+        );
         let redirect =
             server("HTTP/1.1 301 Moved\r\nlocation: /x\r\ncontent-length: 0\r\n\r\n").await;
-        assert_eq!(http(redirect, "/health", t).await.0, State::Critical);
+        assert_eq!(
+            http(Place::Node, redirect, "/health", t).await.0,
+            State::Critical
+        );
     }
 
     #[tokio::test]
@@ -206,15 +202,18 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         // Accepts (backlog) but never answers.
-        let (state, output) = http(port, "/", Duration::from_millis(200)).await;
+        let (state, output) = http(Place::Node, port, "/", Duration::from_millis(200)).await;
         assert_eq!(state, State::Critical);
         assert!(output.contains("no answer within"), "{output}");
-        assert_eq!(tcp(port, Duration::from_secs(1)).await.0, State::Passing);
+        assert_eq!(
+            tcp(Place::Node, port, Duration::from_secs(1)).await.0,
+            State::Passing
+        );
         drop(l);
-        let (state, output) = tcp(port, Duration::from_secs(1)).await;
+        let (state, output) = tcp(Place::Node, port, Duration::from_secs(1)).await;
         assert_eq!(state, State::Critical, "{output}");
         assert_eq!(
-            http(port, "/", Duration::from_secs(1)).await.0,
+            http(Place::Node, port, "/", Duration::from_secs(1)).await.0,
             State::Critical
         );
     }

@@ -376,20 +376,10 @@ impl ProxyError {
     }
 }
 
-/// Whether something listens on `127.0.0.1:port`, without connecting to
-/// it (the service would see a connection): a bind with `SO_REUSEADDR`
-/// fails with `EADDRINUSE` only if a socket listens there (or one is bound
-/// there without `SO_REUSEADDR`). The probe socket is closed at once; a
-/// service starting that very instant without `SO_REUSEADDR` could see
-/// `EADDRINUSE` on its own bind. Any other failure counts as listening, so
-/// the probe never refuses what the dial would have taken.
+/// Whether something listens on `127.0.0.1:port` of the node, without
+/// connecting to it (see [`crate::containers::listening_on`]).
 pub fn listening(port: u16) -> bool {
-    let probe = || -> std::io::Result<()> {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.set_reuseaddr(true)?;
-        socket.bind(local_addr(port))
-    };
-    !matches!(probe(), Ok(()))
+    crate::containers::listening_on(tokio::net::TcpSocket::new_v4(), port)
 }
 
 /// `m`'s guard, even if a holder panicked (the data stays usable).

@@ -219,13 +219,7 @@ impl Bench {
     /// them and waits until it has forgotten them.
     pub(super) fn container_cost(&self, n: usize) -> anyhow::Result<ContainerCost> {
         let pid = self.agent_pid("bench-b")?;
-        let served = || {
-            self.mesh.status("bench-b")["containers"]
-                .as_array()
-                .map_or(0, |all| {
-                    all.iter().filter(|c| c["service"] == "idle").count()
-                })
-        };
+        let served = || self.mesh.containers_served("bench-b", "idle").len();
         let (rss_before, fds_before) = (rss_kib(pid)?, settled_fds(pid)?);
         let mut held = Vec::new();
         for i in 0..n {
@@ -390,11 +384,7 @@ fn serve_in_container(mesh: &Mesh, meshbench: &Path) -> anyhow::Result<()> {
         &["/bench/meshbench", "serve", "--bind", "127.0.0.1:5004"],
     );
     mesh.wait_container_listening(&c, 5004);
-    let served = || {
-        mesh.status("bench-b")["containers"]
-            .as_array()
-            .is_some_and(|all| all.iter().any(|c| c["service"] == "server4"))
-    };
+    let served = || !mesh.containers_served("bench-b", "server4").is_empty();
     ensure!(
         mesh_tests::wait_until(Duration::from_secs(10), served),
         "bench-b's agent does not serve server4's container"

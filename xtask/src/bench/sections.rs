@@ -289,25 +289,13 @@ fn instances(all: &Samples, runs: usize, json: &mut Map<String, Value>) -> Optio
     if instance_samples.is_empty() {
         return None;
     }
-    let mut table = "| mesh to a service with | 1 instance | 2 instances | 2 instances, 1 passing | 2/1 | 2 with 1 passing/1 |\n|---|---|---|---|---|---|\n".to_owned();
-    let columns = INSTANCES.map(|(column, _)| column);
-    let mut section = serde_json::Map::new();
-    for metric in metrics_of(instance_samples) {
-        let [one, two, control] = columns.map(|column| stats_of(instance_samples, &metric, column));
-        let _ = writeln!(
-            table,
-            "| {metric} | {} | {} | {} | {} | {} |",
-            fmt(one, runs),
-            fmt(two, runs),
-            fmt(control, runs),
-            ratio(two, one),
-            ratio(control, one)
-        );
-        section.insert(
-            metric.clone(),
-            by_column(instance_samples, &metric, &columns),
-        );
-    }
+    let (mut table, mut section) = versus_first(
+        instance_samples,
+        runs,
+        "mesh to a service with",
+        &INSTANCES.map(|(column, _)| column),
+        &["2/1", "2 with 1 passing/1"],
+    );
     let spread_text: Vec<String> = spread.iter().map(|(k, v)| format!("{v:.0} {k}")).collect();
     let _ = write!(
         table,
@@ -338,26 +326,58 @@ fn instances(all: &Samples, runs: usize, json: &mut Map<String, Value>) -> Optio
     })
 }
 
+/// A table of `samples` with a row per metric: the cell of each of
+/// `columns`, then each later column over the first (headed `ratios`);
+/// and the samples by column as JSON.
+fn versus_first(
+    samples: &BTreeMap<(String, &str), Vec<f64>>,
+    runs: usize,
+    corner: &str,
+    columns: &[&str],
+    ratios: &[&str],
+) -> (String, Map<String, Value>) {
+    let headers: Vec<&str> = [corner]
+        .iter()
+        .chain(columns)
+        .chain(ratios)
+        .copied()
+        .collect();
+    let mut table = format!(
+        "| {} |\n|{}\n",
+        headers.join(" | "),
+        "---|".repeat(headers.len())
+    );
+    let mut section = Map::new();
+    for metric in metrics_of(samples) {
+        let cells: Vec<_> = columns
+            .iter()
+            .map(|column| stats_of(samples, &metric, column))
+            .collect();
+        let shown = cells.iter().map(|c| fmt(*c, runs));
+        let over = cells.iter().skip(1).map(|c| ratio(*c, cells[0]));
+        let row: Vec<String> = std::iter::once(metric.clone())
+            .chain(shown)
+            .chain(over)
+            .collect();
+        let _ = writeln!(table, "| {} |", row.join(" | "));
+        section.insert(metric.clone(), by_column(samples, &metric, columns));
+    }
+    (table, section)
+}
+
 /// The mesh to a service on the host and to one in a container.
 fn containers(all: &Samples, runs: usize, json: &mut Map<String, Value>) -> Option<Section> {
     let samples = &all.containers;
     if samples.is_empty() {
         return None;
     }
-    let mut table = "| mesh to a service | on the host | in a container | container/host |\n|---|---|---|---|\n".to_owned();
-    let columns = CONTAINERS.map(|(column, _)| column);
-    let mut section = serde_json::Map::new();
-    for metric in metrics_of(samples) {
-        let [host, container] = columns.map(|column| stats_of(samples, &metric, column));
-        let _ = writeln!(
-            table,
-            "| {metric} | {} | {} | {} |",
-            fmt(host, runs),
-            fmt(container, runs),
-            ratio(container, host)
-        );
-        section.insert(metric.clone(), by_column(samples, &metric, &columns));
-    }
+    let (table, section) = versus_first(
+        samples,
+        runs,
+        "mesh to a service",
+        &CONTAINERS.map(|(column, _)| column),
+        &["container/host"],
+    );
     json.insert("containers".to_owned(), Value::Object(section));
     Some(Section {
         title: "Into a container vs on the host".to_owned(),
