@@ -105,15 +105,14 @@ pub fn gauges<L: EncodeLabelSet, N: GaugeValue>(
     help: &str,
     samples: impl IntoIterator<Item = (L, N)>,
 ) -> fmt::Result {
-    let mut samples = samples.into_iter().peekable();
-    if samples.peek().is_none() {
-        return Ok(());
-    }
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in samples {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+    family(
+        encoder,
+        name,
+        help,
+        MetricType::Gauge,
+        samples,
+        ConstGauge::new,
+    )
 }
 
 /// Encodes one counter family (`<name>_total`), one sample per labels,
@@ -124,13 +123,32 @@ pub fn counters<L: EncodeLabelSet>(
     help: &str,
     samples: impl IntoIterator<Item = (L, u64)>,
 ) -> fmt::Result {
+    family(
+        encoder,
+        name,
+        help,
+        MetricType::Counter,
+        samples,
+        ConstCounter::new,
+    )
+}
+
+/// One family of `kind`, each sample's value made a metric by `metric`.
+fn family<L: EncodeLabelSet, V, M: prometheus_client::encoding::EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, V)>,
+    metric: impl Fn(V) -> M,
+) -> fmt::Result {
     let mut samples = samples.into_iter().peekable();
     if samples.peek().is_none() {
         return Ok(());
     }
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
     for (labels, value) in samples {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        metric(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }
