@@ -44,6 +44,33 @@ pub struct Policy {
     default: Action,
 }
 
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0:?} is not a service")]
+    UnknownService(String),
+}
+
+/// `mesh-agent explain` and the web UI's explain box: the verdict for
+/// `source -> destination` under `config` and the rule that decides it, as
+/// one line ("deny: web -> api by web -> api (line 12)").
+pub fn explain(config: &Config, source: &str, destination: &str) -> Result<String, PolicyError> {
+    for service in [source, destination] {
+        if config.service(service).is_none() {
+            return Err(PolicyError::UnknownService(service.to_owned()));
+        }
+    }
+    let decision = Policy::new(config).decide(source, destination);
+    let rule = match decision.rule {
+        Rule::DefaultPolicy => format!("default policy ({})", config.mesh.default_policy),
+        rule => rule.to_string(),
+    };
+    Ok(format!(
+        "{}: {source} -> {destination} by {rule}",
+        decision.action
+    ))
+}
+
 impl Policy {
     pub fn new(config: &Config) -> Self {
         Self {

@@ -9,6 +9,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod intentions;
 pub mod layout;
 pub mod registry;
 
@@ -26,6 +27,15 @@ pub enum CatalogError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Layout(#[from] layout::LayoutError),
+    #[error(transparent)]
+    Edit(#[from] crate::config::edit::EditError),
+    // Not `source`: thiserror takes a field of that name for the cause.
+    #[error("no intention from {src:?} to {dst:?} in {store}")]
+    NoIntention {
+        src: String,
+        dst: String,
+        store: String,
+    },
     #[error("catalog URL {url:?}: {why} (e.g. etcd://10.0.0.1:2379,10.0.0.2:2379/mesh)")]
     Url { url: String, why: String },
     #[error("failed to read {}: {source}", path.display())]

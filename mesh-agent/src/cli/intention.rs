@@ -1,8 +1,8 @@
 //! `intention create|delete|list` (in the file or in etcd) and `explain`.
 
 use mesh_agent::{
-    catalog::{self, EtcdOptions, Source},
-    config::{Action, edit},
+    catalog::{self, Source},
+    config::Action,
     policy,
 };
 
@@ -48,122 +48,71 @@ pub struct Explain {
     store: Store,
 }
 
-/// Runs an `intention` command on the file (comments kept) or in etcd.
+/// Runs an `intention` command on the file (comments kept) or in etcd,
+/// writing through `catalog::intentions` as the web UI does.
 pub fn run(command: IntentionCommand) -> anyhow::Result<()> {
-    let store = match &command {
-        IntentionCommand::Create { store, .. }
-        | IntentionCommand::Delete { store, .. }
-        | IntentionCommand::List { store } => store.source()?,
-    };
-    let config = match store {
-        Source::Etcd(options) => return in_etcd(command, &options),
-        Source::File(config) => config,
-    };
-    match command {
+    let (source, destination, action, store) = match command {
         IntentionCommand::Create {
             allow,
             deny: _,
             source,
             destination,
-            ..
+            store,
         } => {
             let action = if allow { Action::Allow } else { Action::Deny };
-            let done = edit::create(&config, &source, &destination, action)?;
-            let what = match done {
-                edit::Created::Added => "created".to_owned(),
-                edit::Created::Updated { from } => format!("changed from {from} to"),
-                edit::Created::Unchanged => "unchanged:".to_owned(),
-            };
-            println!(
-                "{what} {action} {source} -> {destination} in {}",
-                config.display()
-            );
+            (source, destination, Some(action), store)
         }
         IntentionCommand::Delete {
             source,
             destination,
-            ..
-        } => {
-            edit::delete(&config, &source, &destination)?;
-            println!(
-                "deleted {source} -> {destination} from {}",
-                config.display()
-            );
+            store,
+        } => (source, destination, None, store),
+        IntentionCommand::List { store } => return list(&store),
+    };
+    let store = store.source()?;
+    let done = super::block_on(catalog::intentions::write(
+        &store,
+        &source,
+        &destination,
+        action,
+    ))??;
+    println!("{done}");
+    Ok(())
+}
+
+/// `intention list`: the intentions in file order and the default policy.
+fn list(store: &Store) -> anyhow::Result<()> {
+    let config = match store.source()? {
+        Source::Etcd(options) => {
+            let config = super::block_on(catalog::etcd::load(&options))??;
+            for i in &config.intentions {
+                println!("{} -> {}: {}", i.source, i.destination, i.action);
+            }
+            config
         }
-        IntentionCommand::List { .. } => {
-            let config = mesh_agent::config::Config::load(&config)?;
+        Source::File(path) => {
+            let config = mesh_agent::config::Config::load(&path)?;
             for i in &config.intentions {
                 println!(
                     "{} -> {}: {} (line {})",
                     i.source, i.destination, i.action, i.line
                 );
             }
-            println!("default: {}", config.mesh.default_policy);
-        }
-    }
-    Ok(())
-}
-
-/// `intention create|delete|list` against the catalog in etcd.
-fn in_etcd(command: IntentionCommand, options: &EtcdOptions) -> anyhow::Result<()> {
-    let (source, destination, action) = match command {
-        IntentionCommand::Create {
-            allow,
-            source,
-            destination,
-            ..
-        } => {
-            let action = if allow { Action::Allow } else { Action::Deny };
-            (source, destination, Some(action))
-        }
-        IntentionCommand::Delete {
-            source,
-            destination,
-            ..
-        } => (source, destination, None),
-        IntentionCommand::List { .. } => {
-            let config = super::block_on(catalog::etcd::load(options))??;
-            for i in &config.intentions {
-                println!("{} -> {}: {}", i.source, i.destination, i.action);
-            }
-            println!("default: {}", config.mesh.default_policy);
-            return Ok(());
+            config
         }
     };
-    let before = super::block_on(catalog::etcd::set_intention(
-        options,
-        &source,
-        &destination,
-        action,
-    ))??;
-    let what = match (action, before) {
-        (Some(a), Some(b)) if a == b => format!("unchanged: {a}"),
-        (Some(a), Some(b)) => format!("changed from {b} to {a}"),
-        (Some(a), None) => format!("created {a}"),
-        (None, Some(_)) => "deleted".to_owned(),
-        (None, None) => anyhow::bail!("no intention from {source:?} to {destination:?} in etcd"),
-    };
-    println!(
-        "{what} {source} -> {destination} in etcd {}",
-        options.prefix
-    );
+    println!("default: {}", config.mesh.default_policy);
     Ok(())
 }
 
 /// Prints the verdict for SOURCE -> DESTINATION and the deciding rule.
 pub fn explain(args: &Explain) -> anyhow::Result<()> {
-    let (source, destination) = (args.source.as_str(), args.destination.as_str());
     let (config, name) = super::config::load(&args.store)?;
-    for service in [source, destination] {
-        if config.service(service).is_none() {
-            anyhow::bail!("{service:?} is not a service in {name}");
+    match policy::explain(&config, &args.source, &args.destination) {
+        Ok(line) => println!("{line}"),
+        Err(policy::PolicyError::UnknownService(service)) => {
+            anyhow::bail!("{service:?} is not a service in {name}")
         }
     }
-    let decision = policy::Policy::new(&config).decide(source, destination);
-    let rule = match decision.rule {
-        policy::Rule::DefaultPolicy => format!("default policy ({})", config.mesh.default_policy),
-        rule => rule.to_string(),
-    };
-    println!("{}: {source} -> {destination} by {rule}", decision.action);
     Ok(())
 }
