@@ -43,6 +43,9 @@ const PACKAGES: &[&str] = &[
     "aardvark-dns",
     "containernetworking-plugins",
     "iptables",
+    // The web UI's tests drive Debian's Chromium through ChromeDriver.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Packages whose install would start (and enable) a system service the
@@ -302,6 +305,16 @@ const CAPABILITIES: &[Capability] = &[
         what: "runc",
         check: || runs("runc", &["--version"], Some("runc version")),
         from: "apt-get install runc",
+    },
+    Capability {
+        what: "chromium",
+        check: || runs("chromium", &["--version"], Some("Chromium ")),
+        from: "apt-get install chromium",
+    },
+    Capability {
+        what: "chromedriver",
+        check: || runs("chromedriver", &["--version"], Some("ChromeDriver ")),
+        from: "apt-get install chromium-driver",
     },
     Capability {
         what: "python3",
