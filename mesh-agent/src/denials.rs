@@ -89,6 +89,16 @@ impl Denials {
         (src, dst, rule)
     }
 
+    /// Harvests the kernel's counts every `period`, until dropped.
+    pub async fn harvest_every(self, period: std::time::Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.harvest();
+        }
+    }
+
     /// Logs the kernel's reports until the ring buffer fails or the task is
     /// dropped.
     pub async fn report(self, mut events: DenialEvents) {

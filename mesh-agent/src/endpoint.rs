@@ -2,7 +2,7 @@
 //! answers ([`Routes`]); the server (`admin::Admin`) only finds the route,
 //! reads a POST body (bounded) and writes the [`Reply`].
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, future::Future, pin::Pin};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -29,12 +29,15 @@ impl Caller {
 }
 
 /// One request, as a route sees it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Call {
     /// The body of a POST (empty for other methods).
     pub body: Bytes,
     /// The caller, if the kernel recorded its connect.
     pub caller: Option<Caller>,
+    /// The request's headers (the web UI's writes check their token and
+    /// origin).
+    pub headers: http::HeaderMap,
 }
 
 /// A route's answer.
@@ -46,6 +49,15 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// `body` of `content_type`, answered with 200 (the web UI's pages).
+    pub fn asset(content_type: &'static str, body: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type,
+            body: body.into(),
+        }
+    }
+
     /// `value` as JSON with `status`.
     pub fn json(status: StatusCode, value: &Value) -> Self {
         Self {
@@ -74,8 +86,24 @@ impl Reply {
     }
 }
 
-/// What answers one path.
-pub type Handler = Box<dyn Fn(&Call) -> Reply + Send + Sync>;
+/// A reply to come.
+pub type Pending = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// What answers one path: at once, or later (a write to etcd).
+pub enum Handler {
+    Now(Box<dyn Fn(&Call) -> Reply + Send + Sync>),
+    Later(Box<dyn Fn(Call) -> Pending + Send + Sync>),
+}
+
+impl Handler {
+    /// The reply to `call`.
+    pub async fn reply(&self, call: Call) -> Reply {
+        match self {
+            Self::Now(f) => f(&call),
+            Self::Later(f) => f(call).await,
+        }
+    }
+}
 
 /// Which methods a route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +128,8 @@ impl Routes {
         path: &'static str,
         handler: impl Fn(&Call) -> Reply + Send + Sync + 'static,
     ) {
-        self.0.insert(path, (Methods::Any, Box::new(handler)));
+        self.0
+            .insert(path, (Methods::Any, Handler::Now(Box::new(handler))));
     }
 
     /// `path` answers POST with `handler`, given the body.
@@ -109,7 +138,21 @@ impl Routes {
         path: &'static str,
         handler: impl Fn(&Call) -> Reply + Send + Sync + 'static,
     ) {
-        self.0.insert(path, (Methods::Post, Box::new(handler)));
+        self.0
+            .insert(path, (Methods::Post, Handler::Now(Box::new(handler))));
+    }
+
+    /// `path` answers POST with the future `handler` makes of the call.
+    pub fn post_later<F>(
+        &mut self,
+        path: &'static str,
+        handler: impl Fn(Call) -> F + Send + Sync + 'static,
+    ) where
+        F: Future<Output = Reply> + Send + 'static,
+    {
+        let handler = move |call| Box::pin(handler(call)) as Pending;
+        self.0
+            .insert(path, (Methods::Post, Handler::Later(Box::new(handler))));
     }
 
     /// The route of `path` for a request that is (or is not) a POST.

@@ -621,6 +621,7 @@ mod tests {
                 name: "tcp".to_owned(),
                 state: State::Passing,
                 output: output.to_owned(),
+                since: None,
             }],
         )
     }
@@ -632,6 +633,7 @@ mod tests {
         let remote = Reports {
             node: "b".to_owned(),
             instances: vec![report("api", "ok")],
+            news: None,
         };
         let health = (vec![report("web", "200 OK")], vec![remote.clone()]);
         let old = hand_in_thread(old, &listener, health);
@@ -801,6 +803,7 @@ mod tests {
             .map(|i| Reports {
                 node: format!("node-{i}"),
                 instances: vec![report("api", "")],
+                news: None,
             })
             .collect();
         let m = decode(manifest(names.clone(), (small(), remote), 0).unwrap());

@@ -53,6 +53,10 @@ pub struct CheckReport {
     pub state: State,
     /// What the last run saw (status line, error, ttl note).
     pub output: String,
+    /// Unix time (seconds) at which the check entered `state`, as its
+    /// node's agent saw it (older agents do not send it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub since: Option<u64>,
 }
 
 /// What a node's agent says about one of its instances.

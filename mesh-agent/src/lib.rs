@@ -7,8 +7,9 @@
 //! ([`proxy`], over [`tls`] and [`identity`]), the kernel side ([`ebpf`],
 //! [`cgroup`], [`denials`], [`handover`]), the catalog ([`catalog`],
 //! [`config`]) and what is derived from it ([`snapshot`], [`policy`],
-//! [`zone`], [`health`]), and what is seen of it ([`admin`] serving the
-//! [`endpoint`] routes the components register, [`telemetry`]). No module
+//! [`zone`], [`health`], [`peers`]), and what is seen of it ([`admin`]
+//! serving the [`endpoint`] routes the components register, [`telemetry`],
+//! and the web UI, [`ui`]). No module
 //! imports one that imports it back (`tests/layers.rs`).
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod health_view;
 pub mod identity;
 pub mod names;
 pub mod netns;
+pub mod peers;
 pub mod policy;
 pub mod proxy;
 pub mod snapshot;
@@ -38,4 +40,5 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
+pub mod ui;
 pub mod zone;

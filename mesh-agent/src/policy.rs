@@ -60,14 +60,12 @@ pub fn explain(config: &Config, source: &str, destination: &str) -> Result<Strin
             return Err(PolicyError::UnknownService(service.to_owned()));
         }
     }
-    let decision = Policy::new(config).decide(source, destination);
-    let rule = match decision.rule {
-        Rule::DefaultPolicy => format!("default policy ({})", config.mesh.default_policy),
-        rule => rule.to_string(),
-    };
+    let policy = Policy::new(config);
+    let decision = policy.decide(source, destination);
     Ok(format!(
-        "{}: {source} -> {destination} by {rule}",
-        decision.action
+        "{}: {source} -> {destination} by {}",
+        decision.action,
+        policy.rule_text(&decision.rule)
     ))
 }
 
@@ -77,6 +75,36 @@ impl Policy {
             intentions: config.intentions.clone(),
             default: config.mesh.default_policy,
         }
+    }
+
+    /// `rule` as `explain` names it: an intention with its line, or the
+    /// default policy with its action.
+    pub fn rule_text(&self, rule: &Rule) -> String {
+        match rule {
+            Rule::DefaultPolicy => format!("default policy ({})", self.default),
+            rule => rule.to_string(),
+        }
+    }
+
+    /// The intentions from the one that wins over every other (the most
+    /// specific; deny before allow when equal) to the least, each with its
+    /// precedence: 4 for two names, 3 for a name and `*`, 2 for `*` to `*`.
+    pub fn in_precedence(&self) -> Vec<(IntentionDescription, u8)> {
+        let mut all: Vec<(IntentionDescription, u8)> = self
+            .describe()
+            .intentions
+            .into_iter()
+            .zip(&self.intentions)
+            .map(|(d, i)| (d, rank(&i.source) + rank(&i.destination)))
+            .collect();
+        all.sort_by_key(|(d, precedence)| {
+            (
+                std::cmp::Reverse(*precedence),
+                d.action != Action::Deny,
+                d.line,
+            )
+        });
+        all
     }
 
     /// The verdict for `source` calling `destination`.
@@ -146,11 +174,18 @@ pub struct IntentionDescription {
 }
 
 /// 2 for an exact match, 1 for `*`, `None` for no match.
+/// How specific `m` is when it matches: a name over `*`.
+fn rank(m: &Match) -> u8 {
+    match m {
+        Match::Name(_) => 2,
+        Match::Any => 1,
+    }
+}
+
 fn specificity(m: &Match, name: &str) -> Option<u8> {
     match m {
-        Match::Name(n) if n == name => Some(2),
-        Match::Name(_) => None,
-        Match::Any => Some(1),
+        Match::Name(n) if n != name => None,
+        m => Some(rank(m)),
     }
 }
 

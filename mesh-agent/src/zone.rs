@@ -346,6 +346,7 @@ pub(crate) mod tests {
             name: "ttl".into(),
             state,
             output: String::new(),
+            since: None,
         };
         view.reports
             .entry(node.parse().unwrap())

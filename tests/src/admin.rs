@@ -20,6 +20,35 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 }
 
 impl Mesh {
+    /// Forwards a port of this host's 127.0.0.1 (15000 if free) to `node`'s
+    /// admin endpoint, through a process of `uid` in `node`'s namespace (the
+    /// caller its agent sees: root, or a uid it may let write with
+    /// `--ui-writers`), so a browser on this host reaches the web UI.
+    /// Returns the port once it accepts; the forwarder goes with the mesh.
+    pub fn forward_admin(&self, node: &str, uid: u32) -> u16 {
+        let port = std::net::TcpListener::bind(("127.0.0.1", ADMIN_PORT))
+            .or_else(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+            .and_then(|l| l.local_addr())
+            .expect("a free port on 127.0.0.1")
+            .port();
+        // Colons in socat's EXEC are escaped.
+        let inner = format!(
+            "ip netns exec {ns} setpriv --reuid={uid} --regid={uid} --clear-groups \
+             socat STDIO TCP\\:127.0.0.1\\:{ADMIN_PORT}",
+            ns = self.node(node).netns
+        );
+        let mut socat = std::process::Command::new("socat");
+        socat
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+            .arg(format!("EXEC:{inner}"));
+        self.spawn_app(socat, &format!("admin-forwarder-{node}"));
+        let up = crate::wait_until(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "the admin forwarder did not listen on 127.0.0.1:{port}");
+        port
+    }
+
     /// `mesh-agent status --json` of `node`'s agent.
     pub fn status(&self, node: &str) -> serde_json::Value {
         let mut cmd = self.cmd(node, &self.agent);

@@ -41,6 +41,13 @@ impl Mesh {
         self.cert_flags(user, ["--etcd-cacert", "--etcd-cert", "--etcd-key"])
     }
 
+    /// `--ui-etcd-cert` and `--ui-etcd-key` of `user` (nothing without RBAC).
+    pub fn etcd_ui_writer_args(&self, user: &str) -> Vec<String> {
+        let mut flags = self.cert_flags(user, ["--etcd-cacert", "--ui-etcd-cert", "--ui-etcd-key"]);
+        flags.retain(|f| !f.starts_with("--etcd-cacert="));
+        flags
+    }
+
     /// `FLAG=file` for the CA, `user`'s certificate and its key (nothing
     /// without RBAC), under the three flag names given.
     fn cert_flags(&self, user: &str, [ca, cert, key]: [&str; 3]) -> Vec<String> {

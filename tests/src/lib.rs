@@ -16,6 +16,7 @@ mod admin;
 mod agents;
 mod apps;
 mod bpf;
+pub mod browser;
 mod capture;
 pub mod containers;
 pub mod etcd;

@@ -6,16 +6,29 @@
 //! and by the test that drives the demo. On etcd (`cargo xtask run --catalog
 //! etcd`), the catalog lives in a 3-member cluster with TLS and RBAC
 //! (`crate::etcd`).
+//!
+//! The frontend agent's web UI is forwarded to this host's loopback
+//! ([`Playground::ui_url`]) through a process of uid 65534 (nobody) in the
+//! frontend's namespace, which the demo's agent lets write
+//! (`--ui-writers 65534`; on etcd, as etcd's admin user): in the demo,
+//! anyone on the machine may change intentions from the UI. A real agent
+//! lets only root.
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use crate::{Mesh, app};
+
+/// The uid the UI's forwarder runs as in the frontend's namespace.
+pub const UI_FORWARDER_UID: u32 = 65534;
 
 /// A running playground; dropping it removes everything.
 pub struct Playground {
     pub mesh: Mesh,
     /// The host's address on the mesh's bridge.
     pub host: Ipv4Addr,
+    /// The port on this host's 127.0.0.1 that reaches the frontend
+    /// agent's admin endpoint (its web UI).
+    pub ui_port: u16,
 }
 
 impl Playground {
@@ -31,6 +44,8 @@ impl Playground {
             .service_with("frontend", "frontend", 5000, |s| s.public())
             .service("data-api", "data-api", 5001)
             .intention("frontend", "data-api", "allow")
+            .agent_args("frontend", &["--ui-writers", &UI_FORWARDER_UID.to_string()])
+            .ui_etcd_writer("frontend", "admin")
             .start();
 
         let db = mesh.dir.join("data-api.db");
@@ -53,7 +68,17 @@ impl Playground {
         mesh.spawn_app(web, "frontend");
         mesh.wait_listening("frontend", 5000);
         let host = mesh.expose_to_host();
-        Self { mesh, host }
+        let ui_port = mesh.forward_admin("frontend", UI_FORWARDER_UID);
+        Self {
+            mesh,
+            host,
+            ui_port,
+        }
+    }
+
+    /// The frontend agent's web UI, from this host.
+    pub fn ui_url(&self) -> String {
+        format!("http://127.0.0.1:{}/ui/", self.ui_port)
     }
 
     /// The arguments that name the catalog for the CLI: `--config FILE`,

@@ -39,6 +39,8 @@ pub struct Topology {
     services: Vec<Service>,
     intentions: Vec<Intention>,
     agent_args: BTreeMap<String, Vec<String>>,
+    /// Per node, the etcd user its web UI writes as (`--ui-etcd-cert`).
+    ui_etcd_writers: BTreeMap<String, String>,
     etcd: bool,
     etcd_auth: bool,
 }
@@ -128,6 +130,7 @@ impl Mesh {
             services: Vec::new(),
             intentions: Vec::new(),
             agent_args: BTreeMap::new(),
+            ui_etcd_writers: BTreeMap::new(),
             etcd: false,
             etcd_auth: false,
         }
@@ -286,6 +289,14 @@ impl Topology {
         self
     }
 
+    /// With the catalog in etcd and RBAC: `node`'s web UI writes as etcd
+    /// user `user` (its certificate, made with the mesh).
+    pub fn ui_etcd_writer(mut self, node: &str, user: &str) -> Self {
+        self.ui_etcd_writers
+            .insert(node.to_owned(), user.to_owned());
+        self
+    }
+
     /// Creates the mesh: namespaces for the nodes, then the strangers;
     /// the config file and the root CA. Starts no agent.
     pub fn build(&self) -> Mesh {
@@ -318,11 +329,11 @@ impl Topology {
             assert!(ok, "catalog import: {out}");
         }
         for node in &self.nodes {
-            let args: Vec<&str> = self
-                .agent_args
-                .get(node)
-                .map(|a| a.iter().map(String::as_str).collect())
-                .unwrap_or_default();
+            let mut args: Vec<String> = self.agent_args.get(node).cloned().unwrap_or_default();
+            if let Some(user) = self.ui_etcd_writers.get(node) {
+                args.extend(mesh.etcd_ui_writer_args(user));
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             mesh.start_agent_with(node, &args);
         }
         mesh

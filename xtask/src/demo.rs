@@ -52,7 +52,14 @@ pub fn run(agent: &Path, etcd: bool) -> anyhow::Result<()> {
         "
 The playground is up: frontend (public, port 5000) calls data-api by name,
 data-api.mesh, over mTLS. data-api listens on 127.0.0.1 only. Default deny,
-plus frontend -> data-api allow. Try, as root, in another terminal:
+plus frontend -> data-api allow.
+
+The web UI of the frontend's agent: {ui}
+(services and their health, nodes, intentions to create, delete and
+explain, and the topology, live; in this demo anyone on this machine may
+change intentions there, a real agent lets only root and --ui-writers).
+
+Try, as root, in another terminal:
 
   # 1. open the frontend, register and log in (or use a browser on this machine):
   curl -s {url}
@@ -77,6 +84,7 @@ plus frontend -> data-api allow. Try, as root, in another terminal:
 
 Ctrl-C stops the demo and removes everything it created.",
         url = pg.frontend_url(),
+        ui = pg.ui_url(),
         direct = pg.data_api_url(),
         logs = mesh.dir.display(),
     );

@@ -320,31 +320,94 @@ impl Admin {
 }
 
 /// Answers `req` with its route; a POST's body is read first (at most
-/// [`MAX_BODY`] bytes).
+/// [`MAX_BODY`] bytes). A request whose Host is not loopback is refused
+/// first: a page of another site whose name was made to resolve to
+/// 127.0.0.1 (DNS rebinding) reads and writes nothing here.
 async fn respond(
     routes: &Routes,
     req: Request<hyper::body::Incoming>,
     caller: Option<Caller>,
 ) -> Response<Full<Bytes>> {
     let post = req.method() == hyper::Method::POST;
-    let reply = match routes.find(req.uri().path(), post) {
-        None => Reply::error(StatusCode::NOT_FOUND, "not found"),
-        Some((Methods::Any, handler)) => handler(&Call {
-            body: Bytes::new(),
-            caller,
-        }),
-        Some((Methods::Post, handler)) => match body(req).await {
-            Ok(body) => handler(&Call { body, caller }),
-            Err(reply) => reply,
-        },
+    let reply = if let Err(host) = host_is_loopback(req.headers()) {
+        Reply::error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Host {host:?} is not this admin endpoint: ask for localhost or a loopback address"
+            ),
+        )
+    } else {
+        match routes.find(req.uri().path(), post) {
+            None => Reply::error(StatusCode::NOT_FOUND, "not found"),
+            Some((Methods::Any, handler)) => {
+                let headers = req.headers().clone();
+                handler
+                    .reply(Call {
+                        body: Bytes::new(),
+                        caller,
+                        headers,
+                    })
+                    .await
+            }
+            Some((Methods::Post, handler)) => {
+                let headers = req.headers().clone();
+                match body(req).await {
+                    Ok(body) => {
+                        handler
+                            .reply(Call {
+                                body,
+                                caller,
+                                headers,
+                            })
+                            .await
+                    }
+                    Err(reply) => reply,
+                }
+            }
+        }
     };
     let mut response = Response::new(Full::new(Bytes::from(reply.body)));
     *response.status_mut() = reply.status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(reply.content_type),
     );
+    // Nothing here is to be framed, sniffed or cached by a browser.
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+        (
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    ] {
+        headers.insert(name, hyper::header::HeaderValue::from_static(value));
+    }
     response
+}
+
+/// Whether the Host of a request names a loopback address: `localhost` or
+/// a loopback IP, with any port (a forwarded port, `ssh -L`). A page that
+/// an attacker's name led to this endpoint (DNS rebinding) names the
+/// attacker's host. A request without Host passes (no browser sends
+/// one). Else the Host given.
+fn host_is_loopback(headers: &hyper::HeaderMap) -> Result<(), String> {
+    let Some(host) = headers.get(hyper::header::HOST) else {
+        return Ok(());
+    };
+    let text = host.to_str().unwrap_or("");
+    let loopback = text.parse::<http::uri::Authority>().is_ok_and(|a| {
+        let name = a.host().trim_start_matches('[').trim_end_matches(']');
+        name.eq_ignore_ascii_case("localhost")
+            || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    });
+    if loopback {
+        Ok(())
+    } else {
+        Err(text.to_owned())
+    }
 }
 
 /// The body of `req`, at most [`MAX_BODY`] bytes.
@@ -493,6 +556,35 @@ mod tests {
         let (_, body) = ready(Phase::Ready, &"b".parse().unwrap());
         assert_eq!(body["node"], "b");
         assert_eq!(body["pid"], std::process::id());
+    }
+
+    #[test]
+    fn only_requests_naming_loopback() {
+        let host = |h: &str| {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert(hyper::header::HOST, h.parse().unwrap());
+            host_is_loopback(&headers)
+        };
+        for good in [
+            "127.0.0.1:15000",
+            "localhost:15000",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.2:15000",
+            "[::1]:15000",
+        ] {
+            assert!(host(good).is_ok(), "{good}");
+        }
+        assert!(host_is_loopback(&hyper::HeaderMap::new()).is_ok());
+        for bad in [
+            "evil.example:15000",
+            "localhost.evil.example:15000",
+            "10.0.0.1:15000",
+            "[::2]:15000",
+            "127.0.0.1.nip.io:15000",
+        ] {
+            assert_eq!(host(bad), Err(bad.to_owned()), "{bad}");
+        }
     }
 
     #[test]

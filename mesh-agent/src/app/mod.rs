@@ -41,6 +41,8 @@ pub use self::tasks::{Running, Stop};
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
+    Ui(#[from] crate::ui::UiError),
+    #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error("node {node:?} is not declared in {path}")]
     UnknownNode { node: NodeName, path: PathBuf },
@@ -124,6 +126,9 @@ pub struct RunOptions {
     /// Where bpffs is (or is to be mounted): the pins go under
     /// `<bpffs>/mesh/<node>`.
     pub bpffs: std::path::PathBuf,
+    /// The web UI on the admin endpoint (`--ui on`), and who may write
+    /// there; `None`: no UI (`--ui off`).
+    pub ui: Option<crate::ui::UiOptions>,
 }
 
 /// What [`App::build`] sets up before the async runtime starts.

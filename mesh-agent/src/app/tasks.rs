@@ -21,6 +21,7 @@ use crate::{
     handover::{Offer, Taken},
     health::{self, Board, link::Links},
     identity::Identities,
+    peers::Peers,
     proxy::{
         Inbound, Inputs, Outbound, ServiceIds,
         admission::Admission,
@@ -32,6 +33,7 @@ use crate::{
     snapshot::{Publisher, Snapshot, Watch},
     telemetry::{Registry, Telemetry},
     tls::Tls,
+    ui::{Guard, Ui},
 };
 
 /// Why a running agent stops.
@@ -63,12 +65,19 @@ pub struct Running {
     kernel: Arc<Kernel>,
 }
 
+/// Between two harvests of the kernel's denial counts into the telemetry,
+/// so the traffic that the links and the web UI show is at most this old.
+const HARVEST: Duration = Duration::from_millis(500);
+
 /// The handles the agent's tasks share, built once at start.
 struct Parts {
     snapshots: Watch,
     publisher: Arc<Publisher>,
     board: Arc<Board>,
     links: Arc<Links>,
+    /// The other agents as heard over the links (the web UI's nodes and
+    /// topology).
+    peers: Arc<Peers>,
     identities: Arc<Identities>,
     kernel: Arc<Kernel>,
     ids: Arc<ServiceIds>,
@@ -133,7 +142,7 @@ pub(super) async fn start(app: App, cgroups: cgroups::Shared) -> Result<Running,
     let reach = catalog.reach();
     tasks.spawn(reload::follow(catalog, parts.reload(&opts, &cg, &cgroups)));
     let readiness = Arc::new(Readiness::default());
-    let admin = parts.admin(&opts, sockets.admin, readiness.clone(), reach);
+    let admin = parts.admin(&opts, sockets.admin, readiness.clone(), reach)?;
     let admin = tokio::spawn(admin.run());
     parts.spawn_dns(&opts, &mut tasks, sockets.dns, sockets.dns_tcp);
     parts.spawn_enroll(&opts, &mut tasks, &cg, &cgroups, adopted)?;
@@ -217,16 +226,18 @@ fn build(
         ids,
         contents,
     } = kernel::start(opts, &snapshot, cg, cgroups, &sockets)?;
-    // Other agents' health, and ours to them.
+    let telemetry = Arc::new(Telemetry::default());
+    // Other agents' health, versions and traffic, and ours to them.
+    let peers = Peers::new(telemetry.clone());
     let links = Links::new(
         &opts.node,
         tls.link(),
         board.clone(),
+        peers.clone(),
         opts.link_port,
         opts.only_mesh_sources.then(|| snapshots.clone()),
     );
     links.sync(&snapshot.config);
-    let telemetry = Arc::new(Telemetry::default());
     let drain = Drain::default();
     let inputs = Inputs::new(
         opts.node.clone(),
@@ -251,6 +262,7 @@ fn build(
         publisher,
         board,
         links,
+        peers,
         identities,
         kernel,
         ids,
@@ -371,6 +383,7 @@ impl Parts {
         if let Some(events) = self.kernel.denial_events()? {
             tasks.spawn(self.denials.clone().report(events));
         }
+        tasks.spawn(self.denials.clone().harvest_every(HARVEST));
         Ok(())
     }
 
@@ -403,7 +416,7 @@ impl Parts {
         listener: TcpListener,
         readiness: Arc<Readiness>,
         catalog: Arc<Reach>,
-    ) -> Admin {
+    ) -> Result<Admin, AppError> {
         let mut metrics = Registry::default();
         self.telemetry.register(&mut metrics);
         self.denials.register_metrics(&mut metrics);
@@ -431,10 +444,22 @@ impl Parts {
             denials: self.denials.clone(),
             telemetry: self.telemetry.clone(),
             snapshots: self.snapshots.clone(),
-            catalog,
+            catalog: catalog.clone(),
             containers: self.containers.clone(),
         };
         routes.any("/status", move |_| Reply::document(&status.document()));
+        if let Some(options) = &opts.ui {
+            Ui {
+                node: opts.node.clone(),
+                guard: Guard::new(options)?,
+                store: options.store(&opts.catalog),
+                reach: catalog,
+                snapshots: self.snapshots.clone(),
+                peers: self.peers.clone(),
+                telemetry: self.telemetry.clone(),
+            }
+            .routes(&mut routes);
+        }
         let (kernel, ids) = (self.kernel.clone(), self.ids.clone());
         let callers = move |peer, local| {
             let record = kernel.take_orig(peer, local, kernel.netns_cookie())?;
@@ -443,7 +468,7 @@ impl Parts {
                 service: ids.name(record.src_service),
             })
         };
-        Admin::new(listener, routes, Box::new(callers))
+        Ok(Admin::new(listener, routes, Box::new(callers)))
     }
 
     /// The enrollment of containers (`enroll`).

@@ -791,6 +791,7 @@ mod tests {
                 name: "http".into(),
                 state: crate::health::State::Warning,
                 output: "HTTP 429".into(),
+                since: None,
             }],
         );
         let text = toml::to_string(&report).unwrap();

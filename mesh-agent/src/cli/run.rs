@@ -71,6 +71,29 @@ pub struct Run {
     /// stays closed while its agent is down.
     #[arg(long, default_value = "/sys/fs/bpf")]
     bpffs: PathBuf,
+    /// The web UI at http://<admin address>/ui/: `on` or `off`.
+    #[arg(long, value_enum, default_value = "on")]
+    ui: Switch,
+    /// Uids besides root that may change intentions from the web UI
+    /// (comma-separated); everyone who can reach the admin endpoint may
+    /// read it.
+    #[arg(long, value_delimiter = ',')]
+    ui_writers: Vec<u32>,
+    /// With the catalog in etcd over TLS: the certificate of the etcd user
+    /// the web UI writes intentions as (the agent's own user, which RBAC
+    /// lets only read, otherwise).
+    #[arg(long, requires_all = ["catalog", "etcd_cacert", "ui_etcd_key"])]
+    ui_etcd_cert: Option<PathBuf>,
+    /// The key of --ui-etcd-cert.
+    #[arg(long, requires_all = ["ui_etcd_cert"])]
+    ui_etcd_key: Option<PathBuf>,
+}
+
+/// `--ui`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 /// `mesh-agent down`.
@@ -140,6 +163,10 @@ pub fn run(args: Run) -> anyhow::Result<()> {
         link_port: args.link_port,
         multiplex: !args.no_multiplex,
         bpffs: args.bpffs,
+        ui: (args.ui == Switch::On).then(|| mesh_agent::ui::UiOptions {
+            writers: args.ui_writers,
+            etcd_writer: args.ui_etcd_cert.zip(args.ui_etcd_key),
+        }),
     };
     let app = app::App::build(opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -186,7 +213,7 @@ pub fn down(args: &Down) -> anyhow::Result<()> {
 mod tests {
     use clap::Parser as _;
 
-    use super::{Dns, InboundSources, LogFormat};
+    use super::{Dns, InboundSources, LogFormat, Switch};
     use crate::cli::{Cli, Command};
 
     fn run(args: &[&str]) -> super::Run {
@@ -217,6 +244,30 @@ mod tests {
         assert_eq!(set.inbound_sources, InboundSources::Any);
         assert!(matches!(set.dns, Dns::Off));
         assert!(matches!(run(&["--dns", "[::1]:5353"]).dns, Dns::At(a) if a.port() == 5353));
+        assert_eq!(default.ui, Switch::On);
+        assert!(default.ui_writers.is_empty());
+        let ui = run(&["--ui", "off", "--ui-writers", "1000,1001"]);
+        assert_eq!((ui.ui, ui.ui_writers), (Switch::Off, vec![1000, 1001]));
+        // The UI's etcd writer only with a catalog in etcd over TLS.
+        let words = ["mesh-agent", "run", "--config", "m.toml", "--node", "a"];
+        let writer = ["--ui-etcd-cert", "w.pem", "--ui-etcd-key", "w.key"];
+        assert!(Cli::try_parse_from(words.iter().chain(&writer)).is_err());
+        let etcd = [
+            "mesh-agent",
+            "run",
+            "--node",
+            "a",
+            "--catalog",
+            "etcd://10.0.0.1:2379",
+            "--etcd-cacert",
+            "ca.pem",
+            "--etcd-cert",
+            "a.pem",
+            "--etcd-key",
+            "a.key",
+        ];
+        assert!(Cli::try_parse_from(etcd.iter().chain(&writer)).is_ok());
+        assert!(Cli::try_parse_from(etcd.iter().chain(&writer[..2])).is_err());
     }
 
     /// `--node` is a node name: it becomes part of the pin and cgroup

@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 // Tokio's clock, so that tests can pause it.
@@ -67,6 +67,9 @@ struct LocalCheck {
     expires: Option<Instant>,
     /// When a result of this check was last published.
     output_sent: Option<Instant>,
+    /// The state last published and since when it holds (the "last
+    /// change" the web UI shows); moved on by `publish`.
+    since: (State, SystemTime),
 }
 
 /// A running check and what it was started with.
@@ -134,6 +137,7 @@ impl Board {
                         failures: c.failures,
                         expires: c.expires,
                         output_sent: c.output_sent,
+                        since: c.since,
                     },
                     None => LocalCheck::new(check.clone()),
                 });
@@ -196,6 +200,7 @@ impl Board {
             .map(|(node, reports)| Reports {
                 node: node.to_string(),
                 instances: reports.values().cloned().collect(),
+                news: None,
             })
             .collect();
         (local, remote)
@@ -230,6 +235,10 @@ impl Board {
                 };
                 c.state = seen.state;
                 c.output.clone_from(&seen.output);
+                let since = seen
+                    .since
+                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+                c.since = (seen.state, since.unwrap_or_else(SystemTime::now));
                 if seen.state.takes_traffic() {
                     c.successes = c.check.success_before_passing;
                 } else {
@@ -422,6 +431,12 @@ impl Board {
 
     /// Publishes `inner` as a view, and this node's reports, where changed.
     fn publish(&self, inner: &mut Inner) {
+        let now = SystemTime::now();
+        for c in inner.local.values_mut().flatten() {
+            if c.since.0 != c.state {
+                c.since = (c.state, now);
+            }
+        }
         let local: Vec<InstanceReport> = inner
             .local
             .iter()
@@ -497,6 +512,7 @@ impl LocalCheck {
             failures: 0,
             expires: None,
             output_sent: None,
+            since: (State::Critical, SystemTime::now()),
         }
     }
 
@@ -505,6 +521,12 @@ impl LocalCheck {
             name: self.check.name.clone(),
             state: self.state,
             output: self.output.clone(),
+            since: self
+                .since
+                .1
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs()),
         }
     }
 }
@@ -575,11 +597,13 @@ pub(super) mod tests {
             name: name.into(),
             state: State::Passing,
             output: "ok then".into(),
+            since: None,
         };
         assert_eq!(state(&watch, "api", "b"), State::Critical, "no report");
         let remote = Reports {
             node: "b".into(),
             instances: vec![InstanceReport::of("api", vec![passing("c")])],
+            news: None,
         };
         board.adopt(
             &[
@@ -830,6 +854,7 @@ pub(super) mod tests {
             name: "c".into(),
             state: State::Warning,
             output: "busy".into(),
+            since: None,
         };
         board.remote(
             &"b".parse().unwrap(),

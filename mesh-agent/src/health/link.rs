@@ -33,7 +33,7 @@ use super::{
     Board,
     reports::{LocalReports, Reports},
 };
-use crate::{config::Config, names::NodeName, snapshot::Watch, tls::link::Link};
+use crate::{config::Config, names::NodeName, peers::Peers, snapshot::Watch, tls::link::Link};
 
 /// Between two lines from a followed agent, at most.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -50,17 +50,21 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_LINE: usize = 4 << 20;
 
 /// The followed side: sends `node`'s reports on `out` as they change, with
-/// heartbeats, until writing fails or the reports are gone.
+/// heartbeats, until writing fails or the reports are gone. A heartbeat
+/// is a full line instead when this agent's news (`peers`) changed.
 pub async fn send_reports<W: AsyncWrite + Unpin>(
     mut out: W,
     node: &NodeName,
     mut reports: watch::Receiver<LocalReports>,
+    peers: &Peers,
 ) -> std::io::Result<()> {
     loop {
         let current = reports.borrow_and_update().clone();
+        let news = peers.news();
         let line = Reports {
             node: node.to_string(),
             instances: current.as_ref().clone(),
+            news: Some(news.clone()),
         };
         let mut bytes = serde_json::to_vec(&line)?;
         bytes.push(b'\n');
@@ -75,6 +79,9 @@ pub async fn send_reports<W: AsyncWrite + Unpin>(
                     break;
                 }
                 () = tokio::time::sleep(HEARTBEAT) => {
+                    if peers.news() != news {
+                        break;
+                    }
                     out.write_all(b"\n").await?;
                     out.flush().await?;
                 }
@@ -93,11 +100,13 @@ pub struct Ended {
 
 /// The following side: hands each report line of `node` read from `input`
 /// to `board`, until the stream ends, fails, is silent for [`SILENCE`] or
-/// sends something that is not a report of `node`. Returns why it ended.
+/// sends something that is not a report of `node`. Every line counts as
+/// `node` heard in `peers`, with the news it carries. Returns why it ended.
 pub async fn follow_reports<R: AsyncRead + Unpin>(
     input: R,
     node: &NodeName,
     board: &Board,
+    peers: &Peers,
 ) -> Ended {
     let mut input = BufReader::new(input);
     let ended = |why: String| Ended { why, silent: false };
@@ -111,9 +120,14 @@ pub async fn follow_reports<R: AsyncRead + Unpin>(
             }
             Ok(Ok(None)) => return ended("connection closed".to_owned()),
             Ok(Err(e)) => return ended(e.to_string()),
-            Ok(Ok(Some(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
+            Ok(Ok(Some(line))) if line.iter().all(u8::is_ascii_whitespace) => {
+                peers.heard(node, None);
+            }
             Ok(Ok(Some(line))) => match serde_json::from_slice::<Reports>(&line) {
-                Ok(reports) if *node == reports.node => board.remote(node, reports.instances),
+                Ok(reports) if *node == reports.node => {
+                    peers.heard(node, reports.news);
+                    board.remote(node, reports.instances);
+                }
                 Ok(reports) => {
                     return ended(format!("sent reports of node {:?}", reports.node));
                 }
@@ -138,6 +152,8 @@ pub struct Links {
     node: NodeName,
     link: Arc<Link>,
     board: Arc<Board>,
+    /// What this agent tells and hears besides health.
+    peers: Arc<Peers>,
     port: u16,
     /// Who may open a link to this agent.
     followers: Followers,
@@ -153,6 +169,7 @@ impl Links {
         node: &NodeName,
         link: Arc<Link>,
         board: Arc<Board>,
+        peers: Arc<Peers>,
         port: u16,
         nodes_only: Option<Watch>,
     ) -> Arc<Self> {
@@ -160,6 +177,7 @@ impl Links {
             node: node.clone(),
             link,
             board,
+            peers,
             port,
             followers: Followers {
                 nodes_only,
@@ -231,7 +249,7 @@ impl Links {
                         }
                         reached = true;
                         let linked = Instant::now();
-                        let ended = follow_reports(tls, &node, &self.board).await;
+                        let ended = follow_reports(tls, &node, &self.board, &self.peers).await;
                         served = Some((linked.elapsed(), ended.silent));
                         ended.why
                     }
@@ -284,7 +302,8 @@ impl Links {
                     }
                 };
                 debug!(%peer, %follower, "followed by the agent of node");
-                let ended = send_reports(tls, &this.node, this.board.local_reports()).await;
+                let ended =
+                    send_reports(tls, &this.node, this.board.local_reports(), &this.peers).await;
                 debug!(%peer, %follower, ?ended, "no longer followed");
             });
         }
@@ -412,6 +431,7 @@ mod tests {
             name: "c".into(),
             state,
             output: String::new(),
+            since: None,
         };
         Arc::new(vec![InstanceReport::of("api", vec![check])])
     }
@@ -421,14 +441,35 @@ mod tests {
         let (board, watch, _) = board(Vec::new());
         let (tx, rx) = watch::channel(report(State::Warning));
         let (theirs, ours) = tokio::io::duplex(1 << 16);
+        // b's traffic, and what this agent hears of b.
+        let traffic = Arc::new(crate::telemetry::Telemetry::default());
+        let news = Peers::new(traffic.clone());
+        let heard = Peers::new(Arc::default());
         let sender =
-            tokio::spawn(async move { send_reports(theirs, &"b".parse().unwrap(), rx).await });
+            tokio::spawn(
+                async move { send_reports(theirs, &"b".parse().unwrap(), rx, &news).await },
+            );
         let follower = {
-            let board = board.clone();
-            tokio::spawn(async move { follow_reports(ours, &"b".parse().unwrap(), &board).await })
+            let (board, heard) = (board.clone(), heard.clone());
+            tokio::spawn(async move {
+                follow_reports(ours, &"b".parse().unwrap(), &board, &heard).await
+            })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(state(&watch, "api", "b"), State::Warning);
+        let b: NodeName = "b".parse().unwrap();
+        let news_of_b = || heard.all()[&b].news.clone().unwrap();
+        assert_eq!(news_of_b().version, env!("CARGO_PKG_VERSION"));
+        assert!(news_of_b().traffic.is_empty());
+        // New traffic on b goes out with the next heartbeat.
+        let _open = traffic.opened(
+            &"web".parse().unwrap(),
+            &"api".parse().unwrap(),
+            crate::telemetry::Side::Outbound,
+            None,
+        );
+        tokio::time::sleep(HEARTBEAT + Duration::from_millis(10)).await;
+        assert_eq!(news_of_b().traffic[0].active, 1);
         tx.send_replace(report(State::Critical));
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(state(&watch, "api", "b"), State::Critical);
@@ -480,6 +521,7 @@ mod tests {
     #[tokio::test]
     async fn reports_of_another_node_or_garbage_end_the_follow() {
         let (board, _watch, _) = board(Vec::new());
+        let peers = Peers::new(Arc::default());
         for (input, expected) in [
             (
                 &b"{\"node\":\"c\",\"instances\":[]}\n"[..],
@@ -488,11 +530,11 @@ mod tests {
             (&b"not json\n"[..], "bad report"),
             (&b""[..], "connection closed"),
         ] {
-            let ended = follow_reports(input, &"b".parse().unwrap(), &board).await;
+            let ended = follow_reports(input, &"b".parse().unwrap(), &board, &peers).await;
             assert!(ended.why.contains(expected) && !ended.silent, "{ended:?}");
         }
         let long = vec![b'x'; MAX_LINE + 10];
-        let ended = follow_reports(&long[..], &"b".parse().unwrap(), &board).await;
+        let ended = follow_reports(&long[..], &"b".parse().unwrap(), &board, &peers).await;
         assert!(ended.why.contains("longer than"), "{ended:?}");
         board.stop();
     }

@@ -15,4 +15,8 @@ pub type LocalReports = Arc<Vec<InstanceReport>>;
 pub struct Reports {
     pub node: String,
     pub instances: Vec<InstanceReport>,
+    /// The sending agent's version and traffic (`peers`); older agents
+    /// send none, and ignore it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub news: Option<crate::peers::News>,
 }

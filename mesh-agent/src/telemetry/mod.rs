@@ -6,6 +6,7 @@
 pub mod labels;
 pub mod metrics;
 pub mod registry;
+pub mod traffic;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -48,6 +49,8 @@ pub struct Telemetry {
     pairs: Mutex<BTreeMap<(String, String), PairStats>>,
     /// Per `DENIALS` key, the kernel's count already folded in.
     kernel_seen: Mutex<HashMap<DenialKey, u64>>,
+    /// Per pair, over the last minute, for the web UI's topology.
+    traffic: traffic::Traffic,
 }
 
 /// The labels of an instance's metrics.
@@ -88,6 +91,7 @@ impl Telemetry {
             Reporter::Source => s.denied_at_source += 1,
             Reporter::Destination => s.denied += 1,
         });
+        self.traffic.denied(src, dst, 1);
         self.metrics.denied(src, dst, rule, side, 1);
         tracing::info!(
             target: "access", %src, %dst, %peer, %dialed, to_destination = 0u64,
@@ -111,6 +115,9 @@ impl Telemetry {
             side,
         };
         self.metrics.opened(&conn);
+        if side == Side::Outbound {
+            self.traffic.opened(&conn.source, &conn.destination);
+        }
         Open {
             conn,
             started: Instant::now(),
@@ -127,6 +134,10 @@ impl Telemetry {
             container,
         } = open;
         self.metrics.closed(&conn, to_destination, to_source);
+        if conn.side == Side::Outbound {
+            self.traffic
+                .closed(&conn.source, &conn.destination, to_destination + to_source);
+        }
         let (src, dst, side) = (&conn.source, &conn.destination, conn.side);
         tracing::info!(
             target: "access", %src, %dst, side = side.as_str(), to_destination, to_source,
@@ -189,6 +200,7 @@ impl Telemetry {
             self.metrics
                 .denied(&src, &dst, &rule, Reporter::Source, new);
             self.count(&src, &dst, |s| s.denied_at_source += new);
+            self.traffic.denied(&src, &dst, new);
         }
     }
 
@@ -200,6 +212,11 @@ impl Telemetry {
             .iter()
             .map(|(pair, stats)| (pair.clone(), *stats))
             .collect()
+    }
+
+    /// This agent's traffic per pair (`traffic`).
+    pub fn traffic(&self) -> Vec<traffic::Edge> {
+        self.traffic.edges()
     }
 
     /// Registers the families this object counts into.
