@@ -44,6 +44,7 @@ fn health() -> View {
         name: "ttl".into(),
         state: State::Warning,
         output: "busy".into(),
+        since: None,
     };
     let name = "a valid name";
     view.reports

@@ -12,8 +12,11 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
+
+// Tokio's clock: paused in tests, as the links' heartbeats are.
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,11 +45,17 @@ pub struct Peer {
     pub news: Option<News>,
 }
 
+/// How long one reading of this agent's news serves: every link's
+/// sender asks each heartbeat, and one reading walks every pair's window.
+const NEWS_FRESH: Duration = Duration::from_millis(200);
+
 /// This agent's news and what it heard from the others.
 pub struct Peers {
     telemetry: Arc<Telemetry>,
     started: u64,
     heard: Mutex<HashMap<NodeName, Peer>>,
+    /// The last reading of this agent's news, and when.
+    news: Mutex<Option<(Instant, News)>>,
 }
 
 impl Peers {
@@ -56,16 +65,25 @@ impl Peers {
             telemetry,
             started: unix(SystemTime::now()),
             heard: Mutex::default(),
+            news: Mutex::default(),
         })
     }
 
-    /// This agent's news now.
+    /// This agent's news, read at most `NEWS_FRESH` ago.
     pub fn news(&self) -> News {
-        News {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            started: self.started,
-            traffic: self.telemetry.traffic(),
+        let mut last = self.news.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((at, news)) if at.elapsed() < NEWS_FRESH => news.clone(),
+            _ => {
+                let news = News {
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    pid: std::process::id(),
+                    started: self.started,
+                    traffic: self.telemetry.traffic(),
+                };
+                *last = Some((Instant::now(), news.clone()));
+                news
+            }
         }
     }
 

@@ -255,6 +255,52 @@ mod tests {
         }
     }
 
+    /// The precedence order is the order `decide` applies: for every pair
+    /// the intentions match, the first of them in that order decides.
+    #[test]
+    fn in_precedence_lists_the_winner_first() {
+        let p = policy(
+            Allow,
+            &[
+                ("*", "*", Deny),
+                ("web", "*", Allow),
+                ("*", "api", Deny),
+                ("web", "api", Allow),
+                ("*", "api", Allow),
+            ],
+        );
+        let order: Vec<(String, String, Action, u8)> = p
+            .in_precedence()
+            .into_iter()
+            .map(|(i, n)| (i.source, i.destination, i.action, n))
+            .collect();
+        let o = |s: &str, d: &str, a, n| (s.to_owned(), d.to_owned(), a, n);
+        assert_eq!(
+            order,
+            [
+                o("web", "api", Allow, 4),
+                o("*", "api", Deny, 3),
+                o("web", "*", Allow, 3),
+                o("*", "api", Allow, 3),
+                o("*", "*", Deny, 2),
+            ]
+        );
+        for (src, dst) in [("web", "api"), ("db", "api"), ("web", "db"), ("db", "db")] {
+            let first = p
+                .in_precedence()
+                .into_iter()
+                .find(|(i, _)| {
+                    (i.source == "*" || i.source == src)
+                        && (i.destination == "*" || i.destination == dst)
+                })
+                .map(|(i, _)| i.line);
+            let Rule::Intention { line, .. } = p.decide(src, dst).rule else {
+                panic!("no intention decides {src} -> {dst}");
+            };
+            assert_eq!(first, Some(line), "{src} -> {dst}");
+        }
+    }
+
     #[test]
     fn no_match_falls_to_the_default_policy() {
         for default in [Allow, Deny] {

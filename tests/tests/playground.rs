@@ -1,10 +1,13 @@
 //! The demo behind `cargo xtask run` (and `--catalog etcd`), driven as a
 //! newcomer would: register and log in through the frontend with curl, flip
-//! the intention, see the app fail, stop it, nothing left behind. Needs
-//! root (and etcd, which `cargo xtask setup` installs).
+//! the intention, see the app fail and the pair drawn denied in the web UI
+//! the demo prints, allow it again from the UI, stop it, nothing left
+//! behind. Needs root (and etcd and Chromium, which `cargo xtask setup`
+//! installs).
 use std::{process::Command, time::Duration};
 
-use mesh_tests::{playground::Playground, run_to_string, wait_until};
+use mesh_tests::{browser::Browser, playground::Playground, run_to_string, wait_until};
+use serde_json::json;
 
 fn curl(args: &[&str]) -> String {
     let mut cmd = Command::new("curl");
@@ -54,6 +57,22 @@ fn drive(etcd: bool) {
     let home = curl(&["-b", jar, &url]);
     assert!(home.contains("Hello, alice!"), "{home}");
 
+    // The web UI the demo prints: both services, passing.
+    let browser = Browser::start();
+    browser.goto(&format!("{}#/services", pg.ui_url()));
+    for service in ["frontend", "data-api"] {
+        assert!(
+            browser
+                .wait_for(
+                    "return !!document.querySelector(`#services tr[data-service=\"${arguments[0]}\"][data-passing=\"1\"]`);",
+                    vec![json!(service)],
+                    Duration::from_secs(10)
+                )
+                .is_some(),
+            "{service} not passing in the demo's UI"
+        );
+    }
+
     // data-api straight from here, not a mesh node: refused in the
     // kernel at once (curl's "couldn't connect", no HTTP status), not
     // left to time out.
@@ -89,6 +108,55 @@ fn drive(etcd: bool) {
             && last.ends_with("HTTP 502\n")
     });
     assert!(failed, "the frontend is not refused at the source: {last}");
+
+    // The UI draws the pair denied; allowing it again there (as the demo's
+    // forwarder, which the demo lets write) makes the app work again.
+    browser.goto(&format!("{}#/topology", pg.ui_url()));
+    assert!(
+        browser
+            .wait_for(
+                "const e = document.querySelector('g.edge[data-source=\"frontend\"][data-destination=\"data-api\"]');
+                 return !!e && e.dataset.verdict === 'denied';",
+                vec![],
+                Duration::from_secs(5)
+            )
+            .is_some(),
+        "frontend -> data-api not drawn denied"
+    );
+    browser.screenshot(if etcd {
+        "playground-etcd-topology"
+    } else {
+        "playground-topology"
+    });
+    browser.goto(&format!("{}#/intentions", pg.ui_url()));
+    browser
+        .wait_for(
+            "return document.body.dataset.view === 'intentions';",
+            vec![],
+            Duration::from_secs(10),
+        )
+        .expect("intentions page");
+    browser.fill("#create-source", "frontend");
+    browser.fill("#create-destination", "data-api");
+    browser.select("#create-action", "allow");
+    browser.click("#create-button");
+    assert!(
+        browser
+            .wait_for(
+                "return document.getElementById('write-result').textContent.startsWith('changed from deny to allow frontend -> data-api');",
+                vec![],
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "{:?}",
+        browser.text("#write-result")
+    );
+    let worked = wait_until(Duration::from_secs(3), || {
+        last = curl(&["-b", jar, &url]);
+        last.contains("Hello, alice!")
+    });
+    assert!(worked, "allowed again from the UI, still refused: {last}");
+    drop(browser);
 
     drop(pg);
     assert!(

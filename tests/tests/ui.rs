@@ -359,18 +359,39 @@ fn a_deny_created_in_the_ui_is_enforced_drawn_denied_and_deleted_again() {
         ui.browser.wait_for(&edge("denied"), vec![], LIVE).is_some(),
         "edge not drawn denied"
     );
-    let counted = ui.browser.wait_for(
-        "const r = document.querySelector('#edges-table tr[data-source=\"web\"][data-destination=\"api\"]');
-         return !!r && Number(r.children[6].textContent) > 0;",
-        vec![],
-        LIVE + Duration::from_secs(1),
-    );
+    // A new denial shows within 2 s of the refused connect.
+    let denials = || {
+        ui.browser
+            .js(
+                "const r = document.querySelector('#edges-table tr[data-source=\"web\"][data-destination=\"api\"]');
+                 return r ? Number(r.children[6].textContent) : -1;",
+                vec![],
+            )
+            .as_f64()
+            .unwrap_or(-1.0)
+    };
+    let before = denials();
     assert!(
-        counted.is_some(),
-        "denial not counted: {:?}",
+        before >= 1.0,
+        "the refused connects not counted: {:?}",
         ui.rows("#edges-table")
     );
-    assert!(denied_at.elapsed() <= Duration::from_secs(10));
+    assert!(
+        ui.mesh
+            .transfer("wa", Some("web"), vip(), API_PORT, 10)
+            .starts_with("ERRNO 1 ")
+    );
+    let refused_at = Instant::now();
+    assert!(
+        wait_until(LIVE, || denials() > before),
+        "a new denial not shown within {LIVE:?}: {:?}",
+        ui.rows("#edges-table")
+    );
+    eprintln!(
+        "a denial on the page {:?} after the refused connect",
+        refused_at.elapsed()
+    );
+    assert!(denied_at.elapsed() <= Duration::from_secs(30));
     ui.browser.screenshot("topology-denied");
     // The destination's agent draws the same edge from what the caller's
     // agent tells it over their link: the whole mesh, not one node.
@@ -396,8 +417,18 @@ fn a_deny_created_in_the_ui_is_enforced_drawn_denied_and_deleted_again() {
         pair_on_wb()
     );
 
-    // Delete it from the page: the call works again.
+    // An intention made with the CLI shows on the page within 2 s.
     ui.open("intentions");
+    let (ok, out) = ui.mesh.cli(&["intention", "create", "-deny", "api", "web"]);
+    assert!(ok, "{out}");
+    let made = json!({"source": "api", "destination": "web", "action": "deny"});
+    let shown = ui.wait_row("#intentions", made, LIVE);
+    assert!(shown.is_some(), "{:?}", ui.rows("#intentions"));
+    eprintln!("an intention made with the CLI on the page after {shown:?}");
+    let (ok, out) = ui.mesh.cli(&["intention", "delete", "api", "web"]);
+    assert!(ok, "{out}");
+
+    // Delete it from the page: the call works again.
     ui.delete("web", "api");
     ui.result("write-result", &format!("deleted web -> api from {config}"));
     assert!(
@@ -646,6 +677,17 @@ fn with_the_catalog_in_etcd_the_ui_writes_as_its_etcd_writer() {
     let (ok, list) = ui.mesh.cli_etcd(&["intention", "list"]);
     assert!(ok && list.contains("web -> api: deny"), "{list}");
     ui.browser.screenshot("intentions-etcd");
+    // The nodes page shows each agent's registration in etcd.
+    ui.open("nodes");
+    for node in ["wa", "wb"] {
+        let registered = json!({"node": node, "registered": "true"});
+        assert!(
+            ui.wait_row("#nodes", registered, LIVE).is_some(),
+            "{:?}",
+            ui.rows("#nodes")
+        );
+    }
+    ui.browser.screenshot("nodes-etcd");
 
     // wb's UI, as wb's etcd user: refused by etcd, with etcd's words.
     let token = page_token(&ui.mesh, "wb");
@@ -660,6 +702,7 @@ fn with_the_catalog_in_etcd_the_ui_writes_as_its_etcd_writer() {
     assert!(body.to_lowercase().contains("permission denied"), "{body}");
 
     // Deleted from wa's page: the call works again.
+    ui.open("intentions");
     ui.delete("web", "api");
     ui.result("write-result", "deleted web -> api in etcd");
     assert!(

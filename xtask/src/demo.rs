@@ -35,7 +35,7 @@ pub fn run(agent: &Path, etcd: bool) -> anyhow::Result<()> {
         format!(
             "
 
-  # 6. the catalog and the agents' registrations (leases, health) in etcd
+  # 7. the catalog and the agents' registrations (leases, health) in etcd
   {bin} catalog instances {cfg}
   ETCDCTL_API=3 etcdctl --endpoints {endpoints} {certs} get --prefix --keys-only /mesh
   # kill an etcd member (or all three): the mesh keeps serving
@@ -52,14 +52,7 @@ pub fn run(agent: &Path, etcd: bool) -> anyhow::Result<()> {
         "
 The playground is up: frontend (public, port 5000) calls data-api by name,
 data-api.mesh, over mTLS. data-api listens on 127.0.0.1 only. Default deny,
-plus frontend -> data-api allow.
-
-The web UI of the frontend's agent: {ui}
-(services and their health, nodes, intentions to create, delete and
-explain, and the topology, live; in this demo anyone on this machine may
-change intentions there, a real agent lets only root and --ui-writers).
-
-Try, as root, in another terminal:
+plus frontend -> data-api allow. Try, as root, in another terminal:
 
   # 1. open the frontend, register and log in (or use a browser on this machine):
   curl -s {url}
@@ -78,7 +71,13 @@ Try, as root, in another terminal:
   # 4. capture the traffic between the nodes: TLS 1.3 only, no names or passwords
   ip netns exec {fe} tcpdump -i eth0 -A -c 30 port 5001
 
-  # 5. what the agents hold: certificates, verdicts per pair
+  # 5. the web UI of frontend's agent, in a browser on this machine:
+  #    services and health, nodes, intentions (create, delete, explain),
+  #    the topology, live (in this demo anyone here may change intentions;
+  #    a real agent lets only root and --ui-writers)
+  {ui}
+
+  # 6. what the agents hold: certificates, verdicts per pair
   ip netns exec {api} {bin} status
   tail -f {logs}/agent-*.log{fleet}
 

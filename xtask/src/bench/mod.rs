@@ -47,6 +47,9 @@
 //! run; and what 100 enrolled containers cost bench-b's agent (RSS and
 //! fds; bare `unshare --net` namespaces under the `idle` service's cgroup).
 //!
+//! Web UI: how long each page of the UI takes to draw with 1,000 services
+//! and 1,000 intentions, in headless Chromium (`ui`).
+//!
 //! Results: Markdown tables on stdout, JSON in target/bench/, and from a
 //! full run (no `--only`, no `--smoke`) the whole report, explanations
 //! included, in docs/benchmarks.md.
@@ -68,6 +71,7 @@ mod stunnel;
 mod targets;
 #[cfg(test)]
 mod tests;
+mod ui;
 mod units;
 
 use ebpf::{BpfStats, BpfWindow};
@@ -84,7 +88,7 @@ pub struct Options {
     /// Seconds-long run of everything, for `cargo xtask test`.
     pub smoke: bool,
     /// Parts to measure (bulk, rr, connrate, idle, flood, instances,
-    /// container, pick, tunnel); empty: all.
+    /// container, ui, pick, tunnel); empty: all.
     pub only: Vec<String>,
 }
 
@@ -194,9 +198,20 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let _dma = hold_cpu_dma_latency();
     let _stats = BpfStats::enable()?;
 
-    let bench = Bench::start(agent, meshbench, opts.smoke)?;
     let sizes = Sizes::of(opts);
     let mut all = Samples::units(units);
+    if opts.wants("ui") {
+        ui::measure(&agent, sizes.runs, &mut all.ui)?;
+        if opts
+            .only
+            .iter()
+            .all(|p| p == "ui" || UNIT_PARTS.contains(&p.as_str()))
+            && !opts.only.is_empty()
+        {
+            return report(&all, sizes.runs, opts);
+        }
+    }
+    let bench = Bench::start(agent, meshbench, opts.smoke)?;
     for run in 0..sizes.runs {
         measure::one_run(&bench, opts, &sizes, run, &mut all)?;
     }
@@ -235,6 +250,8 @@ struct Samples<'a> {
     instances: BTreeMap<(String, &'a str), Vec<f64>>,
     /// (metric, column) of [`CONTAINERS`].
     containers: BTreeMap<(String, &'a str), Vec<f64>>,
+    /// (metric, page) of [`ui::PAGES`], and the document's figures.
+    ui: BTreeMap<(String, &'a str), Vec<f64>>,
     /// `server2`'s connections per instance, as bench-a's agent counted.
     spread: Vec<(String, f64)>,
     /// Single figures (memory).
@@ -257,6 +274,7 @@ impl Samples<'_> {
             floods: BTreeMap::new(),
             instances: BTreeMap::new(),
             containers: BTreeMap::new(),
+            ui: BTreeMap::new(),
             spread: Vec::new(),
             extra: BTreeMap::new(),
             bpf: BpfWindow::default(),

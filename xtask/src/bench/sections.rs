@@ -34,7 +34,7 @@ pub(super) fn sections(all: &Samples, runs: usize) -> (Vec<Section>, Map<String,
 /// The report's sections in order: each from the samples, `None` if it
 /// has nothing to show; each adds its samples to the JSON.
 type SectionFn = fn(&Samples, usize, &mut Map<String, Value>) -> Option<Section>;
-const SECTIONS: [SectionFn; 9] = [
+const SECTIONS: [SectionFn; 10] = [
     modes,
     stunnel_configs,
     ebpf,
@@ -42,6 +42,7 @@ const SECTIONS: [SectionFn; 9] = [
     floods,
     instances,
     containers,
+    web_ui,
     units,
     targets_section,
 ];
@@ -395,6 +396,50 @@ fn containers(all: &Samples, runs: usize, json: &mut Map<String, Value>) -> Opti
     })
 }
 
+/// The web UI's pages and document with 1,000 services.
+fn web_ui(all: &Samples, runs: usize, json: &mut Map<String, Value>) -> Option<Section> {
+    let samples = &all.ui;
+    if samples.is_empty() {
+        return None;
+    }
+    let mut table = "| web UI | value |\n|---|---|\n".to_owned();
+    let mut section = Map::new();
+    let pages = super::ui::PAGES
+        .iter()
+        .map(|(_, page)| (super::ui::FIRST_DRAW, *page));
+    let document = samples
+        .keys()
+        .filter(|(_, column)| *column == "document")
+        .map(|(metric, column)| (metric.as_str(), *column));
+    for (metric, column) in pages.chain(document) {
+        let Some(values) = samples.get(&(metric.to_owned(), column)) else {
+            continue;
+        };
+        let name = if column == "document" {
+            metric.to_owned()
+        } else {
+            format!("{metric}, {column} page")
+        };
+        let cell = fmt(stats_of(samples, metric, column), runs);
+        let _ = writeln!(table, "| {name} | {cell} |");
+        section.insert(name, json!(values));
+    }
+    json.insert("web UI".to_owned(), Value::Object(section));
+    Some(Section {
+        title: "Web UI".to_owned(),
+        prose: format!(
+            "The web UI of an agent whose catalog holds {} services and as many intentions, in \
+             headless Chromium (Debian's, through ChromeDriver) on this host, through a port \
+             forwarded to the agent's admin endpoint. First draw: from navigation (a new \
+             document each time) to the page's first view drawn with the agent's document, as the \
+             page's own `performance.now()` tells it. The document: `GET /ui/api/mesh` as curl on \
+             the agent's node received it (size, and time to the last byte).",
+            super::ui::SERVICES
+        ),
+        table,
+    })
+}
+
 /// The unit benches' rows.
 fn units(all: &Samples, _: usize, json: &mut Map<String, Value>) -> Option<Section> {
     let Samples { units, .. } = all;
@@ -427,6 +472,7 @@ fn targets_section(all: &Samples, _: usize, _: &mut Map<String, Value>) -> Optio
         &|metric, flood| median(&all.floods, metric, flood),
         &|metric, column| median(&all.instances, metric, column),
         &|metric, column| median(&all.containers, metric, column),
+        &|metric, page| median(&all.ui, metric, page),
         &all.extra,
         &all.bpf,
     );

@@ -38,6 +38,7 @@ fn samples() -> Samples<'static> {
         floods,
         instances,
         containers,
+        ui: BTreeMap::new(),
         spread: vec![("connections to bench-b".to_owned(), 3.0)],
         extra: [("agents RSS idle MiB".to_owned(), 20.0)].into(),
         bpf,
@@ -99,6 +100,7 @@ fn full_samples() -> Samples<'static> {
         floods: flood_samples(),
         instances: instance_samples(),
         containers: container_samples(),
+        ui: ui_samples(),
         spread: vec![
             ("connections to bench-b".to_owned(), 2001.0),
             ("connections to bench-c".to_owned(), 1999.0),
@@ -220,6 +222,19 @@ fn container_samples() -> BTreeMap<(String, &'static str), Vec<f64>> {
         );
     }
     containers
+}
+
+fn ui_samples() -> BTreeMap<(String, &'static str), Vec<f64>> {
+    let mut ui = BTreeMap::new();
+    for (j, (_, page)) in super::ui::PAGES.into_iter().enumerate() {
+        ui.insert(
+            (super::ui::FIRST_DRAW.to_owned(), page),
+            runs(120.0 + 10.0 * j as f64),
+        );
+    }
+    ui.insert(("document KiB".to_owned(), "document"), runs(400.0));
+    ui.insert(("document served ms".to_owned(), "document"), runs(12.0));
+    ui
 }
 
 /// A made-up eBPF window in which the first program did not run.

@@ -149,7 +149,7 @@ const views = {
     },
     update() {
       document.querySelector('#nodes tbody').innerHTML = doc.nodes.map((n) => `
-        <tr data-node="${esc(n.name)}" data-reachable="${n.reachable}">
+        <tr data-node="${esc(n.name)}" data-reachable="${n.reachable}" data-registered="${n.registered}">
         <td>${esc(n.name)}${n.this ? ' <span class="muted">(this agent)</span>' : ''}</td>
         <td>${esc(n.address)}</td>
         <td>${n.version ? `mesh-agent ${esc(n.version)}, pid ${n.pid}, up since ${esc(when(n.started))}` : '<span class="muted">unknown</span>'}</td>
