@@ -75,7 +75,7 @@ pub fn pki() -> &'static Pki {
             })
             .collect();
         let root = CertificateDer::from(ROOT_DER);
-        let rules = PeerRules::new(TRUST_DOMAIN, &root, std::sync::Arc::new(hosts)).unwrap();
+        let rules = PeerRules::new(TRUST_DOMAIN, std::slice::from_ref(&root), std::sync::Arc::new(hosts)).unwrap();
         let (_, leaf) = x509_parser::parse_x509_certificate(WEB_LEAF_DER).unwrap();
         let not_before = u64::try_from(leaf.validity().not_before.timestamp()).unwrap();
         Pki {

@@ -212,12 +212,12 @@ fn certificate_seeds(mut write: impl FnMut(&str, &[u8])) {
     };
     let tmp = Scratch::new();
     let config = Config::parse(mesh::text(), &tmp.file()).unwrap();
-    ca::init(&config).unwrap();
+    ca::init(&config, ca::ROOT_VALIDITY).unwrap();
     let node = NodeCa::load_or_issue(&config, &"a".parse().unwrap()).unwrap();
     let leaf = node
         .issue_leaf(&"web".parse().unwrap(), Duration::from_secs(3600))
         .unwrap();
-    write("root.der", node.root());
+    write("root.der", &node.roots()[0]);
     write("node-a.der", &leaf.chain[1]);
     write("leaf-web.der", &leaf.chain[0]);
 }

@@ -13,7 +13,9 @@ fn get(mesh: &Mesh, node: &str, path: &str) -> String {
 /// `# TYPE` of every family of obb's `/metrics` below, in order (a
 /// family without samples is left out: no denials, moved streams or
 /// instance dials on obb).
-const FAMILIES: [&str; 14] = [
+const FAMILIES: [&str; 16] = [
+    "mesh_agent_certificate_expiry_seconds gauge",
+    "mesh_ca_expiry_seconds gauge",
     "mesh_catalog_connected gauge",
     "mesh_certificate_expiry_seconds gauge",
     "mesh_connection_bytes counter",

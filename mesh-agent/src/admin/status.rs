@@ -9,7 +9,7 @@ use super::rfc3339;
 use crate::{
     denials::Denials,
     health::State,
-    identity::{Identities, spiffe::SpiffeId},
+    identity::{Identities, ca::CaKind, spiffe::SpiffeId},
     names::{NodeName, ServiceName},
     snapshot::Watch,
     table::table,
@@ -94,10 +94,29 @@ impl Status {
                 connections_into: c.connections_into(),
             })
             .collect();
+        let cas = self
+            .identities
+            .ca()
+            .certs()
+            .iter()
+            .map(|c| CaDoc {
+                kind: c.kind,
+                subject: c.subject.clone(),
+                fingerprint: c.fingerprint.clone(),
+                expiry: expiry(c.not_after),
+            })
+            .collect();
+        let agent = self.identities.agent();
         StatusDoc {
             node: self.node.clone(),
             trust_domain: self.identities.trust_domain().to_owned(),
             node_ca: expiry(self.identities.ca().not_after()),
+            cas,
+            agent: Some(AgentLeafDoc {
+                spiffe_id: agent.spiffe_id.clone(),
+                serial: agent.serial.clone(),
+                expiry: expiry(agent.not_after),
+            }),
             services,
             instances,
             connections,
@@ -118,6 +137,12 @@ pub struct StatusDoc {
     pub node: String,
     pub trust_domain: String,
     pub node_ca: Expiry,
+    /// The roots it trusts, its node CA and any CA presented above it.
+    #[serde(default)]
+    pub cas: Vec<CaDoc>,
+    /// The agent's own leaf (agent links).
+    #[serde(default)]
+    pub agent: Option<AgentLeafDoc>,
     /// Per local service: its current leaf.
     pub services: Vec<LeafDoc>,
     /// Per instance of every meshed service: its health as this agent
@@ -172,6 +197,26 @@ pub struct Expiry {
     pub expires_in_secs: u64,
 }
 
+/// A CA certificate of the agent's trust.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaDoc {
+    pub kind: CaKind,
+    pub subject: String,
+    /// SHA-256 of its DER, lowercase hex.
+    pub fingerprint: String,
+    #[serde(flatten)]
+    pub expiry: Expiry,
+}
+
+/// The agent's own leaf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLeafDoc {
+    pub spiffe_id: SpiffeId,
+    pub serial: String,
+    #[serde(flatten)]
+    pub expiry: Expiry,
+}
+
 /// A local service's leaf.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeafDoc {
@@ -224,19 +269,38 @@ impl StatusDoc {
                 )),
             }
         }
+        if !self.cas.is_empty() {
+            let rows = self.cas.iter().map(|c| {
+                vec![
+                    c.kind.to_string(),
+                    c.subject.clone(),
+                    c.fingerprint.chars().take(16).collect(),
+                    expires(&c.expiry),
+                ]
+            });
+            out.push_str(&table(&["CA", "SUBJECT", "SHA-256", "EXPIRES"], rows));
+            out.push('\n');
+        }
+        let agent = self.agent.iter().map(|leaf| {
+            vec![
+                "(this agent)".to_owned(),
+                leaf.spiffe_id.to_string(),
+                leaf.serial.clone(),
+                expires(&leaf.expiry),
+            ]
+        });
         let rows = self.services.iter().map(|leaf| {
             vec![
                 leaf.name.to_string(),
                 leaf.spiffe_id.to_string(),
                 leaf.serial.clone(),
-                format!(
-                    "{} (in {})",
-                    leaf.expiry.not_after,
-                    human(leaf.expiry.expires_in_secs)
-                ),
+                expires(&leaf.expiry),
             ]
         });
-        out.push_str(&table(&["SERVICE", "SPIFFE ID", "SERIAL", "EXPIRES"], rows));
+        out.push_str(&table(
+            &["SERVICE", "SPIFFE ID", "SERIAL", "EXPIRES"],
+            rows.chain(agent),
+        ));
         if !self.connections.is_empty() {
             out.push_str(
                 "\nCONNECTIONS (source -> destination: allowed / denied here / denied at the source / cut by a change)\n",
@@ -290,10 +354,20 @@ impl StatusDoc {
     }
 }
 
+/// `<RFC 3339> (in <how long>)`; `EXPIRED` once past.
+fn expires(e: &Expiry) -> String {
+    if e.expires_in_secs == 0 {
+        format!("{} (EXPIRED)", e.not_after)
+    } else {
+        format!("{} (in {})", e.not_after, human(e.expires_in_secs))
+    }
+}
+
 fn human(secs: u64) -> String {
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m{}s", secs / 60, secs % 60),
-        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        3600..172_800 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
     }
 }

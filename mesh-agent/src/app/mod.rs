@@ -205,8 +205,7 @@ impl App {
     }
 }
 
-/// The node CA of `node`, checked against the root; warns when it expires
-/// within 30 days.
+/// The node CA of `node`, checked against the roots.
 fn node_ca(config: &Config, node: &NodeName) -> Result<NodeCa, AppError> {
     let ca = NodeCa::load_or_issue(config, node)?;
     crate::tls::verify::self_check(&ca, &config.mesh.trust_domain, node).map_err(|why| {
@@ -215,17 +214,6 @@ fn node_ca(config: &Config, node: &NodeName) -> Result<NodeCa, AppError> {
             why,
         }
     })?;
-    let left = ca
-        .not_after()
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    if left < Duration::from_secs(30 * 24 * 3600) {
-        warn!(
-            node = node.as_str(),
-            days_left = left.as_secs() / 86400,
-            "the node CA expires soon: issue a new one with `mesh-agent ca issue-node` (leaves cannot outlive it)"
-        );
-    }
     Ok(ca)
 }
 

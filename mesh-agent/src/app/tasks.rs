@@ -147,6 +147,7 @@ pub(super) async fn start(app: App, cgroups: cgroups::Shared) -> Result<Running,
     parts.spawn_dns(&opts, &mut tasks, sockets.dns, sockets.dns_tcp);
     parts.spawn_enroll(&opts, &mut tasks, &cg, &cgroups, adopted)?;
     tasks.spawn(parts.identities.clone().renew_forever());
+    tasks.spawn(parts.identities.clone().warn_expiry_forever());
     tasks.spawn(offer.serve(parts.kernel.clone()));
     for (service, leaf) in parts.identities.all() {
         info!(%service, spiffe_id = %leaf.spiffe_id, serial = %leaf.serial, "leaf issued");

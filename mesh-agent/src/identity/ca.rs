@@ -2,8 +2,10 @@
 //! service and one for the node's own agent. ECDSA P-256 keys made with
 //! rcgen; key files are 0600.
 //!
-//! Layout of `ca_dir` (see ARCHITECTURE.md):
-//! `root.crt`, `root.key` (may live elsewhere), `nodes/<node>.crt`,
+//! Layout of `ca_dir` (see ARCHITECTURE.md, PKI): `root.crt`, `root.key`
+//! (the CA that signs node CAs; the key may live elsewhere), `trust.crt`
+//! (the roots agents trust; when absent, `root.crt`), `nodes/<node>.crt`
+//! (the node CA, then any certificates to present above it) and
 //! `nodes/<node>.key`. Leaves are never written to disk.
 
 use std::{
@@ -25,10 +27,13 @@ use super::{IdentityError, spiffe, spiffe::SpiffeId};
 use crate::config::Config;
 use crate::names::{NodeName, ServiceName};
 
-/// Validity of a root CA.
-const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Validity of a node intermediate CA.
-const NODE_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Validity of a root CA, unless `ca init --days` says otherwise.
+pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Validity of a node intermediate CA, unless `ca issue-node --days` says
+/// otherwise.
+pub const NODE_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// From how long before a root or intermediate expires the agent warns.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How far back a certificate's validity starts, for clock skew between nodes.
 const BACKDATE: Duration = Duration::from_secs(30);
 
@@ -47,6 +52,10 @@ impl CaDir {
     pub fn root_key(&self) -> PathBuf {
         self.0.join("root.key")
     }
+    /// The trust bundle; when absent, `root.crt` is the only root.
+    pub fn trust(&self) -> PathBuf {
+        self.0.join("trust.crt")
+    }
     pub fn node_cert(&self, node: &str) -> PathBuf {
         self.0.join("nodes").join(format!("{node}.crt"))
     }
@@ -57,7 +66,8 @@ impl CaDir {
 
 /// `mesh-agent ca init`: creates the root CA. Refuses to overwrite one.
 /// Returns the paths written.
-pub fn init(config: &Config) -> Result<Vec<PathBuf>, IdentityError> {
+/// The root is valid for `validity` (10 years by default).
+pub fn init(config: &Config, validity: Duration) -> Result<Vec<PathBuf>, IdentityError> {
     let dir = CaDir::of(config);
     for path in [dir.root_cert(), dir.root_key()] {
         if path.exists() {
@@ -66,7 +76,7 @@ pub fn init(config: &Config) -> Result<Vec<PathBuf>, IdentityError> {
     }
     let td = &config.mesh.trust_domain;
     let key = new_key()?;
-    let mut params = params(&format!("mesh root CA {td}"), ROOT_VALIDITY)?;
+    let mut params = params(&format!("mesh root CA {td}"), validity)?;
     params.subject_alt_names = vec![uri_san(&spiffe::trust_domain_id(td))?];
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -82,8 +92,13 @@ pub fn init(config: &Config) -> Result<Vec<PathBuf>, IdentityError> {
 }
 
 /// `mesh-agent ca issue-node`: issues the intermediate CA of `node`, signed
-/// by the root key (which must be in `ca_dir`). Refuses to overwrite one.
-pub fn issue_node(config: &Config, node: &str) -> Result<Vec<PathBuf>, IdentityError> {
+/// by the root key (which must be in `ca_dir`), valid for `validity` (a
+/// year by default). Refuses to overwrite one.
+pub fn issue_node(
+    config: &Config,
+    node: &str,
+    validity: Duration,
+) -> Result<Vec<PathBuf>, IdentityError> {
     let dir = CaDir::of(config);
     for path in [dir.node_cert(node), dir.node_key(node)] {
         if path.exists() {
@@ -102,7 +117,7 @@ pub fn issue_node(config: &Config, node: &str) -> Result<Vec<PathBuf>, IdentityE
         }
     })?;
     let key = new_key()?;
-    let mut params = params(&format!("mesh node {node}"), NODE_VALIDITY)?;
+    let mut params = params(&format!("mesh node {node}"), validity)?;
     params.subject_alt_names = vec![uri_san(&spiffe::node_id(&config.mesh.trust_domain, node))?];
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -130,10 +145,63 @@ pub struct NodeCa {
     /// The node it belongs to (its URI SAN, checked at load).
     node: NodeName,
     issuer: Issuer<'static, KeyPair>,
-    cert: CertificateDer<'static>,
-    root: CertificateDer<'static>,
+    /// The node CA, then the certificates presented above it.
+    chain: Vec<CertificateDer<'static>>,
+    /// The roots this node trusts.
+    roots: Vec<CertificateDer<'static>>,
     /// The intermediate's own expiry: no leaf outlives it.
     not_after: OffsetDateTime,
+    /// Every CA certificate of `roots` and `chain`, for expiry reports.
+    certs: Vec<CaCert>,
+}
+
+/// What a CA certificate is to this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaKind {
+    /// A root it trusts.
+    Root,
+    /// A certificate it presents between its node CA and a root.
+    Intermediate,
+    /// Its own node CA.
+    Node,
+}
+
+impl CaKind {
+    /// As in `status` and the `kind` label of `mesh_ca_expiry_seconds`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::Intermediate => "intermediate",
+            Self::Node => "node",
+        }
+    }
+}
+
+impl std::fmt::Display for CaKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for CaKind {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// A CA certificate of a node's trust, as reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaCert {
+    pub kind: CaKind,
+    /// Its subject, as `openssl x509 -subject` prints it (RFC 4514 order).
+    pub subject: String,
+    /// SHA-256 of its DER, lowercase hex.
+    pub fingerprint: String,
+    pub not_after: SystemTime,
 }
 
 /// A freshly issued leaf.
@@ -161,13 +229,13 @@ impl NodeCa {
                     path: dir.node_cert(node),
                 });
             }
-            issue_node(config, node)?;
+            issue_node(config, node, NODE_VALIDITY)?;
             tracing::info!(node = node.as_str(), path = %dir.node_cert(node).display(), "issued the node CA");
         }
         let td = config.mesh.trust_domain.clone();
         let cert_pem = read(&dir.node_cert(node))?;
-        let cert = pem_cert(&cert_pem, &dir.node_cert(node))?;
-        let not_after = check_node_cert(&cert, &td, node, &dir.node_cert(node))?;
+        let chain = pem_certs(&cert_pem, &dir.node_cert(node))?;
+        let not_after = check_node_cert(&chain[0], &td, node, &dir.node_cert(node))?;
         check_key_mode(&dir.node_key(node))?;
         let key = KeyPair::from_pem(&read(&dir.node_key(node))?).map_err(|source| {
             IdentityError::Rcgen {
@@ -180,14 +248,36 @@ impl NodeCa {
                 what: "read the node certificate",
                 source,
             })?;
-        let root = pem_cert(&read(&dir.root_cert())?, &dir.root_cert())?;
+        let bundle = if dir.trust().exists() {
+            dir.trust()
+        } else {
+            dir.root_cert()
+        };
+        let roots = pem_certs(&read(&bundle)?, &bundle)?;
+        let node_file = dir.node_cert(node);
+        let kinds =
+            roots
+                .iter()
+                .map(|c| (CaKind::Root, c, &bundle))
+                .chain(chain.iter().enumerate().map(|(i, c)| {
+                    let kind = if i == 0 {
+                        CaKind::Node
+                    } else {
+                        CaKind::Intermediate
+                    };
+                    (kind, c, &node_file)
+                }));
+        let certs = kinds
+            .map(|(kind, der, path)| ca_cert(kind, der, path))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             trust_domain: td,
             node: node.clone(),
             issuer,
-            cert,
-            root,
+            chain,
+            roots,
             not_after,
+            certs,
         })
     }
 
@@ -201,9 +291,15 @@ impl NodeCa {
         &self.node
     }
 
-    /// The root certificate this node trusts.
-    pub fn root(&self) -> &CertificateDer<'static> {
-        &self.root
+    /// The roots this node trusts.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The CA certificates of this node's trust: roots, its node CA and any
+    /// presented above it.
+    pub fn certs(&self) -> &[CaCert] {
+        &self.certs
     }
 
     /// Issues a leaf for `service`, valid for `ttl` (from 30 s ago, and no
@@ -270,7 +366,9 @@ impl NodeCa {
                 source,
             })?;
         Ok(Leaf {
-            chain: vec![cert.der().clone(), self.cert.clone()],
+            chain: std::iter::once(cert.der().clone())
+                .chain(self.chain.iter().cloned())
+                .collect(),
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             serial,
             not_after,
@@ -385,12 +483,44 @@ fn check_key_mode(path: &Path) -> Result<(), IdentityError> {
     Ok(())
 }
 
-fn pem_cert(pem: &str, path: &Path) -> Result<CertificateDer<'static>, IdentityError> {
+/// Every certificate of a PEM file, in order; at least one.
+fn pem_certs(pem: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     use rustls_pki_types::pem::PemObject as _;
-    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| IdentityError::BadNodeCa {
+    let bad = |why: String| IdentityError::BadCaFile {
         path: path.to_owned(),
-        why: format!("no PEM certificate: {e}"),
+        why,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// The report of a CA certificate read from `path`.
+fn ca_cert(kind: CaKind, der: &CertificateDer<'_>, path: &Path) -> Result<CaCert, IdentityError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| IdentityError::BadCaFile {
+            path: path.to_owned(),
+            why: format!("not X.509: {e}"),
+        })?;
+    Ok(CaCert {
+        kind,
+        subject: parsed.subject().to_string(),
+        fingerprint: fingerprint(der),
+        not_after: SystemTime::from(parsed.validity().not_after.to_datetime()),
     })
+}
+
+/// SHA-256 of a certificate's DER, lowercase hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn read(path: &Path) -> Result<String, IdentityError> {
@@ -416,4 +546,89 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), IdentityError
         .open(path)
         .map_err(err)?;
     f.write_all(contents.as_bytes()).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, identity::Identities, testing};
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn mesh(scratch: &testing::Scratch) -> Config {
+        Config::parse(&testing::mesh_text(9000), &scratch.file()).unwrap()
+    }
+
+    fn pem_of(path: &Path) -> String {
+        fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn expiry_warnings_name_what_expires_within_30_days() {
+        let scratch = testing::Scratch::new();
+        let config = mesh(&scratch);
+        init(&config, 20 * DAY).unwrap();
+        issue_node(&config, "a", 40 * DAY).unwrap();
+        let a: NodeName = "a".parse().unwrap();
+        let ca = NodeCa::load_or_issue(&config, &a).unwrap();
+        let kinds: Vec<_> = ca.certs().iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [CaKind::Root, CaKind::Node]);
+        assert_eq!(ca.certs()[0].subject, "CN=mesh root CA mesh.local");
+        let ids = Identities::new("mesh.local", ca, Duration::from_secs(60), []).unwrap();
+        let now = SystemTime::now();
+        let soon = ids.expiring(now);
+        assert_eq!(soon.len(), 1, "{soon:?}");
+        assert_eq!((soon[0].kind, soon[0].days_left), (CaKind::Root, 19));
+        assert!(soon[0].advice.contains("root CA expires soon"));
+        // Fifteen days on, the node CA is within 30 days too.
+        let later = ids.expiring(now + 15 * DAY);
+        let kinds: Vec<_> = later.iter().map(|e| (e.kind, e.days_left)).collect();
+        assert_eq!(kinds, [(CaKind::Root, 4), (CaKind::Node, 24)]);
+    }
+
+    #[test]
+    fn a_bundle_of_roots_and_a_node_file_with_a_chain_are_read_whole() {
+        let scratch = testing::Scratch::new();
+        let config = mesh(&scratch);
+        let dir = CaDir::of(&config);
+        // A second root, in a mesh of its own, to trust beside the first.
+        let other = testing::Scratch::new();
+        let other_config = mesh(&other);
+        init(&other_config, ROOT_VALIDITY).unwrap();
+        init(&config, ROOT_VALIDITY).unwrap();
+        let bundle = pem_of(&dir.root_cert()) + &pem_of(&CaDir::of(&other_config).root_cert());
+        fs::write(dir.trust(), bundle).unwrap();
+        issue_node(&config, "a", NODE_VALIDITY).unwrap();
+        // Whatever follows the node CA in its file is presented above it.
+        let node_file = dir.node_cert("a");
+        let extra = pem_of(&CaDir::of(&other_config).root_cert());
+        fs::write(&node_file, pem_of(&node_file) + &extra).unwrap();
+        let ca = NodeCa::load_or_issue(&config, &"a".parse().unwrap()).unwrap();
+        assert_eq!(ca.roots().len(), 2);
+        let kinds: Vec<_> = ca.certs().iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                CaKind::Root,
+                CaKind::Root,
+                CaKind::Node,
+                CaKind::Intermediate
+            ]
+        );
+        let leaf = ca
+            .issue_leaf(&"web".parse().unwrap(), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(leaf.chain.len(), 3);
+        assert_eq!(leaf.chain[2], ca.roots()[1]);
+        // An empty bundle is refused, naming the file.
+        fs::write(dir.trust(), "").unwrap();
+        let err = NodeCa::load_or_issue(&config, &"a".parse().unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("trust.crt") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+    }
 }

@@ -34,6 +34,8 @@ pub enum IdentityError {
     NoNodeCa { node: String, path: PathBuf },
     #[error("bad node CA {path}: {why}")]
     BadNodeCa { path: PathBuf, why: String },
+    #[error("bad CA file {path}: {why}")]
+    BadCaFile { path: PathBuf, why: String },
     #[error("failed to {what}: {source}")]
     Rcgen {
         what: &'static str,
@@ -149,27 +151,97 @@ impl Identities {
         self.renewals.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Registers `mesh_certificate_expiry_seconds` (negative once
-    /// expired).
+    /// Registers `mesh_certificate_expiry_seconds` (per local service),
+    /// `mesh_agent_certificate_expiry_seconds` and `mesh_ca_expiry_seconds`
+    /// (per root, node CA and intermediate): negative once expired.
     pub fn register_metrics(self: &Arc<Self>, reg: &mut crate::telemetry::Registry) {
+        use crate::telemetry::registry::gauges;
         let this = self.clone();
         reg.collect(move |e| {
-            let now = std::time::SystemTime::now();
+            let now = SystemTime::now();
             let samples = this.all().into_iter().map(|(service, leaf)| {
-                let secs = match leaf.not_after.duration_since(now) {
-                    Ok(left) => left.as_secs_f64(),
-                    Err(past) => -past.duration().as_secs_f64(),
-                };
                 let service = service.to_string();
-                (crate::telemetry::ServiceLabels { service }, secs)
+                (
+                    crate::telemetry::ServiceLabels { service },
+                    seconds_left(leaf.not_after, now),
+                )
             });
-            crate::telemetry::registry::gauges(
+            gauges(
                 e,
                 "mesh_certificate_expiry_seconds",
                 "Seconds until each local service's certificate expires",
                 samples,
+            )?;
+            crate::telemetry::registry::gauge(
+                e,
+                "mesh_agent_certificate_expiry_seconds",
+                "Seconds until this agent's own certificate (agent links) expires",
+                seconds_left(this.agent().not_after, now) as i64,
+            )?;
+            let samples = this.ca.certs().iter().map(|c| {
+                let labels = CaLabels {
+                    kind: c.kind,
+                    subject: c.subject.clone(),
+                    fingerprint: c.fingerprint.clone(),
+                };
+                (labels, seconds_left(c.not_after, now))
+            });
+            gauges(
+                e,
+                "mesh_ca_expiry_seconds",
+                "Seconds until each CA certificate this agent trusts or presents expires",
+                samples,
             )
         });
+    }
+
+    /// Logs a warning for each root and intermediate that expires within
+    /// [`ca::EXPIRY_WARNING`]: now, and again every day.
+    pub async fn warn_expiry_forever(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_secs(24 * 3600));
+        loop {
+            every.tick().await;
+            for line in self.expiring(SystemTime::now()) {
+                tracing::warn!(
+                    kind = %line.kind,
+                    subject = %line.subject,
+                    fingerprint = %line.fingerprint,
+                    days_left = line.days_left,
+                    not_after = %time::OffsetDateTime::from(line.not_after),
+                    "{}",
+                    line.advice
+                );
+            }
+        }
+    }
+
+    /// The CA certificates that expire within [`ca::EXPIRY_WARNING`] of
+    /// `now`, with what to do.
+    pub fn expiring(&self, now: SystemTime) -> Vec<Expiring> {
+        self.ca
+            .certs()
+            .iter()
+            .filter(|c| c.not_after < now + ca::EXPIRY_WARNING)
+            .map(|c| Expiring {
+                kind: c.kind,
+                subject: c.subject.clone(),
+                fingerprint: c.fingerprint.clone(),
+                not_after: c.not_after,
+                days_left: c.not_after.duration_since(now).unwrap_or_default().as_secs() / 86400,
+                advice: match c.kind {
+                    ca::CaKind::Root => {
+                        "a trusted root CA expires soon: replace it before then"
+                    }
+                    ca::CaKind::Node => {
+                        "this node's CA expires soon (leaves cannot outlive it): issue a new one \
+                         with `mesh-agent ca issue-node`"
+                    }
+                    ca::CaKind::Intermediate => {
+                        "an intermediate CA above this node's expires soon: replace it where it was made"
+                    }
+                },
+            })
+            .collect()
     }
 
     /// Every local service's current leaf, sorted by service name.
@@ -243,6 +315,34 @@ impl Identities {
                 }
             }
         }
+    }
+}
+
+/// A CA certificate that expires soon.
+#[derive(Debug, Clone)]
+pub struct Expiring {
+    pub kind: ca::CaKind,
+    pub subject: String,
+    pub fingerprint: String,
+    pub not_after: SystemTime,
+    pub days_left: u64,
+    /// What to do about it.
+    pub advice: &'static str,
+}
+
+/// Labels of `mesh_ca_expiry_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CaLabels {
+    kind: ca::CaKind,
+    subject: String,
+    fingerprint: String,
+}
+
+/// Seconds from `now` to `t`, negative once past.
+fn seconds_left(t: SystemTime, now: SystemTime) -> f64 {
+    match t.duration_since(now) {
+        Ok(left) => left.as_secs_f64(),
+        Err(past) => -past.duration().as_secs_f64(),
     }
 }
 

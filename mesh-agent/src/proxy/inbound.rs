@@ -521,11 +521,9 @@ mod tests {
         let b = f.inbound().await;
         // Takes node b's server certificate as a mesh client would, but
         // presents none of its own.
-        let root = NodeCa::load_or_issue(&f.mesh.config, &"a".parse().unwrap())
-            .unwrap()
-            .root()
-            .clone();
-        let rules = PeerRules::new("mesh.local", &root, Arc::new(f.snapshots.clone())).unwrap();
+        let ca = NodeCa::load_or_issue(&f.mesh.config, &"a".parse().unwrap()).unwrap();
+        let rules =
+            PeerRules::new("mesh.local", ca.roots(), Arc::new(f.snapshots.clone())).unwrap();
         let mut config =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13])

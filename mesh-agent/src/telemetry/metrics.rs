@@ -13,6 +13,8 @@
 //! | `mesh_moved_streams_total` | side: busy `mesh/2` streams that moved to a `mesh/move` connection of their own |
 //! | `mesh_denials_total` | source, destination, rule, side (`source`: connect() refused on the caller's node; `destination`) |
 //! | `mesh_certificate_expiry_seconds` | service |
+//! | `mesh_agent_certificate_expiry_seconds` | (none) |
+//! | `mesh_ca_expiry_seconds` | kind (`root`, `node`, `intermediate`), subject, fingerprint |
 //! | `mesh_ebpf_map_entries` | map |
 //! | `mesh_instance_health` | service, node: 0 passing, 1 warning, 2 critical (as this agent knows it) |
 //! | `mesh_instance_connections_total`, `mesh_instance_connections_active` | service, node: connections this agent sent to the instance |

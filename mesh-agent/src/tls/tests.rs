@@ -35,7 +35,7 @@ impl Mesh {
     pub(crate) fn new(text: &str) -> Self {
         let scratch = Scratch::new();
         let config = Config::parse(text, &scratch.file()).unwrap();
-        ca::init(&config).unwrap();
+        ca::init(&config, ca::ROOT_VALIDITY).unwrap();
         Self { scratch, config }
     }
 
@@ -67,7 +67,7 @@ impl Mesh {
                 (s.name.to_string(), nodes)
             })
             .collect();
-        PeerRules::new("mesh.local", self.node("a").root(), Arc::new(hosts)).unwrap()
+        PeerRules::new("mesh.local", self.node("a").roots(), Arc::new(hosts)).unwrap()
     }
 
     /// The snapshot channel of this mesh's config.

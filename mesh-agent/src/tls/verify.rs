@@ -164,19 +164,24 @@ impl Hosting for HashMap<String, BTreeSet<String>> {
 }
 
 impl PeerRules {
-    /// Rules for `trust_domain`, trusting `root`, with service -> nodes
+    /// Rules for `trust_domain`, trusting `roots`, with service -> nodes
     /// read from `hosts`.
     pub fn new(
         trust_domain: &str,
-        root: &CertificateDer<'_>,
+        roots: &[CertificateDer<'_>],
         hosts: Arc<dyn Hosting>,
     ) -> Result<Self, VerifyError> {
-        let anchor = webpki::anchor_from_trusted_cert(root)
-            .map_err(VerifyError::Chain)?
-            .to_owned();
+        let roots = roots
+            .iter()
+            .map(|root| {
+                webpki::anchor_from_trusted_cert(root)
+                    .map(|a| a.to_owned())
+                    .map_err(VerifyError::Chain)
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
-            roots: vec![anchor],
+            roots,
             hosts,
             algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
         })
@@ -447,7 +452,7 @@ pub fn self_check(
     let hosts: HashMap<String, BTreeSet<String>> =
         [(PROBE.to_owned(), [node.to_string()].into())].into();
     let rules =
-        PeerRules::new(trust_domain, ca.root(), Arc::new(hosts)).map_err(|e| e.to_string())?;
+        PeerRules::new(trust_domain, ca.roots(), Arc::new(hosts)).map_err(|e| e.to_string())?;
     rules
         .verify(
             &leaf.chain[0],

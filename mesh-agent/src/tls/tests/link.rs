@@ -44,7 +44,7 @@ fn rules(mesh: &Mesh, snapshots: &Watch) -> Arc<PeerRules> {
     Arc::new(
         PeerRules::new(
             "mesh.local",
-            mesh.node("a").root(),
+            mesh.node("a").roots(),
             Arc::new(snapshots.clone()),
         )
         .unwrap(),
