@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    identity::{Identities, TrustReport},
     names::NodeName,
     telemetry::{Telemetry, traffic::Edge},
 };
@@ -35,6 +36,9 @@ pub struct News {
     pub started: u64,
     /// Its traffic per pair.
     pub traffic: Vec<Edge>,
+    /// What it trusts and presents (`None` from older agents).
+    #[serde(default)]
+    pub trust: Option<TrustReport>,
 }
 
 /// One other agent, as last heard.
@@ -52,6 +56,8 @@ const NEWS_FRESH: Duration = Duration::from_millis(200);
 /// This agent's news and what it heard from the others.
 pub struct Peers {
     telemetry: Arc<Telemetry>,
+    /// This agent's CA, for its trust report.
+    identities: Option<Arc<Identities>>,
     started: u64,
     heard: Mutex<HashMap<NodeName, Peer>>,
     /// The last reading of this agent's news, and when.
@@ -59,10 +65,12 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// The peers of an agent that counts its traffic in `telemetry`.
-    pub fn new(telemetry: Arc<Telemetry>) -> Arc<Self> {
+    /// The peers of an agent that counts its traffic in `telemetry` and
+    /// holds `identities`.
+    pub fn new(telemetry: Arc<Telemetry>, identities: Option<Arc<Identities>>) -> Arc<Self> {
         Arc::new(Self {
             telemetry,
+            identities,
             started: unix(SystemTime::now()),
             heard: Mutex::default(),
             news: Mutex::default(),
@@ -80,6 +88,7 @@ impl Peers {
                     pid: std::process::id(),
                     started: self.started,
                     traffic: self.telemetry.traffic(),
+                    trust: self.identities.as_ref().map(|i| i.ca().report()),
                 };
                 *last = Some((Instant::now(), news.clone()));
                 news
@@ -128,7 +137,7 @@ mod tests {
 
     #[test]
     fn a_heartbeat_keeps_the_news() {
-        let peers = Peers::new(Arc::default());
+        let peers = Peers::new(Arc::default(), None);
         let b: NodeName = "b".parse().unwrap();
         let news = peers.news();
         assert_eq!(news.version, env!("CARGO_PKG_VERSION"));

@@ -38,6 +38,13 @@ pub fn fetch_config(addr: SocketAddr) -> Result<ConfigDoc, AdminError> {
     })
 }
 
+/// `mesh-agent ca retire-old`: fetches `/ca` from the agent at `addr`.
+pub async fn fetch_trust(addr: SocketAddr) -> Result<super::trust::TrustDoc, AdminError> {
+    tokio::time::timeout(CLIENT_TIMEOUT, get(addr, "/ca"))
+        .await
+        .map_err(|_| AdminError::Timeout(addr))?
+}
+
 /// `mesh-agent catalog`: fetches `/catalog` from the agent at `addr`.
 pub async fn fetch_catalog(addr: SocketAddr) -> Result<CatalogDoc, AdminError> {
     tokio::time::timeout(CLIENT_TIMEOUT, get(addr, "/catalog"))

@@ -40,8 +40,9 @@ use tokio::net::TcpListener;
 
 mod client;
 pub mod status;
+pub mod trust;
 
-pub use client::{fetch_catalog, fetch_config, fetch_status, send_ttl};
+pub use client::{fetch_catalog, fetch_config, fetch_status, fetch_trust, send_ttl};
 pub use status::{Status, StatusDoc};
 
 pub use crate::endpoint::{Call, Caller, Reply, Routes};

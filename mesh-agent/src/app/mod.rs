@@ -18,6 +18,7 @@ mod listeners;
 mod maps;
 mod reload;
 mod tasks;
+mod trust;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -169,7 +170,7 @@ impl App {
                 "taking over from the running agent of this node"
             );
         }
-        let ca = node_ca(&config, &opts.node)?;
+        let ca = node_ca(&config, &opts.node, true)?;
         let local = config.services_on(&opts.node).map(|s| s.name.clone());
         let identities =
             Identities::new(&config.mesh.trust_domain, ca, config.mesh.leaf_ttl, local)?;
@@ -205,9 +206,14 @@ impl App {
     }
 }
 
-/// The node CA of `node`, checked against the roots.
-fn node_ca(config: &Config, node: &NodeName) -> Result<NodeCa, AppError> {
-    let ca = NodeCa::load_or_issue(config, node)?;
+/// The node CA of `node` (issued first if `issue` and the root key is
+/// there), checked against the roots.
+fn node_ca(config: &Config, node: &NodeName, issue: bool) -> Result<NodeCa, AppError> {
+    let ca = if issue {
+        NodeCa::load_or_issue(config, node)?
+    } else {
+        NodeCa::load(config, node)?
+    };
     crate::tls::verify::self_check(&ca, &config.mesh.trust_domain, node).map_err(|why| {
         AppError::NodeCa {
             node: node.to_string(),

@@ -113,6 +113,7 @@ pub(super) async fn start(app: App, cgroups: cgroups::Shared) -> Result<Running,
         .as_mut()
         .map(|t| std::mem::take(&mut t.containers))
         .unwrap_or_default();
+    let ca_files = super::trust::follow(config.clone(), identities.clone());
     let built = build(
         &opts,
         config,
@@ -148,6 +149,7 @@ pub(super) async fn start(app: App, cgroups: cgroups::Shared) -> Result<Running,
     parts.spawn_enroll(&opts, &mut tasks, &cg, &cgroups, adopted)?;
     tasks.spawn(parts.identities.clone().renew_forever());
     tasks.spawn(parts.identities.clone().warn_expiry_forever());
+    tasks.spawn(ca_files);
     tasks.spawn(offer.serve(parts.kernel.clone()));
     for (service, leaf) in parts.identities.all() {
         info!(%service, spiffe_id = %leaf.spiffe_id, serial = %leaf.serial, "leaf issued");
@@ -229,7 +231,7 @@ fn build(
     } = kernel::start(opts, &snapshot, cg, cgroups, &sockets)?;
     let telemetry = Arc::new(Telemetry::default());
     // Other agents' health, versions and traffic, and ours to them.
-    let peers = Peers::new(telemetry.clone());
+    let peers = Peers::new(telemetry.clone(), Some(identities.clone()));
     let links = Links::new(
         &opts.node,
         tls.link(),
@@ -449,6 +451,13 @@ impl Parts {
             containers: self.containers.clone(),
         };
         routes.any("/status", move |_| Reply::document(&status.document()));
+        admin::trust::routes(
+            &mut routes,
+            opts.node.clone(),
+            self.identities.clone(),
+            self.peers.clone(),
+            self.snapshots.clone(),
+        );
         if let Some(options) = &opts.ui {
             Ui {
                 node: opts.node.clone(),

@@ -1,9 +1,13 @@
 //! `ca`: the mesh's built-in CA.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Subcommand;
-use mesh_agent::{config::Config, identity};
+use mesh_agent::{
+    admin::{self, trust::TrustDoc},
+    config::Config,
+    identity::{self, rotation},
+};
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
@@ -25,6 +29,26 @@ pub enum CaCommand {
         /// Days the node CA is valid.
         #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
         days: u32,
+    },
+    /// Start a root rotation: a new root, trusted beside the old one
+    /// (trust.crt); every node CA in nodes/ re-issued under it for the same
+    /// key, with the new root cross-signed by the old. Agents reading these
+    /// files put them in force within a second; copy trust.crt and
+    /// nodes/N.crt to hosts that do not share them.
+    Rotate {
+        #[command(flatten)]
+        store: super::Store,
+    },
+    /// End a rotation: trust only the new root. Refused, naming who is
+    /// behind, until every node's agent reports that it trusts the new root
+    /// and presents a node CA signed by it (asked of the agent at --admin,
+    /// which hears every other over the health links).
+    RetireOld {
+        #[command(flatten)]
+        store: super::Store,
+        /// The admin address of a running agent of this mesh.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: SocketAddr,
     },
 }
 
@@ -49,9 +73,75 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             }
             identity::ca::issue_node(&config, &node, days(d))?
         }
+        CaCommand::Rotate { store } => {
+            let (config, _) = super::config::load(&store)?;
+            let rotated = rotation::rotate(&config)?;
+            println!(
+                "new root {} (SHA-256 {}); node CAs re-issued under it: {}",
+                rotated.subject,
+                rotated.fingerprint,
+                rotated.nodes.join(", ")
+            );
+            println!(
+                "agents that read these files trust both roots and present the new chain within a \
+                 second; then run `mesh-agent ca retire-old`"
+            );
+            rotated.written
+        }
+        CaCommand::RetireOld { store, admin } => {
+            let (config, _) = super::config::load(&store)?;
+            if !rotation::in_progress(&config) {
+                anyhow::bail!("no rotation in progress: start one with `mesh-agent ca rotate`");
+            }
+            let doc = super::block_on(admin::fetch_trust(admin))??;
+            let behind = behind(&config, &doc)?;
+            if !behind.is_empty() {
+                anyhow::bail!(
+                    "refusing to retire the old root: {} of {} agents are not on the new chain \
+                     (nothing changed):\n{}",
+                    behind.len(),
+                    doc.nodes.len(),
+                    behind.join("\n")
+                );
+            }
+            let written = rotation::retire_old(&config)?;
+            println!(
+                "every agent is on the new chain: the old root is retired (agents trust only the \
+                 new one within a second)"
+            );
+            written
+        }
     };
     for path in written {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// One line per node of `doc` whose agent is not on the new root of
+/// `config`'s `ca_dir`, saying why.
+fn behind(config: &Config, doc: &TrustDoc) -> anyhow::Result<Vec<String>> {
+    let (root, root_key) = rotation::root_key_fingerprint(config)?;
+    Ok(doc
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let why = match (&n.trust, n.reachable) {
+                (_, false) => format!(
+                    "unreachable from {}'s agent ({})",
+                    doc.node,
+                    n.why.as_deref().unwrap_or("not heard")
+                ),
+                (None, true) => "sends no trust report (an older agent?)".to_owned(),
+                (Some(t), true) if !t.roots.contains(&root) => {
+                    "does not trust the new root yet".to_owned()
+                }
+                (Some(t), true) if t.issuer_key != root_key => {
+                    "presents a node CA not signed by the new root yet".to_owned()
+                }
+                _ => return None,
+            };
+            Some(format!("  {}: {why}", n.node))
+        })
+        .collect())
 }

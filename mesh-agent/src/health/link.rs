@@ -443,8 +443,8 @@ mod tests {
         let (theirs, ours) = tokio::io::duplex(1 << 16);
         // b's traffic, and what this agent hears of b.
         let traffic = Arc::new(crate::telemetry::Telemetry::default());
-        let news = Peers::new(traffic.clone());
-        let heard = Peers::new(Arc::default());
+        let news = Peers::new(traffic.clone(), None);
+        let heard = Peers::new(Arc::default(), None);
         let sender =
             tokio::spawn(
                 async move { send_reports(theirs, &"b".parse().unwrap(), rx, &news).await },
@@ -521,7 +521,7 @@ mod tests {
     #[tokio::test]
     async fn reports_of_another_node_or_garbage_end_the_follow() {
         let (board, _watch, _) = board(Vec::new());
-        let peers = Peers::new(Arc::default());
+        let peers = Peers::new(Arc::default(), None);
         for (input, expected) in [
             (
                 &b"{\"node\":\"c\",\"instances\":[]}\n"[..],

@@ -52,6 +52,17 @@ impl CaDir {
     pub fn root_key(&self) -> PathBuf {
         self.0.join("root.key")
     }
+    /// The root a rotation replaces, until `ca retire-old`.
+    pub fn old_root_cert(&self) -> PathBuf {
+        self.0.join("root.old.crt")
+    }
+    pub fn old_root_key(&self) -> PathBuf {
+        self.0.join("root.old.key")
+    }
+    /// Where the node CAs are.
+    pub fn nodes(&self) -> PathBuf {
+        self.0.join("nodes")
+    }
     /// The trust bundle; when absent, `root.crt` is the only root.
     pub fn trust(&self) -> PathBuf {
         self.0.join("trust.crt")
@@ -74,12 +85,12 @@ pub fn init(config: &Config, validity: Duration) -> Result<Vec<PathBuf>, Identit
             return Err(IdentityError::Exists(path));
         }
     }
-    let td = &config.mesh.trust_domain;
     let key = new_key()?;
-    let mut params = params(&format!("mesh root CA {td}"), validity)?;
-    params.subject_alt_names = vec![uri_san(&spiffe::trust_domain_id(td))?];
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let params = root_params(
+        config,
+        &format!("mesh root CA {}", config.mesh.trust_domain),
+        validity,
+    )?;
     let cert = params
         .self_signed(&key)
         .map_err(|source| IdentityError::Rcgen {
@@ -117,11 +128,7 @@ pub fn issue_node(
         }
     })?;
     let key = new_key()?;
-    let mut params = params(&format!("mesh node {node}"), validity)?;
-    params.subject_alt_names = vec![uri_san(&spiffe::node_id(&config.mesh.trust_domain, node))?];
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let cert = params
+    let cert = node_params(config, node, validity)?
         .signed_by(&key, &root)
         .map_err(|source| IdentityError::Rcgen {
             what: "sign the node CA",
@@ -147,12 +154,15 @@ pub struct NodeCa {
     issuer: Issuer<'static, KeyPair>,
     /// The node CA, then the certificates presented above it.
     chain: Vec<CertificateDer<'static>>,
-    /// The roots this node trusts.
+    /// The roots this node trusts, and the same as webpki takes them.
     roots: Vec<CertificateDer<'static>>,
+    anchors: std::sync::Arc<[rustls_pki_types::TrustAnchor<'static>]>,
     /// The intermediate's own expiry: no leaf outlives it.
     not_after: OffsetDateTime,
     /// Every CA certificate of `roots` and `chain`, for expiry reports.
     certs: Vec<CaCert>,
+    /// SHA-256 of the public key that signed the node CA.
+    issuer_key: String,
 }
 
 /// What a CA certificate is to this node.
@@ -204,6 +214,16 @@ pub struct CaCert {
     pub not_after: SystemTime,
 }
 
+impl std::fmt::Debug for NodeCa {
+    // Keys stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCa")
+            .field("node", &self.node)
+            .field("certs", &self.certs)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A freshly issued leaf.
 pub struct Leaf {
     /// `[leaf, intermediate]`, as presented in TLS.
@@ -232,6 +252,16 @@ impl NodeCa {
             issue_node(config, node, NODE_VALIDITY)?;
             tracing::info!(node = node.as_str(), path = %dir.node_cert(node).display(), "issued the node CA");
         }
+        Self::load(config, node)
+    }
+
+    /// Loads the intermediate of `node`, the roots and any chain from
+    /// `ca_dir`.
+    pub fn load(config: &Config, node: &NodeName) -> Result<Self, IdentityError> {
+        let dir = CaDir::of(config);
+        if !dir.root_cert().exists() && !dir.trust().exists() {
+            return Err(IdentityError::NoRoot(dir.root_cert()));
+        }
         let td = config.mesh.trust_domain.clone();
         let cert_pem = read(&dir.node_cert(node))?;
         let chain = pem_certs(&cert_pem, &dir.node_cert(node))?;
@@ -254,6 +284,18 @@ impl NodeCa {
             dir.root_cert()
         };
         let roots = pem_certs(&read(&bundle)?, &bundle)?;
+        let anchors = roots
+            .iter()
+            .map(|root| {
+                webpki::anchor_from_trusted_cert(root)
+                    .map(|a| a.to_owned())
+                    .map_err(|e| IdentityError::BadCaFile {
+                        path: bundle.clone(),
+                        why: format!("not a usable root: {e}"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into();
         let node_file = dir.node_cert(node);
         let kinds =
             roots
@@ -270,14 +312,17 @@ impl NodeCa {
         let certs = kinds
             .map(|(kind, der, path)| ca_cert(kind, der, path))
             .collect::<Result<_, _>>()?;
+        let issuer_key = issuer_key(&chain, &roots);
         Ok(Self {
             trust_domain: td,
             node: node.clone(),
             issuer,
             chain,
             roots,
+            anchors,
             not_after,
             certs,
+            issuer_key,
         })
     }
 
@@ -294,6 +339,20 @@ impl NodeCa {
     /// The roots this node trusts.
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.roots
+    }
+
+    /// The roots this node trusts, for webpki.
+    pub fn anchors(&self) -> std::sync::Arc<[rustls_pki_types::TrustAnchor<'static>]> {
+        self.anchors.clone()
+    }
+
+    /// What this node trusts and presents, as it tells the others.
+    pub fn report(&self) -> super::TrustReport {
+        super::TrustReport {
+            roots: self.roots.iter().map(|r| fingerprint(r)).collect(),
+            node_ca: fingerprint(&self.chain[0]),
+            issuer_key: self.issuer_key.clone(),
+        }
     }
 
     /// The CA certificates of this node's trust: roots, its node CA and any
@@ -376,6 +435,35 @@ impl NodeCa {
     }
 }
 
+/// A root CA's profile: `common_name`, the trust domain's URI SAN, CA
+/// without a path length limit.
+pub(super) fn root_params(
+    config: &Config,
+    common_name: &str,
+    validity: Duration,
+) -> Result<CertificateParams, IdentityError> {
+    let td = &config.mesh.trust_domain;
+    let mut params = params(common_name, validity)?;
+    params.subject_alt_names = vec![uri_san(&spiffe::trust_domain_id(td))?];
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+/// A node CA's profile: CN `mesh node <node>`, its URI SAN, CA that signs
+/// only leaves.
+pub(super) fn node_params(
+    config: &Config,
+    node: &str,
+    validity: Duration,
+) -> Result<CertificateParams, IdentityError> {
+    let mut params = params(&format!("mesh node {node}"), validity)?;
+    params.subject_alt_names = vec![uri_san(&spiffe::node_id(&config.mesh.trust_domain, node))?];
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
 /// Parameters shared by every certificate: CN, validity, random serial.
 fn params(common_name: &str, validity: Duration) -> Result<CertificateParams, IdentityError> {
     let mut params =
@@ -395,7 +483,7 @@ fn params(common_name: &str, validity: Duration) -> Result<CertificateParams, Id
     Ok(params)
 }
 
-fn new_key() -> Result<KeyPair, IdentityError> {
+pub(super) fn new_key() -> Result<KeyPair, IdentityError> {
     KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| IdentityError::Rcgen {
         what: "generate a P-256 key",
         source,
@@ -465,7 +553,7 @@ fn check_node_cert(
 }
 
 /// Refuses a key file that others may read (it must be 0600 or stricter).
-fn check_key_mode(path: &Path) -> Result<(), IdentityError> {
+pub(super) fn check_key_mode(path: &Path) -> Result<(), IdentityError> {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = fs::metadata(path)
         .map_err(|source| IdentityError::Read {
@@ -484,7 +572,10 @@ fn check_key_mode(path: &Path) -> Result<(), IdentityError> {
 }
 
 /// Every certificate of a PEM file, in order; at least one.
-fn pem_certs(pem: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+pub(super) fn pem_certs(
+    pem: &str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     use rustls_pki_types::pem::PemObject as _;
     let bad = |why: String| IdentityError::BadCaFile {
         path: path.to_owned(),
@@ -514,6 +605,27 @@ fn ca_cert(kind: CaKind, der: &CertificateDer<'_>, path: &Path) -> Result<CaCert
     })
 }
 
+/// SHA-256 of the public key of the certificate among `chain[1..]` and
+/// `roots` whose subject is the node CA's (`chain[0]`) issuer; empty if
+/// none is.
+fn issuer_key(chain: &[CertificateDer<'_>], roots: &[CertificateDer<'_>]) -> String {
+    fn parse(der: &[u8]) -> Option<x509_parser::certificate::X509Certificate<'_>> {
+        x509_parser::parse_x509_certificate(der)
+            .ok()
+            .map(|(_, c)| c)
+    }
+    let Some(node_ca) = parse(&chain[0]) else {
+        return String::new();
+    };
+    chain[1..]
+        .iter()
+        .chain(roots)
+        .filter_map(|der| parse(der))
+        .find(|c| c.subject().as_raw() == node_ca.issuer().as_raw())
+        .map(|c| fingerprint(c.public_key().raw))
+        .unwrap_or_default()
+}
+
 /// SHA-256 of a certificate's DER, lowercase hex.
 pub fn fingerprint(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der)
@@ -523,7 +635,7 @@ pub fn fingerprint(der: &[u8]) -> String {
         .collect()
 }
 
-fn read(path: &Path) -> Result<String, IdentityError> {
+pub(super) fn read(path: &Path) -> Result<String, IdentityError> {
     fs::read_to_string(path).map_err(|source| IdentityError::Read {
         path: path.to_owned(),
         source,
@@ -531,7 +643,7 @@ fn read(path: &Path) -> Result<String, IdentityError> {
 }
 
 /// Writes a new file with `mode`; fails if it exists.
-fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), IdentityError> {
+pub(super) fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), IdentityError> {
     let err = |source| IdentityError::Write {
         path: path.to_owned(),
         source,
@@ -579,7 +691,7 @@ mod tests {
         let soon = ids.expiring(now);
         assert_eq!(soon.len(), 1, "{soon:?}");
         assert_eq!((soon[0].kind, soon[0].days_left), (CaKind::Root, 19));
-        assert!(soon[0].advice.contains("root CA expires soon"));
+        assert!(soon[0].advice.contains("mesh-agent ca rotate"));
         // Fifteen days on, the node CA is within 30 days too.
         let later = ids.expiring(now + 15 * DAY);
         let kinds: Vec<_> = later.iter().map(|e| (e.kind, e.days_left)).collect();

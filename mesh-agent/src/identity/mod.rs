@@ -3,6 +3,7 @@
 //! node's agent, each renewed at half its lifetime.
 
 pub mod ca;
+pub mod rotation;
 pub mod spiffe;
 
 use std::{
@@ -34,6 +35,8 @@ pub enum IdentityError {
     NoNodeCa { node: String, path: PathBuf },
     #[error("bad node CA {path}: {why}")]
     BadNodeCa { path: PathBuf, why: String },
+    #[error("{0}")]
+    Rotation(String),
     #[error("bad CA file {path}: {why}")]
     BadCaFile { path: PathBuf, why: String },
     #[error("failed to {what}: {source}")]
@@ -61,6 +64,18 @@ pub enum IdentityError {
     Key(rustls::Error),
 }
 
+/// What an agent trusts and presents, as it tells the others over the
+/// health links (`peers::News`): `ca retire-old` reads who is behind.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrustReport {
+    /// SHA-256 of each root it trusts.
+    pub roots: Vec<String>,
+    /// SHA-256 of its node CA.
+    pub node_ca: String,
+    /// SHA-256 of the public key that signed its node CA.
+    pub issuer_key: String,
+}
+
 /// The current certificate of a local service, or of this node's agent.
 pub struct Current {
     pub key: Arc<CertifiedKey>,
@@ -76,7 +91,8 @@ pub struct Current {
 /// get the new leaf.
 pub struct Identities {
     trust_domain: String,
-    ca: NodeCa,
+    /// Replaced as a whole when `ca_dir` changes (`set_ca`).
+    ca: RwLock<Arc<NodeCa>>,
     ttl: Duration,
     leaves: RwLock<HashMap<ServiceName, Arc<Current>>>,
     /// The agent's own leaf (`spiffe://<td>/agent/<node>`).
@@ -98,7 +114,7 @@ impl Identities {
         let agent = issue_agent(&ca, trust_domain, ttl)?;
         let this = Self {
             trust_domain: trust_domain.to_owned(),
-            ca,
+            ca: RwLock::new(Arc::new(ca)),
             ttl,
             leaves: RwLock::new(HashMap::new()),
             agent: RwLock::new(Arc::new(agent)),
@@ -116,8 +132,8 @@ impl Identities {
     }
 
     /// This node's name (its CA's).
-    pub fn node(&self) -> &NodeName {
-        self.ca.node()
+    pub fn node(&self) -> NodeName {
+        self.ca().node().clone()
     }
 
     /// The agent's current leaf.
@@ -127,14 +143,26 @@ impl Identities {
 
     /// Issues a new leaf for the agent and makes it current.
     pub fn renew_agent(&self) -> Result<Arc<Current>, IdentityError> {
-        let current = Arc::new(issue_agent(&self.ca, &self.trust_domain, self.ttl)?);
+        let current = Arc::new(issue_agent(&self.ca(), &self.trust_domain, self.ttl)?);
         *self.agent.write().unwrap_or_else(|e| e.into_inner()) = current.clone();
         Ok(current)
     }
 
-    /// The node CA (and through it, the root).
-    pub fn ca(&self) -> &NodeCa {
-        &self.ca
+    /// The node CA in force (and through it, the roots).
+    pub fn ca(&self) -> Arc<NodeCa> {
+        self.ca.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Makes `ca` the node CA in force (its roots trusted from now on) and
+    /// issues every leaf again under it, so new handshakes present the new
+    /// chain; live connections keep theirs. `ca` must be of the same node.
+    pub fn set_ca(&self, ca: NodeCa) -> Result<(), IdentityError> {
+        *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ca);
+        self.renew_agent()?;
+        for (service, _) in self.all() {
+            self.renew(&service)?;
+        }
+        Ok(())
     }
 
     /// The current leaf of `service`, if it is local.
@@ -178,7 +206,8 @@ impl Identities {
                 "Seconds until this agent's own certificate (agent links) expires",
                 seconds_left(this.agent().not_after, now) as i64,
             )?;
-            let samples = this.ca.certs().iter().map(|c| {
+            let ca = this.ca();
+            let samples = ca.certs().iter().map(|c| {
                 let labels = CaLabels {
                     kind: c.kind,
                     subject: c.subject.clone(),
@@ -218,7 +247,7 @@ impl Identities {
     /// The CA certificates that expire within [`ca::EXPIRY_WARNING`] of
     /// `now`, with what to do.
     pub fn expiring(&self, now: SystemTime) -> Vec<Expiring> {
-        self.ca
+        self.ca()
             .certs()
             .iter()
             .filter(|c| c.not_after < now + ca::EXPIRY_WARNING)
@@ -230,7 +259,7 @@ impl Identities {
                 days_left: c.not_after.duration_since(now).unwrap_or_default().as_secs() / 86400,
                 advice: match c.kind {
                     ca::CaKind::Root => {
-                        "a trusted root CA expires soon: replace it before then"
+                        "a trusted root CA expires soon: rotate it with `mesh-agent ca rotate`"
                     }
                     ca::CaKind::Node => {
                         "this node's CA expires soon (leaves cannot outlive it): issue a new one \
@@ -259,7 +288,7 @@ impl Identities {
 
     /// Issues a new leaf for `service` and makes it current.
     pub fn renew(&self, service: &ServiceName) -> Result<Arc<Current>, IdentityError> {
-        let leaf = self.ca.issue_leaf(service, self.ttl)?;
+        let leaf = self.ca().issue_leaf(service, self.ttl)?;
         let current = Arc::new(current(
             leaf,
             SpiffeId::service(&self.trust_domain, service),

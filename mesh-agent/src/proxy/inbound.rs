@@ -522,8 +522,7 @@ mod tests {
         // Takes node b's server certificate as a mesh client would, but
         // presents none of its own.
         let ca = NodeCa::load_or_issue(&f.mesh.config, &"a".parse().unwrap()).unwrap();
-        let rules =
-            PeerRules::new("mesh.local", ca.roots(), Arc::new(f.snapshots.clone())).unwrap();
+        let rules = PeerRules::new("mesh.local", Arc::new(ca), Arc::new(f.snapshots.clone()));
         let mut config =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13])

@@ -52,7 +52,7 @@ impl Link {
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, TlsError> {
         let td = identities.trust_domain().to_owned();
-        let own_sni = spiffe::agent_sni(&td, identities.node());
+        let own_sni = spiffe::agent_sni(&td, &identities.node());
         let leaf = Arc::new(AsAgent { identities });
 
         let mut client = ClientConfig::builder_with_provider(provider.clone())

@@ -179,7 +179,7 @@ impl Tls {
             (vec![ALPN.to_vec()], vec![ALPN.to_vec()])
         };
         let td = identities.trust_domain().to_owned();
-        let rules = Arc::new(PeerRules::new(&td, identities.ca().roots(), hosts)?);
+        let rules = Arc::new(PeerRules::new(&td, identities.clone(), hosts));
         let provider = Arc::new(provider());
 
         let mut server = ServerConfig::builder_with_provider(provider.clone())

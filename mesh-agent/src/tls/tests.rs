@@ -58,6 +58,11 @@ impl Mesh {
     }
 
     fn rules(&self) -> PeerRules {
+        self.rules_trusting(self.node("a"))
+    }
+
+    /// The rules of an agent whose CA (and so roots) is `ca`.
+    pub(crate) fn rules_trusting(&self, ca: NodeCa) -> PeerRules {
         let hosts: std::collections::HashMap<String, std::collections::BTreeSet<String>> = self
             .config
             .services
@@ -67,7 +72,7 @@ impl Mesh {
                 (s.name.to_string(), nodes)
             })
             .collect();
-        PeerRules::new("mesh.local", self.node("a").roots(), Arc::new(hosts)).unwrap()
+        PeerRules::new("mesh.local", Arc::new(ca), Arc::new(hosts))
     }
 
     /// The snapshot channel of this mesh's config.
@@ -260,7 +265,7 @@ fn a_self_signed_leaf_with_the_right_uri_is_refused() {
         .self_signed(&key)
         .unwrap();
     let r = client(&mesh.rules(), &[cert.der().clone()]);
-    assert!(matches!(r, Err(VerifyError::Chain(_))), "{r:?}");
+    assert!(matches!(r, Err(VerifyError::Intermediates(0))), "{r:?}");
 }
 
 #[test]
@@ -785,7 +790,8 @@ fn only_the_node_ca_verified_in_full_is_rechecked() {
         .unwrap()
         .der()
         .clone();
-    // A chain with an extra certificate is refused outright...
+    // A chain whose first certificate after the leaf is not the one the
+    // path goes through is refused outright...
     let r = rules.verify(
         &leaf.chain[0],
         &[fake.clone(), leaf.chain[1].clone()],
@@ -793,12 +799,14 @@ fn only_the_node_ca_verified_in_full_is_rechecked() {
         webpki::KeyUsage::client_auth(),
         None,
     );
-    assert!(matches!(r, Err(VerifyError::Intermediates(2))), "{r:?}");
-    // ...and a stored one is held to [leaf, node CA] too.
+    assert!(matches!(r, Err(VerifyError::NodeCaNotFirst)), "{r:?}");
+    // ...so recheck, which reads the node CA there, never reads the fake:
+    // were it stored, it would name node b, which does not host web.
     let stored = [leaf.chain[0].clone(), fake, leaf.chain[1].clone()];
     let r = rules.recheck(&stored, now(), None);
-    assert!(matches!(r, Err(VerifyError::Intermediates(_))), "{r:?}");
+    assert!(matches!(r, Err(VerifyError::WrongNode { .. })), "{r:?}");
     assert_eq!(rules.recheck(&leaf.chain, now(), None).unwrap(), "web");
 }
 
 mod link;
+mod rotation;

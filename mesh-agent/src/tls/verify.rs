@@ -2,11 +2,13 @@
 //! run the same rules: `PeerRules::verify` for a service's leaf (the data
 //! path), `PeerRules::verify_agent` for a node agent's leaf (agent links).
 //!
-//! 1. the chain leads from the leaf through exactly one intermediate to the
-//!    mesh root, every certificate is within its validity period, and the
-//!    leaf may be used for this side of the handshake (webpki); the
-//!    intermediate has exactly one URI SAN, `spiffe://<trust domain>/node/<N>`,
-//!    and no other SAN;
+//! 1. the chain leads from the leaf through its node CA (the first
+//!    certificate after the leaf) and any presented CA above it (a
+//!    cross-signed root during a rotation, an organization's intermediate) to
+//!    a root this node trusts, every certificate is within its validity
+//!    period, and the leaf may be used for this side of the handshake
+//!    (webpki); the node CA has exactly one URI SAN,
+//!    `spiffe://<trust domain>/node/<N>`, and no other SAN;
 //! 2. a service leaf has exactly one URI SAN, `spiffe://<trust domain>/svc/<S>`
 //!    (exactly: see `spiffe`), no other SAN but the DNS name
 //!    `<S>.svc.<trust domain>`, and S is a meshed service of the config;
@@ -43,8 +45,13 @@ use crate::{
 pub enum VerifyError {
     #[error("certificate chain does not verify against the mesh root: {0}")]
     Chain(webpki::Error),
-    #[error("chain has {0} intermediates; expected exactly one node CA")]
+    #[error(
+        "chain has {0} certificates after the leaf; expected its node CA and at most {max} more",
+        max = MAX_ABOVE_NODE_CA
+    )]
     Intermediates(usize),
+    #[error("the certificate after the leaf is not the CA that signed it")]
+    NodeCaNotFirst,
     #[error("certificate is not X.509: {0}")]
     Parse(String),
     #[error("leaf URI SANs {0:?}: expected exactly one spiffe://<trust domain>/svc/<service>")]
@@ -104,7 +111,7 @@ impl VerifyError {
                 Refusal::Expired
             }
             Self::Chain(webpki::Error::UnknownIssuer) => Refusal::UnknownIssuer,
-            Self::Chain(_) | Self::Intermediates(_) => Refusal::BadChain,
+            Self::Chain(_) | Self::Intermediates(_) | Self::NodeCaNotFirst => Refusal::BadChain,
             Self::Parse(_) => Refusal::BadCertificate,
             Self::NotService(_)
             | Self::NotAgent(_)
@@ -121,11 +128,56 @@ impl VerifyError {
     }
 }
 
+/// Presented CA certificates above the node CA, at most.
+pub const MAX_ABOVE_NODE_CA: usize = 3;
+
+/// The roots a node trusts now, read at every verification: they change
+/// during a rotation (`identity::Identities::set_ca`).
+pub trait Roots: Send + Sync + std::fmt::Debug {
+    fn anchors(&self) -> Arc<[TrustAnchor<'static>]>;
+}
+
+impl Roots for crate::identity::NodeCa {
+    fn anchors(&self) -> Arc<[TrustAnchor<'static>]> {
+        self.anchors()
+    }
+}
+
+impl Roots for crate::identity::Identities {
+    fn anchors(&self) -> Arc<[TrustAnchor<'static>]> {
+        self.ca().anchors()
+    }
+}
+
+/// Roots that never change (tests, fuzzing).
+#[derive(Debug)]
+pub struct FixedRoots(Arc<[TrustAnchor<'static>]>);
+
+impl FixedRoots {
+    pub fn new(roots: &[CertificateDer<'_>]) -> Result<Self, VerifyError> {
+        let anchors = roots
+            .iter()
+            .map(|root| {
+                webpki::anchor_from_trusted_cert(root)
+                    .map(|a| a.to_owned())
+                    .map_err(VerifyError::Chain)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(anchors.into()))
+    }
+}
+
+impl Roots for FixedRoots {
+    fn anchors(&self) -> Arc<[TrustAnchor<'static>]> {
+        self.0.clone()
+    }
+}
+
 /// What a peer certificate must satisfy in this mesh.
 #[derive(Debug)]
 pub struct PeerRules {
     trust_domain: String,
-    roots: Vec<TrustAnchor<'static>>,
+    roots: Arc<dyn Roots>,
     /// Which nodes host each service, read at every verification.
     hosts: Arc<dyn Hosting>,
     algorithms: WebPkiSupportedAlgorithms,
@@ -166,25 +218,13 @@ impl Hosting for HashMap<String, BTreeSet<String>> {
 impl PeerRules {
     /// Rules for `trust_domain`, trusting `roots`, with service -> nodes
     /// read from `hosts`.
-    pub fn new(
-        trust_domain: &str,
-        roots: &[CertificateDer<'_>],
-        hosts: Arc<dyn Hosting>,
-    ) -> Result<Self, VerifyError> {
-        let roots = roots
-            .iter()
-            .map(|root| {
-                webpki::anchor_from_trusted_cert(root)
-                    .map(|a| a.to_owned())
-                    .map_err(VerifyError::Chain)
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
+    pub fn new(trust_domain: &str, roots: Arc<dyn Roots>, hosts: Arc<dyn Hosting>) -> Self {
+        Self {
             trust_domain: trust_domain.to_owned(),
             roots,
             hosts,
             algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        })
+        }
     }
 
     /// Checks a presented service leaf and its chain (see the module docs);
@@ -243,11 +283,15 @@ impl PeerRules {
         now: UnixTime,
         usage: webpki::KeyUsage,
     ) -> Result<NodeName, VerifyError> {
+        if intermediates.is_empty() || intermediates.len() > 1 + MAX_ABOVE_NODE_CA {
+            return Err(VerifyError::Intermediates(intermediates.len()));
+        }
         let leaf = webpki::EndEntityCert::try_from(end_entity).map_err(VerifyError::Chain)?;
+        let roots = self.roots.anchors();
         let path = leaf
             .verify_for_usage(
                 self.algorithms.all,
-                &self.roots,
+                &roots,
                 intermediates,
                 now,
                 usage,
@@ -255,15 +299,16 @@ impl PeerRules {
                 None,
             )
             .map_err(VerifyError::Chain)?;
-        let used: Vec<_> = path.intermediate_certificates().collect();
-        let [node_ca] = used.as_slice() else {
-            return Err(VerifyError::Intermediates(used.len()));
-        };
-        // Agents send exactly [leaf, node CA]; anything more is refused, so
-        // the certificate a resumed session is re-checked against (`recheck`)
-        // is the one verified here.
-        if intermediates.len() != 1 {
-            return Err(VerifyError::Intermediates(intermediates.len()));
+        // The leaf's issuer on the verified path is its node CA; agents
+        // send it first, and only that order is taken, so the certificate a
+        // resumed session is re-checked against (`recheck`) is the one
+        // verified here.
+        let node_ca = path
+            .intermediate_certificates()
+            .next()
+            .ok_or(VerifyError::Intermediates(0))?;
+        if node_ca.der().as_ref() != intermediates[0].as_ref() {
+            return Err(VerifyError::NodeCaNotFirst);
         }
         self.signer(&node_ca.der())
     }
@@ -279,8 +324,8 @@ impl PeerRules {
         now: UnixTime,
         expected: Option<&str>,
     ) -> Result<ServiceName, VerifyError> {
-        // `verify` accepted exactly [leaf, node CA] when the session began.
-        let [end_entity, node_ca_der] = chain else {
+        // `verify` accepted [leaf, node CA, ...] when the session began.
+        let [end_entity, node_ca_der, ..] = chain else {
             return Err(VerifyError::Intermediates(chain.len().saturating_sub(1)));
         };
         let leaf = parse_x509(end_entity)?;
@@ -451,8 +496,8 @@ pub fn self_check(
         .map_err(|e| e.to_string())?;
     let hosts: HashMap<String, BTreeSet<String>> =
         [(PROBE.to_owned(), [node.to_string()].into())].into();
-    let rules =
-        PeerRules::new(trust_domain, ca.roots(), Arc::new(hosts)).map_err(|e| e.to_string())?;
+    let roots = FixedRoots(ca.anchors());
+    let rules = PeerRules::new(trust_domain, Arc::new(roots), Arc::new(hosts));
     rules
         .verify(
             &leaf.chain[0],

@@ -41,14 +41,11 @@ fn link(mesh: &Mesh, snapshots: &Watch, node: &str) -> Arc<Link> {
 
 /// The rules of `snapshots`, as every agent of `mesh` runs them.
 fn rules(mesh: &Mesh, snapshots: &Watch) -> Arc<PeerRules> {
-    Arc::new(
-        PeerRules::new(
-            "mesh.local",
-            mesh.node("a").roots(),
-            Arc::new(snapshots.clone()),
-        )
-        .unwrap(),
-    )
+    Arc::new(PeerRules::new(
+        "mesh.local",
+        Arc::new(mesh.node("a")),
+        Arc::new(snapshots.clone()),
+    ))
 }
 
 /// One loopback TCP connection: `server` runs on the accepted socket (in a
