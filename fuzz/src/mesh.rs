@@ -76,7 +76,11 @@ pub fn pki() -> &'static Pki {
             .collect();
         let root = CertificateDer::from(ROOT_DER);
         let roots = FixedRoots::new(std::slice::from_ref(&root)).unwrap();
-        let rules = PeerRules::new(TRUST_DOMAIN, std::sync::Arc::new(roots), std::sync::Arc::new(hosts));
+        let rules = PeerRules::new(
+            TRUST_DOMAIN,
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(hosts),
+        );
         let (_, leaf) = x509_parser::parse_x509_certificate(WEB_LEAF_DER).unwrap();
         let not_before = u64::try_from(leaf.validity().not_before.timestamp()).unwrap();
         Pki {
