@@ -94,6 +94,11 @@ impl Hosting for Watch {
         let snapshot = self.borrow().clone();
         snapshot.config.node(node).is_some()
     }
+
+    fn revoked(&self, node: &str, node_ca: &str) -> bool {
+        let snapshot = self.borrow().clone();
+        snapshot.config.is_banned(node) || snapshot.config.is_revoked_ca(node_ca)
+    }
 }
 
 /// Service -> nodes of every service: public services are never

@@ -16,6 +16,45 @@ use std::{
 use etherparse::{IpNumber, NetSlice, SlicedPacket, TransportSlice};
 use pcap_file::{DataLink, pcap::PcapReader};
 
+/// The certificate chains sent in the TLS handshakes of `pcap` that
+/// `keylog` (an NSS key log, as `openssl s_client -keylogfile` writes it)
+/// decrypts, in order, each as DER certificates. Wireshark's TLS dissector
+/// (tshark) does the decrypting and reading.
+pub fn decrypted_chains(pcap: &Path, keylog: &Path) -> Result<Vec<Vec<Vec<u8>>>, String> {
+    let out = std::process::Command::new("tshark")
+        .arg("-n")
+        .arg("-r")
+        .arg(pcap)
+        .arg("-o")
+        .arg(format!("tls.keylog_file:{}", keylog.display()))
+        .args(["-Y", "tls.handshake.type == 11", "-T", "fields"])
+        .args(["-e", "tls.handshake.certificate"])
+        .output()
+        .map_err(|e| format!("tshark: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "tshark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            line.split(',')
+                .map(|cert| {
+                    let hex: String = cert.chars().filter(char::is_ascii_hexdigit).collect();
+                    (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+                        .collect::<Result<Vec<u8>, _>>()
+                        .map_err(|e| format!("tshark printed {cert:?}: {e}"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Whether `needle` occurs anywhere in the capture file's bytes (headers,
 /// payloads, everything). A needle split across two packets is not found:
 /// search [`tcp_conns`]' streams for that. An empty needle is always found.

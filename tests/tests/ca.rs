@@ -267,6 +267,12 @@ fn rotation(etcd: bool) {
             mesh.admin_json("ra", "/ca")
         );
     }
+    // On the wire, decrypted: rb presents its node CA under the new root,
+    // then the new root cross-signed by the old.
+    let node_file = ca.join("nodes/rb.crt");
+    let chain = presented_chain(&mesh, "ra", "rb");
+    assert_eq!(chain.len(), 3, "{} certificates", chain.len());
+    assert_eq!(chain[1..], pem_certs(&node_file)[..]);
     // A leaf of the old root is still accepted while both are trusted.
     let certs = mesh.dir.join("certs");
     let old = certs.join("old");
@@ -318,6 +324,21 @@ fn rotation(etcd: bool) {
             roots(&mesh, node)
         );
     }
+    // On the wire: [leaf, node CA under the new root], nothing else.
+    let chain = presented_chain(&mesh, "ra", "rb");
+    let files = pem_certs(&node_file);
+    assert_eq!(files.len(), 1);
+    assert_eq!(chain.len(), 2, "{} certificates", chain.len());
+    assert_eq!(chain[1], files[0]);
+    let (_, issuer) = x509_parser::parse_x509_certificate(&chain[1]).expect("X.509");
+    assert!(
+        issuer
+            .issuer()
+            .to_string()
+            .contains("mesh root CA mesh.local "),
+        "{}",
+        issuer.issuer()
+    );
     // Calls go on past the end of the rotation; none fails, from the first
     // to the last.
     while calls.next(Duration::ZERO).is_some() {}
@@ -357,6 +378,37 @@ fn rotation(etcd: bool) {
     );
 }
 
+/// Every certificate of a PEM file, as DER.
+fn pem_certs(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = fs::read(path).expect("read PEM");
+    x509_parser::pem::Pem::iter_from_buffer(&bytes)
+        .map(|p| p.expect("PEM").contents)
+        .collect()
+}
+
+/// The chain `server`'s agent presents for api, as it crossed the wire:
+/// captured on `server` while `openssl s_client` on `client` opens a
+/// handshake with a key log, then decrypted by tshark.
+fn presented_chain(mesh: &Mesh, client: &str, server: &str) -> Vec<Vec<u8>> {
+    let keylog = mesh.dir.join(format!("keylog-{client}"));
+    let _ = fs::remove_file(&keylog);
+    let capture = mesh.capture(server, &format!("tcp port {API_PORT}"));
+    let addr = mesh.node(server).addr(false);
+    let mut cmd = mesh.cmd(client, "sh");
+    cmd.arg("-c").arg(format!(
+        "openssl s_client -connect {addr}:{API_PORT} -tls1_3 -servername api.svc.mesh.local \
+         -alpn mesh/1 -keylogfile {} </dev/null 2>&1",
+        keylog.display()
+    ));
+    mesh_tests::run_to_string(&mut cmd, Duration::from_secs(20));
+    let pcap = capture.stop();
+    let chains = mesh_tests::wire::decrypted_chains(&pcap, &keylog).expect("tshark");
+    let [chain] = chains.as_slice() else {
+        panic!("{} decrypted certificate messages", chains.len());
+    };
+    chain.clone()
+}
+
 /// `openssl s_client` on `node` to `addr`:API_PORT presenting `leaf`.
 fn s_client(mesh: &Mesh, node: &str, addr: IpAddr, leaf: &pki::CertFiles) {
     let chain = leaf
@@ -372,4 +424,387 @@ fn s_client(mesh: &Mesh, node: &str, addr: IpAddr, leaf: &pki::CertFiles) {
         leaf.key.display()
     ));
     mesh_tests::run_to_string(&mut cmd, Duration::from_secs(20));
+}
+
+/// Node vc is revoked while it holds a stream to rb's store (as caller)
+/// and web on ra holds one to vc's store (vc as destination): both end
+/// within a second, and so do vc's agent links; its new connections are
+/// refused with `revoked` in the log and the counter, the rest of the mesh
+/// works; `readmit` is refused until vc has a new node CA, and then vc
+/// works both ways again.
+#[test]
+fn a_revoked_node_is_cut_off_within_a_second() {
+    revocation(false);
+}
+
+/// The same with the catalog in etcd.
+#[test]
+fn a_revoked_node_is_cut_off_with_the_catalog_in_etcd() {
+    revocation(true);
+}
+
+fn revocation(etcd: bool) {
+    let mut topology = Mesh::nodes(&["va", "vb", "vc"]);
+    if etcd {
+        topology = topology.etcd();
+    }
+    let vc_store = Ipv4Addr::new(240, 0, 0, 64);
+    let mesh = topology
+        .default_policy("allow")
+        .service("web", "va", 8080)
+        .service_with("api", "vb", API_PORT, |s| s.vip(&API_VIP.to_string()))
+        .service_with("store", "vb", STORE_PORT, |s| s.vip(&STORE_VIP.to_string()))
+        .service_with("jobs", "vc", JOBS_PORT, |s| s.vip(&JOBS_VIP.to_string()))
+        .service_with("files", "vc", 5004, |s| s.vip(&vc_store.to_string()))
+        .start();
+    mesh.start_health_server("vb", "api", API_PORT);
+    mesh.start_echo_server("vb", "store", STORE_PORT);
+    mesh.start_health_server("vc", "jobs", JOBS_PORT);
+    mesh.start_echo_server("vc", "files", 5004);
+    let hold = |node: &str, service: &str, vip: Ipv4Addr, port: u16| {
+        let name = format!("hold-{node}");
+        let mut cmd = mesh.cmd_as(node, service, "python3");
+        cmd.arg(app("hold_client.py"))
+            .args([&vip.to_string(), &port.to_string(), "60"]);
+        mesh.spawn_app(cmd, &name);
+        mesh.dir.join(format!("app-{name}.log"))
+    };
+    let said = |log: &Path, what: &str| fs::read_to_string(log).unwrap_or_default().contains(what);
+    // vc as the caller, and vc as the destination.
+    let from_vc = hold("vc", "jobs", STORE_VIP, STORE_PORT);
+    let into_vc = hold("va", "web", vc_store, 5004);
+    assert!(
+        wait_until(Duration::from_secs(10), || said(&from_vc, "OPEN")
+            && said(&into_vc, "OPEN")),
+        "the streams did not open"
+    );
+    let api = IpAddr::V4(API_VIP);
+    let jobs = IpAddr::V4(JOBS_VIP);
+    let calls = |node: &str, service: &str, host: IpAddr, port: u16| {
+        failed_calls(&mesh.http_calls(node, service, host, port, 3, Duration::from_millis(10)))
+    };
+    assert_eq!(calls("vc", "jobs", api, API_PORT), []);
+
+    let (ok, out) = node_cli(&mesh, "va", &["revoke", "vc"]);
+    assert!(ok, "{out}");
+    let revoked = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || said(&from_vc, "CLOSED")
+            && said(&into_vc, "CLOSED")),
+        "vc's streams were not cut"
+    );
+    let cut = revoked.elapsed();
+    assert!(
+        cut <= Duration::from_millis(1200),
+        "cut {cut:?} after the revocation was written"
+    );
+    // Its links too: the others count it unreachable.
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            let ca = mesh.admin_json("va", "/ca");
+            ca["nodes"].as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|n| n["node"] == "vc" && n["reachable"] == false)
+            })
+        }),
+        "{}",
+        mesh.admin_json("va", "/ca")
+    );
+
+    // Its apps' new calls fail (its own agent sees the others unreachable).
+    assert_eq!(calls("vc", "jobs", api, API_PORT).len(), 3);
+    // Whoever holds its keys is refused, with `revoked` in the log and the
+    // counter: a leaf for jobs made with vc's node CA key.
+    let certs = mesh.dir.join("certs");
+    fs::create_dir_all(&certs).expect("dir");
+    let stolen = pki::write_leaf(
+        &certs,
+        "stolen-jobs",
+        &pki::Ca::load_node(&mesh.ca_dir(), "vc"),
+        &pki::Leaf::valid_now("spiffe://mesh.local/svc/jobs"),
+    );
+    s_client(&mesh, "vc", mesh.node("vb").addr(false), &stolen);
+    let refusals = "mesh_handshake_failures_total{side=\"inbound\",reason=\"revoked\"}";
+    assert!(
+        wait_until(Duration::from_secs(5), || mesh.metric("vb", refusals)
+            >= Some(1.0)),
+        "{}",
+        mesh.metrics("vb")
+    );
+    let log_b = fs::read_to_string(mesh.agent_log("vb")).expect("log");
+    assert!(log_b.contains("node \"vc\" is revoked"), "{log_b}");
+    // The rest of the mesh works; calls into vc fail.
+    assert_eq!(calls("va", "web", jobs, JOBS_PORT).len(), 3);
+    let log_a = fs::read_to_string(mesh.agent_log("va")).expect("log");
+    assert!(log_a.contains("node vc is revoked"), "{log_a}");
+    assert_eq!(calls("va", "web", api, API_PORT), []);
+
+    // Not back without a new node CA.
+    let (ok, out) = node_cli(&mesh, "va", &["readmit", "vc"]);
+    assert!(
+        !ok && out.contains("is revoked: issue it a new one first"),
+        "{out}"
+    );
+    let nodes = mesh.ca_dir().join("nodes");
+    fs::rename(nodes.join("vc.crt"), nodes.join("vc.crt.revoked")).expect("mv");
+    fs::rename(nodes.join("vc.key"), nodes.join("vc.key.revoked")).expect("mv");
+    let (ok, out) = mesh.cli(&["ca", "issue-node", "--node", "vc"]);
+    assert!(ok, "{out}");
+    // vc's agent takes its new CA from the files; still shut out.
+    assert!(
+        wait_until(Duration::from_secs(3), || fs::read_to_string(
+            mesh.agent_log("vc")
+        )
+        .unwrap_or_default()
+        .contains("the CA files changed")),
+        "vc did not reload its CA"
+    );
+    assert_eq!(calls("vc", "jobs", api, API_PORT).len(), 3);
+    let (ok, out) = node_cli(&mesh, "va", &["readmit", "vc"]);
+    assert!(ok, "{out}");
+    assert!(
+        wait_until(Duration::from_secs(5), || calls(
+            "vc", "jobs", api, API_PORT
+        )
+        .is_empty()),
+        "vc cannot call after readmit"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || calls(
+            "va", "web", jobs, JOBS_PORT
+        )
+        .is_empty()),
+        "vc cannot be called after readmit"
+    );
+}
+
+/// `mesh-agent node ARGS` on `node`, against the mesh's file or etcd.
+fn node_cli(mesh: &Mesh, node: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = mesh.cmd(node, agent_bin());
+    cmd.arg("node").args(args).current_dir(&mesh.dir);
+    match &mesh.catalog {
+        Some(url) => cmd
+            .args(["--catalog", url])
+            .args(mesh.etcd_client_args("admin")),
+        None => cmd.arg("--config").arg(mesh.config()),
+    };
+    outcome(&output_with_timeout(&mut cmd, Duration::from_secs(30)))
+}
+
+/// An organization's PKI, made by openssl in `dir`: a root (RSA 4096 for
+/// "org", RSA 2048 for others) and an intermediate (ECDSA P-384) with the
+/// extensions `ext`, valid from `start` to `end` (openssl ca's
+/// YYYYMMDDHHMMSSZ; `None`: from now, 20 days). Returns (root, ica, ica key).
+fn org_pki(
+    dir: &Path,
+    org: &str,
+    ext: &str,
+    dates: Option<(&str, &str)>,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    fs::create_dir_all(dir).expect("dir");
+    let bits = if org == "org" { "4096" } else { "2048" };
+    fs::write(dir.join("ica.ext"), ext).expect("ext");
+    fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n\
+         default_md = sha256\npolicy = p\nunique_subject = no\n[p]\norganizationName = optional\n\
+         commonName = supplied\n",
+    )
+    .expect("cnf");
+    fs::write(dir.join("index.txt"), "").expect("index");
+    fs::write(dir.join("serial"), "01\n").expect("serial");
+    let dates = match dates {
+        Some((from, to)) => format!("-startdate {from} -enddate {to}"),
+        None => "-days 20".to_owned(),
+    };
+    let script = format!(
+        "set -e
+openssl req -x509 -newkey rsa:{bits} -nodes -keyout root.key -out root.pem -days 30 \
+  -subj '/O={org}/CN={org} Root CA' -addext 'basicConstraints=critical,CA:TRUE' \
+  -addext 'keyUsage=critical,keyCertSign,cRLSign'
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout ica.key -out ica.csr \
+  -subj '/O={org}/CN={org} Mesh Intermediate'
+openssl ca -batch -config ca.cnf -notext -cert root.pem -keyfile root.key -in ica.csr \
+  -out ica.pem -extfile ica.ext {dates}
+"
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        dir.join("root.pem"),
+        dir.join("ica.pem"),
+        dir.join("ica.key"),
+    )
+}
+
+/// What an intermediate of a mesh needs: a CA with room for node CAs, DNS
+/// names constrained to the trust domain.
+const GOOD_ICA: &str = "basicConstraints = critical, CA:TRUE, pathlen:1
+keyUsage = critical, keyCertSign, cRLSign
+nameConstraints = critical, permitted;DNS:mesh.local
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+";
+
+/// An openssl-made organization root (RSA 4096) and intermediate (P-384,
+/// pathlen 1, DNS names constrained to the trust domain): imported, node
+/// CAs chain through it and the mesh works; rb presents [leaf, node CA,
+/// the intermediate] on the wire; a node CA made under another
+/// organization's intermediate is refused.
+#[test]
+fn an_organizations_ca_signs_the_node_cas_and_the_mesh_works() {
+    let mesh = Mesh::nodes(&["ra", "rb"])
+        .default_policy("allow")
+        .service("web", "ra", 8080)
+        .service_with("api", "rb", API_PORT, |s| s.vip(&API_VIP.to_string()))
+        .build();
+    let (root, ica, key) = org_pki(&mesh.dir.join("org"), "org", GOOD_ICA, None);
+    let args = |c: &Path, k: &Path, r: &Path| [c, k, r].map(|p| p.display().to_string());
+    let [c, k, r] = args(&ica, &key, &root);
+    let (ok, out) = mesh.cli(&["ca", "import", "--cert", &c, "--key", &k, "--chain", &r]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("imported O=org, CN=org Mesh Intermediate"),
+        "{out}"
+    );
+    mesh.start_agent("ra");
+    mesh.start_agent("rb");
+    mesh.start_health_server("rb", "api", API_PORT);
+    let api = IpAddr::V4(API_VIP);
+    assert_eq!(
+        failed_calls(&mesh.http_calls("ra", "web", api, API_PORT, 3, Duration::from_millis(10))),
+        []
+    );
+    // openssl agrees: the node CA chains to the organization's root.
+    let ca = mesh.ca_dir();
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(&ica)
+        .arg(ca.join("nodes/rb.crt"))
+        .output()
+        .expect("openssl verify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let chain = presented_chain(&mesh, "ra", "rb");
+    assert_eq!(chain.len(), 3);
+    assert_eq!(chain[1..], pem_certs(&ca.join("nodes/rb.crt"))[..]);
+    assert_eq!(chain[2], pem_certs(&ica)[0]);
+
+    // Another organization's intermediate: its node CA for ra is refused.
+    let other = mesh.dir.join("other");
+    let (_, other_ica, other_key) = org_pki(&other, "other", GOOD_ICA, None);
+    let signer = mesh.dir.join("other-signer");
+    fs::create_dir_all(&signer).expect("dir");
+    fs::copy(&other_ica, signer.join("root.crt")).expect("copy");
+    fs::copy(&other_key, signer.join("root.key")).expect("copy");
+    let certs = mesh.dir.join("certs");
+    fs::create_dir_all(&certs).expect("dir");
+    let foreign = pki::Ca::load_root(&signer).new_node("mesh.local", "ra");
+    let leaf = pki::write_leaf(
+        &certs,
+        "foreign-web",
+        &foreign,
+        &pki::Leaf::valid_now("spiffe://mesh.local/svc/web"),
+    );
+    let b = mesh.node("rb").addr(false);
+    s_client(&mesh, "ra", b, &leaf);
+    let unknown_issuer =
+        "mesh_handshake_failures_total{side=\"inbound\",reason=\"unknown_issuer\"}";
+    assert!(
+        wait_until(Duration::from_secs(5), || mesh.metric("rb", unknown_issuer)
+            == Some(1.0)),
+        "{}",
+        mesh.metrics("rb")
+    );
+}
+
+/// Bad organization CAs are refused with a message saying what is wrong,
+/// and `ca_dir` stays as it was.
+#[test]
+fn a_bad_organization_ca_is_refused_and_nothing_changes() {
+    let mesh = Mesh::nodes(&["ra"]).service("web", "ra", 8080).build();
+    let ca = mesh.ca_dir();
+    let listing = || {
+        let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(&ca)
+            .expect("ca dir")
+            .filter_map(Result::ok)
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = listing();
+    let no_ca = GOOD_ICA.replace("CA:TRUE, pathlen:1", "CA:FALSE");
+    let pathlen0 = GOOD_ICA.replace("pathlen:1", "pathlen:0");
+    let excluded = GOOD_ICA.replace("permitted;DNS:mesh.local", "excluded;DNS:mesh.local");
+    let elsewhere = GOOD_ICA.replace("permitted;DNS:mesh.local", "permitted;DNS:corp.example");
+    let uri = GOOD_ICA.replace("permitted;DNS:mesh.local", "permitted;URI:mesh.local");
+    // (name, the intermediate's extensions, its validity, what is said)
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 6] = [
+        ("no-ca", &no_ca, None, "is not a CA"),
+        ("pathlen0", &pathlen0, None, "pathlen:0"),
+        (
+            "expired",
+            GOOD_ICA,
+            Some(("20200101000000Z", "20210101000000Z")),
+            "is not valid now",
+        ),
+        (
+            "excluded",
+            &excluded,
+            None,
+            "DNS names of mesh.local are excluded",
+        ),
+        ("elsewhere", &elsewhere, None, "do not include mesh.local"),
+        ("uri", &uri, None, "URI name constraints"),
+    ];
+    for (name, ext, dates, why) in cases {
+        let (root, ica, key) = org_pki(&mesh.dir.join(name), name, ext, dates);
+        let [c, k, r] = [&ica, &key, &root].map(|p| p.display().to_string());
+        let (ok, out) = mesh.cli(&["ca", "import", "--cert", &c, "--key", &k, "--chain", &r]);
+        assert!(
+            !ok && out.contains(why) && out.contains("nothing changed"),
+            "{name}: {out}"
+        );
+        assert_eq!(listing(), before, "{name} changed ca_dir");
+    }
+    // A key that is not the intermediate's.
+    let (root, ica, _) = org_pki(&mesh.dir.join("good"), "good", GOOD_ICA, None);
+    let (_, _, wrong_key) = org_pki(&mesh.dir.join("good2"), "good2", GOOD_ICA, None);
+    let [c, k, r] = [&ica, &wrong_key, &root].map(|p| p.display().to_string());
+    let (ok, out) = mesh.cli(&["ca", "import", "--cert", &c, "--key", &k, "--chain", &r]);
+    assert!(
+        !ok && out.contains("does not match the certificate"),
+        "{out}"
+    );
+    // A chain that does not lead to the intermediate's issuer.
+    let [c, k, r] = [
+        &ica,
+        &mesh.dir.join("good/ica.key"),
+        &mesh.dir.join("good2/root.pem"),
+    ]
+    .map(|p| p.display().to_string());
+    let (ok, out) = mesh.cli(&["ca", "import", "--cert", &c, "--key", &k, "--chain", &r]);
+    assert!(!ok && out.contains("did not issue"), "{out}");
+    assert_eq!(listing(), before);
 }

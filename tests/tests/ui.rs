@@ -370,12 +370,14 @@ fn a_deny_created_in_the_ui_is_enforced_drawn_denied_and_deleted_again() {
             .as_f64()
             .unwrap_or(-1.0)
     };
-    let before = denials();
+    // The connects refused above reach the page with the caller's agent's
+    // next harvest (500 ms) and the page's next poll (1 s).
     assert!(
-        before >= 1.0,
+        wait_until(LIVE, || denials() >= 1.0),
         "the refused connects not counted: {:?}",
         ui.rows("#edges-table")
     );
+    let before = denials();
     assert!(
         ui.mesh
             .transfer("wa", Some("web"), vip(), API_PORT, 10)

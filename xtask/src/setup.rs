@@ -46,6 +46,9 @@ const PACKAGES: &[&str] = &[
     // The web UI's tests drive Debian's Chromium through ChromeDriver.
     "chromium",
     "chromium-driver",
+    // Decrypts the captures of the CA tests (with openssl's key log) to
+    // read the certificate chains agents present.
+    "tshark",
 ];
 
 /// Packages whose install would start (and enable) a system service the
@@ -315,6 +318,11 @@ const CAPABILITIES: &[Capability] = &[
         what: "chromedriver",
         check: || runs("chromedriver", &["--version"], Some("ChromeDriver ")),
         from: "apt-get install chromium-driver",
+    },
+    Capability {
+        what: "tshark",
+        check: || runs("tshark", &["--version"], Some("TShark ")),
+        from: "apt-get install tshark",
     },
     Capability {
         what: "python3",

@@ -527,6 +527,147 @@ async fn write_intention(
     Err(CatalogError::Busy { key })
 }
 
+/// Revokes node `node`'s CA `node_ca` in etcd (see `config::edit::revoke`).
+pub async fn revoke(
+    options: &EtcdOptions,
+    node: &str,
+    node_ca: &str,
+) -> Result<crate::config::edit::Revoking, CatalogError> {
+    use crate::config::edit::Revoking;
+    let key = layout::Object::Revoked {
+        node: node.to_owned(),
+        node_ca: node_ca.to_owned(),
+    }
+    .key(&options.prefix);
+    let edit = move |values: &mut BTreeMap<String, String>| {
+        let done = match values.get(&key) {
+            None => Revoking::Added,
+            Some(v) if revoked_readmitted(v) => Revoking::Again,
+            Some(_) => return Ok(Revoking::Unchanged),
+        };
+        values.insert(key.clone(), revoked_value(node, node_ca, false));
+        Ok(done)
+    };
+    options
+        .on_any_member(|one| {
+            let edit = edit.clone();
+            async move { edit_guarded(&one, edit).await }
+        })
+        .await
+}
+
+/// Readmits node `node` in etcd (see `config::edit::readmit`): how many
+/// revocations were in force.
+pub async fn readmit(options: &EtcdOptions, node: &str) -> Result<usize, CatalogError> {
+    let prefix = layout::Object::Revoked {
+        node: node.to_owned(),
+        node_ca: String::new(),
+    }
+    .key(&options.prefix);
+    let edit = move |values: &mut BTreeMap<String, String>| {
+        let mut n = 0;
+        for (key, value) in values.iter_mut() {
+            let Some(node_ca) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if !revoked_readmitted(value) {
+                *value = revoked_value(node, node_ca, true);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Err(CatalogError::NotRevoked {
+                node: node.to_owned(),
+            });
+        }
+        Ok(n)
+    };
+    options
+        .on_any_member(|one| {
+            let edit = edit.clone();
+            async move { edit_guarded(&one, edit).await }
+        })
+        .await
+}
+
+/// Applies `edit` to the catalog's values and writes what it changed in one
+/// transaction, judged as a whole first and guarded on the listing's
+/// revision (listed again and retried if another write came between).
+async fn edit_guarded<T>(
+    options: &EtcdOptions,
+    edit: impl Fn(&mut BTreeMap<String, String>) -> Result<T, CatalogError>,
+) -> Result<T, CatalogError> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let mut client = options.connect().await?;
+    for _ in 0..3 {
+        let (before, listed) = options.list(&mut client).await?;
+        let mut values = before.clone();
+        let out = edit(&mut values)?;
+        let ops: Vec<TxnOp> = values
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(*v))
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
+            .chain(
+                before
+                    .keys()
+                    .filter(|k| !values.contains_key(*k))
+                    .map(|k| TxnOp::delete(k.as_str(), None)),
+            )
+            .collect();
+        if ops.is_empty() {
+            return Ok(out);
+        }
+        options.judge(&values)?;
+        let guard =
+            Compare::mod_revision(options.keys(), CompareOp::Less, listed + 1).with_prefix();
+        let done = client
+            .txn(Txn::new().when([guard]).and_then(ops))
+            .await
+            .map_err(|e| options.unreachable(e))?;
+        if done.succeeded() {
+            return Ok(out);
+        }
+    }
+    Err(CatalogError::Busy {
+        key: options.keys(),
+    })
+}
+
+/// The `[[revoked]]` value of a key.
+fn revoked_value(node: &str, node_ca: &str, readmitted: bool) -> String {
+    let mut table = toml_edit::Table::new();
+    table.insert("node", toml_edit::value(node));
+    table.insert("node_ca", toml_edit::value(node_ca));
+    if readmitted {
+        table.insert("readmitted", toml_edit::value(true));
+    }
+    let mut tables = toml_edit::ArrayOfTables::new();
+    tables.push(table);
+    let mut doc = toml_edit::DocumentMut::new();
+    doc.insert("revoked", toml_edit::Item::ArrayOfTables(tables));
+    doc.to_string()
+}
+
+/// Whether a `[[revoked]]` value says readmitted.
+fn revoked_readmitted(value: &str) -> bool {
+    first_field(value, "revoked", "readmitted")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
+/// `field` of the first `[[array]]` table of a TOML value, if there is one
+/// (`toml_edit`'s indexing panics on a missing key; values in etcd may be
+/// anything).
+fn first_field(value: &str, array: &str, field: &str) -> Option<toml_edit::Value> {
+    let doc: toml_edit::DocumentMut = value.parse().ok()?;
+    doc.get(array)?
+        .as_array_of_tables()?
+        .get(0)?
+        .get(field)?
+        .as_value()
+        .cloned()
+}
+
 /// The `[[intention]]` value of a key.
 pub fn intention_value(source: &str, destination: &str, action: crate::config::Action) -> String {
     let mut table = toml_edit::Table::new();
@@ -542,8 +683,7 @@ pub fn intention_value(source: &str, destination: &str, action: crate::config::A
 
 /// The action an `[[intention]]` value holds, if it reads as one.
 fn intention_action(value: &str) -> Option<crate::config::Action> {
-    let doc: toml_edit::DocumentMut = value.parse().ok()?;
-    match doc["intention"][0]["action"].as_str()? {
+    match first_field(value, "intention", "action")?.as_str()? {
         "allow" => Some(crate::config::Action::Allow),
         "deny" => Some(crate::config::Action::Deny),
         _ => None,
@@ -727,6 +867,25 @@ impl Catalog for EtcdCatalog {
 mod tests {
     use super::*;
     use crate::testing::{intention, node, service};
+
+    /// Values read back from etcd may hold anything: reading them never
+    /// panics.
+    #[test]
+    fn odd_values_read_as_nothing() {
+        for odd in [
+            "",
+            "x = 1",
+            "revoked = 3",
+            "[[revoked]]\nnode = \"b\"",
+            "[[intention]]\nsource = \"a\"",
+            "intention = []",
+        ] {
+            assert!(!revoked_readmitted(odd), "{odd}");
+            assert_eq!(intention_action(odd), None, "{odd}");
+        }
+        assert!(revoked_readmitted(&revoked_value("b", "ab", true)));
+        assert!(!revoked_readmitted(&revoked_value("b", "ab", false)));
+    }
 
     /// A member that cannot answer sends the command to the next one; a
     /// refusal ends it at once, without trying the others.

@@ -7,6 +7,7 @@
 //! | `<prefix>/v1/nodes/<node>` | one `[[node]]` table |
 //! | `<prefix>/v1/services/<service>` | one `[[service]]` table, with its `[[service.check]]` tables |
 //! | `<prefix>/v1/intentions/<source>/<destination>` | one `[[intention]]` table |
+//! | `<prefix>/v1/revoked/<node>/<node_ca>` | one `[[revoked]]` table |
 //!
 //! `v1` is the version of this layout and format. A value is a TOML
 //! document that holds exactly the object its key names, so the catalog is
@@ -48,6 +49,7 @@ pub enum Object {
     Node(String),
     Service(String),
     Intention { source: String, destination: String },
+    Revoked { node: String, node_ca: String },
 }
 
 impl Object {
@@ -62,6 +64,7 @@ impl Object {
                 source,
                 destination,
             } => format!("{base}/intentions/{source}/{destination}"),
+            Self::Revoked { node, node_ca } => format!("{base}/revoked/{node}/{node_ca}"),
         }
     }
 
@@ -90,6 +93,9 @@ impl Object {
                         destination,
                     })
             }
+            ["revoked", n, c] => named(n)
+                .zip(named(c))
+                .map(|(node, node_ca)| Self::Revoked { node, node_ca }),
             _ => None,
         }
         .ok_or_else(unknown)
@@ -102,6 +108,7 @@ impl Object {
             Self::Node(_) => Some("node"),
             Self::Service(_) => Some("service"),
             Self::Intention { .. } => Some("intention"),
+            Self::Revoked { .. } => Some("revoked"),
         }
     }
 
@@ -116,6 +123,9 @@ impl Object {
             } => format!(
                 "one [[intention]] table with source = {source:?} and destination = {destination:?}"
             ),
+            Self::Revoked { node, node_ca } => {
+                format!("one [[revoked]] table with node = {node:?} and node_ca = {node_ca:?}")
+            }
         }
     }
 }
@@ -130,6 +140,9 @@ impl std::fmt::Display for Object {
                 source,
                 destination,
             } => write!(f, "intention {source:?} -> {destination:?}"),
+            Self::Revoked { node, node_ca } => {
+                write!(f, "revocation of node {node:?}'s CA {node_ca}")
+            }
         }
     }
 }
@@ -156,6 +169,7 @@ pub fn split(text: &str, prefix: &str) -> Result<BTreeMap<String, String>, Layou
         ("node", "a [[node]] table"),
         ("service", "a [[service]] table"),
         ("intention", "an [[intention]] table"),
+        ("revoked", "a [[revoked]] table"),
     ] {
         let Some(item) = doc.remove(array) else {
             continue;
@@ -190,6 +204,10 @@ fn object_of(array: &str, table: &Table, what: &'static str) -> Result<Object, L
     Ok(match array {
         "node" => Object::Node(field("name")?),
         "service" => Object::Service(field("name")?),
+        "revoked" => Object::Revoked {
+            node: field("node")?,
+            node_ca: field("node_ca")?,
+        },
         _ => Object::Intention {
             source: field("source")?,
             destination: field("destination")?,
@@ -334,6 +352,31 @@ mod tests {
                 .text
                 .starts_with("# /mesh/v1/mesh\n# a comment\n[mesh]")
         );
+    }
+
+    #[test]
+    fn a_revocation_is_a_key_of_its_own() {
+        let ca = "ab".repeat(32);
+        let text = format!(
+            "{}\n[[revoked]]\nnode = \"b\"\nnode_ca = \"{ca}\"\nreadmitted = true\n",
+            mesh()
+        );
+        let values = split(&text, PREFIX).unwrap();
+        let key = format!("/mesh/v1/revoked/b/{ca}");
+        let value = &values[&key];
+        assert_eq!(
+            check(PREFIX, &key, value).unwrap(),
+            Object::Revoked {
+                node: "b".into(),
+                node_ca: ca.clone()
+            }
+        );
+        let from_store = Config::parse(&assemble(PREFIX, &values).text, Path::new("etcd")).unwrap();
+        assert_eq!(from_store.revoked.len(), 1);
+        assert!(from_store.is_revoked_ca(&ca) && !from_store.is_banned("b"));
+        let other = format!("/mesh/v1/revoked/c/{ca}");
+        let e = check(PREFIX, &other, value).unwrap_err().to_string();
+        assert!(e.contains("revocation of node \"b\""), "{e}");
     }
 
     #[test]

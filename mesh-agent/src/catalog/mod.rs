@@ -12,6 +12,7 @@ pub mod file;
 pub mod intentions;
 pub mod layout;
 pub mod registry;
+pub mod revocations;
 
 use std::{future::Future, pin::Pin};
 
@@ -62,6 +63,8 @@ pub enum CatalogError {
     LeaseUnanswered,
     #[error("{key} kept changing under this edit; try again")]
     Busy { key: String },
+    #[error("node {node:?} is not revoked in etcd")]
+    NotRevoked { node: String },
     #[error("failed to start a runtime to read the catalog: {0}")]
     Runtime(std::io::Error),
     #[error("etcd at {endpoints}: no member answered within {within:?}{}", last.as_ref().map(|e| format!(" (last: {e})")).unwrap_or_default())]

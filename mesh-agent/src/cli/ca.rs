@@ -30,6 +30,26 @@ pub enum CaCommand {
         #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
         days: u32,
     },
+    /// Make an organization's intermediate CA the mesh's CA: node CAs are
+    /// issued under it and agents trust the organization's root. Checked
+    /// first (a CA with room for node CAs below it, name constraints that
+    /// allow the trust domain, valid, the key its own, chaining to the
+    /// root given) and proven by issuing and verifying a node CA and a leaf;
+    /// nothing changes otherwise. Before any node CA is issued.
+    Import {
+        /// The intermediate's certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (PKCS#8 PEM: RSA 2048/4096, ECDSA P-256/P-384).
+        #[arg(long)]
+        key: PathBuf,
+        /// The certificates from its issuer up to the organization's root,
+        /// root last (PEM).
+        #[arg(long)]
+        chain: PathBuf,
+        #[command(flatten)]
+        store: super::Store,
+    },
     /// Start a root rotation: a new root, trusted beside the old one
     /// (trust.crt); every node CA in nodes/ re-issued under it for the same
     /// key, with the new root cross-signed by the old. Agents reading these
@@ -72,6 +92,21 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
                 anyhow::bail!("node {node:?} is not declared in {}", config.path.display());
             }
             identity::ca::issue_node(&config, &node, days(d))?
+        }
+        CaCommand::Import {
+            cert,
+            key,
+            chain,
+            store,
+        } => {
+            let (config, _) = super::config::load(&store)?;
+            let staged = identity::import::stage(&config, &cert, &key, &chain)?;
+            prove(&staged)?;
+            println!(
+                "imported {} (root {}): node CAs are issued under it from now on",
+                staged.subject, staged.root
+            );
+            staged.install()?
         }
         CaCommand::Rotate { store } => {
             let (config, _) = super::config::load(&store)?;
@@ -116,6 +151,26 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Issues a node CA and a leaf from the staged files and verifies them as
+/// an agent does: what is imported works end to end, or nothing changes.
+fn prove(staged: &identity::import::Staged) -> anyhow::Result<()> {
+    let config = &staged.config;
+    let node = config
+        .nodes
+        .first()
+        .map(|n| n.name.clone())
+        .ok_or_else(|| anyhow::anyhow!("the catalog has no node"))?;
+    let td = &config.mesh.trust_domain;
+    let checked = identity::NodeCa::load_or_issue(config, &node)
+        .map_err(|e| e.to_string())
+        .and_then(|ca| mesh_agent::tls::verify::self_check(&ca, td, &node));
+    checked.map_err(|why| {
+        anyhow::anyhow!(
+            "refusing to import: a node CA issued under it does not verify as agents verify              ({why}); nothing changed"
+        )
+    })
 }
 
 /// One line per node of `doc` whose agent is not on the new root of

@@ -9,6 +9,7 @@ mod config;
 mod docs_commands;
 mod exec;
 mod intention;
+mod node;
 mod run;
 mod status;
 
@@ -67,6 +68,11 @@ pub enum Command {
     },
     /// The verdict for SOURCE -> DESTINATION and the rule that decides it.
     Explain(intention::Explain),
+    /// Revoke or readmit a node (in the config file or in etcd).
+    Node {
+        #[command(subcommand)]
+        command: node::NodeCommand,
+    },
     /// Run CMD as service S of node N (in the service's cgroup). If the
     /// config file is broken, uses the running agent's last good config.
     Exec(exec::Exec),
@@ -90,6 +96,7 @@ impl Command {
             Command::Ca { command } => ca::run(command),
             Command::Intention { command } => intention::run(command),
             Command::Explain(args) => intention::explain(&args),
+            Command::Node { command } => node::run(command),
             Command::Exec(args) => exec::run(&args),
         }
     }

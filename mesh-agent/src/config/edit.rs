@@ -43,6 +43,8 @@ pub enum EditError {
         dst: String,
         path: PathBuf,
     },
+    #[error("node {node:?} is not revoked in {}", path.display())]
+    NotRevoked { node: String, path: PathBuf },
     #[error("failed to write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -118,17 +120,7 @@ pub fn with_intention(
             table.insert("source", value(source));
             table.insert("destination", value(destination));
             table.insert("action", value(action_str(action)));
-            // After everything else, following the file's trailing comments
-            // (if any), separated by exactly one blank line.
-            table.set_position(last_position(doc.as_table()) + 1);
-            let trailing = doc.trailing().as_str().unwrap_or_default().trim_end();
-            let prefix = if trailing.is_empty() {
-                "\n".to_owned()
-            } else {
-                format!("{trailing}\n\n")
-            };
-            table.decor_mut().set_prefix(prefix);
-            doc.set_trailing("");
+            append(&mut doc, &mut table);
             intention_tables(&mut doc, text, path)?.push(table);
             Created::Added
         }
@@ -177,6 +169,116 @@ pub fn without_intention(
         prepend_to_next(&mut doc, at, &kept);
     }
     validated(render(text, &doc), path)
+}
+
+/// What [`revoke`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoking {
+    /// A new `[[revoked]]` was appended.
+    Added,
+    /// It was there, readmitted: the node is shut out again.
+    Again,
+    /// It was there and in force; nothing was written.
+    Unchanged,
+}
+
+/// Revokes node `node`'s CA with SHA-256 `node_ca` in the config file at
+/// `path` (a `[[revoked]]` table appended, or one readmitted made in force
+/// again), keeping comments and layout; validated before it is written.
+pub fn revoke(path: &Path, node: &str, node_ca: &str) -> Result<Revoking, EditError> {
+    let bytes = read(path)?;
+    let text = decode(&bytes, path)?;
+    let (done, new) = with_revocation(text, path, node, node_ca)?;
+    if done != Revoking::Unchanged {
+        write(path, &new)?;
+    }
+    Ok(done)
+}
+
+/// [`revoke`] on text.
+pub fn with_revocation(
+    text: &str,
+    path: &Path,
+    node: &str,
+    node_ca: &str,
+) -> Result<(Revoking, String), EditError> {
+    let mut doc = parse(text, path)?;
+    let tables = revoked_tables(&mut doc, text, path)?;
+    let found = tables.iter_mut().find(|t| {
+        t.get("node").and_then(Item::as_str) == Some(node)
+            && t.get("node_ca").and_then(Item::as_str) == Some(node_ca)
+    });
+    let done = match found {
+        Some(table) if table.get("readmitted").and_then(Item::as_bool) == Some(true) => {
+            table.insert("readmitted", value(false));
+            Revoking::Again
+        }
+        Some(_) => return Ok((Revoking::Unchanged, text.to_owned())),
+        None => {
+            let mut table = Table::new();
+            table.insert("node", value(node));
+            table.insert("node_ca", value(node_ca));
+            append(&mut doc, &mut table);
+            revoked_tables(&mut doc, text, path)?.push(table);
+            Revoking::Added
+        }
+    };
+    Ok((done, validated(render(text, &doc), path)?))
+}
+
+/// Readmits node `node` in the config file at `path`: every `[[revoked]]`
+/// of it gets `readmitted = true` (its revoked CAs stay refused). Returns
+/// how many were in force; fails with [`EditError::NotRevoked`] if none.
+pub fn readmit(path: &Path, node: &str) -> Result<usize, EditError> {
+    let bytes = read(path)?;
+    let text = decode(&bytes, path)?;
+    let (n, new) = with_readmission(text, path, node)?;
+    write(path, &new)?;
+    Ok(n)
+}
+
+/// [`readmit`] on text.
+pub fn with_readmission(text: &str, path: &Path, node: &str) -> Result<(usize, String), EditError> {
+    let mut doc = parse(text, path)?;
+    let mut n = 0;
+    for table in revoked_tables(&mut doc, text, path)?.iter_mut() {
+        if table.get("node").and_then(Item::as_str) == Some(node)
+            && table.get("readmitted").and_then(Item::as_bool) != Some(true)
+        {
+            table.insert("readmitted", value(true));
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err(EditError::NotRevoked {
+            node: node.to_owned(),
+            path: path.to_owned(),
+        });
+    }
+    Ok((n, validated(render(text, &doc), path)?))
+}
+
+/// Places `table` after everything else in `doc`, following the file's
+/// trailing comments (if any), separated by exactly one blank line.
+fn append(doc: &mut DocumentMut, table: &mut Table) {
+    table.set_position(last_position(doc.as_table()) + 1);
+    let trailing = doc.trailing().as_str().unwrap_or_default().trim_end();
+    let prefix = if trailing.is_empty() {
+        "\n".to_owned()
+    } else {
+        format!("{trailing}\n\n")
+    };
+    table.decor_mut().set_prefix(prefix);
+    doc.set_trailing("");
+}
+
+/// The `[[revoked]]` tables, an empty array if there are none yet.
+fn revoked_tables<'d>(
+    doc: &'d mut DocumentMut,
+    text: &str,
+    path: &Path,
+) -> Result<&'d mut ArrayOfTables, EditError> {
+    tables(doc, text, path, "revoked")
 }
 
 /// The edited document as file text, with the original's byte order mark
@@ -232,15 +334,26 @@ fn intention_tables<'d>(
     text: &str,
     path: &Path,
 ) -> Result<&'d mut ArrayOfTables, EditError> {
-    doc.entry("intention")
+    tables(doc, text, path, "intention")
+}
+
+/// The `[[name]]` tables, an empty array if there are none yet; an error
+/// if `name` is written another way (inline).
+fn tables<'d>(
+    doc: &'d mut DocumentMut,
+    text: &str,
+    path: &Path,
+    name: &str,
+) -> Result<&'d mut ArrayOfTables, EditError> {
+    doc.entry(name)
         .or_insert(Item::ArrayOfTables(ArrayOfTables::new()))
         .as_array_of_tables_mut()
         .ok_or_else(|| {
             invalid(
                 text,
                 path,
-                |root| root.get("intention")?.span(),
-                "`intention` must be written as [[intention]] tables to be edited",
+                |root| root.get(name)?.span(),
+                &format!("`{name}` must be written as [[{name}]] tables to be edited"),
             )
         })
 }

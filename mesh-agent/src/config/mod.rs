@@ -47,6 +47,21 @@ pub struct Config {
     pub services: Vec<Service>,
     /// In file order.
     pub intentions: Vec<Intention>,
+    /// In file order (`mesh-agent node revoke`).
+    pub revoked: Vec<Revoked>,
+}
+
+/// A `[[revoked]]` (`mesh-agent node revoke|readmit`): agents refuse every
+/// certificate chaining through `node_ca`, for ever, and every certificate
+/// of `node` until it is readmitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    pub node: NodeName,
+    /// SHA-256 of the node CA's DER, lowercase hex.
+    pub node_ca: String,
+    pub readmitted: bool,
+    /// 1-based line of its `[[revoked]]` header.
+    pub line: usize,
 }
 
 /// Mesh-wide settings, the `[mesh]` table (optional, as are all its fields).
@@ -227,6 +242,16 @@ impl Config {
     /// The node called `name`, if declared.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Whether `node` is shut out: revoked and not readmitted.
+    pub fn is_banned(&self, node: &str) -> bool {
+        self.revoked.iter().any(|r| r.node == node && !r.readmitted)
+    }
+
+    /// Whether the node CA with SHA-256 `node_ca` was revoked.
+    pub fn is_revoked_ca(&self, node_ca: &str) -> bool {
+        self.revoked.iter().any(|r| r.node_ca == node_ca)
     }
 
     /// The service called `name`, if declared.

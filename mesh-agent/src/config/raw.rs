@@ -18,6 +18,8 @@ pub(super) struct RawConfig {
     pub service: Vec<Spanned<RawService>>,
     #[serde(default)]
     pub intention: Vec<Spanned<RawIntention>>,
+    #[serde(default)]
+    pub revoked: Vec<Spanned<RawRevoked>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,4 +79,14 @@ pub(super) struct RawIntention {
     pub source: Spanned<String>,
     pub destination: Spanned<String>,
     pub action: Spanned<String>,
+}
+
+/// A `[[revoked]]`: a node CA shut out for ever, and its node until
+/// readmitted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRevoked {
+    pub node: Spanned<String>,
+    pub node_ca: Spanned<String>,
+    pub readmitted: Option<Spanned<bool>>,
 }

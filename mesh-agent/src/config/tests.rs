@@ -129,6 +129,7 @@ fn full_config_parses_every_field() {
                 line: 41,
             },
         ],
+        revoked: Vec::new(),
     };
     assert_eq!(config, expected);
 
@@ -1483,4 +1484,67 @@ fn settings_set_up_at_start_need_a_restart() {
             "leaf_ttl 86400s -> 3600s",
         ]
     );
+}
+
+const CA_B: &str = "ab0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd";
+
+#[test]
+fn revoked_nodes_and_their_cas_parse_and_bad_ones_are_pointed_at() {
+    let text = format!(
+        "{NODES}\n[[revoked]]\nnode = \"b\"\nnode_ca = \"{CA_B}\"\n\n[[revoked]]\nnode = \"gone\"\nnode_ca = \"{}\"\nreadmitted = true\n",
+        CA_B.replace('a', "0")
+    );
+    let config = parse_ok(&text);
+    assert_eq!(config.revoked.len(), 2);
+    assert!(config.is_banned("b") && !config.is_banned("gone") && !config.is_banned("a"));
+    assert!(config.is_revoked_ca(CA_B) && config.is_revoked_ca(&CA_B.replace('a', "0")));
+    assert!(!config.is_revoked_ca(&CA_B.replace('b', "c")));
+
+    let bad = format!(
+        "{NODES}\n[[revoked]]\nnode = \"b\"\nnode_ca = \"AB:01\"\n\n[[revoked]]\nnode = \"b\"\nnode_ca = \"{CA_B}\"\n\n[[revoked]]\nnode = \"b\"\nnode_ca = \"{CA_B}\"\n"
+    );
+    let problems: Vec<String> = problems(&bad).iter().map(ToString::to_string).collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("invalid node_ca \"AB:01\"")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("duplicate revocation of node \"b\"")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn revoke_and_readmit_edit_the_file_and_keep_its_comments() {
+    use super::edit::{self, Revoking};
+    let text = format!("# the mesh\n{NODES}# end\n");
+    let path = Path::new(PATH);
+    let (done, revoked) = edit::with_revocation(&text, path, "b", CA_B).unwrap();
+    assert_eq!(done, Revoking::Added);
+    assert!(revoked.starts_with("# the mesh\n") && revoked.contains("# end\n"));
+    assert!(Config::parse(&revoked, path).unwrap().is_banned("b"));
+    let (again, same) = edit::with_revocation(&revoked, path, "b", CA_B).unwrap();
+    assert_eq!(
+        (again, same.as_str()),
+        (Revoking::Unchanged, revoked.as_str())
+    );
+    let (n, readmitted) = edit::with_readmission(&revoked, path, "b").unwrap();
+    assert_eq!(n, 1);
+    let config = Config::parse(&readmitted, path).unwrap();
+    assert!(!config.is_banned("b") && config.is_revoked_ca(CA_B));
+    let err = edit::with_readmission(&readmitted, path, "b").unwrap_err();
+    assert!(
+        err.to_string().contains("node \"b\" is not revoked"),
+        "{err}"
+    );
+    let (done, rebanned) = edit::with_revocation(&readmitted, path, "b", CA_B).unwrap();
+    assert_eq!(done, Revoking::Again);
+    assert!(Config::parse(&rebanned, path).unwrap().is_banned("b"));
+    // A bad fingerprint is refused before anything is written.
+    let err = edit::with_revocation(&text, path, "b", "xyz").unwrap_err();
+    assert!(err.to_string().contains("invalid node_ca"), "{err}");
 }

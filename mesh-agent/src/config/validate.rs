@@ -16,9 +16,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{BOM, Source};
-use super::raw::{RawConfig, RawIntention, RawMesh, RawNode, RawService};
+use super::raw::{RawConfig, RawIntention, RawMesh, RawNode, RawRevoked, RawService};
 use super::{
-    Action, Balance, Config, ConfigError, Intention, Match, Mesh, Node, Problem, Service,
+    Action, Balance, Config, ConfigError, Intention, Match, Mesh, Node, Problem, Revoked, Service,
     default_vip, values,
 };
 
@@ -54,6 +54,7 @@ pub(super) fn parse(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
     let nodes = checker.nodes(&raw.node);
     let services = checker.services(&raw.service, &raw.node);
     let intentions = checker.intentions(&raw.intention, &raw.service);
+    let revoked = checker.revoked(&raw.revoked);
 
     let mut problems = checker.problems;
     if !problems.is_empty() {
@@ -66,6 +67,7 @@ pub(super) fn parse(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
         nodes,
         services,
         intentions,
+        revoked,
     })
 }
 
@@ -520,6 +522,41 @@ impl Checker<'_> {
             }
         }
         intentions
+    }
+
+    /// The `[[revoked]]` entries that are valid; problems for the others.
+    /// Their node need not be declared: a node removed from the catalog
+    /// stays revoked.
+    fn revoked(&mut self, raw: &[Spanned<RawRevoked>]) -> Vec<Revoked> {
+        let mut revoked = Vec::new();
+        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+        for entry in raw {
+            let r = entry.get_ref();
+            let line = self.line(entry);
+            let node = self.check(&r.node, |n| values::node_name(n));
+            let node_ca = self.check(&r.node_ca, |c| values::node_ca(c));
+            let key = (r.node.get_ref().as_str(), r.node_ca.get_ref().as_str());
+            if let Some(first_line) = seen.get(&key) {
+                self.report(
+                    entry.span(),
+                    format!(
+                        "duplicate revocation of node {:?}'s CA {}: already on line {first_line}",
+                        key.0, key.1
+                    ),
+                );
+                continue;
+            }
+            seen.insert(key, line);
+            if let (Some(node), Some(node_ca)) = (node, node_ca) {
+                revoked.push(Revoked {
+                    node,
+                    node_ca,
+                    readmitted: r.readmitted.as_ref().is_some_and(|b| *b.get_ref()),
+                    line,
+                });
+            }
+        }
+        revoked
     }
 
     /// Records `name` as seen at `at`, or reports a duplicate there,

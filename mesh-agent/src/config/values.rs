@@ -333,3 +333,18 @@ pub(super) fn cgroup(text: &str) -> Result<PathBuf, String> {
     }
     Ok(path.to_owned())
 }
+
+/// A node CA's SHA-256: 64 lowercase hex digits.
+pub(super) fn node_ca(text: &str) -> Result<String, String> {
+    if text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "invalid node_ca {text:?}: expected the SHA-256 of the node CA's certificate, 64 lowercase hex digits (`openssl x509 -fingerprint -sha256` without colons)"
+        ))
+    }
+}

@@ -159,6 +159,9 @@ pub struct Links {
     followers: Followers,
     /// Per followed node: the address followed and its task.
     following: Mutex<HashMap<NodeName, (SocketAddr, AbortHandle)>>,
+    /// The revoked nodes (`Config::is_banned`): not followed, and the links
+    /// they follow are cut.
+    banned: tokio::sync::watch::Sender<Arc<std::collections::HashSet<NodeName>>>,
 }
 
 impl Links {
@@ -184,17 +187,37 @@ impl Links {
                 per_source: Arc::default(),
             },
             following: Mutex::default(),
+            banned: tokio::sync::watch::Sender::new(Arc::default()),
         })
     }
 
     /// Follows the agent of every other node of `config`: starts following
     /// the new ones, stops following those that left or moved.
+    /// A revoked node is not followed (its instances are unreachable), and
+    /// the link it follows is cut.
     pub fn sync(self: &Arc<Self>, config: &Config) {
+        let banned: std::collections::HashSet<NodeName> = config
+            .nodes
+            .iter()
+            .filter(|n| config.is_banned(&n.name))
+            .map(|n| n.name.clone())
+            .collect();
+        for node in &banned {
+            self.board
+                .unreachable(node, format!("node {node} is revoked"));
+        }
+        self.banned.send_if_modified(|now| {
+            let changed = **now != banned;
+            if changed {
+                *now = Arc::new(banned.clone());
+            }
+            changed
+        });
         let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
         let want: HashMap<NodeName, SocketAddr> = config
             .nodes
             .iter()
-            .filter(|n| n.name != self.node)
+            .filter(|n| n.name != self.node && !banned.contains(&n.name))
             .map(|n| (n.name.clone(), SocketAddr::new(n.address, self.port)))
             .collect();
         following.retain(|node, (addr, task)| {
@@ -302,9 +325,15 @@ impl Links {
                     }
                 };
                 debug!(%peer, %follower, "followed by the agent of node");
-                let ended =
-                    send_reports(tls, &this.node, this.board.local_reports(), &this.peers).await;
-                debug!(%peer, %follower, ?ended, "no longer followed");
+                let mut banned = this.banned.subscribe();
+                tokio::select! {
+                    ended = send_reports(tls, &this.node, this.board.local_reports(), &this.peers) => {
+                        debug!(%peer, %follower, ?ended, "no longer followed");
+                    }
+                    _ = banned.wait_for(|b| b.contains(&follower)) => {
+                        info!(%peer, %follower, "link cut: node is revoked");
+                    }
+                }
             });
         }
     }

@@ -59,6 +59,11 @@ impl CaDir {
     pub fn old_root_key(&self) -> PathBuf {
         self.0.join("root.old.key")
     }
+    /// The CAs above an imported intermediate's node CAs (`ca import`):
+    /// appended to every node CA issued.
+    pub fn chain(&self) -> PathBuf {
+        self.0.join("chain.crt")
+    }
     /// Where the node CAs are.
     pub fn nodes(&self) -> PathBuf {
         self.0.join("nodes")
@@ -140,8 +145,15 @@ pub fn issue_node(
             source,
         })?;
     }
+    // Under an imported intermediate, the node CA is followed by it and
+    // what lies between it and the root.
+    let above = if dir.chain().exists() {
+        read(&dir.chain())?
+    } else {
+        String::new()
+    };
     write_new(&dir.node_key(node), &key.serialize_pem(), 0o600)?;
-    write_new(&dir.node_cert(node), &cert.pem(), 0o644)?;
+    write_new(&dir.node_cert(node), &(cert.pem() + &above), 0o644)?;
     Ok(vec![dir.node_cert(node), dir.node_key(node)])
 }
 

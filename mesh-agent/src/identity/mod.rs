@@ -3,6 +3,7 @@
 //! node's agent, each renewed at half its lifetime.
 
 pub mod ca;
+pub mod import;
 pub mod rotation;
 pub mod spiffe;
 
@@ -37,6 +38,8 @@ pub enum IdentityError {
     BadNodeCa { path: PathBuf, why: String },
     #[error("{0}")]
     Rotation(String),
+    #[error("refusing to import {path}: {why}; nothing changed")]
+    Import { path: PathBuf, why: String },
     #[error("bad CA file {path}: {why}")]
     BadCaFile { path: PathBuf, why: String },
     #[error("failed to {what}: {source}")]

@@ -36,7 +36,7 @@ use crate::{
     config::{Config, Service},
     names::ServiceName,
     telemetry::{Reporter, Side},
-    tls::{Protocol, Transport},
+    tls::{PeerNode, Protocol, Transport},
 };
 
 /// How often a `mesh/2` connection checks that the leaf it was made with
@@ -170,6 +170,7 @@ async fn handle(
     let resumed = crate::tls::resumed(remote.get_ref().1);
     pi.telemetry.handshake(Side::Inbound, resumed);
     let protocol = crate::tls::protocol(remote.get_ref().1);
+    let by = PeerNode::of(remote.get_ref().1, pi.tls.trust_domain());
     debug!(src = %peer, dst = %dst.name, alpn = protocol.alpn(), resumed, "mTLS accepted");
     match protocol {
         Protocol::Multiplexed => {
@@ -177,6 +178,7 @@ async fn handle(
                 pi,
                 moves,
                 peer,
+                by,
                 dst,
                 from,
                 dialed,
@@ -197,8 +199,8 @@ async fn handle(
     let (received, sent) = pi
         .splice_while_allowed(
             super::relay::relay(&mut remote, &mut svc),
-            &peer,
-            &dst.name,
+            (&peer, &dst.name),
+            by.as_ref(),
             Side::Inbound,
             container.as_ref(),
         )
@@ -217,6 +219,8 @@ struct Streams {
     pi: Arc<Inputs>,
     moves: Arc<Moves>,
     peer: ServiceName,
+    /// The caller's node, cut off if it is revoked.
+    by: Option<PeerNode>,
     dst: Service,
     /// The caller's agent, and the address it dialed.
     from: SocketAddr,
@@ -298,6 +302,7 @@ impl Streams {
             pi,
             moves,
             peer,
+            by,
             dst,
             from,
             dialed,
@@ -306,6 +311,14 @@ impl Streams {
         // The service as the snapshot in force has it (a reload may have
         // moved or removed it since the connection was made).
         let snapshot = pi.snapshot();
+        if let Some(by) = by.as_ref().filter(|b| b.revoked(&snapshot.config)) {
+            connect.refuse(StatusCode::FORBIDDEN);
+            pi.telemetry
+                .handshake_failed(Side::Inbound, crate::telemetry::Refusal::Revoked);
+            return Err(ProxyError::Revoked {
+                node: by.node.clone(),
+            });
+        }
         let dst = match local_service(&snapshot.config, &pi.node, dst.port) {
             Ok(now) if now.name == dst.name => now,
             _ => {
@@ -348,7 +361,13 @@ impl Streams {
             Ok((received, sent))
         };
         let (received, sent) = pi
-            .splice_while_allowed(copy, peer, &dst.name, Side::Inbound, container.as_ref())
+            .splice_while_allowed(
+                copy,
+                (peer, &dst.name),
+                by.as_ref(),
+                Side::Inbound,
+                container.as_ref(),
+            )
             .await?;
         info!(
             src = %peer, dst = %dst.name, sent, received, alpn = "mesh/2",

@@ -39,7 +39,7 @@ use crate::{
     names::{NodeName, ServiceName},
     snapshot::{Snapshot, Watch},
     telemetry::{Reporter, Side, Telemetry, Verdict},
-    tls::Tls,
+    tls::{PeerNode, Tls},
 };
 
 pub use crate::ebpf::OrigDstAddr;
@@ -84,6 +84,8 @@ pub enum ProxyError {
         dst: ServiceName,
         rule: crate::policy::Rule,
     },
+    #[error("node {node} is revoked: its connection is cut, new ones refused")]
+    Revoked { node: NodeName },
     #[error("a mesh/2 stream asked for {authority:?} on a connection for {service:?}")]
     WrongAuthority {
         authority: String,
@@ -196,23 +198,24 @@ impl Inputs {
 
     /// Runs `copy` (a `relay` between the caller's side and the
     /// destination's, returning bytes (to destination, to source)) until
-    /// done, or until the intentions change to deny `src -> dst`: then
-    /// `copy` is dropped, which closes both sides at once. Counts the
-    /// connection in the telemetry (the drain counts it from its accept).
+    /// done, or until the intentions change to deny `src -> dst` or `peer`
+    /// (the other end's node) is revoked: then `copy` is dropped, which
+    /// closes both sides at once. Counts the connection in the telemetry
+    /// (the drain counts it from its accept).
     async fn splice_while_allowed(
         &self,
         copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
-        src: &ServiceName,
-        dst: &ServiceName,
+        (src, dst): (&ServiceName, &ServiceName),
+        peer: Option<&PeerNode>,
         side: Side,
         container: Option<&Arc<Container>>,
     ) -> Result<(u64, u64), ProxyError> {
         let labels = container.map(|c| c.labels.clone());
         let open = self.telemetry.opened(src, dst, side, labels);
-        let result = self.splice_until_denied(copy, src, dst).await;
+        let result = self.splice_until_denied(copy, src, dst, peer).await;
         let ((to_destination, to_source), verdict) = match &result {
             Ok(bytes) => (*bytes, Verdict::Allowed),
-            Err(ProxyError::Cut { .. }) => ((0, 0), Verdict::Cut),
+            Err(ProxyError::Cut { .. } | ProxyError::Revoked { .. }) => ((0, 0), Verdict::Cut),
             Err(_) => ((0, 0), Verdict::Error),
         };
         self.telemetry
@@ -225,6 +228,7 @@ impl Inputs {
         copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
         src: &ServiceName,
         dst: &ServiceName,
+        peer: Option<&PeerNode>,
     ) -> Result<(u64, u64), ProxyError> {
         // Like a new subscription: only reloads from now on count.
         let mut snapshot = self.snapshot.clone();
@@ -238,7 +242,11 @@ impl Inputs {
                         // The agent is stopping; finish the copy as it is.
                         return Ok(copy.await?);
                     }
-                    let decision = snapshot.borrow_and_update().policy.decide(src, dst);
+                    let now = snapshot.borrow_and_update().clone();
+                    if let Some(peer) = peer.filter(|p| p.revoked(&now.config)) {
+                        return Err(ProxyError::Revoked { node: peer.node.clone() });
+                    }
+                    let decision = now.policy.decide(src, dst);
                     if !decision.allowed() {
                         self.telemetry.cut(src, dst);
                         return Err(ProxyError::Cut {

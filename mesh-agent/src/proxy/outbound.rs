@@ -25,6 +25,7 @@ use crate::{
     names::NodeName,
     snapshot::Snapshot,
     telemetry::{Reporter, Side},
+    tls::PeerNode,
 };
 
 /// Instances a VIP connection tries before the app sees it fail.
@@ -160,21 +161,27 @@ impl Handler {
             (host.name.clone(), upstream, active)
         };
         pi.telemetry.instance_connected(&dst.name, &node);
-        let (src_name, dst_name) = (&src.name, &dst.name);
+        let pair = (&src.name, &dst.name);
+        // Cut if the destination's node is revoked (not our own node).
+        let remote = PeerNode {
+            node: node.clone(),
+            node_ca: None,
+        };
+        let peer = (node != pi.node).then_some(&remote);
         let (sent, received) = match upstream {
             Upstream::Local(mut svc) => {
                 let copy = relay::relay(&mut app, &mut svc);
-                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound, container)
+                pi.splice_while_allowed(copy, pair, peer, Side::Outbound, container)
                     .await?
             }
             Upstream::Remote(Hop::Single(mut remote)) => {
                 let copy = relay::relay(&mut app, &mut *remote);
-                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound, container)
+                pi.splice_while_allowed(copy, pair, peer, Side::Outbound, container)
                     .await?
             }
             Upstream::Remote(Hop::Stream(mut stream, mut dialer)) => {
                 let copy = relay::relay_tunnel(&mut app, &mut stream, &mut dialer);
-                pi.splice_while_allowed(copy, src_name, dst_name, Side::Outbound, container)
+                pi.splice_while_allowed(copy, pair, peer, Side::Outbound, container)
                     .await?
             }
         };
@@ -269,6 +276,11 @@ impl Handler {
         if host.name == pi.node {
             debug!(src = %src.name, dst = %dst.name, "outbound, same node");
             return Ok(Upstream::Local(pi.dial_local(dst).await?.0));
+        }
+        if pi.snapshot().config.is_banned(&host.name) {
+            return Err(ProxyError::Revoked {
+                node: host.name.clone(),
+            });
         }
         debug!(src = %src.name, dst = %dst.name, node = %host.name, "outbound, to remote agent");
         let hop = self.pool.connect(pi, src, dst, host).await?;

@@ -149,6 +149,8 @@ label_values! {
         /// Signed by a node that cannot vouch for it.
         WrongNode => "wrong_node",
         UnexpectedIdentity => "unexpected_identity",
+        /// Its node, or its node CA, is revoked (`mesh-agent node revoke`).
+        Revoked => "revoked",
         WrongSni => "wrong_sni",
         NotTls => "not_tls",
         Alpn => "alpn",

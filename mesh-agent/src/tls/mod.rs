@@ -427,6 +427,42 @@ pub fn resumed(conn: &rustls::CommonState) -> bool {
     conn.handshake_kind() == Some(HandshakeKind::Resumed)
 }
 
+/// The node at the other end of a connection, for cutting it when that
+/// node is revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNode {
+    pub node: NodeName,
+    /// SHA-256 of its node CA, when the connection's chain was seen here.
+    pub node_ca: Option<String>,
+}
+
+impl PeerNode {
+    /// The node whose CA signed the peer's leaf on a verified connection
+    /// (`[leaf, node CA, ...]`, as `verify` took it).
+    pub fn of(conn: &rustls::CommonState, trust_domain: &str) -> Option<Self> {
+        let node_ca = conn.peer_certificates()?.get(1)?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(node_ca).ok()?;
+        let uris = crate::identity::uri_sans(&parsed);
+        let [uri] = uris.as_slice() else { return None };
+        match spiffe::parse(trust_domain, uri)? {
+            (spiffe::Kind::Node, name) => Some(Self {
+                node: name.parse().ok()?,
+                node_ca: Some(crate::identity::ca::fingerprint(node_ca)),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether `config` shuts it out.
+    pub fn revoked(&self, config: &crate::config::Config) -> bool {
+        config.is_banned(&self.node)
+            || self
+                .node_ca
+                .as_deref()
+                .is_some_and(|ca| config.is_revoked_ca(ca))
+    }
+}
+
 /// ring's suites, AES-128-GCM first: TLS 1.3's mandatory suite, and with
 /// 10 AES rounds instead of 14 the cheapest per byte on CPUs with AES
 /// instructions (`cargo xtask bench`). Both agents use this order, so it is

@@ -809,4 +809,5 @@ fn only_the_node_ca_verified_in_full_is_rechecked() {
 }
 
 mod link;
+mod revocation;
 mod rotation;

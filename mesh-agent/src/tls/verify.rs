@@ -88,6 +88,8 @@ pub enum VerifyError {
     ServerName(String),
     #[error("a certificate of the resumed session has expired")]
     NoLongerValid,
+    #[error("node {node:?} is revoked (its CA {node_ca}): `mesh-agent node revoke`")]
+    Revoked { node: String, node_ca: String },
 }
 
 impl From<VerifyError> for rustls::Error {
@@ -124,6 +126,7 @@ impl VerifyError {
             Self::WrongNode { .. } | Self::ForeignAgent { .. } => Refusal::WrongNode,
             Self::Unexpected { .. } => Refusal::UnexpectedIdentity,
             Self::ServerName(_) => Refusal::WrongSni,
+            Self::Revoked { .. } => Refusal::Revoked,
         }
     }
 }
@@ -201,6 +204,13 @@ pub trait Hosting: Send + Sync + std::fmt::Debug {
 
     /// Whether `node` is a node of the catalog.
     fn is_node(&self, node: &str) -> bool;
+
+    /// Whether certificates of `node`, or of the node CA with SHA-256
+    /// `node_ca`, are refused (`[[revoked]]`).
+    fn revoked(&self, node: &str, node_ca: &str) -> bool {
+        let _ = (node, node_ca);
+        false
+    }
 }
 
 /// A fixed service -> nodes map (tests, fuzzing, the self-check). It knows
@@ -310,7 +320,20 @@ impl PeerRules {
         if node_ca.der().as_ref() != intermediates[0].as_ref() {
             return Err(VerifyError::NodeCaNotFirst);
         }
-        self.signer(&node_ca.der())
+        self.admitted_signer(&node_ca.der())
+    }
+
+    /// The node a node CA names, unless it or the CA is revoked.
+    fn admitted_signer(&self, node_ca: &CertificateDer<'_>) -> Result<NodeName, VerifyError> {
+        let signer = self.signer(node_ca)?;
+        let fingerprint = crate::identity::ca::fingerprint(node_ca);
+        if self.hosts.revoked(&signer, &fingerprint) {
+            return Err(VerifyError::Revoked {
+                node: signer.to_string(),
+                node_ca: fingerprint,
+            });
+        }
+        Ok(signer)
     }
 
     /// Re-checks the chain of a resumed session, verified in full when the
@@ -340,7 +363,7 @@ impl PeerRules {
         if !leaf.validity().is_valid_at(at) || !node_ca.validity().is_valid_at(at) {
             return Err(VerifyError::NoLongerValid);
         }
-        let signer = self.signer(node_ca_der)?;
+        let signer = self.admitted_signer(node_ca_der)?;
         self.identify_service(end_entity, signer, expected)
     }
 
