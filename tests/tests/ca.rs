@@ -601,8 +601,25 @@ fn org_pki(
     ext: &str,
     dates: Option<(&str, &str)>,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let root = if org == "org" { RSA_4096 } else { RSA_2048 };
+    org_pki_with(dir, org, ext, dates, (root, P_384))
+}
+
+/// openssl `-newkey` arguments of the key types an organization may use.
+const RSA_2048: &str = "rsa:2048";
+const RSA_4096: &str = "rsa:4096";
+const P_256: &str = "ec -pkeyopt ec_paramgen_curve:P-256";
+const P_384: &str = "ec -pkeyopt ec_paramgen_curve:P-384";
+
+/// [`org_pki`] with the root's and the intermediate's key types.
+fn org_pki_with(
+    dir: &Path,
+    org: &str,
+    ext: &str,
+    dates: Option<(&str, &str)>,
+    (root_key, ica_key): (&str, &str),
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     fs::create_dir_all(dir).expect("dir");
-    let bits = if org == "org" { "4096" } else { "2048" };
     fs::write(dir.join("ica.ext"), ext).expect("ext");
     fs::write(
         dir.join("ca.cnf"),
@@ -619,10 +636,10 @@ fn org_pki(
     };
     let script = format!(
         "set -e
-openssl req -x509 -newkey rsa:{bits} -nodes -keyout root.key -out root.pem -days 30 \
+openssl req -x509 -newkey {root_key} -nodes -keyout root.key -out root.pem -days 30 \
   -subj '/O={org}/CN={org} Root CA' -addext 'basicConstraints=critical,CA:TRUE' \
   -addext 'keyUsage=critical,keyCertSign,cRLSign'
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout ica.key -out ica.csr \
+openssl req -newkey {ica_key} -nodes -keyout ica.key -out ica.csr \
   -subj '/O={org}/CN={org} Mesh Intermediate'
 openssl ca -batch -config ca.cnf -notext -cert root.pem -keyfile root.key -in ica.csr \
   -out ica.pem -extfile ica.ext {dates}
@@ -807,4 +824,56 @@ fn a_bad_organization_ca_is_refused_and_nothing_changes() {
     let (ok, out) = mesh.cli(&["ca", "import", "--cert", &c, "--key", &k, "--chain", &r]);
     assert!(!ok && out.contains("did not issue"), "{out}");
     assert_eq!(listing(), before);
+}
+
+/// Roots and intermediates of every usual key type import, and what they
+/// sign verifies as agents verify it (`ca import` proves it before it
+/// writes anything). No agent: the CLI only.
+#[test]
+fn organization_cas_of_every_usual_key_type_import() {
+    let dir = tempfile_dir("org-keys");
+    fs::write(
+        dir.join("mesh.toml"),
+        "[[node]]\nname = \"a\"\naddress = \"10.0.0.1\"\n",
+    )
+    .expect("config");
+    for (i, keys) in [
+        (RSA_2048, P_256),
+        (RSA_4096, RSA_2048),
+        (P_256, P_384),
+        (P_384, RSA_4096),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (root, ica, key) =
+            org_pki_with(&dir.join(format!("pki{i}")), "org", GOOD_ICA, None, keys);
+        let out = Command::new(agent_bin())
+            .args(["ca", "import", "--config"])
+            .arg(dir.join("mesh.toml"))
+            .arg("--cert")
+            .arg(&ica)
+            .arg("--key")
+            .arg(&key)
+            .arg("--chain")
+            .arg(&root)
+            .output()
+            .expect("mesh-agent");
+        let (ok, text) = outcome(&out);
+        assert!(ok && text.contains("imported"), "{keys:?}: {text}");
+        assert_eq!(
+            pem_certs(&dir.join("ca/trust.crt")),
+            pem_certs(&root),
+            "{keys:?}"
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under the system's temp dir.
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mesh-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("dir");
+    dir
 }

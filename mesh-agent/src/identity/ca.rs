@@ -638,6 +638,12 @@ fn issuer_key(chain: &[CertificateDer<'_>], roots: &[CertificateDer<'_>]) -> Str
         .unwrap_or_default()
 }
 
+/// A certificate as PEM, with `\n` line ends as rcgen writes them.
+pub(super) fn pem_of(der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der.to_vec()), config)
+}
+
 /// SHA-256 of a certificate's DER, lowercase hex.
 pub fn fingerprint(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der)
@@ -683,7 +689,7 @@ mod tests {
         Config::parse(&testing::mesh_text(9000), &scratch.file()).unwrap()
     }
 
-    fn pem_of(path: &Path) -> String {
+    fn read_pem(path: &Path) -> String {
         fs::read_to_string(path).unwrap()
     }
 
@@ -720,13 +726,13 @@ mod tests {
         let other_config = mesh(&other);
         init(&other_config, ROOT_VALIDITY).unwrap();
         init(&config, ROOT_VALIDITY).unwrap();
-        let bundle = pem_of(&dir.root_cert()) + &pem_of(&CaDir::of(&other_config).root_cert());
+        let bundle = read_pem(&dir.root_cert()) + &read_pem(&CaDir::of(&other_config).root_cert());
         fs::write(dir.trust(), bundle).unwrap();
         issue_node(&config, "a", NODE_VALIDITY).unwrap();
         // Whatever follows the node CA in its file is presented above it.
         let node_file = dir.node_cert("a");
-        let extra = pem_of(&CaDir::of(&other_config).root_cert());
-        fs::write(&node_file, pem_of(&node_file) + &extra).unwrap();
+        let extra = read_pem(&CaDir::of(&other_config).root_cert());
+        fs::write(&node_file, read_pem(&node_file) + &extra).unwrap();
         let ca = NodeCa::load_or_issue(&config, &"a".parse().unwrap()).unwrap();
         assert_eq!(ca.roots().len(), 2);
         let kinds: Vec<_> = ca.certs().iter().map(|c| c.kind).collect();

@@ -144,14 +144,14 @@ pub fn stage(
     let staged = CaDir::of(&staged_config);
     let above: String = std::iter::once(&ica_der)
         .chain(&chain_certs[..chain_certs.len() - 1])
-        .map(|c| pem_of(c))
+        .map(|c| ca::pem_of(c))
         .collect();
     let result = (|| {
-        ca::write_new(&staged.root_cert(), &pem_of(&ica_der), 0o644)?;
+        ca::write_new(&staged.root_cert(), &ca::pem_of(&ica_der), 0o644)?;
         ca::write_new(&staged.root_key(), &key_pem, 0o600)?;
         ca::write_new(
             &staged.trust(),
-            &pem_of(&chain_certs[chain_certs.len() - 1]),
+            &ca::pem_of(&chain_certs[chain_certs.len() - 1]),
             0o644,
         )?;
         ca::write_new(&staged.chain(), &above, 0o644)
@@ -368,8 +368,4 @@ fn host_matches(host: &str, base: &str) -> bool {
         Some(domain) => host.ends_with(&format!(".{domain}")),
         None => host == base,
     }
-}
-
-fn pem_of(der: &CertificateDer<'_>) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()))
 }

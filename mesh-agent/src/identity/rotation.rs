@@ -138,7 +138,7 @@ pub fn retire_old(config: &Config) -> Result<Vec<PathBuf>, IdentityError> {
     for (_, path) in node_files(&dir)? {
         let pem = ca::read(&path)?;
         let first = ca::pem_certs(&pem, &path)?.remove(0);
-        replace(&path, &pem_of(&first), 0o644)?;
+        replace(&path, &ca::pem_of(&first), 0o644)?;
         written.push(path);
     }
     replace(&dir.trust(), &new_pem, 0o644)?;
@@ -240,11 +240,6 @@ fn issuer(
 
 fn rcgen_error(what: &'static str, source: rcgen::Error) -> IdentityError {
     IdentityError::Rcgen { what, source }
-}
-
-/// A certificate as PEM.
-fn pem_of(der: &CertificateDer<'_>) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()))
 }
 
 fn with_newline(mut s: String) -> String {
