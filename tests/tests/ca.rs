@@ -426,7 +426,7 @@ fn s_client(mesh: &Mesh, node: &str, addr: IpAddr, leaf: &pki::CertFiles) {
     mesh_tests::run_to_string(&mut cmd, Duration::from_secs(20));
 }
 
-/// Node vc is revoked while it holds a stream to rb's store (as caller)
+/// Node vc is revoked while it holds a stream to vb's store (as caller)
 /// and web on ra holds one to vc's store (vc as destination): both end
 /// within a second, and so do vc's agent links; its new connections are
 /// refused with `revoked` in the log and the counter, the rest of the mesh
@@ -437,7 +437,7 @@ fn a_revoked_node_is_cut_off_within_a_second() {
     revocation(false);
 }
 
-/// The same with the catalog in etcd.
+/// The same with the catalog in etcd, one of its three members down.
 #[test]
 fn a_revoked_node_is_cut_off_with_the_catalog_in_etcd() {
     revocation(true);
@@ -457,6 +457,11 @@ fn revocation(etcd: bool) {
         .service_with("jobs", "vc", JOBS_PORT, |s| s.vip(&JOBS_VIP.to_string()))
         .service_with("files", "vc", 5004, |s| s.vip(&vc_store.to_string()))
         .start();
+    if etcd {
+        // With a member of the cluster down, the first the agents and the
+        // CLI are given.
+        mesh.kill_etcd_member(mesh_tests::etcd::MEMBERS[0]);
+    }
     mesh.start_health_server("vb", "api", API_PORT);
     mesh.start_echo_server("vb", "store", STORE_PORT);
     mesh.start_health_server("vc", "jobs", JOBS_PORT);
@@ -494,8 +499,9 @@ fn revocation(etcd: bool) {
         "vc's streams were not cut"
     );
     let cut = revoked.elapsed();
+    eprintln!("vc's streams cut {cut:?} after `node revoke` returned");
     assert!(
-        cut <= Duration::from_millis(1200),
+        cut <= Duration::from_secs(1),
         "cut {cut:?} after the revocation was written"
     );
     // Its links too: the others count it unreachable.
