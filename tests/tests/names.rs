@@ -54,3 +54,50 @@ fn apps_reach_services_by_name() {
     let out = run_to_string(&mut cmd, Duration::from_secs(10));
     assert!(out.starts_with("gaierror"), "{out}");
 }
+
+/// The agent forwards names outside `.mesh` to the node's previous
+/// resolver; an upstream that sends forged replies first (another id,
+/// another question, the right ones from another port) does not poison
+/// it: apps get the real answer, and each query leaves from a port of its
+/// own.
+#[test]
+fn forged_upstream_replies_do_not_reach_apps() {
+    let mesh = Mesh::nodes(&["na2"])
+        .stranger("dns2")
+        .service("web", "na2", 8080)
+        .build();
+    let upstream = mesh.node("dns2").v4;
+    let log = mesh.dir.join("spoofer-ports.log");
+    let mut spoofer = mesh.cmd("dns2", "python3");
+    spoofer
+        .arg(mesh_tests::app("dns_spoofer.py"))
+        .args([&upstream.to_string(), "5353", "192.0.2.7", "6.6.6.6"])
+        .arg(&log);
+    mesh.spawn_app(spoofer, "spoofer");
+    let listening = mesh_tests::wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(mesh.dir.join("app-spoofer.log"))
+            .unwrap_or_default()
+            .contains("LISTENING")
+    });
+    assert!(listening, "the spoofer did not start");
+    mesh.start_agent_with("na2", &["--dns-upstream", &format!("{upstream}:5353")]);
+    for _ in 0..3 {
+        let mut dig = mesh.cmd("na2", "dig");
+        dig.args([
+            "+short",
+            "+time=3",
+            "+tries=1",
+            "@127.0.0.1",
+            "example.org",
+            "A",
+        ]);
+        let out = run_to_string(&mut dig, Duration::from_secs(10));
+        assert_eq!(out.trim(), "192.0.2.7", "dig: {out}");
+    }
+    let ports: std::collections::BTreeSet<String> = std::fs::read_to_string(&log)
+        .expect("spoofer log")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ports.len(), 3, "source ports {ports:?}");
+}

@@ -233,14 +233,34 @@ async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Resul
     stream.write_all(&framed).await
 }
 
-/// Relays one query to `upstream` over TCP and returns its answer.
+/// Relays one query to `upstream` over TCP and returns its answer: the
+/// first message that [`answers`] the query.
 async fn forward_tcp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
     let exchange = async {
         let mut stream = TcpStream::connect(upstream).await?;
         write_message(&mut stream, query).await?;
-        read_message(&mut stream).await
+        loop {
+            let reply = read_message(&mut stream).await?;
+            if answers(query, &reply) {
+                return Ok(reply);
+            }
+            debug!(%upstream, "dropped a DNS reply over TCP that does not answer the query");
+        }
     };
     ask_upstream(query, upstream, Transport::Tcp, exchange).await
+}
+
+/// Whether `reply` answers `query`: a response with the query's id and the
+/// same questions (name, type, class). Anything else that reaches the
+/// upstream socket (a forgery, a stale reply) is not the answer.
+fn answers(query: &[u8], reply: &[u8]) -> bool {
+    use hickory_proto::op::{Message, MessageType};
+    let (Ok(q), Ok(r)) = (Message::from_vec(query), Message::from_vec(reply)) else {
+        return false;
+    };
+    r.metadata.message_type == MessageType::Response
+        && r.metadata.id == q.metadata.id
+        && r.queries == q.queries
 }
 
 /// The answer `exchange` gets from `upstream` for `query` within
@@ -264,7 +284,11 @@ async fn ask_upstream(
     }
 }
 
-/// Relays one query to `upstream` and returns its answer.
+/// Relays one query to `upstream` and returns its answer, from a socket of
+/// its own on a port the kernel picks at random, connected to `upstream`
+/// (datagrams from any other address or port never reach it), taking the
+/// first datagram that [`answers`] the query: a forged reply must guess
+/// the port and the id, and name the question.
 async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
     let bind: SocketAddr = if upstream.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -276,9 +300,14 @@ async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
         socket.connect(upstream).await?;
         socket.send(query).await?;
         let mut buf = vec![0u8; 4096];
-        let len = socket.recv(&mut buf).await?;
-        buf.truncate(len);
-        Ok(buf)
+        loop {
+            let len = socket.recv(&mut buf).await?;
+            if answers(query, &buf[..len]) {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            debug!(%upstream, "dropped a DNS reply that does not answer the query");
+        }
     };
     ask_upstream(query, upstream, Transport::Udp, exchange).await
 }
@@ -289,6 +318,86 @@ mod tests {
 
     use super::*;
     use crate::zone::tests::{ask_with, config, ip, reply};
+
+    /// An upstream's reply to `query` (as bytes): the same id and question
+    /// unless told otherwise, one A record `answer`.
+    fn upstream_reply(query: &[u8], id: Option<u16>, name: Option<&str>, answer: &str) -> Vec<u8> {
+        use hickory_proto::{
+            op::{Message, OpCode, Query},
+            rr::{Name, RData, Record, rdata::A},
+        };
+        let q = Message::from_vec(query).unwrap();
+        let mut r = Message::response(id.unwrap_or(q.metadata.id), OpCode::Query);
+        let question = match name {
+            Some(name) => Query::query(Name::from_ascii(name).unwrap(), RecordType::A),
+            None => q.queries[0].clone(),
+        };
+        let owner = question.name().clone();
+        r.add_query(question);
+        r.add_answer(Record::from_rdata(
+            owner,
+            60,
+            RData::A(A(answer.parse().unwrap())),
+        ));
+        r.to_vec().unwrap()
+    }
+
+    /// The A records of a reply.
+    fn addresses(bytes: Option<Vec<u8>>) -> Vec<String> {
+        reply(bytes)
+            .answers
+            .iter()
+            .map(|r| r.data.to_string())
+            .collect()
+    }
+
+    /// Forged replies reach the forwarder's socket before the real one: a
+    /// wrong id, a wrong question, the right ones from another port. Only
+    /// the real one is taken.
+    #[tokio::test]
+    async fn forged_udp_replies_are_not_the_answer() {
+        let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = upstream.local_addr().unwrap();
+        let query = ask_with("example.org.", RecordType::A, 4242, None);
+        let asked = tokio::spawn(async move { forward(&query, addr).await });
+        let mut buf = [0u8; 512];
+        let (len, from) = upstream.recv_from(&mut buf).await.unwrap();
+        let got = buf[..len].to_vec();
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for forged in [
+            upstream_reply(&got, Some(4243), None, "6.6.6.1"),
+            upstream_reply(&got, None, Some("example.net."), "6.6.6.2"),
+            b"not dns at all".to_vec(),
+        ] {
+            upstream.send_to(&forged, from).await.unwrap();
+        }
+        // Right id and question, wrong source port: the kernel drops it.
+        other
+            .send_to(&upstream_reply(&got, None, None, "6.6.6.3"), from)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        upstream
+            .send_to(&upstream_reply(&got, None, None, "192.0.2.7"), from)
+            .await
+            .unwrap();
+        assert_eq!(addresses(asked.await.unwrap()), ["192.0.2.7"]);
+    }
+
+    #[tokio::test]
+    async fn a_tcp_reply_with_another_id_is_not_the_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let query = ask_with("example.org.", RecordType::A, 77, None);
+        let asked = tokio::spawn(async move { forward_tcp(&query, addr).await });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let got = read_message(&mut stream).await.unwrap();
+        let forged = upstream_reply(&got, Some(78), None, "6.6.6.1");
+        write_message(&mut stream, &forged).await.unwrap();
+        let real = upstream_reply(&got, None, None, "192.0.2.8");
+        write_message(&mut stream, &real).await.unwrap();
+        assert_eq!(addresses(asked.await.unwrap()), ["192.0.2.8"]);
+    }
 
     #[tokio::test]
     async fn tcp_clients_ask_several_questions_on_one_connection() {
