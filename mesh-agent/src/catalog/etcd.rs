@@ -186,18 +186,44 @@ impl EtcdOptions {
         }
     }
 
-    /// Every key under `prefix`, and the revision they were read at.
+    /// Every key under `prefix` with its value, and the revision they were
+    /// read at: in pages of [`PAGE`] keys, every page at the revision of
+    /// the first, so a listing of any size is one consistent view (a single
+    /// response may not pass the gRPC client's 4 MiB decode limit, about
+    /// 30,000 catalog keys).
     pub(super) async fn range(
         &self,
         client: &mut Client,
         prefix: &str,
-    ) -> Result<(etcd_client::GetResponse, i64), CatalogError> {
-        let got = client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let revision = got.header().map_or(0, |h| h.revision());
-        Ok((got, revision))
+    ) -> Result<(Vec<etcd_client::KeyValue>, i64), CatalogError> {
+        let end = prefix_end(prefix.as_bytes());
+        let mut kvs = Vec::new();
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        loop {
+            // Revision 0 is the newest: the first page's.
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE)
+                .with_revision(revision);
+            let mut got = client
+                .get(from.clone(), Some(options))
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            if revision == 0 {
+                revision = got.header().map_or(0, |h| h.revision());
+            }
+            let more = got.more();
+            let page = got.take_kvs();
+            let Some(last) = page.last() else { break };
+            // The next page starts just after the last key read.
+            from = [last.key(), &[0]].concat();
+            kvs.extend(page);
+            if !more {
+                break;
+            }
+        }
+        Ok((kvs, revision))
     }
 
     /// Every value of the catalog, and the revision they were read at.
@@ -207,7 +233,7 @@ impl EtcdOptions {
     ) -> Result<(BTreeMap<String, String>, i64), CatalogError> {
         let (got, revision) = self.range(client, &self.keys()).await?;
         let mut values = BTreeMap::new();
-        for kv in got.kvs() {
+        for kv in &got {
             values.insert(
                 String::from_utf8_lossy(kv.key()).into_owned(),
                 String::from_utf8_lossy(kv.value()).into_owned(),
@@ -525,6 +551,24 @@ async fn write_intention(
         }
     }
     Err(CatalogError::Busy { key })
+}
+
+/// Keys per page of a listing (`EtcdOptions::range`): a page of catalog
+/// values stays far below 4 MiB.
+const PAGE: i64 = 1000;
+
+/// The end of the range of keys that start with `prefix` (the prefix with
+/// its last byte that is not 0xff incremented, as etcd's own clients do);
+/// empty (to the end of the keyspace) if there is none.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// Revokes node `node`'s CA `node_ca` in etcd (see `config::edit::revoke`).
@@ -867,6 +911,13 @@ impl Catalog for EtcdCatalog {
 mod tests {
     use super::*;
     use crate::testing::{intention, node, service};
+
+    #[test]
+    fn a_prefix_ends_where_etcd_clients_end_it() {
+        assert_eq!(prefix_end(b"/mesh/v1/"), b"/mesh/v10".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
 
     /// Values read back from etcd may hold anything: reading them never
     /// panics.

@@ -215,7 +215,6 @@ async fn list_keys(
 ) -> Result<(Vec<Listed>, i64), CatalogError> {
     let (got, revision) = options.range(client, under).await?;
     let keys = got
-        .kvs()
         .iter()
         .filter_map(|kv| {
             Some(Listed {
