@@ -155,12 +155,12 @@ fn fingerprints(cert: &Path) -> (String, String) {
     (openssl_fingerprint(cert), key)
 }
 
-/// `mesh-agent ca ARGS` on `node` (its agent is the one asked), against
-/// the mesh's file or etcd.
-fn ca_cli(mesh: &Mesh, node: &str, args: &[&str]) -> (bool, String) {
+/// `mesh-agent ARGS` on `node` (its agent is the one asked), against the
+/// mesh's file or etcd.
+fn cli_on(mesh: &Mesh, node: &str, args: &[&str]) -> (bool, String) {
     let mut cmd = mesh.cmd(node, agent_bin());
     // A relative ca_dir in etcd is relative to the working directory.
-    cmd.arg("ca").args(args).current_dir(&mesh.dir);
+    cmd.args(args).current_dir(&mesh.dir);
     match &mesh.catalog {
         Some(url) => cmd
             .args(["--catalog", url])
@@ -251,7 +251,7 @@ fn rotation(etcd: bool) {
         Some(true)
     );
 
-    let (ok, out) = ca_cli(&mesh, "ra", &["rotate"]);
+    let (ok, out) = cli_on(&mesh, "ra", &["ca", "rotate"]);
     assert!(ok, "{out}");
     let (new_root, new_key) = fingerprints(&ca.join("root.crt"));
     assert_ne!(new_root, old_root);
@@ -297,7 +297,7 @@ fn rotation(etcd: bool) {
     );
 
     // Refused while rc is behind, naming it; nothing changes.
-    let (ok, out) = ca_cli(&mesh, "ra", &["retire-old"]);
+    let (ok, out) = cli_on(&mesh, "ra", &["ca", "retire-old"]);
     assert!(!ok && out.contains("rc: unreachable"), "{out}");
     assert!(!out.contains("ra:") && !out.contains("rb:"), "{out}");
     assert_eq!(
@@ -314,7 +314,7 @@ fn rotation(etcd: bool) {
         "rc is not on the new chain: {}",
         mesh.admin_json("ra", "/ca")
     );
-    let (ok, out) = ca_cli(&mesh, "ra", &["retire-old"]);
+    let (ok, out) = cli_on(&mesh, "ra", &["ca", "retire-old"]);
     assert!(ok, "{out}");
     for node in ["ra", "rb", "rc"] {
         assert!(
@@ -490,7 +490,7 @@ fn revocation(etcd: bool) {
     };
     assert_eq!(calls("vc", "jobs", api, API_PORT), []);
 
-    let (ok, out) = node_cli(&mesh, "va", &["revoke", "vc"]);
+    let (ok, out) = cli_on(&mesh, "va", &["node", "revoke", "vc"]);
     assert!(ok, "{out}");
     let revoked = std::time::Instant::now();
     assert!(
@@ -546,7 +546,7 @@ fn revocation(etcd: bool) {
     assert_eq!(calls("va", "web", api, API_PORT), []);
 
     // Not back without a new node CA.
-    let (ok, out) = node_cli(&mesh, "va", &["readmit", "vc"]);
+    let (ok, out) = cli_on(&mesh, "va", &["node", "readmit", "vc"]);
     assert!(
         !ok && out.contains("is revoked: issue it a new one first"),
         "{out}"
@@ -566,7 +566,7 @@ fn revocation(etcd: bool) {
         "vc did not reload its CA"
     );
     assert_eq!(calls("vc", "jobs", api, API_PORT).len(), 3);
-    let (ok, out) = node_cli(&mesh, "va", &["readmit", "vc"]);
+    let (ok, out) = cli_on(&mesh, "va", &["node", "readmit", "vc"]);
     assert!(ok, "{out}");
     assert!(
         wait_until(Duration::from_secs(5), || calls(
@@ -582,19 +582,6 @@ fn revocation(etcd: bool) {
         .is_empty()),
         "vc cannot be called after readmit"
     );
-}
-
-/// `mesh-agent node ARGS` on `node`, against the mesh's file or etcd.
-fn node_cli(mesh: &Mesh, node: &str, args: &[&str]) -> (bool, String) {
-    let mut cmd = mesh.cmd(node, agent_bin());
-    cmd.arg("node").args(args).current_dir(&mesh.dir);
-    match &mesh.catalog {
-        Some(url) => cmd
-            .args(["--catalog", url])
-            .args(mesh.etcd_client_args("admin")),
-        None => cmd.arg("--config").arg(mesh.config()),
-    };
-    outcome(&output_with_timeout(&mut cmd, Duration::from_secs(30)))
 }
 
 /// An organization's PKI, made by openssl in `dir`: a root (RSA 4096 for

@@ -500,28 +500,10 @@ pub async fn set_intention(
         destination: destination.to_owned(),
     }
     .key(&options.prefix);
-    let (key, source, destination) = (&key, source, destination);
-    options
-        .on_any_member(|one| async move {
-            write_intention(&one, key, source, destination, action).await
-        })
-        .await
-}
-
-/// One try of [`set_intention`] through `options`' client.
-async fn write_intention(
-    options: &EtcdOptions,
-    key: &str,
-    source: &str,
-    destination: &str,
-    action: Option<crate::config::Action>,
-) -> Result<Option<crate::config::Action>, CatalogError> {
-    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-    let key = key.to_owned();
-    let mut client = options.connect().await?;
-    for _ in 0..3 {
-        let (mut values, listed) = options.list(&mut client).await?;
+    let busy = key.clone();
+    let edit = move |values: &mut BTreeMap<String, String>| {
         let before = values.get(&key).and_then(|v| intention_action(v));
+        // Already so: the value (and any comment in it) stays as it is.
         if action.is_some() && before == action {
             return Ok(before);
         }
@@ -533,24 +515,9 @@ async fn write_intention(
                 values.remove(&key);
             }
         }
-        options.judge(&values)?;
-        let write = match action {
-            Some(_) => TxnOp::put(key.as_str(), values[&key].as_str(), None),
-            None => TxnOp::delete(key.as_str(), None),
-        };
-        // Nothing under the prefix (this key included) written since the
-        // listing.
-        let guard =
-            Compare::mod_revision(options.keys(), CompareOp::Less, listed + 1).with_prefix();
-        let done = client
-            .txn(Txn::new().when([guard]).and_then([write]))
-            .await
-            .map_err(|e| options.unreachable(e))?;
-        if done.succeeded() {
-            return Ok(before);
-        }
-    }
-    Err(CatalogError::Busy { key })
+        Ok(before)
+    };
+    edit_on_any_member(options, &busy, edit).await
 }
 
 /// Keys per page of a listing (`EtcdOptions::range`): a page of catalog
@@ -592,12 +559,8 @@ pub async fn revoke(
         values.insert(key.clone(), revoked_value(node, node_ca, false));
         Ok(done)
     };
-    options
-        .on_any_member(|one| {
-            let edit = edit.clone();
-            async move { edit_guarded(&one, edit).await }
-        })
-        .await
+    let busy = options.keys();
+    edit_on_any_member(options, &busy, edit).await
 }
 
 /// Readmits node `node` in etcd (see `config::edit::readmit`): how many
@@ -626,19 +589,34 @@ pub async fn readmit(options: &EtcdOptions, node: &str) -> Result<usize, Catalog
         }
         Ok(n)
     };
+    let busy = options.keys();
+    edit_on_any_member(options, &busy, edit).await
+}
+
+/// [`edit_guarded`] through the first member that answers
+/// (`EtcdOptions::on_any_member`); `busy` names what kept changing.
+async fn edit_on_any_member<T>(
+    options: &EtcdOptions,
+    busy: &str,
+    edit: impl Fn(&mut BTreeMap<String, String>) -> Result<T, CatalogError> + Clone,
+) -> Result<T, CatalogError> {
     options
         .on_any_member(|one| {
             let edit = edit.clone();
-            async move { edit_guarded(&one, edit).await }
+            async move { edit_guarded(&one, busy, edit).await }
         })
         .await
 }
 
 /// Applies `edit` to the catalog's values and writes what it changed in one
 /// transaction, judged as a whole first and guarded on the listing's
-/// revision (listed again and retried if another write came between).
+/// revision: nothing under the prefix written since (a delete in between
+/// is not seen: etcd compares revisions of keys that exist); else listed
+/// again and retried, up to 3 times, then [`CatalogError::Busy`] naming
+/// `busy`. Nothing is written if `edit` changed nothing.
 async fn edit_guarded<T>(
     options: &EtcdOptions,
+    busy: &str,
     edit: impl Fn(&mut BTreeMap<String, String>) -> Result<T, CatalogError>,
 ) -> Result<T, CatalogError> {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -673,7 +651,7 @@ async fn edit_guarded<T>(
         }
     }
     Err(CatalogError::Busy {
-        key: options.keys(),
+        key: busy.to_owned(),
     })
 }
 

@@ -173,8 +173,8 @@ pub struct NodeCa {
     not_after: OffsetDateTime,
     /// Every CA certificate of `roots` and `chain`, for expiry reports.
     certs: Vec<CaCert>,
-    /// SHA-256 of the public key that signed the node CA.
-    issuer_key: String,
+    /// What it trusts and presents, as told to the other agents.
+    report: super::TrustReport,
 }
 
 /// What a CA certificate is to this node.
@@ -324,7 +324,11 @@ impl NodeCa {
         let certs = kinds
             .map(|(kind, der, path)| ca_cert(kind, der, path))
             .collect::<Result<_, _>>()?;
-        let issuer_key = issuer_key(&chain, &roots);
+        let report = super::TrustReport {
+            roots: roots.iter().map(|r| fingerprint(r)).collect(),
+            node_ca: fingerprint(&chain[0]),
+            issuer_key: issuer_key(&chain, &roots),
+        };
         Ok(Self {
             trust_domain: td,
             node: node.clone(),
@@ -334,7 +338,7 @@ impl NodeCa {
             anchors,
             not_after,
             certs,
-            issuer_key,
+            report,
         })
     }
 
@@ -360,11 +364,7 @@ impl NodeCa {
 
     /// What this node trusts and presents, as it tells the others.
     pub fn report(&self) -> super::TrustReport {
-        super::TrustReport {
-            roots: self.roots.iter().map(|r| fingerprint(r)).collect(),
-            node_ca: fingerprint(&self.chain[0]),
-            issuer_key: self.issuer_key.clone(),
-        }
+        self.report.clone()
     }
 
     /// The CA certificates of this node's trust: roots, its node CA and any
