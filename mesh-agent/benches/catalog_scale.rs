@@ -21,7 +21,7 @@ use std::{
 use clap::Parser;
 use mesh_agent::{
     catalog::{
-        Catalog, EtcdCatalog, EtcdOptions, EtcdTls, etcd::intention_value, layout, registry,
+        Catalog, EtcdCatalog, EtcdOptions, EtcdTls, edits::intention_value, layout, registry,
     },
     config::{Action, Config},
     health::Board,

@@ -1,9 +1,9 @@
 //! Writing one intention to the catalog's store, the file (comments kept,
-//! `config::edit`) or etcd (`etcd::set_intention`): what `mesh-agent
+//! `config::edit`) or etcd (`edits::set_intention`): what `mesh-agent
 //! intention create|delete` and the web UI both do, through this one
 //! function, with the same checks and the same messages.
 
-use super::{CatalogError, Source, etcd};
+use super::{CatalogError, Source, edits};
 use crate::config::{Action, edit};
 
 /// Sets (`Some`) or removes (`None`) the intention `source -> destination`
@@ -19,7 +19,7 @@ pub async fn write(
         Source::File(path) => return in_file(path, source, destination, action),
         Source::Etcd(options) => options,
     };
-    let before = etcd::set_intention(options, source, destination, action).await?;
+    let before = edits::set_intention(options, source, destination, action).await?;
     let what = match (action, before) {
         (Some(a), Some(b)) if a == b => format!("unchanged: {a}"),
         (Some(a), Some(b)) => format!("changed from {b} to {a}"),

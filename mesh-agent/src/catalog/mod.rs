@@ -7,8 +7,10 @@
 //! A source judges what it reads with [`Config::from_bytes`] or its
 //! equivalent, so every source accepts exactly what `validate` accepts.
 
+pub mod edits;
 pub mod etcd;
 pub mod file;
+pub mod import;
 pub mod intentions;
 pub mod layout;
 pub mod registry;

@@ -2,7 +2,7 @@
 //! (`config::edit`, comments kept) or etcd: `mesh-agent node revoke` and
 //! `node readmit`.
 
-use super::{CatalogError, Source, etcd};
+use super::{CatalogError, Source, edits};
 use crate::config::edit::{self, Revoking};
 
 /// Revokes node `node`'s CA with SHA-256 `node_ca` in `store`: agents
@@ -11,7 +11,7 @@ use crate::config::edit::{self, Revoking};
 pub async fn revoke(store: &Source, node: &str, node_ca: &str) -> Result<String, CatalogError> {
     let done = match store {
         Source::File(path) => edit::revoke(path, node, node_ca)?,
-        Source::Etcd(options) => etcd::revoke(options, node, node_ca).await?,
+        Source::Etcd(options) => edits::revoke(options, node, node_ca).await?,
     };
     Ok(match done {
         Revoking::Added => format!("revoked node {node} (its CA {node_ca}) in {store}"),
@@ -26,7 +26,7 @@ pub async fn revoke(store: &Source, node: &str, node_ca: &str) -> Result<String,
 pub async fn readmit(store: &Source, node: &str) -> Result<String, CatalogError> {
     let n = match store {
         Source::File(path) => edit::readmit(path, node)?,
-        Source::Etcd(options) => etcd::readmit(options, node).await?,
+        Source::Etcd(options) => edits::readmit(options, node).await?,
     };
     Ok(format!(
         "readmitted node {node} in {store} ({n} revocation(s) lifted; its revoked CAs stay refused)"

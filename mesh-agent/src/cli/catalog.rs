@@ -56,7 +56,7 @@ pub fn run(command: CatalogCommand) -> anyhow::Result<()> {
             let options = etcd
                 .options()?
                 .ok_or_else(|| anyhow::anyhow!("catalog import needs --catalog etcd://..."))?;
-            let report = super::block_on(catalog::etcd::import(&options, file))??;
+            let report = super::block_on(catalog::import::from_file(&options, file))??;
             print!("{report}");
             return Ok(());
         }
