@@ -192,18 +192,8 @@ impl Mesh {
     /// exit status. Panics if it does not.
     pub fn wait_agent_exit(&self, node: &str, timeout: Duration) -> std::process::ExitStatus {
         let mut child = self.take_agent(node);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the old agent of {node} did not exit within {timeout:?}");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_exit(&mut child, timeout)
+            .unwrap_or_else(|| panic!("the old agent of {node} did not exit within {timeout:?}"))
     }
 
     /// Sends `signal` (e.g. `SIGTERM`, `SIGKILL`) to the agent of `node` and

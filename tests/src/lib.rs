@@ -36,7 +36,7 @@ pub use capture::Capture;
 pub use containers::Container;
 pub use netns::{Node, cgroup2_root};
 pub use nix::sys::signal::Signal;
-pub use process::{outcome, output_with_timeout, run_to_string, wait_until};
+pub use process::{outcome, output_with_timeout, run_to_string, wait_exit, wait_until};
 pub use topology::Topology;
 
 use std::{fs, net::IpAddr, path::PathBuf, process::Child, sync::Mutex};

@@ -91,6 +91,8 @@ impl Reload {
         self.board.sync(&snapshot.config);
         self.links.sync(&snapshot.config);
         info!(
+            services = snapshot.config.services.len(),
+            intentions = snapshot.config.intentions.len(),
             local_services = local.len(),
             denied_pairs = contents.denied.len(),
             "config applied"

@@ -8,10 +8,10 @@ use super::{CatalogError, EtcdOptions, layout};
 
 /// Sets (`Some`) or removes (`None`) the intention `source -> destination`
 /// in etcd, as `intention create|delete` does in a file: the catalog with
-/// the change must be valid, and the write happens only if no key of the
-/// catalog was written since it was read (a delete in between is not
-/// seen: etcd compares revisions of keys that exist); else it is read
-/// again, up to 3 times. Returns the action the key held before.
+/// the change must be valid, and the write happens only if its key and
+/// the services it names are as they were read (writes elsewhere in the
+/// catalog do not hold it up); else it is read again (`edit_guarded`).
+/// Returns the action the key held before.
 pub async fn set_intention(
     options: &EtcdOptions,
     source: &str,
@@ -26,7 +26,8 @@ pub async fn set_intention(
     let busy = key.clone();
     let edit = move |values: &mut BTreeMap<String, String>| {
         let before = values.get(&key).and_then(|v| intention_action(v));
-        // Already so: the value (and any comment in it) stays as it is.
+        // Already so: the value (and any comment in it) stays as it is,
+        // written again (`Guard::Keys`).
         if action.is_some() && before == action {
             return Ok(before);
         }
@@ -40,7 +41,16 @@ pub async fn set_intention(
         }
         Ok(before)
     };
-    edit_on_any_member(options, &busy, edit).await
+    // Its validity rests on the services it names (a wildcard names none).
+    let guarded = std::iter::once(busy.clone())
+        .chain(
+            [source, destination]
+                .into_iter()
+                .filter(|s| *s != "*")
+                .map(|s| layout::Object::Service(s.to_owned()).key(&options.prefix)),
+        )
+        .collect();
+    edit_on_any_member(options, &busy, Guard::Keys(guarded), edit).await
 }
 
 /// Revokes node `node`'s CA `node_ca` in etcd (see `config::edit::revoke`).
@@ -65,7 +75,7 @@ pub async fn revoke(
         Ok(done)
     };
     let busy = options.keys();
-    edit_on_any_member(options, &busy, edit).await
+    edit_on_any_member(options, &busy, Guard::Prefix, edit).await
 }
 
 /// Readmits node `node` in etcd (see `config::edit::readmit`): how many
@@ -95,7 +105,21 @@ pub async fn readmit(options: &EtcdOptions, node: &str) -> Result<usize, Catalog
         Ok(n)
     };
     let busy = options.keys();
-    edit_on_any_member(options, &busy, edit).await
+    edit_on_any_member(options, &busy, Guard::Prefix, edit).await
+}
+
+/// What an edit's transaction compares besides the keys it writes (each
+/// of those must be as the edit read it).
+#[derive(Debug, Clone)]
+pub(super) enum Guard {
+    /// Nothing under the prefix written since the listing.
+    Prefix,
+    /// These keys as the listing read them (still absent if absent): the
+    /// objects the change's validity rests on. The first is written even
+    /// if the edit leaves it as it was, so that a write the user was told
+    /// about is one (a `catalog import` that read the catalog before it
+    /// keeps it: `catalog::import`).
+    Keys(Vec<String>),
 }
 
 /// [`edit_guarded`] through the first member that answers
@@ -103,55 +127,93 @@ pub async fn readmit(options: &EtcdOptions, node: &str) -> Result<usize, Catalog
 async fn edit_on_any_member<T>(
     options: &EtcdOptions,
     busy: &str,
+    guard: Guard,
     edit: impl Fn(&mut BTreeMap<String, String>) -> Result<T, CatalogError> + Clone,
 ) -> Result<T, CatalogError> {
     options
         .on_any_member(|one| {
             let edit = edit.clone();
-            async move { edit_guarded(&one, busy, edit).await }
+            let guard = guard.clone();
+            async move { edit_guarded(&one, busy, &guard, edit).await }
         })
         .await
 }
 
+/// Tries of [`edit_guarded`] before it gives up.
+const EDIT_TRIES: u32 = 8;
+
 /// Applies `edit` to the catalog's values and writes what it changed in one
-/// transaction, judged as a whole first and guarded on the listing's
-/// revision: nothing under the prefix written since (a delete in between
-/// is not seen: etcd compares revisions of keys that exist); else listed
-/// again and retried, up to 3 times, then [`CatalogError::Busy`] naming
-/// `busy`. Nothing is written if `edit` changed nothing.
+/// transaction, judged as a whole first and guarded: every key it writes
+/// as it was listed, and `guard` (a delete in between is not seen by
+/// [`Guard::Prefix`]: etcd compares revisions of keys that exist); else
+/// listed again and retried after a short random pause, up to
+/// [`EDIT_TRIES`] times, then [`CatalogError::Busy`] naming `busy`.
+/// Nothing is written if `edit` changed nothing. During a `catalog import`
+/// the edit is judged with what the import wrote so far, and agents act
+/// on it when the import ends (logged).
 async fn edit_guarded<T>(
     options: &EtcdOptions,
     busy: &str,
+    guard: &Guard,
     edit: impl Fn(&mut BTreeMap<String, String>) -> Result<T, CatalogError>,
 ) -> Result<T, CatalogError> {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
     let mut client = options.connect().await?;
-    for _ in 0..3 {
-        let (before, listed) = options.list(&mut client).await?;
+    for attempt in 0..EDIT_TRIES {
+        if attempt > 0 {
+            let pause = 10 + super::import::random() % (20 * u64::from(attempt));
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
+        let listing = options.list(&mut client).await?;
+        let before = &listing.values;
         let mut values = before.clone();
         let out = edit(&mut values)?;
-        let ops: Vec<TxnOp> = values
+        let mut changed: Vec<&String> = values
             .iter()
             .filter(|(k, v)| before.get(*k) != Some(*v))
-            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
-            .chain(
-                before
-                    .keys()
-                    .filter(|k| !values.contains_key(*k))
-                    .map(|k| TxnOp::delete(k.as_str(), None)),
-            )
+            .map(|(k, _)| k)
+            .chain(before.keys().filter(|k| !values.contains_key(*k)))
             .collect();
-        if ops.is_empty() {
+        if let Guard::Keys(keys) = guard
+            && let Some((key, _)) = keys.first().and_then(|k| values.get_key_value(k))
+            && !changed.contains(&key)
+        {
+            changed.push(key);
+        }
+        if changed.is_empty() {
             return Ok(out);
         }
         options.judge(&values)?;
-        let guard =
-            Compare::mod_revision(options.keys(), CompareOp::Less, listed + 1).with_prefix();
+        let as_listed = |key: &str| {
+            let revision = listing.modified.get(key).copied().unwrap_or(0);
+            Compare::mod_revision(key, CompareOp::Equal, revision)
+        };
+        let mut compares: Vec<Compare> = changed.iter().map(|k| as_listed(k)).collect();
+        match guard {
+            Guard::Prefix => compares.push(
+                Compare::mod_revision(options.keys(), CompareOp::Less, listing.revision + 1)
+                    .with_prefix(),
+            ),
+            Guard::Keys(keys) => compares.extend(keys.iter().map(|k| as_listed(k))),
+        }
+        let ops: Vec<TxnOp> = changed
+            .iter()
+            .map(|k| match values.get(*k) {
+                Some(v) => TxnOp::put(k.as_str(), v.as_str(), None),
+                None => TxnOp::delete(k.as_str(), None),
+            })
+            .collect();
         let done = client
-            .txn(Txn::new().when([guard]).and_then(ops))
+            .txn(Txn::new().when(compares).and_then(ops))
             .await
             .map_err(|e| options.unreachable(e))?;
         if done.succeeded() {
+            if let Some(import) = &listing.import {
+                tracing::info!(
+                    since = import.since,
+                    "a catalog import is under way: agents act on this change when it ends"
+                );
+            }
             return Ok(out);
         }
     }

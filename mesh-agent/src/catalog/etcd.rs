@@ -146,7 +146,20 @@ impl EtcdOptions {
         F: Fn(EtcdOptions) -> Fut,
         Fut: std::future::Future<Output = Result<T, CatalogError>>,
     {
-        let deadline = tokio::time::Instant::now() + COMMAND_DEADLINE;
+        self.on_any_member_within(COMMAND_DEADLINE, op).await
+    }
+
+    /// [`EtcdOptions::on_any_member`] until `within` (a long import).
+    pub async fn on_any_member_within<T, F, Fut>(
+        &self,
+        within: Duration,
+        op: F,
+    ) -> Result<T, CatalogError>
+    where
+        F: Fn(EtcdOptions) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CatalogError>>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
         let mut backoff = Duration::from_millis(100);
         let mut last = None;
         loop {
@@ -163,7 +176,7 @@ impl EtcdOptions {
                     Err(_) => {
                         return Err(CatalogError::NoMember {
                             endpoints: self.endpoints.join(","),
-                            within: COMMAND_DEADLINE,
+                            within,
                             last,
                         });
                     }
@@ -196,10 +209,19 @@ impl EtcdOptions {
         client: &mut Client,
         prefix: &str,
     ) -> Result<(Vec<etcd_client::KeyValue>, i64), CatalogError> {
+        self.range_at(client, prefix, 0).await
+    }
+
+    /// [`EtcdOptions::range`] at `revision` (0: the newest).
+    async fn range_at(
+        &self,
+        client: &mut Client,
+        prefix: &str,
+        mut revision: i64,
+    ) -> Result<(Vec<etcd_client::KeyValue>, i64), CatalogError> {
         let end = prefix_end(prefix.as_bytes());
         let mut kvs = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
-        let mut revision = 0;
         loop {
             // Revision 0 is the newest: the first page's.
             let options = GetOptions::new()
@@ -226,20 +248,56 @@ impl EtcdOptions {
         Ok((kvs, revision))
     }
 
-    /// Every value of the catalog, and the revision they were read at.
-    pub async fn list(
+    /// The catalog's keys as they are now (see [`Listing`]).
+    pub(super) async fn list(&self, client: &mut Client) -> Result<Listing, CatalogError> {
+        self.list_at(client, 0).await
+    }
+
+    /// The catalog's keys at `revision` (0: the newest).
+    async fn list_at(&self, client: &mut Client, revision: i64) -> Result<Listing, CatalogError> {
+        let (got, revision) = self.range_at(client, &self.keys(), revision).await?;
+        let marker = layout::import_key(&self.prefix);
+        let mut listing = Listing {
+            values: BTreeMap::new(),
+            modified: BTreeMap::new(),
+            revision,
+            import: None,
+        };
+        for kv in &got {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let value = String::from_utf8_lossy(kv.value()).into_owned();
+            if key == marker {
+                listing.import = Some(Importing {
+                    since: kv.create_revision(),
+                    modified: kv.mod_revision(),
+                    value,
+                });
+                continue;
+            }
+            listing.modified.insert(key.clone(), kv.mod_revision());
+            listing.values.insert(key, value);
+        }
+        Ok(listing)
+    }
+
+    /// The values agents act on (see `import`): those listed, or while an
+    /// import is under way, those of the revision before it began.
+    async fn acting(
         &self,
         client: &mut Client,
-    ) -> Result<(BTreeMap<String, String>, i64), CatalogError> {
-        let (got, revision) = self.range(client, &self.keys()).await?;
-        let mut values = BTreeMap::new();
-        for kv in &got {
-            values.insert(
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                String::from_utf8_lossy(kv.value()).into_owned(),
-            );
+        listing: &Listing,
+    ) -> Result<BTreeMap<String, String>, CatalogError> {
+        let Some(import) = &listing.import else {
+            return Ok(listing.values.clone());
+        };
+        match self.list_at(client, import.since - 1).await {
+            Ok(before) => Ok(before.values),
+            Err(e) if e.is_unreachable() => Err(e),
+            Err(e) => Err(CatalogError::ImportUnreadable {
+                since: import.since,
+                why: e.to_string(),
+            }),
         }
-        Ok((values, revision))
     }
 
     /// Judges `values` as one catalog (see `layout`). Its intentions carry
@@ -272,27 +330,53 @@ impl EtcdOptions {
     /// error: an agent does not run on no catalog.
     pub(super) async fn snapshot(&self) -> Result<Snapshot, CatalogError> {
         let mut client = self.connect().await?;
-        let (values, revision) = self.list(&mut client).await?;
-        if values.is_empty() {
+        let listing = self.list(&mut client).await?;
+        let acting = self.acting(&mut client, &listing).await?;
+        if acting.is_empty() {
             return Err(CatalogError::Empty {
                 prefix: self.keys(),
             });
         }
-        let assembled = layout::assemble(&self.prefix, &values);
-        let config = self.judge_assembled(&values, &assembled)?;
+        let assembled = layout::assemble(&self.prefix, &acting);
+        let config = self.judge_assembled(&acting, &assembled)?;
         Ok(Snapshot {
-            values,
-            revision,
+            values: listing.values,
+            revision: listing.revision,
+            import: listing.import.map(|i| i.since),
             text: assembled.text,
             config,
         })
     }
 }
 
+/// The catalog's keys read at one revision.
+pub(super) struct Listing {
+    /// Every object's key and value (not the import marker's).
+    pub(super) values: BTreeMap<String, String>,
+    /// Each object key's last modification.
+    pub(super) modified: BTreeMap<String, i64>,
+    pub(super) revision: i64,
+    /// The marker of an import under way, if there is one.
+    pub(super) import: Option<Importing>,
+}
+
+/// The marker key of an import under way (`layout::import_key`).
+#[derive(Debug, Clone)]
+pub(super) struct Importing {
+    /// The revision that wrote it first: agents act on the one before.
+    pub(super) since: i64,
+    pub(super) modified: i64,
+    pub(super) value: String,
+}
+
 /// See [`EtcdOptions::snapshot`].
 pub(super) struct Snapshot {
+    /// The values as listed (with an import's writes so far).
     values: BTreeMap<String, String>,
     revision: i64,
+    /// Where an import under way began.
+    import: Option<i64>,
+    /// The acting catalog's text and config.
     text: String,
     pub(super) config: Config,
 }
@@ -358,6 +442,9 @@ pub struct EtcdCatalog {
     /// The values as of `revision`.
     values: BTreeMap<String, String>,
     revision: i64,
+    /// Where an import under way began (its marker's first revision):
+    /// while there is one, changes are not judged (see `import`).
+    import: Option<i64>,
     /// The last catalog text judged, valid or not.
     judged: Option<String>,
     /// Made on the first `changed`, inside the runtime.
@@ -372,6 +459,7 @@ impl EtcdCatalog {
         Self {
             values: BTreeMap::new(),
             revision: 0,
+            import: None,
             judged: None,
             watch: None,
             down: None,
@@ -448,19 +536,26 @@ impl EtcdCatalog {
                     compacted = response.compact_revision(),
                     "catalog watch fell behind a compaction, listing again"
                 );
-                let (values, revision) = self.options.list(client).await?;
-                self.values = values;
-                self.revision = revision;
+                let listing = self.options.list(client).await?;
+                self.values = listing.values;
+                self.revision = listing.revision;
                 self.watch = None;
-                return Ok(self.judge());
+                return Ok(self.hold_or_judge(listing.import.map(|i| i.since)));
             }
             return Err(CatalogError::WatchCanceled {
                 reason: response.cancel_reason().to_owned(),
             });
         }
+        let marker = layout::import_key(&self.options.prefix);
+        let mut import = self.import;
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
             let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if key == marker {
+                import = (event.event_type() == EventType::Put).then(|| kv.create_revision());
+                self.revision = self.revision.max(kv.mod_revision());
+                continue;
+            }
             match event.event_type() {
                 EventType::Put => {
                     let value = String::from_utf8_lossy(kv.value()).into_owned();
@@ -475,8 +570,30 @@ impl EtcdCatalog {
         Ok(if response.events().is_empty() {
             None
         } else {
-            self.judge()
+            self.hold_or_judge(import)
         })
+    }
+
+    /// While an import is under way (`import`: where it began) nothing is
+    /// judged: agents keep the catalog from before it until its last
+    /// transaction, which removes the marker (see `catalog::import`).
+    fn hold_or_judge(&mut self, import: Option<i64>) -> Option<Config> {
+        let began = import.is_some() && self.import.is_none();
+        let ended = import.is_none() && self.import.is_some();
+        self.import = import;
+        if let Some(since) = import {
+            if began {
+                info!(
+                    since,
+                    "catalog import under way: keeping the catalog from before it until it ends"
+                );
+            }
+            return None;
+        }
+        if ended {
+            info!("catalog import ended");
+        }
+        self.judge()
     }
 
     /// The values judged, if they differ from the last judged.
@@ -514,9 +631,16 @@ impl Catalog for EtcdCatalog {
             self.options
                 .on_any_member(|one| async move { one.snapshot().await }),
         )?;
+        if let Some(since) = now.import {
+            info!(
+                since,
+                "catalog import under way: running on the catalog from before it until it ends"
+            );
+        }
         self.judged = Some(now.text);
         self.values = now.values;
         self.revision = now.revision;
+        self.import = now.import;
         Ok(now.config)
     }
 

@@ -8,6 +8,7 @@
 //! | `<prefix>/v1/services/<service>` | one `[[service]]` table, with its `[[service.check]]` tables |
 //! | `<prefix>/v1/intentions/<source>/<destination>` | one `[[intention]]` table |
 //! | `<prefix>/v1/revoked/<node>/<node_ca>` | one `[[revoked]]` table |
+//! | `<prefix>/v1/import` | not an object: marks a `catalog import` under way (`catalog::import`) |
 //!
 //! `v1` is the version of this layout and format. A value is a TOML
 //! document that holds exactly the object its key names, so the catalog is
@@ -40,6 +41,12 @@ pub enum LayoutError {
         what: &'static str,
         field: &'static str,
     },
+}
+
+/// The key that marks a `catalog import` under way (not an object: see
+/// `catalog::import`).
+pub fn import_key(prefix: &str) -> String {
+    format!("{prefix}/{VERSION}/import")
 }
 
 /// What a key holds.

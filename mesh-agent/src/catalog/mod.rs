@@ -65,6 +65,15 @@ pub enum CatalogError {
     LeaseUnanswered,
     #[error("{key} kept changing under this edit; try again")]
     Busy { key: String },
+    #[error(
+        "a catalog import began at revision {since} and has not ended, and the catalog before it cannot be read ({why}); run the import again to finish it"
+    )]
+    ImportUnreadable { since: i64, why: String },
+    #[error(
+        "another catalog import is under way (since revision {since}{}); try again when it ends",
+        by.as_ref().map(|b| format!(", by {b}")).unwrap_or_default()
+    )]
+    ImportRunning { since: i64, by: Option<String> },
     #[error("node {node:?} is not revoked in etcd")]
     NotRevoked { node: String },
     #[error("failed to start a runtime to read the catalog: {0}")]
