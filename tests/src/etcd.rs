@@ -272,6 +272,21 @@ impl Mesh {
         crate::outcome(&out)
     }
 
+    /// Established TCP connections from `node`'s namespace to etcd's
+    /// client port (its agent's: tests run etcdctl and the CLI from the
+    /// first member's namespace).
+    pub fn etcd_connections(&self, node: &str) -> usize {
+        let out = crate::output_with_timeout(
+            self.cmd(node, "ss")
+                .args(["-tnH", "state", "established", "( dport = :2379 )"]),
+            Duration::from_secs(10),
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    }
+
     /// The member that leads now, if one does.
     pub fn etcd_leader(&self) -> Option<&'static str> {
         let statuses = self.etcd_status();

@@ -10,8 +10,8 @@ use mesh_tests::{
     vip, wait_until,
 };
 
-/// Agents run from the catalog in etcd; a change written to etcd reaches
-/// them as a changed file does: a deny refuses new calls and cuts live
+/// Agents run from the catalog in etcd, each through one etcd client; a
+/// change written to etcd reaches them as a changed file does: a deny refuses new calls and cuts live
 /// ones within 1 s, an invalid value is rejected naming its key (the last
 /// good catalog stays), and importing the same file again changes nothing.
 #[test]
@@ -27,6 +27,13 @@ fn agents_run_from_a_catalog_in_etcd_and_follow_its_changes() {
     for node in ["fa", "fb"] {
         let log = fs::read_to_string(mesh.agent_log(node)).unwrap_or_default();
         assert!(log.contains("catalog=etcd http://"), "{log}");
+        // One client (its catalog watch, registration and registrations'
+        // watch share it): at most one connection per member.
+        let connections = mesh.etcd_connections(node);
+        assert!(
+            (1..=3).contains(&connections),
+            "{node} holds {connections} connections to etcd"
+        );
     }
 
     // Importing the same file again writes nothing.

@@ -4,7 +4,7 @@
 //!
 //! Every change (a put or delete under the prefix) is applied to the
 //! values last seen and the whole catalog judged again, as a changed file
-//! is: a valid one is the next config, an invalid one is logged ("catalog
+//! is (only the changed values are checked and parsed again: [`Parsed`]): a valid one is the next config, an invalid one is logged ("catalog
 //! change rejected", naming the key) and the last good config stays. A
 //! watch that ends (member down, leader lost: the client requires a
 //! leader) is resumed from the revision after the last one seen, after a
@@ -49,6 +49,38 @@ pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     pub prefix: String,
     pub tls: Option<EtcdTls>,
+    /// The client [`EtcdOptions::connect`] made, shared by every clone of
+    /// these options: an agent's catalog watch, registration and
+    /// registrations' watch talk to etcd through one client.
+    shared: Shared,
+}
+
+/// A client shared by clones of [`EtcdOptions`] (equal whatever it holds).
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Option<Client>>>);
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Client>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl PartialEq for Shared {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Shared {}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.lock().is_some() {
+            "connected"
+        } else {
+            "not connected"
+        })
+    }
 }
 
 /// Client TLS to etcd: the CA that signed the members' certificates, and
@@ -91,6 +123,7 @@ impl EtcdOptions {
             endpoints,
             prefix: prefix.to_owned(),
             tls,
+            shared: Shared::default(),
         })
     }
 
@@ -106,8 +139,25 @@ impl EtcdOptions {
         format!("{}/{}/", self.prefix, layout::VERSION)
     }
 
-    /// A client; fails if no member answers within `TIMEOUT`.
+    /// The client of these options (and their clones), connected first if
+    /// there is none; fails if no member answers within `TIMEOUT`.
     pub async fn connect(&self) -> Result<Client, CatalogError> {
+        if let Some(client) = self.shared.lock().clone() {
+            return Ok(client);
+        }
+        let client = self.connect_new().await?;
+        Ok(self.shared.lock().get_or_insert(client).clone())
+    }
+
+    /// Drops the shared client after an outage, so the next
+    /// [`EtcdOptions::connect`] connects anew (to the members that answer
+    /// now) rather than go on through connections that may be dead.
+    pub fn reconnect(&self) {
+        self.shared.lock().take();
+    }
+
+    /// A new client.
+    async fn connect_new(&self) -> Result<Client, CatalogError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(TIMEOUT)
             .with_timeout(TIMEOUT)
@@ -166,6 +216,7 @@ impl EtcdOptions {
             for endpoint in &self.endpoints {
                 let one = Self {
                     endpoints: vec![endpoint.clone()],
+                    shared: Shared::default(),
                     ..self.clone()
                 };
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -316,7 +367,18 @@ impl EtcdOptions {
         for (key, value) in values {
             layout::check(&self.prefix, key, value)?;
         }
-        let mut config = Config::parse(&assembled.text, &self.path()).map_err(|e| {
+        let judged = Config::parse(&assembled.text, &self.path());
+        self.judged(assembled, judged)
+    }
+
+    /// A judgment of `assembled` as the catalog's: problems name their
+    /// keys, intentions carry line 0.
+    fn judged(
+        &self,
+        assembled: &Assembled,
+        judged: Result<Config, crate::config::ConfigError>,
+    ) -> Result<Config, CatalogError> {
+        let mut config = judged.map_err(|e| {
             CatalogError::Rejected(name_keys(assembled, &self.path(), &e.to_string()))
         })?;
         for intention in &mut config.intentions {
@@ -367,6 +429,56 @@ pub(super) struct Importing {
     pub(super) since: i64,
     pub(super) modified: i64,
     pub(super) value: String,
+}
+
+/// Each key's value checked and parsed alone (`config::Piece`), kept from
+/// one judgment of the catalog to the next, so that a change checks and
+/// parses only the values that changed: the judgment is
+/// [`EtcdOptions::judge`]'s, the same config or the same errors.
+#[derive(Debug, Default)]
+pub struct Parsed(std::collections::HashMap<String, Judged>);
+
+/// One value as [`Parsed`] keeps it.
+#[derive(Debug)]
+struct Judged {
+    value: String,
+    /// Whether `layout::check` accepts it.
+    fits: bool,
+    piece: Option<crate::config::Piece>,
+}
+
+impl Parsed {
+    /// [`EtcdOptions::judge`] of `values` (joined into `assembled`),
+    /// checking and parsing only values not seen before; keys no longer in
+    /// `values` are forgotten.
+    pub fn judge(
+        &mut self,
+        options: &EtcdOptions,
+        values: &BTreeMap<String, String>,
+        assembled: &Assembled,
+    ) -> Result<Config, CatalogError> {
+        self.0.retain(|key, _| values.contains_key(key));
+        for (key, value) in values {
+            let seen = self.0.get(key).is_some_and(|j| j.value == *value);
+            if !seen {
+                let judged = Judged {
+                    value: value.clone(),
+                    fits: layout::check(&options.prefix, key, value).is_ok(),
+                    piece: crate::config::Piece::parse(value),
+                };
+                self.0.insert(key.clone(), judged);
+            }
+            if !self.0.get(key).is_some_and(|j| j.fits) {
+                // The first misfit in key order, with its own error.
+                layout::check(&options.prefix, key, value)?;
+            }
+        }
+        let pieces = assembled
+            .pieces()
+            .map(|(key, at)| (at, self.0.get(key).and_then(|j| j.piece.as_ref())));
+        let judged = crate::config::judge_pieces(&assembled.text, pieces, &options.path());
+        options.judged(assembled, judged)
+    }
 }
 
 /// See [`EtcdOptions::snapshot`].
@@ -447,6 +559,10 @@ pub struct EtcdCatalog {
     import: Option<i64>,
     /// The last catalog text judged, valid or not.
     judged: Option<String>,
+    /// Its values as parsed for the next judgment.
+    parsed: Parsed,
+    /// Bytes of keys and values received in watch events.
+    received: u64,
     /// Made on the first `changed`, inside the runtime.
     watch: Option<(Client, WatchStream)>,
     /// The outage last logged.
@@ -461,6 +577,8 @@ impl EtcdCatalog {
             revision: 0,
             import: None,
             judged: None,
+            parsed: Parsed::default(),
+            received: 0,
             watch: None,
             down: None,
             reach: std::sync::Arc::new(super::Reach::new(options.to_string())),
@@ -471,6 +589,12 @@ impl EtcdCatalog {
     /// Objects in the catalog as last seen.
     pub fn len(&self) -> usize {
         self.values.len()
+    }
+
+    /// Bytes of keys and values its watch has received (the payload of
+    /// the changes; `cargo xtask bench --catalog` reports it per change).
+    pub fn received_bytes(&self) -> u64 {
+        self.received
     }
 
     /// Whether it holds no object (before `load`).
@@ -487,6 +611,7 @@ impl EtcdCatalog {
                 Ok(None) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     self.watch = None;
+                    self.options.reconnect();
                     let message = e.to_string();
                     self.reach.set(Some(message.clone()));
                     // Once per outage (its later errors only update /status).
@@ -550,6 +675,7 @@ impl EtcdCatalog {
         let mut import = self.import;
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
+            self.received += (kv.key().len() + kv.value().len()) as u64;
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             if key == marker {
                 import = (event.event_type() == EventType::Put).then(|| kv.create_revision());
@@ -602,7 +728,7 @@ impl EtcdCatalog {
         if self.judged.as_ref() == Some(&assembled.text) {
             return None;
         }
-        let judged = self.options.judge_assembled(&self.values, &assembled);
+        let judged = self.parsed.judge(&self.options, &self.values, &assembled);
         self.judged = Some(assembled.text);
         match judged {
             Ok(config) => Some(config),
@@ -746,6 +872,127 @@ mod tests {
         let config = o.judge(&values).unwrap();
         let decision = crate::policy::Policy::new(&config).decide("web", "web");
         assert_eq!(decision.rule.to_string(), "intention * -> web");
+    }
+
+    /// One edit of a random sequence, read from four small numbers: puts
+    /// of valid and invalid objects of every kind (references to what is
+    /// not there, clashing ports and addresses, bad values, a value that
+    /// is not its key's object, unknown fields, garbage) and deletes.
+    fn edit(values: &mut BTreeMap<String, String>, (kind, a, b, c): (u8, u8, u8, u8)) {
+        let key = |rest: String| format!("/mesh/v1/{rest}");
+        let nodes: Vec<String> = (0..=b % 3)
+            .map(|k| format!("\"n{}\"", (a + k) % 4))
+            .collect();
+        let (put, value) = match kind {
+            0 => (
+                key(format!("nodes/n{a}")),
+                format!(
+                    "[[node]]\nname = \"n{a}\"\naddress = \"10.0.0.{}\"\n",
+                    b % 3 + 1
+                ),
+            ),
+            1 => (
+                key(format!("nodes/n{a}")),
+                format!(
+                    "[[node]]\nname = \"n{a}\"\naddress = \"{}\"\n",
+                    ["x", "::1", "10.0.0.9"][usize::from(c % 3)]
+                ),
+            ),
+            2 | 3 => (
+                key(format!("services/s{a}")),
+                format!(
+                    "[[service]]\nname = \"s{a}\"\nnodes = [{}]\nport = {}\n{}",
+                    nodes.join(", "),
+                    [80, 81, 0, 70000][usize::from(c)],
+                    [
+                        "",
+                        "vip = \"240.0.0.9\"\n",
+                        "[[service.check]]\ntcp = true\ninterval = \"1s\"\n",
+                        "[[service.check]]\nhttp = \"/\"\ninterval = \"soon\"\n"
+                    ][usize::from(b % 4)]
+                ),
+            ),
+            4 | 5 => (
+                key(format!(
+                    "intentions/{}/s{b}",
+                    if a == 4 {
+                        "*".to_owned()
+                    } else {
+                        format!("s{a}")
+                    }
+                )),
+                format!(
+                    "[[intention]]\nsource = \"{}\"\ndestination = \"s{b}\"\naction = \"{}\"\n",
+                    if a == 4 {
+                        "*".to_owned()
+                    } else {
+                        format!("s{a}")
+                    },
+                    ["allow", "deny", "deny", "maybe"][usize::from(c)]
+                ),
+            ),
+            6 => (
+                key("mesh".into()),
+                format!(
+                    "[mesh]\ndefault_policy = \"{}\"\n",
+                    ["allow", "deny", "deny", "both"][usize::from(c)]
+                ),
+            ),
+            7 => (
+                key(format!("revoked/n{a}/ab{b}")),
+                format!("[[revoked]]\nnode = \"n{a}\"\nnode_ca = \"ab{b}\"\n"),
+            ),
+            // Not the object its key names, unknown field, not TOML.
+            8 => (
+                key(format!("services/s{a}")),
+                format!("[[service]]\nname = \"s{b}\"\nnode = \"n0\"\nport = 80\n"),
+            ),
+            9 => (
+                key(format!("services/s{a}")),
+                format!(
+                    "[[service]]\nname = \"s{a}\"\nnode = \"n0\"\nport = 80\ncolour = \"red\"\n"
+                ),
+            ),
+            10 => (key(format!("nodes/n{a}")), "[[[".to_owned()),
+            _ => {
+                // Deletes: the a-th key, if any.
+                let gone = values
+                    .keys()
+                    .nth(usize::from(a) * 3 + usize::from(b))
+                    .cloned();
+                if let Some(gone) = gone {
+                    values.remove(&gone);
+                }
+                return;
+            }
+        };
+        values.insert(put, value);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// The judgment kept from one change to the next (`Parsed`) is
+        /// the full one's after every edit of a random sequence: the same
+        /// config, or the same errors word for word.
+        #[test]
+        fn the_incremental_judge_is_the_full_one(
+            edits in proptest::collection::vec((0u8..14, 0u8..5, 0u8..5, 0u8..4), 1..60)
+        ) {
+            let o = EtcdOptions::parse("etcd://h:1", None).unwrap();
+            let mut values = layout::split(
+                &format!("{}{}{}", node("n0", "10.0.0.1"), service("s0", &["n0"], 80), intention("s0", "s0", "deny")),
+                &o.prefix,
+            )
+            .unwrap();
+            let mut parsed = Parsed::default();
+            for e in edits {
+                edit(&mut values, e);
+                let assembled = layout::assemble(&o.prefix, &values);
+                let full = o.judge(&values).map_err(|e| e.to_string());
+                let kept = parsed.judge(&o, &values, &assembled).map_err(|e| e.to_string());
+                proptest::prop_assert_eq!(full, kept, "after {:?}", e);
+            }
+        }
     }
 
     #[test]

@@ -257,7 +257,8 @@ pub fn check(prefix: &str, key: &str, value: &str) -> Result<Object, LayoutError
 /// line of each key's value, to name the key of a problem at a line.
 pub struct Assembled {
     pub text: String,
-    starts: Vec<(usize, String)>,
+    /// Each key's value: its first line and its first byte in `text`.
+    starts: Vec<(usize, String, usize)>,
 }
 
 impl Assembled {
@@ -265,9 +266,14 @@ impl Assembled {
     pub fn key_at(&self, line: usize) -> Option<&str> {
         self.starts
             .iter()
-            .take_while(|(start, _)| *start <= line)
+            .take_while(|(start, _, _)| *start <= line)
             .last()
-            .map(|(_, key)| key.as_str())
+            .map(|(_, key, _)| key.as_str())
+    }
+
+    /// Each key, with the byte where its value starts in `text`, in order.
+    pub fn pieces(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.starts.iter().map(|(_, key, at)| (key.as_str(), *at))
     }
 }
 
@@ -285,7 +291,7 @@ pub fn assemble(prefix: &str, values: &BTreeMap<String, String>) -> Assembled {
     for (key, value) in ordered {
         text.push_str(&format!("# {key}\n"));
         lines += 1;
-        starts.push((lines + 1, key.clone()));
+        starts.push((lines + 1, key.clone(), text.len()));
         text.push_str(value);
         lines += value.matches('\n').count();
         if !value.ends_with('\n') {

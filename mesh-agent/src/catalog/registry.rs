@@ -246,6 +246,47 @@ pub struct Registration {
     holder: tokio::sync::watch::Sender<(i64, Option<i64>)>,
 }
 
+/// Keeps `lease` every [`KEEPALIVE`], telling each answer's TTL (0 or
+/// less: the lease is gone); ends after telling an error (no answer within
+/// [`ANSWER`], or etcd unreachable) or when no one listens.
+async fn keep_lease(
+    options: EtcdOptions,
+    mut keeper: etcd_client::LeaseKeeper,
+    mut answers: etcd_client::LeaseKeepAliveStream,
+    tell: tokio::sync::mpsc::Sender<Result<i64, CatalogError>>,
+) {
+    let mut tick = tokio::time::interval(KEEPALIVE);
+    loop {
+        tick.tick().await;
+        let answer = async {
+            keeper
+                .keep_alive()
+                .await
+                .map_err(|e| options.unreachable(e))?;
+            let answer = tokio::time::timeout(ANSWER, answers.message())
+                .await
+                .map_err(|_| CatalogError::LeaseUnanswered)?
+                .map_err(|e| options.unreachable(e))?
+                .ok_or(CatalogError::LeaseUnanswered)?;
+            Ok(answer.ttl())
+        }
+        .await;
+        let end = answer.is_err();
+        if tell.send(answer).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Why a guarded write did not happen.
 enum Refused {
     /// The node's key is gone (the lease expired).
@@ -298,6 +339,7 @@ impl Registration {
         loop {
             let started = tokio::time::Instant::now();
             if let Err(e) = self.session(&mut state).await {
+                self.options.reconnect();
                 let message = e.to_string();
                 if state.down.is_none() {
                     if message.contains("permission denied") {
@@ -341,7 +383,7 @@ impl Registration {
             let kept = tokio::time::timeout(ANSWER, client.lease_keep_alive(lease))
                 .await
                 .map_err(|_| CatalogError::LeaseUnanswered)?;
-            let (mut keeper, mut answers) = match kept {
+            let (keeper, answers) = match kept {
                 Ok(kept) => kept,
                 // Expired while etcd could not be reached.
                 Err(etcd_client::Error::LeaseKeepAliveError(e)) if e.contains("not found") => {
@@ -350,7 +392,15 @@ impl Registration {
                 }
                 Err(e) => return Err(self.options.unreachable(e)),
             };
-            let mut tick = tokio::time::interval(KEEPALIVE);
+            // Keepalives on a task of their own: a slow write below does
+            // not delay them (the lease outlives a publish that takes long).
+            let (tell, mut kept) = tokio::sync::mpsc::channel(4);
+            let keeping = AbortOnDrop(tokio::spawn(keep_lease(
+                self.options.clone(),
+                keeper,
+                answers,
+                tell,
+            )));
             let mut dirty = true;
             loop {
                 let displaced = self.displaced(state, lease);
@@ -369,26 +419,25 @@ impl Registration {
                     break;
                 }
                 tokio::select! {
-                    _ = tick.tick() => {
-                        keeper.keep_alive().await.map_err(|e| self.options.unreachable(e))?;
-                        let answer = tokio::time::timeout(ANSWER, answers.message())
-                            .await
-                            .map_err(|_| CatalogError::LeaseUnanswered)?
-                            .map_err(|e| self.options.unreachable(e))?
-                            .ok_or(CatalogError::LeaseUnanswered)?;
-                        if state.down.take().is_some() {
-                            info!("this node's registration in etcd kept again");
+                    answer = kept.recv() => match answer {
+                        Some(Ok(ttl)) if ttl > 0 => {
+                            if state.down.take().is_some() {
+                                info!("this node's registration in etcd kept again");
+                            }
                         }
-                        if answer.ttl() <= 0 {
+                        Some(Ok(_)) => {
                             self.lost(state, Refused::Lost);
                             break;
                         }
-                    }
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(CatalogError::LeaseUnanswered),
+                    },
                     Ok(()) = reports.changed() => dirty = true,
                     Ok(()) = snapshots.changed() => dirty = true,
                     Ok(()) = holder.changed() => {}
                 }
             }
+            drop(keeping);
         }
     }
 
@@ -598,6 +647,7 @@ impl Registration {
             match self.follow_once(&mut nodes, &mut revision, &mut down).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
+                    self.options.reconnect();
                     // Once per outage (permission denied, canceled watch,
                     // unreachable etcd).
                     if !down {

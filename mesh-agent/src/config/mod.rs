@@ -8,6 +8,7 @@
 
 pub mod edit;
 mod error;
+mod pieces;
 mod raw;
 mod validate;
 mod values;
@@ -17,6 +18,7 @@ mod vip;
 mod tests;
 
 pub use error::{ConfigError, Problem};
+pub use pieces::{Piece, judge as judge_pieces};
 pub use vip::default_vip;
 
 /// The mesh's cgroup, below the cgroup2 root: each node's agent and

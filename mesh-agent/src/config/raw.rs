@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     pub mesh: Option<RawMesh>,
@@ -22,7 +22,7 @@ pub(super) struct RawConfig {
     pub revoked: Vec<Spanned<RawRevoked>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMesh {
     pub trust_domain: Option<Spanned<String>>,
@@ -31,14 +31,14 @@ pub(super) struct RawMesh {
     pub leaf_ttl: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNode {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
     pub name: Spanned<String>,
@@ -59,7 +59,7 @@ pub(super) struct RawService {
 }
 
 /// A `[[service.check]]`: exactly one of `http`, `tcp` and `ttl` is its kind.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCheck {
     pub name: Option<Spanned<String>>,
@@ -73,7 +73,7 @@ pub(super) struct RawCheck {
     pub failures_before_critical: Option<Spanned<toml::Value>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIntention {
     pub source: Spanned<String>,
@@ -83,7 +83,7 @@ pub(super) struct RawIntention {
 
 /// A `[[revoked]]`: a node CA shut out for ever, and its node until
 /// readmitted.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRevoked {
     pub node: Spanned<String>,

@@ -32,7 +32,12 @@ pub(super) fn parse(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
     let source = Source::decode(bytes, path).map_err(|p| ConfigError::Invalid(vec![p]))?;
     let raw: RawConfig = toml::from_str(source.text)
         .map_err(|e| ConfigError::Invalid(vec![source.toml_problem(e.span(), e.message())]))?;
+    check(source, raw)
+}
 
+/// Every semantic check of `raw`, parsed from `source`.
+pub(super) fn check(source: Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let path = source.path;
     let line_starts = std::iter::once(0)
         .chain(source.text.match_indices('\n').map(|(i, _)| i + 1))
         .collect();
