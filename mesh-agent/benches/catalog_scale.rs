@@ -28,6 +28,7 @@ use mesh_agent::{
     snapshot::Snapshot,
 };
 use serde::Serialize;
+use serde_json::Value;
 
 /// The bench's arguments.
 #[derive(Debug, Parser)]
@@ -47,6 +48,13 @@ struct Args {
     etcd_cert: Option<PathBuf>,
     #[arg(long, requires_all = ["etcd_cacert", "etcd_cert"])]
     etcd_key: Option<PathBuf>,
+    /// Run as one agent of the bench, registered as this node (the
+    /// bench starts its agents so).
+    #[arg(long)]
+    agent_node: Option<String>,
+    /// etcd's processes, whose CPU time is reported.
+    #[arg(long, value_delimiter = ',')]
+    etcd_pids: Vec<u32>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -67,12 +75,32 @@ fn main() -> Result<(), String> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    // The agents get the bench's catalog and certificate flags.
+    let mut passed = vec!["--catalog".to_owned(), args.catalog.clone()];
+    for (flag, file) in [
+        ("--etcd-cacert", &args.etcd_cacert),
+        ("--etcd-cert", &args.etcd_cert),
+        ("--etcd-key", &args.etcd_key),
+    ] {
+        if let Some(file) = file {
+            passed.extend([flag.to_owned(), file.to_string_lossy().into_owned()]);
+        }
+    }
     let tls = match (args.etcd_cacert, args.etcd_cert, args.etcd_key) {
         (Some(ca), Some(cert), Some(key)) => Some(EtcdTls { ca, cert, key }),
         _ => None,
     };
     let options = EtcdOptions::parse(&args.catalog, tls).map_err(|e| e.to_string())?;
-    let report = measure(&options, args.watchers, args.changes)?;
+    if let Some(node) = &args.agent_node {
+        return agent(&options, node);
+    }
+    let report = measure(
+        &options,
+        &passed,
+        args.watchers,
+        args.changes,
+        &args.etcd_pids,
+    )?;
     println!(
         "{}",
         serde_json::to_string(&report).map_err(|e| e.to_string())?
@@ -85,168 +113,328 @@ fn main() -> Result<(), String> {
 struct Report {
     /// Objects in the catalog.
     keys: usize,
-    /// The first watcher's `load`: connect, list, judge.
+    /// The first agent's `load` (alone): connect, list, judge.
     first_load_ms: f64,
-    /// Resident memory the first watcher's catalog added to this process.
+    /// Resident memory the catalog added to the first agent's process.
     rss_growth_mib: f64,
+    /// Agent processes.
     watchers: usize,
-    /// From before a write is sent to each watcher's config with it, over
-    /// every (change, watcher).
+    /// From before a write is sent to each agent's config with it, over
+    /// every (change, agent).
     propagation_p50_ms: f64,
     propagation_p99_ms: f64,
     propagation_max_ms: f64,
     samples: usize,
-    /// Nodes registered in etcd after the last change (one per watcher, up
+    /// Median over (change, agent) of the watch payload (keys and values)
+    /// an agent received for one change.
+    bytes_per_change: f64,
+    /// CPU time of all etcd members per change (user + system), and as a
+    /// share of one CPU over the changes' wall time.
+    etcd_cpu_ms_per_change: f64,
+    etcd_cpu_percent: f64,
+    /// CPU time of one agent per change (mean over the agents): judging
+    /// the catalog, and its lease, registration and watches meanwhile.
+    agent_cpu_ms_per_change: f64,
+    /// Nodes registered in etcd after the last change (one per agent, up
     /// to the catalog's nodes), and their instances' health keys.
     registered_nodes: usize,
     health_keys: usize,
 }
 
-/// Bound on one change reaching every watcher.
-const CHANGE_BOUND: Duration = Duration::from_secs(30);
-/// Bound on every watcher's first registration and listing.
-const REGISTERED_BOUND: Duration = Duration::from_secs(60);
+/// Bound on one change reaching every agent.
+const CHANGE_BOUND: Duration = Duration::from_secs(60);
+/// Bound on an agent's load and first registration.
+const READY_BOUND: Duration = Duration::from_secs(300);
 
-/// Loads `watchers` catalogs from `options`; registers watcher `i` as the
-/// catalog's node `i` (while there are nodes) and waits until each is
-/// registered and has listed the registrations; then writes `changes`
-/// changes (an intention between the first two services, allow and deny
-/// in turn), each once every watcher has the previous one.
-fn measure(options: &EtcdOptions, watchers: usize, changes: usize) -> Result<Report, String> {
+/// A line from agent `index`.
+type Said = (usize, String);
+
+/// The agent processes: this bench run again with `--agent-node`.
+struct Agents {
+    children: Vec<std::process::Child>,
+    lines: std::sync::mpsc::Receiver<Said>,
+    tell: std::sync::mpsc::Sender<Said>,
+}
+
+impl Agents {
+    fn spawn(&mut self, args: &[String], node: &str) -> Result<(), String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(exe)
+            .args(args)
+            .args(["--agent-node", node])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn agent {node}: {e}"))?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let index = self.children.len();
+        let tell = self.tell.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tell.send((index, line)).is_err() {
+                    return;
+                }
+            }
+        });
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// The next line from any agent, within `bound`.
+    fn next(&self, bound: Duration) -> Result<Said, String> {
+        self.lines
+            .recv_timeout(bound)
+            .map_err(|_| format!("no agent said anything within {bound:?}"))
+    }
+
+    /// Waits for a `ready {json}` line from each of `count` agents that
+    /// have not said it yet; returns the first one's report.
+    fn ready(&self, count: usize) -> Result<Value, String> {
+        let mut first = None;
+        for _ in 0..count {
+            let (index, line) = self.next(READY_BOUND)?;
+            let json = line
+                .strip_prefix("ready ")
+                .ok_or_else(|| format!("agent {index} said {line:?}"))?;
+            let report: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            first.get_or_insert(report);
+        }
+        first.ok_or_else(|| "no agent".to_owned())
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // Closing stdin ends it; a kill if it lingers.
+            drop(child.stdin.take());
+        }
+        for child in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Now, in nanoseconds of the realtime clock: comparable between this
+/// machine's processes.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Starts `watchers` agent processes on `options`' catalog (the first
+/// alone, timed), each registered as one of the catalog's nodes; then
+/// writes `changes` changes (an intention between the first two
+/// services, allow and deny in turn), each once every agent has the
+/// previous one, timed from before the write to each agent's config.
+fn measure(
+    options: &EtcdOptions,
+    args: &[String],
+    watchers: usize,
+    changes: usize,
+    etcd_pids: &[u32],
+) -> Result<Report, String> {
     let watchers = watchers.max(1);
-    let before = rss_bytes();
-    let started = Instant::now();
-    let mut first = EtcdCatalog::new(options.clone());
-    let config = first.load().map_err(|e| e.to_string())?;
-    let first_load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let rss_growth_mib = rss_bytes().saturating_sub(before) as f64 / (1 << 20) as f64;
-    let keys = first.len();
+    // The catalog as an agent sees it: its nodes, the pair to change.
+    let mut probe = EtcdCatalog::new(options.clone());
+    let config = probe.load().map_err(|e| e.to_string())?;
+    drop(probe);
     let (source, destination) = match &config.services[..] {
         [a, b, ..] => (a.name.to_string(), b.name.to_string()),
         _ => return Err("the bench needs two services".into()),
     };
-    // Each change must differ from what the catalog holds (a put of the
-    // same value changes nothing a watcher reports).
-    let denied_now = config.intentions.iter().any(|i| {
-        i.source.to_string() == source
-            && i.destination.to_string() == destination
-            && i.action == Action::Deny
-    });
-    let mut catalogs = vec![first];
-    for _ in 1..watchers {
-        let mut catalog = EtcdCatalog::new(options.clone());
-        catalog.load().map_err(|e| e.to_string())?;
-        catalogs.push(catalog);
+    let denied_now = action(&config, &source, &destination) == Some(Action::Deny);
+    let nodes: Vec<String> = config.nodes.iter().map(|n| n.name.to_string()).collect();
+    let (tell, lines) = std::sync::mpsc::channel();
+    let mut agents = Agents {
+        children: Vec::new(),
+        lines,
+        tell,
+    };
+    agents.spawn(args, &nodes[0])?;
+    let first = agents.ready(1)?;
+    for i in 1..watchers {
+        agents.spawn(args, &nodes[i % nodes.len()])?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    agents.ready(watchers - 1)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    let (mut latencies, registered) = runtime.block_on(async {
-        // Registrations as the agents keep them (`app::App::spawn`).
-        let mut registrations = Vec::new();
-        for node in config.nodes.iter().take(watchers) {
-            let (publisher, snapshots) = Snapshot::new(config.clone()).publish();
-            let board = Board::new(&node.name, Arc::new(publisher), Arc::default());
-            board.sync(&config);
-            let r = registry::Registration::new(options.clone(), &node.name, board, snapshots);
-            tokio::spawn(r.clone().keep());
-            tokio::spawn(r.clone().follow());
-            registrations.push(r);
-        }
-        let all = async {
-            for r in &registrations {
-                r.first().await;
-            }
-        };
-        tokio::time::timeout(REGISTERED_BOUND, all)
-            .await
-            .map_err(|_| {
+    let mut client = runtime
+        .block_on(options.connect())
+        .map_err(|e| e.to_string())?;
+    let key = layout::Object::Intention {
+        source: source.clone(),
+        destination: destination.clone(),
+    }
+    .key(&options.prefix);
+    let agent_pids: Vec<u32> = agents.children.iter().map(|c| c.id()).collect();
+    let cpu_before = cpu_ms(etcd_pids);
+    let agents_before = cpu_ms(&agent_pids);
+    let wall = Instant::now();
+    let mut latencies = Vec::with_capacity(changes * watchers);
+    let mut bytes = Vec::with_capacity(changes * watchers);
+    let mut received = vec![None::<u64>; watchers];
+    for i in 0..changes {
+        let deny = (i % 2 == 0) != denied_now;
+        let want = if deny { "deny" } else { "allow" };
+        let value = intention_value(
+            &source,
+            &destination,
+            if deny { Action::Deny } else { Action::Allow },
+        );
+        let sent = now_ns();
+        runtime
+            .block_on(client.put(key.as_str(), value, None))
+            .map_err(|e| format!("etcd at {}: {e}", options.endpoints.join(",")))?;
+        let mut reached = vec![false; watchers];
+        while reached.iter().any(|r| !r) {
+            let (index, line) = agents.next(CHANGE_BOUND).map_err(|e| {
                 format!(
-                    "the {} watchers' registrations were not all in etcd within {REGISTERED_BOUND:?}",
-                    registrations.len()
+                    "change {i} reached {} of {watchers} agents: {e}",
+                    reached.iter().filter(|r| **r).count()
                 )
             })?;
-        // Each watcher reports (its index, when, the pair's action) for
-        // every config it gets.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for (index, mut catalog) in catalogs.into_iter().enumerate() {
-            let tx = tx.clone();
-            let (source, destination) = (source.clone(), destination.clone());
-            tokio::spawn(async move {
-                loop {
-                    let config = catalog.changed().await;
-                    let seen = (
-                        index,
-                        Instant::now(),
-                        action(&config, &source, &destination),
-                    );
-                    if tx.send(seen).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        let mut client = options.connect().await.map_err(|e| e.to_string())?;
-        let key = layout::Object::Intention {
-            source: source.clone(),
-            destination: destination.clone(),
-        }
-        .key(&options.prefix);
-        let mut latencies = Vec::with_capacity(changes * watchers);
-        for i in 0..changes {
-            let deny = (i % 2 == 0) != denied_now;
-            let want = if deny { Action::Deny } else { Action::Allow };
-            let value = intention_value(&source, &destination, want);
-            let sent = Instant::now();
-            client
-                .put(key.as_str(), value, None)
-                .await
-                .map_err(|e| format!("etcd at {}: {e}", options.endpoints.join(",")))?;
-            // Every watcher's first config with this change.
-            let deadline = tokio::time::Instant::now() + CHANGE_BOUND;
-            let mut reached = vec![false; watchers];
-            while reached.iter().any(|r| !r) {
-                let (index, at, got) = tokio::time::timeout_at(deadline, rx.recv())
-                    .await
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| {
-                        format!(
-                            "change {i} reached {} of {watchers} watchers within {CHANGE_BOUND:?}",
-                            reached.iter().filter(|r| **r).count()
-                        )
-                    })?;
-                if got == Some(want) && !std::mem::replace(&mut reached[index], true) {
-                    latencies.push(at.duration_since(sent).as_secs_f64() * 1e3);
+            // `seen <action> <ns> <bytes>`
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let [_, got, at, total] = parts[..] else {
+                return Err(format!("agent {index} said {line:?}"));
+            };
+            let (at, total): (u128, u64) = (
+                at.parse().map_err(|_| format!("agent {index}: {line:?}"))?,
+                total
+                    .parse()
+                    .map_err(|_| format!("agent {index}: {line:?}"))?,
+            );
+            if got == want && !std::mem::replace(&mut reached[index], true) {
+                latencies.push(at.saturating_sub(sent) as f64 / 1e6);
+                if let Some(before) = received[index].replace(total) {
+                    bytes.push(total.saturating_sub(before) as f64);
                 }
             }
         }
-        // Still registered after the measurement, every one.
-        let registered = registry::list(options)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((latencies, registered))
-    })?;
+    }
+    let wall_ms = wall.elapsed().as_secs_f64() * 1e3;
+    let etcd_ms = cpu_ms(etcd_pids) - cpu_before;
+    let agents_cpu_ms = cpu_ms(&agent_pids) - agents_before;
+    // Still registered after the measurement, every one.
+    let registered = runtime
+        .block_on(registry::list(options))
+        .map_err(|e| e.to_string())?;
+    drop(agents);
     latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+    bytes.sort_by(f64::total_cmp);
+    let at = |v: &[f64], q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
             .copied()
             .unwrap_or(0.0)
     };
     Ok(Report {
-        keys,
-        first_load_ms,
-        rss_growth_mib,
+        keys: first["keys"].as_u64().unwrap_or(0) as usize,
+        first_load_ms: first["load_ms"].as_f64().unwrap_or(f64::NAN),
+        rss_growth_mib: first["rss_growth_mib"].as_f64().unwrap_or(f64::NAN),
         watchers,
-        propagation_p50_ms: at(0.5),
-        propagation_p99_ms: at(0.99),
+        propagation_p50_ms: at(&latencies, 0.5),
+        propagation_p99_ms: at(&latencies, 0.99),
         propagation_max_ms: latencies.last().copied().unwrap_or(0.0),
         samples: latencies.len(),
+        bytes_per_change: at(&bytes, 0.5),
+        etcd_cpu_ms_per_change: etcd_ms / changes.max(1) as f64,
+        etcd_cpu_percent: etcd_ms / wall_ms * 100.0,
+        agent_cpu_ms_per_change: agents_cpu_ms / (changes.max(1) * watchers) as f64,
         registered_nodes: registered.nodes.len(),
         health_keys: registered.reports.values().map(|r| r.len()).sum(),
     })
+}
+
+/// One agent (`--agent-node`): loads the catalog (timed, with the memory
+/// it adds), registers as `node` and follows the registrations as an
+/// agent does (`app::App::spawn`), says `ready {json}`, then
+/// `seen <action of the pair> <ns> <bytes received>` for every config,
+/// until its stdin closes.
+fn agent(options: &EtcdOptions, node: &str) -> Result<(), String> {
+    let before = rss_bytes();
+    let started = Instant::now();
+    let mut catalog = EtcdCatalog::new(options.clone());
+    let config = catalog.load().map_err(|e| e.to_string())?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let rss_growth_mib = rss_bytes().saturating_sub(before) as f64 / (1 << 20) as f64;
+    let (source, destination) = match &config.services[..] {
+        [a, b, ..] => (a.name.to_string(), b.name.to_string()),
+        _ => return Err("the bench needs two services".into()),
+    };
+    let name = config
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .map(|n| n.name.clone())
+        .ok_or_else(|| format!("no node {node} in the catalog"))?;
+    // Ends this process when the bench closes stdin.
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        std::process::exit(0);
+    });
+    // As the agent's (`mesh-agent run`).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    runtime.block_on(async {
+        let (publisher, snapshots) = Snapshot::new(config.clone()).publish();
+        let board = Board::new(&name, Arc::new(publisher), Arc::default());
+        board.sync(&config);
+        let r = registry::Registration::new(options.clone(), &name, board, snapshots);
+        tokio::spawn(r.clone().keep());
+        tokio::spawn(r.clone().follow());
+        tokio::time::timeout(READY_BOUND, r.first())
+            .await
+            .map_err(|_| format!("{node} not registered within {READY_BOUND:?}"))?;
+        println!(
+            "ready {}",
+            serde_json::json!({
+                "keys": catalog.len(),
+                "load_ms": load_ms,
+                "rss_growth_mib": rss_growth_mib,
+            })
+        );
+        loop {
+            let config = catalog.changed().await;
+            let got =
+                action(&config, &source, &destination).map_or("none".to_owned(), |a| a.to_string());
+            println!("seen {got} {} {}", now_ns(), catalog.received_bytes());
+        }
+    })
+}
+
+/// CPU time (user + system) of the processes `pids`, in milliseconds.
+fn cpu_ms(pids: &[u32]) -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command's closing parenthesis: utime and
+            // stime are the 12th and 13th.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks * 1e3)
+        })
+        .sum()
 }
 
 /// The action of the intention from `source` to `destination` in

@@ -67,10 +67,11 @@ enum Task {
         /// --smoke.
         #[arg(long, value_parser = ["bulk", "rr", "connrate", "idle", "flood", "instances", "container", "pick", "tunnel"])]
         only: Vec<String>,
-        /// Measure only the catalog in etcd at scale (1,000 services,
-        /// 10,000 instances, 2,000 intentions) on 3 etcd members with TLS
-        /// and RBAC, agents registered: first snapshot, memory, propagation
-        /// to 50 watchers. Writes docs/catalog-scale.md.
+        /// Measure only the catalog in etcd at scale, 1x (1,000 services,
+        /// 10,000 instances, 2,000 intentions) and 10x, on 3 etcd members
+        /// with TLS and RBAC, agents registered: first snapshot, memory,
+        /// propagation to 50 agent processes, watch bytes, etcd CPU.
+        /// Writes docs/catalog-scale.md.
         #[arg(long, conflicts_with_all = ["only", "smoke"])]
         catalog: bool,
     },

@@ -400,12 +400,14 @@ impl EtcdOptions {
             });
         }
         let assembled = layout::assemble(&self.prefix, &acting);
-        let config = self.judge_assembled(&acting, &assembled)?;
+        let mut parsed = Parsed::default();
+        let config = parsed.judge(self, &acting, &assembled)?;
         Ok(Snapshot {
             values: listing.values,
             revision: listing.revision,
             import: listing.import.map(|i| i.since),
             text: assembled.text,
+            parsed,
             config,
         })
     }
@@ -488,8 +490,9 @@ pub(super) struct Snapshot {
     revision: i64,
     /// Where an import under way began.
     import: Option<i64>,
-    /// The acting catalog's text and config.
+    /// The acting catalog's text, its values parsed, and its config.
     text: String,
+    parsed: Parsed,
     pub(super) config: Config,
 }
 
@@ -724,6 +727,20 @@ impl EtcdCatalog {
 
     /// The values judged, if they differ from the last judged.
     fn judge(&mut self) -> Option<Config> {
+        // Tens of milliseconds for a large catalog: off the runtime's
+        // workers when it has several (the agent's), so the tasks that
+        // share this one (lease keepalives, connections) move on.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(|| self.judge_here())
+        } else {
+            self.judge_here()
+        }
+    }
+
+    /// [`EtcdCatalog::judge`] on this thread.
+    fn judge_here(&mut self) -> Option<Config> {
         let assembled = layout::assemble(&self.options.prefix, &self.values);
         if self.judged.as_ref() == Some(&assembled.text) {
             return None;
@@ -764,6 +781,7 @@ impl Catalog for EtcdCatalog {
             );
         }
         self.judged = Some(now.text);
+        self.parsed = now.parsed;
         self.values = now.values;
         self.revision = now.revision;
         self.import = now.import;
