@@ -185,7 +185,13 @@ fn gaps(samples: &[Vec<Value>]) -> String {
         let cpu = median_of(large, "agent_cpu_ms_per_change");
         let _ = writeln!(
             out,
-            "- Propagation p99 at 10x is {p99:.0} ms, over the 1,000 ms target. Each agent spends              {cpu:.0} ms of CPU per change (judging the catalog: only the changed values are parsed              again, but the semantic checks walk the whole catalog), and the {WATCHERS} agents share              this machine's 2 CPUs: about {:.0} ms of CPU on each before the last agent has judged.              On a host of its own an agent's share is its own {cpu:.0} ms plus etcd's delivery; the              1x figures show that delivery. Checking only what a change touches is the next step.",
+            "- Propagation p99 at 10x is {p99:.0} ms, over the 1,000 ms target. Each agent \
+             spends {cpu:.0} ms of CPU per change (judging the catalog: only the changed \
+             values are parsed again, but the semantic checks walk the whole catalog), and \
+             the {WATCHERS} agents share this machine's 2 CPUs: about {:.0} ms of CPU on \
+             each before the last agent has judged. On a host of its own an agent's share \
+             is its own {cpu:.0} ms plus etcd's delivery; the 1x figures show that \
+             delivery. Checking only what a change touches is the next step.",
             cpu * WATCHERS as f64 / 2.0
         );
     }
@@ -194,7 +200,10 @@ fn gaps(samples: &[Vec<Value>]) -> String {
         let keys = median_of(large, "keys");
         let _ = writeln!(
             out,
-            "- An agent's RSS grows {rss:.0} MiB at 10x, over the 64 MiB target: about {:.1} KiB per              key, in proportion to the catalog ({:.0} MiB at 1x). The agent holds the values as              listed, each value parsed for the next judgment, the joined text and the judged config;              which of these to drop is not yet measured.",
+            "- An agent's RSS grows {rss:.0} MiB at 10x, over the 64 MiB target: about \
+             {:.1} KiB per key, in proportion to the catalog ({:.0} MiB at 1x). The agent \
+             holds the values as listed, each value parsed for the next judgment, the \
+             joined text and the judged config; which of these to drop is not yet measured.",
             rss * 1024.0 / keys,
             median_of(small, "rss_growth_mib")
         );
