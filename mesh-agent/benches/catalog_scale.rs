@@ -265,7 +265,10 @@ fn measure(
     }
     agents.ready(watchers - 1)?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // A worker of its own drives the connection (HTTP/2 pings) while this
+    // thread waits for the agents.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
