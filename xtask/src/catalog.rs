@@ -173,7 +173,11 @@ fn etcd_pids(dir: &std::path::Path) -> Vec<u32> {
 fn median_of(runs: &[Value], field: &str) -> f64 {
     let mut v: Vec<f64> = runs.iter().filter_map(|s| s[field].as_f64()).collect();
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    // Every run's report has every field: a missing one shows as NaN.
+    (v.len() == runs.len())
+        .then(|| v.get(v.len() / 2).copied())
+        .flatten()
+        .unwrap_or(f64::NAN)
 }
 
 /// Each 10x target missed, by how much, and why (from the figures).
@@ -225,15 +229,6 @@ fn gaps(samples: &[Vec<Value>]) -> String {
 /// The medians of each size and the targets (the 10x size's), as
 /// Markdown.
 fn table(samples: &[Vec<Value>]) -> String {
-    let median = |samples: &[Value], field: &str| {
-        let mut v: Vec<f64> = samples.iter().filter_map(|s| s[field].as_f64()).collect();
-        v.sort_by(f64::total_cmp);
-        // Every run's report has every field: a missing one shows as NaN.
-        (v.len() == samples.len())
-            .then(|| v.get(v.len() / 2).copied())
-            .flatten()
-            .unwrap_or(f64::NAN)
-    };
     let mut out = "| metric |".to_owned();
     for size in SIZES {
         let _ = write!(out, " {} |", size.name);
@@ -297,7 +292,7 @@ fn table(samples: &[Vec<Value>]) -> String {
         let _ = write!(out, "| {name} |");
         let mut last = f64::NAN;
         for runs in samples {
-            last = median(runs, field);
+            last = median_of(runs, field);
             let _ = write!(out, " {last:.decimals$} |");
         }
         let (wanted, met) = match at_most {

@@ -230,13 +230,8 @@ fn plan(
 /// the lease that says its importer lives (kept by a task).
 struct Claim {
     modified: i64,
-    keeper: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.keeper.abort();
-    }
+    /// Held for its drop: the keepalive task ends with the claim.
+    _keeper: super::AbortOnDrop,
 }
 
 /// The marker's value: who imports, and the lease that says they live.
@@ -455,7 +450,7 @@ async fn write_batch(
         (true, Some(lease)) => {
             *claim = Some(Claim {
                 modified: answer.header().map_or(0, |h| h.revision()),
-                keeper: tokio::spawn(keep_claim(client.clone(), lease)),
+                _keeper: super::AbortOnDrop(tokio::spawn(keep_claim(client.clone(), lease))),
             });
         }
         (false, Some(lease)) => {

@@ -109,6 +109,16 @@ impl CatalogError {
     }
 }
 
+/// A task aborted when this is dropped (a lease's keepalive, which ends
+/// with what holds the lease).
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Where to read the catalog from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {

@@ -278,15 +278,6 @@ async fn keep_lease(
     }
 }
 
-/// A task aborted when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Why a guarded write did not happen.
 enum Refused {
     /// The node's key is gone (the lease expired).
@@ -395,7 +386,7 @@ impl Registration {
             // Keepalives on a task of their own: a slow write below does
             // not delay them (the lease outlives a publish that takes long).
             let (tell, mut kept) = tokio::sync::mpsc::channel(4);
-            let keeping = AbortOnDrop(tokio::spawn(keep_lease(
+            let keeping = super::AbortOnDrop(tokio::spawn(keep_lease(
                 self.options.clone(),
                 keeper,
                 answers,
