@@ -98,8 +98,9 @@ fn applied_services(mesh: &Mesh, node: &str) -> Vec<usize> {
 /// end with the action it set, whether its key is one the file sets
 /// otherwise or one the file does not have (the import reports them as
 /// kept). The imports alternate between two files whose services differ
-/// by 250 (three transactions), and both agents only ever apply
-/// the catalog of one file or the other, never one in between.
+/// by 250 (three transactions), both agents only ever apply the catalog
+/// of one file or the other, never one in between, and a call after each
+/// import goes through.
 #[test]
 fn an_import_loses_no_concurrent_write_and_agents_see_whole_catalogs() {
     let mesh = Mesh::nodes(&["ia", "ib"])
@@ -206,6 +207,12 @@ fn an_import_loses_no_concurrent_write_and_agents_see_whole_catalogs() {
             "run {run}: lost writes: {lost:?}\nimport: {report}"
         );
         assert!(report.contains("kept"), "run {run}: nothing kept? {report}");
+        // Calls go on across imports.
+        assert_eq!(
+            mesh.echo("ia", "web", vip(), API_PORT, "still"),
+            "still",
+            "run {run}"
+        );
         eprintln!(
             "run {run}: import and {} creates in {:?}",
             told.len(),
@@ -225,7 +232,6 @@ fn an_import_loses_no_concurrent_write_and_agents_see_whole_catalogs() {
             "{node} applied a catalog between two files: {seen:?}"
         );
     }
-    assert_eq!(mesh.echo("ia", "web", vip(), API_PORT, "still"), "still");
 }
 
 /// An import that died half-way leaves its marker: agents keep the catalog

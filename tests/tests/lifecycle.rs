@@ -440,3 +440,40 @@ if mode == "take-then-garbage":
     s.sendall(b"nope\n")
 s.close()
 "#;
+
+/// A node made anew (its network namespace recreated, as when a VM or a
+/// container restarts) while the pins of its last agent, SIGKILLed, stay:
+/// the new agent does not adopt links attached to the old namespace (here
+/// it lives on, held by the first mesh); it attaches its programs in its
+/// own, and calls between the new nodes go through.
+#[test]
+fn an_agent_on_a_node_made_anew_attaches_in_its_own_namespace() {
+    let mesh = || {
+        Mesh::nodes(&["rna", "rnb"])
+            .default_policy("allow")
+            .service("web", "rna", 8080)
+            .service_with("api", "rnb", 5001, |s| s.vip(VIP))
+            .start()
+    };
+    let before = mesh();
+    before.stop_agent("rna", Signal::SIGKILL);
+    before.stop_agent("rnb", Signal::SIGKILL);
+    let anew = mesh();
+    anew.start_echo_server("rnb", "api", 5001);
+    let vip = VIP.parse().expect("vip");
+    assert_eq!(anew.echo("rna", "web", vip, 5001, "anew"), "anew");
+    for node in ["rna", "rnb"] {
+        let log = fs::read_to_string(anew.agent_log(node)).unwrap_or_default();
+        // Only sk_lookup's: the cgroup is the same path, the same cgroup.
+        let replaced: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("replacing a pinned link attached to another"))
+            .collect();
+        assert!(
+            replaced.len() == 1 && replaced[0].contains("program=\"mesh_sk_lookup\""),
+            "{node}: {replaced:?}"
+        );
+    }
+    drop(anew);
+    drop(before);
+}

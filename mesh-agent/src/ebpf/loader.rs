@@ -272,12 +272,21 @@ fn attach_at(
         source,
     };
     if path.exists() {
-        let adopted =
-            pins::get(path).and_then(|link| pins::link_update(link.as_fd(), prog).map(|()| link));
-        match adopted {
-            Ok(link) => return Ok(link),
-            // A link whose netns is gone: replace it. Anything else fails
-            // the start, the pinned link left as it is.
+        match adopt(path, prog, target, attach_type) {
+            Ok(Ok(link)) => return Ok(link),
+            // Attached elsewhere: the node's cgroup or netns was made anew
+            // (the old one may live on, held by something else). This
+            // agent serves the one it runs in: replace the link.
+            Ok(Err(found)) => {
+                tracing::info!(
+                    program = name,
+                    ?found,
+                    "replacing a pinned link attached to another cgroup or network namespace"
+                );
+                std::fs::remove_file(path).map_err(fail)?;
+            }
+            // A link whose netns or cgroup is gone: replace it. Anything
+            // else fails the start, the pinned link left as it is.
             Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
                 tracing::info!(
                     program = name,
@@ -291,6 +300,23 @@ fn attach_at(
     let link = pins::link_create(prog, target, attach_type).map_err(fail)?;
     pins::pin(link.as_fd(), path).map_err(fail)?;
     Ok(link)
+}
+
+/// The link pinned at `path`, now running `prog`, if it is attached to
+/// `target`; else what it is attached to (the link left as it is).
+fn adopt(
+    path: &Path,
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+) -> std::io::Result<Result<OwnedFd, pins::Target>> {
+    let link = pins::get(path)?;
+    let found = pins::link_target(link.as_fd())?;
+    if found != pins::Target::of(target, attach_type)? {
+        return Ok(Err(found));
+    }
+    pins::link_update(link.as_fd(), prog)?;
+    Ok(Ok(link))
 }
 
 fn open(path: &Path) -> Result<File, EbpfError> {

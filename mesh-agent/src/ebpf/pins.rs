@@ -77,14 +77,46 @@ struct InfoAttr {
     info: u64,
 }
 
-/// The start of `struct bpf_link_info` (the rest is per link type).
+/// The start of `struct bpf_link_info`: its per-type union starts at
+/// offset 16 (it holds `__aligned_u64`s).
 #[repr(C)]
 #[derive(Default)]
 struct LinkInfo {
     link_type: u32,
     id: u32,
     prog_id: u32,
-    _rest: [u32; 13],
+    _pad: u32,
+    per_type: [u64; 6],
+}
+
+// `enum bpf_link_type` (include/uapi/linux/bpf.h).
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+const BPF_LINK_TYPE_NETNS: u32 = 5;
+
+/// What a link attaches its program to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A cgroup, by id (its inode in cgroup2); 0 once the cgroup is gone.
+    Cgroup(u64),
+    /// A network namespace, by nsfs inode; 0 once the namespace is gone.
+    Netns(u64),
+    /// A link of another type.
+    Other(u32),
+}
+
+impl Target {
+    /// The target an open cgroup directory or netns file is, for a link
+    /// of `attach_type`.
+    pub fn of(fd: BorrowedFd<'_>, attach_type: u32) -> io::Result<Self> {
+        let inode = nix::sys::stat::fstat(fd.as_raw_fd())
+            .map_err(io::Error::from)?
+            .st_ino;
+        Ok(if attach_type == BPF_SK_LOOKUP {
+            Self::Netns(inode)
+        } else {
+            Self::Cgroup(inode)
+        })
+    }
 }
 
 /// `bpf_attr` for `BPF_LINK_UPDATE`.
@@ -153,8 +185,8 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
-/// The id of the program `link` runs.
-pub fn link_program(link: BorrowedFd<'_>) -> io::Result<u32> {
+/// What the kernel says of `link`.
+fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     let mut info = LinkInfo::default();
     let mut attr = InfoAttr {
         bpf_fd: link.as_raw_fd() as u32,
@@ -162,7 +194,28 @@ pub fn link_program(link: BorrowedFd<'_>) -> io::Result<u32> {
         info: std::ptr::from_mut(&mut info) as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info.prog_id)
+    Ok(info)
+}
+
+/// The id of the program `link` runs.
+pub fn link_program(link: BorrowedFd<'_>) -> io::Result<u32> {
+    link_info(link).map(|info| info.prog_id)
+}
+
+/// What `link` is attached to.
+pub fn link_target(link: BorrowedFd<'_>) -> io::Result<Target> {
+    let info = link_info(link)?;
+    let first = info.per_type[0];
+    Ok(match info.link_type {
+        // `struct { __u64 cgroup_id; __u32 attach_type; } cgroup`
+        BPF_LINK_TYPE_CGROUP => Target::Cgroup(first),
+        // `struct { __u32 netns_ino; __u32 attach_type; } netns`
+        BPF_LINK_TYPE_NETNS => {
+            let [a, b, c, d, ..] = first.to_ne_bytes();
+            Target::Netns(u64::from(u32::from_ne_bytes([a, b, c, d])))
+        }
+        other => Target::Other(other),
+    })
 }
 
 /// Pins `fd` at `path` in bpffs.
