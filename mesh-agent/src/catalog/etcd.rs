@@ -434,50 +434,92 @@ pub(super) struct Importing {
 }
 
 /// Each key's value checked and parsed alone (`config::Piece`), kept from
-/// one judgment of the catalog to the next, so that a change checks and
-/// parses only the values that changed: the judgment is
-/// [`EtcdOptions::judge`]'s, the same config or the same errors.
+/// one judgment of the catalog to the next and told of each change
+/// ([`Parsed::put`]), so that a change checks and parses only the values
+/// that changed: the judgment is [`EtcdOptions::judge`]'s, the same config
+/// or the same errors.
 #[derive(Debug, Default)]
-pub struct Parsed(std::collections::HashMap<String, Judged>);
+pub struct Parsed {
+    by_key: std::collections::HashMap<String, Judged, foldhash::fast::RandomState>,
+    /// The keys whose values `layout::check` refuses.
+    misfits: std::collections::BTreeSet<String>,
+}
 
 /// One value as [`Parsed`] keeps it.
 #[derive(Debug)]
 struct Judged {
     value: String,
-    /// Whether `layout::check` accepts it.
-    fits: bool,
     piece: Option<crate::config::Piece>,
 }
 
 impl Parsed {
+    /// Takes `key`'s new value (`None`: deleted), checked and parsed now
+    /// unless it is the value already held.
+    pub fn put(&mut self, prefix: &str, key: &str, value: Option<&str>) {
+        let Some(value) = value else {
+            self.by_key.remove(key);
+            self.misfits.remove(key);
+            return;
+        };
+        if self.by_key.get(key).is_some_and(|j| j.value == value) {
+            return;
+        }
+        if layout::check(prefix, key, value).is_ok() {
+            self.misfits.remove(key);
+        } else {
+            self.misfits.insert(key.to_owned());
+        }
+        let judged = Judged {
+            value: value.to_owned(),
+            piece: crate::config::Piece::parse(value),
+        };
+        self.by_key.insert(key.to_owned(), judged);
+    }
+
+    /// Holds exactly `values` (after a listing): keys not in it are
+    /// forgotten, values not held are checked and parsed.
+    pub fn sync(&mut self, prefix: &str, values: &BTreeMap<String, String>) {
+        let gone: Vec<String> = self
+            .by_key
+            .keys()
+            .filter(|key| !values.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.put(prefix, &key, None);
+        }
+        for (key, value) in values {
+            self.put(prefix, key, Some(value));
+        }
+    }
+
     /// [`EtcdOptions::judge`] of `values` (joined into `assembled`),
-    /// checking and parsing only values not seen before; keys no longer in
-    /// `values` are forgotten.
+    /// after a [`Parsed::sync`] to them.
     pub fn judge(
         &mut self,
         options: &EtcdOptions,
         values: &BTreeMap<String, String>,
         assembled: &Assembled,
     ) -> Result<Config, CatalogError> {
-        self.0.retain(|key, _| values.contains_key(key));
-        for (key, value) in values {
-            let seen = self.0.get(key).is_some_and(|j| j.value == *value);
-            if !seen {
-                let judged = Judged {
-                    value: value.clone(),
-                    fits: layout::check(&options.prefix, key, value).is_ok(),
-                    piece: crate::config::Piece::parse(value),
-                };
-                self.0.insert(key.clone(), judged);
-            }
-            if !self.0.get(key).is_some_and(|j| j.fits) {
-                // The first misfit in key order, with its own error.
-                layout::check(&options.prefix, key, value)?;
-            }
+        self.sync(&options.prefix, values);
+        self.judge_held(options, assembled)
+    }
+
+    /// [`EtcdOptions::judge`] of the values held, joined into `assembled`.
+    pub fn judge_held(
+        &self,
+        options: &EtcdOptions,
+        assembled: &Assembled,
+    ) -> Result<Config, CatalogError> {
+        // The first misfit in key order, with its own error.
+        if let Some(key) = self.misfits.first()
+            && let Some(judged) = self.by_key.get(key)
+        {
+            layout::check(&options.prefix, key, &judged.value)?;
         }
         let pieces = assembled
             .pieces()
-            .map(|(key, at)| (at, self.0.get(key).and_then(|j| j.piece.as_ref())));
+            .map(|(key, at)| (at, self.by_key.get(key).and_then(|j| j.piece.as_ref())));
         let judged = crate::config::judge_pieces(&assembled.text, pieces, &options.path());
         options.judged(assembled, judged)
     }
@@ -666,6 +708,7 @@ impl EtcdCatalog {
                 );
                 let listing = self.options.list(client).await?;
                 self.values = listing.values;
+                self.parsed.sync(&self.options.prefix, &self.values);
                 self.revision = listing.revision;
                 self.watch = None;
                 return Ok(self.hold_or_judge(listing.import.map(|i| i.since)));
@@ -688,9 +731,11 @@ impl EtcdCatalog {
             match event.event_type() {
                 EventType::Put => {
                     let value = String::from_utf8_lossy(kv.value()).into_owned();
+                    self.parsed.put(&self.options.prefix, &key, Some(&value));
                     self.values.insert(key, value);
                 }
                 EventType::Delete => {
+                    self.parsed.put(&self.options.prefix, &key, None);
                     self.values.remove(&key);
                 }
             }
@@ -745,7 +790,8 @@ impl EtcdCatalog {
         if self.judged.as_ref() == Some(&assembled.text) {
             return None;
         }
-        let judged = self.parsed.judge(&self.options, &self.values, &assembled);
+        // `parsed` holds `values`: told of every change as it came.
+        let judged = self.parsed.judge_held(&self.options, &assembled);
         self.judged = Some(assembled.text);
         match judged {
             Ok(config) => Some(config),
@@ -782,6 +828,10 @@ impl Catalog for EtcdCatalog {
         }
         self.judged = Some(now.text);
         self.parsed = now.parsed;
+        if now.import.is_some() {
+            // It holds the acting values; the import under way wrote others.
+            self.parsed.sync(&self.options.prefix, &now.values);
+        }
         self.values = now.values;
         self.revision = now.revision;
         self.import = now.import;
@@ -1002,13 +1052,24 @@ mod tests {
                 &o.prefix,
             )
             .unwrap();
-            let mut parsed = Parsed::default();
+            let mut synced = Parsed::default();
+            // Told only of each changed key, as the watch does.
+            let mut told = Parsed::default();
+            told.sync(&o.prefix, &values);
             for e in edits {
+                let before = values.clone();
                 edit(&mut values, e);
+                for key in before.keys().chain(values.keys()) {
+                    if before.get(key) != values.get(key) {
+                        told.put(&o.prefix, key, values.get(key).map(String::as_str));
+                    }
+                }
                 let assembled = layout::assemble(&o.prefix, &values);
                 let full = o.judge(&values).map_err(|e| e.to_string());
-                let kept = parsed.judge(&o, &values, &assembled).map_err(|e| e.to_string());
-                proptest::prop_assert_eq!(full, kept, "after {:?}", e);
+                let kept = synced.judge(&o, &values, &assembled).map_err(|e| e.to_string());
+                proptest::prop_assert_eq!(&full, &kept, "after {:?}", e);
+                let held = told.judge_held(&o, &assembled).map_err(|e| e.to_string());
+                proptest::prop_assert_eq!(&full, &held, "after {:?}", e);
             }
         }
     }

@@ -1,12 +1,11 @@
 //! A service's `[[service.check]]` tables: each check's kind, values and
 //! defaults, and names unique within the service.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use toml::Spanned;
 
-use super::Checker;
+use super::{Checker, HashMap};
 use crate::config::raw::{RawCheck, RawService};
 use crate::config::{Check, CheckKind, values};
 
@@ -27,7 +26,7 @@ impl Checker<'_> {
         let mut checks = Vec::new();
         let mut ok = true;
         // Each name seen, with the line it was declared or defaulted on.
-        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut names: HashMap<String, usize> = HashMap::default();
         for entry in &service.check {
             let check = self.one_check(entry, service_name, port);
             let unique = self.check_name_unique(entry, service_name, &mut names);
