@@ -42,7 +42,27 @@ impl Decision {
 pub struct Policy {
     intentions: Vec<Intention>,
     default: Action,
+    /// Where `decide` looks, so that a verdict costs a few lookups however
+    /// many intentions there are (the data path asks once per connection;
+    /// the kernel maps ask for every local caller and destination).
+    index: Index,
 }
+
+/// The intentions by what they match; each slot holds the one that wins
+/// among those it would hold (deny, then the last in file order).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Index {
+    /// `source -> destination`, by source then destination.
+    exact: HashMap<String, HashMap<String, usize>>,
+    /// `source -> *`, by source.
+    from: HashMap<String, usize>,
+    /// `* -> destination`, by destination.
+    to: HashMap<String, usize>,
+    /// `* -> *`.
+    any: Option<usize>,
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +91,30 @@ pub fn explain(config: &Config, source: &str, destination: &str) -> Result<Strin
 
 impl Policy {
     pub fn new(config: &Config) -> Self {
+        Self::of(config.intentions.clone(), config.mesh.default_policy)
+    }
+
+    /// `intentions` (in file order) over `default`.
+    fn of(intentions: Vec<Intention>, default: Action) -> Self {
+        let mut index = Index::default();
+        for (at, i) in intentions.iter().enumerate() {
+            let slot = match (&i.source, &i.destination) {
+                (Match::Name(s), Match::Name(d)) => index
+                    .exact
+                    .entry(s.to_string())
+                    .or_default()
+                    .entry(d.to_string())
+                    .or_insert(at),
+                (Match::Name(s), Match::Any) => index.from.entry(s.to_string()).or_insert(at),
+                (Match::Any, Match::Name(d)) => index.to.entry(d.to_string()).or_insert(at),
+                (Match::Any, Match::Any) => index.any.get_or_insert(at),
+            };
+            *slot = winner(&intentions, *slot, at);
+        }
         Self {
-            intentions: config.intentions.clone(),
-            default: config.mesh.default_policy,
+            intentions,
+            default,
+            index,
         }
     }
 
@@ -109,18 +150,19 @@ impl Policy {
 
     /// The verdict for `source` calling `destination`.
     pub fn decide(&self, source: &str, destination: &str) -> Decision {
-        let best = self
-            .intentions
-            .iter()
-            .filter_map(|i| {
-                let s = specificity(&i.source, source)?;
-                let d = specificity(&i.destination, destination)?;
-                // Deny sorts after allow at equal precedence, so max() picks it.
-                Some(((s + d, i.action == Action::Deny), i))
-            })
-            .max_by_key(|(rank, _)| *rank);
+        let index = &self.index;
+        let exact = index
+            .exact
+            .get(source)
+            .and_then(|to| to.get(destination))
+            .copied();
+        let half = match (index.from.get(source), index.to.get(destination)) {
+            (Some(&a), Some(&b)) => Some(winner(&self.intentions, a, b)),
+            (a, b) => a.or(b).copied(),
+        };
+        let best = exact.or(half).or(index.any).map(|at| &self.intentions[at]);
         match best {
-            Some((_, i)) => Decision {
+            Some(i) => Decision {
                 action: i.action,
                 rule: Rule::Intention {
                     source: i.source.clone(),
@@ -173,7 +215,6 @@ pub struct IntentionDescription {
     pub line: usize,
 }
 
-/// 2 for an exact match, 1 for `*`, `None` for no match.
 /// How specific `m` is when it matches: a name over `*`.
 fn rank(m: &Match) -> u8 {
     match m {
@@ -182,11 +223,11 @@ fn rank(m: &Match) -> u8 {
     }
 }
 
-fn specificity(m: &Match, name: &str) -> Option<u8> {
-    match m {
-        Match::Name(n) if n != name => None,
-        m => Some(rank(m)),
-    }
+/// Of two intentions (indexes into `intentions`) of equal precedence, the
+/// one that wins: deny over allow, then the later in file order.
+fn winner(intentions: &[Intention], a: usize, b: usize) -> usize {
+    let key = |at: usize| (intentions[at].action == Action::Deny, at);
+    if key(a) >= key(b) { a } else { b }
 }
 
 impl fmt::Display for Match {
@@ -240,8 +281,8 @@ mod tests {
     }
 
     fn policy(default: Action, rules: &[(&str, &str, Action)]) -> Policy {
-        Policy {
-            intentions: rules
+        Policy::of(
+            rules
                 .iter()
                 .enumerate()
                 .map(|(i, (s, d, a))| Intention {
@@ -252,6 +293,65 @@ mod tests {
                 })
                 .collect(),
             default,
+        )
+    }
+
+    /// The rule as stated at the top of this module, over every intention:
+    /// the most specific match, deny at equal precedence (the last in file
+    /// order among equals), else the default.
+    fn decide_by_reading_all(p: &Policy, source: &str, destination: &str) -> Decision {
+        let specificity = |m: &Match, name: &str| match m {
+            Match::Name(n) if n != name => None,
+            m => Some(rank(m)),
+        };
+        let best = p
+            .intentions
+            .iter()
+            .filter_map(|i| {
+                let s = specificity(&i.source, source)?;
+                let d = specificity(&i.destination, destination)?;
+                Some(((s + d, i.action == Action::Deny), i))
+            })
+            .max_by_key(|(rank, _)| *rank);
+        match best {
+            Some((_, i)) => Decision {
+                action: i.action,
+                rule: Rule::Intention {
+                    source: i.source.clone(),
+                    destination: i.destination.clone(),
+                    line: i.line,
+                },
+            },
+            None => Decision {
+                action: p.default,
+                rule: Rule::DefaultPolicy,
+            },
+        }
+    }
+
+    proptest::proptest! {
+        /// The index answers as reading every intention does, for random
+        /// rule sets (duplicates of a pattern included) and every pair.
+        #[test]
+        fn the_index_decides_as_reading_every_intention(
+            rules in proptest::collection::vec((0u8..4, 0u8..4, proptest::bool::ANY), 0..24),
+            default_allow in proptest::bool::ANY,
+        ) {
+            let name = |k: u8| ["*", "a", "b", "c"][usize::from(k)];
+            let rules: Vec<(&str, &str, Action)> = rules
+                .iter()
+                .map(|&(s, d, allow)| (name(s), name(d), if allow { Allow } else { Deny }))
+                .collect();
+            let p = policy(if default_allow { Allow } else { Deny }, &rules);
+            for src in ["a", "b", "c", "x"] {
+                for dst in ["a", "b", "c", "x"] {
+                    proptest::prop_assert_eq!(
+                        p.decide(src, dst),
+                        decide_by_reading_all(&p, src, dst),
+                        "{} -> {} under {:?}", src, dst, rules
+                    );
+                }
+            }
         }
     }
 
