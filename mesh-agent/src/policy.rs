@@ -10,6 +10,7 @@
 use std::fmt;
 
 use crate::config::{Action, Config, Intention, Match};
+use crate::names::ServiceName;
 
 /// A verdict and what decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,11 +54,11 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Index {
     /// `source -> destination`, by source then destination.
-    exact: HashMap<String, HashMap<String, usize>>,
+    exact: HashMap<ServiceName, HashMap<ServiceName, usize>>,
     /// `source -> *`, by source.
-    from: HashMap<String, usize>,
+    from: HashMap<ServiceName, usize>,
     /// `* -> destination`, by destination.
-    to: HashMap<String, usize>,
+    to: HashMap<ServiceName, usize>,
     /// `* -> *`.
     any: Option<usize>,
 }
@@ -101,12 +102,12 @@ impl Policy {
             let slot = match (&i.source, &i.destination) {
                 (Match::Name(s), Match::Name(d)) => index
                     .exact
-                    .entry(s.to_string())
+                    .entry(s.clone())
                     .or_default()
-                    .entry(d.to_string())
+                    .entry(d.clone())
                     .or_insert(at),
-                (Match::Name(s), Match::Any) => index.from.entry(s.to_string()).or_insert(at),
-                (Match::Any, Match::Name(d)) => index.to.entry(d.to_string()).or_insert(at),
+                (Match::Name(s), Match::Any) => index.from.entry(s.clone()).or_insert(at),
+                (Match::Any, Match::Name(d)) => index.to.entry(d.clone()).or_insert(at),
                 (Match::Any, Match::Any) => index.any.get_or_insert(at),
             };
             *slot = winner(&intentions, *slot, at);
@@ -146,6 +147,37 @@ impl Policy {
             )
         });
         all
+    }
+
+    /// What the kernel needs to decide as [`Policy::decide`] does for the
+    /// callers `local` accepts (`mesh_common::rules_deny`): the winner of
+    /// each `source -> destination` and `source -> *` of those callers and
+    /// of every `* -> destination`; and for (`*`, `*`) the `* -> *`
+    /// intention's action, or else the default. `None` stands for `*`.
+    pub fn kernel_rules(
+        &self,
+        local: impl Fn(&ServiceName) -> bool,
+    ) -> Vec<(Option<&ServiceName>, Option<&ServiceName>, Action)> {
+        let action = |at: &usize| self.intentions[*at].action;
+        let index = &self.index;
+        let mut rules = Vec::new();
+        for (src, to) in index.exact.iter().filter(|(src, _)| local(src)) {
+            rules.extend(
+                to.iter()
+                    .map(|(dst, at)| (Some(src), Some(dst), action(at))),
+            );
+        }
+        for (src, at) in index.from.iter().filter(|(src, _)| local(src)) {
+            rules.push((Some(src), None, action(at)));
+        }
+        rules.extend(
+            index
+                .to
+                .iter()
+                .map(|(dst, at)| (None, Some(dst), action(at))),
+        );
+        rules.push((None, None, index.any.as_ref().map_or(self.default, action)));
+        rules
     }
 
     /// The verdict for `source` calling `destination`.

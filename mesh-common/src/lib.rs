@@ -20,9 +20,15 @@ pub mod names {
     pub const SOCKETS: &str = "SOCKETS";
     /// `ConnKey` -> `OrigDst`, written by sock_ops, consumed by the agent after accept().
     pub const CONNS: &str = "CONNS";
-    /// `PairKey` (source, destination) -> 1 for every pair the intentions deny:
-    /// connect4/6 refuse those with EPERM before any packet leaves.
-    pub const DENIED: &str = "DENIED";
+    /// `PairKey` -> `RULE_ALLOW` or `RULE_DENY`: the intentions that can
+    /// decide a local caller's connect, by what they match (see
+    /// `rules_deny`); connect4/6 refuse a denied pair with EPERM before any
+    /// packet leaves.
+    pub const RULES: &str = "RULES";
+    /// Maps an earlier agent pinned that this one no longer uses: removed
+    /// from the node's pins when it starts. `DENIED` held every denied
+    /// (local caller, destination) pair, replaced by `RULES`.
+    pub const RETIRED: [&str; 1] = ["DENIED"];
     /// SockMap holding the inbound listeners: index `LISTENER_V4` and `LISTENER_V6`.
     pub const LISTENERS: &str = "LISTENERS";
     /// `SockAddr` (port 0) -> 1 for every node address of the mesh: the only
@@ -79,11 +85,19 @@ pub const LISTENER_V4: u32 = 0;
 /// Index of the IPv6 inbound listener in `LISTENERS`.
 pub const LISTENER_V6: u32 = 1;
 
-/// Maximum entries of the service-sized maps.
+/// Maximum entries of the maps sized by one node's services or the mesh's
+/// nodes (`CGROUPS`, `LOCAL_PORTS`, `PEERS`).
 pub const MAX_SERVICES: u32 = 4096;
+/// Maximum entries of `SERVICES`: every meshed service's VIP:port and each
+/// of its instances' address:port (110,000 for 10,000 services of 10
+/// instances each).
+pub const MAX_DESTINATIONS: u32 = 1 << 18;
 /// Maximum ids in `SERVICE_NAMES` (ids are never reused while a node's
 /// agents hand the table on).
-pub const MAX_SERVICE_IDS: u32 = 4 * MAX_SERVICES;
+pub const MAX_SERVICE_IDS: u32 = 1 << 17;
+/// `BPF_F_NO_PREALLOC`: the maps sized for large catalogs take kernel
+/// memory per entry held, not for all their entries at load.
+pub const NO_PREALLOC: u32 = 1;
 /// A service name, zero-padded (names are DNS labels: at most 63 bytes).
 pub type ServiceName = [u8; 64];
 /// How deep below the cgroup2 root connect4/6 look for a service's cgroup
@@ -146,7 +160,7 @@ impl SockAddr {
     }
 }
 
-/// Key of `DENIED`: a calling service and the service it dials.
+/// Key of `RULES`: a calling service and the service it dials, 0 for `*`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PairKey {
@@ -154,8 +168,32 @@ pub struct PairKey {
     pub dst: ServiceId,
 }
 
-/// Maximum entries of `DENIED`.
-pub const MAX_DENIED_PAIRS: u32 = 65536;
+/// Maximum entries of `RULES` (about one per intention).
+pub const MAX_RULES: u32 = 1 << 17;
+/// A `RULES` value: the pair may connect.
+pub const RULE_ALLOW: u32 = 1;
+/// A `RULES` value: the pair is refused.
+pub const RULE_DENY: u32 = 2;
+
+/// Whether the intentions deny `src` calling `dst`, as `RULES` (read
+/// through `get`) holds them: the entry (src, dst) of a `src -> dst`
+/// intention decides; else those of `src -> *` (src, 0) and `* -> dst`
+/// (0, dst), deny winning a tie; else (0, 0): the `* -> *` intention or
+/// the default policy. Without even that entry (the agent writes it before
+/// it attaches the programs), deny. The agent's `Policy::decide` with its
+/// most specific match first, in kernel form.
+#[inline(always)]
+pub fn rules_deny(get: impl Fn(PairKey) -> Option<u32>, src: ServiceId, dst: ServiceId) -> bool {
+    if let Some(rule) = get(PairKey { src, dst }) {
+        return rule != RULE_ALLOW;
+    }
+    let from = get(PairKey { src, dst: 0 });
+    let to = get(PairKey { src: 0, dst });
+    if from.is_some() || to.is_some() {
+        return from.is_some_and(|r| r != RULE_ALLOW) || to.is_some_and(|r| r != RULE_ALLOW);
+    }
+    get(PairKey { src: 0, dst: 0 }) != Some(RULE_ALLOW)
+}
 
 /// Key of `CONNS`: a connection to an outbound listener as the agent sees it
 /// after `accept()`.
@@ -210,7 +248,7 @@ pub struct DenialKey {
     pub _pad: u32,
 }
 
-/// `DenialKey::reason`: the pair is in `DENIED`.
+/// `DenialKey::reason`: the intentions deny the pair (`RULES`).
 pub const DENIED_BY_INTENTIONS: u32 = 1;
 /// `DenialKey::reason`: a loopback connect to a local service's port by
 /// someone other than that service.

@@ -35,8 +35,8 @@ use aya_log_ebpf::warn;
 use mesh_common::{
     ADMIN_CALLER, ConnKey, DENIAL_EVENTS_BYTES, DENIAL_REPORT_INTERVAL_NS, DENIED_BY_INTENTIONS,
     DENIED_BY_LOOPBACK_GUARD, DenialCount, DenialEvent, DenialKey, LISTENER_V4, LISTENER_V6,
-    MAX_CGROUP_LEVEL, MAX_DENIALS, MAX_DENIED_PAIRS, MAX_PENDING_CONNS, MAX_SERVICE_IDS,
-    MAX_SERVICES, OrigDst, PairKey, ServiceId, ServiceName, SockAddr,
+    MAX_CGROUP_LEVEL, MAX_DENIALS, MAX_DESTINATIONS, MAX_PENDING_CONNS, MAX_RULES, MAX_SERVICE_IDS,
+    MAX_SERVICES, NO_PREALLOC, OrigDst, PairKey, ServiceId, ServiceName, SockAddr, rules_deny,
 };
 
 const AF_INET: u32 = 2;
@@ -63,17 +63,18 @@ static ADMIN_PORT: u16 = 15000;
 // `<bpffs>/mesh/<node>/`): they outlive the agent with the programs, and a
 // restarted agent adopts them.
 #[map]
-static SERVICES: HashMap<SockAddr, ServiceId> = HashMap::pinned(2 * MAX_SERVICES, 0);
+static SERVICES: HashMap<SockAddr, ServiceId> = HashMap::pinned(MAX_DESTINATIONS, NO_PREALLOC);
 #[map]
 static CGROUPS: HashMap<u64, ServiceId> = HashMap::pinned(MAX_SERVICES, 0);
 /// The agent's id table (no program reads it): pinned with the rest, so
 /// the next agent of the node keeps every service's id.
 #[map]
-static SERVICE_NAMES: HashMap<ServiceId, ServiceName> = HashMap::pinned(MAX_SERVICE_IDS, 0);
+static SERVICE_NAMES: HashMap<ServiceId, ServiceName> =
+    HashMap::pinned(MAX_SERVICE_IDS, NO_PREALLOC);
 #[map]
 static LOCAL_PORTS: HashMap<u32, ServiceId> = HashMap::pinned(MAX_SERVICES, 0);
 #[map]
-static DENIED: HashMap<PairKey, u32> = HashMap::pinned(MAX_DENIED_PAIRS, 0);
+static RULES: HashMap<PairKey, u32> = HashMap::pinned(MAX_RULES, NO_PREALLOC);
 #[map]
 static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::pinned(MAX_PENDING_CONNS, 0);
 #[map]
@@ -94,7 +95,7 @@ static DENIAL_EVENTS: RingBuf = RingBuf::pinned(DENIAL_EVENTS_BYTES, 0);
 /// For TCP sockets of this node's netns: refuses (EPERM) a connect to a local
 /// service's loopback port unless the caller is that service or the agent;
 /// refuses (EPERM) a caller with a mesh identity (`CGROUPS`, see `identity`) dialing a mesh
-/// destination (`SERVICES`) when the intentions deny the pair (`DENIED`);
+/// destination (`SERVICES`) when the intentions deny the pair (`RULES`);
 /// otherwise redirects such a caller to the agent's outbound listener on
 /// 127.0.0.1 and records the original destination in `SOCKETS` by socket
 /// cookie. Every EPERM is counted in `DENIALS` and reported to the agent
@@ -439,12 +440,9 @@ fn decide(ctx: &SockAddrContext, dst: &SockAddr) -> Verdict {
     let Some(src_service) = identity(cgroup) else {
         return Verdict::Untouched;
     };
-    let pair = PairKey {
-        src: src_service,
-        dst: dst_service,
-    };
-    // SAFETY: read-only presence check.
-    if unsafe { DENIED.get(pair) }.is_some() {
+    // SAFETY: values are copied out at once.
+    let rule = |key: PairKey| unsafe { RULES.get(key) }.copied();
+    if rules_deny(rule, src_service, dst_service) {
         report_denial(
             DenialKey {
                 src: src_service,

@@ -477,3 +477,65 @@ fn an_agent_on_a_node_made_anew_attaches_in_its_own_namespace() {
     drop(anew);
     drop(before);
 }
+
+/// An agent finding the pins an earlier version of the agent left: a map
+/// it no longer uses (`DENIED`) and one whose definition it changed
+/// (`SERVICES` at its old size, made here with bpftool): it unpins both,
+/// runs with `SERVICES` as its own object defines it, and the intentions
+/// hold (web may call api; cron is refused with EPERM).
+#[test]
+fn an_agent_replaces_the_maps_an_earlier_version_pinned() {
+    let mesh = Mesh::nodes(&["uma", "umb"])
+        .default_policy("deny")
+        .service("web", "uma", 8080)
+        .service("cron", "uma", 8081)
+        .service_with("api", "umb", 5001, |s| s.vip(VIP))
+        .intention("web", "api", "allow")
+        .start();
+    mesh.start_echo_server("umb", "api", 5001);
+    mesh.stop_agent("uma", Signal::SIGKILL);
+    let pins = mesh_tests::bpffs().join("mesh/uma");
+    let bpftool = |args: &[&str]| {
+        let out = std::process::Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("run bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let services = pins.join("SERVICES");
+    let services = services.to_str().expect("path");
+    fs::remove_file(services).expect("unpin SERVICES");
+    let old = "hash key 20 value 4 entries 8192";
+    let make = |path: &str, definition: &str, name: &str| {
+        let mut args = vec!["map", "create", path, "type"];
+        args.extend(definition.split(' '));
+        args.extend(["name", name]);
+        bpftool(&args);
+    };
+    make(services, old, "SERVICES");
+    let denied = pins.join("DENIED");
+    make(
+        denied.to_str().expect("path"),
+        "hash key 8 value 4 entries 65536",
+        "DENIED",
+    );
+
+    mesh.start_agent("uma");
+    let shown: serde_json::Value =
+        serde_json::from_str(&bpftool(&["-j", "map", "show", "pinned", services])).expect("json");
+    assert_eq!(
+        shown["max_entries"],
+        mesh_common::MAX_DESTINATIONS,
+        "{shown}"
+    );
+    assert!(!denied.exists(), "DENIED is still pinned");
+    let vip = VIP.parse().expect("vip");
+    assert_eq!(mesh.echo("uma", "web", vip, 5001, "new maps"), "new maps");
+    let refused = mesh.transfer("uma", Some("cron"), vip, 5001, 10);
+    assert!(refused.starts_with("ERRNO 1 "), "cron -> api: {refused}");
+}

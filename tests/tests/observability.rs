@@ -65,8 +65,8 @@ fn metrics_config_and_access_log() {
         "mesh_connections_active{source=\"web\",destination=\"api\",side=\"inbound\"} 0",
         "mesh_connection_bytes_total{source=\"web\",destination=\"api\",side=\"inbound\",direction=\"to_destination\"} 2000",
         "mesh_handshake_failures_total{side=\"inbound\",reason=\"not_tls\"} 1",
-        // api may call nothing (default deny): api -> web, cron, api.
-        "mesh_ebpf_map_entries{map=\"DENIED\"} 3",
+        // No intention from api: the default policy (deny) alone.
+        "mesh_ebpf_map_entries{map=\"RULES\"} 1",
         "mesh_certificate_expiry_seconds{service=\"api\"} 8",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
@@ -77,9 +77,9 @@ fn metrics_config_and_access_log() {
         "bytes to the source: {metrics}"
     );
     let metrics_a = get(&mesh, "oba", "/metrics");
-    // web and cron, calling web, cron and api: all denied but web -> api.
+    // web -> api allow, and the default policy (deny).
     assert!(
-        metrics_a.contains("mesh_ebpf_map_entries{map=\"DENIED\"} 5"),
+        metrics_a.contains("mesh_ebpf_map_entries{map=\"RULES\"} 2"),
         "{metrics_a}"
     );
 

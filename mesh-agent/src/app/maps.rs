@@ -1,10 +1,13 @@
 //! What the config-derived kernel maps hold for one node.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+};
 
 use super::cgroups::ServiceCgroup;
 use crate::{
-    config::Config,
+    config::{Action, Config},
     ebpf::MapContents,
     names::{NodeName, ServiceName},
     policy::Policy,
@@ -12,8 +15,8 @@ use crate::{
 };
 
 /// Everything the config-derived kernel maps hold for `node`: mesh
-/// destinations, local callers by cgroup, local ports, the pairs the
-/// intentions deny (every local caller x every meshed service), and the
+/// destinations, local callers by cgroup, local ports, the intentions that
+/// can decide a local caller's connect (`Policy::kernel_rules`), and the
 /// nodes' addresses. `cgroups`: the local services' cgroups, by name.
 pub(super) fn contents(
     config: &Config,
@@ -44,12 +47,14 @@ pub(super) fn contents(
     for (name, cgroup) in cgroups {
         c.cgroups.push((cgroup.id, ids.id(name)));
     }
-    for src in config.services_on(node) {
-        for dst in config.services.iter().filter(|d| !d.public) {
-            if !policy.decide(&src.name, &dst.name).allowed() {
-                c.denied.insert((ids.id(&src.name), ids.id(&dst.name)));
-            }
-        }
+    let local: HashSet<&ServiceName> = config.services_on(node).map(|s| &s.name).collect();
+    let id = |name: Option<&ServiceName>| name.map_or(0, |n| ids.id(n));
+    for (src, dst, action) in policy.kernel_rules(|s| local.contains(s)) {
+        let rule = match action {
+            Action::Allow => mesh_common::RULE_ALLOW,
+            Action::Deny => mesh_common::RULE_DENY,
+        };
+        c.rules.insert((id(src), id(dst)), rule);
     }
     c.names = ids.all();
     c
@@ -107,14 +112,55 @@ mod tests {
         let mut ports = c.local_ports.clone();
         ports.sort_unstable();
         assert_eq!(ports, [(80, id("web")), (81, id("cron"))]);
-        // Every local caller x every meshed service, but web -> api.
-        assert!(!c.denied.contains(&(id("web"), id("api"))));
-        assert!(c.denied.contains(&(id("cron"), id("api"))));
-        assert!(c.denied.contains(&(id("web"), id("cron"))));
-        assert!(!c.denied.iter().any(|(_, d)| *d == id("docs")));
-        assert_eq!(c.denied.len(), 2 * 3 - 1);
+        // The intention and the default policy: web -> api only.
+        let denies = |s: &str, d: &str| {
+            mesh_common::rules_deny(|k| c.rules.get(&(k.src, k.dst)).copied(), id(s), id(d))
+        };
+        assert!(!denies("web", "api"));
+        assert!(denies("cron", "api"));
+        assert!(denies("web", "cron"));
+        assert_eq!(c.rules.len(), 2);
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.names, ids.all());
+    }
+
+    /// Every local caller and meshed destination, under exact and wildcard
+    /// intentions and either default: the kernel's rules decide as the
+    /// policy does; rules of callers on other nodes are left out.
+    #[test]
+    fn the_kernel_rules_decide_as_the_policy() {
+        for default in ["allow", "deny"] {
+            let config = config(&format!(
+                "[mesh]\ndefault_policy = \"{default}\"\n{NODES}{}{}{}{}{}{}{}{}{}{}",
+                service("web", &["a"], 80),
+                service("cron", &["a"], 81),
+                service("api", &["b"], 5001),
+                service("db", &["a", "b"], 5432),
+                service("far", &["b"], 90),
+                intention("web", "*", "allow"),
+                intention("*", "api", "deny"),
+                intention("cron", "api", "allow"),
+                intention("far", "db", "deny"),
+                intention("db", "*", "deny"),
+            ));
+            let ids = ServiceIds::default();
+            let a: NodeName = "a".parse().unwrap();
+            let policy = Policy::new(&config);
+            let c = contents(&config, &a, &ids, &BTreeMap::new(), &policy);
+            let id = |s: &str| ids.id(&name(s));
+            for src in ["web", "cron", "db"] {
+                for dst in ["web", "cron", "api", "db", "far"] {
+                    let kernel = mesh_common::rules_deny(
+                        |k| c.rules.get(&(k.src, k.dst)).copied(),
+                        id(src),
+                        id(dst),
+                    );
+                    let decided = !policy.decide(src, dst).allowed();
+                    assert_eq!(kernel, decided, "{src} -> {dst}, default {default}");
+                }
+            }
+            assert!(!c.rules.contains_key(&(id("far"), id("db"))), "far is on b");
+        }
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl Reload {
             services = snapshot.config.services.len(),
             intentions = snapshot.config.intentions.len(),
             local_services = local.len(),
-            denied_pairs = contents.denied.len(),
+            kernel_rules = contents.rules.len(),
             "config applied"
         );
         Ok(())

@@ -54,6 +54,7 @@ impl Kernel {
             source,
         })?;
         let adopting = pins.link(names::PROG_CONNECT4).exists();
+        unpin_changed_maps(pins)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(names::NETNS_COOKIE, &params.netns_cookie, true)
             .override_global(names::AGENT_CGROUP, &params.agent_cgroup, true)
@@ -69,7 +70,7 @@ impl Kernel {
             services: take_map(&mut ebpf, names::SERVICES)?,
             cgroups: take_map(&mut ebpf, names::CGROUPS)?,
             local_ports: take_map(&mut ebpf, names::LOCAL_PORTS)?,
-            denied: take_map(&mut ebpf, names::DENIED)?,
+            rules: take_map(&mut ebpf, names::RULES)?,
             peers: take_map(&mut ebpf, names::PEERS)?,
             last: MapContents::default(),
         };
@@ -96,6 +97,54 @@ impl Kernel {
             ebpf,
         })
     }
+}
+
+/// Unpins what the loader must not adopt: maps an earlier agent pinned
+/// that this object no longer has (`names::RETIRED`), and maps whose
+/// definition (key and value sizes, entries, flags) this object changed.
+/// The loader then makes them anew and the agent fills them before any of
+/// this object's programs runs; an earlier agent's programs keep the old
+/// ones until their links are updated. (The id table in `SERVICE_NAMES`
+/// was read before: `pinned_service_names`.)
+fn unpin_changed_maps(pins: &pins::Pins) -> Result<(), EbpfError> {
+    let object = aya_obj::Object::parse(OBJECT).map_err(aya::EbpfError::from)?;
+    let unpin = |name: &str, why: &str| {
+        let path = pins.dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(map = name, "unpinned a map {why}");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(EbpfError::Pins {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    };
+    for name in names::RETIRED {
+        unpin(name, "this agent no longer uses")?;
+    }
+    for (name, map) in &object.maps {
+        let path = pins.dir.join(name);
+        // Not pinned, or not a map this agent can read: the loader decides.
+        let Ok(pinned) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let defined =
+            |i: &aya::maps::MapInfo| (i.key_size(), i.value_size(), i.max_entries(), i.map_flags());
+        if defined(&pinned)
+            != (
+                map.key_size(),
+                map.value_size(),
+                map.max_entries(),
+                map.map_flags(),
+            )
+        {
+            unpin(name, "whose definition this agent changed")?;
+        }
+    }
+    Ok(())
 }
 
 /// Puts the inbound listeners into `LISTENERS` (sk_lookup steers to them).

@@ -1,7 +1,7 @@
 //! What the agent writes into the maps and reads from them: the
 //! config-derived maps, `CONNS` records, denials and refusals.
 
-use std::{collections::HashSet, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use aya::maps::{HashMap, MapData, RingBuf};
 use mesh_common::{
@@ -24,8 +24,9 @@ pub struct MapContents {
     /// Port -> local non-public service: the loopback guard, and what
     /// sk_lookup steers to the inbound listener.
     pub local_ports: Vec<(u16, ServiceId)>,
-    /// (source, destination) pairs the intentions deny.
-    pub denied: HashSet<(ServiceId, ServiceId)>,
+    /// (source, destination) -> `RULE_ALLOW` or `RULE_DENY`, 0 for `*`
+    /// (`mesh_common::rules_deny`).
+    pub rules: std::collections::HashMap<(ServiceId, ServiceId), u32>,
     /// Addresses of the mesh's nodes: who may connect to a service port.
     pub peers: Vec<std::net::IpAddr>,
 }
@@ -36,7 +37,7 @@ pub(super) struct ConfigMaps {
     pub(super) services: HashMap<MapData, SockAddr, ServiceId>,
     pub(super) cgroups: HashMap<MapData, u64, ServiceId>,
     pub(super) local_ports: HashMap<MapData, u32, ServiceId>,
-    pub(super) denied: HashMap<MapData, PairKey, u32>,
+    pub(super) rules: HashMap<MapData, PairKey, u32>,
     pub(super) peers: HashMap<MapData, SockAddr, u32>,
     /// What was last asked for.
     pub(super) last: MapContents,
@@ -104,7 +105,9 @@ impl Kernel {
 
     /// Makes the config-derived maps hold exactly `contents`. New entries go
     /// in before stale ones come out, so nothing that stays is ever briefly
-    /// missing (a denied pair is never briefly allowed).
+    /// missing. (A connect the kernel lets through in between is checked
+    /// again by the agent against the snapshot in force, which a reload
+    /// publishes before it writes the maps.)
     pub fn update(&self, contents: &MapContents) -> Result<(), EbpfError> {
         let mut maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
         if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
@@ -153,7 +156,7 @@ impl Kernel {
             (names::CONNS, conns),
             (names::DENIALS, denials),
             (names::PEERS, maps.peers.keys().count()),
-            (names::DENIED, maps.denied.keys().count()),
+            (names::RULES, maps.rules.keys().count()),
             (names::SERVICES, maps.services.keys().count()),
             (names::CGROUPS, maps.cgroups.keys().count()),
             (names::LOCAL_PORTS, maps.local_ports.keys().count()),
@@ -325,12 +328,12 @@ impl ConfigMaps {
             .map(|(p, id)| (u32::from(*p), *id))
             .collect();
         sync_map(&mut self.local_ports, names::LOCAL_PORTS, &ports)?;
-        let denied = c
-            .denied
+        let rules = c
+            .rules
             .iter()
-            .map(|&(src, dst)| (PairKey { src, dst }, 1))
+            .map(|(&(src, dst), &rule)| (PairKey { src, dst }, rule))
             .collect();
-        sync_map(&mut self.denied, names::DENIED, &denied)?;
+        sync_map(&mut self.rules, names::RULES, &rules)?;
         let peers = c
             .peers
             .iter()
