@@ -77,7 +77,7 @@ fn a_node_applies_a_catalog_of_ten_thousand_services_and_enforces_it() {
     );
     eprintln!("applied on both nodes in {:?}", started.elapsed());
     // The allowed pair works; a local service with no intention to api is
-    // refused in the kernel; one of its allowed destinations is not.
+    // refused in the kernel.
     assert_eq!(mesh.echo("za", "web", vip(), API_PORT, "at 10x"), "at 10x");
     let denied = mesh.transfer("za", Some("s0"), vip(), API_PORT, 10);
     assert!(denied.starts_with("ERRNO 1 "), "s0 -> api: {denied}");
@@ -96,12 +96,23 @@ fn a_node_applies_a_catalog_of_ten_thousand_services_and_enforces_it() {
     let mut get = mesh.cmd("za", "curl");
     get.args(["-sS", "-m", "5", "http://127.0.0.1:15000/metrics"]);
     let metrics = mesh_tests::run_to_string(&mut get, Duration::from_secs(10));
-    eprintln!(
-        "{}",
-        metrics
+    // Every destination in the kernel (VIPs and instance addresses), and
+    // about one rule per intention of a local caller, not one per denied
+    // (local caller, destination) pair (a million here).
+    let destinations = SERVICES + 2 + SERVICES * 10 + 2;
+    for (map, least, most) in [
+        ("SERVICES", destinations, destinations),
+        ("RULES", 2, 1_000),
+    ] {
+        let prefix = format!("mesh_ebpf_map_entries{{map=\"{map}\"}} ");
+        let entries: usize = metrics
             .lines()
-            .filter(|l| l.starts_with("mesh_ebpf_map_entries"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no entry count of {map}: {metrics}"));
+        assert!(
+            (least..=most).contains(&entries),
+            "{map}: {entries} entries"
+        );
+    }
 }

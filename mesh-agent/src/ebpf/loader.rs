@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -53,8 +53,25 @@ impl Kernel {
             path: pins.dir.display().to_string(),
             source,
         })?;
+        let aside = SetAside::changed(pins)?;
+        let started = Self::load(params, contents, inbound_v4, inbound_v6, cgroup_root, pins);
+        // Once started, the old maps go with their last reference.
+        if started.is_err() {
+            aside.restore();
+        }
+        started
+    }
+
+    /// [`Kernel::start`] once the maps it must not adopt are set aside.
+    fn load(
+        params: &LoadParams,
+        contents: &MapContents,
+        inbound_v4: &impl AsRawFd,
+        inbound_v6: Option<&impl AsRawFd>,
+        cgroup_root: &Path,
+        pins: &pins::Pins,
+    ) -> Result<Self, EbpfError> {
         let adopting = pins.link(names::PROG_CONNECT4).exists();
-        unpin_changed_maps(pins)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(names::NETNS_COOKIE, &params.netns_cookie, true)
             .override_global(names::AGENT_CGROUP, &params.agent_cgroup, true)
@@ -99,52 +116,76 @@ impl Kernel {
     }
 }
 
-/// Unpins what the loader must not adopt: maps an earlier agent pinned
-/// that this object no longer has (`names::RETIRED`), and maps whose
-/// definition (key and value sizes, entries, flags) this object changed.
-/// The loader then makes them anew and the agent fills them before any of
-/// this object's programs runs; an earlier agent's programs keep the old
-/// ones until their links are updated. (The id table in `SERVICE_NAMES`
-/// was read before: `pinned_service_names`.)
-fn unpin_changed_maps(pins: &pins::Pins) -> Result<(), EbpfError> {
-    let object = aya_obj::Object::parse(OBJECT).map_err(aya::EbpfError::from)?;
-    let unpin = |name: &str, why: &str| {
-        let path = pins.dir.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                tracing::info!(map = name, "unpinned a map {why}");
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(EbpfError::Pins {
-                path: path.display().to_string(),
-                source,
-            }),
-        }
-    };
-    for name in names::RETIRED {
-        unpin(name, "this agent no longer uses")?;
-    }
-    for (name, map) in &object.maps {
-        let path = pins.dir.join(name);
-        // Not pinned, or not a map this agent can read: the loader decides.
-        let Ok(pinned) = aya::maps::MapInfo::from_pin(&path) else {
-            continue;
+/// The maps of the node's pins this start set aside (see
+/// [`SetAside::changed`]): gone once it succeeded, pinned again if it
+/// failed, so a start that fails (a program the kernel refuses, say)
+/// leaves the pins as it found them.
+struct SetAside {
+    /// Each map's pin, and the map, held open.
+    unpinned: Vec<(PathBuf, OwnedFd)>,
+}
+
+impl SetAside {
+    /// Unpins what the loader must not adopt (holding each map open):
+    /// maps an earlier agent pinned that this object no longer has
+    /// (`names::RETIRED`), and maps whose definition (type, key and value
+    /// sizes, entries, flags) this object changed. The loader then makes
+    /// them anew and the agent fills them before any of this object's
+    /// programs runs; an earlier agent's programs keep the old ones until
+    /// their links are updated. (The id table in `SERVICE_NAMES` was read
+    /// before: `pinned_service_names`.)
+    fn changed(pins: &pins::Pins) -> Result<Self, EbpfError> {
+        let object = aya_obj::Object::parse(OBJECT).map_err(aya::EbpfError::from)?;
+        let mut aside = Self {
+            unpinned: Vec::new(),
         };
-        let defined =
-            |i: &aya::maps::MapInfo| (i.key_size(), i.value_size(), i.max_entries(), i.map_flags());
-        if defined(&pinned)
-            != (
-                map.key_size(),
-                map.value_size(),
-                map.max_entries(),
-                map.map_flags(),
-            )
-        {
-            unpin(name, "whose definition this agent changed")?;
+        for name in names::RETIRED {
+            aside.set(pins, name, "a map this agent no longer uses")?;
+        }
+        for (name, map) in &object.maps {
+            // Not pinned, or not a map this agent can read: the loader decides.
+            let Ok(pinned) = aya::maps::MapInfo::from_pin(pins.dir.join(name)) else {
+                continue;
+            };
+            let same = pinned.map_type().is_ok_and(|t| t as u32 == map.map_type())
+                && (pinned.key_size(), pinned.value_size()) == (map.key_size(), map.value_size())
+                && (pinned.max_entries(), pinned.map_flags())
+                    == (map.max_entries(), map.map_flags());
+            if !same {
+                aside.set(pins, name, "a map whose definition this agent changed")?;
+            }
+        }
+        Ok(aside)
+    }
+
+    /// Unpins the map `name`, if pinned, holding it open.
+    fn set(&mut self, pins: &pins::Pins, name: &str, what: &str) -> Result<(), EbpfError> {
+        let pin = pins.dir.join(name);
+        let fail = |source| EbpfError::Pins {
+            path: pin.display().to_string(),
+            source,
+        };
+        let map = match pins::get(&pin) {
+            Ok(map) => map,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(fail(e)),
+        };
+        std::fs::remove_file(&pin).map_err(fail)?;
+        tracing::info!(map = name, "unpinned {what}");
+        self.unpinned.push((pin, map));
+        Ok(())
+    }
+
+    /// The start failed: each map pinned again where it was (in place of
+    /// any the loader made).
+    fn restore(self) {
+        for (pin, map) in self.unpinned {
+            let _ = std::fs::remove_file(&pin);
+            if let Err(e) = pins::pin(map.as_fd(), &pin) {
+                tracing::warn!(path = %pin.display(), error = %e, "could not pin an old map again");
+            }
         }
     }
-    Ok(())
 }
 
 /// Puts the inbound listeners into `LISTENERS` (sk_lookup steers to them).

@@ -105,9 +105,7 @@ impl Kernel {
 
     /// Makes the config-derived maps hold exactly `contents`. New entries go
     /// in before stale ones come out, so nothing that stays is ever briefly
-    /// missing. (A connect the kernel lets through in between is checked
-    /// again by the agent against the snapshot in force, which a reload
-    /// publishes before it writes the maps.)
+    /// missing; `RULES` changes most specific first (`rule_rank`).
     pub fn update(&self, contents: &MapContents) -> Result<(), EbpfError> {
         let mut maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
         if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
@@ -333,7 +331,7 @@ impl ConfigMaps {
             .iter()
             .map(|(&(src, dst), &rule)| (PairKey { src, dst }, rule))
             .collect();
-        sync_map(&mut self.rules, names::RULES, &rules)?;
+        sync_map_in_order(&mut self.rules, names::RULES, &rules, rule_rank)?;
         let peers = c
             .peers
             .iter()
@@ -354,26 +352,126 @@ where
     K: aya::Pod + Eq + std::hash::Hash,
     V: aya::Pod + PartialEq,
 {
+    sync_map_in_order(map, name, want, |_| 0)
+}
+
+/// [`sync_map`], writing keys in the order of their `rank` and removing
+/// them in the reverse order.
+fn sync_map_in_order<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    want: &std::collections::HashMap<K, V>,
+    rank: impl Fn(&K) -> u8,
+) -> Result<(), EbpfError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
     let err = |source| EbpfError::Map { name, source };
-    for (k, v) in want {
-        if map.get(k, 0).ok().as_ref() != Some(v) {
-            map.insert(k, v, 0).map_err(err)?;
-        }
+    let held = |k: &K| map.get(k, 0).ok();
+    let writes = writes_in_order(want, held, &rank);
+    for (k, v) in writes {
+        map.insert(k, v, 0).map_err(err)?;
     }
     let stale: Vec<K> = map
         .keys()
         .filter_map(Result::ok)
         .filter(|k| !want.contains_key(k))
         .collect();
-    for k in &stale {
+    for k in &removals_in_order(stale, &rank) {
         map.remove(k).map_err(err)?;
     }
     Ok(())
 }
 
+/// The entries of `want` that `held` does not hold as wanted, in the
+/// order of their `rank`.
+fn writes_in_order<K, V: PartialEq>(
+    want: &std::collections::HashMap<K, V>,
+    held: impl Fn(&K) -> Option<V>,
+    rank: impl Fn(&K) -> u8,
+) -> Vec<(&K, &V)> {
+    let mut writes: Vec<(&K, &V)> = want
+        .iter()
+        .filter(|(k, v)| held(k).as_ref() != Some(*v))
+        .collect();
+    writes.sort_by_key(|(k, _)| rank(k));
+    writes
+}
+
+/// `stale` keys in the reverse order of their `rank`.
+fn removals_in_order<K>(mut stale: Vec<K>, rank: impl Fn(&K) -> u8) -> Vec<K> {
+    stale.sort_by_key(|k| std::cmp::Reverse(rank(k)));
+    stale
+}
+
+/// The order `RULES` changes in: `src -> dst` (0) before `src -> *` and
+/// `* -> dst` (1) before `* -> *` (2) as they are written, the reverse as
+/// they are removed. A pair that both the old and the new intentions allow
+/// is then never refused in between: a new entry that decides it goes in
+/// before any less specific one, and an old one that decided it goes out
+/// after every less specific one. (One the old and new intentions both
+/// deny may be let through in between when two entries of one rank swap
+/// actions; the agent refuses it on the snapshot in force, which a reload
+/// publishes before it writes the maps.)
+fn rule_rank(key: &PairKey) -> u8 {
+    u8::from(key.src == 0) + u8::from(key.dst == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// `RULES` going from any rule set to any other, one write or
+        /// removal at a time in `rule_rank`'s order: a pair that both
+        /// allow is never refused on the way.
+        #[test]
+        fn a_pair_both_rule_sets_allow_is_never_refused_in_between(
+            old in proptest::collection::hash_map((0u32..3, 0u32..3), proptest::bool::ANY, 0..9),
+            new in proptest::collection::hash_map((0u32..3, 0u32..3), proptest::bool::ANY, 0..9),
+        ) {
+            // Sources 1 and 2, destinations 3 and 4 (0 is `*`); (0, 0)
+            // always held, as the agent writes it.
+            let rules = |m: &std::collections::HashMap<(u32, u32), bool>| {
+                let mut r: std::collections::HashMap<PairKey, u32> = m
+                    .iter()
+                    .map(|(&(s, d), &allow)| {
+                        let key = PairKey { src: s, dst: if d == 0 { 0 } else { d + 2 } };
+                        (key, if allow { mesh_common::RULE_ALLOW } else { mesh_common::RULE_DENY })
+                    })
+                    .collect();
+                r.entry(PairKey { src: 0, dst: 0 }).or_insert(mesh_common::RULE_ALLOW);
+                r
+            };
+            let (old, new) = (rules(&old), rules(&new));
+            let denies = |m: &std::collections::HashMap<PairKey, u32>, s, d| {
+                mesh_common::rules_deny(|k| m.get(&k).copied(), s, d)
+            };
+            let allowed_by_both: Vec<(u32, u32)> = [(1, 3), (1, 4), (2, 3), (2, 4)]
+                .into_iter()
+                .filter(|&(s, d)| !denies(&old, s, d) && !denies(&new, s, d))
+                .collect();
+            let mut held = old.clone();
+            let check = |held: &std::collections::HashMap<PairKey, u32>| {
+                allowed_by_both.iter().all(|&(s, d)| !denies(held, s, d))
+            };
+            let writes: Vec<(PairKey, u32)> = writes_in_order(&new, |k| held.get(k).copied(), rule_rank)
+                .into_iter()
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            for (k, v) in writes {
+                held.insert(k, v);
+                proptest::prop_assert!(check(&held), "refused after writing {:?}", k);
+            }
+            let stale: Vec<PairKey> = held.keys().filter(|k| !new.contains_key(k)).copied().collect();
+            for k in removals_in_order(stale, rule_rank) {
+                held.remove(&k);
+                proptest::prop_assert!(check(&held), "refused after removing {:?}", k);
+            }
+            proptest::prop_assert_eq!(held, new);
+        }
+    }
 
     #[test]
     fn sock_addr_maps_ipv4_like_the_kernel() {
