@@ -17,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::{
     EbpfError, Kernel,
-    maps::{ConfigMaps, MapContents},
+    maps::{ConfigMaps, MapContents, Synced},
     pins,
 };
 
@@ -83,12 +83,12 @@ impl Kernel {
         start_logger(&mut ebpf);
 
         let mut config_maps = ConfigMaps {
-            names: take_map(&mut ebpf, names::SERVICE_NAMES)?,
-            services: take_map(&mut ebpf, names::SERVICES)?,
-            cgroups: take_map(&mut ebpf, names::CGROUPS)?,
-            local_ports: take_map(&mut ebpf, names::LOCAL_PORTS)?,
-            rules: take_map(&mut ebpf, names::RULES)?,
-            peers: take_map(&mut ebpf, names::PEERS)?,
+            names: synced(&mut ebpf, names::SERVICE_NAMES)?,
+            services: synced(&mut ebpf, names::SERVICES)?,
+            cgroups: synced(&mut ebpf, names::CGROUPS)?,
+            local_ports: synced(&mut ebpf, names::LOCAL_PORTS)?,
+            rules: synced(&mut ebpf, names::RULES)?,
+            peers: synced(&mut ebpf, names::PEERS)?,
             last: MapContents::default(),
         };
         config_maps.sync(contents)?;
@@ -325,6 +325,15 @@ where
 {
     let m = ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
     T::try_from(m).map_err(|source| EbpfError::Map { name, source })
+}
+
+/// The config-derived map `name`, taken from `ebpf`.
+fn synced<K, V>(ebpf: &mut Ebpf, name: &'static str) -> Result<Synced<K, V>, EbpfError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    take_map(ebpf, name).map(|map| Synced::new(map, name))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>

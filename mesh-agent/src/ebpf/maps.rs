@@ -33,14 +33,91 @@ pub struct MapContents {
 
 /// The maps whose contents come from the config.
 pub(super) struct ConfigMaps {
-    pub(super) names: HashMap<MapData, ServiceId, ServiceName>,
-    pub(super) services: HashMap<MapData, SockAddr, ServiceId>,
-    pub(super) cgroups: HashMap<MapData, u64, ServiceId>,
-    pub(super) local_ports: HashMap<MapData, u32, ServiceId>,
-    pub(super) rules: HashMap<MapData, PairKey, u32>,
-    pub(super) peers: HashMap<MapData, SockAddr, u32>,
+    pub(super) names: Synced<ServiceId, ServiceName>,
+    pub(super) services: Synced<SockAddr, ServiceId>,
+    pub(super) cgroups: Synced<u64, ServiceId>,
+    pub(super) local_ports: Synced<u32, ServiceId>,
+    pub(super) rules: Synced<PairKey, u32>,
+    pub(super) peers: Synced<SockAddr, u32>,
     /// What was last asked for.
     pub(super) last: MapContents,
+}
+
+/// A config-derived map and what this agent last wrote to it, when it
+/// knows (after a first sync that read the map, until another agent may
+/// have written it): a change then costs a write per changed entry, not a
+/// lookup per entry (110,000 at the catalog bench's 10x).
+pub(super) struct Synced<K, V> {
+    map: HashMap<MapData, K, V>,
+    name: &'static str,
+    known: Option<std::collections::HashMap<K, V>>,
+}
+
+impl<K, V> Synced<K, V>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    pub(super) fn new(map: HashMap<MapData, K, V>, name: &'static str) -> Self {
+        Self {
+            map,
+            name,
+            known: None,
+        }
+    }
+
+    /// Makes the map hold exactly `want`, writing keys in the order of
+    /// their `rank` and removing them in the reverse order.
+    fn sync(
+        &mut self,
+        want: std::collections::HashMap<K, V>,
+        rank: impl Fn(&K) -> u8,
+    ) -> Result<(), EbpfError> {
+        let known = self.known.take();
+        let name = self.name;
+        let err = |source| EbpfError::Map { name, source };
+        let map = &mut self.map;
+        let writes: Vec<(K, V)> = match &known {
+            Some(known) => writes_in_order(&want, |k| known.get(k).copied(), &rank),
+            None => writes_in_order(&want, |k| map.get(k, 0).ok(), &rank),
+        }
+        .into_iter()
+        .map(|(k, v)| (*k, *v))
+        .collect();
+        for (k, v) in &writes {
+            map.insert(k, v, 0).map_err(err)?;
+        }
+        let stale: Vec<K> = match &known {
+            Some(known) => known
+                .keys()
+                .filter(|k| !want.contains_key(k))
+                .copied()
+                .collect(),
+            None => map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !want.contains_key(k))
+                .collect(),
+        };
+        for k in &removals_in_order(stale, &rank) {
+            map.remove(k).map_err(err)?;
+        }
+        self.known = Some(want);
+        Ok(())
+    }
+
+    /// Another agent may write the map from now on: the next sync reads it.
+    fn forget(&mut self) {
+        self.known = None;
+    }
+
+    /// Entries in the map.
+    fn len(&self) -> usize {
+        match &self.known {
+            Some(known) => known.len(),
+            None => self.map.keys().count(),
+        }
+    }
 }
 
 impl Kernel {
@@ -118,7 +195,8 @@ impl Kernel {
     /// Stops writing the maps (the next agent of the node is taking over
     /// and writes them); `thaw` writes what was last asked for.
     pub fn freeze(&self) {
-        let _maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut maps = self.config_maps.lock().unwrap_or_else(|e| e.into_inner());
+        maps.forget();
         self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
         self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
     }
@@ -153,11 +231,11 @@ impl Kernel {
         [
             (names::CONNS, conns),
             (names::DENIALS, denials),
-            (names::PEERS, maps.peers.keys().count()),
-            (names::RULES, maps.rules.keys().count()),
-            (names::SERVICES, maps.services.keys().count()),
-            (names::CGROUPS, maps.cgroups.keys().count()),
-            (names::LOCAL_PORTS, maps.local_ports.keys().count()),
+            (names::PEERS, maps.peers.len()),
+            (names::RULES, maps.rules.len()),
+            (names::SERVICES, maps.services.len()),
+            (names::CGROUPS, maps.cgroups.len()),
+            (names::LOCAL_PORTS, maps.local_ports.len()),
         ]
         .into_iter()
         .map(|(name, n)| (name, i64::try_from(n).unwrap_or(i64::MAX)))
@@ -311,77 +389,44 @@ impl ConfigMaps {
             .iter()
             .map(|(id, name)| (*id, service_name(name)))
             .collect();
-        sync_map(&mut self.names, names::SERVICE_NAMES, &names)?;
+        self.names.sync(names, |_| 0)?;
         let services = c
             .services
             .iter()
             .map(|(a, id)| (sock_addr(*a), *id))
             .collect();
-        sync_map(&mut self.services, names::SERVICES, &services)?;
+        self.services.sync(services, |_| 0)?;
         let cgroups = c.cgroups.iter().copied().collect();
-        sync_map(&mut self.cgroups, names::CGROUPS, &cgroups)?;
+        self.cgroups.sync(cgroups, |_| 0)?;
         let ports = c
             .local_ports
             .iter()
             .map(|(p, id)| (u32::from(*p), *id))
             .collect();
-        sync_map(&mut self.local_ports, names::LOCAL_PORTS, &ports)?;
+        self.local_ports.sync(ports, |_| 0)?;
         let rules = c
             .rules
             .iter()
             .map(|(&(src, dst), &rule)| (PairKey { src, dst }, rule))
             .collect();
-        sync_map_in_order(&mut self.rules, names::RULES, &rules, rule_rank)?;
+        self.rules.sync(rules, rule_rank)?;
         let peers = c
             .peers
             .iter()
             .map(|ip| (sock_addr(SocketAddr::new(*ip, 0)), 1))
             .collect();
-        sync_map(&mut self.peers, names::PEERS, &peers)
+        self.peers.sync(peers, |_| 0)
     }
-}
 
-/// Makes `map` hold exactly `want`: inserts (or overwrites) first, then
-/// removes keys not wanted.
-fn sync_map<K, V>(
-    map: &mut HashMap<MapData, K, V>,
-    name: &'static str,
-    want: &std::collections::HashMap<K, V>,
-) -> Result<(), EbpfError>
-where
-    K: aya::Pod + Eq + std::hash::Hash,
-    V: aya::Pod + PartialEq,
-{
-    sync_map_in_order(map, name, want, |_| 0)
-}
-
-/// [`sync_map`], writing keys in the order of their `rank` and removing
-/// them in the reverse order.
-fn sync_map_in_order<K, V>(
-    map: &mut HashMap<MapData, K, V>,
-    name: &'static str,
-    want: &std::collections::HashMap<K, V>,
-    rank: impl Fn(&K) -> u8,
-) -> Result<(), EbpfError>
-where
-    K: aya::Pod + Eq + std::hash::Hash,
-    V: aya::Pod + PartialEq,
-{
-    let err = |source| EbpfError::Map { name, source };
-    let held = |k: &K| map.get(k, 0).ok();
-    let writes = writes_in_order(want, held, &rank);
-    for (k, v) in writes {
-        map.insert(k, v, 0).map_err(err)?;
+    /// Another agent may write the maps from now on.
+    fn forget(&mut self) {
+        self.names.forget();
+        self.services.forget();
+        self.cgroups.forget();
+        self.local_ports.forget();
+        self.rules.forget();
+        self.peers.forget();
     }
-    let stale: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !want.contains_key(k))
-        .collect();
-    for k in &removals_in_order(stale, &rank) {
-        map.remove(k).map_err(err)?;
-    }
-    Ok(())
 }
 
 /// The entries of `want` that `held` does not hold as wanted, in the
