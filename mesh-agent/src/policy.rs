@@ -192,7 +192,11 @@ impl Policy {
             (Some(&a), Some(&b)) => Some(winner(&self.intentions, a, b)),
             (a, b) => a.or(b).copied(),
         };
-        let best = exact.or(half).or(index.any).map(|at| &self.intentions[at]);
+        self.decision(exact.or(half).or(index.any).map(|at| &self.intentions[at]))
+    }
+
+    /// The verdict of the intention that decides (`None`: the default).
+    fn decision(&self, best: Option<&Intention>) -> Decision {
         match best {
             Some(i) => Decision {
                 action: i.action,
@@ -345,20 +349,7 @@ mod tests {
                 Some(((s + d, i.action == Action::Deny), i))
             })
             .max_by_key(|(rank, _)| *rank);
-        match best {
-            Some((_, i)) => Decision {
-                action: i.action,
-                rule: Rule::Intention {
-                    source: i.source.clone(),
-                    destination: i.destination.clone(),
-                    line: i.line,
-                },
-            },
-            None => Decision {
-                action: p.default,
-                rule: Rule::DefaultPolicy,
-            },
-        }
+        p.decision(best.map(|(_, i)| i))
     }
 
     proptest::proptest! {

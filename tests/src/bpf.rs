@@ -61,14 +61,24 @@ fn mesh_programs() -> Vec<serde_json::Value> {
 
 /// The entries `bpftool -j ARGS` lists.
 fn bpftool(args: &[&str]) -> Vec<serde_json::Value> {
+    match bpftool_json(args) {
+        serde_json::Value::Array(entries) => entries,
+        _ => Vec::new(),
+    }
+}
+
+/// What `bpftool -j <args>` prints (`null` for a command with no output);
+/// fails the test if it fails.
+pub fn bpftool_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new("bpftool")
         .arg("-j")
         .args(args)
         .output()
         .expect("bpftool runs");
-    assert!(out.status.success(), "bpftool {args:?} failed");
-    match serde_json::from_slice(&out.stdout).expect("bpftool json") {
-        serde_json::Value::Array(entries) => entries,
-        _ => Vec::new(),
-    }
+    assert!(
+        out.status.success(),
+        "bpftool {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("bpftool json")
 }

@@ -31,7 +31,7 @@ pub mod wire;
 pub use admin::{ADMIN_PORT, metric_value};
 pub use agents::{READY_TIMEOUT, agent_bin, workspace_root};
 pub use apps::app;
-pub use bpf::{bpffs, loaded_mesh_links, loaded_mesh_programs};
+pub use bpf::{bpffs, bpftool_json, loaded_mesh_links, loaded_mesh_programs};
 pub use capture::Capture;
 pub use containers::Container;
 pub use netns::{Node, cgroup2_root};

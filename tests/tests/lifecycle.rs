@@ -495,29 +495,16 @@ fn an_agent_replaces_the_maps_an_earlier_version_pinned() {
     mesh.start_echo_server("umb", "api", 5001);
     mesh.stop_agent("uma", Signal::SIGKILL);
     let pins = mesh_tests::bpffs().join("mesh/uma");
-    let bpftool = |args: &[&str]| {
-        let out = std::process::Command::new("bpftool")
-            .args(args)
-            .output()
-            .expect("run bpftool");
-        assert!(
-            out.status.success(),
-            "bpftool {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     let services = pins.join("SERVICES");
     let services = services.to_str().expect("path");
     fs::remove_file(services).expect("unpin SERVICES");
-    let old = "hash key 20 value 4 entries 8192";
     let make = |path: &str, definition: &str, name: &str| {
         let mut args = vec!["map", "create", path, "type"];
         args.extend(definition.split(' '));
         args.extend(["name", name]);
-        bpftool(&args);
+        mesh_tests::bpftool_json(&args);
     };
-    make(services, old, "SERVICES");
+    make(services, "hash key 20 value 4 entries 8192", "SERVICES");
     let denied = pins.join("DENIED");
     make(
         denied.to_str().expect("path"),
@@ -526,8 +513,7 @@ fn an_agent_replaces_the_maps_an_earlier_version_pinned() {
     );
 
     mesh.start_agent("uma");
-    let shown: serde_json::Value =
-        serde_json::from_str(&bpftool(&["-j", "map", "show", "pinned", services])).expect("json");
+    let shown = mesh_tests::bpftool_json(&["map", "show", "pinned", services]);
     assert_eq!(
         shown["max_entries"],
         mesh_common::MAX_DESTINATIONS,

@@ -84,6 +84,11 @@ mod tests {
         ))
     }
 
+    /// Whether connect4/6 refuse `src -> dst` with the rules of `c`.
+    fn denies(c: &MapContents, src: u32, dst: u32) -> bool {
+        mesh_common::rules_deny(|k| c.rules.get(&(k.src, k.dst)).copied(), src, dst)
+    }
+
     fn cgroup(id: u64) -> ServiceCgroup {
         ServiceCgroup {
             path: PathBuf::from(format!("/mesh/a/{id}")),
@@ -113,12 +118,9 @@ mod tests {
         ports.sort_unstable();
         assert_eq!(ports, [(80, id("web")), (81, id("cron"))]);
         // The intention and the default policy: web -> api only.
-        let denies = |s: &str, d: &str| {
-            mesh_common::rules_deny(|k| c.rules.get(&(k.src, k.dst)).copied(), id(s), id(d))
-        };
-        assert!(!denies("web", "api"));
-        assert!(denies("cron", "api"));
-        assert!(denies("web", "cron"));
+        assert!(!denies(&c, id("web"), id("api")));
+        assert!(denies(&c, id("cron"), id("api")));
+        assert!(denies(&c, id("web"), id("cron")));
         assert_eq!(c.rules.len(), 2);
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.names, ids.all());
@@ -150,11 +152,7 @@ mod tests {
             let id = |s: &str| ids.id(&name(s));
             for src in ["web", "cron", "db"] {
                 for dst in ["web", "cron", "api", "db", "far"] {
-                    let kernel = mesh_common::rules_deny(
-                        |k| c.rules.get(&(k.src, k.dst)).copied(),
-                        id(src),
-                        id(dst),
-                    );
+                    let kernel = denies(&c, id(src), id(dst));
                     let decided = !policy.decide(src, dst).allowed();
                     assert_eq!(kernel, decided, "{src} -> {dst}, default {default}");
                 }

@@ -53,24 +53,8 @@ impl Kernel {
             path: pins.dir.display().to_string(),
             source,
         })?;
+        // Pinned again if the start fails (`?` below drops it).
         let aside = SetAside::changed(pins)?;
-        let started = Self::load(params, contents, inbound_v4, inbound_v6, cgroup_root, pins);
-        // Once started, the old maps go with their last reference.
-        if started.is_err() {
-            aside.restore();
-        }
-        started
-    }
-
-    /// [`Kernel::start`] once the maps it must not adopt are set aside.
-    fn load(
-        params: &LoadParams,
-        contents: &MapContents,
-        inbound_v4: &impl AsRawFd,
-        inbound_v6: Option<&impl AsRawFd>,
-        cgroup_root: &Path,
-        pins: &pins::Pins,
-    ) -> Result<Self, EbpfError> {
         let adopting = pins.link(names::PROG_CONNECT4).exists();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::NETNS_COOKIE, &params.netns_cookie, true)
@@ -99,11 +83,16 @@ impl Kernel {
         }
 
         let conns = Mutex::new(take_map(&mut ebpf, names::CONNS)?);
+        let refused = take_map(&mut ebpf, names::REFUSED)?;
+        let denials = Mutex::new(take_map(&mut ebpf, names::DENIALS)?);
+        let denial_events = Mutex::new(Some(take_map(&mut ebpf, names::DENIAL_EVENTS)?));
+        // Started: the old maps go with their last reference.
+        aside.keep_unpinned();
         Ok(Self {
             conns,
-            refused: take_map(&mut ebpf, names::REFUSED)?,
-            denials: Mutex::new(take_map(&mut ebpf, names::DENIALS)?),
-            denial_events: Mutex::new(Some(take_map(&mut ebpf, names::DENIAL_EVENTS)?)),
+            refused,
+            denials,
+            denial_events,
             config_maps: Mutex::new(config_maps),
             frozen: std::sync::atomic::AtomicBool::new(false),
             paused: Arc::default(),
@@ -117,9 +106,10 @@ impl Kernel {
 }
 
 /// The maps of the node's pins this start set aside (see
-/// [`SetAside::changed`]): gone once it succeeded, pinned again if it
-/// failed, so a start that fails (a program the kernel refuses, say)
-/// leaves the pins as it found them.
+/// [`SetAside::changed`]): gone once it succeeded
+/// ([`SetAside::keep_unpinned`]), pinned again when dropped before, so a
+/// start that fails (a program the kernel refuses, say) leaves the pins as
+/// it found them.
 struct SetAside {
     /// Each map's pin, and the map, held open.
     unpinned: Vec<(PathBuf, OwnedFd)>,
@@ -176,10 +166,17 @@ impl SetAside {
         Ok(())
     }
 
+    /// The start succeeded: the maps stay unpinned.
+    fn keep_unpinned(mut self) {
+        self.unpinned.clear();
+    }
+}
+
+impl Drop for SetAside {
     /// The start failed: each map pinned again where it was (in place of
     /// any the loader made).
-    fn restore(self) {
-        for (pin, map) in self.unpinned {
+    fn drop(&mut self) {
+        for (pin, map) in self.unpinned.drain(..) {
             let _ = std::fs::remove_file(&pin);
             if let Err(e) = pins::pin(map.as_fd(), &pin) {
                 tracing::warn!(path = %pin.display(), error = %e, "could not pin an old map again");
