@@ -225,13 +225,20 @@ fn the_pages_show_services_health_and_nodes_and_follow_changes_live() {
         lag <= LIVE,
         "critical on the page {lag:?} after the agent knew"
     );
-    let text = ui.rows("#instances")[0]["text"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    // The check's output on the page: a probe made after the stop is
+    // refused (one in flight as the app stopped may fail otherwise first).
+    let output = || {
+        ui.rows("#instances")[0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
     assert!(
-        text.to_lowercase().contains("refused"),
-        "no check output: {text}"
+        wait_until(Duration::from_secs(10), || output()
+            .to_lowercase()
+            .contains("refused")),
+        "no check output: {}",
+        output()
     );
     ui.browser.screenshot("service-api-critical");
     ui.open("services");
