@@ -260,18 +260,24 @@ impl EtcdOptions {
         client: &mut Client,
         prefix: &str,
     ) -> Result<(Vec<etcd_client::KeyValue>, i64), CatalogError> {
-        self.range_at(client, prefix, 0).await
+        let mut kvs = Vec::new();
+        let revision = self
+            .range_pages(client, prefix, 0, |page| kvs.extend(page))
+            .await?;
+        Ok((kvs, revision))
     }
 
-    /// [`EtcdOptions::range`] at `revision` (0: the newest).
-    async fn range_at(
+    /// [`EtcdOptions::range`] at `revision` (0: the newest), each page
+    /// handed to `each` as it comes (so a large listing is not held twice,
+    /// as pages and as what is made of them); the revision read at.
+    async fn range_pages(
         &self,
         client: &mut Client,
         prefix: &str,
         mut revision: i64,
-    ) -> Result<(Vec<etcd_client::KeyValue>, i64), CatalogError> {
+        mut each: impl FnMut(Vec<etcd_client::KeyValue>),
+    ) -> Result<i64, CatalogError> {
         let end = prefix_end(prefix.as_bytes());
-        let mut kvs = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
         loop {
             // Revision 0 is the newest: the first page's.
@@ -291,12 +297,12 @@ impl EtcdOptions {
             let Some(last) = page.last() else { break };
             // The next page starts just after the last key read.
             from = [last.key(), &[0]].concat();
-            kvs.extend(page);
+            each(page);
             if !more {
                 break;
             }
         }
-        Ok((kvs, revision))
+        Ok(revision)
     }
 
     /// The catalog's keys as they are now (see [`Listing`]).
@@ -306,7 +312,6 @@ impl EtcdOptions {
 
     /// The catalog's keys at `revision` (0: the newest).
     async fn list_at(&self, client: &mut Client, revision: i64) -> Result<Listing, CatalogError> {
-        let (got, revision) = self.range_at(client, &self.keys(), revision).await?;
         let marker = layout::import_key(&self.prefix);
         let mut listing = Listing {
             values: BTreeMap::new(),
@@ -314,35 +319,40 @@ impl EtcdOptions {
             revision,
             import: None,
         };
-        for kv in &got {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let value = String::from_utf8_lossy(kv.value()).into_owned();
-            if key == marker {
-                listing.import = Some(Importing {
-                    since: kv.create_revision(),
-                    modified: kv.mod_revision(),
-                    value,
-                });
-                continue;
-            }
-            listing.modified.insert(key.clone(), kv.mod_revision());
-            listing.values.insert(key, value);
-        }
+        listing.revision = self
+            .range_pages(client, &self.keys(), revision, |page| {
+                for kv in page {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let value = String::from_utf8_lossy(kv.value()).into_owned();
+                    if key == marker {
+                        listing.import = Some(Importing {
+                            since: kv.create_revision(),
+                            modified: kv.mod_revision(),
+                            value,
+                        });
+                        continue;
+                    }
+                    listing.modified.insert(key.clone(), kv.mod_revision());
+                    listing.values.insert(key, value);
+                }
+            })
+            .await?;
         Ok(listing)
     }
 
-    /// The values agents act on (see `import`): those listed, or while an
-    /// import is under way, those of the revision before it began.
+    /// The values agents act on (see `import`) while an import is under
+    /// way: those of the revision before it began (`None`: no import, the
+    /// values listed).
     async fn acting(
         &self,
         client: &mut Client,
         listing: &Listing,
-    ) -> Result<BTreeMap<String, String>, CatalogError> {
+    ) -> Result<Option<BTreeMap<String, String>>, CatalogError> {
         let Some(import) = &listing.import else {
-            return Ok(listing.values.clone());
+            return Ok(None);
         };
         match self.list_at(client, import.since - 1).await {
-            Ok(before) => Ok(before.values),
+            Ok(before) => Ok(Some(before.values)),
             Err(e) if e.is_unreachable() => Err(e),
             Err(e) => Err(CatalogError::ImportUnreadable {
                 since: import.since,
@@ -387,26 +397,40 @@ impl EtcdOptions {
         Ok(config)
     }
 
-    /// The catalog as it is now: its values, the revision they were read
-    /// at, their joined text and the judged config. An empty prefix is an
-    /// error: an agent does not run on no catalog.
+    /// The catalog as it is now: its values (parsed), the revision they
+    /// were read at and the judged config. An empty prefix is an error: an
+    /// agent does not run on no catalog.
     pub(super) async fn snapshot(&self) -> Result<Snapshot, CatalogError> {
         let mut client = self.connect().await?;
         let listing = self.list(&mut client).await?;
         let acting = self.acting(&mut client, &listing).await?;
+        let Listing {
+            values,
+            revision,
+            import,
+            ..
+        } = listing;
+        let import = import.map(|i| i.since);
+        let mut parsed = Parsed::default();
+        // While an import is under way: judged on the values from before
+        // it, then holding those listed.
+        let (acting, listed) = match acting {
+            Some(acting) => (acting, Some(values)),
+            None => (values, None),
+        };
         if acting.is_empty() {
             return Err(CatalogError::Empty {
                 prefix: self.keys(),
             });
         }
-        let assembled = layout::assemble(&self.prefix, &acting);
-        let mut parsed = Parsed::default();
-        let config = parsed.judge(self, &acting, &assembled)?;
+        parsed.sync_into(&self.prefix, acting);
+        let config = parsed.judge_held(self)?;
+        if let Some(listed) = listed {
+            parsed.sync_into(&self.prefix, listed);
+        }
         Ok(Snapshot {
-            values: listing.values,
-            revision: listing.revision,
-            import: listing.import.map(|i| i.since),
-            text: assembled.text,
+            revision,
+            import,
             parsed,
             config,
         })
@@ -433,16 +457,18 @@ pub(super) struct Importing {
     pub(super) value: String,
 }
 
-/// Each key's value checked and parsed alone (`config::Piece`), kept from
-/// one judgment of the catalog to the next and told of each change
+/// The catalog's values, each checked and parsed alone (`config::Piece`),
+/// kept from one judgment to the next and told of each change
 /// ([`Parsed::put`]), so that a change checks and parses only the values
 /// that changed: the judgment is [`EtcdOptions::judge`]'s, the same config
-/// or the same errors.
+/// or the same errors. It is the only copy of the values an agent keeps.
 #[derive(Debug, Default)]
 pub struct Parsed {
-    by_key: std::collections::HashMap<String, Judged, foldhash::fast::RandomState>,
+    by_key: BTreeMap<String, Judged>,
     /// The keys whose values `layout::check` refuses.
     misfits: std::collections::BTreeSet<String>,
+    /// Whether a value changed since the last [`Parsed::judge_held`].
+    changed: bool,
 }
 
 /// One value as [`Parsed`] keeps it.
@@ -452,89 +478,113 @@ struct Judged {
     piece: Option<crate::config::Piece>,
 }
 
+impl AsRef<str> for Judged {
+    fn as_ref(&self) -> &str {
+        &self.value
+    }
+}
+
 impl Parsed {
     /// Takes `key`'s new value (`None`: deleted), checked and parsed now
     /// unless it is the value already held.
     pub fn put(&mut self, prefix: &str, key: &str, value: Option<&str>) {
         let Some(value) = value else {
-            self.by_key.remove(key);
+            self.changed |= self.by_key.remove(key).is_some();
             self.misfits.remove(key);
             return;
         };
         if self.by_key.get(key).is_some_and(|j| j.value == value) {
             return;
         }
-        if layout::check(prefix, key, value).is_ok() {
-            self.misfits.remove(key);
+        self.insert(prefix, key.to_owned(), value.to_owned());
+    }
+
+    /// [`Parsed::put`] of a value not held.
+    fn insert(&mut self, prefix: &str, key: String, value: String) {
+        if layout::check(prefix, &key, &value).is_ok() {
+            self.misfits.remove(&key);
         } else {
-            self.misfits.insert(key.to_owned());
+            self.misfits.insert(key.clone());
         }
-        let judged = Judged {
-            value: value.to_owned(),
-            piece: crate::config::Piece::parse(value),
-        };
-        self.by_key.insert(key.to_owned(), judged);
+        let piece = crate::config::Piece::parse(&value);
+        self.by_key.insert(key, Judged { value, piece });
+        self.changed = true;
     }
 
     /// Holds exactly `values` (after a listing): keys not in it are
     /// forgotten, values not held are checked and parsed.
     pub fn sync(&mut self, prefix: &str, values: &BTreeMap<String, String>) {
-        let gone: Vec<String> = self
-            .by_key
-            .keys()
-            .filter(|key| !values.contains_key(*key))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.put(prefix, &key, None);
-        }
+        self.forget_all_but(values);
         for (key, value) in values {
             self.put(prefix, key, Some(value));
         }
     }
 
-    /// [`EtcdOptions::judge`] of `values` (joined into `assembled`),
-    /// after a [`Parsed::sync`] to them.
+    /// [`Parsed::sync`], taking the values.
+    fn sync_into(&mut self, prefix: &str, values: BTreeMap<String, String>) {
+        self.forget_all_but(&values);
+        for (key, value) in values {
+            if self.by_key.get(&key).is_none_or(|j| j.value != value) {
+                self.insert(prefix, key, value);
+            }
+        }
+    }
+
+    /// Forgets the keys not in `values`.
+    fn forget_all_but(&mut self, values: &BTreeMap<String, String>) {
+        let before = self.by_key.len();
+        self.by_key.retain(|key, _| values.contains_key(key));
+        self.misfits.retain(|key| values.contains_key(key));
+        self.changed |= self.by_key.len() != before;
+    }
+
+    /// The number of values held.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether it holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// [`EtcdOptions::judge`] of `values`, after a [`Parsed::sync`] to
+    /// them.
     pub fn judge(
         &mut self,
         options: &EtcdOptions,
         values: &BTreeMap<String, String>,
-        assembled: &Assembled,
     ) -> Result<Config, CatalogError> {
         self.sync(&options.prefix, values);
-        self.judge_held(options, assembled)
+        self.judge_held(options)
     }
 
-    /// [`EtcdOptions::judge`] of the values held, joined into `assembled`.
-    pub fn judge_held(
-        &self,
-        options: &EtcdOptions,
-        assembled: &Assembled,
-    ) -> Result<Config, CatalogError> {
+    /// [`EtcdOptions::judge`] of the values held.
+    pub fn judge_held(&mut self, options: &EtcdOptions) -> Result<Config, CatalogError> {
+        self.changed = false;
         // The first misfit in key order, with its own error.
         if let Some(key) = self.misfits.first()
             && let Some(judged) = self.by_key.get(key)
         {
             layout::check(&options.prefix, key, &judged.value)?;
         }
-        let pieces = assembled
-            .pieces()
-            .map(|(key, at)| (at, self.by_key.get(key).and_then(|j| j.piece.as_ref())));
+        let assembled = layout::assemble(&options.prefix, &self.by_key);
+        let pieces = layout::ordered(&options.prefix, &self.by_key)
+            .zip(assembled.pieces())
+            .map(|((_, judged), (_, at))| (at, judged.piece.as_ref()));
         let judged = crate::config::judge_pieces(&assembled.text, pieces, &options.path());
-        options.judged(assembled, judged)
+        options.judged(&assembled, judged)
     }
 }
 
 /// See [`EtcdOptions::snapshot`].
 pub(super) struct Snapshot {
-    /// The values as listed (with an import's writes so far).
-    values: BTreeMap<String, String>,
     revision: i64,
     /// Where an import under way began.
     import: Option<i64>,
-    /// The acting catalog's text, its values parsed, and its config.
-    text: String,
+    /// The values as listed (with an import's writes so far), parsed.
     parsed: Parsed,
+    /// The acting catalog's config.
     pub(super) config: Config,
 }
 
@@ -596,15 +646,11 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// The catalog in etcd.
 pub struct EtcdCatalog {
     options: EtcdOptions,
-    /// The values as of `revision`.
-    values: BTreeMap<String, String>,
     revision: i64,
     /// Where an import under way began (its marker's first revision):
     /// while there is one, changes are not judged (see `import`).
     import: Option<i64>,
-    /// The last catalog text judged, valid or not.
-    judged: Option<String>,
-    /// Its values as parsed for the next judgment.
+    /// The values as of `revision`, parsed for the next judgment.
     parsed: Parsed,
     /// Bytes of keys and values received in watch events.
     received: u64,
@@ -618,10 +664,8 @@ pub struct EtcdCatalog {
 impl EtcdCatalog {
     pub fn new(options: EtcdOptions) -> Self {
         Self {
-            values: BTreeMap::new(),
             revision: 0,
             import: None,
-            judged: None,
             parsed: Parsed::default(),
             received: 0,
             watch: None,
@@ -633,7 +677,7 @@ impl EtcdCatalog {
 
     /// Objects in the catalog as last seen.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.parsed.len()
     }
 
     /// Bytes of keys and values its watch has received (the payload of
@@ -644,7 +688,7 @@ impl EtcdCatalog {
 
     /// Whether it holds no object (before `load`).
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.parsed.is_empty()
     }
 
     /// Waits for the next valid change.
@@ -707,8 +751,7 @@ impl EtcdCatalog {
                     "catalog watch fell behind a compaction, listing again"
                 );
                 let listing = self.options.list(client).await?;
-                self.values = listing.values;
-                self.parsed.sync(&self.options.prefix, &self.values);
+                self.parsed.sync_into(&self.options.prefix, listing.values);
                 self.revision = listing.revision;
                 self.watch = None;
                 return Ok(self.hold_or_judge(listing.import.map(|i| i.since)));
@@ -730,14 +773,10 @@ impl EtcdCatalog {
             }
             match event.event_type() {
                 EventType::Put => {
-                    let value = String::from_utf8_lossy(kv.value()).into_owned();
+                    let value = String::from_utf8_lossy(kv.value());
                     self.parsed.put(&self.options.prefix, &key, Some(&value));
-                    self.values.insert(key, value);
                 }
-                EventType::Delete => {
-                    self.parsed.put(&self.options.prefix, &key, None);
-                    self.values.remove(&key);
-                }
+                EventType::Delete => self.parsed.put(&self.options.prefix, &key, None),
             }
             self.revision = self.revision.max(kv.mod_revision());
         }
@@ -770,7 +809,7 @@ impl EtcdCatalog {
         self.judge()
     }
 
-    /// The values judged, if they differ from the last judged.
+    /// The values judged, if they changed since the last judgment.
     fn judge(&mut self) -> Option<Config> {
         // Tens of milliseconds for a large catalog: off the runtime's
         // workers when it has several (the agent's), so the tasks that
@@ -786,14 +825,11 @@ impl EtcdCatalog {
 
     /// [`EtcdCatalog::judge`] on this thread.
     fn judge_here(&mut self) -> Option<Config> {
-        let assembled = layout::assemble(&self.options.prefix, &self.values);
-        if self.judged.as_ref() == Some(&assembled.text) {
+        if !self.parsed.changed {
             return None;
         }
-        // `parsed` holds `values`: told of every change as it came.
-        let judged = self.parsed.judge_held(&self.options, &assembled);
-        self.judged = Some(assembled.text);
-        match judged {
+        // `parsed` was told of every change as it came.
+        match self.parsed.judge_held(&self.options) {
             Ok(config) => Some(config),
             Err(e) => {
                 warn!("catalog change rejected, keeping the last good config:\n{e}");
@@ -826,13 +862,7 @@ impl Catalog for EtcdCatalog {
                 "catalog import under way: running on the catalog from before it until it ends"
             );
         }
-        self.judged = Some(now.text);
         self.parsed = now.parsed;
-        if now.import.is_some() {
-            // It holds the acting values; the import under way wrote others.
-            self.parsed.sync(&self.options.prefix, &now.values);
-        }
-        self.values = now.values;
         self.revision = now.revision;
         self.import = now.import;
         Ok(now.config)
@@ -1056,6 +1086,7 @@ mod tests {
             // Told only of each changed key, as the watch does.
             let mut told = Parsed::default();
             told.sync(&o.prefix, &values);
+            proptest::prop_assert!(told.judge_held(&o).is_ok());
             for e in edits {
                 let before = values.clone();
                 edit(&mut values, e);
@@ -1064,11 +1095,12 @@ mod tests {
                         told.put(&o.prefix, key, values.get(key).map(String::as_str));
                     }
                 }
-                let assembled = layout::assemble(&o.prefix, &values);
                 let full = o.judge(&values).map_err(|e| e.to_string());
-                let kept = synced.judge(&o, &values, &assembled).map_err(|e| e.to_string());
+                let kept = synced.judge(&o, &values).map_err(|e| e.to_string());
                 proptest::prop_assert_eq!(&full, &kept, "after {:?}", e);
-                let held = told.judge_held(&o, &assembled).map_err(|e| e.to_string());
+                // Judged again only if a value changed.
+                proptest::prop_assert_eq!(told.changed, before != values, "after {:?}", e);
+                let held = told.judge_held(&o).map_err(|e| e.to_string());
                 proptest::prop_assert_eq!(&full, &held, "after {:?}", e);
             }
         }

@@ -255,43 +255,60 @@ pub fn check(prefix: &str, key: &str, value: &str) -> Result<Object, LayoutError
 /// The catalog's values joined into one `mesh.toml` text, in key order
 /// (`[mesh]` first), each after a comment naming its key; and the first
 /// line of each key's value, to name the key of a problem at a line.
-pub struct Assembled {
+pub struct Assembled<'a> {
     pub text: String,
     /// Each key's value: its first line and its first byte in `text`.
-    starts: Vec<(usize, String, usize)>,
+    starts: Vec<(usize, &'a str, usize)>,
 }
 
-impl Assembled {
+impl Assembled<'_> {
     /// The key whose value holds line `line` (1-based) of [`Assembled::text`].
     pub fn key_at(&self, line: usize) -> Option<&str> {
         self.starts
             .iter()
             .take_while(|(start, _, _)| *start <= line)
             .last()
-            .map(|(_, key, _)| key.as_str())
+            .map(|(_, key, _)| *key)
     }
 
-    /// Each key, with the byte where its value starts in `text`, in order.
+    /// Each key, with the byte where its value starts in `text`, in
+    /// [`ordered`] order.
     pub fn pieces(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.starts.iter().map(|(_, key, at)| (key.as_str(), *at))
+        self.starts.iter().map(|(_, key, at)| (*key, *at))
     }
 }
 
-/// Joins `values` (checked with [`check`]) into one text.
-pub fn assemble(prefix: &str, values: &BTreeMap<String, String>) -> Assembled {
+/// `values` in the order [`assemble`] joins them: `[mesh]` first, then by
+/// key.
+pub fn ordered<'a, V>(
+    prefix: &str,
+    values: &'a BTreeMap<String, V>,
+) -> impl Iterator<Item = (&'a String, &'a V)> {
     let mesh = Object::Mesh.key(prefix);
-    let ordered = values
-        .get_key_value(&mesh)
+    let first = values.get_key_value(&mesh);
+    first
         .into_iter()
-        .chain(values.iter().filter(|(k, _)| **k != mesh));
-    let mut text = String::new();
-    let mut starts = Vec::new();
+        .chain(values.iter().filter(move |(k, _)| **k != mesh))
+}
+
+/// Joins `values` (checked with [`check`]) into one text.
+pub fn assemble<'a, V: AsRef<str>>(prefix: &str, values: &'a BTreeMap<String, V>) -> Assembled<'a> {
+    // Each value, its key and a comment line.
+    let size = values
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().len() + 4)
+        .sum();
+    let mut text = String::with_capacity(size);
+    let mut starts = Vec::with_capacity(values.len());
     // Lines so far (each value ends with a newline).
     let mut lines = 0;
-    for (key, value) in ordered {
-        text.push_str(&format!("# {key}\n"));
+    for (key, value) in ordered(prefix, values) {
+        text.push_str("# ");
+        text.push_str(key);
+        text.push('\n');
         lines += 1;
-        starts.push((lines + 1, key.clone(), text.len()));
+        starts.push((lines + 1, key.as_str(), text.len()));
+        let value = value.as_ref();
         text.push_str(value);
         lines += value.matches('\n').count();
         if !value.ends_with('\n') {

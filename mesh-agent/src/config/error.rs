@@ -103,11 +103,6 @@ impl Source<'_> {
         (line, column)
     }
 
-    /// 1-based line of the byte `offset`.
-    pub fn line(&self, offset: usize) -> usize {
-        self.position(offset).0
-    }
-
     pub fn problem(&self, span: Range<usize>, message: impl Into<String>) -> Problem {
         let (line, column) = self.position(span.start);
         Problem {

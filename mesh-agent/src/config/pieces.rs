@@ -3,31 +3,91 @@
 //! concatenation. Parsing that whole text again on every change costs
 //! time in proportion to the catalog's text (most of a judgment); a
 //! [`Piece`] is parsed once, when its key changes, and [`judge`] runs the
-//! semantic checks of [`Config::from_bytes`] on the pieces, their spans
-//! moved to where each piece sits in the concatenation, so that it
+//! semantic checks of [`Config::from_bytes`] on the pieces, each with the
+//! offset where it sits in the concatenation, so that it
 //! accepts and rejects exactly what `from_bytes` of that text does, with
 //! the same problems at the same lines.
 
-use std::{ops::Range, path::Path};
+use std::path::Path;
 
 use toml::Spanned;
 
 use super::{
     Config, ConfigError,
     error::Source,
-    raw::{RawCheck, RawConfig, RawIntention, RawMesh, RawNode, RawRevoked, RawService},
-    validate,
+    raw::{RawConfig, RawIntention, RawMesh, RawNode, RawRevoked, RawService},
+    validate::{self, Objects},
 };
 
-/// One piece's TOML, parsed alone.
+/// One piece's TOML, parsed alone. A piece of the catalog holds one object
+/// (`catalog::layout`): kept as that object alone, without the empty
+/// tables of a whole [`RawConfig`] (a large catalog holds tens of
+/// thousands of pieces).
 #[derive(Debug, Clone)]
-pub struct Piece(RawConfig);
+pub struct Piece(Shape);
+
+#[derive(Debug, Clone)]
+enum Shape {
+    Mesh(Box<RawMesh>),
+    Node(Box<Spanned<RawNode>>),
+    Service(Box<Spanned<RawService>>),
+    Intention(Box<Spanned<RawIntention>>),
+    Revoked(Box<Spanned<RawRevoked>>),
+    /// No object or several: as parsed.
+    Other(Box<RawConfig>),
+}
 
 impl Piece {
     /// `text` parsed alone; `None` if it does not parse as a config's
     /// shape (then [`judge`] parses the whole text, for its exact error).
     pub fn parse(text: &str) -> Option<Self> {
-        toml::from_str(text).ok().map(Self)
+        let raw: RawConfig = toml::from_str(text).ok()?;
+        let objects = usize::from(raw.mesh.is_some())
+            + raw.node.len()
+            + raw.service.len()
+            + raw.intention.len()
+            + raw.revoked.len();
+        if objects != 1 {
+            return Some(Self(Shape::Other(Box::new(raw))));
+        }
+        let RawConfig {
+            mesh,
+            node,
+            service,
+            intention,
+            revoked,
+        } = raw;
+        let shape = if let Some(mesh) = mesh {
+            Shape::Mesh(Box::new(mesh))
+        } else if let Some(n) = node.into_iter().next() {
+            Shape::Node(Box::new(n))
+        } else if let Some(s) = service.into_iter().next() {
+            Shape::Service(Box::new(s))
+        } else if let Some(i) = intention.into_iter().next() {
+            Shape::Intention(Box::new(i))
+        } else {
+            Shape::Revoked(Box::new(revoked.into_iter().next()?))
+        };
+        Some(Self(shape))
+    }
+
+    /// Adds its objects to `objects`, as parsed from text at byte `at`.
+    /// `Err(())` if both hold a `[mesh]` table.
+    fn add_to<'r>(&'r self, objects: &mut Objects<'r>, at: usize) -> Result<(), ()> {
+        match &self.0 {
+            Shape::Mesh(mesh) => {
+                if objects.mesh.is_some() {
+                    return Err(());
+                }
+                objects.mesh = Some((at, mesh));
+            }
+            Shape::Node(n) => objects.nodes.push((at, n)),
+            Shape::Service(s) => objects.services.push((at, s)),
+            Shape::Intention(i) => objects.intentions.push((at, i)),
+            Shape::Revoked(r) => objects.revoked.push((at, r)),
+            Shape::Other(raw) => objects.add(raw, at)?,
+        }
+        Ok(())
     }
 }
 
@@ -40,141 +100,15 @@ pub fn judge<'a>(
     pieces: impl IntoIterator<Item = (usize, Option<&'a Piece>)>,
     path: &Path,
 ) -> Result<Config, ConfigError> {
-    let mut raw = RawConfig {
-        mesh: None,
-        node: Vec::new(),
-        service: Vec::new(),
-        intention: Vec::new(),
-        revoked: Vec::new(),
-    };
+    let mut objects = Objects::default();
     for (at, piece) in pieces {
-        let Some(Piece(piece)) = piece else {
+        let Some(piece) = piece else {
             return Config::parse(text, path);
         };
-        if let Some(mesh) = &piece.mesh {
-            if raw.mesh.is_some() {
-                // Two [mesh] tables: TOML's own error.
-                return Config::parse(text, path);
-            }
-            raw.mesh = Some(mesh.moved(at));
-        }
-        raw.node.extend(piece.node.iter().map(|n| n.moved(at)));
-        raw.service
-            .extend(piece.service.iter().map(|s| s.moved(at)));
-        raw.intention
-            .extend(piece.intention.iter().map(|i| i.moved(at)));
-        raw.revoked
-            .extend(piece.revoked.iter().map(|r| r.moved(at)));
-    }
-    validate::check(Source { path, text }, raw)
-}
-
-/// A copy with every span `by` bytes further on.
-trait Moved {
-    fn moved(&self, by: usize) -> Self;
-}
-
-fn shift(span: Range<usize>, by: usize) -> Range<usize> {
-    span.start + by..span.end + by
-}
-
-impl<T: Moved> Moved for Spanned<T> {
-    fn moved(&self, by: usize) -> Self {
-        Spanned::new(shift(self.span(), by), self.get_ref().moved(by))
-    }
-}
-
-impl<T: Moved> Moved for Option<T> {
-    fn moved(&self, by: usize) -> Self {
-        self.as_ref().map(|v| v.moved(by))
-    }
-}
-
-impl<T: Moved> Moved for Vec<T> {
-    fn moved(&self, by: usize) -> Self {
-        self.iter().map(|v| v.moved(by)).collect()
-    }
-}
-
-/// Leaves: no spans inside.
-macro_rules! unmoved {
-    ($($t:ty),*) => {$(
-        impl Moved for $t {
-            fn moved(&self, _: usize) -> Self {
-                self.clone()
-            }
-        }
-    )*};
-}
-unmoved!(String, bool, toml::Value);
-
-impl Moved for RawMesh {
-    fn moved(&self, by: usize) -> Self {
-        Self {
-            trust_domain: self.trust_domain.moved(by),
-            default_policy: self.default_policy.moved(by),
-            ca_dir: self.ca_dir.moved(by),
-            leaf_ttl: self.leaf_ttl.moved(by),
+        if piece.add_to(&mut objects, at).is_err() {
+            // Two [mesh] tables: TOML's own error.
+            return Config::parse(text, path);
         }
     }
-}
-
-impl Moved for RawNode {
-    fn moved(&self, by: usize) -> Self {
-        Self {
-            name: self.name.moved(by),
-            address: self.address.moved(by),
-        }
-    }
-}
-
-impl Moved for RawService {
-    fn moved(&self, by: usize) -> Self {
-        Self {
-            name: self.name.moved(by),
-            node: self.node.moved(by),
-            nodes: self.nodes.moved(by),
-            port: self.port.moved(by),
-            vip: self.vip.moved(by),
-            public: self.public,
-            cgroup: self.cgroup.moved(by),
-            lb: self.lb.moved(by),
-            check: self.check.moved(by),
-        }
-    }
-}
-
-impl Moved for RawCheck {
-    fn moved(&self, by: usize) -> Self {
-        Self {
-            name: self.name.moved(by),
-            http: self.http.moved(by),
-            tcp: self.tcp.moved(by),
-            ttl: self.ttl.moved(by),
-            interval: self.interval.moved(by),
-            timeout: self.timeout.moved(by),
-            success_before_passing: self.success_before_passing.moved(by),
-            failures_before_critical: self.failures_before_critical.moved(by),
-        }
-    }
-}
-
-impl Moved for RawIntention {
-    fn moved(&self, by: usize) -> Self {
-        Self {
-            source: self.source.moved(by),
-            destination: self.destination.moved(by),
-            action: self.action.moved(by),
-        }
-    }
-}
-
-impl Moved for RawRevoked {
-    fn moved(&self, by: usize) -> Self {
-        Self {
-            node: self.node.moved(by),
-            node_ca: self.node_ca.moved(by),
-            readmitted: self.readmitted.moved(by),
-        }
-    }
+    validate::check(Source { path, text }, objects)
 }

@@ -27,6 +27,12 @@ use super::{
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
+/// A map with room for `n` entries (a large catalog's would otherwise
+/// grow through a dozen rehashes on every judgment).
+fn sized<K, V>(n: usize) -> HashMap<K, V> {
+    HashMap::with_capacity_and_hasher(n, Default::default())
+}
+
 const DEFAULT_TRUST_DOMAIN: &str = "mesh.local";
 const DEFAULT_CA_DIR: &str = "ca";
 const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -37,11 +43,58 @@ pub(super) fn parse(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
     let source = Source::decode(bytes, path).map_err(|p| ConfigError::Invalid(vec![p]))?;
     let raw: RawConfig = toml::from_str(source.text)
         .map_err(|e| ConfigError::Invalid(vec![source.toml_problem(e.span(), e.message())]))?;
-    check(source, raw)
+    check(source, Objects::of(&raw, 0))
 }
 
-/// Every semantic check of `raw`, parsed from `source`.
-pub(super) fn check(source: Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+/// An object to check, with the byte offset in the whole text of the
+/// text it was parsed from: 0 for a file parsed whole; where its piece
+/// starts for a catalog judged from pieces (`config::pieces`). Its spans
+/// are relative to that offset.
+pub(super) type At<'r, T> = (usize, &'r T);
+
+/// Every object of a config, borrowed from where it was parsed (one
+/// [`RawConfig`], or one per piece).
+#[derive(Default)]
+pub(super) struct Objects<'r> {
+    pub mesh: Option<At<'r, RawMesh>>,
+    pub nodes: Vec<At<'r, Spanned<RawNode>>>,
+    pub services: Vec<At<'r, Spanned<RawService>>>,
+    pub intentions: Vec<At<'r, Spanned<RawIntention>>>,
+    pub revoked: Vec<At<'r, Spanned<RawRevoked>>>,
+}
+
+impl<'r> Objects<'r> {
+    /// The objects of `raw`, parsed from text at byte `at` of the whole.
+    pub fn of(raw: &'r RawConfig, at: usize) -> Self {
+        Self {
+            mesh: raw.mesh.as_ref().map(|m| (at, m)),
+            nodes: raw.node.iter().map(|n| (at, n)).collect(),
+            services: raw.service.iter().map(|s| (at, s)).collect(),
+            intentions: raw.intention.iter().map(|i| (at, i)).collect(),
+            revoked: raw.revoked.iter().map(|r| (at, r)).collect(),
+        }
+    }
+
+    /// Adds the objects of `raw`, after those held. `Err(())` if both
+    /// hold a `[mesh]` table.
+    pub fn add(&mut self, raw: &'r RawConfig, at: usize) -> Result<(), ()> {
+        if let Some(mesh) = &raw.mesh {
+            if self.mesh.is_some() {
+                return Err(());
+            }
+            self.mesh = Some((at, mesh));
+        }
+        self.nodes.extend(raw.node.iter().map(|n| (at, n)));
+        self.services.extend(raw.service.iter().map(|s| (at, s)));
+        self.intentions
+            .extend(raw.intention.iter().map(|i| (at, i)));
+        self.revoked.extend(raw.revoked.iter().map(|r| (at, r)));
+        Ok(())
+    }
+}
+
+/// Every semantic check of `objects`, parsed from `source`.
+pub(super) fn check(source: Source<'_>, objects: Objects<'_>) -> Result<Config, ConfigError> {
     let path = source.path;
     let line_starts = std::iter::once(0)
         .chain(source.text.match_indices('\n').map(|(i, _)| i + 1))
@@ -50,8 +103,9 @@ pub(super) fn check(source: Source<'_>, raw: RawConfig) -> Result<Config, Config
         source,
         problems: Vec::new(),
         line_starts,
+        at: 0,
     };
-    if raw.node.is_empty() {
+    if objects.nodes.is_empty() {
         // Every agent runs as one of the nodes: no agent could run this.
         let message = if source.text.trim_start_matches(BOM).trim().is_empty() {
             "empty file: expected at least one [[node]]"
@@ -60,11 +114,14 @@ pub(super) fn check(source: Source<'_>, raw: RawConfig) -> Result<Config, Config
         };
         checker.report(0..0, message);
     }
-    let mesh = checker.mesh(raw.mesh.unwrap_or_default());
-    let nodes = checker.nodes(&raw.node);
-    let services = checker.services(&raw.service, &raw.node);
-    let intentions = checker.intentions(&raw.intention, &raw.service);
-    let revoked = checker.revoked(&raw.revoked);
+    let no_mesh = RawMesh::default();
+    let (at, raw_mesh) = objects.mesh.unwrap_or((0, &no_mesh));
+    checker.at = at;
+    let mesh = checker.mesh(raw_mesh);
+    let nodes = checker.nodes(&objects.nodes);
+    let services = checker.services(&objects.services, &objects.nodes);
+    let intentions = checker.intentions(&objects.intentions, &objects.services);
+    let revoked = checker.revoked(&objects.revoked);
 
     let mut problems = checker.problems;
     if !problems.is_empty() {
@@ -88,16 +145,27 @@ struct Checker<'a> {
     /// counting newlines from the start for each item would make a catalog
     /// of thousands of items quadratic.
     line_starts: Vec<usize>,
+    /// The offset of the object being checked ([`At`]): spans are
+    /// relative to it.
+    at: usize,
 }
 
 impl Checker<'_> {
+    /// A problem at `span` of the object being checked.
     fn report(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let span = span.start + self.at..span.end + self.at;
         self.problems.push(self.source.problem(span, message));
     }
 
-    /// 1-based line of `item` (as `Source::line`).
+    /// 1-based line of `item` of the object being checked (as
+    /// `Source::line`).
     fn line<T>(&self, item: &Spanned<T>) -> usize {
-        let offset = item.span().start;
+        self.line_of(item.span().start)
+    }
+
+    /// 1-based line of byte `offset` of the object being checked.
+    fn line_of(&self, offset: usize) -> usize {
+        let offset = offset + self.at;
         self.line_starts.partition_point(|&start| start <= offset)
     }
 
@@ -118,7 +186,7 @@ impl Checker<'_> {
 
     /// The `[mesh]` table, with defaults for what is missing. Fields that
     /// have problems get their default (the config is rejected anyway).
-    fn mesh(&mut self, raw: RawMesh) -> Mesh {
+    fn mesh(&mut self, raw: &RawMesh) -> Mesh {
         let trust_domain = match &raw.trust_domain {
             Some(domain) => {
                 self.check(domain, |d| values::trust_domain(d));
@@ -128,7 +196,8 @@ impl Checker<'_> {
         };
         let default_policy = raw
             .default_policy
-            .and_then(|p| self.check(&p, |p| values::action("default_policy", p)))
+            .as_ref()
+            .and_then(|p| self.check(p, |p| values::action("default_policy", p)))
             .unwrap_or(Action::Deny);
         let ca_dir = match &raw.ca_dir {
             Some(dir) if dir.get_ref().is_empty() => {
@@ -150,7 +219,8 @@ impl Checker<'_> {
             .join(ca_dir);
         let leaf_ttl = raw
             .leaf_ttl
-            .and_then(|t| self.check(&t, |t| values::leaf_ttl(t)))
+            .as_ref()
+            .and_then(|t| self.check(t, |t| values::leaf_ttl(t)))
             .unwrap_or(DEFAULT_LEAF_TTL);
         Mesh {
             trust_domain,
@@ -161,11 +231,12 @@ impl Checker<'_> {
     }
 
     /// The `[[node]]` entries that are valid; problems for the others.
-    fn nodes(&mut self, raw: &[Spanned<RawNode>]) -> Vec<Node> {
+    fn nodes(&mut self, raw: &[At<'_, Spanned<RawNode>>]) -> Vec<Node> {
         let mut nodes = Vec::new();
-        let mut names: HashMap<&str, usize> = HashMap::default();
-        let mut addresses: HashMap<IpAddr, (&str, usize)> = HashMap::default();
-        for entry in raw {
+        let mut names: HashMap<&str, usize> = sized(raw.len());
+        let mut addresses: HashMap<IpAddr, (&str, usize)> = sized(raw.len());
+        for &(at, entry) in raw {
+            self.at = at;
             let node = entry.get_ref();
             let name = node.name.get_ref().as_str();
             let typed = self.check(&node.name, |n| values::node_name(n));
@@ -197,33 +268,39 @@ impl Checker<'_> {
     /// The `[[service]]` entries that are valid; problems for the others.
     fn services<'r>(
         &mut self,
-        raw: &'r [Spanned<RawService>],
-        raw_nodes: &'r [Spanned<RawNode>],
+        raw: &[At<'r, Spanned<RawService>>],
+        raw_nodes: &[At<'r, Spanned<RawNode>>],
     ) -> Vec<Service> {
         let node_names: HashSet<&str> = raw_nodes
             .iter()
-            .map(|n| n.get_ref().name.get_ref().as_str())
+            .map(|(_, n)| n.get_ref().name.get_ref().as_str())
             .collect();
         // Node addresses that are valid, to keep VIPs off them.
-        let node_addresses: HashMap<IpAddr, (&str, usize)> = raw_nodes
-            .iter()
-            .filter_map(|n| {
-                let n = n.get_ref();
-                let address: IpAddr = n.address.get_ref().parse().ok()?;
-                Some((
-                    address.to_canonical(),
-                    (n.name.get_ref().as_str(), self.line(&n.address)),
-                ))
-            })
-            .collect();
+        let mut node_addresses: HashMap<IpAddr, (&str, usize)> = sized(raw_nodes.len());
+        for &(at, n) in raw_nodes {
+            let n = n.get_ref();
+            if let Ok(address) = n.address.get_ref().parse::<IpAddr>() {
+                self.at = at;
+                let line = self.line(&n.address);
+                node_addresses.insert(address.to_canonical(), (n.name.get_ref().as_str(), line));
+            }
+        }
         let nodes = Nodes {
             names: node_names,
             addresses: node_addresses,
         };
-        let mut taken = Taken::default();
-        raw.iter()
-            .filter_map(|entry| self.service(entry, &nodes, &mut taken))
-            .collect()
+        let mut taken = Taken {
+            names: sized(raw.len()),
+            ports: sized(raw.len()),
+            cgroups: HashMap::default(),
+            vips: sized(raw.len()),
+        };
+        let mut services = Vec::new();
+        for &(at, entry) in raw {
+            self.at = at;
+            services.extend(self.service(entry, &nodes, &mut taken));
+        }
+        services
     }
 
     /// One `[[service]]` entry, if valid (and unique among those before
@@ -481,16 +558,17 @@ impl Checker<'_> {
     /// The `[[intention]]` entries that are valid; problems for the others.
     fn intentions(
         &mut self,
-        raw: &[Spanned<RawIntention>],
-        raw_services: &[Spanned<RawService>],
+        raw: &[At<'_, Spanned<RawIntention>>],
+        raw_services: &[At<'_, Spanned<RawService>>],
     ) -> Vec<Intention> {
         let service_names: HashSet<&str> = raw_services
             .iter()
-            .map(|s| s.get_ref().name.get_ref().as_str())
+            .map(|(_, s)| s.get_ref().name.get_ref().as_str())
             .collect();
         let mut intentions = Vec::new();
-        let mut pairs: HashMap<(&str, &str), usize> = HashMap::default();
-        for entry in raw {
+        let mut pairs: HashMap<(&str, &str), usize> = sized(raw.len());
+        for &(at, entry) in raw {
+            self.at = at;
             let intention = entry.get_ref();
             let line = self.line(entry);
             let source = self
@@ -537,10 +615,11 @@ impl Checker<'_> {
     /// The `[[revoked]]` entries that are valid; problems for the others.
     /// Their node need not be declared: a node removed from the catalog
     /// stays revoked.
-    fn revoked(&mut self, raw: &[Spanned<RawRevoked>]) -> Vec<Revoked> {
+    fn revoked(&mut self, raw: &[At<'_, Spanned<RawRevoked>>]) -> Vec<Revoked> {
         let mut revoked = Vec::new();
         let mut seen: HashMap<(&str, &str), usize> = HashMap::default();
-        for entry in raw {
+        for &(at, entry) in raw {
+            self.at = at;
             let r = entry.get_ref();
             let line = self.line(entry);
             let node = self.check(&r.node, |n| values::node_name(n));
@@ -600,7 +679,6 @@ struct Nodes<'r> {
 
 /// What the services checked so far took, by the first to take it (its
 /// name and line): names, (node, port) pairs, cgroups and VIPs.
-#[derive(Default)]
 struct Taken<'r> {
     names: HashMap<&'r str, usize>,
     ports: HashMap<(&'r str, u16), (&'r str, usize)>,

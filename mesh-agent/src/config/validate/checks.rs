@@ -212,7 +212,7 @@ impl Checker<'_> {
             self.report(span, message);
             return false;
         }
-        let line = self.source.line(span.start);
+        let line = self.line_of(span.start);
         names.insert(name, line);
         true
     }
