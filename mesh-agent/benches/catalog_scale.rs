@@ -119,6 +119,10 @@ struct Report {
     rss_growth_mib: f64,
     /// Agent processes.
     watchers: usize,
+    /// From before a write is sent to the first agent's config with it,
+    /// while it runs alone (as on a host of its own), over the changes.
+    alone_p50_ms: f64,
+    alone_p99_ms: f64,
     /// From before a write is sent to each agent's config with it, over
     /// every (change, agent).
     propagation_p50_ms: f64,
@@ -229,8 +233,97 @@ fn now_ns() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-/// Starts `watchers` agent processes on `options`' catalog (the first
-/// alone, timed), each registered as one of the catalog's nodes; then
+/// The changes the bench writes: an intention between two services,
+/// allow and deny in turn.
+struct Changes {
+    runtime: tokio::runtime::Runtime,
+    client: etcd_client::Client,
+    options: EtcdOptions,
+    key: String,
+    source: String,
+    destination: String,
+    /// The pair's action before the first change.
+    denied_before: bool,
+    /// Changes written so far.
+    made: usize,
+}
+
+/// What [`Changes::run`] saw: each agent's latency for each change (ms),
+/// and the watch payload per change (bytes).
+#[derive(Default)]
+struct Seen {
+    latencies: Vec<f64>,
+    bytes: Vec<f64>,
+}
+
+impl Changes {
+    /// Writes `count` changes, each once the first `watchers` agents have
+    /// the one before, timed from before the write to each agent's config.
+    /// `received`: each agent's payload total when it last reported.
+    fn run(
+        &mut self,
+        agents: &Agents,
+        watchers: usize,
+        count: usize,
+        received: &mut [Option<u64>],
+    ) -> Result<Seen, String> {
+        let mut seen = Seen::default();
+        for i in 0..count {
+            let deny = self.made.is_multiple_of(2) != self.denied_before;
+            self.made += 1;
+            let want = if deny { "deny" } else { "allow" };
+            let value = intention_value(
+                &self.source,
+                &self.destination,
+                if deny { Action::Deny } else { Action::Allow },
+            );
+            let sent = now_ns();
+            self.runtime
+                .block_on(self.client.put(self.key.as_str(), value, None))
+                .map_err(|e| format!("etcd at {}: {e}", self.options.endpoints.join(",")))?;
+            let mut reached = vec![false; watchers];
+            while reached.iter().any(|r| !r) {
+                let (index, line) = agents.next(CHANGE_BOUND).map_err(|e| {
+                    format!(
+                        "change {i} reached {} of {watchers} agents: {e}",
+                        reached.iter().filter(|r| **r).count()
+                    )
+                })?;
+                // `seen <action> <ns> <bytes>`
+                let parts: Vec<&str> = line.split_whitespace().collect();
+                let [_, got, at, total] = parts[..] else {
+                    return Err(format!("agent {index} said {line:?}"));
+                };
+                let (at, total): (u128, u64) = (
+                    at.parse().map_err(|_| format!("agent {index}: {line:?}"))?,
+                    total
+                        .parse()
+                        .map_err(|_| format!("agent {index}: {line:?}"))?,
+                );
+                if got == want && !std::mem::replace(&mut reached[index], true) {
+                    seen.latencies.push(at.saturating_sub(sent) as f64 / 1e6);
+                    if let Some(before) = received[index].replace(total) {
+                        seen.bytes.push(total.saturating_sub(before) as f64);
+                    }
+                }
+            }
+        }
+        seen.latencies.sort_by(f64::total_cmp);
+        seen.bytes.sort_by(f64::total_cmp);
+        Ok(seen)
+    }
+}
+
+/// The `q` quantile of sorted `v` (0 if empty).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Starts `watchers` agent processes on `options`' catalog, each
+/// registered as one of the catalog's nodes: the first alone (its load
+/// timed, then `changes` changes to it alone), then the others; then
 /// writes `changes` changes (an intention between the first two
 /// services, allow and deny in turn), each once every agent has the
 /// previous one, timed from before the write to each agent's config.
@@ -250,7 +343,7 @@ fn measure(
         [a, b, ..] => (a.name.to_string(), b.name.to_string()),
         _ => return Err("the bench needs two services".into()),
     };
-    let denied_now = action(&config, &source, &destination) == Some(Action::Deny);
+    let denied_before = action(&config, &source, &destination) == Some(Action::Deny);
     let nodes: Vec<String> = config.nodes.iter().map(|n| n.name.to_string()).collect();
     let (tell, lines) = std::sync::mpsc::channel();
     let mut agents = Agents {
@@ -258,13 +351,6 @@ fn measure(
         lines,
         tell,
     };
-    agents.spawn(args, &nodes[0])?;
-    let first = agents.ready(1)?;
-    for i in 1..watchers {
-        agents.spawn(args, &nodes[i % nodes.len()])?;
-    }
-    agents.ready(watchers - 1)?;
-
     // A worker of its own drives the connection (HTTP/2 pings) while this
     // thread waits for the agents.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -272,7 +358,7 @@ fn measure(
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    let mut client = runtime
+    let client = runtime
         .block_on(options.connect())
         .map_err(|e| e.to_string())?;
     let key = layout::Object::Intention {
@@ -280,77 +366,52 @@ fn measure(
         destination: destination.clone(),
     }
     .key(&options.prefix);
+    let mut writes = Changes {
+        runtime,
+        client,
+        options: options.clone(),
+        key,
+        source,
+        destination,
+        denied_before,
+        made: 0,
+    };
+    let mut received = vec![None::<u64>; watchers];
+
+    agents.spawn(args, &nodes[0])?;
+    let first = agents.ready(1)?;
+    let alone = writes.run(&agents, 1, changes, &mut received)?;
+    for i in 1..watchers {
+        agents.spawn(args, &nodes[i % nodes.len()])?;
+    }
+    agents.ready(watchers - 1)?;
+
     let agent_pids: Vec<u32> = agents.children.iter().map(|c| c.id()).collect();
     let cpu_before = cpu_ms(etcd_pids);
     let agents_before = cpu_ms(&agent_pids);
     let wall = Instant::now();
-    let mut latencies = Vec::with_capacity(changes * watchers);
-    let mut bytes = Vec::with_capacity(changes * watchers);
-    let mut received = vec![None::<u64>; watchers];
-    for i in 0..changes {
-        let deny = (i % 2 == 0) != denied_now;
-        let want = if deny { "deny" } else { "allow" };
-        let value = intention_value(
-            &source,
-            &destination,
-            if deny { Action::Deny } else { Action::Allow },
-        );
-        let sent = now_ns();
-        runtime
-            .block_on(client.put(key.as_str(), value, None))
-            .map_err(|e| format!("etcd at {}: {e}", options.endpoints.join(",")))?;
-        let mut reached = vec![false; watchers];
-        while reached.iter().any(|r| !r) {
-            let (index, line) = agents.next(CHANGE_BOUND).map_err(|e| {
-                format!(
-                    "change {i} reached {} of {watchers} agents: {e}",
-                    reached.iter().filter(|r| **r).count()
-                )
-            })?;
-            // `seen <action> <ns> <bytes>`
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            let [_, got, at, total] = parts[..] else {
-                return Err(format!("agent {index} said {line:?}"));
-            };
-            let (at, total): (u128, u64) = (
-                at.parse().map_err(|_| format!("agent {index}: {line:?}"))?,
-                total
-                    .parse()
-                    .map_err(|_| format!("agent {index}: {line:?}"))?,
-            );
-            if got == want && !std::mem::replace(&mut reached[index], true) {
-                latencies.push(at.saturating_sub(sent) as f64 / 1e6);
-                if let Some(before) = received[index].replace(total) {
-                    bytes.push(total.saturating_sub(before) as f64);
-                }
-            }
-        }
-    }
+    let all = writes.run(&agents, watchers, changes, &mut received)?;
     let wall_ms = wall.elapsed().as_secs_f64() * 1e3;
     let etcd_ms = cpu_ms(etcd_pids) - cpu_before;
     let agents_cpu_ms = cpu_ms(&agent_pids) - agents_before;
     // Still registered after the measurement, every one.
-    let registered = runtime
+    let registered = writes
+        .runtime
         .block_on(registry::list(options))
         .map_err(|e| e.to_string())?;
     drop(agents);
-    latencies.sort_by(f64::total_cmp);
-    bytes.sort_by(f64::total_cmp);
-    let at = |v: &[f64], q: f64| {
-        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
     Ok(Report {
         keys: first["keys"].as_u64().unwrap_or(0) as usize,
         first_load_ms: first["load_ms"].as_f64().unwrap_or(f64::NAN),
         rss_growth_mib: first["rss_growth_mib"].as_f64().unwrap_or(f64::NAN),
         watchers,
-        propagation_p50_ms: at(&latencies, 0.5),
-        propagation_p99_ms: at(&latencies, 0.99),
-        propagation_max_ms: latencies.last().copied().unwrap_or(0.0),
-        samples: latencies.len(),
-        bytes_per_change: at(&bytes, 0.5),
+        alone_p50_ms: quantile(&alone.latencies, 0.5),
+        alone_p99_ms: quantile(&alone.latencies, 0.99),
+        propagation_p50_ms: quantile(&all.latencies, 0.5),
+        propagation_p99_ms: quantile(&all.latencies, 0.99),
+        propagation_max_ms: all.latencies.last().copied().unwrap_or(0.0),
+        samples: all.latencies.len(),
+        bytes_per_change: quantile(&all.bytes, 0.5),
         etcd_cpu_ms_per_change: etcd_ms / changes.max(1) as f64,
         etcd_cpu_percent: etcd_ms / wall_ms * 100.0,
         agent_cpu_ms_per_change: agents_cpu_ms / (changes.max(1) * watchers) as f64,
