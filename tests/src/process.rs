@@ -2,6 +2,7 @@
 //! outcome, and polling for a condition.
 
 use std::{
+    io::Read,
     process::{Child, Command, ExitStatus, Output, Stdio},
     thread,
     time::{Duration, Instant},
@@ -31,7 +32,9 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Runs `cmd` to completion, killing it after `timeout`.
+/// Runs `cmd` to completion, killing it after `timeout`. Its output is
+/// read as it comes (a command that prints more than a pipe holds would
+/// otherwise wait on the pipe until killed).
 pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -39,6 +42,17 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("failed to spawn {cmd:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + timeout;
     while child.try_wait().ok().flatten().is_none() {
         if Instant::now() >= deadline {
@@ -47,7 +61,12 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         }
         thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().expect("wait for child")
+    let status = child.wait().expect("wait for child");
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }
 
 /// Runs `cmd` to completion (killed after `timeout`); stdout then stderr.

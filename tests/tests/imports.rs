@@ -318,3 +318,108 @@ fn an_unfinished_import_holds_agents_on_the_catalog_before_it() {
         assert!(log.contains("catalog import ended"), "{node}: {log}");
     }
 }
+
+/// Services in [`a_catalog_larger_than_one_grpc_message_imports_and_loads`],
+/// each with a comment of [`PADDING`] bytes: about 5.5 MB of values, over
+/// the 4 MiB a single gRPC response may carry into the etcd client.
+const BIG: usize = 2_600;
+const PADDING: usize = 2_000;
+
+/// A catalog larger than one gRPC message imports, and is listed (in
+/// pages, at one revision) wherever it is read: the running agents apply
+/// it, an agent started anew loads it, the CLI reads it, and a call goes
+/// through. The import keeps a revocation that its file lacks (an import
+/// never lifts one), again on a second import.
+#[test]
+fn a_catalog_larger_than_one_grpc_message_imports_and_loads() {
+    let mesh = Mesh::nodes(&["ga", "gb"])
+        .etcd_auth()
+        .default_policy("allow")
+        .service("web", "ga", 8080)
+        .service_with("api", "gb", API_PORT, |s| s.vip(VIP))
+        .start();
+    mesh.start_echo_server("gb", "api", API_PORT);
+    let ca = "ab".repeat(32);
+    let revoked = format!("{PREFIX}/v1/revoked/x0/{ca}");
+    mesh.etcdctl_ok(&[
+        "put",
+        &revoked,
+        &format!("[[revoked]]\nnode = \"x0\"\nnode_ca = \"{ca}\"\n"),
+    ]);
+
+    let mut text = fs::read_to_string(mesh.config()).expect("config");
+    for n in 0..10 {
+        let _ = writeln!(
+            text,
+            "\n[[node]]\nname = \"x{n}\"\naddress = \"10.201.0.{}\"",
+            n + 1
+        );
+    }
+    let padding = format!("# {}", "p".repeat(PADDING));
+    for s in 0..BIG {
+        let _ = writeln!(
+            text,
+            "\n[[service]]\nname = \"s{s}\"\n{padding}\nnodes = [\"x{}\"]\nport = {}",
+            s % 10,
+            20_000 + s
+        );
+    }
+    assert!(text.len() > 5 << 20, "{} bytes", text.len());
+    let file = mesh.dir.join("big.toml");
+    fs::write(&file, text).expect("write catalog");
+    let total = BIG + 2;
+
+    for round in 0..2 {
+        let log = mesh.dir.join(format!("big-import-{round}.log"));
+        let mut import = spawn_import(&mesh, &file, &log);
+        let status = mesh_tests::wait_exit(&mut import, Duration::from_secs(120));
+        let report = fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "import {round} failed ({status:?}): {report}"
+        );
+        assert!(
+            report.contains(&format!(
+                "kept {revoked} (a revocation the file lacks: an import never lifts one)"
+            )) && report.contains("1 revocations kept"),
+            "import {round}: {report}"
+        );
+        if round == 1 {
+            assert!(report.contains("0 added, 0 changed, 0 removed"), "{report}");
+        }
+        let (ok, value) = mesh.etcdctl(&["get", &revoked, "--print-value-only"]);
+        assert!(
+            ok && value.contains(&ca),
+            "import {round} lifted it: {value:?}"
+        );
+    }
+    for node in ["ga", "gb"] {
+        let applied = wait_until(Duration::from_secs(30), || {
+            applied_services(&mesh, node).last() == Some(&total)
+        });
+        assert!(
+            applied,
+            "{node} applied {:?}",
+            applied_services(&mesh, node).last()
+        );
+    }
+
+    // Started anew, an agent lists it whole (it does not start without
+    // its catalog).
+    let readies = || {
+        fs::read_to_string(mesh.agent_log("ga"))
+            .unwrap_or_default()
+            .matches("agent ready")
+            .count()
+    };
+    let before = readies();
+    mesh.stop_agent("ga", Signal::SIGTERM);
+    mesh.start_agent("ga");
+    assert!(readies() > before, "ga did not start anew");
+    assert_eq!(mesh.echo("ga", "web", vip(), API_PORT, "big"), "big");
+
+    let (ok, out) = mesh.cli_etcd(&["validate"]);
+    assert!(ok, "{out}");
+    let (ok, out) = mesh.cli_etcd(&["catalog", "services"]);
+    assert!(ok && out.contains(&format!("s{}", BIG - 1)), "{out}");
+}

@@ -102,8 +102,7 @@ fn one_run(agent: &std::path::Path, bench: &std::path::Path, size: &Size) -> any
     mesh.start_etcd();
     let file = mesh.dir.join("catalog.toml");
     fs::write(&file, catalog_text(size))?;
-    // Not `Mesh::cli_etcd`: import prints a line per key, more than a
-    // pipe holds while that waits for the exit.
+    // Not `Mesh::cli_etcd`: its 30 s bound is for one-key edits.
     let started = Instant::now();
     let out = mesh
         .cmd(MEMBERS[0], &mesh.agent)

@@ -25,6 +25,9 @@ pub struct Report {
     /// Keys the file says otherwise, left as other clients wrote them
     /// during the import.
     pub kept: Vec<String>,
+    /// Revocations in etcd that the file lacks, kept: a revocation is for
+    /// ever, and an import does not lift one.
+    pub revocations: Vec<String>,
     pub unchanged: usize,
 }
 
@@ -45,6 +48,12 @@ impl std::fmt::Display for Report {
                 "kept {key} (written by another client during the import)"
             )?;
         }
+        for key in &self.revocations {
+            writeln!(
+                f,
+                "kept {key} (a revocation the file lacks: an import never lifts one)"
+            )?;
+        }
         write!(
             f,
             "{} added, {} changed, {} removed, {} unchanged",
@@ -56,6 +65,9 @@ impl std::fmt::Display for Report {
         if !self.kept.is_empty() {
             write!(f, ", {} kept", self.kept.len())?;
         }
+        if !self.revocations.is_empty() {
+            write!(f, ", {} revocations kept", self.revocations.len())?;
+        }
         writeln!(f)
     }
 }
@@ -63,7 +75,9 @@ impl std::fmt::Display for Report {
 /// Makes the catalog in etcd hold what the config file at `file` holds:
 /// the file is judged first (nothing is written if it is invalid), then
 /// only the keys that differ are written and the keys the file no longer
-/// has are deleted. Running it again changes nothing.
+/// has are deleted, except revocations (a node CA revoked stays revoked:
+/// `[[revoked]]` in the file adds or changes one, its absence lifts none).
+/// Running it again changes nothing.
 pub async fn from_file(options: &EtcdOptions, file: &Path) -> Result<Report, CatalogError> {
     let bytes = Config::read(file)?;
     let from_file = Config::from_bytes(&bytes, file)?;
@@ -297,7 +311,30 @@ async fn sync(
     let read = listing.revision;
     let first = listing.values.clone();
     let mut report = Report::default();
+    // Revocations the file lacks stay as they are: wanted as they were read.
+    let standing: BTreeMap<String, String> = first
+        .iter()
+        .filter(|(key, _)| {
+            !wanted.contains_key(*key)
+                && matches!(
+                    layout::Object::of_key(&options.prefix, key),
+                    Ok(layout::Object::Revoked { .. })
+                )
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    report.revocations = standing.keys().cloned().collect();
+    let with_standing;
+    let wanted = if standing.is_empty() {
+        wanted
+    } else {
+        with_standing = wanted.clone().into_iter().chain(standing).collect();
+        &with_standing
+    };
     for (key, value) in wanted {
+        if report.revocations.contains(key) {
+            continue;
+        }
         match first.get(key) {
             Some(now) if now == value => report.unchanged += 1,
             Some(_) => report.changed.push(key.clone()),
