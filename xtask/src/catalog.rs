@@ -189,9 +189,8 @@ fn gaps(samples: &[Vec<Value>]) -> String {
         let _ = writeln!(
             out,
             "- Propagation p99 at 10x is {p99:.0} ms, over the 1,000 ms target. Each agent \
-             spends {cpu:.0} ms of CPU per change (judging the catalog: only the changed \
-             values are parsed again, but the semantic checks walk the whole catalog), and \
-             the {WATCHERS} agents share this machine's 2 CPUs: about {:.0} ms of CPU on \
+             spends {cpu:.0} ms of CPU per change (its judgment, lease, registration and \
+             watches), and the {WATCHERS} agents share this machine's 2 CPUs: about {:.0} ms of CPU on \
              each before the last agent has judged. One agent alone on this machine, as \
              on a host of its own, has a change {alone:.0} ms after the write (p99). \
              Checking only what a change touches, and patching the config rather than \
@@ -351,11 +350,13 @@ fn document(table: &str, gaps: &str, runs: usize) -> anyhow::Result<String> {
          as a share of one CPU. The bench takes one certificate, so registrations are written as \
          `admin` rather than each node's user; etcd checks `admin`'s requests against its role as \
          it checks a node's (only `root` is not checked).\n\n\
-         Every agent judges the catalog on each change, parsing only the values that changed \
-         (`etcd::Parsed`) but running the whole catalog's semantic checks; the {WATCHERS} agents \
-         share this machine's 2 CPUs with etcd, so a change reaches the last of them only after \
-         all have judged it: propagation at 10x here is about {WATCHERS} judgments over 2 CPUs, \
-         where the agents of a fleet have a host each.\n\n\
+         Every agent judges each change (`etcd::Parsed`): only the values that changed are \
+         parsed; a change of intentions alone, as measured here, is checked against the last \
+         valid config and patched into it; any other change (a service, a node, `[mesh]`) runs \
+         the whole catalog's semantic checks, tens of milliseconds at 10x. The {WATCHERS} agents \
+         share this machine's 2 CPUs with etcd, where the agents of a fleet have a host each. A \
+         whole agent then also rebuilds its snapshot from the new config (policy index, kernel \
+         map contents), which this bench does not run.\n\n\
          The agent processes here are the catalog side of an agent, without its kernel programs \
          or data path: {WATCHERS} whole agents would need {WATCHERS} network namespaces with \
          their programs. A whole agent on the 10x catalog is tested instead \

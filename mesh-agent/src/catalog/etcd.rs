@@ -27,7 +27,7 @@ use super::{
     Catalog, CatalogError, Change,
     layout::{self, Assembled},
 };
-use crate::config::Config;
+use crate::config::{Config, Intention};
 
 /// The key prefix when the URL names none.
 pub const DEFAULT_PREFIX: &str = "/mesh";
@@ -462,17 +462,25 @@ pub(super) struct Importing {
 /// ([`Parsed::put`]), so that a change checks and parses only the values
 /// that changed: the judgment is [`EtcdOptions::judge`]'s, the same config
 /// or the same errors. It is the only copy of the values an agent keeps.
-#[derive(Debug, Default)]
+///
+/// A change of intentions alone, to a valid catalog, is judged alone: each
+/// new intention checked against the services of the last valid config,
+/// which is then patched (nothing else names an intention). Any other
+/// change, or an intention with a problem, is judged whole.
+#[derive(Debug, Default, Clone)]
 pub struct Parsed {
     by_key: BTreeMap<String, Judged>,
     /// The keys whose values `layout::check` refuses.
     misfits: std::collections::BTreeSet<String>,
-    /// Whether a value changed since the last [`Parsed::judge_held`].
-    changed: bool,
+    /// The keys changed since the last [`Parsed::judge_held`], each with
+    /// whether it was held then.
+    pending: BTreeMap<String, bool>,
+    /// The config the last judgment found, if valid.
+    valid: Option<Config>,
 }
 
 /// One value as [`Parsed`] keeps it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Judged {
     value: String,
     piece: Option<crate::config::Piece>,
@@ -489,7 +497,9 @@ impl Parsed {
     /// unless it is the value already held.
     pub fn put(&mut self, prefix: &str, key: &str, value: Option<&str>) {
         let Some(value) = value else {
-            self.changed |= self.by_key.remove(key).is_some();
+            if self.by_key.remove(key).is_some() {
+                self.pending.entry(key.to_owned()).or_insert(true);
+            }
             self.misfits.remove(key);
             return;
         };
@@ -507,8 +517,9 @@ impl Parsed {
             self.misfits.insert(key.clone());
         }
         let piece = crate::config::Piece::parse(&value);
+        let held = self.by_key.contains_key(&key);
+        self.pending.entry(key.clone()).or_insert(held);
         self.by_key.insert(key, Judged { value, piece });
-        self.changed = true;
     }
 
     /// Holds exactly `values` (after a listing): keys not in it are
@@ -532,10 +543,20 @@ impl Parsed {
 
     /// Forgets the keys not in `values`.
     fn forget_all_but(&mut self, values: &BTreeMap<String, String>) {
-        let before = self.by_key.len();
-        self.by_key.retain(|key, _| values.contains_key(key));
+        let pending = &mut self.pending;
+        self.by_key.retain(|key, _| {
+            let keep = values.contains_key(key);
+            if !keep {
+                pending.entry(key.clone()).or_insert(true);
+            }
+            keep
+        });
         self.misfits.retain(|key| values.contains_key(key));
-        self.changed |= self.by_key.len() != before;
+    }
+
+    /// Whether a value changed since the last [`Parsed::judge_held`].
+    pub fn changed(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// The number of values held.
@@ -561,7 +582,82 @@ impl Parsed {
 
     /// [`EtcdOptions::judge`] of the values held.
     pub fn judge_held(&mut self, options: &EtcdOptions) -> Result<Config, CatalogError> {
-        self.changed = false;
+        let pending = std::mem::take(&mut self.pending);
+        if let Some(changes) = self.alone(&options.prefix, &pending)
+            && let Some(config) = self.patch(&options.prefix, changes)
+        {
+            return Ok(config.clone());
+        }
+        let judged = self.judge_whole(options);
+        self.valid = judged.as_ref().ok().cloned();
+        judged
+    }
+
+    /// The changes `pending` names, if they are of intentions alone, to a
+    /// valid config, and each is valid there: each key, whether it was
+    /// held, and its intention now.
+    fn alone<'k>(
+        &self,
+        prefix: &str,
+        pending: &'k BTreeMap<String, bool>,
+    ) -> Option<Vec<(&'k str, bool, Option<Intention>)>> {
+        let base = self.valid.as_ref()?;
+        if !self.misfits.is_empty() {
+            return None;
+        }
+        // With no misfit, each key under it holds one intention: the
+        // config's intentions are theirs, in key order.
+        let under = format!("{prefix}/{}/intentions/", layout::VERSION);
+        let mut changes = Vec::with_capacity(pending.len());
+        for (key, &held) in pending {
+            if !key.starts_with(&under) {
+                return None;
+            }
+            let now = match self.by_key.get(key) {
+                Some(judged) => Some(judged.piece.as_ref()?.lone_intention(base)?),
+                None => None,
+            };
+            changes.push((key.as_str(), held, now));
+        }
+        Some(changes)
+    }
+
+    /// The last valid config, patched with `changes` (from
+    /// [`Parsed::alone`]); `None` (and no valid config kept) if they do not
+    /// fit it.
+    fn patch(
+        &mut self,
+        prefix: &str,
+        changes: Vec<(&str, bool, Option<Intention>)>,
+    ) -> Option<&Config> {
+        let under = format!("{prefix}/{}/intentions/", layout::VERSION);
+        let mut config = self.valid.take()?;
+        // In key order: the intentions before each key's are final.
+        for (key, held, now) in changes {
+            let at = self
+                .by_key
+                .range::<str, _>((
+                    std::ops::Bound::Included(under.as_str()),
+                    std::ops::Bound::Excluded(key),
+                ))
+                .count();
+            let len = config.intentions.len();
+            match (held, now) {
+                (true, Some(intention)) => *config.intentions.get_mut(at)? = intention,
+                (true, None) if at < len => {
+                    config.intentions.remove(at);
+                }
+                (false, Some(intention)) if at <= len => config.intentions.insert(at, intention),
+                (false, None) => {}
+                // Not the config of the keys held: judged whole.
+                _ => return None,
+            }
+        }
+        Some(self.valid.insert(config))
+    }
+
+    /// [`Parsed::judge_held`] of the whole catalog.
+    fn judge_whole(&self, options: &EtcdOptions) -> Result<Config, CatalogError> {
         // The first misfit in key order, with its own error.
         if let Some(key) = self.misfits.first()
             && let Some(judged) = self.by_key.get(key)
@@ -825,7 +921,7 @@ impl EtcdCatalog {
 
     /// [`EtcdCatalog::judge`] on this thread.
     fn judge_here(&mut self) -> Option<Config> {
-        if !self.parsed.changed {
+        if !self.parsed.changed() {
             return None;
         }
         // `parsed` was told of every change as it came.
@@ -1099,7 +1195,125 @@ mod tests {
                 let kept = synced.judge(&o, &values).map_err(|e| e.to_string());
                 proptest::prop_assert_eq!(&full, &kept, "after {:?}", e);
                 // Judged again only if a value changed.
-                proptest::prop_assert_eq!(told.changed, before != values, "after {:?}", e);
+                proptest::prop_assert_eq!(told.changed(), before != values, "after {:?}", e);
+                let held = told.judge_held(&o).map_err(|e| e.to_string());
+                proptest::prop_assert_eq!(&full, &held, "after {:?}", e);
+            }
+        }
+    }
+
+    /// A valid catalog of four services on two nodes, one intention.
+    fn four_services(o: &EtcdOptions) -> BTreeMap<String, String> {
+        let text = format!(
+            "{}{}{}{}{}{}{}",
+            node("n0", "10.0.0.1"),
+            node("n1", "10.0.0.2"),
+            service("s0", &["n0"], 80),
+            service("s1", &["n0"], 81),
+            service("s2", &["n1"], 80),
+            service("s3", &["n1"], 81),
+            intention("s0", "s1", "allow")
+        );
+        layout::split(&text, &o.prefix).unwrap()
+    }
+
+    /// The config the last judgment found, if `parsed` judges its pending
+    /// changes alone, else `None`.
+    fn alone(parsed: &Parsed, o: &EtcdOptions) -> Option<Config> {
+        let mut copy = parsed.clone();
+        let pending = std::mem::take(&mut copy.pending);
+        let changes = copy.alone(&o.prefix, &pending)?;
+        copy.patch(&o.prefix, changes).cloned()
+    }
+
+    #[test]
+    fn a_change_of_intentions_alone_is_judged_alone() {
+        let o = EtcdOptions::parse("etcd://h:1", None).unwrap();
+        let mut values = four_services(&o);
+        let mut parsed = Parsed::default();
+        parsed.judge(&o, &values).unwrap();
+        let mut put = |values: &mut BTreeMap<String, String>, key: &str, value: Option<String>| {
+            let key = format!("/mesh/v1/{key}");
+            match &value {
+                Some(v) => values.insert(key.clone(), v.clone()),
+                None => values.remove(&key),
+            };
+            parsed.put(&o.prefix, &key, value.as_deref());
+            let fast = alone(&parsed, &o);
+            let full = o.judge(values).map_err(|e| e.to_string());
+            assert_eq!(parsed.judge_held(&o).map_err(|e| e.to_string()), full);
+            (fast.is_some(), full.is_ok())
+        };
+        let v = |s: &str, d: &str, a: &str| Some(intention(s, d, a));
+        // Created, changed, a wildcard, deleted: alone, valid.
+        assert_eq!(
+            put(&mut values, "intentions/s2/s3", v("s2", "s3", "deny")),
+            (true, true)
+        );
+        assert_eq!(
+            put(&mut values, "intentions/s0/s1", v("s0", "s1", "deny")),
+            (true, true)
+        );
+        assert_eq!(
+            put(&mut values, "intentions/*/s0", v("*", "s0", "allow")),
+            (true, true)
+        );
+        assert_eq!(put(&mut values, "intentions/s2/s3", None), (true, true));
+        // A problem is judged whole, for its line; so is what follows.
+        assert_eq!(
+            put(&mut values, "intentions/s2/s9", v("s2", "s9", "deny")),
+            (false, false)
+        );
+        assert_eq!(
+            put(&mut values, "intentions/s1/s2", v("s1", "s2", "deny")),
+            (false, false)
+        );
+        assert_eq!(put(&mut values, "intentions/s2/s9", None), (false, true));
+        assert_eq!(
+            put(&mut values, "intentions/s1/s0", v("s1", "s0", "maybe")),
+            (false, false)
+        );
+        assert_eq!(put(&mut values, "intentions/s1/s0", None), (false, true));
+        // Any other kind of object is judged whole.
+        assert_eq!(
+            put(&mut values, "nodes/n2", Some(node("n2", "10.0.0.3"))),
+            (false, true)
+        );
+        assert_eq!(
+            put(&mut values, "intentions/s3/s2", v("s3", "s2", "allow")),
+            (true, true)
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// From a valid catalog, random edits mostly of intentions (valid,
+        /// naming unknown services, bad actions, not their key's, deletes)
+        /// and some of services: the judgment of each, alone or whole, is
+        /// the full one's.
+        #[test]
+        fn intentions_judged_alone_are_judged_as_in_full(
+            edits in proptest::collection::vec(
+                (proptest::sample::select(vec![4u8, 5, 4, 5, 8, 11, 12, 2]), 0u8..5, 0u8..5, 0u8..4),
+                1..40,
+            )
+        ) {
+            let o = EtcdOptions::parse("etcd://h:1", None).unwrap();
+            let mut values = four_services(&o);
+            let mut told = Parsed::default();
+            proptest::prop_assert!(told.judge(&o, &values).is_ok());
+            for e in edits {
+                let before = values.clone();
+                edit(&mut values, e);
+                for key in before.keys().chain(values.keys()) {
+                    if before.get(key) != values.get(key) {
+                        told.put(&o.prefix, key, values.get(key).map(String::as_str));
+                    }
+                }
+                let full = o.judge(&values).map_err(|e| e.to_string());
+                if let Some(fast) = alone(&told, &o) {
+                    proptest::prop_assert_eq!(&Ok(fast), &full, "alone, after {:?}", e);
+                }
                 let held = told.judge_held(&o).map_err(|e| e.to_string());
                 proptest::prop_assert_eq!(&full, &held, "after {:?}", e);
             }

@@ -13,7 +13,7 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError,
+    Config, ConfigError, Intention,
     error::Source,
     raw::{RawConfig, RawIntention, RawMesh, RawNode, RawRevoked, RawService},
     validate::{self, Objects},
@@ -21,7 +21,7 @@ use super::{
 
 /// One piece's TOML, parsed alone. A piece of the catalog holds one object
 /// (`catalog::layout`): kept as that object alone, without the empty
-/// tables of a whole [`RawConfig`] (a large catalog holds tens of
+/// tables of a whole `RawConfig` (a large catalog holds tens of
 /// thousands of pieces).
 #[derive(Debug, Clone)]
 pub struct Piece(Shape);
@@ -69,6 +69,18 @@ impl Piece {
             Shape::Revoked(Box::new(revoked.into_iter().next()?))
         };
         Some(Self(shape))
+    }
+
+    /// The one intention this piece holds, checked as a whole judge of a
+    /// config with `config`'s services would check it (`config`: a valid
+    /// one); `None` if the piece is not one intention, or that intention
+    /// would be a problem there. Its line is 0.
+    pub fn lone_intention(&self, config: &Config) -> Option<Intention> {
+        let Shape::Intention(raw) = &self.0 else {
+            return None;
+        };
+        let is_service = |name: &str| config.services.iter().any(|s| s.name.as_str() == name);
+        validate::lone_intention(raw.get_ref(), &is_service)
     }
 
     /// Adds its objects to `objects`, as parsed from text at byte `at`.

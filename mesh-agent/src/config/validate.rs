@@ -138,6 +138,32 @@ pub(super) fn check(source: Source<'_>, objects: Objects<'_>) -> Result<Config, 
     })
 }
 
+/// One `[[intention]]` alone, checked as [`check`] checks it in a whole
+/// config whose declared services are those `is_service` names: `None` if
+/// it has a problem there (then judge the whole config, for the problems
+/// at their lines). Its line is 0.
+pub(super) fn lone_intention(
+    raw: &RawIntention,
+    is_service: &impl Fn(&str) -> bool,
+) -> Option<Intention> {
+    let mut checker = Checker {
+        source: Source {
+            path: Path::new(""),
+            text: "",
+        },
+        problems: Vec::new(),
+        line_starts: vec![0],
+        at: 0,
+    };
+    let (source, destination, action) = checker.intention(raw, is_service)?;
+    checker.problems.is_empty().then_some(Intention {
+        source,
+        destination,
+        action,
+        line: 0,
+    })
+}
+
 struct Checker<'a> {
     source: Source<'a>,
     problems: Vec<Problem>,
@@ -571,17 +597,7 @@ impl Checker<'_> {
             self.at = at;
             let intention = entry.get_ref();
             let line = self.line(entry);
-            let source = self
-                .check(&intention.source, |s| {
-                    service_match("source", s, &service_names)
-                })
-                .flatten();
-            let destination = self
-                .check(&intention.destination, |d| {
-                    service_match("destination", d, &service_names)
-                })
-                .flatten();
-            let action = self.check(&intention.action, |a| values::action("action", a));
+            let checked = self.intention(intention, &|s| service_names.contains(s));
 
             let pair = (
                 intention.source.get_ref().as_str(),
@@ -600,7 +616,7 @@ impl Checker<'_> {
             }
             pairs.insert(pair, line);
 
-            if let (Some(source), Some(destination), Some(action)) = (source, destination, action) {
+            if let Some((source, destination, action)) = checked {
                 intentions.push(Intention {
                     source,
                     destination,
@@ -610,6 +626,28 @@ impl Checker<'_> {
             }
         }
         intentions
+    }
+
+    /// One `[[intention]]`'s source, destination and action if they are
+    /// valid (`is_service`: whether a name is a declared service's); else
+    /// problems. Pairs are [`Checker::intentions`]' business.
+    fn intention(
+        &mut self,
+        intention: &RawIntention,
+        is_service: &impl Fn(&str) -> bool,
+    ) -> Option<(Match, Match, Action)> {
+        let source = self
+            .check(&intention.source, |s| {
+                service_match("source", s, is_service)
+            })
+            .flatten();
+        let destination = self
+            .check(&intention.destination, |d| {
+                service_match("destination", d, is_service)
+            })
+            .flatten();
+        let action = self.check(&intention.action, |a| values::action("action", a));
+        Some((source?, destination?, action?))
     }
 
     /// The `[[revoked]]` entries that are valid; problems for the others.
@@ -703,11 +741,11 @@ struct Vip<'a> {
 fn service_match(
     what: &str,
     text: &str,
-    services: &HashSet<&str>,
+    is_service: &impl Fn(&str) -> bool,
 ) -> Result<Option<Match>, String> {
     if text == "*" {
         Ok(Some(Match::Any))
-    } else if services.contains(text) {
+    } else if is_service(text) {
         Ok(text.parse().ok().map(Match::Name))
     } else {
         Err(format!(
