@@ -139,6 +139,11 @@ struct Report {
     /// CPU time of one agent per change (mean over the agents): judging
     /// the catalog, and its lease, registration and watches meanwhile.
     agent_cpu_ms_per_change: f64,
+    /// The same for changes of a service (its port), which every agent
+    /// judges whole: propagation to every agent, and CPU per agent.
+    service_p50_ms: f64,
+    service_p99_ms: f64,
+    service_cpu_ms_per_change: f64,
     /// Nodes registered in etcd after the last change (one per agent, up
     /// to the catalog's nodes), and their instances' health keys.
     registered_nodes: usize,
@@ -234,19 +239,34 @@ fn now_ns() -> u128 {
 }
 
 /// The changes the bench writes: an intention between two services,
-/// allow and deny in turn.
+/// allow and deny in turn; or the first of them moved between its port
+/// and [`OTHER_PORT`].
 struct Changes {
     runtime: tokio::runtime::Runtime,
     client: etcd_client::Client,
     options: EtcdOptions,
-    key: String,
     source: String,
     destination: String,
     /// The pair's action before the first change.
     denied_before: bool,
-    /// Changes written so far.
-    made: usize,
+    /// The source service's nodes and port before the first change.
+    nodes: Vec<String>,
+    port: u16,
+    /// Changes written so far, of each kind.
+    made: [usize; 2],
 }
+
+/// What a change changes.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// The intention between the pair: the agents patch their config.
+    Intention = 0,
+    /// The source service's port: the agents judge the whole catalog.
+    Service = 1,
+}
+
+/// A port no service of the bench's catalogs has (theirs are 10,000 on).
+const OTHER_PORT: u16 = 9_999;
 
 /// What [`Changes::run`] saw: each agent's latency for each change (ms),
 /// and the watch payload per change (bytes).
@@ -262,6 +282,7 @@ impl Changes {
     /// `received`: each agent's payload total when it last reported.
     fn run(
         &mut self,
+        kind: Kind,
         agents: &Agents,
         watchers: usize,
         count: usize,
@@ -269,17 +290,10 @@ impl Changes {
     ) -> Result<Seen, String> {
         let mut seen = Seen::default();
         for i in 0..count {
-            let deny = self.made.is_multiple_of(2) != self.denied_before;
-            self.made += 1;
-            let want = if deny { "deny" } else { "allow" };
-            let value = intention_value(
-                &self.source,
-                &self.destination,
-                if deny { Action::Deny } else { Action::Allow },
-            );
+            let (key, value, want) = self.next(kind);
             let sent = now_ns();
             self.runtime
-                .block_on(self.client.put(self.key.as_str(), value, None))
+                .block_on(self.client.put(key.as_str(), value, None))
                 .map_err(|e| format!("etcd at {}: {e}", self.options.endpoints.join(",")))?;
             let mut reached = vec![false; watchers];
             while reached.iter().any(|r| !r) {
@@ -289,10 +303,14 @@ impl Changes {
                         reached.iter().filter(|r| **r).count()
                     )
                 })?;
-                // `seen <action> <ns> <bytes>`
+                // `seen <action> <port> <ns> <bytes>`
                 let parts: Vec<&str> = line.split_whitespace().collect();
-                let [_, got, at, total] = parts[..] else {
+                let [_, action, port, at, total] = parts[..] else {
                     return Err(format!("agent {index} said {line:?}"));
+                };
+                let got = match kind {
+                    Kind::Intention => action,
+                    Kind::Service => port,
                 };
                 let (at, total): (u128, u64) = (
                     at.parse().map_err(|_| format!("agent {index}: {line:?}"))?,
@@ -311,6 +329,37 @@ impl Changes {
         seen.latencies.sort_by(f64::total_cmp);
         seen.bytes.sort_by(f64::total_cmp);
         Ok(seen)
+    }
+
+    /// The next change of `kind`: its key, value, and what an agent says
+    /// once it has it.
+    fn next(&mut self, kind: Kind) -> (String, String, String) {
+        let turn = self.made[kind as usize].is_multiple_of(2);
+        self.made[kind as usize] += 1;
+        match kind {
+            Kind::Intention => {
+                let deny = turn != self.denied_before;
+                let key = layout::Object::Intention {
+                    source: self.source.clone(),
+                    destination: self.destination.clone(),
+                }
+                .key(&self.options.prefix);
+                let action = if deny { Action::Deny } else { Action::Allow };
+                let value = intention_value(&self.source, &self.destination, action);
+                (key, value, action.to_string())
+            }
+            Kind::Service => {
+                let port = if turn { OTHER_PORT } else { self.port };
+                let key = layout::Object::Service(self.source.clone()).key(&self.options.prefix);
+                let nodes: Vec<String> = self.nodes.iter().map(|n| format!("{n:?}")).collect();
+                let value = format!(
+                    "[[service]]\nname = {:?}\nnodes = [{}]\nport = {port}\n",
+                    self.source,
+                    nodes.join(", ")
+                );
+                (key, value, port.to_string())
+            }
+        }
     }
 }
 
@@ -361,26 +410,23 @@ fn measure(
     let client = runtime
         .block_on(options.connect())
         .map_err(|e| e.to_string())?;
-    let key = layout::Object::Intention {
-        source: source.clone(),
-        destination: destination.clone(),
-    }
-    .key(&options.prefix);
+    let first_service = &config.services[0];
     let mut writes = Changes {
         runtime,
         client,
         options: options.clone(),
-        key,
         source,
         destination,
         denied_before,
-        made: 0,
+        nodes: first_service.nodes.iter().map(|n| n.to_string()).collect(),
+        port: first_service.port,
+        made: [0; 2],
     };
     let mut received = vec![None::<u64>; watchers];
 
     agents.spawn(args, &nodes[0])?;
     let first = agents.ready(1)?;
-    let alone = writes.run(&agents, 1, changes, &mut received)?;
+    let alone = writes.run(Kind::Intention, &agents, 1, changes, &mut received)?;
     for i in 1..watchers {
         agents.spawn(args, &nodes[i % nodes.len()])?;
     }
@@ -390,10 +436,22 @@ fn measure(
     let cpu_before = cpu_ms(etcd_pids);
     let agents_before = cpu_ms(&agent_pids);
     let wall = Instant::now();
-    let all = writes.run(&agents, watchers, changes, &mut received)?;
+    let all = writes.run(Kind::Intention, &agents, watchers, changes, &mut received)?;
     let wall_ms = wall.elapsed().as_secs_f64() * 1e3;
     let etcd_ms = cpu_ms(etcd_pids) - cpu_before;
     let agents_cpu_ms = cpu_ms(&agent_pids) - agents_before;
+    // Then changes that every agent judges whole (an even count: the
+    // catalog ends as it began).
+    let service_changes = (changes / 2).max(1).next_multiple_of(2);
+    let agents_before = cpu_ms(&agent_pids);
+    let services = writes.run(
+        Kind::Service,
+        &agents,
+        watchers,
+        service_changes,
+        &mut received,
+    )?;
+    let service_cpu_ms = cpu_ms(&agent_pids) - agents_before;
     // Still registered after the measurement, every one.
     let registered = writes
         .runtime
@@ -415,6 +473,9 @@ fn measure(
         etcd_cpu_ms_per_change: etcd_ms / changes.max(1) as f64,
         etcd_cpu_percent: etcd_ms / wall_ms * 100.0,
         agent_cpu_ms_per_change: agents_cpu_ms / (changes.max(1) * watchers) as f64,
+        service_p50_ms: quantile(&services.latencies, 0.5),
+        service_p99_ms: quantile(&services.latencies, 0.99),
+        service_cpu_ms_per_change: service_cpu_ms / (service_changes * watchers) as f64,
         registered_nodes: registered.nodes.len(),
         health_keys: registered.reports.values().map(|r| r.len()).sum(),
     })
@@ -423,7 +484,7 @@ fn measure(
 /// One agent (`--agent-node`): loads the catalog (timed, with the memory
 /// it adds), registers as `node` and follows the registrations as an
 /// agent does (`app::App::spawn`), says `ready {json}`, then
-/// `seen <action of the pair> <ns> <bytes received>` for every config,
+/// `seen <action of the pair> <port of its source> <ns> <bytes received>` for every config,
 /// until its stdin closes.
 fn agent(options: &EtcdOptions, node: &str) -> Result<(), String> {
     let before = rss_bytes();
@@ -475,7 +536,16 @@ fn agent(options: &EtcdOptions, node: &str) -> Result<(), String> {
             let config = catalog.changed().await;
             let got =
                 action(&config, &source, &destination).map_or("none".to_owned(), |a| a.to_string());
-            println!("seen {got} {} {}", now_ns(), catalog.received_bytes());
+            let port = config
+                .services
+                .iter()
+                .find(|s| s.name.as_str() == source)
+                .map_or(0, |s| s.port);
+            println!(
+                "seen {got} {port} {} {}",
+                now_ns(),
+                catalog.received_bytes()
+            );
         }
     })
 }

@@ -192,9 +192,7 @@ fn gaps(samples: &[Vec<Value>]) -> String {
              spends {cpu:.0} ms of CPU per change (its judgment, lease, registration and \
              watches), and the {WATCHERS} agents share this machine's 2 CPUs: about {:.0} ms of CPU on \
              each before the last agent has judged. One agent alone on this machine, as \
-             on a host of its own, has a change {alone:.0} ms after the write (p99). \
-             Checking only what a change touches, and patching the config rather than \
-             building it anew, is the next step.",
+             on a host of its own, has a change {alone:.0} ms after the write (p99).",
             cpu * WATCHERS as f64 / 2.0,
             alone = median_of(large, "alone_p99_ms"),
         );
@@ -273,6 +271,24 @@ fn table(samples: &[Vec<Value>]) -> String {
             None,
         ),
         (
+            &*format!("service change: propagation p50 {agents}"),
+            "service_p50_ms",
+            1,
+            None,
+        ),
+        (
+            &*format!("service change: propagation p99 {agents}"),
+            "service_p99_ms",
+            1,
+            None,
+        ),
+        (
+            "service change: agent CPU, each (ms)",
+            "service_cpu_ms_per_change",
+            1,
+            None,
+        ),
+        (
             "watch payload per agent per change (bytes)",
             "bytes_per_change",
             0,
@@ -344,7 +360,9 @@ fn document(table: &str, gaps: &str, runs: usize) -> anyhow::Result<String> {
          write is sent (the realtime clock, read by the bench) to each agent's first config with \
          the new action (read by the agent) ({} samples a size and run). The same {CHANGES} \
          writes go first to the first agent alone, before the others start: propagation to one \
-         agent that has the machine's CPUs to itself, as an agent of a fleet has its host. Watch payload: the keys \
+         agent that has the machine's CPUs to itself, as an agent of a fleet has its host. Then \
+         half as many writes of the first service's port, to and fro (the rows \"service change\"): a \
+         change every agent judges whole. Watch payload: the keys \
          and values of the watch events an agent received for one change. etcd CPU: user and \
          system time of the three members over the changes (`/proc/<pid>/stat`), per change and \
          as a share of one CPU. The bench takes one certificate, so registrations are written as \
