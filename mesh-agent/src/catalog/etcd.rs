@@ -907,16 +907,7 @@ impl EtcdCatalog {
 
     /// The values judged, if they changed since the last judgment.
     fn judge(&mut self) -> Option<Config> {
-        // Tens of milliseconds for a large catalog: off the runtime's
-        // workers when it has several (the agent's), so the tasks that
-        // share this one (lease keepalives, connections) move on.
-        let multi = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi {
-            tokio::task::block_in_place(|| self.judge_here())
-        } else {
-            self.judge_here()
-        }
+        super::off_workers(|| self.judge_here())
     }
 
     /// [`EtcdCatalog::judge`] on this thread.

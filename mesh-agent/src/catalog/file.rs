@@ -85,7 +85,7 @@ impl FileCatalog {
         if bytes == self.last {
             return None;
         }
-        let judged = Config::from_bytes(&bytes, &self.path);
+        let judged = super::off_workers(|| Config::from_bytes(&bytes, &self.path));
         self.last = bytes;
         match judged {
             Ok(config) => Some(config),

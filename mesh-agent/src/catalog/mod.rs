@@ -109,6 +109,20 @@ impl CatalogError {
     }
 }
 
+/// Runs `judge` (a judgment of the catalog: tens of milliseconds for a
+/// large one) off the runtime's workers when it has several (the
+/// agent's), so the tasks that share this one (lease keepalives,
+/// connections, the data path) move on meanwhile.
+fn off_workers<T>(judge: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(judge)
+    } else {
+        judge()
+    }
+}
+
 /// A task aborted when this is dropped (a lease's keepalive, which ends
 /// with what holds the lease).
 pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);

@@ -112,7 +112,7 @@ async fn get(place: Place<'_>, port: u16, path: &str) -> Result<(StatusCode, Byt
     let stream = place.connect(port).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| with_sources(&e))?;
     let conn = tokio::spawn(conn);
     let request = Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
@@ -123,7 +123,7 @@ async fn get(place: Place<'_>, port: u16, path: &str) -> Result<(StatusCode, Byt
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| with_sources(&e))?;
         let status = response.status();
         // A body larger than we read is still an answer: its status counts.
         let body = Limited::new(response.into_body(), BODY_READ)
@@ -136,6 +136,22 @@ async fn get(place: Place<'_>, port: u16, path: &str) -> Result<(StatusCode, Byt
     .await;
     conn.abort();
     result
+}
+
+/// `e` and its sources, joined with ": ": hyper's own words ("connection
+/// error") say what failed only with them ("Connection reset by peer").
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !out.ends_with(&said) {
+            out.push_str(": ");
+            out.push_str(&said);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// Connect to `127.0.0.1:<port>` at `place` within `timeout`: passing if
@@ -216,5 +232,28 @@ mod tests {
             http(Place::Node, port, "/", Duration::from_secs(1)).await.0,
             State::Critical
         );
+    }
+
+    /// An app that resets the connection mid-request: the output says so,
+    /// not only hyper's "connection error".
+    #[tokio::test]
+    async fn a_reset_is_named_in_the_output() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            // Linger 0: closing sends a reset.
+            let linger = nix::libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger).unwrap();
+            drop(s);
+        });
+        let (state, output) = http(Place::Node, port, "/", Duration::from_secs(2)).await;
+        assert_eq!(state, State::Critical);
+        assert!(output.contains("reset by peer"), "{output}");
     }
 }
