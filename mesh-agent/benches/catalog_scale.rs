@@ -139,8 +139,8 @@ struct Report {
     /// CPU time of one agent per change (mean over the agents): judging
     /// the catalog, and its lease, registration and watches meanwhile.
     agent_cpu_ms_per_change: f64,
-    /// The same for changes of a service (its port), which every agent
-    /// judges whole: propagation to every agent, and CPU per agent.
+    /// The same for changes of a service (its port): propagation to every
+    /// agent, and CPU per agent.
     service_p50_ms: f64,
     service_p99_ms: f64,
     service_cpu_ms_per_change: f64,
@@ -261,7 +261,7 @@ struct Changes {
 enum Kind {
     /// The intention between the pair: the agents patch their config.
     Intention = 0,
-    /// The source service's port: the agents judge the whole catalog.
+    /// The source service's port: the agents check it against the others.
     Service = 1,
 }
 
@@ -440,7 +440,7 @@ fn measure(
     let wall_ms = wall.elapsed().as_secs_f64() * 1e3;
     let etcd_ms = cpu_ms(etcd_pids) - cpu_before;
     let agents_cpu_ms = cpu_ms(&agent_pids) - agents_before;
-    // Then changes that every agent judges whole (an even count: the
+    // Then changes of a service (an even count: the
     // catalog ends as it began).
     let service_changes = (changes / 2).max(1).next_multiple_of(2);
     let agents_before = cpu_ms(&agent_pids);

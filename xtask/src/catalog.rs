@@ -361,17 +361,18 @@ fn document(table: &str, gaps: &str, runs: usize) -> anyhow::Result<String> {
          the new action (read by the agent) ({} samples a size and run). The same {CHANGES} \
          writes go first to the first agent alone, before the others start: propagation to one \
          agent that has the machine's CPUs to itself, as an agent of a fleet has its host. Then \
-         half as many writes of the first service's port, to and fro (the rows \"service change\"): a \
-         change every agent judges whole. Watch payload: the keys \
+         half as many writes of the first service's port, to and fro (the rows \"service change\"): \
+         each agent checks the service against its nodes and the other services. Watch payload: the keys \
          and values of the watch events an agent received for one change. etcd CPU: user and \
          system time of the three members over the changes (`/proc/<pid>/stat`), per change and \
          as a share of one CPU. The bench takes one certificate, so registrations are written as \
          `admin` rather than each node's user; etcd checks `admin`'s requests against its role as \
          it checks a node's (only `root` is not checked).\n\n\
          Every agent judges each change (`etcd::Parsed`): only the values that changed are \
-         parsed; a change of intentions alone, as measured here, is checked against the last \
-         valid config and patched into it; any other change (a service, a node, `[mesh]`) runs \
-         the whole catalog's semantic checks, tens of milliseconds at 10x. The {WATCHERS} agents \
+         parsed; a change of intentions alone, or of one service, as measured here, is checked \
+         against the last valid config and patched into it; any other change (a node, `[mesh]`, \
+         several services at once) runs the whole catalog's semantic checks, tens of \
+         milliseconds at 10x. The {WATCHERS} agents \
          share this machine's 2 CPUs with etcd, where the agents of a fleet have a host each. A \
          whole agent then also rebuilds its snapshot from the new config (policy index, kernel \
          map contents), which this bench does not run.\n\n\

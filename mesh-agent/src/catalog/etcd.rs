@@ -463,10 +463,12 @@ pub(super) struct Importing {
 /// that changed: the judgment is [`EtcdOptions::judge`]'s, the same config
 /// or the same errors. It is the only copy of the values an agent keeps.
 ///
-/// A change of intentions alone, to a valid catalog, is judged alone: each
-/// new intention checked against the services of the last valid config,
-/// which is then patched (nothing else names an intention). Any other
-/// change, or an intention with a problem, is judged whole.
+/// A change of intentions alone, or of one service, to a valid catalog is
+/// judged alone (`Parsed::alone`): each new intention checked against
+/// the services of the last valid config, a service against its nodes and
+/// the other services (ports, VIPs, cgroups); the config is then patched.
+/// Any other change (a node, `[mesh]`, several services at once), or any
+/// problem, is judged whole, for the problems at their lines.
 #[derive(Debug, Default, Clone)]
 pub struct Parsed {
     by_key: BTreeMap<String, Judged>,
@@ -593,28 +595,51 @@ impl Parsed {
         judged
     }
 
-    /// The changes `pending` names, if they are of intentions alone, to a
-    /// valid config, and each is valid there: each key, whether it was
-    /// held, and its intention now.
+    /// The changes `pending` names, if they can be judged alone: a valid
+    /// config before them, and either intentions alone, each valid against
+    /// its services, or one service, valid beside the others (and named by
+    /// no intention if deleted). Each key, whether it was held, and its
+    /// object now.
     fn alone<'k>(
         &self,
         prefix: &str,
         pending: &'k BTreeMap<String, bool>,
-    ) -> Option<Vec<(&'k str, bool, Option<Intention>)>> {
+    ) -> Option<Vec<(&'k str, bool, Option<Patch>)>> {
         let base = self.valid.as_ref()?;
         if !self.misfits.is_empty() {
             return None;
         }
-        // With no misfit, each key under it holds one intention: the
-        // config's intentions are theirs, in key order.
-        let under = format!("{prefix}/{}/intentions/", layout::VERSION);
+        // With no misfit, each key holds the one object it names.
+        let intentions = under(prefix, "intentions");
+        let services = under(prefix, "services");
+        let piece = |key: &str| self.by_key.get(key).map(|j| j.piece.as_ref());
+        if let [(key, &held)] = pending.iter().collect::<Vec<_>>()[..]
+            && key.starts_with(&services)
+        {
+            let now = match piece(key) {
+                Some(piece) => Some(Patch::Service(piece?.lone_service(base)?)),
+                None => {
+                    let name = &key[services.len()..];
+                    let names = |m: &crate::config::Match| m.to_string() == name;
+                    if base
+                        .intentions
+                        .iter()
+                        .any(|i| names(&i.source) || names(&i.destination))
+                    {
+                        return None;
+                    }
+                    None
+                }
+            };
+            return Some(vec![(key.as_str(), held, now)]);
+        }
         let mut changes = Vec::with_capacity(pending.len());
         for (key, &held) in pending {
-            if !key.starts_with(&under) {
+            if !key.starts_with(&intentions) {
                 return None;
             }
-            let now = match self.by_key.get(key) {
-                Some(judged) => Some(judged.piece.as_ref()?.lone_intention(base)?),
+            let now = match piece(key) {
+                Some(piece) => Some(Patch::Intention(piece?.lone_intention(base)?)),
                 None => None,
             };
             changes.push((key.as_str(), held, now));
@@ -628,28 +653,34 @@ impl Parsed {
     fn patch(
         &mut self,
         prefix: &str,
-        changes: Vec<(&str, bool, Option<Intention>)>,
+        changes: Vec<(&str, bool, Option<Patch>)>,
     ) -> Option<&Config> {
-        let under = format!("{prefix}/{}/intentions/", layout::VERSION);
         let mut config = self.valid.take()?;
-        // In key order: the intentions before each key's are final.
+        // In key order: the objects before each key's are final.
         for (key, held, now) in changes {
+            let kind = if key.starts_with(&under(prefix, "services")) {
+                "services"
+            } else {
+                "intentions"
+            };
+            let first = under(prefix, kind);
+            // The config's objects of a kind are its keys', in key order.
             let at = self
                 .by_key
                 .range::<str, _>((
-                    std::ops::Bound::Included(under.as_str()),
+                    std::ops::Bound::Included(first.as_str()),
                     std::ops::Bound::Excluded(key),
                 ))
                 .count();
-            let len = config.intentions.len();
-            match (held, now) {
-                (true, Some(intention)) => *config.intentions.get_mut(at)? = intention,
-                (true, None) if at < len => {
-                    config.intentions.remove(at);
+            match (kind, now) {
+                ("services", Some(Patch::Service(s))) => {
+                    splice(&mut config.services, at, held, Some(s))?
                 }
-                (false, Some(intention)) if at <= len => config.intentions.insert(at, intention),
-                (false, None) => {}
-                // Not the config of the keys held: judged whole.
+                ("services", None) => splice(&mut config.services, at, held, None)?,
+                ("intentions", Some(Patch::Intention(i))) => {
+                    splice(&mut config.intentions, at, held, Some(i))?
+                }
+                ("intentions", None) => splice(&mut config.intentions, at, held, None)?,
                 _ => return None,
             }
         }
@@ -671,6 +702,35 @@ impl Parsed {
         let judged = crate::config::judge_pieces(&assembled.text, pieces, &options.path());
         options.judged(&assembled, judged)
     }
+}
+
+/// An object a change judged alone puts in the config.
+#[derive(Debug)]
+enum Patch {
+    Intention(Intention),
+    Service(crate::config::Service),
+}
+
+/// The keys of the objects of `kind` (`services`, `intentions`) under
+/// `prefix` start with this.
+fn under(prefix: &str, kind: &str) -> String {
+    format!("{prefix}/{}/{kind}/", layout::VERSION)
+}
+
+/// `list` with its `at`-th object replaced by `now` (`held`: it was
+/// there), removed (`now` is `None`), or `now` inserted there (not
+/// `held`); `None` if `at` is past what `list` holds.
+fn splice<T>(list: &mut Vec<T>, at: usize, held: bool, now: Option<T>) -> Option<()> {
+    match (held, now) {
+        (true, Some(object)) => *list.get_mut(at)? = object,
+        (true, None) if at < list.len() => {
+            list.remove(at);
+        }
+        (false, Some(object)) if at <= list.len() => list.insert(at, object),
+        (false, None) => {}
+        _ => return None,
+    }
+    Some(())
 }
 
 /// See [`EtcdOptions::snapshot`].
@@ -1218,7 +1278,7 @@ mod tests {
     }
 
     #[test]
-    fn a_change_of_intentions_alone_is_judged_alone() {
+    fn a_change_of_intentions_or_one_service_is_judged_alone() {
         let o = EtcdOptions::parse("etcd://h:1", None).unwrap();
         let mut values = four_services(&o);
         let mut parsed = Parsed::default();
@@ -1265,6 +1325,51 @@ mod tests {
             (false, false)
         );
         assert_eq!(put(&mut values, "intentions/s1/s0", None), (false, true));
+        // One service: moved, added, deleted when nothing names it.
+        let sv = |name: &str, nodes: &[&str], port| Some(service(name, nodes, port));
+        assert_eq!(
+            put(&mut values, "services/s3", sv("s3", &["n1", "n0"], 82)),
+            (true, true)
+        );
+        assert_eq!(
+            put(&mut values, "services/s4", sv("s4", &["n1"], 90)),
+            (true, true)
+        );
+        assert_eq!(put(&mut values, "services/s4", None), (true, true));
+        // A port, or a VIP, another service has; a node not declared.
+        assert_eq!(
+            put(&mut values, "services/s3", sv("s3", &["n1"], 80)),
+            (false, false)
+        );
+        assert_eq!(
+            put(&mut values, "services/s3", sv("s3", &["n1"], 83)),
+            (false, true)
+        );
+        let vip = Some(format!(
+            "{}vip = \"240.0.0.9\"\n",
+            service("s5", &["n0"], 95)
+        ));
+        assert_eq!(put(&mut values, "services/s5", vip), (true, true));
+        let same = Some(format!(
+            "{}vip = \"240.0.0.9\"\n",
+            service("s6", &["n0"], 96)
+        ));
+        assert_eq!(put(&mut values, "services/s6", same), (false, false));
+        assert_eq!(put(&mut values, "services/s6", None), (false, true));
+        assert_eq!(
+            put(&mut values, "services/s3", sv("s3", &["n7"], 83)),
+            (false, false)
+        );
+        assert_eq!(
+            put(&mut values, "services/s3", sv("s3", &["n1"], 83)),
+            (false, true)
+        );
+        // Deleted while an intention names it: judged whole, rejected.
+        assert_eq!(put(&mut values, "services/s1", None), (false, false));
+        assert_eq!(
+            put(&mut values, "services/s1", sv("s1", &["n0"], 81)),
+            (false, true)
+        );
         // Any other kind of object is judged whole.
         assert_eq!(
             put(&mut values, "nodes/n2", Some(node("n2", "10.0.0.3"))),
@@ -1278,14 +1383,14 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
-        /// From a valid catalog, random edits mostly of intentions (valid,
-        /// naming unknown services, bad actions, not their key's, deletes)
-        /// and some of services: the judgment of each, alone or whole, is
-        /// the full one's.
+        /// From a valid catalog, random edits mostly of intentions and
+        /// services (valid, naming unknown services or nodes, clashing
+        /// ports and VIPs, bad values, not their key's, deletes) and some
+        /// nodes: the judgment of each, alone or whole, is the full one's.
         #[test]
-        fn intentions_judged_alone_are_judged_as_in_full(
+        fn changes_judged_alone_are_judged_as_in_full(
             edits in proptest::collection::vec(
-                (proptest::sample::select(vec![4u8, 5, 4, 5, 8, 11, 12, 2]), 0u8..5, 0u8..5, 0u8..4),
+                (proptest::sample::select(vec![4u8, 5, 4, 5, 8, 11, 12, 2, 3, 2, 3, 0]), 0u8..5, 0u8..5, 0u8..4),
                 1..40,
             )
         ) {

@@ -13,7 +13,7 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, Intention,
+    Config, ConfigError, Intention, Service,
     error::Source,
     raw::{RawConfig, RawIntention, RawMesh, RawNode, RawRevoked, RawService},
     validate::{self, Objects},
@@ -81,6 +81,17 @@ impl Piece {
         };
         let is_service = |name: &str| config.services.iter().any(|s| s.name.as_str() == name);
         validate::lone_intention(raw.get_ref(), &is_service)
+    }
+
+    /// The one service this piece holds, checked as a whole judge of
+    /// `config` (a valid one) with it in place of its namesake would check
+    /// it; `None` if the piece is not one service, or that service would
+    /// be a problem there.
+    pub fn lone_service(&self, config: &Config) -> Option<Service> {
+        let Shape::Service(raw) = &self.0 else {
+            return None;
+        };
+        validate::lone_service(raw, config)
     }
 
     /// Adds its objects to `objects`, as parsed from text at byte `at`.

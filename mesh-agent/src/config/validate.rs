@@ -146,15 +146,7 @@ pub(super) fn lone_intention(
     raw: &RawIntention,
     is_service: &impl Fn(&str) -> bool,
 ) -> Option<Intention> {
-    let mut checker = Checker {
-        source: Source {
-            path: Path::new(""),
-            text: "",
-        },
-        problems: Vec::new(),
-        line_starts: vec![0],
-        at: 0,
-    };
+    let mut checker = Checker::alone();
     let (source, destination, action) = checker.intention(raw, is_service)?;
     checker.problems.is_empty().then_some(Intention {
         source,
@@ -162,6 +154,59 @@ pub(super) fn lone_intention(
         action,
         line: 0,
     })
+}
+
+/// One `[[service]]` alone, checked as [`check`] checks it in a whole
+/// config whose other objects are those of `config` (a valid one) but its
+/// service of the same name: `None` if it has a problem there (then judge
+/// the whole config, for the problems at their lines). The services of a
+/// valid config collide with nothing, so this one's collisions with them
+/// are the only ones a whole judgment could find.
+pub(super) fn lone_service(raw: &Spanned<RawService>, config: &Config) -> Option<Service> {
+    let name = raw.get_ref().name.get_ref().as_str();
+    let nodes = Nodes {
+        names: config.nodes.iter().map(|n| n.name.as_str()).collect(),
+        addresses: config
+            .nodes
+            .iter()
+            .map(|n| (n.address.to_canonical(), (n.name.as_str(), 0)))
+            .collect(),
+    };
+    let others: Vec<&Service> = config
+        .services
+        .iter()
+        .filter(|s| s.name.as_str() != name)
+        .collect();
+    let instances = others.iter().map(|s| s.nodes.len()).sum();
+    let mut taken = Taken {
+        names: sized(others.len()),
+        ports: sized(instances),
+        cgroups: HashMap::default(),
+        vips: sized(others.len()),
+    };
+    for other in others {
+        let service = other.name.as_str();
+        taken.names.insert(service, 0);
+        for node in &other.nodes {
+            taken
+                .ports
+                .insert((node.as_str(), other.port), (service, 0));
+        }
+        if let Some(cgroup) = &other.cgroup {
+            taken.cgroups.insert(cgroup.clone(), (service, 0));
+        }
+        let vip = Vip {
+            service,
+            address: other.vip,
+            explicit: true,
+            span: 0..0,
+            line: 0,
+        };
+        taken.vips.insert(other.vip.to_canonical(), vip);
+    }
+    let mut checker = Checker::alone();
+    let service = checker.service(raw, &nodes, &mut taken)?;
+    checker.problems.is_empty().then_some(service)
 }
 
 struct Checker<'a> {
@@ -177,6 +222,20 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// A checker of one object alone, with no text: only whether it finds
+    /// problems counts.
+    fn alone() -> Self {
+        Checker {
+            source: Source {
+                path: Path::new(""),
+                text: "",
+            },
+            problems: Vec::new(),
+            line_starts: vec![0],
+            at: 0,
+        }
+    }
+
     /// A problem at `span` of the object being checked.
     fn report(&mut self, span: Range<usize>, message: impl Into<String>) {
         let span = span.start + self.at..span.end + self.at;
