@@ -65,6 +65,27 @@ fn agents_run_from_a_catalog_in_etcd_and_follow_its_changes() {
     assert!(ok, "{out}");
     assert_eq!(mesh.echo("fa", "web", vip(), API_PORT, "still"), "still");
 
+    // A service moved to another port in etcd (each agent checks that one
+    // service against the others and patches its config): calls from the
+    // caller's node reach it there, at the destination's node; and back.
+    let api = format!("{PREFIX}/v1/services/api");
+    let (ok, value) = mesh.etcdctl(&["get", &api, "--print-value-only"]);
+    let at = |port: u16| format!("port = {port}");
+    let moved = value.replace(&at(API_PORT), &at(API_PORT + 1));
+    assert!(ok && moved != value, "{value}");
+    mesh.start_echo_server("fb", "api", API_PORT + 1);
+    for (value, port) in [(&moved, API_PORT + 1), (&value, API_PORT)] {
+        mesh.etcdctl_ok(&["put", &api, value.trim_end()]);
+        let reached = wait_until(Duration::from_secs(5), || {
+            mesh.echo("fa", "web", vip(), port, "moved") == "moved"
+        });
+        assert!(
+            reached,
+            "api not reached on port {port}: {}",
+            mesh.echo("fa", "web", vip(), port, "moved")
+        );
+    }
+
     // A live connection, then a deny written to etcd.
     let mut hold = mesh.cmd_as("fa", "web", "python3");
     hold.arg(app("hold_client.py"))

@@ -94,6 +94,10 @@ struct Key {
     src: ServiceName,
     dst: ServiceName,
     node: NodeName,
+    /// Where its connections were dialed: the destination agent serves the
+    /// service behind the port a connection came in on, so a service or
+    /// node that moved needs new ones.
+    addr: SocketAddr,
 }
 
 /// One key's connections.
@@ -207,6 +211,7 @@ impl Pool {
             src: src.name.clone(),
             dst: dst.name.clone(),
             node: host.name.clone(),
+            addr: SocketAddr::new(host.address, dst.port),
         };
         let entry = self.entry(&key);
         let full = || lock(&entry.conns).len() >= PER_KEY || self.total() >= TOTAL;

@@ -37,6 +37,7 @@ fn key(node: &str) -> Key {
         src: "web".parse().unwrap(),
         dst: "api".parse().unwrap(),
         node: node.parse().unwrap(),
+        addr: "10.0.0.2:81".parse().unwrap(),
     }
 }
 
