@@ -329,7 +329,8 @@ const PADDING: usize = 2_000;
 /// pages, at one revision) wherever it is read: the running agents apply
 /// it, an agent started anew loads it, the CLI reads it, and a call goes
 /// through. The import keeps a revocation that its file lacks (an import
-/// never lifts one), again on a second import.
+/// never lifts one), again on a second import; it deletes one the catalog
+/// would reject.
 #[test]
 fn a_catalog_larger_than_one_grpc_message_imports_and_loads() {
     let mesh = Mesh::nodes(&["ga", "gb"])
@@ -345,6 +346,14 @@ fn a_catalog_larger_than_one_grpc_message_imports_and_loads() {
         "put",
         &revoked,
         &format!("[[revoked]]\nnode = \"x0\"\nnode_ca = \"{ca}\"\n"),
+    ]);
+    // One the catalog rejects (written past the CLI): the import deletes
+    // it, or it could never succeed.
+    let bad = format!("{PREFIX}/v1/revoked/x1/zz");
+    mesh.etcdctl_ok(&[
+        "put",
+        &bad,
+        "[[revoked]]\nnode = \"x1\"\nnode_ca = \"zz\"\n",
     ]);
 
     let mut text = fs::read_to_string(mesh.config()).expect("config");
@@ -384,7 +393,9 @@ fn a_catalog_larger_than_one_grpc_message_imports_and_loads() {
             )) && report.contains("1 revocations kept"),
             "import {round}: {report}"
         );
-        if round == 1 {
+        if round == 0 {
+            assert!(report.contains(&format!("removed {bad}")), "{report}");
+        } else {
             assert!(report.contains("0 added, 0 changed, 0 removed"), "{report}");
         }
         let (ok, value) = mesh.etcdctl(&["get", &revoked, "--print-value-only"]);

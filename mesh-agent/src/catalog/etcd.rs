@@ -606,7 +606,9 @@ impl Parsed {
         pending: &'k BTreeMap<String, bool>,
     ) -> Option<Vec<(&'k str, bool, Option<Patch>)>> {
         let base = self.valid.as_ref()?;
-        if !self.misfits.is_empty() {
+        // Many changes at once (an import's, or a listing's after a watch
+        // fell behind): each alone would cost what a whole judgment does.
+        if !self.misfits.is_empty() || pending.len() > ALONE_AT_MOST {
             return None;
         }
         // With no misfit, each key holds the one object it names.
@@ -638,6 +640,7 @@ impl Parsed {
             if !key.starts_with(&intentions) {
                 return None;
             }
+            // The key names the pair: no other intention has it.
             let now = match piece(key) {
                 Some(piece) => Some(Patch::Intention(piece?.lone_intention(base)?)),
                 None => None,
@@ -703,6 +706,10 @@ impl Parsed {
         options.judged(&assembled, judged)
     }
 }
+
+/// Most changes judged alone at once ([`Parsed::judge_held`]): each costs
+/// a scan of the config's services and a walk of its keys of one kind.
+const ALONE_AT_MOST: usize = 64;
 
 /// An object a change judged alone puts in the config.
 #[derive(Debug)]
@@ -1379,6 +1386,31 @@ mod tests {
             put(&mut values, "intentions/s3/s2", v("s3", "s2", "allow")),
             (true, true)
         );
+        // Many intentions at once (an import's): judged whole, in one pass.
+        let add = |parsed: &mut Parsed, values: &mut BTreeMap<_, _>, key: String, value: String| {
+            let key = format!("/mesh/v1/{key}");
+            parsed.put(&o.prefix, &key, Some(&value));
+            values.insert(key, value);
+        };
+        for i in 0..=ALONE_AT_MOST {
+            let value = service(&format!("x{i}"), &["n2"], 1000 + i as u16);
+            add(&mut parsed, &mut values, format!("services/x{i}"), value);
+        }
+        parsed.judge_held(&o).unwrap();
+        for i in 0..=ALONE_AT_MOST {
+            let (source, destination) = (format!("s{}", i % 4), format!("x{i}"));
+            let value = intention(&source, &destination, "deny");
+            add(
+                &mut parsed,
+                &mut values,
+                format!("intentions/{source}/{destination}"),
+                value,
+            );
+        }
+        assert!(alone(&parsed, &o).is_none());
+        let full = o.judge(&values).map_err(|e| e.to_string());
+        assert!(full.is_ok(), "{full:?}");
+        assert_eq!(parsed.judge_held(&o).map_err(|e| e.to_string()), full);
     }
 
     proptest::proptest! {

@@ -240,6 +240,41 @@ fn plan(
     writes
 }
 
+/// The revocations in `first` (the catalog as read) that `wanted` (the
+/// file's keys) lacks and that stay: a revoked CA is refused for ever, so an
+/// import lifts none. One the catalog would reject (written past the CLI,
+/// e.g. a `node_ca` that is not a SHA-256) does not stay: it is deleted as
+/// any key the file lacks, or the import could never succeed.
+fn standing(
+    options: &EtcdOptions,
+    wanted: &BTreeMap<String, String>,
+    first: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let standing: BTreeMap<String, String> = first
+        .iter()
+        .filter(|(key, _)| {
+            !wanted.contains_key(*key)
+                && matches!(
+                    layout::Object::of_key(&options.prefix, key),
+                    Ok(layout::Object::Revoked { .. })
+                )
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let judges = |extra: &BTreeMap<String, String>| {
+        let mut all = wanted.clone();
+        all.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        options.judge(&all).is_ok()
+    };
+    if standing.is_empty() || judges(&standing) {
+        return standing;
+    }
+    standing
+        .into_iter()
+        .filter(|(k, v)| judges(&BTreeMap::from([(k.clone(), v.clone())])))
+        .collect()
+}
+
 /// The import's claim on the marker: the revision that last wrote it, and
 /// the lease that says its importer lives (kept by a task).
 struct Claim {
@@ -311,19 +346,9 @@ async fn sync(
     let read = listing.revision;
     let first = listing.values.clone();
     let mut report = Report::default();
-    // Revocations the file lacks stay as they are: wanted as they were read.
-    let standing: BTreeMap<String, String> = first
-        .iter()
-        .filter(|(key, _)| {
-            !wanted.contains_key(*key)
-                && matches!(
-                    layout::Object::of_key(&options.prefix, key),
-                    Ok(layout::Object::Revoked { .. })
-                )
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let standing = standing(options, wanted, &first);
     report.revocations = standing.keys().cloned().collect();
+    let in_file = wanted;
     let with_standing;
     let wanted = if standing.is_empty() {
         wanted
@@ -332,7 +357,8 @@ async fn sync(
         &with_standing
     };
     for (key, value) in wanted {
-        if report.revocations.contains(key) {
+        if !in_file.contains_key(key) {
+            // A standing revocation: reported as such.
             continue;
         }
         match first.get(key) {
@@ -427,7 +453,12 @@ async fn sync(
     }
     drop(claim);
     // Keys the import would have written, kept as others wrote them.
-    for list in [&mut report.added, &mut report.changed, &mut report.removed] {
+    for list in [
+        &mut report.added,
+        &mut report.changed,
+        &mut report.removed,
+        &mut report.revocations,
+    ] {
         list.retain(|k| !kept.contains(k));
     }
     report.kept = kept.into_iter().collect();
