@@ -28,9 +28,9 @@ const RULES: usize = 400;
 const RUNS: usize = 10;
 const CREATES: usize = 100;
 
-/// The mesh's own file with `services` more services and [`RULES`]
-/// intentions whose action is `action`.
-fn catalog_file(mesh: &Mesh, services: usize, action: &str) -> PathBuf {
+/// The mesh's own file with ten more nodes, `x0` to `x9`, that run no
+/// agent.
+fn with_other_nodes(mesh: &Mesh) -> String {
     let mut text = fs::read_to_string(mesh.config()).expect("config");
     for n in 0..10 {
         let _ = writeln!(
@@ -39,6 +39,13 @@ fn catalog_file(mesh: &Mesh, services: usize, action: &str) -> PathBuf {
             n + 1
         );
     }
+    text
+}
+
+/// The mesh's own file with `services` more services and [`RULES`]
+/// intentions whose action is `action`.
+fn catalog_file(mesh: &Mesh, services: usize, action: &str) -> PathBuf {
+    let mut text = with_other_nodes(mesh);
     for s in 0..services {
         let _ = writeln!(
             text,
@@ -356,14 +363,7 @@ fn a_catalog_larger_than_one_grpc_message_imports_and_loads() {
         "[[revoked]]\nnode = \"x1\"\nnode_ca = \"zz\"\n",
     ]);
 
-    let mut text = fs::read_to_string(mesh.config()).expect("config");
-    for n in 0..10 {
-        let _ = writeln!(
-            text,
-            "\n[[node]]\nname = \"x{n}\"\naddress = \"10.201.0.{}\"",
-            n + 1
-        );
-    }
+    let mut text = with_other_nodes(&mesh);
     let padding = format!("# {}", "p".repeat(PADDING));
     for s in 0..BIG {
         let _ = writeln!(

@@ -423,10 +423,10 @@ impl EtcdOptions {
                 prefix: self.keys(),
             });
         }
-        parsed.sync_into(&self.prefix, acting);
+        parsed.sync(&self.prefix, acting);
         let config = parsed.judge_held(self)?;
         if let Some(listed) = listed {
-            parsed.sync_into(&self.prefix, listed);
+            parsed.sync(&self.prefix, listed);
         }
         Ok(Snapshot {
             revision,
@@ -526,25 +526,7 @@ impl Parsed {
 
     /// Holds exactly `values` (after a listing): keys not in it are
     /// forgotten, values not held are checked and parsed.
-    pub fn sync(&mut self, prefix: &str, values: &BTreeMap<String, String>) {
-        self.forget_all_but(values);
-        for (key, value) in values {
-            self.put(prefix, key, Some(value));
-        }
-    }
-
-    /// [`Parsed::sync`], taking the values.
-    fn sync_into(&mut self, prefix: &str, values: BTreeMap<String, String>) {
-        self.forget_all_but(&values);
-        for (key, value) in values {
-            if self.by_key.get(&key).is_none_or(|j| j.value != value) {
-                self.insert(prefix, key, value);
-            }
-        }
-    }
-
-    /// Forgets the keys not in `values`.
-    fn forget_all_but(&mut self, values: &BTreeMap<String, String>) {
+    fn sync(&mut self, prefix: &str, values: BTreeMap<String, String>) {
         let pending = &mut self.pending;
         self.by_key.retain(|key, _| {
             let keep = values.contains_key(key);
@@ -554,6 +536,11 @@ impl Parsed {
             keep
         });
         self.misfits.retain(|key| values.contains_key(key));
+        for (key, value) in values {
+            if self.by_key.get(&key).is_none_or(|j| j.value != value) {
+                self.insert(prefix, key, value);
+            }
+        }
     }
 
     /// Whether a value changed since the last [`Parsed::judge_held`].
@@ -573,12 +560,13 @@ impl Parsed {
 
     /// [`EtcdOptions::judge`] of `values`, after a [`Parsed::sync`] to
     /// them.
-    pub fn judge(
+    #[cfg(test)]
+    fn judge(
         &mut self,
         options: &EtcdOptions,
         values: &BTreeMap<String, String>,
     ) -> Result<Config, CatalogError> {
-        self.sync(&options.prefix, values);
+        self.sync(&options.prefix, values.clone());
         self.judge_held(options)
     }
 
@@ -914,7 +902,7 @@ impl EtcdCatalog {
                     "catalog watch fell behind a compaction, listing again"
                 );
                 let listing = self.options.list(client).await?;
-                self.parsed.sync_into(&self.options.prefix, listing.values);
+                self.parsed.sync(&self.options.prefix, listing.values);
                 self.revision = listing.revision;
                 self.watch = None;
                 return Ok(self.hold_or_judge(listing.import.map(|i| i.since)));
@@ -1239,7 +1227,7 @@ mod tests {
             let mut synced = Parsed::default();
             // Told only of each changed key, as the watch does.
             let mut told = Parsed::default();
-            told.sync(&o.prefix, &values);
+            told.sync(&o.prefix, values.clone());
             proptest::prop_assert!(told.judge_held(&o).is_ok());
             for e in edits {
                 let before = values.clone();
@@ -1290,7 +1278,48 @@ mod tests {
         let mut values = four_services(&o);
         let mut parsed = Parsed::default();
         parsed.judge(&o, &values).unwrap();
-        let mut put = |values: &mut BTreeMap<String, String>, key: &str, value: Option<String>| {
+        let v = |s: &str, d: &str, a: &str| Some(intention(s, d, a));
+        let sv = |name: &str, nodes: &[&str], port| Some(service(name, nodes, port));
+        let with_vip = |name: &str, port| {
+            Some(format!(
+                "{}vip = \"240.0.0.9\"\n",
+                service(name, &["n0"], port)
+            ))
+        };
+        // Each step: a key, its new value, whether it is judged alone, and
+        // whether the catalog is then valid.
+        let steps = [
+            // Created, changed, a wildcard, deleted: alone, valid.
+            ("intentions/s2/s3", v("s2", "s3", "deny"), true, true),
+            ("intentions/s0/s1", v("s0", "s1", "deny"), true, true),
+            ("intentions/*/s0", v("*", "s0", "allow"), true, true),
+            ("intentions/s2/s3", None, true, true),
+            // A problem is judged whole, for its line; so is what follows.
+            ("intentions/s2/s9", v("s2", "s9", "deny"), false, false),
+            ("intentions/s1/s2", v("s1", "s2", "deny"), false, false),
+            ("intentions/s2/s9", None, false, true),
+            ("intentions/s1/s0", v("s1", "s0", "maybe"), false, false),
+            ("intentions/s1/s0", None, false, true),
+            // One service: moved, added, deleted when nothing names it.
+            ("services/s3", sv("s3", &["n1", "n0"], 82), true, true),
+            ("services/s4", sv("s4", &["n1"], 90), true, true),
+            ("services/s4", None, true, true),
+            // A port, or a VIP, another service has; a node not declared.
+            ("services/s3", sv("s3", &["n1"], 80), false, false),
+            ("services/s3", sv("s3", &["n1"], 83), false, true),
+            ("services/s5", with_vip("s5", 95), true, true),
+            ("services/s6", with_vip("s6", 96), false, false),
+            ("services/s6", None, false, true),
+            ("services/s3", sv("s3", &["n7"], 83), false, false),
+            ("services/s3", sv("s3", &["n1"], 83), false, true),
+            // Deleted while an intention names it: judged whole, rejected.
+            ("services/s1", None, false, false),
+            ("services/s1", sv("s1", &["n0"], 81), false, true),
+            // Any other kind of object is judged whole.
+            ("nodes/n2", Some(node("n2", "10.0.0.3")), false, true),
+            ("intentions/s3/s2", v("s3", "s2", "allow"), true, true),
+        ];
+        for (key, value, judged_alone, valid) in steps {
             let key = format!("/mesh/v1/{key}");
             match &value {
                 Some(v) => values.insert(key.clone(), v.clone()),
@@ -1298,94 +1327,14 @@ mod tests {
             };
             parsed.put(&o.prefix, &key, value.as_deref());
             let fast = alone(&parsed, &o);
-            let full = o.judge(values).map_err(|e| e.to_string());
+            let full = o.judge(&values).map_err(|e| e.to_string());
             assert_eq!(parsed.judge_held(&o).map_err(|e| e.to_string()), full);
-            (fast.is_some(), full.is_ok())
-        };
-        let v = |s: &str, d: &str, a: &str| Some(intention(s, d, a));
-        // Created, changed, a wildcard, deleted: alone, valid.
-        assert_eq!(
-            put(&mut values, "intentions/s2/s3", v("s2", "s3", "deny")),
-            (true, true)
-        );
-        assert_eq!(
-            put(&mut values, "intentions/s0/s1", v("s0", "s1", "deny")),
-            (true, true)
-        );
-        assert_eq!(
-            put(&mut values, "intentions/*/s0", v("*", "s0", "allow")),
-            (true, true)
-        );
-        assert_eq!(put(&mut values, "intentions/s2/s3", None), (true, true));
-        // A problem is judged whole, for its line; so is what follows.
-        assert_eq!(
-            put(&mut values, "intentions/s2/s9", v("s2", "s9", "deny")),
-            (false, false)
-        );
-        assert_eq!(
-            put(&mut values, "intentions/s1/s2", v("s1", "s2", "deny")),
-            (false, false)
-        );
-        assert_eq!(put(&mut values, "intentions/s2/s9", None), (false, true));
-        assert_eq!(
-            put(&mut values, "intentions/s1/s0", v("s1", "s0", "maybe")),
-            (false, false)
-        );
-        assert_eq!(put(&mut values, "intentions/s1/s0", None), (false, true));
-        // One service: moved, added, deleted when nothing names it.
-        let sv = |name: &str, nodes: &[&str], port| Some(service(name, nodes, port));
-        assert_eq!(
-            put(&mut values, "services/s3", sv("s3", &["n1", "n0"], 82)),
-            (true, true)
-        );
-        assert_eq!(
-            put(&mut values, "services/s4", sv("s4", &["n1"], 90)),
-            (true, true)
-        );
-        assert_eq!(put(&mut values, "services/s4", None), (true, true));
-        // A port, or a VIP, another service has; a node not declared.
-        assert_eq!(
-            put(&mut values, "services/s3", sv("s3", &["n1"], 80)),
-            (false, false)
-        );
-        assert_eq!(
-            put(&mut values, "services/s3", sv("s3", &["n1"], 83)),
-            (false, true)
-        );
-        let vip = Some(format!(
-            "{}vip = \"240.0.0.9\"\n",
-            service("s5", &["n0"], 95)
-        ));
-        assert_eq!(put(&mut values, "services/s5", vip), (true, true));
-        let same = Some(format!(
-            "{}vip = \"240.0.0.9\"\n",
-            service("s6", &["n0"], 96)
-        ));
-        assert_eq!(put(&mut values, "services/s6", same), (false, false));
-        assert_eq!(put(&mut values, "services/s6", None), (false, true));
-        assert_eq!(
-            put(&mut values, "services/s3", sv("s3", &["n7"], 83)),
-            (false, false)
-        );
-        assert_eq!(
-            put(&mut values, "services/s3", sv("s3", &["n1"], 83)),
-            (false, true)
-        );
-        // Deleted while an intention names it: judged whole, rejected.
-        assert_eq!(put(&mut values, "services/s1", None), (false, false));
-        assert_eq!(
-            put(&mut values, "services/s1", sv("s1", &["n0"], 81)),
-            (false, true)
-        );
-        // Any other kind of object is judged whole.
-        assert_eq!(
-            put(&mut values, "nodes/n2", Some(node("n2", "10.0.0.3"))),
-            (false, true)
-        );
-        assert_eq!(
-            put(&mut values, "intentions/s3/s2", v("s3", "s2", "allow")),
-            (true, true)
-        );
+            assert_eq!(
+                (fast.is_some(), full.is_ok()),
+                (judged_alone, valid),
+                "{key}"
+            );
+        }
         // Many intentions at once (an import's): judged whole, in one pass.
         let add = |parsed: &mut Parsed, values: &mut BTreeMap<_, _>, key: String, value: String| {
             let key = format!("/mesh/v1/{key}");
